@@ -1,0 +1,44 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first and
+# are idempotent: the virtual environment is rebuilt only when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# The CPU build of torch when no NVIDIA GPU is present (it lies on local disk on our machines);
+# otherwise the default build from the package index. Override with `make TORCH=... test`.
+TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: test demo setup data lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+	@$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
+	@$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+# Fashion-MNIST from Debian's package when missing (needs root and apt); otherwise say how to get it.
+data:
+	@test -f $(FMNIST_DIR)/train-images-idx3-ubyte.gz \
+	 || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+	      && { apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } ; } \
+	 || echo "note: Fashion-MNIST not installed; run 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir" >&2
+
+test: setup data
+	@$(PY) -m pytest
+
+demo: setup data
+	@$(PY) -m stablerank reproduce --preset quick
+
+lint: setup
+	@$(PY) -m ruff check src tests benchmarks
+	@$(PY) -m ruff format --check src tests benchmarks
+
+bench: setup
+	@$(PY) benchmarks/bench_srn.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

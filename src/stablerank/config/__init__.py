@@ -1,0 +1,22 @@
+"""Experiment configs: the generic machinery lives in ``_base``; each experiment defines its frozen
+dataclass in its own module here (``classify``, ``gan``, ``reproduce``)."""
+
+from stablerank.config._base import (
+    add_config_arguments,
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    diff_configs,
+    load_config,
+    option,
+)
+
+__all__ = [
+    "add_config_arguments",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "diff_configs",
+    "load_config",
+    "option",
+]

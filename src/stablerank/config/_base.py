@@ -1,0 +1,212 @@
+"""Typed, frozen experiment configs: one place for defaults, YAML files, CLI flags, validation.
+
+Every experiment config is a frozen dataclass whose fields are declared with :func:`option`, which
+carries the help text and the accepted range. From that single declaration we derive:
+
+* :func:`config_from_dict`: builds a config from plain data, rejecting unknown keys (listing the
+  valid ones), wrong types and out-of-range values, each error naming the key;
+* :func:`load_config`: a YAML file first, then overrides (typically CLI flags) on top;
+* :func:`add_config_arguments`: one ``--flag`` per field with its help text and default, so every
+  option of the CLI is documented by construction;
+* :func:`config_hash` / :func:`diff_configs`: the cache key of a run and the readable list of
+  differences shown when a resume is refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+C = TypeVar("C")
+
+__all__ = [
+    "add_config_arguments",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "diff_configs",
+    "load_config",
+    "option",
+]
+
+
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: Sequence[Any] | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    min_exclusive: bool = False,
+) -> Any:
+    """Declare a config field with its help text and accepted range (checked by config_from_dict)."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max,
+            "min_exclusive": min_exclusive}
+    if isinstance(default, (list, dict)):
+        raise TypeError("option defaults must be immutable; use a tuple")
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _split_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert plain data (YAML/JSON/CLI strings) to the field's type, or raise naming the key."""
+    base, optional = _split_optional(tp)
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise TypeError(f"config key {key!r} may not be None (expected {_type_name(base)})")
+    if typing.get_origin(base) is tuple:
+        (item_tp, *rest) = typing.get_args(base)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"config key {key!r} expects a list of {_type_name(item_tp)}, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise TypeError(f"config key {key!r} expects a boolean, got {value!r}")
+    if base is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(f"config key {key!r} expects an integer, got {value!r}")
+        try:
+            return int(value)
+        except ValueError:
+            raise TypeError(f"config key {key!r} expects an integer, got {value!r}") from None
+    if base is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise TypeError(f"config key {key!r} expects a number, got {value!r}")
+        try:
+            return float(value)
+        except ValueError:
+            raise TypeError(f"config key {key!r} expects a number, got {value!r}") from None
+    if base is str:
+        if not isinstance(value, str):
+            raise TypeError(f"config key {key!r} expects a string, got {value!r}")
+        return value
+    raise TypeError(f"config key {key!r} has an unsupported type {tp!r}")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
+    values = value if isinstance(value, tuple) else (value,)
+    for v in values:
+        if v is None:
+            continue
+        if meta.get("choices") and v not in meta["choices"]:
+            raise ValueError(f"config key {key!r} must be one of {list(meta['choices'])}, got {v!r}")
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
+            bound = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
+            rng = f"{bound}" + (f" and <= {hi}" if hi is not None else "")
+            raise ValueError(f"config key {key!r} must be {rng}, got {v!r}")
+        if hi is not None and v > hi:
+            raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
+
+
+def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
+    """Build ``cls`` from plain data; unknown keys, bad types and out-of-range values raise."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
+        )
+    hints = _field_types(cls)
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(key, value, hints[key])
+        _check_range(key, kwargs[key], fields[key].metadata)
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain, JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def load_config(
+    cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> C:
+    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
+        data.update(loaded)
+    data.update({k.replace("-", "_"): v for k, v in (overrides or {}).items()})
+    return config_from_dict(cls, data)
+
+
+def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:
+    """Short stable hash of a config's resolved values (the cache key of a run)."""
+    d = {k: v for k, v in config_to_dict(cfg).items() if k not in exclude}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def diff_configs(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """Readable differences ``key: saved -> current`` between two config dicts."""
+    keys = sorted(set(saved) | set(current))
+    return [
+        f"{k}: {saved.get(k, '<missing>')!r} -> {current.get(k, '<missing>')!r}"
+        for k in keys
+        if saved.get(k, "<missing>") != current.get(k, "<missing>")
+    ]
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one ``--flag`` per field of ``cls``; unset flags stay absent (argparse.SUPPRESS) so a
+    YAML file's values are only overridden by flags actually given."""
+    hints = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        base, optional = _split_optional(hints[f.name])
+        meta = f.metadata
+        default = f.default
+        text = meta.get("help", "")
+        rng = []
+        if meta.get("choices"):
+            rng.append("one of " + ", ".join(map(str, meta["choices"])))
+        if meta.get("min") is not None or meta.get("max") is not None:
+            lo = meta.get("min")
+            rng.append(f"range {'(' if meta.get('min_exclusive') else '['}{lo if lo is not None else '-inf'}, "
+                       f"{meta.get('max') if meta.get('max') is not None else 'inf'}]")
+        shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+        text = f"{text} ({'; '.join(rng) + '; ' if rng else ''}default: {shown})"
+        flag = "--" + f.name.replace("_", "-")
+        metavar = _type_name(typing.get_args(base)[0]) + ",..." if typing.get_origin(base) is tuple \
+            else _type_name(base).upper()
+        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
+                            metavar=metavar if base is not bool else "{true,false}")

@@ -1,0 +1,148 @@
+"""The run folder: resolved config, environment, per-epoch logs (JSONL + CSV, TensorBoard when
+installed) and final metrics, each a file a person or the report can read.
+
+Layout of a run directory::
+
+    config.json    resolved config
+    env.json       torch/python versions, device, git commit, seed, package version
+    log.jsonl      one JSON record per logged step/epoch
+    log.csv        the same records as CSV (columns grow as new keys appear)
+    metrics.json   final named metrics plus a ``protocol`` record
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stablerank.train.checkpoint import atomic_write_json
+
+__all__ = ["MetricLog", "environment_info", "git_commit"]
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree this package runs from, or None outside git."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def environment_info(device: torch.device | str, seed: int | None = None) -> dict[str, Any]:
+    """What produced a result: versions, hardware, commit, seed."""
+    from stablerank import __version__
+
+    dev = torch.device(device)
+    info: dict[str, Any] = {
+        "stablerank": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "seed": seed,
+    }
+    if dev.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(dev)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+class MetricLog:
+    """Append-only JSONL + CSV log (and TensorBoard scalars when ``tensorboard`` is installed).
+
+    On resume, records past ``truncate_after`` (a step or epoch number) are dropped so the log
+    matches the checkpoint exactly and nothing is duplicated.
+    """
+
+    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, key: str = "epoch") -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.run_dir / "log.jsonl"
+        self.csv = self.run_dir / "log.csv"
+        self.key = key
+        self._writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+            except ImportError:
+                self._writer = None
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.jsonl.exists():
+            return []
+        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+
+    def truncate_after(self, value: int) -> None:
+        """Drop records whose ``key`` is greater than ``value`` (resume after a crash)."""
+        kept = [r for r in self.records() if r.get(self.key, -1) <= value]
+        self._rewrite(kept)
+
+    def _rewrite(self, records: list[dict[str, Any]]) -> None:
+        tmp = self.jsonl.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, self.jsonl)
+        self._write_csv(records)
+
+    def _write_csv(self, records: list[dict[str, Any]]) -> None:
+        columns: list[str] = []
+        for r in records:
+            columns += [k for k in r if k not in columns]
+        tmp = self.csv.with_suffix(".csv.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            for r in records:
+                writer.writerow({k: _scalar(v) for k, v in r.items()})
+        os.replace(tmp, self.csv)
+
+    def append(self, record: Mapping[str, Any]) -> None:
+        record = dict(record)
+        with self.jsonl.open("a") as fh:
+            fh.write(json.dumps(record, default=_scalar) + "\n")
+        # CSV is rewritten so its header always covers every column (logs are small).
+        self._write_csv(self.records())
+        if self._writer is not None:
+            step = int(record.get(self.key, 0))
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k != self.key:
+                    self._writer.add_scalar(k, v, step)
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def _scalar(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, (list, dict)):
+        return json.dumps(v)
+    return v
+
+
+def write_run_files(run_dir: str | Path, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
+    """Write ``config.json`` and ``env.json`` of a run."""
+    run_dir = Path(run_dir)
+    atomic_write_json(run_dir / "config.json", dict(config))
+    atomic_write_json(run_dir / "env.json", dict(env))
+
+
+__all__ += ["write_run_files"]
