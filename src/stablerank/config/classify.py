@@ -1,0 +1,252 @@
+"""Configs of the classification experiments (``stablerank train`` / ``stablerank analyze``).
+
+Two frozen dataclasses, every field declared with :func:`~stablerank.config._base.option` (help
+text and accepted range), so the CLI, YAML files and the saved ``config.json`` all come from this
+one declaration:
+
+* :class:`ClassifyConfig`: one training run (data, model, normalization, optimizer, schedule,
+  runtime, output).
+* :class:`AnalyzeConfig`: the post-hoc measures of SPEC section 2 on a trained run.
+
+Named presets (:data:`CLASSIFY_PRESETS`) hold only the keys they change from the defaults; apply
+one with :func:`classify_preset` (or pass its mapping as overrides to ``load_config``).
+
+Cross-field rules (checked in ``__post_init__``, errors name the fields):
+
+* ``label_noise > 0`` (random labels, Zhang et al. 2017) requires ``augment`` ``none`` or ``auto``;
+  ``auto`` then resolves to ``none``. Augmenting an image whose label is random would change the
+  task being memorized.
+* ``schedule="step"`` needs strictly increasing ``milestones`` in (0, 1) (fractions of the run).
+* Ignored fields (documented, not errors): ``rank_ratio`` unless ``norm="srn"``;
+  ``n_power_iterations`` when ``norm="none"``; ``momentum`` with ``optimizer="adam"`` (Adam keeps
+  its default betas); ``amp`` and ``channels_last`` on the CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
+from stablerank.config._base import _check_range, config_from_dict, config_to_dict, option
+
+__all__ = [
+    "AUGMENTS",
+    "CLASSIFY_PRESETS",
+    "DATASETS",
+    "MODELS",
+    "NORMS",
+    "RESUME_MAY_DIFFER",
+    "AnalyzeConfig",
+    "ClassifyConfig",
+    "classify_preset",
+]
+
+# Names must match stablerank.data.load_dataset and stablerank.models.build_classifier; config may
+# not import those packages (import rules), so a test checks the lists against them.
+DATASETS = ("fashion_mnist", "cifar10", "cifar100", "digits", "mnist1d")
+MODELS = (
+    "mlp", "small_cnn", "resnet20", "resnet56", "resnet110", "wrn", "densenet_bc", "vgg19",
+    "alexnet",
+)  # fmt: skip
+NORMS = ("none", "sn", "srn")
+AUGMENTS = ("none", "crop", "crop_flip", "auto")
+DEVICES = ("auto", "cpu", "cuda")
+# What augment="auto" means per dataset: the standard recipe (crop+flip for CIFAR, crop only for
+# Fashion-MNIST, whose classes are not all mirror symmetric in the usual protocol), none for the
+# tiny sets (8x8 digits, 1-D signals).
+AUTO_AUGMENT = MappingProxyType(
+    {"fashion_mnist": "crop", "cifar10": "crop_flip", "cifar100": "crop_flip", "digits": "none",
+     "mnist1d": "none"}
+)  # fmt: skip
+# Keys that may differ between a checkpoint and the run resuming it: where/how it runs and what is
+# printed, never what is computed (on the CPU the resumed weights are bitwise those of a run that
+# was never stopped).
+RESUME_MAY_DIFFER = ("resume", "progress", "num_threads", "device", "out_dir", "run_dir")
+
+
+def _validate(cfg: Any) -> None:
+    """Check every field's type-independent range (also when built directly, not via YAML/CLI)."""
+    for f in dataclasses.fields(cfg):
+        _check_range(f.name, getattr(cfg, f.name), f.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifyConfig:
+    """One classification run: vanilla vs SN vs SRN on one dataset/model/seed."""
+
+    # --- data ---
+    dataset: str = option("fashion_mnist", "dataset name", choices=DATASETS)
+    data_dir: str | None = option(
+        None, "folder holding the dataset files (None = the dataset's standard location)"
+    )
+    augment: str = option(
+        "auto", "training augmentation, batched on the device ('auto' = dataset default)",
+        choices=AUGMENTS,
+    )  # fmt: skip
+    label_noise: float = option(
+        0.0, "fraction of training labels replaced by fixed random labels (shattering)",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    train_subset: int = option(0, "train on this many images, a seeded subset (0 = all)", min=0)
+    train_eval_size: int = option(
+        10000, "training images (fixed seeded subset) scored in eval mode each epoch for the "
+        "train accuracy / generalization gap (0 = the whole training set)", min=0,
+    )  # fmt: skip
+    # --- model ---
+    model: str = option("small_cnn", "classifier architecture", choices=MODELS)
+    width: float = option(
+        1.0, "width multiplier of the architecture's channels / units", min=0.0, min_exclusive=True
+    )
+    # --- normalization ---
+    norm: str = option("none", "weight normalization of every conv/linear layer", choices=NORMS)
+    rank_ratio: float = option(
+        0.3, "SRN target stable rank as a fraction c of min(m, n) of each reshaped weight",
+        min=0.0, max=1.0, min_exclusive=True,
+    )  # fmt: skip
+    n_power_iterations: int = option(1, "power iterations per training step (sn/srn)", min=1)
+    normalize_head: bool = option(False, "also normalize the final linear layer ('classifier')")
+    # --- optimization ---
+    epochs: int = option(10, "training epochs", min=1)
+    batch_size: int = option(128, "global batch size (split evenly across DDP ranks)", min=1)
+    eval_batch_size: int = option(1000, "batch size of the evaluation passes (per rank)", min=1)
+    optimizer: str = option("sgd", "optimizer", choices=("sgd", "adam"))
+    lr: float = option(0.05, "peak learning rate", min=0.0, min_exclusive=True)
+    momentum: float = option(0.9, "SGD momentum (ignored by adam)", min=0.0, max=1.0)
+    nesterov: bool = option(True, "Nesterov momentum (sgd)")
+    weight_decay: float = option(5e-4, "L2 weight decay (coupled, as in torch.optim)", min=0.0)
+    schedule: str = option(
+        "cosine", "lr schedule over all training steps", choices=("step", "cosine", "none")
+    )
+    milestones: tuple[float, ...] = option(
+        (0.5, 0.75), "step schedule: fractions of the run where lr is multiplied by lr_gamma",
+        min=0.0, max=1.0,
+    )  # fmt: skip
+    lr_gamma: float = option(0.1, "step schedule: lr factor at each milestone", min=0.0, max=1.0)
+    warmup_epochs: float = option(0.0, "linear lr warm-up from 0, in epochs", min=0.0)
+    # --- runtime ---
+    seed: int = option(0, "seed of init, data order, subset, random labels, augmentation", min=0)
+    device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
+    amp: bool = option(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
+    channels_last: bool = option(True, "channels_last memory format on CUDA (ignored on the CPU)")
+    compile: bool = option(False, "torch.compile the model")
+    num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
+    # --- output ---
+    log_layers: bool = option(True, "log every layer's spectral norm and stable rank each epoch")
+    out_dir: str = option("runs", "parent folder of run folders")
+    run_dir: str | None = option(
+        None, "run folder (None = out_dir/<dataset>_<model>_<norm>_s<seed>_<config hash>)"
+    )
+    resume: bool = option(False, "continue from run_dir/checkpoint.pt (config must match)")
+    progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+        if self.label_noise > 0 and self.augment not in ("none", "auto"):
+            raise ValueError(
+                f"label_noise={self.label_noise} (random labels) requires augment 'none' or "
+                f"'auto', got augment={self.augment!r}"
+            )
+        if self.schedule == "step":
+            ms = self.milestones
+            if not ms or any(not 0.0 < m < 1.0 for m in ms) or list(ms) != sorted(set(ms)):
+                raise ValueError(
+                    "schedule='step' needs milestones strictly increasing in (0, 1), "
+                    f"got milestones={ms!r}"
+                )
+        if self.warmup_epochs >= self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be < epochs={self.epochs}, got {self.warmup_epochs}"
+            )
+
+    @property
+    def resolved_augment(self) -> str:
+        """The augmentation actually used ('auto' resolved; always 'none' with random labels)."""
+        if self.augment != "auto":
+            return self.augment
+        return "none" if self.label_noise > 0 else AUTO_AUGMENT[self.dataset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnalyzeConfig:
+    """Post-hoc measures of a trained run (SPEC section 2), all computed in eval mode."""
+
+    n_pairs: int = option(2000, "sampled pairs per split for the pairwise eL histogram", min=1)
+    n_jacobian: int = option(
+        100, "data points (per split) where the Jacobian spectral norm is estimated", min=1
+    )
+    n_interpolated: int = option(
+        100, "points on segments between random data pairs for the Jacobian norm", min=0
+    )
+    jacobian_iterations: int = option(
+        20, "power iterations (JVP/VJP pairs) per Jacobian spectral norm", min=1
+    )
+    n_margin: int = option(0, "training images for the margins (0 = all the run trained on)", min=0)
+    margin_quantile: float = option(
+        0.1, "margin quantile used by the Neyshabur/Bartlett measures (paper: 10th percentile)",
+        min=0.0, max=1.0, min_exclusive=True,
+    )  # fmt: skip
+    quantiles: tuple[float, ...] = option(
+        (0.5, 0.9, 0.99), "quantiles reported for eL and Jacobian norms", min=0.0, max=1.0
+    )
+    bins: int = option(50, "histogram bins of the eL plot", min=1)
+    batch_size: int = option(500, "batch size of the forward passes", min=1)
+    seed: int = option(0, "seed of the sampled pairs and points", min=0)
+    device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
+    num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
+    plots: bool = option(True, "write PNG plots next to analysis.json")
+    progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+# Each preset lists only what it changes from ClassifyConfig's defaults.
+CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
+    # Issue 3 acceptance: small CNN (with BatchNorm), 10 epochs, >= 91% test accuracy vanilla.
+    "fmnist-cnn": MappingProxyType({
+        "dataset": "fashion_mnist", "model": "small_cnn", "epochs": 10, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "schedule": "cosine",
+    }),
+    # Issue 3 acceptance: ResNet-20, 15 epochs, >= 92.5% test accuracy vanilla.
+    "fmnist-resnet20": MappingProxyType({
+        "dataset": "fashion_mnist", "model": "resnet20", "epochs": 15, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
+    }),
+    # Shattering (Zhang et al. 2017; SPEC 2): 100% fixed random labels on a 2,000-image subset,
+    # no augmentation, no weight decay, constant lr; train accuracy vs epoch is the curve.
+    "shatter": MappingProxyType({
+        "dataset": "fashion_mnist", "model": "small_cnn", "label_noise": 1.0,
+        "train_subset": 2000, "train_eval_size": 0, "augment": "none", "weight_decay": 0.0,
+        "optimizer": "sgd", "lr": 0.01, "schedule": "none", "epochs": 60, "batch_size": 128,
+    }),
+    # The paper's CIFAR setting (SGD 0.1, momentum 0.9, wd 1e-4, lr /10 at 50% and 75%).
+    "cifar10-resnet110": MappingProxyType({
+        "dataset": "cifar10", "model": "resnet110", "epochs": 200, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.1, "weight_decay": 1e-4, "schedule": "step",
+        "nesterov": False,
+    }),
+    # Seconds-long smoke run (8x8 digits, MLP) for demos and tests.
+    "tiny": MappingProxyType({
+        "dataset": "digits", "model": "mlp", "width": 0.25, "epochs": 2, "batch_size": 64,
+        "lr": 0.05, "train_eval_size": 0,
+    }),
+})  # fmt: skip
+
+
+def classify_preset(name: str, **overrides: Any) -> ClassifyConfig:
+    """The preset ``name`` with ``overrides`` on top, validated like a YAML/CLI config.
+
+    Raises:
+        ValueError: unknown preset (the message lists the names) or invalid override.
+    """
+    if name not in CLASSIFY_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid presets: {sorted(CLASSIFY_PRESETS)}")
+    return config_from_dict(ClassifyConfig, {**CLASSIFY_PRESETS[name], **overrides})
