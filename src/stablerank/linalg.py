@@ -1,0 +1,196 @@
+"""Pure tensor maths of stable rank normalization (SPEC section 1); depends only on torch.
+
+* :func:`weight_to_matrix` / :func:`matrix_to_weight`: the reshape of a weight to the matrix SRN
+  acts on and its exact inverse (Note [srn reshape]).
+* :func:`stable_rank`: the exact stable rank ``||W||_F^2 / ||W||_2^2`` by SVD.
+* :func:`srn_optimal`: the closed-form optimum of the stable-rank projection (the paper's
+  Theorem 1) by SVD, for any number ``keep_top`` of preserved top singular values. It is the
+  oracle the layer (``stablerank.srn``) is tested against.
+* :func:`power_iteration`: the in-place power-iteration step shared by the layer.
+
+Note [srn reshape]
+    SRN acts on a matrix whose rows are indexed by the weight's ``dim`` (output channels for
+    Linear/ConvNd, dim 0; dim 1 for ConvTransposeNd, whose weight is (C_in, C_out, k...)). We move
+    ``dim`` to the front and flatten the rest: (C_out, C_in*k*k) for a Conv2d. The inverse must
+    move the axis back to where it was: a plain ``reshape(weight.shape)`` of a matrix built with a
+    permutation scrambles the entries whenever ``dim != 0`` (the reference implementation's bug).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "matrix_to_weight",
+    "power_iteration",
+    "spectral_norm_exact",
+    "srn_optimal",
+    "stable_rank",
+    "target_srank",
+    "weight_to_matrix",
+]
+
+
+def _check_dim(weight: Tensor, dim: int) -> int:
+    if not -weight.ndim <= dim < weight.ndim:
+        raise IndexError(
+            f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for a weight of shape "
+            f"{tuple(weight.shape)}, got {dim}"
+        )
+    return dim % weight.ndim
+
+
+def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
+    """Reshape a weight to the 2-D matrix SRN normalizes: ``dim`` first, the rest flattened.
+
+    Args:
+        weight: a tensor of 2 or more dimensions (a 1-D tensor becomes a (1, n) row).
+        dim: the axis that indexes the matrix rows (default 0; 1 for ConvTransposeNd).
+
+    Returns:
+        A (weight.shape[dim], numel / weight.shape[dim]) tensor (a view when ``dim == 0``).
+
+    See Note [srn reshape].
+    """
+    if weight.ndim == 1:
+        return weight.unsqueeze(0)
+    dim = _check_dim(weight, dim)
+    if dim != 0:
+        weight = weight.movedim(dim, 0)
+    return weight.reshape(weight.shape[0], -1)
+
+
+def matrix_to_weight(matrix: Tensor, shape: torch.Size | tuple[int, ...], dim: int = 0) -> Tensor:
+    """Exact inverse of :func:`weight_to_matrix` for a weight of the given ``shape``."""
+    shape = torch.Size(shape)
+    if len(shape) == 1:
+        return matrix.reshape(shape)
+    dim = dim % len(shape)
+    moved = (shape[dim], *shape[:dim], *shape[dim + 1 :])
+    return matrix.reshape(moved).movedim(0, dim)
+
+
+def _singular_values(weight: Tensor, dim: int) -> Tensor:
+    matrix = weight_to_matrix(weight.detach(), dim)
+    if matrix.dtype in (torch.float16, torch.bfloat16):
+        matrix = matrix.float()
+    return torch.linalg.svdvals(matrix)
+
+
+def spectral_norm_exact(weight: Tensor, dim: int = 0) -> Tensor:
+    """The exact largest singular value of the reshaped weight (SVD; no gradient)."""
+    return _singular_values(weight, dim)[..., 0]
+
+
+def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
+    """Exact stable rank of the reshaped weight (SPEC 1.1).
+
+    .. math::
+        \\operatorname{srank}(W) = \\frac{\\|W\\|_F^2}{\\|W\\|_2^2}
+            = \\frac{\\sum_i \\sigma_i^2}{\\sigma_1^2} \\in [1, \\operatorname{rank}(W)]
+
+    Args:
+        weight: a weight of 2 or more dimensions, reshaped with :func:`weight_to_matrix`.
+        dim: the row axis of the reshape (default 0).
+
+    Returns:
+        A 0-d tensor (float32 for half-precision input). An all-zero weight has stable rank 0 by
+        convention (finite, never NaN).
+
+    Example:
+        >>> stable_rank(torch.diag(torch.tensor([2.0, 1.0, 1.0])))
+        tensor(1.5000)
+    """
+    s = _singular_values(weight, dim)
+    top = s[0]
+    return torch.where(top > 0, (s * s).sum() / (top * top).clamp_min(torch.finfo(s.dtype).tiny),
+                       torch.zeros_like(top))
+
+
+def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:
+    """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c`` (SPEC 1.4)."""
+    return max(1.0, rank_ratio * min(shape))
+
+
+def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
+    """Closed-form optimal stable-rank projection (SPEC 1.2, the paper's Theorem 1).
+
+    Solves
+
+    .. math::
+        \\min_X \\|W - X\\|_F \\quad \\text{s.t.}\\quad \\operatorname{srank}(X) = r,\\;
+        \\sigma_i(X) = \\sigma_i(W)\\ (i \\le k)
+
+    by SVD. With :math:`S_1 = \\sum_{i \\le \\max(k,1)} \\sigma_i u_i v_i^\\top` and
+    :math:`S_2 = W - S_1`, the optimum is :math:`\\gamma_1 S_1 + \\gamma_2 S_2`:
+
+    * :math:`k \\ge 1`: :math:`\\gamma_1 = 1`,
+      :math:`\\gamma_2 = \\sqrt{r\\sigma_1^2 - \\|S_1\\|_F^2} / \\|S_2\\|_F`;
+    * :math:`k = 0`: :math:`\\gamma = \\sqrt{r-1}\\,\\sigma_1/\\|S_2\\|_F`,
+      :math:`\\gamma_2 = (\\gamma + r - 1)/r`, :math:`\\gamma_1 = \\gamma_2/\\gamma`.
+
+    When ``srank(W) <= r`` the answer is ``W`` itself.
+
+    Args:
+        weight: a 2-D floating tensor W (m x n).
+        srank: the target stable rank r >= 1.
+        keep_top: k >= 0, the number of top singular values kept unchanged (default 1).
+
+    Returns:
+        The optimal X, same shape and dtype as ``weight`` (computed in float64 at least for half
+        input, cast back).
+
+    Raises:
+        ValueError: ``weight`` not 2-D or not floating, ``srank < 1``, ``keep_top < 0``, or
+            ``keep_top >= 1`` with ``r * sigma_1^2 < ||S_1||_F^2`` (no feasible X keeps the top
+            ``keep_top`` singular values at stable rank ``r``).
+    """
+    if weight.ndim != 2 or not weight.is_floating_point():
+        raise ValueError(
+            f"weight must be a 2-D floating tensor, got shape {tuple(weight.shape)} "
+            f"and dtype {weight.dtype}"
+        )
+    if not srank >= 1:
+        raise ValueError(f"srank must be >= 1, got {srank}")
+    if not isinstance(keep_top, int) or keep_top < 0:
+        raise ValueError(f"keep_top must be an integer >= 0, got {keep_top!r}")
+    work = weight.double() if weight.dtype != torch.float64 else weight
+    u, s, vh = torch.linalg.svd(work, full_matrices=False)
+    total = (s * s).sum()
+    if s[0] == 0 or total / (s[0] * s[0]) <= srank:
+        return weight.clone()
+    head = max(keep_top, 1)
+    s1 = (u[:, :head] * s[:head]) @ vh[:head]
+    s2 = work - s1
+    s2_norm = torch.linalg.matrix_norm(s2)
+    head_energy = (s[:head] ** 2).sum()
+    if keep_top >= 1:
+        slack = srank * s[0] ** 2 - head_energy
+        if slack < 0:
+            raise ValueError(
+                f"no matrix keeps the top keep_top={keep_top} singular values at srank={srank}: "
+                f"needs srank >= ||S1||_F^2 / sigma_1^2 = {(head_energy / s[0] ** 2).item():.6g}"
+            )
+        out = s1 + (torch.sqrt(slack) / s2_norm) * s2
+    else:
+        gamma = math.sqrt(srank - 1) * s[0] / s2_norm
+        gamma2 = (gamma + srank - 1) / srank
+        out = (gamma2 / gamma) * s1 + gamma2 * s2
+    return out.to(weight.dtype)
+
+
+@torch.no_grad()
+def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> None:
+    """Run ``n_iterations`` power-iteration steps in place on unit vectors ``u`` (m) and ``v`` (n):
+    ``v <- normalize(W^T u)``, ``u <- normalize(W v)`` (SPEC 1.3, step 1).
+
+    In-place so that data-parallel replicas, which share the buffers, see the update (as torch's
+    spectral_norm does). ``matrix`` is cast to the vectors' dtype (float32 for half weights).
+    """
+    matrix = matrix.to(u.dtype)
+    for _ in range(n_iterations):
+        torch.nn.functional.normalize(torch.mv(matrix.t(), u), dim=0, eps=eps, out=v)
+        torch.nn.functional.normalize(torch.mv(matrix, v), dim=0, eps=eps, out=u)

@@ -1,0 +1,150 @@
+"""Per-layer report of spectral norms and stable ranks (the diagnostic of SPEC 1.1 / 1.3).
+
+:func:`layer_report` reads every Linear / ConvNd / ConvTransposeNd weight as the layer uses it
+(the normalized weight when SN or SRN is registered) without changing any state: parametrizations
+are switched to eval mode for the read, so no power iteration runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from stablerank.apply import eligible_layers
+from stablerank.linalg import _singular_values, weight_to_matrix
+from stablerank.srn import _find_srn
+
+__all__ = ["LayerRecord", "LayerReport", "layer_report"]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    """One weight of a model.
+
+    Attributes:
+        name: qualified module name.
+        norm: ``"srn"``, ``"sn"`` or ``"none"``.
+        shape: the weight's shape; ``matrix_shape`` the (m, n) it is reshaped to.
+        sigma_max: exact largest singular value of the weight as used (SVD).
+        sigma_power: the power-iteration estimate ``u^T W v`` of the *raw* weight's spectral norm
+            (NaN without SN/SRN).
+        raw_sigma_max: exact spectral norm of the raw (unnormalized) weight.
+        frobenius: Frobenius norm of the weight as used.
+        srank: exact stable rank of the weight as used; ``raw_srank`` of the raw weight.
+        target_srank: SRN's r (``min(m, n)`` for SN and none, where no clamp acts).
+    """
+
+    name: str
+    norm: str
+    shape: tuple[int, ...]
+    matrix_shape: tuple[int, int]
+    sigma_max: float
+    sigma_power: float
+    raw_sigma_max: float
+    frobenius: float
+    srank: float
+    raw_srank: float
+    target_srank: float
+
+
+class LayerReport(list):
+    """A list of :class:`LayerRecord` that prints as a table and exports to CSV/JSON."""
+
+    COLUMNS = ("name", "norm", "matrix_shape", "sigma_max", "sigma_power", "raw_sigma_max",
+               "srank", "target_srank", "raw_srank", "frobenius")
+
+    def to_rows(self) -> list[dict[str, object]]:
+        return [asdict(r) for r in self]
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_rows(), indent=2))
+
+    def to_csv(self, path: str | Path) -> None:
+        rows = self.to_rows()
+        with Path(path).open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else list(self.COLUMNS))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def __str__(self) -> str:
+        def fmt(v: object) -> str:
+            if isinstance(v, float):
+                return "nan" if math.isnan(v) else f"{v:.4g}"
+            if isinstance(v, tuple):
+                return "x".join(map(str, v))
+            return str(v)
+
+        table = [list(self.COLUMNS)] + [[fmt(getattr(r, c)) for c in self.COLUMNS] for r in self]
+        widths = [max(len(row[i]) for row in table) for i in range(len(self.COLUMNS))]
+        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        return "\n".join(lines)
+
+
+def _norm_kind(module: nn.Module) -> tuple[str, nn.Module | None]:
+    srn = _find_srn(module, "weight")
+    if srn is not None:
+        return "srn", srn
+    if parametrize.is_parametrized(module, "weight"):
+        for p in module.parametrizations["weight"]:
+            if hasattr(p, "_u") and hasattr(p, "_v"):
+                return "sn", p
+    return "none", None
+
+
+def _parametrizations(model: nn.Module) -> Iterator[nn.Module]:
+    for m in model.modules():
+        if parametrize.is_parametrized(m):
+            for plist in m.parametrizations.values():
+                yield from plist
+
+
+@torch.no_grad()
+def layer_report(model: nn.Module) -> LayerReport:
+    """One :class:`LayerRecord` per Linear / ConvNd / ConvTransposeNd weight of ``model``.
+
+    Exact values come from an SVD of each reshaped weight (float32 at least). The model's state
+    (u, v, training flags) is unchanged.
+    """
+    params = list(_parametrizations(model))
+    modes = [p.training for p in params]
+    for p in params:
+        p.train(False)
+    records = LayerReport()
+    try:
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        for name, module in layers:
+            kind, p = _norm_kind(module)
+            dim = getattr(p, "dim", 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0)
+            used = module.weight
+            raw = module.parametrizations["weight"].original if kind != "none" else used
+            s = _singular_values(used, dim).double()
+            raw_s = _singular_values(raw, dim).double()
+            matrix_shape = tuple(weight_to_matrix(raw, dim).shape)
+            sigma_power = float("nan")
+            if p is not None:
+                u, v = p._u, p._v
+                sigma_power = torch.dot(u, torch.mv(weight_to_matrix(raw, dim).to(u.dtype), v)).item()
+            records.append(LayerRecord(
+                name=name, norm=kind, shape=tuple(raw.shape), matrix_shape=matrix_shape,
+                sigma_max=s[0].item(), sigma_power=sigma_power, raw_sigma_max=raw_s[0].item(),
+                frobenius=s.square().sum().sqrt().item(),
+                srank=_srank(s), raw_srank=_srank(raw_s),
+                target_srank=p.srank if kind == "srn" else float(min(matrix_shape)),
+            ))
+    finally:
+        for p, mode in zip(params, modes, strict=True):
+            p.train(mode)
+    return records
+
+
+def _srank(s: torch.Tensor) -> float:
+    return (s.square().sum() / s[0].square()).item() if s[0] > 0 else 0.0

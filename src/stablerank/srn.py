@@ -1,0 +1,296 @@
+"""Stable Rank Normalization of one weight, as a ``torch.nn.utils.parametrize`` parametrization.
+
+Users call :func:`stable_rank_norm` (registration, like torch's ``spectral_norm``) and
+:func:`remove_stable_rank_norm`; the private :class:`_StableRankNorm` module does the work.
+Depends only on torch and :mod:`stablerank.linalg`.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from stablerank.linalg import matrix_to_weight, power_iteration, target_srank, weight_to_matrix
+
+__all__ = ["remove_stable_rank_norm", "stable_rank_norm"]
+
+# Power iterations run at registration so the first training step starts from converged u, v
+# (torch's spectral_norm uses the same number).
+_WARMUP_POWER_ITERS = 15
+DEFAULT_RANK_RATIO = 0.7  # the reference implementation's default c
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class _StableRankNorm(nn.Module):
+    """Maps a raw weight W to its stable-rank-normalized version (SPEC 1.3, Algorithm 1).
+
+    With unit vectors u, v from power iteration and sigma = u^T W v, the output is
+
+        W_f = u v^T + s * R,   R = W / sigma - u v^T,   s = min(1, sqrt(r - 1) / ||R||_F),
+
+    computed without forming R (Note [srn without R]). ``_u`` and ``_v`` are buffers: they follow
+    ``.to()``, live in ``state_dict`` and are never optimized.
+    """
+
+    _u: Tensor
+    _v: Tensor
+
+    def __init__(
+        self, weight: Tensor, *, srank: float, n_power_iterations: int, dim: int, eps: float,
+        exact: bool,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.eps = eps
+        self.exact = exact
+        self.n_power_iterations = n_power_iterations
+        matrix = weight_to_matrix(weight.detach(), dim)  # (m, n)
+        m, n = matrix.shape
+        self.srank = float(srank)
+        # r >= min(m, n) >= srank(W) always: the clamp can never act, the layer is plain SN. Decided
+        # once here so the forward stays branch-free and agrees exactly with torch's spectral_norm.
+        self.clamps_srank = self.srank < min(m, n)
+        self._sqrt_r_minus_1 = math.sqrt(self.srank - 1.0)
+        # Power iteration runs in float32 for half-precision weights (their range and precision are
+        # too small for the iterates); float32/float64 weights keep their dtype (gradcheck).
+        vec_dtype = torch.float32 if weight.dtype in _HALF_DTYPES else weight.dtype
+        u = F.normalize(matrix.new_empty(m, dtype=vec_dtype).normal_(0, 1), dim=0, eps=eps)
+        v = F.normalize(matrix.new_empty(n, dtype=vec_dtype).normal_(0, 1), dim=0, eps=eps)
+        self.register_buffer("_u", u)
+        self.register_buffer("_v", v)
+        self._eval_cache: tuple[tuple[Any, ...], Tensor] | None = None
+        self._update_vectors(matrix, _WARMUP_POWER_ITERS)
+
+    @torch.no_grad()
+    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> None:
+        if self.exact:
+            # SVD of the current weight: u, v are the exact top singular pair.
+            u, _, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
+            self._u.copy_(u[:, 0])
+            self._v.copy_(vh[0])
+        else:
+            power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
+
+    def _normalize(self, matrix: Tensor, u: Tensor, v: Tensor) -> Tensor:
+        # Note [srn without R]
+        # For unit u, v and sigma = u^T W v, ||W/sigma - u v^T||_F^2 = ||W||_F^2/sigma^2 - 1 exactly
+        # (expand the square), so R is never formed and the output is one rank-one update of a
+        # scaled W: (s / sigma) * W + (1 - s) * u v^T. The clamp on s replaces the branch of step 5
+        # (no host sync, one compiled graph). For exact u, v, ||R||_F^2 = srank(W) - 1.
+        matrix = matrix.to(u.dtype)
+        sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(self.eps)  # differentiable in W
+        if not self.clamps_srank:
+            return matrix / sigma
+        flat = matrix.reshape(-1)
+        tail_sq = (torch.dot(flat, flat) / (sigma * sigma) - 1.0).clamp_min(self.eps)
+        # sqrt(r - 1) is a Python float, so r = 1 gives s = 0 with a finite (zero) gradient.
+        scale = (self._sqrt_r_minus_1 * torch.rsqrt(tail_sq)).clamp(max=1.0)
+        return torch.addr(matrix * (scale / sigma), u * (1.0 - scale), v)
+
+    def forward(self, weight: Tensor) -> Tensor:
+        use_cache = (
+            not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        )
+        if use_cache:
+            # Eval mode under no_grad: u, v are frozen, so the normalized weight changes only when
+            # the raw weight or the vectors change in place (optimizer step, load_state_dict, .to).
+            key = (weight._version, weight.data_ptr(), weight.dtype, self._u._version,
+                   self._v._version, self._u.data_ptr())
+            if self._eval_cache is not None and self._eval_cache[0] == key:
+                return self._eval_cache[1]
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            matrix = weight_to_matrix(weight, self.dim)
+            if self.training:
+                self._update_vectors(matrix, self.n_power_iterations)
+            # Clones: the in-place updates of a later forward must not touch vectors saved for this
+            # forward's backward (e.g. D(real) and D(fake) in one graph).
+            u = self._u.clone(memory_format=torch.contiguous_format)
+            v = self._v.clone(memory_format=torch.contiguous_format)
+            out = matrix_to_weight(self._normalize(matrix, u, v), weight.shape, self.dim)
+            out = out.to(weight.dtype)
+        if use_cache:
+            self._eval_cache = (key, out)
+        return out
+
+    def right_inverse(self, value: Tensor) -> Tensor:
+        # Assigning ``module.weight = W`` stores W itself as the raw weight (as torch's SN does):
+        # the normalization is not invertible.
+        return value
+
+    def train(self, mode: bool = True) -> _StableRankNorm:
+        self._eval_cache = None
+        return super().train(mode)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> _StableRankNorm:
+        self._eval_cache = None
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The eval cache is derived data; copies (deepcopy for EMA) rebuild it.
+        state = self.__dict__.copy()
+        state["_eval_cache"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        mode = "exact" if self.exact else f"n_power_iterations={self.n_power_iterations}"
+        return f"srank={self.srank:.4g}, dim={self.dim}, {mode}"
+
+
+def _default_dim(module: nn.Module) -> int:
+    transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+    return 1 if isinstance(module, transposed) else 0
+
+
+def _find_srn(module: nn.Module, name: str) -> _StableRankNorm | None:
+    if not parametrize.is_parametrized(module, name):
+        return None
+    for p in module.parametrizations[name]:
+        if isinstance(p, _StableRankNorm):
+            return p
+    return None
+
+
+def stable_rank_norm(
+    module: nn.Module,
+    name: str = "weight",
+    *,
+    rank_ratio: float | None = None,
+    srank: float | None = None,
+    n_power_iterations: int = 1,
+    dim: int | None = None,
+    eps: float = 1e-12,
+    exact: bool = False,
+) -> nn.Module:
+    """Apply Stable Rank Normalization (SRN) to a parameter of ``module``.
+
+    SRN rescales the weight so that its spectral norm is 1 and its stable rank is at most ``r``:
+    it is spectral normalization followed by the optimal stable-rank projection that keeps the top
+    singular value (SPEC 1.2-1.3; Sanyal, Torr & Dokania, ICLR 2020, Theorem 1 and Algorithm 1):
+
+    .. math::
+        \\hat W = \\frac{W}{\\sigma(W)}, \\quad
+        W_{\\mathrm{SRN}} = u v^\\top + \\min\\Bigl(1, \\frac{\\sqrt{r - 1}}
+            {\\|\\hat W - u v^\\top\\|_F}\\Bigr) (\\hat W - u v^\\top)
+
+    where :math:`\\sigma(W) = u^\\top W v` with u, v from power iteration. Then
+    :math:`\\|W_{\\mathrm{SRN}}\\|_2 = 1` and
+    :math:`\\operatorname{srank}(W_{\\mathrm{SRN}}) = \\min(\\operatorname{srank}(W), r)` once u, v
+    have converged. Controlling both factors of the spectrally-normalized generalization bounds
+    (SPEC 1.1) is what distinguishes SRN from spectral normalization, which it equals at
+    ``rank_ratio=1``. The cost is that of spectral normalization plus one Frobenius norm and one
+    rank-one update.
+
+    Weights of more than 2 dimensions are reshaped to (shape[dim], -1) (SPEC 1.4).
+
+    .. note::
+        As in torch's ``spectral_norm``, u and v are updated (``n_power_iterations`` steps) only in
+        training mode; in eval mode they are frozen and the output is deterministic. In eval mode
+        under ``torch.no_grad()`` the normalized weight is cached until the raw weight or the
+        vectors change in place.
+
+    Args:
+        module: the module holding the parameter.
+        name: name of the parameter (default ``"weight"``).
+        rank_ratio: c in (0, 1]: target ``r = max(1, c * min(m, n))`` of the reshaped (m, n)
+            weight. Default 0.7 (the reference implementation's) when ``srank`` is not given.
+            ``rank_ratio=1`` is plain spectral normalization.
+        srank: absolute target stable rank r >= 1 (instead of ``rank_ratio``).
+        n_power_iterations: power-iteration steps per training forward (default 1, >= 1).
+        dim: the row axis of the reshape (default: 1 for ConvTranspose1d/2d/3d, else 0).
+        eps: numerical floor for norms (default 1e-12, > 0).
+        exact: use the exact top singular pair by SVD instead of power iteration (default False;
+            for validation and small layers).
+
+    Returns:
+        ``module``, with the parametrization registered.
+
+    Raises:
+        ValueError: invalid ``rank_ratio``/``srank`` (both given, out of range), a missing or
+            1-D parameter, non-finite values, ``n_power_iterations < 1``, ``eps <= 0``, or SRN
+            already registered on this parameter.
+        TypeError: a non-floating parameter.
+        IndexError: ``dim`` out of range.
+
+    Example:
+        >>> _ = torch.manual_seed(0)
+        >>> layer = stable_rank_norm(nn.Linear(20, 40), rank_ratio=0.3)
+        >>> round(torch.linalg.matrix_norm(layer.weight, ord=2).item(), 2)
+        1.0
+    """
+    weight = getattr(module, name, None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(f"module {type(module).__name__} has no parameter or buffer named {name!r}")
+    if _find_srn(module, name) is not None:
+        raise ValueError(f"parameter {name!r} of {type(module).__name__} already has stable_rank_norm")
+    if not weight.is_floating_point():
+        raise TypeError(f"parameter {name!r} must be floating point, got dtype {weight.dtype}")
+    if weight.ndim < 2:
+        raise ValueError(
+            f"parameter {name!r} must have 2 or more dimensions, got shape {tuple(weight.shape)}"
+        )
+    if not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"parameter {name!r} contains non-finite values (inf or NaN)")
+    if rank_ratio is not None and srank is not None:
+        raise ValueError(
+            f"give at most one of rank_ratio and srank, got rank_ratio={rank_ratio} and srank={srank}"
+        )
+    if srank is None and rank_ratio is None:
+        rank_ratio = DEFAULT_RANK_RATIO
+    if rank_ratio is not None and not 0 < rank_ratio <= 1:
+        raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
+    if srank is not None and not srank >= 1:
+        raise ValueError(f"srank must be >= 1, got {srank}")
+    if not isinstance(n_power_iterations, int) or n_power_iterations < 1:
+        raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if dim is None:
+        dim = _default_dim(module)
+    if not -weight.ndim <= dim < weight.ndim:
+        raise IndexError(
+            f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for parameter {name!r} of shape "
+            f"{tuple(weight.shape)}, got {dim}"
+        )
+    shape = tuple(weight_to_matrix(weight.detach(), dim).shape)
+    r = target_srank(rank_ratio, shape) if srank is None else float(srank)
+    if r <= 1 and min(shape) > 1:
+        warnings.warn(
+            f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: the target stable rank is "
+            f"1, so the normalized weight has rank one (rank_ratio={rank_ratio}, srank={srank})",
+            UserWarning,
+            stacklevel=2,
+        )
+    norm = _StableRankNorm(
+        weight, srank=r, n_power_iterations=n_power_iterations, dim=dim % weight.ndim, eps=eps,
+        exact=exact,
+    )
+    parametrize.register_parametrization(module, name, norm)
+    return module
+
+
+def remove_stable_rank_norm(module: nn.Module, name: str = "weight") -> nn.Module:
+    """Remove SRN from ``module.name``, baking the normalized weight in.
+
+    The baked weight is the one the layer uses in eval mode (the frozen u, v; no extra power
+    iteration), so eval outputs before and after removal are identical. The parameter object is
+    kept (same ``id()``), so an optimizer holding it keeps working.
+
+    Raises:
+        ValueError: the parameter has no stable rank normalization.
+    """
+    srn = _find_srn(module, name)
+    if srn is None:
+        raise ValueError(f"parameter {name!r} of {type(module).__name__} has no stable_rank_norm")
+    was_training = srn.training
+    srn.eval()
+    try:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    finally:
+        srn.train(was_training)
+    return module
