@@ -1,0 +1,251 @@
+"""Margins, spectral sample-complexity measures and the generalization gap (SPEC 1.1 and 2).
+
+The two measures are those the paper compares across vanilla / SN / SRN networks:
+
+.. math::
+    \\text{Neyshabur et al. 2018:}\\quad
+    \\frac{\\prod_l \\lVert W_l \\rVert_2^2 \\; \\sum_l \\operatorname{srank}(W_l)}{\\gamma^2}
+
+    \\text{Bartlett et al. 2017:}\\quad
+    \\frac{\\prod_l \\lVert W_l \\rVert_2 \\;
+    \\big(\\sum_l (\\lVert W_l^T \\rVert_{2,1} / \\lVert W_l \\rVert_2)^{2/3}\\big)^{3/2}}{\\gamma}
+
+with :math:`\\gamma` the margin (the paper uses the 10th-percentile margin of the training set,
+:func:`margin_quantile`). Constant factors of the bounds (depth, width, log terms, the
+activations' Lipschitz constants, reference matrices) are omitted, as in the paper's plots.
+
+Note [complexity layers]: the layers are every ``nn.Linear``, ``nn.ConvNd`` and
+``nn.ConvTransposeNd`` of the model, in ``model.modules()`` order, and each term uses
+``module.weight`` **as the forward pass uses it**: when a parametrization (SN, SRN) is registered,
+that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1 to
+the front for transposed convs, SPEC 1.4): the terms are those of the reshaped kernel, not of the
+convolution operator. Spectral norms are exact (``torch.linalg.matrix_norm(ord=2)``). The products
+overflow for deep nets, so everything is computed in float64 in log space and reported as log10.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from stablerank.linalg import weight_to_matrix
+
+__all__ = [
+    "KEY_GAP_ACC",
+    "KEY_GAP_LOSS",
+    "KEY_LOG10_BARTLETT",
+    "KEY_LOG10_MARGIN",
+    "KEY_LOG10_NEYSHABUR",
+    "KEY_LOG10_SPECTRAL_PRODUCT",
+    "KEY_N_LAYERS",
+    "KEY_SUM_SRANK",
+    "bartlett_measure",
+    "complexity_layers",
+    "generalization_gap",
+    "margin_quantile",
+    "margins",
+    "neyshabur_measure",
+    "spectral_complexity",
+]
+
+KEY_LOG10_NEYSHABUR = "log10_neyshabur"
+KEY_LOG10_BARTLETT = "log10_bartlett"
+KEY_LOG10_SPECTRAL_PRODUCT = "log10_spectral_product"
+KEY_SUM_SRANK = "sum_srank"
+KEY_LOG10_MARGIN = "log10_margin"
+KEY_N_LAYERS = "n_layers"
+KEY_GAP_ACC = "gap_acc"
+KEY_GAP_LOSS = "gap_loss"
+DEFAULT_MARGIN_QUANTILE = 0.1
+_LN10 = math.log(10.0)
+_WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+
+
+def margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample margin: the true-class logit minus the largest other logit.
+
+    Args:
+        logits: (N, K) with K >= 2.
+        labels: (N,) integer class indices.
+
+    Returns:
+        (N,) margins (negative for misclassified samples), dtype of ``logits``.
+
+    Raises:
+        ValueError: on shapes that do not match.
+    """
+    if logits.dim() != 2 or logits.shape[1] < 2:
+        raise ValueError(f"logits must have shape (N, K) with K >= 2, got {tuple(logits.shape)}")
+    if labels.shape != (logits.shape[0],):
+        raise ValueError(
+            f"labels must have shape ({logits.shape[0]},) to match logits, "
+            f"got {tuple(labels.shape)}"
+        )
+    labels = labels.long().to(logits.device)
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
+    return true - other
+
+
+def margin_quantile(logits: Tensor, labels: Tensor, q: float = DEFAULT_MARGIN_QUANTILE) -> float:
+    """The q-quantile of the margins (default 0.1: the paper's 10th-percentile margin).
+
+    Raises:
+        ValueError: when ``q`` is outside [0, 1].
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q!r}")
+    return torch.quantile(margins(logits, labels).double().cpu(), q).item()
+
+
+def complexity_layers(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(name, reshaped weight matrix) of every layer the measures use (Note [complexity layers]).
+
+    Returns:
+        list of (module name, float64 matrix (C_out, C_in*k*...)) in ``model.modules()`` order,
+        detached; the weight is read through ``module.weight`` so parametrizations apply.
+    """
+    layers = []
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if isinstance(module, _WEIGHTED):
+                dim = 0
+            elif isinstance(module, _TRANSPOSED):
+                dim = 1  # ConvTranspose weights are (C_in, C_out, k...): outputs are dim 1.
+            else:
+                continue
+            layers.append((name, weight_to_matrix(module.weight.detach(), dim).double()))
+    return layers
+
+
+def _log_terms(model: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Natural logs of sigma_l, ||W_l||_F^2 and ||W_l^T||_{2,1}, per layer (float64)."""
+    layers = complexity_layers(model)
+    if not layers:
+        raise ValueError("model has no Linear/Conv/ConvTranspose layer to measure")
+    sigma = torch.stack([torch.linalg.matrix_norm(w, ord=2) for _, w in layers])
+    fro2 = torch.stack([w.square().sum() for _, w in layers])
+    # ||W^T||_{2,1}: the sum over the columns of W^T (the rows of W, one per output unit) of
+    # their L2 norms.
+    l21 = torch.stack([torch.linalg.vector_norm(w, dim=1).sum() for _, w in layers])
+    if bool((sigma <= 0).any()):
+        raise ValueError("a layer has an all-zero weight: the measures are undefined")
+    return sigma.log(), fro2, l21.log(), sigma
+
+
+def _check_margin(margin: float) -> float:
+    if not math.isfinite(margin) or margin <= 0:
+        raise ValueError(f"margin must be a finite number > 0, got {margin!r}")
+    return float(margin)
+
+
+def neyshabur_measure(model: nn.Module, margin: float) -> float:
+    """log10 of the Neyshabur et al. 2018 measure (SPEC 1.1, 2).
+
+    .. math::
+        \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2^2 \\sum_l \\operatorname{srank}(W_l)
+        / \\gamma^2\\Big)
+
+    over the layers of Note [complexity layers] (normalized weights when parametrized; conv
+    kernels reshaped to (C_out, C_in*k*k)).
+
+    Args:
+        model: the network.
+        margin: gamma > 0, typically :func:`margin_quantile` on the training set.
+
+    Returns:
+        The measure's base-10 logarithm (computed in float64 log space to avoid overflow).
+
+    Raises:
+        ValueError: for a non-positive margin or a model without weighted layers.
+    """
+    return spectral_complexity(model, margin)[KEY_LOG10_NEYSHABUR]
+
+
+def bartlett_measure(model: nn.Module, margin: float) -> float:
+    """log10 of the Bartlett et al. 2017 spectral complexity over the margin (SPEC 1.1, 2).
+
+    .. math::
+        \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2
+        \\big(\\sum_l (\\lVert W_l^T \\rVert_{2,1}/\\lVert W_l \\rVert_2)^{2/3}\\big)^{3/2}
+        / \\gamma\\Big)
+
+    with :math:`\\lVert W^T \\rVert_{2,1}` the sum of the L2 norms of the rows of W (one per
+    output unit), over the layers of Note [complexity layers].
+
+    Args:
+        model: the network.
+        margin: gamma > 0.
+
+    Returns:
+        The measure's base-10 logarithm.
+
+    Raises:
+        ValueError: for a non-positive margin or a model without weighted layers.
+    """
+    return spectral_complexity(model, margin)[KEY_LOG10_BARTLETT]
+
+
+def spectral_complexity(model: nn.Module, margin: float) -> dict[str, float]:
+    """Both measures and their factors in one pass.
+
+    Args:
+        model: the network (Note [complexity layers]).
+        margin: gamma > 0.
+
+    Returns:
+        dict with ``KEY_LOG10_NEYSHABUR``, ``KEY_LOG10_BARTLETT``, ``KEY_LOG10_SPECTRAL_PRODUCT``
+        (log10 prod_l ||W_l||_2), ``KEY_SUM_SRANK``, ``KEY_LOG10_MARGIN`` and ``KEY_N_LAYERS``.
+
+    Raises:
+        ValueError: for a non-positive margin or a model without weighted layers.
+    """
+    log_margin = math.log(_check_margin(margin))
+    log_sigma, fro2, log_l21, sigma = _log_terms(model)
+    log_prod = log_sigma.sum().item()
+    sum_srank = (fro2 / sigma.square()).sum().item()
+    log_ratio_sum = torch.logsumexp((2.0 / 3.0) * (log_l21 - log_sigma), dim=0).item()
+    log_neyshabur = 2.0 * log_prod + math.log(sum_srank) - 2.0 * log_margin
+    log_bartlett = log_prod + 1.5 * log_ratio_sum - log_margin
+    return {
+        KEY_LOG10_NEYSHABUR: log_neyshabur / _LN10,
+        KEY_LOG10_BARTLETT: log_bartlett / _LN10,
+        KEY_LOG10_SPECTRAL_PRODUCT: log_prod / _LN10,
+        KEY_SUM_SRANK: sum_srank,
+        KEY_LOG10_MARGIN: log_margin / _LN10,
+        KEY_N_LAYERS: int(sigma.numel()),
+    }
+
+
+def generalization_gap(
+    train_acc: float,
+    test_acc: float,
+    train_loss: float | None = None,
+    test_loss: float | None = None,
+) -> dict[str, float]:
+    """Generalization gap (SPEC 2), signed so that overfitting is positive for both terms.
+
+    Args:
+        train_acc: training accuracy (any unit; the gap has the same unit).
+        test_acc: test accuracy.
+        train_loss: optional training loss.
+        test_loss: optional test loss (both losses or neither).
+
+    Returns:
+        ``{KEY_GAP_ACC: train_acc - test_acc}`` plus ``KEY_GAP_LOSS: test_loss - train_loss``
+        when losses are given.
+
+    Raises:
+        ValueError: when only one of the losses is given.
+    """
+    if (train_loss is None) != (test_loss is None):
+        raise ValueError(
+            f"give both train_loss and test_loss or neither, got {train_loss!r} and {test_loss!r}"
+        )
+    out = {KEY_GAP_ACC: float(train_acc) - float(test_acc)}
+    if train_loss is not None and test_loss is not None:
+        out[KEY_GAP_LOSS] = float(test_loss) - float(train_loss)
+    return out

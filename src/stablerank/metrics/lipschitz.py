@@ -1,0 +1,323 @@
+"""Empirical Lipschitz constant (eL) of a network, in both forms of SPEC section 2.
+
+* **Pairwise** (the paper's "eLhist"): for sampled pairs of inputs,
+
+  .. math::
+      \\frac{\\lVert f(x_i) - f(x_j) \\rVert_2}{\\lVert x_i - x_j \\rVert_2}.
+
+* **Local**: the spectral norm of the input-output Jacobian :math:`\\lVert J_f(x) \\rVert_2`,
+  at data points and at points on segments between them (:func:`interpolate`), by power iteration
+  on :math:`J^T J` with ``torch.func`` JVP/VJP products (the Jacobian is never materialized).
+
+Both are data dependent, unlike the upper bound :math:`\\prod_l \\lVert W_l \\rVert_2`.
+
+.. note::
+    Every measurement runs the model in **eval mode** (BatchNorm uses its running statistics,
+    SN/SRN reuse their frozen u, v) so that samples are independent of one another and repeated
+    calls are deterministic; the model's previous mode is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "KEY_EL_MAX",
+    "KEY_EL_MEAN",
+    "KEY_EL_N",
+    "interpolate",
+    "jacobian_spectral_norm",
+    "pairwise_lipschitz",
+    "plot_histogram",
+    "quantile_key",
+    "summarize",
+]
+
+KEY_EL_MAX = "max"
+KEY_EL_MEAN = "mean"
+KEY_EL_N = "n"
+DEFAULT_QUANTILES = (0.5, 0.9, 0.99)
+# Inputs closer than this (in L2) are treated as duplicates: their ratio is undefined.
+_MIN_PAIR_DISTANCE = 1e-12
+_DEFAULT_BATCH_SIZE = 256
+_DEFAULT_POWER_ITERS = 20
+_DEFAULT_BINS = 50
+
+
+def quantile_key(q: float) -> str:
+    """The key of quantile ``q`` in :func:`summarize`: 0.5 -> ``"q50"``, 0.99 -> ``"q99"``."""
+    return f"q{100 * q:g}"
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` (all submodules) in eval mode; restore each submodule's mode on exit."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+    """f(x) flattened per sample, (N, D), computed in batches without gradients."""
+    with torch.no_grad():
+        return torch.cat([model(xb).reshape(xb.shape[0], -1) for xb in x.split(batch_size)])
+
+
+def pairwise_lipschitz(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    n_pairs: int,
+    seed: int = 0,
+    x_other: Tensor | None = None,
+    batch_size: int = _DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """Pairwise empirical Lipschitz ratios over sampled pairs (the paper's eLhist, SPEC 2).
+
+    .. math::
+        r_{ij} = \\frac{\\lVert f(x_i) - f(x_j) \\rVert_2}{\\lVert x_i - x_j \\rVert_2}
+
+    Pairs are drawn uniformly with a seeded generator: both members from ``x`` (``i != j``), or,
+    when ``x_other`` is given, ``x_i`` from ``x`` and ``x_j`` from ``x_other`` (e.g. real-vs-fake
+    pairs for a GAN discriminator). Pairs of identical inputs (distance below 1e-12) are dropped,
+    so the result may hold fewer than ``n_pairs`` values. Outputs and inputs are flattened per
+    sample. Runs in eval mode (see module note) on the device of ``x``.
+
+    Args:
+        model: the network f; its mode is restored afterwards.
+        x: inputs, (N, ...) with N >= 2 (N >= 1 when ``x_other`` is given).
+        n_pairs: number of pairs to sample (>= 1).
+        seed: seed of the pair sampler (default 0).
+        x_other: optional second set, (M, ...) with the same per-sample shape as ``x``.
+        batch_size: forward batch size (default 256); does not change the result.
+
+    Returns:
+        float64 tensor of ratios, (n_valid,), on the CPU.
+
+    Raises:
+        ValueError: on too few samples, mismatched shapes or non-positive counts.
+    """
+    _check_positive_int("n_pairs", n_pairs)
+    _check_positive_int("batch_size", batch_size)
+    if x_other is None and x.shape[0] < 2:
+        raise ValueError(
+            f"x must hold at least 2 samples to form pairs, got shape {tuple(x.shape)}"
+        )
+    if x_other is not None and x_other.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"x_other must have per-sample shape {tuple(x.shape[1:])}, got {tuple(x_other.shape)}"
+        )
+    if x.shape[0] < 1 or (x_other is not None and x_other.shape[0] < 1):
+        raise ValueError("x and x_other must be non-empty")
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    i = torch.randint(n, (n_pairs,), generator=gen)
+    if x_other is None:
+        # j uniform over the n - 1 indices other than i.
+        j = (i + 1 + torch.randint(n - 1, (n_pairs,), generator=gen)) % n
+        second = x
+    else:
+        j = torch.randint(x_other.shape[0], (n_pairs,), generator=gen)
+        second = x_other
+    # Evaluate f only on the samples used, once each.
+    ui, inv_i = torch.unique(i, return_inverse=True)
+    uj, inv_j = torch.unique(j, return_inverse=True)
+    with _eval_mode(model):
+        fi = _outputs(model, x[ui.to(x.device)], batch_size)[inv_i.to(x.device)]
+        fj = _outputs(model, second[uj.to(x.device)], batch_size)[inv_j.to(x.device)]
+    xi = x[i.to(x.device)].reshape(n_pairs, -1).double()
+    xj = second[j.to(x.device)].reshape(n_pairs, -1).double()
+    dx = torch.linalg.vector_norm(xi - xj, dim=1)
+    df = torch.linalg.vector_norm(fi.double() - fj.double(), dim=1)
+    keep = dx > _MIN_PAIR_DISTANCE
+    return (df[keep] / dx[keep]).cpu()
+
+
+def jacobian_spectral_norm(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    n_iters: int = _DEFAULT_POWER_ITERS,
+    seed: int = 0,
+    batch_size: int = _DEFAULT_BATCH_SIZE,
+) -> Tensor:
+    """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (SPEC 2, local eL).
+
+    Power iteration on :math:`J^T J`: :math:`v \\leftarrow J^T J v / \\lVert J^T J v \\rVert`,
+    with :math:`Jv` from ``torch.func.jvp`` and :math:`J^T u` from ``torch.func.vjp``; the
+    estimate is :math:`\\lVert J v \\rVert_2` for the final unit ``v`` (a lower bound that
+    increases to :math:`\\sigma_{max}` at rate :math:`(\\sigma_2/\\sigma_1)^{2k}`). In eval mode
+    the samples of a batch are independent, so the Jacobian of the batched map is block diagonal:
+    one JVP/VJP over the batch gives every sample's product at once and each block is normalized
+    on its own.
+
+    Args:
+        model: the network f; run in eval mode, its mode restored afterwards.
+        x: points, (N, ...).
+        n_iters: power iterations (default 20, >= 1).
+        seed: seed of the random start vectors (default 0).
+        batch_size: samples per batch (default 256); does not change the result.
+
+    Returns:
+        float tensor (N,) on the CPU, in the dtype of ``x``.
+
+    Raises:
+        ValueError: on non-positive ``n_iters`` or ``batch_size``.
+    """
+    _check_positive_int("n_iters", n_iters)
+    _check_positive_int("batch_size", batch_size)
+    gen = torch.Generator().manual_seed(seed)
+    # Start vectors drawn on the CPU for device-independent results.
+    v0 = torch.randn(x.shape, generator=gen, dtype=x.dtype)
+    out = []
+    with _eval_mode(model):
+        for xb, vb in zip(x.split(batch_size), v0.split(batch_size), strict=True):
+            out.append(_jacobian_norm_batch(model, xb.detach(), vb.to(xb.device), n_iters).cpu())
+    return torch.cat(out) if out else torch.empty(0, dtype=x.dtype)
+
+
+def _unit(t: Tensor) -> Tensor:
+    """Normalize each sample of t (N, ...) to unit L2 norm."""
+    norm = torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1)
+    return t / norm.clamp_min(torch.finfo(t.dtype).tiny).reshape(-1, *([1] * (t.dim() - 1)))
+
+
+def _jacobian_norm_batch(model: nn.Module, x: Tensor, v: Tensor, n_iters: int) -> Tensor:
+    def f(inp: Tensor) -> Tensor:
+        return model(inp).reshape(inp.shape[0], -1)  # (B, D_out)
+
+    # One VJP closure serves every iteration (J^T u is linear in u at fixed x).
+    _, vjp_fn = torch.func.vjp(f, x)
+    v = _unit(v)
+    for _ in range(n_iters):
+        _, jv = torch.func.jvp(f, (x,), (v,))  # (B, D_out)
+        (jtjv,) = vjp_fn(jv)  # (B, *in)
+        v = _unit(jtjv.detach())
+    _, jv = torch.func.jvp(f, (x,), (v,))
+    return torch.linalg.vector_norm(jv.detach(), dim=1)
+
+
+def interpolate(x: Tensor, y: Tensor, n: int, seed: int = 0) -> Tensor:
+    """Points on segments between data pairs: x_i + t (y_j - x_i), t ~ U[0, 1].
+
+    ``i`` and ``j`` are drawn uniformly from ``x`` and ``y`` (pass the same set twice for
+    within-set segments, or real and fake samples for segments between them).
+
+    Args:
+        x: first endpoints, (N, ...).
+        y: second endpoints, (M, ...) with the per-sample shape of ``x``.
+        n: number of points (>= 1).
+        seed: seed of the sampler (default 0).
+
+    Returns:
+        (n, ...) tensor on the device and in the dtype of ``x``.
+
+    Raises:
+        ValueError: on mismatched shapes, empty sets or non-positive ``n``.
+    """
+    _check_positive_int("n", n)
+    if x.shape[1:] != y.shape[1:]:
+        raise ValueError(
+            f"x and y must share the per-sample shape, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    if x.shape[0] < 1 or y.shape[0] < 1:
+        raise ValueError(f"x and y must be non-empty, got {tuple(x.shape)} and {tuple(y.shape)}")
+    gen = torch.Generator().manual_seed(seed)
+    i = torch.randint(x.shape[0], (n,), generator=gen).to(x.device)
+    j = torch.randint(y.shape[0], (n,), generator=gen).to(x.device)
+    t = torch.rand((n,) + (1,) * (x.dim() - 1), generator=gen, dtype=x.dtype).to(x.device)
+    return x[i] + t * (y[j].to(x) - x[i])
+
+
+def summarize(
+    values: Tensor | Sequence[float], quantiles: Sequence[float] = DEFAULT_QUANTILES
+) -> dict[str, float]:
+    """Max, mean, count and quantiles of a set of eL values.
+
+    Args:
+        values: 1-D values (ratios or Jacobian norms).
+        quantiles: levels in [0, 1] (default (0.5, 0.9, 0.99)), keyed by :func:`quantile_key`.
+
+    Returns:
+        dict with ``KEY_EL_MAX``, ``KEY_EL_MEAN``, ``KEY_EL_N`` and one key per quantile.
+
+    Raises:
+        ValueError: on empty values or a quantile outside [0, 1].
+    """
+    v = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
+    if v.numel() == 0:
+        raise ValueError("values must be non-empty")
+    for q in quantiles:
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"quantiles must lie in [0, 1], got {q!r}")
+    out = {KEY_EL_MAX: v.max().item(), KEY_EL_MEAN: v.mean().item(), KEY_EL_N: int(v.numel())}
+    for q in quantiles:
+        out[quantile_key(q)] = torch.quantile(v, q).item()
+    return out
+
+
+def plot_histogram(
+    values: Tensor | Mapping[str, Tensor],
+    path: str | Path,
+    *,
+    bins: int = _DEFAULT_BINS,
+    title: str | None = None,
+    xlabel: str = "empirical Lipschitz ratio",
+) -> Path:
+    """Write a PNG histogram (matplotlib Agg backend, no global pyplot state).
+
+    Args:
+        values: one tensor, or a mapping label -> tensor drawn as overlaid histograms on shared
+            bins (e.g. real-real, fake-fake, real-fake).
+        path: output file (parent folders are created).
+        bins: number of bins (default 50).
+        title: optional figure title.
+        xlabel: x-axis label (default "empirical Lipschitz ratio").
+
+    Returns:
+        The written path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _check_positive_int("bins", bins)
+    series = {"": values} if isinstance(values, Tensor) else dict(values)
+    arrays = {
+        k: torch.as_tensor(v, dtype=torch.float64).flatten().numpy() for k, v in series.items()
+    }
+    nonempty = [a for a in arrays.values() if a.size]
+    if not nonempty:
+        raise ValueError("values must hold at least one non-empty series")
+    lo = min(float(a.min()) for a in nonempty)
+    hi = max(float(a.max()) for a in nonempty)
+    edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1).numpy()
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    for label, a in arrays.items():
+        ax.hist(a, bins=edges, alpha=0.5, label=label or None)
+    if any(label for label in arrays):
+        ax.legend()
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path

@@ -1,0 +1,102 @@
+"""Sample-complexity measures against hand-computed values on diagonal weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from stablerank.metrics.complexity import (
+    KEY_GAP_ACC,
+    KEY_GAP_LOSS,
+    KEY_LOG10_SPECTRAL_PRODUCT,
+    KEY_N_LAYERS,
+    KEY_SUM_SRANK,
+    bartlett_measure,
+    complexity_layers,
+    generalization_gap,
+    margin_quantile,
+    margins,
+    neyshabur_measure,
+    spectral_complexity,
+)
+
+
+def _diag_model() -> nn.Sequential:
+    """Two Linear layers with W1 = diag(3, 1), W2 = diag(2, 2, 1)[:, :2] (biases ignored)."""
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 3))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.diag(torch.tensor([3.0, 1.0])))
+        model[2].weight.copy_(torch.tensor([[2.0, 0.0], [0.0, 2.0], [0.0, 0.0]]))
+    return model
+
+
+def test_measures_on_diagonal_weights_by_hand():
+    model = _diag_model()
+    margin = 0.5
+    # sigma = (3, 2); srank = (9 + 1) / 9 and (4 + 4) / 4; rows' L2 norms sum to 4 and 4.
+    prod = 3.0 * 2.0
+    sum_srank = 10.0 / 9.0 + 2.0
+    neyshabur = prod**2 * sum_srank / margin**2
+    bartlett = prod * ((4.0 / 3.0) ** (2 / 3) + (4.0 / 2.0) ** (2 / 3)) ** 1.5 / margin
+    # float64 throughout: agreement to 1e-12 in log10 is round-off only.
+    assert neyshabur_measure(model, margin) == pytest.approx(math.log10(neyshabur), abs=1e-12)
+    assert bartlett_measure(model, margin) == pytest.approx(math.log10(bartlett), abs=1e-12)
+    full = spectral_complexity(model, margin)
+    assert full[KEY_N_LAYERS] == 2
+    assert full[KEY_SUM_SRANK] == pytest.approx(sum_srank, rel=1e-12)
+    assert full[KEY_LOG10_SPECTRAL_PRODUCT] == pytest.approx(math.log10(prod), abs=1e-12)
+
+
+def test_deep_product_does_not_overflow():
+    # 200 layers of 10 * I: the product 10^200 squared overflows float32 and float64 is at 1e400.
+    model = nn.Sequential(*[nn.Linear(3, 3, bias=False) for _ in range(200)])
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.copy_(10.0 * torch.eye(3))
+    # srank(10 I_3) = 3 for each of 200 layers -> sum 600.
+    assert neyshabur_measure(model, 1.0) == pytest.approx(400 + math.log10(600), abs=1e-9)
+
+
+def test_conv_kernels_are_reshaped_and_parametrizations_are_read():
+    conv = nn.Conv2d(2, 4, 3)
+    tconv = nn.ConvTranspose2d(4, 5, 3)
+    lin = nn.Linear(4, 3)
+    model = nn.Sequential(conv, tconv, lin)
+    torch.nn.utils.parametrizations.spectral_norm(lin)
+    model.eval()  # frozen u, v: every read of lin.weight gives the same tensor
+    layers = dict(complexity_layers(model))
+    assert layers["0"].shape == (4, 2 * 9)
+    assert layers["1"].shape == (5, 4 * 9)
+    # The measured matrix is the normalized weight, not the raw one.
+    torch.testing.assert_close(layers["2"], lin.weight.detach().double(), rtol=0, atol=0)
+    raw = lin.parametrizations.weight.original.detach().double()
+    assert not torch.allclose(layers["2"], raw)
+
+
+def test_margins_and_quantile():
+    logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 1.0, 4.0]])
+    labels = torch.tensor([0, 1, 2])
+    torch.testing.assert_close(margins(logits, labels), torch.tensor([2.0, -3.0, 3.0]))
+    # Linear interpolation between sorted margins (-3, 2, 3) at q = 0.5 -> 2.
+    assert margin_quantile(logits, labels, q=0.5) == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="labels must have shape"):
+        margins(logits, labels[:2])
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="margin must be"):
+        neyshabur_measure(_diag_model(), -1.0)
+    with pytest.raises(ValueError, match="no Linear/Conv"):
+        bartlett_measure(nn.ReLU(), 1.0)
+
+
+def test_generalization_gap():
+    out = generalization_gap(0.99, 0.91, train_loss=0.05, test_loss=0.4)
+    assert out[KEY_GAP_ACC] == pytest.approx(0.08)
+    assert out[KEY_GAP_LOSS] == pytest.approx(0.35)
+    assert KEY_GAP_LOSS not in generalization_gap(1.0, 0.9)
+    with pytest.raises(ValueError, match="both train_loss and test_loss"):
+        generalization_gap(1.0, 0.9, train_loss=0.1)

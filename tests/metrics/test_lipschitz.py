@@ -1,0 +1,125 @@
+"""Empirical Lipschitz measures against SVD and autograd oracles."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stablerank.metrics.lipschitz import (
+    KEY_EL_MAX,
+    KEY_EL_MEAN,
+    KEY_EL_N,
+    interpolate,
+    jacobian_spectral_norm,
+    pairwise_lipschitz,
+    plot_histogram,
+    quantile_key,
+    summarize,
+)
+
+
+def _linear_with_spectrum(singular_values: list[float], n_in: int, seed: int = 0) -> nn.Linear:
+    """f(x) = A x with A = U diag(s) V^T, so sigma_max(A) = s[0] exactly."""
+    gen = torch.Generator().manual_seed(seed)
+    m = len(singular_values)
+    u, _ = torch.linalg.qr(torch.randn(m, m, generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(n_in, m, generator=gen, dtype=torch.float64))
+    layer = nn.Linear(n_in, m, bias=False).double()
+    with torch.no_grad():
+        layer.weight.copy_(u @ torch.diag(torch.tensor(singular_values, dtype=torch.float64)) @ v.T)
+    return layer
+
+
+def test_pairwise_ratios_of_linear_map_bounded_by_sigma_max():
+    layer = _linear_with_spectrum([3.0, 1.0, 0.5], n_in=5)
+    sigma = torch.linalg.matrix_norm(layer.weight.detach(), ord=2).item()
+    x = torch.randn(40, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    ratios = pairwise_lipschitz(layer, x, n_pairs=300, seed=0, batch_size=7)
+    assert ratios.shape == (300,)
+    # float64 rounding only: the ratio ||A d|| / ||d|| can never exceed sigma_max.
+    assert ratios.max().item() <= sigma * (1 + 1e-12)
+    # A has a null space (n_in = 5 > rank 3), so the only lower bound is 0.
+    assert ratios.min().item() >= 0.0
+    # Batch size does not change the result (same pairs, same arithmetic per sample).
+    again = pairwise_lipschitz(layer, x, n_pairs=300, seed=0, batch_size=300)
+    torch.testing.assert_close(ratios, again, rtol=1e-12, atol=0.0)
+
+
+def test_pairwise_against_explicit_pairs_with_x_other():
+    layer = _linear_with_spectrum([2.0, 1.0], n_in=3)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(6, 3, dtype=torch.float64, generator=gen)
+    y = torch.randn(4, 3, dtype=torch.float64, generator=gen)
+    ratios = pairwise_lipschitz(layer, x, x_other=y, n_pairs=50, seed=3)
+    # Oracle: every ratio is one of the 24 cross ratios computed directly.
+    a = layer.weight.detach()
+    cross = {
+        round(
+            (torch.linalg.vector_norm(a @ (xi - yj)) / torch.linalg.vector_norm(xi - yj)).item(), 9
+        )
+        for xi in x
+        for yj in y
+    }
+    assert {round(r, 9) for r in ratios.tolist()} <= cross
+
+
+def test_pairwise_drops_identical_pairs():
+    layer = nn.Linear(2, 2).double()
+    x = torch.zeros(5, 2, dtype=torch.float64)
+    assert pairwise_lipschitz(layer, x, n_pairs=10, seed=0).numel() == 0
+
+
+def test_jacobian_norm_of_linear_map_equals_sigma_max():
+    layer = _linear_with_spectrum([4.0, 2.0, 1.0], n_in=6)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    est = jacobian_spectral_norm(layer, x, n_iters=30, seed=0)
+    # Power iteration error shrinks like (s2/s1)^(2k) = 0.5^60: float64 precision is the limit.
+    torch.testing.assert_close(est, torch.full((5,), 4.0, dtype=torch.float64), rtol=1e-10, atol=0)
+
+
+def test_jacobian_norm_matches_autograd_jacobian_for_relu_bn_net():
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4)
+    ).double()
+    net.train()
+    net(torch.randn(8, 1, 4, 4, dtype=torch.float64))  # non-trivial BN running stats
+    x = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    est = jacobian_spectral_norm(net, x, n_iters=200, seed=1, batch_size=2)
+    assert net.training, "the model's previous mode must be restored"
+    net.eval()
+    oracle = []
+    for xi in x:
+        jac = torch.autograd.functional.jacobian(lambda t: net(t[None])[0], xi)  # (4, 1, 4, 4)
+        oracle.append(torch.linalg.matrix_norm(jac.reshape(4, -1), ord=2))
+    # 200 iterations with a generic spectral gap converge to float64 round-off; 1e-6 leaves
+    # room for a gap as small as s2/s1 = 0.97.
+    torch.testing.assert_close(est, torch.stack(oracle), rtol=1e-6, atol=0)
+
+
+def test_interpolate_points_lie_on_segments():
+    x = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    y = torch.tensor([[2.0, 0.0]])
+    pts = interpolate(x, y, n=20, seed=0)
+    assert pts.shape == (20, 2)
+    # Each point p = x_i + t (y - x_i) with t in [0, 1]: solve for t on the first coordinate.
+    for p in pts:
+        on_first = torch.allclose(p[1], torch.tensor(0.0)) and 0 <= p[0] <= 2
+        t = 1 - p[1]  # for x_i = (1, 1): p = (1 + t, 1 - t)
+        on_second = torch.allclose(p[0], 1 + t, atol=1e-6) and 0 <= t <= 1
+        assert on_first or on_second
+
+
+def test_summarize_keys_and_values():
+    out = summarize(torch.arange(101, dtype=torch.float64))
+    assert out[KEY_EL_MAX] == 100.0
+    assert out[KEY_EL_MEAN] == 50.0
+    assert out[KEY_EL_N] == 101
+    assert out[quantile_key(0.5)] == 50.0
+    assert out[quantile_key(0.9)] == 90.0
+    assert quantile_key(0.99) == "q99"
+
+
+def test_plot_histogram_writes_png(tmp_path):
+    path = plot_histogram({"real": torch.rand(50), "fake": torch.rand(30)}, tmp_path / "h.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
