@@ -21,36 +21,32 @@ Sources (nothing is downloaded unless ``download=True`` is passed, and only for 
   the standard split sizes and the label range are checked before anything is returned.
 * CIFAR-10/100: the python pickle folders ``cifar-10-batches-py/`` / ``cifar-100-python/`` in
   ``data_dir``, or their ``.tar.gz`` archive there (checked against its md5 and extracted next to
-  it), or downloaded from the authors' site when ``download=True``.
+  it), or downloaded from the authors' site when ``download=True`` (see :mod:`.cifar`).
 * ``digits``: scikit-learn's bundled 8x8 digits (17 grey levels 0..16 scaled to 0..255 and rounded),
   split by a fixed seeded stratified 75/25 split (the set has no official split).
 * ``mnist1d``: generated locally by ``mnist1d.data.make_dataset`` with the package's default
   arguments (seed 42, 4000 train / 1000 test); the global ``random``/``numpy`` RNG states that it
   reseeds are restored afterwards.
-
-.. note::
-   CIFAR archives are Python pickles: unpickling runs code chosen by whoever wrote the file, so
-   read only archives from a source you trust (the md5 check covers the downloaded ``.tar.gz``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import hashlib
-import pickle
 import random
-import shutil
-import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from stablerank.data.cifar import CIFAR_LAYOUTS, load_cifar
+from stablerank.data.splits import (
+    PIXEL_MAX,
+    CorruptDatasetError,
+    DatasetNotFoundError,
+    DatasetSplits,
+    channel_stats,
+)
 
 __all__ = [
     "DATASETS",
@@ -63,83 +59,11 @@ __all__ = [
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits", "mnist1d")
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-PIXEL_MAX = 255.0  # uint8 images are divided by this before mean/std normalization
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset's files are not where we looked; the message says how to get them."""
-
-
-class CorruptDatasetError(ValueError):
-    """A dataset file exists but is truncated, corrupt or not what its name says."""
-
-
-@dataclass(frozen=True)
-class DatasetSplits:
-    """A dataset held in memory as tensors.
-
-    Attributes:
-        name: canonical dataset name (one of :data:`DATASETS`).
-        train_x: training inputs, uint8 (N, C, H, W) for images, float32 (N, C, L) for 1-D data.
-        train_y: training labels, int64 (N,), in [0, num_classes).
-        test_x: test inputs, same layout as ``train_x``.
-        test_y: test labels, int64.
-        num_classes: number of classes.
-        in_channels: C.
-        image_size: H (= W) for images, None for 1-D signals.
-        mean: per-channel mean of the training inputs after division by ``pixel_scale``.
-        std: per-channel standard deviation (population, ddof 0) in the same units.
-        pixel_scale: 255.0 for uint8 images, 1.0 for float data.
-        length: L for 1-D signals, None for images.
-        classes: class names (index = label), empty when the dataset has none.
-        source: where the data came from (a folder, or the generator and its seed).
-    """
-
-    name: str
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    in_channels: int
-    image_size: int | None
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    pixel_scale: float = PIXEL_MAX
-    length: int | None = None
-    classes: tuple[str, ...] = ()
-    source: str = ""
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        """Shape of one example: (C, H, W) or (C, L)."""
-        return tuple(self.train_x.shape[1:])
-
-    @property
-    def num_train(self) -> int:
-        return int(self.train_y.numel())
-
-    @property
-    def num_test(self) -> int:
-        return int(self.test_y.numel())
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """Float32 copy of ``x`` (any batch of this dataset's inputs) as the models see it:
-        ``(x / pixel_scale - mean) / std`` per channel, on ``x``'s device."""
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=x.device).view(shape)
-        std = torch.tensor(self.std, dtype=torch.float32, device=x.device).view(shape)
-        return (x.to(torch.float32) / self.pixel_scale - mean) / std
-
-    def replace(self, **changes: object) -> DatasetSplits:
-        """A copy with some fields changed (e.g. ``train_y`` after label corruption).
-        ``mean``/``std`` are kept: they describe the full training split."""
-        return dataclasses.replace(self, **changes)
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False
@@ -167,40 +91,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
     root = None if data_dir is None else Path(data_dir).expanduser()
     if key == "fashion-mnist":
         return _load_fashion_mnist(root)
-    if key in _CIFAR:
-        return _load_cifar(root, _CIFAR[key], download=download)
+    if key in CIFAR_LAYOUTS:
+        return load_cifar(root, CIFAR_LAYOUTS[key], download=download)
     if key == "digits":
         return _load_digits()
     return _load_mnist1d()
-
-
-# ---------------------------------------------------------------------------------------------
-# Statistics
-# ---------------------------------------------------------------------------------------------
-
-
-def _channel_stats(x: torch.Tensor, scale: float) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Exact per-channel mean and (population) std of ``x / scale``.
-
-    uint8 data goes through a 256-bin histogram per channel (fast and exact in float64);
-    float data through float64 sums.
-    """
-    means, stds = [], []
-    for c in range(x.shape[1]):
-        channel = x[:, c].reshape(-1)
-        if x.dtype == torch.uint8:
-            counts = torch.bincount(channel, minlength=256).to(torch.float64)
-            values = torch.arange(256, dtype=torch.float64) / scale
-            n = counts.sum()
-            mean = (counts * values).sum() / n
-            var = (counts * (values - mean) ** 2).sum() / n
-        else:
-            channel = channel.to(torch.float64) / scale
-            mean = channel.mean()
-            var = ((channel - mean) ** 2).mean()
-        means.append(float(mean))
-        stds.append(float(var.sqrt()))
-    return tuple(means), tuple(stds)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,7 +192,7 @@ def _load_fashion_mnist(root: Path | None) -> DatasetSplits:
                 f"{folder}: {key} has label {arrays[key].max()} >= {_FASHION_NUM_CLASSES}"
             )
     train_x = torch.from_numpy(arrays["train_x"]).unsqueeze(1)  # (N, 1, 28, 28)
-    mean, std = _channel_stats(train_x, PIXEL_MAX)
+    mean, std = channel_stats(train_x, PIXEL_MAX)
     return DatasetSplits(
         name="fashion-mnist",
         train_x=train_x,
@@ -310,198 +205,6 @@ def _load_fashion_mnist(root: Path | None) -> DatasetSplits:
         mean=mean,
         std=std,
         classes=FASHION_MNIST_CLASSES,
-        source=str(folder),
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100 (python pickle archives)
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _CifarLayout:
-    """Where a CIFAR variant lives and what its files must contain."""
-
-    name: str
-    folder: str  # extracted folder inside data_dir
-    archive: str  # .tar.gz name inside data_dir
-    url: str
-    md5: str | None  # of the archive; None skips the check (tests)
-    train_files: tuple[str, ...]
-    test_files: tuple[str, ...]
-    label_key: bytes
-    meta_file: str
-    names_key: bytes
-    num_classes: int
-    train_size: int
-    test_size: int
-
-
-_CIFAR_PIXELS = 3 * 32 * 32
-_CIFAR = {
-    "cifar10": _CifarLayout(
-        name="cifar10",
-        folder="cifar-10-batches-py",
-        archive="cifar-10-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        md5="c58f30108f718f92721af3b95e74349a",
-        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
-        test_files=("test_batch",),
-        label_key=b"labels",
-        meta_file="batches.meta",
-        names_key=b"label_names",
-        num_classes=10,
-        train_size=50000,
-        test_size=10000,
-    ),
-    "cifar100": _CifarLayout(
-        name="cifar100",
-        folder="cifar-100-python",
-        archive="cifar-100-python.tar.gz",
-        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        md5="eb9058c3a382ffc7106e4002c42a8d85",
-        train_files=("train",),
-        test_files=("test",),
-        label_key=b"fine_labels",
-        meta_file="meta",
-        names_key=b"fine_label_names",
-        num_classes=100,
-        train_size=50000,
-        test_size=10000,
-    ),
-}
-_DOWNLOAD_TIMEOUT_S = 60
-_CHUNK = 1 << 20
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _how_to_get_cifar(layout: _CifarLayout, root: Path | None) -> str:
-    where = "--data-dir DIR" if root is None else str(root)
-    return (
-        f"put the folder {layout.folder}/ (or the archive {layout.archive}, from {layout.url}) "
-        f"in {where}, or pass download=True (--download) on a machine with network access"
-    )
-
-
-def _download(layout: _CifarLayout, root: Path) -> Path:
-    """Fetch the archive to ``root`` atomically (a .part file renamed once its md5 matches)."""
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / layout.archive
-    part = target.with_name(target.name + ".part")
-    try:
-        with urllib.request.urlopen(layout.url, timeout=_DOWNLOAD_TIMEOUT_S) as response, \
-                part.open("wb") as out:  # fmt: skip
-            shutil.copyfileobj(response, out, _CHUNK)
-    except (urllib.error.URLError, OSError) as err:
-        part.unlink(missing_ok=True)
-        raise DatasetNotFoundError(
-            f"{layout.name}: download of {layout.url} failed ({err}); "
-            + _how_to_get_cifar(layout, root)
-        ) from err
-    if layout.md5 is not None and _md5(part) != layout.md5:
-        part.unlink(missing_ok=True)
-        raise CorruptDatasetError(f"{layout.url}: downloaded file has the wrong md5")
-    part.replace(target)
-    return target
-
-
-def _extract(layout: _CifarLayout, archive: Path) -> None:
-    """Extract ``archive`` next to itself; the folder appears only once complete."""
-    if layout.md5 is not None and _md5(archive) != layout.md5:
-        raise CorruptDatasetError(
-            f"{archive}: md5 differs from the official {layout.archive} ({layout.md5}); "
-            "the file is corrupt or truncated: delete it and fetch it again"
-        )
-    with tempfile.TemporaryDirectory(dir=archive.parent, prefix=".extract-") as tmp:
-        try:
-            with tarfile.open(archive, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as err:
-            raise CorruptDatasetError(f"{archive}: cannot be extracted ({err})") from err
-        extracted = Path(tmp) / layout.folder
-        if not extracted.is_dir():
-            raise CorruptDatasetError(f"{archive}: does not contain the folder {layout.folder}/")
-        extracted.rename(archive.parent / layout.folder)
-
-
-def _read_cifar_pickle(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
-    if not path.is_file():
-        raise DatasetNotFoundError(
-            f"{layout.name}: {path} is missing; the folder is incomplete. "
-            + _how_to_get_cifar(layout, path.parent.parent)
-        )
-    try:
-        with path.open("rb") as f:
-            entry = pickle.load(f, encoding="bytes")
-        data = np.asarray(entry[b"data"])
-        labels = np.asarray(entry[layout.label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise CorruptDatasetError(f"{path}: not a CIFAR python batch ({err!r})") from err
-    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
-        raise CorruptDatasetError(
-            f"{path}: data is {data.dtype} {data.shape}, expected uint8 (n, {_CIFAR_PIXELS})"
-        )
-    if labels.shape != (data.shape[0],):
-        raise CorruptDatasetError(f"{path}: {labels.shape[0]} labels for {data.shape[0]} images")
-    if labels.size and (labels.min() < 0 or labels.max() >= layout.num_classes):
-        raise CorruptDatasetError(f"{path}: labels outside [0, {layout.num_classes})")
-    return data, labels
-
-
-def _read_cifar_split(folder: Path, files: tuple[str, ...], size: int, layout: _CifarLayout
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    parts = [_read_cifar_pickle(folder / f, layout) for f in files]
-    data = np.concatenate([p[0] for p in parts])
-    labels = np.concatenate([p[1] for p in parts])
-    if data.shape[0] != size:
-        raise CorruptDatasetError(f"{folder}: {data.shape[0]} examples in {files}, expected {size}")
-    # Rows are the 1024 red, then green, then blue values of a 32x32 image in row-major order.
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32)), torch.from_numpy(labels)
-
-
-def _load_cifar(root: Path | None, layout: _CifarLayout, *, download: bool) -> DatasetSplits:
-    if root is None:
-        raise DatasetNotFoundError(f"{layout.name} needs a data folder: " + _how_to_get_cifar(
-            layout, None))  # fmt: skip
-    folder = root / layout.folder
-    if not folder.is_dir():
-        archive = root / layout.archive
-        if not archive.is_file():
-            if not download:
-                raise DatasetNotFoundError(
-                    f"{layout.name} not found in {root}: " + _how_to_get_cifar(layout, root)
-                )
-            archive = _download(layout, root)
-        _extract(layout, archive)
-    train_x, train_y = _read_cifar_split(folder, layout.train_files, layout.train_size, layout)
-    test_x, test_y = _read_cifar_split(folder, layout.test_files, layout.test_size, layout)
-    classes: tuple[str, ...] = ()
-    meta = folder / layout.meta_file
-    if meta.is_file():
-        with meta.open("rb") as f:
-            names = pickle.load(f, encoding="bytes").get(layout.names_key, [])
-        classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
-    mean, std = _channel_stats(train_x, PIXEL_MAX)
-    return DatasetSplits(
-        name=layout.name,
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        num_classes=layout.num_classes,
-        in_channels=3,
-        image_size=32,
-        mean=mean,
-        std=std,
-        classes=classes,
         source=str(folder),
     )
 
@@ -527,7 +230,7 @@ def _load_digits() -> DatasetSplits:
         stratify=labels,
     )  # fmt: skip
     train_x = torch.from_numpy(np.ascontiguousarray(tr_x))
-    mean, std = _channel_stats(train_x, PIXEL_MAX)
+    mean, std = channel_stats(train_x, PIXEL_MAX)
     return DatasetSplits(
         name="digits",
         train_x=train_x,
@@ -558,7 +261,7 @@ def _load_mnist1d() -> DatasetSplits:
         np.random.set_state(np_state)
     train_x = torch.from_numpy(np.asarray(data["x"], dtype=np.float32)).unsqueeze(1)
     test_x = torch.from_numpy(np.asarray(data["x_test"], dtype=np.float32)).unsqueeze(1)
-    mean, std = _channel_stats(train_x, 1.0)
+    mean, std = channel_stats(train_x, 1.0)
     return DatasetSplits(
         name="mnist1d",
         train_x=train_x,

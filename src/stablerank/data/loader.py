@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 if TYPE_CHECKING:
-    from stablerank.data.datasets import DatasetSplits
+    from stablerank.data.splits import DatasetSplits
 
 __all__ = ["AUGMENTS", "DEFAULT_PAD", "DeviceLoader"]
 
