@@ -1,0 +1,135 @@
+"""Feature-extractor registry, the frozen wrapper and the shipped fmnist-cnn weights."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from stablerank.metrics import features as feat
+from stablerank.metrics.features import (
+    DEFAULT_FEATURE_NET,
+    FMNIST_CNN_SIDECAR,
+    FMNIST_CNN_WEIGHTS,
+    FashionCNN,
+    FeatureExtractor,
+    available_feature_extractors,
+    build_feature_extractor,
+    load_fmnist_cnn,
+    register_feature_extractor,
+    sha256_file,
+    to_signed_unit,
+)
+
+_MAX_WEIGHTS_BYTES = 2 * 1024 * 1024
+_TARGET_TEST_ACC = 0.93
+
+
+def _small_extractor() -> FeatureExtractor:
+    torch.manual_seed(0)
+    net = FashionCNN(widths=(4, 4, 4), feature_dim=8)
+    return FeatureExtractor("small", net, input_shape=(1, 28, 28), num_features=8, num_classes=10,
+                            weights_sha256="")  # fmt: skip
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    monkeypatch.setattr(feat, "_REGISTRY", dict(feat._REGISTRY))
+
+
+def test_builtins_registered():
+    assert {DEFAULT_FEATURE_NET, "inception-v3"} <= set(available_feature_extractors())
+
+
+@pytest.mark.parametrize("name", ["", " x", "a b", "a/b", "a\\b", "x\n"])
+def test_register_rejects_bad_names(clean_registry, name):
+    with pytest.raises(ValueError, match="non-empty without whitespace"):
+        register_feature_extractor(name, _small_extractor)
+
+
+def test_register_rejects_taken_name_and_builds(clean_registry):
+    with pytest.raises(ValueError, match="already registered"):
+        register_feature_extractor(DEFAULT_FEATURE_NET, _small_extractor)
+    with pytest.raises(TypeError, match="name must be a str"):
+        register_feature_extractor(3, _small_extractor)  # type: ignore[arg-type]
+    register_feature_extractor("small", _small_extractor)
+    assert isinstance(build_feature_extractor("small"), FeatureExtractor)
+    with pytest.raises(ValueError, match="unknown feature extractor 'nope'"):
+        build_feature_extractor("nope")
+
+
+def test_extractor_is_frozen_and_eval_only():
+    ext = _small_extractor()
+    ext.train()
+    assert not any(m.training for m in ext.modules())
+    assert not any(p.requires_grad for p in ext.parameters())
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    f1, logits = ext.extract(x)
+    # Eval-mode BN: a sample's features do not depend on its batch (float32 conv round-off).
+    f2, _ = ext.extract(x[:1])
+    torch.testing.assert_close(f1[:1], f2, rtol=1e-5, atol=1e-6)
+    assert f1.shape == (5, 8) and logits.shape == (5, 10)
+
+
+def test_extractor_validates_input():
+    ext = _small_extractor()
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"):
+        ext.extract(torch.zeros(2, 3, 28, 28))
+    with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
+        ext.extract(torch.tensor([0.0, 255.0]).repeat(392).reshape(1, 1, 28, 28))
+    with pytest.raises(TypeError, match="uint8 or floating point"):
+        ext.extract(torch.zeros(1, 1, 28, 28, dtype=torch.int64))
+    u8 = torch.tensor([0, 255], dtype=torch.uint8)
+    torch.testing.assert_close(to_signed_unit(u8), torch.tensor([-1.0, 1.0]))
+
+
+def test_inception_without_torch_fidelity_says_how_to_install():
+    try:
+        import torch_fidelity  # noqa: F401
+    except ModuleNotFoundError:
+        with pytest.raises(ModuleNotFoundError, match=r"pip install stablerank\[fidelity\]"):
+            build_feature_extractor("inception-v3", weights_path="/nonexistent.pth")
+    else:
+        with pytest.raises(ValueError, match="weights_path is required"):
+            build_feature_extractor("inception-v3")
+
+
+@pytest.mark.skipif(not FMNIST_CNN_WEIGHTS.is_file(), reason="fmnist-cnn weights not built yet")
+def test_shipped_weights_match_sidecar_and_are_small():
+    meta = json.loads(FMNIST_CNN_SIDECAR.read_text())
+    assert FMNIST_CNN_WEIGHTS.stat().st_size < _MAX_WEIGHTS_BYTES
+    assert sha256_file(FMNIST_CNN_WEIGHTS) == meta["sha256"]
+    assert meta["test_accuracy"] >= _TARGET_TEST_ACC
+    assert meta["command"].startswith("python scripts/train_feature_net.py")
+    ext = build_feature_extractor(DEFAULT_FEATURE_NET)
+    assert ext.weights_sha256 == meta["sha256"]
+    assert (ext.num_features, ext.num_classes) == (128, 10)
+
+
+@pytest.mark.skipif(not FMNIST_CNN_WEIGHTS.is_file(), reason="fmnist-cnn weights not built yet")
+def test_shipped_weights_classify_fashion_mnist_test_images():
+    data = pytest.importorskip("stablerank.data.datasets")
+    try:
+        splits = data.load_dataset("fashion-mnist")
+    except data.DatasetNotFoundError:
+        pytest.skip("Fashion-MNIST not installed")
+    ext = load_fmnist_cnn()
+    n = 1000
+    _, logits = ext.extract(splits.test_x[:n])
+    acc = (logits.argmax(1) == splits.test_y[:n]).double().mean().item()
+    # The sidecar's full-test accuracy is >= 0.93; 1000 images have a binomial std of ~0.8
+    # points, so 0.90 leaves ~4 standard deviations of room.
+    assert acc >= 0.90
+
+
+def test_corrupt_weights_are_refused(tmp_path):
+    if not FMNIST_CNN_WEIGHTS.is_file():
+        pytest.skip("fmnist-cnn weights not built yet")
+    bad = tmp_path / "fmnist_cnn.pt"
+    bad.write_bytes(FMNIST_CNN_WEIGHTS.read_bytes()[:-10])
+    (tmp_path / "fmnist_cnn.json").write_text(FMNIST_CNN_SIDECAR.read_text())
+    with pytest.raises(ValueError, match="differs from the sidecar"):
+        load_fmnist_cnn(bad)
+    with pytest.raises(FileNotFoundError, match="train_feature_net.py"):
+        load_fmnist_cnn(tmp_path / "missing.pt")

@@ -1,0 +1,188 @@
+"""FID / KID / IS through torchmetrics against closed-form oracles, with a toy feature network."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from stablerank.metrics.features import FeatureExtractor
+from stablerank.metrics.gan import (
+    KEY_FID,
+    KEY_IS_MEAN,
+    KEY_IS_STD,
+    KEY_KID_MEAN,
+    KEY_KID_STD,
+    KEY_PROTOCOL,
+    compute_gan_metrics,
+    extract_features,
+    real_vs_real_baseline,
+)
+
+D = 6  # pixels = features = classes of the toy network
+
+
+class _Identity(nn.Module):
+    """features = flattened pixels; logits = LOGIT_SCALE * pixels."""
+
+    def __init__(self, logit_scale: float = 1.0) -> None:
+        super().__init__()
+        self.logit_scale = logit_scale
+
+    def extract(self, x):
+        flat = x.flatten(1)
+        return flat, self.logit_scale * flat
+
+
+def _toy(logit_scale: float = 1.0) -> FeatureExtractor:
+    return FeatureExtractor(
+        "toy", _Identity(logit_scale), input_shape=(1, 1, D), num_features=D, num_classes=D,
+        weights_sha256="0" * 64,
+    )  # fmt: skip
+
+
+def _images(n: int, seed: int, scale: float = 0.4) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return (scale * (2 * torch.rand(n, 1, 1, D, generator=gen) - 1)).double()
+
+
+def test_fid_of_a_set_against_itself_is_zero():
+    x = _images(200, 0)
+    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="test", metrics=["fid"])
+    # Exact identity; only the eigenvalue square roots of Sigma^2 round off (float64).
+    assert abs(out[KEY_FID]) < 1e-3
+
+
+@pytest.mark.parametrize("shift", [0.1, 0.3, 0.5])
+def test_fid_of_a_shift_equals_squared_shift_norm(shift):
+    # Equal covariances: FID = ||mu_r - mu_g||^2 = D * shift^2 exactly (in exact arithmetic).
+    x = _images(300, 1)
+    out = compute_gan_metrics(x + shift, x, feature_net=_toy(), reference_split="t", metrics=["fid"])
+    assert out[KEY_FID] == pytest.approx(D * shift**2, rel=1e-6, abs=1e-6)
+
+
+def test_fid_grows_monotonically_with_shift():
+    x = _images(300, 2)
+    fids = [
+        compute_gan_metrics(x + s, x, feature_net=_toy(), reference_split="t", metrics=["fid"])[
+            KEY_FID
+        ]
+        for s in (0.0, 0.05, 0.1, 0.2, 0.4)
+    ]
+    assert all(a < b for a, b in zip(fids, fids[1:], strict=False))
+
+
+def test_inception_score_of_uniform_predictions_is_one():
+    x = torch.zeros(100, 1, 1, D)  # all logits equal
+    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics=["is"])
+    assert out[KEY_IS_MEAN] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_inception_score_of_confident_balanced_predictions_is_class_count():
+    # Logit 50 on one class: p(y|x) is one-hot up to e^-50; every class appears equally often.
+    x = torch.eye(D).repeat(20, 1).reshape(-1, 1, 1, D)
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=50.0), reference_split="t", metrics=["is"], is_splits=1
+    )
+    assert out[KEY_IS_MEAN] == pytest.approx(D, rel=1e-6)
+    assert out[KEY_IS_STD] == 0.0
+
+
+def _kid_oracle(f_real: np.ndarray, f_fake: np.ndarray) -> float:
+    """Unbiased MMD^2 with k(a, b) = (a.b / d + 1)^3 (the KID of Binkowski et al. 2018)."""
+    d, m = f_real.shape[1], f_real.shape[0]
+    k = lambda a, b: (a @ b.T / d + 1.0) ** 3  # noqa: E731
+    kxx, kyy, kxy = k(f_real, f_real), k(f_fake, f_fake), k(f_real, f_fake)
+    off = lambda a: (a.sum() - np.trace(a)) / (m * (m - 1))  # noqa: E731
+    return off(kxx) + off(kyy) - 2 * kxy.mean()
+
+
+def test_kid_of_identical_sets_matches_unbiased_oracle_and_is_tiny():
+    x = _images(50, 3)
+    # One subset of all samples: the permutation is irrelevant and the oracle is exact.
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(), reference_split="t", metrics=["kid"], kid_subsets=1,
+        kid_subset_size=50,
+    )  # fmt: skip
+    f = x.reshape(50, D).numpy()
+    assert out[KEY_KID_MEAN] == pytest.approx(_kid_oracle(f, f), rel=1e-9, abs=1e-12)
+    shifted = compute_gan_metrics(
+        x + 0.3, x, feature_net=_toy(), reference_split="t", metrics=["kid"], kid_subsets=1,
+        kid_subset_size=50,
+    )  # fmt: skip
+    # Identical sets: only the O(1/m) diagonal bias of the unbiased estimator remains.
+    assert abs(out[KEY_KID_MEAN]) < 0.05 * shifted[KEY_KID_MEAN]
+
+
+def test_scores_do_not_depend_on_batch_size_and_are_seeded():
+    real, fake = _images(120, 4), _images(90, 5, scale=0.3)
+    kwargs = dict(feature_net=_toy(), reference_split="test", kid_subsets=5, kid_subset_size=40,
+                  is_splits=3, seed=7)  # fmt: skip
+    a = compute_gan_metrics(fake, real, batch_size=1, **kwargs)
+    b = compute_gan_metrics(fake, real, batch_size=1000, **kwargs)
+    for key in (KEY_FID, KEY_KID_MEAN, KEY_KID_STD, KEY_IS_MEAN, KEY_IS_STD):
+        # float64 features summed in different orders: agreement to 1e-9 relative.
+        assert a[key] == pytest.approx(b[key], rel=1e-9, abs=1e-12), key
+    assert a[KEY_PROTOCOL] == b[KEY_PROTOCOL]
+
+
+def test_generator_callable_protocol_and_rng_restored():
+    gen_calls = []
+
+    def generate(k):
+        gen_calls.append(k)
+        return 0.5 * torch.tanh(torch.randn(k, 1, 1, D))
+
+    real = _images(64, 6)
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    out1 = compute_gan_metrics(
+        generate, real, feature_net=_toy(), n_fake=50, batch_size=16, reference_split="test",
+        kid_subsets=3, kid_subset_size=20, is_splits=2, seed=1,
+    )  # fmt: skip
+    assert torch.rand(1) == before, "the caller's RNG stream must be untouched"
+    out2 = compute_gan_metrics(
+        generate, real, feature_net=_toy(), n_fake=50, batch_size=16, reference_split="test",
+        kid_subsets=3, kid_subset_size=20, is_splits=2, seed=1,
+    )  # fmt: skip
+    assert out1 == out2
+    assert gen_calls[:4] == [16, 16, 16, 2]
+    assert out1[KEY_PROTOCOL] == {
+        "feature_net": "toy", "weights_sha256": "0" * 64, "reference_split": "test",
+        "n_real": 64, "n_fake": 50, "is_splits": 2, "kid_subsets": 3, "kid_subset_size": 20,
+        "seed": 1, "sample_source": "generator", "image_range": "[-1, 1]",
+    }  # fmt: skip
+
+
+def test_cached_real_features_and_baseline():
+    train, test = _images(80, 8), _images(60, 9)
+    cached = extract_features(train, _toy(), split="train")
+    a = compute_gan_metrics(test, cached, feature_net=_toy(), kid_subsets=2, kid_subset_size=30)
+    base = real_vs_real_baseline(train, test, feature_net=_toy(), kid_subsets=2, kid_subset_size=30)
+    assert a[KEY_FID] == pytest.approx(base[KEY_FID], rel=1e-12)
+    assert base[KEY_PROTOCOL]["sample_source"] == "test"
+    assert base[KEY_PROTOCOL]["reference_split"] == "train"
+    assert math.isfinite(base[KEY_IS_MEAN])
+
+
+def test_errors():
+    x = _images(10, 0)
+    other = FeatureExtractor("other", _Identity(), input_shape=(1, 1, D), num_features=D,
+                             num_classes=D, weights_sha256="1" * 64)  # fmt: skip
+    cached = extract_features(x, _toy(), split="train")
+    with pytest.raises(ValueError, match="recompute them"):
+        compute_gan_metrics(x, cached, feature_net=other)
+    with pytest.raises(ValueError, match="reference_split is required"):
+        compute_gan_metrics(x, x, feature_net=_toy())
+    with pytest.raises(ValueError, match="metrics must be a subset"):
+        compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics=["fd"])
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 1, 6\), got \(10, 6\)"):
+        compute_gan_metrics(x.reshape(10, D), x, feature_net=_toy(), reference_split="t")
+    with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
+        compute_gan_metrics(x * 10, x, feature_net=_toy(), reference_split="t")
+    with pytest.raises(ValueError, match="n is required"):
+        extract_features(lambda k: x[:k], _toy(), split="g")

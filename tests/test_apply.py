@@ -1,0 +1,73 @@
+"""Model-wide normalization and the layer report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+import stablerank as sr
+
+
+def _net() -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 4, 3),
+        nn.Flatten(), nn.Linear(4 * 8 * 8, 16), nn.Embedding(5, 3), nn.Linear(16, 10),
+    )
+
+
+@pytest.mark.parametrize("norm", ["sn", "srn"])
+def test_normalize_model_covers_every_eligible_layer(norm):
+    net = sr.normalize_model(_net(), norm, rank_ratio=0.5)
+    for i in (0, 3, 5, 7):
+        assert parametrize.is_parametrized(net[i], "weight")
+    assert not parametrize.is_parametrized(net[1]) and not parametrize.is_parametrized(net[6])
+    assert not parametrize.is_parametrized(net[0], "bias")
+
+
+def test_exclude_patterns_and_predicates():
+    net = sr.normalize_model(_net(), "srn", exclude=["7"])
+    assert not parametrize.is_parametrized(net[7])
+    net = sr.normalize_model(_net(), "srn", exclude=lambda name, m: isinstance(m, nn.Conv2d))
+    assert not parametrize.is_parametrized(net[0]) and parametrize.is_parametrized(net[3])
+    assert sr.normalize_model(_net(), "none") is not None
+
+
+def test_normalize_model_rejects_bad_norm_before_any_change():
+    net = _net()
+    with pytest.raises(ValueError, match=r"norm must be one of \('none', 'sn', 'srn'\), got 'bn'"):
+        sr.normalize_model(net, "bn")
+    with pytest.raises(ValueError, match="rank_ratio must be in"):
+        sr.normalize_model(net, "srn", rank_ratio=2.0)
+    assert not any(parametrize.is_parametrized(m) for m in net.modules())
+
+
+def test_layer_report_values_and_no_side_effects(tmp_path):
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3, exclude=["7"])
+    net.train()
+    for _ in range(100):
+        net[0].weight, net[3].weight, net[5].weight  # converge
+    p = net[0].parametrizations.weight[0]
+    u = p._u.clone()
+    report = sr.layer_report(net)
+    assert torch.equal(p._u, u) and p.training
+    by_name = {r.name: r for r in report}
+    assert set(by_name) == {"0", "3", "5", "7"}
+    for name in ("0", "3", "5"):
+        rec = by_name[name]
+        assert rec.norm == "srn"
+        assert rec.sigma_max == pytest.approx(1.0, rel=1e-3)
+        assert rec.srank == pytest.approx(min(rec.raw_srank, rec.target_srank), rel=1e-3)
+        assert rec.sigma_power == pytest.approx(rec.raw_sigma_max, rel=1e-3)
+    assert by_name["7"].norm == "none" and by_name["7"].sigma_max == by_name["7"].raw_sigma_max
+    assert by_name["3"].matrix_shape == (4, 8 * 9)  # ConvTranspose2d reshaped along dim 1
+    text = str(report)
+    assert "sigma_max" in text and "srank" in text and len(text.splitlines()) == 6
+    report.to_csv(tmp_path / "r.csv")
+    report.to_json(tmp_path / "r.json")
+    assert len(json.loads((tmp_path / "r.json").read_text())) == 4
+    assert (tmp_path / "r.csv").read_text().count("\n") == 5

@@ -1,0 +1,312 @@
+"""The SRN layer: invariants after convergence, agreement with the SVD oracle and with torch's
+spectral_norm, structure, modes, gradients, copies, removal and errors."""
+
+from __future__ import annotations
+
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+from stablerank import remove_stable_rank_norm, srn_optimal, stable_rank, stable_rank_norm
+from stablerank.linalg import target_srank, weight_to_matrix
+
+# Relative tolerance of the converged invariants (the issue's 1e-3): float32 SVD and power
+# iteration converge far below it; anything looser would hide a wrong formula.
+CONVERGED_RTOL = 1e-3
+
+
+def _converge(module: nn.Module, steps: int = 200) -> None:
+    module.train()
+    with torch.no_grad():
+        for _ in range(steps):
+            module.weight  # noqa: B018 - each access runs one power-iteration step
+
+
+def _sigma(w: torch.Tensor, dim: int = 0) -> float:
+    return torch.linalg.matrix_norm(weight_to_matrix(w.detach().double(), dim), ord=2).item()
+
+
+def _layers():
+    return [
+        (lambda: nn.Linear(30, 50), 0),
+        (lambda: nn.Conv2d(6, 12, 3), 0),
+        (lambda: nn.ConvTranspose2d(6, 10, 3), 1),
+    ]
+
+
+@pytest.mark.parametrize(("make", "dim"), _layers())
+@pytest.mark.parametrize("rank_ratio", [0.1, 0.3, 0.7])
+def test_converged_layer_has_unit_sigma_and_target_srank(make, dim, rank_ratio):
+    torch.manual_seed(0)
+    layer = make()
+    raw = layer.weight.detach().clone()
+    stable_rank_norm(layer, rank_ratio=rank_ratio)
+    _converge(layer)
+    w = layer.weight
+    r = target_srank(rank_ratio, tuple(weight_to_matrix(raw, dim).shape))
+    expected = min(stable_rank(raw, dim).item(), r)
+    assert _sigma(w, dim) == pytest.approx(1.0, rel=CONVERGED_RTOL)
+    assert stable_rank(w, dim).item() == pytest.approx(expected, rel=CONVERGED_RTOL)
+
+
+@pytest.mark.parametrize(("make", "dim"), _layers())
+def test_layer_equals_sn_then_theorem1_oracle(make, dim):
+    torch.manual_seed(1)
+    layer = make()
+    raw = layer.weight.detach().double()
+    stable_rank_norm(layer.double(), rank_ratio=0.2)
+    _converge(layer)
+    m = weight_to_matrix(raw, dim)
+    r = target_srank(0.2, tuple(m.shape))
+    oracle = srn_optimal(m / _sigma(raw, dim), r, keep_top=1)
+    torch.testing.assert_close(weight_to_matrix(layer.weight.detach(), dim), oracle,
+                               rtol=1e-6, atol=1e-8)
+
+
+def test_exact_mode_equals_converged_power_iteration():
+    torch.manual_seed(2)
+    a, b = nn.Conv2d(4, 8, 3).double(), None
+    b = copy.deepcopy(a)
+    stable_rank_norm(a, rank_ratio=0.25)
+    stable_rank_norm(b, rank_ratio=0.25, exact=True)
+    _converge(a)
+    b.train()
+    torch.testing.assert_close(a.weight, b.weight, rtol=1e-7, atol=1e-9)
+
+
+def test_rank_ratio_one_agrees_with_torch_spectral_norm():
+    torch.manual_seed(3)
+    ours, theirs = nn.Linear(20, 15), None
+    theirs = copy.deepcopy(ours)
+    stable_rank_norm(ours, rank_ratio=1.0)
+    spectral_norm(theirs)
+    p_ours = ours.parametrizations.weight[0]
+    p_theirs = theirs.parametrizations.weight[0]
+    # same u, v -> the same eval-mode weight
+    with torch.no_grad():
+        p_theirs._u.copy_(p_ours._u)
+        p_theirs._v.copy_(p_ours._v)
+    ours.eval(), theirs.eval()
+    torch.testing.assert_close(ours.weight, theirs.weight, rtol=0, atol=1e-7)
+    # and both converge to the same training-mode weight (the same update rule)
+    ours.train(), theirs.train()
+    for _ in range(30):
+        wo, wt = ours.weight, theirs.weight
+    torch.testing.assert_close(wo, wt, rtol=0, atol=1e-6)
+
+
+def test_structure_buffers_and_state_dict_keys():
+    layer = stable_rank_norm(nn.Linear(5, 4))
+    assert {n for n, _ in layer.named_parameters()} == {"bias", "parametrizations.weight.original"}
+    assert {n for n, _ in layer.named_buffers()} == {
+        "parametrizations.weight.0._u", "parametrizations.weight.0._v"}
+    assert set(layer.state_dict()) == {
+        "bias", "parametrizations.weight.original",
+        "parametrizations.weight.0._u", "parametrizations.weight.0._v"}
+
+
+def test_eval_freezes_vectors_and_repeats_last_training_weight():
+    torch.manual_seed(4)
+    layer = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.5)
+    p = layer.parametrizations.weight[0]
+    layer.train()
+    last_train = layer.weight.detach().clone()
+    u, v = p._u.clone(), p._v.clone()
+    layer.eval()
+    for _ in range(3):
+        torch.testing.assert_close(layer.weight, last_train, rtol=0, atol=0)
+        with torch.no_grad():
+            torch.testing.assert_close(layer.weight, last_train, rtol=0, atol=0)
+    assert torch.equal(p._u, u) and torch.equal(p._v, v)
+
+
+def test_eval_cache_follows_in_place_weight_changes():
+    torch.manual_seed(5)
+    layer = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.5).eval()
+    with torch.no_grad():
+        first = layer.weight
+        assert layer.weight is first  # cached
+        layer.parametrizations.weight.original.mul_(2).add_(0.1)
+        second = layer.weight
+    assert second is not first
+    with torch.enable_grad():
+        recomputed = layer.weight
+    torch.testing.assert_close(second, recomputed.detach(), rtol=0, atol=0)
+
+
+def test_gradcheck_float64():
+    torch.manual_seed(6)
+    layer = stable_rank_norm(nn.Linear(5, 7).double(), rank_ratio=0.3).eval()
+    p = layer.parametrizations.weight[0]
+    w = layer.parametrizations.weight.original.detach().clone().requires_grad_(True)
+    assert p.clamps_srank and stable_rank(w).item() > p.srank  # the clamp branch is exercised
+    assert torch.autograd.gradcheck(p, (w,))
+    p.clamps_srank = False  # and the plain-SN path
+    assert torch.autograd.gradcheck(p, (w,))
+
+
+def test_gradients_reach_raw_weight_in_training():
+    layer = stable_rank_norm(nn.Linear(6, 4), rank_ratio=0.5)
+    layer(torch.randn(3, 6)).square().sum().backward()
+    g = layer.parametrizations.weight.original.grad
+    assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0
+
+
+def test_state_dict_round_trip_strict():
+    torch.manual_seed(7)
+    a = stable_rank_norm(nn.Conv2d(3, 5, 3), rank_ratio=0.4)
+    a(torch.randn(2, 3, 8, 8))
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = stable_rank_norm(nn.Conv2d(3, 5, 3), rank_ratio=0.4)
+    b.load_state_dict(torch.load(buf), strict=True)
+    a.eval(), b.eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)
+
+
+def test_deepcopy_after_forward_gives_identical_copy():
+    torch.manual_seed(8)
+    net = nn.Sequential(stable_rank_norm(nn.Linear(4, 8)), nn.ReLU(), stable_rank_norm(nn.Linear(8, 2)))
+    x = torch.randn(5, 4)
+    net(x).sum().backward()
+    net.eval()
+    with torch.no_grad():
+        net(x)  # fills the eval cache
+    ema = copy.deepcopy(net)
+    torch.testing.assert_close(ema(x), net(x), rtol=0, atol=0)
+
+
+def test_parametrize_cached_runs_power_iteration_once():
+    torch.manual_seed(9)
+    layer = stable_rank_norm(nn.Linear(6, 6))
+    p = layer.parametrizations.weight[0]
+    version = p._u._version
+    with parametrize.cached():
+        w1 = layer.weight
+        w2 = layer.weight
+    assert w1 is w2
+    assert p._u._version == version + 1  # one power-iteration update (one in-place write to u)
+
+
+def test_remove_keeps_eval_output_and_parameter_identity():
+    torch.manual_seed(10)
+    layer = stable_rank_norm(nn.Linear(6, 5), rank_ratio=0.4)
+    layer(torch.randn(2, 6))
+    original = layer.parametrizations.weight.original
+    x = torch.randn(3, 6)
+    layer.eval()
+    before = layer(x)
+    layer.train()  # removal in training mode must not run an extra power iteration
+    remove_stable_rank_norm(layer)
+    assert type(layer) is nn.Linear and layer.weight is original
+    layer.eval()
+    torch.testing.assert_close(layer(x), before, rtol=0, atol=0)
+    stable_rank_norm(layer, rank_ratio=0.4)  # re-registration after removal
+    assert parametrize.is_parametrized(layer, "weight")
+
+
+def test_zero_weight_gives_finite_zero():
+    layer = nn.Linear(4, 3)
+    with torch.no_grad():
+        layer.weight.zero_()
+    stable_rank_norm(layer, rank_ratio=0.5)
+    w = layer.weight
+    assert torch.isfinite(w).all() and torch.count_nonzero(w) == 0
+    layer(torch.randn(2, 4)).sum().backward()
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
+def test_target_one_warns_rank_one():
+    with pytest.warns(UserWarning, match="rank one"):
+        stable_rank_norm(nn.Linear(10, 10), rank_ratio=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stable_rank_norm(nn.Linear(10, 1), rank_ratio=0.05)  # a vector is rank one anyway
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_weights(dtype):
+    torch.manual_seed(11)
+    layer = nn.Linear(16, 24).to(dtype)
+    stable_rank_norm(layer, rank_ratio=0.5)
+    p = layer.parametrizations.weight[0]
+    assert p._u.dtype == torch.float32
+    _converge(layer, 50)
+    w = layer.weight
+    assert w.dtype == dtype
+    # 1e-2: the output is rounded to bf16/fp16 (8/11 mantissa bits).
+    assert _sigma(w.float()) == pytest.approx(1.0, rel=1e-2)
+
+
+def test_autocast_cpu_bfloat16():
+    torch.manual_seed(12)
+    layer = stable_rank_norm(nn.Linear(16, 8), rank_ratio=0.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(torch.randn(4, 16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y).all()
+    assert layer.parametrizations.weight[0]._u.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"rank_ratio": 0.0}, ValueError, r"rank_ratio must be in \(0, 1\], got 0.0"),
+        ({"rank_ratio": 1.5}, ValueError, r"rank_ratio must be in \(0, 1\], got 1.5"),
+        ({"srank": 0.5}, ValueError, "srank must be >= 1, got 0.5"),
+        ({"rank_ratio": 0.5, "srank": 2.0}, ValueError, "at most one of rank_ratio and srank"),
+        ({"name": "nope"}, ValueError, "no parameter or buffer named 'nope'"),
+        ({"name": "bias"}, ValueError, "must have 2 or more dimensions"),
+        ({"n_power_iterations": 0}, ValueError, "n_power_iterations must be an integer >= 1"),
+        ({"eps": 0.0}, ValueError, "eps must be > 0"),
+        ({"dim": 2}, IndexError, r"dim must be in \[-2, 1\]"),
+    ],
+)
+def test_bad_arguments_raise_before_any_change(kwargs, exc, match):
+    layer = nn.Linear(4, 3)
+    with pytest.raises(exc, match=match):
+        stable_rank_norm(layer, **kwargs)
+    assert not parametrize.is_parametrized(layer)
+
+
+def test_bad_weights_raise():
+    lin = nn.Linear(3, 3)
+    with torch.no_grad():
+        lin.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        stable_rank_norm(lin)
+    emb = nn.Module()
+    emb.register_buffer("weight", torch.ones(3, 3, dtype=torch.long))
+    with pytest.raises(TypeError, match="must be floating point"):
+        stable_rank_norm(emb)
+    twice = stable_rank_norm(nn.Linear(3, 3))
+    with pytest.raises(ValueError, match="already has stable_rank_norm"):
+        stable_rank_norm(twice)
+    with pytest.raises(ValueError, match="has no stable_rank_norm"):
+        remove_stable_rank_norm(nn.Linear(3, 3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("training", [True, False])
+def test_compile_fullgraph(training):
+    torch.manual_seed(13)
+    net = nn.Sequential(stable_rank_norm(nn.Conv2d(3, 8, 3), rank_ratio=0.3), nn.ReLU(),
+                        nn.Flatten(), stable_rank_norm(nn.Linear(8 * 6 * 6, 4), rank_ratio=0.3))
+    net.train(training)
+    reference = copy.deepcopy(net)
+    compiled = torch.compile(net, fullgraph=True)
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(2):
+        out = compiled(x)
+        expected = reference(x)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    if training:
+        torch.testing.assert_close(net[0].parametrizations.weight[0]._u,
+                                   reference[0].parametrizations.weight[0]._u, rtol=1e-5, atol=1e-6)
