@@ -1,0 +1,303 @@
+"""Analysis of a trained classification run (``stablerank analyze RUN_DIR``; SPEC section 2).
+
+Rebuilds the network from the run's ``config.json`` (same data preparation, same normalization),
+loads the weights of its last checkpoint and measures, **in eval mode** (BatchNorm running
+statistics, SN/SRN with frozen u, v):
+
+* the generalization gap (train minus test accuracy; test minus train loss) on the training set
+  the run trained on (its labels, random ones included) and the test split;
+* the pairwise empirical Lipschitz ratios (eLhist) over sampled train pairs and test pairs;
+* the Jacobian spectral norm ||J_f(x)||_2 (power iteration with torch.func JVP/VJP) at train and
+  test points and at points on segments between random train pairs;
+* the Neyshabur and Bartlett measures over the q-quantile (default 10th percentile) training
+  margin, the conv terms on kernels reshaped to (C_out, C_in*k*k) (not the conv operator).
+
+Inputs of the Lipschitz measures are the images as the network sees them (scaled to [0, 1], then
+standardized with the dataset mean/std), so the ratios are in the network's input units.
+
+Writes ``analysis.json`` (named keys plus ``protocol``) and PNG plots beside it: the eL histogram,
+the train/test accuracy curves, every layer's stable rank over epochs and, for random-label runs,
+the shattering curve. :func:`plot_shattering` overlays several runs' shattering curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stablerank.config import config_from_dict
+from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
+from stablerank.metrics import complexity, lipschitz
+from stablerank.train.checkpoint import atomic_write_json, load_checkpoint
+from stablerank.train.classify import (
+    CHECKPOINT_FILE,
+    KEY_TEST_ACC,
+    KEY_TRAIN_ACC,
+    RunData,
+    build_model,
+    prepare_data,
+)
+from stablerank.train.runtime import resolve_device, seed_everything
+
+__all__ = [
+    "ANALYSIS_FILE",
+    "KEY_COMPLEXITY",
+    "KEY_EL_PAIRWISE",
+    "KEY_GAP",
+    "KEY_JACOBIAN",
+    "KEY_PROTOCOL",
+    "load_run",
+    "plot_shattering",
+    "read_log",
+    "run",
+]
+
+ANALYSIS_FILE = "analysis.json"
+KEY_GAP = "generalization_gap"
+KEY_ACCURACY = "accuracy"
+KEY_EL_PAIRWISE = "el_pairwise"
+KEY_JACOBIAN = "jacobian_norm"
+KEY_COMPLEXITY = "complexity"
+KEY_PROTOCOL = "protocol"
+KEY_PLOTS = "plots"
+SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
+_POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
+
+
+def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The per-epoch records of a run (``log.jsonl``), oldest first."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a training run?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_run(
+    run_dir: str | Path, device: torch.device | str = "cpu"
+) -> tuple[ClassifyConfig, RunData, nn.Module]:
+    """A run's config, its data (prepared exactly as for training) and its network with the last
+    checkpoint's weights, on ``device`` in eval mode."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} does not exist: is {str(run_dir)!r} a run folder?")
+    cfg = config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
+    data = prepare_data(cfg)
+    model = build_model(cfg, data.splits)
+    ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE)
+    model.load_state_dict(ckpt["model"])
+    return cfg, data, model.to(device).eval()
+
+
+def _seeded_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):
+    """``size`` rows of (x, y) drawn without replacement (all of them when size is 0 or larger)."""
+    if not size or size >= len(y):
+        return x, y
+    idx = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:size]
+    return x[idx], y[idx]
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    return torch.cat([model(xb).float() for xb in x.split(batch_size)])
+
+
+def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Measure a trained run; write ``analysis.json`` and plots into ``run_dir``.
+
+    Args:
+        cfg: what to measure and how many samples.
+        run_dir: a folder written by :func:`stablerank.train.classify.run`.
+
+    Returns:
+        The analysis dict (also written to ``run_dir/analysis.json``).
+    """
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_cfg, data, model = load_run(run_dir, device)
+    splits = data.splits
+
+    def images(x: torch.Tensor) -> torch.Tensor:  # stored -> what the network sees, on device
+        return splits.normalize(x.to(device))
+
+    # ---- accuracy, loss and margins on the training set trained on and on the test split
+    x_tr, y_tr = _seeded_subset(splits.train_x, splits.train_y, cfg.n_margin, cfg.seed)
+    logits_tr = _logits(model, images(x_tr), cfg.batch_size)
+    logits_te = _logits(model, images(splits.test_x), cfg.batch_size)
+    y_tr, y_te = y_tr.to(device), splits.test_y.to(device)
+    acc = {
+        KEY_TRAIN_ACC: (logits_tr.argmax(1) == y_tr).double().mean().item(),
+        KEY_TEST_ACC: (logits_te.argmax(1) == y_te).double().mean().item(),
+        "train_loss": F.cross_entropy(logits_tr, y_tr).item(),
+        "test_loss": F.cross_entropy(logits_te, y_te).item(),
+    }
+    gap = complexity.generalization_gap(
+        acc[KEY_TRAIN_ACC], acc[KEY_TEST_ACC], acc["train_loss"], acc["test_loss"]
+    )
+    margin = complexity.margin_quantile(logits_tr, y_tr, cfg.margin_quantile)
+    measures: dict[str, Any] = {"margin": margin}
+    if margin > 0:
+        measures.update(complexity.spectral_complexity(model, margin))
+    else:
+        # A network that misclassifies more than the quantile has no positive margin there:
+        # the measures (divided by the margin) are undefined, reported as None.
+        measures.update({complexity.KEY_LOG10_NEYSHABUR: None, complexity.KEY_LOG10_BARTLETT: None})
+    del logits_tr, logits_te
+
+    # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
+    pool = _POOL_PER_PAIR * cfg.n_pairs
+    x_tr_pool = images(_seeded_subset(splits.train_x, splits.train_y, pool, cfg.seed)[0])
+    x_te_pool = images(_seeded_subset(splits.test_x, splits.test_y, pool, cfg.seed + 1)[0])
+    ratios = {
+        SPLIT_TRAIN: lipschitz.pairwise_lipschitz(
+            model, x_tr_pool, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
+        ),
+        SPLIT_TEST: lipschitz.pairwise_lipschitz(
+            model, x_te_pool, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
+        ),
+    }
+    points = {
+        SPLIT_TRAIN: x_tr_pool[: cfg.n_jacobian],
+        SPLIT_TEST: x_te_pool[: cfg.n_jacobian],
+    }
+    if cfg.n_interpolated:
+        points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
+            x_tr_pool, x_tr_pool, cfg.n_interpolated, seed=cfg.seed
+        )
+    jac_bs = max(1, min(cfg.batch_size, 128))  # JVP/VJP hold activations twice: smaller batches
+    jacobian = {
+        split: lipschitz.jacobian_spectral_norm(
+            model, x, n_iters=cfg.jacobian_iterations, seed=cfg.seed, batch_size=jac_bs
+        )
+        for split, x in points.items()
+    }
+
+    protocol = {
+        "run_dir": str(run_dir), "dataset": train_cfg.dataset, "model": train_cfg.model,
+        "norm": train_cfg.norm,
+        "rank_ratio": train_cfg.rank_ratio if train_cfg.norm == "srn" else None,
+        "head_normalized": train_cfg.normalize_head and train_cfg.norm != "none",
+        "train_seed": train_cfg.seed, "label_noise": train_cfg.label_noise,
+        "mode": "eval (BatchNorm running statistics; SN/SRN u, v frozen)",
+        "train_set": "the (sub)set trained on, with its labels (random where corrupted)",
+        "n_train_scored": len(y_tr), "n_test_scored": len(y_te),
+        "inputs": "as the network sees them: scaled, then standardized with the dataset mean/std",
+        "n_pairs": cfg.n_pairs, "pair_pool": f"seeded pool of up to {pool} images per split",
+        "n_jacobian": cfg.n_jacobian, "n_interpolated": cfg.n_interpolated,
+        "interpolated": "uniform t on segments between random pairs of the train pool",
+        "jacobian_iterations": cfg.jacobian_iterations, "margin_quantile": cfg.margin_quantile,
+        "complexity_layers": "every Linear/Conv weight as used in the forward pass (normalized "
+        "when parametrized); conv kernels reshaped to (C_out, C_in*k*k), not the conv operator; "
+        "BatchNorm scales not included; log10 values",
+        "seed": cfg.seed,
+    }  # fmt: skip
+    result: dict[str, Any] = {
+        KEY_ACCURACY: acc,
+        KEY_GAP: gap,
+        KEY_EL_PAIRWISE: {k: lipschitz.summarize(v, cfg.quantiles) for k, v in ratios.items()},
+        KEY_JACOBIAN: {k: lipschitz.summarize(v, cfg.quantiles) for k, v in jacobian.items()},
+        KEY_COMPLEXITY: measures,
+        KEY_PROTOCOL: protocol,
+    }
+    if cfg.plots:
+        result[KEY_PLOTS] = _write_plots(run_dir, train_cfg, ratios, cfg.bins)
+    atomic_write_json(run_dir / ANALYSIS_FILE, result)
+    return result
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _figure(figsize: tuple[float, float] = (6, 4)):
+    """A matplotlib figure on the Agg canvas (no pyplot global state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Any, path: Path) -> str:
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+    return path.name
+
+
+def _run_label(cfg: ClassifyConfig) -> str:
+    return f"srn (c={cfg.rank_ratio:g})" if cfg.norm == "srn" else cfg.norm
+
+
+def _write_plots(
+    run_dir: Path, cfg: ClassifyConfig, ratios: dict[str, torch.Tensor], bins: int
+) -> list[str]:
+    written = [
+        lipschitz.plot_histogram(
+            {k: v for k, v in ratios.items() if v.numel()}, run_dir / "el_hist.png", bins=bins,
+            title=f"pairwise eL, {cfg.model} {_run_label(cfg)}",
+        ).name
+    ]  # fmt: skip
+    records = read_log(run_dir)
+    epochs = [r["epoch"] for r in records]
+
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.plot(epochs, [r[KEY_TRAIN_ACC] for r in records], marker="o", label="train (eval mode)")
+    ax.plot(epochs, [r[KEY_TEST_ACC] for r in records], marker="o", label="test")
+    ax.set(xlabel="epoch", ylabel="accuracy", title=f"{cfg.model} {_run_label(cfg)}")
+    ax.legend()
+    written.append(_save(fig, run_dir / "accuracy.png"))
+
+    srank_keys = [k for k in records[-1] if k.startswith("srank/")] if records else []
+    if srank_keys:
+        fig = _figure((7, 4.5))
+        ax = fig.add_subplot()
+        for k in srank_keys:
+            ax.plot(epochs, [r.get(k, math.nan) for r in records], label=k.removeprefix("srank/"))
+        ax.set(xlabel="epoch", ylabel="stable rank", yscale="log", title="per-layer stable rank")
+        if len(srank_keys) <= 12:  # a legend for 100+ layers hides the plot
+            ax.legend(fontsize="x-small")
+        written.append(_save(fig, run_dir / "srank.png"))
+
+    if cfg.label_noise > 0:
+        written.append(plot_shattering([run_dir], run_dir / "shattering.png").name)
+    return written
+
+
+def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path:
+    """Overlay the shattering curves (eval-mode train accuracy vs epoch) of several runs.
+
+    Each run is labelled by its normalization (e.g. ``none``, ``sn``, ``srn (c=0.3)``) and its
+    label-noise fraction; pass the vanilla / SN / SRN runs of one shattering setting.
+
+    Returns:
+        The written path.
+    """
+    fig = _figure()
+    ax = fig.add_subplot()
+    for run_dir in run_dirs:
+        cfg = config_from_dict(
+            ClassifyConfig, json.loads((Path(run_dir) / "config.json").read_text())
+        )
+        records = read_log(run_dir)
+        ax.plot(
+            [r["epoch"] for r in records], [r[KEY_TRAIN_ACC] for r in records],
+            label=f"{_run_label(cfg)}, {cfg.label_noise:.0%} random labels",
+        )  # fmt: skip
+    ax.set(xlabel="epoch", ylabel="train accuracy (eval mode)", ylim=(0, 1.02),
+           title="shattering: fitting random labels")  # fmt: skip
+    ax.legend()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, out_png)
+    return out_png
