@@ -74,7 +74,9 @@ def test_extractor_is_frozen_and_eval_only():
 
 def test_extractor_validates_input():
     ext = _small_extractor()
-    with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"):
+    with pytest.raises(
+        ValueError, match=r"expects images of shape \(N, 1, 28, 28\), got \(2, 3, 28, 28\)"
+    ):
         ext.extract(torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
         ext.extract(torch.tensor([0.0, 255.0]).repeat(392).reshape(1, 1, 28, 28))
@@ -131,5 +133,5 @@ def test_corrupt_weights_are_refused(tmp_path):
     (tmp_path / "fmnist_cnn.json").write_text(FMNIST_CNN_SIDECAR.read_text())
     with pytest.raises(ValueError, match="differs from the sidecar"):
         load_fmnist_cnn(bad)
-    with pytest.raises(FileNotFoundError, match="train_feature_net.py"):
+    with pytest.raises(FileNotFoundError, match=r"train_feature_net\.py"):
         load_fmnist_cnn(tmp_path / "missing.pt")

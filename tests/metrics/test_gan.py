@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -60,7 +61,9 @@ def test_fid_of_a_set_against_itself_is_zero():
 def test_fid_of_a_shift_equals_squared_shift_norm(shift):
     # Equal covariances: FID = ||mu_r - mu_g||^2 = D * shift^2 exactly (in exact arithmetic).
     x = _images(300, 1)
-    out = compute_gan_metrics(x + shift, x, feature_net=_toy(), reference_split="t", metrics=["fid"])
+    out = compute_gan_metrics(
+        x + shift, x, feature_net=_toy(), reference_split="t", metrics=["fid"]
+    )
     assert out[KEY_FID] == pytest.approx(D * shift**2, rel=1e-6, abs=1e-6)
 
 
@@ -72,7 +75,7 @@ def test_fid_grows_monotonically_with_shift():
         ]
         for s in (0.0, 0.05, 0.1, 0.2, 0.4)
     ]
-    assert all(a < b for a, b in zip(fids, fids[1:], strict=False))
+    assert all(a < b for a, b in itertools.pairwise(fids))
 
 
 def test_inception_score_of_uniform_predictions_is_one():

@@ -1,0 +1,165 @@
+"""Train the offline feature network "fmnist-cnn" and write its weights + JSON sidecar.
+
+The network (``stablerank.metrics.features.FashionCNN``) is trained on the Fashion-MNIST train
+split only; the test split is used once, at the end, to record the test accuracy (no model
+selection on it). Inputs are scaled to [-1, 1] (the metrics' image contract). Augmentation:
+random horizontal flip and random translation by up to ``--shift`` pixels (zero padding, i.e.
+background -1), per sample, on tensors.
+
+Reproduce the shipped weights (about 14 minutes on one shared CPU thread)::
+
+    python scripts/train_feature_net.py
+
+Writes ``<out-dir>/fmnist_cnn.pt`` (state dict) and ``<out-dir>/fmnist_cnn.json`` (architecture,
+test accuracy, sha256, command, versions, timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from stablerank.data.datasets import load_dataset
+from stablerank.metrics.features import FMNIST_CNN_WEIGHTS, FashionCNN, sha256_file
+
+ARCHITECTURE = {
+    "in_channels": 1,
+    "num_classes": 10,
+    "widths": [32, 64, 128],
+    "feature_dim": 128,
+    "image_size": 28,
+    "dropout": 0.2,
+}
+_PIXEL_HALF = 127.5
+_EVAL_BATCH = 1000
+_PCT_WARMUP = 0.25  # fraction of the one-cycle schedule spent increasing the lr
+_PAD_VALUE = -1.0  # background of Fashion-MNIST in [-1, 1]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--epochs", type=int, default=7)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="peak lr of the one-cycle schedule")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--shift", type=int, default=1, help="max random translation in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: system one)")
+    p.add_argument("--out-dir", type=Path, default=FMNIST_CNN_WEIGHTS.parent)
+    p.add_argument("--max-train", type=int, default=None, help="use the first N train images")
+    p.add_argument("--device", default="cpu")
+    return p.parse_args(argv)
+
+
+def to_unit(x_u8: torch.Tensor) -> torch.Tensor:
+    return x_u8.float() / _PIXEL_HALF - 1.0
+
+
+def augment(x: torch.Tensor, shift: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample horizontal flip and translation by up to ``shift`` pixels. x: (N, C, H, W)."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if shift == 0:
+        return x
+    padded = F.pad(x, (shift,) * 4, value=_PAD_VALUE)  # (N, C, H+2s, W+2s)
+    dy = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    dx = torch.randint(0, 2 * shift + 1, (n,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None]  # (N, 1, H, 1)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :]  # (N, 1, 1, W)
+    idx = torch.arange(n)[:, None, None, None]
+    chans = torch.arange(x.shape[1])[None, :, None, None]
+    return padded[idx, chans, rows, cols]
+
+
+@torch.no_grad()
+def accuracy(net: FashionCNN, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+    net.eval()
+    correct = 0
+    for xb, yb in zip(x.split(_EVAL_BATCH), y.split(_EVAL_BATCH), strict=True):
+        correct += (net(to_unit(xb).to(device)).argmax(1).cpu() == yb).sum().item()
+    return correct / len(y)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    data = load_dataset("fashion-mnist", args.data_dir)
+    train_x, train_y = data.train_x, data.train_y
+    if args.max_train is not None:
+        train_x, train_y = train_x[: args.max_train], train_y[: args.max_train]
+    net = FashionCNN(**{**ARCHITECTURE, "widths": tuple(ARCHITECTURE["widths"])}).to(device)
+    opt = torch.optim.SGD(
+        net.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay
+    )
+    steps_per_epoch = math.ceil(len(train_y) / args.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=_PCT_WARMUP
+    )
+    gen = torch.Generator().manual_seed(args.seed)
+    start = time.time()
+    for epoch in range(args.epochs):
+        net.train()
+        perm = torch.randperm(len(train_y), generator=gen)
+        total, seen = 0.0, 0
+        for idx in perm.split(args.batch_size):
+            xb = augment(to_unit(train_x[idx]), args.shift, gen).to(device)
+            yb = train_y[idx].to(device)
+            loss = F.cross_entropy(net(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(idx)
+            seen += len(idx)
+        print(
+            f"epoch {epoch + 1}/{args.epochs} loss {total / seen:.4f} "
+            f"elapsed {time.time() - start:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
+    train_seconds = time.time() - start
+    test_acc = accuracy(net, data.test_x, data.test_y, device)
+    train_acc = accuracy(net, train_x, train_y, device)
+    print(f"test accuracy {test_acc:.4f}  train accuracy {train_acc:.4f}", file=sys.stderr)
+
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    weights = args.out_dir / "fmnist_cnn.pt"
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save(state, weights)
+    sidecar = {
+        "name": "fmnist-cnn",
+        "file": weights.name,
+        "sha256": sha256_file(weights),
+        "architecture": ARCHITECTURE,
+        "input": "float (N, 1, 28, 28) in [-1, 1] (uint8 / 127.5 - 1)",
+        "features": f"penultimate layer, {ARCHITECTURE['feature_dim']} units (after BN + ReLU)",
+        "train_split": "fashion-mnist train"
+        + (f" first {args.max_train}" if args.max_train else ""),
+        "test_accuracy": test_acc,
+        "train_accuracy": train_acc,
+        "command": "python scripts/train_feature_net.py "
+        + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
+        "hyperparameters": {k: v for k, v in vars(args).items() if k not in ("out_dir",)},
+        "train_seconds": round(train_seconds, 1),
+        "torch": torch.__version__,
+        "device": str(device),
+    }
+    weights.with_suffix(".json").write_text(json.dumps(sidecar, indent=2, default=str) + "\n")
+    print(json.dumps({"weights": str(weights), "test_accuracy": test_acc}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

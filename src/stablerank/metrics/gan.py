@@ -1,0 +1,427 @@
+"""FID, KID and IS of a generator (or of any image set), each result carrying its protocol.
+
+Pipeline (torch-fidelity's shape): images -> features once per set (:func:`extract_features`,
+cacheable as a :class:`FeatureSet`) -> statistics and scores by torchmetrics'
+``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore``. The feature
+network runs once per image; the three torchmetrics objects receive its outputs through a
+pass-through module (their documented custom-``feature`` path), so no torch-fidelity is needed.
+
+Image contract: float (N, C, H, W) in [-1, 1] (a tanh generator's output) or uint8 [0, 255]
+(see :mod:`stablerank.metrics.features`).
+
+Scores depend on every protocol choice (SPEC 2, 4): the feature network and its weights, the
+reference split (train and test statistics differ), the sample counts, the IS splits and the KID
+subsets. :class:`Protocol` records all of them in each result under ``"protocol"``; compare only
+scores with equal protocols, and read them beside :func:`real_vs_real_baseline` (train vs test
+with the same protocol) to see the scale.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import warnings
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.inception import InceptionScore
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm import tqdm
+
+from stablerank.metrics.features import (
+    DEFAULT_FEATURE_NET,
+    FeatureExtractor,
+    build_feature_extractor,
+)
+
+__all__ = [
+    "ALL_GAN_METRICS",
+    "DEFAULT_IS_SPLITS",
+    "DEFAULT_KID_SUBSETS",
+    "DEFAULT_KID_SUBSET_SIZE",
+    "IMAGE_RANGE",
+    "KEY_FID",
+    "KEY_IS_MEAN",
+    "KEY_IS_STD",
+    "KEY_KID_MEAN",
+    "KEY_KID_STD",
+    "KEY_PROTOCOL",
+    "FeatureSet",
+    "Protocol",
+    "compute_gan_metrics",
+    "extract_features",
+    "real_vs_real_baseline",
+]
+
+KEY_FID = "fid"
+KEY_KID_MEAN = "kid_mean"
+KEY_KID_STD = "kid_std"
+KEY_IS_MEAN = "is_mean"
+KEY_IS_STD = "is_std"
+KEY_PROTOCOL = "protocol"
+METRIC_FID, METRIC_KID, METRIC_IS = "fid", "kid", "is"
+ALL_GAN_METRICS = (METRIC_FID, METRIC_KID, METRIC_IS)
+# Protocol defaults of torch-fidelity / SN-GAN reporting (SPEC 4), one table.
+DEFAULT_IS_SPLITS = 10
+DEFAULT_KID_SUBSETS = 100
+DEFAULT_KID_SUBSET_SIZE = 1000
+DEFAULT_BATCH_SIZE = 250
+DEFAULT_SEED = 0
+IMAGE_RANGE = "[-1, 1]"
+SOURCE_GENERATOR = "generator"
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """Every choice a GAN score depends on (SPEC 2: pin and print them).
+
+    Attributes:
+        feature_net: registry name of the feature network.
+        weights_sha256: sha256 of its weights file.
+        reference_split: which real images the samples are compared with (e.g. "train", "test").
+        n_real: number of reference images.
+        n_fake: number of scored samples.
+        is_splits: IS splits.
+        kid_subsets: KID subsets.
+        kid_subset_size: KID subset size actually used (capped by n_real and n_fake).
+        seed: seed of sample generation and of the IS/KID shuffles.
+        sample_source: what produced the scored samples ("generator", or a real split for the
+            real-vs-real baseline).
+        image_range: the value range images were given in.
+    """
+
+    feature_net: str
+    weights_sha256: str
+    reference_split: str
+    n_real: int
+    n_fake: int
+    is_splits: int
+    kid_subsets: int
+    kid_subset_size: int
+    seed: int
+    sample_source: str = SOURCE_GENERATOR
+    image_range: str = IMAGE_RANGE
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """Features (and logits) of one image set, as cached by :func:`extract_features`.
+
+    Attributes:
+        features: (N, d) float64 on the CPU.
+        logits: (N, K) float64 on the CPU, or None when the network has no classifier.
+        feature_net: name of the network that produced them.
+        weights_sha256: its weights hash (a cache key: a different network must not reuse them).
+        split: what the images are ("train", "test", "generator", ...).
+    """
+
+    features: Tensor
+    logits: Tensor | None
+    feature_net: str
+    weights_sha256: str
+    split: str
+
+    @property
+    def n(self) -> int:
+        return int(self.features.shape[0])
+
+
+class _Passthrough(nn.Module):
+    """Hands precomputed features to torchmetrics (``num_features`` spares it a dummy forward)."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Seed torch inside the block and restore the caller's RNG state (CPU and CUDA) after it."""
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _check_positive_int(name: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def _resolve_extractor(feature_net: str | FeatureExtractor) -> FeatureExtractor:
+    if isinstance(feature_net, FeatureExtractor):
+        return feature_net
+    if isinstance(feature_net, str):
+        return build_feature_extractor(feature_net)
+    raise TypeError(
+        f"feature_net must be a registered name or a FeatureExtractor, got {type(feature_net)}"
+    )
+
+
+def extract_features(
+    images: Tensor | Callable[[int], Tensor],
+    feature_net: str | FeatureExtractor = DEFAULT_FEATURE_NET,
+    *,
+    split: str,
+    n: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    seed: int = DEFAULT_SEED,
+    progress: bool = False,
+) -> FeatureSet:
+    """Run the feature network once over a set of images (or ``n`` samples of a generator).
+
+    Args:
+        images: a tensor (N, C, H, W) (the first ``n`` are used when ``n`` is given), or
+            ``generate(k) -> (k, C, H, W)`` called with k <= ``batch_size`` until ``n`` samples
+            exist. Put a generator module in eval mode yourself.
+        feature_net: registry name or :class:`FeatureExtractor` (default "fmnist-cnn").
+        split: label stored with the features ("train", "test", "generator", ...).
+        n: number of images (required for a callable; default all of a tensor).
+        batch_size: images per forward pass (default 250); does not change the result.
+        seed: torch seed while ``generate`` runs (the caller's RNG state is restored).
+        progress: show a tqdm bar on stderr (default False).
+
+    Returns:
+        The :class:`FeatureSet`.
+
+    Raises:
+        ValueError: on a missing or invalid ``n``, or a generator returning the wrong count.
+    """
+    extractor = _resolve_extractor(feature_net)
+    _check_positive_int("batch_size", batch_size)
+    if callable(images) and not isinstance(images, Tensor):
+        if n is None:
+            raise ValueError("n is required when images is a generate(k) callable")
+        total = n
+    else:
+        total = images.shape[0] if n is None else n
+        if total > images.shape[0]:
+            raise ValueError(f"n must be <= the {images.shape[0]} images given, got {n}")
+    _check_positive_int("n", total)
+    feats, logits = [], []
+    bar = tqdm(
+        total=total, desc=f"features[{split}]", file=sys.stderr, unit="img",
+        disable=not (progress and sys.stderr.isatty()),
+    )  # fmt: skip
+    with _seeded(seed):
+        for start in range(0, total, batch_size):
+            k = min(batch_size, total - start)
+            if isinstance(images, Tensor):
+                batch = images[start : start + k]
+            else:
+                with torch.no_grad():
+                    batch = images(k)
+                if batch.shape[0] != k:
+                    raise ValueError(f"generate({k}) returned {batch.shape[0]} images")
+            f, lg = extractor.extract(batch)
+            feats.append(f.double().cpu())
+            if lg is not None:
+                logits.append(lg.double().cpu())
+            bar.update(k)
+    bar.close()
+    return FeatureSet(
+        features=torch.cat(feats),
+        logits=torch.cat(logits) if logits else None,
+        feature_net=extractor.name,
+        weights_sha256=extractor.weights_sha256,
+        split=split,
+    )
+
+
+def _fid(real: Tensor, fake: Tensor) -> float:
+    metric = FrechetInceptionDistance(feature=_Passthrough(real.shape[1]), normalize=False)
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    return float(metric.compute())
+
+
+def _kid(
+    real: Tensor, fake: Tensor, subsets: int, subset_size: int, seed: int
+) -> tuple[float, float]:
+    metric = KernelInceptionDistance(
+        feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size
+    )
+    metric.update(real, real=True)
+    metric.update(fake, real=False)
+    with _seeded(seed):  # KID draws its subsets with torch.randperm
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        # torchmetrics warns that IS buffers all features: ours are (N, K) logits, small.
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = InceptionScore(feature=_Passthrough(logits.shape[1]), splits=splits)
+    metric.update(logits)
+    with _seeded(seed):  # IS shuffles before splitting
+        mean, std = metric.compute()
+    # One split has no spread (torch's unbiased std of one value is nan).
+    return float(mean), 0.0 if splits == 1 else float(std)
+
+
+def compute_gan_metrics(
+    generate: Callable[[int], Tensor] | Tensor,
+    real_images: Tensor | FeatureSet,
+    *,
+    feature_net: str | FeatureExtractor = DEFAULT_FEATURE_NET,
+    n_fake: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    reference_split: str | None = None,
+    is_splits: int = DEFAULT_IS_SPLITS,
+    kid_subsets: int = DEFAULT_KID_SUBSETS,
+    kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+    seed: int = DEFAULT_SEED,
+    metrics: Collection[str] = ALL_GAN_METRICS,
+    sample_source: str = SOURCE_GENERATOR,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """FID, KID and IS of generated samples against real images, with the protocol attached.
+
+    .. math::
+        \\mathrm{FID} = \\lVert \\mu_r - \\mu_g \\rVert^2
+        + \\operatorname{tr}(\\Sigma_r + \\Sigma_g - 2 (\\Sigma_r \\Sigma_g)^{1/2})
+
+    KID is the unbiased MMD with the cubic polynomial kernel, averaged over ``kid_subsets``
+    random subsets; IS is :math:`\\exp(\\mathbb{E}_x \\mathrm{KL}(p(y|x) \\Vert p(y)))` over
+    ``is_splits`` splits of the seeded shuffle (mean and std over splits).
+
+    Args:
+        generate: ``generate(k) -> (k, C, H, W)`` images in [-1, 1] (run under ``torch.no_grad``
+            and the torch seed ``seed``, the caller's RNG restored), or a tensor of samples.
+        real_images: reference images (N, C, H, W), or their cached :class:`FeatureSet`.
+        feature_net: registry name or :class:`FeatureExtractor` (default "fmnist-cnn").
+        n_fake: number of samples (required for a callable; default all of a tensor).
+        batch_size: images per forward pass (default 250); does not change the scores.
+        reference_split: name of the real split (required for a tensor; a FeatureSet has it).
+        is_splits: IS splits (default 10).
+        kid_subsets: KID subsets (default 100).
+        kid_subset_size: KID subset size (default 1000, capped at min(n_real, n_fake)).
+        seed: seed of generation and of the IS/KID shuffles (default 0).
+        metrics: any of "fid", "kid", "is" (default all).
+        sample_source: recorded in the protocol (default "generator").
+        progress: tqdm bars on stderr.
+
+    Returns:
+        dict with ``KEY_FID``, ``KEY_KID_MEAN``, ``KEY_KID_STD``, ``KEY_IS_MEAN``, ``KEY_IS_STD``
+        (those requested; floats) and ``KEY_PROTOCOL`` (:meth:`Protocol.to_dict`).
+
+    Raises:
+        ValueError: unknown metric names, missing ``reference_split``, a FeatureSet from another
+            feature network, too few samples, or IS requested of a network without classifier.
+    """
+    unknown = set(metrics) - set(ALL_GAN_METRICS)
+    if unknown:
+        raise ValueError(f"metrics must be a subset of {ALL_GAN_METRICS}, got {sorted(unknown)}")
+    _check_positive_int("is_splits", is_splits)
+    _check_positive_int("kid_subsets", kid_subsets)
+    _check_positive_int("kid_subset_size", kid_subset_size)
+    extractor = _resolve_extractor(feature_net)
+    if isinstance(real_images, FeatureSet):
+        real = real_images
+        if (real.feature_net, real.weights_sha256) != (extractor.name, extractor.weights_sha256):
+            raise ValueError(
+                f"real_images features come from {real.feature_net} ({real.weights_sha256[:12]}),"
+                f" not {extractor.name} ({extractor.weights_sha256[:12]}): recompute them"
+            )
+        if reference_split is not None and reference_split != real.split:
+            raise ValueError(
+                f"reference_split {reference_split!r} differs from the FeatureSet's {real.split!r}"
+            )
+    else:
+        if reference_split is None:
+            raise ValueError("reference_split is required (e.g. 'train' or 'test') for a tensor")
+        real = extract_features(
+            real_images, extractor, split=reference_split, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
+    fake = extract_features(
+        generate, extractor, split=sample_source, n=n_fake, batch_size=batch_size, seed=seed,
+        progress=progress,
+    )  # fmt: skip
+    if min(real.n, fake.n) < 2:
+        raise ValueError(f"need >= 2 real and fake images, got {real.n} and {fake.n}")
+    subset_size = min(kid_subset_size, real.n, fake.n)
+    protocol = Protocol(
+        feature_net=extractor.name,
+        weights_sha256=extractor.weights_sha256,
+        reference_split=real.split,
+        n_real=real.n,
+        n_fake=fake.n,
+        is_splits=is_splits,
+        kid_subsets=kid_subsets,
+        kid_subset_size=subset_size,
+        seed=seed,
+        sample_source=sample_source,
+    )
+    out: dict[str, Any] = {}
+    if METRIC_FID in metrics:
+        out[KEY_FID] = _fid(real.features, fake.features)
+    if METRIC_KID in metrics:
+        out[KEY_KID_MEAN], out[KEY_KID_STD] = _kid(
+            real.features, fake.features, kid_subsets, subset_size, seed
+        )
+    if METRIC_IS in metrics:
+        if fake.logits is None:
+            raise ValueError(f"{extractor.name} has no classifier: IS is unavailable")
+        if is_splits > fake.n:
+            raise ValueError(f"is_splits must be <= n_fake ({fake.n}), got {is_splits}")
+        out[KEY_IS_MEAN], out[KEY_IS_STD] = _inception_score(fake.logits, is_splits, seed)
+    out[KEY_PROTOCOL] = protocol.to_dict()
+    if any(isinstance(v, float) and not math.isfinite(v) for v in out.values()):
+        warnings.warn(f"non-finite GAN metric in {out}", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def real_vs_real_baseline(
+    train: Tensor,
+    test: Tensor,
+    *,
+    feature_net: str | FeatureExtractor = DEFAULT_FEATURE_NET,
+    n: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    is_splits: int = DEFAULT_IS_SPLITS,
+    kid_subsets: int = DEFAULT_KID_SUBSETS,
+    kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
+    seed: int = DEFAULT_SEED,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """The scores of real test images against the train split: the scale of a perfect generator.
+
+    FID/KID of ``test`` (first ``n`` images) against ``train`` as reference, and the IS of those
+    test images. Score a generator with ``reference_split="train"`` and ``n_fake`` equal to the
+    ``n`` used here to put its numbers on this scale (sample-size bias of FID included).
+
+    Args:
+        train: reference images (N, C, H, W).
+        test: held-out real images (M, C, H, W).
+        n: how many test images act as samples (default all of ``test``).
+        Others as in :func:`compute_gan_metrics`.
+
+    Returns:
+        The dict of :func:`compute_gan_metrics`, protocol ``sample_source="test"``.
+    """
+    return compute_gan_metrics(
+        test if n is None else test[:n],
+        train,
+        feature_net=feature_net,
+        batch_size=batch_size,
+        reference_split="train",
+        is_splits=is_splits,
+        kid_subsets=kid_subsets,
+        kid_subset_size=kid_subset_size,
+        seed=seed,
+        sample_source="test",
+        progress=progress,
+    )
