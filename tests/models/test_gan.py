@@ -106,8 +106,15 @@ def test_cnn32_matches_sngan_table3():
     for a, b in zip(widths, widths[1:], strict=False):
         g_count += a * b * 16 + b + 2 * b  # 4x4 deconv + BN
     g_count += 64 * 3 * 9 + 3
-    d_layers = [(3, 64, 3), (64, 64, 4), (64, 128, 3), (128, 128, 4), (128, 256, 3),
-                (256, 256, 4), (256, 512, 3)]
+    d_layers = [
+        (3, 64, 3),
+        (64, 64, 4),
+        (64, 128, 3),
+        (128, 128, 4),
+        (128, 256, 3),
+        (256, 256, 4),
+        (256, 512, 3),
+    ]
     d_count = sum(i * o * k * k + o for i, o, k in d_layers) + 4 * 4 * 512 + 1
     G = build_generator("cnn", image_size=32, channels=3, ngf=64)
     D = build_discriminator("cnn", image_size=32, channels=3, ndf=64)
@@ -154,7 +161,8 @@ def test_builders_reject_bad_arguments():
         build_discriminator("resnet", image_size=32, channels=3, ndf=8, num_classes=1)
     with pytest.raises(ValueError, match="labels"):
         build_discriminator("cnn", image_size=28, channels=1, ndf=8, num_classes=3)(
-            torch.zeros(1, 1, 28, 28))
+            torch.zeros(1, 1, 28, 28)
+        )
 
 
 # Hand-computed losses on d_real = [2, 0.5, -1], d_fake = [-2, 0, 1.5].
@@ -173,8 +181,10 @@ def test_hinge_losses_by_hand():
 
 
 def test_non_saturating_losses_by_hand():
-    d = sum(_softplus(-t) for t in (2.0, 0.5, -1.0)) / 3 + sum(
-        _softplus(t) for t in (-2.0, 0.0, 1.5)) / 3
+    d = (
+        sum(_softplus(-t) for t in (2.0, 0.5, -1.0)) / 3
+        + sum(_softplus(t) for t in (-2.0, 0.0, 1.5)) / 3
+    )
     g = sum(_softplus(-t) for t in (-2.0, 0.0, 1.5)) / 3
     # float32 evaluation of log1p/exp: 1e-6 relative
     assert compute_d_loss(D_REAL, D_FAKE, "ns").item() == pytest.approx(d, rel=1e-6)
@@ -203,10 +213,12 @@ def test_srn_discriminator_has_unit_spectral_norm_after_training_steps(arch):
         opt.step()
     D(torch.zeros(1, 1, 28, 28))  # one more training forward: u, v track the last update
     report = sr.layer_report(D)
-    assert len(report) == len(sr.eligible_layers(build_discriminator(
-        arch, image_size=28, channels=1, ndf=WIDTH)))
+    assert len(report) == len(
+        sr.eligible_layers(build_discriminator(arch, image_size=28, channels=1, ndf=WIDTH))
+    )
     for rec in report:
-        # 15 warm-up + 7 tracking power iterations on slowly moving weights: the estimate of
-        # sigma is within 2% of the SVD value here (measured worst case 0.3%).
-        assert rec.sigma_max == pytest.approx(1.0, abs=2e-2), rec.name
-        assert rec.srank <= rec.target_srank * 1.02 + 1e-6, rec.name
+        # 15 warm-up + 7 tracking power iterations on slowly moving weights: the power estimate
+        # of sigma trails the SVD value slightly (measured worst case 0.07%); 0.5% leaves room
+        # for other BLAS orders while still catching a missing normalization (sigma >> 1).
+        assert rec.sigma_max == pytest.approx(1.0, abs=5e-3), rec.name
+        assert rec.srank <= rec.target_srank * 1.005, rec.name
