@@ -1,0 +1,139 @@
+"""CIFAR pickle archives: reading a tiny fake archive written in tmp_path, extraction, download
+from a local file:// URL, and the errors for missing, truncated and corrupt files."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from stablerank.data import load_dataset
+from stablerank.data.cifar import CIFAR_LAYOUTS, load_cifar
+from stablerank.data.splits import CorruptDatasetError, DatasetNotFoundError
+
+PER_BATCH = 2  # images per fake CIFAR-10 training batch file (5 files)
+N_TEST = 3
+TINY10 = dataclasses.replace(
+    CIFAR_LAYOUTS["cifar10"], md5=None, train_size=5 * PER_BATCH, test_size=N_TEST
+)
+
+
+def _rows(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
+
+
+def _write_pickle(path, obj) -> None:
+    with path.open("wb") as f:
+        pickle.dump(obj, f)
+
+
+def _write_cifar10(root, layout=TINY10) -> dict[str, tuple[np.ndarray, list[int]]]:
+    folder = root / layout.folder
+    folder.mkdir(parents=True)
+    written = {}
+    for i, name in enumerate(layout.train_files + layout.test_files):
+        n = N_TEST if name in layout.test_files else PER_BATCH
+        rows, labels = _rows(n, i), [(i + j) % 10 for j in range(n)]
+        _write_pickle(folder / name, {b"data": rows, b"labels": labels})
+        written[name] = (rows, labels)
+    _write_pickle(folder / layout.meta_file, {b"label_names": [b"c%d" % i for i in range(10)]})
+    return written
+
+
+def test_reads_tiny_archive(tmp_path):
+    written = _write_cifar10(tmp_path)
+    splits = load_cifar(tmp_path, TINY10, download=False)
+    assert splits.train_x.shape == (10, 3, 32, 32) and splits.test_x.shape == (3, 3, 32, 32)
+    assert (splits.num_classes, splits.in_channels, splits.image_size) == (10, 3, 32)
+    # Layout from the CIFAR page: each row is 1024 red, 1024 green, 1024 blue values, row-major.
+    rows, labels = written["data_batch_2"]
+    for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
+        assert splits.train_x[PER_BATCH, c, h, w].item() == rows[0, c * 1024 + h * 32 + w]
+    assert splits.train_y[PER_BATCH : 2 * PER_BATCH].tolist() == labels
+    assert splits.test_y.tolist() == written["test_batch"][1]
+    assert splits.classes[3] == "c3"
+    all_train = np.concatenate([written[f][0] for f in TINY10.train_files]).reshape(-1, 3, 1024)
+    np.testing.assert_allclose(splits.mean, all_train.mean(axis=(0, 2)) / 255, rtol=1e-12)
+
+
+def test_extracts_tar_gz_once_complete(tmp_path):
+    src = tmp_path / "src"
+    _write_cifar10(src)
+    archive = tmp_path / TINY10.archive
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / TINY10.folder, arcname=TINY10.folder)
+    splits = load_cifar(tmp_path, TINY10, download=False)
+    assert splits.num_train == 10
+    assert (tmp_path / TINY10.folder / "data_batch_5").is_file()
+    assert not list(tmp_path.glob(".extract-*"))  # the temporary folder is gone
+
+
+def test_archive_with_wrong_md5_is_rejected(tmp_path):
+    (tmp_path / TINY10.archive).write_bytes(b"not a tarball")
+    layout = dataclasses.replace(TINY10, md5="0" * 32)
+    with pytest.raises(CorruptDatasetError, match="md5 differs"):
+        load_cifar(tmp_path, layout, download=False)
+    assert not (tmp_path / TINY10.folder).exists()
+
+
+def test_download_from_local_url(tmp_path):
+    src = tmp_path / "src"
+    _write_cifar10(src)
+    archive = src / TINY10.archive
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / TINY10.folder, arcname=TINY10.folder)
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    layout = dataclasses.replace(TINY10, url=archive.as_uri(), md5=md5)
+    dest = tmp_path / "dest"
+    splits = load_cifar(dest, layout, download=True)
+    assert splits.num_test == N_TEST
+    assert (dest / TINY10.archive).is_file() and not list(dest.glob("*.part"))
+
+
+def test_download_failure_says_where_to_put_files(tmp_path):
+    layout = dataclasses.replace(TINY10, url=(tmp_path / "absent.tar.gz").as_uri())
+    with pytest.raises(DatasetNotFoundError, match=r"download of .* failed.*cifar-10-batches-py"):
+        load_cifar(tmp_path / "dest", layout, download=True)
+
+
+def test_missing_without_download(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found.*download=True"):
+        load_dataset("cifar10", tmp_path)
+    with pytest.raises(DatasetNotFoundError, match=r"cifar100 needs a data folder.*--data-dir"):
+        load_dataset("cifar100")
+
+
+def test_truncated_batch_is_reported(tmp_path):
+    _write_cifar10(tmp_path)
+    path = tmp_path / TINY10.folder / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(CorruptDatasetError, match="data_batch_3"):
+        load_cifar(tmp_path, TINY10, download=False)
+
+
+def test_missing_batch_file(tmp_path):
+    _write_cifar10(tmp_path)
+    (tmp_path / TINY10.folder / "data_batch_4").unlink()
+    with pytest.raises(DatasetNotFoundError, match="data_batch_4 is missing"):
+        load_cifar(tmp_path, TINY10, download=False)
+
+
+def test_split_size_checked_against_official(tmp_path):
+    _write_cifar10(tmp_path)  # every file is consistent, but the split has 10 images
+    with pytest.raises(CorruptDatasetError, match=r"10 examples .* expected 50000"):
+        load_dataset("cifar10", tmp_path)
+
+
+def test_bad_rows_and_labels(tmp_path):
+    _write_cifar10(tmp_path)
+    folder = tmp_path / TINY10.folder
+    _write_pickle(folder / "test_batch", {b"data": _rows(N_TEST, 0)[:, :100], b"labels": [0] * 3})
+    with pytest.raises(CorruptDatasetError, match=r"test_batch: data is uint8 \(3, 100\)"):
+        load_cifar(tmp_path, TINY10, download=False)
+    _write_pickle(folder / "test_batch", {b"data": _rows(N_TEST, 0), b"labels": [0, 1, 10]})
+    with pytest.raises(CorruptDatasetError, match=r"labels outside \[0, 10\)"):
+        load_cifar(tmp_path, TINY10, download=False)

@@ -1,0 +1,171 @@
+"""Classifiers: published parameter counts, output shapes at 28/32 px with 1/3 channels, the
+``classifier`` head contract, and one training step of every full-size model."""
+
+from __future__ import annotations
+
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrize
+
+import stablerank as sr
+from stablerank.models import classifiers
+from stablerank.models.classifiers import CLASSIFIERS, build_classifier
+
+CIFAR10 = {"num_classes": 10, "in_channels": 3, "image_size": 32}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, oversubscribed CPU torch's spinning worker threads made
+    the full-size steps ~30x slower (ResNet-110 step: 0.5 s with 1 thread, up to 37 s with 2)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _count(name: str, **kw) -> int:
+    # Shapes only: the meta device allocates nothing, and skipping the init avoids both its cost
+    # and the one-off import of torch's meta kernels for normal_ (~3 s of CPU).
+    with mock.patch.object(classifiers, "_init_weights", lambda model: None), torch.device("meta"):
+        model = build_classifier(name, **{**CIFAR10, **kw})
+    return sum(p.numel() for p in model.parameters())
+
+
+# Published CIFAR-10 sizes, in millions, as printed in the papers. The tolerance is the rounding
+# of the printed figure (half a unit of its last digit): 0.27M means [0.265M, 0.275M).
+PUBLISHED = {
+    "resnet20": (0.27, 0.005),  # He et al. 2016, Table 6
+    "resnet56": (0.85, 0.005),  # ibid.
+    "resnet110": (1.7, 0.05),  # ibid.
+    "wrn28_10": (36.5, 0.05),  # Zagoruyko & Komodakis 2016, Table 1
+    "densenet_bc100": (0.8, 0.05),  # Huang et al. 2017, Table 2 (k = 12)
+}
+# Our exact counts (regression pins; documented in the module docstring).
+EXACT = {
+    "resnet20": 269_722,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+    "wrn28_10": 36_479_194,
+    "densenet_bc100": 769_162,
+    "vgg19": 20_035_018,
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_parameter_counts_match_published(name):
+    millions, tol = PUBLISHED[name]
+    assert abs(_count(name) / 1e6 - millions) <= tol
+    assert _count(name) == EXACT[name]
+
+
+def test_other_parameter_counts():
+    assert _count("vgg19") == EXACT["vgg19"]
+    # Zhang et al. 2017's small AlexNet: "1,387,786 parameters" on 28x28x3 crops.
+    assert _count("alexnet", image_size=28) == 1_387_786
+    # The small CNN is sized for Fashion-MNIST: about 390k parameters at 28x28x1.
+    assert _count("small_cnn", in_channels=1, image_size=28) == 389_482
+    assert _count("resnet20", width=0.5) < _count("resnet20") / 3  # width scales channels
+
+
+# Tiny but structurally complete versions of each family, for the shape tests.
+SMALL = {
+    "mlp": {"hidden": (16,)},
+    "small_cnn": {"width": 0.25},
+    "resnet": {"depth": 8, "width": 0.5},
+    "wrn": {"depth": 10, "widen_factor": 1, "width": 0.5},
+    "densenet_bc": {"depth": 10, "growth_rate": 4},
+    "vgg": {"depth": 11, "width": 0.125},
+    "alexnet": {"width": 0.25, "hidden": (16, 8)},
+}
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 28), (1, 32), (3, 32)])
+def test_output_shape_and_head(family, channels, size):
+    torch.manual_seed(0)
+    model = build_classifier(
+        family, num_classes=7, in_channels=channels, image_size=size, **SMALL[family]
+    ).eval()
+    assert isinstance(model.classifier, nn.Linear) and model.classifier.out_features == 7
+    captured = {}
+    model.classifier.register_forward_hook(lambda m, i, o: captured.update(out=o))
+    out = model(torch.randn(3, channels, size, size))
+    assert out.shape == (3, 7)
+    # Nothing follows the head: the model's output is exactly what `classifier` returned.
+    assert captured["out"] is out
+
+
+def test_head_excluded_by_name_pattern():
+    model = build_classifier("resnet20", **CIFAR10, width=0.25)
+    sr.normalize_model(model, "srn", rank_ratio=0.5, exclude=["classifier"])
+    assert not parametrize.is_parametrized(model.classifier)
+    assert parametrize.is_parametrized(model.stem[0])
+    assert [n for n, _ in model.named_modules() if n.split(".")[-1] == "classifier"] == [
+        "classifier"
+    ]
+
+
+def test_mlp_on_one_dimensional_inputs():
+    model = build_classifier("mlp", num_classes=10, in_channels=1, image_size=None, input_length=40)
+    assert model(torch.randn(5, 1, 40)).shape == (5, 10)
+    assert model.features[1].in_features == 40
+
+
+def test_errors():
+    with pytest.raises(ValueError, match="name must be one of"):
+        build_classifier("resnet18", **CIFAR10)
+    with pytest.raises(ValueError, match="'resnet20' fixes depth=20, got depth=56"):
+        build_classifier("resnet20", **CIFAR10, depth=56)
+    with pytest.raises(TypeError, match=r"does not take \['widen_factor'\]; it takes"):
+        build_classifier("resnet", **CIFAR10, widen_factor=2)
+    with pytest.raises(ValueError, match="depth must be 6n \\+ 2"):
+        build_classifier("resnet", **CIFAR10, depth=21)
+    with pytest.raises(ValueError, match="supported by 'mlp' only"):
+        build_classifier("vgg19", num_classes=10, in_channels=1, image_size=None)
+    with pytest.raises(ValueError, match="input_length must be an int >= 1"):
+        build_classifier("mlp", num_classes=10, in_channels=1, image_size=None)
+    with pytest.raises(ValueError, match="image_size must be an int >= 8"):
+        build_classifier("small_cnn", num_classes=10, in_channels=1, image_size=4)
+    with pytest.raises(ValueError, match="width must be > 0"):
+        build_classifier("vgg19", **CIFAR10, width=0)
+
+
+FULL_SIZE = ["resnet20", "resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", FULL_SIZE)
+def test_one_training_step_full_size(name):
+    """Fake CIFAR-shaped batch of 2: finite loss, every parameter gets a finite gradient (no
+    dead branch), and an SGD step changes the parameters."""
+    torch.manual_seed(0)
+    model = build_classifier(name, **CIFAR10).train()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    loss = F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([3, 7]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), pname
+    optimizer.step()
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+
+def test_names_listed():
+    assert {
+        "mlp",
+        "small_cnn",
+        "resnet20",
+        "resnet56",
+        "resnet110",
+        "wrn",
+        "wrn28_10",
+        "densenet_bc",
+        "vgg19",
+        "alexnet",
+    } <= set(CLASSIFIERS)
