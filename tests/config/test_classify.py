@@ -1,0 +1,105 @@
+"""ClassifyConfig / AnalyzeConfig: ranges, cross-field rules, presets, names shared with data and
+models."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from stablerank.config import config_from_dict, load_config
+from stablerank.config.classify import (
+    AUGMENTS,
+    CLASSIFY_PRESETS,
+    DATASETS,
+    MODELS,
+    NORMS,
+    AnalyzeConfig,
+    ClassifyConfig,
+    classify_preset,
+)
+
+
+def test_every_field_has_help_text():
+    for cls in (ClassifyConfig, AnalyzeConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
+
+
+def test_names_match_the_data_models_and_core_packages():
+    # config may not import data/models (import rules), so its lists are checked here.
+    import stablerank as sr
+    from stablerank.data import AUGMENTS as LOADER_AUGMENTS
+    from stablerank.data import DATASETS as DATA_DATASETS
+    from stablerank.models.classifiers import CLASSIFIERS
+
+    assert set(DATASETS) == set(DATA_DATASETS)
+    assert set(MODELS) == set(CLASSIFIERS)
+    assert set(NORMS) == set(sr.NORMS)
+    assert set(AUGMENTS) == {*LOADER_AUGMENTS, "auto"}
+
+
+@pytest.mark.parametrize("name", sorted(CLASSIFY_PRESETS))
+def test_presets_build_and_validate(name):
+    cfg = classify_preset(name)
+    assert isinstance(cfg, ClassifyConfig)
+    assert cfg.resolved_augment in AUGMENTS and cfg.resolved_augment != "auto"
+
+
+def test_shatter_preset_is_the_zhang_protocol():
+    cfg = classify_preset("shatter")
+    assert cfg.label_noise == 1.0 and cfg.train_subset == 2000
+    assert cfg.resolved_augment == "none" and cfg.weight_decay == 0.0
+    assert cfg.train_eval_size == 0  # train accuracy over the whole 2,000-image subset
+
+
+def test_unknown_preset_lists_the_names():
+    with pytest.raises(ValueError, match="valid presets: .*fmnist-cnn"):
+        classify_preset("nope")
+
+
+def test_preset_overrides_apply_and_are_checked():
+    assert classify_preset("fmnist-cnn", norm="srn").norm == "srn"
+    with pytest.raises(ValueError, match="'norm' must be one of"):
+        classify_preset("fmnist-cnn", norm="bn")
+
+
+def test_ranges_are_checked_on_direct_construction():
+    with pytest.raises(ValueError, match="'rank_ratio' must be > 0.0 and <= 1.0"):
+        ClassifyConfig(rank_ratio=0.0)
+    with pytest.raises(ValueError, match="'label_noise' must be <= 1.0, got 1.5"):
+        ClassifyConfig(label_noise=1.5)
+    with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
+        AnalyzeConfig(n_pairs=0)
+
+
+def test_random_labels_forbid_augmentation():
+    with pytest.raises(ValueError, match="label_noise=0.5 .* requires augment 'none' or 'auto'"):
+        ClassifyConfig(label_noise=0.5, augment="crop")
+    assert ClassifyConfig(label_noise=0.5).resolved_augment == "none"
+    assert ClassifyConfig(label_noise=0.0).resolved_augment == "crop"  # Fashion-MNIST default
+
+
+def test_step_schedule_needs_increasing_milestones():
+    with pytest.raises(ValueError, match="milestones strictly increasing"):
+        ClassifyConfig(schedule="step", milestones=(0.75, 0.5))
+    with pytest.raises(ValueError, match="milestones strictly increasing"):
+        ClassifyConfig(schedule="step", milestones=())
+    assert ClassifyConfig(schedule="step", milestones=(0.3,)).milestones == (0.3,)
+
+
+def test_warmup_shorter_than_the_run():
+    with pytest.raises(ValueError, match="warmup_epochs must be < epochs=2"):
+        ClassifyConfig(epochs=2, warmup_epochs=2)
+
+
+def test_yaml_then_flags(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: resnet20\nepochs: 3\nmilestones: [0.5, 0.8]\n")
+    cfg = load_config(ClassifyConfig, path, {"epochs": "4", "norm": "sn"})
+    assert (cfg.model, cfg.epochs, cfg.norm, cfg.milestones) == ("resnet20", 4, "sn", (0.5, 0.8))
+
+
+def test_round_trip_through_dict():
+    cfg = classify_preset("shatter", norm="srn", rank_ratio=0.5)
+    assert config_from_dict(ClassifyConfig, cfg.to_dict()) == cfg

@@ -1,0 +1,169 @@
+"""The classification trainer on sklearn digits (8x8, 1,347 train / 450 test images) at tiny
+widths: each norm trains, resume is bitwise exact on the CPU, config mismatches are refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from stablerank.config.classify import ClassifyConfig, classify_preset
+from stablerank.train import classify
+from stablerank.train.checkpoint import load_checkpoint
+
+CHANCE = 0.1  # 10 balanced digit classes
+
+
+def tiny(tmp_path, **overrides) -> ClassifyConfig:
+    """Seconds-long run: MLP of width 0.25 (hidden 128) on digits."""
+    return classify_preset("tiny", run_dir=str(tmp_path / "run"), progress=False, **overrides)
+
+
+def records(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("norm", ["none", "sn", "srn"])
+def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
+    run_dir = classify.run(tiny(tmp_path, norm=norm, epochs=3, lr=0.1))
+    for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json",
+                 classify.CHECKPOINT_FILE):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    logged = records(run_dir)
+    assert [r["epoch"] for r in logged] == [1, 2, 3]
+    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
+    # Learning happened: 3 epochs of an MLP on digits are far above chance (measured ~0.9).
+    assert metrics[classify.KEY_TEST_ACC] > 5 * CHANCE
+    assert metrics[classify.KEY_TRAIN_ACC] > 5 * CHANCE
+    assert metrics[classify.KEY_GAP_ACC] == pytest.approx(
+        metrics[classify.KEY_TRAIN_ACC] - metrics[classify.KEY_TEST_ACC], abs=1e-12
+    )
+    assert metrics[classify.KEY_PROTOCOL]["norm"] == norm
+    assert metrics[classify.KEY_PROTOCOL]["head_normalized"] is False
+    # The head ("classifier") is left out; every other layer carries the norm.
+    layers = {row["name"]: row for row in metrics[classify.KEY_LAYERS]}
+    assert layers["classifier"]["norm"] == "none"
+    assert {row["norm"] for name, row in layers.items() if name != "classifier"} == {norm}
+    # Per-layer stats logged every epoch, all finite.
+    for r in logged:
+        assert math.isfinite(r["srank/features.1"]) and math.isfinite(r["sigma_max/classifier"])
+
+
+def test_srn_normalizes_head_on_request_and_caps_stable_rank(tmp_path):
+    cfg = tiny(tmp_path, model="small_cnn", width=0.25, norm="srn", rank_ratio=0.3,
+               normalize_head=True, epochs=1, augment="crop", train_subset=384)  # fmt: skip
+    metrics = json.loads((classify.run(cfg) / classify.METRICS_FILE).read_text())
+    rows = metrics[classify.KEY_LAYERS]
+    assert {row["norm"] for row in rows} == {"srn"}
+    assert metrics[classify.KEY_PROTOCOL]["head_normalized"] is True
+    for row in rows:
+        # SRN's forward output has stable rank min(srank, r) once u, v have converged; after a
+        # handful of 1-iteration steps the estimate is close but not exact: 10% slack.
+        assert row["srank"] <= 1.1 * max(row["target_srank"], 1.0), row
+
+
+def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
+    # BatchNorm, SRN (u, v buffers), crop augmentation, SGD momentum and a cosine lr: every piece
+    # of state a resume must restore.
+    kw = dict(model="small_cnn", width=0.25, norm="srn", augment="crop", epochs=3,
+              train_subset=384, train_eval_size=100)  # fmt: skip
+    straight = classify.run(tiny(tmp_path / "a", **kw))
+
+    class Killed(Exception):
+        pass
+
+    real_save = classify.save_checkpoint
+    calls = []
+
+    def save_then_die(path, state):
+        calls.append(state["epoch"])
+        if state["epoch"] == 2:  # die after epoch 2 was logged but before its checkpoint
+            raise Killed
+        real_save(path, state)
+
+    monkeypatch.setattr(classify, "save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        classify.run(tiny(tmp_path / "b", **kw))
+    monkeypatch.setattr(classify, "save_checkpoint", real_save)
+    killed_dir = tmp_path / "b" / "run"
+    assert load_checkpoint(killed_dir / classify.CHECKPOINT_FILE)["epoch"] == 1
+    assert len(records(killed_dir)) == 2  # epoch 2 logged, not checkpointed
+
+    resumed = classify.run(tiny(tmp_path / "b", resume=True, **kw))
+    a = load_checkpoint(straight / classify.CHECKPOINT_FILE)
+    b = load_checkpoint(resumed / classify.CHECKPOINT_FILE)
+    assert a["epoch"] == b["epoch"] == 3
+    assert a["model"].keys() == b["model"].keys()
+    assert any(k.endswith("_u") for k in a["model"])  # the SRN vectors are compared too
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    # The log was truncated to the checkpoint and continued: same epochs, same numbers.
+    ra, rb = records(straight), records(resumed)
+    assert [r["epoch"] for r in rb] == [1, 2, 3]
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
+            k: v for k, v in y.items() if not k.endswith("_s")
+        }
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    classify.run(tiny(tmp_path, epochs=1))
+    with pytest.raises(ValueError, match=r"refusing to resume(.|\n)*lr: 0.05 -> 0.1"):
+        classify.run(tiny(tmp_path, epochs=1, lr=0.1, resume=True))
+
+
+def test_resume_allows_runtime_only_differences(tmp_path):
+    classify.run(tiny(tmp_path, epochs=1))
+    classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu"))
+
+
+def test_existing_run_is_not_overwritten_and_missing_checkpoint_is_reported(tmp_path):
+    classify.run(tiny(tmp_path, epochs=1))
+    with pytest.raises(FileExistsError, match="pass resume=True"):
+        classify.run(tiny(tmp_path, epochs=1))
+    with pytest.raises(FileNotFoundError, match="checkpoint"):
+        classify.run(tiny(tmp_path / "other", epochs=1, resume=True))
+
+
+def test_random_labels_are_trained_on_and_scored(tmp_path):
+    cfg = tiny(tmp_path, label_noise=1.0, train_subset=200, epochs=1, batch_size=50)
+    data = classify.prepare_data(cfg)
+    assert data.splits.num_train == 200 and len(data.eval_y) == 200  # train_eval_size 0 = all
+    assert torch.equal(data.eval_y, data.splits.train_y)  # scored with the labels trained on
+    # With 10 classes, a uniformly random label equals the true one with probability 1/10; of
+    # 200 labels, fewer than 40 agreeing is a > 4-sigma certainty (binomial sd ~4.2).
+    assert (data.splits.train_y == data.clean_y).sum() < 40
+    # Same seed, same random labels (fixed for the whole run and for `analyze`).
+    assert torch.equal(classify.prepare_data(cfg).splits.train_y, data.splits.train_y)
+    metrics = json.loads((classify.run(cfg) / classify.METRICS_FILE).read_text())
+    assert metrics[classify.KEY_PROTOCOL]["augment"] == "none"
+    assert metrics[classify.KEY_PROTOCOL]["train_size"] == 200
+
+
+def test_lr_schedule_values():
+    steps = 10
+    cos = ClassifyConfig(epochs=4, lr=0.2, schedule="cosine")
+    assert classify.lr_at(cos, 0, steps) == pytest.approx(0.2)
+    assert classify.lr_at(cos, 20, steps) == pytest.approx(0.1)  # half way: cos(pi/2) = 0
+    step = ClassifyConfig(epochs=4, lr=0.2, schedule="step", milestones=(0.5, 0.75), lr_gamma=0.1)
+    assert [classify.lr_at(step, s, steps) for s in (19, 20, 29, 30)] == pytest.approx(
+        [0.2, 0.02, 0.02, 0.002]
+    )
+    warm = ClassifyConfig(epochs=4, lr=0.2, schedule="none", warmup_epochs=1)
+    assert [classify.lr_at(warm, s, steps) for s in (0, 9, 10)] == pytest.approx([0.02, 0.2, 0.2])
+
+
+def test_global_batch_must_split_across_ranks_and_fit_the_data(tmp_path):
+    with pytest.raises(ValueError, match="batch_size must be <= 200"):
+        classify.run(tiny(tmp_path, train_subset=200, batch_size=256))
+
+
+def test_run_dir_name_spells_out_the_protocol():
+    cfg = ClassifyConfig(dataset="digits", model="mlp", norm="srn", rank_ratio=0.3, seed=2)
+    name = classify.resolve_run_dir(cfg).name
+    assert name.startswith("digits_mlp_srn0.3_s2_")
+    # Runtime-only fields do not change the folder (so a resume finds it).
+    assert classify.resolve_run_dir(ClassifyConfig(**{**cfg.to_dict(), "milestones": (0.5, 0.75),
+                                                      "num_threads": 1})).name == name  # fmt: skip
