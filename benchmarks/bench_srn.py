@@ -1,0 +1,120 @@
+"""Cost of SRN against no normalization and torch's spectral_norm, measured interleaved.
+
+Times, in one process and interleaved round by round (so machine noise hits every variant alike):
+  1. a training step (forward, backward, SGD step) of a small CNN and of ResNet-20 on 28x28
+     one-channel inputs, batch 128, for: none, torch spectral_norm (sn), SRN by power iteration
+     (srn), SRN by SVD (srn-exact); printed as ratios to none;
+  2. eval-mode forward (under no_grad) ratios to none;
+  3. the normalization work alone: computing every normalized weight in training mode (with
+     autograd recording, as in a training step, no forward), as a ratio to torch sn's.
+
+Usage: python benchmarks/bench_srn.py [--rounds 7] [--steps 3] [--models small_cnn resnet20]
+Results are medians over rounds; the spread (min-max ratio over rounds) is printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+import stablerank as sr
+from stablerank.models.classifiers import build_classifier
+
+VARIANTS = ("none", "sn", "srn", "srn-exact")
+RANK_RATIO = 0.3
+BATCH = 128
+
+
+def build(model_name: str, variant: str, base: nn.Module) -> nn.Module:
+    model = copy.deepcopy(base)
+    if variant == "sn":
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
+                spectral_norm(m)
+    elif variant.startswith("srn"):
+        sr.apply_stable_rank_norm(model, RANK_RATIO, exact=variant == "srn-exact")
+    return model
+
+
+def normalized_weights(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]
+
+
+def time_it(fn, steps: int) -> float:
+    fn()  # not timed: the first call after switching variants warms caches
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet20"])
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+          f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)\n")
+    x = torch.randn(BATCH, 1, 28, 28)
+    y = torch.randint(0, 10, (BATCH,))
+    for model_name in args.models:
+        base = build_classifier(model_name, num_classes=10, in_channels=1, image_size=28)
+        models = {v: build(model_name, v, base) for v in VARIANTS}
+        opts = {v: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for v, m in models.items()}
+
+        def train_step(v: str) -> None:
+            m, opt = models[v], opts[v]
+            m.train()
+            loss = nn.functional.cross_entropy(m(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        def eval_step(v: str) -> None:
+            m = models[v]
+            m.eval()
+            with torch.no_grad():
+                m(x)
+
+        def norm_work(v: str) -> None:
+            for layer in normalized_weights(models[v]):
+                layer.train()
+                layer.weight  # noqa: B018 - one power iteration + normalization, graph recorded
+
+        results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VARIANTS}
+                                                      for k in ("train", "eval", "norm")}
+        for _ in range(args.rounds):
+            for v in VARIANTS:
+                results["train"][v].append(time_it(lambda v=v: train_step(v), args.steps))
+                results["eval"][v].append(time_it(lambda v=v: eval_step(v), args.steps * 3))
+                if v != "none":
+                    results["norm"][v].append(time_it(lambda v=v: norm_work(v), args.steps * 20))
+        print(f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
+              f"{len(normalized_weights(models['srn']))} normalized weights)")
+        print("| variant | train step (ms) | train ratio to none | eval fwd (ms) | eval ratio to none "
+              "| normalization work (ms) | work ratio to sn |")
+        print("|---|---|---|---|---|---|---|")
+        for v in VARIANTS:
+            row = [v]
+            for kind, ref in (("train", "none"), ("eval", "none"), ("norm", "sn")):
+                if v == "none" and kind == "norm":
+                    row += ["-", "-"]
+                    continue
+                ratios = [a / b for a, b in zip(results[kind][v], results[kind][ref], strict=True)]
+                row.append(f"{1e3 * statistics.median(results[kind][v]):.2f}")
+                row.append(f"{statistics.median(ratios):.3f} ({min(ratios):.2f}-{max(ratios):.2f})")
+            print("| " + " | ".join(row) + " |")
+        print()
+
+
+if __name__ == "__main__":
+    main()
