@@ -4,6 +4,7 @@ on a discriminator."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -103,7 +104,7 @@ def test_cnn32_matches_sngan_table3():
     """Hand count of Miyato et al.'s standard CNN (Table 3; ngf = ndf = 64)."""
     widths = [512, 256, 128, 64]
     g_count = 128 * 4 * 4 * 512 + 4 * 4 * 512 + 2 * 512  # dense + BN
-    for a, b in zip(widths, widths[1:], strict=False):
+    for a, b in itertools.pairwise(widths):
         g_count += a * b * 16 + b + 2 * b  # 4x4 deconv + BN
     g_count += 64 * 3 * 9 + 3
     d_layers = [

@@ -98,6 +98,9 @@ class GanConfig:
         "feature network of FID/KID/IS; auto = the dataset's "
         "default (fmnist-cnn for Fashion-MNIST)",
     )
+    feature_weights: str | None = option(
+        None, "weights file of the feature network; None = its shipped default (fmnist-cnn)"
+    )
     checkpoint_every: int = option(1000, "write a checkpoint every this many G steps", min=1)
     keep_checkpoints: int = option(2, "newest checkpoints kept on disk", min=1, max=1000)
     # --- run ---

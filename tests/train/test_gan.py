@@ -1,0 +1,302 @@
+"""GAN trainer and config: run files, exact resume (also after Ctrl-C), refused resumes, the
+metrics hook, PNG grids, config validation, and a 2-process DDP run (gloo, CPU).
+
+Runs use the 8x8 ``digits`` set (bundled with scikit-learn) and widths of 8, so each takes about
+a second on one CPU core."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+
+import stablerank.train.gan as gan_train
+from stablerank.config._base import config_from_dict, load_config
+from stablerank.config.gan import _DATASETS, GAN_PRESETS, GanConfig
+from stablerank.data import DATASETS
+from stablerank.metrics.features import (
+    FeatureExtractor,
+    available_feature_extractors,
+    register_feature_extractor,
+)
+from stablerank.train.checkpoint import load_checkpoint
+
+TINY = {
+    "dataset": "digits",
+    "arch": "cnn",
+    "ngf": 8,
+    "ndf": 8,
+    "z_dim": 16,
+    "batch_size": 16,
+    "device": "cpu",
+    "n_final_samples": 0,
+    "progress": False,
+    "log_every": 1,
+    "sample_every": 2,
+}
+# Enough state to catch any part a resume could miss: labels, SRN buffers, EMA, Adam, LR decay,
+# several D steps per G step, and a stop in the middle of a checkpoint interval.
+RESUME = {
+    **TINY,
+    "conditional": True,
+    "d_norm": "srn",
+    "ema": 0.9,
+    "lr_decay": "linear",
+    "n_dis": 2,
+    "g_steps": 6,
+    "checkpoint_every": 2,
+}
+STOP = 3
+
+
+def _cfg(tmp_path: Path, name: str, **over: object) -> GanConfig:
+    return config_from_dict(GanConfig, {**TINY, "out_dir": str(tmp_path), "run_name": name, **over})
+
+
+def _final_state(run_dir: Path, step: int) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt")
+
+
+def _assert_states_equal(a: dict, b: dict) -> None:
+    for key in ("G", "D", "G_ema"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    for key in ("opt_g", "opt_d"):
+        for pid, sa in a[key]["state"].items():
+            for name, value in sa.items():
+                assert torch.equal(value, b[key]["state"][pid][name]), f"{key}[{pid}].{name}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("gan")
+    return gan_train.run(config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp),
+                                                      "run_name": "full"}))  # fmt: skip
+
+
+def test_run_writes_its_folder(uninterrupted):
+    run_dir = uninterrupted
+    for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json",
+                 "d_layers.json"):  # fmt: skip
+        assert (run_dir / name).is_file(), name
+    assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == [
+        "step_0000002.png", "step_0000004.png", "step_0000006.png"]  # fmt: skip
+    # keep_checkpoints=2 (default) of steps 2, 4, 6
+    assert [p.name for p in gan_train._checkpoints(run_dir)] == [
+        "step_0000004.pt", "step_0000006.pt"]  # fmt: skip
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
+    assert records[-1]["lr_g"] == 0.0  # linear decay reaches 0 at g_steps
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics[gan_train.KEY_STEPS] == 6
+    assert metrics["protocol"]["d_norm"] == "srn"
+    assert json.loads((run_dir / "config.json").read_text())["rank_ratio"] == 0.7
+    # SRN-normalized D: every layer's spectral norm is ~1 (power iteration tracks; 1% slack)
+    for row in json.loads((run_dir / "d_layers.json").read_text()):
+        assert row["norm"] == "srn"
+        assert row["sigma_max"] == pytest.approx(1.0, abs=1e-2), row["name"]
+
+
+def test_resume_continues_bitwise(tmp_path, uninterrupted):
+    cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "cut"})
+    run_dir = gan_train.run(cfg, stop_at=STOP)
+    assert [p.name for p in gan_train._checkpoints(run_dir)][-1] == f"step_{STOP:07d}.pt"
+    assert not (run_dir / "metrics.json").exists()
+    gan_train.run(dataclasses.replace(cfg, resume=True))
+    _assert_states_equal(_final_state(uninterrupted, 6), _final_state(run_dir, 6))
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]  # nothing duplicated or lost across the resume
+
+
+def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypatch):
+    calls = {"n": 0}
+    real_g_loss = gan_train.compute_g_loss
+
+    def g_loss_then_sigint(d_fake, loss):  # Ctrl-C arrives in the middle of G step STOP
+        calls["n"] += 1
+        if calls["n"] == STOP:
+            signal.raise_signal(signal.SIGINT)
+        return real_g_loss(d_fake, loss)
+
+    monkeypatch.setattr(gan_train, "compute_g_loss", g_loss_then_sigint)
+    cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "sigint"})
+    with pytest.raises(KeyboardInterrupt):
+        gan_train.run(cfg)
+    run_dir = gan_train._run_dir(cfg)
+    assert gan_train._checkpoints(run_dir)[-1].name == f"step_{STOP:07d}.pt"
+    monkeypatch.setattr(gan_train, "compute_g_loss", real_g_loss)
+    gan_train.run(dataclasses.replace(cfg, resume=True))
+    _assert_states_equal(_final_state(uninterrupted, 6), _final_state(run_dir, 6))
+
+
+def test_resume_refuses_a_changed_config_and_reuse_needs_resume(tmp_path):
+    cfg = _cfg(tmp_path, "r", g_steps=2, checkpoint_every=1)
+    gan_train.run(cfg)
+    with pytest.raises(FileExistsError, match="resume=True"):
+        gan_train.run(cfg)
+    with pytest.raises(ValueError, match=r"lr_g: 0\.0001 -> 0\.0003"):
+        gan_train.run(dataclasses.replace(cfg, resume=True, lr_g=3e-4))
+    # monitoring keys may change
+    gan_train.run(dataclasses.replace(cfg, resume=True, sample_every=0, log_every=5))
+
+
+class _PixelFeatures(torch.nn.Module):
+    """Stand-in feature network for 8x8 digits: pixels as features, a fixed linear classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.classifier = torch.nn.Linear(64, 10)
+        torch.nn.init.normal_(self.classifier.weight, generator=torch.Generator().manual_seed(0))
+
+    def extract(self, x):
+        f = x.flatten(1)
+        return f, self.classifier(f)
+
+
+def _pixel_extractor(**_: object) -> FeatureExtractor:
+    return FeatureExtractor("test-pixels", _PixelFeatures(), input_shape=(1, 8, 8),
+                            num_features=64, num_classes=10, weights_sha256="none")  # fmt: skip
+
+
+def test_evaluation_hook_and_baselines(tmp_path):
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    n = 50
+    cfg = _cfg(tmp_path, "eval", g_steps=2, eval_every=1, n_eval_samples=n,
+               n_final_samples=n, feature_net="test-pixels")  # fmt: skip
+    run_dir = gan_train.run(cfg)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    protocol = metrics["protocol"]
+    assert protocol["feature_net"] == "test-pixels"
+    assert protocol["reference_split"] == "test"
+    assert protocol["n_fake"] == n
+    assert protocol["baselines"]["real_train"]["sample_source"] == "train"
+    for key in ("fid", "kid_mean", "is_mean", "untrained_fid", "real_train_fid"):
+        assert np.isfinite(metrics[key]), key
+    # real training digits are far closer to the test digits than an untrained G's blur
+    assert metrics["real_train_fid"] < 0.5 * metrics["untrained_fid"]
+    evals = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
+             if "eval_fid" in r]  # fmt: skip
+    assert [r["step"] for r in evals] == [1, 2]
+
+
+def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):
+    rng = torch.Generator().manual_seed(0)
+    for channels in (1, 3):
+        images = torch.rand(5, channels, 6, 7, generator=rng) * 2 - 1
+        path = tmp_path / f"grid{channels}.png"
+        gan_train.save_image_grid(images, path, nrow=3)
+        read = matplotlib.image.imread(path)  # Pillow's PNG decoder: float in [0, 1]
+        pad = gan_train._GRID_PAD
+        assert read.shape[:2] == (2 * (6 + pad) + pad, 3 * (7 + pad) + pad)
+        expected = ((images + 1) * 127.5).round().to(torch.uint8)
+        cell = read[pad : pad + 6, 2 * (7 + pad) + pad :][:, :7]  # row 0, column 2: image 2
+        cell = cell if channels == 3 else cell[..., None]
+        got = torch.from_numpy((cell * 255).round().astype(np.uint8)).permute(2, 0, 1)
+        assert torch.equal(got, expected[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(GAN_PRESETS))
+def test_presets_are_valid_configs(name):
+    cfg = load_config(GanConfig, overrides=GAN_PRESETS[name])
+    assert cfg.g_steps >= 1
+
+
+def test_sngan_presets_follow_spec_4():
+    cnn, resnet = GAN_PRESETS["sngan-cnn"], GAN_PRESETS["sngan-resnet"]
+    assert (cnn["lr_g"], cnn["beta1"], cnn["beta2"], cnn["n_dis"]) == (1e-4, 0.5, 0.999, 1)
+    assert (resnet["lr_g"], resnet["beta1"], resnet["beta2"], resnet["n_dis"]) == (2e-4, 0, 0.9, 5)
+    assert resnet["lr_decay"] == "linear" and cnn["batch_size"] == resnet["batch_size"] == 64
+
+
+def test_config_datasets_are_loadable_names():
+    assert set(_DATASETS) <= set(DATASETS)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error", "match"),
+    [
+        ({"d_norm": "weightnorm"}, ValueError, "d_norm"),
+        ({"g_norm": "srn"}, ValueError, "g_norm"),
+        ({"rank_ratio": 0.0}, ValueError, "rank_ratio"),
+        ({"rank_ratio": 1.5}, ValueError, "rank_ratio"),
+        ({"n_dis": 0}, ValueError, "n_dis"),
+        ({"batch_size": "many"}, TypeError, "batch_size"),
+        ({"ema": 1.0}, ValueError, "ema"),
+        ({"d_norm_embedding": True}, ValueError, "conditional"),
+        ({"d_norm_embedding": True, "conditional": True, "d_norm": "none"}, ValueError, "d_norm"),
+        ({"amp": True, "device": "cpu"}, ValueError, "amp"),
+        ({"eval_every": 10, "g_steps": 5}, ValueError, "eval_every"),
+        ({"n_steps": 5}, ValueError, "valid keys"),
+    ],
+)
+def test_config_rejects(overrides, error, match):
+    with pytest.raises(error, match=match):
+        config_from_dict(GanConfig, overrides)
+
+
+# ----------------------------------------------------------------------------------------------
+# DDP
+# ----------------------------------------------------------------------------------------------
+
+_DDP_WORKER = """
+import json, sys, torch
+import stablerank.train.gan as tg
+from stablerank.config._base import config_from_dict
+from stablerank.config.gan import GanConfig
+
+models, real_build, real_end = {}, tg._build_models, tg.end_worker
+
+def build(*args, **kwargs):
+    models["G"], models["D"] = real_build(*args, **kwargs)
+    return models["G"], models["D"]
+
+tg._build_models = build
+tg.end_worker = lambda info: models.setdefault("info", info)
+tg.run(config_from_dict(GanConfig, json.loads(sys.argv[1])))
+info = models["info"]
+torch.save({k: models[k].state_dict() for k in "GD"}, f"{sys.argv[2]}/rank{info.rank}.pt")
+real_end(info)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_d_buffers_identical(tmp_path):
+    worker = tmp_path / "worker.py"
+    worker.write_text(_DDP_WORKER)
+    cfg = {**TINY, "d_norm": "srn", "conditional": True, "g_steps": 3, "batch_size": 16,
+           "out_dir": str(tmp_path), "run_name": "ddp"}  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(worker), json.dumps(cfg), str(tmp_path)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    d_buffers = [k for k in rank0["D"] if k.endswith(("_u", "_v"))]
+    assert d_buffers, "SRN vectors missing from D"
+    for name, value in rank0["D"].items():  # D's parameters and SRN u/v: bitwise equal
+        assert torch.equal(value, rank1["D"][name]), f"D.{name}"
+    for name, value in rank0["G"].items():
+        if "running_" in name or "num_batches" in name:
+            # BatchNorm statistics are broadcast from rank 0 at each G forward, which then adds
+            # its own batch's statistics: after the last forward they differ (rank 0's are saved).
+            continue
+        assert torch.equal(value, rank1["G"][name]), f"G.{name}"
+    log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in log] == [1, 2, 3]
