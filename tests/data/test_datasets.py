@@ -46,6 +46,14 @@ def test_read_idx_round_trip(tmp_path, images, compressed):
     assert out.flags.writeable  # torch.from_numpy must not see a read-only buffer
 
 
+def test_read_idx_multi_member_gzip(tmp_path, images):
+    """A gzip file may hold several members (e.g. written by `cat a.gz b.gz`); all are read."""
+    data = _idx_bytes(images)
+    path = tmp_path / "x-idx3-ubyte.gz"
+    path.write_bytes(gzip.compress(data[:30]) + gzip.compress(data[30:]))
+    np.testing.assert_array_equal(_read_idx(path, 3), images)
+
+
 def test_read_idx_truncated_gzip_names_file(tmp_path, images):
     path = tmp_path / "x-idx3-ubyte.gz"
     path.write_bytes(gzip.compress(_idx_bytes(images))[:-12])  # lose the gzip trailer

@@ -206,3 +206,12 @@ def test_argument_errors(data):
         DeviceLoader(*data, batch_size=2, mean=(0.5,), std=(0.5,))
     with pytest.raises(ValueError, match="std must be > 0"):
         DeviceLoader(*data, batch_size=2, mean=MEAN, std=(1.0, 0.0, 1.0))
+
+
+def test_short_last_global_batch_gives_empty_batch_not_fewer_batches(data):
+    """103 = 17 * (3 * 2) + 1: rank 0 gets the last example, rank 1 an empty last batch, so both
+    still run 18 steps (documented; training under DDP uses drop_last=True)."""
+    loaders = [_loader(data, batch_size=3, world_size=2, rank=r) for r in range(2)]
+    last = [list(loader)[-1] for loader in loaders]
+    assert [len(loader) for loader in loaders] == [18, 18]
+    assert last[0][1].numel() == 1 and last[1][0].shape == (0, C, H, H)

@@ -129,6 +129,8 @@ def _read_idx(path: Path, ndim: int, expected_shape: tuple[int, ...] | None = No
             data = decomp.decompress(raw)
             if not decomp.eof:
                 raise CorruptDatasetError(f"{path}: gzip stream is truncated")
+            if decomp.unused_data:  # several gzip members (legal, rare): let gzip join them
+                data = gzip.decompress(raw)
         else:
             data = raw
     except (zlib.error, gzip.BadGzipFile, EOFError) as err:

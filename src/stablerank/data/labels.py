@@ -12,15 +12,17 @@ process, on any device. For a shattering run, take the subset first, then corrup
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 __all__ = ["corrupt_labels", "subset_indices", "train_subset"]
 
 
 def _generator(seed: int) -> torch.Generator:
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
-    return torch.Generator().manual_seed(seed)
+    return torch.Generator().manual_seed(int(seed))
 
 
 def _check_labels(labels: torch.Tensor, name: str = "labels") -> None:
@@ -64,9 +66,9 @@ def corrupt_labels(
         ValueError: naming the argument that is out of range.
     """
     _check_labels(labels)
-    if not isinstance(fraction, (int, float)) or not 0.0 <= float(fraction) <= 1.0:
+    if not isinstance(fraction, numbers.Real) or not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
-    if not isinstance(num_classes, int) or num_classes < 2:
+    if not isinstance(num_classes, numbers.Integral) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
     generator = _generator(seed)
     out = labels.detach().to("cpu", torch.int64).clone()
@@ -108,8 +110,9 @@ def subset_indices(labels: torch.Tensor, size: int, seed: int, *, stratified: bo
     """
     _check_labels(labels)
     n = labels.numel()
-    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= n:
+    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or not 1 <= size <= n:
         raise ValueError(f"size must be an int in [1, {n}] (the number of examples), got {size!r}")
+    size = int(size)
     generator = _generator(seed)
     order = torch.randperm(n, generator=generator)
     if not stratified:
