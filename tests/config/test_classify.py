@@ -54,7 +54,7 @@ def test_shatter_preset_is_the_zhang_protocol():
 
 
 def test_unknown_preset_lists_the_names():
-    with pytest.raises(ValueError, match="valid presets: .*fmnist-cnn"):
+    with pytest.raises(ValueError, match=r"valid presets: .*fmnist-cnn"):
         classify_preset("nope")
 
 
@@ -65,16 +65,16 @@ def test_preset_overrides_apply_and_are_checked():
 
 
 def test_ranges_are_checked_on_direct_construction():
-    with pytest.raises(ValueError, match="'rank_ratio' must be > 0.0 and <= 1.0"):
+    with pytest.raises(ValueError, match=r"'rank_ratio' must be > 0\.0 and <= 1\.0"):
         ClassifyConfig(rank_ratio=0.0)
-    with pytest.raises(ValueError, match="'label_noise' must be <= 1.0, got 1.5"):
+    with pytest.raises(ValueError, match=r"'label_noise' must be <= 1\.0, got 1\.5"):
         ClassifyConfig(label_noise=1.5)
     with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
         AnalyzeConfig(n_pairs=0)
 
 
 def test_random_labels_forbid_augmentation():
-    with pytest.raises(ValueError, match="label_noise=0.5 .* requires augment 'none' or 'auto'"):
+    with pytest.raises(ValueError, match=r"label_noise=0\.5 .* requires augment 'none' or 'auto'"):
         ClassifyConfig(label_noise=0.5, augment="crop")
     assert ClassifyConfig(label_noise=0.5).resolved_augment == "none"
     assert ClassifyConfig(label_noise=0.0).resolved_augment == "crop"  # Fashion-MNIST default

@@ -1,0 +1,101 @@
+"""Analysis of trained runs (digits, tiny MLP): outputs present and finite, consistent with the
+trainer's own evaluation, and below the spectral upper bound of the Lipschitz constant."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from stablerank.config.classify import AnalyzeConfig, classify_preset
+from stablerank.train import analyze, classify
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_iterations=10,
+                      progress=False)  # fmt: skip
+
+
+def _finite_numbers(tree):
+    if isinstance(tree, dict):
+        for v in tree.values():
+            yield from _finite_numbers(v)
+    elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
+        yield tree
+
+
+@pytest.fixture(scope="module")
+def srn_run(tmp_path_factory):
+    # 6 epochs at lr 0.1 fit the digits training set above 90% (measured ~0.97), so the
+    # 10th-percentile margin is positive and the complexity measures are defined.
+    root = tmp_path_factory.mktemp("srn")
+    cfg = classify_preset("tiny", norm="srn", rank_ratio=0.5, epochs=6, lr=0.1,
+                          run_dir=str(root / "run"), progress=False)  # fmt: skip
+    run_dir = classify.run(cfg)
+    return run_dir, analyze.run(SMALL, run_dir)
+
+
+def test_analysis_file_and_plots_are_written(srn_run):
+    run_dir, result = srn_run
+    assert json.loads((run_dir / analyze.ANALYSIS_FILE).read_text()) == json.loads(
+        json.dumps(result)
+    )
+    for name in ("el_hist.png", "accuracy.png", "srank.png"):
+        assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
+    assert not (run_dir / "shattering.png").exists()  # clean labels: no shattering curve
+
+
+def test_every_number_is_finite_and_the_measures_are_defined(srn_run):
+    _, result = srn_run
+    values = list(_finite_numbers(result))
+    assert values and all(math.isfinite(v) for v in values)
+    measures = result[analyze.KEY_COMPLEXITY]
+    assert measures["margin"] > 0
+    assert isinstance(measures["log10_neyshabur"], float)
+    assert isinstance(measures["log10_bartlett"], float)
+    assert set(result[analyze.KEY_JACOBIAN]) == {"train", "test", "interpolated"}
+    assert result[analyze.KEY_EL_PAIRWISE]["train"]["n"] == SMALL.n_pairs  # no duplicate pairs
+    assert result[analyze.KEY_PROTOCOL]["norm"] == "srn"
+
+
+def test_accuracy_matches_the_trainer_evaluation(srn_run):
+    # Independent code paths (the trainer's DeviceLoader + evaluate vs analyze's own forward on
+    # DatasetSplits.normalize) over the same images: equal up to float32 rounding of the inputs,
+    # which does not flip any argmax here (exact fractions of 450 / 1347 examples).
+    run_dir, result = srn_run
+    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
+    acc = result[analyze.KEY_ACCURACY]
+    assert acc["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-12)
+    assert acc["train_acc"] == pytest.approx(metrics["train_acc"], abs=1e-12)
+    assert acc["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)  # float32 sums
+
+
+def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
+    # For an MLP with ReLU (1-Lipschitz) the product of the layers' spectral norms bounds both
+    # the pairwise ratios and every Jacobian norm; 1e-5 relative slack covers float32 rounding.
+    _, result = srn_run
+    bound = 10 ** result[analyze.KEY_COMPLEXITY]["log10_spectral_product"]
+    assert result[analyze.KEY_EL_PAIRWISE]["test"]["max"] <= bound * (1 + 1e-5)
+    for split in ("train", "test", "interpolated"):
+        assert result[analyze.KEY_JACOBIAN][split]["max"] <= bound * (1 + 1e-5)
+    # ... and the local form bounds the pairwise one on segments only loosely; both positive.
+    assert result[analyze.KEY_EL_PAIRWISE]["train"]["q50"] > 0
+
+
+def test_random_label_runs_get_a_shattering_curve(tmp_path):
+    dirs = []
+    for norm in ("none", "sn"):
+        cfg = classify_preset("tiny", norm=norm, label_noise=1.0, train_subset=200, batch_size=50,
+                              epochs=2, run_dir=str(tmp_path / norm), progress=False)  # fmt: skip
+        dirs.append(classify.run(cfg))
+    result = analyze.run(AnalyzeConfig(n_pairs=50, n_jacobian=4, n_interpolated=0,
+                                       jacobian_iterations=2), dirs[0])  # fmt: skip
+    assert (dirs[0] / "shattering.png").read_bytes()[:8] == PNG_MAGIC
+    assert "interpolated" not in result[analyze.KEY_JACOBIAN]
+    out = analyze.plot_shattering(dirs, tmp_path / "cmp" / "shattering.png")
+    assert out.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_missing_run_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
+        analyze.run(SMALL, tmp_path)
