@@ -56,22 +56,28 @@ def time_it(fn, steps: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
     parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet20"])
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
-          f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+        f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)\n"
+    )
     x = torch.randn(BATCH, 1, 28, 28)
     y = torch.randint(0, 10, (BATCH,))
     for model_name in args.models:
         base = build_classifier(model_name, num_classes=10, in_channels=1, image_size=28)
         models = {v: build(model_name, v, base) for v in VARIANTS}
-        opts = {v: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for v, m in models.items()}
+        opts = {
+            v: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for v, m in models.items()
+        }
 
-        def train_step(v: str) -> None:
+        def train_step(v: str, models=models, opts=opts) -> None:
             m, opt = models[v], opts[v]
             m.train()
             loss = nn.functional.cross_entropy(m(x), y)
@@ -79,29 +85,35 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        def eval_step(v: str) -> None:
+        def eval_step(v: str, models=models) -> None:
             m = models[v]
             m.eval()
             with torch.no_grad():
                 m(x)
 
-        def norm_work(v: str) -> None:
+        def norm_work(v: str, models=models) -> None:
             for layer in normalized_weights(models[v]):
                 layer.train()
                 layer.weight  # noqa: B018 - one power iteration + normalization, graph recorded
 
-        results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VARIANTS}
-                                                      for k in ("train", "eval", "norm")}
+        results: dict[str, dict[str, list[float]]] = {
+            k: {v: [] for v in VARIANTS} for k in ("train", "eval", "norm")
+        }
         for _ in range(args.rounds):
             for v in VARIANTS:
                 results["train"][v].append(time_it(lambda v=v: train_step(v), args.steps))
                 results["eval"][v].append(time_it(lambda v=v: eval_step(v), args.steps * 3))
                 if v != "none":
                     results["norm"][v].append(time_it(lambda v=v: norm_work(v), args.steps * 20))
-        print(f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
-              f"{len(normalized_weights(models['srn']))} normalized weights)")
-        print("| variant | train step (ms) | train ratio to none | eval fwd (ms) | eval ratio to none "
-              "| normalization work (ms) | work ratio to sn |")
+        print(
+            f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
+            f"{len(normalized_weights(models['srn']))} normalized weights)"
+        )
+        print(
+            "| variant | train step (ms) | train ratio to none | eval fwd (ms) "
+            "| eval ratio to none "
+            "| normalization work (ms) | work ratio to sn |"
+        )
         print("|---|---|---|---|---|---|---|")
         for v in VARIANTS:
             row = [v]

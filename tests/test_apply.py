@@ -15,8 +15,14 @@ import stablerank as sr
 def _net() -> nn.Sequential:
     torch.manual_seed(0)
     return nn.Sequential(
-        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.ConvTranspose2d(8, 4, 3),
-        nn.Flatten(), nn.Linear(4 * 8 * 8, 16), nn.Embedding(5, 3), nn.Linear(16, 10),
+        nn.Conv2d(3, 8, 3),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.ConvTranspose2d(8, 4, 3),
+        nn.Flatten(),
+        nn.Linear(4 * 8 * 8, 16),
+        nn.Embedding(5, 3),
+        nn.Linear(16, 10),
     )
 
 

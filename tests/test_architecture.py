@@ -36,7 +36,11 @@ def _package_imports(path: Path) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("stablerank"):
+        if (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.module.startswith("stablerank")
+        ):
             rest = node.module.split(".")[1:]
             if rest:
                 found.add(rest[0])

@@ -39,7 +39,9 @@ def test_stable_rank_bounds_and_scale_invariance():
     assert 1.0 <= s <= 7.0
     assert stable_rank(123.0 * w).item() == pytest.approx(s, rel=1e-12)
     # rank one -> 1, orthonormal columns -> their count
-    assert stable_rank(torch.outer(torch.randn(5), torch.randn(4))).item() == pytest.approx(1, rel=1e-5)
+    assert stable_rank(torch.outer(torch.randn(5), torch.randn(4))).item() == pytest.approx(
+        1, rel=1e-5
+    )
     q, _ = torch.linalg.qr(torch.randn(9, 4, dtype=torch.float64))
     assert stable_rank(q).item() == pytest.approx(4, rel=1e-12)
 
@@ -80,7 +82,8 @@ def test_srn_optimal_diagonal_closed_form():
     x = srn_optimal(w, 1.25, keep_top=1)
     expected = torch.diag(torch.tensor([4.0, 4 / 3, 4 / 3, 2 / 3], dtype=torch.float64))
     torch.testing.assert_close(x, expected, rtol=1e-12, atol=1e-12)
-    # keep_top = 0: g = sqrt(0.25) * 4 / 3 = 2/3, g2 = (2/3 + 0.25) / 1.25 = 11/15, g1 = g2 / g = 1.1
+    # keep_top = 0: g = sqrt(0.25) * 4 / 3 = 2/3, g2 = (2/3 + 0.25) / 1.25 = 11/15,
+    # g1 = g2 / g = 1.1
     x0 = srn_optimal(w, 1.25, keep_top=0)
     expected0 = torch.diag(torch.tensor([4.4, 22 / 15, 22 / 15, 11 / 15], dtype=torch.float64))
     torch.testing.assert_close(x0, expected0, rtol=1e-12, atol=1e-12)
@@ -137,13 +140,24 @@ def _slsqp_projection(w: np.ndarray, r: float, keep_top: int, seed: int) -> floa
 
     cons = [{"type": "eq", "fun": lambda x: srank(x) - r}]
     for i in range(keep_top):
-        cons.append({"type": "eq",
-                     "fun": lambda x, i=i: np.linalg.svd(x.reshape(w.shape), compute_uv=False)[i] - s_w[i]})
+        cons.append(
+            {
+                "type": "eq",
+                "fun": lambda x, i=i: (
+                    np.linalg.svd(x.reshape(w.shape), compute_uv=False)[i] - s_w[i]
+                ),
+            }
+        )
     best = math.inf
     for _ in range(6):
         x0 = (w + 0.3 * rng.standard_normal(w.shape)).ravel()
-        res = minimize(lambda x: float(((x - w.ravel()) ** 2).sum()), x0, constraints=cons,
-                       method="SLSQP", options={"maxiter": 500, "ftol": 1e-12})
+        res = minimize(
+            lambda x: float(((x - w.ravel()) ** 2).sum()),
+            x0,
+            constraints=cons,
+            method="SLSQP",
+            options={"maxiter": 500, "ftol": 1e-12},
+        )
         if res.success and abs(srank(res.x) - r) < 1e-6:
             best = min(best, math.sqrt(res.fun))
     return best
@@ -169,4 +183,5 @@ def test_srn_optimal_never_worse_than_slsqp(keep_top, seed):
 def test_spectral_norm_exact_matches_svd():
     w = torch.randn(5, 3, 2)
     assert spectral_norm_exact(w).item() == pytest.approx(
-        torch.linalg.matrix_norm(w.reshape(5, -1), ord=2).item(), rel=1e-6)
+        torch.linalg.matrix_norm(w.reshape(5, -1), ord=2).item(), rel=1e-6
+    )

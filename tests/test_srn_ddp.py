@@ -21,7 +21,8 @@ WORKER = textwrap.dedent(
 
     info, device = init_distributed("cpu")
     torch.manual_seed(0)  # same init on both ranks
-    net = sr.apply_stable_rank_norm(nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)), 0.5)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+    sr.apply_stable_rank_norm(net, 0.5)
     model = nn.parallel.DistributedDataParallel(net)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(100 + info.rank)  # different data per rank
@@ -43,9 +44,19 @@ def test_ddp_two_ranks_keep_identical_vectors_and_weights(tmp_path):
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(tmp_path)],
-        capture_output=True, text=True, timeout=180, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = json.loads((tmp_path / "rank0.json").read_text())

@@ -16,8 +16,12 @@ shapes = st.tuples(st.integers(2, 12), st.integers(2, 12))
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=shapes, rank_ratio=st.floats(0.05, 1.0), seed=st.integers(0, 2**16),
-       dtype=st.sampled_from([torch.float32, torch.float64]))
+@given(
+    shape=shapes,
+    rank_ratio=st.floats(0.05, 1.0),
+    seed=st.integers(0, 2**16),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+)
 def test_exact_layer_invariants(shape, rank_ratio, seed, dtype):
     torch.manual_seed(seed)
     layer = nn.Linear(shape[1], shape[0]).to(dtype)
@@ -31,13 +35,18 @@ def test_exact_layer_invariants(shape, rank_ratio, seed, dtype):
     assert torch.linalg.matrix_norm(w, ord=2).item() == pytest.approx(1.0, rel=tol)
     assert stable_rank(w).item() == pytest.approx(min(stable_rank(raw).item(), r), rel=tol)
     sigma = torch.linalg.matrix_norm(raw.double(), ord=2)
-    torch.testing.assert_close(w, srn_optimal(raw.double() / sigma, r, keep_top=1),
-                               rtol=tol, atol=tol)
+    torch.testing.assert_close(
+        w, srn_optimal(raw.double() / sigma, r, keep_top=1), rtol=tol, atol=tol
+    )
 
 
 @settings(max_examples=40, deadline=None)
-@given(shape=shapes, seed=st.integers(0, 2**16), keep_top=st.integers(0, 3),
-       fraction=st.floats(0.05, 0.95))
+@given(
+    shape=shapes,
+    seed=st.integers(0, 2**16),
+    keep_top=st.integers(0, 3),
+    fraction=st.floats(0.05, 0.95),
+)
 def test_projection_hits_any_feasible_target(shape, seed, keep_top, fraction):
     g = torch.Generator().manual_seed(seed)
     w = torch.randn(*shape, generator=g, dtype=torch.float64)

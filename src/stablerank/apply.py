@@ -105,7 +105,10 @@ def normalize_model(
             spectral_norm(layer, n_power_iterations=n_power_iterations)
         else:
             stable_rank_norm(
-                layer, rank_ratio=rank_ratio, srank=srank, n_power_iterations=n_power_iterations,
+                layer,
+                rank_ratio=rank_ratio,
+                srank=srank,
+                n_power_iterations=n_power_iterations,
                 exact=exact,
             )
     return model
@@ -120,8 +123,16 @@ def apply_stable_rank_norm(
     exclude: Exclude = None,
     exact: bool = False,
 ) -> nn.Module:
-    """SRN on every Linear / ConvNd / ConvTransposeNd layer: ``normalize_model(model, "srn", ...)``."""
+    """SRN on every Linear / ConvNd / ConvTransposeNd layer.
+
+    Same as ``normalize_model(model, "srn", ...)``; see :func:`normalize_model`.
+    """
     return normalize_model(
-        model, "srn", rank_ratio=rank_ratio, srank=srank, n_power_iterations=n_power_iterations,
-        exclude=exclude, exact=exact,
+        model,
+        "srn",
+        rank_ratio=rank_ratio,
+        srank=srank,
+        n_power_iterations=n_power_iterations,
+        exclude=exclude,
+        exact=exact,
     )

@@ -32,20 +32,29 @@ class _Command:
 _COMMANDS = {
     "train": _Command(
         "train a classifier (vanilla / SN / SRN); torchrun-compatible",
-        "stablerank.config.classify:ClassifyConfig", "stablerank.config.classify:CLASSIFY_PRESETS",
-        "stablerank.train.classify:run"),
+        "stablerank.config.classify:ClassifyConfig",
+        "stablerank.config.classify:CLASSIFY_PRESETS",
+        "stablerank.train.classify:run",
+    ),
     "analyze": _Command(
         "analyse a trained classifier run: generalization gap, empirical Lipschitz, complexity",
-        "stablerank.config.classify:AnalyzeConfig", None, "stablerank.train.analyze:run",
-        takes_run_dir=True),
+        "stablerank.config.classify:AnalyzeConfig",
+        None,
+        "stablerank.train.analyze:run",
+        takes_run_dir=True,
+    ),
     "gan": _Command(
         "train an SN-GAN / SRN-GAN and evaluate FID, KID, IS, neural divergence",
-        "stablerank.config.gan:GanConfig", "stablerank.config.gan:GAN_PRESETS",
-        "stablerank.train.gan:run"),
+        "stablerank.config.gan:GanConfig",
+        "stablerank.config.gan:GAN_PRESETS",
+        "stablerank.train.gan:run",
+    ),
     "reproduce": _Command(
         "run the paper's comparisons at a preset scale and write report.md (the main job)",
-        "stablerank.config.reproduce:ReproduceConfig", "stablerank.config.reproduce:REPRODUCE_PRESETS",
-        "stablerank.repro.pipeline:run"),
+        "stablerank.config.reproduce:ReproduceConfig",
+        "stablerank.config.reproduce:REPRODUCE_PRESETS",
+        "stablerank.repro.pipeline:run",
+    ),
 }
 
 
@@ -64,20 +73,39 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cmd in _COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         if cmd.takes_run_dir:
-            p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by `stablerank train`")
+            p.add_argument(
+                "run_dir", metavar="RUN_DIR", help="a run folder written by `stablerank train`"
+            )
         if cmd.presets:
             presets = _load(cmd.presets)
-            p.add_argument("--preset", choices=sorted(presets), default=None,
-                           help="named settings applied before --config and flags (default: none)")
-        p.add_argument("--config", metavar="FILE", default=None,
-                       help="YAML file of config keys; flags given on the command line override it")
-        p.add_argument("--json", action="store_true",
-                       help="print the result as JSON on stdout (logs stay on stderr)")
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config as JSON and exit without running")
+            p.add_argument(
+                "--preset",
+                choices=sorted(presets),
+                default=None,
+                help="named settings applied before --config and flags (default: none)",
+            )
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="YAML file of config keys; flags given on the command line override it",
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            help="print the result as JSON on stdout (logs stay on stderr)",
+        )
+        p.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config as JSON and exit without running",
+        )
         add_config_arguments(p, _load(cmd.config))
-    layers = sub.add_parser("layers", help="print the per-layer spectral norm / stable rank report "
-                            "of a run's final model", description="per-layer report of a run")
+    layers = sub.add_parser(
+        "layers",
+        help="print the per-layer spectral norm / stable rank report of a run's final model",
+        description="per-layer report of a run",
+    )
     layers.add_argument("run_dir", metavar="RUN_DIR")
     layers.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
     return parser
@@ -106,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "layers":
-        from stablerank.train.analyze import load_run_model
         from stablerank.report import layer_report
+        from stablerank.train.analyze import load_run_model
 
         report = layer_report(load_run_model(args.run_dir))
         print(report)
@@ -125,8 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     runner = _load(cmd.runner)
     result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
     if args.json:
-        print(json.dumps(result if isinstance(result, dict) else {"run_dir": str(result)},
-                         indent=2, default=str))
+        print(
+            json.dumps(
+                result if isinstance(result, dict) else {"run_dir": str(result)},
+                indent=2,
+                default=str,
+            )
+        )
     elif result is not None and not isinstance(result, dict):
         print(f"done: {result}", file=sys.stderr)
     return 0

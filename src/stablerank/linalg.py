@@ -106,8 +106,11 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
     """
     s = _singular_values(weight, dim)
     top = s[0]
-    return torch.where(top > 0, (s * s).sum() / (top * top).clamp_min(torch.finfo(s.dtype).tiny),
-                       torch.zeros_like(top))
+    return torch.where(
+        top > 0,
+        (s * s).sum() / (top * top).clamp_min(torch.finfo(s.dtype).tiny),
+        torch.zeros_like(top),
+    )
 
 
 def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:
@@ -183,14 +186,23 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
 
 
 @torch.no_grad()
-def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> None:
+def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> Tensor:
     """Run ``n_iterations`` power-iteration steps in place on unit vectors ``u`` (m) and ``v`` (n):
     ``v <- normalize(W^T u)``, ``u <- normalize(W v)`` (SPEC 1.3, step 1).
 
     In-place so that data-parallel replicas, which share the buffers, see the update (as torch's
     spectral_norm does). ``matrix`` is cast to the vectors' dtype (float32 for half weights).
+
+    Returns:
+        ``||W v||`` of the last step, a 0-d tensor: it equals ``u^T W v`` for the updated u, v
+        (since u = W v / ||W v||), the current estimate of the spectral norm.
     """
     matrix = matrix.to(u.dtype)
+    norm = u.new_zeros(())
     for _ in range(n_iterations):
-        torch.nn.functional.normalize(torch.mv(matrix.t(), u), dim=0, eps=eps, out=v)
-        torch.nn.functional.normalize(torch.mv(matrix, v), dim=0, eps=eps, out=u)
+        torch.mv(matrix.t(), u, out=v)
+        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
+        torch.mv(matrix, v, out=u)
+        norm = torch.linalg.vector_norm(u)
+        u.div_(norm.clamp_min(eps))
+    return norm

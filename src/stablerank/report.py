@@ -18,7 +18,6 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from stablerank.apply import eligible_layers
 from stablerank.linalg import _singular_values, weight_to_matrix
 from stablerank.srn import _find_srn
 
@@ -58,8 +57,18 @@ class LayerRecord:
 class LayerReport(list):
     """A list of :class:`LayerRecord` that prints as a table and exports to CSV/JSON."""
 
-    COLUMNS = ("name", "norm", "matrix_shape", "sigma_max", "sigma_power", "raw_sigma_max",
-               "srank", "target_srank", "raw_srank", "frobenius")
+    COLUMNS = (
+        "name",
+        "norm",
+        "matrix_shape",
+        "sigma_max",
+        "sigma_power",
+        "raw_sigma_max",
+        "srank",
+        "target_srank",
+        "raw_srank",
+        "frobenius",
+    )
 
     def to_rows(self) -> list[dict[str, object]]:
         return [asdict(r) for r in self]
@@ -84,7 +93,9 @@ class LayerReport(list):
 
         table = [list(self.COLUMNS)] + [[fmt(getattr(r, c)) for c in self.COLUMNS] for r in self]
         widths = [max(len(row[i]) for row in table) for i in range(len(self.COLUMNS))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in table
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
@@ -120,10 +131,20 @@ def layer_report(model: nn.Module) -> LayerReport:
         p.train(False)
     records = LayerReport()
     try:
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+        layers = [
+            (n, m)
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+        ]
         for name, module in layers:
             kind, p = _norm_kind(module)
-            dim = getattr(p, "dim", 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0)
+            dim = getattr(
+                p,
+                "dim",
+                1
+                if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
+                else 0,
+            )
             used = module.weight
             raw = module.parametrizations["weight"].original if kind != "none" else used
             s = _singular_values(used, dim).double()
@@ -132,14 +153,24 @@ def layer_report(model: nn.Module) -> LayerReport:
             sigma_power = float("nan")
             if p is not None:
                 u, v = p._u, p._v
-                sigma_power = torch.dot(u, torch.mv(weight_to_matrix(raw, dim).to(u.dtype), v)).item()
-            records.append(LayerRecord(
-                name=name, norm=kind, shape=tuple(raw.shape), matrix_shape=matrix_shape,
-                sigma_max=s[0].item(), sigma_power=sigma_power, raw_sigma_max=raw_s[0].item(),
-                frobenius=s.square().sum().sqrt().item(),
-                srank=_srank(s), raw_srank=_srank(raw_s),
-                target_srank=p.srank if kind == "srn" else float(min(matrix_shape)),
-            ))
+                sigma_power = torch.dot(
+                    u, torch.mv(weight_to_matrix(raw, dim).to(u.dtype), v)
+                ).item()
+            records.append(
+                LayerRecord(
+                    name=name,
+                    norm=kind,
+                    shape=tuple(raw.shape),
+                    matrix_shape=matrix_shape,
+                    sigma_max=s[0].item(),
+                    sigma_power=sigma_power,
+                    raw_sigma_max=raw_s[0].item(),
+                    frobenius=s.square().sum().sqrt().item(),
+                    srank=_srank(s),
+                    raw_srank=_srank(raw_s),
+                    target_srank=p.srank if kind == "srn" else float(min(matrix_shape)),
+                )
+            )
     finally:
         for p, mode in zip(params, modes, strict=True):
             p.train(mode)

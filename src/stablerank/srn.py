@@ -42,7 +42,13 @@ class _StableRankNorm(nn.Module):
     _v: Tensor
 
     def __init__(
-        self, weight: Tensor, *, srank: float, n_power_iterations: int, dim: int, eps: float,
+        self,
+        weight: Tensor,
+        *,
+        srank: float,
+        n_power_iterations: int,
+        dim: int,
+        eps: float,
         exact: bool,
     ) -> None:
         super().__init__()
@@ -68,30 +74,20 @@ class _StableRankNorm(nn.Module):
         self._update_vectors(matrix, _WARMUP_POWER_ITERS)
 
     @torch.no_grad()
-    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> None:
+    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> Tensor:
+        """Update u, v in place; return the spectral-norm estimate u^T W v (no gradient)."""
         if self.exact:
             # SVD of the current weight: u, v are the exact top singular pair.
-            u, _, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
+            u, s, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
             self._u.copy_(u[:, 0])
             self._v.copy_(vh[0])
-        else:
-            power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
+            return s[0]
+        return power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
 
     def _normalize(self, matrix: Tensor, u: Tensor, v: Tensor) -> Tensor:
-        # Note [srn without R]
-        # For unit u, v and sigma = u^T W v, ||W/sigma - u v^T||_F^2 = ||W||_F^2/sigma^2 - 1 exactly
-        # (expand the square), so R is never formed and the output is one rank-one update of a
-        # scaled W: (s / sigma) * W + (1 - s) * u v^T. The clamp on s replaces the branch of step 5
-        # (no host sync, one compiled graph). For exact u, v, ||R||_F^2 = srank(W) - 1.
-        matrix = matrix.to(u.dtype)
-        sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(self.eps)  # differentiable in W
-        if not self.clamps_srank:
-            return matrix / sigma
-        flat = matrix.reshape(-1)
-        tail_sq = (torch.dot(flat, flat) / (sigma * sigma) - 1.0).clamp_min(self.eps)
-        # sqrt(r - 1) is a Python float, so r = 1 gives s = 0 with a finite (zero) gradient.
-        scale = (self._sqrt_r_minus_1 * torch.rsqrt(tail_sq)).clamp(max=1.0)
-        return torch.addr(matrix * (scale / sigma), u * (1.0 - scale), v)
+        return _composite_normalize(
+            matrix, u, v, self._sqrt_r_minus_1 if self.clamps_srank else None, self.eps
+        )
 
     def forward(self, weight: Tensor) -> Tensor:
         use_cache = (
@@ -100,19 +96,45 @@ class _StableRankNorm(nn.Module):
         if use_cache:
             # Eval mode under no_grad: u, v are frozen, so the normalized weight changes only when
             # the raw weight or the vectors change in place (optimizer step, load_state_dict, .to).
-            key = (weight._version, weight.data_ptr(), weight.dtype, self._u._version,
-                   self._v._version, self._u.data_ptr())
+            key = (
+                weight._version,
+                weight.data_ptr(),
+                weight.dtype,
+                self._u._version,
+                self._v._version,
+                self._u.data_ptr(),
+            )
             if self._eval_cache is not None and self._eval_cache[0] == key:
                 return self._eval_cache[1]
         with torch.autocast(device_type=weight.device.type, enabled=False):
             matrix = weight_to_matrix(weight, self.dim)
+            sigma_estimate = None
             if self.training:
-                self._update_vectors(matrix, self.n_power_iterations)
+                sigma_estimate = self._update_vectors(matrix, self.n_power_iterations)
             # Clones: the in-place updates of a later forward must not touch vectors saved for this
             # forward's backward (e.g. D(real) and D(fake) in one graph).
             u = self._u.clone(memory_format=torch.contiguous_format)
             v = self._v.clone(memory_format=torch.contiguous_format)
-            out = matrix_to_weight(self._normalize(matrix, u, v), weight.shape, self.dim)
+            if _fused_path_allowed(matrix):
+                sigma = float(
+                    sigma_estimate
+                    if sigma_estimate is not None
+                    else torch.dot(u, torch.mv(matrix.detach().to(u.dtype), v))
+                )
+                if sigma > self.eps:
+                    normalized = _FusedStableRankNorm.apply(
+                        matrix.to(u.dtype),
+                        u,
+                        v,
+                        sigma,
+                        self._sqrt_r_minus_1 if self.clamps_srank else None,
+                        self.eps,
+                    )
+                else:  # an all-zero weight: the composite formula returns exact zeros
+                    normalized = self._normalize(matrix, u, v)
+            else:
+                normalized = self._normalize(matrix, u, v)
+            out = matrix_to_weight(normalized, weight.shape, self.dim)
             out = out.to(weight.dtype)
         if use_cache:
             self._eval_cache = (key, out)
@@ -140,6 +162,95 @@ class _StableRankNorm(nn.Module):
     def extra_repr(self) -> str:
         mode = "exact" if self.exact else f"n_power_iterations={self.n_power_iterations}"
         return f"srank={self.srank:.4g}, dim={self.dim}, {mode}"
+
+
+def _fused_path_allowed(matrix: Tensor) -> bool:
+    # Note [srn fused path]
+    # On the CPU in eager mode, the scalars of SRN (sigma, ||W||_F^2, the clamp) are read as Python
+    # floats (free there) and the normalization is one addr kernel with a hand-written backward:
+    # fewer kernels than torch's spectral_norm. On accelerators a .item() would sync the device,
+    # and under torch.compile or torch.func transforms it would break the graph, so there the
+    # branch-free tensor formula (_StableRankNorm._normalize) runs instead.
+    if matrix.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return not (transforms_active is not None and transforms_active())
+
+
+class _FusedStableRankNorm(torch.autograd.Function):
+    """out = a * W + b * u v^T with a = s / sigma, b = 1 - s, s = min(1, sqrt(r-1) / sqrt(q)),
+    q = ||W||_F^2 / sigma^2 - 1 (Note [srn without R]); u, v constants, sigma = u^T W v.
+
+    Backward (first order), with G the output gradient, A = <G, W>, B = u^T G v:
+        dL/dW = a G + k_W W + k_uv u v^T,
+        t = (A / sigma - B) * (-s / q) when the clamp is inactive, else 0,
+        k_W = t / sigma^2,  k_uv = -t ||W||_F^2 / sigma^3 - A s / sigma^2.
+    Higher-order gradients (create_graph=True, e.g. gradient penalties) differentiate the
+    composite tensor formula instead, so they stay exact.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        matrix: Tensor,
+        u: Tensor,
+        v: Tensor,
+        sigma: float,
+        sqrt_r_minus_1: float | None,
+        eps: float,
+    ) -> Tensor:
+        s, active, fro_sq, q = 1.0, False, 0.0, 1.0
+        if sqrt_r_minus_1 is not None:
+            flat = matrix.reshape(-1)
+            fro_sq = float(torch.dot(flat, flat))
+            q_raw = fro_sq / (sigma * sigma) - 1.0
+            q = max(q_raw, eps)
+            s_raw = sqrt_r_minus_1 / math.sqrt(q)
+            s = min(1.0, s_raw)
+            active = s_raw < 1.0 and q_raw > eps
+        ctx.save_for_backward(matrix, u, v)
+        ctx.scalars = (sigma, s, active, fro_sq, q, sqrt_r_minus_1, eps)
+        if s == 1.0:
+            return matrix / sigma
+        return torch.addr(matrix, u, v, beta=s / sigma, alpha=1.0 - s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        matrix, u, v = ctx.saved_tensors
+        sigma, s, active, fro_sq, q, sqrt_r_minus_1, eps = ctx.scalars
+        nones = (None,) * 5
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formula
+            with torch.enable_grad():
+                out = _composite_normalize(matrix, u, v, sqrt_r_minus_1, eps)
+                return (torch.autograd.grad(out, matrix, grad, create_graph=True)[0], *nones)
+        a_dot = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))
+        b_dot = float(torch.dot(u, torch.mv(grad, v)))
+        t = (a_dot / sigma - b_dot) * (-s / q) if active else 0.0
+        out = grad.mul(s / sigma)
+        if t != 0.0:
+            out.add_(matrix, alpha=t / sigma**2)
+        out.addr_(u, v, alpha=-t * fro_sq / sigma**3 - a_dot * s / sigma**2)
+        return (out, *nones)
+
+
+def _composite_normalize(
+    matrix: Tensor, u: Tensor, v: Tensor, sqrt_r_minus_1: float | None, eps: float
+) -> Tensor:
+    """The branch-free tensor formula of SRN (no host sync; compiles into one graph)."""
+    # Note [srn without R]
+    # For unit u, v and sigma = u^T W v, ||W/sigma - u v^T||_F^2 = ||W||_F^2/sigma^2 - 1 exactly
+    # (expand the square), so R is never formed and the output is one rank-one update of a
+    # scaled W: (s / sigma) * W + (1 - s) * u v^T. The clamp on s replaces the branch of step 5
+    # (no host sync, one compiled graph). For exact u, v, ||R||_F^2 = srank(W) - 1.
+    matrix = matrix.to(u.dtype)
+    sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(eps)  # differentiable in W
+    if sqrt_r_minus_1 is None:
+        return matrix / sigma
+    flat = matrix.reshape(-1)
+    tail_sq = (torch.dot(flat, flat) / (sigma * sigma) - 1.0).clamp_min(eps)
+    # sqrt(r - 1) is a Python float, so r = 1 gives s = 0 with a finite (zero) gradient.
+    scale = (sqrt_r_minus_1 * torch.rsqrt(tail_sq)).clamp(max=1.0)
+    return torch.addr(matrix * (scale / sigma), u * (1.0 - scale), v)
 
 
 def _default_dim(module: nn.Module) -> int:
@@ -225,9 +336,13 @@ def stable_rank_norm(
     """
     weight = getattr(module, name, None)
     if not isinstance(weight, Tensor):
-        raise ValueError(f"module {type(module).__name__} has no parameter or buffer named {name!r}")
+        raise ValueError(
+            f"module {type(module).__name__} has no parameter or buffer named {name!r}"
+        )
     if _find_srn(module, name) is not None:
-        raise ValueError(f"parameter {name!r} of {type(module).__name__} already has stable_rank_norm")
+        raise ValueError(
+            f"parameter {name!r} of {type(module).__name__} already has stable_rank_norm"
+        )
     if not weight.is_floating_point():
         raise TypeError(f"parameter {name!r} must be floating point, got dtype {weight.dtype}")
     if weight.ndim < 2:
@@ -238,7 +353,8 @@ def stable_rank_norm(
         raise ValueError(f"parameter {name!r} contains non-finite values (inf or NaN)")
     if rank_ratio is not None and srank is not None:
         raise ValueError(
-            f"give at most one of rank_ratio and srank, got rank_ratio={rank_ratio} and srank={srank}"
+            "give at most one of rank_ratio and srank, "
+            f"got rank_ratio={rank_ratio} and srank={srank}"
         )
     if srank is None and rank_ratio is None:
         rank_ratio = DEFAULT_RANK_RATIO
@@ -261,13 +377,18 @@ def stable_rank_norm(
     r = target_srank(rank_ratio, shape) if srank is None else float(srank)
     if r <= 1 and min(shape) > 1:
         warnings.warn(
-            f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: the target stable rank is "
+            f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: "
+            "the target stable rank is "
             f"1, so the normalized weight has rank one (rank_ratio={rank_ratio}, srank={srank})",
             UserWarning,
             stacklevel=2,
         )
     norm = _StableRankNorm(
-        weight, srank=r, n_power_iterations=n_power_iterations, dim=dim % weight.ndim, eps=eps,
+        weight,
+        srank=r,
+        n_power_iterations=n_power_iterations,
+        dim=dim % weight.ndim,
+        eps=eps,
         exact=exact,
     )
     parametrize.register_parametrization(module, name, norm)

@@ -48,9 +48,17 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
 ) -> Any:
-    """Declare a config field with its help text and accepted range (checked by config_from_dict)."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "min": min, "max": max,
-            "min_exclusive": min_exclusive}
+    """Declare a config field with its help text and accepted range.
+
+    The range is checked by :func:`config_from_dict`.
+    """
+    meta = {
+        "help": help,
+        "choices": tuple(choices) if choices else None,
+        "min": min,
+        "max": max,
+        "min_exclusive": min_exclusive,
+    }
     if isinstance(default, (list, dict)):
         raise TypeError("option defaults must be immutable; use a tuple")
     return dataclasses.field(default=default, metadata=meta)
@@ -77,16 +85,27 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return None
         raise TypeError(f"config key {key!r} may not be None (expected {_type_name(base)})")
     if typing.get_origin(base) is tuple:
-        (item_tp, *rest) = typing.get_args(base)
+        item_tp = typing.get_args(base)[0]
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise TypeError(f"config key {key!r} expects a list of {_type_name(item_tp)}, got {value!r}")
+            raise TypeError(
+                f"config key {key!r} expects a list of {_type_name(item_tp)}, got {value!r}"
+            )
         return tuple(_coerce(f"{key}[{i}]", v, item_tp) for i, v in enumerate(value))
     if base is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        if isinstance(value, str) and value.lower() in (
+            "true",
+            "1",
+            "yes",
+            "on",
+            "false",
+            "0",
+            "no",
+            "off",
+        ):
             return value.lower() in ("true", "1", "yes", "on")
         raise TypeError(f"config key {key!r} expects a boolean, got {value!r}")
     if base is int:
@@ -120,7 +139,9 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         if v is None:
             continue
         if meta.get("choices") and v not in meta["choices"]:
-            raise ValueError(f"config key {key!r} must be one of {list(meta['choices'])}, got {v!r}")
+            raise ValueError(
+                f"config key {key!r} must be one of {list(meta['choices'])}, got {v!r}"
+            )
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
             bound = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
@@ -192,7 +213,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     YAML file's values are only overridden by flags actually given."""
     hints = _field_types(cls)
     for f in dataclasses.fields(cls):
-        base, optional = _split_optional(hints[f.name])
+        base, _ = _split_optional(hints[f.name])
         meta = f.metadata
         default = f.default
         text = meta.get("help", "")
@@ -201,12 +222,24 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             rng.append("one of " + ", ".join(map(str, meta["choices"])))
         if meta.get("min") is not None or meta.get("max") is not None:
             lo = meta.get("min")
-            rng.append(f"range {'(' if meta.get('min_exclusive') else '['}{lo if lo is not None else '-inf'}, "
-                       f"{meta.get('max') if meta.get('max') is not None else 'inf'}]")
+            hi = meta.get("max")
+            opening = "(" if meta.get("min_exclusive") else "["
+            rng.append(
+                f"range {opening}{lo if lo is not None else '-inf'}, "
+                f"{hi if hi is not None else 'inf'}]"
+            )
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         text = f"{text} ({'; '.join(rng) + '; ' if rng else ''}default: {shown})"
         flag = "--" + f.name.replace("_", "-")
-        metavar = _type_name(typing.get_args(base)[0]) + ",..." if typing.get_origin(base) is tuple \
+        metavar = (
+            _type_name(typing.get_args(base)[0]) + ",..."
+            if typing.get_origin(base) is tuple
             else _type_name(base).upper()
-        parser.add_argument(flag, dest=f.name, default=argparse.SUPPRESS, help=text,
-                            metavar=metavar if base is not bool else "{true,false}")
+        )
+        parser.add_argument(
+            flag,
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            help=text,
+            metavar=metavar if base is not bool else "{true,false}",
+        )

@@ -32,8 +32,12 @@ def git_commit() -> str | None:
     """The commit of the source tree this package runs from, or None outside git."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-            capture_output=True, text=True, timeout=5, check=True,
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -69,7 +73,9 @@ class MetricLog:
     matches the checkpoint exactly and nothing is duplicated.
     """
 
-    def __init__(self, run_dir: str | Path, *, tensorboard: bool = True, key: str = "epoch") -> None:
+    def __init__(
+        self, run_dir: str | Path, *, tensorboard: bool = True, key: str = "epoch"
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.run_dir / "log.jsonl"
