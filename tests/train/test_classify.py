@@ -128,7 +128,8 @@ def test_existing_run_is_not_overwritten_and_missing_checkpoint_is_reported(tmp_
 
 
 def test_random_labels_are_trained_on_and_scored(tmp_path):
-    cfg = tiny(tmp_path, label_noise=1.0, train_subset=200, epochs=1, batch_size=50)
+    cfg = tiny(tmp_path, label_noise=1.0, train_subset=200, epochs=1, batch_size=50,
+               test_eval_size=100)  # fmt: skip
     data = classify.prepare_data(cfg)
     assert data.splits.num_train == 200 and len(data.eval_y) == 200  # train_eval_size 0 = all
     assert torch.equal(data.eval_y, data.splits.train_y)  # scored with the labels trained on
@@ -140,6 +141,10 @@ def test_random_labels_are_trained_on_and_scored(tmp_path):
     metrics = json.loads((classify.run(cfg) / classify.METRICS_FILE).read_text())
     assert metrics[classify.KEY_PROTOCOL]["augment"] == "none"
     assert metrics[classify.KEY_PROTOCOL]["train_size"] == 200
+    # The logged curve scored 100 test digits; metrics.json scores all 450.
+    assert metrics[classify.KEY_PROTOCOL]["test_eval_size_per_epoch"] == 100
+    assert round(metrics[classify.KEY_TEST_ACC] * 450, 6).is_integer()
+    assert round(records(classify.resolve_run_dir(cfg))[0]["test_acc"] * 100, 6).is_integer()
 
 
 def test_lr_schedule_values():

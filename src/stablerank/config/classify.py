@@ -19,7 +19,7 @@ Cross-field rules (checked in ``__post_init__``, errors name the fields):
 * ``schedule="step"`` needs strictly increasing ``milestones`` in (0, 1) (fractions of the run).
 * Ignored fields (documented, not errors): ``rank_ratio`` unless ``norm="srn"``;
   ``n_power_iterations`` when ``norm="none"``; ``momentum`` with ``optimizer="adam"`` (Adam keeps
-  its default betas); ``amp`` and ``channels_last`` on the CPU.
+  its default betas); ``amp`` on the CPU; ``channels_last`` for 1-D data.
 """
 
 from __future__ import annotations
@@ -94,6 +94,10 @@ class ClassifyConfig:
         10000, "training images (fixed seeded subset) scored in eval mode each epoch for the "
         "train accuracy / generalization gap (0 = the whole training set)", min=0,
     )  # fmt: skip
+    test_eval_size: int = option(
+        0, "test images (fixed seeded subset) scored each epoch for the logged curves; "
+        "metrics.json always scores the whole test split (0 = whole split every epoch)", min=0,
+    )  # fmt: skip
     # --- model ---
     model: str = option("small_cnn", "classifier architecture", choices=MODELS)
     depth: int = option(
@@ -133,7 +137,10 @@ class ClassifyConfig:
     seed: int = option(0, "seed of init, data order, subset, random labels, augmentation", min=0)
     device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
     amp: bool = option(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
-    channels_last: bool = option(True, "channels_last memory format on CUDA (ignored on the CPU)")
+    channels_last: bool = option(
+        True, "channels_last memory format for image models (CUDA and CPU: measured 1.4x faster "
+        "small-CNN steps with oneDNN on the CPU)",
+    )  # fmt: skip
     compile: bool = option(False, "torch.compile the model")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     # --- output ---
@@ -228,7 +235,8 @@ CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # no augmentation, no weight decay, constant lr; train accuracy vs epoch is the curve.
     "shatter": MappingProxyType({
         "dataset": "fashion-mnist", "model": "small_cnn", "label_noise": 1.0,
-        "train_subset": 2000, "train_eval_size": 0, "augment": "none", "weight_decay": 0.0,
+        "train_subset": 2000, "train_eval_size": 0, "test_eval_size": 2000, "augment": "none",
+        "weight_decay": 0.0,
         "optimizer": "sgd", "lr": 0.01, "schedule": "none", "epochs": 60, "batch_size": 128,
     }),
     # CIFAR-10 with the paper's architectures: the standard recipe of each family (SGD 0.1,

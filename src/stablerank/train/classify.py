@@ -121,12 +121,16 @@ class RunData:
         clean_y: the original labels of ``splits.train_x``.
         eval_x: the fixed seeded subset of the training set scored in eval mode (``train_acc``).
         eval_y: its labels (as trained on).
+        test_eval_x: the fixed seeded subset of the test split scored every epoch.
+        test_eval_y: its labels.
     """
 
     splits: DatasetSplits
     clean_y: torch.Tensor
     eval_x: torch.Tensor
     eval_y: torch.Tensor
+    test_eval_x: torch.Tensor
+    test_eval_y: torch.Tensor
 
 
 def prepare_data(cfg: ClassifyConfig) -> RunData:
@@ -148,7 +152,10 @@ def prepare_data(cfg: ClassifyConfig) -> RunData:
     eval_x, eval_y = x, y
     if cfg.train_eval_size and cfg.train_eval_size < len(y):
         eval_x, eval_y = train_subset(x, y, cfg.train_eval_size, cfg.seed)
-    return RunData(splits.replace(train_x=x, train_y=y), clean_y, eval_x, eval_y)
+    test_x, test_y = splits.test_x, splits.test_y
+    if cfg.test_eval_size and cfg.test_eval_size < len(test_y):
+        test_x, test_y = train_subset(test_x, test_y, cfg.test_eval_size, cfg.seed)
+    return RunData(splits.replace(train_x=x, train_y=y), clean_y, eval_x, eval_y, test_x, test_y)
 
 
 def build_model(cfg: ClassifyConfig, splits: DatasetSplits) -> nn.Module:
@@ -251,7 +258,7 @@ def run(cfg: ClassifyConfig) -> Path:
         )
     on_cuda = device.type == "cuda"
     amp = cfg.amp and on_cuda
-    channels_last = cfg.channels_last and on_cuda  # 4-D tensors only; no-op for 1-D data
+    channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
     run_dir = resolve_run_dir(cfg)
     ckpt_path = run_dir / CHECKPOINT_FILE
     if ckpt_path.exists() and not cfg.resume:
@@ -278,7 +285,7 @@ def run(cfg: ClassifyConfig) -> Path:
     )  # fmt: skip
     # Evaluation: every example exactly once across ranks; sums are reduced, not means.
     eval_kw = dict(batch_size=cfg.eval_batch_size, shuffle=False, drop_last=False, **loader_kw)
-    test_loader = DeviceLoader(splits.test_x, splits.test_y, **eval_kw)
+    test_loader = DeviceLoader(data.test_eval_x, data.test_eval_y, **eval_kw)
     train_eval_loader = DeviceLoader(data.eval_x, data.eval_y, **eval_kw)
     steps_per_epoch = len(train_loader)
 
@@ -397,12 +404,19 @@ def run(cfg: ClassifyConfig) -> Path:
         if info.distributed:
             dist.barrier()  # no rank runs ahead of rank 0's checkpoint
 
-    # ---- final metrics (rank 0)
+    # ---- final metrics: the whole test split even when the curves used a subset
+    if len(data.test_eval_y) < splits.num_test:
+        full_test = DeviceLoader(splits.test_x, splits.test_y, **eval_kw)
+        full_test_metrics = evaluate(eval_model, full_test, device, info, amp=amp)
     if info.is_main:
         if not record:  # resumed a finished run: report its last logged epoch
             record = log.records()[-1]
-        final = {k: record[k] for k in (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC,
-                                          KEY_GAP_ACC, KEY_GAP_LOSS)}  # fmt: skip
+        final = {k: record[k] for k in (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)}
+        if len(data.test_eval_y) < splits.num_test:
+            final[KEY_TEST_LOSS], final[KEY_TEST_ACC] = full_test_metrics
+        final.update(complexity.generalization_gap(
+            final[KEY_TRAIN_ACC], final[KEY_TEST_ACC], final[KEY_TRAIN_LOSS], final[KEY_TEST_LOSS]
+        ))  # fmt: skip
         final[KEY_EPOCHS] = cfg.epochs
         final[KEY_LAYERS] = sr.layer_report(raw_model.eval()).to_rows()
         final[KEY_PROTOCOL] = {
@@ -414,6 +428,7 @@ def run(cfg: ClassifyConfig) -> Path:
             "augment": cfg.resolved_augment, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "world_size": info.world_size, "train_acc": TRAIN_ACC_DEFINITION,
             "train_eval_size": len(data.eval_y), "test_size": splits.num_test,
+            "test_eval_size_per_epoch": len(data.test_eval_y),
             "gap": "gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
         }  # fmt: skip
         atomic_write_json(run_dir / METRICS_FILE, final)
