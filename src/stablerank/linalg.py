@@ -57,6 +57,8 @@ def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
     """
     if weight.ndim == 1:
         return weight.unsqueeze(0)
+    if dim == 0:
+        return weight.reshape(weight.shape[0], -1)
     dim = _check_dim(weight, dim)
     if dim != 0:
         weight = weight.movedim(dim, 0)
@@ -65,8 +67,7 @@ def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
 
 def matrix_to_weight(matrix: Tensor, shape: torch.Size | tuple[int, ...], dim: int = 0) -> Tensor:
     """Exact inverse of :func:`weight_to_matrix` for a weight of the given ``shape``."""
-    shape = torch.Size(shape)
-    if len(shape) == 1:
+    if dim == 0 or len(shape) == 1:
         return matrix.reshape(shape)
     dim = dim % len(shape)
     moved = (shape[dim], *shape[:dim], *shape[dim + 1 :])
@@ -197,8 +198,9 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         ``||W v||`` of the last step, a 0-d tensor: it equals ``u^T W v`` for the updated u, v
         (since u = W v / ||W v||), the current estimate of the spectral norm.
     """
-    matrix = matrix.to(u.dtype)
-    norm = u.new_zeros(())
+    if matrix.dtype != u.dtype:
+        matrix = matrix.to(u.dtype)
+    norm = u  # replaced below; n_iterations >= 1
     for _ in range(n_iterations):
         torch.mv(matrix.t(), u, out=v)
         v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))

@@ -84,61 +84,47 @@ class _StableRankNorm(nn.Module):
             return s[0]
         return power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
 
-    def _normalize(self, matrix: Tensor, u: Tensor, v: Tensor) -> Tensor:
-        return _composite_normalize(
-            matrix, u, v, self._sqrt_r_minus_1 if self.clamps_srank else None, self.eps
-        )
-
     def forward(self, weight: Tensor) -> Tensor:
-        use_cache = (
-            not self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return self._compute(weight)
+        # Eval mode under no_grad: u, v are frozen, so the normalized weight changes only when
+        # the raw weight or the vectors change in place (optimizer step, load_state_dict, .to).
+        key = (weight._version, weight.data_ptr(), weight.dtype, self._u._version,
+               self._v._version, self._u.data_ptr())  # fmt: skip
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self._compute(weight))
+        return self._eval_cache[1]
+
+    def _compute(self, weight: Tensor) -> Tensor:
+        if torch.is_autocast_enabled(weight.device.type):
+            # Norms and the rank-one update in the weight's precision (float32 for half weights),
+            # never in autocast's lower one.
+            with torch.autocast(device_type=weight.device.type, enabled=False):
+                return self._compute(weight)
+        matrix = weight_to_matrix(weight, self.dim)
+        if matrix.dtype != self._u.dtype:
+            matrix = matrix.to(self._u.dtype)
+        sigma_estimate = (
+            self._update_vectors(matrix, self.n_power_iterations) if self.training else None
         )
-        if use_cache:
-            # Eval mode under no_grad: u, v are frozen, so the normalized weight changes only when
-            # the raw weight or the vectors change in place (optimizer step, load_state_dict, .to).
-            key = (
-                weight._version,
-                weight.data_ptr(),
-                weight.dtype,
-                self._u._version,
-                self._v._version,
-                self._u.data_ptr(),
-            )
-            if self._eval_cache is not None and self._eval_cache[0] == key:
-                return self._eval_cache[1]
-        with torch.autocast(device_type=weight.device.type, enabled=False):
-            matrix = weight_to_matrix(weight, self.dim)
-            sigma_estimate = None
-            if self.training:
-                sigma_estimate = self._update_vectors(matrix, self.n_power_iterations)
-            # Clones: the in-place updates of a later forward must not touch vectors saved for this
-            # forward's backward (e.g. D(real) and D(fake) in one graph).
-            u = self._u.clone(memory_format=torch.contiguous_format)
-            v = self._v.clone(memory_format=torch.contiguous_format)
-            if _fused_path_allowed(matrix):
-                sigma = float(
-                    sigma_estimate
-                    if sigma_estimate is not None
-                    else torch.dot(u, torch.mv(matrix.detach().to(u.dtype), v))
+        # Clones: the in-place updates of a later forward must not touch vectors saved for this
+        # forward's backward (e.g. D(real) and D(fake) in one graph).
+        u = self._u.clone(memory_format=torch.contiguous_format)
+        v = self._v.clone(memory_format=torch.contiguous_format)
+        sqrt_r_minus_1 = self._sqrt_r_minus_1 if self.clamps_srank else None
+        normalized = None
+        if _fused_path_allowed(matrix):
+            if sigma_estimate is None:
+                sigma_estimate = torch.dot(u, torch.mv(matrix.detach(), v))
+            sigma = float(sigma_estimate)
+            if sigma > self.eps:  # else an all-zero weight: the composite formula gives zeros
+                normalized = _FusedStableRankNorm.apply(
+                    matrix, u, v, sigma, sqrt_r_minus_1, self.eps
                 )
-                if sigma > self.eps:
-                    normalized = _FusedStableRankNorm.apply(
-                        matrix.to(u.dtype),
-                        u,
-                        v,
-                        sigma,
-                        self._sqrt_r_minus_1 if self.clamps_srank else None,
-                        self.eps,
-                    )
-                else:  # an all-zero weight: the composite formula returns exact zeros
-                    normalized = self._normalize(matrix, u, v)
-            else:
-                normalized = self._normalize(matrix, u, v)
-            out = matrix_to_weight(normalized, weight.shape, self.dim)
-            out = out.to(weight.dtype)
-        if use_cache:
-            self._eval_cache = (key, out)
-        return out
+        if normalized is None:
+            normalized = _composite_normalize(matrix, u, v, sqrt_r_minus_1, self.eps)
+        out = matrix_to_weight(normalized, weight.shape, self.dim)
+        return out if out.dtype == weight.dtype else out.to(weight.dtype)
 
     def right_inverse(self, value: Tensor) -> Tensor:
         # Assigning ``module.weight = W`` stores W itself as the raw weight (as torch's SN does):
@@ -170,7 +156,7 @@ def _fused_path_allowed(matrix: Tensor) -> bool:
     # floats (free there) and the normalization is one addr kernel with a hand-written backward:
     # fewer kernels than torch's spectral_norm. On accelerators a .item() would sync the device,
     # and under torch.compile or torch.func transforms it would break the graph, so there the
-    # branch-free tensor formula (_StableRankNorm._normalize) runs instead.
+    # branch-free tensor formula (_composite_normalize) runs instead.
     if matrix.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
@@ -242,7 +228,8 @@ def _composite_normalize(
     # (expand the square), so R is never formed and the output is one rank-one update of a
     # scaled W: (s / sigma) * W + (1 - s) * u v^T. The clamp on s replaces the branch of step 5
     # (no host sync, one compiled graph). For exact u, v, ||R||_F^2 = srank(W) - 1.
-    matrix = matrix.to(u.dtype)
+    if matrix.dtype != u.dtype:
+        matrix = matrix.to(u.dtype)
     sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(eps)  # differentiable in W
     if sqrt_r_minus_1 is None:
         return matrix / sigma
