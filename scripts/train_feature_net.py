@@ -56,6 +56,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: system one)")
     p.add_argument("--out-dir", type=Path, default=FMNIST_CNN_WEIGHTS.parent)
     p.add_argument("--max-train", type=int, default=None, help="use the first N train images")
+    p.add_argument("--max-test", type=int, default=None, help="score the first N test images")
     p.add_argument("--device", default="cpu")
     return p.parse_args(argv)
 
@@ -130,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     train_seconds = time.time() - start
-    test_acc = accuracy(net, data.test_x, data.test_y, device)
+    test_x, test_y = data.test_x[: args.max_test], data.test_y[: args.max_test]
+    test_acc = accuracy(net, test_x, test_y, device)
     train_acc = accuracy(net, train_x, train_y, device)
     print(f"test accuracy {test_acc:.4f}  train accuracy {train_acc:.4f}", file=sys.stderr)
 

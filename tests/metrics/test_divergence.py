@@ -34,6 +34,7 @@ def _sampler(pool: torch.Tensor):
     return lambda k: pool[torch.randint(len(pool), (k,))]
 
 
+@pytest.mark.slow
 def test_separates_real_from_noise(digits):
     held, other = digits[:500], digits[500:1000]
     real = neural_divergence(_sampler(other), held, **_KW)

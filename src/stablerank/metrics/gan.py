@@ -6,6 +6,11 @@ cacheable as a :class:`FeatureSet`) -> statistics and scores by torchmetrics'
 network runs once per image; the three torchmetrics objects receive its outputs through a
 pass-through module (their documented custom-``feature`` path), so no torch-fidelity is needed.
 
+.. note::
+    Scores are computed from the features of the calling process only (torchmetrics'
+    cross-process sync is off), so under DDP call these functions on one rank (rank 0) and let
+    the others skip them; no collective is entered.
+
 Image contract: float (N, C, H, W) in [-1, 1] (a tanh generator's output) or uint8 [0, 255]
 (see :mod:`stablerank.metrics.features`).
 
@@ -240,7 +245,9 @@ def extract_features(
 
 
 def _fid(real: Tensor, fake: Tensor) -> float:
-    metric = FrechetInceptionDistance(feature=_Passthrough(real.shape[1]), normalize=False)
+    metric = FrechetInceptionDistance(
+        feature=_Passthrough(real.shape[1]), normalize=False, sync_on_compute=False
+    )
     metric.update(real, real=True)
     metric.update(fake, real=False)
     return float(metric.compute())
@@ -250,8 +257,9 @@ def _kid(
     real: Tensor, fake: Tensor, subsets: int, subset_size: int, seed: int
 ) -> tuple[float, float]:
     metric = KernelInceptionDistance(
-        feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size
-    )
+        feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size,
+        sync_on_compute=False,
+    )  # fmt: skip
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with _seeded(seed):  # KID draws its subsets with torch.randperm
@@ -263,7 +271,9 @@ def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, flo
     with warnings.catch_warnings():
         # torchmetrics warns that IS buffers all features: ours are (N, K) logits, small.
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = InceptionScore(feature=_Passthrough(logits.shape[1]), splits=splits)
+        metric = InceptionScore(
+            feature=_Passthrough(logits.shape[1]), splits=splits, sync_on_compute=False
+        )
     metric.update(logits)
     with _seeded(seed):  # IS shuffles before splitting
         mean, std = metric.compute()
