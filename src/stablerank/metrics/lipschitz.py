@@ -11,6 +11,9 @@
 
 Both are data dependent, unlike the upper bound :math:`\\prod_l \\lVert W_l \\rVert_2`.
 
+``model`` is an ``nn.Module`` or any callable ``f(x) -> Tensor`` (e.g. a conditional
+discriminator with its labels bound: ``lambda x: D(x, y)``; put its modules in eval mode yourself).
+
 .. note::
     Every measurement runs the model in **eval mode** (BatchNorm uses its running statistics,
     SN/SRN reuse their frozen u, v) so that samples are independent of one another and repeated
@@ -20,7 +23,7 @@ Both are data dependent, unlike the upper bound :math:`\\prod_l \\lVert W_l \\rV
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -54,9 +57,16 @@ def quantile_key(q: float) -> str:
     return f"q{100 * q:g}"
 
 
+Model = nn.Module | Callable[[Tensor], Tensor]
+
+
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Put ``model`` (all submodules) in eval mode; restore each submodule's mode on exit."""
+def _eval_mode(model: Model) -> Iterator[Model]:
+    """Put ``model`` (all submodules) in eval mode; restore each submodule's mode on exit.
+    A plain callable is used as it is (its modules' modes are the caller's business)."""
+    if not isinstance(model, nn.Module):
+        yield model
+        return
     modes = {m: m.training for m in model.modules()}
     model.eval()
     try:
@@ -71,14 +81,14 @@ def _check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _outputs(model: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _outputs(model: Model, x: Tensor, batch_size: int) -> Tensor:
     """f(x) flattened per sample, (N, D), computed in batches without gradients."""
     with torch.no_grad():
         return torch.cat([model(xb).reshape(xb.shape[0], -1) for xb in x.split(batch_size)])
 
 
 def pairwise_lipschitz(
-    model: nn.Module,
+    model: Model,
     x: Tensor,
     *,
     n_pairs: int,
@@ -98,7 +108,7 @@ def pairwise_lipschitz(
     sample. Runs in eval mode (see module note) on the device of ``x``.
 
     Args:
-        model: the network f; its mode is restored afterwards.
+        model: the network f (module or callable); a module's mode is restored afterwards.
         x: inputs, (N, ...) with N >= 2 (N >= 1 when ``x_other`` is given).
         n_pairs: number of pairs to sample (>= 1).
         seed: seed of the pair sampler (default 0).
@@ -148,7 +158,7 @@ def pairwise_lipschitz(
 
 
 def jacobian_spectral_norm(
-    model: nn.Module,
+    model: Model,
     x: Tensor,
     *,
     n_iters: int = _DEFAULT_POWER_ITERS,
@@ -166,7 +176,8 @@ def jacobian_spectral_norm(
     on its own.
 
     Args:
-        model: the network f; run in eval mode, its mode restored afterwards.
+        model: the network f (module or callable); a module runs in eval mode, its mode
+            restored afterwards.
         x: points, (N, ...).
         n_iters: power iterations (default 20, >= 1).
         seed: seed of the random start vectors (default 0).
@@ -196,7 +207,7 @@ def _unit(t: Tensor) -> Tensor:
     return t / norm.clamp_min(torch.finfo(t.dtype).tiny).reshape(-1, *([1] * (t.dim() - 1)))
 
 
-def _jacobian_norm_batch(model: nn.Module, x: Tensor, v: Tensor, n_iters: int) -> Tensor:
+def _jacobian_norm_batch(model: Model, x: Tensor, v: Tensor, n_iters: int) -> Tensor:
     def f(inp: Tensor) -> Tensor:
         return model(inp).reshape(inp.shape[0], -1)  # (B, D_out)
 
