@@ -12,10 +12,12 @@ Run folder (``out_dir/run_name``)::
     samples/step_0001000.png ...        8x8 grids from a fixed latent batch
     checkpoints/step_0001000.pt ...     the newest ``keep_checkpoints`` are kept
 
-.. note:: **Randomness is counter-based.** The real batches, latents and fake labels of update
-    ``b`` of rank ``r`` come from a generator seeded by ``(seed, r, b)`` (see :func:`_stream_seed`),
-    never from a running RNG. A resumed run therefore continues bit for bit (tested on CPU), DDP
-    ranks need no RNG state exchange, and sampling or evaluation never perturbs training.
+.. note:: **Randomness is counter-based.** The latents and fake labels of D update ``b`` (and of
+    G update ``step``) on rank ``r`` come from a generator seeded by ``(seed, r, b)`` (see
+    :func:`_stream_seed`); real batch ``b`` is a pure function of ``(seed, epoch)`` in the
+    :class:`~stablerank.data.DeviceLoader` (disjoint shards per rank). Nothing draws from a running
+    RNG, so a resumed run continues bit for bit (tested on CPU), DDP ranks need no RNG state
+    exchange, and sampling or evaluation never perturb training.
 
 .. note:: **The D step runs D once on the concatenated real+fake batch.** The discriminators have
     no BatchNorm, so this equals two forwards, yet runs the SN/SRN power iteration once per update
@@ -45,6 +47,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +122,7 @@ _RESUME_ALLOWED = (
     "n_eval_samples",
     "n_final_samples",
     "feature_net",
+    "feature_weights",
     "checkpoint_every",
     "keep_checkpoints",
 )
@@ -541,14 +545,17 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
         baselines = ckpt["baselines"]
     del ckpt
 
-    G_raw, D_raw = G, D  # state dicts, sampling and the G step's D forward use these
+    G_raw, D_raw = G, D  # state dicts, sampling and the final report use these
     if cfg.compile:
         G, D = torch.compile(G), torch.compile(D)
+    D_local = D  # the G step's D forward: compiled, but outside DDP (see the module note)
     if info.distributed:
         ids = [device.index] if device.type == "cuda" else None
         G = DistributedDataParallel(G, device_ids=ids, broadcast_buffers=True)
         D = DistributedDataParallel(D, device_ids=ids, broadcast_buffers=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp else nullcontext
+    autocast = (
+        partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext
+    )
 
     # --- run files (rank 0) ---
     log = None
@@ -635,7 +642,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
             )
             z, y_fake = _latents(local_batch, cfg.z_dim, num_classes, gen, device)
             with autocast():
-                g_loss = compute_g_loss(D_raw(G(z, y_fake), y_fake).float(), cfg.loss)
+                g_loss = compute_g_loss(D_local(G(z, y_fake), y_fake).float(), cfg.loss)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward(inputs=list(G_raw.parameters()))
             opt_g.step()
