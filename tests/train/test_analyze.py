@@ -12,8 +12,7 @@ from stablerank.config.classify import AnalyzeConfig, classify_preset
 from stablerank.train import analyze, classify
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_iterations=10,
-                      progress=False)  # fmt: skip
+SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_iterations=10)
 
 
 def _finite_numbers(tree):

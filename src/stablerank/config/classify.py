@@ -210,7 +210,6 @@ class AnalyzeConfig:
     device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     plots: bool = option(True, "write PNG plots next to analysis.json")
-    progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:
         _validate(self)

@@ -39,7 +39,9 @@ from stablerank.train.checkpoint import atomic_write_json, load_checkpoint
 from stablerank.train.classify import (
     CHECKPOINT_FILE,
     KEY_TEST_ACC,
+    KEY_TEST_LOSS,
     KEY_TRAIN_ACC,
+    KEY_TRAIN_LOSS,
     RunData,
     build_model,
     prepare_data,
@@ -69,6 +71,7 @@ KEY_PROTOCOL = "protocol"
 KEY_PLOTS = "plots"
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
+_MAX_JACOBIAN_BATCH = 128  # JVP/VJP keep the forward's activations alive: smaller batches
 
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -105,8 +108,10 @@ def _seeded_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    return torch.cat([model(xb).float() for xb in x.split(batch_size)])
+def _logits(model: nn.Module, x: torch.Tensor, batch_size: int, prepare: Any) -> torch.Tensor:
+    """Logits of stored inputs ``x``, normalized batch by batch (the float copy of a whole split
+    would be 4x its uint8 size)."""
+    return torch.cat([model(prepare(xb)).float() for xb in x.split(batch_size)])
 
 
 def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -132,17 +137,17 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
 
     # ---- accuracy, loss and margins on the training set trained on and on the test split
     x_tr, y_tr = _seeded_subset(splits.train_x, splits.train_y, cfg.n_margin, cfg.seed)
-    logits_tr = _logits(model, images(x_tr), cfg.batch_size)
-    logits_te = _logits(model, images(splits.test_x), cfg.batch_size)
+    logits_tr = _logits(model, x_tr, cfg.batch_size, images)
+    logits_te = _logits(model, splits.test_x, cfg.batch_size, images)
     y_tr, y_te = y_tr.to(device), splits.test_y.to(device)
     acc = {
         KEY_TRAIN_ACC: (logits_tr.argmax(1) == y_tr).double().mean().item(),
         KEY_TEST_ACC: (logits_te.argmax(1) == y_te).double().mean().item(),
-        "train_loss": F.cross_entropy(logits_tr, y_tr).item(),
-        "test_loss": F.cross_entropy(logits_te, y_te).item(),
+        KEY_TRAIN_LOSS: F.cross_entropy(logits_tr, y_tr).item(),
+        KEY_TEST_LOSS: F.cross_entropy(logits_te, y_te).item(),
     }
     gap = complexity.generalization_gap(
-        acc[KEY_TRAIN_ACC], acc[KEY_TEST_ACC], acc["train_loss"], acc["test_loss"]
+        acc[KEY_TRAIN_ACC], acc[KEY_TEST_ACC], acc[KEY_TRAIN_LOSS], acc[KEY_TEST_LOSS]
     )
     margin = complexity.margin_quantile(logits_tr, y_tr, cfg.margin_quantile)
     measures: dict[str, Any] = {"margin": margin}
@@ -174,7 +179,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
             x_tr_pool, x_tr_pool, cfg.n_interpolated, seed=cfg.seed
         )
-    jac_bs = max(1, min(cfg.batch_size, 128))  # JVP/VJP hold activations twice: smaller batches
+    jac_bs = min(cfg.batch_size, _MAX_JACOBIAN_BATCH)
     jacobian = {
         split: lipschitz.jacobian_spectral_norm(
             model, x, n_iters=cfg.jacobian_iterations, seed=cfg.seed, batch_size=jac_bs
