@@ -18,6 +18,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 import torch
+from torch.nn.utils import parametrize
 
 import stablerank.train.gan as gan_train
 from stablerank.config._base import config_from_dict, load_config
@@ -169,6 +170,8 @@ def _pixel_extractor(**_: object) -> FeatureExtractor:
                             num_features=64, num_classes=10, weights_sha256="none")  # fmt: skip
 
 
+# torchmetrics' KID warns that it buffers all features; ours are 50 x 64 numbers.
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
 def test_evaluation_hook_and_baselines(tmp_path):
     if "test-pixels" not in available_feature_extractors():
         register_feature_extractor("test-pixels", _pixel_extractor)
@@ -189,6 +192,19 @@ def test_evaluation_hook_and_baselines(tmp_path):
     evals = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
              if "eval_fid" in r]  # fmt: skip
     assert [r["step"] for r in evals] == [1, 2]
+
+
+@pytest.mark.parametrize("d_norm", ["sn", "srn"])
+def test_d_norm_embedding_normalizes_the_projection(tmp_path, d_norm):
+    cfg = _cfg(tmp_path, "emb", conditional=True, d_norm=d_norm, d_norm_embedding=True)
+    G, D = gan_train._build_models(cfg, channels=1, image_size=8, num_classes=10)
+    assert parametrize.is_parametrized(D.embed, "weight")
+    assert parametrize.is_parametrized(D.linear, "weight")
+    assert not any(parametrize.is_parametrized(m) for m in G.modules())  # g_norm="none"
+    plain = _cfg(tmp_path, "plain", conditional=True, d_norm=d_norm)
+    _, D = gan_train._build_models(plain, channels=1, image_size=8, num_classes=10)
+    assert not parametrize.is_parametrized(D.embed)  # excluded by default
+    assert parametrize.is_parametrized(D.linear, "weight")
 
 
 def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):
