@@ -98,3 +98,17 @@ def test_random_label_runs_get_a_shattering_curve(tmp_path):
 def test_missing_run_is_reported(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json does not exist"):
         analyze.run(SMALL, tmp_path)
+
+
+def test_load_run_model_restores_the_final_weights(srn_run):
+    import torch
+
+    from stablerank.train.checkpoint import load_checkpoint
+
+    run_dir, _ = srn_run
+    model = analyze.load_run_model(run_dir)
+    assert not model.training
+    saved = load_checkpoint(run_dir / classify.CHECKPOINT_FILE)["model"]
+    state = model.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)

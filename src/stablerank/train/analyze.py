@@ -56,6 +56,7 @@ __all__ = [
     "KEY_JACOBIAN",
     "KEY_PROTOCOL",
     "load_run",
+    "load_run_model",
     "plot_shattering",
     "read_log",
     "run",
@@ -97,6 +98,12 @@ def load_run(
     ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE)
     model.load_state_dict(ckpt["model"])
     return cfg, data, model.to(device).eval()
+
+
+def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The network of a run with its last checkpoint's weights, in eval mode (see
+    :func:`load_run`)."""
+    return load_run(run_dir, device)[2]
 
 
 def _seeded_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):
