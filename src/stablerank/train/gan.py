@@ -134,7 +134,9 @@ _REFERENCE_SPLIT = "test"
 _DEFAULT_FEATURE_NETS = {"fashion-mnist": "fmnist-cnn"}
 _GRID_PAD = 2  # pixels between grid cells
 # RNG streams of _stream_seed (one per kind of draw).
-_STREAM_D_NOISE, _STREAM_G_NOISE, _STREAM_FIXED, _STREAM_EVAL = range(4)
+_STREAM_D_NOISE, _STREAM_G_NOISE, _STREAM_FIXED, _STREAM_EVAL, _STREAM_BN = range(5)
+# Standing BatchNorm statistics of the EMA generator: 16 x 64 = 1024 fresh samples.
+_BN_STAT_BATCHES, _BN_STAT_BATCH = 16, 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -326,6 +328,32 @@ def make_generate(
     return generate
 
 
+@torch.no_grad()
+def _refresh_bn_stats(
+    G: nn.Module, *, z_dim: int, num_classes: int | None, device: torch.device, seed: int
+) -> None:
+    """Recompute G's BatchNorm running statistics as exact averages over fresh samples
+    ("standing statistics", Brock et al. 2019).
+
+    For the EMA generator: its averaged weights do not match the raw generator's running
+    statistics, and early in training eval-mode samples wash out (seen on Fashion-MNIST). The
+    latents come from their own stream, so this never changes training.
+    """
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over the batches below
+    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, 0, _STREAM_BN))
+    was_training = G.training
+    G.train()
+    for _ in range(_BN_STAT_BATCHES):
+        G(*_latents(_BN_STAT_BATCH, z_dim, num_classes, gen, device))
+    G.train(was_training)
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
+
+
 def _feature_net_name(cfg: GanConfig) -> str:
     if cfg.feature_net != "auto":
         return cfg.feature_net
@@ -402,7 +430,11 @@ def _write_final_metrics(
     }
     protocol: dict[str, Any] = {
         "generator": "ema" if cfg.ema > 0 else "raw",
-        "generator_bn": "eval (running statistics)",
+        "generator_bn": (
+            f"standing statistics of {_BN_STAT_BATCHES * _BN_STAT_BATCH} samples"
+            if cfg.ema > 0
+            else "running statistics of training"
+        ),
         "d_norm": cfg.d_norm,
         "rank_ratio": cfg.rank_ratio if cfg.d_norm == "srn" else None,
     }
@@ -571,8 +603,18 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
     if num_classes:  # one class per row
         fixed_y = (torch.arange(_GRID_SIDE**2, device=device) // _GRID_SIDE) % num_classes
     sampler = G_ema if G_ema is not None else G_raw
+    stats_at = {"step": -1}
+
+    def ready_sampler(step: int) -> None:
+        """Standing BatchNorm statistics for the EMA generator, once per step that uses it."""
+        if G_ema is not None and stats_at["step"] != step:
+            _refresh_bn_stats(
+                G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
+            )
+            stats_at["step"] = step
 
     def save_samples(step: int) -> None:
+        ready_sampler(step)
         with torch.no_grad(), _eval_mode(sampler):
             save_image_grid(sampler(fixed_z, fixed_y), run_dir / "samples" / f"step_{step:07d}.png")
 
@@ -604,6 +646,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
         else None
     )
     if evaluator is not None and cfg.n_final_samples > 0 and start == 0:
+        ready_sampler(0)
         baselines = _baselines(evaluator, splits.train_x, cfg.n_final_samples, cfg.seed)
 
     # --- the loop ---
@@ -684,6 +727,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
             if cfg.sample_every and step % cfg.sample_every == 0:
                 save_samples(step)
             if cfg.eval_every and step % cfg.eval_every == 0 and evaluator is not None:
+                ready_sampler(step)
                 last_eval = _scores_only(evaluator(cfg.n_eval_samples))
                 log.append({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}})
             if step % cfg.checkpoint_every == 0 or step == end:
@@ -697,7 +741,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
         raise KeyboardInterrupt(f"interrupted after G step {step}; checkpoint in {run_dir}")
 
     if info.is_main and step == cfg.g_steps:
-        save_samples(step)
+        save_samples(step)  # also readies the sampler for the final scores
         scores = evaluator(cfg.n_final_samples) if evaluator and cfg.n_final_samples else None
         _write_final_metrics(run_dir, cfg, scores, baselines, D_raw, step, train_seconds, log)
     if log is not None:
