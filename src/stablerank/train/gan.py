@@ -31,7 +31,9 @@ Run folder (``out_dir/run_name``)::
     the same weights (all-reduced gradients) and the same u, its power iteration produces the same
     u/v, so they stay identical across ranks (tested with 2 gloo processes). G's BatchNorm
     normalizes with each rank's own batch statistics (no SyncBatchNorm: per-rank batches of
-    ``batch_size / world_size``); its running statistics are rank 0's, broadcast at each forward.
+    ``batch_size / world_size``); its running statistics are broadcast from rank 0 at each
+    forward, which then adds its own batch, so they are rank 0's in every checkpoint (and differ
+    by one local update on the other ranks).
     Rank 0 alone writes files. A Ctrl-C checkpoint is written only in single-process runs (ranks
     could stop at different steps); under DDP the newest periodic checkpoint is the resume point.
 """
