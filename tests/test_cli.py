@@ -1,0 +1,70 @@
+"""The command line: generated from the config dataclasses, with --help for every field and the
+precedence flags > --config file > --preset > defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stablerank import cli
+
+
+def _run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = cli.main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("command", sorted(cli._COMMANDS))
+def test_help_documents_every_config_field(capsys, command):
+    code, out, _ = _run(capsys, command, "--help")
+    assert code == 0
+    config_cls = cli._load(cli._COMMANDS[command].config)
+    text = " ".join(out.split())
+    for f in dataclasses.fields(config_cls):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert text.count("default: ") >= len(dataclasses.fields(config_cls))
+
+
+def test_precedence_flags_over_file_over_preset(capsys, tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epochs: 7\nlr: 0.05\n")
+    code, out, _ = _run(capsys, "train", "--preset", "fmnist-cnn", "--config", str(cfg_file),
+                        "--lr", "0.2", "--norm", "srn", "--print-config")
+    assert code == 0
+    resolved = json.loads(out)
+    assert resolved["epochs"] == 7 and resolved["lr"] == 0.2 and resolved["norm"] == "srn"
+    assert resolved["model"] == "small_cnn"  # from the preset
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["--rank-ratio", "3"], "rank_ratio"),
+        (["--norm", "bn"], "norm"),
+        (["--epochs", "x"], "epochs"),
+    ],
+)
+def test_bad_values_are_usage_errors_naming_the_key(capsys, argv, match):
+    code, _, err = _run(capsys, "train", *argv, "--print-config")
+    assert code == 2 and match in err
+
+
+def test_unknown_key_in_config_file_lists_valid_keys(capsys, tmp_path):
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("epoch: 3\n")
+    code, _, err = _run(capsys, "train", "--config", str(cfg_file), "--print-config")
+    assert code == 2 and "unknown config key(s) ['epoch']" in err and "epochs" in err
+
+
+def test_python_dash_m_runs_the_same_program():
+    proc = subprocess.run([sys.executable, "-m", "stablerank", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0 and "reproduce" in proc.stdout
