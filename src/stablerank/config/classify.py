@@ -232,11 +232,13 @@ CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     }),
     # Shattering (Zhang et al. 2017; SPEC 2): 100% fixed random labels on a 2,000-image subset,
     # no augmentation, no weight decay, constant lr; train accuracy vs epoch is the curve.
+    # Measured (seed 0, CPU): vanilla small CNN reaches 98.9% eval-mode train accuracy at epoch
+    # 17 and 100% at epoch 18; 30 epochs leave room for other seeds.
     "shatter": MappingProxyType({
         "dataset": "fashion-mnist", "model": "small_cnn", "label_noise": 1.0,
         "train_subset": 2000, "train_eval_size": 0, "test_eval_size": 2000, "augment": "none",
         "weight_decay": 0.0,
-        "optimizer": "sgd", "lr": 0.01, "schedule": "none", "epochs": 60, "batch_size": 128,
+        "optimizer": "sgd", "lr": 0.01, "schedule": "none", "epochs": 30, "batch_size": 128,
     }),
     # CIFAR-10 with the paper's architectures: the standard recipe of each family (SGD 0.1,
     # momentum 0.9, 200 epochs, lr /10 at 50% and 75%; weight decay 1e-4 for ResNet/DenseNet,
