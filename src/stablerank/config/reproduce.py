@@ -162,7 +162,9 @@ class ReproduceConfig:
     gan_steps: int = option(0, "generator updates (0 = the GAN preset's)", min=0)
     gan_width: int = option(0, "ngf = ndf of G and D (0 = the GAN preset's)", min=0)
     gan_n_samples: int = option(
-        0, "generated samples of the final FID/KID/IS (0 = the GAN preset's)", min=0
+        -1,
+        "generated samples of the final FID/KID/IS (-1 = the GAN preset's; 0 = skip them)",
+        min=-1,
     )
     gan_eval_points: int = option(
         4, "FID/KID/IS evaluations during training (FID-over-training curve; 0 = none)", min=0

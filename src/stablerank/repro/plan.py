@@ -287,7 +287,7 @@ def _gan_specs(cfg: ReproduceConfig, runs_root: Path) -> list[RunSpec]:
             }
             if cfg.gan_width:
                 data["ngf"] = data["ndf"] = cfg.gan_width
-            if cfg.gan_n_samples:
+            if cfg.gan_n_samples >= 0:
                 data["n_final_samples"] = cfg.gan_n_samples
             if cfg.gan_ema >= 0:
                 data["ema"] = cfg.gan_ema
