@@ -240,7 +240,7 @@ def load_fmnist_cnn(
     if not path.is_file() or not sidecar.is_file():
         raise FileNotFoundError(
             f"fmnist-cnn weights {path} or sidecar {sidecar} missing; regenerate them with "
-            "`python scripts/train_feature_net.py` (about 15 CPU-minutes)"
+            "`python scripts/train_feature_net.py` (about 12 CPU-minutes)"
         )
     meta = json.loads(sidecar.read_text())
     digest = sha256_file(path)
