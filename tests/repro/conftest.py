@@ -230,7 +230,7 @@ class FakeRunners:
 
 
 def _small_config(tmp_path: Path, **overrides: Any) -> ReproduceConfig:
-    """A plan of 4 classify + 2 shatter + 4 GAN runs (2 seeds where claims need spread)."""
+    """A plan of 6 clean-label + 6 shattering + 4 GAN runs on digits (2 seeds each)."""
     data = {
         "out_dir": str(tmp_path / "repro"),
         "datasets": ("digits",),
@@ -275,7 +275,37 @@ def fake() -> FakeRunners:
     return FakeRunners()
 
 
+@pytest.fixture(scope="session")
+def fake_runners_cls() -> type[FakeRunners]:
+    """The :class:`FakeRunners` class (for module-scoped fixtures)."""
+    return FakeRunners
+
+
+@pytest.fixture(scope="session")
+def small_config_at() -> Callable[..., ReproduceConfig]:
+    """``small_config_at(folder, **overrides)``: the 16-run digits plan under ``folder``."""
+    return _small_config
+
+
+@pytest.fixture
+def no_report(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Skip the report (figures cost seconds) in tests of the run bookkeeping only."""
+    import stablerank.repro.report as report
+
+    monkeypatch.setattr(report, "write_report", lambda out_dir, **kw: _NoReport(Path(out_dir)))
+    monkeypatch.setattr(report, "claims_summary", lambda rep: "")
+
+
+@dataclass
+class _NoReport:
+    out_dir: Path
+
+    @property
+    def path(self) -> Path:
+        return self.out_dir / "report.md"
+
+
 @pytest.fixture
 def small_config(tmp_path: Path) -> Callable[..., ReproduceConfig]:
-    """``small_config(**overrides)``: a 10-run plan on digits under tmp_path."""
+    """``small_config(**overrides)``: the 16-run digits plan under tmp_path."""
     return lambda **overrides: _small_config(tmp_path, **overrides)
