@@ -256,10 +256,13 @@ def _fid(real: Tensor, fake: Tensor) -> float:
 def _kid(
     real: Tensor, fake: Tensor, subsets: int, subset_size: int, seed: int
 ) -> tuple[float, float]:
-    metric = KernelInceptionDistance(
-        feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size,
-        sync_on_compute=False,
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # torchmetrics warns that KID buffers all features: we hold them already anyway.
+        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+        metric = KernelInceptionDistance(
+            feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size,
+            sync_on_compute=False,
+        )  # fmt: skip
     metric.update(real, real=True)
     metric.update(fake, real=False)
     with _seeded(seed):  # KID draws its subsets with torch.randperm
