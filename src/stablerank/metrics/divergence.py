@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 __all__ = [
     "KEY_ND",
+    "KEY_ND_BATCHES",
     "KEY_ND_STD",
     "KEY_PROTOCOL",
     "NeuralDivergenceProtocol",
