@@ -28,13 +28,14 @@ import copy
 import dataclasses
 import functools
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
+
+from stablerank.metrics._checks import check_positive_int, seeded
 
 __all__ = [
     "KEY_ND",
@@ -114,19 +115,6 @@ class NeuralDivergenceProtocol:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
 def _as_images(x: Tensor, shape: tuple[int, ...], what: str, device: torch.device) -> Tensor:
@@ -210,9 +198,9 @@ def neural_divergence(
     Raises:
         ValueError: on invalid counts or fractions, shapes or value ranges.
     """
-    _check_positive_int("n_critic_steps", n_critic_steps)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("n_eval_batches", n_eval_batches)
+    check_positive_int("n_critic_steps", n_critic_steps)
+    check_positive_int("batch_size", batch_size)
+    check_positive_int("n_eval_batches", n_eval_batches)
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction!r}")
     if real_images.dim() != 4 or real_images.shape[0] < 2:
@@ -222,7 +210,7 @@ def neural_divergence(
     real_all = _as_images(real_images, shape, "real_images", dev)
     builder = critic_builder or build_default_critic
 
-    with _seeded(seed):
+    with seeded(seed):
         perm = torch.randperm(real_all.shape[0], device=dev)
         n_eval = min(max(1, round(eval_fraction * real_all.shape[0])), real_all.shape[0] - 1)
         real_eval, real_train = real_all[perm[:n_eval]], real_all[perm[n_eval:]]

@@ -27,8 +27,7 @@ import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection
 from typing import Any
 
 import torch
@@ -38,6 +37,7 @@ from torchmetrics.image.inception import InceptionScore
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
+from stablerank.metrics._checks import check_positive_int, seeded
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FeatureExtractor,
@@ -150,20 +150,6 @@ class _Passthrough(nn.Module):
         return x
 
 
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch inside the block and restore the caller's RNG state (CPU and CUDA) after it."""
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
-
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _resolve_extractor(feature_net: str | FeatureExtractor) -> FeatureExtractor:
     if isinstance(feature_net, FeatureExtractor):
         return feature_net
@@ -204,7 +190,7 @@ def extract_features(
         ValueError: on a missing or invalid ``n``, or a generator returning the wrong count.
     """
     extractor = _resolve_extractor(feature_net)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("batch_size", batch_size)
     if callable(images) and not isinstance(images, Tensor):
         if n is None:
             raise ValueError("n is required when images is a generate(k) callable")
@@ -213,13 +199,13 @@ def extract_features(
         total = images.shape[0] if n is None else n
         if total > images.shape[0]:
             raise ValueError(f"n must be <= the {images.shape[0]} images given, got {n}")
-    _check_positive_int("n", total)
+    check_positive_int("n", total)
     feats, logits = [], []
     bar = tqdm(
         total=total, desc=f"features[{split}]", file=sys.stderr, unit="img",
         disable=not (progress and sys.stderr.isatty()),
     )  # fmt: skip
-    with _seeded(seed):
+    with seeded(seed):
         for start in range(0, total, batch_size):
             k = min(batch_size, total - start)
             if isinstance(images, Tensor):
@@ -265,7 +251,7 @@ def _kid(
         )  # fmt: skip
     metric.update(real, real=True)
     metric.update(fake, real=False)
-    with _seeded(seed):  # KID draws its subsets with torch.randperm
+    with seeded(seed):  # KID draws its subsets with torch.randperm
         mean, std = metric.compute()
     return float(mean), float(std)
 
@@ -278,7 +264,7 @@ def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, flo
             feature=_Passthrough(logits.shape[1]), splits=splits, sync_on_compute=False
         )
     metric.update(logits)
-    with _seeded(seed):  # IS shuffles before splitting
+    with seeded(seed):  # IS shuffles before splitting
         mean, std = metric.compute()
     # One split has no spread (torch's unbiased std of one value is nan).
     return float(mean), 0.0 if splits == 1 else float(std)
@@ -337,9 +323,9 @@ def compute_gan_metrics(
     unknown = set(metrics) - set(ALL_GAN_METRICS)
     if unknown:
         raise ValueError(f"metrics must be a subset of {ALL_GAN_METRICS}, got {sorted(unknown)}")
-    _check_positive_int("is_splits", is_splits)
-    _check_positive_int("kid_subsets", kid_subsets)
-    _check_positive_int("kid_subset_size", kid_subset_size)
+    check_positive_int("is_splits", is_splits)
+    check_positive_int("kid_subsets", kid_subsets)
+    check_positive_int("kid_subset_size", kid_subset_size)
     extractor = _resolve_extractor(feature_net)
     if isinstance(real_images, FeatureSet):
         real = real_images

@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from stablerank.metrics._checks import check_positive_int
+
 __all__ = [
     "KEY_EL_MAX",
     "KEY_EL_MEAN",
@@ -76,11 +78,6 @@ def _eval_mode(model: Model) -> Iterator[Model]:
             m.training = mode
 
 
-def _check_positive_int(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
 def _outputs(model: Model, x: Tensor, batch_size: int) -> Tensor:
     """f(x) flattened per sample, (N, D), computed in batches without gradients."""
     with torch.no_grad():
@@ -121,8 +118,8 @@ def pairwise_lipschitz(
     Raises:
         ValueError: on too few samples, mismatched shapes or non-positive counts.
     """
-    _check_positive_int("n_pairs", n_pairs)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("n_pairs", n_pairs)
+    check_positive_int("batch_size", batch_size)
     if x_other is None and x.shape[0] < 2:
         raise ValueError(
             f"x must hold at least 2 samples to form pairs, got shape {tuple(x.shape)}"
@@ -189,8 +186,8 @@ def jacobian_spectral_norm(
     Raises:
         ValueError: on non-positive ``n_iters`` or ``batch_size``.
     """
-    _check_positive_int("n_iters", n_iters)
-    _check_positive_int("batch_size", batch_size)
+    check_positive_int("n_iters", n_iters)
+    check_positive_int("batch_size", batch_size)
     gen = torch.Generator().manual_seed(seed)
     # Start vectors drawn on the CPU for device-independent results.
     v0 = torch.randn(x.shape, generator=gen, dtype=x.dtype)
@@ -240,7 +237,7 @@ def interpolate(x: Tensor, y: Tensor, n: int, seed: int = 0) -> Tensor:
     Raises:
         ValueError: on mismatched shapes, empty sets or non-positive ``n``.
     """
-    _check_positive_int("n", n)
+    check_positive_int("n", n)
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(
             f"x and y must share the per-sample shape, got {tuple(x.shape)} and {tuple(y.shape)}"
@@ -305,7 +302,7 @@ def plot_histogram(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    _check_positive_int("bins", bins)
+    check_positive_int("bins", bins)
     series = {"": values} if isinstance(values, Tensor) else dict(values)
     arrays = {
         k: torch.as_tensor(v, dtype=torch.float64).flatten().numpy() for k, v in series.items()
