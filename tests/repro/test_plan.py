@@ -13,15 +13,8 @@ from stablerank.config import gan as gan_config
 from stablerank.config import reproduce as reproduce_config
 from stablerank.config.reproduce import REPRODUCE_PRESETS, ReproduceConfig
 from stablerank.repro import pipeline
-from stablerank.repro.plan import (
-    KIND_CLASSIFY,
-    KIND_GAN,
-    KIND_SHATTER,
-    Hardware,
-    build_plan,
-    estimate_seconds,
-    run_dir_of,
-)
+from stablerank.repro.estimate import Hardware, estimate_seconds
+from stablerank.repro.plan import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, build_plan, run_dir_of
 
 CPU2 = Hardware("cpu", "test CPU", 2)
 

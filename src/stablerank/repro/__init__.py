@@ -9,8 +9,9 @@
 """
 
 from stablerank.repro.claims import CLAIMS, decide, evaluate_claims
+from stablerank.repro.estimate import estimate_seconds, format_plan
 from stablerank.repro.pipeline import Runners, execute_plan, execute_run, run
-from stablerank.repro.plan import RunSpec, build_plan, estimate_seconds, format_plan
+from stablerank.repro.plan import RunSpec, build_plan
 from stablerank.repro.report import claims_summary, write_report
 
 __all__ = [

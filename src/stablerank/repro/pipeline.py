@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,15 +42,8 @@ from stablerank.config import config_to_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.config.gan import GanConfig
 from stablerank.config.reproduce import REPRODUCE_PRESETS, ReproduceConfig
-from stablerank.repro.plan import (
-    KIND_GAN,
-    GanEvalSettings,
-    RunSpec,
-    build_plan,
-    detect_hardware,
-    format_plan,
-    run_dir_of,
-)
+from stablerank.repro.estimate import detect_hardware, format_plan
+from stablerank.repro.plan import KIND_GAN, GanEvalSettings, RunSpec, build_plan, run_dir_of
 from stablerank.repro.results import PLAN_FILE, SPEC_FILE, STATUS_FILE, read_json
 from stablerank.train.checkpoint import atomic_write_json
 
@@ -327,9 +321,12 @@ def run(cfg: ReproduceConfig, *, runners: Runners | None = None) -> Path:
 
             torch.set_num_threads(cfg.num_threads)  # GanConfig has no thread setting of its own
         t0 = time.perf_counter()
-        outcomes = execute_plan(
-            specs, runners or default_runners(cfg), continue_on_error=cfg.continue_on_error
-        )
+        with warnings.catch_warnings():
+            # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
+            warnings.filterwarnings("ignore", message=".*will save all extracted features")
+            outcomes = execute_plan(
+                specs, runners or default_runners(cfg), continue_on_error=cfg.continue_on_error
+            )
         ran = [o for o in outcomes if o.outcome != OUTCOME_SKIPPED]
         print(
             f"ran {len(ran)} runs ({len(outcomes) - len(ran)} already finished) in "

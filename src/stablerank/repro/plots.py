@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 _BINS = 50
+_MIN_BINS = 10
+_PAIR_ORDER = ("real-real", "fake-fake", "real-fake")  # as in stablerank.repro.gan_eval
 _MAX_LEGEND = 12  # a legend for more layers hides the plot
 _ALPHA_BAND = 0.2
 
@@ -182,7 +184,8 @@ def plot_d_el_hist(records: Sequence[RunRecord], path: Path, title: str) -> Path
     modes = _by_mode([r for r in records if r.extra.get("d_el_values")])
     if not modes:
         return None
-    types = sorted({t for recs in modes.values() for r in recs for t in r.extra["d_el_values"]})
+    found = {t for recs in modes.values() for r in recs for t in r.extra["d_el_values"]}
+    types = [t for t in _PAIR_ORDER if t in found] + sorted(found - set(_PAIR_ORDER))
     fig = _figure((4.0 * len(types), 3.8))
     axes = fig.subplots(1, len(types), squeeze=False)[0]
     for ax, kind in zip(axes, types, strict=True):
@@ -194,7 +197,9 @@ def plot_d_el_hist(records: Sequence[RunRecord], path: Path, title: str) -> Path
         if not values:
             continue
         lo, hi = min(values), max(values)
-        edges = [lo + (hi - lo if hi > lo else 1.0) * i / _BINS for i in range(_BINS + 1)]
+        # ~2 sqrt(n) bins per series (at most _BINS): a few hundred pairs stay readable.
+        bins = max(_MIN_BINS, min(_BINS, int(2 * math.sqrt(len(values) / len(pooled)))))
+        edges = [lo + (hi - lo if hi > lo else 1.0) * i / bins for i in range(bins + 1)]
         for mode, vs in pooled.items():
             ax.hist(vs, bins=edges, alpha=0.5, label=mode)
         ax.set(title=kind, xlabel="|D(x) - D(x')| / ||x - x'||", ylabel="pairs")
