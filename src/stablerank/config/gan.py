@@ -166,8 +166,11 @@ GAN_PRESETS: dict[str, dict] = {
         "g_steps": 50_000,
         "lr_decay": "linear",
     },
-    # CPU demo: Fashion-MNIST 28x28, a narrow standard CNN; recognisable garments in a few
-    # minutes on 2 cores (measured: see the GAN trainer's module docstring).
+    # CPU demo: Fashion-MNIST 28x28, the standard CNN at half width (ngf = ndf = 32). Measured with
+    # constant lr (torch 2.13 CPU, 1 thread, shared 2-core machine): ~0.6 CPU-s per G step; FID
+    # (fmnist-cnn features, 2000 samples vs the 10k test images) 61.5 untrained, 10.7 after 1000
+    # steps, 9.7 after 1500, 6.4 after 2000 (real train-vs-test: 0.14). Garments are recognisable
+    # from ~1500 steps and clearly at 2000, hence 2000 with linear decay (~20 CPU-minutes).
     "quick": {
         "dataset": "fashion-mnist",
         "arch": "cnn",
@@ -182,11 +185,11 @@ GAN_PRESETS: dict[str, dict] = {
         "loss": "hinge",
         "g_steps": 2000,
         "lr_decay": "linear",
-        "sample_every": 500,
+        "sample_every": 250,
         "eval_every": 0,
         "n_eval_samples": 2000,
         "n_final_samples": 2000,
-        "checkpoint_every": 500,
+        "checkpoint_every": 250,
         "log_every": 50,
     },
 }
