@@ -718,7 +718,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
                             "step": step,
                             **values,
                             "lr_g": sched_g.get_last_lr()[0],
-                            "seconds": time.perf_counter() - t0,
+                            "seconds": seconds_before + time.perf_counter() - t0,
                         }
                     )
                 shown = {**values, **last_eval}
