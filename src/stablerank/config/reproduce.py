@@ -116,11 +116,20 @@ class ReproduceConfig:
     train_eval_size: int = option(
         10000, "training images scored each epoch for the train accuracy (0 = all)", min=0
     )
+    eval_batch_size: int = option(
+        0,
+        "batch of the evaluation and analysis forward passes (0 = the trainers' default; "
+        "small batches are faster on CPU caches)",
+        min=0,
+    )
     normalize_head: bool = option(False, "also normalize the final linear layer of classifiers")
     # --- analysis of every classifier run (claims 1, 3; SPEC 2) ---
     n_pairs: int = option(2000, "pairs per split of the pairwise eL histogram", min=1)
     n_jacobian: int = option(100, "points per split of the Jacobian spectral norm", min=1)
     n_interpolated: int = option(100, "interpolated points of the Jacobian norm", min=0)
+    n_margin: int = option(
+        0, "training images scored for the margins (0 = all the run trained on)", min=0
+    )
     jacobian_iterations: int = option(20, "power iterations per Jacobian norm", min=1)
     # --- shattering: random labels (claim 2) ---
     shatter_models: tuple[str, ...] = option(
@@ -174,6 +183,12 @@ class ReproduceConfig:
     gan_feature_net: str = option("auto", "feature network of FID/KID/IS (auto = dataset default)")
     gan_feature_weights: str | None = option(None, "weights file of the feature network")
     nd_critic_steps: int = option(500, "neural divergence: critic updates per GAN run", min=1)
+    nd_critic_width: int = option(
+        64,
+        "neural divergence: channels of the fresh critic's first conv (WGAN-GP DCGAN-like)",
+        min=1,
+    )
+    nd_batch_size: int = option(64, "neural divergence: real and fake images per step", min=2)
     nd_eval_batches: int = option(10, "neural divergence: fresh evaluation batches", min=1)
     d_el_pairs: int = option(1000, "discriminator eLhist: pairs per pair type", min=1)
 
@@ -194,75 +209,94 @@ class ReproduceConfig:
 
 
 # Each preset lists only what it changes from the defaults above. Sizes only: what the trainers
-# compute is fixed by their own presets (optimizer, schedule, losses).
+# compute is fixed by their own presets (optimizer, schedule, losses). The times are those of
+# `stablerank reproduce --preset NAME --dry-run true` (stablerank.repro.estimate) and, for quick,
+# measured (see the module docstring of stablerank.repro.pipeline).
 REPRODUCE_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
     {
-        # The demo: <= 15 minutes on 2 CPU cores (measured: see the repro pipeline's report notes).
+        # The demo (`make demo`): at most 15 minutes on 2 CPU cores.
         "quick": MappingProxyType(
             {
                 "out_dir": "runs/reproduce-quick",
+                # Clean labels: small CNN at half width, 4,000 images, 2 epochs, 2 seeds.
                 "datasets": ("fashion-mnist",),
                 "models": ("small_cnn",),
                 "width": 0.5,
                 "norms": ("none", "sn", "srn"),
                 "rank_ratios": (0.3,),
                 "seeds": (0, 1),
-                "epochs": 3,
-                "train_subset": 8000,
-                "train_eval_size": 2000,
-                "n_pairs": 500,
-                "n_jacobian": 32,
-                "n_interpolated": 32,
-                "jacobian_iterations": 8,
-                "shatter_models": ("small_cnn",),
-                "shatter_seeds": (0,),
-                "shatter_subset": 1000,
-                "shatter_epochs": 12,
+                "epochs": 2,
+                "train_subset": 4000,
+                "train_eval_size": 1000,
+                "eval_batch_size": 100,
+                "n_pairs": 300,
+                "n_jacobian": 16,
+                "n_interpolated": 16,
+                "jacobian_iterations": 5,
+                "n_margin": 1000,
+                # Shattering: an MLP memorizes 2,000 random labels within 40 cheap epochs (the
+                # small CNN's per-epoch pass over the test split would not fit the budget).
+                "shatter_models": ("mlp",),
+                "shatter_width": 1.0,
+                "shatter_seeds": (0, 1),
+                "shatter_subset": 2000,
+                "shatter_epochs": 40,
                 "shatter_lr": 0.05,
-                "shatter_width": 0.5,
+                # GAN: the standard CNN at width 16, 300 generator steps, one seed.
                 "gan_preset": "quick",
                 "gan_norms": ("sn", "srn"),
                 "gan_rank_ratios": (0.7,),
                 "gan_seeds": (0,),
-                "gan_steps": 600,
-                "gan_width": 32,
-                "gan_n_samples": 1000,
+                "gan_steps": 300,
+                "gan_width": 16,
+                "gan_n_samples": 500,
                 "gan_eval_points": 3,
-                "gan_eval_samples": 500,
-                "nd_critic_steps": 150,
+                "gan_eval_samples": 250,
+                "nd_critic_steps": 100,
+                "nd_critic_width": 16,
                 "nd_eval_batches": 5,
-                "d_el_pairs": 500,
+                "d_el_pairs": 300,
             }
         ),
-        # Overnight on 2 CPU cores, or under an hour on one GPU.
+        # Overnight on 2 CPU cores (~9 h estimated), minutes on one GPU: both classifiers at half
+        # width on 20,000 images for 10 epochs, 3 seeds; the issue-3 shattering protocol (small
+        # CNN, 2,000 random labels); a 2,000-step GAN at width 32, 2 seeds.
         "standard": MappingProxyType(
             {
                 "out_dir": "runs/reproduce-standard",
                 "datasets": ("fashion-mnist",),
                 "models": ("small_cnn", "resnet20"),
+                "width": 0.5,
                 "norms": ("none", "sn", "srn"),
-                "rank_ratios": (0.3, 0.5),
+                "rank_ratios": (0.3,),
                 "seeds": (0, 1, 2),
-                "epochs": 0,
-                "train_subset": 0,
-                "train_eval_size": 10000,
+                "epochs": 10,
+                "train_subset": 20000,
+                "train_eval_size": 5000,
+                "eval_batch_size": 100,
+                "n_margin": 5000,
                 "shatter_models": ("small_cnn",),
+                "shatter_width": 1.0,
                 "shatter_seeds": (0, 1, 2),
                 "shatter_subset": 2000,
-                "shatter_epochs": 60,
+                "shatter_epochs": 30,
                 "gan_preset": "quick",
                 "gan_norms": ("sn", "srn"),
-                "gan_rank_ratios": (0.5, 0.7),
-                "gan_seeds": (0, 1, 2),
-                "gan_steps": 5000,
-                "gan_width": 64,
-                "gan_n_samples": 10000,
+                "gan_rank_ratios": (0.7,),
+                "gan_seeds": (0, 1),
+                "gan_steps": 2000,
+                "gan_width": 32,
+                "gan_n_samples": 5000,
                 "gan_eval_points": 5,
-                "gan_eval_samples": 2000,
-                "nd_critic_steps": 2000,
+                "gan_eval_samples": 1000,
+                "nd_critic_steps": 500,
+                "nd_critic_width": 32,
+                "d_el_pairs": 1000,
             }
         ),
-        # The paper (CIFAR-10/100, GPU, torchrun); datasets from data_dir.
+        # The paper (CIFAR-10/100, full-size models and schedules, SN-GAN ResNet): GPU machines,
+        # each run launched with torchrun through --nproc-per-node. Give the datasets with
+        # --data-dir and the Inception weights with --gan-feature-weights.
         "paper": MappingProxyType(
             {
                 "out_dir": "runs/reproduce-paper",

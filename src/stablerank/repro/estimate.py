@@ -1,10 +1,21 @@
 """Rough wall-time estimates of a plan (``stablerank reproduce --dry-run``).
 
-:func:`estimate_seconds` scales per-step costs measured on this project's 2-core CPU machine
-(:data:`CPU_REFERENCE`) by the multiply-accumulate counts of each run's network, its epochs or
-steps and its evaluation work; a GPU gets a documented, guessed speed-up (:data:`CUDA_SPEEDUP`).
+:func:`estimate_seconds` counts each run's floating-point work (multiply-accumulates of its
+networks per image, measured with forward hooks, times images, epochs, steps and evaluation
+samples) and divides it by an effective throughput: :data:`CPU_REFERENCE` for 2 CPU cores
+(scaled by thread count), times a documented, guessed speed-up on a GPU (:data:`CUDA_SPEEDUP`).
 These are estimates (a factor of 2 either way; more on a shared machine), printed as such by
 :func:`format_plan`.
+
+.. note:: Calibration. This project's CPU machine has 2 AMD EPYC cores with AVX2/FMA at
+    2.45 GHz: a peak of 2.45e9 x 16 = 39 GFLOP/s per core in float32. Measured on it (one
+    thread, CPU time, the machine shared with other jobs): the small CNN trains at ~30 GFLOP/s
+    per core at widths 1 and 0.5 (36.5M and 9.2M MACs/image forward) and evaluates at ~30 with
+    batches of 100 (~12 with batches of 1,000: cache misses), but only at ~20 (train) and ~11
+    (eval) at width 0.25; the standard-CNN GAN at width 16 at ~19; one WGAN-GP critic step of
+    the neural divergence costs ~0.05 s of fixed overhead plus its arithmetic. We take
+    50 GFLOP/s for 2 idle cores and scale narrow networks down (:func:`_efficiency`). A full
+    small-CNN Fashion-MNIST epoch is therefore about 5 minutes on 2 cores, not seconds.
 """
 
 from __future__ import annotations
@@ -57,31 +68,36 @@ _DATASET_SHAPE = {  # (image side, train images, test images)
 
 @dataclass(frozen=True)
 class CpuReference:
-    """Per-step costs measured on this project's 2-core CPU machine (torch 2.13, 2 threads)."""
+    """Effective float32 throughput of 2 idle CPU cores of this project's machine (see the
+    module note)."""
 
-    small_cnn_epoch_s: float = 27.0  # 390k-param small CNN, one 60k-image Fashion-MNIST epoch
-    resnet20_step_s: float = 0.2  # ResNet-20, one training step at batch 128 (28x28)
-    dcgan_iter_s: float = 0.1  # standard-CNN GAN, one G iteration (n_dis 1, batch 64, width 64)
+    gflops: float = 50.0
     threads: int = 2
 
 
 CPU_REFERENCE = CpuReference()
-# Training step vs forward-only cost per image (backward ~ 2 forwards; measured nearer 0.5 here).
-_EVAL_COST = 0.5
-_NORM_OVERHEAD = {"none": 1.0, "sn": 1.15, "srn": 1.2}  # power iteration (+ rank-1 update)
-_RUN_OVERHEAD_S = 4.0  # process-level: dataset load, model build, files
-_EPOCH_OVERHEAD_S = 0.5  # per epoch: exact-SVD layer log, checkpoint
-# One GPU against 2 CPU cores: a documented guess, not a measurement. ~25x for nets of about
-# 50M multiply-accumulates per image, growing with the square root of the size (a GPU is fed
-# better by big convs: ~250x for WRN-28-10).
-CUDA_SPEEDUP = 25.0
+_FLOP_PER_MAC = 2
+_TRAIN_PASSES = 3  # forward + backward (~2 forwards)
+_RESIDUAL_EFFICIENCY = 0.6  # many thin layers and skip connections: fewer FLOP/s
+_NORM_OVERHEAD = {"none": 1.0, "sn": 1.1, "srn": 1.15}  # power iteration (+ rank-1 update)
+_RUN_OVERHEAD_S = 5.0  # per run: dataset load, model build, files
+_EPOCH_OVERHEAD_S = 0.2  # per epoch: exact-SVD layer log, atomic checkpoint
+# Analysis: JVP/VJP through torch.func costs ~3 forwards per power iteration.
+_JACOBIAN_PASSES = 3
+# GAN networks: (G forward, D forward) MACs per image at the reference width.
+_GAN_MACS = {"cnn": (26.7e6, 55.1e6, 64), "resnet": (840.6e6, 272.1e6, 128)}
+_FEATURE_NET_MACS = 7.6e6  # fmnist-cnn; Inception-v3 is ~5.7G at 299x299
+_INCEPTION_MACS = 5.7e9
+_CRITIC_MACS_64 = 21.1e6  # default WGAN-GP critic of the neural divergence at width 64, 28x28
+_CRITIC_PASSES = 9  # real + fake forward/backward, gradient penalty's double backward (measured)
+_CRITIC_STEP_OVERHEAD_S = 0.05  # per critic step on 2 CPU cores (autograd, EMA, sampling)
+_FULL_EFFICIENCY_WIDTH = 0.5  # narrower nets than this use the cores less well
+# One GPU against 2 CPU cores: a guess, not a measurement. ~200x for nets of ~50M MACs/image,
+# growing with the square root of the size (a GPU is fed better by big convs: ~2000x for
+# WRN-28-10 with bfloat16 autocast).
+CUDA_SPEEDUP = 200.0
 _CUDA_SPEEDUP_MACS = 50e6
-_GAN_MACS = {  # (G forward, D forward) MACs per image at the SN-GAN reference widths
-    "cnn": (26.7e6, 55.1e6, 64),
-    "resnet": (840.6e6, 272.1e6, 128),
-}
-_FEATURE_NET_MS = 0.15  # feature net + generation per FID/KID/IS sample on 2 cores
-_ND_STEP_S = 0.06  # one WGAN-GP critic step (width 64, batch 64) incl. fresh samples
+_CUDA_SPEEDUP_CAP = 2000.0
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,8 @@ class Hardware:
         """Speed relative to :data:`CPU_REFERENCE` (2 CPU threads) for a net of ``macs``
         multiply-accumulates per image."""
         if self.device == "cuda":
-            return CUDA_SPEEDUP * math.sqrt(max(1.0, macs / _CUDA_SPEEDUP_MACS))
+            factor = CUDA_SPEEDUP * math.sqrt(max(1.0, macs / _CUDA_SPEEDUP_MACS))
+            return min(_CUDA_SPEEDUP_CAP, factor)
         # Linear in threads is optimistic; the square root is closer on small convs.
         return math.sqrt(max(1, self.threads) / CPU_REFERENCE.threads)
 
@@ -119,20 +136,20 @@ def _classifier_macs(model: str, width: float, dataset: str) -> float:
     return _MACS_32.get(model, _MACS_32["resnet20"]) * (side / 32) ** 2 * width**2
 
 
-def _per_image_train_s(model: str, width: float, dataset: str) -> float:
-    macs = _classifier_macs(model, width, dataset)
-    ref = CPU_REFERENCE
-    if model.startswith(("resnet", "wrn", "densenet")):  # many thin layers: slower per MAC
-        per_mac = ref.resnet20_step_s / 128 / _MACS_28["resnet20"]
-    else:
-        per_mac = ref.small_cnn_epoch_s / 60000 / _MACS_28["small_cnn"]
-    return macs * per_mac
+def _efficiency(width: float) -> float:
+    """Relative throughput of a network at ``width`` (fraction of its reference width): narrow
+    convs leave the vector units idle (measured ~0.67 at width 0.25)."""
+    return min(1.0, max(0.3, math.sqrt(width / _FULL_EFFICIENCY_WIDTH)))
+
+
+def _seconds(flop: float, macs: float, hw: Hardware, efficiency: float = 1.0) -> float:
+    return flop / (CPU_REFERENCE.gflops * 1e9 * efficiency * hw.speedup(macs))
 
 
 def estimate_seconds(spec: RunSpec, hw: Hardware) -> float:
     """Rough wall time of ``spec`` on ``hw`` (training plus its analysis/evaluation stage).
 
-    Scaled from :data:`CPU_REFERENCE` by multiply-accumulate counts; an estimate that can be off
+    Work (FLOP) over an effective throughput (see the module note); an estimate that can be off
     by a factor of 2 either way (and more on a busy machine).
     """
     c = spec.config
@@ -140,28 +157,40 @@ def estimate_seconds(spec: RunSpec, hw: Hardware) -> float:
         _, n_train, n_test = _DATASET_SHAPE.get(c.dataset, (32, 50000, 10000))
         n = c.train_subset or n_train
         n_eval = n_test + (min(c.train_eval_size, n) if c.train_eval_size else n)
-        img = _per_image_train_s(c.model, c.width, c.dataset) * _NORM_OVERHEAD[c.norm]
-        seconds = c.epochs * (n * img + n_eval * img * _EVAL_COST + _EPOCH_OVERHEAD_S)
+        macs = _classifier_macs(c.model, c.width, c.dataset)
+        eff = 1.0 if c.model == "mlp" else _efficiency(c.width)
+        if c.model.startswith(("resnet", "wrn", "densenet")):
+            eff *= _RESIDUAL_EFFICIENCY
+        per_epoch = (n * _TRAIN_PASSES * _NORM_OVERHEAD[c.norm] + n_eval) * macs * _FLOP_PER_MAC
+        seconds = c.epochs * (_seconds(per_epoch, macs, hw, eff) + _EPOCH_OVERHEAD_S)
         if spec.analyze is not None:
             a = spec.analyze
-            forwards = n + n_test + 8 * a.n_pairs  # margins, test, two pair pools of 2n each
-            jac_points = 2 * a.n_jacobian + a.n_interpolated
-            seconds += img * (_EVAL_COST * forwards + jac_points * a.jacobian_iterations)
-        return _RUN_OVERHEAD_S + seconds / hw.speedup(_classifier_macs(c.model, c.width, c.dataset))
-    g_macs, d_macs, ref_width = _GAN_MACS[c.arch]
-    g_cost = (c.ngf / ref_width) ** 2 * g_macs
-    d_cost = (c.ndf / ref_width) ** 2 * d_macs
+            forwards = (a.n_margin or n) + n_test + 4 * a.n_pairs  # margins, test, pair pools
+            forwards += (
+                (2 * a.n_jacobian + a.n_interpolated) * a.jacobian_iterations * (_JACOBIAN_PASSES)
+            )
+            seconds += _seconds(forwards * macs * _FLOP_PER_MAC, macs, hw, eff)
+        return _RUN_OVERHEAD_S + seconds
+    g_ref, d_ref, ref_width = _GAN_MACS[c.arch]
+    g_macs = (c.ngf / ref_width) ** 2 * g_ref
+    d_macs = (c.ndf / ref_width) ** 2 * d_ref
     # D step: G forward on B + D forward/backward on 2B; G step: G and D forward/backward on B.
-    per_iter = c.n_dis * (g_cost + 6 * d_cost) + 3 * (g_cost + d_cost)
-    ref_macs = 7 * _GAN_MACS["cnn"][0] + 9 * _GAN_MACS["cnn"][1]  # n_dis 1 at width 64
-    iter_s = CPU_REFERENCE.dcgan_iter_s * per_iter / ref_macs * c.batch_size / 64
-    seconds = c.g_steps * iter_s
+    per_image = c.n_dis * (g_macs + 2 * _TRAIN_PASSES * d_macs) + _TRAIN_PASSES * (g_macs + d_macs)
+    flop = c.g_steps * c.batch_size * per_image * _FLOP_PER_MAC
+    seconds = _seconds(flop, g_macs + d_macs, hw, _efficiency(c.ndf / ref_width))
     n_eval = (c.g_steps // c.eval_every) if c.eval_every else 0
-    samples = 3 * c.n_final_samples + n_eval * c.n_eval_samples + 10000
-    seconds += samples * _FEATURE_NET_MS / 1000
+    feature_macs = _INCEPTION_MACS if c.feature_net.startswith("inception") else _FEATURE_NET_MACS
+    if c.n_final_samples or n_eval:  # test-split features, baselines, final and periodic scores
+        samples = 10000 + 3 * c.n_final_samples + n_eval * c.n_eval_samples
+        seconds += _seconds(samples * (feature_macs + g_macs) * _FLOP_PER_MAC, feature_macs, hw)
     if spec.gan_eval is not None:
-        seconds += spec.gan_eval.nd_critic_steps * _ND_STEP_S
-    return _RUN_OVERHEAD_S + seconds / hw.speedup(g_cost + d_cost)
+        e = spec.gan_eval
+        critic = _CRITIC_MACS_64 * (e.nd_critic_width / 64) ** 2
+        flop = 2 * e.nd_critic_steps * e.nd_batch_size * (_CRITIC_PASSES * critic + g_macs)
+        eff = _efficiency(e.nd_critic_width / 64)
+        seconds += _seconds(flop * _FLOP_PER_MAC, critic, hw, eff)
+        seconds += 2 * e.nd_critic_steps * _CRITIC_STEP_OVERHEAD_S / hw.speedup(critic)
+    return _RUN_OVERHEAD_S + seconds
 
 
 def _duration(seconds: float) -> str:
@@ -188,7 +217,8 @@ def format_plan(specs: Sequence[RunSpec], hw: Hardware) -> str:
         )
     lines.append(
         f"estimated time: ~{_duration(remaining)} still to run (~{_duration(total)} for the "
-        f"whole plan). This is an estimate scaled from per-step costs measured on 2 CPU cores"
+        f"whole plan). This is an estimate (the runs' floating-point work over the throughput of "
+        f"{CPU_REFERENCE.gflops:g} GFLOP/s measured for 2 CPU cores)"
         + (f" and a guessed GPU speed-up (>= {CUDA_SPEEDUP:g}x)" if hw.device == "cuda" else "")
         + "; expect a factor of 2 either way, more on a shared machine."
     )

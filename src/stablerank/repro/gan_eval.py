@@ -20,6 +20,7 @@ protocol) and ``d_el_hist.png`` beside the trainer's files.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,12 @@ from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import load_dataset
 from stablerank.metrics import lipschitz
-from stablerank.metrics.divergence import KEY_ND, KEY_ND_STD, neural_divergence
+from stablerank.metrics.divergence import (
+    KEY_ND,
+    KEY_ND_STD,
+    build_default_critic,
+    neural_divergence,
+)
 from stablerank.metrics.features import to_signed_unit
 from stablerank.repro.plan import GanEvalSettings
 from stablerank.train import gan as gan_trainer
@@ -117,6 +123,8 @@ def evaluate_gan_run(
     nd_kwargs = dict(
         n_critic_steps=settings.nd_critic_steps,
         n_eval_batches=settings.nd_eval_batches,
+        batch_size=settings.nd_batch_size,
+        critic_builder=functools.partial(build_default_critic, width=settings.nd_critic_width),
         seed=seed,
         reference_split="test",
         device=dev,

@@ -64,6 +64,8 @@ class GanEvalSettings:
     nd_critic_steps: int
     nd_eval_batches: int
     d_el_pairs: int
+    nd_critic_width: int = 64
+    nd_batch_size: int = 64
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,7 +150,10 @@ def _classify_base(dataset: str, model: str) -> dict[str, Any]:
 
 
 def _runtime(cfg: ReproduceConfig) -> dict[str, Any]:
+    """Fields every classifier run takes from the reproduce config as they are."""
+    extra = {"eval_batch_size": cfg.eval_batch_size} if cfg.eval_batch_size else {}
     return {
+        **extra,
         "device": cfg.device,
         "progress": cfg.progress,
         "num_threads": cfg.num_threads,
@@ -162,6 +167,8 @@ def _classify_specs(cfg: ReproduceConfig, runs_root: Path) -> list[RunSpec]:
         n_jacobian=cfg.n_jacobian,
         n_interpolated=cfg.n_interpolated,
         jacobian_iterations=cfg.jacobian_iterations,
+        n_margin=cfg.n_margin,
+        **({"batch_size": cfg.eval_batch_size} if cfg.eval_batch_size else {}),
         device=cfg.device,
         num_threads=cfg.num_threads,
     )
@@ -256,7 +263,13 @@ def _classifier_spec(
 def _gan_specs(cfg: ReproduceConfig, runs_root: Path) -> list[RunSpec]:
     base = dict(GAN_PRESETS[cfg.gan_preset])
     steps = cfg.gan_steps or base.get("g_steps", GanConfig.g_steps)
-    settings = GanEvalSettings(cfg.nd_critic_steps, cfg.nd_eval_batches, cfg.d_el_pairs)
+    settings = GanEvalSettings(
+        cfg.nd_critic_steps,
+        cfg.nd_eval_batches,
+        cfg.d_el_pairs,
+        nd_critic_width=cfg.nd_critic_width,
+        nd_batch_size=cfg.nd_batch_size,
+    )
     specs = []
     for norm, c in _modes(cfg.gan_norms, cfg.gan_rank_ratios):
         for seed in cfg.gan_seeds:
