@@ -30,8 +30,8 @@ def _names(specs) -> dict[str, str]:
 def test_quick_plan_expands_every_mode_seed_and_kind():
     specs = build_plan(_preset("quick"))
     kinds = Counter(s.kind for s in specs)
-    # 3 modes (none, sn, srn@0.3) x 2 seeds; shattering 3 modes x 1 seed; GAN sn/srn@0.7 x 1.
-    assert kinds == {KIND_CLASSIFY: 6, KIND_SHATTER: 3, KIND_GAN: 2}
+    # 3 modes (none, sn, srn@0.3) x 2 seeds, for clean and random labels; GAN sn/srn@0.7 x 1.
+    assert kinds == {KIND_CLASSIFY: 6, KIND_SHATTER: 6, KIND_GAN: 2}
     assert len({s.name for s in specs}) == len(specs)
     assert {s.mode for s in specs if s.kind == KIND_CLASSIFY} == {"none", "sn", "srn0.3"}
     assert {s.mode for s in specs if s.kind == KIND_GAN} == {"sn", "srn0.7"}
