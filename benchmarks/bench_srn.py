@@ -6,7 +6,8 @@ Times, in one process and interleaved round by round (so machine noise hits ever
      (srn), SRN by SVD (srn-exact); printed as ratios to none;
   2. eval-mode forward (under no_grad) ratios to none;
   3. the normalization work alone: computing every normalized weight in training mode (with
-     autograd recording, as in a training step, no forward), as a ratio to torch sn's.
+     autograd recording, as in a training step, no forward), and the same plus its backward,
+     as ratios to torch sn's (``--work-only`` times just these, quickly).
 
 Usage: python benchmarks/bench_srn.py [--rounds 7] [--steps 3] [--models small_cnn resnet20]
 Results are medians over rounds; the spread (min-max ratio over rounds) is printed beside them.
@@ -62,7 +63,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
     parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet20"])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument(
+        "--work-only", action="store_true", help="time only the normalization work (fast)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
@@ -91,34 +100,43 @@ def main() -> None:
             with torch.no_grad():
                 m(x)
 
-        def norm_work(v: str, models=models) -> None:
+        def norm_work(v: str, models=models, backward: bool = False) -> None:
+            weights = []
             for layer in normalized_weights(models[v]):
                 layer.train()
-                layer.weight  # noqa: B018 - one power iteration + normalization, graph recorded
+                weights.append(layer.weight)  # one power iteration + normalization, recorded
+            if backward:
+                sum(w.square().sum() for w in weights).backward()
 
-        results: dict[str, dict[str, list[float]]] = {
-            k: {v: [] for v in VARIANTS} for k in ("train", "eval", "norm")
+        kinds = ("norm", "norm+bwd") if args.work_only else ("train", "eval", "norm", "norm+bwd")
+        results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VARIANTS} for k in kinds}
+        timed = {
+            "train": (lambda v: train_step(v), args.steps, "none"),
+            "eval": (lambda v: eval_step(v), args.steps * 3, "none"),
+            "norm": (lambda v: norm_work(v), args.steps * 20, "sn"),
+            "norm+bwd": (lambda v: norm_work(v, backward=True), args.steps * 20, "sn"),
         }
+        variants = [v for v in VARIANTS if not (args.work_only and v == "srn-exact")]
         for _ in range(args.rounds):
-            for v in VARIANTS:
-                results["train"][v].append(time_it(lambda v=v: train_step(v), args.steps))
-                results["eval"][v].append(time_it(lambda v=v: eval_step(v), args.steps * 3))
-                if v != "none":
-                    results["norm"][v].append(time_it(lambda v=v: norm_work(v), args.steps * 20))
+            for v in variants:
+                for kind in kinds:
+                    fn, steps, ref = timed[kind]
+                    if not (v == "none" and ref == "sn"):
+                        results[kind][v].append(time_it(lambda v=v, fn=fn: fn(v), steps))
         print(
             f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
             f"{len(normalized_weights(models['srn']))} normalized weights)"
         )
-        print(
-            "| variant | train step (ms) | train ratio to none | eval fwd (ms) "
-            "| eval ratio to none "
-            "| normalization work (ms) | work ratio to sn |"
-        )
-        print("|---|---|---|---|---|---|---|")
-        for v in VARIANTS:
+        header = ["variant"]
+        for kind in kinds:
+            header += [f"{kind} (ms)", f"{kind} ratio to {timed[kind][2]}"]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for v in variants:
             row = [v]
-            for kind, ref in (("train", "none"), ("eval", "none"), ("norm", "sn")):
-                if v == "none" and kind == "norm":
+            for kind in kinds:
+                ref = timed[kind][2]
+                if not results[kind][v]:
                     row += ["-", "-"]
                     continue
                 ratios = [a / b for a, b in zip(results[kind][v], results[kind][ref], strict=True)]
