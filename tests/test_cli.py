@@ -36,8 +36,19 @@ def test_help_documents_every_config_field(capsys, command):
 def test_precedence_flags_over_file_over_preset(capsys, tmp_path):
     cfg_file = tmp_path / "c.yaml"
     cfg_file.write_text("epochs: 7\nlr: 0.05\n")
-    code, out, _ = _run(capsys, "train", "--preset", "fmnist-cnn", "--config", str(cfg_file),
-                        "--lr", "0.2", "--norm", "srn", "--print-config")
+    code, out, _ = _run(
+        capsys,
+        "train",
+        "--preset",
+        "fmnist-cnn",
+        "--config",
+        str(cfg_file),
+        "--lr",
+        "0.2",
+        "--norm",
+        "srn",
+        "--print-config",
+    )
     assert code == 0
     resolved = json.loads(out)
     assert resolved["epochs"] == 7 and resolved["lr"] == 0.2 and resolved["norm"] == "srn"
@@ -65,6 +76,12 @@ def test_unknown_key_in_config_file_lists_valid_keys(capsys, tmp_path):
 
 
 def test_python_dash_m_runs_the_same_program():
-    proc = subprocess.run([sys.executable, "-m", "stablerank", "--help"], capture_output=True,
-                          text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "stablerank", "--help"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and "reproduce" in proc.stdout
+
+
+def test_train_run_dir_flag_reaches_the_config(capsys, tmp_path):
+    code, out, _ = _run(capsys, "train", "--run-dir", str(tmp_path / "r"), "--print-config")
+    assert code == 0 and json.loads(out)["run_dir"] == str(tmp_path / "r")

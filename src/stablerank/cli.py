@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_META = {"command", "preset", "config", "json", "print_config", "run_dir", "csv"}
+_META = {"command", "preset", "config", "json", "print_config", "csv"}
 
 
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
@@ -126,7 +126,9 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
         if not isinstance(loaded, dict):
             raise ValueError(f"config file {args.config!r} must hold a mapping of keys to values")
         data.update(loaded)
-    data.update({k: v for k, v in vars(args).items() if k not in _META})
+    # analyze's positional RUN_DIR is not a config key; train's --run-dir is.
+    positional = {"run_dir"} if cmd.takes_run_dir else set()
+    data.update({k: v for k, v in vars(args).items() if k not in _META | positional})
     return config_from_dict(_load(cmd.config), data)
 
 
