@@ -242,12 +242,12 @@ REPRODUCE_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "shatter_subset": 2000,
                 "shatter_epochs": 40,
                 "shatter_lr": 0.05,
-                # GAN: the standard CNN at width 16, 300 generator steps, one seed.
+                # GAN: the standard CNN at width 16, 450 generator steps, one seed.
                 "gan_preset": "quick",
                 "gan_norms": ("sn", "srn"),
                 "gan_rank_ratios": (0.7,),
                 "gan_seeds": (0,),
-                "gan_steps": 300,
+                "gan_steps": 450,
                 "gan_width": 16,
                 "gan_n_samples": 500,
                 "gan_eval_points": 3,

@@ -30,6 +30,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -70,6 +71,9 @@ STATUS_RUNNING, STATUS_DONE, STATUS_FAILED, STATUS_INTERRUPTED = (
     "interrupted",
 )
 OUTCOME_SKIPPED = "skipped"
+_HEARTBEAT_S = 30.0  # status.json wall-time refresh while a run works
+# Reproduce-config keys that say where and how to run, not what: ignored when naming the preset.
+_NOT_SIZES = ("out_dir", "device", "num_threads", "progress", "data_dir", "nproc_per_node")
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,11 @@ def _has_checkpoint(spec: RunSpec, run_dir: Path) -> bool:
     return (run_dir / "checkpoint.pt").is_file()
 
 
+def _heartbeat(stop: threading.Event, save: Callable[[], None]) -> None:
+    while not stop.wait(_HEARTBEAT_S):
+        save()
+
+
 def execute_run(spec: RunSpec, runners: Runners, *, continue_on_error: bool = True) -> RunOutcome:
     """Run one spec's missing stages (train, then analysis/evaluation), keeping ``status.json``.
 
@@ -204,47 +213,58 @@ def execute_run(spec: RunSpec, runners: Runners, *, continue_on_error: bool = Tr
         "error": "",
     }
 
-    def save(**changes: Any) -> None:
-        status.update(changes, stages=stages, wall_time_s=prior + time.perf_counter() - t0)
-        atomic_write_json(run_dir / STATUS_FILE, status)
+    lock = threading.Lock()
 
+    def save(**changes: Any) -> None:
+        with lock:
+            status.update(changes, stages=stages, wall_time_s=prior + time.perf_counter() - t0)
+            atomic_write_json(run_dir / STATUS_FILE, status)
+
+    # A heartbeat keeps wall_time_s current, so a killed attempt still counts in the total.
+    stop = threading.Event()
+    threading.Thread(target=_heartbeat, args=(stop, save), daemon=True).start()
     stage = "train"
     try:
-        if not trained:
-            resume = _has_checkpoint(spec, run_dir)
-            save(stage=stage, resumed=resume)
-            t = time.perf_counter()
-            train = runners.train_gan if spec.kind == KIND_GAN else runners.train_classifier
-            train(dataclasses.replace(spec.config, resume=resume))
-            stages["train_s"] = stages.get("train_s", 0.0) + time.perf_counter() - t
-            if not (run_dir / METRICS_FILE).is_file():
-                raise RuntimeError(f"the trainer returned without writing {run_dir / METRICS_FILE}")
-        if not post_done:
-            stage = "analyze" if spec.analyze is not None else "evaluate"
-            save(stage=stage)
-            t = time.perf_counter()
-            if spec.analyze is not None:
-                runners.analyze(spec.analyze, run_dir)
-            else:
-                runners.evaluate_gan(run_dir, spec.gan_eval)
-            stages[f"{stage}_s"] = time.perf_counter() - t
-        save(
-            status=STATUS_DONE,
-            stage="done",
-            post_hash=post_hash,
-            finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-        )
-        return RunOutcome(spec.name, STATUS_DONE, time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        save(status=STATUS_INTERRUPTED, stage=stage)
-        raise
-    except Exception as err:
-        (run_dir / ERROR_FILE).write_text(traceback.format_exc())
-        message = f"{type(err).__name__} in {stage}: {err}"
-        save(status=STATUS_FAILED, stage=stage, error=message)
-        if not continue_on_error:
+        try:
+            if not trained:
+                resume = _has_checkpoint(spec, run_dir)
+                save(stage=stage, resumed=resume)
+                t = time.perf_counter()
+                train = runners.train_gan if spec.kind == KIND_GAN else runners.train_classifier
+                train(dataclasses.replace(spec.config, resume=resume))
+                stages["train_s"] = stages.get("train_s", 0.0) + time.perf_counter() - t
+                if not (run_dir / METRICS_FILE).is_file():
+                    raise RuntimeError(
+                        f"the trainer returned without writing {run_dir / METRICS_FILE}"
+                    )
+            if not post_done:
+                stage = "analyze" if spec.analyze is not None else "evaluate"
+                save(stage=stage)
+                t = time.perf_counter()
+                if spec.analyze is not None:
+                    runners.analyze(spec.analyze, run_dir)
+                else:
+                    runners.evaluate_gan(run_dir, spec.gan_eval)
+                stages[f"{stage}_s"] = time.perf_counter() - t
+            save(
+                status=STATUS_DONE,
+                stage="done",
+                post_hash=post_hash,
+                finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+            )
+            return RunOutcome(spec.name, STATUS_DONE, time.perf_counter() - t0)
+        except KeyboardInterrupt:
+            save(status=STATUS_INTERRUPTED, stage=stage)
             raise
-        return RunOutcome(spec.name, STATUS_FAILED, time.perf_counter() - t0, message)
+        except Exception as err:
+            (run_dir / ERROR_FILE).write_text(traceback.format_exc())
+            message = f"{type(err).__name__} in {stage}: {err}"
+            save(status=STATUS_FAILED, stage=stage, error=message)
+            if not continue_on_error:
+                raise
+            return RunOutcome(spec.name, STATUS_FAILED, time.perf_counter() - t0, message)
+    finally:
+        stop.set()
 
 
 def execute_plan(
@@ -267,12 +287,14 @@ def execute_plan(
 
 
 def _preset_name(cfg: ReproduceConfig) -> str:
-    """The preset whose every value ``cfg`` carries (for the report's header), or 'custom'."""
+    """The preset whose sizes ``cfg`` carries (for the report's header), or ``custom``; where and
+    how it runs (output folder, device, threads) does not count."""
     data = cfg.to_dict()
     for name, preset in REPRODUCE_PRESETS.items():
         if all(
             json.dumps(data.get(k)) == json.dumps(list(v) if isinstance(v, tuple) else v)
             for k, v in preset.items()
+            if k not in _NOT_SIZES
         ):
             return name
     return "custom"

@@ -223,6 +223,9 @@ def _shatter_specs(cfg: ReproduceConfig, runs_root: Path) -> list[RunSpec]:
                     "train_subset": cfg.shatter_subset,
                     "epochs": cfg.shatter_epochs,
                     "label_noise": cfg.shatter_label_noise,
+                    # The curve needs only the accuracies; per-layer SVDs would cost more than
+                    # a small model's epoch.
+                    "log_layers": False,
                     "normalize_head": cfg.normalize_head,
                 }
                 if cfg.shatter_lr:

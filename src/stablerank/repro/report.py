@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stablerank.repro.claims import CLAIMS, RULE_TEXT, ClaimResult, evaluate_claims
+from stablerank.repro.claims import CLAIMS, RULE_TEXT, Claim, ClaimResult, evaluate_claims
 from stablerank.repro.plan import KIND_CLASSIFY, KIND_GAN
 from stablerank.repro.results import (
     PLAN_FILE,
@@ -65,7 +65,7 @@ def _claims_section(results: Sequence[ClaimResult], records: Sequence[RunRecord]
         c = res.claim
         out += [f"### Claim {c.number}: {res.verdict.upper()}", "", f"*{c.text}*", ""]
         if res.note:
-            out += [f"Note: {res.note}.", ""]
+            out += [f"Note: {res.note}{_missing_note(c, records)}.", ""]
         groups = sorted({cmp.group for cmp in res.comparisons}) or sorted(
             {r.group for r in records if r.kind == c.kind}
         )
@@ -116,6 +116,26 @@ def _claims_section(results: Sequence[ClaimResult], records: Sequence[RunRecord]
                 "",
             ]
     return "\n".join(out)
+
+
+def _missing_note(claim: Claim, records: Sequence[RunRecord]) -> str:
+    """Why a claim's metrics are missing from finished runs, where the saved JSON says."""
+    runs = [r for r in records if r.kind == claim.kind and r.done]
+    if not runs:
+        return ""
+    keys = [m.key for m in claim.metrics]
+    missing = [r for r in runs if all(r.metrics.get(k) is None for k in keys)]
+    negative = [r for r in missing if (r.metrics.get("margin") or 0.0) <= 0.0]
+    if "log10_neyshabur" in keys and negative:
+        return (
+            f" ({len(negative)} of {len(runs)} finished runs have a non-positive "
+            "10th-percentile training margin: more than 10% of their training images are "
+            "misclassified, so the margin-normalized measures are undefined; train longer, "
+            "e.g. the standard preset)"
+        )
+    if missing:
+        return f" ({len(missing)} of {len(runs)} finished runs lack {', '.join(keys)})"
+    return ""
 
 
 def _settings(records: Sequence[RunRecord]) -> dict[tuple[str, str], dict[str, Any]]:
