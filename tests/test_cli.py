@@ -85,3 +85,10 @@ def test_python_dash_m_runs_the_same_program():
 def test_train_run_dir_flag_reaches_the_config(capsys, tmp_path):
     code, out, _ = _run(capsys, "train", "--run-dir", str(tmp_path / "r"), "--print-config")
     assert code == 0 and json.loads(out)["run_dir"] == str(tmp_path / "r")
+
+
+def test_bare_boolean_flag_means_true(capsys):
+    code, out, _ = _run(capsys, "train", "--resume", "--amp", "false", "--print-config")
+    assert code == 0
+    resolved = json.loads(out)
+    assert resolved["resume"] is True and resolved["amp"] is False

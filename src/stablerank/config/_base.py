@@ -236,10 +236,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if typing.get_origin(base) is tuple
             else _type_name(base).upper()
         )
+        # A bare boolean flag (``--dry-run``) means true; ``--dry-run false`` is also accepted.
+        bool_kwargs = {"nargs": "?", "const": "true"} if base is bool else {}
         parser.add_argument(
             flag,
             dest=f.name,
             default=argparse.SUPPRESS,
             help=text,
             metavar=metavar if base is not bool else "{true,false}",
+            **bool_kwargs,
         )
