@@ -13,7 +13,8 @@ import pytest
 
 from stablerank.config import config_from_dict
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.pipeline import Runners, run_dir_of_config
+from stablerank.repro.pipeline import Runners
+from stablerank.repro.plan import run_dir_of_config
 
 # A 1x1 grey PNG (the report only links sample grids; it never decodes them).
 _PNG = bytes.fromhex(

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ __all__ = [
     "build_plan",
     "mode_label",
     "run_dir_of",
+    "run_dir_of_config",
     "run_state",
 ]
 
@@ -97,7 +98,6 @@ class RunSpec:
     group: str
     analyze: AnalyzeConfig | None = None
     gan_eval: GanEvalSettings | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -338,10 +338,16 @@ def build_plan(cfg: ReproduceConfig) -> list[RunSpec]:
     return specs
 
 
+def run_dir_of_config(cfg: ClassifyConfig | GanConfig) -> Path:
+    """The run folder a trainer config names (``run_dir``, or ``out_dir/run_name``)."""
+    if isinstance(cfg, ClassifyConfig):
+        return Path(cfg.run_dir)
+    return Path(cfg.out_dir) / cfg.run_name
+
+
 def run_dir_of(spec: RunSpec) -> Path:
     """The run folder of ``spec``."""
-    c = spec.config
-    return Path(c.run_dir) if isinstance(c, ClassifyConfig) else Path(c.out_dir) / c.run_name
+    return run_dir_of_config(spec.config)
 
 
 def run_state(spec: RunSpec) -> str:
