@@ -8,17 +8,20 @@ sizes set here on top. :func:`stablerank.repro.plan.build_plan` expands a config
 
 Presets (:data:`REPRODUCE_PRESETS`, plain dicts of overrides; ``--preset NAME``):
 
-* ``quick``: the demo (``make demo``); fits in 15 minutes on 2 CPU cores. Small CNN at half width
-  on a Fashion-MNIST subset, 2 seeds of vanilla / SN / SRN (c=0.3), shattering on a
-  1,000-image random-label subset, a short SN-GAN vs SRN-GAN with the project's own Fashion-MNIST
-  feature network. Its numbers show the pipeline end to end; the spread over 2 seeds is usually
-  too large to decide the paper's claims (the report says so).
-* ``standard``: overnight on 2 CPU cores or under an hour on one GPU: ResNet-20 and the small CNN
-  on full Fashion-MNIST, 3 seeds, full-length shattering, a longer GAN.
+* ``quick``: the demo (``make demo``); fits in 15 minutes on 2 CPU cores (measured 11.6 min with
+  one thread on a shared machine). Small CNN at half width on 4,000 Fashion-MNIST images for 2
+  epochs, 2 seeds of vanilla / SN / SRN (c=0.3); shattering with an MLP on 2,000 random labels,
+  2 seeds; a 450-step SN-GAN vs SRN-GAN (width 16) scored with the project's own Fashion-MNIST
+  feature network. Its numbers show the pipeline end to end; with 2 seeds (one for the GAN) the
+  spread is usually too large to decide the paper's claims, and the report says so.
+* ``standard``: overnight on 2 CPU cores (~5 h estimated) or minutes on one GPU: ResNet-20 and
+  the small CNN at half width on 20,000 images for 10 epochs, 3 seeds; the issue-3 shattering
+  protocol (small CNN, 2,000 random labels, 30 epochs), 3 seeds; a 2,000-step GAN, 2 seeds.
 * ``paper``: the paper's setting on CIFAR-10/100 (ResNet-110, WideResNet-28-10, DenseNet-BC-100,
   VGG-19, AlexNet; SN-GAN ResNet), for GPU machines; give the dataset folder with ``data_dir``.
 
 A value of 0 in a size field means "the trainer preset's own value" (documented per field).
+Boolean flags take a value on the command line (``--dry-run true``).
 """
 
 from __future__ import annotations
@@ -258,7 +261,7 @@ REPRODUCE_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "d_el_pairs": 300,
             }
         ),
-        # Overnight on 2 CPU cores (~9 h estimated), minutes on one GPU: both classifiers at half
+        # Overnight on 2 CPU cores (~5 h estimated), minutes on one GPU: both classifiers at half
         # width on 20,000 images for 10 epochs, 3 seeds; the issue-3 shattering protocol (small
         # CNN, 2,000 random labels); a 2,000-step GAN at width 32, 2 seeds.
         "standard": MappingProxyType(
