@@ -53,6 +53,7 @@ class Report:
     n_done: int
     n_failed: int
     figures: tuple[Path, ...]
+    z: float = DEFAULT_Z
 
 
 # ----------------------------------------------------------------------------- sections
@@ -262,7 +263,7 @@ def write_report(out_dir: str | Path, *, decision_z: float | None = None) -> Rep
     path = out_dir / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(header + body) + "\n")
-    return Report(path, tuple(results), len(records), n_done, n_failed, tuple(figures))
+    return Report(path, tuple(results), len(records), n_done, n_failed, tuple(figures), z)
 
 
 def claims_summary(report: Report) -> str:
@@ -272,6 +273,10 @@ def claims_summary(report: Report) -> str:
         + (f", {report.n_failed} FAILED" if report.n_failed else "")
         + ")"
     ]
+    lines.append(
+        "claims (SRN vs references; a comparison counts when the mean difference over seeds "
+        f"exceeds {report.z:g} standard errors, see the report):"
+    )
     for res in report.claims:
         counts = defaultdict(int)
         for cmp in res.comparisons:
