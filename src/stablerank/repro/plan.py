@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stablerank.config import config_from_dict, config_hash
+from stablerank.config import config_from_dict, config_hash, config_to_dict
 from stablerank.config.classify import CLASSIFY_PRESETS, AnalyzeConfig, ClassifyConfig
 from stablerank.config.gan import GAN_PRESETS, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
@@ -92,7 +92,7 @@ class RunSpec:
     kind: str
     slug: str
     digest: str
-    config: Any
+    config: ClassifyConfig | GanConfig
     mode: str
     seed: int
     group: str
@@ -113,9 +113,7 @@ class RunSpec:
             "mode": self.mode,
             "seed": self.seed,
             "group": self.group,
-            "config": self.config.to_dict()
-            if hasattr(self.config, "to_dict")
-            else dataclasses.asdict(self.config),
+            "config": config_to_dict(self.config),
             "analyze": self.analyze.to_dict() if self.analyze else None,
             "gan_eval": self.gan_eval.to_dict() if self.gan_eval else None,
         }
