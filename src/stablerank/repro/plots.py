@@ -29,6 +29,7 @@ _MIN_BINS = 10
 _PAIR_ORDER = ("real-real", "fake-fake", "real-fake")  # as in stablerank.repro.gan_eval
 _MAX_LEGEND = 12  # a legend for more layers hides the plot
 _ALPHA_BAND = 0.2
+_LEGEND_HEADROOM = 3.0  # factor on a log axis's top limit
 
 
 def slugify(text: str) -> str:
@@ -137,7 +138,10 @@ def plot_el_quantiles(records: Sequence[RunRecord], path: Path, title: str) -> P
         ax.set_xticks(range(len(modes)), list(modes))
         ax.set(title=f"{split} pairs", yscale="log")
     axes[0].set_ylabel("pairwise empirical Lipschitz ratio")
-    axes[1].legend(fontsize="small")
+    # Headroom above the points (log axis) for a one-row legend that hides nothing.
+    low, high = axes[0].get_ylim()
+    axes[0].set_ylim(low, high * _LEGEND_HEADROOM)
+    axes[0].legend(fontsize="small", ncol=len(levels), loc="upper left")
     fig.suptitle(title)
     return _save(fig, path)
 
