@@ -30,6 +30,7 @@ C = TypeVar("C")
 
 __all__ = [
     "add_config_arguments",
+    "check_field_ranges",
     "config_from_dict",
     "config_hash",
     "config_to_dict",
@@ -149,6 +150,16 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ValueError(f"config key {key!r} must be {rng}, got {v!r}")
         if hi is not None and v > hi:
             raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
+
+
+def check_field_ranges(cfg: Any) -> None:
+    """Check every field of a config against its declared range and choices.
+
+    Call it from ``__post_init__`` so configs built directly in Python are checked too, not only
+    those built from YAML or flags.
+    """
+    for f in dataclasses.fields(cfg):
+        _check_range(f.name, getattr(cfg, f.name), f.metadata)
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stablerank.config._base import _check_range, config_from_dict, config_to_dict, option
+from stablerank.config._base import check_field_ranges, config_from_dict, config_to_dict, option
 
 __all__ = [
     "AUGMENTS",
@@ -68,8 +68,7 @@ RESUME_MAY_DIFFER = ("resume", "progress", "num_threads", "device", "out_dir", "
 
 def _validate(cfg: Any) -> None:
     """Check every field's type-independent range (also when built directly, not via YAML/CLI)."""
-    for f in dataclasses.fields(cfg):
-        _check_range(f.name, getattr(cfg, f.name), f.metadata)
+    check_field_ranges(cfg)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stablerank.config._base import option
+from stablerank.config._base import check_field_ranges, option
 
 __all__ = ["GAN_PRESETS", "GanConfig"]
 
@@ -116,6 +116,7 @@ class GanConfig:
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:
+        check_field_ranges(self)
         if self.ema >= 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema!r}")
         if self.d_norm_embedding and not self.conditional:

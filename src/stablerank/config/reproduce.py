@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stablerank.config._base import _check_range, config_to_dict, option
+from stablerank.config._base import check_field_ranges, config_to_dict, option
 
 __all__ = ["ONLY_CHOICES", "REPRODUCE_PRESETS", "ReproduceConfig"]
 
@@ -196,8 +196,7 @@ class ReproduceConfig:
     d_el_pairs: int = option(1000, "discriminator eLhist: pairs per pair type", min=1)
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_range(f.name, getattr(self, f.name), f.metadata)
+        check_field_ranges(self)
         if self.gan_ema != -1.0 and not 0.0 <= self.gan_ema < 1.0:
             raise ValueError(f"gan_ema must be -1 (preset) or in [0, 1), got {self.gan_ema!r}")
         if "srn" in self.norms and not self.rank_ratios:
