@@ -22,7 +22,7 @@ Presets (:data:`REPRODUCE_PRESETS`, plain dicts of overrides; ``--preset NAME``)
   VGG-19, AlexNet; SN-GAN ResNet), for GPU machines; give the dataset folder with ``data_dir``.
 
 A value of 0 in a size field means "the trainer preset's own value" (documented per field).
-Boolean flags take a value on the command line (``--dry-run true``).
+A bare boolean flag means true on the command line (``--dry-run``).
 """
 
 from __future__ import annotations
