@@ -11,7 +11,7 @@ Presets (:data:`REPRODUCE_PRESETS`, plain dicts of overrides; ``--preset NAME``)
 * ``quick``: the demo (``make demo``); fits in 15 minutes on 2 CPU cores (measured 11.6 min on a
   shared machine; it runs one torch thread, which is robust to other jobs). Small CNN at half
   width on 4,000 Fashion-MNIST images for 2 epochs, 2 seeds of vanilla / SN / SRN (c=0.3);
-  shattering with an MLP on 2,000 random labels, 2 seeds; a 450-step SN-GAN vs SRN-GAN (width
+  shattering with an MLP on 1,500 random labels, 2 seeds; a 300-step SN-GAN vs SRN-GAN (width
   16) scored with the project's own Fashion-MNIST feature network. Its numbers show the pipeline
   end to end; with 2 seeds (one for the GAN) the spread is usually too large to decide the
   paper's claims, and the report says so.
@@ -241,20 +241,20 @@ REPRODUCE_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType(
                 "n_interpolated": 16,
                 "jacobian_iterations": 5,
                 "n_margin": 1000,
-                # Shattering: an MLP memorizes 2,000 random labels within 40 cheap epochs (the
+                # Shattering: an MLP memorizes 1,500 random labels within 30 cheap epochs (the
                 # small CNN's per-epoch pass over the test split would not fit the budget).
                 "shatter_models": ("mlp",),
                 "shatter_width": 1.0,
                 "shatter_seeds": (0, 1),
-                "shatter_subset": 2000,
-                "shatter_epochs": 40,
+                "shatter_subset": 1500,
+                "shatter_epochs": 30,
                 "shatter_lr": 0.05,
-                # GAN: the standard CNN at width 16, 450 generator steps, one seed.
+                # GAN: the standard CNN at width 16, 300 generator steps, one seed.
                 "gan_preset": "quick",
                 "gan_norms": ("sn", "srn"),
                 "gan_rank_ratios": (0.7,),
                 "gan_seeds": (0,),
-                "gan_steps": 450,
+                "gan_steps": 300,
                 "gan_width": 16,
                 "gan_n_samples": 500,
                 "gan_eval_points": 3,
