@@ -8,13 +8,13 @@ sizes set here on top. :func:`stablerank.repro.plan.build_plan` expands a config
 
 Presets (:data:`REPRODUCE_PRESETS`, plain dicts of overrides; ``--preset NAME``):
 
-* ``quick``: the demo (``make demo``); fits in 15 minutes on 2 CPU cores (measured 11.6 min on a
-  shared machine; it runs one torch thread, which is robust to other jobs). Small CNN at half
-  width on 4,000 Fashion-MNIST images for 2 epochs, 2 seeds of vanilla / SN / SRN (c=0.3);
-  shattering with an MLP on 1,500 random labels, 2 seeds; a 300-step SN-GAN vs SRN-GAN (width
-  16) scored with the project's own Fashion-MNIST feature network. Its numbers show the pipeline
-  end to end; with 2 seeds (one for the GAN) the spread is usually too large to decide the
-  paper's claims, and the report says so.
+* ``quick``: the demo (``make demo``); fits in 15 minutes on 2 CPU cores (measured 13.2 min at a
+  load of ~4, 8.7 CPU-minutes; it runs one torch thread, which is robust to other jobs). Small
+  CNN at half width on 4,000 Fashion-MNIST images for 2 epochs, 2 seeds of vanilla / SN / SRN
+  (c=0.3); shattering with an MLP on 1,500 random labels, 2 seeds; a 300-step SN-GAN vs SRN-GAN
+  (width 16) scored with the project's own Fashion-MNIST feature network. Its numbers show the
+  pipeline end to end; with 2 seeds (one for the GAN) the spread is usually too large to decide
+  the paper's claims, and the report says so.
 * ``standard``: overnight on 2 CPU cores (~5 h estimated) or minutes on one GPU: ResNet-20 and
   the small CNN at half width on 20,000 images for 10 epochs, 3 seeds; the issue-3 shattering
   protocol (small CNN, 2,000 random labels, 30 epochs), 3 seeds; a 2,000-step GAN, 2 seeds.

@@ -21,13 +21,13 @@ With ``nproc_per_node > 1`` each training run is launched as ``torchrun --standa
 DDP-ready); the pipeline itself stays one process. Launching the pipeline itself under
 ``torchrun`` is refused: each trainer ends its DDP workers when its run is done.
 
-Measured (``--preset quick``, this project's 2-core AMD EPYC machine, torch 2.13 CPU, one torch
-thread, the machine shared with other jobs at a load of ~3): 14 runs in 11.6 min wall, 10.6
-CPU-minutes (6 clean-label runs 33-59 s each including analysis, 6 shattering runs 18-27 s, 2
-GAN runs 144-154 s including FID/KID/IS, neural divergence and eL), report ~10 s. With 2 threads
-on an idle machine it can only be faster. Killing it during the first GAN run (SIGKILL) and
-rerunning skipped the 12 finished runs, resumed the GAN from its step-150 checkpoint and ran the
-last one.
+Measured (``python -m stablerank reproduce --preset quick``, this project's 2-core AMD EPYC
+machine, torch 2.13 CPU, the preset's one torch thread, the machine shared with other jobs at a
+load of ~4): 14 runs and the report in 13.2 min wall, 8.7 CPU-minutes (6 clean-label runs 46-67 s
+each including analysis, 6 shattering runs 15-21 s, 2 GAN runs ~170 s each including FID/KID/IS,
+neural divergence and eL). On an idle machine the wall time is about the CPU time. Killing a
+run during its first GAN run (SIGKILL) and rerunning skipped the 12 finished runs, resumed the
+GAN from its step-150 checkpoint and ran the last one.
 """
 
 from __future__ import annotations
