@@ -10,6 +10,7 @@ Times, in one process and interleaved round by round (so machine noise hits ever
      as ratios to torch sn's (``--work-only`` times just these, quickly).
 
 Usage: python benchmarks/bench_srn.py [--rounds 7] [--steps 3] [--models small_cnn resnet20]
+                                     [--device cuda] [--threads N] [--work-only]
 Results are medians over rounds; the spread (min-max ratio over rounds) is printed beside them.
 """
 
@@ -48,11 +49,14 @@ def normalized_weights(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if parametrize.is_parametrized(m, "weight")]
 
 
-def time_it(fn, steps: int) -> float:
+def time_it(fn, steps: int, device: torch.device) -> float:
     fn()  # not timed: the first call after switching variants warms caches
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync()  # GPU work is asynchronous: time from an idle device to an idle device
     start = time.perf_counter()
     for _ in range(steps):
         fn()
+    sync()
     return (time.perf_counter() - start) / steps
 
 
@@ -66,6 +70,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument(
         "--work-only", action="store_true", help="time only the normalization work (fast)"
     )
@@ -73,14 +78,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}, "
+        f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, batch {BATCH}, "
         f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)\n"
     )
-    x = torch.randn(BATCH, 1, 28, 28)
-    y = torch.randint(0, 10, (BATCH,))
+    x = torch.randn(BATCH, 1, 28, 28, device=device)
+    y = torch.randint(0, 10, (BATCH,), device=device)
     for model_name in args.models:
         base = build_classifier(model_name, num_classes=10, in_channels=1, image_size=28)
+        base = base.to(device)
         models = {v: build(model_name, v, base) for v in VARIANTS}
         opts = {
             v: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for v, m in models.items()
@@ -122,7 +130,7 @@ def main() -> None:
                 for kind in kinds:
                     fn, steps, ref = timed[kind]
                     if not (v == "none" and ref == "sn"):
-                        results[kind][v].append(time_it(lambda v=v, fn=fn: fn(v), steps))
+                        results[kind][v].append(time_it(lambda v=v, fn=fn: fn(v), steps, device))
         print(
             f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
             f"{len(normalized_weights(models['srn']))} normalized weights)"
