@@ -3,7 +3,8 @@
 Times, in one process and interleaved round by round (so machine noise hits every variant alike):
   1. a training step (forward, backward, SGD step) of a small CNN and of ResNet-20 on 28x28
      one-channel inputs, batch 128, for: none, torch spectral_norm (sn), SRN by power iteration
-     (srn), SRN by SVD (srn-exact); printed as ratios to none;
+     (srn), the same with the composite formula forced (srn-composite: the path under
+     torch.compile / torch.func), SRN by SVD (srn-exact); printed as ratios to none;
   2. eval-mode forward (under no_grad) ratios to none;
   3. the normalization work alone: computing every normalized weight in training mode (with
      autograd recording, as in a training step, no forward), and the same plus its backward,
@@ -27,9 +28,10 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
 import stablerank as sr
+import stablerank.srn as srn_module
 from stablerank.models.classifiers import build_classifier
 
-VARIANTS = ("none", "sn", "srn", "srn-exact")
+VARIANTS = ("none", "sn", "srn", "srn-composite", "srn-exact")
 RANK_RATIO = 0.3
 BATCH = 128
 
@@ -43,6 +45,21 @@ def build(model_name: str, variant: str, base: nn.Module) -> nn.Module:
     elif variant.startswith("srn"):
         sr.apply_stable_rank_norm(model, RANK_RATIO, exact=variant == "srn-exact")
     return model
+
+
+def forcing_composite(fn):
+    """Run ``fn`` with SRN's composite formula (the torch.compile / torch.func path) forced in
+    eager mode, to compare it with the path eager mode picks (Note [srn fused path])."""
+
+    def run(*args):
+        chosen = srn_module._normalization_path
+        srn_module._normalization_path = lambda matrix: "composite"
+        try:
+            fn(*args)
+        finally:
+            srn_module._normalization_path = chosen
+
+    return run
 
 
 def normalized_weights(model: nn.Module) -> list[nn.Module]:
@@ -104,7 +121,8 @@ def main() -> None:
 
         def eval_step(v: str, models=models) -> None:
             m = models[v]
-            m.eval()
+            if m.training:  # only in the untimed warm-up call: .eval() drops SRN's eval cache
+                m.eval()
             with torch.no_grad():
                 m(x)
 
@@ -129,6 +147,8 @@ def main() -> None:
             for v in variants:
                 for kind in kinds:
                     fn, steps, ref = timed[kind]
+                    if v == "srn-composite":
+                        fn = forcing_composite(fn)
                     if not (v == "none" and ref == "sn"):
                         results[kind][v].append(time_it(lambda v=v, fn=fn: fn(v), steps, device))
         print(

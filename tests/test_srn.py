@@ -332,25 +332,63 @@ def test_compile_fullgraph(training):
         )
 
 
-@pytest.mark.parametrize("rank_ratio", [0.1, 0.3, 1.0])
-def test_fused_cpu_path_equals_composite_formula(monkeypatch, rank_ratio):
-    # Note [srn fused path]: the CPU fast path (hand-written backward) against the tensor formula
-    # autograd differentiates (the path used on GPUs and under compile).
+@pytest.mark.parametrize("path", ["tensor", "composite"])
+@pytest.mark.parametrize("rank_ratio", [0.1, 0.5, 1.0])
+def test_every_normalization_path_gives_the_same_values_and_gradients(
+    monkeypatch, rank_ratio, path
+):
+    # Note [srn fused path]: the CPU fast path (hand-written backward, float scalars) against the
+    # accelerators' path (hand-written backward, tensor scalars) and against the tensor formula
+    # autograd differentiates (the path under compile / torch.func). rank_ratio 1.0 is plain SN.
     import stablerank.srn as srn_module
 
     torch.manual_seed(14)
     fused = stable_rank_norm(
         nn.Conv2d(3, 6, 3).double(), rank_ratio=rank_ratio, n_power_iterations=2
     )
-    composite = copy.deepcopy(fused)
+    other = copy.deepcopy(fused)
     x = torch.randn(4, 3, 7, 7, dtype=torch.float64)
-    fused(x).sin().sum().backward()
-    monkeypatch.setattr(srn_module, "_fused_path_allowed", lambda matrix: False)
-    composite(x).sin().sum().backward()
-    g_f = fused.parametrizations.weight.original.grad
-    g_c = composite.parametrizations.weight.original.grad
-    torch.testing.assert_close(fused.weight, composite.weight, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(g_f, g_c, rtol=1e-9, atol=1e-12)
+    for _ in range(2):  # two steps: u, v move; the second forward starts from updated vectors
+        fused.zero_grad()
+        other.zero_grad()
+        fused(x).sin().sum().backward()
+        with monkeypatch.context() as m:
+            m.setattr(srn_module, "_normalization_path", lambda matrix: path)
+            other(x).sin().sum().backward()
+        g_f = fused.parametrizations.weight.original.grad
+        g_o = other.parametrizations.weight.original.grad
+        torch.testing.assert_close(other.weight, fused.weight, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g_o, g_f, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("rank_ratio", [0.3, 1.0])
+def test_tensor_path_gradcheck_and_gradgradcheck(monkeypatch, rank_ratio):
+    import stablerank.srn as srn_module
+
+    monkeypatch.setattr(srn_module, "_normalization_path", lambda matrix: "tensor")
+    torch.manual_seed(16)
+    layer = stable_rank_norm(nn.Linear(14, 10).double(), rank_ratio=rank_ratio).eval()
+    p = layer.parametrizations.weight[0]
+    assert p.clamps_srank == (rank_ratio < 1.0)
+    w = layer.parametrizations.weight.original.detach()
+    assert stable_rank(w) > p.srank or rank_ratio == 1.0  # the clamp acts (s < 1)
+    w = layer.parametrizations.weight.original.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(p, (w,))
+    assert torch.autograd.gradgradcheck(p, (w,))
+
+
+@pytest.mark.parametrize("path", ["fused", "tensor", "composite"])
+def test_all_zero_weight_is_finite_on_every_path(monkeypatch, path):
+    import stablerank.srn as srn_module
+
+    monkeypatch.setattr(srn_module, "_normalization_path", lambda matrix: path)
+    layer = stable_rank_norm(nn.Linear(6, 4), rank_ratio=0.5)
+    with torch.no_grad():
+        layer.parametrizations.weight.original.zero_()
+    out = layer(torch.randn(3, 6))
+    out.sum().backward()
+    assert torch.equal(layer.weight.detach(), torch.zeros(4, 6))
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
 
 
 def test_fused_path_supports_double_backward():

@@ -112,17 +112,20 @@ class _StableRankNorm(nn.Module):
         u = self._u.clone(memory_format=torch.contiguous_format)
         v = self._v.clone(memory_format=torch.contiguous_format)
         sqrt_r_minus_1 = self._sqrt_r_minus_1 if self.clamps_srank else None
-        normalized = None
-        if _fused_path_allowed(matrix):
+        path = _normalization_path(matrix)
+        if path == "composite":
+            normalized = _composite_normalize(matrix, u, v, sqrt_r_minus_1, self.eps)
+        else:
             if sigma_estimate is None:
                 sigma_estimate = torch.dot(u, torch.mv(matrix.detach(), v))
-            sigma = float(sigma_estimate)
-            if sigma > self.eps:  # else an all-zero weight: the composite formula gives zeros
+            if path == "fused":
                 normalized = _FusedStableRankNorm.apply(
-                    matrix, u, v, sigma, sqrt_r_minus_1, self.eps
+                    matrix, u, v, float(sigma_estimate), sqrt_r_minus_1, self.eps
                 )
-        if normalized is None:
-            normalized = _composite_normalize(matrix, u, v, sqrt_r_minus_1, self.eps)
+            else:
+                normalized = _TensorStableRankNorm.apply(
+                    matrix, u, v, sigma_estimate.detach(), sqrt_r_minus_1, self.eps
+                )
         out = matrix_to_weight(normalized, weight.shape, self.dim)
         return out if out.dtype == weight.dtype else out.to(weight.dtype)
 
@@ -150,17 +153,24 @@ class _StableRankNorm(nn.Module):
         return f"srank={self.srank:.4g}, dim={self.dim}, {mode}"
 
 
-def _fused_path_allowed(matrix: Tensor) -> bool:
+def _normalization_path(matrix: Tensor) -> str:
     # Note [srn fused path]
-    # On the CPU in eager mode, the scalars of SRN (sigma, ||W||_F^2, the clamp) are read as Python
-    # floats (free there) and the normalization is one addr kernel with a hand-written backward:
-    # fewer kernels than torch's spectral_norm. On accelerators a .item() would sync the device,
-    # and under torch.compile or torch.func transforms it would break the graph, so there the
-    # branch-free tensor formula (_composite_normalize) runs instead.
-    if matrix.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
+    # Three implementations of the same maths (Note [srn without R]), all with u, v constants:
+    # * "fused" (CPU, eager): the scalars of SRN (sigma, ||W||_F^2, the clamp) are read as Python
+    #   floats (free on the CPU) and the normalization is one addr kernel with a hand-written
+    #   backward: fewer kernels than torch's spectral_norm.
+    # * "tensor" (accelerators, eager): the same hand-written forward and backward with the
+    #   scalars kept as 0-d device tensors, so nothing waits for the device (a .item() would) and
+    #   a step launches about half the kernels autograd needs for the composite formula.
+    # * "composite" (under torch.compile or torch.func transforms, which trace tensor ops and do
+    #   not see through custom autograd Functions' Python arithmetic): the branch-free formula
+    #   that autograd differentiates, one compiled graph.
+    if torch.compiler.is_compiling():
+        return "composite"
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return not (transforms_active is not None and transforms_active())
+    if transforms_active is not None and transforms_active():
+        return "composite"
+    return "fused" if matrix.device.type == "cpu" else "tensor"
 
 
 class _FusedStableRankNorm(torch.autograd.Function):
@@ -185,6 +195,7 @@ class _FusedStableRankNorm(torch.autograd.Function):
         sqrt_r_minus_1: float | None,
         eps: float,
     ) -> Tensor:
+        sigma = max(sigma, eps)  # an all-zero weight: zeros out, as the composite formula gives
         s, active, fro_sq, q = 1.0, False, 0.0, 1.0
         if sqrt_r_minus_1 is not None:
             flat = matrix.reshape(-1)
@@ -217,6 +228,63 @@ class _FusedStableRankNorm(torch.autograd.Function):
             out.add_(matrix, alpha=t / sigma**2)
         out.addr_(u, v, alpha=-t * fro_sq / sigma**3 - a_dot * s / sigma**2)
         return (out, *nones)
+
+
+class _TensorStableRankNorm(torch.autograd.Function):
+    """The maths of :class:`_FusedStableRankNorm` with the scalars as 0-d tensors on the weight's
+    device (no host synchronisation). ``sigma`` is the detached estimate u^T W v; its dependence
+    on W (d sigma / dW = u v^T) is part of the hand-written backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        matrix: Tensor,
+        u: Tensor,
+        v: Tensor,
+        sigma: Tensor,
+        sqrt_r_minus_1: float | None,
+        eps: float,
+    ) -> Tensor:
+        inv_sigma = sigma.clamp_min(eps).reciprocal()
+        ctx.clamps = sqrt_r_minus_1 is not None
+        ctx.composite_args = (sqrt_r_minus_1, eps)
+        if sqrt_r_minus_1 is None:  # plain SN: W / sigma
+            ctx.save_for_backward(matrix, u, v, inv_sigma)
+            return matrix * inv_sigma
+        flat = matrix.reshape(-1)
+        fro_sq = torch.dot(flat, flat)
+        inv_sigma_sq = inv_sigma * inv_sigma
+        q_raw = fro_sq * inv_sigma_sq - 1.0  # ||R||_F^2 (Note [srn without R])
+        # s = min(1, sqrt(r - 1) / sqrt(q)) = sqrt(r - 1) / sqrt(max(q, r - 1)): one clamp is both
+        # the min and the guard against q <= 0 (fewer kernels than clamping twice).
+        floor = max(eps, sqrt_r_minus_1 * sqrt_r_minus_1)
+        q = q_raw.clamp_min(floor)
+        s = q.rsqrt() * sqrt_r_minus_1
+        # -2 ds/dq_raw where the clamp does not act (the 2 of dq/dW folded in), else 0.
+        k_q = torch.where(q_raw > floor, s / q, 0.0)
+        a = s * inv_sigma
+        ctx.save_for_backward(matrix, u, v, inv_sigma, inv_sigma_sq, fro_sq, s, a, k_q)
+        return torch.addr(matrix * a, u * (1.0 - s), v)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        nones = (None,) * 5
+        matrix, u, v, inv_sigma, *rest = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formula
+            with torch.enable_grad():
+                out = _composite_normalize(matrix, u, v, *ctx.composite_args)
+                return (torch.autograd.grad(out, matrix, grad, create_graph=True)[0], *nones)
+        a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>
+        if not ctx.clamps:  # d(W/sigma) = G/sigma - <G, W>/sigma^2 u v^T
+            k_uv = -a_dot * inv_sigma * inv_sigma
+            return (torch.addr(grad * inv_sigma, u * k_uv, v), *nones)
+        inv_sigma_sq, fro_sq, s, a, k_q = rest
+        b_dot = torch.dot(u, torch.mv(grad, v))  # u^T G v
+        t = (b_dot - a_dot * inv_sigma) * k_q  # t of _FusedStableRankNorm's docstring
+        k_w = t * inv_sigma_sq
+        k_uv = -(t * fro_sq * inv_sigma + a_dot * s) * inv_sigma_sq  # -t fro/s^3 - <G,W> s/s^2
+        out = torch.addcmul(grad * a, matrix, k_w)
+        return (torch.addr(out, u * k_uv, v), *nones)
 
 
 def _composite_normalize(
