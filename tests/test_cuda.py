@@ -1,4 +1,4 @@
-"""CUDA paths: the composite (branch-free) SRN formula on the GPU against the CPU's fused path,
+"""CUDA paths: the tensor-scalar SRN path on the GPU against the CPU's fused path,
 no host synchronisation in a training step, autocast and half weights, torch.compile, and the two
 trainers end to end with AMP. Skipped where no GPU is present (CI); run on a GPU machine with
 ``pytest -m gpu``."""
@@ -30,7 +30,7 @@ def _pair(module: nn.Module, **kw) -> tuple[nn.Module, nn.Module]:
     return module, copy.deepcopy(module).to(CUDA)
 
 
-def test_gpu_composite_path_matches_cpu_fused_path_in_values_and_gradients():
+def test_gpu_tensor_path_matches_cpu_fused_path_in_values_and_gradients():
     cpu, gpu = _pair(nn.Linear(48, 32, dtype=torch.float64), rank_ratio=0.2)
     for _ in range(4):  # training-mode forwards: each runs one power-iteration step
         w_cpu, w_gpu = cpu.weight, gpu.weight
