@@ -81,6 +81,9 @@ class MetricLog:
         self.jsonl = self.run_dir / "log.jsonl"
         self.csv = self.run_dir / "log.csv"
         self.key = key
+        # The CSV's header, once this object has written it; None until then (a resumed run's
+        # CSV is rebuilt from the JSONL on the first append).
+        self._csv_columns: list[str] | None = None
         self._writer = None
         if tensorboard:
             try:
@@ -117,13 +120,20 @@ class MetricLog:
             for r in records:
                 writer.writerow({k: _scalar(v) for k, v in r.items()})
         os.replace(tmp, self.csv)
+        self._csv_columns = columns
 
     def append(self, record: Mapping[str, Any]) -> None:
         record = dict(record)
         with self.jsonl.open("a") as fh:
             fh.write(json.dumps(record, default=_scalar) + "\n")
-        # CSV is rewritten so its header always covers every column (logs are small).
-        self._write_csv(self.records())
+        columns = self._csv_columns
+        if columns is None or any(k not in columns for k in record) or not self.csv.exists():
+            # A new column: rewrite the CSV so its header covers every column (atomic).
+            self._write_csv(self.records())
+        else:  # the usual case: one more row, O(1) instead of rewriting the whole log
+            with self.csv.open("a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writerow({k: _scalar(v) for k, v in record.items()})
         if self._writer is not None:
             step = int(record.get(self.key, 0))
             for k, v in record.items():

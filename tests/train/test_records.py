@@ -1,0 +1,54 @@
+"""MetricLog: the CSV always mirrors the JSONL (every column, every row), rows are appended
+without rewriting the file unless a new column appears, and a resume truncates both."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from stablerank.train.records import MetricLog
+
+
+def _csv_rows(path):
+    with path.open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _expected_rows(records):
+    columns = []
+    for r in records:
+        columns += [k for k in r if k not in columns]
+    return [{c: ("" if c not in r else str(r[c])) for c in columns} for r in records]
+
+
+def test_csv_mirrors_jsonl_and_rewrites_only_for_new_columns(tmp_path, monkeypatch):
+    log = MetricLog(tmp_path, tensorboard=False, key="step")
+    rewrites = []
+    real_write = MetricLog._write_csv
+    monkeypatch.setattr(
+        MetricLog,
+        "_write_csv",
+        lambda self, recs: (rewrites.append(len(recs)), real_write(self, recs)),
+    )
+    records = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}, {"step": 3, "loss": 0.125},
+               {"step": 4, "fid": 7.5}, {"step": 5, "loss": 0.1}]  # fmt: skip
+    for r in records:
+        log.append(r)
+    assert rewrites == [1, 4]  # the first record, then the one that brought the 'fid' column
+    assert [json.loads(line) for line in log.jsonl.read_text().splitlines()] == records
+    assert _csv_rows(log.csv) == _expected_rows(records)
+
+
+def test_resume_truncates_and_a_new_log_object_keeps_appending(tmp_path):
+    first = MetricLog(tmp_path, tensorboard=False, key="epoch")
+    for e in range(1, 5):
+        first.append({"epoch": e, "acc": e / 10})
+    # A crash after epoch 4 was logged but the checkpoint holds epoch 2: the resumed run truncates.
+    resumed = MetricLog(tmp_path, tensorboard=False, key="epoch")
+    resumed.truncate_after(2)
+    resumed.append({"epoch": 3, "acc": 0.33})
+    resumed.append({"epoch": 4, "acc": 0.44})
+    expected = [{"epoch": 1, "acc": 0.1}, {"epoch": 2, "acc": 0.2}, {"epoch": 3, "acc": 0.33},
+                {"epoch": 4, "acc": 0.44}]  # fmt: skip
+    assert resumed.records() == expected
+    assert _csv_rows(resumed.csv) == _expected_rows(expected)
