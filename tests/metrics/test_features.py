@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import ClassVar
 
 import pytest
 import torch
@@ -135,3 +136,60 @@ def test_corrupt_weights_are_refused(tmp_path):
         load_fmnist_cnn(bad)
     with pytest.raises(FileNotFoundError, match=r"train_feature_net\.py"):
         load_fmnist_cnn(tmp_path / "missing.pt")
+
+
+class _FakeInceptionV3(torch.nn.Module):
+    """Stands in for torch-fidelity's FeatureExtractorInceptionV3 (not installable beside the CPU
+    torch build): checks the inputs our adapter gives it and returns features from the pixels."""
+
+    calls: ClassVar[list[dict]] = []
+
+    def __init__(self, name, features_list, feature_extractor_weights_path=None):
+        super().__init__()
+        type(self).calls.append(
+            {"name": name, "features": features_list, "weights": feature_extractor_weights_path}
+        )
+        self.proj = torch.nn.Linear(3, 2048, bias=False)
+        self.head = torch.nn.Linear(3, 1008, bias=False)
+
+    def forward(self, x):
+        assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[1] == 3
+        type(self).last_input = x
+        mean_rgb = x.float().mean(dim=(2, 3)) / 255.0
+        return self.proj(mean_rgb), self.head(mean_rgb)
+
+
+def test_inception_glue_feeds_uint8_pixels_and_records_the_weights(tmp_path, monkeypatch):
+    # The adapter between torch-fidelity's InceptionV3 and our FeatureExtractor contract, with a
+    # stand-in network: the real one needs torch-fidelity and its weights file (not available
+    # offline here), so this checks our side only: pixel mapping, shapes, the protocol's cache key.
+    import sys
+    import types
+
+    from stablerank.metrics.gan import extract_features
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = _FakeInceptionV3
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
+    weights.write_bytes(b"not really weights")
+    with pytest.raises(FileNotFoundError, match="inception weights not found"):
+        build_feature_extractor("inception-v3", weights_path=tmp_path / "missing.pth")
+    net = build_feature_extractor("inception-v3", weights_path=weights)
+    assert _FakeInceptionV3.calls[-1] == {
+        "name": "inception-v3-compat",
+        "features": ["2048", "logits_unbiased"],
+        "weights": str(weights),
+    }
+    images = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(2, 3, 32, 32)
+    features, logits = net.extract(images)
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+    assert _FakeInceptionV3.last_input[0, :, 0, 0].tolist() == [0, 128, 255]  # [-1, 1] -> uint8
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 3, 32, 32\)"):
+        net.extract(torch.zeros(2, 1, 28, 28))
+
+    real = torch.rand(8, 3, 32, 32) * 2 - 1
+    cached = extract_features(real, net, split="test", batch_size=4)
+    assert cached.features.shape == (8, 2048) and cached.logits.shape == (8, 1008)
+    assert (cached.feature_net, cached.weights_sha256) == ("inception-v3", sha256_file(weights))
