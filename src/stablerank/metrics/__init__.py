@@ -28,6 +28,7 @@ from stablerank.metrics.divergence import (
     build_default_critic,
     neural_divergence,
 )
+from stablerank.metrics.ema import ema_update
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FashionCNN,
@@ -95,6 +96,7 @@ __all__ = [
     "build_feature_extractor",
     "complexity_layers",
     "compute_gan_metrics",
+    "ema_update",
     "extract_features",
     "generalization_gap",
     "interpolate",

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from stablerank.metrics._checks import check_positive_int, seeded
+from stablerank.metrics.ema import ema_update
 
 __all__ = [
     "KEY_ND",
@@ -145,12 +146,6 @@ def _describe(builder: Callable[..., Any]) -> str:
     return getattr(builder, "__qualname__", type(builder).__name__)
 
 
-@torch.no_grad()
-def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-        pe.lerp_(pm, 1.0 - decay)
-
-
 def neural_divergence(
     generate: Callable[[int], Tensor],
     real_images: Tensor,
@@ -236,7 +231,10 @@ def neural_divergence(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            _ema_update(ema, critic, min(ema_decay, (1.0 + step) / (_EMA_WARMUP + step)))
+            # The shared update also copies buffers; the default critic has none (WGAN-GP needs
+            # per-sample gradients, so no BatchNorm), and for a custom critic with buffers the
+            # evaluated average should use the trained critic's current statistics.
+            ema_update(ema, critic, min(ema_decay, (1.0 + step) / (_EMA_WARMUP + step)))
 
         ema.eval()
         values = []
