@@ -1,7 +1,9 @@
-"""Empirical Lipschitz measures against SVD and autograd oracles."""
+"""Empirical Lipschitz measures against SVD and autograd oracles, for plain and conditional
+models."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -16,6 +18,7 @@ from stablerank.metrics.lipschitz import (
     quantile_key,
     summarize,
 )
+from stablerank.models.gan import build_discriminator
 
 
 def _linear_with_spectrum(singular_values: list[float], n_in: int, seed: int = 0) -> nn.Linear:
@@ -133,3 +136,63 @@ def test_callables_are_accepted():
     # s2/s1 = 0.5: 40 iterations converge to float64 round-off.
     torch.testing.assert_close(est, torch.full((4,), 6.0, dtype=torch.float64), rtol=1e-10, atol=0)
     assert pairwise_lipschitz(lambda t: layer(t), x, n_pairs=5).max().item() <= 2.0 + 1e-12
+
+
+# ----------------------------------------------------------------------------------------------
+# Conditional models f(x, y): the class held fixed per pair / per point
+# ----------------------------------------------------------------------------------------------
+
+
+def _class_scaled(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """f(x, y) = s_y x with s = (1, 3): the map x -> f(x, y) is exactly s_y-Lipschitz."""
+    return torch.tensor([1.0, 3.0], dtype=x.dtype)[y].reshape(-1, 1) * x
+
+
+def test_pairwise_with_labels_uses_the_first_points_label_for_both():
+    x = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    ratios = pairwise_lipschitz(_class_scaled, x, y=y, n_pairs=20, seed=0)
+    # Pair (0, 1) is scored with class 0 (ratio 1), pair (1, 0) with class 1 (ratio 3). Labels
+    # taken per point instead would give |f(x0, 0) - f(x1, 1)| / |x0 - x1| = 3, and pair (0, 1)
+    # could then never give 1; both orders occur among 20 seeded pairs.
+    assert set(ratios.tolist()) == {1.0, 3.0}
+    # x_other has no labels: every pair takes the label of its point from x.
+    other = torch.tensor([[5.0, -1.0], [2.0, 2.0]], dtype=torch.float64)
+    cross = pairwise_lipschitz(_class_scaled, x, y=torch.tensor([1, 1]), x_other=other,
+                               n_pairs=10, seed=0)  # fmt: skip
+    torch.testing.assert_close(cross, torch.full((10,), 3.0, dtype=torch.float64))
+
+
+def test_pairwise_with_labels_draws_the_same_pairs_as_a_bound_label():
+    torch.manual_seed(0)
+    D = build_discriminator("cnn", image_size=8, channels=1, ndf=4, num_classes=3).double().eval()
+    x = torch.randn(12, 1, 8, 8, dtype=torch.float64)
+    y = torch.full((12,), 2)
+    labelled = pairwise_lipschitz(D, x, y=y, n_pairs=30, seed=4, batch_size=5)
+    bound = pairwise_lipschitz(lambda t: D(t, torch.full((len(t),), 2)), x, n_pairs=30, seed=4)
+    # Same pairs, same arithmetic per sample: only the batching differs (float64 round-off).
+    torch.testing.assert_close(labelled, bound, rtol=1e-12, atol=0.0)
+
+
+def test_jacobian_with_labels_matches_autograd_per_sample():
+    torch.manual_seed(1)
+    D = build_discriminator("cnn", image_size=8, channels=1, ndf=4, num_classes=3).double().eval()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 1, 0])
+    est = jacobian_spectral_norm(D, x, y=y, n_iters=3, seed=0, batch_size=2)
+    oracle = []
+    for xi, yi in zip(x, y, strict=True):
+        xi = xi.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(D(xi[None], yi[None]).sum(), xi)
+        oracle.append(torch.linalg.vector_norm(grad))
+    # D has one output per image, so J is 1 x d (rank 1): power iteration is exact after one
+    # step and ||J||_2 is the gradient norm; only float64 round-off remains.
+    torch.testing.assert_close(est, torch.stack(oracle), rtol=1e-10, atol=0)
+
+
+def test_labels_must_match_the_samples():
+    x = torch.zeros(4, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"y must hold one label per sample of x, shape \(4,\)"):
+        pairwise_lipschitz(_class_scaled, x, y=torch.zeros(3, dtype=torch.long), n_pairs=2)
+    with pytest.raises(ValueError, match="y must hold one label per sample"):
+        jacobian_spectral_norm(_class_scaled, x, y=torch.zeros(4, 1, dtype=torch.long))

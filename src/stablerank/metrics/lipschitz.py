@@ -11,8 +11,11 @@
 
 Both are data dependent, unlike the upper bound :math:`\\prod_l \\lVert W_l \\rVert_2`.
 
-``model`` is an ``nn.Module`` or any callable ``f(x) -> Tensor`` (e.g. a conditional
-discriminator with its labels bound: ``lambda x: D(x, y)``; put its modules in eval mode yourself).
+``model`` is an ``nn.Module`` or any callable ``f(x) -> Tensor`` (put a callable's modules in eval
+mode yourself). A **conditional** model ``f(x, y)`` (e.g. a projection discriminator) is measured
+as the map :math:`x \\mapsto f(x, y)` with the class ``y`` held fixed: pass each input's label as
+``y``; a pair is evaluated with the label of its first point for both points, so the ratio
+compares outputs of one function of x (see :func:`pairwise_lipschitz`).
 
 .. note::
     Every measurement runs the model in **eval mode** (BatchNorm uses its running statistics,
@@ -23,6 +26,7 @@ discriminator with its labels bound: ``lambda x: D(x, y)``; put its modules in e
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
@@ -78,10 +82,29 @@ def _eval_mode(model: Model) -> Iterator[Model]:
             m.training = mode
 
 
-def _outputs(model: Model, x: Tensor, batch_size: int) -> Tensor:
-    """f(x) flattened per sample, (N, D), computed in batches without gradients."""
+def _outputs(model: Model, x: Tensor, batch_size: int, y: Tensor | None = None) -> Tensor:
+    """f(x) (or f(x, y) with per-sample labels), flattened per sample, (N, D), computed in
+    batches without gradients."""
     with torch.no_grad():
-        return torch.cat([model(xb).reshape(xb.shape[0], -1) for xb in x.split(batch_size)])
+        if y is None:
+            return torch.cat([model(xb).reshape(xb.shape[0], -1) for xb in x.split(batch_size)])
+        return torch.cat(
+            [
+                model(xb, yb).reshape(xb.shape[0], -1)
+                for xb, yb in zip(x.split(batch_size), y.split(batch_size), strict=True)
+            ]
+        )
+
+
+def _check_labels(y: Tensor | None, x: Tensor) -> Tensor | None:
+    """Labels of ``x`` moved to its device, after checking there is one per sample."""
+    if y is None:
+        return None
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"y must hold one label per sample of x, shape ({x.shape[0]},), got {tuple(y.shape)}"
+        )
+    return y.to(x.device)
 
 
 def pairwise_lipschitz(
@@ -92,6 +115,7 @@ def pairwise_lipschitz(
     seed: int = 0,
     x_other: Tensor | None = None,
     batch_size: int = _DEFAULT_BATCH_SIZE,
+    y: Tensor | None = None,
 ) -> Tensor:
     """Pairwise empirical Lipschitz ratios over sampled pairs (the paper's eLhist, SPEC 2).
 
@@ -104,6 +128,15 @@ def pairwise_lipschitz(
     so the result may hold fewer than ``n_pairs`` values. Outputs and inputs are flattened per
     sample. Runs in eval mode (see module note) on the device of ``x``.
 
+    With labels ``y`` (a conditional model ``f(x, y)``), both points of pair ``(i, j)`` are
+    evaluated with the label ``y_i`` of the first point (from ``x``), so each ratio is one of the
+    class-``y_i`` map :math:`x \\mapsto f(x, y_i)`:
+
+    .. math::
+        r_{ij} = \\frac{\\lVert f(x_i, y_i) - f(x_j, y_i) \\rVert_2}{\\lVert x_i - x_j \\rVert_2}.
+
+    The pairs drawn for a seed are the same with or without labels.
+
     Args:
         model: the network f (module or callable); a module's mode is restored afterwards.
         x: inputs, (N, ...) with N >= 2 (N >= 1 when ``x_other`` is given).
@@ -111,12 +144,15 @@ def pairwise_lipschitz(
         seed: seed of the pair sampler (default 0).
         x_other: optional second set, (M, ...) with the same per-sample shape as ``x``.
         batch_size: forward batch size (default 256); does not change the result.
+        y: labels of ``x``, (N,), for a model called as ``model(x, y)`` (default None: the
+            model is called as ``model(x)``).
 
     Returns:
         float64 tensor of ratios, (n_valid,), on the CPU.
 
     Raises:
-        ValueError: on too few samples, mismatched shapes or non-positive counts.
+        ValueError: on too few samples, mismatched shapes (``y`` included) or non-positive
+            counts.
     """
     check_positive_int("n_pairs", n_pairs)
     check_positive_int("batch_size", batch_size)
@@ -130,6 +166,7 @@ def pairwise_lipschitz(
         )
     if x.shape[0] < 1 or (x_other is not None and x_other.shape[0] < 1):
         raise ValueError("x and x_other must be non-empty")
+    y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
     i = torch.randint(n, (n_pairs,), generator=gen)
@@ -144,8 +181,15 @@ def pairwise_lipschitz(
     ui, inv_i = torch.unique(i, return_inverse=True)
     uj, inv_j = torch.unique(j, return_inverse=True)
     with _eval_mode(model):
-        fi = _outputs(model, x[ui.to(x.device)], batch_size)[inv_i.to(x.device)]
-        fj = _outputs(model, second[uj.to(x.device)], batch_size)[inv_j.to(x.device)]
+        if y is None:
+            fi = _outputs(model, x[ui.to(x.device)], batch_size)[inv_i.to(x.device)]
+            fj = _outputs(model, second[uj.to(x.device)], batch_size)[inv_j.to(x.device)]
+        else:
+            ui_d = ui.to(x.device)
+            fi = _outputs(model, x[ui_d], batch_size, y[ui_d])[inv_i.to(x.device)]
+            # The second point takes the first point's label, so f(x_j, .) is evaluated once per
+            # pair rather than once per distinct j.
+            fj = _outputs(model, second[j.to(x.device)], batch_size, y[i.to(x.device)])
     xi = x[i.to(x.device)].reshape(n_pairs, -1).double()
     xj = second[j.to(x.device)].reshape(n_pairs, -1).double()
     dx = torch.linalg.vector_norm(xi - xj, dim=1)
@@ -161,6 +205,7 @@ def jacobian_spectral_norm(
     n_iters: int = _DEFAULT_POWER_ITERS,
     seed: int = 0,
     batch_size: int = _DEFAULT_BATCH_SIZE,
+    y: Tensor | None = None,
 ) -> Tensor:
     """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (SPEC 2, local eL).
 
@@ -179,23 +224,37 @@ def jacobian_spectral_norm(
         n_iters: power iterations (default 20, >= 1).
         seed: seed of the random start vectors (default 0).
         batch_size: samples per batch (default 256); does not change the result.
+        y: labels of ``x``, (N,), for a model called as ``model(x, y)``: the Jacobian of
+            :math:`x \\mapsto f(x, y_n)` at each ``x_n`` (default None: ``model(x)``).
 
     Returns:
         float tensor (N,) on the CPU, in the dtype of ``x``.
 
     Raises:
-        ValueError: on non-positive ``n_iters`` or ``batch_size``.
+        ValueError: on non-positive ``n_iters`` or ``batch_size``, or ``y`` not of shape (N,).
     """
     check_positive_int("n_iters", n_iters)
     check_positive_int("batch_size", batch_size)
+    y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
     # Start vectors drawn on the CPU for device-independent results.
     v0 = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     out = []
     with _eval_mode(model):
-        for xb, vb in zip(x.split(batch_size), v0.split(batch_size), strict=True):
-            out.append(_jacobian_norm_batch(model, xb.detach(), vb.to(xb.device), n_iters).cpu())
+        for start in range(0, x.shape[0], batch_size):
+            xb, vb = x[start : start + batch_size], v0[start : start + batch_size]
+            f = (
+                model
+                if y is None
+                else functools.partial(_with_labels, model, y[start : start + batch_size])
+            )
+            out.append(_jacobian_norm_batch(f, xb.detach(), vb.to(xb.device), n_iters).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=x.dtype)
+
+
+def _with_labels(model: Model, y: Tensor, x: Tensor) -> Tensor:
+    """``model(x, y)`` as a function of x alone (the class held fixed)."""
+    return model(x, y)
 
 
 def _unit(t: Tensor) -> Tensor:
