@@ -1,5 +1,6 @@
 """GAN trainer and config: run files, exact resume (also after Ctrl-C), refused resumes, the
-metrics hook, PNG grids, config validation, and a 2-process DDP run (gloo, CPU).
+metrics hook, PNG grids, restoring a run (``load_gan_run``), config validation, and a 2-process
+DDP run (gloo, CPU).
 
 Runs use the 8x8 ``digits`` set (bundled with scikit-learn) and widths of 8, so each takes about
 a second on one CPU core."""
@@ -30,6 +31,8 @@ from stablerank.metrics.features import (
     register_feature_extractor,
 )
 from stablerank.train.checkpoint import load_checkpoint
+from stablerank.train.gan_images import _GRID_PAD
+from stablerank.train.gan_models import load_gan_run
 
 TINY = {
     "dataset": "digits",
@@ -197,12 +200,12 @@ def test_evaluation_hook_and_baselines(tmp_path):
 @pytest.mark.parametrize("d_norm", ["sn", "srn"])
 def test_d_norm_embedding_normalizes_the_projection(tmp_path, d_norm):
     cfg = _cfg(tmp_path, "emb", conditional=True, d_norm=d_norm, d_norm_embedding=True)
-    G, D = gan_train._build_models(cfg, channels=1, image_size=8, num_classes=10)
+    G, D = gan_train.build_gan_models(cfg, channels=1, image_size=8, num_classes=10)
     assert parametrize.is_parametrized(D.embed, "weight")
     assert parametrize.is_parametrized(D.linear, "weight")
     assert not any(parametrize.is_parametrized(m) for m in G.modules())  # g_norm="none"
     plain = _cfg(tmp_path, "plain", conditional=True, d_norm=d_norm)
-    _, D = gan_train._build_models(plain, channels=1, image_size=8, num_classes=10)
+    _, D = gan_train.build_gan_models(plain, channels=1, image_size=8, num_classes=10)
     assert not parametrize.is_parametrized(D.embed)  # excluded by default
     assert parametrize.is_parametrized(D.linear, "weight")
 
@@ -214,13 +217,97 @@ def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):
         path = tmp_path / f"grid{channels}.png"
         gan_train.save_image_grid(images, path, nrow=3)
         read = matplotlib.image.imread(path)  # Pillow's PNG decoder: float in [0, 1]
-        pad = gan_train._GRID_PAD
+        pad = _GRID_PAD
         assert read.shape[:2] == (2 * (6 + pad) + pad, 3 * (7 + pad) + pad)
         expected = ((images + 1) * 127.5).round().to(torch.uint8)
         cell = read[pad : pad + 6, 2 * (7 + pad) + pad :][:, :7]  # row 0, column 2: image 2
         cell = cell if channels == 3 else cell[..., None]
         got = torch.from_numpy((cell * 255).round().astype(np.uint8)).permute(2, 0, 1)
         assert torch.equal(got, expected[2])
+
+
+# ----------------------------------------------------------------------------------------------
+# Restoring a run: load_gan_run
+# ----------------------------------------------------------------------------------------------
+
+
+def _run_capturing_models(tmp_path: Path, monkeypatch, name: str, **over: object):
+    """A tiny conditional run; returns its config, the trainer's own D and its sampler (the
+    generator it drew grids with and would score), as they are when ``run`` returns."""
+    seen: dict = {}
+    real_build, real_sampler = gan_train.build_gan_models, gan_train._Sampler
+
+    def build(*args, **kwargs):
+        seen["G"], seen["D"] = real_build(*args, **kwargs)
+        return seen["G"], seen["D"]
+
+    def sampler(*args, **kwargs):
+        seen["sampler"] = real_sampler(*args, **kwargs)
+        return seen["sampler"]
+
+    monkeypatch.setattr(gan_train, "build_gan_models", build)
+    monkeypatch.setattr(gan_train, "_Sampler", sampler)
+    cfg = _cfg(tmp_path, name, conditional=True, d_norm="srn", n_dis=2, g_steps=3, **over)
+    gan_train.run(cfg)
+    return cfg, seen["D"], seen["sampler"].G
+
+
+@pytest.mark.parametrize(
+    "over",
+    [
+        # EMA, statistics refreshed after the last checkpoint: load_gan_run recomputes them.
+        {"ema": 0.9, "g_norm": "sn", "sample_every": 2},
+        # EMA, statistics refreshed before it (a grid at step 3): reused, not refreshed again
+        # (with g_norm="sn" a second refresh would also move G's power-iteration vectors).
+        {"ema": 0.9, "g_norm": "sn", "sample_every": 1},
+        {"ema": 0.0},  # the raw generator with the running statistics of training
+    ],
+    ids=["ema-refreshed-on-load", "ema-standing-in-checkpoint", "raw"],
+)
+def test_load_gan_run_restores_the_trainers_models_bitwise(tmp_path, monkeypatch, over):
+    cfg, D_trained, G_trained = _run_capturing_models(tmp_path, monkeypatch, "load", **over)
+    torch.manual_seed(123)
+    expected_rng = torch.rand(1)
+    torch.manual_seed(123)
+    run = load_gan_run(Path(cfg.out_dir) / "load")
+    assert torch.rand(1) == expected_rng  # rebuilding does not draw from the caller's RNG
+    assert (run.step, run.num_classes, run.image_shape) == (3, 10, (1, 8, 8))
+    assert run.ema == (cfg.ema > 0) and run.config == dataclasses.replace(cfg, resume=False)
+    assert not run.G.training and not run.D.training
+    gen = torch.Generator().manual_seed(7)
+    z, y = torch.randn(32, cfg.z_dim, generator=gen), torch.randint(10, (32,), generator=gen)
+    x = torch.rand(32, 1, 8, 8, generator=gen) * 2 - 1
+    G_trained.eval()
+    D_trained.eval()
+    with torch.no_grad():
+        assert torch.equal(run.G(z, y), G_trained(z, y))
+        assert torch.equal(run.D(x, y), D_trained(x, y))
+    for name, value in G_trained.state_dict().items():  # BN statistics and u/v included
+        assert torch.equal(run.G.state_dict()[name], value), f"G.{name}"
+
+
+def test_load_gan_run_picks_a_checkpoint_and_the_raw_generator(tmp_path):
+    cfg = _cfg(tmp_path, "pick", ema=0.9, g_steps=4, checkpoint_every=2)
+    run_dir = gan_train.run(cfg)
+    run = load_gan_run(run_dir, checkpoint=2, ema=False)
+    assert run.step == 2 and not run.ema and run.num_classes is None
+    assert run.checkpoint == run_dir / "checkpoints" / "step_0000002.pt"
+    saved = _final_state(run_dir, 2)["G"]
+    assert all(torch.equal(run.G.state_dict()[k], v) for k, v in saved.items())
+    assert load_gan_run(run_dir, checkpoint=run.checkpoint).step == 2
+    assert load_gan_run(run_dir).step == 4  # default: the newest
+
+
+def test_load_gan_run_errors_name_the_path(tmp_path):
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"GAN run folder '{missing}' does not exist"):
+        load_gan_run(missing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"empty/checkpoints' holds no step_\*\.pt"):
+        load_gan_run(tmp_path / "empty")
+    run_dir = gan_train.run(_cfg(tmp_path, "one", g_steps=1, checkpoint_every=1))
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/step_0000009\.pt' does not exist"):
+        load_gan_run(run_dir, checkpoint=9)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,13 +364,13 @@ import stablerank.train.gan as tg
 from stablerank.config._base import config_from_dict
 from stablerank.config.gan import GanConfig
 
-models, real_build, real_end = {}, tg._build_models, tg.end_worker
+models, real_build, real_end = {}, tg.build_gan_models, tg.end_worker
 
 def build(*args, **kwargs):
     models["G"], models["D"] = real_build(*args, **kwargs)
     return models["G"], models["D"]
 
-tg._build_models = build
+tg.build_gan_models = build
 tg.end_worker = lambda info: models.setdefault("info", info)
 tg.run(config_from_dict(GanConfig, json.loads(sys.argv[1])))
 info = models["info"]

@@ -1,35 +1,34 @@
 """Post-training measures of a GAN run that the GAN trainer does not write (claims 4 and 5).
 
-:func:`evaluate_gan_run` loads a finished run folder of :func:`stablerank.train.gan.run`
-(``config.json`` and its newest checkpoint), then measures with :mod:`stablerank.metrics`:
+:func:`evaluate_gan_run` restores a finished run folder of :func:`stablerank.train.gan.run` with
+:func:`stablerank.train.gan_models.load_gan_run` (its newest checkpoint; G and D exactly as the
+trainer samples and scores with them), then measures with :mod:`stablerank.metrics`:
 
 * the **neural divergence** (SPEC 2): a fresh WGAN-GP critic on the test split vs fresh samples
   (:func:`stablerank.metrics.divergence.neural_divergence`), and the same protocol with real
   training images in place of samples (the real-vs-real end of the scale);
 * the discriminator's **eLhist**: pairwise ratios |D(x) - D(x')| / ||x - x'|| over real-real,
   fake-fake and real-fake pairs (:func:`stablerank.metrics.lipschitz.pairwise_lipschitz`), and
-  the Jacobian spectral norm at real and fake points, with D in eval mode (u, v frozen).
+  the Jacobian spectral norm at real and fake points, with D in eval mode (u, v frozen). For a
+  conditional (projection) D the map measured is x -> D(x, y) with the class held fixed: both
+  points of a pair take the first point's label (a real image's test label, or the label a fake
+  was generated with), and the Jacobian at a point uses that point's label (recorded in the
+  protocol).
 
 Writes ``gan_analysis.json`` (summaries, the raw ratios for the report's histograms, and the
 protocol) and ``d_el_hist.png`` beside the trainer's files.
-
-.. note:: The models are rebuilt with the GAN trainer's own builder
-    (``stablerank.train.gan._build_models``) so that they match the checkpoint exactly; that
-    function is private to the trainer, and a public ``load_gan_run`` there would be cleaner.
 """
 
 from __future__ import annotations
 
 import functools
-import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stablerank.config import config_from_dict
-from stablerank.config.gan import GanConfig
-from stablerank.data import load_dataset
+from stablerank.data import DatasetSplits, load_dataset
 from stablerank.metrics import lipschitz
 from stablerank.metrics.divergence import (
     KEY_ND,
@@ -39,8 +38,9 @@ from stablerank.metrics.divergence import (
 )
 from stablerank.metrics.features import to_signed_unit
 from stablerank.repro.plan import GanEvalSettings
-from stablerank.train import gan as gan_trainer
-from stablerank.train.checkpoint import atomic_write_json, load_checkpoint
+from stablerank.train.checkpoint import atomic_write_json
+from stablerank.train.gan_models import load_gan_run
+from stablerank.train.gan_sampling import make_generate
 from stablerank.train.runtime import resolve_device
 
 __all__ = [
@@ -63,33 +63,16 @@ _JACOBIAN_POINTS = 64  # real and fake points each for the Jacobian norm
 _JACOBIAN_ITERS = 10
 _POOL_FACTOR = 2  # images drawn per pair type: a pool of 2 * n_pairs
 _SIG_DIGITS = 6  # raw ratios are stored rounded: enough for a histogram, small files
+# How a conditional D's eL holds the class fixed (recorded in the protocol).
+_CONDITIONAL_LABELS = (
+    "x -> D(x, y) with y fixed per pair: both points of a pair take the first point's label "
+    "(real-real and real-fake: the real image's test label; fake-fake: the label the first fake "
+    "was generated with); the Jacobian at a point uses that point's label"
+)
 
 
-def _load(
-    run_dir: Path, device: torch.device
-) -> tuple[GanConfig, Any, torch.nn.Module, torch.nn.Module, int | None]:
-    cfg = config_from_dict(GanConfig, json.loads((run_dir / "config.json").read_text()))
-    checkpoints = sorted((run_dir / "checkpoints").glob("step_*.pt"))
-    if not checkpoints:
-        raise FileNotFoundError(f"{run_dir}/checkpoints holds no step_*.pt: not a finished GAN run")
-    splits = load_dataset(cfg.dataset, cfg.data_dir)
-    num_classes = splits.num_classes if cfg.conditional else None
-    G, D = gan_trainer._build_models(cfg, splits.in_channels, splits.image_size, num_classes)
-    ckpt = load_checkpoint(checkpoints[-1], map_location="cpu")
-    G.load_state_dict(ckpt["G_ema"] if cfg.ema > 0 else ckpt["G"])
-    D.load_state_dict(ckpt["D"])
-    G.to(device).eval()
-    D.to(device).eval()
-    if cfg.ema > 0:  # the trainer scores the EMA generator with standing BatchNorm statistics
-        gan_trainer._refresh_bn_stats(
-            G, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
-        )
-    return cfg, splits, G, D, num_classes
-
-
-def _subset(x: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
-    return x[idx]
+def _subset_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
 def evaluate_gan_run(
@@ -111,15 +94,22 @@ def evaluate_gan_run(
         The dict written to ``gan_analysis.json``.
 
     Raises:
-        FileNotFoundError: no checkpoint in ``run_dir``.
+        FileNotFoundError: ``run_dir`` or its checkpoint does not exist.
     """
     run_dir = Path(run_dir)
     dev = resolve_device(device)
-    cfg, splits, G, D, num_classes = _load(run_dir, dev)
+    run = load_gan_run(run_dir, device=dev)
+    cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
+    # load_gan_run read the dataset too (for the shapes); a second read takes about a second.
+    splits = load_dataset(cfg.dataset, cfg.data_dir)
     seed = cfg.seed + settings.seed
-    generate = gan_trainer.make_generate(
-        G, z_dim=cfg.z_dim, num_classes=num_classes, device=dev, seed=seed
+    generate_labelled = make_generate(
+        G, z_dim=cfg.z_dim, num_classes=num_classes, device=dev, seed=seed, with_labels=True
     )
+
+    def generate(k: int) -> torch.Tensor:  # the same stream, images only
+        return generate_labelled(k)[0]
+
     nd_kwargs = dict(
         n_critic_steps=settings.nd_critic_steps,
         n_eval_batches=settings.nd_eval_batches,
@@ -153,44 +143,68 @@ def evaluate_gan_run(
         "neural_divergence_real_train": "same protocol; fresh training images of the dataset in "
         "place of generator samples (the real-vs-real end of the scale)",
         "generator": "ema (standing BatchNorm statistics)"
-        if cfg.ema > 0
+        if run.ema
         else "raw, eval mode (BatchNorm running statistics)",
+        "checkpoint_step": run.step,
     }
-    if num_classes is None:
-        n = settings.d_el_pairs
-        pool = _POOL_FACTOR * n
-        real = _subset(to_signed_unit(splits.test_x), pool, seed).to(dev)
-        with torch.no_grad():
-            fake = generate(pool).to(dev)
-        ratios = {
-            "real-real": lipschitz.pairwise_lipschitz(D, real, n_pairs=n, seed=seed),
-            "fake-fake": lipschitz.pairwise_lipschitz(D, fake, n_pairs=n, seed=seed),
-            "real-fake": lipschitz.pairwise_lipschitz(D, real, n_pairs=n, seed=seed, x_other=fake),
-        }
-        jac = {
-            name: lipschitz.jacobian_spectral_norm(
-                D, x[:_JACOBIAN_POINTS], n_iters=_JACOBIAN_ITERS, seed=seed
-            )
-            for name, x in (("real", real), ("fake", fake))
-        }
-        result[KEY_D_EL] = {k: lipschitz.summarize(v) for k, v in ratios.items()}
-        result[KEY_D_JACOBIAN] = {k: lipschitz.summarize(v) for k, v in jac.items()}
-        result[KEY_D_EL_VALUES] = {
-            k: [float(f"{x:.{_SIG_DIGITS}g}") for x in v.tolist()] for k, v in ratios.items()
-        }
-        lipschitz.plot_histogram(
-            ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}"
-        )
-        protocol["d_el"] = {
-            "mode": "eval (SN/SRN u, v frozen)",
-            "n_pairs": n,
-            "pool": f"{pool} test images and {pool} fresh samples",
-            "inputs": "images in [-1, 1] as D sees them",
-            "jacobian_points": _JACOBIAN_POINTS,
-            "jacobian_iterations": _JACOBIAN_ITERS,
-        }
-    else:
-        protocol["d_el"] = "not measured: a conditional D needs a label per image of each pair"
+    ratios, jac, protocol["d_el"] = _discriminator_el(
+        D, splits, generate_labelled, n_pairs=settings.d_el_pairs, seed=seed, device=dev,
+        conditional=num_classes is not None,
+    )  # fmt: skip
+    result[KEY_D_EL] = {k: lipschitz.summarize(v) for k, v in ratios.items()}
+    result[KEY_D_JACOBIAN] = {k: lipschitz.summarize(v) for k, v in jac.items()}
+    result[KEY_D_EL_VALUES] = {
+        k: [float(f"{x:.{_SIG_DIGITS}g}") for x in v.tolist()] for k, v in ratios.items()
+    }
+    lipschitz.plot_histogram(
+        ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}"
+    )
     result["protocol"] = protocol
     atomic_write_json(run_dir / GAN_ANALYSIS_FILE, result)
     return result
+
+
+def _discriminator_el(
+    D: torch.nn.Module,
+    splits: DatasetSplits,
+    generate_labelled: Callable[[int], tuple[torch.Tensor, torch.Tensor | None]],
+    *,
+    n_pairs: int,
+    seed: int,
+    device: torch.device,
+    conditional: bool,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """D's pairwise ratios per pair type, Jacobian norms at real and fake points, and their
+    protocol. A conditional D is measured as x -> D(x, y), the label of a pair's first point
+    held for both (``pairwise_lipschitz(..., y=)``)."""
+    pool = _POOL_FACTOR * n_pairs
+    idx = _subset_indices(len(splits.test_x), pool, seed)
+    real = to_signed_unit(splits.test_x[idx]).to(device)
+    y_real = splits.test_y[idx].to(device) if conditional else None
+    with torch.no_grad():
+        fake, y_fake = generate_labelled(pool)
+    fake = fake.to(device)
+    y_fake = y_fake.to(device) if y_fake is not None else None
+    el = functools.partial(lipschitz.pairwise_lipschitz, D, n_pairs=n_pairs, seed=seed)
+    ratios = {
+        "real-real": el(real, y=y_real),
+        "fake-fake": el(fake, y=y_fake),
+        "real-fake": el(real, y=y_real, x_other=fake),
+    }
+    k = _JACOBIAN_POINTS
+    jac = {
+        name: lipschitz.jacobian_spectral_norm(
+            D, x[:k], n_iters=_JACOBIAN_ITERS, seed=seed, y=None if y is None else y[:k]
+        )
+        for name, x, y in (("real", real, y_real), ("fake", fake, y_fake))
+    }
+    protocol: dict[str, Any] = {
+        "mode": "eval (SN/SRN u, v frozen)",
+        "n_pairs": n_pairs,
+        "pool": f"{pool} test images and {pool} fresh samples",
+        "inputs": "images in [-1, 1] as D sees them",
+        "jacobian_points": _JACOBIAN_POINTS,
+        "jacobian_iterations": _JACOBIAN_ITERS,
+        "labels": _CONDITIONAL_LABELS if conditional else None,
+    }
+    return ratios, jac, protocol
