@@ -180,8 +180,26 @@ def test_srn_optimal_never_worse_than_slsqp(keep_top, seed):
     assert stable_rank(x).item() == pytest.approx(r, rel=1e-10)
 
 
-def test_spectral_norm_exact_matches_svd():
-    w = torch.randn(5, 3, 2)
-    assert spectral_norm_exact(w).item() == pytest.approx(
-        torch.linalg.matrix_norm(w.reshape(5, -1), ord=2).item(), rel=1e-6
-    )
+@pytest.mark.parametrize("shape", [(5, 3, 2), (40, 7), (7, 40), (64, 32, 3, 3)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectral_norm_and_stable_rank_match_the_svd(shape, dtype):
+    # The Gram-matrix route (top eigenvalue of the smaller side) against the SVD, tall and wide.
+    torch.manual_seed(3)
+    w = torch.randn(shape, dtype=torch.float64)
+    w[0] *= 5.0  # a dominant direction, so srank is well away from min(m, n)
+    s = torch.linalg.svdvals(w.reshape(shape[0], -1))
+    rel = 1e-6 if dtype == torch.float32 else 1e-12
+    sigma, srank = spectral_norm_exact(w.to(dtype)), stable_rank(w.to(dtype))
+    assert sigma.dtype == srank.dtype == dtype
+    assert sigma.item() == pytest.approx(s[0].item(), rel=rel)
+    assert srank.item() == pytest.approx((s.square().sum() / s[0].square()).item(), rel=rel)
+
+
+def test_transposed_conv_reshape_and_half_precision_results():
+    torch.manual_seed(4)
+    w = torch.randn(6, 10, 3, 3)  # ConvTranspose2d layout: (C_in, C_out, k, k); rows are dim 1
+    s = torch.linalg.svdvals(weight_to_matrix(w.double(), 1))
+    assert spectral_norm_exact(w, dim=1).item() == pytest.approx(s[0].item(), rel=1e-6)
+    half = stable_rank(w.half(), dim=1)
+    assert half.dtype == torch.float32
+    assert half.item() == pytest.approx((s.square().sum() / s[0] ** 2).item(), rel=1e-2)

@@ -74,16 +74,28 @@ def matrix_to_weight(matrix: Tensor, shape: torch.Size | tuple[int, ...], dim: i
     return matrix.reshape(moved).movedim(0, dim)
 
 
-def _singular_values(weight: Tensor, dim: int) -> Tensor:
-    matrix = weight_to_matrix(weight.detach(), dim)
-    if matrix.dtype in (torch.float16, torch.bfloat16):
-        matrix = matrix.float()
-    return torch.linalg.svdvals(matrix)
+def _sigma_max_and_frobenius(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
+    """Exact sigma_max and ||W||_F of the reshaped weight, both float64 0-d tensors.
+
+    sigma_max^2 is the top eigenvalue of the float64 Gram matrix of the smaller side
+    (m x m for m <= n): a BLAS-3 product and a small symmetric eigensolve, 5-20x faster than the
+    SVD of a 640x5760 conv matrix, and exact to float64 rounding (the absolute error of the
+    eigenvalue is ~1e-16 ||W||_F^2, i.e. relative ~1e-16 srank(W) <= 1e-16 min(m, n)).
+    """
+    matrix = weight_to_matrix(weight.detach(), dim).double()
+    gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
+    sigma_max = torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0).sqrt()
+    return sigma_max, torch.linalg.vector_norm(matrix)
+
+
+def _result_dtype(weight: Tensor) -> torch.dtype:
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
 
 
 def spectral_norm_exact(weight: Tensor, dim: int = 0) -> Tensor:
-    """The exact largest singular value of the reshaped weight (SVD; no gradient)."""
-    return _singular_values(weight, dim)[..., 0]
+    """The exact largest singular value of the reshaped weight (no gradient; float32 for
+    half-precision input)."""
+    return _sigma_max_and_frobenius(weight, dim)[0].to(_result_dtype(weight))
 
 
 def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
@@ -105,13 +117,9 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
         >>> stable_rank(torch.diag(torch.tensor([2.0, 1.0, 1.0])))
         tensor(1.5000)
     """
-    s = _singular_values(weight, dim)
-    top = s[0]
-    return torch.where(
-        top > 0,
-        (s * s).sum() / (top * top).clamp_min(torch.finfo(s.dtype).tiny),
-        torch.zeros_like(top),
-    )
+    sigma_max, fro = _sigma_max_and_frobenius(weight, dim)
+    srank = torch.where(sigma_max > 0, (fro / sigma_max.clamp_min(1e-300)).square(), 0.0)
+    return srank.to(_result_dtype(weight))
 
 
 def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:

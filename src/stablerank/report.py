@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from stablerank.linalg import _singular_values, weight_to_matrix
+from stablerank.linalg import _sigma_max_and_frobenius, weight_to_matrix
 from stablerank.srn import _find_srn
 
 __all__ = ["LayerRecord", "LayerReport", "layer_report"]
@@ -122,7 +122,8 @@ def _parametrizations(model: nn.Module) -> Iterator[nn.Module]:
 def layer_report(model: nn.Module) -> LayerReport:
     """One :class:`LayerRecord` per Linear / ConvNd / ConvTransposeNd weight of ``model``.
 
-    Exact values come from an SVD of each reshaped weight (float32 at least). The model's state
+    Exact values come from the float64 Gram matrix of each reshaped weight (its top eigenvalue is
+    sigma_max^2). The model's state
     (u, v, training flags) is unchanged.
     """
     params = list(_parametrizations(model))
@@ -147,8 +148,8 @@ def layer_report(model: nn.Module) -> LayerReport:
             )
             used = module.weight
             raw = module.parametrizations["weight"].original if kind != "none" else used
-            s = _singular_values(used, dim).double()
-            raw_s = _singular_values(raw, dim).double()
+            sigma, fro = _sigma_max_and_frobenius(used, dim)
+            raw_sigma, raw_fro = _sigma_max_and_frobenius(raw, dim)
             matrix_shape = tuple(weight_to_matrix(raw, dim).shape)
             sigma_power = float("nan")
             if p is not None:
@@ -162,12 +163,12 @@ def layer_report(model: nn.Module) -> LayerReport:
                     norm=kind,
                     shape=tuple(raw.shape),
                     matrix_shape=matrix_shape,
-                    sigma_max=s[0].item(),
+                    sigma_max=sigma.item(),
                     sigma_power=sigma_power,
-                    raw_sigma_max=raw_s[0].item(),
-                    frobenius=s.square().sum().sqrt().item(),
-                    srank=_srank(s),
-                    raw_srank=_srank(raw_s),
+                    raw_sigma_max=raw_sigma.item(),
+                    frobenius=fro.item(),
+                    srank=_srank(sigma, fro),
+                    raw_srank=_srank(raw_sigma, raw_fro),
                     target_srank=p.srank if kind == "srn" else float(min(matrix_shape)),
                 )
             )
@@ -177,5 +178,5 @@ def layer_report(model: nn.Module) -> LayerReport:
     return records
 
 
-def _srank(s: torch.Tensor) -> float:
-    return (s.square().sum() / s[0].square()).item() if s[0] > 0 else 0.0
+def _srank(sigma_max: torch.Tensor, frobenius: torch.Tensor) -> float:
+    return (frobenius / sigma_max).square().item() if sigma_max > 0 else 0.0

@@ -1,8 +1,10 @@
 """Classifiers: published parameter counts, output shapes at 28/32 px with 1/3 channels, the
-``classifier`` head contract, and one training step of every full-size model."""
+``classifier`` head contract, and one SRN training step plus one analysis of every full-size
+model."""
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import pytest
@@ -140,11 +142,17 @@ FULL_SIZE = ["resnet20", "resnet110", "wrn28_10", "densenet_bc100", "vgg19", "al
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", FULL_SIZE)
-def test_one_training_step_full_size(name):
-    """Fake CIFAR-shaped batch of 2: finite loss, every parameter gets a finite gradient (no
-    dead branch), and an SGD step changes the parameters."""
+def test_one_srn_training_step_and_one_analysis_full_size(name):
+    """Fake CIFAR-shaped batch of 2, SRN (c = 0.3) on every conv/linear layer but the head:
+    finite loss, every parameter gets a finite gradient (no dead branch), an SGD step changes the
+    parameters; then the paper's analysis runs on the stepped model: pairwise and Jacobian eL,
+    both complexity measures, the layer report."""
+    from stablerank.metrics import complexity, lipschitz
+
     torch.manual_seed(0)
-    model = build_classifier(name, **CIFAR10).train()
+    model = build_classifier(name, **CIFAR10)
+    sr.normalize_model(model, "srn", rank_ratio=0.3, exclude=["classifier"])
+    model.train()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss = F.cross_entropy(model(torch.randn(2, 3, 32, 32)), torch.tensor([3, 7]))
@@ -154,6 +162,20 @@ def test_one_training_step_full_size(name):
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     optimizer.step()
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+
+    x = torch.randn(3, 3, 32, 32)
+    ratios = lipschitz.pairwise_lipschitz(model, x, n_pairs=3, seed=0)
+    jac = lipschitz.jacobian_spectral_norm(model, x[:2], n_iters=2, seed=0)
+    assert ratios.numel() == 3 and torch.isfinite(ratios).all() and (ratios >= 0).all()
+    assert jac.shape == (2,) and torch.isfinite(jac).all() and (jac > 0).all()
+    measures = complexity.spectral_complexity(model, margin=1.0)
+    assert all(math.isfinite(v) for v in measures.values())
+    report = sr.layer_report(model)
+    normalized = [r for r in report if r.norm == "srn"]
+    assert len(normalized) == len(report) - 1  # every layer but the head
+    # One SGD step moved W after u, v were last updated: the caps hold to within a few percent.
+    for r in normalized:
+        assert abs(r.sigma_max - 1.0) < 0.05 and r.srank <= 1.05 * r.target_srank, (name, r)
 
 
 def test_names_listed():

@@ -19,8 +19,9 @@ Note [complexity layers]: the layers are every ``nn.Linear``, ``nn.ConvNd`` and
 ``module.weight`` **as the forward pass uses it**: when a parametrization (SN, SRN) is registered,
 that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1 to
 the front for transposed convs, SPEC 1.4): the terms are those of the reshaped kernel, not of the
-convolution operator. Spectral norms are exact (``torch.linalg.matrix_norm(ord=2)``). The products
-overflow for deep nets, so everything is computed in float64 in log space and reported as log10.
+convolution operator. Spectral norms are exact (:func:`stablerank.linalg.spectral_norm_exact`,
+float64). The products overflow for deep nets, so everything is computed in float64 in log
+space and reported as log10.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from stablerank.linalg import weight_to_matrix
+from stablerank.linalg import spectral_norm_exact, weight_to_matrix
 
 __all__ = [
     "KEY_GAP_ACC",
@@ -126,7 +127,7 @@ def _log_terms(model: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     layers = complexity_layers(model)
     if not layers:
         raise ValueError("model has no Linear/Conv/ConvTranspose layer to measure")
-    sigma = torch.stack([torch.linalg.matrix_norm(w, ord=2) for _, w in layers])
+    sigma = torch.stack([spectral_norm_exact(w) for _, w in layers])
     fro2 = torch.stack([w.square().sum() for _, w in layers])
     # ||W^T||_{2,1}: the sum over the columns of W^T (the rows of W, one per output unit) of
     # their L2 norms.
