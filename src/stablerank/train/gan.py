@@ -39,14 +39,12 @@ Run folder (``out_dir/run_name``)::
 from __future__ import annotations
 
 import copy
-import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -95,7 +93,7 @@ from stablerank.train.gan_scores import (
     _write_final_metrics,
 )
 from stablerank.train.records import MetricLog, environment_info, write_run_files
-from stablerank.train.runtime import end_worker, init_distributed, seed_everything
+from stablerank.train.runtime import deferred_sigint, end_worker, init_distributed, seed_everything
 
 # The run's building blocks live in the gan_* modules beside this one; the names that callers
 # used from here (the metrics.json keys among them) stay importable from here.
@@ -147,29 +145,6 @@ def _run_dir(cfg: GanConfig) -> Path:
 
 def _linear_decay(total: int) -> Callable[[int], float]:
     return lambda step: max(0.0, 1.0 - step / total)
-
-
-@contextmanager
-def _deferred_sigint(enabled: bool) -> Iterator[dict[str, bool]]:
-    """Turn Ctrl-C into a flag checked between steps, so the checkpoint written on interrupt is
-    a consistent state (never half a D/G update)."""
-    flag = {"stop": False}
-    if not enabled:
-        yield flag
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -336,7 +311,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
     last_eval: dict[str, float] = {}
     t0, step = time.perf_counter(), start
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
-    with _deferred_sigint(enabled=not info.distributed) as interrupt:
+    with deferred_sigint(enabled=not info.distributed) as interrupt:
         while step < end and not interrupt["stop"]:
             for i in range(cfg.n_dis):
                 b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index

@@ -10,14 +10,25 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "end_worker", "init_distributed", "resolve_device", "seed_everything"]
+__all__ = [
+    "DistInfo",
+    "deferred_sigint",
+    "end_worker",
+    "init_distributed",
+    "resolve_device",
+    "seed_everything",
+]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -89,3 +100,26 @@ def end_worker(info: DistInfo) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+@contextmanager
+def deferred_sigint(enabled: bool) -> Iterator[dict[str, bool]]:
+    """Turn Ctrl-C into a flag checked between steps, so the checkpoint written on interrupt is
+    a consistent state (never half a D/G update)."""
+    flag = {"stop": False}
+    if not enabled:
+        yield flag
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        flag["stop"] = True
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield flag
+        return
+    try:
+        yield flag
+    finally:
+        signal.signal(signal.SIGINT, previous)
