@@ -216,10 +216,8 @@ class _FusedStableRankNorm(torch.autograd.Function):
         matrix, u, v = ctx.saved_tensors
         sigma, s, active, fro_sq, q, sqrt_r_minus_1, eps = ctx.scalars
         nones = (None,) * 5
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formula
-            with torch.enable_grad():
-                out = _composite_normalize(matrix, u, v, sqrt_r_minus_1, eps)
-                return (torch.autograd.grad(out, matrix, grad, create_graph=True)[0], *nones)
+        if torch.is_grad_enabled():
+            return (_differentiable_backward(grad, matrix, u, v, sqrt_r_minus_1, eps), *nones)
         a_dot = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))
         b_dot = float(torch.dot(u, torch.mv(grad, v)))
         t = (a_dot / sigma - b_dot) * (-s / q) if active else 0.0
@@ -270,10 +268,8 @@ class _TensorStableRankNorm(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         nones = (None,) * 5
         matrix, u, v, inv_sigma, *rest = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph=True: differentiate the composite formula
-            with torch.enable_grad():
-                out = _composite_normalize(matrix, u, v, *ctx.composite_args)
-                return (torch.autograd.grad(out, matrix, grad, create_graph=True)[0], *nones)
+        if torch.is_grad_enabled():
+            return (_differentiable_backward(grad, matrix, u, v, *ctx.composite_args), *nones)
         a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>
         if not ctx.clamps:  # d(W/sigma) = G/sigma - <G, W>/sigma^2 u v^T
             k_uv = -a_dot * inv_sigma * inv_sigma
@@ -285,6 +281,17 @@ class _TensorStableRankNorm(torch.autograd.Function):
         k_uv = -(t * fro_sq * inv_sigma + a_dot * s) * inv_sigma_sq  # -t fro/s^3 - <G,W> s/s^2
         out = torch.addcmul(grad * a, matrix, k_w)
         return (torch.addr(out, u * k_uv, v), *nones)
+
+
+def _differentiable_backward(
+    grad: Tensor, matrix: Tensor, u: Tensor, v: Tensor, sqrt_r_minus_1: float | None, eps: float
+) -> Tensor:
+    """The backward under create_graph=True (e.g. a gradient penalty): autograd differentiates
+    the composite formula, so second derivatives are exact (the hand-written backwards are
+    first-order only)."""
+    with torch.enable_grad():
+        out = _composite_normalize(matrix, u, v, sqrt_r_minus_1, eps)
+        return torch.autograd.grad(out, matrix, grad, create_graph=True)[0]
 
 
 def _composite_normalize(
