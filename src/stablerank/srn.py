@@ -278,7 +278,8 @@ class _TensorStableRankNorm(torch.autograd.Function):
         b_dot = torch.dot(u, torch.mv(grad, v))  # u^T G v
         t = (b_dot - a_dot * inv_sigma) * k_q  # t of _FusedStableRankNorm's docstring
         k_w = t * inv_sigma_sq
-        k_uv = -(t * fro_sq * inv_sigma + a_dot * s) * inv_sigma_sq  # -t fro/s^3 - <G,W> s/s^2
+        # k_uv = -t ||W||_F^2 / sigma^3 - <G, W> s / sigma^2
+        k_uv = -(t * fro_sq * inv_sigma + a_dot * s) * inv_sigma_sq
         out = torch.addcmul(grad * a, matrix, k_w)
         return (torch.addr(out, u * k_uv, v), *nones)
 
