@@ -92,3 +92,20 @@ def test_bare_boolean_flag_means_true(capsys):
     assert code == 0
     resolved = json.loads(out)
     assert resolved["resume"] is True and resolved["amp"] is False
+
+
+@pytest.mark.parametrize(
+    ("command", "runner", "hint"),
+    [
+        ("train", "stablerank.train.classify.run", "with --resume continues"),
+        ("gan", "stablerank.train.gan.run", "with --resume continues"),
+        ("reproduce", "stablerank.repro.pipeline.run", "skips them and continues"),
+    ],
+)
+def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command, runner, hint):
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, interrupted)
+    assert cli.main([command]) == 130
+    assert hint in capsys.readouterr().err

@@ -26,6 +26,7 @@ class _Command:
     config: str  # "module:Class"
     presets: str | None  # "module:DICT" of named presets
     runner: str  # "module:function", called with the config (and the run dir for analyze)
+    on_interrupt: str  # what Ctrl-C leaves behind and how to continue
     takes_run_dir: bool = False
 
 
@@ -35,12 +36,15 @@ _COMMANDS = {
         "stablerank.config.classify:ClassifyConfig",
         "stablerank.config.classify:CLASSIFY_PRESETS",
         "stablerank.train.classify:run",
+        "the run folder keeps the checkpoint of the last finished epoch; the same command with "
+        "--resume continues from it",
     ),
     "analyze": _Command(
         "analyse a trained classifier run: generalization gap, empirical Lipschitz, complexity",
         "stablerank.config.classify:AnalyzeConfig",
         None,
         "stablerank.train.analyze:run",
+        "analysis.json was not written; run the command again",
         takes_run_dir=True,
     ),
     "gan": _Command(
@@ -48,12 +52,15 @@ _COMMANDS = {
         "stablerank.config.gan:GanConfig",
         "stablerank.config.gan:GAN_PRESETS",
         "stablerank.train.gan:run",
+        "a checkpoint was written at the G step reached; the same command with --resume "
+        "continues from it",
     ),
     "reproduce": _Command(
         "run the paper's comparisons at a preset scale and write report.md (the main job)",
         "stablerank.config.reproduce:ReproduceConfig",
         "stablerank.config.reproduce:REPRODUCE_PRESETS",
         "stablerank.repro.pipeline:run",
+        "finished runs are kept; the same command skips them and continues with the rest",
     ),
 }
 
@@ -153,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
     runner = _load(cmd.runner)
-    result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
+    try:
+        result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {cmd.on_interrupt}", file=sys.stderr)
+        return 130  # the shell's code for SIGINT
     if args.json:
         print(
             json.dumps(
