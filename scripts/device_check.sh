@@ -5,8 +5,8 @@
 #
 # Usage: scripts/device_check.sh FASHION_MNIST_DIR OUT_DIR [DEADLINE_SECONDS]
 # A CPU smoke test of the script itself: DEVICE=cpu SHORT=1 scripts/device_check.sh DIR OUT 300
-# Every job logs to OUT_DIR/logs; the run folders (without checkpoints) are packed into
-# OUT_DIR/runs.tar.gz when all jobs end or at the deadline, whichever comes first.
+# Every job logs to OUT_DIR/logs; the logs and the run folders (without checkpoints) are packed
+# into OUT_DIR/runs.tar.gz when all jobs end or at the deadline, whichever comes first.
 set -u
 data=$1
 out=$2
@@ -74,5 +74,7 @@ import sys; sys.path.insert(0, 'src')
 from stablerank.train.analyze import plot_shattering
 plot_shattering(['$runs/shatter_none', '$runs/shatter_sn', '$runs/shatter_srn'],
                 '$runs/shattering.png')" >"$out/logs/plot.log" 2>&1
+# The device tool returns at most 8 files: logs and run folders travel in one archive.
+cp -r "$out/logs" "$runs/logs"
 tar -czf "$out/runs.tar.gz" --exclude='*.pt' -C "$runs" .
 echo "device_check done after $(($(date +%s) - start)) s"
