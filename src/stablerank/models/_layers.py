@@ -13,3 +13,14 @@ def scaled(channels: int, width: float) -> int:
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
     # No bias: every 3x3 conv here is followed by BatchNorm, whose shift replaces it.
     return nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+
+
+def relu_mlp(
+    in_features: int, hidden: tuple[int, ...], width: float
+) -> tuple[list[nn.Module], int]:
+    """Linear-ReLU layers of the given (width-scaled) sizes; returns them and the last size."""
+    layers: list[nn.Module] = []
+    for size in hidden:
+        layers += [nn.Linear(in_features, scaled(size, width)), nn.ReLU(inplace=True)]
+        in_features = scaled(size, width)
+    return layers, in_features

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stablerank.models._layers import scaled
+from stablerank.models._layers import relu_mlp, scaled
 
 
 class AlexNet(nn.Module):
@@ -37,10 +37,8 @@ class AlexNet(nn.Module):
                 layers.append(nn.LocalResponseNorm(9, alpha=0.001, beta=0.75, k=1.0))
             size, c_in = (size - 1) // 2 + 1, c  # 3x3/2 pool with padding 1: ceil(size / 2)
         layers.append(nn.Flatten())
-        units = c * size * size
-        for h in hidden:
-            layers += [nn.Linear(units, scaled(h, width)), nn.ReLU(inplace=True)]
-            units = scaled(h, width)
+        head, units = relu_mlp(c * size * size, tuple(hidden), width)
+        layers += head
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(units, num_classes)
 

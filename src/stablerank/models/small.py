@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stablerank.models._layers import conv3x3, scaled
+from stablerank.models._layers import conv3x3, relu_mlp, scaled
 
 # =============================================================================================
 # MLP and small CNN (CPU-scale runs)
@@ -35,11 +35,8 @@ class MLP(nn.Module):
             in_features = in_channels * input_length
         else:
             in_features = in_channels * image_size * image_size
-        layers: list[nn.Module] = [nn.Flatten()]
-        for size in hidden:
-            layers += [nn.Linear(in_features, scaled(size, width)), nn.ReLU(inplace=True)]
-            in_features = scaled(size, width)
-        self.features = nn.Sequential(*layers)
+        layers, in_features = relu_mlp(in_features, tuple(hidden), width)
+        self.features = nn.Sequential(nn.Flatten(), *layers)
         self.classifier = nn.Linear(in_features, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
