@@ -1,0 +1,310 @@
+"""Typed results of the trainers and their post-training analyses.
+
+Each stage writes one frozen dataclass to one JSON file of its run folder and reads it back with
+the same class: :meth:`Result.to_json` / :meth:`Result.from_json` are the only functions that
+know the JSON layout. A renamed field therefore fails in the tests (or as a ``TypeError`` when an
+old file is read), never as a silently missing column in a report.
+
+* :class:`ClassifierResult` (``metrics.json``): what :func:`stablerank.train.classify.run` ends with;
+* :class:`ClassifierAnalysis` (``analysis.json``): :func:`stablerank.train.analyze.run`;
+* :class:`GanResult` (``metrics.json``): :func:`stablerank.train.gan.run`;
+* :class:`GanAnalysis` (``gan_analysis.json``): neural divergence and the discriminator's eL.
+
+Non-finite numbers are written as ``null`` (strict JSON) and read back as ``nan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+__all__ = [
+    "ClassifierAnalysis",
+    "ClassifierResult",
+    "EpochRecord",
+    "GanAnalysis",
+    "GanResult",
+    "LayerStat",
+    "Result",
+    "Summary",
+    "from_dict",
+    "to_dict",
+]
+
+R = TypeVar("R", bound="Result")
+
+
+# ----------------------------------------------------------------------------- (de)serialisation
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # strict JSON: no bare NaN/Infinity
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A result dataclass as a strict-JSON-ready dict (non-finite floats become None)."""
+    return _jsonable(obj)
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    """``value`` read from JSON, converted to the annotated type ``tp``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return math.nan if float in args and type(None) not in typing.get_args(tp) else None
+        return _convert(args[0], value) if len(args) == 1 else value
+    if tp is float:
+        return math.nan if value is None else float(value)
+    if tp is Any or value is None:
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value, strict=True))
+    if origin in (dict, Mapping):
+        _, vt = typing.get_args(tp) or (str, Any)
+        return {k: _convert(vt, v) for k, v in value.items()}
+    return value
+
+
+def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """Build dataclass ``cls`` from a dict written by :func:`to_dict`.
+
+    Raises:
+        TypeError: ``data`` lacks a field without default, or has a field ``cls`` does not know.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
+    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+class Result:
+    """Mixin of the stage results: one JSON file, written and read by these two methods."""
+
+    FILE: ClassVar[str]
+
+    def to_json(self, run_dir: str | Path) -> Path:
+        """Write the result to ``run_dir/FILE`` atomically; return the path."""
+        from stablerank.train.checkpoint import atomic_write_json
+
+        path = Path(run_dir) / self.FILE
+        atomic_write_json(path, to_dict(self))
+        return path
+
+    @classmethod
+    def from_json(cls: type[R], run_dir: str | Path) -> R:
+        """Read the result of ``run_dir`` (a folder, or the JSON file itself).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: the file is not valid JSON or not this result's layout.
+        """
+        path = Path(run_dir)
+        if path.is_dir():
+            path = path / cls.FILE
+        try:
+            data = json.loads(path.read_text())
+            return from_dict(cls, data)
+        except (json.JSONDecodeError, TypeError, AttributeError) as err:
+            raise ValueError(f"{path} is not a valid {cls.__name__} file: {err}") from err
+
+
+# ----------------------------------------------------------------------------- parts
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Max, mean, count and quantiles of a set of values (e.g. eL ratios)."""
+
+    max: float
+    mean: float
+    n: int
+    q50: float = math.nan
+    q90: float = math.nan
+    q99: float = math.nan
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any]) -> Summary:
+        """From the dict of :func:`stablerank.metrics.lipschitz.summarize`."""
+        keep = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in summary.items() if k in keep})
+
+
+@dataclass(frozen=True)
+class LayerStat:
+    """One normalized (or plain) weight at a point of training.
+
+    ``raw_srank`` is the stable rank of the raw, unnormalized weight and ``target_srank`` SRN's r;
+    the cap binds (``active``) when ``raw_srank > target_srank``. Without SRN both are reported
+    and ``active`` is None.
+    """
+
+    name: str
+    norm: str
+    shape: tuple[int, int]
+    sigma_max: float
+    srank: float
+    raw_srank: float
+    target_srank: float | None
+    active: bool | None
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """One point of a training curve (an epoch of a classifier, an evaluation step of a GAN)."""
+
+    step: int
+    train_acc: float | None = None
+    test_acc: float | None = None
+    train_loss: float | None = None
+    test_loss: float | None = None
+    fid: float | None = None
+    srn_active_fraction: float | None = None
+
+
+def active_fraction(layers: typing.Iterable[LayerStat]) -> float | None:
+    """Fraction of SRN layers whose cap binds; None when there is no SRN layer."""
+    flags = [layer.active for layer in layers if layer.active is not None]
+    return sum(flags) / len(flags) if flags else None
+
+
+def mean_active_fraction(curve: typing.Iterable[EpochRecord]) -> float | None:
+    """The active fraction averaged over the points of training that recorded one."""
+    values = [r.srn_active_fraction for r in curve if r.srn_active_fraction is not None]
+    return sum(values) / len(values) if values else None
+
+
+# ----------------------------------------------------------------------------- stage results
+
+
+@dataclass(frozen=True)
+class ClassifierResult(Result):
+    """The end of a classifier run (``metrics.json``).
+
+    Accuracies are fractions in [0, 1]; ``gap_acc = train_acc - test_acc``, ``gap_loss =
+    test_loss - train_loss`` (train accuracy measured in eval mode on the training subset the run
+    trained on, with its labels: random where they were corrupted). ``diverged`` is True when a
+    loss became non-finite; then ``divergence`` says where and the numbers are those of the last
+    finite epoch (or NaN).
+    """
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    train_acc: float
+    test_acc: float
+    train_loss: float
+    test_loss: float
+    gap_acc: float
+    gap_loss: float
+    epochs: int
+    curve: tuple[EpochRecord, ...] = ()
+    layers: tuple[LayerStat, ...] = ()
+    srn_active_fraction: float | None = None
+    srn_active_fraction_mean: float | None = None
+    diverged: bool = False
+    divergence: str = ""
+    data_dir: str | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClassifierAnalysis(Result):
+    """Post-training measures of a classifier (``analysis.json``); docs/math.md §2.
+
+    ``log10_neyshabur`` and ``log10_bartlett`` divide by the margin and are None when the margin is
+    not positive; the margin-free quantities are always there.
+    """
+
+    FILE: ClassVar[str] = "analysis.json"
+
+    train_acc: float
+    test_acc: float
+    gap_acc: float
+    gap_loss: float
+    el_train: Summary
+    el_test: Summary
+    jacobian: dict[str, Summary]
+    margin: float
+    log10_spectral_product: float
+    sum_srank: float
+    log10_neyshabur: float | None = None
+    log10_bartlett: float | None = None
+    complexity: dict[str, float | None] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GanResult(Result):
+    """The end of a GAN run (``metrics.json``): final FID/KID/IS of the generator, their
+    baselines (an untrained generator and real training images) and D's layers."""
+
+    FILE: ClassVar[str] = "metrics.json"
+
+    steps: int
+    d_loss: float | None
+    g_loss: float | None
+    fid: float | None = None
+    kid_mean: float | None = None
+    kid_std: float | None = None
+    is_mean: float | None = None
+    is_std: float | None = None
+    untrained_fid: float | None = None
+    untrained_is_mean: float | None = None
+    real_train_fid: float | None = None
+    real_train_kid_mean: float | None = None
+    real_train_is_mean: float | None = None
+    curve: tuple[EpochRecord, ...] = ()
+    d_layers: tuple[LayerStat, ...] = ()
+    srn_active_fraction: float | None = None
+    srn_active_fraction_mean: float | None = None
+    diverged: bool = False
+    divergence: str = ""
+    train_seconds: float = 0.0
+    data_dir: str | None = None
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GanAnalysis(Result):
+    """Neural divergence and the discriminator's empirical Lipschitz constant of a finished GAN
+    (``gan_analysis.json``; claims 4 and 5)."""
+
+    FILE: ClassVar[str] = "gan_analysis.json"
+
+    neural_divergence: float
+    neural_divergence_std: float
+    neural_divergence_real_train: float
+    d_el: dict[str, Summary]
+    d_jacobian: dict[str, Summary]
+    d_el_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def d_el_max(self) -> float:
+        """The largest pairwise eL over every pair type."""
+        return max((s.max for s in self.d_el.values()), default=math.nan)
