@@ -5,6 +5,10 @@ its ``--help`` text, range and default from one declaration (``stablerank.config
 in order of precedence: command-line flags, then the ``--config`` YAML file, then the named
 ``--preset``, then the dataclass defaults. Logs and progress go to stderr; ``--json`` prints the
 result as JSON on stdout.
+
+A user's mistake (a bad value, a missing folder, a corrupt file) ends with one line on stderr and
+a non-zero exit, never a traceback (``--debug`` shows it). torch is imported only once a command
+runs, so ``--help``, ``--version`` and ``--print-config`` answer at once.
 """
 
 from __future__ import annotations
@@ -18,6 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from stablerank.config import add_config_arguments, config_from_dict, config_to_dict
+
+__all__ = ["build_parser", "main"]
+
+EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
 @dataclass(frozen=True)
@@ -48,7 +56,7 @@ _COMMANDS = {
         takes_run_dir=True,
     ),
     "gan": _Command(
-        "train an SN-GAN / SRN-GAN and evaluate FID, KID, IS, neural divergence",
+        "train an SN-GAN / SRN-GAN and evaluate FID, KID, IS",
         "stablerank.config.gan:GanConfig",
         "stablerank.config.gan:GAN_PRESETS",
         "stablerank.train.gan:run",
@@ -56,11 +64,12 @@ _COMMANDS = {
         "continues from it",
     ),
     "reproduce": _Command(
-        "run the paper's comparisons at a preset scale and write report.md (the main job)",
+        "run a sweep of the paper's comparisons and write report.md and claims.json (the main "
+        "job); --executor picks where the runs execute",
         "stablerank.config.reproduce:ReproduceConfig",
         "stablerank.config.reproduce:REPRODUCE_PRESETS",
         "stablerank.repro.pipeline:run",
-        "finished runs are kept; the same command skips them and continues with the rest",
+        "finished runs are kept and interrupted ones resume: the same command continues",
     ),
 }
 
@@ -70,92 +79,130 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("stablerank")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (logs stay on stderr)")  # fmt: skip
+    p.add_argument("--debug", action="store_true",
+                   help="show the full traceback of an error instead of one line")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stablerank",
         description="Stable Rank Normalization (Sanyal, Torr & Dokania, ICLR 2020): train, "
         "analyse and reproduce vanilla vs spectral vs stable-rank normalization.",
     )
+    parser.add_argument("--version", action="version", version=f"stablerank {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in _COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         if cmd.takes_run_dir:
-            p.add_argument(
-                "run_dir", metavar="RUN_DIR", help="a run folder written by `stablerank train`"
-            )
+            p.add_argument("run_dir", metavar="RUN_DIR",
+                           help="a run folder written by `stablerank train`")  # fmt: skip
         if cmd.presets:
-            presets = _load(cmd.presets)
-            p.add_argument(
-                "--preset",
-                choices=sorted(presets),
-                default=None,
-                help="named settings applied before --config and flags (default: none)",
-            )
-        p.add_argument(
-            "--config",
-            metavar="FILE",
-            default=None,
-            help="YAML file of config keys; flags given on the command line override it",
-        )
-        p.add_argument(
-            "--json",
-            action="store_true",
-            help="print the result as JSON on stdout (logs stay on stderr)",
-        )
-        p.add_argument(
-            "--print-config",
-            action="store_true",
-            help="print the resolved config as JSON and exit without running",
-        )
+            p.add_argument("--preset", choices=sorted(_load(cmd.presets)), default=None,
+                           help="named settings applied before --config and flags "
+                                "(default: none)")  # fmt: skip
+        p.add_argument("--config", metavar="FILE", default=None,
+                       help="YAML file of config keys; flags given on the command line "
+                            "override it")  # fmt: skip
+        p.add_argument("--print-config", action="store_true",
+                       help="print the resolved config as JSON and exit without running")  # fmt: skip
+        _common(p)
         add_config_arguments(p, _load(cmd.config))
     layers = sub.add_parser(
         "layers",
         help="print the per-layer spectral norm / stable rank report of a run's final model",
-        description="per-layer report of a run",
+        description="per-layer report of a run: spectral norm, stable rank, SRN target and "
+        "whether its cap binds",
     )
     layers.add_argument("run_dir", metavar="RUN_DIR")
     layers.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
+    _common(layers)
     return parser
 
 
-_META = {"command", "preset", "config", "json", "print_config", "csv"}
+_META = {"command", "preset", "config", "json", "print_config", "csv", "debug"}
+
+
+def _read_yaml(path: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        with open(path) as fh:
+            loaded = yaml.safe_load(fh)
+    except IsADirectoryError:
+        raise ValueError(f"--config {path!r} is a folder, not a YAML file") from None
+    except FileNotFoundError:
+        raise ValueError(f"--config {path!r} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path!r} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"--config {path!r} must hold a mapping of keys to values")
+    return loaded
 
 
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
-    import yaml
-
     data: dict[str, Any] = {}
     if getattr(args, "preset", None):
         data.update(_load(cmd.presets)[args.preset])
     if args.config:
-        with open(args.config) as fh:
-            loaded = yaml.safe_load(fh) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {args.config!r} must hold a mapping of keys to values")
-        data.update(loaded)
+        data.update(_read_yaml(args.config))
     # analyze's positional RUN_DIR is not a config key; train's --run-dir is.
     positional = {"run_dir"} if cmd.takes_run_dir else set()
     data.update({k: v for k, v in vars(args).items() if k not in _META | positional})
     return config_from_dict(_load(cmd.config), data)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "layers":
-        from stablerank.report import layer_report
-        from stablerank.train.analyze import load_run_model
+def _as_json(result: Any) -> str:
+    import dataclasses
+    from pathlib import Path
 
-        report = layer_report(load_run_model(args.run_dir))
+    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+        from stablerank.train.results import to_dict
+
+        data: Any = to_dict(result)
+    elif isinstance(result, Path):
+        data = {"path": str(result)}
+    else:
+        data = result
+    return json.dumps(data, indent=2, default=str)
+
+
+def _layers(args: argparse.Namespace) -> Any:
+    from stablerank.report import layer_report
+    from stablerank.train.analyze import load_run_model
+
+    report = layer_report(load_run_model(args.run_dir))
+    if args.csv:
+        report.to_csv(args.csv)
+    if not args.json:
         print(report)
-        if args.csv:
-            report.to_csv(args.csv)
+    return report.to_rows()
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if args.command == "layers":
+        result = _layers(args)
+        if args.json:
+            print(_as_json(result))
         return 0
     cmd = _COMMANDS[args.command]
     try:
         cfg = _resolve(cmd, args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        parser.error(str(err))
+    except (ValueError, TypeError) as err:
+        parser.error(str(err))  # exits 2 with the usage line
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))
         return 0
@@ -164,18 +211,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {cmd.on_interrupt}", file=sys.stderr)
-        return 130  # the shell's code for SIGINT
+        return EXIT_INTERRUPTED
     if args.json:
-        print(
-            json.dumps(
-                result if isinstance(result, dict) else {"run_dir": str(result)},
-                indent=2,
-                default=str,
-            )
-        )
-    elif result is not None and not isinstance(result, dict):
-        print(f"done: {result}", file=sys.stderr)
+        print(_as_json(result))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except SystemExit:
+        raise
+    except Exception as err:
+        if args.debug:
+            raise
+        message = str(err) or type(err).__name__
+        print(f"stablerank {args.command}: error: {message} ({type(err).__name__}; --debug "
+              "shows the traceback)", file=sys.stderr)  # fmt: skip
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,81 +1,120 @@
-"""The claims' decision rule on synthetic numbers (oracle: the rule computed by hand)."""
+"""Claims: Welch tests against scipy, Holm against a hand computation, and the verdict rules
+(not a test when the cap does not bind, reproduced / not reproduced / cannot tell) on typed fake
+records built from the real sweep's runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
+from scipy import stats
 
-from stablerank.repro.claims import (
-    CANNOT_TELL,
-    CLAIMS,
-    CONTRADICTS,
-    NOT_REPRODUCED,
-    REPRODUCED,
-    SUPPORTS,
-    decide,
-    evaluate_claims,
-)
+from stablerank.repro import claims
+from stablerank.repro.records import RunRecord
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_SHATTER, tiny
+from stablerank.train.results import ClassifierResult, EpochRecord
 
 
-def test_every_spec_claim_is_defined_once():
-    assert [c.number for c in CLAIMS] == [1, 2, 3, 4, 5]
-    assert {c.kind for c in CLAIMS} == {"classify", "shatter", "gan"}
+def test_welch_matches_scipy_and_interval_covers_difference():
+    a, b = [0.10, 0.12, 0.11, 0.13], [0.15, 0.16, 0.18]
+    t = claims.welch(a, b)
+    ref = stats.ttest_ind(a, b, equal_var=False)
+    assert t.p_value == pytest.approx(ref.pvalue, rel=1e-12)
+    assert t.diff == pytest.approx(sum(a) / 4 - sum(b) / 3)
+    assert t.diff_low < t.diff < t.diff_high
+    # The 95% CI of the difference excludes 0 exactly when p < 0.05.
+    assert (t.diff_high < 0) == (t.p_value < 0.05)
 
 
-def test_decide_matches_the_hand_computed_rule():
-    srn, ref = [0.92, 0.93, 0.94], [0.90, 0.91, 0.92]
-    # d = 0.02; each sample std = 0.01, so se = sqrt(2 * 0.01^2 / 3) = 0.008165; 2 se = 0.01633.
-    outcome, d, se, _ = decide(srn, ref, higher_is_better=True, z=2.0)
-    assert outcome == SUPPORTS
-    assert d == pytest.approx(0.02, abs=1e-12)  # float sums of three values: exact to ~1e-16
-    assert se == pytest.approx(math.sqrt(2 * 0.01**2 / 3), rel=1e-9)
-    # A larger z than d / se = 2.449 turns the same numbers into "cannot tell".
-    assert decide(srn, ref, higher_is_better=True, z=2.5)[0] == CANNOT_TELL
+def test_holm_hand_computed():
+    # sorted p: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04, monotone)
+    assert claims.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
 
 
-def test_direction_and_contradiction():
-    low, high = [1.0, 1.1, 0.9], [3.0, 3.1, 2.9]
-    # Lower is better (FID, gap): SRN lower supports, SRN higher contradicts.
-    assert decide(low, high, higher_is_better=False)[0] == SUPPORTS
-    assert decide(high, low, higher_is_better=False)[0] == CONTRADICTS
-    assert decide(high, low, higher_is_better=True)[0] == SUPPORTS
-    _outcome, d, _, _ = decide(high, low, higher_is_better=False)
-    assert d == pytest.approx(-2.0)  # signed so that d > 0 favours SRN
+def test_seeds_needed_grows_with_spread():
+    small = claims.seeds_needed(0.01, 0.01, 0.01, 0.05)
+    large = claims.seeds_needed(0.03, 0.03, 0.01, 0.05)
+    assert small is not None and large is not None and large > small
+    # 2 (z_0.975 + z_0.8)^2 = 15.7 for effect = std
+    assert claims.seeds_needed(1.0, 1.0, 1.0, 0.05) == 16
 
 
-def test_one_seed_or_overlap_cannot_tell():
-    outcome, d, se, reason = decide([0.9], [0.1], higher_is_better=True)
-    assert outcome == CANNOT_TELL and math.isnan(se) and "seeds" in reason
-    assert d == pytest.approx(0.8)
-    # Spread far larger than the difference.
-    assert decide([0.5, 0.9, 0.1], [0.45, 0.85, 0.05], higher_is_better=True)[0] == CANNOT_TELL
+def _record(run, gap: float, test_acc: float, active: float | None) -> RunRecord:
+    result = ClassifierResult(
+        train_acc=test_acc + gap, test_acc=test_acc, train_loss=0.1, test_loss=0.3,
+        gap_acc=gap, gap_loss=0.2, epochs=2,
+        curve=(EpochRecord(1, train_acc=0.5), EpochRecord(2, train_acc=test_acc + gap)),
+        srn_active_fraction=active, srn_active_fraction_mean=active,
+    )  # fmt: skip
+    return RunRecord(run, "done", result)
 
 
-def test_decide_rejects_bad_input():
-    with pytest.raises(ValueError, match="non-empty"):
-        decide([], [1.0], higher_is_better=True)
-    with pytest.raises(ValueError, match="z must be"):
-        decide([1.0, 2.0], [1.0, 2.0], higher_is_better=True, z=0)
+def _records(srn_gap: list[float], active: float, kind: str = KIND_CLASSIFY) -> list[RunRecord]:
+    runs = [r for r in tiny(seeds=len(srn_gap)) if r.kind == kind]
+    recs = []
+    for run in runs:
+        i = run.seed
+        if run.norm == "srn":
+            recs.append(_record(run, srn_gap[i], 0.80, active))
+        else:  # vanilla and SN: a gap of 0.10 with a little spread
+            recs.append(_record(run, 0.10 + 0.002 * i, 0.80, None))
+    return recs
 
 
-def _values(srn_acc, none_acc, sn_acc):
-    key = ("classify", "cifar10/resnet110")
-    return {
-        (*key, "srn0.3"): {"test_acc": srn_acc, "gap_acc": [0.01, 0.011, 0.012]},
-        (*key, "none"): {"test_acc": none_acc, "gap_acc": [0.05, 0.051, 0.052]},
-        (*key, "sn"): {"test_acc": sn_acc, "gap_acc": [0.04, 0.041, 0.042]},
-    }
+def _comparison(results, metric: str, reference: str) -> claims.Comparison:
+    claim = next(r for r in results if r.claim.number == 1)
+    return next(c for c in claim.comparisons if c.metric == metric and c.reference == reference)
 
 
-def test_claim_verdicts_combine_the_comparisons():
-    good, bad = [0.95, 0.951, 0.952], [0.90, 0.901, 0.902]
-    claim1 = {c.number: c for c in CLAIMS}[1]
-    [res] = evaluate_claims(_values(good, bad, bad), claims=[claim1])
-    assert res.verdict == REPRODUCED and len(res.comparisons) == 4  # 2 refs x 2 metrics
-    [res] = evaluate_claims(_values(bad, good, bad), claims=[claim1])
-    assert res.verdict == NOT_REPRODUCED  # SRN clearly below vanilla on test accuracy
-    noisy = [0.80, 0.99, 0.90]
-    [res] = evaluate_claims(_values(noisy, bad, bad), claims=[claim1])
-    assert res.verdict == CANNOT_TELL
-    assert evaluate_claims({}, claims=[claim1])[0].verdict == CANNOT_TELL
+def test_srn_that_shrinks_the_gap_reproduces_claim_1_gap():
+    results = claims.evaluate_claims(_records([0.05, 0.052, 0.049, 0.051], active=1.0))
+    comp = _comparison(results, "gap_acc", "none")
+    assert comp.outcome == claims.REPRODUCED and comp.p_adjusted < 0.05
+    assert comp.test.diff == pytest.approx(0.0505 - 0.103, abs=1e-9)
+
+
+def test_cap_that_does_not_bind_is_not_a_test_whatever_the_numbers():
+    results = claims.evaluate_claims(_records([0.05, 0.052, 0.049, 0.051], active=0.25))
+    comp = _comparison(results, "gap_acc", "none")
+    assert comp.outcome == claims.NOT_A_TEST and "25%" in comp.reason
+    assert next(r for r in results if r.claim.number == 1).verdict == claims.NOT_A_TEST
+
+
+def test_equal_arms_with_tight_spread_are_not_reproduced():
+    # SRN's gap equals the references' within 0.1 pp: the CI excludes a 0.5 pp improvement.
+    results = claims.evaluate_claims(_records([0.100, 0.102, 0.104, 0.106], active=1.0))
+    comp = _comparison(results, "gap_acc", "sn")
+    assert comp.outcome == claims.NOT_REPRODUCED and "CI" in comp.reason
+
+
+def test_noisy_arms_cannot_tell_and_say_how_many_seeds():
+    results = claims.evaluate_claims(_records([0.02, 0.16, 0.06, 0.12], active=1.0))
+    comp = _comparison(results, "gap_acc", "none")
+    assert comp.outcome == claims.CANNOT_TELL and comp.seeds_needed and comp.seeds_needed > 4
+
+
+def test_worse_srn_is_not_reproduced():
+    results = claims.evaluate_claims(_records([0.20, 0.201, 0.199, 0.202], active=1.0))
+    assert _comparison(results, "gap_acc", "none").outcome == claims.NOT_REPRODUCED
+
+
+def test_diverged_runs_are_left_out():
+    recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    recs = [
+        dataclasses.replace(r, result=dataclasses.replace(r.result, diverged=True,
+                                                          divergence="loss nan at epoch 1"))
+        if r.run.norm == "srn" and r.run.seed == 0 else r
+        for r in recs
+    ]  # fmt: skip
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
+    assert len(comp.srn_values) == 3 and 0 not in comp.srn_seeds
+
+
+def test_shattering_comparisons_carry_the_clean_accuracy_at_the_same_c():
+    recs = _records([0.05, 0.052], active=1.0) + _records([0.05, 0.052], 1.0, KIND_SHATTER)
+    claim2 = next(r for r in claims.evaluate_claims(recs) if r.claim.number == 2)
+    assert claim2.comparisons
+    context = claim2.comparisons[0].context
+    assert any(k.startswith("clean_test_acc_srn") for k in context)
+    assert all(math.isclose(v, 0.80) for v in context.values())

@@ -1,5 +1,6 @@
-"""Pipeline behaviour with fake runners: skip finished runs, resume interrupted ones, record a
-failure without stopping the others, re-analyse when only the analysis settings change."""
+"""``stablerank reproduce`` end to end on the tiny sweep: the three executors give bitwise-equal
+results, reruns skip finished runs, failures are recorded while the others go on, a locked run is
+left to its owner, and the report and claims.json are written from what finished."""
 
 from __future__ import annotations
 
@@ -8,98 +9,121 @@ from pathlib import Path
 
 import pytest
 
-from stablerank.repro import pipeline
-from stablerank.repro.plan import build_plan, run_dir_of, run_state
+from stablerank.config.reproduce import SWEEP_NAMES, ReproduceConfig
+from stablerank.repro import execute as execute_module
+from stablerank.repro import pipeline, sweeps
+from stablerank.repro.execute import execute
+from stablerank.train.rundir import RunDir
+
+pytestmark = pytest.mark.slow
+
+# Written by the trainers but not part of what a run computes.
+_TIMING_KEYS = {"train_seconds", "epoch_time_s", "train_time_s", "seconds", "wall_time_s"}
 
 
-def _status(spec) -> dict:
-    return json.loads((run_dir_of(spec) / "status.json").read_text())
+def _cfg(out: Path, **kw) -> ReproduceConfig:
+    return ReproduceConfig(sweep="tiny", out_dir=str(out), seeds=1, progress=False, device="cpu",
+                           **kw)  # fmt: skip
 
 
-def test_rerun_skips_finished_runs(small_config, fake, no_report):
-    cfg = small_config()
-    specs = build_plan(cfg)
-    report = pipeline.run(cfg, runners=fake.runners())
-    assert report.name == "report.md"
-    assert sorted(fake.trained()) == sorted(s.name for s in specs)
-    assert all(_status(s)["status"] == "done" for s in specs)
-    assert all(run_state(s) == "done" for s in specs)
-    fake.calls.clear()
-    pipeline.run(cfg, runners=fake.runners())
-    assert fake.calls == []  # nothing trained, analysed or evaluated again
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in _TIMING_KEYS}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
 
 
-def test_interrupted_run_resumes_and_only_the_rest_runs(small_config, fake, no_report):
-    cfg = small_config()
-    specs = build_plan(cfg)
-    victim = specs[4]  # mid-plan: runs 0-3 finish, 4 is interrupted, 5+ never start
-    fake.interrupt = {victim.slug}
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(cfg, runners=fake.runners())
-    assert _status(victim)["status"] == "interrupted" and run_state(victim) == "partial"
-    assert [run_state(s) for s in specs[5:]] == ["new"] * len(specs[5:])
-    fake.calls.clear()
-    pipeline.run(cfg, runners=fake.runners())
-    trained = fake.calls
-    # Only the interrupted run (resumed from its checkpoint) and the never-started ones ran.
-    assert [n for k, n, _ in trained if k == "train"] == [s.name for s in specs[4:]]
-    assert ("train", victim.name, True) in trained
-    assert all(resume is False for k, n, resume in trained if n != victim.name)
-    status = _status(victim)
-    assert status["status"] == "done" and status["attempts"] == 2
-    assert status["wall_time_s"] >= 0
+def _results(out: Path) -> dict[str, dict]:
+    """Every run's metrics and analysis files (timings removed), by run name."""
+    found = {}
+    for run_dir in sorted((out / sweeps.RUNS_DIR).iterdir()):
+        files = {}
+        for name in ("metrics.json", "analysis.json", "gan_analysis.json"):
+            if (run_dir / name).is_file():
+                data = json.loads((run_dir / name).read_text())
+                data.pop("protocol", None)  # holds the run folder's path
+                files[name] = _strip(data)
+        found[run_dir.name] = files
+    return found
 
 
-def test_failure_is_recorded_and_the_others_finish(small_config, fake, no_report):
-    cfg = small_config()
-    specs = build_plan(cfg)
-    victim = specs[1]
-    fake.fail = {victim.slug}
-    pipeline.run(cfg, runners=fake.runners())
-    status = _status(victim)
-    assert status["status"] == "failed" and "synthetic failure" in status["error"]
-    assert "RuntimeError: synthetic failure" in (run_dir_of(victim) / "error.txt").read_text()
-    assert all(_status(s)["status"] == "done" for s in specs if s is not victim)
-    # A rerun retries only the failed run.
-    fake.fail, fake.calls = set(), []
-    pipeline.run(cfg, runners=fake.runners())
-    assert fake.trained() == [victim.name]
+def test_sweep_names_match_the_config_choices():
+    assert set(sweeps.SWEEPS) == set(SWEEP_NAMES)
 
 
-def test_failure_stops_the_plan_when_asked(small_config, fake):
-    cfg = small_config(continue_on_error=False)
-    specs = build_plan(cfg)
-    fake.fail = {specs[0].slug}
-    with pytest.raises(RuntimeError, match="synthetic failure"):
-        pipeline.run(cfg, runners=fake.runners())
-    assert fake.trained() == [specs[0].name]
+def test_every_sweep_builds_with_distinct_folders():
+    for name, make in sweeps.SWEEPS.items():
+        runs = make()
+        assert len({r.name for r in runs}) == len(runs), name
+        # seeds and arms: each setting has vanilla (classifiers), SN and SRN on every seed
+        for kind in {r.kind for r in runs}:
+            arms = {r.arm for r in runs if r.kind == kind}
+            assert "sn" in arms and any(a.startswith("srn") for a in arms), (name, kind)
 
 
-def test_new_analysis_settings_reanalyse_without_retraining(small_config, fake, no_report):
-    pipeline.run(small_config(), runners=fake.runners())
-    fake.calls.clear()
-    pipeline.run(small_config(n_pairs=30), runners=fake.runners())
-    kinds = {k for k, _, _ in fake.calls}
-    assert kinds == {"analyze"}  # same training folders (hash unchanged), analysis redone
-    assert len(fake.calls) == 6  # the 6 clean-label runs
+def test_quick_has_three_seeds_and_standard_five():
+    for make, n in ((sweeps.quick, 3), (sweeps.standard, 5)):
+        seeds = {(r.kind, r.setting, r.arm): set() for r in make()}
+        for r in make():
+            seeds[(r.kind, r.setting, r.arm)].add(r.seed)
+        assert all(len(s) >= n for s in seeds.values())
 
 
-def test_refuses_to_run_under_torchrun(small_config, fake, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(RuntimeError, match="nproc-per-node"):
-        pipeline.run(small_config(), runners=fake.runners())
+def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
+    outs = {}
+    for executor, extra in (("sequential", {}), ("local", {"workers": 2}),
+                            ("submitit-local", {"workers": 2})):  # fmt: skip
+        out = tmp_path / executor
+        path = pipeline.run(_cfg(out, executor=executor, **extra))
+        assert path == out / "report.md" and path.is_file()
+        outs[executor] = _results(out)
+    assert outs["sequential"] and outs["sequential"] == outs["local"] == outs["submitit-local"]
+    claims = json.loads((tmp_path / "sequential" / "claims.json").read_text())
+    assert [c["number"] for c in claims["claims"]] == [1, 2, 3, 4, 5]
+    # A rerun finds everything finished.
+    runs = sweeps.build_sweep(_cfg(tmp_path / "sequential"))
+    assert all(execute(r).state == "skipped" for r in runs)
 
 
-def test_torchrun_launcher_command(small_config, monkeypatch, tmp_path):
-    seen = {}
-    monkeypatch.setattr(
-        pipeline.subprocess, "run", lambda argv, check: seen.setdefault("argv", argv)
-    )
-    spec = build_plan(small_config(nproc_per_node=2))[0]
-    runners = pipeline.default_runners(small_config(nproc_per_node=2))
-    runners.train_classifier(spec.config)
-    argv = seen["argv"]
-    assert argv[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
-    assert argv[6:8] == ["stablerank", "train"]
-    launch = json.loads(Path(argv[-1]).read_text())
-    assert launch["run_dir"] == spec.config.run_dir and launch["seed"] == spec.config.seed
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+    runs = sweeps.build_sweep(_cfg(tmp_path))
+    victim = runs[0]
+    real = execute_module._train
+
+    def failing(run):
+        if run.name == victim.name:
+            raise RuntimeError("boom")
+        return real(run)
+
+    monkeypatch.setattr(execute_module, "_train", failing)
+    report = pipeline.run(_cfg(tmp_path, executor="sequential"))
+    status = RunDir(victim.run_dir).read_status()
+    assert status["status"] == "failed" and "boom" in status["error"]
+    assert "boom" in (victim.run_dir / "error.txt").read_text()
+    assert victim.name in report.read_text()  # listed under runs not counted
+    others = [r for r in runs if r.name != victim.name]
+    assert all(RunDir(r.run_dir).read_status()["status"] == "done" for r in others)
+    # The same command retries the failed run only.
+    monkeypatch.setattr(execute_module, "_train", real)
+    assert execute(victim).state == "done"
+
+
+def test_a_locked_run_is_left_to_its_owner(tmp_path):
+    run = sweeps.build_sweep(_cfg(tmp_path))[0]
+    run.run_dir.mkdir(parents=True)
+    with RunDir(run.run_dir).lock():
+        assert execute(run).state == "busy"
+    assert execute(run).state == "done"
+
+
+def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        pipeline.run(_cfg(tmp_path, report_only=True))
+
+
+def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
+    pipeline.run(_cfg(tmp_path, dry_run=True))
+    out = capsys.readouterr().out
+    assert "runs (" in out and "new" in out
+    assert not (tmp_path / sweeps.RUNS_DIR).exists()

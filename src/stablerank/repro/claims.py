@@ -1,304 +1,400 @@
-"""The paper's claims (SPEC section 3) and the rule that decides each from our numbers.
+"""The paper's claims (docs/math.md §3), each split into sub-claims decided by tests over seeds.
 
-Each :class:`Claim` names the runs it reads (``classify``, ``shatter`` or ``gan``), the metrics
-with their direction (which way is "better for SRN"), and the reference normalizations SRN is
-compared with. :func:`evaluate_claims` applies :func:`decide` to every (setting, SRN rank ratio,
-reference, metric) comparison and combines them into a verdict.
+A *comparison* puts the SRN arm of one setting and rank ratio beside a reference arm (vanilla or
+SN) on one metric. It is decided by a Welch t-test over seeds (unequal variances), with the
+p-values of all comparisons of a report corrected together (Holm), and reported with the mean
+difference, its confidence interval and the effect size d (with an approximate CI):
 
-Decision rule (stated in the report, see :data:`RULE_TEXT`): for one comparison, with per-seed
-values a (SRN) and b (reference), the difference of means d = mean(a) - mean(b), signed so that
-d > 0 favours SRN, and its standard error se = sqrt(s_a^2/n_a + s_b^2/n_b) (sample standard
-deviations; Welch). The comparison *supports* the claim when d > z*se, *contradicts* it when
-d < -z*se, and *cannot tell* when |d| <= z*se or when either side has fewer than 2 seeds (no
-spread to compare with). z defaults to 2 (about a 95% two-sided interval for large n; with few
-seeds it is lenient: a t quantile would be larger). A claim is **reproduced** when every
-comparison supports it, **not reproduced** when at least one contradicts it, and otherwise
-**cannot tell**.
+* **not a test**: SRN's stable-rank cap binds on fewer than half of the normalized layers
+  (averaged over training): the SRN arm is spectral normalization, so nothing is said about SRN;
+* **reproduced**: significant (Holm-adjusted p < alpha) in the direction the paper claims;
+* **not reproduced**: significant in the other direction, or the CI of the improvement excludes
+  every improvement of at least the metric's smallest effect of interest;
+* **cannot tell**: neither; the report says how many seeds per arm would decide at the spread
+  measured (80% power).
+
+Seeds are paired by nothing: arms are independent samples. Diverged runs are excluded (and
+listed), never averaged in.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from stablerank.repro.records import RunRecord
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER
 
 __all__ = [
-    "CANNOT_TELL",
     "CLAIMS",
-    "CONTRADICTS",
-    "NOT_REPRODUCED",
-    "REPRODUCED",
-    "RULE_TEXT",
-    "SUPPORTS",
+    "METRICS",
     "Claim",
     "ClaimResult",
     "Comparison",
-    "MetricSpec",
-    "decide",
+    "Metric",
     "evaluate_claims",
+    "welch",
 ]
 
-SUPPORTS, CONTRADICTS, CANNOT_TELL = "supports", "contradicts", "cannot tell"
-REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
-_MIN_SEEDS = 2  # a standard deviation needs two values
-
-RULE_TEXT = (
-    "For each comparison (setting, SRN rank ratio c, reference normalization, metric) we take "
-    "the per-seed values, the difference of the means d (signed so that d > 0 favours SRN) and "
-    "its standard error se = sqrt(s_srn^2/n_srn + s_ref^2/n_ref) (sample standard deviations). "
-    "The comparison **supports** the claim if d > z*se, **contradicts** it if d < -z*se, and "
-    "**cannot tell** if |d| <= z*se or if either side has fewer than 2 seeds. A claim is "
-    "**reproduced** when every comparison supports it, **not reproduced** when at least one "
-    "contradicts it, and **cannot tell** otherwise. z = {z:g}; with few seeds this is lenient "
-    "(a t-test would ask for more), so read 'reproduced' from 2-3 seeds as suggestive."
-)
+REPRODUCED, NOT_REPRODUCED, CANNOT_TELL, NOT_A_TEST = (
+    "reproduced", "not reproduced", "cannot tell", "not a test",
+)  # fmt: skip
+MIN_ACTIVE_FRACTION = 0.5  # below: SRN acts as SN on most layers, "not a test"
+POWER = 0.8  # of the seed-count estimate for undecided comparisons
 
 
 @dataclass(frozen=True)
-class MetricSpec:
-    """One metric of a claim: the key in the run's flat metrics, a label and its direction."""
+class Metric:
+    """A number read from a run's record.
 
-    key: str
+    Attributes:
+        name: key in claims.json.
+        label: what the report prints.
+        read: the value of one record (None when missing).
+        lower_is_better: the direction the paper claims SRN moves it.
+        min_effect: smallest improvement of interest (absolute, in the metric's unit), or
+        relative: ... a fraction of the reference mean when ``relative`` is True.
+    """
+
+    name: str
     label: str
-    higher_is_better: bool
+    read: Callable[[RunRecord], float | None]
+    lower_is_better: bool
+    min_effect: float
+    relative: bool = False
+    percent: bool = False  # a fraction shown as percentage points
+
+
+def _result(attr: str) -> Callable[[RunRecord], float | None]:
+    return lambda rec: getattr(rec.result, attr, None)
+
+
+def _analysis(attr: str) -> Callable[[RunRecord], float | None]:
+    return lambda rec: getattr(rec.analysis, attr, None)
+
+
+def _d_el_median(rec: RunRecord) -> float | None:
+    values = sorted(v for vs in getattr(rec.analysis, "d_el_values", {}).values() for v in vs)
+    if not values:
+        return None
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+
+
+def _mean_train_acc(rec: RunRecord) -> float | None:
+    accs = [p.train_acc for p in getattr(rec.result, "curve", ()) if p.train_acc is not None]
+    return sum(accs) / len(accs) if accs else None
+
+
+METRICS = {
+    m.name: m
+    for m in (
+        Metric("gap_acc", "generalization gap (train - test accuracy)", _result("gap_acc"),
+               True, 0.005, percent=True),
+        Metric("test_acc", "test accuracy", _result("test_acc"), False, 0.005, percent=True),
+        Metric("train_acc", "train accuracy", _result("train_acc"), False, 0.005, percent=True),
+        Metric("final_train_acc", "final train accuracy on random labels", _result("train_acc"),
+               True, 0.01, percent=True),
+        Metric("mean_train_acc", "train accuracy on random labels, mean over epochs",
+               _mean_train_acc, True, 0.01, percent=True),
+        Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure",
+               _analysis("log10_neyshabur"), True, 0.05),
+        Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure",
+               _analysis("log10_bartlett"), True, 0.05),
+        Metric("log10_spectral_product", "log10 product of spectral norms (margin-free)",
+               _analysis("log10_spectral_product"), True, 0.05),
+        Metric("el_test_max", "eL max, test pairs", lambda r: getattr(
+            getattr(r.analysis, "el_test", None), "max", None), True, 0.05, relative=True),
+        Metric("fid", "FID", _result("fid"), True, 0.02, relative=True),
+        Metric("is_mean", "Inception-style score", _result("is_mean"), False, 0.02,
+               relative=True),
+        Metric("neural_divergence", "neural divergence", _analysis("neural_divergence"), True,
+               0.02, relative=True),
+        Metric("d_el_max", "discriminator eL, max over pairs", _analysis("d_el_max"), True,
+               0.05, relative=True),
+        Metric("d_el_median", "discriminator eL, median over pairs", _d_el_median, True, 0.05,
+               relative=True),
+    )
+}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of SPEC 3.
-
-    Attributes:
-        number: its number in SPEC 3.
-        text: the claim in words.
-        kind: the runs it reads (``classify``, ``shatter``, ``gan``).
-        metrics: what is compared and which way is better.
-        references: normalizations SRN is compared with.
-        paper: callable(setting) -> text with the paper's figures for a matching setting, or
-            None when the setting differs.
-    """
+    """A claim of the paper: runs of ``kind``; sub-claims (metric, reference arm)."""
 
     number: int
     text: str
     kind: str
-    metrics: tuple[MetricSpec, ...]
-    references: tuple[str, ...]
-    paper: Callable[[Mapping[str, Any]], str | None] = field(default=lambda setting: None)
+    subclaims: tuple[tuple[str, str], ...]
+
+
+CLAIMS = (
+    Claim(1, "SRN improves generalization (test accuracy and generalization gap) over vanilla "
+          "and SN", KIND_CLASSIFY,
+          (("gap_acc", "none"), ("gap_acc", "sn"), ("test_acc", "none"), ("test_acc", "sn"))),
+    Claim(2, "SRN reduces memorization of random labels (shattering)", KIND_SHATTER,
+          (("final_train_acc", "none"), ("final_train_acc", "sn"),
+           ("mean_train_acc", "none"), ("mean_train_acc", "sn"))),
+    Claim(3, "SRN lowers the sample-complexity measures", KIND_CLASSIFY,
+          (("log10_neyshabur", "none"), ("log10_neyshabur", "sn"),
+           ("log10_bartlett", "none"), ("log10_bartlett", "sn"))),
+    Claim(4, "SRN-GAN improves FID, IS and neural divergence over SN-GAN", KIND_GAN,
+          (("fid", "sn"), ("is_mean", "sn"), ("neural_divergence", "sn"))),
+    Claim(5, "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN's",
+          KIND_GAN, (("d_el_max", "sn"), ("d_el_median", "sn"))),
+)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- statistics
 
 
 @dataclass(frozen=True)
-class Comparison:
-    """One SRN-vs-reference comparison on one metric."""
+class WelchTest:
+    """Welch's t-test of mean(a) - mean(b), with the difference's CI and Cohen's d."""
 
-    group: str
-    srn_mode: str
-    ref_mode: str
-    metric: MetricSpec
-    mean_srn: float
-    mean_ref: float
-    n_srn: int
-    n_ref: int
-    diff: float  # signed: > 0 favours SRN
-    se: float
-    outcome: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    """The verdict on one claim with the comparisons behind it."""
-
-    claim: Claim
-    verdict: str
-    comparisons: tuple[Comparison, ...]
-    note: str = ""
+    diff: float
+    diff_low: float
+    diff_high: float
+    d: float
+    d_low: float
+    d_high: float
+    p_value: float
+    df: float
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else math.nan
-    return mean, math.sqrt(var)
+    import statistics
+
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
-def decide(
-    srn: Sequence[float], ref: Sequence[float], *, higher_is_better: bool, z: float = 2.0
-) -> tuple[str, float, float, str]:
-    """Apply the decision rule to one comparison.
+def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> WelchTest:
+    """Welch's two-sided t-test and intervals; ``a`` and ``b`` need 2 values each.
 
-    Args:
-        srn: per-seed values of the SRN runs (non-empty).
-        ref: per-seed values of the reference runs (non-empty).
-        higher_is_better: direction of the metric.
-        z: standard errors a difference must exceed (default 2).
-
-    Returns:
-        (outcome, d, se, reason): outcome in {SUPPORTS, CONTRADICTS, CANNOT_TELL}; d the
-        difference of means signed so that d > 0 favours SRN; se its standard error (nan with
-        fewer than 2 seeds on a side); reason a short explanation.
-
-    Raises:
-        ValueError: on an empty side or a non-positive z.
+    d is the difference over the root mean square of the two standard deviations; its CI uses
+    the normal approximation of its standard error (Hedges & Olkin 1985).
     """
-    if not srn or not ref:
-        raise ValueError(f"srn and ref must be non-empty, got {len(srn)} and {len(ref)} values")
-    if not z > 0:
-        raise ValueError(f"z must be > 0, got {z!r}")
-    (ma, sa), (mb, sb) = _mean_std(srn), _mean_std(ref)
-    d = (ma - mb) if higher_is_better else (mb - ma)
-    if min(len(srn), len(ref)) < _MIN_SEEDS:
-        return CANNOT_TELL, d, math.nan, f"fewer than {_MIN_SEEDS} seeds on a side: no spread"
-    se = math.sqrt(sa**2 / len(srn) + sb**2 / len(ref))
-    if d > z * se:
-        return SUPPORTS, d, se, f"d = {d:.4g} > {z:g} se = {z * se:.3g}"
-    if d < -z * se:
-        return CONTRADICTS, d, se, f"d = {d:.4g} < -{z:g} se = {-z * se:.3g}"
-    return CANNOT_TELL, d, se, f"|d| = {abs(d):.3g} <= {z:g} se = {z * se:.3g}"
+    from scipy import stats
+
+    (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
+    na, nb = len(a), len(b)
+    va, vb = sa * sa / na, sb * sb / nb
+    diff = ma - mb
+    se = math.sqrt(va + vb)
+    if se == 0.0:  # identical constants: no spread to test against
+        p = 1.0 if diff == 0 else 0.0
+        df = float(na + nb - 2)
+    else:
+        df = (va + vb) ** 2 / (va * va / (na - 1) + vb * vb / (nb - 1))
+        p = float(2 * stats.t.sf(abs(diff) / se, df))
+    t_crit = float(stats.t.ppf(0.5 + confidence / 2, df))
+    pooled = math.sqrt((sa * sa + sb * sb) / 2)
+    d = diff / pooled if pooled > 0 else math.copysign(math.inf, diff) if diff else 0.0
+    se_d = math.sqrt((na + nb) / (na * nb) + d * d / (2 * (na + nb))) if math.isfinite(d) else 0
+    z = float(stats.norm.ppf(0.5 + confidence / 2))
+    return WelchTest(diff, diff - t_crit * se, diff + t_crit * se, d, d - z * se_d, d + z * se_d,
+                     p, df)  # fmt: skip
 
 
-def _cifar10_gan_figures(setting: Mapping[str, Any]) -> str | None:
-    if setting.get("dataset") == "cifar10" and str(setting.get("feature_net", "")).startswith(
-        "inception"
-    ):
-        return (
-            "paper (CIFAR-10, Inception features): SRN-GAN IS 8.53, FID 19.83; SN-GAN (its own "
-            "paper) IS 8.22, FID 21.7"
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment (family-wise error rate) of ``p_values``."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [1.0] * len(p_values)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def seeds_needed(std_a: float, std_b: float, effect: float, alpha: float) -> int | None:
+    """Seeds per arm for a two-sided test at ``alpha`` to detect ``effect`` with 80% power."""
+    from scipy import stats
+
+    if not effect or not math.isfinite(std_a + std_b):
+        return None
+    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(POWER)
+    return max(2, math.ceil(z * z * (std_a**2 + std_b**2) / effect**2))
+
+
+# ----------------------------------------------------------------------------- comparisons
+
+
+@dataclass
+class Comparison:
+    """SRN at one rank ratio vs a reference arm, on one metric of one setting."""
+
+    claim: int
+    metric: str
+    setting: str
+    rank_ratio: float
+    reference: str
+    srn_values: list[float]
+    ref_values: list[float]
+    srn_seeds: list[int]
+    ref_seeds: list[int]
+    srn_active_fraction: float | None
+    srn_active_fraction_end: float | None
+    test: WelchTest | None = None
+    p_adjusted: float | None = None
+    outcome: str = CANNOT_TELL
+    reason: str = ""
+    seeds_needed: int | None = None
+    context: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def is_test(self) -> bool:
+        return self.test is not None and self.outcome != NOT_A_TEST
+
+    def to_dict(self) -> dict[str, object]:
+        srn = _mean_std(self.srn_values) if self.srn_values else (math.nan, math.nan)
+        ref = _mean_std(self.ref_values) if self.ref_values else (math.nan, math.nan)
+        t = self.test
+        return {
+            "claim": self.claim, "metric": self.metric, "setting": self.setting,
+            "rank_ratio": self.rank_ratio, "reference": self.reference,
+            "n_srn": len(self.srn_values), "n_ref": len(self.ref_values),
+            "seeds_srn": self.srn_seeds, "seeds_ref": self.ref_seeds,
+            "mean_srn": srn[0], "std_srn": srn[1], "mean_ref": ref[0], "std_ref": ref[1],
+            "diff": t.diff if t else None, "diff_ci": [t.diff_low, t.diff_high] if t else None,
+            "d": t.d if t else None, "d_ci": [t.d_low, t.d_high] if t else None,
+            "p_value": t.p_value if t else None, "p_adjusted": self.p_adjusted,
+            "srn_active_fraction": self.srn_active_fraction,
+            "srn_active_fraction_end": self.srn_active_fraction_end,
+            "outcome": self.outcome, "reason": self.reason,
+            "seeds_needed": self.seeds_needed, "context": self.context,
+        }  # fmt: skip
+
+
+@dataclass
+class ClaimResult:
+    claim: Claim
+    comparisons: list[Comparison]
+
+    @property
+    def verdict(self) -> str:
+        """reproduced / not reproduced / mixed / cannot tell / not a test / no runs."""
+        outcomes = {c.outcome for c in self.comparisons}
+        if not outcomes:
+            return "no runs"
+        decided = outcomes & {REPRODUCED, NOT_REPRODUCED}
+        if decided == {REPRODUCED, NOT_REPRODUCED}:
+            return "mixed"
+        if decided:
+            return decided.pop()
+        return CANNOT_TELL if CANNOT_TELL in outcomes else NOT_A_TEST
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def _arms(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:
+    """``{setting: {arm: [usable records]}}`` of one kind."""
+    out: dict[str, dict[str, list[RunRecord]]] = {}
+    for rec in records:
+        if rec.run.kind == kind and rec.usable:
+            out.setdefault(rec.run.setting, {}).setdefault(rec.run.arm, []).append(rec)
+    return out
+
+
+def _values(recs: Sequence[RunRecord], metric: Metric) -> tuple[list[float], list[int]]:
+    values, seeds = [], []
+    for rec in recs:
+        v = metric.read(rec)
+        if v is not None and math.isfinite(v):
+            values.append(float(v))
+            seeds.append(rec.run.seed)
+    return values, seeds
+
+
+def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]:
+    out = []
+    clean = _arms(records, KIND_CLASSIFY)
+    for setting, arms in _arms(records, claim.kind).items():
+        srn_arms = sorted(a for a in arms if a.startswith("srn"))
+        for arm in srn_arms:
+            srn = arms[arm]
+            c = srn[0].run.rank_ratio
+            for metric_name, ref in claim.subclaims:
+                if ref not in arms:
+                    continue
+                metric = METRICS[metric_name]
+                sv, ss = _values(srn, metric)
+                rv, rs = _values(arms[ref], metric)
+                comp = Comparison(
+                    claim.number, metric_name, setting, c, ref, sv, rv, ss, rs,
+                    _mean([r.result.srn_active_fraction_mean for r in srn]),
+                    _mean([r.result.srn_active_fraction for r in srn]),
+                )  # fmt: skip
+                if claim.kind == KIND_SHATTER and setting in clean:
+                    # Memorization is read beside the clean accuracy at the same c: a tiny c
+                    # "reduces memorization" by underfitting.
+                    acc = METRICS["test_acc"]
+                    comp.context = {
+                        f"clean_test_acc_{a}": _mean(_values(clean[setting][a], acc)[0])
+                        for a in (arm, ref) if a in clean[setting]
+                    }  # fmt: skip
+                out.append(comp)
+    return out
+
+
+def _decide(comp: Comparison, alpha: float) -> None:
+    metric = METRICS[comp.metric]
+    active = comp.srn_active_fraction
+    if active is None:
+        active = comp.srn_active_fraction_end
+    if active is None or active < MIN_ACTIVE_FRACTION:
+        comp.outcome = NOT_A_TEST
+        comp.reason = (
+            "SRN's activity was not recorded" if active is None else
+            f"the stable-rank cap binds on {active:.0%} of the SRN layers (< "
+            f"{MIN_ACTIVE_FRACTION:.0%}): this SRN arm is spectral normalization"
+        )  # fmt: skip
+        return
+    if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:
+        comp.outcome = CANNOT_TELL
+        comp.reason = "fewer than 2 finished seeds in an arm"
+        return
+    comp.test = welch(comp.srn_values, comp.ref_values)
+
+
+def _finish(comp: Comparison, alpha: float) -> None:
+    """The outcome from the Holm-adjusted p-value and the improvement's CI."""
+    metric, t = METRICS[comp.metric], comp.test
+    assert t is not None and comp.p_adjusted is not None  # Precondition: tested
+    sign = -1.0 if metric.lower_is_better else 1.0  # improvement = sign * (srn - ref)
+    improvement_high = max(sign * t.diff_low, sign * t.diff_high)
+    ref_mean = _mean_std(comp.ref_values)[0]
+    min_effect = metric.min_effect * (abs(ref_mean) if metric.relative else 1.0)
+    if comp.p_adjusted < alpha:
+        better = sign * t.diff > 0
+        comp.outcome = REPRODUCED if better else NOT_REPRODUCED
+        comp.reason = f"significant ({'better' if better else 'worse'} than {comp.reference})"
+    elif improvement_high < min_effect:
+        comp.outcome = NOT_REPRODUCED
+        comp.reason = (
+            f"no improvement of at least {min_effect:.3g} is within the 95% CI of the difference"
         )
-    return None
+    else:
+        comp.outcome = CANNOT_TELL
+        _, s_srn = _mean_std(comp.srn_values)
+        _, s_ref = _mean_std(comp.ref_values)
+        effect = abs(t.diff) if sign * t.diff > 0 else min_effect
+        comp.seeds_needed = seeds_needed(s_srn, s_ref, max(effect, min_effect), alpha)
+        comp.reason = "not significant and the CI still allows an improvement"
 
 
-def _cifar_classifier_figures(setting: Mapping[str, Any]) -> str | None:
-    if setting.get("dataset") in ("cifar10", "cifar100"):
-        return (
-            "paper (v1 abstract, CIFAR-10/100 over the five architectures): SRN gives an "
-            "11.3% smaller generalization gap than the unnormalized network"
-        )
-    return None
-
-
-CLAIMS: tuple[Claim, ...] = (
-    Claim(
-        1,
-        "SRN improves test accuracy and the generalization gap over vanilla and SN "
-        "(ResNet-110, WRN-28-10, DenseNet-BC-100, VGG-19, AlexNet on CIFAR-10/100).",
-        "classify",
-        (
-            MetricSpec("test_acc", "test accuracy", True),
-            MetricSpec("gap_acc", "generalization gap (train - test accuracy)", False),
-        ),
-        ("none", "sn"),
-        _cifar_classifier_figures,
-    ),
-    Claim(
-        2,
-        "SRN reduces memorization of random labels (shattering): it fits them less or slower.",
-        "shatter",
-        (
-            MetricSpec("final_train_acc", "train accuracy on random labels, last epoch", False),
-            MetricSpec(
-                "mean_train_acc", "train accuracy on random labels, mean over epochs", False
-            ),
-        ),
-        ("none", "sn"),
-    ),
-    Claim(
-        3,
-        "SRN lowers the sample-complexity measures (Neyshabur et al. 2018, Bartlett et al. "
-        "2017; log10, 10th-percentile margin).",
-        "classify",
-        (
-            MetricSpec("log10_neyshabur", "log10 Neyshabur measure", False),
-            MetricSpec("log10_bartlett", "log10 Bartlett measure", False),
-        ),
-        ("none", "sn"),
-    ),
-    Claim(
-        4,
-        "SRN-GAN (SRN on every discriminator layer) improves IS, FID and neural divergence "
-        "over SN-GAN (CIFAR-10, CIFAR-100, CelebA).",
-        "gan",
-        (
-            MetricSpec("is_mean", "Inception Score (own feature net offline)", True),
-            MetricSpec("fid", "FID", False),
-            MetricSpec("neural_divergence", "neural divergence", False),
-        ),
-        ("sn",),
-        _cifar10_gan_figures,
-    ),
-    Claim(
-        5,
-        "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN ones.",
-        "gan",
-        (
-            MetricSpec("d_el_max", "discriminator eL, max over all pairs", False),
-            MetricSpec("d_el_q50", "discriminator eL, median over all pairs", False),
-        ),
-        ("sn",),
-    ),
-)
-
-
-def evaluate_claims(
-    values: Mapping[tuple[str, str, str], Mapping[str, Sequence[float]]],
-    *,
-    z: float = 2.0,
-    claims: Sequence[Claim] = CLAIMS,
-) -> list[ClaimResult]:
-    """Decide every claim from per-seed metric values.
-
-    Args:
-        values: ``{(kind, group, mode): {metric key: per-seed values}}`` (missing or None
-            values are left out by the caller).
-        z: the decision rule's threshold in standard errors (default 2).
-        claims: the claims to decide (default :data:`CLAIMS`).
-
-    Returns:
-        One :class:`ClaimResult` per claim, in order. A claim with no runs to compare is
-        "cannot tell" with a note saying why.
-    """
-    results = []
-    for claim in claims:
-        comparisons: list[Comparison] = []
-        groups = sorted({g for (k, g, _m) in values if k == claim.kind})
-        for group in groups:
-            modes = {m for (k, g, m) in values if k == claim.kind and g == group}
-            for srn_mode in sorted(m for m in modes if m.startswith("srn")):
-                for ref in claim.references:
-                    if ref not in modes:
-                        continue
-                    for metric in claim.metrics:
-                        a = values[(claim.kind, group, srn_mode)].get(metric.key) or []
-                        b = values[(claim.kind, group, ref)].get(metric.key) or []
-                        if not a or not b:
-                            continue
-                        outcome, d, se, reason = decide(
-                            a, b, higher_is_better=metric.higher_is_better, z=z
-                        )
-                        comparisons.append(
-                            Comparison(
-                                group,
-                                srn_mode,
-                                ref,
-                                metric,
-                                _mean_std(a)[0],
-                                _mean_std(b)[0],
-                                len(a),
-                                len(b),
-                                d,
-                                se,
-                                outcome,
-                                reason,
-                            )
-                        )
-        outcomes = {c.outcome for c in comparisons}
-        note = ""
-        if not comparisons:
-            verdict, note = CANNOT_TELL, "no SRN and reference runs with this metric in this plan"
-        elif CONTRADICTS in outcomes:
-            verdict = NOT_REPRODUCED
-        elif outcomes == {SUPPORTS}:
-            verdict = REPRODUCED
-        else:
-            verdict = CANNOT_TELL
-        results.append(ClaimResult(claim, verdict, tuple(comparisons), note))
+def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[ClaimResult]:
+    """Every claim with its comparisons decided (Holm over all tested comparisons)."""
+    results = [ClaimResult(claim, _comparisons(claim, records)) for claim in CLAIMS]
+    comps = [c for r in results for c in r.comparisons]
+    for comp in comps:
+        _decide(comp, alpha)
+    tested = [c for c in comps if c.test is not None]
+    for comp, p in zip(tested, holm([c.test.p_value for c in tested]), strict=True):
+        comp.p_adjusted = p
+        _finish(comp, alpha)
     return results

@@ -1,288 +1,357 @@
-"""``report.md`` and its figures, built only from the saved files of the run folders.
+"""The reproduction report: ``report.md``, ``claims.json`` and figures, from saved results only.
 
-:func:`write_report` reads ``out_dir`` (``plan.json`` and each run's ``spec.json``,
-``status.json``, ``metrics.json``, ``analysis.json``, ``gan_analysis.json``, ``log.jsonl``,
-``env.json``; never a model or a dataset), decides the claims (:mod:`stablerank.repro.claims`)
-and writes ``out_dir/report.md`` with PNG figures in ``out_dir/figures``. ``stablerank
-reproduce`` calls it at the end; ``stablerank reproduce --report-only`` (or this function) rebuilds
-it from what is there.
+Built from the typed run records (:mod:`stablerank.repro.records`) and the claims
+(:mod:`stablerank.repro.claims`); never retrains. Every SRN arm shows how often its stable-rank
+cap binds, every verdict comes from a test over seeds, diverged and failed runs are listed.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import json
+import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stablerank.repro.claims import CLAIMS, RULE_TEXT, Claim, ClaimResult, evaluate_claims
-from stablerank.repro.plan import KIND_CLASSIFY, KIND_GAN
-from stablerank.repro.results import (
-    PLAN_FILE,
-    RunRecord,
-    collect_runs,
-    per_seed_values,
-    read_json,
-    stats,
-)
-from stablerank.repro.sections import (
-    FIGURES_DIR,
-    classify_section,
-    fmt_value,
-    gan_section,
-    group_runs,
-    rel_path,
-    shatter_section,
-    table,
-)
+import yaml
 
-__all__ = ["FIGURES_DIR", "REPORT_FILE", "Report", "claims_summary", "write_report"]
+from stablerank.repro.claims import (
+    METRICS,
+    MIN_ACTIVE_FRACTION,
+    ClaimResult,
+    Comparison,
+    evaluate_claims,
+)
+from stablerank.repro.records import RunRecord
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, Run
+from stablerank.train.results import to_dict
+
+__all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 
 REPORT_FILE = "report.md"
-DEFAULT_Z = 2.0
+CLAIMS_FILE = "claims.json"
+FIGURES = "figures"
+_TABLE_METRICS = {
+    KIND_CLASSIFY: ("test_acc", "train_acc", "gap_acc", "log10_neyshabur", "log10_bartlett",
+                    "log10_spectral_product", "el_test_max"),
+    KIND_SHATTER: ("final_train_acc", "mean_train_acc"),
+    KIND_GAN: ("fid", "is_mean", "neural_divergence", "d_el_max", "d_el_median"),
+}  # fmt: skip
 
 
-@dataclass(frozen=True)
-class Report:
-    """What :func:`write_report` produced."""
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``path`` through a unique temporary file and a rename (readers never see half)."""
+    import os
+    import tempfile
 
-    path: Path
-    claims: tuple[ClaimResult, ...]
-    n_runs: int
-    n_done: int
-    n_failed: int
-    figures: tuple[Path, ...]
-    z: float = DEFAULT_Z
-
-
-# ----------------------------------------------------------------------------- sections
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
+    os.replace(tmp, path)
 
 
-def _claims_section(results: Sequence[ClaimResult], records: Sequence[RunRecord], z: float) -> str:
-    out = ["## Claims (SPEC section 3)", "", RULE_TEXT.format(z=z), ""]
-    settings = _settings(records)
-    for res in results:
-        c = res.claim
-        out += [f"### Claim {c.number}: {res.verdict.upper()}", "", f"*{c.text}*", ""]
-        if res.note:
-            out += [f"Note: {res.note}{_missing_note(c, records)}.", ""]
-        groups = sorted({cmp.group for cmp in res.comparisons}) or sorted(
-            {r.group for r in records if r.kind == c.kind}
-        )
-        for group in groups:
-            figures = c.paper(settings.get((c.kind, group), {}))
-            out.append(
-                f"- {group}: "
-                + (
-                    figures
-                    or "setting differs from the paper's "
-                    f"({_describe_setting(settings.get((c.kind, group), {}))}); its reported "
-                    "figures are not comparable with ours"
-                )
-            )
-        if c.number == 1:
-            out += _relative_gap_lines(records)
-        out.append("")
-        if res.comparisons:
-            rows = [
-                [
-                    cmp.group,
-                    cmp.srn_mode,
-                    cmp.ref_mode,
-                    cmp.metric.label,
-                    f"{cmp.mean_srn:.4g} (n={cmp.n_srn})",
-                    f"{cmp.mean_ref:.4g} (n={cmp.n_ref})",
-                    f"{cmp.diff:+.3g}",
-                    fmt_value(cmp.se, 2),
-                    cmp.outcome,
-                ]
-                for cmp in res.comparisons
-            ]
-            out += [
-                table(
-                    [
-                        "setting",
-                        "SRN",
-                        "vs",
-                        "metric",
-                        "SRN mean",
-                        "ref mean",
-                        "d (>0 favours SRN)",
-                        "se",
-                        "outcome",
-                    ],
-                    rows,
-                ),
-                "",
-            ]
-    return "\n".join(out)
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
-def _missing_note(claim: Claim, records: Sequence[RunRecord]) -> str:
-    """Why a claim's metrics are missing from finished runs, where the saved JSON says."""
-    runs = [r for r in records if r.kind == claim.kind and r.done]
-    if not runs:
-        return ""
-    keys = [m.key for m in claim.metrics]
-    missing = [r for r in runs if all(r.metrics.get(k) is None for k in keys)]
-    negative = [r for r in missing if (r.metrics.get("margin") or 0.0) <= 0.0]
-    if "log10_neyshabur" in keys and negative:
-        return (
-            f" ({len(negative)} of {len(runs)} finished runs have a non-positive "
-            "10th-percentile training margin: more than 10% of their training images are "
-            "misclassified, so the margin-normalized measures are undefined; train longer, "
-            "e.g. the standard preset)"
-        )
-    if missing:
-        return f" ({len(missing)} of {len(runs)} finished runs lack {', '.join(keys)})"
-    return ""
+def _fmt(value: float | None, percent: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{100 * value:.2f}" if percent else f"{value:.4g}"
 
 
-def _settings(records: Sequence[RunRecord]) -> dict[tuple[str, str], dict[str, Any]]:
-    out: dict[tuple[str, str], dict[str, Any]] = {}
+def _cell(values: Sequence[float], percent: bool) -> str:
+    if not values:
+        return "n/a"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return _fmt(mean, percent)
+    return f"{_fmt(mean, percent)} ± {_fmt(statistics.stdev(values), percent)}"
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _arm_order(arm: str) -> tuple[int, str]:
+    return ({"none": 0, "sn": 1}.get(arm, 2), arm)
+
+
+def _settings(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:
+    out: dict[str, dict[str, list[RunRecord]]] = {}
     for rec in records:
-        s = {
-            "dataset": rec.config.get("dataset"),
-            "model": rec.config.get("model") or rec.config.get("arch"),
-        }
-        if rec.kind == KIND_GAN:
-            s["feature_net"] = rec.protocol.get("metrics", {}).get("feature_net") or rec.config.get(
-                "feature_net"
-            )
-        out.setdefault((rec.kind, rec.group), s)
-    return out
+        if rec.run.kind == kind:
+            out.setdefault(rec.run.setting, {}).setdefault(rec.run.arm, []).append(rec)
+    return {s: dict(sorted(a.items(), key=lambda kv: _arm_order(kv[0]))) for s, a in out.items()}
 
 
-def _describe_setting(s: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v}" for k, v in s.items() if v) or "unknown"
+def _active(recs: Sequence[RunRecord]) -> str:
+    ends = [r.result.srn_active_fraction for r in recs if r.usable]
+    means = [r.result.srn_active_fraction_mean for r in recs if r.usable]
+    if not ends or ends[0] is None:
+        return "-"
+    mean = [m for m in means if m is not None]
+    return f"{statistics.fmean(ends):.0%} (over training {statistics.fmean(mean):.0%})" if mean \
+        else f"{statistics.fmean(ends):.0%}"  # fmt: skip
 
 
-def _relative_gap_lines(records: Sequence[RunRecord]) -> list[str]:
-    lines = []
-    for group, recs in sorted(group_runs(records, KIND_CLASSIFY).items()):
-        base = stats(r.metrics.get("gap_acc") for r in recs if r.mode == "none")
-        for mode in sorted({r.mode for r in recs if r.mode.startswith("srn")}):
-            s = stats(r.metrics.get("gap_acc") for r in recs if r.mode == mode)
-            if base.n and s.n and base.mean > 0:
-                lines.append(
-                    f"- ours, {group}: {mode} changes the mean generalization gap by "
-                    f"{100 * (s.mean - base.mean) / base.mean:+.1f}% relative to none "
-                    f"({s.mean:.4f} vs {base.mean:.4f})"
-                )
-    return lines
-
-
-def _provenance_section(records: Sequence[RunRecord], out_dir: Path) -> str:
-    plan = read_json(out_dir / PLAN_FILE) or {}
-    envs = [r.env for r in records if r.env]
-    keys = (
-        "stablerank",
-        "git_commit",
-        "torch",
-        "python",
-        "platform",
-        "cpu_count",
-        "torch_threads",
-        "device",
-        "cuda_device",
-        "cuda",
-    )
-    out = ["## Provenance", ""]
-    for key in keys:
-        values = sorted({str(e.get(key)) for e in envs if e.get(key) is not None})
-        if values:
-            out.append(f"- {key}: {', '.join(values)}")
-    hw = plan.get("hardware")
-    if hw:
-        out.append(f"- planned on: {hw}")
-    if plan.get("config"):
-        cfg = plan["config"]
-        out.append(f"- reproduce config: `{ {k: v for k, v in cfg.items() if k != 'progress'} }`")
-    total = sum(float(r.status.get("wall_time_s") or 0) for r in records)
-    out += [f"- total wall time of the runs: {total / 60:.1f} min", "", "### Runs", ""]
+def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
+    metrics = [METRICS[m] for m in _TABLE_METRICS[kind]]
     rows = []
-    for r in records:
-        st = r.status.get("status", "not run")
-        err = r.status.get("error", "")
-        rows.append(
-            [
-                f"[{r.name}]({rel_path(r.path, out_dir)})",
-                r.kind,
-                r.mode,
-                r.seed,
-                st,
-                fmt_value(r.status.get("wall_time_s"), 4),
-                err[:120],
-            ]
-        )
-    out += [table(["run", "kind", "norm", "seed", "status", "wall time (s)", "error"], rows), ""]
+    for arm, recs in arms.items():
+        usable = [r for r in recs if r.usable]
+        row = [arm, f"{len(usable)}/{len(recs)}", _active(recs)]
+        for m in metrics:
+            values = [v for v in (m.read(r) for r in usable) if v is not None and math.isfinite(v)]
+            row.append(_cell(values, m.percent))
+        rows.append(row)
+    headers = ["arm", "finished", "cap binds (end)"] + [
+        m.label + (" (%)" if m.percent else "") for m in metrics
+    ]
+    run = next(iter(arms.values()))[0].run
+    return f"### {kind}: {setting}\n\n{_describe(run)}\n\n{_table(headers, rows)}\n"
+
+
+def _describe(run: Run) -> str:
+    cfg = run.config
+    if run.kind == KIND_GAN:
+        return (f"{cfg.arch} GAN on {cfg.dataset}, ngf = ndf = {cfg.ndf}, {cfg.g_steps} "
+                f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
+                f"{cfg.n_final_samples} samples for FID/IS.")  # fmt: skip
+    subset = cfg.train_subset or "all"
+    return (f"{cfg.model} (width {cfg.width:g}) on {subset} {cfg.dataset} images, "
+            f"label noise {cfg.label_noise:g}, {cfg.epochs} epochs, {cfg.optimizer} lr "
+            f"{cfg.lr:g} ({cfg.schedule}), weight decay {cfg.weight_decay:g}, augmentation "
+            f"{cfg.resolved_augment}, head {getattr(cfg, 'head', 'none')}.")  # fmt: skip
+
+
+def _comparison_row(c: Comparison) -> list[str]:
+    m = METRICS[c.metric]
+    d = c.to_dict()
+    ci = d["diff_ci"]
+    diff = "n/a" if c.test is None else (
+        f"{_fmt(c.test.diff, m.percent)} [{_fmt(ci[0], m.percent)}, {_fmt(ci[1], m.percent)}]"
+    )  # fmt: skip
+    effect = "n/a" if c.test is None else f"{c.test.d:.2f} [{c.test.d_low:.2f}, {c.test.d_high:.2f}]"
+    p = "n/a" if c.test is None else f"{c.test.p_value:.3g} / {c.p_adjusted:.3g}"
+    active = "n/a" if c.srn_active_fraction is None else f"{c.srn_active_fraction:.0%}"
+    outcome = f"**{c.outcome}**"
+    if c.seeds_needed:
+        outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
+    return [c.setting, f"{c.rank_ratio:g}", f"vs {c.reference}",
+            m.label + (" (pp)" if m.percent else ""),
+            f"{len(c.srn_values)} / {len(c.ref_values)}",
+            f"{_cell(c.srn_values, m.percent)} vs {_cell(c.ref_values, m.percent)}",
+            diff, effect, p, active, outcome]  # fmt: skip
+
+
+def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
+    out = [
+        "## Claims\n",
+        f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over the "
+        f"{sum(c.test is not None for r in results for c in r.comparisons)} tested comparisons "
+        f"of this report (family-wise alpha = {alpha:g}); the difference SRN - reference with "
+        "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
+        "95% CI. **not a test**: the stable-rank cap binds on fewer than "
+        f"{MIN_ACTIVE_FRACTION:.0%} of the SRN layers (averaged over training), so that arm is "
+        "spectral normalization. **not reproduced**: significantly worse, or the CI excludes "
+        "every improvement of at least the metric's smallest effect of interest (0.5 pp "
+        "accuracy, 1 pp on random labels, 0.05 in log10 measures, 2-5% of the reference for "
+        "GAN scores and eL).\n",
+    ]
+    for r in results:
+        out.append(f"### Claim {r.claim.number}: {r.claim.text} - **{r.verdict}**\n")
+        if not r.comparisons:
+            out.append("No finished runs of this kind in this sweep.\n")
+            continue
+        headers = ["setting", "c", "reference", "metric", "n (srn / ref)", "srn vs ref",
+                   "difference [95% CI]", "d [95% CI]", "p / Holm p", "cap binds", "outcome"]
+        out.append(_table(headers, [_comparison_row(c) for c in r.comparisons]) + "\n")
+        notes = sorted({f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
+                        for c in r.comparisons if c.outcome == "not a test"})  # fmt: skip
+        context = [c for c in r.comparisons if c.context]
+        if context:
+            notes.append("- Read beside the clean-label test accuracy at the same c (a small c "
+                         "can reduce memorization by underfitting): " + "; ".join(sorted({
+                             f"{c.setting} {k.removeprefix('clean_test_acc_')}: "
+                             f"{_fmt(v, True)}%" for c in context for k, v in c.context.items()
+                         })))  # fmt: skip
+        out += [*notes, ""]
     return "\n".join(out)
 
 
-# ----------------------------------------------------------------------------- entry points
+def _problems(records: Sequence[RunRecord]) -> str:
+    rows = [
+        [r.run.name, r.state, (r.result.divergence if r.result else "") or r.problem]
+        for r in records if not r.usable
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    return ("## Runs not counted\n\nThese runs are left out of every mean and test (diverged, "
+            "failed or not finished; a rerun of the same command retries failed and unfinished "
+            "ones).\n\n" + _table(["run", "state", "why"], rows) + "\n")  # fmt: skip
 
 
-def write_report(out_dir: str | Path, *, decision_z: float | None = None) -> Report:
-    """Build ``out_dir/report.md`` and ``out_dir/figures/*.png`` from the saved run files.
+def _decides(results: Sequence[ClaimResult], sweep: str) -> str:
+    lines = [f"## Summary ({sweep})\n"]
+    for r in results:
+        lines.append(f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**")
+    lines.append(
+        "\nWhat this sweep can decide: its networks are small and trained on Fashion-MNIST "
+        "subsets, so a verdict here is about these settings, not about the paper's CIFAR "
+        "architectures; claim 4 is scored with this project's own Fashion-MNIST feature "
+        "network, not Inception."
+        if sweep in ("quick", "tiny", "standard") else ""
+    )
+    return "\n".join(lines) + "\n"
 
-    Args:
-        out_dir: the reproduction folder (``plan.json`` and ``runs/``).
-        decision_z: threshold of the claims' decision rule in standard errors (default: the
-            plan's ``decision_z``, else 2).
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _curve_plot(arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str,
+                path: Path) -> Path | None:  # fmt: skip
+    fig = _figure()
+    ax = fig.add_subplot()
+    drawn = False
+    for arm, recs in arms.items():
+        curves = [[(p.step, getattr(p, attr)) for p in r.result.curve if getattr(p, attr) is not None]
+                  for r in recs if r.usable]  # fmt: skip
+        curves = [c for c in curves if c]
+        if not curves:
+            continue
+        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
+        ys = [[dict(c)[s] for c in curves] for s in steps]
+        mean = [statistics.fmean(y) for y in ys]
+        spread = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+        line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
+        ax.fill_between(steps, [m - s for m, s in zip(mean, spread, strict=True)],
+                        [m + s for m, s in zip(mean, spread, strict=True)],
+                        color=line.get_color(), alpha=0.2)  # fmt: skip
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("epoch" if "gan" not in title else "generator step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
+    comps = [c for r in results for c in r.comparisons if c.test is not None]
+    if not comps:
+        return None
+    fig = _figure((7.0, 0.35 * len(comps) + 1.2))
+    ax = fig.add_subplot()
+    for i, c in enumerate(comps):
+        sign = -1.0 if METRICS[c.metric].lower_is_better else 1.0  # right = SRN better
+        lo, hi = sorted((sign * c.test.d_low, sign * c.test.d_high))
+        color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(c.outcome, "gray")
+        ax.plot([lo, hi], [i, i], color=color)
+        ax.plot([sign * c.test.d], [i], "o", color=color)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(comps)))
+    ax.set_yticklabels([f"C{c.claim} {c.metric} vs {c.reference} ({c.setting}, c={c.rank_ratio:g})"
+                        for c in comps], fontsize=7)  # fmt: skip
+    ax.set_xlabel("effect size d, oriented so that right = SRN better (95% CI)")
+    ax.invert_yaxis()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _figures(records: Sequence[RunRecord], results: Sequence[ClaimResult], out_dir: Path
+             ) -> list[tuple[str, Path]]:  # fmt: skip
+    figs: list[tuple[str, Path | None]] = [
+        ("Effect sizes of every tested comparison", _effects_plot(results, out_dir / FIGURES /
+                                                                   "effects.png")),
+    ]  # fmt: skip
+    for kind, attr, label in ((KIND_SHATTER, "train_acc", "train accuracy on random labels"),
+                              (KIND_CLASSIFY, "test_acc", "test accuracy"),
+                              (KIND_GAN, "fid", "FID")):  # fmt: skip
+        for setting, arms in _settings(records, kind).items():
+            stem = f"{kind}_{setting.replace('/', '_')}"
+            figs.append((f"{kind} {setting}: {label}", _curve_plot(
+                arms, attr, label, f"{kind} {setting}", out_dir / FIGURES / f"{stem}_{attr}.png")))
+            srn = {a: r for a, r in arms.items() if a.startswith("srn")}
+            figs.append((f"{kind} {setting}: fraction of SRN layers whose cap binds", _curve_plot(
+                srn, "srn_active_fraction", "fraction of SRN layers whose cap binds",
+                f"{kind} {setting}: cap binding", out_dir / FIGURES / f"{stem}_active.png")))
+    return [(t, p) for t, p in figs if p is not None]
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+def write_report(out_dir: str | Path, records: Sequence[RunRecord], *, sweep: str,
+                 alpha: float, config: dict[str, Any], commit: str | None) -> tuple[Path, list[ClaimResult]]:  # fmt: skip
+    """Write ``report.md``, ``claims.json`` and ``figures/`` into ``out_dir``.
 
     Returns:
-        A :class:`Report` (path, claim verdicts, run counts, figures).
+        The report's path and the evaluated claims.
     """
     out_dir = Path(out_dir)
-    plan = read_json(out_dir / PLAN_FILE) or {}
-    z = decision_z or plan.get("config", {}).get("decision_z") or DEFAULT_Z
-    records = collect_runs(out_dir)
-    results = evaluate_claims(per_seed_values(records), z=z, claims=CLAIMS)
-    figures: list[Path] = []
-    n_done = sum(r.done for r in records)
-    n_failed = sum(r.status.get("status") == "failed" for r in records)
-    header = [
-        "# Stable Rank Normalization: reproduction report",
-        "",
-        f"Preset/config: `{plan.get('preset', 'custom')}`; {len(records)} runs planned, {n_done} "
-        f"finished, {n_failed} failed. Built from the saved JSON/JSONL of the run folders only "
-        "(`stablerank reproduce --report-only` rebuilds it). Every number is a mean over seeds "
-        "with its sample standard deviation and the number of seeds n.",
-        "",
-        "Summary: " + "; ".join(f"claim {r.claim.number}: **{r.verdict}**" for r in results),
-        "",
+    results = evaluate_claims(records, alpha)
+    claims_json = {
+        "sweep": sweep, "alpha": alpha, "commit": commit,
+        "min_active_fraction": MIN_ACTIVE_FRACTION,
+        "claims": [
+            {"number": r.claim.number, "text": r.claim.text, "verdict": r.verdict,
+             "comparisons": [c.to_dict() for c in r.comparisons]}
+            for r in results
+        ],
+    }  # fmt: skip
+    atomic_write_text(out_dir / CLAIMS_FILE, json.dumps(to_dict(claims_json), indent=2) + "\n")
+    figures = _figures(records, results, out_dir)
+    usable = sum(r.usable for r in records)
+    parts = [
+        f"# Stable Rank Normalization: reproduction report ({sweep})\n",
+        f"{usable} of {len(records)} runs finished and counted; code commit {commit or 'unknown'}."
+        f" Machine-readable verdicts: [{CLAIMS_FILE}]({CLAIMS_FILE}).\n",
+        _decides(results, sweep),
+        _claims_section(results, alpha),
+        "## Settings and per-arm results\n\nMean ± standard deviation over seeds; "
+        "'cap binds' = fraction of SRN layers whose raw weight's stable rank exceeds the "
+        "target at the end of training (and averaged over training).\n",
     ]
-    body = [
-        _claims_section(results, records, z),
-        classify_section(records, out_dir, figures),
-        shatter_section(records, out_dir, figures),
-        gan_section(records, out_dir, figures),
-        _provenance_section(records, out_dir),
-    ]
+    for kind in (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN):
+        for setting, arms in _settings(records, kind).items():
+            parts.append(_setting_section(kind, setting, arms))
+    if figures:
+        parts.append("## Figures\n")
+        parts += [f"**{title}**\n\n![{title}]({p.relative_to(out_dir)})\n" for title, p in figures]
+    parts.append(_problems(records))
+    parts.append("## Configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False) +
+                 "```\n")  # fmt: skip
     path = out_dir / REPORT_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(header + body) + "\n")
-    return Report(path, tuple(results), len(records), n_done, n_failed, tuple(figures), z)
+    atomic_write_text(path, "\n".join(p for p in parts if p))
+    return path, results
 
 
-def claims_summary(report: Report) -> str:
-    """A few lines for the terminal: where the report is and each claim's verdict."""
-    lines = [
-        f"report: {report.path}  ({report.n_done}/{report.n_runs} runs finished"
-        + (f", {report.n_failed} FAILED" if report.n_failed else "")
-        + ")"
-    ]
-    lines.append(
-        "claims (SRN vs references; a comparison counts when the mean difference over seeds "
-        f"exceeds {report.z:g} standard errors, see the report):"
-    )
-    for res in report.claims:
-        counts = defaultdict(int)
-        for cmp in res.comparisons:
-            counts[cmp.outcome] += 1
-        detail = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or res.note
-        lines.append(
-            f"  claim {res.claim.number}: {res.verdict:<15} ({detail})  {res.claim.text[:70]}..."
-        )
-    return "\n".join(lines)
+def claims_summary(results: Sequence[ClaimResult]) -> str:
+    """One line per claim for the terminal."""
+    return "\n".join(f"claim {r.claim.number}: {r.verdict}" for r in results)
+

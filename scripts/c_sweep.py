@@ -1,0 +1,122 @@
+"""Where does the stable-rank cap bind? Train small models at several rank ratios c and record,
+per normalized layer, the raw weight's stable rank against SRN's target r = c * min(m, n).
+
+Writes one JSON line per run to OUT/c_sweep.jsonl (resumable: finished runs are skipped) and a
+markdown table to OUT/c_sweep.md. Used to choose the reproduction sweeps' rank ratios
+(docs/c_sweep.md records the numbers).
+
+Usage: python scripts/c_sweep.py OUT [--only mlp,mlp_shatter,small_cnn,alexnet,gan]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+RATIOS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def classifier_settings() -> dict[str, dict]:
+    common = {"dataset": "fashion-mnist", "train_subset": 4000, "train_eval_size": 0,
+              "test_eval_size": 2000, "augment": "none", "weight_decay": 0.0,
+              "optimizer": "sgd", "batch_size": 128, "num_threads": 1, "progress": False}
+    return {
+        # BN-free MLP on clean labels, trained to ~100% train accuracy.
+        "mlp": {**common, "model": "mlp", "epochs": 30, "lr": 0.05, "schedule": "cosine"},
+        # The quick shattering protocol: MLP on 1,500 random labels.
+        "mlp_shatter": {**common, "model": "mlp", "epochs": 30, "lr": 0.05, "schedule": "none",
+                        "label_noise": 1.0, "train_subset": 1500},
+        # BN network (BN undoes the SN scale) at half width.
+        "small_cnn": {**common, "model": "small_cnn", "width": 0.5, "epochs": 6, "lr": 0.05,
+                      "schedule": "cosine"},
+        # BN-free AlexNet (Zhang et al.) at half width.
+        "alexnet": {**common, "model": "alexnet", "width": 0.5, "epochs": 6, "lr": 0.02,
+                    "schedule": "cosine"},
+    }
+
+
+def layer_rows(rows: list[dict]) -> list[dict]:
+    return [
+        {"name": r["name"], "shape": r["matrix_shape"], "raw_srank": r["raw_srank"],
+         "target": r["target_srank"], "binds": r["raw_srank"] > r["target_srank"]}
+        for r in rows if r["norm"] == "srn"
+    ]
+
+
+def run_classifier(name: str, settings: dict, norm: str, c: float | None, runs: Path) -> dict:
+    from stablerank.config import config_from_dict
+    from stablerank.config.classify import ClassifyConfig
+    from stablerank.train import classify
+
+    cfg = config_from_dict(ClassifyConfig, {
+        **settings, "norm": norm, **({"rank_ratio": c} if c else {}),
+        "run_dir": str(runs / f"{name}_{norm}{c or ''}"),
+    })
+    run_dir = classify.run(cfg)
+    m = json.loads((Path(run_dir) / "metrics.json").read_text())
+    layers = layer_rows(m["layers"])
+    return {"setting": name, "norm": norm, "c": c, "train_acc": m["train_acc"],
+            "test_acc": m["test_acc"], "gap_acc": m["gap_acc"], "layers": layers,
+            "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
+
+
+def run_gan(norm: str, c: float | None, runs: Path) -> dict:
+    from stablerank.config import config_from_dict
+    from stablerank.config.gan import GAN_PRESETS, GanConfig
+    from stablerank.train import gan
+
+    cfg = config_from_dict(GanConfig, {
+        **GAN_PRESETS["quick"], "ngf": 16, "ndf": 16, "g_steps": 300, "n_final_samples": 0,
+        "n_eval_samples": 2, "sample_every": 300, "checkpoint_every": 300, "d_norm": norm,
+        **({"rank_ratio": c} if c else {}), "out_dir": str(runs), "run_name": f"gan_{norm}{c or ''}",
+        "progress": False,
+    })
+    torch.set_num_threads(1)
+    run_dir = gan.run(cfg)
+    rows = json.loads((Path(run_dir) / "d_layers.json").read_text())
+    rows = rows["layers"] if isinstance(rows, dict) else rows
+    layers = layer_rows(rows)
+    return {"setting": "gan_quick_d", "norm": norm, "c": c, "layers": layers,
+            "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("out")
+    p.add_argument("--only", default="mlp,mlp_shatter,gan,small_cnn,alexnet")
+    args = p.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    jsonl = out / "c_sweep.jsonl"
+    done = set()
+    if jsonl.exists():
+        for line in jsonl.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["setting"], r["norm"], r["c"]))
+    settings = classifier_settings()
+    for name in args.only.split(","):
+        for norm, c in [("none", None), ("sn", None), *[("srn", c) for c in RATIOS]]:
+            key = ("gan_quick_d" if name == "gan" else name, norm, c)
+            if key in done:
+                continue
+            t0 = time.time()
+            if name == "gan":
+                if norm == "none" or (c is not None and c < 0.05):
+                    continue
+                row = run_gan(norm, c, out / "runs")
+            else:
+                row = run_classifier(name, settings[name], norm, c, out / "runs")
+            row["seconds"] = time.time() - t0
+            with jsonl.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            print(f"{key}: binding {row['binding_fraction']} ({row['seconds']:.0f} s)",
+                  file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,154 @@
+"""Run one :class:`~stablerank.repro.sweeps.Run`: its training, then its analysis.
+
+:func:`execute` is what every executor runs (in this process, in a worker process, in a SLURM
+job): it takes the run's lock, skips what is finished, resumes what was interrupted, records a
+failure instead of raising it, and keeps ``status.json`` (through
+:class:`~stablerank.train.rundir.RunDir`). Its output (the trainers' logs) goes to the run's
+``output.log`` when ``capture`` is set, so concurrent runs do not interleave on the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from stablerank.config.gan import GanConfig
+from stablerank.repro.sweeps import Run
+from stablerank.train.rundir import RunDir, RunLockedError
+
+__all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
+
+OUTPUT_LOG = "output.log"
+DONE, FAILED, DIVERGED, SKIPPED, BUSY, INTERRUPTED = (
+    "done", "failed", "diverged", "skipped", "busy", "interrupted",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one run in this invocation.
+
+    ``state`` is ``done``, ``diverged`` (finished, marked diverged), ``failed`` (error recorded
+    in the run's status and ``error.txt``), ``skipped`` (already finished), ``busy`` (another
+    process holds its lock) or ``interrupted``.
+    """
+
+    name: str
+    state: str
+    seconds: float = 0.0
+    error: str = ""
+
+
+def _analysis_key(run: Run) -> str | None:
+    return None if run.analysis is None else run.digest
+
+
+def run_state(run: Run) -> str:
+    """``done``, ``diverged``, ``failed``, ``partial`` (started) or ``new``, from its folder."""
+    run_dir = RunDir(run.run_dir)
+    status = run_dir.read_status()
+    if not status:
+        return "new"
+    if status.get("status") in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(run):
+        return status["status"]
+    return FAILED if status.get("status") == FAILED else "partial"
+
+
+@contextlib.contextmanager
+def _output_to(path: Path | None) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors too) to ``path``."""
+    if path is None:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _train(run: Run) -> bool:
+    """Train (resuming from the newest checkpoint); True when the run diverged."""
+    if isinstance(run.config, GanConfig):
+        from stablerank.train import gan
+
+        return gan.run(run.config).diverged
+    from stablerank.train import classify
+
+    return classify.run(run.config).diverged
+
+
+def _analyse(run: Run) -> None:
+    if run.analysis is None:
+        return
+    if isinstance(run.config, GanConfig):
+        from stablerank.train import gan_analysis
+
+        gan_analysis.run(run.analysis, run.run_dir)
+    else:
+        from stablerank.train import analyze
+
+        analyze.run(run.analysis, run.run_dir)
+
+
+def execute(run: Run, *, capture: bool = False) -> Outcome:
+    """Run what is missing of ``run`` (training, then its analysis); never raises for a failed
+    run (the error is recorded and returned), only on Ctrl-C (after recording ``interrupted``).
+    """
+    t0 = time.perf_counter()
+    run_dir = RunDir(run.run_dir)
+    if run_state(run) in (DONE, DIVERGED):
+        return Outcome(run.name, SKIPPED)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
+    try:
+        lock = run_dir.lock()
+        lock.__enter__()
+    except RunLockedError:
+        return Outcome(run.name, BUSY, error="another process is running it")
+    stage = "train"
+    prior = float(run_dir.read_status().get("wall_time_s") or 0.0)
+    attempts = int(run_dir.read_status().get("attempts") or 0) + 1
+
+    def status(state: str, **extra: object) -> None:
+        wall = prior + time.perf_counter() - t0
+        run_dir.write_status(status=state, stage=stage, attempts=attempts, wall_time_s=wall,
+                             kind=run.kind, setting=run.setting, arm=run.arm, **extra)  # fmt: skip
+
+    try:
+        with _output_to(run_dir.path / OUTPUT_LOG if capture else None):
+            status("running", error="")
+            diverged = _train(run)
+            if not diverged:
+                stage = "analysis"
+                status("running")
+                _analyse(run)
+        state = DIVERGED if diverged else DONE
+        stage = "finished"
+        status(state, analysis_key=_analysis_key(run))
+        return Outcome(run.name, state, time.perf_counter() - t0)
+    except KeyboardInterrupt:
+        status(INTERRUPTED)
+        raise
+    except Exception as err:  # recorded, and the sweep goes on
+        (run_dir.path / "error.txt").write_text(traceback.format_exc())
+        message = f"{type(err).__name__} in {stage}: {err}"
+        status(FAILED, error=message)
+        return Outcome(run.name, FAILED, time.perf_counter() - t0, message)
+    finally:
+        lock.__exit__(None, None, None)

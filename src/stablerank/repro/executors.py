@@ -1,0 +1,197 @@
+"""Executors: where the runs of a sweep execute. One small interface, four implementations.
+
+Every executor calls :func:`stablerank.repro.execute.execute` once per run and returns the
+:class:`~stablerank.repro.execute.Outcome` of each, in the order of the runs:
+
+* ``sequential``: one after another in this process (the reference; debuggers work);
+* ``local``: a pool of worker processes on this machine. Workers = one per GPU when GPUs exist
+  (each worker sees one GPU through ``CUDA_VISIBLE_DEVICES``), else cores // threads per run;
+* ``submitit-local``: submitit's local cluster, the very code path of ``slurm`` run on this
+  machine (jobs in waves of ``workers``);
+* ``slurm``: one SLURM job per run through submitit (a job array; a preempted or timed-out job
+  is requeued and resumes from its checkpoint, because :func:`execute` resumes).
+
+Each run's own output goes to its folder's ``output.log`` under the parallel executors; the
+terminal gets one line per finished run. Caching and locking live in :func:`execute`, so
+every executor skips finished runs, resumes interrupted ones, and two ``reproduce`` processes
+on one out dir never train the same run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from stablerank.config.reproduce import ReproduceConfig
+from stablerank.repro.execute import FAILED, Outcome, execute
+from stablerank.repro.sweeps import Run
+
+__all__ = ["Executor", "make_executor", "visible_gpus"]
+
+Report = Callable[[int, int, Run, Outcome], None]
+
+
+class Executor(Protocol):
+    """Runs every run of a list; returns one outcome per run, in order."""
+
+    def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]: ...
+
+
+def visible_gpus() -> list[int]:
+    """Indices of the CUDA devices this process may use (none without CUDA)."""
+    try:
+        import torch
+
+        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    except Exception:  # a broken CUDA install counts as none
+        return []
+
+
+class SequentialExecutor:
+    """One run after another, in this process."""
+
+    def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
+        outcomes = []
+        for i, run in enumerate(runs, 1):
+            outcome = execute(run)
+            report(i, len(runs), run, outcome)
+            outcomes.append(outcome)
+        return outcomes
+
+
+def _init_worker(gpu_queue: mp.Queue | None, threads: int) -> None:  # type: ignore[type-arg]
+    if gpu_queue is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+    if threads:
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _execute_captured(run: Run) -> Outcome:
+    return execute(run, capture=True)
+
+
+class LocalExecutor:
+    """A pool of ``workers`` processes (spawned: no state inherited from this one)."""
+
+    def __init__(self, workers: int, threads: int, gpus: Sequence[int]) -> None:
+        self.workers = workers
+        self.threads = threads
+        self.gpus = list(gpus)
+
+    def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
+        ctx = mp.get_context("spawn")
+        queue = None
+        if self.gpus:
+            queue = ctx.Queue()
+            for worker in range(self.workers):  # several workers may share a GPU
+                queue.put(self.gpus[worker % len(self.gpus)])
+        pool = cf.ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(queue, self.threads),
+        )  # fmt: skip
+        outcomes: dict[int, Outcome] = {}
+        try:
+            futures = {pool.submit(_execute_captured, run): i for i, run in enumerate(runs)}
+            for done, future in enumerate(cf.as_completed(futures), 1):
+                i = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as err:  # a worker that died (killed, out of memory)
+                    outcome = Outcome(runs[i].name, FAILED, error=f"worker died: {err}")
+                outcomes[i] = outcome
+                report(done, len(runs), runs[i], outcome)
+        except KeyboardInterrupt:
+            # The workers got the same SIGINT: each records `interrupted` in its run's status.
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return [outcomes[i] for i in range(len(runs))]
+
+
+class SubmititExecutor:
+    """Runs as submitit jobs: ``cluster="slurm"`` or ``"local"`` (this machine, in waves)."""
+
+    def __init__(self, folder: Path, cluster: str, cfg: ReproduceConfig, wave: int) -> None:
+        import submitit
+
+        self.cluster = cluster
+        self.wave = wave
+        self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+        params: dict[str, object] = {"timeout_min": cfg.slurm_time}
+        if cluster == "slurm":
+            params.update(
+                slurm_partition=cfg.slurm_partition or None,
+                gpus_per_node=cfg.slurm_gpus_per_run,
+                cpus_per_task=cfg.slurm_cpus_per_run,
+                slurm_array_parallelism=cfg.slurm_array_parallelism,
+                name="stablerank",
+            )
+        self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+
+    def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
+        job_fn = _requeueable_job()
+        outcomes: list[Outcome] = []
+        step = len(runs) if self.cluster == "slurm" else self.wave
+        for start in range(0, len(runs), step):
+            chunk = list(runs[start : start + step])
+            jobs = self.executor.map_array(job_fn, chunk)
+            for offset, (run, job) in enumerate(zip(chunk, jobs, strict=True)):
+                try:
+                    outcome = job.result()
+                except Exception as err:  # the job itself failed (not the run: execute records)
+                    outcome = Outcome(run.name, FAILED, error=f"job {job.job_id} failed: {err}")
+                outcomes.append(outcome)
+                report(start + offset + 1, len(runs), run, outcome)
+        return outcomes
+
+
+def _requeueable_job() -> Callable[[Run], Outcome]:
+    """The job function: on preemption or timeout submitit calls ``checkpoint``, which requeues
+    the same run; :func:`execute` then resumes it from the trainer's checkpoint."""
+    import submitit
+
+    class _Job(submitit.helpers.Checkpointable):
+        def __call__(self, run: Run) -> Outcome:
+            return execute(run, capture=True)
+
+    return _Job()
+
+
+def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
+    """The executor ``cfg.executor`` names, sized for this machine."""
+    gpus = visible_gpus() if cfg.device != "cpu" else []
+    if cfg.workers:
+        workers = cfg.workers
+    elif gpus:
+        workers = len(gpus)
+    else:
+        workers = max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
+    if cfg.executor == "sequential":
+        return SequentialExecutor()
+    if cfg.executor == "local":
+        if workers == 1:
+            return SequentialExecutor()
+        return LocalExecutor(workers, cfg.threads, gpus)
+    try:
+        import submitit  # noqa: F401
+    except ImportError as err:
+        raise ModuleNotFoundError(
+            f"--executor {cfg.executor} needs submitit: pip install 'stablerank[experiments]'"
+        ) from err
+    cluster = "slurm" if cfg.executor == "slurm" else "local"
+    return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers)
+
+
+def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
+    """The terminal's one line per finished run."""
+    detail = f": {outcome.error}" if outcome.error else ""
+    print(f"[{i}/{n}] {outcome.state:<11} {run.name} ({outcome.seconds:.0f} s){detail}",
+          file=sys.stderr, flush=True)  # fmt: skip

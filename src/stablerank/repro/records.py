@@ -1,0 +1,54 @@
+"""What a finished sweep left on disk, read back as typed records (never a model or a dataset)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stablerank.config.gan import GanConfig
+from stablerank.repro.execute import run_state
+from stablerank.repro.sweeps import Run
+from stablerank.train.results import (
+    ClassifierAnalysis,
+    ClassifierResult,
+    GanAnalysis,
+    GanResult,
+)
+
+__all__ = ["RunRecord", "collect"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One run of the sweep with its state and whatever results it has."""
+
+    run: Run
+    state: str  # done | diverged | failed | partial | new
+    result: ClassifierResult | GanResult | None = None
+    analysis: ClassifierAnalysis | GanAnalysis | None = None
+    problem: str = ""  # why a result could not be read
+
+    @property
+    def usable(self) -> bool:
+        """Finished, not diverged, and its results read: counted in the claims."""
+        return self.state == "done" and self.result is not None and not self.result.diverged
+
+
+def _read(run: Run) -> RunRecord:
+    state = run_state(run)
+    if state not in ("done", "diverged"):
+        return RunRecord(run, state)
+    is_gan = isinstance(run.config, GanConfig)
+    try:
+        result = (GanResult if is_gan else ClassifierResult).from_json(run.run_dir)
+        analysis = None
+        if run.analysis is not None and not result.diverged:
+            analysis = (GanAnalysis if is_gan else ClassifierAnalysis).from_json(run.run_dir)
+    except (OSError, ValueError) as err:
+        return RunRecord(run, "failed", problem=str(err))
+    return RunRecord(run, state, result, analysis)
+
+
+def collect(runs: Sequence[Run]) -> list[RunRecord]:
+    """The record of every run of the sweep, in sweep order."""
+    return [_read(run) for run in runs]

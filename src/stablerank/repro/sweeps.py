@@ -1,0 +1,274 @@
+"""The reproduction's sweeps: Python functions that return lists of trainer configs.
+
+A sweep is a list of :class:`Run`: one trainer config (``ClassifyConfig`` or ``GanConfig``, built
+with ``dataclasses.replace`` on the trainers' presets), the analysis that follows it, and the
+*setting* it belongs to (the runs that claims compare: same data, model and protocol; different
+normalization and seed). Nothing here mirrors a trainer field: what a run computes is its config.
+
+* :func:`quick`: ``make demo``, 15 minutes on a 2-core CPU (both cores);
+* :func:`standard`: about 3 hours on a 2-core CPU, minutes on a GPU;
+* :func:`paper`: the paper's CIFAR setting (GPU cluster; give the datasets with ``data_dir``);
+* :func:`tiny`: seconds, for the tests.
+
+The rank ratios were chosen where the stable-rank cap binds on the trained weights (docs/c_sweep.md
+records the sweep over c they come from): at the library's usual c = 0.3-0.7 the trained weights of
+these networks are already below the target and SRN is spectral normalization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stablerank.config import config_hash
+from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_preset
+from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
+from stablerank.config.reproduce import ReproduceConfig
+
+__all__ = ["KINDS", "RUNS_DIR", "SWEEPS", "Run", "build_sweep", "paper", "quick", "standard", "tiny"]
+
+KIND_CLASSIFY, KIND_SHATTER, KIND_GAN = "classify", "shatter", "gan"
+KINDS = (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN)
+RUNS_DIR = "runs"  # run folders live in out_dir/runs/
+# Where and how a run executes, never what it computes: left out of the folder hash so that a
+# run resumed on another device, with other threads or into another out_dir finds its folder.
+RUNTIME_KEYS = (
+    "run_dir", "out_dir", "run_name", "resume", "progress", "device", "num_threads", "data_dir",
+    "overwrite",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a sweep.
+
+    Attributes:
+        kind: ``classify`` (clean labels: claims 1, 3), ``shatter`` (random labels: claim 2) or
+            ``gan`` (claims 4, 5).
+        setting: the comparison group, e.g. ``fashion-mnist/mlp`` (runs of one setting differ
+            only in normalization, rank ratio and seed).
+        config: the trainer config (its run folder not yet set: see :meth:`placed`).
+        analysis: what is measured after training (None: nothing).
+    """
+
+    kind: str
+    setting: str
+    config: ClassifyConfig | GanConfig
+    analysis: AnalyzeConfig | GanAnalysisConfig | None = None
+
+    @property
+    def norm(self) -> str:
+        return self.config.d_norm if isinstance(self.config, GanConfig) else self.config.norm
+
+    @property
+    def rank_ratio(self) -> float | None:
+        return self.config.rank_ratio if self.norm == "srn" else None
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+    @property
+    def arm(self) -> str:
+        """``none``, ``sn`` or ``srn(c=0.05)``: the normalization compared."""
+        return f"srn(c={self.rank_ratio:g})" if self.norm == "srn" else self.norm
+
+    @property
+    def digest(self) -> str:
+        """Hash of what the run computes (its config without :data:`RUNTIME_KEYS`) and of its
+        analysis: the cache key of its folder."""
+        parts = config_hash(self.config, exclude=RUNTIME_KEYS)
+        if self.analysis is not None:
+            parts += config_hash(self.analysis, exclude=RUNTIME_KEYS)
+        return hashlib.sha256(parts.encode()).hexdigest()[:12]
+
+    @property
+    def name(self) -> str:
+        slug = f"{self.kind}-{self.setting.replace('/', '-')}-{self.arm}-s{self.seed}"
+        return f"{slug.replace('(c=', '').replace(')', '')}-{self.digest}"
+
+    def placed(self, out_dir: str | Path, *, device: str, threads: int, progress: bool,
+               data_dir: str | None) -> Run:  # fmt: skip
+        """The run with its folder (``out_dir/runs/<name>``) and runtime settings filled in."""
+        run_dir = Path(out_dir) / RUNS_DIR / self.name
+        runtime = {"device": device, "progress": progress, "resume": True}
+        if data_dir is not None:
+            runtime["data_dir"] = data_dir
+        if isinstance(self.config, GanConfig):
+            config = dataclasses.replace(
+                self.config, out_dir=str(run_dir.parent), run_name=run_dir.name, **runtime
+            )
+        else:
+            config = dataclasses.replace(
+                self.config, run_dir=str(run_dir), num_threads=threads, **runtime
+            )
+        analysis = self.analysis
+        if analysis is not None:
+            analysis = dataclasses.replace(analysis, device=device)
+        return dataclasses.replace(self, config=config, analysis=analysis)
+
+    @property
+    def run_dir(self) -> Path:
+        if isinstance(self.config, GanConfig):
+            return Path(self.config.out_dir) / (self.config.run_name or "")
+        return Path(self.config.run_dir or "")
+
+
+# ----------------------------------------------------------------------------- building blocks
+
+
+def _arms(base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float], *, vanilla: bool
+          ) -> list[ClassifyConfig | GanConfig]:  # fmt: skip
+    """The configs of vanilla (classifiers only), SN and SRN at each c."""
+    field = "d_norm" if isinstance(base, GanConfig) else "norm"
+    arms = [dataclasses.replace(base, **{field: "none"})] if vanilla else []
+    arms.append(dataclasses.replace(base, **{field: "sn"}))
+    arms += [dataclasses.replace(base, **{field: "srn", "rank_ratio": c}) for c in rank_ratios]
+    return arms
+
+
+def _runs(kind: str, setting: str, base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float],
+          seeds: int, analysis: AnalyzeConfig | GanAnalysisConfig | None = None) -> list[Run]:  # fmt: skip
+    return [
+        Run(kind, setting, dataclasses.replace(arm, seed=seed), analysis)
+        for seed in range(seeds)
+        for arm in _arms(base, rank_ratios, vanilla=kind != KIND_GAN)
+    ]
+
+
+def _mlp_clean(train_subset: int, epochs: int) -> ClassifyConfig:
+    """BN-free MLP (784-512-512-10) on clean Fashion-MNIST, trained to ~100% train accuracy: no
+    augmentation, no weight decay, cosine lr (the regime with a generalization gap to shrink)."""
+    return classify_preset(
+        "fmnist-cnn", model="mlp", epochs=epochs, train_subset=train_subset, train_eval_size=0,
+        test_eval_size=2000, augment="none", weight_decay=0.0, lr=0.05, batch_size=128,
+    )  # fmt: skip
+
+
+def _mlp_shatter(train_subset: int, epochs: int) -> ClassifyConfig:
+    """The MLP memorizing random labels (Zhang et al. 2017): constant lr, no augmentation."""
+    return classify_preset(
+        "shatter", model="mlp", train_subset=train_subset, epochs=epochs, lr=0.05,
+        test_eval_size=1000,
+    )  # fmt: skip
+
+
+def _analysis(n_pairs: int, n_jacobian: int, n_margin: int) -> AnalyzeConfig:
+    return AnalyzeConfig(
+        n_pairs=n_pairs, n_jacobian=n_jacobian, n_interpolated=n_jacobian, jacobian_iterations=10,
+        n_margin=n_margin, batch_size=250, plots=False,
+    )  # fmt: skip
+
+
+def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
+    return dataclasses.replace(
+        GanConfig(**GAN_PRESETS["quick"]), ngf=ndf, ndf=ndf, g_steps=g_steps,
+        n_final_samples=n_final_samples, n_eval_samples=min(1000, n_final_samples),
+        eval_every=0, sample_every=g_steps, checkpoint_every=max(g_steps // 4, 1),
+        log_every=max(g_steps // 20, 1),
+    )  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+# Rank ratios where the cap binds on the trained weights (docs/c_sweep.md).
+MLP_RANK_RATIOS = (0.05,)
+GAN_RANK_RATIOS = (0.1,)
+
+
+def quick(seeds: int = 3) -> list[Run]:
+    """``make demo``: MLP on 4,000 clean images and on 1,500 random labels, a 300-step SN-GAN vs
+    SRN-GAN, each with ``seeds`` seeds per arm, at rank ratios where the cap binds."""
+    analysis = _analysis(n_pairs=300, n_jacobian=16, n_margin=0)
+    gan_analysis = GanAnalysisConfig(
+        nd_critic_steps=100, nd_eval_batches=5, d_el_pairs=300, nd_critic_width=16
+    )
+    return [
+        *_runs(KIND_CLASSIFY, "fashion-mnist/mlp", _mlp_clean(4000, 30), MLP_RANK_RATIOS,
+               seeds, analysis),
+        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(1500, 30), MLP_RANK_RATIOS,
+               seeds),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn16", _gan(16, 300, 500), GAN_RANK_RATIOS, seeds,
+               gan_analysis),
+    ]  # fmt: skip
+
+
+def standard(seeds: int = 5) -> list[Run]:
+    """About 3 hours on a 2-core CPU: the MLP (BN-free) and the small CNN (BatchNorm) on 10,000
+    clean images, shattering of 2,000 random labels, a 2,000-step GAN scored with 5,000 samples;
+    ``seeds`` seeds per arm."""
+    analysis = _analysis(n_pairs=1000, n_jacobian=50, n_margin=0)
+    cnn = classify_preset(
+        "fmnist-cnn", width=0.5, epochs=10, train_subset=10000, train_eval_size=0,
+        test_eval_size=2000, weight_decay=0.0, augment="none",
+    )  # fmt: skip
+    gan_analysis = GanAnalysisConfig(
+        nd_critic_steps=500, nd_eval_batches=10, d_el_pairs=1000, nd_critic_width=32
+    )
+    return [
+        *_runs(KIND_CLASSIFY, "fashion-mnist/mlp", _mlp_clean(10000, 40), (*MLP_RANK_RATIOS, 0.1),
+               seeds, analysis),
+        *_runs(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.05, 0.1), seeds, analysis),
+        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(2000, 40), (*MLP_RANK_RATIOS, 0.1),
+               seeds),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", _gan(32, 2000, 5000), GAN_RANK_RATIOS, seeds,
+               gan_analysis),
+    ]  # fmt: skip
+
+
+def paper(seeds: int = 3) -> list[Run]:
+    """The paper's CIFAR-10 comparisons (GPU scale): ResNet-110, WRN-28-10, DenseNet-BC-100,
+    VGG-19 and AlexNet, shattering with AlexNet, SN-GAN ResNet; CIFAR-100 and CelebA are left to
+    custom sweeps. Rank ratios 0.1 and 0.3: docs/c_sweep.md shows 0.3 rarely binds."""
+    analysis = _analysis(n_pairs=2000, n_jacobian=100, n_margin=10000)
+    runs: list[Run] = []
+    for model in ("resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"):
+        base = classify_preset(f"cifar10-{model}")
+        runs += _runs(KIND_CLASSIFY, f"cifar10/{model}", base, (0.1, 0.3), seeds, analysis)
+    shatter = classify_preset("shatter", dataset="cifar10", model="alexnet", train_subset=0,
+                              epochs=200, test_eval_size=2000)  # fmt: skip
+    runs += _runs(KIND_SHATTER, "cifar10/alexnet", shatter, (0.1, 0.3), seeds)
+    gan = dataclasses.replace(
+        GanConfig(**GAN_PRESETS["sngan-resnet"]), dataset="cifar10", n_final_samples=50000,
+        feature_net="inception-v3",
+    )  # fmt: skip
+    gan_analysis = GanAnalysisConfig(nd_critic_steps=10000, nd_eval_batches=50, d_el_pairs=2000)
+    runs += _runs(KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), seeds, gan_analysis)
+    return runs
+
+
+def tiny(seeds: int = 2) -> list[Run]:
+    """Seconds: 8x8 digits MLP (clean and random labels) and a 2-step GAN; for tests."""
+    base = classify_preset("tiny", epochs=2, train_subset=256, test_eval_size=0)
+    shatter = dataclasses.replace(base, label_noise=1.0, augment="none")
+    analysis = _analysis(n_pairs=20, n_jacobian=4, n_margin=0)
+    gan = dataclasses.replace(
+        _gan(8, 2, 64), dataset="digits", batch_size=16, n_eval_samples=64
+    )
+    gan_analysis = GanAnalysisConfig(nd_critic_steps=2, nd_eval_batches=1, d_el_pairs=10,
+                                     nd_critic_width=8, nd_batch_size=16)  # fmt: skip
+    return [
+        *_runs(KIND_CLASSIFY, "digits/mlp", base, (0.1,), seeds, analysis),
+        *_runs(KIND_SHATTER, "digits/mlp", shatter, (0.1,), seeds),
+        *_runs(KIND_GAN, "digits/gan", gan, (0.5,), seeds, gan_analysis),
+    ]
+
+
+SWEEPS: dict[str, Callable[..., list[Run]]] = {
+    "quick": quick, "standard": standard, "paper": paper, "tiny": tiny,
+}  # fmt: skip
+
+
+def build_sweep(cfg: ReproduceConfig) -> list[Run]:
+    """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in."""
+    make = SWEEPS[cfg.sweep]
+    runs = make(cfg.seeds) if cfg.seeds else make()
+    out_dir = cfg.resolved_out_dir
+    return [
+        run.placed(out_dir, device=cfg.device, threads=cfg.threads, progress=cfg.progress,
+                   data_dir=cfg.data_dir)  # fmt: skip
+        for run in runs
+    ]
