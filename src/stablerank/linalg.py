@@ -195,24 +195,34 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
 
 
 @torch.no_grad()
-def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> Tensor:
+def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> None:
     """Run ``n_iterations`` power-iteration steps in place on unit vectors ``u`` (m) and ``v`` (n):
-    ``v <- normalize(W^T u)``, ``u <- normalize(W v)`` (SPEC 1.3, step 1).
+    ``v <- normalize(W^T u)``, ``u <- normalize(W v)`` (docs/math.md §1.3, step 1).
 
     In-place so that data-parallel replicas, which share the buffers, see the update (as torch's
     spectral_norm does). ``matrix`` is cast to the vectors' dtype (float32 for half weights).
 
-    Returns:
-        ``||W v||`` of the last step, a 0-d tensor: it equals ``u^T W v`` for the updated u, v
-        (since u = W v / ||W v||), the current estimate of the spectral norm.
+    Note [srn power iteration]
+        Each half-step adds ``delta`` times the previous vector before normalizing:
+        ``v <- normalize(alpha W^T u + delta v)``, in one ``addmv`` (the cost of the plain
+        ``mv``, and no ``eps`` clamp). At the fixed point ``W^T u`` is parallel to ``v``, so the
+        term changes nothing there; elsewhere it is far below the rounding of ``alpha W^T u``
+        (delta = 1e-18 in float32, 1e-150 in float64). But a zero weight now leaves u, v unchanged
+        instead of collapsing them to zero forever (the plain iteration's fixed point), with no
+        host sync. ``alpha`` = 2^-30 in float32 (1 in float64), a power of two (exact), centers
+        the range whose squares neither overflow nor underflow: float32 weights with spectral
+        norm in about [1e-8, 1e28] (1e20 included) iterate correctly.
     """
+    del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
-    norm = u  # replaced below; n_iterations >= 1
+    alpha, delta = _POWER_SCALES[u.dtype]
     for _ in range(n_iterations):
-        torch.mv(matrix.t(), u, out=v)
-        v.div_(torch.linalg.vector_norm(v).clamp_min_(eps))
-        torch.mv(matrix, v, out=u)
-        norm = torch.linalg.vector_norm(u)
-        u.div_(norm.clamp_min(eps))
-    return norm
+        x = torch.addmv(v, matrix.t(), u, beta=delta, alpha=alpha)  # (n,)
+        torch.div(x, torch.linalg.vector_norm(x), out=v)
+        y = torch.addmv(u, matrix, v, beta=delta, alpha=alpha)  # (m,)
+        torch.div(y, torch.linalg.vector_norm(y), out=u)
+
+
+# (alpha, delta) of Note [srn power iteration], per vector dtype.
+_POWER_SCALES = {torch.float32: (2.0**-30, 1e-18), torch.float64: (1.0, 1e-150)}

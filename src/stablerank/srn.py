@@ -8,6 +8,7 @@ Depends only on torch and :mod:`stablerank.linalg`.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -18,28 +19,32 @@ from torch.nn.utils import parametrize
 
 from stablerank.linalg import matrix_to_weight, power_iteration, target_srank, weight_to_matrix
 
-__all__ = ["remove_stable_rank_norm", "stable_rank_norm"]
+__all__ = ["DEFAULT_RANK_RATIO", "remove_stable_rank_norm", "stable_rank_norm"]
 
 # Power iterations run at registration so the first training step starts from converged u, v
 # (torch's spectral_norm uses the same number).
 _WARMUP_POWER_ITERS = 15
-DEFAULT_RANK_RATIO = 0.7  # the reference implementation's default c
+# The library's one default rank ratio c (r = c * min(m, n)); docs/library.md gives the measured
+# fraction of layers whose cap binds at initialization for each c.
+DEFAULT_RANK_RATIO = 0.3
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 class _StableRankNorm(nn.Module):
-    """Maps a raw weight W to its stable-rank-normalized version (SPEC 1.3, Algorithm 1).
+    """Maps a raw weight W to its stable-rank-normalized version (docs/math.md §1.3, Algorithm 1).
 
     With unit vectors u, v from power iteration and sigma = u^T W v, the output is
 
         W_f = u v^T + s * R,   R = W / sigma - u v^T,   s = min(1, sqrt(r - 1) / ||R||_F),
 
-    computed without forming R (Note [srn without R]). ``_u`` and ``_v`` are buffers: they follow
-    ``.to()``, live in ``state_dict`` and are never optimized.
+    computed without forming R (Note [srn without R]). ``_u``, ``_v`` and the target ``_srank``
+    (0-d float64) are buffers: they follow ``.to()``, live in ``state_dict`` and are never
+    optimized. Loading a state_dict adopts its ``_srank`` (Note [srn target in state_dict]).
     """
 
     _u: Tensor
     _v: Tensor
+    _srank: Tensor
 
     def __init__(
         self,
@@ -57,75 +62,67 @@ class _StableRankNorm(nn.Module):
         self.exact = exact
         self.n_power_iterations = n_power_iterations
         matrix = weight_to_matrix(weight.detach(), dim)  # (m, n)
-        m, n = matrix.shape
-        self.srank = float(srank)
-        # r >= min(m, n) >= srank(W) always: the clamp can never act, the layer is plain SN. Decided
-        # once here so the forward stays branch-free and agrees exactly with torch's spectral_norm.
-        self.clamps_srank = self.srank < min(m, n)
-        self._sqrt_r_minus_1 = math.sqrt(self.srank - 1.0)
+        self._shape = tuple(matrix.shape)
         # Power iteration runs in float32 for half-precision weights (their range and precision are
         # too small for the iterates); float32/float64 weights keep their dtype (gradcheck).
         vec_dtype = torch.float32 if weight.dtype in _HALF_DTYPES else weight.dtype
+        m, n = self._shape
         u = F.normalize(matrix.new_empty(m, dtype=vec_dtype).normal_(0, 1), dim=0, eps=eps)
         v = F.normalize(matrix.new_empty(n, dtype=vec_dtype).normal_(0, 1), dim=0, eps=eps)
         self.register_buffer("_u", u)
         self.register_buffer("_v", v)
-        self._eval_cache: tuple[tuple[Any, ...], Tensor] | None = None
-        self._update_vectors(matrix, _WARMUP_POWER_ITERS)
+        self.register_buffer("_srank", torch.tensor(0.0, dtype=torch.float64, device=u.device))
+        self._set_srank(srank)
+        if weight.device.type != "meta":  # deferred init: nothing to iterate on (as torch's SN)
+            self._update_vectors(matrix, _WARMUP_POWER_ITERS)
+
+    def _set_srank(self, srank: float) -> None:
+        """Set the target r: the Python floats the forward uses and the ``_srank`` buffer."""
+        self.srank = float(srank)
+        # r >= min(m, n) >= srank(W) always: the clamp can never act, the layer is plain SN. Decided
+        # here so the forward stays branch-free and agrees exactly with torch's spectral_norm.
+        self.clamps_srank = self.srank < min(self._shape)
+        self._r_minus_1 = self.srank - 1.0
+        if self._srank.device.type != "meta":
+            with torch.no_grad():
+                self._srank.fill_(self.srank)
 
     @torch.no_grad()
-    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> Tensor:
-        """Update u, v in place; return the spectral-norm estimate u^T W v (no gradient)."""
+    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> None:
+        """Update u, v in place (no gradient)."""
         if self.exact:
             # SVD of the current weight: u, v are the exact top singular pair.
-            u, s, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
+            u, _, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
             self._u.copy_(u[:, 0])
             self._v.copy_(vh[0])
-            return s[0]
-        return power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
+        else:
+            power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
 
     def forward(self, weight: Tensor) -> Tensor:
-        if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
-            return self._compute(weight)
-        # Eval mode under no_grad: u, v are frozen, so the normalized weight changes only when
-        # the raw weight or the vectors change in place (optimizer step, load_state_dict, .to).
-        key = (weight._version, weight.data_ptr(), weight.dtype, self._u._version,
-               self._v._version, self._u.data_ptr())  # fmt: skip
-        if self._eval_cache is None or self._eval_cache[0] != key:
-            self._eval_cache = (key, self._compute(weight))
-        return self._eval_cache[1]
-
-    def _compute(self, weight: Tensor) -> Tensor:
+        # No implicit eval cache: like torch's spectral_norm, every access recomputes the weight
+        # from (W, u, v); ``parametrize.cached()`` is the explicit cache.
         if torch.is_autocast_enabled(weight.device.type):
             # Norms and the rank-one update in the weight's precision (float32 for half weights),
             # never in autocast's lower one.
             with torch.autocast(device_type=weight.device.type, enabled=False):
-                return self._compute(weight)
+                return self.forward(weight)
         matrix = weight_to_matrix(weight, self.dim)
         if matrix.dtype != self._u.dtype:
             matrix = matrix.to(self._u.dtype)
-        sigma_estimate = (
-            self._update_vectors(matrix, self.n_power_iterations) if self.training else None
-        )
-        # Clones: the in-place updates of a later forward must not touch vectors saved for this
-        # forward's backward (e.g. D(real) and D(fake) in one graph).
-        u = self._u.clone(memory_format=torch.contiguous_format)
-        v = self._v.clone(memory_format=torch.contiguous_format)
-        sqrt_r_minus_1 = self._sqrt_r_minus_1 if self.clamps_srank else None
-        path = _normalization_path(matrix)
-        if path == "composite":
-            normalized = _composite_normalize(matrix, u, v, sqrt_r_minus_1, self.eps)
+        if self.training and matrix.device.type != "meta":
+            self._update_vectors(matrix, self.n_power_iterations)
+        u, v = self._u, self._v
+        if torch.is_grad_enabled() and matrix.requires_grad:
+            # Clones: the in-place updates of a later forward must not touch vectors saved for
+            # this forward's backward (e.g. D(real) and D(fake) in one graph). Without a graph
+            # (eval under no_grad) nothing is saved and the output does not alias u or v.
+            u = u.clone(memory_format=torch.contiguous_format)
+            v = v.clone(memory_format=torch.contiguous_format)
+        r_minus_1 = self._r_minus_1 if self.clamps_srank else None
+        if _needs_composite():
+            normalized = _composite_normalize(matrix, u, v, r_minus_1, self.eps)
         else:
-            if sigma_estimate is None:
-                sigma_estimate = torch.dot(u, torch.mv(matrix.detach(), v))
-            if path == "fused":
-                normalized = _FusedStableRankNorm.apply(
-                    matrix, u, v, float(sigma_estimate), sqrt_r_minus_1, self.eps
-                )
-            else:
-                normalized = _TensorStableRankNorm.apply(
-                    matrix, u, v, sigma_estimate.detach(), sqrt_r_minus_1, self.eps
-                )
+            normalized = _StableRankNormFunction.apply(matrix, u, v, r_minus_1, self.eps)
         out = matrix_to_weight(normalized, weight.shape, self.dim)
         return out if out.dtype == weight.dtype else out.to(weight.dtype)
 
@@ -134,186 +131,135 @@ class _StableRankNorm(nn.Module):
         # the normalization is not invertible.
         return value
 
-    def train(self, mode: bool = True) -> _StableRankNorm:
-        self._eval_cache = None
-        return super().train(mode)
-
     def _apply(self, fn: Any, recurse: bool = True) -> _StableRankNorm:
-        self._eval_cache = None
-        return super()._apply(fn, recurse)
+        # ``.half()``/``.double()`` cast every floating buffer; the target is a float64 number
+        # whatever the weight's dtype (51.2 would become 51.1875 in float16).
+        super()._apply(fn, recurse)
+        if self._srank.dtype != torch.float64:
+            self._srank = self._srank.to(torch.float64)
+            self._set_srank(self.srank)
+        return self
 
-    def __getstate__(self) -> dict[str, Any]:
-        # The eval cache is derived data; copies (deepcopy for EMA) rebuild it.
-        state = self.__dict__.copy()
-        state["_eval_cache"] = None
-        return state
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Note [srn target in state_dict]
+        # The target travels with the weights: loading a state_dict adopts its ``_srank``, so a
+        # layer built with another target reproduces the saved outputs exactly. A state_dict
+        # without the key (torch's spectral_norm, or SRN before the key existed) is a missing key:
+        # strict loading raises (convert it with ``convert_spectral_norm_state_dict``).
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if prefix + "_srank" in state_dict:
+            saved = float(state_dict[prefix + "_srank"])
+            if not (math.isfinite(saved) and saved >= 1):
+                raise ValueError(f"{prefix}_srank must be a finite number >= 1, got {saved}")
+            self._set_srank(saved)
 
     def extra_repr(self) -> str:
         mode = "exact" if self.exact else f"n_power_iterations={self.n_power_iterations}"
         return f"srank={self.srank:.4g}, dim={self.dim}, {mode}"
 
 
-def _normalization_path(matrix: Tensor) -> str:
-    # Note [srn fused path]
-    # Three implementations of the same maths (Note [srn without R]), all with u, v constants:
-    # * "fused" (CPU, eager): the scalars of SRN (sigma, ||W||_F^2, the clamp) are read as Python
-    #   floats (free on the CPU) and the normalization is one addr kernel with a hand-written
-    #   backward: fewer kernels than torch's spectral_norm.
-    # * "tensor" (accelerators, eager): the same hand-written forward and backward with the
-    #   scalars kept as 0-d device tensors, so nothing waits for the device (a .item() would) and
-    #   a step launches about half the kernels autograd needs for the composite formula.
-    # * "composite" (under torch.compile or torch.func transforms, which trace tensor ops and do
-    #   not see through custom autograd Functions' Python arithmetic): the branch-free formula
-    #   that autograd differentiates, one compiled graph.
+def _needs_composite() -> bool:
+    # Note [srn normalization paths]
+    # One hand-written autograd Function (:class:`_StableRankNormFunction`) on every device in
+    # eager mode: the scalars of SRN (sigma, ||W||_F, the clamp) stay 0-d tensors (no host sync,
+    # so batched gradients, jacobian(vectorize=True) and CUDA streams all work), the forward is
+    # one rank-one update of a scaled W and the backward is written by hand (fewer kernels than
+    # autograd through the formula). Under torch.compile and torch.func transforms (vmap, grad,
+    # jacrev), which trace tensor ops, the branch-free composite formula runs instead and
+    # autograd differentiates it: the same maths, one compiled graph.
     if torch.compiler.is_compiling():
-        return "composite"
+        return True
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if transforms_active is not None and transforms_active():
-        return "composite"
-    return "fused" if matrix.device.type == "cpu" else "tensor"
+    return transforms_active is not None and bool(transforms_active())
 
 
-class _FusedStableRankNorm(torch.autograd.Function):
-    """out = a * W + b * u v^T with a = s / sigma, b = 1 - s, s = min(1, sqrt(r-1) / sqrt(q)),
-    q = ||W||_F^2 / sigma^2 - 1 (Note [srn without R]); u, v constants, sigma = u^T W v.
+class _StableRankNormFunction(torch.autograd.Function):
+    """out = s Wn + (1 - s) u v^T with Wn = W / sigma, sigma = u^T W v, s = sqrt((r-1) / q),
+    q = max(||Wn||_F^2 - 1, r - 1) (Note [srn without R]); u, v constants. Plain SN (no clamp,
+    ``r_minus_1=None``): out = Wn.
 
-    Backward (first order), with G the output gradient, A = <G, W>, B = u^T G v:
-        dL/dW = a G + k_W W + k_uv u v^T,
-        t = (A / sigma - B) * (-s / q) when the clamp is inactive, else 0,
-        k_W = t / sigma^2,  k_uv = -t ||W||_F^2 / sigma^3 - A s / sigma^2.
-    Higher-order gradients (create_graph=True, e.g. gradient penalties) differentiate the
-    composite tensor formula instead, so they stay exact.
+    Backward (first order), with G the output gradient, A = <G, Wn>, B = u^T G v:
+        dL/dW = (s G + t Wn - (t ||Wn||_F^2 + A s) u v^T) / sigma,
+        t = (B - A) s / q where the clamp does not act (q > r - 1), else 0;
+    for plain SN dL/dW = (G - A u v^T) / sigma. The scalars are 0-d tensors of the weight's
+    dtype (no host sync); W is scaled by 1/sigma before any square, so float32 weights near 1e20
+    do not overflow. Higher-order gradients (create_graph=True, e.g. gradient penalties)
+    differentiate the composite formula instead, so they stay exact.
     """
 
     @staticmethod
     def forward(
-        ctx: Any,
-        matrix: Tensor,
-        u: Tensor,
-        v: Tensor,
-        sigma: float,
-        sqrt_r_minus_1: float | None,
-        eps: float,
+        ctx: Any, matrix: Tensor, u: Tensor, v: Tensor, r_minus_1: float | None, eps: float
     ) -> Tensor:
-        sigma = max(sigma, eps)  # an all-zero weight: zeros out, as the composite formula gives
-        s, active, fro_sq, q = 1.0, False, 0.0, 1.0
-        if sqrt_r_minus_1 is not None:
-            flat = matrix.reshape(-1)
-            fro_sq = float(torch.dot(flat, flat))
-            q_raw = fro_sq / (sigma * sigma) - 1.0
-            q = max(q_raw, eps)
-            s_raw = sqrt_r_minus_1 / math.sqrt(q)
-            s = min(1.0, s_raw)
-            active = s_raw < 1.0 and q_raw > eps
-        ctx.save_for_backward(matrix, u, v)
-        ctx.scalars = (sigma, s, active, fro_sq, q, sqrt_r_minus_1, eps)
-        if s == 1.0:
-            return matrix / sigma
-        return torch.addr(matrix, u, v, beta=s / sigma, alpha=1.0 - s)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        matrix, u, v = ctx.saved_tensors
-        sigma, s, active, fro_sq, q, sqrt_r_minus_1, eps = ctx.scalars
-        nones = (None,) * 5
-        if torch.is_grad_enabled():
-            return (_differentiable_backward(grad, matrix, u, v, sqrt_r_minus_1, eps), *nones)
-        a_dot = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))
-        b_dot = float(torch.dot(u, torch.mv(grad, v)))
-        t = (a_dot / sigma - b_dot) * (-s / q) if active else 0.0
-        out = grad.mul(s / sigma)
-        if t != 0.0:
-            out.add_(matrix, alpha=t / sigma**2)
-        out.addr_(u, v, alpha=-t * fro_sq / sigma**3 - a_dot * s / sigma**2)
-        return (out, *nones)
-
-
-class _TensorStableRankNorm(torch.autograd.Function):
-    """The maths of :class:`_FusedStableRankNorm` with the scalars as 0-d tensors on the weight's
-    device (no host synchronisation). ``sigma`` is the detached estimate u^T W v; its dependence
-    on W (d sigma / dW = u v^T) is part of the hand-written backward."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        matrix: Tensor,
-        u: Tensor,
-        v: Tensor,
-        sigma: Tensor,
-        sqrt_r_minus_1: float | None,
-        eps: float,
-    ) -> Tensor:
+        sigma = torch.dot(u, torch.mv(matrix, v))  # (m, n) -> 0-d
         inv_sigma = sigma.clamp_min(eps).reciprocal()
-        ctx.clamps = sqrt_r_minus_1 is not None
-        ctx.composite_args = (sqrt_r_minus_1, eps)
-        if sqrt_r_minus_1 is None:  # plain SN: W / sigma
-            ctx.save_for_backward(matrix, u, v, inv_sigma)
-            return matrix * inv_sigma
-        flat = matrix.reshape(-1)
-        fro_sq = torch.dot(flat, flat)
-        inv_sigma_sq = inv_sigma * inv_sigma
-        q_raw = fro_sq * inv_sigma_sq - 1.0  # ||R||_F^2 (Note [srn without R])
-        # s = min(1, sqrt(r - 1) / sqrt(q)) = sqrt(r - 1) / sqrt(max(q, r - 1)): one clamp is both
-        # the min and the guard against q <= 0 (fewer kernels than clamping twice).
-        floor = max(eps, sqrt_r_minus_1 * sqrt_r_minus_1)
-        q = q_raw.clamp_min(floor)
-        s = q.rsqrt() * sqrt_r_minus_1
-        # -2 ds/dq_raw where the clamp does not act (the 2 of dq/dW folded in), else 0.
-        k_q = torch.where(q_raw > floor, s / q, 0.0)
-        a = s * inv_sigma
-        ctx.save_for_backward(matrix, u, v, inv_sigma, inv_sigma_sq, fro_sq, s, a, k_q)
-        return torch.addr(matrix * a, u * (1.0 - s), v)
+        wn = matrix * inv_sigma
+        ctx.composite_args = (r_minus_1, eps)
+        if r_minus_1 is None:  # plain SN
+            ctx.save_for_backward(matrix, u, v, inv_sigma, wn)
+            return wn
+        floor = max(eps, r_minus_1)
+        flat = wn.reshape(-1)
+        rho_sq = torch.dot(flat, flat)  # ||Wn||_F^2 = ||R||_F^2 + 1
+        # s = min(1, sqrt((r - 1) / q)) = rsqrt(max(q, r - 1) / (r - 1)): one clamp is both the
+        # min and the guard against q <= 0; s is exactly 1 when the clamp acts (x / x == 1), and
+        # exactly 0 for r = 1 (rsqrt(inf)).
+        q = (rho_sq - 1.0).clamp_min_(floor)
+        s = (q / r_minus_1).rsqrt_()
+        ctx.save_for_backward(matrix, u, v, inv_sigma, wn, rho_sq, q, s)
+        ctx.floor = floor
+        return torch.lerp(torch.outer(u, v), wn, s)  # s Wn + (1 - s) u v^T
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        nones = (None,) * 5
-        matrix, u, v, inv_sigma, *rest = ctx.saved_tensors
+        nones = (None,) * 4
+        matrix, u, v, inv_sigma, wn, *rest = ctx.saved_tensors
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, *ctx.composite_args), *nones)
-        a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>
-        if not ctx.clamps:  # d(W/sigma) = G/sigma - <G, W>/sigma^2 u v^T
-            k_uv = -a_dot * inv_sigma * inv_sigma
-            return (torch.addr(grad * inv_sigma, u * k_uv, v), *nones)
-        inv_sigma_sq, fro_sq, s, a, k_q = rest
-        b_dot = torch.dot(u, torch.mv(grad, v))  # u^T G v
-        t = (b_dot - a_dot * inv_sigma) * k_q  # t of _FusedStableRankNorm's docstring
-        k_w = t * inv_sigma_sq
-        # k_uv = -t ||W||_F^2 / sigma^3 - <G, W> s / sigma^2
-        k_uv = -(t * fro_sq * inv_sigma + a_dot * s) * inv_sigma_sq
-        out = torch.addcmul(grad * a, matrix, k_w)
-        return (torch.addr(out, u * k_uv, v), *nones)
+        a_dot = torch.dot(grad.reshape(-1), wn.reshape(-1))  # A = <G, Wn>
+        if not rest:  # plain SN: (G - A u v^T) / sigma
+            out = grad * inv_sigma
+            return (torch.addr(out, u * (a_dot * inv_sigma), v, alpha=-1.0), *nones)
+        rho_sq, q, s = rest
+        b_dot = torch.dot(u, torch.mv(grad, v))  # B = u^T G v
+        t = (b_dot - a_dot) * torch.where(q > ctx.floor, s / q, 0.0)
+        out = torch.addcmul(grad * s, wn, t)  # s G + t Wn
+        k_uv = torch.addcmul(t * rho_sq, a_dot, s)  # t ||Wn||_F^2 + A s
+        return (torch.addr(out, u * k_uv, v, alpha=-1.0).mul_(inv_sigma), *nones)
 
 
 def _differentiable_backward(
-    grad: Tensor, matrix: Tensor, u: Tensor, v: Tensor, sqrt_r_minus_1: float | None, eps: float
+    grad: Tensor, matrix: Tensor, u: Tensor, v: Tensor, r_minus_1: float | None, eps: float
 ) -> Tensor:
     """The backward under create_graph=True (e.g. a gradient penalty): autograd differentiates
-    the composite formula, so second derivatives are exact (the hand-written backwards are
+    the composite formula, so second derivatives are exact (the hand-written backward is
     first-order only)."""
     with torch.enable_grad():
-        out = _composite_normalize(matrix, u, v, sqrt_r_minus_1, eps)
+        out = _composite_normalize(matrix, u, v, r_minus_1, eps)
         return torch.autograd.grad(out, matrix, grad, create_graph=True)[0]
 
 
 def _composite_normalize(
-    matrix: Tensor, u: Tensor, v: Tensor, sqrt_r_minus_1: float | None, eps: float
+    matrix: Tensor, u: Tensor, v: Tensor, r_minus_1: float | None, eps: float
 ) -> Tensor:
     """The branch-free tensor formula of SRN (no host sync; compiles into one graph)."""
     # Note [srn without R]
     # For unit u, v and sigma = u^T W v, ||W/sigma - u v^T||_F^2 = ||W||_F^2/sigma^2 - 1 exactly
-    # (expand the square), so R is never formed and the output is one rank-one update of a
-    # scaled W: (s / sigma) * W + (1 - s) * u v^T. The clamp on s replaces the branch of step 5
-    # (no host sync, one compiled graph). For exact u, v, ||R||_F^2 = srank(W) - 1.
+    # (expand the square), so R is never formed and the output is one interpolation between the
+    # rank-one u v^T and the spectrally normalized Wn = W / sigma: s Wn + (1 - s) u v^T. The clamp
+    # on s replaces the branch of step 5 (no host sync, one compiled graph). For exact u, v,
+    # ||R||_F^2 = srank(W) - 1. Wn is formed before squaring, so large weights do not overflow.
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
     sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(eps)  # differentiable in W
-    if sqrt_r_minus_1 is None:
-        return matrix / sigma
-    flat = matrix.reshape(-1)
-    tail_sq = (torch.dot(flat, flat) / (sigma * sigma) - 1.0).clamp_min(eps)
-    # sqrt(r - 1) is a Python float, so r = 1 gives s = 0 with a finite (zero) gradient.
-    scale = (sqrt_r_minus_1 * torch.rsqrt(tail_sq)).clamp(max=1.0)
-    return torch.addr(matrix * (scale / sigma), u * (1.0 - scale), v)
+    wn = matrix / sigma
+    if r_minus_1 is None:
+        return wn
+    flat = wn.reshape(-1)
+    q = (torch.dot(flat, flat) - 1.0).clamp_min(max(eps, r_minus_1))
+    # r - 1 is a Python float: r = 1 gives s = 0 with a finite (zero) gradient.
+    s = torch.rsqrt(q / r_minus_1) if r_minus_1 > 0 else q * 0.0
+    return torch.lerp(torch.outer(u, v), wn, s)
 
 
 def _default_dim(module: nn.Module) -> int:
@@ -330,22 +276,80 @@ def _find_srn(module: nn.Module, name: str) -> _StableRankNorm | None:
     return None
 
 
+def _old_style_spectral_norm(module: nn.Module, name: str) -> Any:
+    """The hook of ``torch.nn.utils.spectral_norm`` (the pre-parametrization API) on
+    ``module.name``, or None."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    for hook in module._forward_pre_hooks.values():
+        if isinstance(hook, SpectralNorm) and hook.name == name:
+            return hook
+    return None
+
+
+def _check_real(value: Any, what: str) -> float:
+    """A finite real number (bools refused: ``True`` is not a rank ratio)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{what} must be finite, got {value}")
+    return value
+
+
+def check_srn_arguments(
+    rank_ratio: float | None, srank: float | None, n_power_iterations: int, eps: float
+) -> tuple[float | None, float | None]:
+    """Validate SRN's arguments (shared by :func:`stable_rank_norm` and ``normalize_model``).
+
+    Returns:
+        ``(rank_ratio, srank)`` as floats, the default rank ratio filled in when neither is given.
+    """
+    if rank_ratio is not None and srank is not None:
+        raise ValueError(
+            "give at most one of rank_ratio and srank, "
+            f"got rank_ratio={rank_ratio} and srank={srank}"
+        )
+    if srank is None and rank_ratio is None:
+        rank_ratio = DEFAULT_RANK_RATIO
+    if rank_ratio is not None:
+        rank_ratio = _check_real(rank_ratio, "rank_ratio")
+        if not 0 < rank_ratio <= 1:
+            raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
+    if srank is not None:
+        srank = _check_real(srank, "srank")
+        if not srank >= 1:
+            raise ValueError(f"srank must be >= 1, got {srank}")
+    if (
+        isinstance(n_power_iterations, bool)
+        or not isinstance(n_power_iterations, int)
+        or n_power_iterations < 1
+    ):
+        raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {eps!r}")
+    if not (math.isfinite(eps) and eps > 0):
+        raise ValueError(f"eps must be finite and > 0, got {eps}")
+    return rank_ratio, srank
+
+
 def stable_rank_norm(
     module: nn.Module,
     name: str = "weight",
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    dim: int | None = None,
     *,
     rank_ratio: float | None = None,
     srank: float | None = None,
-    n_power_iterations: int = 1,
-    dim: int | None = None,
-    eps: float = 1e-12,
     exact: bool = False,
 ) -> nn.Module:
     """Apply Stable Rank Normalization (SRN) to a parameter of ``module``.
 
     SRN rescales the weight so that its spectral norm is 1 and its stable rank is at most ``r``:
     it is spectral normalization followed by the optimal stable-rank projection that keeps the top
-    singular value (SPEC 1.2-1.3; Sanyal, Torr & Dokania, ICLR 2020, Theorem 1 and Algorithm 1):
+    singular value (docs/math.md §1.2-1.3; Sanyal, Torr & Dokania, ICLR 2020, Theorem 1 and
+    Algorithm 1):
 
     .. math::
         \\hat W = \\frac{W}{\\sigma(W)}, \\quad
@@ -356,28 +360,40 @@ def stable_rank_norm(
     :math:`\\|W_{\\mathrm{SRN}}\\|_2 = 1` and
     :math:`\\operatorname{srank}(W_{\\mathrm{SRN}}) = \\min(\\operatorname{srank}(W), r)` once u, v
     have converged. Controlling both factors of the spectrally-normalized generalization bounds
-    (SPEC 1.1) is what distinguishes SRN from spectral normalization, which it equals at
+    (docs/math.md §1.1) is what distinguishes SRN from spectral normalization, which it equals at
     ``rank_ratio=1``. The cost is that of spectral normalization plus one Frobenius norm and one
-    rank-one update.
+    rank-one update. The positional arguments follow torch's
+    ``spectral_norm(module, name, n_power_iterations, eps, dim)``.
 
-    Weights of more than 2 dimensions are reshaped to (shape[dim], -1) (SPEC 1.4).
+    Weights of more than 2 dimensions are reshaped to (shape[dim], -1) (docs/math.md §1.4).
 
     .. note::
         As in torch's ``spectral_norm``, u and v are updated (``n_power_iterations`` steps) only in
-        training mode; in eval mode they are frozen and the output is deterministic. In eval mode
-        under ``torch.no_grad()`` the normalized weight is cached until the raw weight or the
-        vectors change in place.
+        training mode; in eval mode they are frozen and the output is deterministic. Every access
+        of ``module.weight`` recomputes it (no implicit cache; use
+        ``torch.nn.utils.parametrize.cached()`` to reuse it within a block).
+
+    .. note::
+        The target r is stored in the ``state_dict`` (``..._srank``); loading a state_dict adopts
+        the saved target, so the saved outputs reproduce exactly.
+
+    .. note::
+        A weight that is zero, or far smaller than ``eps``, keeps u, v as they are (the power
+        iteration adds a vanishing multiple of the previous vector, Note [srn power iteration]),
+        so normalization resumes when the weight becomes non-zero again. On the ``meta`` device
+        no power iteration runs; after materializing (``to_empty``), re-register or load a
+        state_dict.
 
     Args:
         module: the module holding the parameter.
         name: name of the parameter (default ``"weight"``).
+        n_power_iterations: power-iteration steps per training forward (default 1, >= 1).
+        eps: numerical floor for sigma and ||R||_F^2 (default 1e-12, finite and > 0).
+        dim: the row axis of the reshape (default: 1 for ConvTranspose1d/2d/3d, else 0).
         rank_ratio: c in (0, 1]: target ``r = max(1, c * min(m, n))`` of the reshaped (m, n)
-            weight. Default 0.7 (the reference implementation's) when ``srank`` is not given.
+            weight. Default :data:`DEFAULT_RANK_RATIO` when ``srank`` is not given.
             ``rank_ratio=1`` is plain spectral normalization.
         srank: absolute target stable rank r >= 1 (instead of ``rank_ratio``).
-        n_power_iterations: power-iteration steps per training forward (default 1, >= 1).
-        dim: the row axis of the reshape (default: 1 for ConvTranspose1d/2d/3d, else 0).
-        eps: numerical floor for norms (default 1e-12, > 0).
         exact: use the exact top singular pair by SVD instead of power iteration (default False;
             for validation and small layers).
 
@@ -385,10 +401,10 @@ def stable_rank_norm(
         ``module``, with the parametrization registered.
 
     Raises:
-        ValueError: invalid ``rank_ratio``/``srank`` (both given, out of range), a missing or
-            1-D parameter, non-finite values, ``n_power_iterations < 1``, ``eps <= 0``, or SRN
-            already registered on this parameter.
-        TypeError: a non-floating parameter.
+        ValueError: invalid ``rank_ratio``/``srank`` (both given, out of range, NaN/inf), a
+            missing or 1-D parameter, non-finite weights, ``n_power_iterations < 1``, ``eps`` not
+            finite and > 0, SRN or spectral normalization already on this parameter.
+        TypeError: a non-floating parameter, or a bool/non-number for a numeric argument.
         IndexError: ``dim`` out of range.
 
     Example:
@@ -397,47 +413,48 @@ def stable_rank_norm(
         >>> round(torch.linalg.matrix_norm(layer.weight, ord=2).item(), 2)
         1.0
     """
+    if _old_style_spectral_norm(module, name) is not None:
+        raise ValueError(
+            f"parameter {name!r} of {type(module).__name__} has torch.nn.utils.spectral_norm "
+            "(the hook-based API): remove it with torch.nn.utils.remove_spectral_norm first, "
+            "SRN already includes spectral normalization"
+        )
     weight = getattr(module, name, None)
     if not isinstance(weight, Tensor):
         raise ValueError(
             f"module {type(module).__name__} has no parameter or buffer named {name!r}"
         )
-    if _find_srn(module, name) is not None:
-        raise ValueError(
-            f"parameter {name!r} of {type(module).__name__} already has stable_rank_norm"
-        )
+    if parametrize.is_parametrized(module, name):
+        kinds = [type(p).__name__ for p in module.parametrizations[name]]
+        if _find_srn(module, name) is not None:
+            raise ValueError(
+                f"parameter {name!r} of {type(module).__name__} already has stable_rank_norm"
+            )
+        if any(hasattr(p, "_u") for p in module.parametrizations[name]):
+            raise ValueError(
+                f"parameter {name!r} of {type(module).__name__} already has spectral "
+                f"normalization ({kinds}): remove it first, SRN includes it"
+            )
     if not weight.is_floating_point():
         raise TypeError(f"parameter {name!r} must be floating point, got dtype {weight.dtype}")
     if weight.ndim < 2:
         raise ValueError(
             f"parameter {name!r} must have 2 or more dimensions, got shape {tuple(weight.shape)}"
         )
-    if not bool(torch.isfinite(weight).all()):
-        raise ValueError(f"parameter {name!r} contains non-finite values (inf or NaN)")
-    if rank_ratio is not None and srank is not None:
-        raise ValueError(
-            "give at most one of rank_ratio and srank, "
-            f"got rank_ratio={rank_ratio} and srank={srank}"
-        )
-    if srank is None and rank_ratio is None:
-        rank_ratio = DEFAULT_RANK_RATIO
-    if rank_ratio is not None and not 0 < rank_ratio <= 1:
-        raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
-    if srank is not None and not srank >= 1:
-        raise ValueError(f"srank must be >= 1, got {srank}")
-    if not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-        raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, eps)
     if dim is None:
         dim = _default_dim(module)
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an integer, got {dim!r}")
     if not -weight.ndim <= dim < weight.ndim:
         raise IndexError(
             f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for parameter {name!r} of shape "
             f"{tuple(weight.shape)}, got {dim}"
         )
+    if weight.device.type != "meta" and not bool(torch.isfinite(weight).all()):
+        raise ValueError(f"parameter {name!r} contains non-finite values (inf or NaN)")
     shape = tuple(weight_to_matrix(weight.detach(), dim).shape)
-    r = target_srank(rank_ratio, shape) if srank is None else float(srank)
+    r = target_srank(rank_ratio, shape) if srank is None else srank
     if r <= 1 and min(shape) > 1:
         warnings.warn(
             f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: "
@@ -471,10 +488,12 @@ def remove_stable_rank_norm(module: nn.Module, name: str = "weight") -> nn.Modul
     srn = _find_srn(module, name)
     if srn is None:
         raise ValueError(f"parameter {name!r} of {type(module).__name__} has no stable_rank_norm")
-    was_training = srn.training
-    srn.eval()
+    plist = module.parametrizations[name]
+    modes = [p.training for p in plist]
+    plist.eval()
     try:
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     finally:
-        srn.train(was_training)
+        for p, mode in zip(plist, modes, strict=True):
+            p.train(mode)
     return module
