@@ -9,7 +9,14 @@ STAMP := $(VENV)/.installed
 TORCH ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && echo torch || echo torch==2.13.0)
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: test demo setup data lint bench clean
+DOCS_DIR := build/docs
+# The public modules: the package, its core modules and every subpackage (pdoc follows __all__, so
+# submodules that a package does not re-export must be named here to get a page).
+DOC_MODULES := stablerank stablerank.linalg stablerank.srn stablerank.apply stablerank.report \
+	stablerank.data stablerank.metrics stablerank.models stablerank.train stablerank.repro \
+	stablerank.config stablerank.cli
+
+.PHONY: test demo setup data docs lint bench clean
 
 setup: $(STAMP)
 
@@ -17,7 +24,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
 	@$(PY) -m pip install -q --disable-pip-version-check "$(TORCH)"
-	@$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	@$(PY) -m pip install -q --disable-pip-version-check -e ".[experiments,dev]"
 	@touch $(STAMP)
 
 # Fashion-MNIST from Debian's package when missing (needs root and apt); otherwise say how to get it.
@@ -27,7 +34,14 @@ data:
 	      && { apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } ; } \
 	 || echo "note: Fashion-MNIST not installed; run 'sudo apt-get install dataset-fashion-mnist' or pass --data-dir" >&2
 
-test: setup data
+# API reference from the docstrings (pdoc, Google style, maths rendered); `make test` builds it
+# first so a docstring that breaks the build fails the tests.
+docs: setup
+	@rm -rf $(DOCS_DIR)
+	@$(PY) -m pdoc --docformat google --math -o $(DOCS_DIR) $(DOC_MODULES)
+	@echo "API docs: $(DOCS_DIR)/index.html" >&2
+
+test: setup data docs
 	@$(PY) -m pytest
 
 demo: setup data
@@ -41,4 +55,4 @@ bench: setup
 	@$(PY) benchmarks/bench_srn.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build
