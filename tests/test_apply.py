@@ -28,7 +28,7 @@ def _net() -> nn.Sequential:
 
 @pytest.mark.parametrize("norm", ["sn", "srn"])
 def test_normalize_model_covers_every_eligible_layer(norm):
-    net = sr.normalize_model(_net(), norm, rank_ratio=0.5)
+    net = sr.normalize_model(_net(), norm, rank_ratio=0.5, head=norm)
     for i in (0, 3, 5, 7):
         assert parametrize.is_parametrized(net[i], "weight")
     assert not parametrize.is_parametrized(net[1]) and not parametrize.is_parametrized(net[6])
@@ -36,9 +36,11 @@ def test_normalize_model_covers_every_eligible_layer(norm):
 
 
 def test_exclude_patterns_and_predicates():
-    net = sr.normalize_model(_net(), "srn", exclude=["7"])
+    net = sr.normalize_model(_net(), "srn", exclude=["7"], head="srn")
     assert not parametrize.is_parametrized(net[7])
-    net = sr.normalize_model(_net(), "srn", exclude=lambda name, m: isinstance(m, nn.Conv2d))
+    net = sr.normalize_model(
+        _net(), "srn", exclude=lambda name, m: isinstance(m, nn.Conv2d), head="srn"
+    )
     assert not parametrize.is_parametrized(net[0]) and parametrize.is_parametrized(net[3])
     assert sr.normalize_model(_net(), "none") is not None
 

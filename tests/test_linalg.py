@@ -203,3 +203,24 @@ def test_transposed_conv_reshape_and_half_precision_results():
     half = stable_rank(w.half(), dim=1)
     assert half.dtype == torch.float32
     assert half.item() == pytest.approx((s.square().sum() / s[0] ** 2).item(), rel=1e-2)
+
+
+def test_srn_optimal_keep_top_zero_at_target_one_is_the_top_component():
+    # gamma1 = gamma2 / gamma is 0/0 at r = 1; its limit is 1: X = S1 = diag(2, 0).
+    x = srn_optimal(torch.diag(torch.tensor([2.0, 1.0], dtype=torch.float64)), 1.0, keep_top=0)
+    torch.testing.assert_close(x, torch.diag(torch.tensor([2.0, 0.0], dtype=torch.float64)))
+
+
+def test_stable_rank_of_non_finite_tiny_and_huge_weights():
+    w = torch.eye(3, dtype=torch.float64)
+    w[0, 1] = float("inf")
+    assert torch.isnan(stable_rank(w))  # documented: NaN, never a finite-looking 0
+    w[0, 1] = float("nan")
+    assert torch.isnan(stable_rank(w))
+    d = torch.diag(torch.tensor([2.0, 1.0, 1.0], dtype=torch.float64))
+    for scale in (1e-200, 1e200):  # squares underflow / overflow without scaling first
+        assert stable_rank(d * scale).item() == pytest.approx(1.5, rel=1e-12)
+    assert stable_rank(torch.diag(torch.tensor([2.0, 1.0, 1.0])) * 1e20).item() == pytest.approx(
+        1.5, rel=1e-6
+    )
+    assert stable_rank(torch.zeros(3, 4)).item() == 0.0

@@ -8,7 +8,17 @@ Example:
     >>> net = sr.apply_stable_rank_norm(torch.nn.Sequential(torch.nn.Linear(8, 16)), rank_ratio=0.5)
 """
 
-from stablerank.apply import NORMS, apply_stable_rank_norm, eligible_layers, normalize_model
+from stablerank.apply import (
+    HEADS,
+    NORMS,
+    apply_stable_rank_norm,
+    bake_stable_rank_norm,
+    convert_spectral_norm_state_dict,
+    convert_to_spectral_norm_state_dict,
+    eligible_layers,
+    head_layers,
+    normalize_model,
+)
 from stablerank.linalg import (
     matrix_to_weight,
     spectral_norm_exact,
@@ -16,23 +26,41 @@ from stablerank.linalg import (
     stable_rank,
     weight_to_matrix,
 )
-from stablerank.report import LayerRecord, LayerReport, layer_report
-from stablerank.srn import remove_stable_rank_norm, stable_rank_norm
+from stablerank.report import (
+    LayerRecord,
+    LayerReport,
+    SrnActivity,
+    SrnInactiveWarning,
+    layer_report,
+    srn_active_fraction,
+    srn_activity,
+)
+from stablerank.srn import DEFAULT_RANK_RATIO, remove_stable_rank_norm, stable_rank_norm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_RANK_RATIO",
+    "HEADS",
     "NORMS",
     "LayerRecord",
     "LayerReport",
+    "SrnActivity",
+    "SrnInactiveWarning",
     "__version__",
     "apply_stable_rank_norm",
+    "bake_stable_rank_norm",
+    "convert_spectral_norm_state_dict",
+    "convert_to_spectral_norm_state_dict",
     "eligible_layers",
+    "head_layers",
     "layer_report",
     "matrix_to_weight",
     "normalize_model",
     "remove_stable_rank_norm",
     "spectral_norm_exact",
+    "srn_active_fraction",
+    "srn_activity",
     "srn_optimal",
     "stable_rank",
     "stable_rank_norm",

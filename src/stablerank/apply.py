@@ -1,26 +1,51 @@
 """Apply no normalization, spectral normalization or SRN to every eligible layer of a model.
 
 Eligible layers: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (their
-``weight``). Biases, BatchNorm and embeddings are never touched. Depends only on torch and
-:mod:`stablerank.srn`.
+``weight``). Biases, BatchNorm and embeddings are never touched. The classifier head (by default
+the model's last ``nn.Linear``) follows its own rule, ``head`` (Note [srn head rule]). Also here:
+:func:`bake_stable_rank_norm` (remove every SN/SRN, keeping the eval weights) and the state_dict
+conversions between torch's spectral_norm and SRN. Depends only on torch and the core.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Iterable
+import warnings
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
+from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
-from stablerank.srn import DEFAULT_RANK_RATIO, stable_rank_norm
+from stablerank.report import SrnInactiveWarning, srn_active_fraction
+from stablerank.srn import (
+    DEFAULT_RANK_RATIO,
+    _old_style_spectral_norm,
+    _StableRankNorm,
+    check_srn_arguments,
+    stable_rank_norm,
+)
 
-__all__ = ["NORMS", "apply_stable_rank_norm", "eligible_layers", "normalize_model"]
+__all__ = [
+    "HEADS",
+    "NORMS",
+    "apply_stable_rank_norm",
+    "bake_stable_rank_norm",
+    "convert_spectral_norm_state_dict",
+    "convert_to_spectral_norm_state_dict",
+    "eligible_layers",
+    "head_layers",
+    "normalize_model",
+]
 
 NORMS = ("none", "sn", "srn")
+HEADS = ("none", "sn", "srn")
 _ELIGIBLE = (nn.Linear, nn.modules.conv._ConvNd)
+_NORM_PARAMETRIZATIONS = (_StableRankNorm, _SpectralNorm)
 
 Exclude = Callable[[str, nn.Module], bool] | Iterable[str] | None
 
@@ -40,7 +65,7 @@ def _excluder(exclude: Exclude) -> Callable[[str, nn.Module], bool]:
 
 
 def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str, nn.Module]]:
-    """The (qualified name, module) pairs :func:`normalize_model` would normalize.
+    """The (qualified name, module) pairs :func:`normalize_model` would normalize (head included).
 
     Args:
         model: any module.
@@ -54,8 +79,31 @@ def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str
         if isinstance(m, _ELIGIBLE)
         and isinstance(getattr(m, "weight", None), torch.Tensor)
         and not parametrize.is_parametrized(m, "weight")
+        and _old_style_spectral_norm(m, "weight") is None
         and not skip(name, m)
     ]
+
+
+def head_layers(model: nn.Module, head_names: str | Iterable[str] | None = None) -> list[str]:
+    """Qualified names of the classifier head (Note [srn head rule]).
+
+    Args:
+        model: any module.
+        head_names: module-name patterns (``fnmatch``) of the head; default None: the model's
+            last ``nn.Linear`` in ``named_modules()`` order (none if it has no Linear).
+    """
+    if head_names is None:
+        linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+        return linears[-1:]
+    match = _excluder(head_names)
+    return [n for n, m in model.named_modules() if match(n, m)]
+
+
+def _register(layer: nn.Module, kind: str, kwargs: dict[str, Any]) -> None:
+    if kind == "sn":
+        spectral_norm(layer, n_power_iterations=kwargs["n_power_iterations"])
+    else:
+        stable_rank_norm(layer, **kwargs)
 
 
 def normalize_model(
@@ -67,50 +115,84 @@ def normalize_model(
     n_power_iterations: int = 1,
     exclude: Exclude = None,
     exact: bool = False,
+    head: str = "none",
+    head_names: str | Iterable[str] | None = None,
 ) -> nn.Module:
     """Normalize the weight of every Linear / ConvNd / ConvTransposeNd layer of ``model``.
 
+    Note [srn head rule]
+        The classifier head is the model's last ``nn.Linear`` (or the layers ``head_names``
+        names). ``head="none"`` (default) leaves it unnormalized, as the SRN authors' code does;
+        ``head="sn"`` puts torch's spectral_norm on it; ``head="srn"`` normalizes it like the body.
+        A GAN discriminator whose every layer must be normalized passes ``head=norm``.
+
+    All or nothing: if registering any layer fails, the layers registered so far are restored
+    and the error is raised, so the model is unchanged. When SRN's cap binds on no SRN layer at
+    registration (every raw stable rank is already <= r, so SRN acts as SN), a
+    :class:`~stablerank.report.SrnInactiveWarning` is issued (silence it with
+    ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
+
     Args:
         model: the model, modified in place.
-        norm: ``"none"`` (nothing), ``"sn"`` (``torch.nn.utils.parametrizations.spectral_norm``)
-            or ``"srn"`` (:func:`stablerank.stable_rank_norm`).
-        rank_ratio: SRN's c in (0, 1] (default 0.7); ignored for ``"sn"``.
+        norm: ``"none"`` (remove every SN/SRN, baking the eval weights: see
+            :func:`bake_stable_rank_norm`), ``"sn"``
+            (``torch.nn.utils.parametrizations.spectral_norm``) or ``"srn"``
+            (:func:`stablerank.stable_rank_norm`) on the body.
+        rank_ratio: SRN's c in (0, 1] (default :data:`~stablerank.srn.DEFAULT_RANK_RATIO`).
         srank: SRN's absolute target instead of ``rank_ratio`` (default None).
         n_power_iterations: power-iteration steps per training forward (default 1).
-        exclude: module-name patterns or a predicate, see :func:`eligible_layers` (default None:
-            every eligible layer, the classifier head included).
+        exclude: module-name patterns or a predicate, see :func:`eligible_layers` (default None);
+            excluded layers are never normalized, head or not.
         exact: SRN by SVD instead of power iteration (default False).
+        head: ``"none"`` (default), ``"sn"`` or ``"srn"``: the head's normalization.
+        head_names: the head's module-name patterns (default None: the last ``nn.Linear``).
 
     Returns:
         ``model``.
 
     Raises:
-        ValueError: ``norm`` not one of ``"none"``, ``"sn"``, ``"srn"`` (or an invalid SRN argument,
-            raised before any layer is modified).
+        ValueError: ``norm`` or ``head`` not one of ``"none"``, ``"sn"``, ``"srn"``, an invalid SRN
+            argument (raised before any layer is modified), or any error of a layer's
+            registration (after restoring the model).
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
-    if norm == "srn":
-        if srank is not None:
-            rank_ratio = None  # type: ignore[assignment]
-        elif not 0 < rank_ratio <= 1:
-            raise ValueError(f"rank_ratio must be in (0, 1], got {rank_ratio}")
-    if not isinstance(n_power_iterations, int) or n_power_iterations < 1:
-        raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
-    layers = eligible_layers(model, exclude)
+    if head not in HEADS:
+        raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if norm == "none":
-        return model
-    for _, layer in layers:
-        if norm == "sn":
-            spectral_norm(layer, n_power_iterations=n_power_iterations)
-        else:
-            stable_rank_norm(
-                layer,
-                rank_ratio=rank_ratio,
-                srank=srank,
-                n_power_iterations=n_power_iterations,
-                exact=exact,
-            )
+        return bake_stable_rank_norm(model)
+    if srank is not None:
+        rank_ratio = None  # type: ignore[assignment]
+    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, 1e-12)
+    heads = set(head_layers(model, head_names))
+    kwargs = {
+        "rank_ratio": rank_ratio,
+        "srank": srank,
+        "n_power_iterations": n_power_iterations,
+        "exact": exact,
+    }
+    plan = [
+        (layer, head if name in heads else norm) for name, layer in eligible_layers(model, exclude)
+    ]
+    done: list[nn.Module] = []
+    try:
+        for layer, kind in plan:
+            if kind != "none":
+                _register(layer, kind, kwargs)
+                done.append(layer)
+    except Exception:
+        for layer in reversed(done):
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
+        raise
+    if any(kind == "srn" for _, kind in plan) and srn_active_fraction(model) == 0.0:
+        warnings.warn(
+            "SRN's cap binds on no layer of this model at registration (every raw stable rank is "
+            f"<= its target; rank_ratio={rank_ratio}, srank={srank}): SRN acts as spectral "
+            "normalization here. Lower rank_ratio to test SRN (stablerank.srn_activity lists the "
+            "layers).",
+            SrnInactiveWarning,
+            stacklevel=2,
+        )
     return model
 
 
@@ -122,8 +204,10 @@ def apply_stable_rank_norm(
     n_power_iterations: int = 1,
     exclude: Exclude = None,
     exact: bool = False,
+    head: str = "none",
+    head_names: str | Iterable[str] | None = None,
 ) -> nn.Module:
-    """SRN on every Linear / ConvNd / ConvTransposeNd layer.
+    """SRN on every Linear / ConvNd / ConvTransposeNd layer, the head by ``head``.
 
     Same as ``normalize_model(model, "srn", ...)``; see :func:`normalize_model`.
     """
@@ -135,4 +219,110 @@ def apply_stable_rank_norm(
         n_power_iterations=n_power_iterations,
         exclude=exclude,
         exact=exact,
+        head=head,
+        head_names=head_names,
     )
+
+
+def bake_stable_rank_norm(model: nn.Module) -> nn.Module:
+    """Remove every SRN and spectral normalization of ``model``, baking the eval weights in.
+
+    Covers SRN, torch's ``parametrizations.spectral_norm`` and the hook-based
+    ``torch.nn.utils.spectral_norm``. Each weight becomes the one the layer uses in eval mode
+    (frozen u, v; no power iteration), so eval outputs are identical before and after; the
+    parameter objects of parametrized weights are kept (same ``id()``). For export or inference.
+
+    Raises:
+        ValueError: a tensor whose parametrizations mix SN/SRN with others (nothing is changed).
+    """
+    todo: list[tuple[nn.Module, str]] = []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name, plist in module.parametrizations.items():
+                kinds = [isinstance(p, _NORM_PARAMETRIZATIONS) for p in plist]
+                if any(kinds) and not all(kinds):
+                    raise ValueError(
+                        f"{name or type(module).__name__}.{tensor_name} mixes SN/SRN with other "
+                        f"parametrizations ({[type(p).__name__ for p in plist]}): remove them first"
+                    )
+                if all(kinds):
+                    todo.append((module, tensor_name))
+    for module in model.modules():
+        for hook in list(module._forward_pre_hooks.values()):
+            if isinstance(hook, _HookSpectralNorm):
+                torch.nn.utils.remove_spectral_norm(module, hook.name)
+    for module, tensor_name in todo:
+        plist = module.parametrizations[tensor_name]
+        modes = [p.training for p in plist]
+        plist.eval()  # no power iteration: the baked weight is the eval weight
+        try:
+            parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+        finally:
+            for p, mode in zip(plist, modes, strict=True):
+                p.train(mode)
+    return model
+
+
+def _srn_layers(model: nn.Module) -> list[tuple[str, str, int, _StableRankNorm]]:
+    """(module prefix, tensor name, index in the parametrization list, SRN) of every SRN."""
+    found = []
+    for name, module in model.named_modules():
+        if parametrize.is_parametrized(module):
+            for tensor_name, plist in module.parametrizations.items():
+                for i, p in enumerate(plist):
+                    if isinstance(p, _StableRankNorm):
+                        found.append((f"{name}." if name else "", tensor_name, i, p))
+    return found
+
+
+def convert_spectral_norm_state_dict(
+    state_dict: Mapping[str, Any], model: nn.Module
+) -> OrderedDict[str, Any]:
+    """A state_dict of spectral normalization made loadable by the SRN ``model``.
+
+    Renames the keys of the hook-based ``torch.nn.utils.spectral_norm`` (``weight_orig``,
+    ``weight_u``, ``weight_v``) to the parametrization's (``parametrizations.weight.original``,
+    ``...0._u``, ``...0._v``) and adds each SRN layer's target (``...0._srank``, the one ``model``
+    was built with) where the state_dict has none: a state_dict of torch's
+    ``parametrizations.spectral_norm`` or of SRN before the target was stored. Strict loading
+    of the unconverted state_dict raises (missing ``_srank`` keys) instead.
+
+    Args:
+        state_dict: the state_dict to convert (not modified).
+        model: the SRN model it will be loaded into.
+
+    Returns:
+        A new state_dict (``_metadata`` kept).
+    """
+    out: OrderedDict[str, Any] = OrderedDict(state_dict)
+    metadata = getattr(state_dict, "_metadata", None)
+    for prefix, tensor_name, index, srn in _srn_layers(model):
+        base = f"{prefix}parametrizations.{tensor_name}."
+        for old, new in (("_orig", "original"), ("_u", f"{index}._u"), ("_v", f"{index}._v")):
+            if prefix + tensor_name + old in out:
+                out[base + new] = out.pop(prefix + tensor_name + old)
+        out.setdefault(
+            f"{base}{index}._srank",
+            torch.tensor(srn.srank, dtype=torch.float64, device=srn._srank.device),
+        )
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out
+
+
+def convert_to_spectral_norm_state_dict(state_dict: Mapping[str, Any]) -> OrderedDict[str, Any]:
+    """An SRN state_dict made loadable by the same model with torch's ``spectral_norm``.
+
+    Drops the targets (``parametrizations.<name>.<i>._srank``); u, v and the raw weight keep their
+    keys. Loading the unconverted state_dict into a spectral-norm model with ``strict=True``
+    raises (unexpected ``_srank`` keys). Outputs agree only where SRN's cap did not bind.
+    """
+    out: OrderedDict[str, Any] = OrderedDict(
+        (k, v)
+        for k, v in state_dict.items()
+        if not (k.endswith("._srank") and ".parametrizations." in f".{k}")
+    )
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        out._metadata = metadata  # type: ignore[attr-defined]
+    return out

@@ -57,12 +57,12 @@ def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
     """
     if weight.ndim == 1:
         return weight.unsqueeze(0)
-    if dim == 0:
-        return weight.reshape(weight.shape[0], -1)
-    dim = _check_dim(weight, dim)
     if dim != 0:
-        weight = weight.movedim(dim, 0)
-    return weight.reshape(weight.shape[0], -1)
+        dim = _check_dim(weight, dim)
+        if dim != 0:
+            weight = weight.movedim(dim, 0)
+    # explicit column count: reshape(0, -1) is ambiguous for a weight with no rows
+    return weight.reshape(weight.shape[0], math.prod(weight.shape[1:]))
 
 
 def matrix_to_weight(matrix: Tensor, shape: torch.Size | tuple[int, ...], dim: int = 0) -> Tensor:
@@ -83,9 +83,21 @@ def _sigma_max_and_frobenius(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     eigenvalue is ~1e-16 ||W||_F^2, i.e. relative ~1e-16 srank(W) <= 1e-16 min(m, n)).
     """
     matrix = weight_to_matrix(weight.detach(), dim).double()
+    if matrix.numel() == 0:
+        zero = matrix.new_zeros(())
+        return zero, zero
+    # Scaled by the largest entry first: squares of tiny (1e-200) or huge float64 entries would
+    # underflow or overflow the Gram matrix. A non-finite entry gives NaN for both.
+    scale = matrix.abs().amax()
+    if not bool(torch.isfinite(scale)):
+        nan = matrix.new_full((), float("nan"))
+        return nan, nan
+    if scale == 0:
+        return scale, scale
+    matrix = matrix / scale
     gram = matrix @ matrix.T if matrix.shape[0] <= matrix.shape[1] else matrix.T @ matrix
     sigma_max = torch.linalg.eigvalsh(gram)[-1].clamp_min(0.0).sqrt()
-    return sigma_max, torch.linalg.vector_norm(matrix)
+    return sigma_max * scale, torch.linalg.vector_norm(matrix) * scale
 
 
 def _result_dtype(weight: Tensor) -> torch.dtype:
@@ -111,14 +123,15 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
 
     Returns:
         A 0-d tensor (float32 for half-precision input). An all-zero weight has stable rank 0 by
-        convention (finite, never NaN).
+        convention; a weight with an inf or NaN entry has stable rank NaN. The weight is scaled
+        by its largest entry first, so tiny (1e-200) and huge float64 weights are exact.
 
     Example:
         >>> stable_rank(torch.diag(torch.tensor([2.0, 1.0, 1.0])))
         tensor(1.5000)
     """
     sigma_max, fro = _sigma_max_and_frobenius(weight, dim)
-    srank = torch.where(sigma_max > 0, (fro / sigma_max.clamp_min(1e-300)).square(), 0.0)
+    srank = torch.where(sigma_max != 0, (fro / sigma_max).square(), 0.0)
     return srank.to(_result_dtype(weight))
 
 
@@ -190,7 +203,10 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
     else:
         gamma = math.sqrt(srank - 1) * s[0] / s2_norm
         gamma2 = (gamma + srank - 1) / srank
-        out = (gamma2 / gamma) * s1 + gamma2 * s2
+        # gamma1 = gamma2 / gamma, written without the division: r = 1 gives gamma = 0 and the
+        # limit gamma1 = 1 (X = S1, rank one), not 0/0.
+        gamma1 = 1.0 / srank + math.sqrt(srank - 1) * s2_norm / (srank * s[0])
+        out = gamma1 * s1 + gamma2 * s2
     return out.to(weight.dtype)
 
 

@@ -1,8 +1,12 @@
-"""Per-layer report of spectral norms and stable ranks (the diagnostic of SPEC 1.1 / 1.3).
+"""Per-layer report of spectral norms and stable ranks (the diagnostic of docs/math.md §1.1, §1.3).
 
 :func:`layer_report` reads every Linear / ConvNd / ConvTransposeNd weight as the layer uses it
-(the normalized weight when SN or SRN is registered) without changing any state: parametrizations
-are switched to eval mode for the read, so no power iteration runs.
+(the normalized weight when SN or SRN is registered: SRN, torch's parametrization and the
+hook-based ``torch.nn.utils.spectral_norm``) without changing any state: parametrizations are
+switched to eval mode for the read, so no power iteration runs.
+
+:func:`srn_activity` and :func:`srn_active_fraction` say on which SRN layers the cap binds (raw
+stable rank above the target r): where it binds on no layer, SRN is spectral normalization.
 """
 
 from __future__ import annotations
@@ -13,15 +17,76 @@ import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
 
-from stablerank.linalg import _sigma_max_and_frobenius, weight_to_matrix
-from stablerank.srn import _find_srn
+from stablerank.linalg import _sigma_max_and_frobenius, stable_rank, weight_to_matrix
+from stablerank.srn import _find_srn, _old_style_spectral_norm, _StableRankNorm
 
-__all__ = ["LayerRecord", "LayerReport", "layer_report"]
+__all__ = [
+    "LayerRecord",
+    "LayerReport",
+    "SrnActivity",
+    "SrnInactiveWarning",
+    "layer_report",
+    "srn_active_fraction",
+    "srn_activity",
+]
+
+
+class SrnInactiveWarning(UserWarning):
+    """SRN's cap binds on no layer of a model: SRN acts as spectral normalization there.
+
+    Silence it with ``warnings.filterwarnings("ignore", category=SrnInactiveWarning)``.
+    """
+
+
+@dataclass(frozen=True)
+class SrnActivity:
+    """Whether SRN's cap binds on one SRN-normalized tensor.
+
+    Attributes:
+        name: qualified tensor name (``"features.0.weight"``).
+        raw_srank: exact stable rank of the raw (unnormalized) weight.
+        target_srank: SRN's r.
+        active: ``raw_srank > target_srank``: the cap binds (SRN differs from SN).
+    """
+
+    name: str
+    raw_srank: float
+    target_srank: float
+    active: bool
+
+
+@torch.no_grad()
+def srn_activity(model: nn.Module) -> list[SrnActivity]:
+    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks)."""
+    out = []
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, _StableRankNorm):
+                    raw = stable_rank(plist.original, p.dim).item()
+                    qualified = f"{name}.{tensor_name}" if name else tensor_name
+                    out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))
+    return out
+
+
+def srn_active_fraction(model: nn.Module) -> float:
+    """Fraction of SRN-normalized tensors whose cap binds (raw stable rank > r); NaN without SRN.
+
+    Cheap enough to call each epoch (one small symmetric eigensolve per layer).
+    """
+    activity = srn_activity(model)
+    if not activity:
+        return float("nan")
+    return sum(a.active for a in activity) / len(activity)
 
 
 @dataclass(frozen=True)
@@ -39,6 +104,7 @@ class LayerRecord:
         frobenius: Frobenius norm of the weight as used.
         srank: exact stable rank of the weight as used; ``raw_srank`` of the raw weight.
         target_srank: SRN's r (``min(m, n)`` for SN and none, where no clamp acts).
+        active: SRN's cap binds (``raw_srank > target_srank``); False for SN and none.
     """
 
     name: str
@@ -52,6 +118,7 @@ class LayerRecord:
     srank: float
     raw_srank: float
     target_srank: float
+    active: bool = False
 
 
 class LayerReport(list):
@@ -67,6 +134,7 @@ class LayerReport(list):
         "srank",
         "target_srank",
         "raw_srank",
+        "active",
         "frobenius",
     )
 
@@ -100,15 +168,27 @@ class LayerReport(list):
         return "\n".join(lines)
 
 
-def _norm_kind(module: nn.Module) -> tuple[str, nn.Module | None]:
+def _norm_kind(module: nn.Module) -> tuple[str, Any]:
     srn = _find_srn(module, "weight")
     if srn is not None:
         return "srn", srn
     if parametrize.is_parametrized(module, "weight"):
         for p in module.parametrizations["weight"]:
-            if hasattr(p, "_u") and hasattr(p, "_v"):
+            if isinstance(p, _SpectralNorm):
                 return "sn", p
+    hook = _old_style_spectral_norm(module, "weight")
+    if hook is not None:
+        return "sn-hook", hook
     return "none", None
+
+
+def _weights(module: nn.Module, kind: str, p: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight as used in eval mode, raw weight)."""
+    if kind == "sn-hook":  # torch.nn.utils.spectral_norm: weight_orig, weight_u, weight_v
+        return p.compute_weight(module, do_power_iteration=False), module.weight_orig
+    if kind in ("srn", "sn"):
+        return module.weight, module.parametrizations["weight"].original
+    return module.weight, module.weight
 
 
 def _parametrizations(model: nn.Module) -> Iterator[nn.Module]:
@@ -139,28 +219,25 @@ def layer_report(model: nn.Module) -> LayerReport:
         ]
         for name, module in layers:
             kind, p = _norm_kind(module)
-            dim = getattr(
-                p,
-                "dim",
-                1
-                if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d))
-                else 0,
-            )
-            used = module.weight
-            raw = module.parametrizations["weight"].original if kind != "none" else used
+            transposed = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+            dim = getattr(p, "dim", 1 if isinstance(module, transposed) else 0)
+            used, raw = _weights(module, kind, p)
             sigma, fro = _sigma_max_and_frobenius(used, dim)
             raw_sigma, raw_fro = _sigma_max_and_frobenius(raw, dim)
             matrix_shape = tuple(weight_to_matrix(raw, dim).shape)
             sigma_power = float("nan")
             if p is not None:
-                u, v = p._u, p._v
+                owner, prefix = (module, "weight") if kind == "sn-hook" else (p, "")
+                u, v = getattr(owner, prefix + "_u"), getattr(owner, prefix + "_v")
                 sigma_power = torch.dot(
                     u, torch.mv(weight_to_matrix(raw, dim).to(u.dtype), v)
                 ).item()
+            raw_srank = _srank(raw_sigma, raw_fro)
+            target = p.srank if kind == "srn" else float(min(matrix_shape))
             records.append(
                 LayerRecord(
                     name=name,
-                    norm=kind,
+                    norm="sn" if kind == "sn-hook" else kind,
                     shape=tuple(raw.shape),
                     matrix_shape=matrix_shape,
                     sigma_max=sigma.item(),
@@ -168,8 +245,9 @@ def layer_report(model: nn.Module) -> LayerReport:
                     raw_sigma_max=raw_sigma.item(),
                     frobenius=fro.item(),
                     srank=_srank(sigma, fro),
-                    raw_srank=_srank(raw_sigma, raw_fro),
-                    target_srank=p.srank if kind == "srn" else float(min(matrix_shape)),
+                    raw_srank=raw_srank,
+                    target_srank=target,
+                    active=kind == "srn" and raw_srank > target,
                 )
             )
     finally:
@@ -179,4 +257,4 @@ def layer_report(model: nn.Module) -> LayerReport:
 
 
 def _srank(sigma_max: torch.Tensor, frobenius: torch.Tensor) -> float:
-    return (frobenius / sigma_max).square().item() if sigma_max > 0 else 0.0
+    return (frobenius / sigma_max).square().item() if sigma_max != 0 else 0.0

@@ -101,7 +101,7 @@ class _StableRankNorm(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         # No implicit eval cache: like torch's spectral_norm, every access recomputes the weight
         # from (W, u, v); ``parametrize.cached()`` is the explicit cache.
-        if torch.is_autocast_enabled(weight.device.type):
+        if weight.device.type != "meta" and torch.is_autocast_enabled(weight.device.type):
             # Norms and the rank-one update in the weight's precision (float32 for half weights),
             # never in autocast's lower one.
             with torch.autocast(device_type=weight.device.type, enabled=False):
@@ -112,7 +112,7 @@ class _StableRankNorm(nn.Module):
         if self.training and matrix.device.type != "meta":
             self._update_vectors(matrix, self.n_power_iterations)
         u, v = self._u, self._v
-        if torch.is_grad_enabled() and matrix.requires_grad:
+        if (torch.is_grad_enabled() and matrix.requires_grad) or torch.jit.is_tracing():
             # Clones: the in-place updates of a later forward must not touch vectors saved for
             # this forward's backward (e.g. D(real) and D(fake) in one graph). Without a graph
             # (eval under no_grad) nothing is saved and the output does not alias u or v.
@@ -164,10 +164,10 @@ def _needs_composite() -> bool:
     # eager mode: the scalars of SRN (sigma, ||W||_F, the clamp) stay 0-d tensors (no host sync,
     # so batched gradients, jacobian(vectorize=True) and CUDA streams all work), the forward is
     # one rank-one update of a scaled W and the backward is written by hand (fewer kernels than
-    # autograd through the formula). Under torch.compile and torch.func transforms (vmap, grad,
-    # jacrev), which trace tensor ops, the branch-free composite formula runs instead and
-    # autograd differentiates it: the same maths, one compiled graph.
-    if torch.compiler.is_compiling():
+    # autograd through the formula). Under torch.compile, torch.jit.trace and torch.func
+    # transforms (vmap, grad, jacrev), which trace tensor ops, the branch-free composite formula
+    # runs instead and autograd differentiates it: the same maths, one graph of aten ops.
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
         return True
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return transforms_active is not None and bool(transforms_active())

@@ -1,0 +1,254 @@
+"""Issues 11/12: function transforms and batched gradients, the target in the state_dict and the
+conversions to/from torch's spectral_norm, head rule, activity, bake/export, robustness."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import spectral_norm
+
+import stablerank as sr
+from stablerank import stable_rank_norm
+
+
+def _layer(c: float = 0.3) -> nn.Linear:
+    torch.manual_seed(0)
+    return stable_rank_norm(nn.Linear(12, 9).double(), rank_ratio=c)
+
+
+# --- transforms and batched gradients (the eager path has no host sync) ---------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_vmap_over_inputs_matches_the_loop(training):
+    layer = _layer().train(training)
+    x = torch.randn(4, 3, 12, dtype=torch.float64)
+    ref = copy.deepcopy(layer)
+    out = torch.func.vmap(layer)(x)
+    # training: vmap runs one forward (one power-iteration step); so does ref(x[0])
+    expected = torch.stack([ref(x[0])] + [ref.eval()(xi) for xi in x[1:]]) if training else None
+    if not training:
+        expected = torch.stack([ref(xi) for xi in x])
+    torch.testing.assert_close(out, expected)
+
+
+@pytest.mark.parametrize("c", [0.3, 1.0])
+def test_batched_grads_jacobian_and_gradcheck_wrt_the_weight(c):
+    layer = _layer(c).eval()
+    p = layer.parametrizations.weight[0]
+    w = layer.parametrizations.weight.original.detach().clone().requires_grad_(True)
+    out = p(w)
+    eye = torch.eye(out.numel(), dtype=out.dtype).reshape(-1, *out.shape)
+    (batched,) = torch.autograd.grad(out, w, eye, is_grads_batched=True)
+    jac = torch.autograd.functional.jacobian(p, w, vectorize=True)
+    torch.testing.assert_close(batched.reshape(jac.shape), jac)
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(p, w, vectorize=False))
+    assert torch.autograd.gradcheck(p, (w,), check_batched_grad=True)
+    # torch.func: the composite path, the same values
+    torch.testing.assert_close(torch.func.jacrev(p)(w.detach()), jac)
+
+
+# --- the target travels with the weights --------------------------------------------------
+
+
+def test_loading_adopts_the_saved_target_and_reproduces_outputs_exactly():
+    torch.manual_seed(1)
+    a = stable_rank_norm(nn.Conv2d(3, 8, 3), rank_ratio=0.2)
+    a(torch.randn(2, 3, 8, 8))
+    b = stable_rank_norm(nn.Conv2d(3, 8, 3), rank_ratio=0.9)
+    b.load_state_dict(a.state_dict())
+    assert b.parametrizations.weight[0].srank == a.parametrizations.weight[0].srank
+    x = torch.randn(2, 3, 8, 8)
+    a.eval(), b.eval()
+    torch.testing.assert_close(b(x), a(x), rtol=0, atol=0)
+    b.half().float()  # casts do not round the target
+    assert b.parametrizations.weight[0]._srank.dtype == torch.float64
+    assert b.parametrizations.weight[0].srank == a.parametrizations.weight[0].srank
+
+
+def test_srn_and_sn_state_dicts_do_not_load_into_each_other_silently():
+    torch.manual_seed(2)
+    srn = stable_rank_norm(nn.Linear(10, 6), rank_ratio=0.3)
+    sn = spectral_norm(nn.Linear(10, 6))
+    with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*_srank"):
+        sn.load_state_dict(srn.state_dict())
+    with pytest.raises(RuntimeError, match=r"Missing key\(s\).*_srank"):
+        srn.load_state_dict(sn.state_dict())
+    # the conversions
+    srn.load_state_dict(sr.convert_spectral_norm_state_dict(sn.state_dict(), srn))
+    torch.testing.assert_close(
+        srn.parametrizations.weight.original, sn.parametrizations.weight.original
+    )
+    sn.load_state_dict(sr.convert_to_spectral_norm_state_dict(srn.state_dict()))
+    # the hook-based torch.nn.utils.spectral_norm too; with r >= min(m, n) SRN is SN
+    torch.manual_seed(3)
+    old = torch.nn.utils.spectral_norm(nn.Linear(10, 6))
+    new = stable_rank_norm(nn.Linear(10, 6), rank_ratio=1.0)
+    new.load_state_dict(sr.convert_spectral_norm_state_dict(old.state_dict(), new))
+    old.eval(), new.eval()
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
+
+
+# --- head rule, activity, bake ------------------------------------------------------------
+
+
+def _mlp() -> nn.Sequential:
+    torch.manual_seed(4)
+    return nn.Sequential(
+        nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10)
+    )
+
+
+@pytest.mark.parametrize("head", ["none", "sn", "srn"])
+def test_head_rule(head):
+    net = sr.normalize_model(_mlp(), "srn", rank_ratio=0.1, head=head)
+    report = {r.name: r.norm for r in sr.layer_report(net)}
+    assert report == {"0": "srn", "2": "srn", "4": head}
+    net = sr.normalize_model(_mlp(), "srn", rank_ratio=0.1, head=head, head_names=["0"])
+    assert {r.name: r.norm for r in sr.layer_report(net)} == {"0": head, "2": "srn", "4": "srn"}
+
+
+def test_activity_fraction_and_the_inactive_warning():
+    net = sr.normalize_model(_mlp(), "srn", rank_ratio=0.1)
+    acts = sr.srn_activity(net)
+    assert [a.name for a in acts] == ["0.weight", "2.weight"]
+    assert all(a.active for a in acts) and sr.srn_active_fraction(net) == 1.0
+    assert all(r.active for r in sr.layer_report(net) if r.norm == "srn")
+    with pytest.warns(sr.SrnInactiveWarning, match="binds on no layer"):
+        sr.normalize_model(_mlp(), "srn", rank_ratio=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=sr.SrnInactiveWarning)
+        sr.normalize_model(_mlp(), "srn", rank_ratio=1.0)
+    assert sr.srn_active_fraction(_mlp()) != sr.srn_active_fraction(_mlp())  # NaN without SRN
+
+
+def test_normalize_model_is_all_or_nothing():
+    net = _mlp()
+    with torch.no_grad():
+        net[4].weight[0, 0] = float("nan")  # the last layer fails
+    before = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match="non-finite"):
+        sr.normalize_model(net, "srn", head="srn")
+    assert not any(parametrize.is_parametrized(m) for m in net.modules())
+    assert all(
+        torch.equal(
+            before[k],
+            v,
+        )
+        or k == "4.weight"
+        for k, v in net.state_dict().items()
+    )
+
+
+def test_bake_removes_every_kind_and_keeps_eval_outputs():
+    torch.manual_seed(5)
+    net = nn.Sequential(
+        stable_rank_norm(nn.Linear(8, 16), rank_ratio=0.3),
+        nn.ReLU(),
+        spectral_norm(nn.Linear(16, 16)),
+        nn.ReLU(),
+        torch.nn.utils.spectral_norm(nn.Linear(16, 4)),
+    )
+    x = torch.randn(5, 8)
+    net(x)  # a training step moves u, v
+    net.eval()
+    before = net(x)
+    original = net[0].parametrizations.weight.original
+    sr.normalize_model(net, "none")
+    assert not any(parametrize.is_parametrized(m) for m in net.modules())
+    assert not net[4]._forward_pre_hooks and net[0].weight is original
+    torch.testing.assert_close(net(x), before, rtol=0, atol=0)
+    assert [r.norm for r in sr.layer_report(net)] == ["none"] * 3
+
+
+def test_layer_report_sees_both_torch_spectral_norms():
+    net = nn.Sequential(
+        spectral_norm(nn.Linear(8, 6)), torch.nn.utils.spectral_norm(nn.Linear(6, 4))
+    )
+    report = sr.layer_report(net)
+    assert [r.norm for r in report] == ["sn", "sn"] and not any(r.active for r in report)
+    # torch's parametrization warms u, v up (15 iterations): its eval weight has sigma ~ 1
+    assert report[0].sigma_max == pytest.approx(1.0, rel=1e-2)
+    # the hook-based one does not; the report reads its eval weight W / (u^T W v)
+    hook_sigma = report[1].raw_sigma_max / report[1].sigma_power
+    assert report[1].sigma_max == pytest.approx(hook_sigma, rel=1e-5)
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_jit_trace_with_check_trace(training):
+    net = nn.Sequential(stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.3), nn.ReLU()).train(
+        training
+    )
+    x = torch.randn(3, 8)
+    traced = torch.jit.trace(net, x)  # check_trace=True by default
+    if not training:
+        torch.testing.assert_close(traced(x), net(x))
+
+
+def test_torch_export_in_eval_mode():
+    net = nn.Sequential(stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.3), nn.ReLU()).eval()
+    x = torch.randn(3, 8)
+    exported = torch.export.export(net, (x,))
+    torch.testing.assert_close(exported.module()(x), net(x))
+
+
+# --- robustness ---------------------------------------------------------------------------
+
+
+def test_zero_weight_step_does_not_freeze_the_vectors():
+    torch.manual_seed(6)
+    layer = stable_rank_norm(nn.Linear(10, 8), rank_ratio=0.5)
+    w0 = layer.parametrizations.weight.original.detach().clone()
+    with torch.no_grad():
+        layer.parametrizations.weight.original.zero_()
+        layer.weight  # noqa: B018  a training forward on a zero weight
+        p = layer.parametrizations.weight[0]
+        assert torch.isfinite(p._u).all() and p._u.norm() == pytest.approx(1.0)
+        layer.parametrizations.weight.original.copy_(w0)
+        for _ in range(100):
+            w = layer.weight
+    assert torch.linalg.matrix_norm(w.double(), ord=2).item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_huge_float32_weight():
+    torch.manual_seed(7)
+    layer = nn.Linear(10, 8)
+    with torch.no_grad():
+        layer.weight.mul_(1e20)
+    stable_rank_norm(layer, rank_ratio=0.5)
+    for _ in range(50):
+        w = layer.weight
+    assert torch.isfinite(w).all()
+    assert torch.linalg.matrix_norm(w.double(), ord=2).item() == pytest.approx(1.0, rel=1e-4)
+    w.sum().backward()
+    assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
+
+
+def test_meta_device_and_zero_rows():
+    meta = stable_rank_norm(nn.Linear(6, 4, device="meta"), rank_ratio=0.5)
+    assert meta.weight.shape == (4, 6) and meta.weight.device.type == "meta"
+    empty = stable_rank_norm(nn.Linear(6, 0), rank_ratio=0.5)
+    assert empty(torch.randn(2, 6)).shape == (2, 0)
+    empty(torch.randn(2, 6)).sum().backward()
+
+
+def test_positional_arguments_and_refusals():
+    layer = stable_rank_norm(nn.Linear(6, 4), "weight", 3, 1e-10, 0, rank_ratio=0.5)
+    p = layer.parametrizations.weight[0]
+    assert (p.n_power_iterations, p.eps, p.dim) == (3, 1e-10, 0)
+    with pytest.raises(TypeError):
+        stable_rank_norm(nn.Linear(6, 4), "weight", 1, 1e-12, 0, 0.5)  # rank_ratio keyword-only
+    with pytest.raises(ValueError, match="remove_spectral_norm"):
+        stable_rank_norm(torch.nn.utils.spectral_norm(nn.Linear(6, 4)))
+    with pytest.raises(ValueError, match="already has spectral normalization"):
+        stable_rank_norm(spectral_norm(nn.Linear(6, 4)))
