@@ -11,12 +11,18 @@ from torch import nn
 from stablerank.metrics.complexity import (
     KEY_GAP_ACC,
     KEY_GAP_LOSS,
+    KEY_LOG10_BARTLETT,
+    KEY_LOG10_MARGIN,
+    KEY_LOG10_NEYSHABUR,
+    KEY_LOG10_NEYSHABUR_NUMERATOR,
+    KEY_LOG10_SPECTRAL_COMPLEXITY,
     KEY_LOG10_SPECTRAL_PRODUCT,
     KEY_N_LAYERS,
     KEY_SUM_SRANK,
     bartlett_measure,
     complexity_layers,
     generalization_gap,
+    margin_free_complexity,
     margin_quantile,
     margins,
     neyshabur_measure,
@@ -100,3 +106,35 @@ def test_generalization_gap():
     assert KEY_GAP_LOSS not in generalization_gap(1.0, 0.9)
     with pytest.raises(ValueError, match="both train_loss and test_loss"):
         generalization_gap(1.0, 0.9, train_loss=0.1)
+
+
+def test_margin_free_terms_by_hand_and_for_any_margin():
+    model = _diag_model()
+    # Same hand values as above: prod sigma = 6, sum srank = 10/9 + 2, R_W as Bartlett's numerator.
+    prod = 6.0
+    sum_srank = 10.0 / 9.0 + 2.0
+    r_w = prod * ((4.0 / 3.0) ** (2 / 3) + (4.0 / 2.0) ** (2 / 3)) ** 1.5
+    free = margin_free_complexity(model)
+    assert free[KEY_LOG10_SPECTRAL_COMPLEXITY] == pytest.approx(math.log10(r_w), abs=1e-12)
+    assert free[KEY_LOG10_NEYSHABUR_NUMERATOR] == pytest.approx(
+        math.log10(prod**2 * sum_srank), abs=1e-12
+    )
+    assert free[KEY_SUM_SRANK] == pytest.approx(sum_srank, rel=1e-12)
+    # A non-positive (or absent) margin: the ratios are undefined, the numerators are not.
+    for margin in (-0.3, 0.0, None):
+        out = spectral_complexity(model, margin)
+        assert out[KEY_LOG10_NEYSHABUR] is None
+        assert out[KEY_LOG10_BARTLETT] is None
+        assert out[KEY_LOG10_MARGIN] is None
+        for key, value in free.items():
+            assert out[key] == value
+    # A positive margin divides the numerators: log10 N / gamma^2 and log10 R / gamma.
+    out = spectral_complexity(model, 0.5)
+    assert out[KEY_LOG10_NEYSHABUR] == pytest.approx(
+        free[KEY_LOG10_NEYSHABUR_NUMERATOR] - 2 * math.log10(0.5), abs=1e-12
+    )
+    assert out[KEY_LOG10_BARTLETT] == pytest.approx(
+        free[KEY_LOG10_SPECTRAL_COMPLEXITY] - math.log10(0.5), abs=1e-12
+    )
+    with pytest.raises(ValueError, match="margin must be a finite number"):
+        spectral_complexity(model, float("nan"))

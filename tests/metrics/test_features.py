@@ -91,7 +91,7 @@ def test_inception_without_torch_fidelity_says_how_to_install():
     try:
         import torch_fidelity  # noqa: F401
     except ModuleNotFoundError:
-        with pytest.raises(ModuleNotFoundError, match=r"pip install stablerank\[fidelity\]"):
+        with pytest.raises(ModuleNotFoundError, match=r'pip install "stablerank\[fidelity\]"'):
             build_feature_extractor("inception-v3", weights_path="/nonexistent.pth")
     else:
         with pytest.raises(ValueError, match="weights_path is required"):

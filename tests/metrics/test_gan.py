@@ -18,6 +18,7 @@ from stablerank.metrics.gan import (
     KEY_KID_MEAN,
     KEY_KID_STD,
     KEY_PROTOCOL,
+    FeatureSet,
     compute_gan_metrics,
     extract_features,
     real_vs_real_baseline,
@@ -189,3 +190,55 @@ def test_errors():
         compute_gan_metrics(x * 10, x, feature_net=_toy(), reference_split="t")
     with pytest.raises(ValueError, match="n is required"):
         extract_features(lambda k: x[:k], _toy(), split="g")
+
+
+# ---- non-finite inputs are refused before any linear algebra (a NaN reaching LAPACK's
+# eigensolver crashed the process with exit 139 instead of raising)
+
+
+@pytest.mark.parametrize("metric", ["fid", "kid", "is"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_samples_are_refused(metric, bad):
+    real = _images(50, 0)
+    fake = _images(50, 1)
+    fake[3, 0, 0, 2] = bad
+    with pytest.raises(ValueError, match=r"images of split 'generator'.*1 non-finite"):
+        compute_gan_metrics(fake, real, feature_net=_toy(), reference_split="test",
+                            metrics=[metric], is_splits=2)  # fmt: skip
+
+
+def test_non_finite_real_images_and_generator_output_are_refused():
+    real = _images(50, 0)
+    real[0] = float("nan")
+    with pytest.raises(ValueError, match=r"images of split 'test'.*non-finite"):
+        compute_gan_metrics(_images(50, 1), real, feature_net=_toy(), reference_split="test")
+
+    def generate(k):
+        return torch.full((k, 1, 1, D), float("nan"), dtype=torch.float64)
+
+    with pytest.raises(ValueError, match="non-finite"):
+        extract_features(generate, _toy(), split="generator", n=10)
+
+
+def test_non_finite_features_of_a_diverged_network_are_refused():
+    class _Broken(nn.Module):
+        def extract(self, x):
+            return x.flatten(1) * float("nan"), None
+
+    broken = FeatureExtractor(
+        "broken", _Broken(), input_shape=(1, 1, D), num_features=D, num_classes=None,
+        weights_sha256="1" * 64,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"features of broken.*non-finite"):
+        extract_features(_images(10, 0), broken, split="test")
+
+
+def test_non_finite_cached_features_are_refused():
+    real = extract_features(_images(50, 0), _toy(), split="test")
+    poisoned = FeatureSet(
+        features=real.features.clone().index_fill_(0, torch.tensor([0]), float("nan")),
+        logits=real.logits, feature_net=real.feature_net, weights_sha256=real.weights_sha256,
+        split=real.split,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"real features.*non-finite"):
+        compute_gan_metrics(_images(50, 1), poisoned, feature_net=_toy(), metrics=["fid"])

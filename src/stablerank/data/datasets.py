@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from stablerank.data._optional import import_optional
 from stablerank.data.cifar import CIFAR_LAYOUTS, load_cifar
 from stablerank.data.splits import (
     PIXEL_MAX,
@@ -221,8 +222,11 @@ _DIGITS_SPLIT_SEED = 0
 
 
 def _load_digits() -> DatasetSplits:
-    from sklearn.datasets import load_digits  # heavy import, only when asked
-    from sklearn.model_selection import train_test_split
+    # scikit-learn is in the "experiments" extra (and a heavy import): only when asked.
+    load_digits = import_optional("sklearn.datasets", "the digits dataset").load_digits
+    train_test_split = import_optional(
+        "sklearn.model_selection", "the digits dataset"
+    ).train_test_split
 
     bunch = load_digits()
     images = np.rint(bunch.images * (PIXEL_MAX / _DIGITS_LEVELS)).astype(np.uint8)[:, None]
@@ -250,7 +254,9 @@ def _load_digits() -> DatasetSplits:
 
 
 def _load_mnist1d() -> DatasetSplits:
-    from mnist1d.data import get_dataset_args, make_dataset  # local generator, never downloads
+    # The local generator (never get_dataset, which downloads); in the "experiments" extra.
+    mnist1d_data = import_optional("mnist1d.data", "the mnist1d dataset")
+    get_dataset_args, make_dataset = mnist1d_data.get_dataset_args, mnist1d_data.make_dataset
 
     args = get_dataset_args()
     # make_dataset reseeds the global random/numpy RNGs; restore them so loading data does not

@@ -1,7 +1,9 @@
 """The paper's empirical measures: empirical Lipschitz constant, sample-complexity measures and
 generalization gap, GAN metrics (FID, KID, IS) with pinned protocols, and neural divergence.
 
-Depends only on the SRN core, torch and torchmetrics: it takes modules, tensors and callables.
+Depends only on the SRN core and torch: it takes modules, tensors and callables. torchmetrics
+(FID/KID/IS) and matplotlib (histograms) come with the ``experiments`` extra and are imported
+only by the functions that need them. The mathematics is in docs/math.md §1 and §5.
 """
 
 from stablerank.metrics.complexity import (
@@ -10,12 +12,15 @@ from stablerank.metrics.complexity import (
     KEY_LOG10_BARTLETT,
     KEY_LOG10_MARGIN,
     KEY_LOG10_NEYSHABUR,
+    KEY_LOG10_NEYSHABUR_NUMERATOR,
+    KEY_LOG10_SPECTRAL_COMPLEXITY,
     KEY_LOG10_SPECTRAL_PRODUCT,
     KEY_N_LAYERS,
     KEY_SUM_SRANK,
     bartlett_measure,
     complexity_layers,
     generalization_gap,
+    margin_free_complexity,
     margin_quantile,
     margins,
     neyshabur_measure,
@@ -79,6 +84,8 @@ __all__ = [
     "KEY_LOG10_BARTLETT",
     "KEY_LOG10_MARGIN",
     "KEY_LOG10_NEYSHABUR",
+    "KEY_LOG10_NEYSHABUR_NUMERATOR",
+    "KEY_LOG10_SPECTRAL_COMPLEXITY",
     "KEY_LOG10_SPECTRAL_PRODUCT",
     "KEY_ND",
     "KEY_ND_STD",
@@ -102,6 +109,7 @@ __all__ = [
     "interpolate",
     "jacobian_spectral_norm",
     "load_fmnist_cnn",
+    "margin_free_complexity",
     "margin_quantile",
     "margins",
     "neural_divergence",

@@ -1,4 +1,4 @@
-"""Small helpers shared by the metric modules: argument checks and a seeded RNG scope."""
+"""Helpers shared by the metric modules: argument and finiteness checks, a seeded RNG scope."""
 
 from __future__ import annotations
 
@@ -6,12 +6,30 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
+from torch import Tensor
 
 
 def check_positive_int(name: str, value: int) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is an integer >= 1."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    """Raise ValueError naming ``what`` unless every value is finite (no NaN, no inf).
+
+    Called before any BLAS/LAPACK routine sees the data: NaN inputs to eigensolvers can crash
+    the process instead of raising. Integer tensors are always finite. One device sync.
+    """
+    if not values.dtype.is_floating_point and not values.dtype.is_complex:
+        return
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        n_bad = int((~finite).sum())
+        raise ValueError(
+            f"{what} contain {n_bad} non-finite values (NaN or inf) out of {values.numel()}; "
+            "a diverged generator or network gives no score: check the samples or weights"
+        )
 
 
 @contextmanager

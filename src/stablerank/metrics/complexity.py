@@ -1,6 +1,7 @@
-"""Margins, spectral sample-complexity measures and the generalization gap (SPEC 1.1 and 2).
+"""Margins, spectral sample-complexity measures and the generalization gap (docs/math.md §1, §5).
 
-The two measures are those the paper compares across vanilla / SN / SRN networks:
+The two measures are those the paper compares across vanilla / SN / SRN networks (its ICLR
+version adds a third, Wei & Ma's, which is not implemented: docs/math.md §5.4 says why):
 
 .. math::
     \\text{Neyshabur et al. 2018:}\\quad
@@ -14,14 +15,21 @@ with :math:`\\gamma` the margin (the paper uses the 10th-percentile margin of th
 :func:`margin_quantile`). Constant factors of the bounds (depth, width, log terms, the
 activations' Lipschitz constants, reference matrices) are omitted, as in the paper's plots.
 
+The numerators do not depend on the margin and are reported on their own
+(:func:`margin_free_complexity`): the product of spectral norms, the sum of stable ranks,
+Bartlett's spectral complexity :math:`R_W = \\prod_l \\lVert W_l \\rVert_2 (\\sum_l
+(\\lVert W_l^T \\rVert_{2,1} / \\lVert W_l \\rVert_2)^{2/3})^{3/2}` and Neyshabur's numerator.
+They stay meaningful when the quantile margin is not positive (a network that misclassifies more
+than that fraction of the training set), where the ratios are undefined.
+
 Note [complexity layers]: the layers are every ``nn.Linear``, ``nn.ConvNd`` and
 ``nn.ConvTransposeNd`` of the model, in ``model.modules()`` order, and each term uses
 ``module.weight`` **as the forward pass uses it**: when a parametrization (SN, SRN) is registered,
-that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1 to
-the front for transposed convs, SPEC 1.4): the terms are those of the reshaped kernel, not of the
-convolution operator. Spectral norms are exact (:func:`stablerank.linalg.spectral_norm_exact`,
-float64). The products overflow for deep nets, so everything is computed in float64 in log
-space and reported as log10.
+that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1
+to the front for transposed convs, docs/math.md §4): the terms are those of the reshaped kernel,
+not of the convolution operator. Spectral norms are exact
+(:func:`stablerank.linalg.spectral_norm_exact`, float64). The products overflow for deep nets,
+so everything is computed in float64 in log space and reported as log10.
 """
 
 from __future__ import annotations
@@ -39,12 +47,15 @@ __all__ = [
     "KEY_LOG10_BARTLETT",
     "KEY_LOG10_MARGIN",
     "KEY_LOG10_NEYSHABUR",
+    "KEY_LOG10_NEYSHABUR_NUMERATOR",
+    "KEY_LOG10_SPECTRAL_COMPLEXITY",
     "KEY_LOG10_SPECTRAL_PRODUCT",
     "KEY_N_LAYERS",
     "KEY_SUM_SRANK",
     "bartlett_measure",
     "complexity_layers",
     "generalization_gap",
+    "margin_free_complexity",
     "margin_quantile",
     "margins",
     "neyshabur_measure",
@@ -54,6 +65,9 @@ __all__ = [
 KEY_LOG10_NEYSHABUR = "log10_neyshabur"
 KEY_LOG10_BARTLETT = "log10_bartlett"
 KEY_LOG10_SPECTRAL_PRODUCT = "log10_spectral_product"
+# Margin-free numerators of the two measures (defined whatever the margin's sign).
+KEY_LOG10_SPECTRAL_COMPLEXITY = "log10_spectral_complexity"  # Bartlett's R_W
+KEY_LOG10_NEYSHABUR_NUMERATOR = "log10_neyshabur_numerator"  # prod ||W||_2^2 * sum srank
 KEY_SUM_SRANK = "sum_srank"
 KEY_LOG10_MARGIN = "log10_margin"
 KEY_N_LAYERS = "n_layers"
@@ -144,7 +158,7 @@ def _check_margin(margin: float) -> float:
 
 
 def neyshabur_measure(model: nn.Module, margin: float) -> float:
-    """log10 of the Neyshabur et al. 2018 measure (SPEC 1.1, 2).
+    """log10 of the Neyshabur et al. 2018 measure (docs/math.md §1, §5.4).
 
     .. math::
         \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2^2 \\sum_l \\operatorname{srank}(W_l)
@@ -163,11 +177,13 @@ def neyshabur_measure(model: nn.Module, margin: float) -> float:
     Raises:
         ValueError: for a non-positive margin or a model without weighted layers.
     """
-    return spectral_complexity(model, margin)[KEY_LOG10_NEYSHABUR]
+    value = spectral_complexity(model, _check_margin(margin))[KEY_LOG10_NEYSHABUR]
+    assert value is not None  # Precondition: the margin was checked positive.
+    return float(value)
 
 
 def bartlett_measure(model: nn.Module, margin: float) -> float:
-    """log10 of the Bartlett et al. 2017 spectral complexity over the margin (SPEC 1.1, 2).
+    """log10 of Bartlett et al. 2017's spectral complexity over the margin (docs/math.md §5.4).
 
     .. math::
         \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2
@@ -187,38 +203,74 @@ def bartlett_measure(model: nn.Module, margin: float) -> float:
     Raises:
         ValueError: for a non-positive margin or a model without weighted layers.
     """
-    return spectral_complexity(model, margin)[KEY_LOG10_BARTLETT]
+    value = spectral_complexity(model, _check_margin(margin))[KEY_LOG10_BARTLETT]
+    assert value is not None  # Precondition: the margin was checked positive.
+    return float(value)
 
 
-def spectral_complexity(model: nn.Module, margin: float) -> dict[str, float]:
-    """Both measures and their factors in one pass.
+def margin_free_complexity(model: nn.Module) -> dict[str, float | int]:
+    """The margin-free factors of both measures (defined whatever the margin).
+
+    .. math::
+        R_W = \\prod_l \\lVert W_l \\rVert_2
+        \\Big(\\sum_l (\\lVert W_l^T \\rVert_{2,1} / \\lVert W_l \\rVert_2)^{2/3}\\Big)^{3/2},
+        \\qquad
+        N_W = \\prod_l \\lVert W_l \\rVert_2^2 \\sum_l \\operatorname{srank}(W_l)
 
     Args:
         model: the network (Note [complexity layers]).
-        margin: gamma > 0.
 
     Returns:
-        dict with ``KEY_LOG10_NEYSHABUR``, ``KEY_LOG10_BARTLETT``, ``KEY_LOG10_SPECTRAL_PRODUCT``
-        (log10 prod_l ||W_l||_2), ``KEY_SUM_SRANK``, ``KEY_LOG10_MARGIN`` and ``KEY_N_LAYERS``.
+        dict with ``KEY_LOG10_SPECTRAL_PRODUCT`` (log10 prod_l ||W_l||_2), ``KEY_SUM_SRANK``,
+        ``KEY_LOG10_SPECTRAL_COMPLEXITY`` (log10 R_W, Bartlett's spectral complexity),
+        ``KEY_LOG10_NEYSHABUR_NUMERATOR`` (log10 N_W) and ``KEY_N_LAYERS``.
 
     Raises:
-        ValueError: for a non-positive margin or a model without weighted layers.
+        ValueError: for a model without weighted layers or with an all-zero weight.
     """
-    log_margin = math.log(_check_margin(margin))
     log_sigma, fro2, log_l21, sigma = _log_terms(model)
     log_prod = log_sigma.sum().item()
     sum_srank = (fro2 / sigma.square()).sum().item()
     log_ratio_sum = torch.logsumexp((2.0 / 3.0) * (log_l21 - log_sigma), dim=0).item()
-    log_neyshabur = 2.0 * log_prod + math.log(sum_srank) - 2.0 * log_margin
-    log_bartlett = log_prod + 1.5 * log_ratio_sum - log_margin
     return {
-        KEY_LOG10_NEYSHABUR: log_neyshabur / _LN10,
-        KEY_LOG10_BARTLETT: log_bartlett / _LN10,
         KEY_LOG10_SPECTRAL_PRODUCT: log_prod / _LN10,
         KEY_SUM_SRANK: sum_srank,
-        KEY_LOG10_MARGIN: log_margin / _LN10,
+        KEY_LOG10_SPECTRAL_COMPLEXITY: (log_prod + 1.5 * log_ratio_sum) / _LN10,
+        KEY_LOG10_NEYSHABUR_NUMERATOR: (2.0 * log_prod + math.log(sum_srank)) / _LN10,
         KEY_N_LAYERS: int(sigma.numel()),
     }
+
+
+def spectral_complexity(model: nn.Module, margin: float | None) -> dict[str, float | int | None]:
+    """Both measures and their factors in one pass.
+
+    Args:
+        model: the network (Note [complexity layers]).
+        margin: gamma. When it is > 0 every entry is a number; when it is None or <= 0 (more than
+            the quantile's fraction of training points misclassified) the ratios
+            ``KEY_LOG10_NEYSHABUR``, ``KEY_LOG10_BARTLETT`` and ``KEY_LOG10_MARGIN`` are None and
+            the margin-free entries are still computed.
+
+    Returns:
+        dict with ``KEY_LOG10_NEYSHABUR``, ``KEY_LOG10_BARTLETT``, ``KEY_LOG10_MARGIN`` and the
+        entries of :func:`margin_free_complexity` (``KEY_LOG10_SPECTRAL_PRODUCT``,
+        ``KEY_SUM_SRANK``, ``KEY_LOG10_SPECTRAL_COMPLEXITY``, ``KEY_LOG10_NEYSHABUR_NUMERATOR``,
+        ``KEY_N_LAYERS``).
+
+    Raises:
+        ValueError: for a NaN or infinite margin, or a model without weighted layers.
+    """
+    if margin is not None and not math.isfinite(margin):
+        raise ValueError(f"margin must be a finite number (or None), got {margin!r}")
+    out: dict[str, float | int | None] = dict(margin_free_complexity(model))
+    if margin is None or margin <= 0:
+        out.update({KEY_LOG10_NEYSHABUR: None, KEY_LOG10_BARTLETT: None, KEY_LOG10_MARGIN: None})
+        return out
+    log10_margin = math.log10(float(margin))
+    out[KEY_LOG10_NEYSHABUR] = out[KEY_LOG10_NEYSHABUR_NUMERATOR] - 2.0 * log10_margin
+    out[KEY_LOG10_BARTLETT] = out[KEY_LOG10_SPECTRAL_COMPLEXITY] - log10_margin
+    out[KEY_LOG10_MARGIN] = log10_margin
+    return out
 
 
 def generalization_gap(
@@ -227,7 +279,7 @@ def generalization_gap(
     train_loss: float | None = None,
     test_loss: float | None = None,
 ) -> dict[str, float]:
-    """Generalization gap (SPEC 2), signed so that overfitting is positive for both terms.
+    """Generalization gap (docs/math.md §5.1), signed so that overfitting is positive for both.
 
     Args:
         train_acc: training accuracy (any unit; the gap has the same unit).

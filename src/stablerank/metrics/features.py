@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stablerank.metrics._checks import check_finite
+
 __all__ = [
     "DEFAULT_FEATURE_NET",
     "FMNIST_CNN_SIDECAR",
@@ -42,7 +44,7 @@ DEFAULT_FEATURE_NET = "fmnist-cnn"
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FMNIST_CNN_WEIGHTS = WEIGHTS_DIR / "fmnist_cnn.pt"
 FMNIST_CNN_SIDECAR = WEIGHTS_DIR / "fmnist_cnn.json"
-INCEPTION_INSTALL = "pip install stablerank[fidelity]"
+INCEPTION_INSTALL = 'pip install "stablerank[fidelity]"'
 _PIXEL_HALF = 127.5  # uint8 -> [-1, 1]: x / 127.5 - 1
 # Tolerance on the [-1, 1] range check: generators' tanh and float round-off stay well inside it.
 _RANGE_TOL = 1e-3
@@ -188,7 +190,8 @@ class FeatureExtractor(nn.Module):
         """Validate shape and range; return float images in [-1, 1].
 
         Raises:
-            ValueError: when the shape is not (N, *input_shape) or values leave [-1, 1].
+            ValueError: when the shape is not (N, *input_shape), values leave [-1, 1] or are
+                not finite (NaN/inf).
             TypeError: for a dtype other than uint8 or floating point.
         """
         if images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
@@ -196,6 +199,7 @@ class FeatureExtractor(nn.Module):
                 f"{self.name} expects images of shape (N, {', '.join(map(str, self.input_shape))}),"
                 f" got {tuple(images.shape)}"
             )
+        check_finite(images, f"images given to {self.name}")
         x = to_signed_unit(images)
         if x.numel():
             lo, hi = x.min().item(), x.max().item()  # one device sync per batch: fine for metrics
@@ -208,12 +212,21 @@ class FeatureExtractor(nn.Module):
 
     @torch.no_grad()
     def extract(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """(features (N, num_features), logits (N, num_classes) or None), both float32."""
+        """(features (N, num_features), logits (N, num_classes) or None), both float32.
+
+        Raises:
+            ValueError: as :meth:`check_input`, or when the network outputs non-finite values.
+        """
         x = self.check_input(images)
         param = next(self.net.parameters(), None)
         if param is not None:
             x = x.to(device=param.device, dtype=param.dtype)
         features, logits = self.net.extract(x)
+        # A network with non-finite weights gives NaN features; refuse them here, before the
+        # metrics' covariance and matrix square root (LAPACK) see them.
+        check_finite(features, f"features of {self.name}")
+        if logits is not None:
+            check_finite(logits, f"logits of {self.name}")
         return features.float(), None if logits is None else logits.float()
 
     def forward(self, images: Tensor) -> Tensor:

@@ -11,10 +11,16 @@ pass-through module (their documented custom-``feature`` path), so no torch-fide
     cross-process sync is off), so under DDP call these functions on one rank (rank 0) and let
     the others skip them; no collective is entered.
 
+torchmetrics is in the ``experiments`` extra and imported only when a score is computed; without
+it :func:`compute_gan_metrics` raises ModuleNotFoundError naming
+``pip install "stablerank[experiments]"``.
+Non-finite images, features or logits raise ValueError before any linear algebra (NaN reaching
+LAPACK's eigensolvers can crash the process).
+
 Image contract: float (N, C, H, W) in [-1, 1] (a tanh generator's output) or uint8 [0, 255]
 (see :mod:`stablerank.metrics.features`).
 
-Scores depend on every protocol choice (SPEC 2, 4): the feature network and its weights, the
+Scores depend on every protocol choice (docs/math.md §5.5): the feature network and its weights, the
 reference split (train and test statistics differ), the sample counts, the IS splits and the KID
 subsets. :class:`Protocol` records all of them in each result under ``"protocol"``; compare only
 scores with equal protocols, and read them beside :func:`real_vs_real_baseline` (train vs test
@@ -32,12 +38,10 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics.image.fid import FrechetInceptionDistance
-from torchmetrics.image.inception import InceptionScore
-from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
-from stablerank.metrics._checks import check_positive_int, seeded
+from stablerank.metrics._checks import check_finite, check_positive_int, seeded
+from stablerank.metrics._optional import import_optional
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FeatureExtractor,
@@ -71,7 +75,7 @@ KEY_IS_STD = "is_std"
 KEY_PROTOCOL = "protocol"
 METRIC_FID, METRIC_KID, METRIC_IS = "fid", "kid", "is"
 ALL_GAN_METRICS = (METRIC_FID, METRIC_KID, METRIC_IS)
-# Protocol defaults of torch-fidelity / SN-GAN reporting (SPEC 4), one table.
+# Protocol defaults of torch-fidelity / SN-GAN reporting (IS on 10 splits), one table.
 DEFAULT_IS_SPLITS = 10
 DEFAULT_KID_SUBSETS = 100
 DEFAULT_KID_SUBSET_SIZE = 1000
@@ -83,7 +87,7 @@ SOURCE_GENERATOR = "generator"
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """Every choice a GAN score depends on (SPEC 2: pin and print them).
+    """Every choice a GAN score depends on (docs/math.md §5: pin and print them).
 
     Attributes:
         feature_net: registry name of the feature network.
@@ -187,7 +191,8 @@ def extract_features(
         The :class:`FeatureSet`.
 
     Raises:
-        ValueError: on a missing or invalid ``n``, or a generator returning the wrong count.
+        ValueError: on a missing or invalid ``n``, a generator returning the wrong count, or
+            non-finite (NaN/inf) images or features.
     """
     extractor = _resolve_extractor(feature_net)
     check_positive_int("batch_size", batch_size)
@@ -215,6 +220,7 @@ def extract_features(
                     batch = images(k)
                 if batch.shape[0] != k:
                     raise ValueError(f"generate({k}) returned {batch.shape[0]} images")
+            check_finite(batch, f"images of split {split!r} (batch at index {start})")
             f, lg = extractor.extract(batch)
             feats.append(f.double().cpu())
             if lg is not None:
@@ -230,8 +236,15 @@ def extract_features(
     )
 
 
+def _torchmetrics_class(module: str, name: str, what: str) -> Any:
+    """A torchmetrics class, imported on first use (torchmetrics is an optional extra)."""
+    return getattr(import_optional(f"torchmetrics.image.{module}", what), name)
+
+
 def _fid(real: Tensor, fake: Tensor) -> float:
-    metric = FrechetInceptionDistance(
+    check_finite(real, "real features")
+    check_finite(fake, "fake features")
+    metric = _torchmetrics_class("fid", "FrechetInceptionDistance", "FID")(
         feature=_Passthrough(real.shape[1]), normalize=False, sync_on_compute=False
     )
     metric.update(real, real=True)
@@ -242,10 +255,13 @@ def _fid(real: Tensor, fake: Tensor) -> float:
 def _kid(
     real: Tensor, fake: Tensor, subsets: int, subset_size: int, seed: int
 ) -> tuple[float, float]:
+    check_finite(real, "real features")
+    check_finite(fake, "fake features")
+    kid_class = _torchmetrics_class("kid", "KernelInceptionDistance", "KID")
     with warnings.catch_warnings():
         # torchmetrics warns that KID buffers all features: we hold them already anyway.
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = KernelInceptionDistance(
+        metric = kid_class(
             feature=_Passthrough(real.shape[1]), subsets=subsets, subset_size=subset_size,
             sync_on_compute=False,
         )  # fmt: skip
@@ -257,10 +273,12 @@ def _kid(
 
 
 def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, float]:
+    check_finite(logits, "fake logits")
+    is_class = _torchmetrics_class("inception", "InceptionScore", "the Inception Score")
     with warnings.catch_warnings():
         # torchmetrics warns that IS buffers all features: ours are (N, K) logits, small.
         warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = InceptionScore(
+        metric = is_class(
             feature=_Passthrough(logits.shape[1]), splits=splits, sync_on_compute=False
         )
     metric.update(logits)
@@ -318,7 +336,9 @@ def compute_gan_metrics(
 
     Raises:
         ValueError: unknown metric names, missing ``reference_split``, a FeatureSet from another
-            feature network, too few samples, or IS requested of a network without classifier.
+            feature network, too few samples, IS requested of a network without classifier, or
+            non-finite (NaN/inf) images, features or logits (checked before any linear algebra).
+        ModuleNotFoundError: torchmetrics is not installed (the ``experiments`` extra).
     """
     unknown = set(metrics) - set(ALL_GAN_METRICS)
     if unknown:

@@ -1,4 +1,4 @@
-"""Empirical Lipschitz constant (eL) of a network, in both forms of SPEC section 2.
+"""Empirical Lipschitz constant (eL) of a network, in both forms of docs/math.md §5.2.
 
 * **Pairwise** (the paper's "eLhist"): for sampled pairs of inputs,
 
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from stablerank.metrics._checks import check_positive_int
+from stablerank.metrics._optional import import_optional
 
 __all__ = [
     "KEY_EL_MAX",
@@ -117,7 +118,7 @@ def pairwise_lipschitz(
     batch_size: int = _DEFAULT_BATCH_SIZE,
     y: Tensor | None = None,
 ) -> Tensor:
-    """Pairwise empirical Lipschitz ratios over sampled pairs (the paper's eLhist, SPEC 2).
+    """Pairwise empirical Lipschitz ratios over sampled pairs (eLhist, docs/math.md §5.2).
 
     .. math::
         r_{ij} = \\frac{\\lVert f(x_i) - f(x_j) \\rVert_2}{\\lVert x_i - x_j \\rVert_2}
@@ -207,7 +208,7 @@ def jacobian_spectral_norm(
     batch_size: int = _DEFAULT_BATCH_SIZE,
     y: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (SPEC 2, local eL).
+    """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (docs/math.md §5.2).
 
     Power iteration on :math:`J^T J`: :math:`v \\leftarrow J^T J v / \\lVert J^T J v \\rVert`,
     with :math:`Jv` from ``torch.func.jvp`` and :math:`J^T u` from ``torch.func.vjp``; the
@@ -357,9 +358,14 @@ def plot_histogram(
 
     Returns:
         The written path.
+
+    Raises:
+        ModuleNotFoundError: matplotlib is not installed
+            (``pip install "stablerank[experiments]"``).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    # matplotlib is in the "experiments" extra: imported only to draw.
+    backend_agg = import_optional("matplotlib.backends.backend_agg", "plot_histogram")
+    figure = import_optional("matplotlib.figure", "plot_histogram")
 
     check_positive_int("bins", bins)
     series = {"": values} if isinstance(values, Tensor) else dict(values)
@@ -372,8 +378,8 @@ def plot_histogram(
     lo = min(float(a.min()) for a in nonempty)
     hi = max(float(a.max()) for a in nonempty)
     edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1).numpy()
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
+    fig = figure.Figure(figsize=(6, 4))
+    backend_agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     for label, a in arrays.items():
         ax.hist(a, bins=edges, alpha=0.5, label=label or None)
