@@ -230,6 +230,8 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         norm in about [1e-8, 1e28] (1e20 included) iterate correctly.
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
+    # detach: a torch.jit.trace records ops but not the no_grad context around them
+    matrix = matrix.detach()
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
     alpha, delta = _POWER_SCALES[u.dtype]
