@@ -18,7 +18,7 @@ from stablerank.data.splits import CorruptDatasetError, DatasetNotFoundError
 PER_BATCH = 2  # images per fake CIFAR-10 training batch file (5 files)
 N_TEST = 3
 TINY10 = dataclasses.replace(
-    CIFAR_LAYOUTS["cifar10"], md5=None, train_size=5 * PER_BATCH, test_size=N_TEST
+    CIFAR_LAYOUTS["cifar10"], md5=None, train_size=5 * PER_BATCH, test_size=N_TEST, file_md5=()
 )
 
 
@@ -26,9 +26,9 @@ def _rows(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 3072), dtype=np.uint8)
 
 
-def _write_pickle(path, obj) -> None:
+def _write_pickle(path, obj, protocol: int = pickle.DEFAULT_PROTOCOL) -> None:
     with path.open("wb") as f:
-        pickle.dump(obj, f)
+        pickle.dump(obj, f, protocol=protocol)
 
 
 def _write_cifar10(root, layout=TINY10) -> dict[str, tuple[np.ndarray, list[int]]]:
@@ -124,8 +124,65 @@ def test_missing_batch_file(tmp_path):
 
 def test_split_size_checked_against_official(tmp_path):
     _write_cifar10(tmp_path)  # every file is consistent, but the split has 10 images
+    official_sizes = dataclasses.replace(CIFAR_LAYOUTS["cifar10"], file_md5=())
     with pytest.raises(CorruptDatasetError, match=r"10 examples .* expected 50000"):
+        load_cifar(tmp_path, official_sizes, download=False)
+
+
+def test_files_checked_against_official_md5(tmp_path):
+    _write_cifar10(tmp_path)  # not the official bytes
+    expected = r"data_batch_1: md5 [0-9a-f]{32} differs from the official cifar10 file's c99caf"
+    with pytest.raises(CorruptDatasetError, match=expected):
         load_dataset("cifar10", tmp_path)
+
+
+def test_python2_style_pickles_are_read(tmp_path):
+    """Protocol 2 (what the official Python 2 files use): bytes via _codecs.encode, arrays via
+    numpy's _reconstruct; both are on the unpickler's allow-list."""
+    written = _write_cifar10(tmp_path)
+    folder = tmp_path / TINY10.folder
+    for name, (rows, labels) in written.items():
+        _write_pickle(folder / name, {b"data": rows, b"labels": labels, b"batch_label": b"x"}, 2)
+    splits = load_cifar(tmp_path, TINY10, download=False)
+    np.testing.assert_array_equal(
+        splits.test_x.reshape(N_TEST, -1).numpy(), written["test_batch"][0]
+    )
+
+
+class _Payload:
+    """Unpickling this calls ``open(marker, "w")``: it creates a file, as an attack would run a
+    command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("where", ["top", "data"])
+def test_malicious_pickle_is_refused_without_running_it(tmp_path, where):
+    _write_cifar10(tmp_path)
+    # The payload works: a plain pickle.load runs it.
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(_Payload(probe))).close()
+    assert probe.exists()
+    marker = tmp_path / "pwned"
+    evil = _Payload(marker)
+    obj = evil if where == "top" else {b"data": evil, b"labels": [0] * N_TEST}
+    _write_pickle(tmp_path / TINY10.folder / "test_batch", obj)
+    with pytest.raises(CorruptDatasetError, match=r"test_batch: .*refusing to load the global"):
+        load_cifar(tmp_path, TINY10, download=False)
+    assert not marker.exists()
+
+
+def test_malicious_meta_file_is_refused(tmp_path):
+    _write_cifar10(tmp_path)
+    marker = tmp_path / "pwned"
+    _write_pickle(tmp_path / TINY10.folder / TINY10.meta_file, _Payload(marker))
+    with pytest.raises(CorruptDatasetError, match=r"batches\.meta: .*refusing"):
+        load_cifar(tmp_path, TINY10, download=False)
+    assert not marker.exists()
 
 
 def test_bad_rows_and_labels(tmp_path):

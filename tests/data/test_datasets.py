@@ -3,6 +3,7 @@ scikit-learn digits and MNIST-1D."""
 
 from __future__ import annotations
 
+import functools
 import gzip
 import random
 
@@ -190,3 +191,105 @@ def test_mnist1d_is_generated_locally_and_leaves_global_rng_alone():
     assert set(splits.train_y.unique().tolist()) == set(range(10))
     # make_dataset standardizes the whole set; the train split's stats are close to (0, 1).
     assert abs(splits.mean[0]) < 0.05 and abs(splits.std[0] - 1) < 0.05
+
+
+# ---- data_dir handling: a given folder is the only place looked in (no silent fallback)
+
+_FASHION_SHAPES = {
+    "train-images-idx3-ubyte": (60000, 28, 28),
+    "train-labels-idx1-ubyte": (60000,),
+    "t10k-images-idx3-ubyte": (10000, 28, 28),
+    "t10k-labels-idx1-ubyte": (10000,),
+}
+
+
+@functools.cache
+def _zero_idx_gz(stem: str) -> bytes:
+    """A well-formed gzip idx file of the official shape, all zeros (label 0 / black image)."""
+    shape = _FASHION_SHAPES[stem]
+    return gzip.compress(_idx_bytes(np.zeros(shape, dtype=np.uint8)), compresslevel=1)
+
+
+def _write_fashion(folder, **replace: bytes) -> None:
+    """The four files in ``folder``; ``replace`` maps a stem (with _ for -) to its raw bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem in _FASHION_SHAPES:
+        data = replace.get(stem.replace("-", "_"), _zero_idx_gz(stem))
+        (folder / f"{stem}.gz").write_bytes(data)
+
+
+@pytest.fixture
+def fake_system_dir(tmp_path, monkeypatch):
+    """A complete system folder, to prove a given data_dir never falls back to it."""
+    system = tmp_path / "system"
+    _write_fashion(system)
+    monkeypatch.setattr(datasets, "DEFAULT_FASHION_MNIST_DIR", system)
+    return system
+
+
+def test_given_data_dir_that_does_not_exist_is_an_error(tmp_path, fake_system_dir):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion-mnist", missing)
+    message = str(err.value)
+    assert f"the data folder {missing} does not exist" in message
+    assert "train-images-idx3-ubyte[.gz]" in message
+    assert "dataset-fashion-mnist" in message and "--data-dir" in message
+
+
+def test_given_data_dir_without_the_files_does_not_fall_back(tmp_path, fake_system_dir):
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "train-images-idx3-ubyte.gz").write_bytes(_zero_idx_gz("train-images-idx3-ubyte"))
+    with pytest.raises(DatasetNotFoundError) as err:
+        load_dataset("fashion-mnist", given)
+    message = str(err.value)
+    # Names the folder and exactly the files it lacks; the system folder is not searched.
+    assert f"{given} lacks train-labels-idx1-ubyte[.gz], t10k-images" in message
+    assert f"{given} lacks train-images" not in message
+    assert str(fake_system_dir) not in message.split("Install them")[0]
+
+
+def test_system_folder_is_used_only_without_data_dir(fake_system_dir):
+    splits = load_dataset("fashion-mnist")
+    assert splits.source == str(fake_system_dir.resolve())
+    assert splits.train_x.shape == (60000, 1, 28, 28)
+
+
+def test_source_records_the_folder_read(tmp_path, fake_system_dir):
+    _write_fashion(tmp_path / "mine" / "FashionMNIST" / "raw")  # torchvision's layout
+    splits = load_dataset("fashion-mnist", tmp_path / "mine")
+    assert splits.source == str((tmp_path / "mine" / "FashionMNIST" / "raw").resolve())
+
+
+def test_no_data_dir_and_no_system_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets, "DEFAULT_FASHION_MNIST_DIR", tmp_path / "nowhere")
+    with pytest.raises(DatasetNotFoundError, match=rf"{tmp_path / 'nowhere'} does not exist"):
+        load_dataset("fashion-mnist")
+
+
+# ---- corrupt files raise a ValueError naming the file
+
+
+def test_bad_labels_name_the_file(tmp_path):
+    labels = np.zeros(10000, dtype=np.uint8)
+    labels[[5, 17]] = (10, 200)
+    _write_fashion(tmp_path, t10k_labels_idx1_ubyte=gzip.compress(_idx_bytes(labels)))
+    expected = r"t10k-labels-idx1-ubyte\.gz: 2 labels outside 0\.\.9 \(largest 200\)"
+    with pytest.raises(CorruptDatasetError, match=expected) as err:
+        load_dataset("fashion-mnist", tmp_path)
+    assert isinstance(err.value, ValueError)
+
+
+def test_garbage_gz_file_names_the_file(tmp_path):
+    garbage = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    _write_fashion(tmp_path, train_labels_idx1_ubyte=garbage)
+    with pytest.raises(ValueError, match=r"train-labels-idx1-ubyte\.gz: not a valid gzip file"):
+        load_dataset("fashion-mnist", tmp_path)
+
+
+def test_garbage_inside_valid_gzip_names_the_file(tmp_path):
+    garbage = np.random.default_rng(1).integers(1, 256, 5000, dtype=np.uint8).tobytes()
+    _write_fashion(tmp_path, t10k_images_idx3_ubyte=gzip.compress(garbage))
+    with pytest.raises(ValueError, match=r"t10k-images-idx3-ubyte\.gz: bad idx magic number"):
+        load_dataset("fashion-mnist", tmp_path)

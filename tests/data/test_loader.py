@@ -215,3 +215,15 @@ def test_short_last_global_batch_gives_empty_batch_not_fewer_batches(data):
     last = [list(loader)[-1] for loader in loaders]
     assert [len(loader) for loader in loaders] == [18, 18]
     assert last[0][1].numel() == 1 and last[1][0].shape == (0, C, H, H)
+
+
+def test_batch_larger_than_the_split_with_drop_last_is_an_error():
+    x = torch.zeros(10, 1, 4, 4, dtype=torch.uint8)
+    y = torch.zeros(10, dtype=torch.int64)
+    kw = dict(mean=(0.0,), std=(1.0,))
+    with pytest.raises(ValueError, match=r"batch_size=16 .* larger than the dataset's 10"):
+        DeviceLoader(x, y, batch_size=16, drop_last=True, **kw)
+    with pytest.raises(ValueError, match=r"world_size=3\) is larger than the dataset's 10"):
+        DeviceLoader(x, y, batch_size=4, world_size=3, drop_last=True, **kw)
+    # Without drop_last the one short batch is kept (evaluation loaders).
+    assert len(DeviceLoader(x, y, batch_size=16, drop_last=False, **kw)) == 1

@@ -3,17 +3,25 @@
 Looks for ``cifar-10-batches-py/`` (``cifar-100-python/``) in the data folder, else for the
 ``.tar.gz`` archive there (checked against the official md5, then extracted next to it into a
 temporary folder that is renamed only once complete), else downloads the archive when asked.
-Every batch file is checked (dtype, shape, label count and range) and the split sizes against the
-official ones, so a truncated or corrupt file raises instead of half-loading.
+Every batch file is checked (md5 against the official value, then dtype, shape, label count and
+range) and the split sizes against the official ones, so a truncated or corrupt file raises
+instead of half-loading.
 
-.. note::
-   The archives are Python pickles: unpickling runs code chosen by whoever wrote the file, so
-   read only archives from a source you trust (the md5 check covers the ``.tar.gz``).
+Note [safe cifar unpickling]: the batch files are Python pickles, and a plain ``pickle.load``
+runs whatever code the file names. They are read with :class:`_CifarUnpickler`, which resolves
+only the globals that the official files (and numpy's own pickles of uint8 arrays) contain:
+numpy's array reconstruction (``_reconstruct``, ``ndarray``, ``dtype``, ``_frombuffer``) and
+``_codecs.encode`` restricted to latin-1 (how protocol-2 pickles carry bytes). Anything else
+raises :class:`CorruptDatasetError` naming the file and the refused global, before it is called.
+The md5 of every official file is checked first, so a replaced file is refused even before that.
 """
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import importlib
+import io
 import pickle
 import shutil
 import tarfile
@@ -21,8 +29,10 @@ import tempfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,6 +65,9 @@ class _CifarLayout:
     num_classes: int
     train_size: int
     test_size: int
+    # md5 of each extracted file (official values, as the CIFAR page's archives hold them);
+    # an empty tuple skips the check (tests).
+    file_md5: tuple[tuple[str, str], ...] = ()
 
 
 _CIFAR_PIXELS = 3 * 32 * 32
@@ -73,6 +86,15 @@ CIFAR_LAYOUTS = {
         num_classes=10,
         train_size=50000,
         test_size=10000,
+        file_md5=(
+            ("data_batch_1", "c99cafc152244af753f735de768cd75f"),
+            ("data_batch_2", "d4bba439e000b95fd0a9bffe97cbabec"),
+            ("data_batch_3", "54ebc095f3ab1f0389bbae665268c751"),
+            ("data_batch_4", "634d18415352ddfa80567beed471001a"),
+            ("data_batch_5", "482c414d41f54cd18b22e5b47cb7c3cb"),
+            ("test_batch", "40351d587109b95175f43aff81a1287e"),
+            ("batches.meta", "5ff9c542aee3614f3951f8cda6e48888"),
+        ),
     ),
     "cifar100": _CifarLayout(
         name="cifar100",
@@ -88,6 +110,11 @@ CIFAR_LAYOUTS = {
         num_classes=100,
         train_size=50000,
         test_size=10000,
+        file_md5=(
+            ("train", "16019d7e3df5f24257cddd939b257f8d"),
+            ("test", "f0ef6b0ae62326f3e7ffdfab6717acfc"),
+            ("meta", "7973b15100ade9c7d40fb424638fde48"),
+        ),
     ),
 }
 _DOWNLOAD_TIMEOUT_S = 60
@@ -100,6 +127,76 @@ def _md5(path: Path) -> str:
         for block in iter(lambda: f.read(_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it for bytes, and nothing else."""
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"_codecs.encode with {encoding!r} is not allowed")
+    return codecs.encode(text, "latin1")
+
+
+def _numpy_global(modules: tuple[str, ...], name: str) -> Any:
+    for module in modules:  # numpy >= 2 keeps the internals in numpy._core, numpy 1 in numpy.core
+        try:
+            return getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+    raise ImportError(f"numpy has no {name} in {modules}")
+
+
+_MULTIARRAY = ("numpy._core.multiarray", "numpy.core.multiarray")
+_NUMERIC = ("numpy._core.numeric", "numpy.core.numeric")
+
+
+def _safe_globals() -> dict[tuple[str, str], Callable[[], Any]]:
+    """(module, name) a CIFAR pickle may reference -> how to get the object (Note [safe cifar
+    unpickling]); both numpy spellings are accepted whichever numpy wrote the file."""
+    table: dict[tuple[str, str], Callable[[], Any]] = {
+        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy", "dtype"): lambda: np.dtype,
+        ("_codecs", "encode"): lambda: _latin1_encode,
+    }
+    for module in _MULTIARRAY:
+        table[(module, "_reconstruct")] = lambda: _numpy_global(_MULTIARRAY, "_reconstruct")
+    for module in _NUMERIC:
+        table[(module, "_frombuffer")] = lambda: _numpy_global(_NUMERIC, "_frombuffer")
+    return table
+
+
+_SAFE_GLOBALS = _safe_globals()
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :data:`_SAFE_GLOBALS` (Note [safe cifar unpickling])."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        getter = _SAFE_GLOBALS.get((module, name))
+        if getter is None:
+            raise pickle.UnpicklingError(
+                f"refusing to load the global {module}.{name}: a CIFAR batch holds only numpy "
+                "arrays, lists, numbers and bytes"
+            )
+        return getter()
+
+
+def _load_pickle(path: Path) -> Any:
+    """Unpickle ``path`` with :class:`_CifarUnpickler` (``encoding="bytes"``: Python 2 files)."""
+    data = path.read_bytes()
+    return _CifarUnpickler(io.BytesIO(data), encoding="bytes").load()
+
+
+def _check_file_md5(path: Path, layout: _CifarLayout) -> None:
+    expected = dict(layout.file_md5).get(path.name)
+    if expected is None:
+        return
+    actual = _md5(path)
+    if actual != expected:
+        raise CorruptDatasetError(
+            f"{path}: md5 {actual} differs from the official {layout.name} file's {expected}; "
+            f"the file is corrupt, truncated or was replaced: delete {path.parent} and extract "
+            f"{layout.archive} (from {layout.url}) again"
+        )
 
 
 def _how_to_get_cifar(layout: _CifarLayout, root: Path | None) -> str:
@@ -157,13 +254,14 @@ def _read_cifar_pickle(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np
             f"{layout.name}: {path} is missing; the folder is incomplete. "
             + _how_to_get_cifar(layout, path.parent.parent)
         )
+    _check_file_md5(path, layout)
     try:
-        with path.open("rb") as f:
-            entry = pickle.load(f, encoding="bytes")
+        entry = _load_pickle(path)
         data = np.asarray(entry[b"data"])
         labels = np.asarray(entry[layout.label_key], dtype=np.int64)
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
-        raise CorruptDatasetError(f"{path}: not a CIFAR python batch ({err!r})") from err
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, IndexError,
+            AttributeError, ImportError) as err:  # fmt: skip
+        raise CorruptDatasetError(f"{path}: not a CIFAR python batch ({err})") from err
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _CIFAR_PIXELS:
         raise CorruptDatasetError(
             f"{path}: data is {data.dtype} {data.shape}, expected uint8 (n, {_CIFAR_PIXELS})"
@@ -205,8 +303,11 @@ def load_cifar(root: Path | None, layout: _CifarLayout, *, download: bool) -> Da
     classes: tuple[str, ...] = ()
     meta = folder / layout.meta_file
     if meta.is_file():
-        with meta.open("rb") as f:
-            names = pickle.load(f, encoding="bytes").get(layout.names_key, [])
+        _check_file_md5(meta, layout)
+        try:
+            names = _load_pickle(meta).get(layout.names_key, [])
+        except (pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError) as err:
+            raise CorruptDatasetError(f"{meta}: not a CIFAR meta file ({err})") from err
         classes = tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
     mean, std = channel_stats(train_x, PIXEL_MAX)
     return DatasetSplits(

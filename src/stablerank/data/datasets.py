@@ -15,9 +15,11 @@ Storage (kept compact so a whole split can live on the training device):
 Sources (nothing is downloaded unless ``download=True`` is passed, and only for CIFAR):
 
 * Fashion-MNIST: the four idx files (``.gz`` or uncompressed) searched in ``data_dir``,
-  ``data_dir/fashion-mnist``, ``data_dir/FashionMNIST/raw`` (torchvision's layout) and finally
-  ``/usr/share/datasets/fashion-mnist`` (Debian package ``dataset-fashion-mnist``). The folder
-  actually read is recorded in ``DatasetSplits.source``. Magic numbers, dimensions, byte counts,
+  ``data_dir/fashion-mnist`` and ``data_dir/FashionMNIST/raw`` (torchvision's layout); only when
+  no ``data_dir`` is given, in ``/usr/share/datasets/fashion-mnist`` (Debian package
+  ``dataset-fashion-mnist``). A given folder that does not exist or lacks the files is an error,
+  never a fallback to the system folder. The folder actually read (absolute) is recorded in
+  ``DatasetSplits.source``. Magic numbers, dimensions, byte counts,
   the standard split sizes and the label range are checked before anything is returned.
 * CIFAR-10/100: the python pickle folders ``cifar-10-batches-py/`` / ``cifar-100-python/`` in
   ``data_dir``, or their ``.tar.gz`` archive there (checked against its md5 and extracted next to
@@ -73,18 +75,23 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
 
     Args:
         name: one of :data:`DATASETS` (``_`` is accepted for ``-``: ``fashion_mnist``).
-        data_dir: folder holding the dataset's files (default None: Fashion-MNIST's system folder;
-            required for CIFAR; unused by ``digits`` and ``mnist1d``).
+        data_dir: folder holding the dataset's files (default None: Fashion-MNIST's system folder
+            ``/usr/share/datasets/fashion-mnist``; required for CIFAR; unused by ``digits`` and
+            ``mnist1d``). A folder that is given is the only place looked in.
         download: CIFAR only: fetch the archive into ``data_dir`` when it is not there
             (default False; never done implicitly).
 
     Returns:
-        The :class:`DatasetSplits`.
+        The :class:`DatasetSplits`; its ``source`` names the folder actually read (or the
+        generator), for the run's records.
 
     Raises:
         ValueError: unknown ``name``.
-        DatasetNotFoundError: files missing (the message says how to get them).
-        CorruptDatasetError: a file is truncated, corrupt or has unexpected contents.
+        DatasetNotFoundError: ``data_dir`` missing or lacking the files (the message names the
+            folder, the files and how to get them).
+        CorruptDatasetError: a file is truncated, corrupt or has unexpected contents (a
+            ValueError naming the file).
+        ModuleNotFoundError: ``digits`` or ``mnist1d`` without the ``experiments`` extra.
     """
     key = str(name).strip().lower().replace("_", "-")
     if key not in DATASETS:
@@ -159,8 +166,11 @@ def _read_idx(path: Path, ndim: int, expected_shape: tuple[int, ...] | None = No
 
 
 def _fashion_mnist_candidates(root: Path | None) -> list[Path]:
-    dirs = [] if root is None else [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
-    return [*dirs, DEFAULT_FASHION_MNIST_DIR]
+    """Folders searched, in order: the given one (and the layouts people unpack into), or, only
+    when no folder is given, the Debian package's system folder."""
+    if root is None:
+        return [DEFAULT_FASHION_MNIST_DIR]
+    return [root, root / "fashion-mnist", root / "FashionMNIST" / "raw"]
 
 
 def _find_idx(folder: Path, stem: str) -> Path | None:
@@ -170,29 +180,49 @@ def _find_idx(folder: Path, stem: str) -> Path | None:
     return None
 
 
+def _fashion_mnist_not_found(root: Path | None, searched: list[Path]) -> DatasetNotFoundError:
+    expected = ", ".join(s + "[.gz]" for s, _, _ in _FASHION_FILES.values())
+    how = (
+        "Install them with 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; puts "
+        f"them in {DEFAULT_FASHION_MNIST_DIR}, read when no folder is given), or download them "
+        "from https://github.com/zalandoresearch/fashion-mnist and pass their folder as "
+        "--data-dir DIR (data_dir=DIR)."
+    )
+    if root is not None and not root.is_dir():
+        return DatasetNotFoundError(
+            f"Fashion-MNIST: the data folder {root} does not exist (expected it to hold the four "
+            f"idx files {expected}). {how}"
+        )
+    lines = []
+    for folder in searched:
+        missing = [s for s, _, _ in _FASHION_FILES.values() if _find_idx(folder, s) is None]
+        if folder.is_dir():
+            lines.append(f"{folder} lacks {', '.join(m + '[.gz]' for m in missing)}")
+        else:
+            lines.append(f"{folder} does not exist")
+    return DatasetNotFoundError(
+        f"Fashion-MNIST not found: looked for the four idx files ({expected}): "
+        f"{'; '.join(lines)}. {how}"
+    )
+
+
 def _load_fashion_mnist(root: Path | None) -> DatasetSplits:
     searched = _fashion_mnist_candidates(root)
     folder = next(
         (d for d in searched if all(_find_idx(d, s) for s, _, _ in _FASHION_FILES.values())), None
     )
     if folder is None:
-        raise DatasetNotFoundError(
-            "Fashion-MNIST not found: looked for the four idx files "
-            f"({', '.join(s + '[.gz]' for s, _, _ in _FASHION_FILES.values())}) in "
-            f"{', '.join(str(d) for d in searched)}. Install them with "
-            "'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu; puts them in "
-            f"{DEFAULT_FASHION_MNIST_DIR}), or download them from "
-            "https://github.com/zalandoresearch/fashion-mnist and pass their folder as --data-dir."
-        )
+        raise _fashion_mnist_not_found(root, searched)
     arrays = {}
     for key, (stem, ndim, shape) in _FASHION_FILES.items():
         path = _find_idx(folder, stem)
         assert path is not None  # Precondition: checked by the search above.
         arrays[key] = _read_idx(path, ndim, shape)
-    for key in ("train_y", "test_y"):
-        if arrays[key].max() >= _FASHION_NUM_CLASSES:
+        if key.endswith("_y") and arrays[key].max() >= _FASHION_NUM_CLASSES:
+            bad = int((arrays[key] >= _FASHION_NUM_CLASSES).sum())
             raise CorruptDatasetError(
-                f"{folder}: {key} has label {arrays[key].max()} >= {_FASHION_NUM_CLASSES}"
+                f"{path}: {bad} labels outside 0..{_FASHION_NUM_CLASSES - 1} (largest "
+                f"{arrays[key].max()}): not a Fashion-MNIST labels file"
             )
     train_x = torch.from_numpy(arrays["train_x"]).unsqueeze(1)  # (N, 1, 28, 28)
     mean, std = channel_stats(train_x, PIXEL_MAX)
@@ -208,7 +238,7 @@ def _load_fashion_mnist(root: Path | None) -> DatasetSplits:
         mean=mean,
         std=std,
         classes=FASHION_MNIST_CLASSES,
-        source=str(folder),
+        source=str(folder.resolve()),
     )
 
 

@@ -90,7 +90,8 @@ class DeviceLoader:
         channels_last: return image batches in channels_last memory format (default False).
 
     Raises:
-        ValueError: an argument out of range (the message names it).
+        ValueError: an argument out of range (the message names it), or, with ``drop_last``, a
+            global batch larger than the split (an epoch would hold no batch).
 
     .. note::
        Epochs advance automatically after each complete pass; call :meth:`set_epoch` at the
@@ -145,6 +146,13 @@ class DeviceLoader:
             pixel_scale = 255.0 if x.dtype == torch.uint8 else 1.0
         if pixel_scale <= 0:
             raise ValueError(f"pixel_scale must be > 0, got {pixel_scale!r}")
+        if drop_last and self.batch_size * self.world_size > x.shape[0]:
+            # Every epoch would be empty: training would silently do nothing.
+            raise ValueError(
+                f"batch_size={self.batch_size} (x world_size={self.world_size}) is larger than "
+                f"the dataset's {x.shape[0]} examples; with drop_last=True no batch would be "
+                "made: use a smaller batch_size or drop_last=False"
+            )
         self.device = torch.device(device) if device is not None else x.device
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
