@@ -2,7 +2,7 @@
 
 Zhang et al. 2017 ("Understanding deep learning requires rethinking generalization") replace a
 fraction p of the training labels by random classes, drawn once and kept fixed for the whole run,
-and measure how fast a network still fits them. SRN's claim 2 (docs/math.md §5.3) is that it fits
+and measure how fast a network still fits them. SRN's claim 2 (docs/math.md §2.3) is that it fits
 them less or more slowly.
 
 Both functions here draw from their own ``torch.Generator`` seeded by the ``seed`` argument, so

@@ -3,7 +3,7 @@ generalization gap, GAN metrics (FID, KID, IS) with pinned protocols, and neural
 
 Depends only on the SRN core and torch: it takes modules, tensors and callables. torchmetrics
 (FID/KID/IS) and matplotlib (histograms) come with the ``experiments`` extra and are imported
-only by the functions that need them. The mathematics is in docs/math.md §1 and §5.
+only by the functions that need them. The mathematics is in docs/math.md §1 and §2.
 """
 
 from stablerank.metrics.complexity import (

@@ -1,7 +1,7 @@
-"""Margins, spectral sample-complexity measures and the generalization gap (docs/math.md §1, §5).
+"""Margins, spectral sample-complexity measures and the generalization gap (docs/math.md §2.4).
 
 The two measures are those the paper compares across vanilla / SN / SRN networks (its ICLR
-version adds a third, Wei & Ma's, which is not implemented: docs/math.md §5.4 says why):
+version adds a third, Wei & Ma's, which is not implemented: docs/math.md §2.4 says why):
 
 .. math::
     \\text{Neyshabur et al. 2018:}\\quad
@@ -26,7 +26,7 @@ Note [complexity layers]: the layers are every ``nn.Linear``, ``nn.ConvNd`` and
 ``nn.ConvTransposeNd`` of the model, in ``model.modules()`` order, and each term uses
 ``module.weight`` **as the forward pass uses it**: when a parametrization (SN, SRN) is registered,
 that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1
-to the front for transposed convs, docs/math.md §4): the terms are those of the reshaped kernel,
+to the front for transposed convs, docs/math.md §1.4): the terms are those of the reshaped kernel,
 not of the convolution operator. Spectral norms are exact
 (:func:`stablerank.linalg.spectral_norm_exact`, float64). The products overflow for deep nets,
 so everything is computed in float64 in log space and reported as log10.
@@ -158,7 +158,7 @@ def _check_margin(margin: float) -> float:
 
 
 def neyshabur_measure(model: nn.Module, margin: float) -> float:
-    """log10 of the Neyshabur et al. 2018 measure (docs/math.md §1, §5.4).
+    """log10 of the Neyshabur et al. 2018 measure (docs/math.md §1.1, §2.4).
 
     .. math::
         \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2^2 \\sum_l \\operatorname{srank}(W_l)
@@ -183,7 +183,7 @@ def neyshabur_measure(model: nn.Module, margin: float) -> float:
 
 
 def bartlett_measure(model: nn.Module, margin: float) -> float:
-    """log10 of Bartlett et al. 2017's spectral complexity over the margin (docs/math.md §5.4).
+    """log10 of Bartlett et al. 2017's spectral complexity over the margin (docs/math.md §2.4).
 
     .. math::
         \\log_{10}\\Big(\\prod_l \\lVert W_l \\rVert_2
@@ -279,7 +279,7 @@ def generalization_gap(
     train_loss: float | None = None,
     test_loss: float | None = None,
 ) -> dict[str, float]:
-    """Generalization gap (docs/math.md §5.1), signed so that overfitting is positive for both.
+    """Generalization gap (docs/math.md §2.1), signed so that overfitting is positive for both.
 
     Args:
         train_acc: training accuracy (any unit; the gap has the same unit).

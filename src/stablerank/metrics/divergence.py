@@ -1,5 +1,5 @@
 """Neural divergence (Gulrajani, Raffel & Metz 2019, "Towards GAN Benchmarks Which Require
-Generalization"; docs/math.md §5.5).
+Generalization"; docs/math.md §2.5).
 
 A **fresh** critic is trained with the WGAN-GP objective (Gulrajani et al. 2017) to separate
 held-out real images (the test split: not the images the GAN was trained on) from fresh generator

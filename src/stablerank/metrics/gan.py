@@ -20,7 +20,7 @@ LAPACK's eigensolvers can crash the process).
 Image contract: float (N, C, H, W) in [-1, 1] (a tanh generator's output) or uint8 [0, 255]
 (see :mod:`stablerank.metrics.features`).
 
-Scores depend on every protocol choice (docs/math.md §5.5): the feature network and its weights, the
+Scores depend on every protocol choice (docs/math.md §2.5): the feature network and its weights, the
 reference split (train and test statistics differ), the sample counts, the IS splits and the KID
 subsets. :class:`Protocol` records all of them in each result under ``"protocol"``; compare only
 scores with equal protocols, and read them beside :func:`real_vs_real_baseline` (train vs test
@@ -87,7 +87,7 @@ SOURCE_GENERATOR = "generator"
 
 @dataclasses.dataclass(frozen=True)
 class Protocol:
-    """Every choice a GAN score depends on (docs/math.md §5: pin and print them).
+    """Every choice a GAN score depends on (docs/math.md §2.5: pin and print them).
 
     Attributes:
         feature_net: registry name of the feature network.

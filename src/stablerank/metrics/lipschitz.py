@@ -1,4 +1,4 @@
-"""Empirical Lipschitz constant (eL) of a network, in both forms of docs/math.md §5.2.
+"""Empirical Lipschitz constant (eL) of a network, in both forms of docs/math.md §2.2.
 
 * **Pairwise** (the paper's "eLhist"): for sampled pairs of inputs,
 
@@ -118,7 +118,7 @@ def pairwise_lipschitz(
     batch_size: int = _DEFAULT_BATCH_SIZE,
     y: Tensor | None = None,
 ) -> Tensor:
-    """Pairwise empirical Lipschitz ratios over sampled pairs (eLhist, docs/math.md §5.2).
+    """Pairwise empirical Lipschitz ratios over sampled pairs (eLhist, docs/math.md §2.2).
 
     .. math::
         r_{ij} = \\frac{\\lVert f(x_i) - f(x_j) \\rVert_2}{\\lVert x_i - x_j \\rVert_2}
@@ -208,7 +208,7 @@ def jacobian_spectral_norm(
     batch_size: int = _DEFAULT_BATCH_SIZE,
     y: Tensor | None = None,
 ) -> Tensor:
-    """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (docs/math.md §5.2).
+    """Per-sample spectral norm of the input-output Jacobian, ||J_f(x_n)||_2 (docs/math.md §2.2).
 
     Power iteration on :math:`J^T J`: :math:`v \\leftarrow J^T J v / \\lVert J^T J v \\rVert`,
     with :math:`Jv` from ``torch.func.jvp`` and :math:`J^T u` from ``torch.func.vjp``; the
