@@ -3,6 +3,7 @@ and the docs/math.md sections that docstrings cite."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -163,6 +164,33 @@ def test_built_wheel_metadata(tmp_path):
     assert "LICENSE" in (metadata.get_all("License-File") or [])
     assert "stablerank/py.typed" in names
     assert any(n.startswith("stablerank/metrics/weights/") for n in names)
+
+
+def _make_docs_command() -> tuple[list[str], list[str]]:
+    """(pdoc options, modules) of the Makefile's ``docs`` recipe, so the test builds what
+    ``make docs`` builds."""
+    makefile = (ROOT / "Makefile").read_text().replace("\\\n", " ")
+    modules = re.search(r"^DOC_MODULES\s*:=(.*)$", makefile, flags=re.MULTILINE).group(1).split()
+    recipe = re.search(r"-m pdoc (.*?) -o \$\(DOCS_DIR\)", makefile).group(1).split()
+    return recipe, modules
+
+
+@pytest.mark.slow
+def test_api_docs_build(tmp_path):
+    """``make docs`` works: pdoc imports every public module and renders every docstring."""
+    pytest.importorskip("pdoc")
+    options, modules = _make_docs_command()
+    assert "stablerank" in modules and "stablerank.metrics" in modules
+    result = subprocess.run(
+        [sys.executable, "-m", "pdoc", *options, "-o", str(tmp_path), *modules],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    for module in modules:
+        page = tmp_path / (module.replace(".", "/") + ".html")
+        assert page.is_file(), f"no page for {module}"
+    # Maths in docstrings is rendered (``.. math::`` becomes a display formula).
+    assert "$$" in (tmp_path / "stablerank" / "metrics.html").read_text()
 
 
 def test_docstring_citations_of_docs_math_exist():
