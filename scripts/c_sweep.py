@@ -85,12 +85,44 @@ def run_gan(norm: str, c: float | None, runs: Path) -> dict:
             "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
 
 
+def _binds(layer: dict) -> bool | None:
+    """Whether the cap binds; None where it never can (r >= min(m, n): SRN is SN there)."""
+    if layer["target"] >= min(layer["shape"]):
+        return None
+    return layer["raw_srank"] > layer["target"]
+
+
+def write_table(rows: list[dict], path: Path) -> None:
+    """Markdown: per setting and c, the fraction of layers whose cap binds and the accuracies."""
+    lines = ["| setting | arm | layers where the cap binds | raw srank / target per layer "
+             "| train acc | test acc | gap |", "|---|---|---|---|---|---|---|"]
+    settings = list(dict.fromkeys(r["setting"] for r in rows))
+    order = {"none": -2.0, "sn": -1.0}
+    rows = sorted(rows, key=lambda r: (settings.index(r["setting"]), order.get(r["norm"], r["c"])))
+    for r in rows:
+        arm = f"srn c={r['c']:g}" if r["c"] else r["norm"]
+        flags = [b for b in map(_binds, r["layers"]) if b is not None]
+        frac = f"{sum(flags)}/{len(flags)}" if flags else "-"
+        per_layer = ", ".join(f"{x['raw_srank']:.1f}/{x['target']:.1f}" for x in r["layers"]
+                              if _binds(x) is not None) or "-"
+        acc = [r.get(k) for k in ("train_acc", "test_acc", "gap_acc")]
+        cells = [f"{100 * a:.1f}" if a is not None else "-" for a in acc]
+        lines.append(f"| {r['setting']} | {arm} | {frac} | {per_layer} | " + " | ".join(cells)
+                     + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out")
     p.add_argument("--only", default="mlp,mlp_shatter,gan,small_cnn,alexnet")
+    p.add_argument("--table", action="store_true", help="only write OUT/c_sweep.md")
     args = p.parse_args()
     out = Path(args.out)
+    if args.table:
+        rows = [json.loads(x) for x in (out / "c_sweep.jsonl").read_text().splitlines()]
+        write_table(rows, out / "c_sweep.md")
+        return
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "c_sweep.jsonl"
     done = set()
