@@ -10,8 +10,15 @@ Times, in one process and interleaved round by round (so machine noise hits ever
      autograd recording, as in a training step, no forward), and the same plus its backward,
      as ratios to torch sn's (``--work-only`` times just these, quickly).
 
+  4. ``--kernels``: the kernels (leaf aten ops, views excluded) one training step launches per
+     layer for torch sn and SRN (forward with power iteration, backward), counted with
+     torch.profiler on the device given;
+  5. ``--activity``: at initialization, the fraction of normalized layers whose SRN cap binds
+     (raw stable rank > r = c * min(m, n)) for each c, on the project's models (no timing).
+
 Usage: python benchmarks/bench_srn.py [--rounds 7] [--steps 3] [--models small_cnn resnet20]
-                                     [--device cuda] [--threads N] [--work-only]
+                                     [--device cuda] [--threads N] [--work-only] [--eval-only]
+                                     [--kernels] [--activity]
 Results are medians over rounds; the spread (min-max ratio over rounds) is printed beside them.
 """
 
@@ -32,6 +39,13 @@ import stablerank.srn as srn_module
 from stablerank.models.classifiers import build_classifier
 
 VARIANTS = ("none", "sn", "srn", "srn-composite", "srn-exact")
+ACTIVITY_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
+_VIEW_OPS = {
+    "aten::view", "aten::reshape", "aten::t", "aten::expand", "aten::as_strided",
+    "aten::unsqueeze", "aten::_reshape_alias", "aten::detach", "aten::alias", "aten::transpose",
+    "aten::empty", "aten::empty_like", "aten::empty_strided", "aten::resize_", "aten::movedim",
+    "aten::_unsafe_view", "aten::select", "aten::slice", "aten::result_type", "aten::permute",
+}  # fmt: skip
 RANK_RATIO = 0.3
 BATCH = 128
 
@@ -43,23 +57,110 @@ def build(model_name: str, variant: str, base: nn.Module) -> nn.Module:
             if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)):
                 spectral_norm(m)
     elif variant.startswith("srn"):
-        sr.apply_stable_rank_norm(model, RANK_RATIO, exact=variant == "srn-exact")
+        sr.apply_stable_rank_norm(model, RANK_RATIO, exact=variant == "srn-exact", head="srn")
     return model
 
 
 def forcing_composite(fn):
     """Run ``fn`` with SRN's composite formula (the torch.compile / torch.func path) forced in
-    eager mode, to compare it with the path eager mode picks (Note [srn fused path])."""
+    eager mode, to compare it with the eager path (Note [srn normalization paths])."""
 
     def run(*args):
-        chosen = srn_module._normalization_path
-        srn_module._normalization_path = lambda matrix: "composite"
+        chosen = srn_module._needs_composite
+        srn_module._needs_composite = lambda: True
         try:
             fn(*args)
         finally:
-            srn_module._normalization_path = chosen
+            srn_module._needs_composite = chosen
 
     return run
+
+
+def count_kernels(layer: nn.Module, device: torch.device) -> int:
+    """Kernels of one training step of ``layer.weight`` (power iteration, normalization,
+    backward), minus those of the same step on a plain weight. On CUDA: the device kernels
+    (and memsets/copies) the profiler records; on the CPU: leaf aten ops (no aten child, views
+    excluded), each one kernel."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+
+    def ops(module: nn.Module) -> int:
+        g = torch.randn_like(module.weight)
+
+        def step() -> None:
+            (module.weight * g).sum().backward()
+
+        step()
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        with profile(activities=activities) as prof:
+            step()
+            if cuda:
+                torch.cuda.synchronize()
+        if cuda:
+            return sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events())
+        return sum(
+            e.name.startswith("aten::")
+            and e.name not in _VIEW_OPS
+            and not any(c.name.startswith("aten::") for c in e.cpu_children)
+            for e in prof.events()
+        )
+
+    return ops(layer) - ops(nn.Linear(1, 1).to(device))
+
+
+def kernels_table(device: torch.device) -> None:
+    """Kernels per layer per training step: torch SN against SRN (c = 0.3 and c = 1)."""
+    print("| layer (64 -> 32) | kernels per training step |\n|---|---|")
+    rows = {
+        "torch spectral_norm": lambda: spectral_norm(nn.Linear(64, 32).to(device)),
+        "srn, rank_ratio 0.3": lambda: sr.stable_rank_norm(
+            nn.Linear(64, 32).to(device), rank_ratio=0.3
+        ),
+        "srn, rank_ratio 1 (SN)": lambda: sr.stable_rank_norm(
+            nn.Linear(64, 32).to(device), rank_ratio=1.0
+        ),
+    }
+    for name, make in rows.items():
+        print(f"| {name} | {count_kernels(make(), device)} |")
+    print()
+
+
+def activity_table() -> None:
+    """Fraction of normalized layers whose cap binds at initialization, per rank ratio c."""
+    from stablerank.linalg import stable_rank, target_srank, weight_to_matrix
+    from stablerank.models.gan import build_discriminator
+
+    cases = {
+        name: (lambda name=name: build_classifier(
+            name, num_classes=10, in_channels=3, image_size=32), "none")
+        for name in ("mlp", "small_cnn", "resnet20", "resnet110", "alexnet", "vgg19",
+                     "densenet_bc100", "wrn28_10")
+    }  # fmt: skip
+    for arch in ("cnn", "resnet"):
+        cases[f"gan D {arch}"] = (
+            lambda arch=arch: build_discriminator(arch, image_size=32, channels=3, ndf=128),
+            "srn",
+        )
+    print("| model | layers | " + " | ".join(f"c={c}" for c in ACTIVITY_RATIOS) + " |")
+    print("|---|---|" + "---|" * len(ACTIVITY_RATIOS))
+    for name, (make, head) in cases.items():
+        torch.manual_seed(0)
+        model = make()
+        heads = set(sr.head_layers(model)) if head == "none" else set()
+        sranks = []
+        for layer_name, layer in sr.eligible_layers(model):
+            if layer_name in heads:
+                continue
+            dim = srn_module._default_dim(layer)
+            shape = tuple(weight_to_matrix(layer.weight.detach(), dim).shape)
+            sranks.append((stable_rank(layer.weight, dim).item(), shape))
+        fractions = [
+            sum(s > target_srank(c, shape) for s, shape in sranks) / len(sranks)
+            for c in ACTIVITY_RATIOS
+        ]
+        print(f"| {name} | {len(sranks)} | " + " | ".join(f"{f:.2f}" for f in fractions) + " |")
+    print()
 
 
 def normalized_weights(model: nn.Module) -> list[nn.Module]:
@@ -91,11 +192,24 @@ def main() -> None:
     parser.add_argument(
         "--work-only", action="store_true", help="time only the normalization work (fast)"
     )
+    parser.add_argument(
+        "--eval-only", action="store_true", help="time only the eval forward under no_grad"
+    )
+    parser.add_argument("--kernels", action="store_true", help="count kernels per layer and step")
+    parser.add_argument(
+        "--activity", action="store_true", help="fraction of binding caps at init per c"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if args.kernels or args.activity:
+        if args.kernels:
+            kernels_table(device)
+        if args.activity:
+            activity_table()
+        return
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, batch {BATCH}, "
@@ -121,7 +235,7 @@ def main() -> None:
 
         def eval_step(v: str, models=models) -> None:
             m = models[v]
-            if m.training:  # only in the untimed warm-up call: .eval() drops SRN's eval cache
+            if m.training:  # only in the untimed warm-up call
                 m.eval()
             with torch.no_grad():
                 m(x)
@@ -135,6 +249,8 @@ def main() -> None:
                 sum(w.square().sum() for w in weights).backward()
 
         kinds = ("norm", "norm+bwd") if args.work_only else ("train", "eval", "norm", "norm+bwd")
+        if args.eval_only:
+            kinds = ("eval",)
         results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VARIANTS} for k in kinds}
         timed = {
             "train": (lambda v: train_step(v), args.steps, "none"),
@@ -142,7 +258,9 @@ def main() -> None:
             "norm": (lambda v: norm_work(v), args.steps * 20, "sn"),
             "norm+bwd": (lambda v: norm_work(v, backward=True), args.steps * 20, "sn"),
         }
-        variants = [v for v in VARIANTS if not (args.work_only and v == "srn-exact")]
+        variants = [
+            v for v in VARIANTS if not ((args.work_only or args.eval_only) and v == "srn-exact")
+        ]
         for _ in range(args.rounds):
             for v in variants:
                 for kind in kinds:

@@ -1,4 +1,4 @@
-"""CUDA paths: the tensor-scalar SRN path on the GPU against the CPU's fused path,
+"""CUDA paths: the SRN eager path on the GPU against the same path on the CPU,
 no host synchronisation in a training step, autocast and half weights, torch.compile, and the two
 trainers end to end with AMP. Skipped where no GPU is present (CI); run on a GPU machine with
 ``pytest -m gpu``."""
@@ -30,7 +30,7 @@ def _pair(module: nn.Module, **kw) -> tuple[nn.Module, nn.Module]:
     return module, copy.deepcopy(module).to(CUDA)
 
 
-def test_gpu_tensor_path_matches_cpu_fused_path_in_values_and_gradients():
+def test_gpu_path_matches_cpu_path_in_values_and_gradients():
     cpu, gpu = _pair(nn.Linear(48, 32, dtype=torch.float64), rank_ratio=0.2)
     for _ in range(4):  # training-mode forwards: each runs one power-iteration step
         w_cpu, w_gpu = cpu.weight, gpu.weight
@@ -68,8 +68,35 @@ def test_training_step_on_gpu_never_synchronizes_with_the_host():
     torch.cuda.set_sync_debug_mode("error")
     try:
         model(x).sum().backward()
+        model.eval()
+        with torch.no_grad():
+            model(x)
     finally:
         torch.cuda.set_sync_debug_mode("default")
+
+
+def test_zero_and_huge_weights_on_gpu():
+    layer = stable_rank_norm(nn.Linear(32, 24).to(CUDA), rank_ratio=0.3)
+    w0 = layer.parametrizations.weight.original.detach().clone()
+    with torch.no_grad():
+        layer.parametrizations.weight.original.zero_()
+        layer.weight  # noqa: B018  (u, v must survive a zero weight)
+        layer.parametrizations.weight.original.copy_(w0 * 1e20)
+        for _ in range(100):
+            w = layer.weight
+    assert torch.isfinite(w).all()
+    assert spectral_norm_exact(w.double()).item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_kernels_per_training_step_on_gpu():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "benchmarks" / "bench_srn.py"
+    spec = importlib.util.spec_from_file_location("bench_srn", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.kernels_table(CUDA)  # printed (pytest -s) for docs/benchmarks.md
 
 
 def test_bf16_autocast_keeps_the_normalization_in_float32():

@@ -210,13 +210,16 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
     return out.to(weight.dtype)
 
 
-@torch.no_grad()
-def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> None:
+def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps: float) -> Tensor:
     """Run ``n_iterations`` power-iteration steps in place on unit vectors ``u`` (m) and ``v`` (n):
     ``v <- normalize(W^T u)``, ``u <- normalize(W v)`` (docs/math.md §1.3, step 1).
 
     In-place so that data-parallel replicas, which share the buffers, see the update (as torch's
     spectral_norm does). ``matrix`` is cast to the vectors' dtype (float32 for half weights).
+
+    Returns:
+        ``||W v||`` of the last step, a 0-d tensor: ``u^T W v`` for the updated u, v (since
+        u = W v / ||W v||), the estimate of the spectral norm.
 
     Note [srn power iteration]
         Each half-step adds ``delta`` times the previous vector before normalizing:
@@ -230,7 +233,8 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         norm in about [1e-8, 1e28] (1e20 included) iterate correctly.
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
-    # detach: a torch.jit.trace records ops but not the no_grad context around them
+    # Detached, so no op here records a graph: no no_grad context needed (its entry costs more
+    # than an op on the CPU), and a torch.jit.trace, which records ops but not contexts, works.
     matrix = matrix.detach()
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
@@ -239,7 +243,9 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         x = torch.addmv(v, matrix.t(), u, beta=delta, alpha=alpha)  # (n,)
         torch.div(x, torch.linalg.vector_norm(x), out=v)
         y = torch.addmv(u, matrix, v, beta=delta, alpha=alpha)  # (m,)
-        torch.div(y, torch.linalg.vector_norm(y), out=u)
+        norm = torch.linalg.vector_norm(y)
+        torch.div(y, norm, out=u)
+    return norm if alpha == 1.0 else norm * (1.0 / alpha)
 
 
 # (alpha, delta) of Note [srn power iteration], per vector dtype.

@@ -24,9 +24,11 @@ __all__ = ["DEFAULT_RANK_RATIO", "remove_stable_rank_norm", "stable_rank_norm"]
 # Power iterations run at registration so the first training step starts from converged u, v
 # (torch's spectral_norm uses the same number).
 _WARMUP_POWER_ITERS = 15
-# The library's one default rank ratio c (r = c * min(m, n)); docs/library.md gives the measured
-# fraction of layers whose cap binds at initialization for each c.
-DEFAULT_RANK_RATIO = 0.3
+# The library's one default rank ratio c (r = c * min(m, n)), the value of the SRN authors' group's
+# co-author copy. At initialization the cap binds on every body layer of the project's
+# classifiers for c <= 0.2 and on almost none at c = 0.7 (docs/library.md); trained weights have
+# lower stable ranks, so the default keeps a margin below where the cap stops binding.
+DEFAULT_RANK_RATIO = 0.1
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -72,6 +74,7 @@ class _StableRankNorm(nn.Module):
         self.register_buffer("_u", u)
         self.register_buffer("_v", v)
         self.register_buffer("_srank", torch.tensor(0.0, dtype=torch.float64, device=u.device))
+        self._shift_cache: tuple[Any, Tensor] | None = None
         self._set_srank(srank)
         if weight.device.type != "meta":  # deferred init: nothing to iterate on (as torch's SN)
             self._update_vectors(matrix, _WARMUP_POWER_ITERS)
@@ -87,16 +90,24 @@ class _StableRankNorm(nn.Module):
             with torch.no_grad():
                 self._srank.fill_(self.srank)
 
-    @torch.no_grad()
-    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> None:
-        """Update u, v in place (no gradient)."""
+    def _update_vectors(self, matrix: Tensor, n_iterations: int) -> Tensor:
+        """Update u, v in place (no gradient); return the estimate of sigma (a 0-d tensor)."""
         if self.exact:
-            # SVD of the current weight: u, v are the exact top singular pair.
-            u, _, vh = torch.linalg.svd(matrix.to(self._u.dtype), full_matrices=False)
-            self._u.copy_(u[:, 0])
-            self._v.copy_(vh[0])
-        else:
-            power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
+            with torch.no_grad():  # the exact top singular pair by SVD
+                u, s, vh = torch.linalg.svd(matrix.detach().to(self._u.dtype), full_matrices=False)
+                self._u.copy_(u[:, 0])
+                self._v.copy_(vh[0])
+                return s[0]
+        return power_iteration(matrix, self._u, self._v, n_iterations, self.eps)
+
+    def _shift(self, matrix: Tensor) -> Tensor:
+        """The constant -1 / (r - 1) as a (1,) tensor on the matrix's device and dtype, cached
+        (creating it in every forward would cost a kernel; Note [srn forward])."""
+        key = (matrix.device, matrix.dtype, self._r_minus_1)
+        if self._shift_cache is None or self._shift_cache[0] != key:
+            shift = torch.full((1,), -1.0 / self._r_minus_1, device=key[0], dtype=key[1])
+            self._shift_cache = (key, shift)
+        return self._shift_cache[1]
 
     def forward(self, weight: Tensor) -> Tensor:
         # No implicit eval cache: like torch's spectral_norm, every access recomputes the weight
@@ -109,10 +120,12 @@ class _StableRankNorm(nn.Module):
         matrix = weight_to_matrix(weight, self.dim)
         if matrix.dtype != self._u.dtype:
             matrix = matrix.to(self._u.dtype)
+        sigma = None
         if self.training and matrix.device.type != "meta":
-            self._update_vectors(matrix, self.n_power_iterations)
+            sigma = self._update_vectors(matrix, self.n_power_iterations)
         u, v = self._u, self._v
-        if (torch.is_grad_enabled() and matrix.requires_grad) or torch.jit.is_tracing():
+        graph = torch.is_grad_enabled() and matrix.requires_grad
+        if graph or torch.jit.is_tracing():
             # Clones: the in-place updates of a later forward must not touch vectors saved for
             # this forward's backward (e.g. D(real) and D(fake) in one graph). Without a graph
             # (eval under no_grad) nothing is saved and the output does not alias u or v.
@@ -122,7 +135,12 @@ class _StableRankNorm(nn.Module):
         if _needs_composite():
             normalized = _composite_normalize(matrix, u, v, r_minus_1, self.eps)
         else:
-            normalized = _StableRankNormFunction.apply(matrix, u, v, r_minus_1, self.eps)
+            if sigma is None:  # eval: frozen u, v
+                sigma = torch.dot(u, torch.mv(matrix.detach(), v))
+            shift = self._shift(matrix) if r_minus_1 else None
+            args = (matrix, u, v, sigma, r_minus_1, self.eps, shift)
+            # no graph to record: the same forward without autograd.Function's overhead
+            normalized = _StableRankNormFunction.apply(*args) if graph else _normalize(*args)[0]
         out = matrix_to_weight(normalized, weight.shape, self.dim)
         return out if out.dtype == weight.dtype else out.to(weight.dtype)
 
@@ -173,59 +191,94 @@ def _needs_composite() -> bool:
     return transforms_active is not None and bool(transforms_active())
 
 
-class _StableRankNormFunction(torch.autograd.Function):
-    """out = s Wn + (1 - s) u v^T with Wn = W / sigma, sigma = u^T W v, s = sqrt((r-1) / q),
-    q = max(||Wn||_F^2 - 1, r - 1) (Note [srn without R]); u, v constants. Plain SN (no clamp,
-    ``r_minus_1=None``): out = Wn.
+def _normalize(
+    matrix: Tensor,
+    u: Tensor,
+    v: Tensor,
+    sigma: Tensor,
+    r_minus_1: float | None,
+    eps: float,
+    shift: Tensor | None,
+) -> tuple[Tensor, tuple[Any, ...]]:
+    """The forward of :class:`_StableRankNormFunction`; returns (output, what the backward
+    needs).
 
-    Backward (first order), with G the output gradient, A = <G, Wn>, B = u^T G v:
+    Note [srn forward]
+        With Wn = W / sigma, z = (||Wn||_F^2 - 1) / (r - 1) clamped at 1 and s = 1 / sqrt(z),
+        the output is lerp(u v^T, Wn, s) = s Wn + (1 - s) u v^T (Note [srn without R]). The
+        scalar part is three kernels (addmv, clamp, rsqrt); the matrix part four (W / sigma, the
+        squared norm inside addmv, outer, lerp). When the clamp acts, z = 1 and s = 1 exactly.
+        W is divided by sigma before any square, so float32 weights near 1e20 do not overflow.
+        r = 1 gives s = 0 (the rank-one u v^T). The (1,)-shaped z and s broadcast.
+    """
+    sigma = sigma.clamp_min(eps)
+    wn = matrix / sigma
+    if r_minus_1 is None:  # plain SN
+        return wn, (sigma, wn)
+    uv = torch.outer(u, v)
+    if r_minus_1 > 0:
+        flat = wn.reshape(-1)
+        z_floor = max(eps / r_minus_1, 1.0)
+        # (||Wn||_F^2 - 1) / (r - 1) in one kernel: the (1, mn) x (mn,) product shifted by the
+        # cached constant -1 / (r - 1); then the clamp and rsqrt (three kernels in all).
+        z = torch.addmv(shift, flat.unsqueeze(0), flat, alpha=1.0 / r_minus_1)  # (1,)
+        s = z.clamp_min_(z_floor).rsqrt()
+    else:
+        z_floor, z, s = math.inf, wn.new_ones(1), wn.new_zeros(1)
+    return torch.lerp(uv, wn, s), (sigma, wn, uv, z, s, z_floor)
+
+
+class _StableRankNormFunction(torch.autograd.Function):
+    """out = s Wn + (1 - s) u v^T (Note [srn forward]) with u, v constants and ``sigma`` the
+    detached estimate of u^T W v, whose dependence on W (d sigma / dW = u v^T) is part of the
+    backward. Plain SN (``r_minus_1=None``): out = Wn.
+
+    Backward (first order), with G the output gradient, A = <G, Wn>, B = <G, u v^T>, q = (r-1) z:
         dL/dW = (s G + t Wn - (t ||Wn||_F^2 + A s) u v^T) / sigma,
-        t = (B - A) s / q where the clamp does not act (q > r - 1), else 0;
-    for plain SN dL/dW = (G - A u v^T) / sigma. The scalars are 0-d tensors of the weight's
-    dtype (no host sync); W is scaled by 1/sigma before any square, so float32 weights near 1e20
-    do not overflow. Higher-order gradients (create_graph=True, e.g. gradient penalties)
-    differentiate the composite formula instead, so they stay exact.
+        t = (B - A) s / q where the clamp does not act (z > 1), else 0;
+    for plain SN dL/dW = (G - A u v^T) / sigma. All scalars are 0-d tensors (no host sync).
+    Higher-order gradients (create_graph=True, e.g. gradient penalties) differentiate the
+    composite formula instead, so they stay exact.
     """
 
     @staticmethod
     def forward(
-        ctx: Any, matrix: Tensor, u: Tensor, v: Tensor, r_minus_1: float | None, eps: float
+        ctx: Any,
+        matrix: Tensor,
+        u: Tensor,
+        v: Tensor,
+        sigma: Tensor,
+        r_minus_1: float | None,
+        eps: float,
+        shift: Tensor | None,
     ) -> Tensor:
-        sigma = torch.dot(u, torch.mv(matrix, v))  # (m, n) -> 0-d
-        inv_sigma = sigma.clamp_min(eps).reciprocal()
-        wn = matrix * inv_sigma
+        out, saved = _normalize(matrix, u, v, sigma, r_minus_1, eps, shift)
         ctx.composite_args = (r_minus_1, eps)
-        if r_minus_1 is None:  # plain SN
-            ctx.save_for_backward(matrix, u, v, inv_sigma, wn)
-            return wn
-        floor = max(eps, r_minus_1)
-        flat = wn.reshape(-1)
-        rho_sq = torch.dot(flat, flat)  # ||Wn||_F^2 = ||R||_F^2 + 1
-        # s = min(1, sqrt((r - 1) / q)) = rsqrt(max(q, r - 1) / (r - 1)): one clamp is both the
-        # min and the guard against q <= 0; s is exactly 1 when the clamp acts (x / x == 1), and
-        # exactly 0 for r = 1 (rsqrt(inf)).
-        q = (rho_sq - 1.0).clamp_min_(floor)
-        s = (q / r_minus_1).rsqrt_()
-        ctx.save_for_backward(matrix, u, v, inv_sigma, wn, rho_sq, q, s)
-        ctx.floor = floor
-        return torch.lerp(torch.outer(u, v), wn, s)  # s Wn + (1 - s) u v^T
+        ctx.z_floor = saved[-1] if r_minus_1 is not None else None
+        ctx.save_for_backward(matrix, u, v, *saved[:5])
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
-        nones = (None,) * 4
-        matrix, u, v, inv_sigma, wn, *rest = ctx.saved_tensors
+        nones = (None,) * 6
+        matrix, u, v, sigma, wn, *rest = ctx.saved_tensors
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, *ctx.composite_args), *nones)
-        a_dot = torch.dot(grad.reshape(-1), wn.reshape(-1))  # A = <G, Wn>
+        flat = grad.reshape(-1)
+        a_dot = torch.dot(flat, wn.reshape(-1))  # A = <G, Wn>
         if not rest:  # plain SN: (G - A u v^T) / sigma
-            out = grad * inv_sigma
-            return (torch.addr(out, u * (a_dot * inv_sigma), v, alpha=-1.0), *nones)
-        rho_sq, q, s = rest
-        b_dot = torch.dot(u, torch.mv(grad, v))  # B = u^T G v
-        t = (b_dot - a_dot) * torch.where(q > ctx.floor, s / q, 0.0)
-        out = torch.addcmul(grad * s, wn, t)  # s G + t Wn
-        k_uv = torch.addcmul(t * rho_sq, a_dot, s)  # t ||Wn||_F^2 + A s
-        return (torch.addr(out, u * k_uv, v, alpha=-1.0).mul_(inv_sigma), *nones)
+            return (torch.addr(grad, u * a_dot, v, alpha=-1.0).div_(sigma), *nones)
+        uv, z, s = rest
+        r_minus_1 = ctx.composite_args[0]
+        inv_r = 1.0 / r_minus_1 if r_minus_1 > 0 else 0.0
+        b_dot = torch.dot(flat, uv.reshape(-1))  # B = <G, u v^T> = u^T G v
+        # (r - 1) t: s / z = (r - 1) s / q where the clamp does not act, else 0
+        t_r = (b_dot - a_dot) * (s / z).mul_(z > ctx.z_floor)
+        out = torch.addcmul(grad * s, wn, t_r, value=inv_r)  # s G + t Wn
+        # t ||Wn||_F^2 + A s, with ||Wn||_F^2 = (r - 1) z + 1 wherever t != 0
+        k_uv = torch.addcmul(a_dot * s, t_r, z + inv_r)
+        # one division by sigma at the end: fewer kernels than folding it into each scalar
+        return (torch.addcmul(out, uv, k_uv, value=-1.0).div_(sigma), *nones)
 
 
 def _differentiable_backward(
