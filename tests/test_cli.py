@@ -99,7 +99,7 @@ def test_bare_boolean_flag_means_true(capsys):
     [
         ("train", "stablerank.train.classify.run", "with --resume continues"),
         ("gan", "stablerank.train.gan.run", "with --resume continues"),
-        ("reproduce", "stablerank.repro.pipeline.run", "skips them and continues"),
+        ("reproduce", "stablerank.repro.pipeline.run", "the same command continues"),
     ],
 )
 def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command, runner, hint):
@@ -109,3 +109,88 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command,
     monkeypatch.setattr(runner, interrupted)
     assert cli.main([command]) == 130
     assert hint in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- no tracebacks
+
+
+def _numeric_fields(config_cls) -> list[str]:
+    import typing
+
+    hints = typing.get_type_hints(config_cls)
+    out = []
+    for f in dataclasses.fields(config_cls):
+        tp = hints[f.name]
+        args = typing.get_args(tp)
+        base = next((a for a in args if a is not type(None)), tp) if args else tp
+        if base is float or typing.get_origin(base) is tuple and float in typing.get_args(base):
+            out.append(f.name)
+    return out
+
+
+@pytest.mark.parametrize("command", sorted(cli._COMMANDS))
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_float_option_refuses_nan_and_inf(capsys, command, value):
+    config_cls = cli._load(cli._COMMANDS[command].config)
+    fields = _numeric_fields(config_cls)
+    assert fields or command == "reproduce"
+    extra = ["RUN"] if cli._COMMANDS[command].takes_run_dir else []
+    for name in fields:
+        flag = "--" + name.replace("_", "-")
+        code, _, err = _run(capsys, command, *extra, flag, value, "--print-config")
+        assert code == 2, (command, name, value)
+        assert name in err, (command, name)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [("epochs: [1, 2\n", "not valid YAML"), ("!!python/object:os.system {}\n", "not valid YAML"),
+     ("- 1\n- 2\n", "mapping")],
+)
+def test_bad_config_files_are_one_line_errors(capsys, tmp_path, content, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_config_file_that_is_a_folder(capsys, tmp_path):
+    code, _, err = _run(capsys, "train", "--config", str(tmp_path), "--print-config")
+    assert code == 2 and "is a folder" in err
+
+
+@pytest.mark.parametrize("command", ["analyze", "layers"])
+def test_missing_run_folder_is_one_line(capsys, tmp_path, command):
+    code, _, err = _run(capsys, command, str(tmp_path / "nope"))
+    assert code == 1 and "Traceback" not in err and err.count("\n") == 1
+    assert "nope" in err
+
+
+def test_runner_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    def broken(cfg):
+        raise FileNotFoundError("no Fashion-MNIST files in /x: pass --data-dir")
+
+    monkeypatch.setattr("stablerank.train.classify.run", broken)
+    code, _, err = _run(capsys, "train")
+    assert code == 1 and err.strip().startswith("stablerank train: error: no Fashion-MNIST")
+    with pytest.raises(FileNotFoundError):
+        cli.main(["train", "--debug"])
+
+
+def test_version(capsys):
+    code, out, _ = _run(capsys, "--version")
+    assert code == 0 and out.startswith("stablerank ")
+
+
+def test_reproduce_help_shows_the_executors(capsys):
+    _, out, _ = _run(capsys, "reproduce", "--help")
+    text = " ".join(out.split())
+    for name in ("local", "sequential", "submitit-local", "slurm"):
+        assert name in text
+    assert "--workers" in text and "--slurm-partition" in text
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from stablerank import cli; cli.build_parser(); print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.stdout.strip() == "False", proc.stderr
