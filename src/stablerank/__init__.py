@@ -11,6 +11,8 @@ Example:
 from stablerank.apply import (
     HEADS,
     NORMS,
+    SrnActivity,
+    SrnInactiveWarning,
     apply_stable_rank_norm,
     bake_stable_rank_norm,
     convert_spectral_norm_state_dict,
@@ -18,6 +20,8 @@ from stablerank.apply import (
     eligible_layers,
     head_layers,
     normalize_model,
+    srn_active_fraction,
+    srn_activity,
 )
 from stablerank.linalg import (
     matrix_to_weight,
@@ -26,15 +30,7 @@ from stablerank.linalg import (
     stable_rank,
     weight_to_matrix,
 )
-from stablerank.report import (
-    LayerRecord,
-    LayerReport,
-    SrnActivity,
-    SrnInactiveWarning,
-    layer_report,
-    srn_active_fraction,
-    srn_activity,
-)
+from stablerank.report import LayerRecord, LayerReport, layer_report
 from stablerank.srn import DEFAULT_RANK_RATIO, remove_stable_rank_norm, stable_rank_norm
 
 __version__ = "0.1.0"

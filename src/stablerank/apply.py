@@ -3,8 +3,10 @@
 Eligible layers: ``nn.Linear``, ``nn.Conv1d/2d/3d`` and ``nn.ConvTranspose1d/2d/3d`` (their
 ``weight``). Biases, BatchNorm and embeddings are never touched. The classifier head (by default
 the model's last ``nn.Linear``) follows its own rule, ``head`` (Note [srn head rule]). Also here:
-:func:`bake_stable_rank_norm` (remove every SN/SRN, keeping the eval weights) and the state_dict
-conversions between torch's spectral_norm and SRN. Depends only on torch and the core.
+:func:`bake_stable_rank_norm` (remove every SN/SRN, keeping the eval weights), the state_dict
+conversions between torch's spectral_norm and SRN, and :func:`srn_activity` /
+:func:`srn_active_fraction` (on which SRN layers the cap binds: where it binds on none, SRN is
+spectral normalization). Depends only on torch, :mod:`stablerank.linalg` and :mod:`stablerank.srn`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import fnmatch
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +24,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm, spectral_norm
 from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
-from stablerank.report import SrnInactiveWarning, srn_active_fraction
+from stablerank.linalg import stable_rank
 from stablerank.srn import (
     DEFAULT_RANK_RATIO,
     _old_style_spectral_norm,
@@ -33,6 +36,8 @@ from stablerank.srn import (
 __all__ = [
     "HEADS",
     "NORMS",
+    "SrnActivity",
+    "SrnInactiveWarning",
     "apply_stable_rank_norm",
     "bake_stable_rank_norm",
     "convert_spectral_norm_state_dict",
@@ -40,6 +45,8 @@ __all__ = [
     "eligible_layers",
     "head_layers",
     "normalize_model",
+    "srn_active_fraction",
+    "srn_activity",
 ]
 
 NORMS = ("none", "sn", "srn")
@@ -48,6 +55,57 @@ _ELIGIBLE = (nn.Linear, nn.modules.conv._ConvNd)
 _NORM_PARAMETRIZATIONS = (_StableRankNorm, _SpectralNorm)
 
 Exclude = Callable[[str, nn.Module], bool] | Iterable[str] | None
+
+
+class SrnInactiveWarning(UserWarning):
+    """SRN's cap binds on no layer of a model: SRN acts as spectral normalization there.
+
+    Silence it with ``warnings.filterwarnings("ignore", category=SrnInactiveWarning)``.
+    """
+
+
+@dataclass(frozen=True)
+class SrnActivity:
+    """Whether SRN's cap binds on one SRN-normalized tensor.
+
+    Attributes:
+        name: qualified tensor name (``"features.0.weight"``).
+        raw_srank: exact stable rank of the raw (unnormalized) weight.
+        target_srank: SRN's r.
+        active: ``raw_srank > target_srank``: the cap binds (SRN differs from SN).
+    """
+
+    name: str
+    raw_srank: float
+    target_srank: float
+    active: bool
+
+
+@torch.no_grad()
+def srn_activity(model: nn.Module) -> list[SrnActivity]:
+    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks)."""
+    out = []
+    for name, module in model.named_modules():
+        if not parametrize.is_parametrized(module):
+            continue
+        for tensor_name, plist in module.parametrizations.items():
+            for p in plist:
+                if isinstance(p, _StableRankNorm):
+                    raw = stable_rank(plist.original, p.dim).item()
+                    qualified = f"{name}.{tensor_name}" if name else tensor_name
+                    out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))
+    return out
+
+
+def srn_active_fraction(model: nn.Module) -> float:
+    """Fraction of SRN-normalized tensors whose cap binds (raw stable rank > r); NaN without SRN.
+
+    Cheap enough to call each epoch (one small symmetric eigensolve per layer).
+    """
+    activity = srn_activity(model)
+    if not activity:
+        return float("nan")
+    return sum(a.active for a in activity) / len(activity)
 
 
 def _excluder(exclude: Exclude) -> Callable[[str, nn.Module], bool]:
@@ -129,7 +187,7 @@ def normalize_model(
     All or nothing: if registering any layer fails, the layers registered so far are restored
     and the error is raised, so the model is unchanged. When SRN's cap binds on no SRN layer at
     registration (every raw stable rank is already <= r, so SRN acts as SN), a
-    :class:`~stablerank.report.SrnInactiveWarning` is issued (silence it with
+    :class:`SrnInactiveWarning` is issued (silence it with
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
 
     Args:

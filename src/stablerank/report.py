@@ -5,8 +5,8 @@
 hook-based ``torch.nn.utils.spectral_norm``) without changing any state: parametrizations are
 switched to eval mode for the read, so no power iteration runs.
 
-:func:`srn_activity` and :func:`srn_active_fraction` say on which SRN layers the cap binds (raw
-stable rank above the target r): where it binds on no layer, SRN is spectral normalization.
+The ``active`` column says whether SRN's cap binds (raw stable rank above the target r); the
+per-epoch check is :func:`stablerank.apply.srn_active_fraction`.
 """
 
 from __future__ import annotations
@@ -24,69 +24,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
-from stablerank.linalg import _sigma_max_and_frobenius, stable_rank, weight_to_matrix
-from stablerank.srn import _find_srn, _old_style_spectral_norm, _StableRankNorm
+from stablerank.linalg import _sigma_max_and_frobenius, weight_to_matrix
+from stablerank.srn import _find_srn, _old_style_spectral_norm
 
-__all__ = [
-    "LayerRecord",
-    "LayerReport",
-    "SrnActivity",
-    "SrnInactiveWarning",
-    "layer_report",
-    "srn_active_fraction",
-    "srn_activity",
-]
-
-
-class SrnInactiveWarning(UserWarning):
-    """SRN's cap binds on no layer of a model: SRN acts as spectral normalization there.
-
-    Silence it with ``warnings.filterwarnings("ignore", category=SrnInactiveWarning)``.
-    """
-
-
-@dataclass(frozen=True)
-class SrnActivity:
-    """Whether SRN's cap binds on one SRN-normalized tensor.
-
-    Attributes:
-        name: qualified tensor name (``"features.0.weight"``).
-        raw_srank: exact stable rank of the raw (unnormalized) weight.
-        target_srank: SRN's r.
-        active: ``raw_srank > target_srank``: the cap binds (SRN differs from SN).
-    """
-
-    name: str
-    raw_srank: float
-    target_srank: float
-    active: bool
-
-
-@torch.no_grad()
-def srn_activity(model: nn.Module) -> list[SrnActivity]:
-    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks)."""
-    out = []
-    for name, module in model.named_modules():
-        if not parametrize.is_parametrized(module):
-            continue
-        for tensor_name, plist in module.parametrizations.items():
-            for p in plist:
-                if isinstance(p, _StableRankNorm):
-                    raw = stable_rank(plist.original, p.dim).item()
-                    qualified = f"{name}.{tensor_name}" if name else tensor_name
-                    out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))
-    return out
-
-
-def srn_active_fraction(model: nn.Module) -> float:
-    """Fraction of SRN-normalized tensors whose cap binds (raw stable rank > r); NaN without SRN.
-
-    Cheap enough to call each epoch (one small symmetric eigensolve per layer).
-    """
-    activity = srn_activity(model)
-    if not activity:
-        return float("nan")
-    return sum(a.active for a in activity) / len(activity)
+__all__ = ["LayerRecord", "LayerReport", "layer_report"]
 
 
 @dataclass(frozen=True)
