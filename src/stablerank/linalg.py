@@ -1,4 +1,4 @@
-"""Pure tensor maths of stable rank normalization (SPEC section 1); depends only on torch.
+"""Pure tensor maths of stable rank normalization (docs/math.md §1); depends only on torch.
 
 * :func:`weight_to_matrix` / :func:`matrix_to_weight`: the reshape of a weight to the matrix SRN
   acts on and its exact inverse (Note [srn reshape]).
@@ -111,7 +111,7 @@ def spectral_norm_exact(weight: Tensor, dim: int = 0) -> Tensor:
 
 
 def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
-    """Exact stable rank of the reshaped weight (SPEC 1.1).
+    """Exact stable rank of the reshaped weight (docs/math.md §1.1).
 
     .. math::
         \\operatorname{srank}(W) = \\frac{\\|W\\|_F^2}{\\|W\\|_2^2}
@@ -136,12 +136,13 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
 
 
 def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:
-    """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c`` (SPEC 1.4)."""
+    """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c``
+    (docs/math.md §1.4)."""
     return max(1.0, rank_ratio * min(shape))
 
 
 def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
-    """Closed-form optimal stable-rank projection (SPEC 1.2, the paper's Theorem 1).
+    """Closed-form optimal stable-rank projection (docs/math.md §1.2, the paper's Theorem 1).
 
     Solves
 
