@@ -184,15 +184,25 @@ def test_layer_report_sees_both_torch_spectral_norms():
 # --- export -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("grad", [True, False])
 @pytest.mark.parametrize("training", [True, False])
-def test_jit_trace_with_check_trace(training):
-    net = nn.Sequential(stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.3), nn.ReLU()).train(
-        training
-    )
+def test_jit_trace_with_check_trace(training, grad):
+    torch.manual_seed(8)
+    net = nn.Sequential(stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.3), nn.ReLU())
+    net.train(training)
     x = torch.randn(3, 8)
-    traced = torch.jit.trace(net, x)  # check_trace=True by default
-    if not training:
-        torch.testing.assert_close(traced(x), net(x))
+    with torch.set_grad_enabled(grad):
+        traced = torch.jit.trace(net, x)  # check_trace=True by default
+    constants = [
+        n
+        for n in traced.graph.nodes()
+        if n.kind() == "prim::Constant" and n.output().type().kind() == "TensorType"
+    ]
+    assert not constants  # the weight stays a parameter of the traced module
+    with torch.no_grad():
+        net[0].parametrizations.weight.original.mul_(2).add_(0.1)
+    net.eval(), traced.eval()
+    torch.testing.assert_close(traced(x), net(x))
 
 
 def test_torch_export_in_eval_mode():
