@@ -113,7 +113,11 @@ class ClassifyConfig:
         min=0.0, max=1.0, min_exclusive=True,
     )  # fmt: skip
     n_power_iterations: int = option(1, "power iterations per training step (sn/srn)", min=1)
-    normalize_head: bool = option(False, "also normalize the final linear layer ('classifier')")
+    head: str = option(
+        "none", "normalization of the classifier head (the final Linear): none, or sn (SRN's "
+        "rank on a 10-class head is 1-3, so the head is never SRN-normalized)",
+        choices=("none", "sn"),
+    )
     # --- optimization ---
     epochs: int = option(10, "training epochs", min=1)
     batch_size: int = option(128, "global batch size (split evenly across DDP ranks)", min=1)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from stablerank.config._base import check_field_ranges, option
 
-__all__ = ["GAN_PRESETS", "GanConfig"]
+__all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
 # The image datasets of stablerank.data.load_dataset (config may not import data; kept in sync by
 # a test). "digits" (8x8) is there for fast smoke runs.
@@ -133,6 +133,26 @@ class GanConfig:
                 f"eval_every ({self.eval_every}) exceeds g_steps ({self.g_steps}); "
                 "use 0 to turn evaluation off"
             )
+
+
+@dataclass(frozen=True)
+class GanAnalysisConfig:
+    """What is measured on a finished GAN run beside FID/KID/IS (claims 4 and 5): the neural
+    divergence (docs/math.md §2.5) and the discriminator's empirical Lipschitz constant."""
+
+    nd_critic_steps: int = option(500, "neural divergence: critic updates", min=1)
+    nd_eval_batches: int = option(10, "neural divergence: fresh evaluation batches", min=1)
+    d_el_pairs: int = option(1000, "discriminator eL: pairs per pair type", min=1)
+    nd_critic_width: int = option(
+        64, "neural divergence: channels of the fresh critic's first conv", min=1
+    )
+    nd_batch_size: int = option(64, "neural divergence: real and fake images per step", min=2)
+    seed: int = option(0, "offset of the analysis seed from the run's seed", min=0)
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    progress: bool = option(False, "progress bar for the critic")
+
+    def __post_init__(self) -> None:
+        check_field_ranges(self)
 
 
 # Named settings (overrides of the defaults above). SPEC 4 for the two SN-GAN ones.

@@ -8,10 +8,12 @@ difference, its confidence interval and the effect size d (with an approximate C
 * **not a test**: SRN's stable-rank cap binds on fewer than half of the normalized layers
   (averaged over training): the SRN arm is spectral normalization, so nothing is said about SRN;
 * **reproduced**: significant (Holm-adjusted p < alpha) in the direction the paper claims;
-* **not reproduced**: significant in the other direction, or the CI of the improvement excludes
-  every improvement of at least the metric's smallest effect of interest;
-* **cannot tell**: neither; the report says how many seeds per arm would decide at the spread
-  measured (80% power).
+* **not reproduced**: significant in the other direction, or the CI of the improvement at the
+  family-wise level (1 - alpha / number of tests) excludes every improvement of at least the
+  metric's smallest effect of interest;
+* **cannot tell**: neither; the report says how many seeds per arm a test at the family-wise level
+  would need to detect the observed improvement (or the smallest effect of interest) with 80%
+  power at the spread measured.
 
 Seeds are paired by nothing: arms are independent samples. Diverged runs are excluded (and
 listed), never averaged in.
@@ -209,13 +211,21 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 
 def seeds_needed(std_a: float, std_b: float, effect: float, alpha: float) -> int | None:
-    """Seeds per arm for a two-sided test at ``alpha`` to detect ``effect`` with 80% power."""
+    """Seeds per arm (equal arms) for a two-sided Welch test at level ``alpha`` to detect a true
+    difference ``effect`` with 80% power (noncentral t; None beyond 10,000 or without spread)."""
     from scipy import stats
 
-    if not effect or not math.isfinite(std_a + std_b):
+    var = std_a**2 + std_b**2
+    if not effect or not math.isfinite(var) or var == 0:
         return None
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(POWER)
-    return max(2, math.ceil(z * z * (std_a**2 + std_b**2) / effect**2))
+    for n in range(2, 10_001):
+        df = 2 * n - 2  # Welch's df for equal arms and variances
+        t_crit = stats.t.ppf(1 - alpha / 2, df)
+        nc = abs(effect) / math.sqrt(var / n)
+        power = stats.nct.sf(t_crit, df, nc) + stats.nct.cdf(-t_crit, df, nc)
+        if power >= POWER:
+            return n
+    return None
 
 
 # ----------------------------------------------------------------------------- comparisons
@@ -324,6 +334,8 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                 metric = METRICS[metric_name]
                 sv, ss = _values(srn, metric)
                 rv, rs = _values(arms[ref], metric)
+                if not sv and not rv:  # the sweep does not measure it (e.g. FID on digits)
+                    continue
                 comp = Comparison(
                     claim.number, metric_name, setting, c, ref, sv, rv, ss, rs,
                     _mean([r.result.srn_active_fraction_mean for r in srn]),
@@ -361,12 +373,14 @@ def _decide(comp: Comparison, alpha: float) -> None:
     comp.test = welch(comp.srn_values, comp.ref_values)
 
 
-def _finish(comp: Comparison, alpha: float) -> None:
-    """The outcome from the Holm-adjusted p-value and the improvement's CI."""
+def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
+    """The outcome from the Holm-adjusted p-value and the improvement's CI at the family-wise
+    level (1 - alpha / n_tests, Bonferroni), so both decisions hold the same error rate."""
     metric, t = METRICS[comp.metric], comp.test
     assert t is not None and comp.p_adjusted is not None  # Precondition: tested
     sign = -1.0 if metric.lower_is_better else 1.0  # improvement = sign * (srn - ref)
-    improvement_high = max(sign * t.diff_low, sign * t.diff_high)
+    wide = welch(comp.srn_values, comp.ref_values, confidence=1 - alpha / n_tests)
+    improvement_high = max(sign * wide.diff_low, sign * wide.diff_high)
     ref_mean = _mean_std(comp.ref_values)[0]
     min_effect = metric.min_effect * (abs(ref_mean) if metric.relative else 1.0)
     if comp.p_adjusted < alpha:
@@ -376,14 +390,15 @@ def _finish(comp: Comparison, alpha: float) -> None:
     elif improvement_high < min_effect:
         comp.outcome = NOT_REPRODUCED
         comp.reason = (
-            f"no improvement of at least {min_effect:.3g} is within the 95% CI of the difference"
+            f"no improvement of at least {min_effect:.3g} is within the "
+            f"{1 - alpha / n_tests:.2%} CI of the difference (family-wise level)"
         )
     else:
         comp.outcome = CANNOT_TELL
         _, s_srn = _mean_std(comp.srn_values)
         _, s_ref = _mean_std(comp.ref_values)
         effect = abs(t.diff) if sign * t.diff > 0 else min_effect
-        comp.seeds_needed = seeds_needed(s_srn, s_ref, max(effect, min_effect), alpha)
+        comp.seeds_needed = seeds_needed(s_srn, s_ref, max(effect, min_effect), alpha / n_tests)
         comp.reason = "not significant and the CI still allows an improvement"
 
 
@@ -396,5 +411,5 @@ def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[C
     tested = [c for c in comps if c.test is not None]
     for comp, p in zip(tested, holm([c.test.p_value for c in tested]), strict=True):
         comp.p_adjusted = p
-        _finish(comp, alpha)
+        _finish(comp, alpha, len(tested))
     return results

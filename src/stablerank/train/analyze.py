@@ -15,15 +15,17 @@ statistics, SN/SRN with frozen u, v):
 Inputs of the Lipschitz measures are the images as the network sees them (scaled to [0, 1], then
 standardized with the dataset mean/std), so the ratios are in the network's input units.
 
-Writes ``analysis.json`` (named keys plus ``protocol``) and PNG plots beside it: the eL histogram,
-the train/test accuracy curves, every layer's stable rank over epochs and, for random-label runs,
-the shattering curve. :func:`plot_shattering` overlays several runs' shattering curves.
+Writes ``analysis.json`` (a :class:`~stablerank.train.results.ClassifierAnalysis`) and PNG plots
+beside it: the eL histogram, the train/test accuracy curves, every layer's stable rank over epochs
+and, for random-label runs, the shattering curve. :func:`plot_shattering` overlays several runs'
+shattering curves.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +37,7 @@ from torch import nn
 from stablerank.config import config_from_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.metrics import complexity, lipschitz
-from stablerank.train.checkpoint import atomic_write_json, load_checkpoint
+from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.classify import (
     CHECKPOINT_FILE,
     KEY_TEST_ACC,
@@ -46,15 +48,10 @@ from stablerank.train.classify import (
     build_model,
     prepare_data,
 )
+from stablerank.train.results import ClassifierAnalysis, Summary
 from stablerank.train.runtime import resolve_device, seed_everything
 
 __all__ = [
-    "ANALYSIS_FILE",
-    "KEY_COMPLEXITY",
-    "KEY_EL_PAIRWISE",
-    "KEY_GAP",
-    "KEY_JACOBIAN",
-    "KEY_PROTOCOL",
     "load_run",
     "load_run_model",
     "plot_shattering",
@@ -62,13 +59,6 @@ __all__ = [
     "run",
 ]
 
-ANALYSIS_FILE = "analysis.json"
-KEY_GAP = "generalization_gap"
-KEY_ACCURACY = "accuracy"
-KEY_EL_PAIRWISE = "el_pairwise"
-KEY_JACOBIAN = "jacobian_norm"
-KEY_COMPLEXITY = "complexity"
-KEY_PROTOCOL = "protocol"
 KEY_PLOTS = "plots"
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
@@ -121,7 +111,7 @@ def _logits(model: nn.Module, x: torch.Tensor, batch_size: int, prepare: Any) ->
     return torch.cat([model(prepare(xb)).float() for xb in x.split(batch_size)])
 
 
-def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
+def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     """Measure a trained run; write ``analysis.json`` and plots into ``run_dir``.
 
     Args:
@@ -129,13 +119,17 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
         run_dir: a folder written by :func:`stablerank.train.classify.run`.
 
     Returns:
-        The analysis dict (also written to ``run_dir/analysis.json``).
+        The :class:`~stablerank.train.results.ClassifierAnalysis` (also written to
+        ``run_dir/analysis.json``).
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
+          f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,
+          flush=True)  # fmt: skip
     train_cfg, data, model = load_run(run_dir, device)
     splits = data.splits
 
@@ -157,13 +151,9 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
         acc[KEY_TRAIN_ACC], acc[KEY_TEST_ACC], acc[KEY_TRAIN_LOSS], acc[KEY_TEST_LOSS]
     )
     margin = complexity.margin_quantile(logits_tr, y_tr, cfg.margin_quantile)
-    measures: dict[str, Any] = {"margin": margin}
-    if margin > 0:
-        measures.update(complexity.spectral_complexity(model, margin))
-    else:
-        # A network that misclassifies more than the quantile has no positive margin there:
-        # the measures (divided by the margin) are undefined, reported as None.
-        measures.update({complexity.KEY_LOG10_NEYSHABUR: None, complexity.KEY_LOG10_BARTLETT: None})
+    # A network that misclassifies more than the quantile has no positive margin there: the
+    # measures divided by the margin are None then; the margin-free ones are always there.
+    measures: dict[str, Any] = {"margin": margin, **complexity.spectral_complexity(model, margin)}
     del logits_tr, logits_te
 
     # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
@@ -198,7 +188,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
         "run_dir": str(run_dir), "dataset": train_cfg.dataset, "model": train_cfg.model,
         "norm": train_cfg.norm,
         "rank_ratio": train_cfg.rank_ratio if train_cfg.norm == "srn" else None,
-        "head_normalized": train_cfg.normalize_head and train_cfg.norm != "none",
+        "head": train_cfg.head if train_cfg.norm != "none" else "none",
         "train_seed": train_cfg.seed, "label_noise": train_cfg.label_noise,
         "mode": "eval (BatchNorm running statistics; SN/SRN u, v frozen)",
         "train_set": "the (sub)set trained on, with its labels (random where corrupted)",
@@ -213,17 +203,25 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> dict[str, Any]:
         "BatchNorm scales not included; log10 values",
         "seed": cfg.seed,
     }  # fmt: skip
-    result: dict[str, Any] = {
-        KEY_ACCURACY: acc,
-        KEY_GAP: gap,
-        KEY_EL_PAIRWISE: {k: lipschitz.summarize(v, cfg.quantiles) for k, v in ratios.items()},
-        KEY_JACOBIAN: {k: lipschitz.summarize(v, cfg.quantiles) for k, v in jacobian.items()},
-        KEY_COMPLEXITY: measures,
-        KEY_PROTOCOL: protocol,
-    }
     if cfg.plots:
-        result[KEY_PLOTS] = _write_plots(run_dir, train_cfg, ratios, cfg.bins)
-    atomic_write_json(run_dir / ANALYSIS_FILE, result)
+        protocol[KEY_PLOTS] = _write_plots(run_dir, train_cfg, ratios, cfg.bins)
+    el = {k: Summary.of(lipschitz.summarize(v, cfg.quantiles)) for k, v in ratios.items()}
+    result = ClassifierAnalysis(
+        train_acc=acc[KEY_TRAIN_ACC], test_acc=acc[KEY_TEST_ACC],
+        gap_acc=gap[complexity.KEY_GAP_ACC], gap_loss=gap[complexity.KEY_GAP_LOSS],
+        el_train=el[SPLIT_TRAIN], el_test=el[SPLIT_TEST],
+        jacobian={k: Summary.of(lipschitz.summarize(v, cfg.quantiles))
+                  for k, v in jacobian.items()},
+        margin=margin,
+        log10_spectral_product=measures[complexity.KEY_LOG10_SPECTRAL_PRODUCT],
+        sum_srank=measures[complexity.KEY_SUM_SRANK],
+        log10_neyshabur=measures.get(complexity.KEY_LOG10_NEYSHABUR),
+        log10_bartlett=measures.get(complexity.KEY_LOG10_BARTLETT),
+        complexity={k: v for k, v in measures.items() if isinstance(v, (int, float)) or v is None},
+        protocol={**protocol, "loss": {"train": acc[KEY_TRAIN_LOSS], "test": acc[KEY_TEST_LOSS]}},
+    )  # fmt: skip
+    path = result.to_json(run_dir)
+    print(f"analyze: wrote {path}", file=sys.stderr, flush=True)
     return result
 
 

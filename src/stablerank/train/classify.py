@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,6 @@ from stablerank.data.loader import DeviceLoader
 from stablerank.metrics import complexity
 from stablerank.models.classifiers import build_classifier
 from stablerank.train.checkpoint import (
-    atomic_write_json,
     capture_rng_state,
     check_resume_config,
     load_checkpoint,
@@ -60,6 +60,13 @@ from stablerank.train.checkpoint import (
     save_checkpoint,
 )
 from stablerank.train.records import MetricLog, environment_info, write_run_files
+from stablerank.train.results import (
+    ClassifierResult,
+    EpochRecord,
+    active_fraction,
+    layer_stats,
+    mean_active_fraction,
+)
 from stablerank.train.runtime import DistInfo, end_worker, init_distributed, seed_everything
 
 __all__ = [
@@ -169,10 +176,14 @@ def build_model(cfg: ClassifyConfig, splits: DatasetSplits) -> nn.Module:
         cfg.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
         image_size=splits.image_size, **kwargs,
     )  # fmt: skip
-    return sr.normalize_model(
-        model, cfg.norm, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations,
-        exclude=None if cfg.normalize_head else [HEAD_NAME],
-    )  # fmt: skip
+    with warnings.catch_warnings():
+        # Whether the cap binds is recorded every epoch (srn_active_fraction in the log and the
+        # result), so the library's warning at registration adds nothing here.
+        warnings.simplefilter("ignore", sr.SrnInactiveWarning)
+        return sr.normalize_model(
+            model, cfg.norm, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations,
+            head=cfg.head if cfg.norm != "none" else "none", head_names=[HEAD_NAME],
+        )  # fmt: skip
 
 
 def lr_at(cfg: ClassifyConfig, step: int, steps_per_epoch: int) -> float:
@@ -227,20 +238,52 @@ def evaluate(
     return loss / count, correct / count
 
 
-def _layer_stats(model: nn.Module) -> dict[str, float]:
-    """Flat per-layer spectral norm and stable rank of the effective weights (exact SVD)."""
-    stats: dict[str, float] = {}
-    for row in sr.layer_report(model).to_rows():
-        stats[f"sigma_max/{row['name']}"] = float(row["sigma_max"])
-        stats[f"srank/{row['name']}"] = float(row["srank"])
+KEY_SRN_ACTIVE = "srn_active_fraction"
+
+
+def _layer_columns(model: nn.Module, log_layers: bool) -> dict[str, float | None]:
+    """The log's per-epoch layer columns: SRN's active fraction (raw stable rank above the target,
+    layers whose cap can act) and, with ``log_layers``, each layer's spectral norm, stable rank and
+    raw stable rank (exact, eval mode: u, v are not advanced)."""
+    report = sr.layer_report(model)
+    stats: dict[str, float | None] = {KEY_SRN_ACTIVE: active_fraction(layer_stats(report))}
+    if log_layers:
+        for row in report:
+            stats[f"sigma_max/{row.name}"] = float(row.sigma_max)
+            stats[f"srank/{row.name}"] = float(row.srank)
+            stats[f"raw_srank/{row.name}"] = float(row.raw_srank)
     return stats
+
+
+def _result_of(records: list[dict[str, Any]], final: dict[str, Any], model: nn.Module,
+               **extra: Any) -> ClassifierResult:  # fmt: skip
+    """The typed end of a run: the final metrics, the curve and the layers at the end."""
+    curve = tuple(
+        EpochRecord(
+            step=r["epoch"], train_acc=r.get(KEY_TRAIN_ACC), test_acc=r.get(KEY_TEST_ACC),
+            train_loss=r.get(KEY_TRAIN_LOSS), test_loss=r.get(KEY_TEST_LOSS),
+            srn_active_fraction=r.get(KEY_SRN_ACTIVE),
+        )
+        for r in records
+    )  # fmt: skip
+    layers = layer_stats(sr.layer_report(model)) if final.get("finite", True) else ()
+    return ClassifierResult(
+        train_acc=final[KEY_TRAIN_ACC], test_acc=final[KEY_TEST_ACC],
+        train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS],
+        gap_acc=final[KEY_GAP_ACC], gap_loss=final[KEY_GAP_LOSS], epochs=final[KEY_EPOCHS],
+        curve=curve, layers=layers, srn_active_fraction=active_fraction(layers),
+        srn_active_fraction_mean=mean_active_fraction(curve), **extra,
+    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def run(cfg: ClassifyConfig) -> Path:
-    """Train one classifier as ``cfg`` says; return the run folder.
+def run(cfg: ClassifyConfig) -> ClassifierResult:
+    """Train one classifier as ``cfg`` says; return its result (also written to metrics.json).
+
+    A loss that becomes non-finite ends the run as diverged (``diverged=True`` and the reason in
+    the result; the numbers are those of the last finite epoch), never training on NaN.
 
     Raises:
         FileExistsError: the run folder already holds a checkpoint and ``resume`` is False.
@@ -305,7 +348,11 @@ def run(cfg: ClassifyConfig) -> Path:
 
     # ---- resume: refuse on any config difference that changes what is computed
     start_epoch = 0
-    if cfg.resume:
+    if cfg.resume and not ckpt_path.exists():
+        # Killed before its first checkpoint (or never started): nothing to continue from.
+        if info.is_main:
+            print(f"resume: no checkpoint in {run_dir} yet; starting from scratch", file=sys.stderr)
+    elif cfg.resume:
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         check_resume_config(ckpt["config"], cfg.to_dict(), allowed=RESUME_MAY_DIFFER)
         model.load_state_dict(ckpt["model"])
@@ -336,6 +383,7 @@ def run(cfg: ClassifyConfig) -> Path:
 
     # ---- the loop
     record: dict[str, Any] = {}
+    divergence = ""
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -365,6 +413,10 @@ def run(cfg: ClassifyConfig) -> Path:
             dist.all_reduce(sums)
         run_loss, run_correct, run_count = sums.tolist()
         train_time = time.perf_counter() - t0
+        if not math.isfinite(run_loss):
+            divergence = f"training loss became non-finite ({run_loss}) in epoch {epoch + 1}"
+            print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+            break
 
         # ---- per-epoch evaluation (eval mode; the test split and the train-eval subset)
         if info.distributed:
@@ -388,8 +440,7 @@ def run(cfg: ClassifyConfig) -> Path:
             "epoch_time_s": time.perf_counter() - t0,
         }
         if info.is_main:
-            if cfg.log_layers:
-                record.update(_layer_stats(raw_model))  # eval mode: u, v are not advanced
+            record.update(_layer_columns(raw_model, cfg.log_layers))
             log.append(record)
             save_checkpoint(ckpt_path, {
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -405,33 +456,42 @@ def run(cfg: ClassifyConfig) -> Path:
             dist.barrier()  # no rank runs ahead of rank 0's checkpoint
 
     # ---- final metrics: the whole test split even when the curves used a subset
-    if len(data.test_eval_y) < splits.num_test:
+    result = None
+    if len(data.test_eval_y) < splits.num_test and not divergence:
         full_test = DeviceLoader(splits.test_x, splits.test_y, **eval_kw)
         full_test_metrics = evaluate(eval_model, full_test, device, info, amp=amp)
     if info.is_main:
-        if not record:  # resumed a finished run: report its last logged epoch
-            record = log.records()[-1]
-        final = {k: record[k] for k in (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)}
-        if len(data.test_eval_y) < splits.num_test:
+        records = log.records()
+        if not record and records:  # resumed a finished run (or diverged): its last epoch
+            record = records[-1]
+        keys = (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)
+        final = {k: record.get(k, math.nan) for k in keys}
+        if len(data.test_eval_y) < splits.num_test and not divergence:
             final[KEY_TEST_LOSS], final[KEY_TEST_ACC] = full_test_metrics
         final.update(complexity.generalization_gap(
             final[KEY_TRAIN_ACC], final[KEY_TEST_ACC], final[KEY_TRAIN_LOSS], final[KEY_TEST_LOSS]
         ))  # fmt: skip
         final[KEY_EPOCHS] = cfg.epochs
-        final[KEY_LAYERS] = sr.layer_report(raw_model.eval()).to_rows()
-        final[KEY_PROTOCOL] = {
+        raw_model.eval()
+        final["finite"] = all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
+        protocol = {
             "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width, "norm": cfg.norm,
             "rank_ratio": cfg.rank_ratio if cfg.norm == "srn" else None,
             "n_power_iterations": cfg.n_power_iterations if cfg.norm != "none" else None,
-            "head_normalized": cfg.normalize_head and cfg.norm != "none", "seed": cfg.seed,
+            "head": cfg.head if cfg.norm != "none" else "none", "seed": cfg.seed,
             "label_noise": cfg.label_noise, "train_size": splits.num_train,
             "augment": cfg.resolved_augment, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "world_size": info.world_size, "train_acc": TRAIN_ACC_DEFINITION,
             "train_eval_size": len(data.eval_y), "test_size": splits.num_test,
             "test_eval_size_per_epoch": len(data.test_eval_y),
             "gap": "gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
+            "data_dir_read": getattr(splits, "source", None),
         }  # fmt: skip
-        atomic_write_json(run_dir / METRICS_FILE, final)
+        result = _result_of(
+            records, final, raw_model, diverged=bool(divergence), divergence=divergence,
+            data_dir=getattr(splits, "source", None), protocol=protocol,
+        )  # fmt: skip
+        result.to_json(run_dir)
         log.close()
     end_worker(info)
-    return run_dir
+    return result

@@ -39,6 +39,7 @@ Run folder (``out_dir/run_name``)::
 from __future__ import annotations
 
 import copy
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -57,6 +58,7 @@ from stablerank.data import load_dataset
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
+from stablerank.report import layer_report
 from stablerank.train.checkpoint import (
     capture_rng_state,
     check_resume_config,
@@ -83,6 +85,7 @@ from stablerank.train.gan_sampling import (
 from stablerank.train.gan_scores import (
     KEY_D_LOSS,
     KEY_G_LOSS,
+    KEY_SRN_ACTIVE,
     KEY_STEPS,
     KEY_TRAIN_SECONDS,
     PREFIX_REAL_TRAIN,
@@ -90,9 +93,11 @@ from stablerank.train.gan_scores import (
     _baselines,
     _Evaluator,
     _scores_only,
-    _write_final_metrics,
+    divergence_of,
+    write_result,
 )
 from stablerank.train.records import MetricLog, environment_info, write_run_files
+from stablerank.train.results import GanResult, active_fraction, layer_stats
 from stablerank.train.runtime import deferred_sigint, end_worker, init_distributed, seed_everything
 
 # The run's building blocks live in the gan_* modules beside this one; the names that callers
@@ -152,8 +157,8 @@ def _linear_decay(total: int) -> Callable[[int], float]:
 # ----------------------------------------------------------------------------------------------
 
 
-def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
-    """Train a GAN as ``cfg`` says; return the run folder.
+def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
+    """Train a GAN as ``cfg`` says; return its result (also written to metrics.json).
 
     Args:
         cfg: the resolved config.
@@ -161,7 +166,11 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
             ``cfg.resume=True`` later continues exactly (default None: train to ``cfg.g_steps``).
 
     Returns:
-        The run folder (``cfg.out_dir / run name``).
+        The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
+        than 0, and when ``stop_at`` ended it early). The run folder is ``cfg.out_dir / run
+        name``. A non-finite loss stops the run as diverged (no FID on NaN samples); a
+        discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
+        diverged at the end.
 
     Raises:
         FileExistsError: the run folder holds checkpoints and ``cfg.resume`` is False.
@@ -309,6 +318,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
         desc="gan",
     )
     last_eval: dict[str, float] = {}
+    divergence = ""
     t0, step = time.perf_counter(), start
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
     with deferred_sigint(enabled=not info.distributed) as interrupt:
@@ -359,15 +369,24 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
                 values = dict(
                     zip((KEY_D_LOSS, KEY_G_LOSS, "d_real", "d_fake"), losses.tolist(), strict=True)
                 )
+                if not all(math.isfinite(v) for v in values.values()):
+                    divergence = f"non-finite loss at G step {step}: {values}"
                 if log is not None:
+                    active = None
+                    if cfg.d_norm == "srn" and not divergence:
+                        active = active_fraction(layer_stats(layer_report(D_raw)))
                     log.append(
                         {
                             "step": step,
                             **values,
+                            KEY_SRN_ACTIVE: active,
                             "lr_g": sched_g.get_last_lr()[0],
                             "seconds": seconds_before + time.perf_counter() - t0,
                         }
                     )
+                if divergence:
+                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                    break
                 shown = {**values, **last_eval}
                 bar.set_postfix({k: f"{shown[k]:.3f}" for k in _BAR_KEYS if k in shown})
             if not info.is_main:
@@ -389,11 +408,20 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> Path:
     if interrupt["stop"]:
         raise KeyboardInterrupt(f"interrupted after G step {step}; checkpoint in {run_dir}")
 
-    if info.is_main and step == cfg.g_steps:
-        save_samples(step)  # also readies the sampler for the final scores
-        scores = evaluator(cfg.n_final_samples) if evaluator and cfg.n_final_samples else None
-        _write_final_metrics(run_dir, cfg, scores, baselines, D_raw, step, train_seconds, log)
+    result = None
+    if info.is_main and (step == cfg.g_steps or divergence):
+        records = log.records()
+        divergence = divergence or divergence_of(records)
+        scores = None
+        if not divergence:
+            save_samples(step)  # also readies the sampler for the final scores
+            if evaluator and cfg.n_final_samples:
+                scores = evaluator(cfg.n_final_samples)
+        result = write_result(
+            run_dir, cfg, scores, baselines, D_raw, step, train_seconds, records, divergence,
+            getattr(splits, "source", None),
+        )  # fmt: skip
     if log is not None:
         log.close()
     end_worker(info)
-    return run_dir
+    return result

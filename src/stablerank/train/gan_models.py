@@ -8,13 +8,14 @@ generator and its BatchNorm statistics as the trainer samples with them.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from stablerank.apply import normalize_model
+from stablerank.apply import SrnInactiveWarning, normalize_model
 from stablerank.config._base import config_from_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, load_dataset
@@ -65,9 +66,14 @@ def build_gan_models(
     )
     # normalize_model touches Linear/Conv only, so the projection embedding stays plain unless
     # d_norm_embedding asks for it (Miyato & Koyama 2018 spectrally normalize it).
-    normalize_model(
-        D, cfg.d_norm, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations
-    )
+    # SN-/SRN-GAN normalize every layer of D, its last Linear included (head=norm). Whether
+    # SRN's cap binds is logged during training, so the registration warning is not needed.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SrnInactiveWarning)
+        normalize_model(
+            D, cfg.d_norm, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations,
+            head=cfg.d_norm,
+        )
     if cfg.d_norm_embedding:
         if cfg.d_norm == "sn":
             torch.nn.utils.parametrizations.spectral_norm(
@@ -77,7 +83,7 @@ def build_gan_models(
             stable_rank_norm(
                 D.embed, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations
             )
-    normalize_model(G, cfg.g_norm, n_power_iterations=cfg.n_power_iterations)
+    normalize_model(G, cfg.g_norm, n_power_iterations=cfg.n_power_iterations, head=cfg.g_norm)
     return G, D
 
 

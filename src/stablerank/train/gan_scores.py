@@ -8,6 +8,8 @@ discriminator's eL live in :mod:`stablerank.repro.gan_eval`.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +25,26 @@ from stablerank.metrics.gan import (
     extract_features,
 )
 from stablerank.report import layer_report
-from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.gan_sampling import (
     _STREAM_EVAL,
     BN_STAT_SAMPLES,
     _stream_seed,
     make_generate,
 )
-from stablerank.train.records import MetricLog
+from stablerank.train.results import (
+    EpochRecord,
+    GanResult,
+    active_fraction,
+    layer_stats,
+    mean_active_fraction,
+)
 
 # Keys of metrics.json; :mod:`stablerank.train.gan` publishes them (callers import them there).
 KEY_STEPS = "g_steps"
 KEY_D_LOSS = "d_loss"
 KEY_G_LOSS = "g_loss"
 KEY_TRAIN_SECONDS = "train_seconds"
+KEY_SRN_ACTIVE = "srn_active_fraction"  # of D, logged with the losses
 # Prefixes of the baseline scores in metrics.json (e.g. "untrained_fid", "real_train_fid").
 PREFIX_UNTRAINED = "untrained_"
 PREFIX_REAL_TRAIN = "real_train_"
@@ -102,7 +110,32 @@ def _baselines(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int
     return {PREFIX_UNTRAINED: evaluator(n), PREFIX_REAL_TRAIN: real}
 
 
-def _write_final_metrics(
+# A discriminator that wins outright: its loss ~0 while the generator's explodes (seen: D loss 0.0,
+# G loss 1.4e5 after 300 steps at a high learning rate). Judged on the last logged points.
+COLLAPSE_D_LOSS = 1e-3
+COLLAPSE_G_LOSS = 50.0
+COLLAPSE_POINTS = 3
+
+
+def divergence_of(records: list[dict[str, Any]]) -> str:
+    """Why a GAN run diverged, from its logged losses ('' when it did not): a non-finite loss,
+    or D's loss below :data:`COLLAPSE_D_LOSS` while G's exceeds :data:`COLLAPSE_G_LOSS` at each of
+    the last :data:`COLLAPSE_POINTS` logged points."""
+    losses = [r for r in records if KEY_D_LOSS in r]
+    for r in losses:
+        if not (math.isfinite(r[KEY_D_LOSS]) and math.isfinite(r[KEY_G_LOSS])):
+            return f"non-finite loss at G step {r['step']}"
+    tail = losses[-COLLAPSE_POINTS:]
+    if len(tail) == COLLAPSE_POINTS and all(
+        r[KEY_D_LOSS] < COLLAPSE_D_LOSS and r[KEY_G_LOSS] > COLLAPSE_G_LOSS for r in tail
+    ):
+        return (f"discriminator collapse: D loss < {COLLAPSE_D_LOSS:g} and G loss > "
+                f"{COLLAPSE_G_LOSS:g} at the last {COLLAPSE_POINTS} logged points (G loss "
+                f"{tail[-1][KEY_G_LOSS]:.4g} at step {tail[-1]['step']})")  # fmt: skip
+    return ""
+
+
+def write_result(
     run_dir: Path,
     cfg: GanConfig,
     scores: dict[str, Any] | None,
@@ -110,16 +143,14 @@ def _write_final_metrics(
     D: nn.Module,
     step: int,
     train_seconds: float,
-    log: MetricLog | None,
-) -> None:
-    """``metrics.json`` (named keys + protocol) and ``d_layers.json`` (D's spectra)."""
-    last = [r for r in (log.records() if log else []) if KEY_D_LOSS in r]
-    result: dict[str, Any] = {
-        KEY_STEPS: step,
-        KEY_TRAIN_SECONDS: train_seconds,
-        KEY_D_LOSS: last[-1][KEY_D_LOSS] if last else None,
-        KEY_G_LOSS: last[-1][KEY_G_LOSS] if last else None,
-    }
+    records: list[dict[str, Any]],
+    divergence: str,
+    data_dir: str | None,
+) -> GanResult:
+    """The run's :class:`~stablerank.train.results.GanResult` (``metrics.json``) and
+    ``d_layers.json`` (D's spectra)."""
+    last = [r for r in records if KEY_D_LOSS in r]
+    flat: dict[str, Any] = {}
     protocol: dict[str, Any] = {
         "generator": "ema" if cfg.ema > 0 else "raw",
         "generator_bn": (
@@ -129,15 +160,35 @@ def _write_final_metrics(
         ),
         "d_norm": cfg.d_norm,
         "rank_ratio": cfg.rank_ratio if cfg.d_norm == "srn" else None,
+        "divergence_rule": divergence_of.__doc__.split(":", 1)[1].strip(),
+        "data_dir_read": data_dir,
     }
     if scores is not None:
         protocol.update(scores[KEY_PROTOCOL])
-        result.update(_scores_only(scores))
+        flat.update(_scores_only(scores))
     if baselines:
         protocol["baselines"] = {}
         for prefix, base in baselines.items():
-            result.update(_scores_only(base, prefix))
+            flat.update(_scores_only(base, prefix))
             protocol["baselines"][prefix.rstrip("_")] = base[KEY_PROTOCOL]
-    result[KEY_PROTOCOL] = protocol
-    atomic_write_json(run_dir / "metrics.json", result)
-    layer_report(D).to_json(run_dir / "d_layers.json")
+    curve = tuple(
+        EpochRecord(step=r["step"], fid=r.get("eval_fid"),
+                    srn_active_fraction=r.get(KEY_SRN_ACTIVE))
+        for r in records
+        if "eval_fid" in r or KEY_SRN_ACTIVE in r
+    )
+    report = layer_report(D)
+    layers = layer_stats(report) if not divergence else ()
+    fields = {f.name for f in dataclasses.fields(GanResult)}
+    result = GanResult(
+        steps=step, d_loss=last[-1][KEY_D_LOSS] if last else None,
+        g_loss=last[-1][KEY_G_LOSS] if last else None,
+        **{k: v for k, v in flat.items() if k in fields},
+        curve=curve, d_layers=layers, srn_active_fraction=active_fraction(layers),
+        srn_active_fraction_mean=mean_active_fraction(curve),
+        diverged=bool(divergence), divergence=divergence, train_seconds=train_seconds,
+        data_dir=data_dir, protocol=protocol,
+    )  # fmt: skip
+    result.to_json(run_dir)
+    report.to_json(run_dir / "d_layers.json")
+    return result

@@ -96,7 +96,7 @@ class MetricLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.jsonl.exists():
             return []
-        return [json.loads(line) for line in self.jsonl.read_text().splitlines() if line.strip()]
+        return read_jsonl(self.jsonl)
 
     def truncate_after(self, value: int) -> None:
         """Drop records whose ``key`` is greater than ``value`` (resume after a crash)."""
@@ -144,6 +144,26 @@ class MetricLog:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSONL log. A cut last line (a kill or a full disk mid-write) is dropped:
+    the run resumes from its checkpoint, which never runs ahead of a complete record. A bad line
+    elsewhere is a corrupt file and raises.
+
+    Raises:
+        ValueError: a line other than the last is not JSON (names the file and the line).
+    """
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    out = []
+    for i, line in enumerate(lines):
+        try:
+            out.append(json.loads(line))
+        except ValueError as err:
+            if i == len(lines) - 1:
+                break
+            raise ValueError(f"{path} line {i + 1} is not JSON: {err}") from None
+    return out
 
 
 def _scalar(v: Any) -> Any:

@@ -5,7 +5,7 @@ the same class: :meth:`Result.to_json` / :meth:`Result.from_json` are the only f
 know the JSON layout. A renamed field therefore fails in the tests (or as a ``TypeError`` when an
 old file is read), never as a silently missing column in a report.
 
-* :class:`ClassifierResult` (``metrics.json``): what :func:`stablerank.train.classify.run` ends with;
+* :class:`ClassifierResult` (``metrics.json``): :func:`stablerank.train.classify.run`;
 * :class:`ClassifierAnalysis` (``analysis.json``): :func:`stablerank.train.analyze.run`;
 * :class:`GanResult` (``metrics.json``): :func:`stablerank.train.gan.run`;
 * :class:`GanAnalysis` (``gan_analysis.json``): neural divergence and the discriminator's eL.
@@ -34,7 +34,10 @@ __all__ = [
     "LayerStat",
     "Result",
     "Summary",
+    "active_fraction",
     "from_dict",
+    "layer_stats",
+    "mean_active_fraction",
     "to_dict",
 ]
 
@@ -185,6 +188,23 @@ class EpochRecord:
     test_loss: float | None = None
     fid: float | None = None
     srn_active_fraction: float | None = None
+
+
+def layer_stats(rows: typing.Iterable[Any]) -> tuple[LayerStat, ...]:
+    """:class:`LayerStat` of each :class:`~stablerank.report.LayerRecord` of a layer report.
+
+    ``active`` is None where SRN's cap can never act (no SRN, or r >= min(m, n): then SRN is
+    exactly SN), so such layers do not count in :func:`active_fraction`.
+    """
+    out = []
+    for row in rows:
+        can_bind = row.norm == "srn" and row.target_srank < min(row.matrix_shape)
+        out.append(LayerStat(
+            row.name, row.norm, tuple(row.matrix_shape), float(row.sigma_max), float(row.srank),
+            float(row.raw_srank), float(row.target_srank) if row.norm == "srn" else None,
+            bool(row.raw_srank > row.target_srank) if can_bind else None,
+        ))  # fmt: skip
+    return tuple(out)
 
 
 def active_fraction(layers: typing.Iterable[LayerStat]) -> float | None:

@@ -12,44 +12,45 @@ import torch
 
 import stablerank.train.gan as gan_train
 from stablerank.config._base import config_from_dict
-from stablerank.config.gan import GanConfig
+from stablerank.config.gan import GanAnalysisConfig, GanConfig
 from stablerank.data import load_dataset
 from stablerank.metrics.features import to_signed_unit
-from stablerank.metrics.lipschitz import KEY_EL_MAX, pairwise_lipschitz
-from stablerank.repro import gan_eval
-from stablerank.repro.plan import GanEvalSettings
+from stablerank.metrics.lipschitz import pairwise_lipschitz
+from stablerank.train import gan_analysis
 from stablerank.train.gan_models import load_gan_run
+from stablerank.train.results import GanAnalysis
 
 # A 2-step critic and 20 pairs per pair type: enough to exercise every code path in ~1 s.
-SETTINGS = GanEvalSettings(nd_critic_steps=2, nd_eval_batches=2, d_el_pairs=20,
-                           nd_critic_width=4, nd_batch_size=16)  # fmt: skip
+SETTINGS = GanAnalysisConfig(nd_critic_steps=2, nd_eval_batches=2, d_el_pairs=20,
+                             nd_critic_width=4, nd_batch_size=16, device="cpu")  # fmt: skip
 
 
 def _train(tmp: Path, name: str, **over: object) -> Path:
     cfg = {"dataset": "digits", "arch": "cnn", "ngf": 8, "ndf": 8, "z_dim": 16, "batch_size": 16,
            "device": "cpu", "n_final_samples": 0, "progress": False, "g_steps": 2,
            "d_norm": "sn", "out_dir": str(tmp), "run_name": name, **over}  # fmt: skip
-    return gan_train.run(config_from_dict(GanConfig, cfg))
+    gan_train.run(config_from_dict(GanConfig, cfg))
+    return tmp / name
 
 
 @pytest.fixture(scope="module")
-def conditional_run(tmp_path_factory) -> tuple[Path, dict]:
+def conditional_run(tmp_path_factory) -> tuple[Path, GanAnalysis]:
     run_dir = _train(tmp_path_factory.mktemp("gan_eval"), "cond", conditional=True, ema=0.9)
-    return run_dir, gan_eval.evaluate_gan_run(run_dir, SETTINGS, device="cpu")
+    return run_dir, gan_analysis.run(SETTINGS, run_dir)
 
 
 def test_conditional_d_el_is_measured_and_finite(conditional_run):
     run_dir, result = conditional_run
-    saved = json.loads((run_dir / gan_eval.GAN_ANALYSIS_FILE).read_text())
-    assert saved[gan_eval.KEY_D_EL_VALUES] == result[gan_eval.KEY_D_EL_VALUES]
-    assert set(result[gan_eval.KEY_D_EL]) == set(gan_eval.PAIR_TYPES)
-    for kind in gan_eval.PAIR_TYPES:
-        values = result[gan_eval.KEY_D_EL_VALUES][kind]
+    assert GanAnalysis.from_json(run_dir) == result
+    assert json.loads((run_dir / GanAnalysis.FILE).read_text())["d_el_values"]
+    assert set(result.d_el) == set(gan_analysis.PAIR_TYPES)
+    for kind in gan_analysis.PAIR_TYPES:
+        values = result.d_el_values[kind]
         assert len(values) == SETTINGS.d_el_pairs  # no duplicate pairs among distinct images
         assert all(math.isfinite(v) and v > 0 for v in values), kind
     for point in ("real", "fake"):
-        assert math.isfinite(result[gan_eval.KEY_D_JACOBIAN][point][KEY_EL_MAX])
-    labels = result["protocol"]["d_el"]["labels"]
+        assert math.isfinite(result.d_jacobian[point].max)
+    labels = result.protocol["d_el"]["labels"]
     assert "first point's label" in labels and "generated with" in labels
     assert (run_dir / "d_el_hist.png").is_file()
 
@@ -71,23 +72,23 @@ def test_conditional_pair_ratio_equals_the_hand_computed_one(conditional_run):
     assert not torch.isclose(ratio, per_point.double(), rtol=1e-3)
     # The stored real-real ratios are those of the test-image pool with its true labels.
     seed = run.config.seed + SETTINGS.seed
-    idx = gan_eval._subset_indices(len(splits.test_x), 2 * SETTINGS.d_el_pairs, seed)
+    idx = gan_analysis._subset_indices(len(splits.test_x), 2 * SETTINGS.d_el_pairs, seed)
     real, y_real = to_signed_unit(splits.test_x[idx]), splits.test_y[idx]
     again = pairwise_lipschitz(D, real, y=y_real, n_pairs=SETTINGS.d_el_pairs, seed=seed)
-    stored = torch.tensor(result[gan_eval.KEY_D_EL_VALUES]["real-real"], dtype=torch.float64)
+    stored = torch.tensor(result.d_el_values["real-real"], dtype=torch.float64)
     torch.testing.assert_close(stored, again, rtol=1e-5, atol=0)  # stored with 6 digits
 
 
 def test_unconditional_run_is_measured_without_labels(tmp_path):
     run_dir = _train(tmp_path, "uncond")
-    result = gan_eval.evaluate_gan_run(run_dir, SETTINGS, device="cpu")
-    assert result["protocol"]["d_el"]["labels"] is None
-    assert result["protocol"]["generator"].startswith("raw")
-    for kind in gan_eval.PAIR_TYPES:
-        assert all(math.isfinite(v) for v in result[gan_eval.KEY_D_EL_VALUES][kind]), kind
-    assert math.isfinite(result[gan_eval.KEY_ND_REAL])
+    result = gan_analysis.run(SETTINGS, run_dir)
+    assert result.protocol["d_el"]["labels"] is None
+    assert result.protocol["generator"].startswith("raw")
+    for kind in gan_analysis.PAIR_TYPES:
+        assert all(math.isfinite(v) for v in result.d_el_values[kind]), kind
+    assert math.isfinite(result.neural_divergence_real_train)
 
 
 def test_missing_run_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
-        gan_eval.evaluate_gan_run(tmp_path / "nope", SETTINGS, device="cpu")
+        gan_analysis.run(SETTINGS, tmp_path / "nope")

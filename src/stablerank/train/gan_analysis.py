@@ -1,6 +1,6 @@
 """Post-training measures of a GAN run that the GAN trainer does not write (claims 4 and 5).
 
-:func:`evaluate_gan_run` restores a finished run folder of :func:`stablerank.train.gan.run` with
+:func:`run` restores a finished run folder of :func:`stablerank.train.gan.run` with
 :func:`stablerank.train.gan_models.load_gan_run` (its newest checkpoint; G and D exactly as the
 trainer samples and scores with them), then measures with :mod:`stablerank.metrics`:
 
@@ -15,19 +15,22 @@ trainer samples and scores with them), then measures with :mod:`stablerank.metri
   was generated with), and the Jacobian at a point uses that point's label (recorded in the
   protocol).
 
-Writes ``gan_analysis.json`` (summaries, the raw ratios for the report's histograms, and the
-protocol) and ``d_el_hist.png`` beside the trainer's files.
+Writes ``gan_analysis.json`` (a :class:`~stablerank.train.results.GanAnalysis`: summaries, the raw
+ratios for the report's histograms, and the protocol) and ``d_el_hist.png`` beside the trainer's
+files.
 """
 
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from stablerank.config.gan import GanAnalysisConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.metrics import lipschitz
 from stablerank.metrics.divergence import (
@@ -37,27 +40,13 @@ from stablerank.metrics.divergence import (
     neural_divergence,
 )
 from stablerank.metrics.features import to_signed_unit
-from stablerank.repro.plan import GanEvalSettings
-from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.gan_sampling import make_generate
+from stablerank.train.results import GanAnalysis, Summary
 from stablerank.train.runtime import resolve_device
 
-__all__ = [
-    "GAN_ANALYSIS_FILE",
-    "KEY_D_EL",
-    "KEY_D_EL_VALUES",
-    "KEY_D_JACOBIAN",
-    "KEY_ND_REAL",
-    "PAIR_TYPES",
-    "evaluate_gan_run",
-]
+__all__ = ["PAIR_TYPES", "run"]
 
-GAN_ANALYSIS_FILE = "gan_analysis.json"
-KEY_ND_REAL = "neural_divergence_real_train"  # the same protocol, training images as "samples"
-KEY_D_EL = "d_el_pairwise"
-KEY_D_EL_VALUES = "d_el_values"
-KEY_D_JACOBIAN = "d_jacobian_norm"
 PAIR_TYPES = ("real-real", "fake-fake", "real-fake")
 _JACOBIAN_POINTS = 64  # real and fake points each for the Jacobian norm
 _JACOBIAN_ITERS = 10
@@ -75,29 +64,24 @@ def _subset_indices(n_total: int, n: int, seed: int) -> torch.Tensor:
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n]
 
 
-def evaluate_gan_run(
-    run_dir: str | Path,
-    settings: GanEvalSettings,
-    *,
-    device: str = "auto",
-    progress: bool = False,
-) -> dict[str, Any]:
+def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
     """Neural divergence and discriminator eL of a finished GAN run; writes ``gan_analysis.json``.
 
     Args:
+        settings: critic steps, evaluation batches, pairs per pair type, seed, device.
         run_dir: a folder written by :func:`stablerank.train.gan.run` (finished).
-        settings: critic steps, evaluation batches, pairs per pair type, seed.
-        device: where to measure (default ``auto``).
-        progress: tqdm bar for the critic.
 
     Returns:
-        The dict written to ``gan_analysis.json``.
+        The :class:`~stablerank.train.results.GanAnalysis` written to ``gan_analysis.json``.
 
     Raises:
         FileNotFoundError: ``run_dir`` or its checkpoint does not exist.
     """
     run_dir = Path(run_dir)
-    dev = resolve_device(device)
+    dev = resolve_device(settings.device)
+    print(f"gan analysis of {run_dir}: neural divergence ({settings.nd_critic_steps} critic "
+          f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
+          file=sys.stderr, flush=True)  # fmt: skip
     run = load_gan_run(run_dir, device=dev)
     cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
     # load_gan_run read the dataset too (for the shapes); a second read takes about a second.
@@ -118,7 +102,7 @@ def evaluate_gan_run(
         seed=seed,
         reference_split="test",
         device=dev,
-        progress=progress,
+        progress=settings.progress,
     )
     nd = neural_divergence(generate, splits.test_x, **nd_kwargs)
     train_real = to_signed_unit(splits.train_x)
@@ -132,12 +116,6 @@ def evaluate_gan_run(
 
     nd_real = neural_divergence(real_train_samples, splits.test_x, **nd_kwargs)
 
-    result: dict[str, Any] = {
-        KEY_ND: nd[KEY_ND],
-        KEY_ND_STD: nd[KEY_ND_STD],
-        KEY_ND_REAL: nd_real[KEY_ND],
-        f"{KEY_ND_REAL}_std": nd_real[KEY_ND_STD],
-    }
     protocol: dict[str, Any] = {
         "neural_divergence": nd["protocol"],
         "neural_divergence_real_train": "same protocol; fresh training images of the dataset in "
@@ -151,16 +129,23 @@ def evaluate_gan_run(
         D, splits, generate_labelled, n_pairs=settings.d_el_pairs, seed=seed, device=dev,
         conditional=num_classes is not None,
     )  # fmt: skip
-    result[KEY_D_EL] = {k: lipschitz.summarize(v) for k, v in ratios.items()}
-    result[KEY_D_JACOBIAN] = {k: lipschitz.summarize(v) for k, v in jac.items()}
-    result[KEY_D_EL_VALUES] = {
-        k: [float(f"{x:.{_SIG_DIGITS}g}") for x in v.tolist()] for k, v in ratios.items()
-    }
+    protocol["neural_divergence_real_train_std"] = nd_real[KEY_ND_STD]
+    result = GanAnalysis(
+        neural_divergence=nd[KEY_ND],
+        neural_divergence_std=nd[KEY_ND_STD],
+        neural_divergence_real_train=nd_real[KEY_ND],
+        d_el={k: Summary.of(lipschitz.summarize(v)) for k, v in ratios.items()},
+        d_jacobian={k: Summary.of(lipschitz.summarize(v)) for k, v in jac.items()},
+        d_el_values={
+            k: tuple(float(f"{x:.{_SIG_DIGITS}g}") for x in v.tolist()) for k, v in ratios.items()
+        },
+        protocol=protocol,
+    )
     lipschitz.plot_histogram(
         ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}"
     )
-    result["protocol"] = protocol
-    atomic_write_json(run_dir / GAN_ANALYSIS_FILE, result)
+    path = result.to_json(run_dir)
+    print(f"gan analysis: wrote {path}", file=sys.stderr, flush=True)
     return result
 
 
