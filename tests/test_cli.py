@@ -123,7 +123,7 @@ def _numeric_fields(config_cls) -> list[str]:
         tp = hints[f.name]
         args = typing.get_args(tp)
         base = next((a for a in args if a is not type(None)), tp) if args else tp
-        if base is float or typing.get_origin(base) is tuple and float in typing.get_args(base):
+        if base is float or (typing.get_origin(base) is tuple and float in typing.get_args(base)):
             out.append(f.name)
     return out
 
@@ -144,8 +144,11 @@ def test_every_float_option_refuses_nan_and_inf(capsys, command, value):
 
 @pytest.mark.parametrize(
     ("content", "match"),
-    [("epochs: [1, 2\n", "not valid YAML"), ("!!python/object:os.system {}\n", "not valid YAML"),
-     ("- 1\n- 2\n", "mapping")],
+    [
+        ("epochs: [1, 2\n", "not valid YAML"),
+        ("!!python/object:os.system {}\n", "not valid YAML"),
+        ("- 1\n- 2\n", "mapping"),
+    ],
 )
 def test_bad_config_files_are_one_line_errors(capsys, tmp_path, content, match):
     path = tmp_path / "c.yaml"
@@ -191,6 +194,8 @@ def test_reproduce_help_shows_the_executors(capsys):
 
 
 def test_help_does_not_import_torch():
-    code = "import sys; from stablerank import cli; cli.build_parser(); print('torch' in sys.modules)"
+    code = (
+        "import sys; from stablerank import cli; cli.build_parser(); print('torch' in sys.modules)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr

@@ -89,10 +89,16 @@ def _version() -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true",
-                   help="print the result as JSON on stdout (logs stay on stderr)")  # fmt: skip
-    p.add_argument("--debug", action="store_true",
-                   help="show the full traceback of an error instead of one line")  # fmt: skip
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the result as JSON on stdout (logs stay on stderr)",
+    )
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        help="show the full traceback of an error instead of one line",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,17 +112,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name, cmd in _COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
         if cmd.takes_run_dir:
-            p.add_argument("run_dir", metavar="RUN_DIR",
-                           help="a run folder written by `stablerank train`")  # fmt: skip
+            p.add_argument(
+                "run_dir", metavar="RUN_DIR", help="a run folder written by `stablerank train`"
+            )
         if cmd.presets:
-            p.add_argument("--preset", choices=sorted(_load(cmd.presets)), default=None,
-                           help="named settings applied before --config and flags "
-                                "(default: none)")  # fmt: skip
-        p.add_argument("--config", metavar="FILE", default=None,
-                       help="YAML file of config keys; flags given on the command line "
-                            "override it")  # fmt: skip
-        p.add_argument("--print-config", action="store_true",
-                       help="print the resolved config as JSON and exit without running")  # fmt: skip
+            p.add_argument(
+                "--preset",
+                choices=sorted(_load(cmd.presets)),
+                default=None,
+                help="named settings applied before --config and flags (default: none)",
+            )
+        p.add_argument(
+            "--config",
+            metavar="FILE",
+            default=None,
+            help="YAML file of config keys; flags given on the command line override it",
+        )
+        p.add_argument(
+            "--print-config",
+            action="store_true",
+            help="print the resolved config as JSON and exit without running",
+        )
         _common(p)
         add_config_arguments(p, _load(cmd.config))
     layers = sub.add_parser(
@@ -231,8 +247,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         message = str(err) or type(err).__name__
-        print(f"stablerank {args.command}: error: {message} ({type(err).__name__}; --debug "
-              "shows the traceback)", file=sys.stderr)  # fmt: skip
+        print(
+            f"stablerank {args.command}: error: {message} ({type(err).__name__}; --debug "
+            "shows the traceback)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
 
 

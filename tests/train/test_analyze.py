@@ -10,6 +10,7 @@ import pytest
 
 from stablerank.config.classify import AnalyzeConfig, classify_preset
 from stablerank.train import analyze, classify
+from stablerank.train.results import ClassifierAnalysis, to_dict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_iterations=10)
@@ -18,6 +19,9 @@ SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_it
 def _finite_numbers(tree):
     if isinstance(tree, dict):
         for v in tree.values():
+            yield from _finite_numbers(v)
+    elif isinstance(tree, (list, tuple)):
+        for v in tree:
             yield from _finite_numbers(v)
     elif isinstance(tree, (int, float)) and not isinstance(tree, bool):
         yield tree
@@ -30,15 +34,14 @@ def srn_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("srn")
     cfg = classify_preset("tiny", norm="srn", rank_ratio=0.5, epochs=6, lr=0.1,
                           run_dir=str(root / "run"), progress=False)  # fmt: skip
-    run_dir = classify.run(cfg)
+    classify.run(cfg)
+    run_dir = classify.resolve_run_dir(cfg)
     return run_dir, analyze.run(SMALL, run_dir)
 
 
 def test_analysis_file_and_plots_are_written(srn_run):
     run_dir, result = srn_run
-    assert json.loads((run_dir / analyze.ANALYSIS_FILE).read_text()) == json.loads(
-        json.dumps(result)
-    )
+    assert ClassifierAnalysis.from_json(run_dir) == result
     for name in ("el_hist.png", "accuracy.png", "srank.png"):
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     assert not (run_dir / "shattering.png").exists()  # clean labels: no shattering curve
@@ -46,15 +49,14 @@ def test_analysis_file_and_plots_are_written(srn_run):
 
 def test_every_number_is_finite_and_the_measures_are_defined(srn_run):
     _, result = srn_run
-    values = list(_finite_numbers(result))
+    values = list(_finite_numbers({k: v for k, v in to_dict(result).items() if k != "protocol"}))
     assert values and all(math.isfinite(v) for v in values)
-    measures = result[analyze.KEY_COMPLEXITY]
-    assert measures["margin"] > 0
-    assert isinstance(measures["log10_neyshabur"], float)
-    assert isinstance(measures["log10_bartlett"], float)
-    assert set(result[analyze.KEY_JACOBIAN]) == {"train", "test", "interpolated"}
-    assert result[analyze.KEY_EL_PAIRWISE]["train"]["n"] == SMALL.n_pairs  # no duplicate pairs
-    assert result[analyze.KEY_PROTOCOL]["norm"] == "srn"
+    assert result.margin > 0
+    assert isinstance(result.log10_neyshabur, float)
+    assert isinstance(result.log10_bartlett, float)
+    assert set(result.jacobian) == {"train", "test", "interpolated"}
+    assert result.el_train.n == SMALL.n_pairs  # no duplicate pairs
+    assert result.protocol["norm"] == "srn"
 
 
 def test_accuracy_matches_the_trainer_evaluation(srn_run):
@@ -63,22 +65,22 @@ def test_accuracy_matches_the_trainer_evaluation(srn_run):
     # which does not flip any argmax here (exact fractions of 450 / 1347 examples).
     run_dir, result = srn_run
     metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
-    acc = result[analyze.KEY_ACCURACY]
-    assert acc["test_acc"] == pytest.approx(metrics["test_acc"], abs=1e-12)
-    assert acc["train_acc"] == pytest.approx(metrics["train_acc"], abs=1e-12)
-    assert acc["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-5)  # float32 sums
+    assert result.test_acc == pytest.approx(metrics["test_acc"], abs=1e-12)
+    assert result.train_acc == pytest.approx(metrics["train_acc"], abs=1e-12)
+    test_loss = result.protocol["loss"]["test"]
+    assert test_loss == pytest.approx(metrics["test_loss"], rel=1e-5)  # float32 sums
 
 
 def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
     # For an MLP with ReLU (1-Lipschitz) the product of the layers' spectral norms bounds both
     # the pairwise ratios and every Jacobian norm; 1e-5 relative slack covers float32 rounding.
     _, result = srn_run
-    bound = 10 ** result[analyze.KEY_COMPLEXITY]["log10_spectral_product"]
-    assert result[analyze.KEY_EL_PAIRWISE]["test"]["max"] <= bound * (1 + 1e-5)
+    bound = 10**result.log10_spectral_product
+    assert result.el_test.max <= bound * (1 + 1e-5)
     for split in ("train", "test", "interpolated"):
-        assert result[analyze.KEY_JACOBIAN][split]["max"] <= bound * (1 + 1e-5)
+        assert result.jacobian[split].max <= bound * (1 + 1e-5)
     # ... and the local form bounds the pairwise one on segments only loosely; both positive.
-    assert result[analyze.KEY_EL_PAIRWISE]["train"]["q50"] > 0
+    assert result.el_train.q50 > 0
 
 
 def test_random_label_runs_get_a_shattering_curve(tmp_path):
@@ -86,11 +88,12 @@ def test_random_label_runs_get_a_shattering_curve(tmp_path):
     for norm in ("none", "sn"):
         cfg = classify_preset("tiny", norm=norm, label_noise=1.0, train_subset=200, batch_size=50,
                               epochs=2, run_dir=str(tmp_path / norm), progress=False)  # fmt: skip
-        dirs.append(classify.run(cfg))
+        classify.run(cfg)
+        dirs.append(classify.resolve_run_dir(cfg))
     result = analyze.run(AnalyzeConfig(n_pairs=50, n_jacobian=4, n_interpolated=0,
                                        jacobian_iterations=2), dirs[0])  # fmt: skip
     assert (dirs[0] / "shattering.png").read_bytes()[:8] == PNG_MAGIC
-    assert "interpolated" not in result[analyze.KEY_JACOBIAN]
+    assert "interpolated" not in result.jacobian
     out = analyze.plot_shattering(dirs, tmp_path / "cmp" / "shattering.png")
     assert out.read_bytes()[:8] == PNG_MAGIC
 

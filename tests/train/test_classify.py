@@ -12,6 +12,7 @@ import torch
 from stablerank.config.classify import ClassifyConfig, classify_preset
 from stablerank.train import classify
 from stablerank.train.checkpoint import load_checkpoint
+from stablerank.train.results import ClassifierResult
 
 CHANCE = 0.1  # 10 balanced digit classes
 
@@ -25,9 +26,15 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
+def train(cfg: ClassifyConfig):
+    """The run's folder and its typed result."""
+    result = classify.run(cfg)
+    return classify.resolve_run_dir(cfg), result
+
+
 @pytest.mark.parametrize("norm", ["none", "sn", "srn"])
 def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
-    run_dir = classify.run(tiny(tmp_path, norm=norm, epochs=3, lr=0.1))
+    run_dir, result = train(tiny(tmp_path, norm=norm, epochs=3, lr=0.1))
     for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json",
                  classify.CHECKPOINT_FILE):  # fmt: skip
         assert (run_dir / name).is_file(), name
@@ -41,27 +48,47 @@ def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
         metrics[classify.KEY_TRAIN_ACC] - metrics[classify.KEY_TEST_ACC], abs=1e-12
     )
     assert metrics[classify.KEY_PROTOCOL]["norm"] == norm
-    assert metrics[classify.KEY_PROTOCOL]["head_normalized"] is False
+    assert metrics[classify.KEY_PROTOCOL]["head"] == "none"
+    assert ClassifierResult.from_json(run_dir) == result
     # The head ("classifier") is left out; every other layer carries the norm.
-    layers = {row["name"]: row for row in metrics[classify.KEY_LAYERS]}
-    assert layers["classifier"]["norm"] == "none"
-    assert {row["norm"] for name, row in layers.items() if name != "classifier"} == {norm}
-    # Per-layer stats logged every epoch, all finite.
+    layers = {layer.name: layer for layer in result.layers}
+    assert layers["classifier"].norm == "none"
+    assert {layer.norm for name, layer in layers.items() if name != "classifier"} == {norm}
+    # Per-layer stats logged every epoch, all finite; SRN's activity each epoch for srn only.
     for r in logged:
         assert math.isfinite(r["srank/features.1"]) and math.isfinite(r["sigma_max/classifier"])
+        assert (r["srn_active_fraction"] is None) == (norm != "srn")
+    if norm == "srn":
+        # The activity is the share of SRN layers whose raw stable rank exceeds the target.
+        srn = [layer for layer in result.layers if layer.norm == "srn"]
+        expected = sum(layer.raw_srank > layer.target_srank for layer in srn) / len(srn)
+        assert result.srn_active_fraction == pytest.approx(expected)
+        mean = sum(r["srn_active_fraction"] for r in logged) / len(logged)
+        assert result.srn_active_fraction_mean == pytest.approx(mean)
+    else:
+        assert result.srn_active_fraction is None and result.srn_active_fraction_mean is None
 
 
-def test_srn_normalizes_head_on_request_and_caps_stable_rank(tmp_path):
+def test_sn_head_on_request_and_srn_caps_stable_rank(tmp_path):
     cfg = tiny(tmp_path, model="small_cnn", width=0.25, norm="srn", rank_ratio=0.3,
-               normalize_head=True, epochs=1, augment="crop", train_subset=384)  # fmt: skip
-    metrics = json.loads((classify.run(cfg) / classify.METRICS_FILE).read_text())
-    rows = metrics[classify.KEY_LAYERS]
-    assert {row["norm"] for row in rows} == {"srn"}
-    assert metrics[classify.KEY_PROTOCOL]["head_normalized"] is True
-    for row in rows:
-        # SRN's forward output has stable rank min(srank, r) once u, v have converged; after a
-        # handful of 1-iteration steps the estimate is close but not exact: 10% slack.
-        assert row["srank"] <= 1.1 * max(row["target_srank"], 1.0), row
+               head="sn", epochs=1, augment="crop", train_subset=384)  # fmt: skip
+    _, result = train(cfg)
+    norms = {layer.name: layer.norm for layer in result.layers}
+    assert norms.pop("classifier") == "sn" and set(norms.values()) == {"srn"}
+    assert result.protocol["head"] == "sn"
+    for layer in result.layers:
+        if layer.norm == "srn":
+            # SRN's forward output has stable rank min(srank, r) once u, v have converged; after
+            # a handful of 1-iteration steps the estimate is close but not exact: 10% slack.
+            assert layer.srank <= 1.1 * max(layer.target_srank, 1.0), layer
+
+
+def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path):
+    # lr 1e6 on an MLP: the loss is inf or NaN within the first epoch.
+    run_dir, result = train(tiny(tmp_path, lr=1e6, epochs=3, norm="none"))
+    assert result.diverged and "non-finite" in result.divergence
+    assert ClassifierResult.from_json(run_dir).diverged
+    assert len(records(run_dir)) < 3  # it stopped instead of training on NaN
 
 
 def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
@@ -69,7 +96,7 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
     # of state a resume must restore.
     kw = dict(model="small_cnn", width=0.25, norm="srn", augment="crop", epochs=3,
               train_subset=384, train_eval_size=100)  # fmt: skip
-    straight = classify.run(tiny(tmp_path / "a", **kw))
+    straight, _ = train(tiny(tmp_path / "a", **kw))
 
     class Killed(Exception):
         pass
@@ -91,7 +118,7 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
     assert load_checkpoint(killed_dir / classify.CHECKPOINT_FILE)["epoch"] == 1
     assert len(records(killed_dir)) == 2  # epoch 2 logged, not checkpointed
 
-    resumed = classify.run(tiny(tmp_path / "b", resume=True, **kw))
+    resumed, _ = train(tiny(tmp_path / "b", resume=True, **kw))
     a = load_checkpoint(straight / classify.CHECKPOINT_FILE)
     b = load_checkpoint(resumed / classify.CHECKPOINT_FILE)
     assert a["epoch"] == b["epoch"] == 3
@@ -119,12 +146,15 @@ def test_resume_allows_runtime_only_differences(tmp_path):
     classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu"))
 
 
-def test_existing_run_is_not_overwritten_and_missing_checkpoint_is_reported(tmp_path):
+def test_existing_run_is_not_overwritten_and_resume_without_checkpoint_starts_fresh(
+    tmp_path, capsys
+):
     classify.run(tiny(tmp_path, epochs=1))
     with pytest.raises(FileExistsError, match="pass resume=True"):
         classify.run(tiny(tmp_path, epochs=1))
-    with pytest.raises(FileNotFoundError, match="checkpoint"):
-        classify.run(tiny(tmp_path / "other", epochs=1, resume=True))
+    fresh = classify.run(tiny(tmp_path / "other", epochs=1, resume=True))
+    assert "starting from scratch" in capsys.readouterr().err
+    assert fresh == classify.run(tiny(tmp_path / "third", epochs=1))
 
 
 def test_random_labels_are_trained_on_and_scored(tmp_path):
@@ -138,7 +168,8 @@ def test_random_labels_are_trained_on_and_scored(tmp_path):
     assert (data.splits.train_y == data.clean_y).sum() < 40
     # Same seed, same random labels (fixed for the whole run and for `analyze`).
     assert torch.equal(classify.prepare_data(cfg).splits.train_y, data.splits.train_y)
-    metrics = json.loads((classify.run(cfg) / classify.METRICS_FILE).read_text())
+    run_dir, _ = train(cfg)
+    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
     assert metrics[classify.KEY_PROTOCOL]["augment"] == "none"
     assert metrics[classify.KEY_PROTOCOL]["train_size"] == 200
     # The logged curve scored 100 test digits; metrics.json scores all 450.

@@ -64,7 +64,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     ddp = json.loads((ddp_dir / classify.METRICS_FILE).read_text())
     assert ddp[classify.KEY_PROTOCOL]["world_size"] == 2
 
-    single_dir = classify.run(classify_preset("tiny", run_dir=str(tmp_path / "one"), **SETTINGS))
+    single_dir = tmp_path / "one"
+    classify.run(classify_preset("tiny", run_dir=str(single_dir), **SETTINGS))
     one = json.loads((single_dir / classify.METRICS_FILE).read_text())
     assert one[classify.KEY_PROTOCOL]["world_size"] == 1
     # Same batches, same init; summation order changes weights by ~1e-7 relative per step, which

@@ -33,6 +33,7 @@ from stablerank.metrics.features import (
 from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.gan_images import _GRID_PAD
 from stablerank.train.gan_models import load_gan_run
+from stablerank.train.results import GanResult
 
 TINY = {
     "dataset": "digits",
@@ -81,11 +82,17 @@ def _assert_states_equal(a: dict, b: dict) -> None:
                 assert torch.equal(value, b[key]["state"][pid][name]), f"{key}[{pid}].{name}"
 
 
+def _train(cfg: GanConfig, **kwargs) -> Path:
+    """Run the trainer; return the run folder."""
+    gan_train.run(cfg, **kwargs)
+    return gan_train._run_dir(cfg)
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("gan")
-    return gan_train.run(config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp),
-                                                      "run_name": "full"}))  # fmt: skip
+    return _train(config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp),
+                                               "run_name": "full"}))  # fmt: skip
 
 
 def test_run_writes_its_folder(uninterrupted):
@@ -103,8 +110,15 @@ def test_run_writes_its_folder(uninterrupted):
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
     assert records[-1]["lr_g"] == 0.0  # linear decay reaches 0 at g_steps
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics[gan_train.KEY_STEPS] == 6
+    result = GanResult.from_json(run_dir)
+    assert result.steps == 6 and not result.diverged
     assert metrics["protocol"]["d_norm"] == "srn"
+    # D's SRN activity is logged with the losses and summarised in the result.
+    assert all(r["srn_active_fraction"] is not None for r in records)
+    assert result.srn_active_fraction is not None and 0 <= result.srn_active_fraction <= 1
+    assert result.srn_active_fraction_mean == pytest.approx(
+        sum(r["srn_active_fraction"] for r in records) / len(records)
+    )
     assert json.loads((run_dir / "config.json").read_text())["rank_ratio"] == 0.7
     # SRN-normalized D: every layer's spectral norm is ~1 (power iteration tracks; 1% slack)
     for row in json.loads((run_dir / "d_layers.json").read_text()):
@@ -114,7 +128,7 @@ def test_run_writes_its_folder(uninterrupted):
 
 def test_resume_continues_bitwise(tmp_path, uninterrupted):
     cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "cut"})
-    run_dir = gan_train.run(cfg, stop_at=STOP)
+    run_dir = _train(cfg, stop_at=STOP)
     assert [p.name for p in gan_train._checkpoints(run_dir)][-1] == f"step_{STOP:07d}.pt"
     assert not (run_dir / "metrics.json").exists()
     gan_train.run(dataclasses.replace(cfg, resume=True))
@@ -181,7 +195,7 @@ def test_evaluation_hook_and_baselines(tmp_path):
     n = 50
     cfg = _cfg(tmp_path, "eval", g_steps=2, eval_every=1, n_eval_samples=n,
                n_final_samples=n, feature_net="test-pixels")  # fmt: skip
-    run_dir = gan_train.run(cfg)
+    run_dir = _train(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     protocol = metrics["protocol"]
     assert protocol["feature_net"] == "test-pixels"
@@ -288,7 +302,7 @@ def test_load_gan_run_restores_the_trainers_models_bitwise(tmp_path, monkeypatch
 
 def test_load_gan_run_picks_a_checkpoint_and_the_raw_generator(tmp_path):
     cfg = _cfg(tmp_path, "pick", ema=0.9, g_steps=4, checkpoint_every=2)
-    run_dir = gan_train.run(cfg)
+    run_dir = _train(cfg)
     run = load_gan_run(run_dir, checkpoint=2, ema=False)
     assert run.step == 2 and not run.ema and run.num_classes is None
     assert run.checkpoint == run_dir / "checkpoints" / "step_0000002.pt"
@@ -305,7 +319,7 @@ def test_load_gan_run_errors_name_the_path(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"empty/checkpoints' holds no step_\*\.pt"):
         load_gan_run(tmp_path / "empty")
-    run_dir = gan_train.run(_cfg(tmp_path, "one", g_steps=1, checkpoint_every=1))
+    run_dir = _train(_cfg(tmp_path, "one", g_steps=1, checkpoint_every=1))
     with pytest.raises(FileNotFoundError, match=r"checkpoints/step_0000009\.pt' does not exist"):
         load_gan_run(run_dir, checkpoint=9)
 
@@ -403,3 +417,30 @@ def test_ddp_two_processes_keep_d_buffers_identical(tmp_path):
         assert torch.equal(value, rank1["G"][name]), f"G.{name}"
     log = (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3]
+
+
+def test_divergence_rule():
+    ok = [{"step": i, "d_loss": 1.0, "g_loss": 1.0} for i in range(1, 6)]
+    assert gan_train.divergence_of(ok) == ""
+    nan = [*ok, {"step": 6, "d_loss": float("nan"), "g_loss": 1.0}]
+    assert "non-finite loss at G step 6" in gan_train.divergence_of(nan)
+    collapse = [*ok, *({"step": i, "d_loss": 0.0, "g_loss": 1e5} for i in range(6, 9))]
+    assert "discriminator collapse" in gan_train.divergence_of(collapse)
+    # One collapsed point among healthy ones is not a collapse.
+    assert gan_train.divergence_of([*ok, {"step": 6, "d_loss": 0.0, "g_loss": 1e5}, *ok]) == ""
+
+
+def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch):
+    real = gan_train.compute_d_loss
+    calls = {"n": 0}
+
+    def nan_from_the_third(d_real, d_fake, loss):
+        calls["n"] += 1
+        out = real(d_real, d_fake, loss)
+        return out * float("nan") if calls["n"] >= 3 else out
+
+    monkeypatch.setattr(gan_train, "compute_d_loss", nan_from_the_third)
+    run_dir = _train(_cfg(tmp_path, "nan", g_steps=6, log_every=1, d_norm="sn"))
+    result = GanResult.from_json(run_dir)
+    assert result.diverged and "non-finite" in result.divergence
+    assert result.steps == 3  # stopped at the first logged NaN, not trained on

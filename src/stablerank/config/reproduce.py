@@ -33,7 +33,9 @@ class ReproduceConfig:
         None, "folder holding the datasets (None = each dataset's standard location)"
     )
     seeds: int = option(0, "seeds per arm (0 = the sweep's own number)", min=0)
-    dry_run: bool = option(False, "print the runs of the sweep and what is already done; run nothing")
+    dry_run: bool = option(
+        False, "print the runs of the sweep and what is already done; run nothing"
+    )
     report_only: bool = option(
         False, "rebuild report.md and claims.json from the run folders there; train nothing"
     )

@@ -40,8 +40,11 @@ __all__ = [
 ]
 
 REPRODUCED, NOT_REPRODUCED, CANNOT_TELL, NOT_A_TEST = (
-    "reproduced", "not reproduced", "cannot tell", "not a test",
-)  # fmt: skip
+    "reproduced",
+    "not reproduced",
+    "cannot tell",
+    "not a test",
+)
 MIN_ACTIVE_FRACTION = 0.5  # below: SRN acts as SN on most layers, "not a test"
 POWER = 0.8  # of the seed-count estimate for undecided comparisons
 
@@ -92,33 +95,89 @@ def _mean_train_acc(rec: RunRecord) -> float | None:
 METRICS = {
     m.name: m
     for m in (
-        Metric("gap_acc", "generalization gap (train - test accuracy)", _result("gap_acc"),
-               True, 0.005, percent=True),
+        Metric(
+            "gap_acc",
+            "generalization gap (train - test accuracy)",
+            _result("gap_acc"),
+            True,
+            0.005,
+            percent=True,
+        ),
         Metric("test_acc", "test accuracy", _result("test_acc"), False, 0.005, percent=True),
         Metric("train_acc", "train accuracy", _result("train_acc"), False, 0.005, percent=True),
-        Metric("final_train_acc", "final train accuracy on random labels", _result("train_acc"),
-               True, 0.01, percent=True),
-        Metric("mean_train_acc", "train accuracy on random labels, mean over epochs",
-               _mean_train_acc, True, 0.01, percent=True),
-        Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure",
-               _analysis("log10_neyshabur"), True, 0.05),
-        Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure",
-               _analysis("log10_bartlett"), True, 0.05),
-        Metric("log10_spectral_product", "log10 product of spectral norms (margin-free)",
-               _analysis("log10_spectral_product"), True, 0.05),
-        Metric("el_test_max", "eL max, test pairs", lambda r: getattr(
-            getattr(r.analysis, "el_test", None), "max", None), True, 0.05, relative=True),
+        Metric(
+            "final_train_acc",
+            "final train accuracy on random labels",
+            _result("train_acc"),
+            True,
+            0.01,
+            percent=True,
+        ),
+        Metric(
+            "mean_train_acc",
+            "train accuracy on random labels, mean over epochs",
+            _mean_train_acc,
+            True,
+            0.01,
+            percent=True,
+        ),
+        Metric(
+            "log10_neyshabur",
+            "log10 Neyshabur et al. 2018 measure",
+            _analysis("log10_neyshabur"),
+            True,
+            0.05,
+        ),
+        Metric(
+            "log10_bartlett",
+            "log10 Bartlett et al. 2017 measure",
+            _analysis("log10_bartlett"),
+            True,
+            0.05,
+        ),
+        Metric(
+            "log10_spectral_product",
+            "log10 product of spectral norms (margin-free)",
+            _analysis("log10_spectral_product"),
+            True,
+            0.05,
+        ),
+        Metric(
+            "el_test_max",
+            "eL max, test pairs",
+            lambda r: getattr(getattr(r.analysis, "el_test", None), "max", None),
+            True,
+            0.05,
+            relative=True,
+        ),
         Metric("fid", "FID", _result("fid"), True, 0.02, relative=True),
-        Metric("is_mean", "Inception-style score", _result("is_mean"), False, 0.02,
-               relative=True),
-        Metric("neural_divergence", "neural divergence", _analysis("neural_divergence"), True,
-               0.02, relative=True),
-        Metric("d_el_max", "discriminator eL, max over pairs", _analysis("d_el_max"), True,
-               0.05, relative=True),
-        Metric("d_el_median", "discriminator eL, median over pairs", _d_el_median, True, 0.05,
-               relative=True),
+        Metric("is_mean", "Inception-style score", _result("is_mean"), False, 0.02, relative=True),
+        Metric(
+            "neural_divergence",
+            "neural divergence",
+            _analysis("neural_divergence"),
+            True,
+            0.02,
+            relative=True,
+        ),
+        Metric(
+            "d_el_max",
+            "discriminator eL, max over pairs",
+            _analysis("d_el_max"),
+            True,
+            0.05,
+            relative=True,
+        ),
+        Metric(
+            "d_el_median",
+            "discriminator eL, median over pairs",
+            _d_el_median,
+            True,
+            0.05,
+            relative=True,
+        ),
     )
-}  # fmt: skip
+}
 
 
 @dataclass(frozen=True)
@@ -132,20 +191,47 @@ class Claim:
 
 
 CLAIMS = (
-    Claim(1, "SRN improves generalization (test accuracy and generalization gap) over vanilla "
-          "and SN", KIND_CLASSIFY,
-          (("gap_acc", "none"), ("gap_acc", "sn"), ("test_acc", "none"), ("test_acc", "sn"))),
-    Claim(2, "SRN reduces memorization of random labels (shattering)", KIND_SHATTER,
-          (("final_train_acc", "none"), ("final_train_acc", "sn"),
-           ("mean_train_acc", "none"), ("mean_train_acc", "sn"))),
-    Claim(3, "SRN lowers the sample-complexity measures", KIND_CLASSIFY,
-          (("log10_neyshabur", "none"), ("log10_neyshabur", "sn"),
-           ("log10_bartlett", "none"), ("log10_bartlett", "sn"))),
-    Claim(4, "SRN-GAN improves FID, IS and neural divergence over SN-GAN", KIND_GAN,
-          (("fid", "sn"), ("is_mean", "sn"), ("neural_divergence", "sn"))),
-    Claim(5, "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN's",
-          KIND_GAN, (("d_el_max", "sn"), ("d_el_median", "sn"))),
-)  # fmt: skip
+    Claim(
+        1,
+        "SRN improves generalization (test accuracy and generalization gap) over vanilla and SN",
+        KIND_CLASSIFY,
+        (("gap_acc", "none"), ("gap_acc", "sn"), ("test_acc", "none"), ("test_acc", "sn")),
+    ),
+    Claim(
+        2,
+        "SRN reduces memorization of random labels (shattering)",
+        KIND_SHATTER,
+        (
+            ("final_train_acc", "none"),
+            ("final_train_acc", "sn"),
+            ("mean_train_acc", "none"),
+            ("mean_train_acc", "sn"),
+        ),
+    ),
+    Claim(
+        3,
+        "SRN lowers the sample-complexity measures",
+        KIND_CLASSIFY,
+        (
+            ("log10_neyshabur", "none"),
+            ("log10_neyshabur", "sn"),
+            ("log10_bartlett", "none"),
+            ("log10_bartlett", "sn"),
+        ),
+    ),
+    Claim(
+        4,
+        "SRN-GAN improves FID, IS and neural divergence over SN-GAN",
+        KIND_GAN,
+        (("fid", "sn"), ("is_mean", "sn"), ("neural_divergence", "sn")),
+    ),
+    Claim(
+        5,
+        "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN's",
+        KIND_GAN,
+        (("d_el_max", "sn"), ("d_el_median", "sn")),
+    ),
+)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -195,8 +281,9 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> W
     d = diff / pooled if pooled > 0 else math.copysign(math.inf, diff) if diff else 0.0
     se_d = math.sqrt((na + nb) / (na * nb) + d * d / (2 * (na + nb))) if math.isfinite(d) else 0
     z = float(stats.norm.ppf(0.5 + confidence / 2))
-    return WelchTest(diff, diff - t_crit * se, diff + t_crit * se, d, d - z * se_d, d + z * se_d,
-                     p, df)  # fmt: skip
+    return WelchTest(
+        diff, diff - t_crit * se, diff + t_crit * se, d, d - z * se_d, d + z * se_d, p, df
+    )
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -262,19 +349,32 @@ class Comparison:
         ref = _mean_std(self.ref_values) if self.ref_values else (math.nan, math.nan)
         t = self.test
         return {
-            "claim": self.claim, "metric": self.metric, "setting": self.setting,
-            "rank_ratio": self.rank_ratio, "reference": self.reference,
-            "n_srn": len(self.srn_values), "n_ref": len(self.ref_values),
-            "seeds_srn": self.srn_seeds, "seeds_ref": self.ref_seeds,
-            "mean_srn": srn[0], "std_srn": srn[1], "mean_ref": ref[0], "std_ref": ref[1],
-            "diff": t.diff if t else None, "diff_ci": [t.diff_low, t.diff_high] if t else None,
-            "d": t.d if t else None, "d_ci": [t.d_low, t.d_high] if t else None,
-            "p_value": t.p_value if t else None, "p_adjusted": self.p_adjusted,
+            "claim": self.claim,
+            "metric": self.metric,
+            "setting": self.setting,
+            "rank_ratio": self.rank_ratio,
+            "reference": self.reference,
+            "n_srn": len(self.srn_values),
+            "n_ref": len(self.ref_values),
+            "seeds_srn": self.srn_seeds,
+            "seeds_ref": self.ref_seeds,
+            "mean_srn": srn[0],
+            "std_srn": srn[1],
+            "mean_ref": ref[0],
+            "std_ref": ref[1],
+            "diff": t.diff if t else None,
+            "diff_ci": [t.diff_low, t.diff_high] if t else None,
+            "d": t.d if t else None,
+            "d_ci": [t.d_low, t.d_high] if t else None,
+            "p_value": t.p_value if t else None,
+            "p_adjusted": self.p_adjusted,
             "srn_active_fraction": self.srn_active_fraction,
             "srn_active_fraction_end": self.srn_active_fraction_end,
-            "outcome": self.outcome, "reason": self.reason,
-            "seeds_needed": self.seeds_needed, "context": self.context,
-        }  # fmt: skip
+            "outcome": self.outcome,
+            "reason": self.reason,
+            "seeds_needed": self.seeds_needed,
+            "context": self.context,
+        }
 
 
 @dataclass
@@ -337,34 +437,43 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                 if not sv and not rv:  # the sweep does not measure it (e.g. FID on digits)
                     continue
                 comp = Comparison(
-                    claim.number, metric_name, setting, c, ref, sv, rv, ss, rs,
+                    claim.number,
+                    metric_name,
+                    setting,
+                    c,
+                    ref,
+                    sv,
+                    rv,
+                    ss,
+                    rs,
                     _mean([r.result.srn_active_fraction_mean for r in srn]),
                     _mean([r.result.srn_active_fraction for r in srn]),
-                )  # fmt: skip
+                )
                 if claim.kind == KIND_SHATTER and setting in clean:
                     # Memorization is read beside the clean accuracy at the same c: a tiny c
                     # "reduces memorization" by underfitting.
                     acc = METRICS["test_acc"]
                     comp.context = {
                         f"clean_test_acc_{a}": _mean(_values(clean[setting][a], acc)[0])
-                        for a in (arm, ref) if a in clean[setting]
-                    }  # fmt: skip
+                        for a in (arm, ref)
+                        if a in clean[setting]
+                    }
                 out.append(comp)
     return out
 
 
-def _decide(comp: Comparison, alpha: float) -> None:
-    metric = METRICS[comp.metric]
+def _decide(comp: Comparison) -> None:
     active = comp.srn_active_fraction
     if active is None:
         active = comp.srn_active_fraction_end
     if active is None or active < MIN_ACTIVE_FRACTION:
         comp.outcome = NOT_A_TEST
         comp.reason = (
-            "SRN's activity was not recorded" if active is None else
-            f"the stable-rank cap binds on {active:.0%} of the SRN layers (< "
+            "SRN's activity was not recorded"
+            if active is None
+            else f"the stable-rank cap binds on {active:.0%} of the SRN layers (< "
             f"{MIN_ACTIVE_FRACTION:.0%}): this SRN arm is spectral normalization"
-        )  # fmt: skip
+        )
         return
     if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:
         comp.outcome = CANNOT_TELL
@@ -407,7 +516,7 @@ def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[C
     results = [ClaimResult(claim, _comparisons(claim, records)) for claim in CLAIMS]
     comps = [c for r in results for c in r.comparisons]
     for comp in comps:
-        _decide(comp, alpha)
+        _decide(comp)
     tested = [c for c in comps if c.test is not None]
     for comp, p in zip(tested, holm([c.test.p_value for c in tested]), strict=True):
         comp.p_adjusted = p

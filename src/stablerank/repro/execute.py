@@ -26,8 +26,13 @@ __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
 OUTPUT_LOG = "output.log"
 DONE, FAILED, DIVERGED, SKIPPED, BUSY, INTERRUPTED = (
-    "done", "failed", "diverged", "skipped", "busy", "interrupted",
-)  # fmt: skip
+    "done",
+    "failed",
+    "diverged",
+    "skipped",
+    "busy",
+    "interrupted",
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,9 @@ def run_state(run: Run) -> str:
     status = run_dir.read_status()
     if not status:
         return "new"
-    if status.get("status") in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(run):
+    if status.get("status") in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(
+        run
+    ):
         return status["status"]
     return FAILED if status.get("status") == FAILED else "partial"
 
@@ -127,8 +134,16 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
 
     def status(state: str, **extra: object) -> None:
         wall = prior + time.perf_counter() - t0
-        run_dir.write_status(status=state, stage=stage, attempts=attempts, wall_time_s=wall,
-                             kind=run.kind, setting=run.setting, arm=run.arm, **extra)  # fmt: skip
+        run_dir.write_status(
+            status=state,
+            stage=stage,
+            attempts=attempts,
+            wall_time_s=wall,
+            kind=run.kind,
+            setting=run.setting,
+            arm=run.arm,
+            **extra,
+        )
 
     try:
         with _output_to(run_dir.path / OUTPUT_LOG if capture else None):

@@ -94,9 +94,11 @@ class LocalExecutor:
             for worker in range(self.workers):  # several workers may share a GPU
                 queue.put(self.gpus[worker % len(self.gpus)])
         pool = cf.ProcessPoolExecutor(
-            self.workers, mp_context=ctx, initializer=_init_worker,
+            self.workers,
+            mp_context=ctx,
+            initializer=_init_worker,
             initargs=(queue, self.threads),
-        )  # fmt: skip
+        )
         outcomes: dict[int, Outcome] = {}
         try:
             futures = {pool.submit(_execute_captured, run): i for i, run in enumerate(runs)}
@@ -193,5 +195,8 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
 def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
     """The terminal's one line per finished run."""
     detail = f": {outcome.error}" if outcome.error else ""
-    print(f"[{i}/{n}] {outcome.state:<11} {run.name} ({outcome.seconds:.0f} s){detail}",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"[{i}/{n}] {outcome.state:<11} {run.name} ({outcome.seconds:.0f} s){detail}",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -35,8 +35,10 @@ def _git_commit() -> str | None:
 def _describe(runs: list[Run]) -> str:
     states = Counter(run_state(r) for r in runs)
     kinds = Counter(r.kind for r in runs)
-    lines = [f"{len(runs)} runs ({', '.join(f'{n} {k}' for k, n in kinds.items())}); "
-             f"state: {', '.join(f'{n} {s}' for s, n in states.items())}"]  # fmt: skip
+    lines = [
+        f"{len(runs)} runs ({', '.join(f'{n} {k}' for k, n in kinds.items())}); "
+        f"state: {', '.join(f'{n} {s}' for s, n in states.items())}"
+    ]
     lines += [f"  {run_state(r):<8} {r.name}" for r in runs]
     return "\n".join(lines)
 
@@ -68,16 +70,25 @@ def run(cfg: ReproduceConfig) -> Path:
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
             outcomes = executor.map(order, print_outcome)
         ran = [o for o in outcomes if o.state not in ("skipped", "busy")]
-        print(f"ran {len(ran)} runs ({len(outcomes) - len(ran)} finished before or running "
-              f"elsewhere) in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)  # fmt: skip
+        print(
+            f"ran {len(ran)} runs ({len(outcomes) - len(ran)} finished before or running "
+            f"elsewhere) in {(time.perf_counter() - t0) / 60:.1f} min",
+            file=sys.stderr,
+        )
     records = collect(runs)
     if cfg.report_only and not any(r.usable for r in records):
         raise FileNotFoundError(
             f"{out_dir} holds no finished run of the {cfg.sweep!r} sweep: nothing to report "
             "(run without --report-only first)"
         )
-    path, results = write_report(out_dir, records, sweep=cfg.sweep, alpha=cfg.alpha,
-                                 config=cfg.to_dict(), commit=_git_commit())  # fmt: skip
+    path, results = write_report(
+        out_dir,
+        records,
+        sweep=cfg.sweep,
+        alpha=cfg.alpha,
+        config=cfg.to_dict(),
+        commit=_git_commit(),
+    )
     print(claims_summary(results), file=sys.stderr)
     print(f"report: {path}", file=sys.stderr, flush=True)
     return path

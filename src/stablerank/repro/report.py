@@ -25,6 +25,7 @@ from stablerank.repro.claims import (
 )
 from stablerank.repro.records import RunRecord
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, Run
+from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.results import to_dict
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
@@ -33,31 +34,18 @@ REPORT_FILE = "report.md"
 CLAIMS_FILE = "claims.json"
 FIGURES = "figures"
 _TABLE_METRICS = {
-    KIND_CLASSIFY: ("test_acc", "train_acc", "gap_acc", "log10_neyshabur", "log10_bartlett",
-                    "log10_spectral_product", "el_test_max"),
+    KIND_CLASSIFY: (
+        "test_acc",
+        "train_acc",
+        "gap_acc",
+        "log10_neyshabur",
+        "log10_bartlett",
+        "log10_spectral_product",
+        "el_test_max",
+    ),
     KIND_SHATTER: ("final_train_acc", "mean_train_acc"),
     KIND_GAN: ("fid", "is_mean", "neural_divergence", "d_el_max", "d_el_median"),
-}  # fmt: skip
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``path`` through a unique temporary file and a rename (readers never see half)."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-def _umask() -> int:
-    import os
-
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+}
 
 
 def _fmt(value: float | None, percent: bool = False) -> str:
@@ -99,8 +87,11 @@ def _active(recs: Sequence[RunRecord]) -> str:
     if not ends or ends[0] is None:
         return "-"
     mean = [m for m in means if m is not None]
-    return f"{statistics.fmean(ends):.0%} (over training {statistics.fmean(mean):.0%})" if mean \
-        else f"{statistics.fmean(ends):.0%}"  # fmt: skip
+    return (
+        f"{statistics.fmean(ends):.0%} (over training {statistics.fmean(mean):.0%})"
+        if mean
+        else f"{statistics.fmean(ends):.0%}"
+    )
 
 
 def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
@@ -123,34 +114,52 @@ def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) 
 def _describe(run: Run) -> str:
     cfg = run.config
     if run.kind == KIND_GAN:
-        return (f"{cfg.arch} GAN on {cfg.dataset}, ngf = ndf = {cfg.ndf}, {cfg.g_steps} "
-                f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
-                f"{cfg.n_final_samples} samples for FID/IS.")  # fmt: skip
+        return (
+            f"{cfg.arch} GAN on {cfg.dataset}, ngf = ndf = {cfg.ndf}, {cfg.g_steps} "
+            f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
+            f"{cfg.n_final_samples} samples for FID/IS."
+        )
     subset = cfg.train_subset or "all"
-    return (f"{cfg.model} (width {cfg.width:g}) on {subset} {cfg.dataset} images, "
-            f"label noise {cfg.label_noise:g}, {cfg.epochs} epochs, {cfg.optimizer} lr "
-            f"{cfg.lr:g} ({cfg.schedule}), weight decay {cfg.weight_decay:g}, augmentation "
-            f"{cfg.resolved_augment}, head {getattr(cfg, 'head', 'none')}.")  # fmt: skip
+    return (
+        f"{cfg.model} (width {cfg.width:g}) on {subset} {cfg.dataset} images, "
+        f"label noise {cfg.label_noise:g}, {cfg.epochs} epochs, {cfg.optimizer} lr "
+        f"{cfg.lr:g} ({cfg.schedule}), weight decay {cfg.weight_decay:g}, augmentation "
+        f"{cfg.resolved_augment}, head {getattr(cfg, 'head', 'none')}."
+    )
 
 
 def _comparison_row(c: Comparison) -> list[str]:
     m = METRICS[c.metric]
     d = c.to_dict()
     ci = d["diff_ci"]
-    diff = "n/a" if c.test is None else (
-        f"{_fmt(c.test.diff, m.percent)} [{_fmt(ci[0], m.percent)}, {_fmt(ci[1], m.percent)}]"
-    )  # fmt: skip
-    effect = "n/a" if c.test is None else f"{c.test.d:.2f} [{c.test.d_low:.2f}, {c.test.d_high:.2f}]"
+    diff = (
+        "n/a"
+        if c.test is None
+        else (
+            f"{_fmt(c.test.diff, m.percent)} [{_fmt(ci[0], m.percent)}, {_fmt(ci[1], m.percent)}]"
+        )
+    )
+    effect = (
+        "n/a" if c.test is None else f"{c.test.d:.2f} [{c.test.d_low:.2f}, {c.test.d_high:.2f}]"
+    )
     p = "n/a" if c.test is None else f"{c.test.p_value:.3g} / {c.p_adjusted:.3g}"
     active = "n/a" if c.srn_active_fraction is None else f"{c.srn_active_fraction:.0%}"
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
         outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
-    return [c.setting, f"{c.rank_ratio:g}", f"vs {c.reference}",
-            m.label + (" (pp)" if m.percent else ""),
-            f"{len(c.srn_values)} / {len(c.ref_values)}",
-            f"{_cell(c.srn_values, m.percent)} vs {_cell(c.ref_values, m.percent)}",
-            diff, effect, p, active, outcome]  # fmt: skip
+    return [
+        c.setting,
+        f"{c.rank_ratio:g}",
+        f"vs {c.reference}",
+        m.label + (" (pp)" if m.percent else ""),
+        f"{len(c.srn_values)} / {len(c.ref_values)}",
+        f"{_cell(c.srn_values, m.percent)} vs {_cell(c.ref_values, m.percent)}",
+        diff,
+        effect,
+        p,
+        active,
+        outcome,
+    ]
 
 
 def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
@@ -172,18 +181,42 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         if not r.comparisons:
             out.append("No finished runs of this kind in this sweep.\n")
             continue
-        headers = ["setting", "c", "reference", "metric", "n (srn / ref)", "srn vs ref",
-                   "difference [95% CI]", "d [95% CI]", "p / Holm p", "cap binds", "outcome"]
+        headers = [
+            "setting",
+            "c",
+            "reference",
+            "metric",
+            "n (srn / ref)",
+            "srn vs ref",
+            "difference [95% CI]",
+            "d [95% CI]",
+            "p / Holm p",
+            "cap binds",
+            "outcome",
+        ]
         out.append(_table(headers, [_comparison_row(c) for c in r.comparisons]) + "\n")
-        notes = sorted({f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
-                        for c in r.comparisons if c.outcome == "not a test"})  # fmt: skip
+        notes = sorted(
+            {
+                f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
+                for c in r.comparisons
+                if c.outcome == "not a test"
+            }
+        )
         context = [c for c in r.comparisons if c.context]
         if context:
-            notes.append("- Read beside the clean-label test accuracy at the same c (a small c "
-                         "can reduce memorization by underfitting): " + "; ".join(sorted({
-                             f"{c.setting} {k.removeprefix('clean_test_acc_')}: "
-                             f"{_fmt(v, True)}%" for c in context for k, v in c.context.items()
-                         })))  # fmt: skip
+            notes.append(
+                "- Read beside the clean-label test accuracy at the same c (a small c "
+                "can reduce memorization by underfitting): "
+                + "; ".join(
+                    sorted(
+                        {
+                            f"{c.setting} {k.removeprefix('clean_test_acc_')}: {_fmt(v, True)}%"
+                            for c in context
+                            for k, v in c.context.items()
+                        }
+                    )
+                )
+            )
         out += [*notes, ""]
     return "\n".join(out)
 
@@ -191,13 +224,16 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
 def _problems(records: Sequence[RunRecord]) -> str:
     rows = [
         [r.run.name, r.state, (r.result.divergence if r.result else "") or r.problem]
-        for r in records if not r.usable
-    ]  # fmt: skip
+        for r in records
+        if not r.usable
+    ]
     if not rows:
         return ""
-    return ("## Runs not counted\n\nThese runs are left out of every mean and test (diverged, "
-            "failed or not finished; a rerun of the same command retries failed and unfinished "
-            "ones).\n\n" + _table(["run", "state", "why"], rows) + "\n")  # fmt: skip
+    return (
+        "## Runs not counted\n\nThese runs are left out of every mean and test (diverged, "
+        "failed or not finished; a rerun of the same command retries failed and unfinished "
+        "ones).\n\n" + _table(["run", "state", "why"], rows) + "\n"
+    )
 
 
 def _decides(results: Sequence[ClaimResult], sweep: str) -> str:
@@ -209,7 +245,8 @@ def _decides(results: Sequence[ClaimResult], sweep: str) -> str:
         "subsets, so a verdict here is about these settings, not about the paper's CIFAR "
         "architectures; claim 4 is scored with this project's own Fashion-MNIST feature "
         "network, not Inception."
-        if sweep in ("quick", "tiny", "standard") else ""
+        if sweep in ("quick", "tiny", "standard")
+        else ""
     )
     return "\n".join(lines) + "\n"
 
@@ -226,14 +263,18 @@ def _figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:
     return fig
 
 
-def _curve_plot(arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str,
-                path: Path) -> Path | None:  # fmt: skip
+def _curve_plot(
+    arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path
+) -> Path | None:
     fig = _figure()
     ax = fig.add_subplot()
     drawn = False
     for arm, recs in arms.items():
-        curves = [[(p.step, getattr(p, attr)) for p in r.result.curve if getattr(p, attr) is not None]
-                  for r in recs if r.usable]  # fmt: skip
+        curves = [
+            [(p.step, getattr(p, attr)) for p in r.result.curve if getattr(p, attr) is not None]
+            for r in recs
+            if r.usable
+        ]
         curves = [c for c in curves if c]
         if not curves:
             continue
@@ -242,9 +283,13 @@ def _curve_plot(arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title:
         mean = [statistics.fmean(y) for y in ys]
         spread = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
         line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
-        ax.fill_between(steps, [m - s for m, s in zip(mean, spread, strict=True)],
-                        [m + s for m, s in zip(mean, spread, strict=True)],
-                        color=line.get_color(), alpha=0.2)  # fmt: skip
+        ax.fill_between(
+            steps,
+            [m - s for m, s in zip(mean, spread, strict=True)],
+            [m + s for m, s in zip(mean, spread, strict=True)],
+            color=line.get_color(),
+            alpha=0.2,
+        )
         drawn = True
     if not drawn:
         return None
@@ -273,8 +318,13 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
         ax.plot([sign * c.test.d], [i], "o", color=color)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(comps)))
-    ax.set_yticklabels([f"C{c.claim} {c.metric} vs {c.reference} ({c.setting}, c={c.rank_ratio:g})"
-                        for c in comps], fontsize=7)  # fmt: skip
+    ax.set_yticklabels(
+        [
+            f"C{c.claim} {c.metric} vs {c.reference} ({c.setting}, c={c.rank_ratio:g})"
+            for c in comps
+        ],
+        fontsize=7,
+    )
     ax.set_xlabel("effect size d, oriented so that right = SRN better (95% CI)")
     ax.invert_yaxis()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,31 +333,62 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     return path
 
 
-def _figures(records: Sequence[RunRecord], results: Sequence[ClaimResult], out_dir: Path
-             ) -> list[tuple[str, Path]]:  # fmt: skip
+def _figures(
+    records: Sequence[RunRecord], results: Sequence[ClaimResult], out_dir: Path
+) -> list[tuple[str, Path]]:
     figs: list[tuple[str, Path | None]] = [
-        ("Effect sizes of every tested comparison", _effects_plot(results, out_dir / FIGURES /
-                                                                   "effects.png")),
-    ]  # fmt: skip
-    for kind, attr, label in ((KIND_SHATTER, "train_acc", "train accuracy on random labels"),
-                              (KIND_CLASSIFY, "test_acc", "test accuracy"),
-                              (KIND_GAN, "fid", "FID")):  # fmt: skip
+        (
+            "Effect sizes of every tested comparison",
+            _effects_plot(results, out_dir / FIGURES / "effects.png"),
+        ),
+    ]
+    for kind, attr, label in (
+        (KIND_SHATTER, "train_acc", "train accuracy on random labels"),
+        (KIND_CLASSIFY, "test_acc", "test accuracy"),
+        (KIND_GAN, "fid", "FID"),
+    ):
         for setting, arms in _settings(records, kind).items():
             stem = f"{kind}_{setting.replace('/', '_')}"
-            figs.append((f"{kind} {setting}: {label}", _curve_plot(
-                arms, attr, label, f"{kind} {setting}", out_dir / FIGURES / f"{stem}_{attr}.png")))
+            figs.append(
+                (
+                    f"{kind} {setting}: {label}",
+                    _curve_plot(
+                        arms,
+                        attr,
+                        label,
+                        f"{kind} {setting}",
+                        out_dir / FIGURES / f"{stem}_{attr}.png",
+                    ),
+                )
+            )
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
-            figs.append((f"{kind} {setting}: fraction of SRN layers whose cap binds", _curve_plot(
-                srn, "srn_active_fraction", "fraction of SRN layers whose cap binds",
-                f"{kind} {setting}: cap binding", out_dir / FIGURES / f"{stem}_active.png")))
+            figs.append(
+                (
+                    f"{kind} {setting}: fraction of SRN layers whose cap binds",
+                    _curve_plot(
+                        srn,
+                        "srn_active_fraction",
+                        "fraction of SRN layers whose cap binds",
+                        f"{kind} {setting}: cap binding",
+                        out_dir / FIGURES / f"{stem}_active.png",
+                    ),
+                )
+            )
     return [(t, p) for t, p in figs if p is not None]
 
 
 # ----------------------------------------------------------------------------- the report
 
 
-def write_report(out_dir: str | Path, records: Sequence[RunRecord], *, sweep: str,
-                 alpha: float, config: dict[str, Any], commit: str | None) -> tuple[Path, list[ClaimResult]]:  # fmt: skip
+def write_report(
+    out_dir: str | Path,
+    records: Sequence[RunRecord],
+    *,
+    sweep: str,
+    alpha: float,
+    config: dict[str, Any],
+    commit: str | None,
+) -> tuple[Path, list[ClaimResult]]:
     """Write ``report.md``, ``claims.json`` and ``figures/`` into ``out_dir``.
 
     Returns:
@@ -316,14 +397,20 @@ def write_report(out_dir: str | Path, records: Sequence[RunRecord], *, sweep: st
     out_dir = Path(out_dir)
     results = evaluate_claims(records, alpha)
     claims_json = {
-        "sweep": sweep, "alpha": alpha, "commit": commit,
+        "sweep": sweep,
+        "alpha": alpha,
+        "commit": commit,
         "min_active_fraction": MIN_ACTIVE_FRACTION,
         "claims": [
-            {"number": r.claim.number, "text": r.claim.text, "verdict": r.verdict,
-             "comparisons": [c.to_dict() for c in r.comparisons]}
+            {
+                "number": r.claim.number,
+                "text": r.claim.text,
+                "verdict": r.verdict,
+                "comparisons": [c.to_dict() for c in r.comparisons],
+            }
             for r in results
         ],
-    }  # fmt: skip
+    }
     atomic_write_text(out_dir / CLAIMS_FILE, json.dumps(to_dict(claims_json), indent=2) + "\n")
     figures = _figures(records, results, out_dir)
     usable = sum(r.usable for r in records)
@@ -344,8 +431,9 @@ def write_report(out_dir: str | Path, records: Sequence[RunRecord], *, sweep: st
         parts.append("## Figures\n")
         parts += [f"**{title}**\n\n![{title}]({p.relative_to(out_dir)})\n" for title, p in figures]
     parts.append(_problems(records))
-    parts.append("## Configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False) +
-                 "```\n")  # fmt: skip
+    parts.append(
+        "## Configuration\n\n```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```\n"
+    )
     path = out_dir / REPORT_FILE
     atomic_write_text(path, "\n".join(p for p in parts if p))
     return path, results
@@ -354,4 +442,3 @@ def write_report(out_dir: str | Path, records: Sequence[RunRecord], *, sweep: st
 def claims_summary(results: Sequence[ClaimResult]) -> str:
     """One line per claim for the terminal."""
     return "\n".join(f"claim {r.claim.number}: {r.verdict}" for r in results)
-

@@ -28,7 +28,17 @@ from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_p
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
 
-__all__ = ["KINDS", "RUNS_DIR", "SWEEPS", "Run", "build_sweep", "paper", "quick", "standard", "tiny"]
+__all__ = [
+    "KINDS",
+    "RUNS_DIR",
+    "SWEEPS",
+    "Run",
+    "build_sweep",
+    "paper",
+    "quick",
+    "standard",
+    "tiny",
+]
 
 KIND_CLASSIFY, KIND_SHATTER, KIND_GAN = "classify", "shatter", "gan"
 KINDS = (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN)
@@ -36,9 +46,16 @@ RUNS_DIR = "runs"  # run folders live in out_dir/runs/
 # Where and how a run executes, never what it computes: left out of the folder hash so that a
 # run resumed on another device, with other threads or into another out_dir finds its folder.
 RUNTIME_KEYS = (
-    "run_dir", "out_dir", "run_name", "resume", "progress", "device", "num_threads", "data_dir",
+    "run_dir",
+    "out_dir",
+    "run_name",
+    "resume",
+    "progress",
+    "device",
+    "num_threads",
+    "data_dir",
     "overwrite",
-)  # fmt: skip
+)
 
 
 @dataclass(frozen=True)
@@ -90,8 +107,15 @@ class Run:
         slug = f"{self.kind}-{self.setting.replace('/', '-')}-{self.arm}-s{self.seed}"
         return f"{slug.replace('(c=', '').replace(')', '')}-{self.digest}"
 
-    def placed(self, out_dir: str | Path, *, device: str, threads: int, progress: bool,
-               data_dir: str | None) -> Run:  # fmt: skip
+    def placed(
+        self,
+        out_dir: str | Path,
+        *,
+        device: str,
+        threads: int,
+        progress: bool,
+        data_dir: str | None,
+    ) -> Run:
         """The run with its folder (``out_dir/runs/<name>``) and runtime settings filled in."""
         run_dir = Path(out_dir) / RUNS_DIR / self.name
         runtime = {"device": device, "progress": progress, "resume": True}
@@ -120,8 +144,9 @@ class Run:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def _arms(base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float], *, vanilla: bool
-          ) -> list[ClassifyConfig | GanConfig]:  # fmt: skip
+def _arms(
+    base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float], *, vanilla: bool
+) -> list[ClassifyConfig | GanConfig]:
     """The configs of vanilla (classifiers only), SN and SRN at each c."""
     field = "d_norm" if isinstance(base, GanConfig) else "norm"
     arms = [dataclasses.replace(base, **{field: "none"})] if vanilla else []
@@ -130,8 +155,14 @@ def _arms(base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float], *, van
     return arms
 
 
-def _runs(kind: str, setting: str, base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float],
-          seeds: int, analysis: AnalyzeConfig | GanAnalysisConfig | None = None) -> list[Run]:  # fmt: skip
+def _runs(
+    kind: str,
+    setting: str,
+    base: ClassifyConfig | GanConfig,
+    rank_ratios: Sequence[float],
+    seeds: int,
+    analysis: AnalyzeConfig | GanAnalysisConfig | None = None,
+) -> list[Run]:
     return [
         Run(kind, setting, dataclasses.replace(arm, seed=seed), analysis)
         for seed in range(seeds)
@@ -143,33 +174,56 @@ def _mlp_clean(train_subset: int, epochs: int) -> ClassifyConfig:
     """BN-free MLP (784-512-512-10) on clean Fashion-MNIST, trained to ~100% train accuracy: no
     augmentation, no weight decay, cosine lr (the regime with a generalization gap to shrink)."""
     return classify_preset(
-        "fmnist-cnn", model="mlp", epochs=epochs, train_subset=train_subset, train_eval_size=0,
-        test_eval_size=2000, augment="none", weight_decay=0.0, lr=0.05, batch_size=128,
-    )  # fmt: skip
+        "fmnist-cnn",
+        model="mlp",
+        epochs=epochs,
+        train_subset=train_subset,
+        train_eval_size=0,
+        test_eval_size=2000,
+        augment="none",
+        weight_decay=0.0,
+        lr=0.05,
+        batch_size=128,
+    )
 
 
 def _mlp_shatter(train_subset: int, epochs: int) -> ClassifyConfig:
     """The MLP memorizing random labels (Zhang et al. 2017): constant lr, no augmentation."""
     return classify_preset(
-        "shatter", model="mlp", train_subset=train_subset, epochs=epochs, lr=0.05,
+        "shatter",
+        model="mlp",
+        train_subset=train_subset,
+        epochs=epochs,
+        lr=0.05,
         test_eval_size=1000,
-    )  # fmt: skip
+    )
 
 
 def _analysis(n_pairs: int, n_jacobian: int, n_margin: int) -> AnalyzeConfig:
     return AnalyzeConfig(
-        n_pairs=n_pairs, n_jacobian=n_jacobian, n_interpolated=n_jacobian, jacobian_iterations=10,
-        n_margin=n_margin, batch_size=250, plots=False,
-    )  # fmt: skip
+        n_pairs=n_pairs,
+        n_jacobian=n_jacobian,
+        n_interpolated=n_jacobian,
+        jacobian_iterations=10,
+        n_margin=n_margin,
+        batch_size=250,
+        plots=False,
+    )
 
 
 def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
     return dataclasses.replace(
-        GanConfig(**GAN_PRESETS["quick"]), ngf=ndf, ndf=ndf, g_steps=g_steps,
-        n_final_samples=n_final_samples, n_eval_samples=min(1000, n_final_samples),
-        eval_every=0, sample_every=g_steps, checkpoint_every=max(g_steps // 4, 1),
+        GanConfig(**GAN_PRESETS["quick"]),
+        ngf=ndf,
+        ndf=ndf,
+        g_steps=g_steps,
+        n_final_samples=n_final_samples,
+        n_eval_samples=min(1000, n_final_samples),
+        eval_every=0,
+        sample_every=g_steps,
+        checkpoint_every=max(g_steps // 4, 1),
         log_every=max(g_steps // 20, 1),
-    )  # fmt: skip
+    )
 
 
 # ----------------------------------------------------------------------------- sweeps
@@ -187,13 +241,24 @@ def quick(seeds: int = 3) -> list[Run]:
         nd_critic_steps=100, nd_eval_batches=5, d_el_pairs=300, nd_critic_width=16
     )
     return [
-        *_runs(KIND_CLASSIFY, "fashion-mnist/mlp", _mlp_clean(4000, 30), MLP_RANK_RATIOS,
-               seeds, analysis),
-        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(1500, 30), MLP_RANK_RATIOS,
-               seeds),
-        *_runs(KIND_GAN, "fashion-mnist/gan-cnn16", _gan(16, 300, 500), GAN_RANK_RATIOS, seeds,
-               gan_analysis),
-    ]  # fmt: skip
+        *_runs(
+            KIND_CLASSIFY,
+            "fashion-mnist/mlp",
+            _mlp_clean(4000, 30),
+            MLP_RANK_RATIOS,
+            seeds,
+            analysis,
+        ),
+        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
+        *_runs(
+            KIND_GAN,
+            "fashion-mnist/gan-cnn16",
+            _gan(16, 300, 500),
+            GAN_RANK_RATIOS,
+            seeds,
+            gan_analysis,
+        ),
+    ]
 
 
 def standard(seeds: int = 5) -> list[Run]:
@@ -202,23 +267,46 @@ def standard(seeds: int = 5) -> list[Run]:
     the MLP, a 2,000-step GAN scored with 5,000 samples; ``seeds`` seeds per arm."""
     analysis = _analysis(n_pairs=1000, n_jacobian=50, n_margin=0)
     cnn = classify_preset(
-        "fmnist-cnn", width=0.5, epochs=10, train_subset=10000, train_eval_size=0,
-        test_eval_size=2000, weight_decay=0.0, augment="none",
-    )  # fmt: skip
+        "fmnist-cnn",
+        width=0.5,
+        epochs=10,
+        train_subset=10000,
+        train_eval_size=0,
+        test_eval_size=2000,
+        weight_decay=0.0,
+        augment="none",
+    )
     alexnet = dataclasses.replace(cnn, model="alexnet", lr=0.02)
     gan_analysis = GanAnalysisConfig(
         nd_critic_steps=500, nd_eval_batches=10, d_el_pairs=1000, nd_critic_width=32
     )
     return [
-        *_runs(KIND_CLASSIFY, "fashion-mnist/mlp", _mlp_clean(10000, 40), (*MLP_RANK_RATIOS, 0.1),
-               seeds, analysis),
+        *_runs(
+            KIND_CLASSIFY,
+            "fashion-mnist/mlp",
+            _mlp_clean(10000, 40),
+            (*MLP_RANK_RATIOS, 0.1),
+            seeds,
+            analysis,
+        ),
         *_runs(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.1, 0.3), seeds, analysis),
         *_runs(KIND_CLASSIFY, "fashion-mnist/alexnet", alexnet, (0.2, 0.3), seeds, analysis),
-        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(2000, 40), (*MLP_RANK_RATIOS, 0.1),
-               seeds),
-        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", _gan(32, 2000, 5000), GAN_RANK_RATIOS, seeds,
-               gan_analysis),
-    ]  # fmt: skip
+        *_runs(
+            KIND_SHATTER,
+            "fashion-mnist/mlp",
+            _mlp_shatter(2000, 40),
+            (*MLP_RANK_RATIOS, 0.1),
+            seeds,
+        ),
+        *_runs(
+            KIND_GAN,
+            "fashion-mnist/gan-cnn32",
+            _gan(32, 2000, 5000),
+            GAN_RANK_RATIOS,
+            seeds,
+            gan_analysis,
+        ),
+    ]
 
 
 def paper(seeds: int = 3) -> list[Run]:
@@ -232,13 +320,21 @@ def paper(seeds: int = 3) -> list[Run]:
         base = classify_preset(f"cifar10-{model}")
         ratios = (0.2, 0.3) if model == "alexnet" else (0.1, 0.3)  # BN-free AlexNet: c >= 0.2
         runs += _runs(KIND_CLASSIFY, f"cifar10/{model}", base, ratios, seeds, analysis)
-    shatter = classify_preset("shatter", dataset="cifar10", model="alexnet", train_subset=0,
-                              epochs=200, test_eval_size=2000)  # fmt: skip
+    shatter = classify_preset(
+        "shatter",
+        dataset="cifar10",
+        model="alexnet",
+        train_subset=0,
+        epochs=200,
+        test_eval_size=2000,
+    )
     runs += _runs(KIND_SHATTER, "cifar10/alexnet", shatter, (0.2, 0.3), seeds)
     gan = dataclasses.replace(
-        GanConfig(**GAN_PRESETS["sngan-resnet"]), dataset="cifar10", n_final_samples=50000,
+        GanConfig(**GAN_PRESETS["sngan-resnet"]),
+        dataset="cifar10",
+        n_final_samples=50000,
         feature_net="inception-v3",
-    )  # fmt: skip
+    )
     gan_analysis = GanAnalysisConfig(nd_critic_steps=10000, nd_eval_batches=50, d_el_pairs=2000)
     runs += _runs(KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), seeds, gan_analysis)
     return runs
@@ -251,8 +347,9 @@ def tiny(seeds: int = 2) -> list[Run]:
     analysis = _analysis(n_pairs=20, n_jacobian=4, n_margin=0)
     # digits has no offline feature network: no FID/IS (claim 4), D's eL only (claim 5).
     gan = dataclasses.replace(_gan(8, 2, 64), dataset="digits", batch_size=16, n_final_samples=0)
-    gan_analysis = GanAnalysisConfig(nd_critic_steps=2, nd_eval_batches=1, d_el_pairs=10,
-                                     nd_critic_width=8, nd_batch_size=16)  # fmt: skip
+    gan_analysis = GanAnalysisConfig(
+        nd_critic_steps=2, nd_eval_batches=1, d_el_pairs=10, nd_critic_width=8, nd_batch_size=16
+    )
     return [
         *_runs(KIND_CLASSIFY, "digits/mlp", base, (0.1,), seeds, analysis),
         *_runs(KIND_SHATTER, "digits/mlp", shatter, (0.1,), seeds),
@@ -261,8 +358,11 @@ def tiny(seeds: int = 2) -> list[Run]:
 
 
 SWEEPS: dict[str, Callable[..., list[Run]]] = {
-    "quick": quick, "standard": standard, "paper": paper, "tiny": tiny,
-}  # fmt: skip
+    "quick": quick,
+    "standard": standard,
+    "paper": paper,
+    "tiny": tiny,
+}
 
 
 def build_sweep(cfg: ReproduceConfig) -> list[Run]:
@@ -271,7 +371,12 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     runs = make(cfg.seeds) if cfg.seeds else make()
     out_dir = cfg.resolved_out_dir
     return [
-        run.placed(out_dir, device=cfg.device, threads=cfg.threads, progress=cfg.progress,
-                   data_dir=cfg.data_dir)  # fmt: skip
+        run.placed(
+            out_dir,
+            device=cfg.device,
+            threads=cfg.threads,
+            progress=cfg.progress,
+            data_dir=cfg.data_dir,
+        )
         for run in runs
     ]

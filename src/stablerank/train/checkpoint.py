@@ -24,6 +24,7 @@ from stablerank.config import diff_configs
 
 __all__ = [
     "atomic_write_json",
+    "atomic_write_text",
     "capture_rng_state",
     "check_resume_config",
     "load_checkpoint",
@@ -32,7 +33,17 @@ __all__ = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only way to read it; set straight back
+    os.umask(mask)
+    return mask
+
+
 def _atomic_replace(path: Path, write: Any) -> None:
+    """Write through a unique temporary file in the same folder, then ``os.replace`` (atomic on
+    POSIX): readers and a kill never see half a file, and concurrent writers never share a
+    temporary name. The file gets the permissions a plain ``open`` would (0666 less the umask;
+    ``mkstemp`` alone makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -40,6 +51,7 @@ def _atomic_replace(path: Path, write: Any) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -50,6 +62,12 @@ def _atomic_replace(path: Path, write: Any) -> None:
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
     _atomic_replace(Path(path), lambda fh: torch.save(dict(state), fh))
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write text atomically (see :func:`_atomic_replace`)."""
+    data = text.encode()
+    _atomic_replace(Path(path), lambda fh: fh.write(data))
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:

@@ -71,7 +71,10 @@ def build_gan_models(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SrnInactiveWarning)
         normalize_model(
-            D, cfg.d_norm, rank_ratio=cfg.rank_ratio, n_power_iterations=cfg.n_power_iterations,
+            D,
+            cfg.d_norm,
+            rank_ratio=cfg.rank_ratio,
+            n_power_iterations=cfg.n_power_iterations,
             head=cfg.d_norm,
         )
     if cfg.d_norm_embedding:

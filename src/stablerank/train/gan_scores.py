@@ -172,8 +172,9 @@ def write_result(
             flat.update(_scores_only(base, prefix))
             protocol["baselines"][prefix.rstrip("_")] = base[KEY_PROTOCOL]
     curve = tuple(
-        EpochRecord(step=r["step"], fid=r.get("eval_fid"),
-                    srn_active_fraction=r.get(KEY_SRN_ACTIVE))
+        EpochRecord(
+            step=r["step"], fid=r.get("eval_fid"), srn_active_fraction=r.get(KEY_SRN_ACTIVE)
+        )
         for r in records
         if "eval_fid" in r or KEY_SRN_ACTIVE in r
     )

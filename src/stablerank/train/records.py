@@ -13,6 +13,7 @@ Layout of a run directory::
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ from typing import Any
 
 import torch
 
-from stablerank.train.checkpoint import atomic_write_json
+from stablerank.train.checkpoint import atomic_write_json, atomic_write_text
 
 __all__ = ["MetricLog", "environment_info", "git_commit"]
 
@@ -104,22 +105,19 @@ class MetricLog:
         self._rewrite(kept)
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
-        tmp = self.jsonl.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, self.jsonl)
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in records))
         self._write_csv(records)
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
         columns: list[str] = []
         for r in records:
             columns += [k for k in r if k not in columns]
-        tmp = self.csv.with_suffix(".csv.tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            for r in records:
-                writer.writerow({k: _scalar(v) for k, v in r.items()})
-        os.replace(tmp, self.csv)
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({k: _scalar(v) for k, v in r.items()})
+        atomic_write_text(self.csv, text.getvalue())
         self._csv_columns = columns
 
     def append(self, record: Mapping[str, Any]) -> None:
