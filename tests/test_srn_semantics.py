@@ -247,6 +247,8 @@ def test_huge_float32_weight():
 def test_meta_device_and_zero_rows():
     meta = stable_rank_norm(nn.Linear(6, 4, device="meta"), rank_ratio=0.5)
     assert meta.weight.shape == (4, 6) and meta.weight.device.type == "meta"
+    net = sr.normalize_model(nn.Sequential(nn.Linear(6, 4, device="meta")), "srn", head="srn")
+    assert sr.srn_activity(net) == [] and net[0].weight.device.type == "meta"
     empty = stable_rank_norm(nn.Linear(6, 0), rank_ratio=0.5)
     assert empty(torch.randn(2, 6)).shape == (2, 0)
     empty(torch.randn(2, 6)).sum().backward()

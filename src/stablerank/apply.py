@@ -83,14 +83,15 @@ class SrnActivity:
 
 @torch.no_grad()
 def srn_activity(model: nn.Module) -> list[SrnActivity]:
-    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks)."""
+    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks;
+    tensors on the meta device, which have no values, are skipped)."""
     out = []
     for name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for tensor_name, plist in module.parametrizations.items():
             for p in plist:
-                if isinstance(p, _StableRankNorm):
+                if isinstance(p, _StableRankNorm) and plist.original.device.type != "meta":
                     raw = stable_rank(plist.original, p.dim).item()
                     qualified = f"{name}.{tensor_name}" if name else tensor_name
                     out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))
