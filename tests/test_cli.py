@@ -137,7 +137,7 @@ def test_every_float_option_refuses_nan_and_inf(capsys, command, value):
     extra = ["RUN"] if cli._COMMANDS[command].takes_run_dir else []
     for name in fields:
         flag = "--" + name.replace("_", "-")
-        code, _, err = _run(capsys, command, *extra, flag, value, "--print-config")
+        code, _, err = _run(capsys, command, *extra, f"{flag}={value}", "--print-config")
         assert code == 2, (command, name, value)
         assert name in err, (command, name)
 

@@ -103,3 +103,10 @@ def test_yaml_then_flags(tmp_path):
 def test_round_trip_through_dict():
     cfg = classify_preset("shatter", norm="srn", rank_ratio=0.5)
     assert config_from_dict(ClassifyConfig, cfg.to_dict()) == cfg
+
+
+def test_one_default_rank_ratio_for_the_library_and_both_trainers():
+    from stablerank.config.gan import GanConfig
+    from stablerank.srn import DEFAULT_RANK_RATIO
+
+    assert ClassifyConfig().rank_ratio == GanConfig().rank_ratio == DEFAULT_RANK_RATIO

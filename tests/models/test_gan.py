@@ -204,7 +204,7 @@ def test_srn_discriminator_has_unit_spectral_norm_after_training_steps(arch):
     """After a few D updates, every SRN layer of D has sigma_max ~ 1 and srank <= its target."""
     torch.manual_seed(0)
     D = build_discriminator(arch, image_size=28, channels=1, ndf=WIDTH)
-    sr.normalize_model(D, "srn", rank_ratio=0.3)
+    sr.normalize_model(D, "srn", rank_ratio=0.3, head="srn")
     opt = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.0, 0.9))
     for _ in range(5):
         real, fake = torch.rand(8, 1, 28, 28) * 2 - 1, torch.randn(8, 1, 28, 28).clamp(-1, 1)

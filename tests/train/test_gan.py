@@ -119,7 +119,7 @@ def test_run_writes_its_folder(uninterrupted):
     assert result.srn_active_fraction_mean == pytest.approx(
         sum(r["srn_active_fraction"] for r in records) / len(records)
     )
-    assert json.loads((run_dir / "config.json").read_text())["rank_ratio"] == 0.7
+    assert json.loads((run_dir / "config.json").read_text())["rank_ratio"] == 0.1
     # SRN-normalized D: every layer's spectral norm is ~1 (power iteration tracks; 1% slack)
     for row in json.loads((run_dir / "d_layers.json").read_text()):
         assert row["norm"] == "srn"

@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -139,6 +140,9 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
     for v in values:
         if v is None:
             continue
+        if isinstance(v, float) and not math.isfinite(v):
+            # NaN passes every comparison below and inf most: refuse both before any work.
+            raise ValueError(f"config key {key!r} must be a finite number, got {v!r}")
         if meta.get("choices") and v not in meta["choices"]:
             raise ValueError(
                 f"config key {key!r} must be one of {list(meta['choices'])}, got {v!r}"

@@ -108,8 +108,10 @@ class ClassifyConfig:
     )
     # --- normalization ---
     norm: str = option("none", "weight normalization of every conv/linear layer", choices=NORMS)
+    # The library's default c (stablerank.srn.DEFAULT_RANK_RATIO; a test keeps them equal): at
+    # 0.3-0.7 the cap rarely binds on trained weights (docs/c_sweep.md).
     rank_ratio: float = option(
-        0.3, "SRN target stable rank as a fraction c of min(m, n) of each reshaped weight",
+        0.1, "SRN target stable rank as a fraction c of min(m, n) of each reshaped weight",
         min=0.0, max=1.0, min_exclusive=True,
     )  # fmt: skip
     n_power_iterations: int = option(1, "power iterations per training step (sn/srn)", min=1)

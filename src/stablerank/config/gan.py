@@ -7,6 +7,7 @@ in **generator** updates (each preceded by ``n_dis`` discriminator updates), as 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from stablerank.config._base import check_field_ranges, option
@@ -46,8 +47,9 @@ class GanConfig:
     g_norm: str = option(
         "none", "weight normalization of every G conv/linear layer", choices=("none", "sn")
     )
+    # The library's default c (stablerank.srn.DEFAULT_RANK_RATIO; a test keeps them equal).
     rank_ratio: float = option(
-        0.7,
+        0.1,
         "SRN target stable rank as a fraction c of min(m, n) of each "
         "reshaped weight (d_norm=srn only)",
         min=0.0,
@@ -117,6 +119,10 @@ class GanConfig:
 
     def __post_init__(self) -> None:
         check_field_ranges(self)
+        check_device(self.device)
+        for name in ("beta1", "beta2"):
+            if getattr(self, name) >= 1.0:  # Adam divides by 1 - beta**t: 0 at beta = 1
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if self.ema >= 1.0:
             raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema!r}")
         if self.d_norm_embedding and not self.conditional:
@@ -133,6 +139,15 @@ class GanConfig:
                 f"eval_every ({self.eval_every}) exceeds g_steps ({self.g_steps}); "
                 "use 0 to turn evaluation off"
             )
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch has no backend for here (``tpu:0``, ``cuda:x``) before any work."""
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
 
 
 @dataclass(frozen=True)
@@ -153,6 +168,7 @@ class GanAnalysisConfig:
 
     def __post_init__(self) -> None:
         check_field_ranges(self)
+        check_device(self.device)
 
 
 # Named settings (overrides of the defaults above). SPEC 4 for the two SN-GAN ones.

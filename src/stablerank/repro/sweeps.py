@@ -233,7 +233,7 @@ MLP_RANK_RATIOS = (0.05,)
 GAN_RANK_RATIOS = (0.2,)
 
 
-def quick(seeds: int = 3) -> list[Run]:
+def quick(seeds: int = 5) -> list[Run]:
     """``make demo``: MLP on 4,000 clean images and on 1,500 random labels, a 300-step SN-GAN vs
     SRN-GAN, each with ``seeds`` seeds per arm, at rank ratios where the cap binds."""
     analysis = _analysis(n_pairs=300, n_jacobian=16, n_margin=0)

@@ -127,10 +127,10 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    train_cfg, data, model = load_run(run_dir, device)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
           f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,
           flush=True)  # fmt: skip
-    train_cfg, data, model = load_run(run_dir, device)
     splits = data.splits
 
     def images(x: torch.Tensor) -> torch.Tensor:  # stored -> what the network sees, on device
