@@ -90,6 +90,22 @@ def _output_to(path: Path | None) -> Iterator[None]:
             os.close(saved[1])
 
 
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torch's CPU threads set to ``n`` (0: unchanged) for the duration of one run."""
+    if not n:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _train(run: Run) -> bool:
     """Train (resuming from the newest checkpoint); True when the run diverged."""
     if isinstance(run.config, GanConfig):
@@ -146,7 +162,7 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
         )
 
     try:
-        with _output_to(run_dir.path / OUTPUT_LOG if capture else None):
+        with _output_to(run_dir.path / OUTPUT_LOG if capture else None), _threads(run.threads):
             status("running", error="")
             diverged = _train(run)
             if not diverged:

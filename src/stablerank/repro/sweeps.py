@@ -69,12 +69,15 @@ class Run:
             only in normalization, rank ratio and seed).
         config: the trainer config (its run folder not yet set: see :meth:`placed`).
         analysis: what is measured after training (None: nothing).
+        threads: torch CPU threads for training and analysis alike (0 = torch's default); the
+            same number in every executor, so their results are bitwise equal.
     """
 
     kind: str
     setting: str
     config: ClassifyConfig | GanConfig
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None
+    threads: int = 0  # torch CPU threads of the whole run (0 = torch's default)
 
     @property
     def norm(self) -> str:
@@ -132,7 +135,7 @@ class Run:
         analysis = self.analysis
         if analysis is not None:
             analysis = dataclasses.replace(analysis, device=device)
-        return dataclasses.replace(self, config=config, analysis=analysis)
+        return dataclasses.replace(self, config=config, analysis=analysis, threads=threads)
 
     @property
     def run_dir(self) -> Path:
