@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared pass on a CUDA machine: the GPU tests, the SRN-vs-SN benchmark, then the
-# `standard` reproduction sweep on the one GPU (local executor, several workers sharing it).
+# One prepared pass on a CUDA machine: the `standard` reproduction sweep on the one GPU (local
+# executor, several workers sharing it), then the SRN-vs-SN benchmark (and the GPU tests with
+# RUN_TESTS=1).
 # Needs no install beyond the machine's torch, numpy, scipy, matplotlib, pyyaml, tqdm and
 # torchmetrics: runs from the source tree.
 #
@@ -18,16 +19,12 @@ sweep=${SWEEP:-standard}
 start=$(date +%s)
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
-py=python3
+py=${PY:-python3}
 
 if [ "$device" = cuda ]; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
     $py -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" \
         | tee -a "$out/gpu.txt"
-    timeout 120 $py -m pytest tests/test_cuda.py -q -p no:cacheprovider -x 2>&1 | tail -15 \
-        | tee "$out/pytest_cuda.log"
-    timeout 120 $py benchmarks/bench_srn.py --device cuda --rounds 5 --models small_cnn resnet20 \
-        2>&1 | tee "$out/bench_cuda.log"
 fi
 
 repro=$PWD/.devrun/reproduce-$sweep
@@ -41,4 +38,11 @@ $py -m stablerank reproduce --sweep "$sweep" --out-dir "$repro" --report-only \
 tar -czf "$out/reproduce.tar.gz" --exclude='*.pt' --exclude='submitit' -C "$(dirname "$repro")" \
     "$(basename "$repro")"
 tail -5 "$out/reproduce.log"
+# After the sweep, on the idle GPU: the GPU tests and the SRN-vs-SN training-step benchmark.
+if [ "$device" = cuda ]; then
+    timeout "${BENCH_SECONDS:-90}" $py benchmarks/bench_srn.py --device cuda --rounds 3 \
+        --models small_cnn resnet20 >"$out/bench_cuda.log" 2>&1
+    [ -n "${RUN_TESTS:-}" ] && timeout 120 $py -m pytest tests/test_cuda.py -q -p no:cacheprovider \
+        >"$out/pytest_cuda.log" 2>&1
+fi
 echo "device_check done after $(($(date +%s) - start)) s"
