@@ -63,7 +63,9 @@ AUTO_AUGMENT = MappingProxyType(
 # Keys that may differ between a checkpoint and the run resuming it: where/how it runs and what is
 # printed, never what is computed (on the CPU the resumed weights are bitwise those of a run that
 # was never stopped).
-RESUME_MAY_DIFFER = ("resume", "progress", "num_threads", "device", "out_dir", "run_dir")
+RESUME_MAY_DIFFER = (
+    "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_dir",
+)  # fmt: skip
 
 
 def _validate(cfg: Any) -> None:
@@ -153,6 +155,9 @@ class ClassifyConfig:
     out_dir: str = option("runs", "parent folder of run folders")
     run_dir: str | None = option(
         None, "run folder (None = out_dir/<dataset>_<model>_<norm>_s<seed>_<config hash>)"
+    )
+    overwrite: bool = option(
+        False, "start afresh in a run folder that holds another run's results (they are lost)"
     )
     resume: bool = option(False, "continue from run_dir/checkpoint.pt (config must match)")
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")

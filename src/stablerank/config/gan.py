@@ -112,6 +112,9 @@ class GanConfig:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     out_dir: str = option("runs/gan", "parent folder of run folders")
     run_name: str | None = option(None, "run folder name; None = derived from the config")
+    overwrite: bool = option(
+        False, "start afresh in a run folder that holds another run's results (they are lost)"
+    )
     resume: bool = option(False, "continue from the newest checkpoint in the run folder")
     compile: bool = option(False, "torch.compile G and D")
     amp: bool = option(False, "bfloat16 autocast (CUDA only)")
@@ -120,6 +123,14 @@ class GanConfig:
     def __post_init__(self) -> None:
         check_field_ranges(self)
         check_device(self.device)
+        if self.run_name is not None and (
+            not self.run_name
+            or self.run_name in (".", "..")
+            or any(c in self.run_name for c in "/\\")
+        ):
+            raise ValueError(
+                f"run_name must be a plain folder name inside out_dir, got {self.run_name!r}"
+            )
         for name in ("beta1", "beta2"):
             if getattr(self, name) >= 1.0:  # Adam divides by 1 - beta**t: 0 at beta = 1
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")

@@ -9,6 +9,8 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import random
@@ -23,6 +25,7 @@ import torch
 from stablerank.config import diff_configs
 
 __all__ = [
+    "CorruptCheckpointError",
     "atomic_write_json",
     "atomic_write_text",
     "capture_rng_state",
@@ -59,9 +62,24 @@ def _atomic_replace(path: Path, write: Any) -> None:
         raise
 
 
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: truncated, altered, or not a checkpoint at all."""
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
-    """Write ``state`` to ``path`` atomically (temporary file + ``os.replace``)."""
-    _atomic_replace(Path(path), lambda fh: torch.save(dict(state), fh))
+    """Write ``state`` to ``path`` atomically, then its SHA-256 beside it (``<name>.sha256``),
+    which :func:`load_checkpoint` checks: a flipped bit or a cut file is an error, never a
+    silently different model."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(dict(state), buffer)
+    data = buffer.getvalue()
+    _atomic_replace(path, lambda fh: fh.write(data))
+    atomic_write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -77,12 +95,36 @@ def atomic_write_json(path: str | Path, data: Any) -> None:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` (never retried silently)."""
+    """Load a checkpoint written by :func:`save_checkpoint` (never retried silently).
+
+    Loading never runs code from the file (``torch.load(weights_only=True)``: tensors, numbers,
+    strings and containers only; the RNG states are stored in that form).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CorruptCheckpointError: its SHA-256 differs from the one saved beside it, or it cannot be
+            read as a checkpoint (truncated, not ours, or holding objects other than data).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    # weights_only=False: our checkpoints hold RNG states (numpy arrays, tuples), written by us.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    data = path.read_bytes()
+    digest = _digest_path(path)
+    if digest.is_file() and digest.read_text().strip() != hashlib.sha256(data).hexdigest():
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} does not match its saved SHA-256 ({digest.name}): the file "
+            "was altered or cut"
+        )
+    try:
+        state = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises several types for a cut or foreign file
+        raise CorruptCheckpointError(
+            f"checkpoint {str(path)!r} cannot be read as a stablerank checkpoint: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        ) from None
+    if not isinstance(state, dict):
+        raise CorruptCheckpointError(f"checkpoint {str(path)!r} does not hold a dict")
+    return state
 
 
 def check_resume_config(
@@ -106,12 +148,16 @@ def check_resume_config(
 
 
 def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training loop touches: Python, NumPy, torch CPU and all CUDA devices."""
+    """Every RNG a training loop touches: Python, NumPy, torch CPU and all CUDA devices, as
+    tensors and numbers (what ``torch.load(weights_only=True)`` reads back)."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
-    }
+    }  # fmt: skip
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -119,8 +165,11 @@ def capture_rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["mt"].tolist()), py["gauss"]))
+    npy = state["numpy"]
+    keys = npy["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

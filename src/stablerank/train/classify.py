@@ -59,7 +59,12 @@ from stablerank.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from stablerank.train.records import MetricLog, environment_info, write_run_files
+from stablerank.train.records import (
+    MetricLog,
+    environment_info,
+    refuse_to_overwrite,
+    write_run_files,
+)
 from stablerank.train.results import (
     ClassifierResult,
     EpochRecord,
@@ -306,6 +311,8 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
     ckpt_path = run_dir / CHECKPOINT_FILE
     if ckpt_path.exists() and not cfg.resume:
         raise FileExistsError(f"{ckpt_path} exists; pass resume=True or choose another run_dir")
+    if info.is_main:
+        refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
     seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
 
     # ---- data: whole splits on the device, one global shuffle per epoch, sharded by rank

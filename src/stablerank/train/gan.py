@@ -60,6 +60,7 @@ from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
 from stablerank.report import layer_report
 from stablerank.train.checkpoint import (
+    CorruptCheckpointError,
     capture_rng_state,
     check_resume_config,
     load_checkpoint,
@@ -96,7 +97,12 @@ from stablerank.train.gan_scores import (
     divergence_of,
     write_result,
 )
-from stablerank.train.records import MetricLog, environment_info, write_run_files
+from stablerank.train.records import (
+    MetricLog,
+    environment_info,
+    refuse_to_overwrite,
+    write_run_files,
+)
 from stablerank.train.results import GanResult, active_fraction, layer_stats
 from stablerank.train.runtime import deferred_sigint, end_worker, init_distributed, seed_everything
 
@@ -119,6 +125,7 @@ __all__ = [
 # computes (evaluation and sampling use their own RNG streams, so they never alter training).
 _RESUME_ALLOWED = (
     "resume",
+    "overwrite",
     "progress",
     "device",
     "out_dir",
@@ -195,8 +202,19 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             f"run folder {str(run_dir)!r} already holds checkpoints; pass "
             "resume=True to continue it or choose another run_name"
         )
-    if found:
-        ckpt = load_checkpoint(found[-1], map_location="cpu")
+    refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
+    # The newest intact checkpoint: a cut or altered newest file (a kill mid-write, a flipped
+    # bit) falls back to the older one kept beside it.
+    for path in reversed(found):
+        try:
+            ckpt = load_checkpoint(path, map_location="cpu")
+            break
+        except CorruptCheckpointError as err:
+            print(f"resume: {err}; trying the previous checkpoint", file=sys.stderr)
+    else:
+        if found:
+            raise CorruptCheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}")
+    if ckpt is not None:
         check_resume_config(ckpt["config"], cfg_dict, allowed=_RESUME_ALLOWED)
 
     # --- data ---
@@ -296,6 +314,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
         for old in _checkpoints(run_dir)[: -cfg.keep_checkpoints]:
             old.unlink()
+            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
 
     wants_eval = cfg.eval_every > 0 or cfg.n_final_samples > 0
     evaluator = (

@@ -144,6 +144,24 @@ class MetricLog:
             self._writer.close()
 
 
+_RESULT_FILES = ("metrics.json", "log.jsonl", "analysis.json", "gan_analysis.json")
+
+
+def refuse_to_overwrite(run_dir: Path, allowed: bool) -> None:
+    """Refuse to start a new run in a folder that holds another run's results.
+
+    Raises:
+        FileExistsError: ``run_dir`` holds results (a log, metrics) and ``allowed`` is False (pass
+            ``resume=True`` to continue that run or ``overwrite=True`` to replace it).
+    """
+    found = [name for name in _RESULT_FILES if (run_dir / name).exists()]
+    if found and not allowed:
+        raise FileExistsError(
+            f"{run_dir} already holds a run's results ({', '.join(found)}); pass resume=True to "
+            "continue it, overwrite=True to replace it, or choose another folder"
+        )
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL log. A cut last line (a kill or a full disk mid-write) is dropped:
     the run resumes from its checkpoint, which never runs ahead of a complete record. A bad line

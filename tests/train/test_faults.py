@@ -1,0 +1,122 @@
+"""Faults and bad input (issue 12): another run's results are never taken over, a torn log line,
+a cut or altered checkpoint and a crafted one each end in a resumed run or one clear error, never
+in silently changed results or in code run from a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import pickle
+
+import pytest
+import torch
+
+from stablerank.config._base import config_from_dict
+from stablerank.config.classify import ClassifyConfig, classify_preset
+from stablerank.config.gan import GanConfig
+from stablerank.train import analyze, classify
+from stablerank.train import gan as gan_train
+from stablerank.train.checkpoint import CorruptCheckpointError, load_checkpoint
+from stablerank.train.results import ClassifierResult, GanResult
+
+
+def _tiny(tmp_path, **kw) -> ClassifyConfig:
+    return classify_preset("tiny", run_dir=str(tmp_path / "run"), progress=False, **kw)
+
+
+def _gan(tmp_path, **kw) -> GanConfig:
+    base = {"dataset": "digits", "arch": "cnn", "ngf": 8, "ndf": 8, "z_dim": 16, "batch_size": 16,
+            "device": "cpu", "n_final_samples": 0, "progress": False, "log_every": 1,
+            "sample_every": 0, "g_steps": 4, "checkpoint_every": 1, "d_norm": "srn",
+            "out_dir": str(tmp_path), "run_name": "g"}  # fmt: skip
+    return config_from_dict(GanConfig, {**base, **kw})
+
+
+def test_a_folder_with_another_runs_results_is_not_taken_over(tmp_path):
+    cfg = _tiny(tmp_path, epochs=1)
+    first = classify.run(cfg)
+    (tmp_path / "run" / "checkpoint.pt").unlink()  # results without a checkpoint
+    with pytest.raises(FileExistsError, match="already holds a run's results"):
+        classify.run(cfg)
+    assert ClassifierResult.from_json(tmp_path / "run") == first  # untouched
+    assert classify.run(dataclasses.replace(cfg, overwrite=True)) == first
+
+
+def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path):
+    cfg = _tiny(tmp_path, epochs=2)
+    straight = classify.run(_tiny(tmp_path / "a", epochs=2))
+    classify.run(dataclasses.replace(cfg, epochs=2))
+    log = tmp_path / "run" / "log.jsonl"
+    log.write_text(log.read_text() + '{"epoch": 3, "train_ac')  # a kill mid-write
+    resumed = classify.run(dataclasses.replace(cfg, resume=True))
+    assert resumed == straight
+    assert log.read_text().count("\n") == 2
+
+
+def test_a_flipped_bit_in_a_checkpoint_is_a_clear_error(tmp_path):
+    cfg = _tiny(tmp_path, epochs=1)
+    classify.run(cfg)
+    path = tmp_path / "run" / classify.CHECKPOINT_FILE
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CorruptCheckpointError, match="checkpoint.pt.*SHA-256"):
+        analyze.load_run_model(tmp_path / "run")
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_crafted_checkpoint_does_not_run_code(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = _Payload()
+    payload.marker = marker
+    path = tmp_path / "checkpoint.pt"
+    with path.open("wb") as fh:
+        pickle.dump({"model": payload}, fh)
+    with pytest.raises(CorruptCheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_gan_resume_falls_back_to_the_older_intact_checkpoint(tmp_path, capsys):
+    straight = gan_train.run(_gan(tmp_path / "a"))
+    cfg = _gan(tmp_path / "b")
+    gan_train.run(cfg, stop_at=3)
+    newest = tmp_path / "b" / "g" / "checkpoints" / "step_0000003.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # cut by a kill mid-write
+    resumed = gan_train.run(dataclasses.replace(cfg, resume=True))
+    assert "trying the previous checkpoint" in capsys.readouterr().err
+    assert dataclasses.replace(resumed, train_seconds=0.0) == dataclasses.replace(
+        straight, train_seconds=0.0
+    )
+
+
+def test_gan_run_name_cannot_leave_out_dir(tmp_path):
+    for name in ("../../x", "/abs/x", "a/b", ".."):
+        with pytest.raises(ValueError, match="run_name must be a plain folder name"):
+            _gan(tmp_path, run_name=name)
+
+
+@pytest.mark.parametrize(
+    ("cls", "field", "value", "match"),
+    [
+        (GanConfig, "beta1", 1.0, "beta1 must be in"),
+        (GanConfig, "beta2", 1.0, "beta2 must be in"),
+        (GanConfig, "device", "tpu:0", "device must be"),
+        (ClassifyConfig, "label_noise", math.nan, "finite"),
+        (ClassifyConfig, "lr", math.inf, "finite"),
+    ],
+)
+def test_config_refuses_what_the_code_would_reject_later(cls, field, value, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**{field: value})
+
+
+def test_resumed_gan_result_is_typed(tmp_path):
+    result = gan_train.run(_gan(tmp_path, g_steps=2))
+    assert isinstance(result, GanResult) and result.steps == 2
+    assert torch.isfinite(torch.tensor(result.d_loss))
