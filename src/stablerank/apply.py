@@ -83,15 +83,22 @@ class SrnActivity:
 
 @torch.no_grad()
 def srn_activity(model: nn.Module) -> list[SrnActivity]:
-    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks;
-    tensors on the meta device, which have no values, are skipped)."""
+    """One :class:`SrnActivity` per SRN-normalized tensor of ``model`` (exact stable ranks).
+
+    Skipped: tensors on the meta device (no values), and tensors whose target r is at least
+    min(m, n) (e.g. a 1 x n output layer): there the cap can never act and SRN is exactly SN, so
+    counting them would only dilute the fraction of layers where SRN differs from SN."""
     out = []
     for name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
         for tensor_name, plist in module.parametrizations.items():
             for p in plist:
-                if isinstance(p, _StableRankNorm) and plist.original.device.type != "meta":
+                if (
+                    isinstance(p, _StableRankNorm)
+                    and p.clamps_srank
+                    and plist.original.device.type != "meta"
+                ):
                     raw = stable_rank(plist.original, p.dim).item()
                     qualified = f"{name}.{tensor_name}" if name else tensor_name
                     out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))

@@ -120,3 +120,12 @@ def test_resumed_gan_result_is_typed(tmp_path):
     result = gan_train.run(_gan(tmp_path, g_steps=2))
     assert isinstance(result, GanResult) and result.steps == 2
     assert torch.isfinite(torch.tensor(result.d_loss))
+
+
+def test_stale_temporary_files_of_a_killed_write_are_removed_on_start(tmp_path):
+    cfg = _tiny(tmp_path, epochs=1)
+    classify.run(cfg)
+    stale = tmp_path / "run" / ".checkpoint.pt.abc123.tmp"
+    stale.write_bytes(b"x" * 1000)  # what a kill inside a checkpoint write leaves
+    classify.run(dataclasses.replace(cfg, resume=True))
+    assert not stale.exists()

@@ -63,6 +63,7 @@ from stablerank.train.records import (
     MetricLog,
     environment_info,
     refuse_to_overwrite,
+    remove_stale_temp_files,
     write_run_files,
 )
 from stablerank.train.results import (
@@ -313,6 +314,7 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
         raise FileExistsError(f"{ckpt_path} exists; pass resume=True or choose another run_dir")
     if info.is_main:
         refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
+        remove_stale_temp_files(run_dir)
     seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
 
     # ---- data: whole splits on the device, one global shuffle per epoch, sharded by rank

@@ -101,6 +101,7 @@ from stablerank.train.records import (
     MetricLog,
     environment_info,
     refuse_to_overwrite,
+    remove_stale_temp_files,
     write_run_files,
 )
 from stablerank.train.results import GanResult, active_fraction, layer_stats
@@ -203,6 +204,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             "resume=True to continue it or choose another run_name"
         )
     refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
+    if info.is_main:
+        remove_stale_temp_files(run_dir)
     # The newest intact checkpoint: a cut or altered newest file (a kill mid-write, a flipped
     # bit) falls back to the older one kept beside it.
     for path in reversed(found):

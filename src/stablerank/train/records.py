@@ -162,6 +162,16 @@ def refuse_to_overwrite(run_dir: Path, allowed: bool) -> None:
         )
 
 
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the ``.<name>.*.tmp`` files a kill inside an atomic write left in ``run_dir`` (and
+    its ``checkpoints/``); return them. Call it only where no other process writes the folder (a
+    trainer starting its run)."""
+    stale = [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL log. A cut last line (a kill or a full disk mid-write) is dropped:
     the run resumes from its checkpoint, which never runs ahead of a complete record. A bad line
