@@ -61,7 +61,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_a_clear_error(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptCheckpointError, match="checkpoint.pt.*SHA-256"):
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.pt.*SHA-256"):
         analyze.load_run_model(tmp_path / "run")
 
 
