@@ -105,7 +105,13 @@ from stablerank.train.records import (
     write_run_files,
 )
 from stablerank.train.results import GanResult, active_fraction, layer_stats
-from stablerank.train.runtime import deferred_sigint, end_worker, init_distributed, seed_everything
+from stablerank.train.runtime import (
+    ProgressLine,
+    deferred_sigint,
+    end_worker,
+    init_distributed,
+    seed_everything,
+)
 
 # The run's building blocks live in the gan_* modules beside this one; the names that callers
 # used from here (the metrics.json keys among them) stay importable from here.
@@ -343,6 +349,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     divergence = ""
     t0, step = time.perf_counter(), start
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
+    # Without a terminal the bar is off: a plain line every few seconds instead.
+    plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
     with deferred_sigint(enabled=not info.distributed) as interrupt:
         while step < end and not interrupt["stop"]:
             for i in range(cfg.n_dis):
@@ -411,6 +419,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
                     break
                 shown = {**values, **last_eval}
                 bar.set_postfix({k: f"{shown[k]:.3f}" for k in _BAR_KEYS if k in shown})
+                if plain is not None:
+                    plain.update(step, **{k: shown[k] for k in _BAR_KEYS if k in shown})
             if not info.is_main:
                 bar.update(1)
                 continue

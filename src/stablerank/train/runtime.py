@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -123,3 +124,23 @@ def deferred_sigint(enabled: bool) -> Iterator[dict[str, bool]]:
         yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+class ProgressLine:
+    """A plain progress line on stderr every ``every_s`` seconds (for logs, where a tqdm bar is
+    off because stderr is not a terminal): ``label step/total, values, ETA``."""
+
+    def __init__(self, label: str, total: int, start: int = 0, every_s: float = 10.0) -> None:
+        self.label, self.total, self.start, self.every_s = label, total, start, every_s
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, step: int, **values: float) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every_s and step < self.total:
+            return
+        self.last = now
+        done = step - self.start
+        eta = (now - self.t0) / done * (self.total - step) if done > 0 else float("nan")
+        shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
+        print(f"{self.label} {step}/{self.total} {shown} | ETA {eta:.0f} s", file=sys.stderr,
+              flush=True)  # fmt: skip
