@@ -118,7 +118,8 @@ class ClassifyConfig:
     )  # fmt: skip
     n_power_iterations: int = option(1, "power iterations per training step (sn/srn)", min=1)
     head: str = option(
-        "none", "normalization of the classifier head (the final Linear): none, or sn (SRN's "
+        "none",
+        "normalization of the classifier head (the final Linear): none, or sn (SRN's "
         "rank on a 10-class head is 1-3, so the head is never SRN-normalized)",
         choices=("none", "sn"),
     )

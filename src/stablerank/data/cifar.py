@@ -203,7 +203,8 @@ def _how_to_get_cifar(layout: _CifarLayout, root: Path | None) -> str:
     where = "--data-dir DIR" if root is None else str(root)
     return (
         f"put the folder {layout.folder}/ (or the archive {layout.archive}, from {layout.url}) "
-        f"in {where}, or pass download=True (--download) on a machine with network access"
+        f"in {where}, or call stablerank.data.load_dataset(..., download=True) from Python on a "
+        "machine with network access"
     )
 
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stablerank.data._optional import import_optional
+from stablerank._optional import import_optional
 from stablerank.data.cifar import CIFAR_LAYOUTS, load_cifar
 from stablerank.data.splits import (
     PIXEL_MAX,

@@ -40,8 +40,8 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from stablerank._optional import import_optional
 from stablerank.metrics._checks import check_finite, check_positive_int, seeded
-from stablerank.metrics._optional import import_optional
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FeatureExtractor,

@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from stablerank._optional import import_optional
 from stablerank.metrics._checks import check_positive_int
-from stablerank.metrics._optional import import_optional
 
 __all__ = [
     "KEY_EL_MAX",

@@ -1,9 +1,10 @@
 """Imports of the packages in the ``experiments`` extra, done when a function needs them.
 
-``pip install stablerank`` brings only torch, numpy, pyyaml and tqdm; the metrics that need more
-(torchmetrics for FID/KID/IS, matplotlib for histograms) import their package on first use through
-:func:`import_optional`, which turns a missing package into an error that says how to install it.
-(A twin of ``stablerank.data._optional``: ``data`` may import nothing else from the package.)
+``pip install stablerank`` brings only torch, numpy, pyyaml and tqdm; the data sets, metrics and
+plots that need more (scikit-learn's digits, MNIST-1D, torchmetrics, matplotlib) import their
+package on first use through :func:`import_optional`, which turns a missing package into an
+error that says how to install it. A leaf module (standard library only): every layer of the
+package may import it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ def import_optional(module: str, purpose: str) -> ModuleType:
     """Import ``module`` or explain which extra provides it.
 
     Args:
-        module: dotted module name (e.g. ``"torchmetrics.image.fid"``).
-        purpose: what needs it, for the message (e.g. ``"FID"``).
+        module: dotted module name (e.g. ``"sklearn.datasets"``).
+        purpose: what needs it, for the message (e.g. ``"the digits dataset"``).
 
     Returns:
         The imported module.
