@@ -250,7 +250,9 @@ def normalize_model(
         for layer in reversed(done):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         raise
-    if any(kind == "srn" for _, kind in plan) and srn_active_fraction(model) == 0.0:
+    # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
+    # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
+    if any(kind == "srn" for _, kind in plan) and not srn_active_fraction(model) > 0.0:
         warnings.warn(
             "SRN's cap binds on no layer of this model at registration (every raw stable rank is "
             f"<= its target; rank_ratio={rank_ratio}, srank={srank}): SRN acts as spectral "
