@@ -129,3 +129,50 @@ def test_stale_temporary_files_of_a_killed_write_are_removed_on_start(tmp_path):
     stale.write_bytes(b"x" * 1000)  # what a kill inside a checkpoint write leaves
     classify.run(dataclasses.replace(cfg, resume=True))
     assert not stale.exists()
+
+
+_KILL_WORKER = """
+import sys
+from stablerank.config.classify import classify_preset
+from stablerank.train import classify
+cfg = classify_preset("tiny", run_dir=sys.argv[1], progress=False, epochs=6, num_threads=1,
+                      model="small_cnn", width=0.25, train_subset=256, norm="srn", resume=True)
+classify.run(cfg)
+"""
+
+
+@pytest.mark.slow
+def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path):
+    """SIGKILL at seeded random moments (inside epochs, checkpoint and log writes alike), then the
+    same command again: the end result is the uninterrupted run's, bitwise."""
+    import random
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(_KILL_WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def launch(run_dir):
+        return subprocess.Popen([sys.executable, str(script), str(run_dir)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+    reference = launch(tmp_path / "straight")
+    assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    rng = random.Random(0)
+    killed = tmp_path / "killed"
+    kills = 0
+    for _ in range(6):
+        proc = launch(killed)
+        time.sleep(rng.uniform(1.0, 4.0))  # import + data take ~1-2 s, an epoch well under 1 s
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait(timeout=60)
+    final = launch(killed)
+    assert final.wait(timeout=300) == 0, final.stderr.read()
+    assert kills >= 3  # the test did interrupt the run
+    a = ClassifierResult.from_json(tmp_path / "straight")
+    b = ClassifierResult.from_json(killed)
+    assert a == b
