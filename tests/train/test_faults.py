@@ -155,8 +155,10 @@ def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path
     env = dict(os.environ, OMP_NUM_THREADS="1")
 
     def launch(run_dir):
-        return subprocess.Popen([sys.executable, str(script), str(run_dir)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        argv = [sys.executable, str(script), str(run_dir)]
+        return subprocess.Popen(
+            argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
 
     reference = launch(tmp_path / "straight")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
