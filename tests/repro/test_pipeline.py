@@ -13,6 +13,7 @@ from stablerank.config.reproduce import SWEEP_NAMES, ReproduceConfig
 from stablerank.repro import execute as execute_module
 from stablerank.repro import pipeline, sweeps
 from stablerank.repro.execute import execute
+from stablerank.train.results import ClassifierResult
 from stablerank.train.rundir import RunDir
 
 pytestmark = pytest.mark.slow
@@ -127,3 +128,12 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "runs (" in out and "new" in out
     assert not (tmp_path / sweeps.RUNS_DIR).exists()
+
+
+def test_a_run_can_train_with_torchrun_ddp(tmp_path):
+    cfg = _cfg(tmp_path, executor="sequential", nproc_per_node=2)
+    run = next(r for r in sweeps.build_sweep(cfg) if r.kind == "classify")
+    assert run.nproc_per_node == 2
+    assert execute(run).state == "done"
+    result = ClassifierResult.from_json(run.run_dir)
+    assert result.protocol["world_size"] == 2 and (run.run_dir / "analysis.json").is_file()

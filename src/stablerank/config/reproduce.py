@@ -51,6 +51,12 @@ class ReproduceConfig:
         0, "local executor: concurrent runs (0 = one per GPU, else cores / threads)", min=0
     )
     threads: int = option(1, "torch CPU threads of each run (0 = torch's default)", min=0)
+    nproc_per_node: int = option(
+        1,
+        "processes per training run: > 1 launches each training with torchrun --standalone "
+        "(DDP, e.g. one process per GPU of a node or of a SLURM job); analyses stay one process",
+        min=1,
+    )
     device: str = option(
         "auto", "device of every run ('auto' = cuda when present)", choices=("auto", "cpu", "cuda")
     )

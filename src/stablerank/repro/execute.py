@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 import time
 import traceback
@@ -25,6 +26,7 @@ from stablerank.train.rundir import RunDir, RunLockedError
 __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
 OUTPUT_LOG = "output.log"
+LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
 DONE, FAILED, DIVERGED, SKIPPED, BUSY, INTERRUPTED = (
     "done",
     "failed",
@@ -106,8 +108,27 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _torchrun(run: Run) -> bool:
+    """Train with ``torchrun --standalone --nproc_per_node=N -m stablerank train|gan`` (DDP on
+    this node or in this SLURM job); True when the run diverged."""
+    from stablerank.config import config_to_dict
+    from stablerank.train.checkpoint import atomic_write_json
+    from stablerank.train.results import ClassifierResult, GanResult
+
+    is_gan = isinstance(run.config, GanConfig)
+    launch = run.run_dir / LAUNCH_FILE
+    atomic_write_json(launch, config_to_dict(run.config))
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={run.nproc_per_node}", "-m", "stablerank",
+            "gan" if is_gan else "train", "--config", str(launch)]  # fmt: skip
+    subprocess.run(argv, check=True)
+    return (GanResult if is_gan else ClassifierResult).from_json(run.run_dir).diverged
+
+
 def _train(run: Run) -> bool:
     """Train (resuming from the newest checkpoint); True when the run diverged."""
+    if run.nproc_per_node > 1:
+        return _torchrun(run)
     if isinstance(run.config, GanConfig):
         from stablerank.train import gan
 

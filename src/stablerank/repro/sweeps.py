@@ -78,6 +78,7 @@ class Run:
     config: ClassifyConfig | GanConfig
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None
     threads: int = 0  # torch CPU threads of the whole run (0 = torch's default)
+    nproc_per_node: int = 1  # > 1: training is launched with torchrun (DDP)
 
     @property
     def norm(self) -> str:
@@ -118,6 +119,7 @@ class Run:
         threads: int,
         progress: bool,
         data_dir: str | None,
+        nproc_per_node: int = 1,
     ) -> Run:
         """The run with its folder (``out_dir/runs/<name>``) and runtime settings filled in."""
         run_dir = Path(out_dir) / RUNS_DIR / self.name
@@ -135,7 +137,9 @@ class Run:
         analysis = self.analysis
         if analysis is not None:
             analysis = dataclasses.replace(analysis, device=device)
-        return dataclasses.replace(self, config=config, analysis=analysis, threads=threads)
+        return dataclasses.replace(
+            self, config=config, analysis=analysis, threads=threads, nproc_per_node=nproc_per_node
+        )
 
     @property
     def run_dir(self) -> Path:
@@ -380,6 +384,7 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
             threads=cfg.threads,
             progress=cfg.progress,
             data_dir=cfg.data_dir,
+            nproc_per_node=cfg.nproc_per_node,
         )
         for run in runs
     ]
