@@ -191,9 +191,13 @@ def test_lr_schedule_values():
     assert [classify.lr_at(warm, s, steps) for s in (0, 9, 10)] == pytest.approx([0.02, 0.2, 0.2])
 
 
-def test_global_batch_must_split_across_ranks_and_fit_the_data(tmp_path):
-    with pytest.raises(ValueError, match="batch_size must be <= 200"):
-        classify.run(tiny(tmp_path, train_subset=200, batch_size=256))
+def test_global_batch_must_fit_the_data(tmp_path):
+    # A subset smaller than a batch is refused when the config is built (before any work) ...
+    with pytest.raises(ValueError, match=r"batch_size \(256\) must be <= train_subset \(200\)"):
+        tiny(tmp_path, train_subset=200, batch_size=256)
+    # ... and a batch larger than the whole dataset (1,347 digits) when the data is read.
+    with pytest.raises(ValueError, match="batch_size must be <= 1347"):
+        classify.run(tiny(tmp_path, batch_size=2048))
 
 
 def test_run_dir_name_spells_out_the_protocol():

@@ -77,3 +77,30 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         # Measured max difference 1.3e-7 (float32 rounding drift over 42 steps); 1e-5 leaves a
         # 100x margin yet is far below what one SGD step changes (lr 0.05 x gradients ~1e-2).
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_killing_the_torchrun_agent_ends_its_workers(tmp_path):
+    import signal
+    import time
+
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    long = dict(SETTINGS, epochs=200)  # minutes of work: still running when the agent dies
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(script), str(tmp_path / "ddp"), str(tmp_path), repr(long)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    log = tmp_path / "ddp" / "log.jsonl"
+    deadline = time.time() + 120
+    while not log.exists() and time.time() < deadline:  # the workers are training
+        time.sleep(0.5)
+    assert log.exists()
+    agent.send_signal(signal.SIGKILL)
+    agent.wait()
+    time.sleep(5)  # SIGTERM reaches the workers at once; give them time to exit
+    size = log.stat().st_size
+    time.sleep(5)
+    assert log.stat().st_size == size  # nobody writes into the run folder any more

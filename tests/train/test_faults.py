@@ -178,3 +178,15 @@ def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path
     a = ClassifierResult.from_json(tmp_path / "straight")
     b = ClassifierResult.from_json(killed)
     assert a == b
+
+
+def test_analysing_a_diverged_run_is_an_error(tmp_path):
+    cfg = _tiny(tmp_path, lr=1e6, epochs=2)
+    assert classify.run(cfg).diverged
+    with pytest.raises(ValueError, match="diverged"):
+        analyze.run(analyze.AnalyzeConfig(n_pairs=10, n_jacobian=2), tmp_path / "run")
+
+
+def test_a_batch_larger_than_the_subset_is_refused_at_config_time():
+    with pytest.raises(ValueError, match=r"batch_size \(256\) must be <= train_subset \(200\)"):
+        classify_preset("tiny", train_subset=200, batch_size=256)

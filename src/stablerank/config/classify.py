@@ -177,6 +177,11 @@ class ClassifyConfig:
                     "schedule='step' needs milestones strictly increasing in (0, 1), "
                     f"got milestones={ms!r}"
                 )
+        if self.train_subset and self.batch_size > self.train_subset:
+            # drop_last: an epoch of a subset smaller than one batch would have no step at all.
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be <= train_subset ({self.train_subset})"
+            )
         if self.warmup_epochs >= self.epochs:
             raise ValueError(
                 f"warmup_epochs must be < epochs={self.epochs}, got {self.warmup_epochs}"

@@ -48,7 +48,7 @@ from stablerank.train.classify import (
     build_model,
     prepare_data,
 )
-from stablerank.train.results import ClassifierAnalysis, Summary
+from stablerank.train.results import ClassifierAnalysis, ClassifierResult, Summary
 from stablerank.train.runtime import resolve_device, seed_everything
 
 __all__ = [
@@ -127,6 +127,9 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
+    trained = ClassifierResult.from_json(run_dir) if (run_dir / "metrics.json").is_file() else None
+    if trained is not None and trained.diverged:
+        raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
     train_cfg, data, model = load_run(run_dir, device)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
           f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,

@@ -68,6 +68,20 @@ class DistInfo:
         return self.rank == 0
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its parent (the torchrun agent) dies: a killed
+    agent must not leave orphaned workers writing into the run folder. No-op elsewhere."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if os.getppid() == 1:  # the parent died before the call: do it now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Initialise the process group when launched by ``torchrun``; return (info, device).
 
@@ -80,6 +94,7 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
+    _die_with_parent()
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)
