@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,10 +138,17 @@ class _StableRankNorm(nn.Module):
         else:
             if sigma is None:  # eval: frozen u, v
                 sigma = torch.dot(u, torch.mv(matrix.detach(), v))
-            shift = self._shift(matrix) if r_minus_1 else None
-            args = (matrix, u, v, sigma, r_minus_1, self.eps, shift)
-            # no graph to record: the same forward without autograd.Function's overhead
-            normalized = _StableRankNormFunction.apply(*args) if graph else _normalize(*args)[0]
+            if matrix.device.type == "cpu":  # Note [srn cpu path]
+                scalars = _cpu_scalars(matrix, sigma, r_minus_1, self.eps)
+                if graph:
+                    normalized = _CpuStableRankNormFunction.apply(matrix, u, v, scalars)
+                else:
+                    normalized = _cpu_normalize(matrix, u, v, scalars)
+            else:
+                shift = self._shift(matrix) if r_minus_1 else None
+                args = (matrix, u, v, sigma, r_minus_1, self.eps, shift)
+                # no graph to record: the same forward without autograd.Function's overhead
+                normalized = _StableRankNormFunction.apply(*args) if graph else _normalize(*args)[0]
         out = matrix_to_weight(normalized, weight.shape, self.dim)
         return out if out.dtype == weight.dtype else out.to(weight.dtype)
 
@@ -279,6 +287,83 @@ class _StableRankNormFunction(torch.autograd.Function):
         k_uv = torch.addcmul(a_dot * s, t_r, z + inv_r)
         # one division by sigma at the end: fewer kernels than folding it into each scalar
         return (torch.addcmul(out, uv, k_uv, value=-1.0).div_(sigma), *nones)
+
+
+# Note [srn cpu path]
+# On the CPU a scalar read (``float(t)``) costs nothing like a device sync, and each tiny
+# kernel's dispatch dominates: the forward reads sigma and ||W||_F^2 as Python floats and is one
+# ``addr`` (s/sigma W + (1 - s) u v^T), fewer kernels than torch's spectral_norm. Only the
+# backward's gradient-dependent terms (<G, W>, u^T G v) stay tensors, so batched gradients
+# (``is_grads_batched``, ``jacobian(vectorize=True)``, gradcheck's batched check), which vmap the
+# backward, still work. Forward-mode transforms run the composite formula (_needs_composite).
+
+
+@dataclass(frozen=True)
+class _CpuScalars:
+    """SRN's scalars as Python floats: sigma, the tail scale s, ||W/sigma||_F^2, q = that - 1
+    (floored), whether the cap binds, and the target (None: plain SN)."""
+
+    sigma: float
+    s: float
+    wn_sq: float
+    q: float
+    active: bool
+    r_minus_1: float | None
+    eps: float
+
+
+def _cpu_scalars(matrix: Tensor, sigma: Tensor, r_minus_1: float | None, eps: float) -> _CpuScalars:
+    sigma_f = max(float(sigma), eps)
+    if r_minus_1 is None:
+        return _CpuScalars(sigma_f, 1.0, 0.0, 1.0, False, None, eps)
+    wn = matrix.detach().reshape(-1) / sigma_f  # scaled before squaring: no overflow near 1e20
+    wn_sq = float(torch.dot(wn, wn))
+    q_raw = wn_sq - 1.0
+    if r_minus_1 <= 0:  # r = 1: the rank-one u v^T
+        return _CpuScalars(sigma_f, 0.0, wn_sq, max(q_raw, eps), q_raw > eps, r_minus_1, eps)
+    q = max(q_raw, eps)
+    s_raw = math.sqrt(r_minus_1 / q)
+    active = s_raw < 1.0 and q_raw > eps
+    return _CpuScalars(sigma_f, min(1.0, s_raw), wn_sq, q, active, r_minus_1, eps)
+
+
+def _cpu_normalize(matrix: Tensor, u: Tensor, v: Tensor, c: _CpuScalars) -> Tensor:
+    if c.s == 1.0:
+        return matrix / c.sigma
+    return torch.addr(matrix, u, v, beta=c.s / c.sigma, alpha=1.0 - c.s)
+
+
+class _CpuStableRankNormFunction(torch.autograd.Function):
+    """The CPU path (Note [srn cpu path]): out = (s / sigma) W + (1 - s) u v^T.
+
+    Backward, with G the output gradient, a = <G, W>, b = u^T G v and t = (b - a / sigma) s / q
+    where the cap binds (else 0):
+        dL/dW = (s / sigma) G + (t / sigma^2) W - ((t ||Wn||_F^2 + a s / sigma) / sigma) u v^T.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, matrix: Tensor, u: Tensor, v: Tensor, c: _CpuScalars) -> Tensor:
+        ctx.save_for_backward(matrix, u, v)
+        ctx.c = c
+        return _cpu_normalize(matrix, u, v, c)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        matrix, u, v = ctx.saved_tensors
+        c = ctx.c
+        nones = (None,) * 3
+        if torch.is_grad_enabled():
+            return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
+        a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>, a tensor (vmap-able)
+        out = grad * (c.s / c.sigma)
+        if c.active:
+            b_dot = torch.dot(u, torch.mv(grad, v))  # u^T G v
+            t = (b_dot - a_dot / c.sigma) * (c.s / c.q)
+            out = torch.addcmul(out, matrix, t, value=1.0 / c.sigma**2)
+            k_uv = (t * c.wn_sq + a_dot * (c.s / c.sigma)) * (-1.0 / c.sigma)
+        else:
+            k_uv = a_dot * (-c.s / c.sigma**2)
+        return (torch.addr(out, u * k_uv, v), *nones)
 
 
 def _differentiable_backward(
