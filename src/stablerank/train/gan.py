@@ -245,22 +245,16 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     betas = (cfg.beta1, cfg.beta2)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
+    # The lr is a pure function of the G step, as in the classifier trainer: nothing to save.
     decay = _linear_decay(cfg.g_steps) if cfg.lr_decay == "linear" else (lambda step: 1.0)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, decay)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, decay)
     start, seconds_before, baselines = 0, 0.0, None
     if ckpt is not None:
         G.load_state_dict(ckpt["G"])
         D.load_state_dict(ckpt["D"])
         if G_ema is not None:
             G_ema.load_state_dict(ckpt["G_ema"])
-        for obj, key in (
-            (opt_g, "opt_g"),
-            (opt_d, "opt_d"),
-            (sched_g, "sched_g"),
-            (sched_d, "sched_d"),
-        ):
-            obj.load_state_dict(ckpt[key])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
         start, seconds_before = int(ckpt["step"]), float(ckpt["train_seconds"])
         baselines = ckpt["baselines"]
     del ckpt
@@ -309,8 +303,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             "D": D_raw.state_dict(),
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
-            "sched_g": sched_g.state_dict(),
-            "sched_d": sched_d.state_dict(),
+            "schedule": "lr is a pure function of the G step (_linear_decay); nothing to restore",
             "rng": capture_rng_state(),
             "world_size": info.world_size,
         }
@@ -353,6 +346,9 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
     with deferred_sigint(enabled=not info.distributed) as interrupt:
         while step < end and not interrupt["stop"]:
+            for opt, base in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = base * decay(step)
             for i in range(cfg.n_dis):
                 b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
                 x_real, y_real = real(b)
@@ -378,8 +374,6 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward(inputs=list(G_raw.parameters()))
             opt_g.step()
-            sched_g.step()
-            sched_d.step()
             if G_ema is not None:
                 ema_update(G_ema, G_raw, cfg.ema)
             step += 1
@@ -410,7 +404,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
                             "step": step,
                             **values,
                             KEY_SRN_ACTIVE: active,
-                            "lr_g": sched_g.get_last_lr()[0],
+                            "lr_g": cfg.lr_g * decay(step),  # the next step's
                             "seconds": seconds_before + time.perf_counter() - t0,
                         }
                     )
