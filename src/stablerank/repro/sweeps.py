@@ -276,7 +276,7 @@ def standard(seeds: int = 5) -> list[Run]:
     cnn = classify_preset(
         "fmnist-cnn",
         width=0.5,
-        epochs=10,
+        epochs=6,
         train_subset=10000,
         train_eval_size=0,
         test_eval_size=2000,
