@@ -107,11 +107,12 @@ def test_load_run_model_restores_the_final_weights(srn_run):
     import torch
 
     from stablerank.train.checkpoint import load_checkpoint
+    from stablerank.train.rundir import RunDir
 
     run_dir, _ = srn_run
     model = analyze.load_run_model(run_dir)
     assert not model.training
-    saved = load_checkpoint(run_dir / classify.CHECKPOINT_FILE)["model"]
+    saved = load_checkpoint(RunDir(run_dir).checkpoints()[-1])["model"]
     state = model.state_dict()
     assert state.keys() == saved.keys()
     assert all(torch.equal(state[k], saved[k]) for k in saved)

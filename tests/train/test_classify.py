@@ -11,8 +11,10 @@ import torch
 
 from stablerank.config.classify import ClassifyConfig, classify_preset
 from stablerank.train import classify
+from stablerank.train import rundir as rundir_module
 from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.results import ClassifierResult
+from stablerank.train.rundir import RunDir
 
 CHANCE = 0.1  # 10 balanced digit classes
 
@@ -35,9 +37,11 @@ def train(cfg: ClassifyConfig):
 @pytest.mark.parametrize("norm", ["none", "sn", "srn"])
 def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
     run_dir, result = train(tiny(tmp_path, norm=norm, epochs=3, lr=0.1))
-    for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json",
-                 classify.CHECKPOINT_FILE):  # fmt: skip
+    for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json"):
         assert (run_dir / name).is_file(), name
+    # one checkpoint layout for both trainers: the newest 2 epochs, each with its SHA-256
+    assert [p.name for p in RunDir(run_dir).checkpoints()] == ["step_0000002.pt", "step_0000003.pt"]
+    assert (run_dir / "checkpoints" / "step_0000003.pt.sha256").is_file()
     logged = records(run_dir)
     assert [r["epoch"] for r in logged] == [1, 2, 3]
     metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
@@ -101,7 +105,7 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
     class Killed(Exception):
         pass
 
-    real_save = classify.save_checkpoint
+    real_save = rundir_module.save_checkpoint
     calls = []
 
     def save_then_die(path, state):
@@ -110,17 +114,17 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
             raise Killed
         real_save(path, state)
 
-    monkeypatch.setattr(classify, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(rundir_module, "save_checkpoint", save_then_die)
     with pytest.raises(Killed):
         classify.run(tiny(tmp_path / "b", **kw))
-    monkeypatch.setattr(classify, "save_checkpoint", real_save)
+    monkeypatch.setattr(rundir_module, "save_checkpoint", real_save)
     killed_dir = tmp_path / "b" / "run"
-    assert load_checkpoint(killed_dir / classify.CHECKPOINT_FILE)["epoch"] == 1
+    assert load_checkpoint(RunDir(killed_dir).checkpoints()[-1])["epoch"] == 1
     assert len(records(killed_dir)) == 2  # epoch 2 logged, not checkpointed
 
     resumed, _ = train(tiny(tmp_path / "b", resume=True, **kw))
-    a = load_checkpoint(straight / classify.CHECKPOINT_FILE)
-    b = load_checkpoint(resumed / classify.CHECKPOINT_FILE)
+    a = load_checkpoint(RunDir(straight).checkpoints()[-1])
+    b = load_checkpoint(RunDir(resumed).checkpoints()[-1])
     assert a["epoch"] == b["epoch"] == 3
     assert a["model"].keys() == b["model"].keys()
     assert any(k.endswith("_u") for k in a["model"])  # the SRN vectors are compared too

@@ -15,6 +15,7 @@ import torch
 from stablerank.config.classify import classify_preset
 from stablerank.train import classify
 from stablerank.train.checkpoint import load_checkpoint
+from stablerank.train.rundir import RunDir
 
 # Every rank saves the state it evaluates with, so the test can compare the ranks.
 WORKER = textwrap.dedent(
@@ -71,8 +72,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     # Same batches, same init; summation order changes weights by ~1e-7 relative per step, which
     # can flip at most a borderline prediction or two of the 450 test digits (measured: none).
     assert abs(ddp[classify.KEY_TEST_ACC] - one[classify.KEY_TEST_ACC]) <= 2 / 450
-    a = load_checkpoint(ddp_dir / classify.CHECKPOINT_FILE)["model"]
-    b = load_checkpoint(single_dir / classify.CHECKPOINT_FILE)["model"]
+    a = load_checkpoint(RunDir(ddp_dir).checkpoints()[-1])["model"]
+    b = load_checkpoint(RunDir(single_dir).checkpoints()[-1])["model"]
     for k in a:
         # Measured max difference 1.3e-7 (float32 rounding drift over 42 steps); 1e-5 leaves a
         # 100x margin yet is far below what one SGD step changes (lr 0.05 x gradients ~1e-2).

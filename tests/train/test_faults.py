@@ -8,6 +8,7 @@ import dataclasses
 import math
 import os
 import pickle
+import shutil
 
 import pytest
 import torch
@@ -19,6 +20,7 @@ from stablerank.train import analyze, classify
 from stablerank.train import gan as gan_train
 from stablerank.train.checkpoint import CorruptCheckpointError, load_checkpoint
 from stablerank.train.results import ClassifierResult, GanResult
+from stablerank.train.rundir import RunDir
 
 
 def _tiny(tmp_path, **kw) -> ClassifyConfig:
@@ -36,7 +38,7 @@ def _gan(tmp_path, **kw) -> GanConfig:
 def test_a_folder_with_another_runs_results_is_not_taken_over(tmp_path):
     cfg = _tiny(tmp_path, epochs=1)
     first = classify.run(cfg)
-    (tmp_path / "run" / "checkpoint.pt").unlink()  # results without a checkpoint
+    shutil.rmtree(tmp_path / "run" / "checkpoints")  # results without a checkpoint
     with pytest.raises(FileExistsError, match="already holds a run's results"):
         classify.run(cfg)
     assert ClassifierResult.from_json(tmp_path / "run") == first  # untouched
@@ -57,11 +59,14 @@ def test_a_torn_last_log_line_is_dropped_on_resume(tmp_path):
 def test_a_flipped_bit_in_a_checkpoint_is_a_clear_error(tmp_path):
     cfg = _tiny(tmp_path, epochs=1)
     classify.run(cfg)
-    path = tmp_path / "run" / classify.CHECKPOINT_FILE
+    path = RunDir(tmp_path / "run").checkpoints()[-1]  # the only one: epoch 1
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptCheckpointError, match=r"checkpoint\.pt.*SHA-256"):
+    with pytest.raises(CorruptCheckpointError, match=r"step_0000001\.pt.*SHA-256"):
+        load_checkpoint(path)
+    # with no intact checkpoint left, loading the run is one clear error
+    with pytest.raises(CorruptCheckpointError, match="no intact checkpoint"):
         analyze.load_run_model(tmp_path / "run")
 
 
@@ -125,7 +130,7 @@ def test_resumed_gan_result_is_typed(tmp_path):
 def test_stale_temporary_files_of_a_killed_write_are_removed_on_start(tmp_path):
     cfg = _tiny(tmp_path, epochs=1)
     classify.run(cfg)
-    stale = tmp_path / "run" / ".checkpoint.pt.abc123.tmp"
+    stale = tmp_path / "run" / "checkpoints" / ".step_0000002.pt.abc123.tmp"
     stale.write_bytes(b"x" * 1000)  # what a kill inside a checkpoint write leaves
     classify.run(dataclasses.replace(cfg, resume=True))
     assert not stale.exists()

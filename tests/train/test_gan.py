@@ -34,6 +34,7 @@ from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.gan_images import _GRID_PAD
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanResult
+from stablerank.train.rundir import RunDir
 
 TINY = {
     "dataset": "digits",
@@ -103,7 +104,7 @@ def test_run_writes_its_folder(uninterrupted):
     assert sorted(p.name for p in (run_dir / "samples").glob("*.png")) == [
         "step_0000002.png", "step_0000004.png", "step_0000006.png"]  # fmt: skip
     # keep_checkpoints=2 (default) of steps 2, 4, 6
-    assert [p.name for p in gan_train._checkpoints(run_dir)] == [
+    assert [p.name for p in RunDir(run_dir).checkpoints()] == [
         "step_0000004.pt", "step_0000006.pt"]  # fmt: skip
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
@@ -129,7 +130,7 @@ def test_run_writes_its_folder(uninterrupted):
 def test_resume_continues_bitwise(tmp_path, uninterrupted):
     cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "cut"})
     run_dir = _train(cfg, stop_at=STOP)
-    assert [p.name for p in gan_train._checkpoints(run_dir)][-1] == f"step_{STOP:07d}.pt"
+    assert [p.name for p in RunDir(run_dir).checkpoints()][-1] == f"step_{STOP:07d}.pt"
     assert not (run_dir / "metrics.json").exists()
     gan_train.run(dataclasses.replace(cfg, resume=True))
     _assert_states_equal(_final_state(uninterrupted, 6), _final_state(run_dir, 6))
@@ -152,7 +153,7 @@ def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypat
     with pytest.raises(KeyboardInterrupt):
         gan_train.run(cfg)
     run_dir = gan_train._run_dir(cfg)
-    assert gan_train._checkpoints(run_dir)[-1].name == f"step_{STOP:07d}.pt"
+    assert RunDir(run_dir).checkpoints()[-1].name == f"step_{STOP:07d}.pt"
     monkeypatch.setattr(gan_train, "compute_g_loss", real_g_loss)
     gan_train.run(dataclasses.replace(cfg, resume=True))
     _assert_states_equal(_final_state(uninterrupted, 6), _final_state(run_dir, 6))

@@ -160,7 +160,9 @@ class ClassifyConfig:
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"
     )
-    resume: bool = option(False, "continue from run_dir/checkpoint.pt (config must match)")
+    resume: bool = option(
+        False, "continue from the newest intact checkpoint in run_dir (config must match)"
+    )
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:

@@ -37,9 +37,7 @@ from torch import nn
 from stablerank.config import config_from_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.metrics import complexity, lipschitz
-from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.classify import (
-    CHECKPOINT_FILE,
     KEY_TEST_ACC,
     KEY_TEST_LOSS,
     KEY_TRAIN_ACC,
@@ -49,6 +47,7 @@ from stablerank.train.classify import (
     prepare_data,
 )
 from stablerank.train.results import ClassifierAnalysis, ClassifierResult, Summary
+from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device, seed_everything
 
 __all__ = [
@@ -85,8 +84,10 @@ def load_run(
     cfg = config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
     data = prepare_data(cfg)
     model = build_model(cfg, data.splits)
-    ckpt = load_checkpoint(run_dir / CHECKPOINT_FILE)
-    model.load_state_dict(ckpt["model"])
+    loaded = RunDir(run_dir).load_latest()
+    if loaded is None:
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
+    model.load_state_dict(loaded[1]["model"])
     return cfg, data, model.to(device).eval()
 
 

@@ -55,9 +55,7 @@ from stablerank.models.classifiers import build_classifier
 from stablerank.train.checkpoint import (
     capture_rng_state,
     check_resume_config,
-    load_checkpoint,
     restore_rng_state,
-    save_checkpoint,
 )
 from stablerank.train.records import (
     MetricLog,
@@ -73,10 +71,10 @@ from stablerank.train.results import (
     layer_stats,
     mean_active_fraction,
 )
+from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import DistInfo, end_worker, init_distributed, seed_everything
 
 __all__ = [
-    "CHECKPOINT_FILE",
     "HEAD_NAME",
     "KEY_EPOCHS",
     "KEY_GAP_ACC",
@@ -98,7 +96,7 @@ __all__ = [
     "run",
 ]
 
-CHECKPOINT_FILE = "checkpoint.pt"
+_KEEP_CHECKPOINTS = 2  # the newest and one to fall back to (RunDir.load_latest)
 METRICS_FILE = "metrics.json"
 HEAD_NAME = "classifier"  # every classifier's final Linear (stablerank.models.classifiers)
 
@@ -309,9 +307,11 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
     amp = cfg.amp and on_cuda
     channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
     run_dir = resolve_run_dir(cfg)
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if ckpt_path.exists() and not cfg.resume:
-        raise FileExistsError(f"{ckpt_path} exists; pass resume=True or choose another run_dir")
+    folder = RunDir(run_dir)
+    if folder.checkpoints() and not cfg.resume:
+        raise FileExistsError(
+            f"{run_dir} holds checkpoints; pass resume=True or choose another run_dir"
+        )
     if info.is_main:
         refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
         remove_stale_temp_files(run_dir)
@@ -357,12 +357,13 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
 
     # ---- resume: refuse on any config difference that changes what is computed
     start_epoch = 0
-    if cfg.resume and not ckpt_path.exists():
+    loaded = folder.load_latest(map_location=device) if cfg.resume else None
+    if cfg.resume and loaded is None:
         # Killed before its first checkpoint (or never started): nothing to continue from.
         if info.is_main:
             print(f"resume: no checkpoint in {run_dir} yet; starting from scratch", file=sys.stderr)
-    elif cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    elif loaded is not None:
+        ckpt = loaded[1]
         check_resume_config(ckpt["config"], cfg.to_dict(), allowed=RESUME_MAY_DIFFER)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -451,7 +452,7 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
         if info.is_main:
             record.update(_layer_columns(raw_model, cfg.log_layers))
             log.append(record)
-            save_checkpoint(ckpt_path, {
+            folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
                 "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
                 "epoch": epoch + 1, "rng": capture_rng_state(), "config": cfg.to_dict(),
                 "schedule": "lr is a pure function of the step (lr_at); nothing to restore",

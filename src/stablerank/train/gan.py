@@ -60,16 +60,12 @@ from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
 from stablerank.report import layer_report
 from stablerank.train.checkpoint import (
-    CorruptCheckpointError,
     capture_rng_state,
     check_resume_config,
-    load_checkpoint,
-    save_checkpoint,
 )
 from stablerank.train.gan_images import _GRID_SIDE, save_image_grid
 from stablerank.train.gan_models import (
     _KEY_EMA_STANDING_BN,
-    _checkpoints,
     build_gan_models,
 )
 from stablerank.train.gan_sampling import (
@@ -105,6 +101,7 @@ from stablerank.train.records import (
     write_run_files,
 )
 from stablerank.train.results import GanResult, active_fraction, layer_stats
+from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import (
     ProgressLine,
     deferred_sigint,
@@ -202,9 +199,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     cfg_dict = config_to_dict(cfg)
 
     # --- resume or start ---
-    ckpt = None
-    found = _checkpoints(run_dir)
-    if found and not cfg.resume:
+    folder = RunDir(run_dir)
+    if folder.checkpoints() and not cfg.resume:
         raise FileExistsError(
             f"run folder {str(run_dir)!r} already holds checkpoints; pass "
             "resume=True to continue it or choose another run_name"
@@ -214,15 +210,9 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         remove_stale_temp_files(run_dir)
     # The newest intact checkpoint: a cut or altered newest file (a kill mid-write, a flipped
     # bit) falls back to the older one kept beside it.
-    for path in reversed(found):
-        try:
-            ckpt = load_checkpoint(path, map_location="cpu")
-            break
-        except CorruptCheckpointError as err:
-            print(f"resume: {err}; trying the previous checkpoint", file=sys.stderr)
-    else:
-        if found:
-            raise CorruptCheckpointError(f"no intact checkpoint in {run_dir / 'checkpoints'}")
+    loaded = folder.load_latest(map_location="cpu", log=lambda m: print(f"resume: {m}",
+                                file=sys.stderr))  # fmt: skip
+    ckpt = loaded[1] if loaded is not None else None
     if ckpt is not None:
         check_resume_config(ckpt["config"], cfg_dict, allowed=_RESUME_ALLOWED)
 
@@ -313,10 +303,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             # checkpoint by a sample grid or an evaluation): load_gan_run then reuses them as
             # they are. Resuming ignores it (G_ema's buffers are copied from G at every step).
             state[_KEY_EMA_STANDING_BN] = sampler.stats_step == step
-        save_checkpoint(run_dir / "checkpoints" / f"step_{step:07d}.pt", state)
-        for old in _checkpoints(run_dir)[: -cfg.keep_checkpoints]:
-            old.unlink()
-            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
     wants_eval = cfg.eval_every > 0 or cfg.n_final_samples > 0
     evaluator = (

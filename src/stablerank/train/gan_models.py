@@ -23,6 +23,7 @@ from stablerank.models.gan import build_discriminator, build_generator
 from stablerank.srn import stable_rank_norm
 from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.gan_sampling import refresh_bn_stats
+from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device
 
 __all__ = ["GanRun", "build_gan_models", "load_gan_run"]
@@ -30,11 +31,6 @@ __all__ = ["GanRun", "build_gan_models", "load_gan_run"]
 # Checkpoint key: True when the saved G_ema already holds the standing BatchNorm statistics the
 # trainer sampled with at that step (it refreshed them before it wrote the checkpoint).
 _KEY_EMA_STANDING_BN = "G_ema_standing_bn"
-
-
-def _checkpoints(run_dir: Path) -> list[Path]:
-    """The run's checkpoints, oldest first (the names sort by step)."""
-    return sorted((run_dir / "checkpoints").glob("step_*.pt"))
 
 
 def build_gan_models(
@@ -119,7 +115,7 @@ def _checkpoint_path(run_dir: Path, checkpoint: int | str | Path | None) -> Path
     if not run_dir.is_dir():
         raise FileNotFoundError(f"GAN run folder {str(run_dir)!r} does not exist")
     if checkpoint is None:
-        found = _checkpoints(run_dir)
+        found = RunDir(run_dir).checkpoints()
         if not found:
             raise FileNotFoundError(
                 f"{str(run_dir / 'checkpoints')!r} holds no step_*.pt checkpoint: "
@@ -127,7 +123,7 @@ def _checkpoint_path(run_dir: Path, checkpoint: int | str | Path | None) -> Path
             )
         return found[-1]
     path = (
-        run_dir / "checkpoints" / f"step_{checkpoint:07d}.pt"
+        RunDir(run_dir).checkpoint_path(checkpoint)
         if isinstance(checkpoint, int)
         else Path(checkpoint)
     )
