@@ -272,15 +272,24 @@ def _write_plots(
     ax.legend()
     written.append(_save(fig, run_dir / "accuracy.png"))
 
-    srank_keys = [k for k in records[-1] if k.startswith("srank/")] if records else []
-    if srank_keys:
-        fig = _figure((7, 4.5))
+    raw_keys = [k for k in records[-1] if k.startswith("raw_srank/")] if records else []
+    if raw_keys:
+        # The raw weights' stable rank over training against SRN's target r (dashed, same
+        # colour): where the line runs above its target, the cap binds.
+        targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
+            run_dir).layers} if (run_dir / "metrics.json").is_file() else {}  # fmt: skip
+        fig = _figure((7.5, 4.8))
         ax = fig.add_subplot()
-        for k in srank_keys:
-            ax.plot(epochs, [r.get(k, math.nan) for r in records], label=k.removeprefix("srank/"))
-        ax.set(xlabel="epoch", ylabel="stable rank", yscale="log", title="per-layer stable rank")
-        if len(srank_keys) <= 12:  # a legend for 100+ layers hides the plot
-            ax.legend(fontsize="x-small")
+        for k in raw_keys:
+            name = k.removeprefix("raw_srank/")
+            line = ax.plot(epochs, [r.get(k, math.nan) for r in records], label=name)[0]
+            if targets.get(name) is not None:
+                ax.axhline(targets[name], color=line.get_color(), linestyle="--", linewidth=0.9)
+        ax.set(xlabel="epoch", ylabel="stable rank of the raw weight (log)", yscale="log",
+               title="per-layer stable rank; dashed: SRN target r")  # fmt: skip
+        ax.grid(alpha=0.3, which="both")
+        if len(raw_keys) <= 12:  # a legend for 100+ layers hides the plot
+            ax.legend(fontsize="x-small", ncol=2)
         written.append(_save(fig, run_dir / "srank.png"))
 
     if cfg.label_noise > 0:
