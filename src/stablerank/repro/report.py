@@ -300,7 +300,7 @@ def _curve_plot(
     ax.grid(alpha=0.3)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
@@ -325,11 +325,13 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
         ],
         fontsize=7,
     )
-    ax.set_xlabel("effect size d, oriented so that right = SRN better (95% CI)")
+    # symlog: effects of d ~ 50 (shattering) and of d ~ 1 (GANs) stay readable on one axis
+    ax.set_xscale("symlog", linthresh=1.0)
+    ax.set_xlabel("effect size d (symlog), right = SRN better; bars: 95% CI")
     ax.invert_yaxis()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     return path
 
 
