@@ -40,11 +40,12 @@ def classifier_settings() -> dict[str, dict]:
     }
 
 
-def layer_rows(rows: list[dict]) -> list[dict]:
+def layer_rows(layers) -> list[dict]:
+    """The SRN layers of a typed result (stablerank.train.results.LayerStat)."""
     return [
-        {"name": r["name"], "shape": r["matrix_shape"], "raw_srank": r["raw_srank"],
-         "target": r["target_srank"], "binds": r["raw_srank"] > r["target_srank"]}
-        for r in rows if r["norm"] == "srn"
+        {"name": x.name, "shape": list(x.shape), "raw_srank": x.raw_srank,
+         "target": x.target_srank, "binds": x.raw_srank > x.target_srank}
+        for x in layers if x.norm == "srn"
     ]
 
 
@@ -57,11 +58,10 @@ def run_classifier(name: str, settings: dict, norm: str, c: float | None, runs: 
         **settings, "norm": norm, **({"rank_ratio": c} if c else {}),
         "run_dir": str(runs / f"{name}_{norm}{c or ''}"),
     })
-    run_dir = classify.run(cfg)
-    m = json.loads((Path(run_dir) / "metrics.json").read_text())
-    layers = layer_rows(m["layers"])
-    return {"setting": name, "norm": norm, "c": c, "train_acc": m["train_acc"],
-            "test_acc": m["test_acc"], "gap_acc": m["gap_acc"], "layers": layers,
+    result = classify.run(cfg)
+    layers = layer_rows(result.layers)
+    return {"setting": name, "norm": norm, "c": c, "train_acc": result.train_acc,
+            "test_acc": result.test_acc, "gap_acc": result.gap_acc, "layers": layers,
             "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
 
 
@@ -73,14 +73,11 @@ def run_gan(norm: str, c: float | None, runs: Path) -> dict:
     cfg = config_from_dict(GanConfig, {
         **GAN_PRESETS["quick"], "ngf": 16, "ndf": 16, "g_steps": 300, "n_final_samples": 0,
         "n_eval_samples": 2, "sample_every": 300, "checkpoint_every": 300, "d_norm": norm,
-        **({"rank_ratio": c} if c else {}), "out_dir": str(runs), "run_name": f"gan_{norm}{c or ''}",
-        "progress": False,
+        **({"rank_ratio": c} if c else {}), "out_dir": str(runs),
+        "run_name": f"gan_{norm}{c or ''}", "progress": False,
     })
     torch.set_num_threads(1)
-    run_dir = gan.run(cfg)
-    rows = json.loads((Path(run_dir) / "d_layers.json").read_text())
-    rows = rows["layers"] if isinstance(rows, dict) else rows
-    layers = layer_rows(rows)
+    layers = layer_rows(gan.run(cfg).d_layers)
     return {"setting": "gan_quick_d", "norm": norm, "c": c, "layers": layers,
             "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
 
