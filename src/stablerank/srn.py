@@ -292,10 +292,24 @@ class _StableRankNormFunction(torch.autograd.Function):
 # Note [srn cpu path]
 # On the CPU a scalar read (``float(t)``) costs nothing like a device sync, and each tiny
 # kernel's dispatch dominates: the forward reads sigma and ||W||_F^2 as Python floats and is one
-# ``addr`` (s/sigma W + (1 - s) u v^T), fewer kernels than torch's spectral_norm. Only the
-# backward's gradient-dependent terms (<G, W>, u^T G v) stay tensors, so batched gradients
-# (``is_grads_batched``, ``jacobian(vectorize=True)``, gradcheck's batched check), which vmap the
-# backward, still work. Forward-mode transforms run the composite formula (_needs_composite).
+# ``addr`` (s/sigma W + (1 - s) u v^T), fewer kernels than torch's spectral_norm; the backward
+# reads <G, W> and u^T G v as floats as well. Only when the backward runs under vmap (batched
+# gradients: ``is_grads_batched``, ``jacobian(vectorize=True)``, gradcheck's batched check) do
+# those two stay tensors, since a batched tensor has no single float. Forward-mode transforms run
+# the composite formula (_needs_composite).
+
+
+def _is_batched(t: Tensor) -> bool:
+    """Whether this backward runs batched: on a (legacy, autograd's ``is_grads_batched``) batched
+    tensor, a functorch-wrapped one, or under a functorch transform. True when that cannot be
+    told, so the caller takes the path that works either way."""
+    functorch = getattr(torch._C, "_functorch", None)
+    checks = [getattr(functorch, name, None)
+              for name in ("is_legacy_batchedtensor", "is_functorch_wrapped_tensor")]  # fmt: skip
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    if active is None or any(check is None for check in checks):
+        return True
+    return bool(active()) or any(bool(check(t)) for check in checks)
 
 
 @dataclass(frozen=True)
@@ -354,7 +368,18 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         nones = (None,) * 3
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
-        a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>, a tensor (vmap-able)
+        if not _is_batched(grad):  # the usual backward: its scalars as floats too (one addr)
+            a = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))  # <G, W>
+            out = grad.mul(c.s / c.sigma)
+            if c.active:
+                b = float(torch.dot(u, torch.mv(grad, v)))  # u^T G v
+                t = (b - a / c.sigma) * (c.s / c.q)
+                out.add_(matrix, alpha=t / c.sigma**2)
+                return (out.addr_(u, v, alpha=-(t * c.wn_sq + a * c.s / c.sigma) / c.sigma), *nones)
+            return (out.addr_(u, v, alpha=-a * c.s / c.sigma**2), *nones)
+        # Batched gradients (is_grads_batched, jacobian(vectorize=True)) vmap this backward: the
+        # gradient-dependent scalars stay tensors there (a float() of a batched tensor fails).
+        a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>
         out = grad * (c.s / c.sigma)
         if c.active:
             b_dot = torch.dot(u, torch.mv(grad, v))  # u^T G v
