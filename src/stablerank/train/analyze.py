@@ -46,6 +46,7 @@ from stablerank.train.classify import (
     build_model,
     prepare_data,
 )
+from stablerank.train.records import read_jsonl
 from stablerank.train.results import ClassifierAnalysis, ClassifierResult, Summary
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device, seed_everything
@@ -69,7 +70,7 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / "log.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a training run?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return read_jsonl(path)  # a cut last line (a kill mid-write) is dropped
 
 
 def load_run(

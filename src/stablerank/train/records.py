@@ -26,7 +26,15 @@ import torch
 
 from stablerank.train.checkpoint import atomic_write_json, atomic_write_text
 
-__all__ = ["MetricLog", "environment_info", "git_commit"]
+__all__ = [
+    "MetricLog",
+    "environment_info",
+    "git_commit",
+    "read_jsonl",
+    "refuse_to_overwrite",
+    "remove_stale_temp_files",
+    "write_run_files",
+]
 
 
 def git_commit() -> str | None:
@@ -205,6 +213,3 @@ def write_run_files(run_dir: str | Path, config: Mapping[str, Any], env: Mapping
     run_dir = Path(run_dir)
     atomic_write_json(run_dir / "config.json", dict(config))
     atomic_write_json(run_dir / "env.json", dict(env))
-
-
-__all__ += ["write_run_files"]
