@@ -445,3 +445,25 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch):
     result = GanResult.from_json(run_dir)
     assert result.diverged and "non-finite" in result.divergence
     assert result.steps == 3  # stopped at the first logged NaN, not trained on
+
+
+def test_non_finite_samples_mark_the_run_diverged_instead_of_failing(tmp_path, monkeypatch):
+    from stablerank.metrics import NonFiniteError
+
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+
+    real_call = gan_train._Evaluator.__call__
+    calls = []
+
+    def nan_after_training(self, n_fake):  # the untrained baseline scores; the final does not
+        calls.append(n_fake)
+        if len(calls) > 1:
+            raise NonFiniteError("generated images contain 64 non-finite values")
+        return real_call(self, n_fake)
+
+    monkeypatch.setattr(gan_train._Evaluator, "__call__", nan_after_training)
+    cfg = _cfg(tmp_path, "nansamples", g_steps=2, n_final_samples=50, feature_net="test-pixels")
+    run_dir = _train(cfg)
+    result = GanResult.from_json(run_dir)
+    assert result.diverged and "not finite" in result.divergence and result.fid is None

@@ -6,6 +6,7 @@ Depends only on the SRN core and torch: it takes modules, tensors and callables.
 only by the functions that need them. The mathematics is in docs/math.md §1 and §2.
 """
 
+from stablerank.metrics._checks import NonFiniteError
 from stablerank.metrics.complexity import (
     KEY_GAP_ACC,
     KEY_GAP_LOSS,
@@ -96,6 +97,7 @@ __all__ = [
     "FeatureExtractor",
     "FeatureSet",
     "NeuralDivergenceProtocol",
+    "NonFiniteError",
     "Protocol",
     "available_feature_extractors",
     "bartlett_measure",

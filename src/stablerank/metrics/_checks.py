@@ -15,6 +15,10 @@ def check_positive_int(name: str, value: int) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+class NonFiniteError(ValueError):
+    """Samples, features or logits that hold NaN or inf: a diverged network gives no score."""
+
+
 def check_finite(values: Tensor, what: str) -> None:
     """Raise ValueError naming ``what`` unless every value is finite (no NaN, no inf).
 
@@ -26,7 +30,7 @@ def check_finite(values: Tensor, what: str) -> None:
     finite = torch.isfinite(values)
     if not bool(finite.all()):
         n_bad = int((~finite).sum())
-        raise ValueError(
+        raise NonFiniteError(
             f"{what} contain {n_bad} non-finite values (NaN or inf) out of {values.numel()}; "
             "a diverged generator or network gives no score: check the samples or weights"
         )

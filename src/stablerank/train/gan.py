@@ -55,6 +55,7 @@ from tqdm import tqdm
 from stablerank.config._base import config_hash, config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import load_dataset
+from stablerank.metrics import NonFiniteError
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
@@ -429,7 +430,10 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         if not divergence:
             save_samples(step)  # also readies the sampler for the final scores
             if evaluator and cfg.n_final_samples:
-                scores = evaluator(cfg.n_final_samples)
+                try:
+                    scores = evaluator(cfg.n_final_samples)
+                except NonFiniteError as err:  # NaN samples with finite losses: no score
+                    divergence = f"the generator's samples are not finite: {err}"
         result = write_result(
             run_dir, cfg, scores, baselines, D_raw, step, train_seconds, records, divergence,
             getattr(splits, "source", None),
