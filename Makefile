@@ -12,7 +12,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 DOCS_DIR := build/docs
 # The public modules: the package, its core modules and every subpackage (pdoc follows __all__, so
 # submodules that a package does not re-export must be named here to get a page).
-DOC_MODULES := stablerank stablerank.linalg stablerank.srn stablerank.apply stablerank.report \
+DOC_MODULES := stablerank stablerank.linalg stablerank.srn stablerank.apply stablerank.layers \
 	stablerank.data stablerank.metrics stablerank.models stablerank.train stablerank.repro \
 	stablerank.config stablerank.cli
 

@@ -36,9 +36,9 @@ _EXPORTS = {
     "srn_optimal": "linalg",
     "stable_rank": "linalg",
     "weight_to_matrix": "linalg",
-    "LayerRecord": "report",
-    "LayerReport": "report",
-    "layer_report": "report",
+    "LayerRecord": "layers",
+    "LayerReport": "layers",
+    "layer_report": "layers",
     "DEFAULT_RANK_RATIO": "srn",
     "remove_stable_rank_norm": "srn",
     "stable_rank_norm": "srn",
@@ -88,6 +88,7 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ resolves the
         srn_active_fraction,
         srn_activity,
     )
+    from stablerank.layers import LayerRecord, LayerReport, layer_report
     from stablerank.linalg import (
         matrix_to_weight,
         spectral_norm_exact,
@@ -95,7 +96,6 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ resolves the
         stable_rank,
         weight_to_matrix,
     )
-    from stablerank.report import LayerRecord, LayerReport, layer_report
     from stablerank.srn import DEFAULT_RANK_RATIO, remove_stable_rank_norm, stable_rank_norm
 
 

@@ -197,7 +197,7 @@ def _as_json(result: Any) -> str:
 
 
 def _layers(args: argparse.Namespace) -> Any:
-    from stablerank.report import layer_report
+    from stablerank.layers import layer_report
     from stablerank.train.analyze import load_run_model
 
     report = layer_report(load_run_model(args.run_dir))

@@ -55,11 +55,11 @@ from tqdm import tqdm
 from stablerank.config._base import config_hash, config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import load_dataset
+from stablerank.layers import layer_report
 from stablerank.metrics import NonFiniteError
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
-from stablerank.report import layer_report
 from stablerank.train.checkpoint import (
     capture_rng_state,
     check_resume_config,

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from stablerank.config.gan import GanConfig
+from stablerank.layers import layer_report
 from stablerank.metrics.features import build_feature_extractor
 from stablerank.metrics.gan import (
     DEFAULT_IS_SPLITS,
@@ -24,7 +25,6 @@ from stablerank.metrics.gan import (
     compute_gan_metrics,
     extract_features,
 )
-from stablerank.report import layer_report
 from stablerank.train.gan_sampling import (
     _STREAM_EVAL,
     BN_STAT_SAMPLES,
