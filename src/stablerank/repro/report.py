@@ -147,6 +147,8 @@ def _comparison_row(c: Comparison) -> list[str]:
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
         outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
+    elif c.outcome == "cannot tell" and c.test is not None:
+        outcome += " (more than 10,000 seeds/arm at this spread)"
     return [
         c.setting,
         f"{c.rank_ratio:g}",
