@@ -310,7 +310,7 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
     folder = RunDir(run_dir)
     if folder.checkpoints() and not cfg.resume:
         raise FileExistsError(
-            f"{run_dir} holds checkpoints; pass resume=True or choose another run_dir"
+            f"{run_dir} holds checkpoints; pass resume=True (--resume) or choose another run_dir"
         )
     if info.is_main:
         refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)

@@ -204,7 +204,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     if folder.checkpoints() and not cfg.resume:
         raise FileExistsError(
             f"run folder {str(run_dir)!r} already holds checkpoints; pass "
-            "resume=True to continue it or choose another run_name"
+            "resume=True (--resume) to continue it or choose another run_name"
         )
     refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
     if info.is_main:

@@ -165,8 +165,9 @@ def refuse_to_overwrite(run_dir: Path, allowed: bool) -> None:
     found = [name for name in _RESULT_FILES if (run_dir / name).exists()]
     if found and not allowed:
         raise FileExistsError(
-            f"{run_dir} already holds a run's results ({', '.join(found)}); pass resume=True to "
-            "continue it, overwrite=True to replace it, or choose another folder"
+            f"{run_dir} already holds a run's results ({', '.join(found)}); pass --resume to "
+            "continue it, --overwrite to replace it (resume=True / overwrite=True in Python), or "
+            "choose another folder"
         )
 
 
