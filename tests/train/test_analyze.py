@@ -3,14 +3,14 @@ trainer's own evaluation, and below the spectral upper bound of the Lipschitz co
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 
 from stablerank.config.classify import AnalyzeConfig, classify_preset
 from stablerank.train import analyze, classify
-from stablerank.train.results import ClassifierAnalysis, to_dict
+from stablerank.train.results import ClassifierAnalysis, ClassifierResult, to_dict
+from stablerank.train.rundir import RunDir
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SMALL = AnalyzeConfig(n_pairs=300, n_jacobian=16, n_interpolated=16, jacobian_iterations=10)
@@ -33,9 +33,9 @@ def srn_run(tmp_path_factory):
     # 10th-percentile margin is positive and the complexity measures are defined.
     root = tmp_path_factory.mktemp("srn")
     cfg = classify_preset("tiny", norm="srn", rank_ratio=0.5, epochs=6, lr=0.1,
-                          run_dir=str(root / "run"), progress=False)  # fmt: skip
+                          out_dir=str(root), run_name="run", progress=False)  # fmt: skip
     classify.run(cfg)
-    run_dir = classify.resolve_run_dir(cfg)
+    run_dir = RunDir.for_config(cfg).path
     return run_dir, analyze.run(SMALL, run_dir)
 
 
@@ -64,11 +64,11 @@ def test_accuracy_matches_the_trainer_evaluation(srn_run):
     # DatasetSplits.normalize) over the same images: equal up to float32 rounding of the inputs,
     # which does not flip any argmax here (exact fractions of 450 / 1347 examples).
     run_dir, result = srn_run
-    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
-    assert result.test_acc == pytest.approx(metrics["test_acc"], abs=1e-12)
-    assert result.train_acc == pytest.approx(metrics["train_acc"], abs=1e-12)
+    trained = ClassifierResult.from_json(run_dir)
+    assert result.test_acc == pytest.approx(trained.test_acc, abs=1e-12)
+    assert result.train_acc == pytest.approx(trained.train_acc, abs=1e-12)
     test_loss = result.protocol["loss"]["test"]
-    assert test_loss == pytest.approx(metrics["test_loss"], rel=1e-5)  # float32 sums
+    assert test_loss == pytest.approx(trained.test_loss, rel=1e-5)  # float32 sums
 
 
 def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
@@ -87,9 +87,10 @@ def test_random_label_runs_get_a_shattering_curve(tmp_path):
     dirs = []
     for norm in ("none", "sn"):
         cfg = classify_preset("tiny", norm=norm, label_noise=1.0, train_subset=200, batch_size=50,
-                              epochs=2, run_dir=str(tmp_path / norm), progress=False)  # fmt: skip
+                              epochs=2, out_dir=str(tmp_path), run_name=norm,
+                              progress=False)  # fmt: skip
         classify.run(cfg)
-        dirs.append(classify.resolve_run_dir(cfg))
+        dirs.append(RunDir.for_config(cfg).path)
     result = analyze.run(AnalyzeConfig(n_pairs=50, n_jacobian=4, n_interpolated=0,
                                        jacobian_iterations=2), dirs[0])  # fmt: skip
     assert (dirs[0] / "shattering.png").read_bytes()[:8] == PNG_MAGIC

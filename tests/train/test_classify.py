@@ -21,7 +21,9 @@ CHANCE = 0.1  # 10 balanced digit classes
 
 def tiny(tmp_path, **overrides) -> ClassifyConfig:
     """Seconds-long run: MLP of width 0.25 (hidden 128) on digits."""
-    return classify_preset("tiny", run_dir=str(tmp_path / "run"), progress=False, **overrides)
+    return classify_preset(
+        "tiny", out_dir=str(tmp_path), run_name="run", progress=False, **overrides
+    )
 
 
 def records(run_dir):
@@ -31,7 +33,7 @@ def records(run_dir):
 def train(cfg: ClassifyConfig):
     """The run's folder and its typed result."""
     result = classify.run(cfg)
-    return classify.resolve_run_dir(cfg), result
+    return RunDir.for_config(cfg).path, result
 
 
 @pytest.mark.parametrize("norm", ["none", "sn", "srn"])
@@ -44,16 +46,12 @@ def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
     assert (run_dir / "checkpoints" / "step_0000003.pt.sha256").is_file()
     logged = records(run_dir)
     assert [r["epoch"] for r in logged] == [1, 2, 3]
-    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
     # Learning happened: 3 epochs of an MLP on digits are far above chance (measured ~0.9).
-    assert metrics[classify.KEY_TEST_ACC] > 5 * CHANCE
-    assert metrics[classify.KEY_TRAIN_ACC] > 5 * CHANCE
-    assert metrics[classify.KEY_GAP_ACC] == pytest.approx(
-        metrics[classify.KEY_TRAIN_ACC] - metrics[classify.KEY_TEST_ACC], abs=1e-12
-    )
-    assert metrics[classify.KEY_PROTOCOL]["norm"] == norm
-    assert metrics[classify.KEY_PROTOCOL]["head"] == "none"
+    assert result.test_acc > 5 * CHANCE and result.train_acc > 5 * CHANCE
+    assert result.gap_acc == pytest.approx(result.train_acc - result.test_acc, abs=1e-12)
+    assert result.protocol["norm"] == norm and result.protocol["head"] == "none"
     assert ClassifierResult.from_json(run_dir) == result
+    assert RunDir(run_dir).read_status()["status"] == "done" and RunDir(run_dir).is_done()
     # The head ("classifier") is left out; every other layer carries the norm.
     layers = {layer.name: layer for layer in result.layers}
     assert layers["classifier"].norm == "none"
@@ -172,14 +170,12 @@ def test_random_labels_are_trained_on_and_scored(tmp_path):
     assert (data.splits.train_y == data.clean_y).sum() < 40
     # Same seed, same random labels (fixed for the whole run and for `analyze`).
     assert torch.equal(classify.prepare_data(cfg).splits.train_y, data.splits.train_y)
-    run_dir, _ = train(cfg)
-    metrics = json.loads((run_dir / classify.METRICS_FILE).read_text())
-    assert metrics[classify.KEY_PROTOCOL]["augment"] == "none"
-    assert metrics[classify.KEY_PROTOCOL]["train_size"] == 200
+    run_dir, result = train(cfg)
+    assert result.protocol["augment"] == "none" and result.protocol["train_size"] == 200
     # The logged curve scored 100 test digits; metrics.json scores all 450.
-    assert metrics[classify.KEY_PROTOCOL]["test_eval_size_per_epoch"] == 100
-    assert round(metrics[classify.KEY_TEST_ACC] * 450, 6).is_integer()
-    assert round(records(classify.resolve_run_dir(cfg))[0]["test_acc"] * 100, 6).is_integer()
+    assert result.protocol["test_eval_size_per_epoch"] == 100
+    assert round(result.test_acc * 450, 6).is_integer()
+    assert round(records(run_dir)[0]["test_acc"] * 100, 6).is_integer()
 
 
 def test_lr_schedule_values():
@@ -206,8 +202,10 @@ def test_global_batch_must_fit_the_data(tmp_path):
 
 def test_run_dir_name_spells_out_the_protocol():
     cfg = ClassifyConfig(dataset="digits", model="mlp", norm="srn", rank_ratio=0.3, seed=2)
-    name = classify.resolve_run_dir(cfg).name
-    assert name.startswith("digits_mlp_srn0.3_s2_")
+    name = RunDir.for_config(cfg).path.name
+    assert name.startswith("digits-mlp-srn0.3-s2-")
+    assert RunDir.for_config(cfg).path.parent.name == cfg.out_dir
     # Runtime-only fields do not change the folder (so a resume finds it).
-    assert classify.resolve_run_dir(ClassifyConfig(**{**cfg.to_dict(), "milestones": (0.5, 0.75),
-                                                      "num_threads": 1})).name == name  # fmt: skip
+    same = ClassifyConfig(**{**cfg.to_dict(), "milestones": (0.5, 0.75), "num_threads": 1,
+                             "device": "cpu", "resume": True})  # fmt: skip
+    assert RunDir.for_config(same).path.name == name

@@ -15,12 +15,14 @@ import torch
 from stablerank.config.classify import classify_preset
 from stablerank.train import classify
 from stablerank.train.checkpoint import load_checkpoint
+from stablerank.train.results import ClassifierResult
 from stablerank.train.rundir import RunDir
 
 # Every rank saves the state it evaluates with, so the test can compare the ranks.
 WORKER = textwrap.dedent(
     """
     import sys, torch
+    from pathlib import Path
     from stablerank.config.classify import classify_preset
     from stablerank.train import classify
 
@@ -32,7 +34,9 @@ WORKER = textwrap.dedent(
         return real_evaluate(model, loader, device, info, **kw)
 
     classify.evaluate = recording_evaluate
-    classify.run(classify_preset("tiny", **{**eval(sys.argv[3]), "run_dir": run_dir}))
+    run_dir = Path(run_dir)
+    cfg = {**eval(sys.argv[3]), "out_dir": str(run_dir.parent), "run_name": run_dir.name}
+    classify.run(classify_preset("tiny", **cfg))
     """
 )
 # MLP without BatchNorm or dropout: with the same global batch the only difference between 1 and
@@ -62,16 +66,17 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     ddp_dir = tmp_path / "ddp"
     lines = (ddp_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
-    ddp = json.loads((ddp_dir / classify.METRICS_FILE).read_text())
-    assert ddp[classify.KEY_PROTOCOL]["world_size"] == 2
+    ddp = ClassifierResult.from_json(ddp_dir)
+    assert ddp.protocol["world_size"] == 2
 
     single_dir = tmp_path / "one"
-    classify.run(classify_preset("tiny", run_dir=str(single_dir), **SETTINGS))
-    one = json.loads((single_dir / classify.METRICS_FILE).read_text())
-    assert one[classify.KEY_PROTOCOL]["world_size"] == 1
+    one = classify.run(
+        classify_preset("tiny", out_dir=str(tmp_path), run_name=single_dir.name, **SETTINGS)
+    )
+    assert one.protocol["world_size"] == 1
     # Same batches, same init; summation order changes weights by ~1e-7 relative per step, which
     # can flip at most a borderline prediction or two of the 450 test digits (measured: none).
-    assert abs(ddp[classify.KEY_TEST_ACC] - one[classify.KEY_TEST_ACC]) <= 2 / 450
+    assert abs(ddp.test_acc - one.test_acc) <= 2 / 450
     a = load_checkpoint(RunDir(ddp_dir).checkpoints()[-1])["model"]
     b = load_checkpoint(RunDir(single_dir).checkpoints()[-1])["model"]
     for k in a:

@@ -24,7 +24,7 @@ from stablerank.train.rundir import RunDir
 
 
 def _tiny(tmp_path, **kw) -> ClassifyConfig:
-    return classify_preset("tiny", run_dir=str(tmp_path / "run"), progress=False, **kw)
+    return classify_preset("tiny", out_dir=str(tmp_path), run_name="run", progress=False, **kw)
 
 
 def _gan(tmp_path, **kw) -> GanConfig:
@@ -140,7 +140,8 @@ _KILL_WORKER = """
 import sys
 from stablerank.config.classify import classify_preset
 from stablerank.train import classify
-cfg = classify_preset("tiny", run_dir=sys.argv[1], progress=False, epochs=6, num_threads=1,
+cfg = classify_preset("tiny", out_dir=sys.argv[1], run_name="run", progress=False, epochs=6,
+                      num_threads=1,
                       model="small_cnn", width=0.25, train_subset=256, norm="srn", resume=True)
 classify.run(cfg)
 """
@@ -180,8 +181,8 @@ def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path
     final = launch(killed)
     assert final.wait(timeout=300) == 0, final.stderr.read()
     assert kills >= 3  # the test did interrupt the run
-    a = ClassifierResult.from_json(tmp_path / "straight")
-    b = ClassifierResult.from_json(killed)
+    a = ClassifierResult.from_json(tmp_path / "straight" / "run")
+    b = ClassifierResult.from_json(killed / "run")
     assert a == b
 
 

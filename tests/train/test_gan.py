@@ -86,7 +86,7 @@ def _assert_states_equal(a: dict, b: dict) -> None:
 def _train(cfg: GanConfig, **kwargs) -> Path:
     """Run the trainer; return the run folder."""
     gan_train.run(cfg, **kwargs)
-    return gan_train._run_dir(cfg)
+    return RunDir.for_config(cfg).path
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +152,7 @@ def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypat
     cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "sigint"})
     with pytest.raises(KeyboardInterrupt):
         gan_train.run(cfg)
-    run_dir = gan_train._run_dir(cfg)
+    run_dir = RunDir.for_config(cfg).path
     assert RunDir(run_dir).checkpoints()[-1].name == f"step_{STOP:07d}.pt"
     monkeypatch.setattr(gan_train, "compute_g_loss", real_g_loss)
     gan_train.run(dataclasses.replace(cfg, resume=True))

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,9 @@ C = TypeVar("C")
 
 __all__ = [
     "add_config_arguments",
+    "check_device",
     "check_field_ranges",
+    "check_run_name",
     "config_from_dict",
     "config_hash",
     "config_to_dict",
@@ -164,6 +167,25 @@ def check_field_ranges(cfg: Any) -> None:
     """
     for f in dataclasses.fields(cfg):
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch has no backend for here (``tpu:0``, ``cuda:x``) before any work:
+    auto, cpu, mps, cuda or cuda:N."""
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
+
+
+def check_run_name(run_name: str | None) -> None:
+    """A run folder's name must be a plain folder name, so the folder stays inside ``out_dir``
+    (no ``..``, no separator, not absolute)."""
+    if run_name is not None and (
+        not run_name or run_name in (".", "..") or any(c in run_name for c in "/\\")
+    ):
+        raise ValueError(f"run_name must be a plain folder name inside out_dir, got {run_name!r}")
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:

@@ -27,9 +27,16 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar
 
-from stablerank.config._base import check_field_ranges, config_from_dict, config_to_dict, option
+from stablerank.config._base import (
+    check_device,
+    check_field_ranges,
+    check_run_name,
+    config_from_dict,
+    config_to_dict,
+    option,
+)
 
 __all__ = [
     "AUGMENTS",
@@ -52,7 +59,6 @@ MODELS = (
 )  # fmt: skip
 NORMS = ("none", "sn", "srn")
 AUGMENTS = ("none", "crop", "crop_flip", "auto")
-DEVICES = ("auto", "cpu", "cuda")
 # What augment="auto" means per dataset: the standard recipe (crop+flip for CIFAR, crop only for
 # Fashion-MNIST, whose classes are not all mirror symmetric in the usual protocol), none for the
 # tiny sets (8x8 digits, 1-D signals).
@@ -64,18 +70,23 @@ AUTO_AUGMENT = MappingProxyType(
 # printed, never what is computed (on the CPU the resumed weights are bitwise those of a run that
 # was never stopped).
 RESUME_MAY_DIFFER = (
-    "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_dir",
+    "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
 )  # fmt: skip
 
 
 def _validate(cfg: Any) -> None:
-    """Check every field's type-independent range (also when built directly, not via YAML/CLI)."""
+    """Check every field's type-independent range (also when built directly, not via YAML/CLI)
+    and the device name."""
     check_field_ranges(cfg)
+    check_device(cfg.device)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyConfig:
     """One classification run: vanilla vs SN vs SRN on one dataset/model/seed."""
+
+    # Left out of the run folder's hash and free to change on resume (RESUME_MAY_DIFFER).
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = RESUME_MAY_DIFFER
 
     # --- data ---
     dataset: str = option("fashion-mnist", "dataset name", choices=DATASETS)
@@ -143,7 +154,7 @@ class ClassifyConfig:
     warmup_epochs: float = option(0.0, "linear lr warm-up from 0, in epochs", min=0.0)
     # --- runtime ---
     seed: int = option(0, "seed of init, data order, subset, random labels, augmentation", min=0)
-    device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
+    device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     amp: bool = option(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
     channels_last: bool = option(
         True, "channels_last memory format for image models (CUDA and CPU: measured 1.4x faster "
@@ -154,19 +165,20 @@ class ClassifyConfig:
     # --- output ---
     log_layers: bool = option(True, "log every layer's spectral norm and stable rank each epoch")
     out_dir: str = option("runs", "parent folder of run folders")
-    run_dir: str | None = option(
-        None, "run folder (None = out_dir/<dataset>_<model>_<norm>_s<seed>_<config hash>)"
+    run_name: str | None = option(
+        None, "run folder name inside out_dir (None = <dataset>-<model>-<norm>-s<seed>-<hash>)"
     )
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"
     )
     resume: bool = option(
-        False, "continue from the newest intact checkpoint in run_dir (config must match)"
+        False, "continue from the newest intact checkpoint of the run folder (config must match)"
     )
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:
         _validate(self)
+        check_run_name(self.run_name)
         if self.label_noise > 0 and self.augment not in ("none", "auto"):
             raise ValueError(
                 f"label_noise={self.label_noise} (random labels) requires augment 'none' or "
@@ -188,6 +200,12 @@ class ClassifyConfig:
             raise ValueError(
                 f"warmup_epochs must be < epochs={self.epochs}, got {self.warmup_epochs}"
             )
+
+    @property
+    def run_label(self) -> str:
+        """The readable start of the run folder's default name."""
+        norm = f"srn{self.rank_ratio:g}" if self.norm == "srn" else self.norm
+        return f"{self.dataset}-{self.model}-{norm}"
 
     @property
     def resolved_augment(self) -> str:
@@ -225,7 +243,7 @@ class AnalyzeConfig:
     bins: int = option(50, "histogram bins of the eL plot", min=1)
     batch_size: int = option(500, "batch size of the forward passes", min=1)
     seed: int = option(0, "seed of the sampled pairs and points", min=0)
-    device: str = option("auto", "device ('auto' = cuda when present)", choices=DEVICES)
+    device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     plots: bool = option(True, "write PNG plots next to analysis.json")
 

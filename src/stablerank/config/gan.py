@@ -7,10 +7,10 @@ in **generator** updates (each preceded by ``n_dis`` discriminator updates), as 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+from typing import ClassVar
 
-from stablerank.config._base import check_field_ranges, option
+from stablerank.config._base import check_device, check_field_ranges, check_run_name, option
 
 __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
@@ -22,6 +22,15 @@ _DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits")
 @dataclass(frozen=True)
 class GanConfig:
     """Everything one GAN run depends on (the run folder's ``config.json``)."""
+
+    # Fields that may change between a run and its resume, left out of the run folder's hash:
+    # where and how it is watched, not what it computes (evaluation and sampling use their own
+    # RNG streams, so they never alter training).
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
+        "resume", "overwrite", "progress", "device", "out_dir", "run_name", "log_every",
+        "sample_every", "eval_every", "n_eval_samples", "n_final_samples", "feature_net",
+        "feature_weights", "checkpoint_every", "keep_checkpoints",
+    )  # fmt: skip
 
     # --- data ---
     dataset: str = option(
@@ -111,7 +120,9 @@ class GanConfig:
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     out_dir: str = option("runs/gan", "parent folder of run folders")
-    run_name: str | None = option(None, "run folder name; None = derived from the config")
+    run_name: str | None = option(
+        None, "run folder name inside out_dir; None = gan-<dataset>-<arch>-<d_norm>-s<seed>-<hash>"
+    )
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"
     )
@@ -123,14 +134,7 @@ class GanConfig:
     def __post_init__(self) -> None:
         check_field_ranges(self)
         check_device(self.device)
-        if self.run_name is not None and (
-            not self.run_name
-            or self.run_name in (".", "..")
-            or any(c in self.run_name for c in "/\\")
-        ):
-            raise ValueError(
-                f"run_name must be a plain folder name inside out_dir, got {self.run_name!r}"
-            )
+        check_run_name(self.run_name)
         for name in ("beta1", "beta2"):
             if getattr(self, name) >= 1.0:  # Adam divides by 1 - beta**t: 0 at beta = 1
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -151,14 +155,11 @@ class GanConfig:
                 "use 0 to turn evaluation off"
             )
 
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def check_device(device: str) -> None:
-    """Refuse a device torch has no backend for here (``tpu:0``, ``cuda:x``) before any work."""
-    if not _DEVICE.fullmatch(device):
-        raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
+    @property
+    def run_label(self) -> str:
+        """The readable start of the run folder's default name."""
+        norm = f"srn{self.rank_ratio:g}" if self.d_norm == "srn" else self.d_norm
+        return f"gan-{self.dataset}-{self.arch}-{norm}"
 
 
 @dataclass(frozen=True)

@@ -67,7 +67,7 @@ _MAX_JACOBIAN_BATCH = 128  # JVP/VJP keep the forward's activations alive: small
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     """The per-epoch records of a run (``log.jsonl``), oldest first."""
-    path = Path(run_dir) / "log.jsonl"
+    path = RunDir(run_dir).log_jsonl
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: is {str(run_dir)!r} a training run?")
     return read_jsonl(path)  # a cut last line (a kill mid-write) is dropped
@@ -79,7 +79,7 @@ def load_run(
     """A run's config, its data (prepared exactly as for training) and its network with the last
     checkpoint's weights, on ``device`` in eval mode."""
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
+    config_path = RunDir(run_dir).config_file
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist: is {str(run_dir)!r} a run folder?")
     cfg = config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
@@ -129,7 +129,9 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    trained = ClassifierResult.from_json(run_dir) if (run_dir / "metrics.json").is_file() else None
+    trained = (
+        ClassifierResult.from_json(run_dir) if RunDir(run_dir).metrics_file.is_file() else None
+    )
     if trained is not None and trained.diverged:
         raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
     train_cfg, data, model = load_run(run_dir, device)
@@ -278,7 +280,7 @@ def _write_plots(
         # The raw weights' stable rank over training against SRN's target r (dashed, same
         # colour): where the line runs above its target, the cap binds.
         targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
-            run_dir).layers} if (run_dir / "metrics.json").is_file() else {}  # fmt: skip
+            run_dir).layers} if RunDir(run_dir).metrics_file.is_file() else {}  # fmt: skip
         fig = _figure((7.5, 4.8))
         ax = fig.add_subplot()
         for k in raw_keys:
@@ -310,9 +312,7 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
     fig = _figure()
     ax = fig.add_subplot()
     for run_dir in run_dirs:
-        cfg = config_from_dict(
-            ClassifyConfig, json.loads((Path(run_dir) / "config.json").read_text())
-        )
+        cfg = config_from_dict(ClassifyConfig, json.loads(RunDir(run_dir).config_file.read_text()))
         records = read_log(run_dir)
         ax.plot(
             [r["epoch"] for r in records], [r[KEY_TRAIN_ACC] for r in records],

@@ -34,7 +34,6 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +44,6 @@ from torch import nn
 from tqdm import tqdm
 
 import stablerank as sr
-from stablerank.config import config_hash
 from stablerank.config.classify import RESUME_MAY_DIFFER, ClassifyConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.data.labels import corrupt_labels, train_subset
@@ -57,13 +55,7 @@ from stablerank.train.checkpoint import (
     check_resume_config,
     restore_rng_state,
 )
-from stablerank.train.records import (
-    MetricLog,
-    environment_info,
-    refuse_to_overwrite,
-    remove_stale_temp_files,
-    write_run_files,
-)
+from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import (
     ClassifierResult,
     EpochRecord,
@@ -71,33 +63,34 @@ from stablerank.train.results import (
     layer_stats,
     mean_active_fraction,
 )
-from stablerank.train.rundir import RunDir
-from stablerank.train.runtime import DistInfo, end_worker, init_distributed, seed_everything
+from stablerank.train.rundir import DIVERGED, DONE, RunDir
+from stablerank.train.runtime import (
+    DistInfo,
+    ProgressLine,
+    end_worker,
+    init_distributed,
+    interrupted,
+    seed_everything,
+)
 
 __all__ = [
     "HEAD_NAME",
-    "KEY_EPOCHS",
     "KEY_GAP_ACC",
     "KEY_GAP_LOSS",
-    "KEY_LAYERS",
-    "KEY_PROTOCOL",
     "KEY_TEST_ACC",
     "KEY_TEST_LOSS",
     "KEY_TRAIN_ACC",
     "KEY_TRAIN_LOSS",
-    "METRICS_FILE",
     "RunData",
     "build_model",
     "epoch_seed",
     "evaluate",
     "lr_at",
     "prepare_data",
-    "resolve_run_dir",
     "run",
 ]
 
 _KEEP_CHECKPOINTS = 2  # the newest and one to fall back to (RunDir.load_latest)
-METRICS_FILE = "metrics.json"
 HEAD_NAME = "classifier"  # every classifier's final Linear (stablerank.models.classifiers)
 
 KEY_TRAIN_ACC = "train_acc"
@@ -108,9 +101,6 @@ KEY_GAP_ACC = complexity.KEY_GAP_ACC  # train_acc - test_acc
 KEY_GAP_LOSS = complexity.KEY_GAP_LOSS  # test_loss - train_loss
 KEY_TRAIN_ACC_RUNNING = "train_acc_running"
 KEY_TRAIN_LOSS_RUNNING = "train_loss_running"
-KEY_EPOCHS = "epochs"
-KEY_LAYERS = "layers"
-KEY_PROTOCOL = "protocol"
 TRAIN_ACC_DEFINITION = (
     "eval-mode accuracy on the unaugmented training set with the labels trained on (random ones "
     "where label_noise replaced them), on a fixed seeded subset of train_eval_size images"
@@ -214,15 +204,6 @@ def epoch_seed(seed: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint32)[0])
 
 
-def resolve_run_dir(cfg: ClassifyConfig) -> Path:
-    """``cfg.run_dir``, or a name that spells out the protocol plus the config hash."""
-    if cfg.run_dir:
-        return Path(cfg.run_dir)
-    norm = f"srn{cfg.rank_ratio:g}" if cfg.norm == "srn" else cfg.norm
-    digest = config_hash(cfg, exclude=RESUME_MAY_DIFFER)
-    return Path(cfg.out_dir) / f"{cfg.dataset}_{cfg.model}_{norm}_s{cfg.seed}_{digest}"
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Any, device: torch.device, info: DistInfo, *, amp: bool = False
@@ -259,43 +240,28 @@ def _layer_columns(model: nn.Module, log_layers: bool) -> dict[str, float | None
     return stats
 
 
-def _result_of(records: list[dict[str, Any]], final: dict[str, Any], model: nn.Module,
-               **extra: Any) -> ClassifierResult:  # fmt: skip
-    """The typed end of a run: the final metrics, the curve and the layers at the end."""
-    curve = tuple(
-        EpochRecord(
-            step=r["epoch"], train_acc=r.get(KEY_TRAIN_ACC), test_acc=r.get(KEY_TEST_ACC),
-            train_loss=r.get(KEY_TRAIN_LOSS), test_loss=r.get(KEY_TEST_LOSS),
-            srn_active_fraction=r.get(KEY_SRN_ACTIVE),
-        )
-        for r in records
-    )  # fmt: skip
-    layers = layer_stats(sr.layer_report(model)) if final.get("finite", True) else ()
-    return ClassifierResult(
-        train_acc=final[KEY_TRAIN_ACC], test_acc=final[KEY_TEST_ACC],
-        train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS],
-        gap_acc=final[KEY_GAP_ACC], gap_loss=final[KEY_GAP_LOSS], epochs=final[KEY_EPOCHS],
-        curve=curve, layers=layers, srn_active_fraction=active_fraction(layers),
-        srn_active_fraction_mean=mean_active_fraction(curve), **extra,
-    )  # fmt: skip
-
-
 # ----------------------------------------------------------------------------- training
 
 
-def run(cfg: ClassifyConfig) -> ClassifierResult:
+def run(cfg: ClassifyConfig) -> ClassifierResult | None:
     """Train one classifier as ``cfg`` says; return its result (also written to metrics.json).
 
-    A loss that becomes non-finite ends the run as diverged (``diverged=True`` and the reason in
-    the result; the numbers are those of the last finite epoch), never training on NaN.
+    The run folder is :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`;
+    the process holds its lock and keeps its ``status.json`` while it trains. A loss that
+    becomes non-finite ends the run as diverged (``diverged=True`` and the reason in the result;
+    the numbers are those of the last finite epoch), never training on NaN.
+
+    Returns:
+        The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0).
 
     Raises:
-        FileExistsError: the run folder already holds a checkpoint and ``resume`` is False.
-        FileNotFoundError: ``resume`` is True and there is no checkpoint.
+        FileExistsError: the run folder holds another run and neither ``resume`` nor
+            ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
+        RunLockedError: another process trains this run.
         ValueError: the checkpoint's config differs (the differences are listed), or the global
             batch does not split evenly across ranks.
+        KeyboardInterrupt: on Ctrl-C; the finished epochs are kept (resume=True continues).
     """
-    # ---- runtime: threads, distributed, device, seeds
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     info, device = init_distributed(cfg.device)
@@ -303,24 +269,34 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
         raise ValueError(
             f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
         )
-    on_cuda = device.type == "cuda"
-    amp = cfg.amp and on_cuda
+    folder = RunDir.for_config(cfg)
+    with folder.session(cfg.to_dict(), runtime_keys=cfg.RUNTIME_KEYS, resume=cfg.resume,
+                        overwrite=cfg.overwrite, is_main=info.is_main):  # fmt: skip
+        result = _train(cfg, folder, info, device)
+    end_worker(info)
+    return result
+
+
+def _build_optimizer(cfg: ClassifyConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD or Adam; the lr is set every step from :func:`lr_at` (no scheduler state to save)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
+        )  # fmt: skip
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.device
+           ) -> ClassifierResult | None:  # fmt: skip
+    """The run inside its folder session: data, model, resume, the loop, the result."""
+    amp = cfg.amp and device.type == "cuda"
     channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
-    run_dir = resolve_run_dir(cfg)
-    folder = RunDir(run_dir)
-    if folder.checkpoints() and not cfg.resume:
-        raise FileExistsError(
-            f"{run_dir} holds checkpoints; pass resume=True (--resume) or choose another run_dir"
-        )
-    if info.is_main:
-        refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
-        remove_stale_temp_files(run_dir)
     seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
 
     # ---- data: whole splits on the device, one global shuffle per epoch, sharded by rank
     data = prepare_data(cfg)
     splits = data.splits
-    per_rank_batch = cfg.batch_size // info.world_size
     if cfg.batch_size > splits.num_train:
         raise ValueError(f"batch_size must be <= {splits.num_train} (train images), got "
                          f"{cfg.batch_size}")  # fmt: skip
@@ -332,44 +308,30 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
     # drop_last keeps every rank's batch the same size, so DDP's gradient mean is the global
     # mean; the union of the ranks' t-th batches is the t-th batch of a one-process run.
     train_loader = DeviceLoader(
-        splits.train_x, splits.train_y, batch_size=per_rank_batch, shuffle=True, drop_last=True,
-        augment=cfg.resolved_augment, **loader_kw,
+        splits.train_x, splits.train_y, batch_size=cfg.batch_size // info.world_size,
+        shuffle=True, drop_last=True, augment=cfg.resolved_augment, **loader_kw,
     )  # fmt: skip
     # Evaluation: every example exactly once across ranks; sums are reduced, not means.
     eval_kw = dict(batch_size=cfg.eval_batch_size, shuffle=False, drop_last=False, **loader_kw)
     test_loader = DeviceLoader(data.test_eval_x, data.test_eval_y, **eval_kw)
     train_eval_loader = DeviceLoader(data.eval_x, data.eval_y, **eval_kw)
-    steps_per_epoch = len(train_loader)
 
-    # ---- model and normalization (none | sn | srn on every conv/linear; head unless asked)
+    # ---- model and normalization (none | sn | srn on every conv/linear; the head: none | sn)
     model = build_model(cfg, splits).to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-
-    # ---- optimizer (the lr is set every step from lr_at; no scheduler state to save)
-    if cfg.optimizer == "sgd":
-        optimizer: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-            nesterov=cfg.nesterov and cfg.momentum > 0, weight_decay=cfg.weight_decay,
-        )  # fmt: skip
-    else:
-        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = _build_optimizer(cfg, model)
 
     # ---- resume: refuse on any config difference that changes what is computed
     start_epoch = 0
-    loaded = folder.load_latest(map_location=device) if cfg.resume else None
-    if cfg.resume and loaded is None:
-        # Killed before its first checkpoint (or never started): nothing to continue from.
-        if info.is_main:
-            print(f"resume: no checkpoint in {run_dir} yet; starting from scratch", file=sys.stderr)
-    elif loaded is not None:
-        ckpt = loaded[1]
+    ckpt = folder.resume_point(cfg.resume, map_location=device, is_main=info.is_main)
+    if ckpt is not None:
         check_resume_config(ckpt["config"], cfg.to_dict(), allowed=RESUME_MAY_DIFFER)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
         restore_rng_state(ckpt["rng"])
-        del ckpt
+    del ckpt
 
     # ---- compile and DDP wrap (raw_model is what we save and measure; eval_model evaluates)
     raw_model = model
@@ -380,128 +342,192 @@ def run(cfg: ClassifyConfig) -> ClassifierResult:
         # broadcast_buffers (the default) copies rank 0's buffers before every forward: BatchNorm
         # statistics and the SN/SRN power-iteration vectors u, v stay identical across ranks.
         model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if on_cuda else None
+            model, device_ids=[device.index] if device.type == "cuda" else None
         )
 
     # ---- logging (rank 0 only)
     log = None
     if info.is_main:
-        write_run_files(run_dir, cfg.to_dict(), environment_info(device, cfg.seed))
-        log = MetricLog(run_dir)
+        folder.write_run_files(cfg.to_dict(), environment_info(device, cfg.seed))
+        log = MetricLog(folder.path)
         log.truncate_after(start_epoch)  # a killed run may have logged past its checkpoint
-    show_progress = cfg.progress and info.is_main and sys.stderr.isatty()
+    bar = cfg.progress and info.is_main and sys.stderr.isatty()
+    steps_per_epoch = len(train_loader)
+    # Without a terminal the bar is off: a plain line every few seconds instead.
+    plain = None
+    if info.is_main and not bar:
+        total = cfg.epochs * steps_per_epoch
+        plain = ProgressLine("train step", total, start_epoch * steps_per_epoch)
+
+    # A non-finite loss is caught before its update: every step on the CPU (free), every few on
+    # a GPU (a device sync). DDP ranks decide together at the end of the epoch (a rank stopping
+    # alone would leave the others waiting in the all-reduce).
+    check_every = 0 if info.distributed else 1 if device.type == "cpu" else _PROGRESS_EVERY
 
     # ---- the loop
     record: dict[str, Any] = {}
     divergence = ""
-    for epoch in range(start_epoch, cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
-        train_loader.set_epoch(epoch)  # order and augmentation: a function of (seed, epoch)
-        seed_everything(epoch_seed(cfg.seed, epoch, info.rank))  # dropout: (seed, epoch, rank)
-        sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show_progress,
-                   leave=False, file=sys.stderr)  # fmt: skip
-        for i, (x, y) in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            lr = lr_at(cfg, step, steps_per_epoch)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            # Accumulate on the device: no host sync per step.
-            sums[0] += loss.detach() * y.numel()
-            sums[1] += (logits.detach().argmax(1) == y).sum()
-            sums[2] += y.numel()
-            if show_progress and i % _PROGRESS_EVERY == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{(sums[1] / sums[2]).item():.3f}")
-        if info.distributed:
-            dist.all_reduce(sums)
-        run_loss, run_correct, run_count = sums.tolist()
-        train_time = time.perf_counter() - t0
-        if not math.isfinite(run_loss):
-            divergence = f"training loss became non-finite ({run_loss}) in epoch {epoch + 1}"
-            print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
-            break
-
-        # ---- per-epoch evaluation (eval mode; the test split and the train-eval subset)
-        if info.distributed:
-            # Each rank's last forward updated the BatchNorm running statistics with its own
-            # shard; evaluate (and save) rank 0's everywhere, as the next forward would.
-            for buffer in raw_model.buffers():
-                dist.broadcast(buffer, src=0)
-        test_loss, test_acc = evaluate(eval_model, test_loader, device, info, amp=amp)
-        train_loss, train_acc = evaluate(eval_model, train_eval_loader, device, info, amp=amp)
-        record = {
-            "epoch": epoch + 1,
-            "lr": lr,
-            KEY_TRAIN_LOSS: train_loss,
-            KEY_TRAIN_ACC: train_acc,
-            KEY_TEST_LOSS: test_loss,
-            KEY_TEST_ACC: test_acc,
-            **complexity.generalization_gap(train_acc, test_acc, train_loss, test_loss),
-            KEY_TRAIN_LOSS_RUNNING: run_loss / run_count,
-            KEY_TRAIN_ACC_RUNNING: run_correct / run_count,
-            "train_time_s": train_time,
-            "epoch_time_s": time.perf_counter() - t0,
-        }
-        if info.is_main:
-            record.update(_layer_columns(raw_model, cfg.log_layers))
-            log.append(record)
-            folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
-                "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch + 1, "rng": capture_rng_state(), "config": cfg.to_dict(),
-                "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
-            })  # fmt: skip
-            print(
-                f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {train_loss:.4f} "
-                f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} "
-                f"| {record['epoch_time_s']:.1f}s", file=sys.stderr,
+    epoch = start_epoch
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            train_loader.set_epoch(epoch)  # order and augmentation: a function of (seed, epoch)
+            seed_everything(epoch_seed(cfg.seed, epoch, info.rank))  # dropout: (seed, epoch, rank)
+            sums, lr, divergence = _train_epoch(
+                cfg, model, optimizer, train_loader, epoch, device, amp, bar=bar, plain=plain,
+                check_every=check_every,
             )  # fmt: skip
-        if info.distributed:
-            dist.barrier()  # no rank runs ahead of rank 0's checkpoint
+            if info.distributed:
+                dist.all_reduce(sums)
+            run_loss, run_correct, run_count = sums.tolist()
+            train_time = time.perf_counter() - t0
+            if not divergence and not math.isfinite(run_loss):
+                divergence = f"training loss became non-finite ({run_loss}) in epoch {epoch + 1}"
+            if divergence:
+                if info.is_main:
+                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                break
+
+            # ---- per-epoch evaluation (eval mode; the test split and the train-eval subset)
+            if info.distributed:
+                # Each rank's last forward updated the BatchNorm running statistics with its own
+                # shard; evaluate (and save) rank 0's everywhere, as the next forward would.
+                for buffer in raw_model.buffers():
+                    dist.broadcast(buffer, src=0)
+            test_loss, test_acc = evaluate(eval_model, test_loader, device, info, amp=amp)
+            train_loss, train_acc = evaluate(eval_model, train_eval_loader, device, info, amp=amp)
+            record = {
+                "epoch": epoch + 1,
+                "lr": lr,
+                KEY_TRAIN_LOSS: train_loss,
+                KEY_TRAIN_ACC: train_acc,
+                KEY_TEST_LOSS: test_loss,
+                KEY_TEST_ACC: test_acc,
+                **complexity.generalization_gap(train_acc, test_acc, train_loss, test_loss),
+                KEY_TRAIN_LOSS_RUNNING: run_loss / run_count,
+                KEY_TRAIN_ACC_RUNNING: run_correct / run_count,
+                "train_time_s": train_time,
+                "epoch_time_s": time.perf_counter() - t0,
+            }
+            if info.is_main:
+                record.update(_layer_columns(raw_model, cfg.log_layers))
+                log.append(record)
+                folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
+                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1, "rng": capture_rng_state(), "config": cfg.to_dict(),
+                    "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
+                })  # fmt: skip
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {train_loss:.4f} "
+                    f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} "
+                    f"| {record['epoch_time_s']:.1f}s", file=sys.stderr,
+                )  # fmt: skip
+            if info.distributed:
+                dist.barrier()  # no rank runs ahead of rank 0's checkpoint
+    except KeyboardInterrupt:
+        # The epoch in progress is dropped: a checkpoint is a finished epoch (the data order
+        # and augmentation are drawn per epoch).
+        raise interrupted(folder.path, f"the {epoch} finished epoch(s)") from None
 
     # ---- final metrics: the whole test split even when the curves used a subset
-    result = None
+    full_test = None
     if len(data.test_eval_y) < splits.num_test and not divergence:
-        full_test = DeviceLoader(splits.test_x, splits.test_y, **eval_kw)
-        full_test_metrics = evaluate(eval_model, full_test, device, info, amp=amp)
-    if info.is_main:
-        records = log.records()
-        if not record and records:  # resumed a finished run (or diverged): its last epoch
-            record = records[-1]
-        keys = (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)
-        final = {k: record.get(k, math.nan) for k in keys}
-        if len(data.test_eval_y) < splits.num_test and not divergence:
-            final[KEY_TEST_LOSS], final[KEY_TEST_ACC] = full_test_metrics
-        final.update(complexity.generalization_gap(
-            final[KEY_TRAIN_ACC], final[KEY_TEST_ACC], final[KEY_TRAIN_LOSS], final[KEY_TEST_LOSS]
-        ))  # fmt: skip
-        final[KEY_EPOCHS] = cfg.epochs
-        raw_model.eval()
-        final["finite"] = all(bool(torch.isfinite(p).all()) for p in raw_model.parameters())
-        protocol = {
-            "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width, "norm": cfg.norm,
-            "rank_ratio": cfg.rank_ratio if cfg.norm == "srn" else None,
-            "n_power_iterations": cfg.n_power_iterations if cfg.norm != "none" else None,
-            "head": cfg.head if cfg.norm != "none" else "none", "seed": cfg.seed,
-            "label_noise": cfg.label_noise, "train_size": splits.num_train,
-            "augment": cfg.resolved_augment, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-            "world_size": info.world_size, "train_acc": TRAIN_ACC_DEFINITION,
-            "train_eval_size": len(data.eval_y), "test_size": splits.num_test,
-            "test_eval_size_per_epoch": len(data.test_eval_y),
-            "gap": "gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
-            "data_dir_read": getattr(splits, "source", None),
-        }  # fmt: skip
-        result = _result_of(
-            records, final, raw_model, diverged=bool(divergence), divergence=divergence,
-            data_dir=getattr(splits, "source", None), protocol=protocol,
-        )  # fmt: skip
-        result.to_json(run_dir)
-        log.close()
-    end_worker(info)
+        full_test = evaluate(eval_model, DeviceLoader(splits.test_x, splits.test_y, **eval_kw),
+                             device, info, amp=amp)  # fmt: skip
+    if not info.is_main:
+        return None
+    records = log.records()
+    log.close()
+    if not record and records:  # resumed a finished run (or diverged): its last epoch
+        record = records[-1]
+    result = _result_of(cfg, records, record, full_test, raw_model, divergence, splits,
+                        len(data.eval_y), len(data.test_eval_y), info.world_size)  # fmt: skip
+    result.to_json(folder.path)
+    folder.write_status(status=DIVERGED if divergence else DONE, divergence=divergence)
     return result
+
+
+def _train_epoch(
+    cfg: ClassifyConfig, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
+    epoch: int, device: torch.device, amp: bool, *, bar: bool, plain: ProgressLine | None,
+    check_every: int,
+) -> tuple[torch.Tensor, float, str]:  # fmt: skip
+    """One epoch of training: (loss sum, correct, count) on the device, the last lr, and why it
+    diverged ('' when it did not). A non-finite loss seen by the check (every ``check_every``
+    steps; 0 = never) stops the epoch before its update."""
+    model.train()
+    steps_per_epoch = len(loader)
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
+    progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bar,
+                    leave=False, file=sys.stderr)  # fmt: skip
+    lr = math.nan
+    for i, (x, y) in enumerate(progress):
+        step = epoch * steps_per_epoch + i
+        lr = lr_at(cfg, step, steps_per_epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        if check_every and i % check_every == 0 and not torch.isfinite(loss):
+            return sums, lr, f"training loss became non-finite ({loss.item()}) at step {step + 1}"
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # Accumulate on the device: no host sync per step.
+        sums[0] += loss.detach() * y.numel()
+        sums[1] += (logits.detach().argmax(1) == y).sum()
+        sums[2] += y.numel()
+        if bar and i % _PROGRESS_EVERY == 0:
+            progress.set_postfix(loss=f"{loss.item():.3f}",
+                                 acc=f"{(sums[1] / sums[2]).item():.3f}")  # fmt: skip
+        if plain is not None and plain.due(step + 1):
+            plain.show(step + 1, epoch=epoch + 1, loss=loss.item())
+    return sums, lr, ""
+
+
+def _result_of(
+    cfg: ClassifyConfig, records: list[dict[str, Any]], record: dict[str, Any],
+    full_test: tuple[float, float] | None, model: nn.Module, divergence: str,
+    splits: DatasetSplits, train_eval_size: int, test_eval_size: int, world_size: int,
+) -> ClassifierResult:  # fmt: skip
+    """The typed end of a run: the final metrics (the whole test split when the curves used a
+    subset), the curve, the layers at the end and the protocol."""
+    keys = (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)
+    final = {k: record.get(k, math.nan) for k in keys}
+    if full_test is not None:
+        final[KEY_TEST_LOSS], final[KEY_TEST_ACC] = full_test
+    gap = complexity.generalization_gap(
+        final[KEY_TRAIN_ACC], final[KEY_TEST_ACC], final[KEY_TRAIN_LOSS], final[KEY_TEST_LOSS]
+    )
+    curve = tuple(
+        EpochRecord(
+            step=r["epoch"], train_acc=r.get(KEY_TRAIN_ACC), test_acc=r.get(KEY_TEST_ACC),
+            train_loss=r.get(KEY_TRAIN_LOSS), test_loss=r.get(KEY_TEST_LOSS),
+            srn_active_fraction=r.get(KEY_SRN_ACTIVE),
+        )
+        for r in records
+    )  # fmt: skip
+    model.eval()
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    layers = layer_stats(sr.layer_report(model)) if finite else ()
+    protocol = {
+        "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width, "norm": cfg.norm,
+        "rank_ratio": cfg.rank_ratio if cfg.norm == "srn" else None,
+        "n_power_iterations": cfg.n_power_iterations if cfg.norm != "none" else None,
+        "head": cfg.head if cfg.norm != "none" else "none", "seed": cfg.seed,
+        "label_noise": cfg.label_noise, "train_size": splits.num_train,
+        "augment": cfg.resolved_augment, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "world_size": world_size, "train_acc": TRAIN_ACC_DEFINITION,
+        "train_eval_size": train_eval_size, "test_size": splits.num_test,
+        "test_eval_size_per_epoch": test_eval_size,
+        "gap": "gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
+    }  # fmt: skip
+    return ClassifierResult(
+        train_acc=final[KEY_TRAIN_ACC], test_acc=final[KEY_TEST_ACC],
+        train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS],
+        gap_acc=gap[KEY_GAP_ACC], gap_loss=gap[KEY_GAP_LOSS], epochs=cfg.epochs,
+        curve=curve, layers=layers, srn_active_fraction=active_fraction(layers),
+        srn_active_fraction_mean=mean_active_fraction(curve), diverged=bool(divergence),
+        divergence=divergence, data_dir=splits.source, protocol=protocol,
+    )  # fmt: skip

@@ -45,14 +45,13 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from functools import partial
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stablerank.config._base import config_hash, config_to_dict
+from stablerank.config._base import config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import load_dataset
 from stablerank.layers import layer_report
@@ -94,20 +93,16 @@ from stablerank.train.gan_scores import (
     divergence_of,
     write_result,
 )
-from stablerank.train.records import (
-    MetricLog,
-    environment_info,
-    refuse_to_overwrite,
-    remove_stale_temp_files,
-    write_run_files,
-)
+from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import GanResult, active_fraction, layer_stats
-from stablerank.train.rundir import RunDir
+from stablerank.train.rundir import DIVERGED, DONE, INTERRUPTED, RunDir
 from stablerank.train.runtime import (
+    DistInfo,
     ProgressLine,
     deferred_sigint,
     end_worker,
     init_distributed,
+    interrupted,
     seed_everything,
 )
 
@@ -126,38 +121,12 @@ __all__ = [
     "save_image_grid",
 ]
 
-# Keys that may change between a run and its resume: where and how it is watched, not what it
-# computes (evaluation and sampling use their own RNG streams, so they never alter training).
-_RESUME_ALLOWED = (
-    "resume",
-    "overwrite",
-    "progress",
-    "device",
-    "out_dir",
-    "run_name",
-    "log_every",
-    "sample_every",
-    "eval_every",
-    "n_eval_samples",
-    "n_final_samples",
-    "feature_net",
-    "feature_weights",
-    "checkpoint_every",
-    "keep_checkpoints",
-)
 _BAR_KEYS = (KEY_D_LOSS, KEY_G_LOSS, KEY_FID)  # shown in the progress bar
 
 
 # ----------------------------------------------------------------------------------------------
 # Helpers of the loop
 # ----------------------------------------------------------------------------------------------
-
-
-def _run_dir(cfg: GanConfig) -> Path:
-    name = cfg.run_name or (
-        f"{cfg.dataset}-{cfg.arch}-{cfg.d_norm}-{config_hash(cfg, exclude=_RESUME_ALLOWED)}"
-    )
-    return Path(cfg.out_dir) / name
 
 
 def _linear_decay(total: int) -> Callable[[int], float]:
@@ -179,13 +148,16 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
 
     Returns:
         The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
-        than 0, and when ``stop_at`` ended it early). The run folder is ``cfg.out_dir / run
-        name``. A non-finite loss stops the run as diverged (no FID on NaN samples); a
-        discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
-        diverged at the end.
+        than 0, and when ``stop_at`` ended it early). The run folder is
+        :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`; the process
+        holds its lock and keeps its ``status.json`` while it trains. A non-finite loss stops the
+        run as diverged (no FID on NaN samples); a discriminator collapse
+        (:func:`~stablerank.train.gan_scores.divergence_of`) marks it diverged at the end.
 
     Raises:
-        FileExistsError: the run folder holds checkpoints and ``cfg.resume`` is False.
+        FileExistsError: the run folder holds another run and neither ``resume`` nor
+            ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
+        RunLockedError: another process trains this run.
         ValueError: resuming with a config that differs from the checkpoint's (diffs listed), or a
             ``batch_size`` that does not split evenly over the ranks.
         KeyboardInterrupt: after saving a checkpoint, on Ctrl-C (single process).
@@ -195,27 +167,25 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         raise ValueError(
             f"batch_size ({cfg.batch_size}) must be divisible by the world size ({info.world_size})"
         )
-    local_batch = cfg.batch_size // info.world_size
-    run_dir = _run_dir(cfg)
-    cfg_dict = config_to_dict(cfg)
+    folder = RunDir.for_config(cfg)
+    with folder.session(config_to_dict(cfg), runtime_keys=cfg.RUNTIME_KEYS, resume=cfg.resume,
+                        overwrite=cfg.overwrite, is_main=info.is_main):  # fmt: skip
+        result = _train(cfg, folder, info, device, stop_at)
+    end_worker(info)
+    return result
 
-    # --- resume or start ---
-    folder = RunDir(run_dir)
-    if folder.checkpoints() and not cfg.resume:
-        raise FileExistsError(
-            f"run folder {str(run_dir)!r} already holds checkpoints; pass "
-            "resume=True (--resume) to continue it or choose another run_name"
-        )
-    refuse_to_overwrite(run_dir, cfg.resume or cfg.overwrite)
-    if info.is_main:
-        remove_stale_temp_files(run_dir)
+
+def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
+           stop_at: int | None) -> GanResult | None:  # fmt: skip
+    """The run inside its folder session (see :func:`run`)."""
+    local_batch = cfg.batch_size // info.world_size
+    run_dir = folder.path
+    cfg_dict = config_to_dict(cfg)
     # The newest intact checkpoint: a cut or altered newest file (a kill mid-write, a flipped
     # bit) falls back to the older one kept beside it.
-    loaded = folder.load_latest(map_location="cpu", log=lambda m: print(f"resume: {m}",
-                                file=sys.stderr))  # fmt: skip
-    ckpt = loaded[1] if loaded is not None else None
+    ckpt = folder.resume_point(cfg.resume, map_location="cpu", is_main=info.is_main)
     if ckpt is not None:
-        check_resume_config(ckpt["config"], cfg_dict, allowed=_RESUME_ALLOWED)
+        check_resume_config(ckpt["config"], cfg_dict, allowed=cfg.RUNTIME_KEYS)
 
     # --- data ---
     splits = load_dataset(cfg.dataset, cfg.data_dir)
@@ -265,10 +235,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     # --- run files (rank 0) ---
     log = None
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_run_files(
-            run_dir, cfg_dict, {**environment_info(device, cfg.seed), "world_size": info.world_size}
-        )
+        env = {**environment_info(device, cfg.seed), "world_size": info.world_size}
+        folder.write_run_files(cfg_dict, env)
         log = MetricLog(run_dir, key="step")
         log.truncate_after(start)
     sample_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 0, 0, _STREAM_FIXED))
@@ -282,7 +250,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)
         with torch.no_grad(), _eval_mode(G_s):
-            save_image_grid(G_s(fixed_z, fixed_y), run_dir / "samples" / f"step_{step:07d}.png")
+            save_image_grid(G_s(fixed_z, fixed_y), folder.samples_dir / f"step_{step:07d}.png")
 
     def checkpoint(step: int) -> None:
         state = {
@@ -401,8 +369,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
                     break
                 shown = {**values, **last_eval}
                 bar.set_postfix({k: f"{shown[k]:.3f}" for k in _BAR_KEYS if k in shown})
-                if plain is not None:
-                    plain.update(step, **{k: shown[k] for k in _BAR_KEYS if k in shown})
+                if plain is not None and plain.due(step):
+                    plain.show(step, **{k: shown[k] for k in _BAR_KEYS if k in shown})
             if not info.is_main:
                 bar.update(1)
                 continue
@@ -420,7 +388,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t0
     if interrupt["stop"]:
-        raise KeyboardInterrupt(f"interrupted after G step {step}; checkpoint in {run_dir}")
+        raise interrupted(run_dir, f"the checkpoint of G step {step}")
 
     result = None
     if info.is_main and (step == cfg.g_steps or divergence):
@@ -440,5 +408,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         )  # fmt: skip
     if log is not None:
         log.close()
-    end_worker(info)
+    if info.is_main:
+        state = INTERRUPTED if result is None else DIVERGED if result.diverged else DONE
+        folder.write_status(status=state, divergence=result.divergence if result else "")
     return result

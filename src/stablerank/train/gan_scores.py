@@ -3,7 +3,7 @@ the final ``metrics.json`` (named keys plus ``protocol``) with ``d_layers.json``
 
 Samples come from :func:`~stablerank.train.gan_sampling.make_generate` (their own RNG stream, eval
 mode), so scoring never changes training. Post-training measures that need a trained critic or the
-discriminator's eL live in :mod:`stablerank.repro.gan_eval`.
+discriminator's eL live in :mod:`stablerank.train.gan_analysis`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from stablerank.train.results import (
     layer_stats,
     mean_active_fraction,
 )
+from stablerank.train.rundir import RunDir
 
 # Keys of metrics.json; :mod:`stablerank.train.gan` publishes them (callers import them there).
 KEY_STEPS = "g_steps"
@@ -191,5 +192,5 @@ def write_result(
         data_dir=data_dir, protocol=protocol,
     )  # fmt: skip
     result.to_json(run_dir)
-    report.to_json(run_dir / "d_layers.json")
+    report.to_json(RunDir(run_dir).d_layers_file)
     return result

@@ -1,13 +1,7 @@
-"""The run folder: resolved config, environment, per-epoch logs (JSONL + CSV, TensorBoard when
-installed) and final metrics, each a file a person or the report can read.
-
-Layout of a run directory::
-
-    config.json    resolved config
-    env.json       torch/python versions, device, git commit, seed, package version
-    log.jsonl      one JSON record per logged step/epoch
-    log.csv        the same records as CSV (columns grow as new keys appear)
-    metrics.json   final named metrics plus a ``protocol`` record
+"""What a run records as it goes: the environment (``env.json``) and the per-epoch / per-step log
+(``log.jsonl`` and the same records as ``log.csv``, whose columns grow as new keys appear;
+TensorBoard scalars when installed). The file names belong to
+:class:`~stablerank.train.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -24,16 +18,14 @@ from typing import Any
 
 import torch
 
-from stablerank.train.checkpoint import atomic_write_json, atomic_write_text
+from stablerank.train.checkpoint import atomic_write_text
+from stablerank.train.rundir import LOG_CSV, LOG_JSONL, TENSORBOARD_DIR
 
 __all__ = [
     "MetricLog",
     "environment_info",
     "git_commit",
     "read_jsonl",
-    "refuse_to_overwrite",
-    "remove_stale_temp_files",
-    "write_run_files",
 ]
 
 
@@ -87,8 +79,8 @@ class MetricLog:
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = self.run_dir / "log.jsonl"
-        self.csv = self.run_dir / "log.csv"
+        self.jsonl = self.run_dir / LOG_JSONL
+        self.csv = self.run_dir / LOG_CSV
         self.key = key
         # The CSV's header, once this object has written it; None until then (a resumed run's
         # CSV is rebuilt from the JSONL on the first append).
@@ -98,7 +90,7 @@ class MetricLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._writer = SummaryWriter(str(self.run_dir / "tb"))
+                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
             except ImportError:
                 self._writer = None
 
@@ -152,35 +144,6 @@ class MetricLog:
             self._writer.close()
 
 
-_RESULT_FILES = ("metrics.json", "log.jsonl", "analysis.json", "gan_analysis.json")
-
-
-def refuse_to_overwrite(run_dir: Path, allowed: bool) -> None:
-    """Refuse to start a new run in a folder that holds another run's results.
-
-    Raises:
-        FileExistsError: ``run_dir`` holds results (a log, metrics) and ``allowed`` is False (pass
-            ``resume=True`` to continue that run or ``overwrite=True`` to replace it).
-    """
-    found = [name for name in _RESULT_FILES if (run_dir / name).exists()]
-    if found and not allowed:
-        raise FileExistsError(
-            f"{run_dir} already holds a run's results ({', '.join(found)}); pass --resume to "
-            "continue it, --overwrite to replace it (resume=True / overwrite=True in Python), or "
-            "choose another folder"
-        )
-
-
-def remove_stale_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the ``.<name>.*.tmp`` files a kill inside an atomic write left in ``run_dir`` (and
-    its ``checkpoints/``); return them. Call it only where no other process writes the folder (a
-    trainer starting its run)."""
-    stale = [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]
-    for path in stale:
-        path.unlink(missing_ok=True)
-    return stale
-
-
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSONL log. A cut last line (a kill or a full disk mid-write) is dropped:
     the run resumes from its checkpoint, which never runs ahead of a complete record. A bad line
@@ -207,10 +170,3 @@ def _scalar(v: Any) -> Any:
     if isinstance(v, (list, dict)):
         return json.dumps(v)
     return v
-
-
-def write_run_files(run_dir: str | Path, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
-    """Write ``config.json`` and ``env.json`` of a run."""
-    run_dir = Path(run_dir)
-    atomic_write_json(run_dir / "config.json", dict(config))
-    atomic_write_json(run_dir / "env.json", dict(env))

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from stablerank.train import rundir
+
 __all__ = [
     "ClassifierAnalysis",
     "ClassifierResult",
@@ -233,7 +235,7 @@ class ClassifierResult(Result):
     finite epoch (or NaN).
     """
 
-    FILE: ClassVar[str] = "metrics.json"
+    FILE: ClassVar[str] = rundir.METRICS_FILE
 
     train_acc: float
     test_acc: float
@@ -260,7 +262,7 @@ class ClassifierAnalysis(Result):
     not positive; the margin-free quantities are always there.
     """
 
-    FILE: ClassVar[str] = "analysis.json"
+    FILE: ClassVar[str] = rundir.ANALYSIS_FILE
 
     train_acc: float
     test_acc: float
@@ -283,7 +285,7 @@ class GanResult(Result):
     """The end of a GAN run (``metrics.json``): final FID/KID/IS of the generator, their
     baselines (an untrained generator and real training images) and D's layers."""
 
-    FILE: ClassVar[str] = "metrics.json"
+    FILE: ClassVar[str] = rundir.METRICS_FILE
 
     steps: int
     d_loss: float | None
@@ -314,7 +316,7 @@ class GanAnalysis(Result):
     """Neural divergence and the discriminator's empirical Lipschitz constant of a finished GAN
     (``gan_analysis.json``; claims 4 and 5)."""
 
-    FILE: ClassVar[str] = "gan_analysis.json"
+    FILE: ClassVar[str] = rundir.GAN_ANALYSIS_FILE
 
     neural_divergence: float
     neural_divergence_std: float

@@ -1,17 +1,30 @@
-"""The run folder: its checkpoints, its status and its lock.
+"""The run folder of both trainers: its file names, checkpoints, take-over rule, status and lock.
 
-A run folder holds what one trainer run wrote (``config.json``, ``env.json``, the logs,
-``metrics.json``), its checkpoints, and, when an orchestrator drives it, ``status.json``
-(``running``, ``done``, ``failed``, ``diverged``, ``interrupted``; stage, attempts, wall time,
-error) and ``.lock``. :class:`RunDir` owns:
+A run folder is ``out_dir/<run name>`` (:meth:`RunDir.for_config`: the config's ``run_name``, or
+a name that spells out the protocol followed by the hash of everything the run computes). It
+holds::
 
-* the one checkpoint layout of both trainers: ``checkpoints/step_<N>.pt`` (N = the epoch of a
-  classifier, the G step of a GAN), each with its SHA-256 beside it, the newest ``keep`` kept; the
-  one resume rule: continue from the newest *intact* checkpoint, falling back to an older one when
-  the newest was cut or altered;
-* the status, written atomically and merged field by field;
-* the lock: an exclusive ``flock`` held while one process works on the run, so two processes never
-  train the same run (the second gets :class:`RunLockedError` at once).
+    config.json env.json          the resolved config; versions, device, commit, seed
+    log.jsonl log.csv             one record per epoch (classifier) / logged step (GAN)
+    metrics.json                  the trainer's typed result (stablerank.train.results)
+    analysis.json                 ClassifierAnalysis (stablerank analyze)
+    gan_analysis.json             GanAnalysis (stablerank.train.gan_analysis)
+    status.json error.txt .lock   running/done/diverged/failed/interrupted; the last traceback
+    checkpoints/step_<N>.pt       N = epochs of a classifier, G steps of a GAN; SHA-256 beside
+
+:class:`RunDir` owns these names (nobody else spells them) and the rules both trainers follow:
+
+* **take-over** (:meth:`RunDir.begin`): a folder holding another run's checkpoints or results is
+  refused unless ``resume`` (continue it) or ``overwrite`` (delete them and start afresh);
+* **resume** (:meth:`RunDir.resume_point`): the newest *intact* checkpoint, falling back to an
+  older one when the newest was cut or altered; before any checkpoint, a fresh start that says so;
+* **status**: written atomically and merged field by field; the trainers set ``status``
+  (:data:`RUNNING`, :data:`DONE`, :data:`DIVERGED`, :data:`FAILED`, :data:`INTERRUPTED`), an
+  orchestrator may add its own fields (attempts, wall time, stage);
+* **lock** (:meth:`RunDir.lock`): an exclusive ``flock`` on ``.lock`` while one process works on
+  the run, so two processes never train the same run (the second gets :class:`RunLockedError` at
+  once). It is re-entrant: a process holding it, and the processes it starts (a ``torchrun`` it
+  launches), pass through (:data:`HELD_LOCKS_ENV`).
 """
 
 from __future__ import annotations
@@ -20,23 +33,60 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
-from collections.abc import Callable, Iterator, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stablerank.config import config_hash
 from stablerank.train.checkpoint import (
     CorruptCheckpointError,
     atomic_write_json,
+    atomic_write_text,
+    check_resume_config,
     load_checkpoint,
     save_checkpoint,
 )
 
-__all__ = ["RunDir", "RunLockedError"]
+__all__ = [
+    "DIVERGED",
+    "DONE",
+    "FAILED",
+    "HELD_LOCKS_ENV",
+    "INTERRUPTED",
+    "RUNNING",
+    "RunDir",
+    "RunLockedError",
+]
 
+CONFIG_FILE = "config.json"
+ENV_FILE = "env.json"
+METRICS_FILE = "metrics.json"
+ANALYSIS_FILE = "analysis.json"
+GAN_ANALYSIS_FILE = "gan_analysis.json"
+LOG_JSONL = "log.jsonl"
+LOG_CSV = "log.csv"
 STATUS_FILE = "status.json"
+ERROR_FILE = "error.txt"
 LOCK_FILE = ".lock"
 CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+D_LAYERS_FILE = "d_layers.json"
+TENSORBOARD_DIR = "tb"
+# Files that only a run's progress writes: a folder holding one holds another run's results.
+_RESULT_FILES = (METRICS_FILE, LOG_JSONL, ANALYSIS_FILE, GAN_ANALYSIS_FILE)
+# Deleted by overwrite=True (plus the analyses' *.png plots); config/env are rewritten anyway,
+# status.json is the orchestrator's record too and .lock is held.
+_RUN_OUTPUTS = (*_RESULT_FILES, LOG_CSV, ERROR_FILE, D_LAYERS_FILE, CHECKPOINTS_DIR,
+                SAMPLES_DIR, TENSORBOARD_DIR)  # fmt: skip
+
+# The trainers' values of status.json's "status".
+RUNNING, DONE, DIVERGED = "running", "done", "diverged"
+FAILED, INTERRUPTED = "failed", "interrupted"
+# os.pathsep-separated resolved run folders whose lock this process or an ancestor holds.
+HELD_LOCKS_ENV = "STABLERANK_HELD_RUN_LOCKS"
 
 
 def _stderr(message: str) -> None:
@@ -55,6 +105,65 @@ class RunDir:
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
+
+    @classmethod
+    def for_config(cls, cfg: Any) -> RunDir:
+        """The run folder of a trainer config: ``cfg.out_dir / cfg.run_name``, or, without a
+        run name, ``cfg.out_dir / <cfg.run_label>-s<seed>-<hash>`` where the hash covers every
+        field except ``cfg.RUNTIME_KEYS`` (where and how it runs), so a resumed run finds its
+        folder on any device. Works for :class:`~stablerank.config.classify.ClassifyConfig` and
+        :class:`~stablerank.config.gan.GanConfig` alike."""
+        name = cfg.run_name or (
+            f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}"
+        )
+        return cls(Path(cfg.out_dir) / name)
+
+    # ------------------------------------------------------------------ file names
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG_FILE
+
+    @property
+    def env_file(self) -> Path:
+        return self.path / ENV_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def log_jsonl(self) -> Path:
+        return self.path / LOG_JSONL
+
+    @property
+    def log_csv(self) -> Path:
+        return self.path / LOG_CSV
+
+    @property
+    def samples_dir(self) -> Path:
+        return self.path / SAMPLES_DIR
+
+    @property
+    def d_layers_file(self) -> Path:
+        return self.path / D_LAYERS_FILE
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / TENSORBOARD_DIR
+
+    @property
+    def error_file(self) -> Path:
+        return self.path / ERROR_FILE
+
+    def write_run_files(self, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
+        """Write ``config.json`` and ``env.json``."""
+        atomic_write_json(self.config_file, dict(config))
+        atomic_write_json(self.env_file, dict(env))
+
+    def write_error(self, text: str) -> None:
+        """Write ``error.txt`` (the traceback of the last failure)."""
+        atomic_write_text(self.error_file, text)
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -93,6 +202,88 @@ class RunDir:
             raise CorruptCheckpointError(f"no intact checkpoint in {self.path / CHECKPOINTS_DIR}")
         return None
 
+    # ------------------------------------------------------------------ starting and resuming
+
+    def begin(
+        self, config: Mapping[str, Any], *, runtime_keys: Sequence[str], resume: bool,
+        overwrite: bool, is_main: bool = True,
+    ) -> None:  # fmt: skip
+        """The take-over rule, before a trainer touches the folder.
+
+        * without ``resume``, a folder with checkpoints or results (a log, metrics, an analysis)
+          is refused unless ``overwrite``, which deletes them;
+        * with ``resume`` and no checkpoint, a folder whose ``config.json`` differs from
+          ``config`` (outside ``runtime_keys``) holds another run: refused unless ``overwrite``.
+
+        The main process then removes stale temporary files of killed atomic writes. Every rank
+        of a DDP run may call it (the checks only read); only ``is_main`` changes the folder.
+
+        Raises:
+            FileExistsError: the folder holds another run (the message names the flags).
+        """
+        has_checkpoints = bool(self.checkpoints())
+        found = [name for name in _RESULT_FILES if (self.path / name).exists()]
+        if not resume and not overwrite:
+            if has_checkpoints:
+                raise FileExistsError(
+                    f"{self.path} holds checkpoints; pass resume=True (--resume) to continue it, "
+                    "overwrite=True (--overwrite) to replace it, or choose another run folder"
+                )
+            if found:
+                raise FileExistsError(
+                    f"{self.path} already holds a run's results ({', '.join(found)}); pass "
+                    "--resume to continue it, --overwrite to replace it (resume=True / "
+                    "overwrite=True in Python), or choose another folder"
+                )
+        if resume and not has_checkpoints and not overwrite and self.config_file.is_file():
+            try:
+                saved = json.loads(self.config_file.read_text())
+                check_resume_config(saved, config, allowed=runtime_keys)
+            except ValueError as err:
+                raise FileExistsError(
+                    f"{self.path} holds another run without a checkpoint to resume ({err}); pass "
+                    "overwrite=True (--overwrite) to replace it, or choose another folder"
+                ) from None
+        if not is_main:
+            return
+        if overwrite and not (resume and has_checkpoints):
+            self.clear()
+        self.remove_stale_temp_files()
+
+    def resume_point(
+        self, resume: bool, map_location: str | Any = "cpu", *, is_main: bool = True
+    ) -> dict[str, Any] | None:
+        """The checkpoint to continue from: None without ``resume``, or (saying so on stderr)
+        when there is no checkpoint yet; else the newest intact one."""
+        if not resume:
+            return None
+        log = _stderr if is_main else (lambda message: None)
+        loaded = self.load_latest(map_location, log=lambda m: log(f"resume: {m}"))
+        if loaded is None:
+            log(f"resume: no checkpoint in {self.path} yet; starting from scratch")
+            return None
+        log(f"resume: continuing from {loaded[0]}")
+        return loaded[1]
+
+    def clear(self) -> None:
+        """Delete what a run wrote (checkpoints, logs, results, analyses and their plots)."""
+        for name in _RUN_OUTPUTS:
+            path = self.path / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        for png in self.path.glob("*.png"):
+            png.unlink()
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the ``.<name>.*.tmp`` files a kill inside an atomic write left here (and in
+        ``checkpoints/``); return them. Only for a process that holds the run (no other writer)."""
+        stale = [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINTS_DIR}/.*.tmp")]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
     # ------------------------------------------------------------------ status and lock
 
     def read_status(self) -> dict[str, Any]:
@@ -109,23 +300,77 @@ class RunDir:
         atomic_write_json(self.path / STATUS_FILE, status)
         return status
 
+    def is_done(self) -> bool:
+        """True when training ended (``done`` or ``diverged``): nothing left to resume."""
+        return self.read_status().get("status") in (DONE, DIVERGED)
+
+    def is_diverged(self) -> bool:
+        return self.read_status().get("status") == DIVERGED
+
+    def is_resumable(self) -> bool:
+        """True when training started, did not end, and left a checkpoint to continue from."""
+        return not self.is_done() and bool(self.checkpoints())
+
+    @contextlib.contextmanager
+    def session(
+        self, config: Mapping[str, Any], *, runtime_keys: Sequence[str], resume: bool,
+        overwrite: bool, is_main: bool = True,
+    ) -> Iterator[None]:  # fmt: skip
+        """A trainer's time on the run: take the lock, apply the take-over rule
+        (:meth:`begin`), then record the status: ``running``; ``interrupted`` on Ctrl-C;
+        ``failed`` with ``error.txt`` on an error (re-raised). The trainer writes ``done`` /
+        ``diverged`` itself. Other DDP ranks only check the take-over rule.
+
+        Raises:
+            RunLockedError: another process holds the run.
+            FileExistsError: the folder holds another run (:meth:`begin`); nothing is written.
+        """
+        begin = dict(runtime_keys=runtime_keys, resume=resume, overwrite=overwrite)
+        if not is_main:
+            self.begin(config, is_main=False, **begin)
+            yield
+            return
+        with self.lock():
+            self.begin(config, **begin)
+            self.write_status(status=RUNNING, error="")
+            try:
+                yield
+            except KeyboardInterrupt:
+                self.write_status(status=INTERRUPTED)
+                raise
+            except Exception as err:
+                self.write_error(traceback.format_exc())
+                self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}")
+                raise
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's exclusive lock (released on exit, and by the OS if the process dies).
+
+        Re-entrant: when this process or one that started it holds the lock already
+        (:data:`HELD_LOCKS_ENV`), this passes through.
 
         Raises:
             RunLockedError: another process holds it.
         """
         self.path.mkdir(parents=True, exist_ok=True)
+        key = str(self.path.resolve())
+        held = [p for p in os.environ.get(HELD_LOCKS_ENV, "").split(os.pathsep) if p]
+        if key in held:
+            yield
+            return
         fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunLockedError(f"{self.path} is being run by another process") from None
+            os.environ[HELD_LOCKS_ENV] = os.pathsep.join([*held, key])
             try:
                 yield
             finally:
+                now = os.environ.get(HELD_LOCKS_ENV, "").split(os.pathsep)
+                os.environ[HELD_LOCKS_ENV] = os.pathsep.join(p for p in now if p and p != key)
                 fcntl.flock(fd, fcntl.LOCK_UN)
         finally:
             os.close(fd)

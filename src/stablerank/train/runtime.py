@@ -22,25 +22,30 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from stablerank.config._base import check_device
+
 __all__ = [
     "DistInfo",
+    "ProgressLine",
     "deferred_sigint",
     "end_worker",
     "init_distributed",
+    "interrupted",
     "resolve_device",
     "seed_everything",
 ]
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; asking for ``cuda`` without a GPU is an error
-    (never a silent switch to the CPU)."""
+    """``auto`` picks CUDA when present, else CPU; asking for ``cuda`` or ``mps`` where there is
+    none is an error (never a silent switch to the CPU)."""
+    check_device(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(f"device {device!r} requested but no CUDA device is available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise RuntimeError("device 'mps' requested but no MPS device is available")
     return torch.device(device)
 
 
@@ -141,19 +146,27 @@ def deferred_sigint(enabled: bool) -> Iterator[dict[str, bool]]:
         signal.signal(signal.SIGINT, previous)
 
 
+def interrupted(run_dir: Any, kept: str) -> KeyboardInterrupt:
+    """The one Ctrl-C message of both trainers: what was kept and how to continue."""
+    return KeyboardInterrupt(
+        f"interrupted; {kept} kept in {run_dir}: continue with resume=True (--resume)"
+    )
+
+
 class ProgressLine:
-    """A plain progress line on stderr every ``every_s`` seconds (for logs, where a tqdm bar is
-    off because stderr is not a terminal): ``label step/total, values, ETA``."""
+    """A plain progress line on stderr every ``every_s`` seconds, for logs, where a tqdm bar is
+    off because stderr is not a terminal: ``label step/total, values | ETA``. Both trainers use
+    it; ``due`` comes first so the values (a device sync) are read only when a line is shown."""
 
     def __init__(self, label: str, total: int, start: int = 0, every_s: float = 10.0) -> None:
         self.label, self.total, self.start, self.every_s = label, total, start, every_s
         self.t0 = self.last = time.perf_counter()
 
-    def update(self, step: int, **values: float) -> None:
-        now = time.perf_counter()
-        if now - self.last < self.every_s and step < self.total:
-            return
-        self.last = now
+    def due(self, step: int) -> bool:
+        return time.perf_counter() - self.last >= self.every_s or step >= self.total
+
+    def show(self, step: int, **values: float) -> None:
+        now = self.last = time.perf_counter()
         done = step - self.start
         eta = (now - self.t0) / done * (self.total - step) if done > 0 else float("nan")
         shown = " ".join(f"{k} {v:.4g}" for k, v in values.items())
