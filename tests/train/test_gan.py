@@ -150,7 +150,8 @@ def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypat
 
     monkeypatch.setattr(gan_train, "compute_g_loss", g_loss_then_sigint)
     cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "sigint"})
-    with pytest.raises(KeyboardInterrupt):
+    # The classifier's message too (tests/train/test_rundir.py): what is kept, how to go on.
+    with pytest.raises(KeyboardInterrupt, match=f"G step {STOP} kept in .*--resume"):
         gan_train.run(cfg)
     run_dir = RunDir.for_config(cfg).path
     assert RunDir(run_dir).checkpoints()[-1].name == f"step_{STOP:07d}.pt"

@@ -106,6 +106,12 @@ class RunDir:
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RunDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
     @classmethod
     def for_config(cls, cfg: Any) -> RunDir:
         """The run folder of a trainer config: ``cfg.out_dir / cfg.run_name``, or, without a

@@ -1,0 +1,240 @@
+"""The run-folder contract both trainers share (stablerank.train.rundir.RunDir): naming, the lock,
+the status, the take-over rule and resume; and the behaviour of the trainers that follows it."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from stablerank.config._base import config_from_dict
+from stablerank.config.classify import ClassifyConfig, classify_preset
+from stablerank.config.gan import GanConfig
+from stablerank.train import classify
+from stablerank.train import gan as gan_train
+from stablerank.train.results import ClassifierResult
+from stablerank.train.rundir import HELD_LOCKS_ENV, RunDir, RunLockedError
+from stablerank.train.runtime import resolve_device
+
+# A process that takes a run folder's lock, says so, and holds it until its stdin closes.
+_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from stablerank.train.rundir import RunDir
+    with RunDir(sys.argv[1]).lock():
+        print("held", flush=True)
+        sys.stdin.read()
+    """
+)
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding the lock of tmp_path/run."""
+    proc = subprocess.Popen([sys.executable, "-c", _HOLDER, str(tmp_path / "run")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout.readline().strip() == "held"
+    yield tmp_path / "run"
+    proc.stdin.close()
+    proc.wait(timeout=30)
+
+
+def _tiny(tmp_path, **kw) -> ClassifyConfig:
+    return classify_preset("tiny", out_dir=str(tmp_path), run_name="run", progress=False, **kw)
+
+
+def _gan(tmp_path, **kw) -> GanConfig:
+    base = {"dataset": "digits", "arch": "cnn", "ngf": 8, "ndf": 8, "z_dim": 16, "batch_size": 16,
+            "device": "cpu", "n_final_samples": 0, "progress": False, "log_every": 1,
+            "sample_every": 0, "g_steps": 2, "checkpoint_every": 1, "out_dir": str(tmp_path),
+            "run_name": "run"}  # fmt: skip
+    return config_from_dict(GanConfig, {**base, **kw})
+
+
+# ----------------------------------------------------------------------------- lock
+
+
+def test_a_second_process_gets_a_clear_error_and_the_holder_may_reenter(tmp_path, held):
+    with pytest.raises(RunLockedError, match="being run by another process"), RunDir(held).lock():
+        pass
+    other = RunDir(tmp_path / "other")
+    with other.lock(), other.lock():  # re-entrant in the process that holds it
+        pass
+    with other.lock():  # and released on exit
+        pass
+
+
+def test_processes_started_by_the_holder_pass_through(tmp_path):
+    # An orchestrator holds the lock and launches torchrun: its workers must not be refused.
+    folder = RunDir(tmp_path / "run")
+    with folder.lock():
+        child = subprocess.run([sys.executable, "-c", _HOLDER, str(folder.path)], input="",
+                               capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert child.returncode == 0, child.stderr
+    assert str(folder.path.resolve()) not in os.environ.get(HELD_LOCKS_ENV, "")  # released
+
+
+def test_a_trainer_refuses_a_run_another_process_holds_and_leaves_it_alone(tmp_path, held):
+    with pytest.raises(RunLockedError):
+        classify.run(_tiny(tmp_path, epochs=1))
+    with pytest.raises(RunLockedError):
+        gan_train.run(_gan(tmp_path))
+    assert sorted(p.name for p in held.iterdir()) == [".lock"]
+
+
+# ----------------------------------------------------------------------------- naming
+
+
+def test_both_trainers_name_their_folder_by_one_rule():
+    c = ClassifyConfig(dataset="digits", model="mlp", norm="sn", seed=3)
+    g = GanConfig(dataset="digits", d_norm="srn", rank_ratio=0.2, seed=3)
+    assert RunDir.for_config(c).path.name.startswith("digits-mlp-sn-s3-")
+    assert RunDir.for_config(g).path.name.startswith("gan-digits-cnn-srn0.2-s3-")
+    # The hash covers what the run computes, not where or how it runs.
+    for cfg, runtime in ((c, {"device": "cpu", "resume": True, "out_dir": "runs"}),
+                         (g, {"device": "cpu", "resume": True, "log_every": 7})):  # fmt: skip
+        assert RunDir.for_config(dataclasses.replace(cfg, **runtime)) == RunDir.for_config(cfg)
+        assert RunDir.for_config(dataclasses.replace(cfg, seed=4)) != RunDir.for_config(cfg)
+    assert RunDir.for_config(dataclasses.replace(c, run_name="x")).path.as_posix() == "runs/x"
+
+
+@pytest.mark.parametrize("cls", [ClassifyConfig, GanConfig])
+@pytest.mark.parametrize("name", ["../x", "../../x", "/abs", "a/b", "..", ".", ""])
+def test_run_name_cannot_leave_out_dir(cls, name):
+    with pytest.raises(ValueError, match="plain folder name inside out_dir"):
+        cls(run_name=name)
+
+
+@pytest.mark.parametrize("device", ["tpu:0", "cuda:x", "gpu"])
+def test_both_configs_refuse_an_unknown_device_and_accept_the_known_ones(device):
+    for cls in (ClassifyConfig, GanConfig):
+        with pytest.raises(ValueError, match="device must be auto, cpu, mps, cuda or cuda:N"):
+            cls(device=device)
+        for ok in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+            cls(device=ok)
+
+
+def test_asking_for_a_missing_backend_is_an_error_not_the_cpu():
+    if not torch.backends.mps.is_available():
+        with pytest.raises(RuntimeError, match="no MPS device"):
+            resolve_device("mps")
+    with pytest.raises(ValueError, match="device must be"):
+        resolve_device("tpu:0")
+
+
+# ----------------------------------------------------------------------------- status
+
+
+def test_status_says_done_diverged_interrupted_and_failed(tmp_path, monkeypatch):
+    done = RunDir(tmp_path / "run")
+    classify.run(_tiny(tmp_path, epochs=1))
+    assert done.read_status()["status"] == "done" and done.is_done()
+    assert not done.is_resumable() and not done.is_diverged()
+
+    diverged = RunDir(tmp_path / "d" / "run")
+    result = classify.run(_tiny(tmp_path / "d", epochs=2, lr=1e6, norm="srn"))
+    assert result.diverged and diverged.is_diverged() and diverged.is_done()
+    assert diverged.read_status()["divergence"] == result.divergence
+
+    real_evaluate = classify.evaluate
+    calls = []
+
+    def evaluate_then(error):
+        def fake(*args, **kw):
+            calls.append(1)
+            if len(calls) > 2:  # epoch 1 evaluated (test + train subsets), then the error
+                raise error
+            return real_evaluate(*args, **kw)
+
+        return fake
+
+    monkeypatch.setattr(classify, "evaluate", evaluate_then(KeyboardInterrupt()))
+    stopped = RunDir(tmp_path / "i" / "run")
+    with pytest.raises(KeyboardInterrupt, match=r"the 1 finished epoch\(s\) kept in .*--resume"):
+        classify.run(_tiny(tmp_path / "i", epochs=3))
+    assert stopped.read_status()["status"] == "interrupted" and stopped.is_resumable()
+    assert [p.name for p in stopped.checkpoints()] == ["step_0000001.pt"]
+
+    calls.clear()
+    monkeypatch.setattr(classify, "evaluate", evaluate_then(RuntimeError("disk on fire")))
+    failed = RunDir(tmp_path / "f" / "run")
+    with pytest.raises(RuntimeError):
+        classify.run(_tiny(tmp_path / "f", epochs=3))
+    status = failed.read_status()
+    assert status["status"] == "failed" and status["error"] == "RuntimeError: disk on fire"
+    assert "disk on fire" in failed.error_file.read_text()
+    monkeypatch.setattr(classify, "evaluate", real_evaluate)
+    # An orchestrator's own fields survive the trainer's writes (merged, not replaced).
+    failed.write_status(attempts=2)
+    classify.run(_tiny(tmp_path / "f", epochs=3, resume=True))
+    assert failed.read_status() == {**status, "status": "done", "error": "", "divergence": "",
+                                    "attempts": 2}  # fmt: skip
+
+
+def test_gan_status_follows_the_same_rule(tmp_path):
+    folder = RunDir(tmp_path / "run")
+    assert gan_train.run(_gan(tmp_path), stop_at=1) is None
+    assert folder.read_status()["status"] == "interrupted" and folder.is_resumable()
+    gan_train.run(_gan(tmp_path, resume=True))
+    assert folder.is_done()
+
+
+# ----------------------------------------------------------------------------- take-over
+
+
+def test_overwrite_replaces_the_old_run_entirely(tmp_path):
+    cfg = _tiny(tmp_path, epochs=2)
+    classify.run(cfg)
+    folder = RunDir(tmp_path / "run")
+    (folder.path / "analysis.json").write_text("{}")  # an analysis of the old weights
+    (folder.path / "el_hist.png").write_bytes(b"old")
+    with pytest.raises(FileExistsError, match="holds checkpoints"):
+        classify.run(dataclasses.replace(cfg, epochs=1))
+    new = classify.run(dataclasses.replace(cfg, epochs=1, overwrite=True))
+    assert [p.name for p in folder.checkpoints()] == ["step_0000001.pt"]
+    assert [r.step for r in new.curve] == [1]
+    assert not (folder.path / "analysis.json").exists()
+    assert not (folder.path / "el_hist.png").exists()
+    assert ClassifierResult.from_json(folder.path) == new
+
+
+def test_resume_without_a_checkpoint_does_not_take_over_another_run(tmp_path, capsys):
+    cfg = _tiny(tmp_path, epochs=1)
+    classify.run(cfg)
+    folder = RunDir(tmp_path / "run")
+    for path in folder.checkpoints():
+        path.unlink()
+    with pytest.raises(FileExistsError, match=r"another run(.|\n)*lr: 0.05 -> 0.1"):
+        classify.run(dataclasses.replace(cfg, lr=0.1, resume=True))
+    # The same run killed before its first checkpoint: a fresh start that says so.
+    classify.run(dataclasses.replace(cfg, resume=True))
+    assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_gan_resume_before_any_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
+    fresh = gan_train.run(_gan(tmp_path, resume=True))
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "starting from scratch" in err
+    assert fresh.steps == 2
+
+
+# ----------------------------------------------------------------------------- the classifier
+
+
+def test_a_nan_loss_stops_the_classifier_before_its_update(tmp_path):
+    # lr 1e6: the loss is non-finite within the first epoch; SRN's projection never sees NaN
+    # weights (no LinAlgError) because the step that made the NaN loss is not applied.
+    result = classify.run(_tiny(tmp_path, epochs=3, lr=1e6, norm="srn"))
+    assert result.diverged and "non-finite" in result.divergence and "at step" in result.divergence
+    assert ClassifierResult.from_json(tmp_path / "run").diverged
+
+
+def test_the_classifier_prints_a_plain_progress_line_without_a_terminal(tmp_path, capsys):
+    classify.run(_tiny(tmp_path, epochs=1))
+    err = capsys.readouterr().err
+    assert "train step 21/21 epoch 1 loss" in err and "ETA" in err  # 1347 digits / 64 = 21
