@@ -22,30 +22,64 @@ RATIOS = (0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
 
 
 def classifier_settings() -> dict[str, dict]:
-    common = {"dataset": "fashion-mnist", "train_subset": 4000, "train_eval_size": 0,
-              "test_eval_size": 2000, "augment": "none", "weight_decay": 0.0,
-              "optimizer": "sgd", "batch_size": 128, "num_threads": 1, "progress": False}
+    common = {
+        "dataset": "fashion-mnist",
+        "train_subset": 4000,
+        "train_eval_size": 0,
+        "test_eval_size": 2000,
+        "augment": "none",
+        "weight_decay": 0.0,
+        "optimizer": "sgd",
+        "batch_size": 128,
+        "num_threads": 1,
+        "progress": False,
+    }
     return {
         # BN-free MLP on clean labels, trained to ~100% train accuracy.
         "mlp": {**common, "model": "mlp", "epochs": 30, "lr": 0.05, "schedule": "cosine"},
         # The quick shattering protocol: MLP on 1,500 random labels.
-        "mlp_shatter": {**common, "model": "mlp", "epochs": 30, "lr": 0.05, "schedule": "none",
-                        "label_noise": 1.0, "train_subset": 1500},
+        "mlp_shatter": {
+            **common,
+            "model": "mlp",
+            "epochs": 30,
+            "lr": 0.05,
+            "schedule": "none",
+            "label_noise": 1.0,
+            "train_subset": 1500,
+        },
         # BN network (BN undoes the SN scale) at half width.
-        "small_cnn": {**common, "model": "small_cnn", "width": 0.5, "epochs": 6, "lr": 0.05,
-                      "schedule": "cosine"},
+        "small_cnn": {
+            **common,
+            "model": "small_cnn",
+            "width": 0.5,
+            "epochs": 6,
+            "lr": 0.05,
+            "schedule": "cosine",
+        },
         # BN-free AlexNet (Zhang et al.) at half width.
-        "alexnet": {**common, "model": "alexnet", "width": 0.5, "epochs": 6, "lr": 0.02,
-                    "schedule": "cosine"},
+        "alexnet": {
+            **common,
+            "model": "alexnet",
+            "width": 0.5,
+            "epochs": 6,
+            "lr": 0.02,
+            "schedule": "cosine",
+        },
     }
 
 
 def layer_rows(layers) -> list[dict]:
     """The SRN layers of a typed result (stablerank.train.results.LayerStat)."""
     return [
-        {"name": x.name, "shape": list(x.shape), "raw_srank": x.raw_srank,
-         "target": x.target_srank, "binds": x.raw_srank > x.target_srank}
-        for x in layers if x.norm == "srn"
+        {
+            "name": x.name,
+            "shape": list(x.shape),
+            "raw_srank": x.raw_srank,
+            "target": x.target_srank,
+            "binds": x.raw_srank > x.target_srank,
+        }
+        for x in layers
+        if x.norm == "srn"
     ]
 
 
@@ -54,15 +88,28 @@ def run_classifier(name: str, settings: dict, norm: str, c: float | None, runs: 
     from stablerank.config.classify import ClassifyConfig
     from stablerank.train import classify
 
-    cfg = config_from_dict(ClassifyConfig, {
-        **settings, "norm": norm, **({"rank_ratio": c} if c else {}),
-        "run_dir": str(runs / f"{name}_{norm}{c or ''}"),
-    })
+    cfg = config_from_dict(
+        ClassifyConfig,
+        {
+            **settings,
+            "norm": norm,
+            **({"rank_ratio": c} if c else {}),
+            "out_dir": str(runs),
+            "run_name": f"{name}_{norm}{c or ''}",
+        },
+    )
     result = classify.run(cfg)
     layers = layer_rows(result.layers)
-    return {"setting": name, "norm": norm, "c": c, "train_acc": result.train_acc,
-            "test_acc": result.test_acc, "gap_acc": result.gap_acc, "layers": layers,
-            "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
+    return {
+        "setting": name,
+        "norm": norm,
+        "c": c,
+        "train_acc": result.train_acc,
+        "test_acc": result.test_acc,
+        "gap_acc": result.gap_acc,
+        "layers": layers,
+        "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None,
+    }
 
 
 def run_gan(norm: str, c: float | None, runs: Path) -> dict:
@@ -70,16 +117,33 @@ def run_gan(norm: str, c: float | None, runs: Path) -> dict:
     from stablerank.config.gan import GAN_PRESETS, GanConfig
     from stablerank.train import gan
 
-    cfg = config_from_dict(GanConfig, {
-        **GAN_PRESETS["quick"], "ngf": 16, "ndf": 16, "g_steps": 300, "n_final_samples": 0,
-        "n_eval_samples": 2, "sample_every": 300, "checkpoint_every": 300, "d_norm": norm,
-        **({"rank_ratio": c} if c else {}), "out_dir": str(runs),
-        "run_name": f"gan_{norm}{c or ''}", "progress": False,
-    })
+    cfg = config_from_dict(
+        GanConfig,
+        {
+            **GAN_PRESETS["quick"],
+            "ngf": 16,
+            "ndf": 16,
+            "g_steps": 300,
+            "n_final_samples": 0,
+            "n_eval_samples": 2,
+            "sample_every": 300,
+            "checkpoint_every": 300,
+            "d_norm": norm,
+            **({"rank_ratio": c} if c else {}),
+            "out_dir": str(runs),
+            "run_name": f"gan_{norm}{c or ''}",
+            "progress": False,
+        },
+    )
     torch.set_num_threads(1)
     layers = layer_rows(gan.run(cfg).d_layers)
-    return {"setting": "gan_quick_d", "norm": norm, "c": c, "layers": layers,
-            "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None}
+    return {
+        "setting": "gan_quick_d",
+        "norm": norm,
+        "c": c,
+        "layers": layers,
+        "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None,
+    }
 
 
 def _binds(layer: dict) -> bool | None:
@@ -91,8 +155,11 @@ def _binds(layer: dict) -> bool | None:
 
 def write_table(rows: list[dict], path: Path) -> None:
     """Markdown: per setting and c, the fraction of layers whose cap binds and the accuracies."""
-    lines = ["| setting | arm | layers where the cap binds | raw srank / target per layer "
-             "| train acc | test acc | gap |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| setting | arm | layers where the cap binds | raw srank / target per layer "
+        "| train acc | test acc | gap |",
+        "|---|---|---|---|---|---|---|",
+    ]
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     order = {"none": -2.0, "sn": -1.0}
     rows = sorted(rows, key=lambda r: (settings.index(r["setting"]), order.get(r["norm"], r["c"])))
@@ -100,12 +167,19 @@ def write_table(rows: list[dict], path: Path) -> None:
         arm = f"srn c={r['c']:g}" if r["c"] else r["norm"]
         flags = [b for b in map(_binds, r["layers"]) if b is not None]
         frac = f"{sum(flags)}/{len(flags)}" if flags else "-"
-        per_layer = ", ".join(f"{x['raw_srank']:.1f}/{x['target']:.1f}" for x in r["layers"]
-                              if _binds(x) is not None) or "-"
+        per_layer = (
+            ", ".join(
+                f"{x['raw_srank']:.1f}/{x['target']:.1f}"
+                for x in r["layers"]
+                if _binds(x) is not None
+            )
+            or "-"
+        )
         acc = [r.get(k) for k in ("train_acc", "test_acc", "gap_acc")]
         cells = [f"{100 * a:.1f}" if a is not None else "-" for a in acc]
-        lines.append(f"| {r['setting']} | {arm} | {frac} | {per_layer} | " + " | ".join(cells)
-                     + " |")
+        lines.append(
+            f"| {r['setting']} | {arm} | {frac} | {per_layer} | " + " | ".join(cells) + " |"
+        )
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -143,8 +217,11 @@ def main() -> None:
             row["seconds"] = time.time() - t0
             with jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
-            print(f"{key}: binding {row['binding_fraction']} ({row['seconds']:.0f} s)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"{key}: binding {row['binding_fraction']} ({row['seconds']:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

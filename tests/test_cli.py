@@ -82,9 +82,11 @@ def test_python_dash_m_runs_the_same_program():
     assert proc.returncode == 0 and "reproduce" in proc.stdout
 
 
-def test_train_run_dir_flag_reaches_the_config(capsys, tmp_path):
-    code, out, _ = _run(capsys, "train", "--run-dir", str(tmp_path / "r"), "--print-config")
-    assert code == 0 and json.loads(out)["run_dir"] == str(tmp_path / "r")
+def test_train_run_name_flag_reaches_the_config(capsys, tmp_path):
+    code, out, _ = _run(capsys, "train", "--out-dir", str(tmp_path), "--run-name", "r",
+                        "--print-config")  # fmt: skip
+    resolved = json.loads(out)
+    assert code == 0 and resolved["run_name"] == "r" and resolved["out_dir"] == str(tmp_path)
 
 
 def test_bare_boolean_flag_means_true(capsys):

@@ -15,6 +15,7 @@ from torch import nn
 
 from stablerank import stable_rank_norm
 from stablerank.linalg import spectral_norm_exact, stable_rank, weight_to_matrix
+from stablerank.train.rundir import RunDir
 
 pytestmark = [
     pytest.mark.gpu,
@@ -143,7 +144,7 @@ def test_classifier_trains_on_gpu_with_amp_and_channels_last(tmp_path, norm):
     from stablerank.train import classify
 
     cfg = classify_preset(
-        "tiny", run_dir=str(tmp_path / "run"), progress=False, device="cuda", amp=True,
+        "tiny", out_dir=str(tmp_path), run_name="run", progress=False, device="cuda", amp=True,
         norm=norm, epochs=3, lr=0.1,
     )  # fmt: skip
     result = classify.run(cfg)
@@ -164,7 +165,7 @@ def test_gan_trains_on_gpu_with_amp_conditional_srn(tmp_path, arch):
         "sample_every": 2, "out_dir": str(tmp_path),
     })  # fmt: skip
     gan_train.run(cfg)
-    run_dir = gan_train._run_dir(cfg)
+    run_dir = RunDir.for_config(cfg).path
     logged = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert logged, "no training record written"
     assert all(math.isfinite(r["d_loss"]) and math.isfinite(r["g_loss"]) for r in logged)

@@ -5,6 +5,8 @@ left to its owner, and the report and claims.json are written from what finished
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -113,8 +115,19 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
 def test_a_locked_run_is_left_to_its_owner(tmp_path):
     run = sweeps.build_sweep(_cfg(tmp_path))[0]
     run.run_dir.mkdir(parents=True)
-    with RunDir(run.run_dir).lock():
+    # Another process holds the run's lock (the lock is re-entrant within one process tree).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(run.run_dir / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
         assert execute(run).state == "busy"
+    finally:
+        holder.kill()
+        holder.wait()
     assert execute(run).state == "done"
 
 

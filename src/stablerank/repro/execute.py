@@ -198,7 +198,7 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
         status(INTERRUPTED)
         raise
     except Exception as err:  # recorded, and the sweep goes on
-        (run_dir.path / "error.txt").write_text(traceback.format_exc())
+        run_dir.write_error(traceback.format_exc())
         message = f"{type(err).__name__} in {stage}: {err}"
         status(FAILED, error=message)
         return Outcome(run.name, FAILED, time.perf_counter() - t0, message)

@@ -27,6 +27,7 @@ from stablerank.config import config_hash
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_preset
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
+from stablerank.train.rundir import RunDir
 
 __all__ = [
     "KINDS",
@@ -46,7 +47,6 @@ RUNS_DIR = "runs"  # run folders live in out_dir/runs/
 # Where and how a run executes, never what it computes: left out of the folder hash so that a
 # run resumed on another device, with other threads or into another out_dir finds its folder.
 RUNTIME_KEYS = (
-    "run_dir",
     "out_dir",
     "run_name",
     "resume",
@@ -126,14 +126,11 @@ class Run:
         runtime = {"device": device, "progress": progress, "resume": True}
         if data_dir is not None:
             runtime["data_dir"] = data_dir
-        if isinstance(self.config, GanConfig):
-            config = dataclasses.replace(
-                self.config, out_dir=str(run_dir.parent), run_name=run_dir.name, **runtime
-            )
-        else:
-            config = dataclasses.replace(
-                self.config, run_dir=str(run_dir), num_threads=threads, **runtime
-            )
+        if isinstance(self.config, ClassifyConfig):
+            runtime["num_threads"] = threads
+        config = dataclasses.replace(
+            self.config, out_dir=str(run_dir.parent), run_name=run_dir.name, **runtime
+        )
         analysis = self.analysis
         if analysis is not None:
             analysis = dataclasses.replace(analysis, device=device)
@@ -143,9 +140,7 @@ class Run:
 
     @property
     def run_dir(self) -> Path:
-        if isinstance(self.config, GanConfig):
-            return Path(self.config.out_dir) / (self.config.run_name or "")
-        return Path(self.config.run_dir or "")
+        return RunDir.for_config(self.config).path
 
 
 # ----------------------------------------------------------------------------- building blocks
