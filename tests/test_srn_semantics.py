@@ -244,6 +244,34 @@ def test_huge_float32_weight():
     assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
 
 
+@pytest.mark.parametrize(
+    ("dtype", "scale"),
+    [(torch.float32, 1e-11), (torch.float32, 1e-6), (torch.float32, 1e12),
+     (torch.float32, 1e20), (torch.float64, 1e-11), (torch.float64, 1e160)],
+)  # fmt: skip
+def test_output_is_scale_invariant(dtype, scale):
+    # SRN(a W) = SRN(W) for a > 0 (u, v, sigma and the tail all scale together). ||W||_F^2 is
+    # squared unscaled inside a safe range and after dividing by sigma outside it, where the
+    # squares could overflow (1e20 in float32, 1e160 in float64) or underflow (sigma near 1e-11,
+    # just above eps, below which sigma is clamped).
+    torch.manual_seed(3)
+    base = nn.Linear(12, 9).to(dtype)
+    scaled = nn.Linear(12, 9).to(dtype)
+    with torch.no_grad():
+        scaled.weight.copy_(base.weight * scale)
+    for layer in (base, scaled):
+        stable_rank_norm(layer, rank_ratio=0.3).eval()
+    p_base, p_scaled = base.parametrizations.weight[0], scaled.parametrizations.weight[0]
+    p_scaled._u.copy_(p_base._u)
+    p_scaled._v.copy_(p_base._v)
+    with torch.no_grad():
+        w_base, w_scaled = base.weight, scaled.weight
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(w_scaled, w_base, rtol=tol, atol=tol)
+    srank = torch.linalg.matrix_norm(w_base, "fro") ** 2 / torch.linalg.matrix_norm(w_base, 2) ** 2
+    assert srank.item() < 0.3 * 9 + 1e-3  # the cap binds here (a random 9 x 12 has srank ~ 4)
+
+
 def test_meta_device_and_zero_rows():
     meta = stable_rank_norm(nn.Linear(6, 4, device="meta"), rank_ratio=0.5)
     assert meta.weight.shape == (4, 6) and meta.weight.device.type == "meta"

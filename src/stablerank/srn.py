@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -299,23 +298,35 @@ class _StableRankNormFunction(torch.autograd.Function):
 # the composite formula (_needs_composite).
 
 
+def _batched_checks() -> tuple[Any, ...] | None:
+    """torch's private predicates for batched tensors and active functorch transforms, looked up
+    once (a backward runs per layer and step); None where this torch lacks one of them."""
+    functorch = getattr(torch._C, "_functorch", None)
+    checks = (
+        getattr(torch._C, "_are_functorch_transforms_active", None),
+        getattr(functorch, "is_legacy_batchedtensor", None),
+        getattr(functorch, "is_functorch_wrapped_tensor", None),
+    )
+    return None if any(check is None for check in checks) else checks
+
+
+_BATCHED_CHECKS = _batched_checks()
+
+
 def _is_batched(t: Tensor) -> bool:
     """Whether this backward runs batched: on a (legacy, autograd's ``is_grads_batched``) batched
     tensor, a functorch-wrapped one, or under a functorch transform. True when that cannot be
     told, so the caller takes the path that works either way."""
-    functorch = getattr(torch._C, "_functorch", None)
-    checks = [getattr(functorch, name, None)
-              for name in ("is_legacy_batchedtensor", "is_functorch_wrapped_tensor")]  # fmt: skip
-    active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    if active is None or any(check is None for check in checks):
+    if _BATCHED_CHECKS is None:
         return True
-    return bool(active()) or any(bool(check(t)) for check in checks)
+    transforms_active, is_legacy_batched, is_wrapped = _BATCHED_CHECKS
+    return bool(transforms_active() or is_legacy_batched(t) or is_wrapped(t))
 
 
-@dataclass(frozen=True)
-class _CpuScalars:
+class _CpuScalars(NamedTuple):
     """SRN's scalars as Python floats: sigma, the tail scale s, ||W/sigma||_F^2, q = that - 1
-    (floored), whether the cap binds, and the target (None: plain SN)."""
+    (floored), whether the cap binds, and the target (None: plain SN). A NamedTuple: built once
+    per layer and forward, where a frozen dataclass's construction costs several microseconds."""
 
     sigma: float
     s: float
@@ -326,12 +337,22 @@ class _CpuScalars:
     eps: float
 
 
+# ||W||_F^2 is squared unscaled when it lies in this range (one kernel, no copy of W); outside it
+# the squares may overflow or underflow in float32, and W is divided by sigma first.
+_UNSCALED_SQ_RANGE = (1e-20, 1e30)
+
+
 def _cpu_scalars(matrix: Tensor, sigma: Tensor, r_minus_1: float | None, eps: float) -> _CpuScalars:
     sigma_f = max(float(sigma), eps)
     if r_minus_1 is None:
         return _CpuScalars(sigma_f, 1.0, 0.0, 1.0, False, None, eps)
-    wn = matrix.detach().reshape(-1) / sigma_f  # scaled before squaring: no overflow near 1e20
-    wn_sq = float(torch.dot(wn, wn))
+    flat = matrix.detach().reshape(-1)
+    fro_sq = float(torch.dot(flat, flat))
+    if _UNSCALED_SQ_RANGE[0] < fro_sq < _UNSCALED_SQ_RANGE[1]:
+        wn_sq = fro_sq / (sigma_f * sigma_f)  # in float64 arithmetic
+    else:  # scaled before squaring: no overflow near 1e20, no underflow near 1e-20
+        wn = flat / sigma_f
+        wn_sq = float(torch.dot(wn, wn))
     q_raw = wn_sq - 1.0
     if r_minus_1 <= 0:  # r = 1: the rank-one u v^T
         return _CpuScalars(sigma_f, 0.0, wn_sq, max(q_raw, eps), q_raw > eps, r_minus_1, eps)
