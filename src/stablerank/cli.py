@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from stablerank.config import add_config_arguments, config_from_dict, config_to_dict
+from stablerank.config import add_config_arguments, config_from_dict, config_to_dict, read_yaml
 
 __all__ = ["build_parser", "main"]
 
@@ -89,16 +89,8 @@ def _version() -> str:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the result as JSON on stdout (logs stay on stderr)",
-    )
-    p.add_argument(
-        "--debug",
-        action="store_true",
-        help="show the full traceback of an error instead of one line",
-    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    p.add_argument("--debug", action="store_true", help="show an error's full traceback")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,35 +142,13 @@ def build_parser() -> argparse.ArgumentParser:
 _META = {"command", "preset", "config", "json", "print_config", "csv", "debug"}
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    import yaml
-
-    try:
-        with open(path) as fh:
-            loaded = yaml.safe_load(fh)
-    except IsADirectoryError:
-        raise ValueError(f"--config {path!r} is a folder, not a YAML file") from None
-    except FileNotFoundError:
-        raise ValueError(f"--config {path!r} does not exist") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"--config {path!r} is not valid YAML: {err}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"--config {path!r} must hold a mapping of keys to values")
-    return loaded
-
-
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
-    data: dict[str, Any] = {}
-    if getattr(args, "preset", None):
-        data.update(_load(cmd.presets)[args.preset])
-    if args.config:
-        data.update(_read_yaml(args.config))
+    preset = _load(cmd.presets)[args.preset] if getattr(args, "preset", None) else {}
+    from_file = read_yaml(args.config) if args.config else {}
     # analyze's positional RUN_DIR is not a config key; train's --run-dir is.
-    positional = {"run_dir"} if cmd.takes_run_dir else set()
-    data.update({k: v for k, v in vars(args).items() if k not in _META | positional})
-    return config_from_dict(_load(cmd.config), data)
+    meta = _META | ({"run_dir"} if cmd.takes_run_dir else set())
+    flags = {k: v for k, v in vars(args).items() if k not in meta}
+    return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
 
 
 def _as_json(result: Any) -> str:
@@ -217,7 +187,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     cmd = _COMMANDS[args.command]
     try:
         cfg = _resolve(cmd, args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, FileNotFoundError) as err:
         parser.error(str(err))  # exits 2 with the usage line
     if args.print_config:
         print(json.dumps(config_to_dict(cfg), indent=2))

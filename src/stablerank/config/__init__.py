@@ -9,6 +9,7 @@ from stablerank.config._base import (
     diff_configs,
     load_config,
     option,
+    read_yaml,
 )
 
 __all__ = [
@@ -19,4 +20,5 @@ __all__ = [
     "diff_configs",
     "load_config",
     "option",
+    "read_yaml",
 ]

@@ -1,20 +1,16 @@
 """Typed, frozen experiment configs: one place for defaults, YAML files, CLI flags, validation.
 
-Every experiment config is a frozen dataclass whose fields are declared with :func:`option`, which
-carries the help text and the accepted range. From that single declaration we derive:
-
-* :func:`config_from_dict`: builds a config from plain data, rejecting unknown keys (listing the
-  valid ones), wrong types and out-of-range values, each error naming the key;
-* :func:`load_config`: a YAML file first, then overrides (typically CLI flags) on top;
-* :func:`add_config_arguments`: one ``--flag`` per field with its help text and default, so every
-  option of the CLI is documented by construction;
-* :func:`config_hash` / :func:`diff_configs`: the cache key of a run and the readable list of
-  differences shown when a resume is refused.
+Every config is a frozen dataclass whose fields are declared with :func:`option` (help text and
+accepted range). From that one declaration come :func:`config_from_dict` (plain data, every error
+naming its key), :func:`load_config` (YAML, then overrides), :func:`add_config_arguments` (one
+documented ``--flag`` per field), and :func:`config_hash` / :func:`diff_configs` (a run's cache
+key and the differences shown when a resume is refused).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,6 +37,7 @@ __all__ = [
     "diff_configs",
     "load_config",
     "option",
+    "read_yaml",
 ]
 
 
@@ -69,10 +66,6 @@ def option(
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _split_optional(tp: Any) -> tuple[Any, bool]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -80,6 +73,9 @@ def _split_optional(tp: Any) -> tuple[Any, bool]:
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return args[0], True
     return tp, False
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def _coerce(key: str, value: Any, tp: Any) -> Any:
@@ -101,32 +97,17 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if base is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in (
-            "true",
-            "1",
-            "yes",
-            "on",
-            "false",
-            "0",
-            "no",
-            "off",
-        ):
-            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, str) and value.lower() in _TRUE + _FALSE:
+            return value.lower() in _TRUE
         raise TypeError(f"config key {key!r} expects a boolean, got {value!r}")
-    if base is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise TypeError(f"config key {key!r} expects an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise TypeError(f"config key {key!r} expects an integer, got {value!r}") from None
-    if base is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise TypeError(f"config key {key!r} expects a number, got {value!r}")
-        try:
-            return float(value)
-        except ValueError:
-            raise TypeError(f"config key {key!r} expects a number, got {value!r}") from None
+    if base in (int, float):
+        # bool is an int subclass, and a float is no integer: both are refused, not truncated.
+        accepted = (int, str) if base is int else (int, float, str)
+        if isinstance(value, accepted) and not isinstance(value, bool):
+            with contextlib.suppress(ValueError):
+                return base(value)
+        what = "an integer" if base is int else "a number"
+        raise TypeError(f"config key {key!r} expects {what}, got {value!r}")
     if base is str:
         if not isinstance(value, str):
             raise TypeError(f"config key {key!r} expects a string, got {value!r}")
@@ -199,7 +180,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
         raise ValueError(
             f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in data.items():
         kwargs[key] = _coerce(key, value, hints[key])
@@ -212,21 +193,30 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of keys to values a YAML config file holds (empty file: ``{}``)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {str(path)!r} is a folder, not a YAML file")
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
+    return loaded
+
+
 def load_config(
     cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> C:
     """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
-        data.update(loaded)
-    data.update({k.replace("-", "_"): v for k, v in (overrides or {}).items()})
-    return config_from_dict(cls, data)
+    data = read_yaml(path) if path is not None else {}
+    return config_from_dict(cls, {**data, **(overrides or {})})
 
 
 def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:
@@ -237,49 +227,41 @@ def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:
 
 def diff_configs(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """Readable differences ``key: saved -> current`` between two config dicts."""
-    keys = sorted(set(saved) | set(current))
-    return [
-        f"{k}: {saved.get(k, '<missing>')!r} -> {current.get(k, '<missing>')!r}"
-        for k in keys
-        if saved.get(k, "<missing>") != current.get(k, "<missing>")
-    ]
+    pairs = {
+        k: (saved.get(k, "<missing>"), current.get(k, "<missing>"))
+        for k in saved.keys() | current.keys()
+    }
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(pairs.items()) if a != b]
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one ``--flag`` per field of ``cls``; unset flags stay absent (argparse.SUPPRESS) so a
     YAML file's values are only overridden by flags actually given."""
-    hints = _field_types(cls)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         base, _ = _split_optional(hints[f.name])
-        meta = f.metadata
-        default = f.default
-        text = meta.get("help", "")
-        rng = []
+        meta, default = f.metadata, f.default
+        notes = []
         if meta.get("choices"):
-            rng.append("one of " + ", ".join(map(str, meta["choices"])))
-        if meta.get("min") is not None or meta.get("max") is not None:
-            lo = meta.get("min")
-            hi = meta.get("max")
+            notes.append("one of " + ", ".join(map(str, meta["choices"])))
+        lo, hi = meta.get("min"), meta.get("max")
+        if lo is not None or hi is not None:
             opening = "(" if meta.get("min_exclusive") else "["
-            rng.append(
-                f"range {opening}{lo if lo is not None else '-inf'}, "
-                f"{hi if hi is not None else 'inf'}]"
+            notes.append(
+                f"range {opening}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
             )
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
-        text = f"{text} ({'; '.join(rng) + '; ' if rng else ''}default: {shown})"
-        flag = "--" + f.name.replace("_", "-")
-        metavar = (
-            _type_name(typing.get_args(base)[0]) + ",..."
-            if typing.get_origin(base) is tuple
-            else _type_name(base).upper()
-        )
-        # A bare boolean flag (``--dry-run``) means true; ``--dry-run false`` is also accepted.
-        bool_kwargs = {"nargs": "?", "const": "true"} if base is bool else {}
+        notes.append(f"default: {shown}")
+        if base is bool:  # a bare ``--dry-run`` means true; ``--dry-run false`` is accepted too
+            kwargs = {"nargs": "?", "const": "true", "metavar": "{true,false}"}
+        elif typing.get_origin(base) is tuple:
+            kwargs = {"metavar": _type_name(typing.get_args(base)[0]) + ",..."}
+        else:
+            kwargs = {"metavar": _type_name(base).upper()}
         parser.add_argument(
-            flag,
+            "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=argparse.SUPPRESS,
-            help=text,
-            metavar=metavar if base is not bool else "{true,false}",
-            **bool_kwargs,
+            help=f"{meta.get('help', '')} ({'; '.join(notes)})",
+            **kwargs,
         )
