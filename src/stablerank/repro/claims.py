@@ -22,10 +22,11 @@ listed), never averaged in.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from stablerank.repro.records import RunRecord
+from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER
 
 __all__ = [
@@ -39,35 +40,22 @@ __all__ = [
     "welch",
 ]
 
-REPRODUCED, NOT_REPRODUCED, CANNOT_TELL, NOT_A_TEST = (
-    "reproduced",
-    "not reproduced",
-    "cannot tell",
-    "not a test",
-)
+REPRODUCED, NOT_REPRODUCED = "reproduced", "not reproduced"
+CANNOT_TELL, NOT_A_TEST = "cannot tell", "not a test"
 MIN_ACTIVE_FRACTION = 0.5  # below: SRN acts as SN on most layers, "not a test"
 POWER = 0.8  # of the seed-count estimate for undecided comparisons
 
 
 @dataclass(frozen=True)
 class Metric:
-    """A number read from a run's record.
+    """A number read from a run's record (``read`` returns None when it is missing)."""
 
-    Attributes:
-        name: key in claims.json.
-        label: what the report prints.
-        read: the value of one record (None when missing).
-        lower_is_better: the direction the paper claims SRN moves it.
-        min_effect: smallest improvement of interest (absolute, in the metric's unit), or
-        relative: ... a fraction of the reference mean when ``relative`` is True.
-    """
-
-    name: str
-    label: str
+    name: str  # key in claims.json
+    label: str  # what the report prints
     read: Callable[[RunRecord], float | None]
-    lower_is_better: bool
-    min_effect: float
-    relative: bool = False
+    lower_is_better: bool  # the direction the paper claims SRN moves it
+    min_effect: float  # smallest improvement of interest, in the metric's unit...
+    relative: bool = False  # ... or as a fraction of the reference arm's mean
     percent: bool = False  # a fraction shown as percentage points
 
 
@@ -80,11 +68,8 @@ def _analysis(attr: str) -> Callable[[RunRecord], float | None]:
 
 
 def _d_el_median(rec: RunRecord) -> float | None:
-    values = sorted(v for vs in getattr(rec.analysis, "d_el_values", {}).values() for v in vs)
-    if not values:
-        return None
-    mid = len(values) // 2
-    return values[mid] if len(values) % 2 else 0.5 * (values[mid - 1] + values[mid])
+    values = [v for vs in getattr(rec.analysis, "d_el_values", {}).values() for v in vs]
+    return statistics.median(values) if values else None
 
 
 def _mean_train_acc(rec: RunRecord) -> float | None:
@@ -182,12 +167,17 @@ METRICS = {
 
 @dataclass(frozen=True)
 class Claim:
-    """A claim of the paper: runs of ``kind``; sub-claims (metric, reference arm)."""
+    """A claim of the paper, tested on runs of ``kind``: each metric against each reference."""
 
     number: int
     text: str
     kind: str
-    subclaims: tuple[tuple[str, str], ...]
+    metrics: tuple[str, ...]
+    references: tuple[str, ...] = ("none", "sn")
+
+    @property
+    def subclaims(self) -> list[tuple[str, str]]:
+        return [(m, ref) for m in self.metrics for ref in self.references]
 
 
 CLAIMS = (
@@ -195,41 +185,33 @@ CLAIMS = (
         1,
         "SRN improves generalization (test accuracy and generalization gap) over vanilla and SN",
         KIND_CLASSIFY,
-        (("gap_acc", "none"), ("gap_acc", "sn"), ("test_acc", "none"), ("test_acc", "sn")),
+        ("gap_acc", "test_acc"),
     ),
     Claim(
         2,
         "SRN reduces memorization of random labels (shattering)",
         KIND_SHATTER,
-        (
-            ("final_train_acc", "none"),
-            ("final_train_acc", "sn"),
-            ("mean_train_acc", "none"),
-            ("mean_train_acc", "sn"),
-        ),
+        ("final_train_acc", "mean_train_acc"),
     ),
     Claim(
         3,
         "SRN lowers the sample-complexity measures",
         KIND_CLASSIFY,
-        (
-            ("log10_neyshabur", "none"),
-            ("log10_neyshabur", "sn"),
-            ("log10_bartlett", "none"),
-            ("log10_bartlett", "sn"),
-        ),
+        ("log10_neyshabur", "log10_bartlett"),
     ),
     Claim(
         4,
         "SRN-GAN improves FID, IS and neural divergence over SN-GAN",
         KIND_GAN,
-        (("fid", "sn"), ("is_mean", "sn"), ("neural_divergence", "sn")),
+        ("fid", "is_mean", "neural_divergence"),
+        ("sn",),
     ),
     Claim(
         5,
         "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN's",
         KIND_GAN,
-        (("d_el_max", "sn"), ("d_el_median", "sn")),
+        ("d_el_max", "d_el_median"),
+        ("sn",),
     ),
 )
 
@@ -252,8 +234,6 @@ class WelchTest:
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    import statistics
-
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
 
 
@@ -401,15 +381,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-def _arms(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:
-    """``{setting: {arm: [usable records]}}`` of one kind."""
-    out: dict[str, dict[str, list[RunRecord]]] = {}
-    for rec in records:
-        if rec.run.kind == kind and rec.usable:
-            out.setdefault(rec.run.setting, {}).setdefault(rec.run.arm, []).append(rec)
-    return out
-
-
 def _values(recs: Sequence[RunRecord], metric: Metric) -> tuple[list[float], list[int]]:
     values, seeds = [], []
     for rec in recs:
@@ -422,11 +393,12 @@ def _values(recs: Sequence[RunRecord], metric: Metric) -> tuple[list[float], lis
 
 def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]:
     out = []
-    clean = _arms(records, KIND_CLASSIFY)
-    for setting, arms in _arms(records, claim.kind).items():
-        srn_arms = sorted(a for a in arms if a.startswith("srn"))
-        for arm in srn_arms:
-            srn = arms[arm]
+    usable = [r for r in records if r.usable]
+    clean = by_setting(usable, KIND_CLASSIFY)
+    for setting, arms in by_setting(usable, claim.kind).items():
+        for arm, srn in arms.items():
+            if not arm.startswith("srn"):
+                continue
             c = srn[0].run.rank_ratio
             for metric_name, ref in claim.subclaims:
                 if ref not in arms:
@@ -490,7 +462,7 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
     sign = -1.0 if metric.lower_is_better else 1.0  # improvement = sign * (srn - ref)
     wide = welch(comp.srn_values, comp.ref_values, confidence=1 - alpha / n_tests)
     improvement_high = max(sign * wide.diff_low, sign * wide.diff_high)
-    ref_mean = _mean_std(comp.ref_values)[0]
+    ref_mean, s_ref = _mean_std(comp.ref_values)
     min_effect = metric.min_effect * (abs(ref_mean) if metric.relative else 1.0)
     if comp.p_adjusted < alpha:
         better = sign * t.diff > 0
@@ -504,8 +476,7 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
         )
     else:
         comp.outcome = CANNOT_TELL
-        _, s_srn = _mean_std(comp.srn_values)
-        _, s_ref = _mean_std(comp.ref_values)
+        s_srn = _mean_std(comp.srn_values)[1]
         effect = abs(t.diff) if sign * t.diff > 0 else min_effect
         comp.seeds_needed = seeds_needed(s_srn, s_ref, max(effect, min_effect), alpha / n_tests)
         comp.reason = "not significant and the CI still allows an improvement"

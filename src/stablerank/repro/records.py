@@ -15,7 +15,7 @@ from stablerank.train.results import (
     GanResult,
 )
 
-__all__ = ["RunRecord", "collect"]
+__all__ = ["RunRecord", "by_setting", "collect"]
 
 
 @dataclass(frozen=True)
@@ -52,3 +52,16 @@ def _read(run: Run) -> RunRecord:
 def collect(runs: Sequence[Run]) -> list[RunRecord]:
     """The record of every run of the sweep, in sweep order."""
     return [_read(run) for run in runs]
+
+
+def by_setting(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:
+    """``{setting: {arm: records}}`` of one kind, the arms ordered none, sn, then srn by c."""
+    out: dict[str, dict[str, list[RunRecord]]] = {}
+    for rec in records:
+        if rec.run.kind == kind:
+            out.setdefault(rec.run.setting, {}).setdefault(rec.run.arm, []).append(rec)
+
+    def order(arm: str) -> tuple[int, str]:
+        return {"none": 0, "sn": 1}.get(arm, 2), arm
+
+    return {s: {a: arms[a] for a in sorted(arms, key=order)} for s, arms in out.items()}
