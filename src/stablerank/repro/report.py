@@ -14,16 +14,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from stablerank.repro.claims import (
+    CANNOT_TELL,
     METRICS,
     MIN_ACTIVE_FRACTION,
+    NOT_A_TEST,
     ClaimResult,
     Comparison,
     evaluate_claims,
 )
-from stablerank.repro.records import RunRecord
+from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, Run
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.results import to_dict
@@ -69,29 +72,13 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def _arm_order(arm: str) -> tuple[int, str]:
-    return ({"none": 0, "sn": 1}.get(arm, 2), arm)
-
-
-def _settings(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:
-    out: dict[str, dict[str, list[RunRecord]]] = {}
-    for rec in records:
-        if rec.run.kind == kind:
-            out.setdefault(rec.run.setting, {}).setdefault(rec.run.arm, []).append(rec)
-    return {s: dict(sorted(a.items(), key=lambda kv: _arm_order(kv[0]))) for s, a in out.items()}
-
-
 def _active(recs: Sequence[RunRecord]) -> str:
-    ends = [r.result.srn_active_fraction for r in recs if r.usable]
-    means = [r.result.srn_active_fraction_mean for r in recs if r.usable]
-    if not ends or ends[0] is None:
+    usable = [r.result for r in recs if r.usable]
+    if not usable or usable[0].srn_active_fraction is None:
         return "-"
-    mean = [m for m in means if m is not None]
-    return (
-        f"{statistics.fmean(ends):.0%} (over training {statistics.fmean(mean):.0%})"
-        if mean
-        else f"{statistics.fmean(ends):.0%}"
-    )
+    text = f"{statistics.fmean(r.srn_active_fraction for r in usable):.0%}"
+    means = [r.srn_active_fraction_mean for r in usable if r.srn_active_fraction_mean is not None]
+    return f"{text} (over training {statistics.fmean(means):.0%})" if means else text
 
 
 def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
@@ -129,25 +116,18 @@ def _describe(run: Run) -> str:
 
 
 def _comparison_row(c: Comparison) -> list[str]:
-    m = METRICS[c.metric]
-    d = c.to_dict()
-    ci = d["diff_ci"]
-    diff = (
-        "n/a"
-        if c.test is None
-        else (
-            f"{_fmt(c.test.diff, m.percent)} [{_fmt(ci[0], m.percent)}, {_fmt(ci[1], m.percent)}]"
-        )
-    )
-    effect = (
-        "n/a" if c.test is None else f"{c.test.d:.2f} [{c.test.d_low:.2f}, {c.test.d_high:.2f}]"
-    )
-    p = "n/a" if c.test is None else f"{c.test.p_value:.3g} / {c.p_adjusted:.3g}"
+    m, t = METRICS[c.metric], c.test
+    diff = effect = p = "n/a"
+    if t is not None:
+        diff = f"{_fmt(t.diff, m.percent)} [{_fmt(t.diff_low, m.percent)}, "
+        diff += f"{_fmt(t.diff_high, m.percent)}]"
+        effect = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
+        p = f"{t.p_value:.3g} / {c.p_adjusted:.3g}"
     active = "n/a" if c.srn_active_fraction is None else f"{c.srn_active_fraction:.0%}"
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
         outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
-    elif c.outcome == "cannot tell" and c.test is not None:
+    elif c.outcome == CANNOT_TELL and t is not None:
         outcome += " (more than 10,000 seeds/arm at this spread)"
     return [
         c.setting,
@@ -197,29 +177,23 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             "outcome",
         ]
         out.append(_table(headers, [_comparison_row(c) for c in r.comparisons]) + "\n")
-        notes = sorted(
-            {
-                f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
-                for c in r.comparisons
-                if c.outcome == "not a test"
-            }
-        )
-        context = [c for c in r.comparisons if c.context]
-        if context:
-            notes.append(
-                "- Read beside the clean-label test accuracy at the same c (a small c "
-                "can reduce memorization by underfitting): "
-                + "; ".join(
-                    sorted(
-                        {
-                            f"{c.setting} {k.removeprefix('clean_test_acc_')}: {_fmt(v, True)}%"
-                            for c in context
-                            for k, v in c.context.items()
-                        }
-                    )
-                )
+        not_a_test = {
+            f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
+            for c in r.comparisons
+            if c.outcome == NOT_A_TEST
+        }
+        out += sorted(not_a_test)
+        clean = {
+            f"{c.setting} {k.removeprefix('clean_test_acc_')}: {_fmt(v, True)}%"
+            for c in r.comparisons
+            for k, v in c.context.items()
+        }
+        if clean:
+            out.append(
+                "- Read beside the clean-label test accuracy at the same c (a small c can reduce "
+                "memorization by underfitting): " + "; ".join(sorted(clean))
             )
-        out += [*notes, ""]
+        out.append("")
     return "\n".join(out)
 
 
@@ -265,9 +239,17 @@ def _figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:
     return fig
 
 
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    return path
+
+
 def _curve_plot(
     arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path
 ) -> Path | None:
+    """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn)."""
     fig = _figure()
     ax = fig.add_subplot()
     drawn = False
@@ -281,17 +263,11 @@ def _curve_plot(
         if not curves:
             continue
         steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-        ys = [[dict(c)[s] for c in curves] for s in steps]
-        mean = [statistics.fmean(y) for y in ys]
-        spread = [statistics.stdev(y) if len(y) > 1 else 0.0 for y in ys]
+        ys = np.array([[dict(c)[s] for c in curves] for s in steps])
+        mean = ys.mean(axis=1)
+        spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
-        ax.fill_between(
-            steps,
-            [m - s for m, s in zip(mean, spread, strict=True)],
-            [m + s for m, s in zip(mean, spread, strict=True)],
-            color=line.get_color(),
-            alpha=0.2,
-        )
+        ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
         drawn = True
     if not drawn:
         return None
@@ -300,10 +276,7 @@ def _curve_plot(
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    return _save(fig, path)
 
 
 def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
@@ -320,64 +293,38 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
         ax.plot([sign * c.test.d], [i], "o", color=color)
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(comps)))
-    ax.set_yticklabels(
-        [
-            f"C{c.claim} {c.metric} vs {c.reference} ({c.setting}, c={c.rank_ratio:g})"
-            for c in comps
-        ],
-        fontsize=7,
-    )
+    labels = [
+        f"C{c.claim} {c.metric} vs {c.reference} ({c.setting}, c={c.rank_ratio:g})" for c in comps
+    ]
+    ax.set_yticklabels(labels, fontsize=7)
     # symlog: effects of d ~ 50 (shattering) and of d ~ 1 (GANs) stay readable on one axis
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("effect size d (symlog), right = SRN better; bars: 95% CI")
     ax.invert_yaxis()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    return _save(fig, path)
 
 
 def _figures(
     records: Sequence[RunRecord], results: Sequence[ClaimResult], out_dir: Path
 ) -> list[tuple[str, Path]]:
-    figs: list[tuple[str, Path | None]] = [
-        (
-            "Effect sizes of every tested comparison",
-            _effects_plot(results, out_dir / FIGURES / "effects.png"),
-        ),
-    ]
+    """(title, path) of every figure drawn."""
+    title = "Effect sizes of every tested comparison"
+    figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
+    cap = "fraction of SRN layers whose cap binds"
     for kind, attr, label in (
         (KIND_SHATTER, "train_acc", "train accuracy on random labels"),
         (KIND_CLASSIFY, "test_acc", "test accuracy"),
         (KIND_GAN, "fid", "FID"),
     ):
-        for setting, arms in _settings(records, kind).items():
-            stem = f"{kind}_{setting.replace('/', '_')}"
-            figs.append(
-                (
-                    f"{kind} {setting}: {label}",
-                    _curve_plot(
-                        arms,
-                        attr,
-                        label,
-                        f"{kind} {setting}",
-                        out_dir / FIGURES / f"{stem}_{attr}.png",
-                    ),
-                )
-            )
+        for setting, arms in by_setting(records, kind).items():
+            name = f"{kind} {setting}"
+            stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
+            path = Path(f"{stem}_{attr}.png")
+            figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path)))
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
-            figs.append(
-                (
-                    f"{kind} {setting}: fraction of SRN layers whose cap binds",
-                    _curve_plot(
-                        srn,
-                        "srn_active_fraction",
-                        "fraction of SRN layers whose cap binds",
-                        f"{kind} {setting}: cap binding",
-                        out_dir / FIGURES / f"{stem}_active.png",
-                    ),
-                )
-            )
+            path = Path(f"{stem}_active.png")
+            plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path)
+            figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]
 
 
@@ -429,7 +376,7 @@ def write_report(
         "target at the end of training (and averaged over training).\n",
     ]
     for kind in (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN):
-        for setting, arms in _settings(records, kind).items():
+        for setting, arms in by_setting(records, kind).items():
             parts.append(_setting_section(kind, setting, arms))
     if figures:
         parts.append("## Figures\n")
