@@ -27,24 +27,15 @@ __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
-DONE, FAILED, DIVERGED, SKIPPED, BUSY, INTERRUPTED = (
-    "done",
-    "failed",
-    "diverged",
-    "skipped",
-    "busy",
-    "interrupted",
-)
+DONE, FAILED, DIVERGED = "done", "failed", "diverged"
+SKIPPED, BUSY, INTERRUPTED = "skipped", "busy", "interrupted"
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one run in this invocation.
-
-    ``state`` is ``done``, ``diverged`` (finished, marked diverged), ``failed`` (error recorded
-    in the run's status and ``error.txt``), ``skipped`` (already finished), ``busy`` (another
-    process holds its lock) or ``interrupted``.
-    """
+    """What happened to one run in this invocation: ``done``, ``diverged``, ``failed`` (the error
+    is in its status and ``error.txt``), ``skipped`` (finished before), ``busy`` (another process
+    holds its lock) or ``interrupted``."""
 
     name: str
     state: str
@@ -58,15 +49,13 @@ def _analysis_key(run: Run) -> str | None:
 
 def run_state(run: Run) -> str:
     """``done``, ``diverged``, ``failed``, ``partial`` (started) or ``new``, from its folder."""
-    run_dir = RunDir(run.run_dir)
-    status = run_dir.read_status()
+    status = RunDir(run.run_dir).read_status()
     if not status:
         return "new"
-    if status.get("status") in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(
-        run
-    ):
-        return status["status"]
-    return FAILED if status.get("status") == FAILED else "partial"
+    state = status.get("status")
+    if state in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(run):
+        return state
+    return FAILED if state == FAILED else "partial"
 
 
 @contextlib.contextmanager
@@ -77,19 +66,18 @@ def _output_to(path: Path | None) -> Iterator[None]:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
     with open(path, "a") as log:
-        os.dup2(log.fileno(), 1)
-        os.dup2(log.fileno(), 2)
+        for fd in saved:
+            os.dup2(log.fileno(), fd)
         try:
             yield
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
 
 
 @contextlib.contextmanager
@@ -166,16 +154,16 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
     except RunLockedError:
         return Outcome(run.name, BUSY, error="another process is running it")
     stage = "train"
-    prior = float(run_dir.read_status().get("wall_time_s") or 0.0)
-    attempts = int(run_dir.read_status().get("attempts") or 0) + 1
+    before = run_dir.read_status()
+    prior = float(before.get("wall_time_s") or 0.0)
+    attempts = int(before.get("attempts") or 0) + 1
 
     def status(state: str, **extra: object) -> None:
-        wall = prior + time.perf_counter() - t0
         run_dir.write_status(
             status=state,
             stage=stage,
             attempts=attempts,
-            wall_time_s=wall,
+            wall_time_s=prior + time.perf_counter() - t0,
             kind=run.kind,
             setting=run.setting,
             arm=run.arm,

@@ -1,20 +1,18 @@
 """Executors: where the runs of a sweep execute. One small interface, four implementations.
 
-Every executor calls :func:`stablerank.repro.execute.execute` once per run and returns the
-:class:`~stablerank.repro.execute.Outcome` of each, in the order of the runs:
+Each calls :func:`~stablerank.repro.execute.execute` once per run (which skips finished runs,
+resumes interrupted ones and locks each run against a second process) and returns the outcomes
+in the order of the runs:
 
 * ``sequential``: one after another in this process (the reference; debuggers work);
-* ``local``: a pool of worker processes on this machine. Workers = one per GPU when GPUs exist
-  (each worker sees one GPU through ``CUDA_VISIBLE_DEVICES``), else cores // threads per run;
-* ``submitit-local``: submitit's local cluster, the very code path of ``slurm`` run on this
-  machine (jobs in waves of ``workers``);
-* ``slurm``: one SLURM job per run through submitit (a job array; a preempted or timed-out job
-  is requeued and resumes from its checkpoint, because :func:`execute` resumes).
+* ``local``: a pool of worker processes, one per GPU (each sees one through
+  ``CUDA_VISIBLE_DEVICES``), else cores // threads per run;
+* ``submitit-local``: the code path of ``slurm`` on this machine, in waves of ``workers`` jobs;
+* ``slurm``: a SLURM job array through submitit; a preempted or timed-out job is requeued and
+  resumes from its checkpoint.
 
-Each run's own output goes to its folder's ``output.log`` under the parallel executors; the
-terminal gets one line per finished run. Caching and locking live in :func:`execute`, so
-every executor skips finished runs, resumes interrupted ones, and two ``reproduce`` processes
-on one out dir never train the same run.
+Under the parallel executors each run's output goes to its folder's ``output.log``; the terminal
+gets one line per finished run.
 """
 
 from __future__ import annotations
@@ -74,10 +72,6 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int) -> None:  # type: ign
         torch.set_num_threads(threads)
 
 
-def _execute_captured(run: Run) -> Outcome:
-    return execute(run, capture=True)
-
-
 class LocalExecutor:
     """A pool of ``workers`` processes (spawned: no state inherited from this one)."""
 
@@ -101,7 +95,7 @@ class LocalExecutor:
         )
         outcomes: dict[int, Outcome] = {}
         try:
-            futures = {pool.submit(_execute_captured, run): i for i, run in enumerate(runs)}
+            futures = {pool.submit(execute, run, capture=True): i for i, run in enumerate(runs)}
             for done, future in enumerate(cf.as_completed(futures), 1):
                 i = futures[future]
                 try:

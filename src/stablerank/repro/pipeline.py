@@ -22,24 +22,18 @@ from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
 from stablerank.repro.report import claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
+from stablerank.train.records import git_commit
 
 __all__ = ["run"]
 
 
-def _git_commit() -> str | None:
-    from stablerank.train.records import git_commit
-
-    return git_commit()
-
-
 def _describe(runs: list[Run]) -> str:
-    states = Counter(run_state(r) for r in runs)
-    kinds = Counter(r.kind for r in runs)
-    lines = [
-        f"{len(runs)} runs ({', '.join(f'{n} {k}' for k, n in kinds.items())}); "
-        f"state: {', '.join(f'{n} {s}' for s, n in states.items())}"
-    ]
-    lines += [f"  {run_state(r):<8} {r.name}" for r in runs]
+    """A header line (runs by kind and by state), then each run's state and name."""
+    states = [run_state(r) for r in runs]
+    kinds = ", ".join(f"{n} {k}" for k, n in Counter(r.kind for r in runs).items())
+    counts = ", ".join(f"{n} {s}" for s, n in Counter(states).items())
+    lines = [f"{len(runs)} runs ({kinds}); state: {counts}"]
+    lines += [f"  {state:<8} {r.name}" for state, r in zip(states, runs, strict=True)]
     return "\n".join(lines)
 
 
@@ -87,7 +81,7 @@ def run(cfg: ReproduceConfig) -> Path:
         sweep=cfg.sweep,
         alpha=cfg.alpha,
         config=cfg.to_dict(),
-        commit=_git_commit(),
+        commit=git_commit(),
     )
     print(claims_summary(results), file=sys.stderr)
     print(f"report: {path}", file=sys.stderr, flush=True)

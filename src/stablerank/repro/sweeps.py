@@ -1,18 +1,14 @@
-"""The reproduction's sweeps: Python functions that return lists of trainer configs.
+"""The reproduction's sweeps: Python functions that return lists of :class:`Run`.
 
-A sweep is a list of :class:`Run`: one trainer config (``ClassifyConfig`` or ``GanConfig``, built
-with ``dataclasses.replace`` on the trainers' presets), the analysis that follows it, and the
-*setting* it belongs to (the runs that claims compare: same data, model and protocol; different
-normalization and seed). Nothing here mirrors a trainer field: what a run computes is its config.
+A run is one trainer config (built with ``dataclasses.replace`` on the trainers' presets), the
+analysis that follows it, and the *setting* it belongs to: the runs that claims compare (same
+data, model and protocol; different normalization and seed). :func:`quick` is ``make demo``
+(minutes on a CPU), :func:`standard` hours on a CPU, :func:`paper` the paper's CIFAR setting (GPU
+cluster), :func:`tiny` seconds, for the tests.
 
-* :func:`quick`: ``make demo``, 15 minutes on a 2-core CPU (both cores);
-* :func:`standard`: about 3 hours on a 2-core CPU, minutes on a GPU;
-* :func:`paper`: the paper's CIFAR setting (GPU cluster; give the datasets with ``data_dir``);
-* :func:`tiny`: seconds, for the tests.
-
-The rank ratios were chosen where the stable-rank cap binds on the trained weights (docs/c_sweep.md
-records the sweep over c they come from): at the library's usual c = 0.3-0.7 the trained weights of
-these networks are already below the target and SRN is spectral normalization.
+The rank ratios are where the stable-rank cap binds on the trained weights (docs/c_sweep.md): at
+the library's usual c = 0.3-0.7 these networks' trained weights are already below the target and
+SRN is spectral normalization.
 """
 
 from __future__ import annotations
@@ -60,24 +56,20 @@ RUNTIME_KEYS = (
 
 @dataclass(frozen=True)
 class Run:
-    """One run of a sweep.
+    """One run of a sweep: a trainer config, its analysis (None: none) and its comparison group.
 
-    Attributes:
-        kind: ``classify`` (clean labels: claims 1, 3), ``shatter`` (random labels: claim 2) or
-            ``gan`` (claims 4, 5).
-        setting: the comparison group, e.g. ``fashion-mnist/mlp`` (runs of one setting differ
-            only in normalization, rank ratio and seed).
-        config: the trainer config (its run folder not yet set: see :meth:`placed`).
-        analysis: what is measured after training (None: nothing).
-        threads: torch CPU threads for training and analysis alike (0 = torch's default); the
-            same number in every executor, so their results are bitwise equal.
+    ``kind`` is ``classify`` (claims 1, 3), ``shatter`` (random labels: claim 2) or ``gan``
+    (claims 4, 5); ``setting`` (e.g. ``fashion-mnist/mlp``) groups the runs that differ only in
+    normalization, rank ratio and seed. ``config`` gets its run folder from :meth:`placed`.
     """
 
     kind: str
     setting: str
     config: ClassifyConfig | GanConfig
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None
-    threads: int = 0  # torch CPU threads of the whole run (0 = torch's default)
+    # torch CPU threads of training and analysis alike (0 = torch's default): the same in every
+    # executor, so their results are bitwise equal.
+    threads: int = 0
     nproc_per_node: int = 1  # > 1: training is launched with torchrun (DDP)
 
     @property
@@ -233,6 +225,7 @@ def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
 # Rank ratios where the cap binds on the trained weights (docs/c_sweep.md).
 MLP_RANK_RATIOS = (0.05,)
 GAN_RANK_RATIOS = (0.2,)
+_FMNIST_MLP = "fashion-mnist/mlp"
 
 
 def quick(seeds: int = 5) -> list[Run]:
@@ -242,24 +235,11 @@ def quick(seeds: int = 5) -> list[Run]:
     gan_analysis = GanAnalysisConfig(
         nd_critic_steps=100, nd_eval_batches=5, d_el_pairs=300, nd_critic_width=16
     )
+    gan = _gan(16, 300, 500)
     return [
-        *_runs(
-            KIND_CLASSIFY,
-            "fashion-mnist/mlp",
-            _mlp_clean(4000, 30),
-            MLP_RANK_RATIOS,
-            seeds,
-            analysis,
-        ),
-        *_runs(KIND_SHATTER, "fashion-mnist/mlp", _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
-        *_runs(
-            KIND_GAN,
-            "fashion-mnist/gan-cnn16",
-            _gan(16, 300, 500),
-            GAN_RANK_RATIOS,
-            seeds,
-            gan_analysis,
-        ),
+        *_runs(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(4000, 30), MLP_RANK_RATIOS, seeds, analysis),
+        *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn16", gan, GAN_RANK_RATIOS, seeds, gan_analysis),
     ]
 
 
@@ -282,32 +262,14 @@ def standard(seeds: int = 5) -> list[Run]:
     gan_analysis = GanAnalysisConfig(
         nd_critic_steps=500, nd_eval_batches=10, d_el_pairs=1000, nd_critic_width=32
     )
+    mlp_ratios = (*MLP_RANK_RATIOS, 0.1)
+    gan = _gan(32, 2000, 5000)
     return [
-        *_runs(
-            KIND_CLASSIFY,
-            "fashion-mnist/mlp",
-            _mlp_clean(10000, 40),
-            (*MLP_RANK_RATIOS, 0.1),
-            seeds,
-            analysis,
-        ),
+        *_runs(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(10000, 40), mlp_ratios, seeds, analysis),
         *_runs(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.1, 0.3), seeds, analysis),
         *_runs(KIND_CLASSIFY, "fashion-mnist/alexnet", alexnet, (0.2, 0.3), seeds, analysis),
-        *_runs(
-            KIND_SHATTER,
-            "fashion-mnist/mlp",
-            _mlp_shatter(2000, 40),
-            (*MLP_RANK_RATIOS, 0.1),
-            seeds,
-        ),
-        *_runs(
-            KIND_GAN,
-            "fashion-mnist/gan-cnn32",
-            _gan(32, 2000, 5000),
-            GAN_RANK_RATIOS,
-            seeds,
-            gan_analysis,
-        ),
+        *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(2000, 40), mlp_ratios, seeds),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", gan, GAN_RANK_RATIOS, seeds, gan_analysis),
     ]
 
 
@@ -360,10 +322,7 @@ def tiny(seeds: int = 2) -> list[Run]:
 
 
 SWEEPS: dict[str, Callable[..., list[Run]]] = {
-    "quick": quick,
-    "standard": standard,
-    "paper": paper,
-    "tiny": tiny,
+    f.__name__: f for f in (quick, standard, paper, tiny)
 }
 
 
