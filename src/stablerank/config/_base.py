@@ -28,8 +28,8 @@ C = TypeVar("C")
 
 __all__ = [
     "add_config_arguments",
+    "check_config",
     "check_device",
-    "check_field_ranges",
     "check_run_name",
     "config_from_dict",
     "config_hash",
@@ -140,14 +140,19 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
 
 
-def check_field_ranges(cfg: Any) -> None:
-    """Check every field of a config against its declared range and choices.
+def check_config(cfg: Any) -> None:
+    """Check every field against its declared range and choices, then ``device`` and ``run_name``
+    where the config has them.
 
     Call it from ``__post_init__`` so configs built directly in Python are checked too, not only
     those built from YAML or flags.
     """
     for f in dataclasses.fields(cfg):
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
+    if hasattr(cfg, "device"):
+        check_device(cfg.device)
+    if hasattr(cfg, "run_name"):
+        check_run_name(cfg.run_name)
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")

@@ -14,14 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from stablerank.config._base import (
-    check_device,
-    check_field_ranges,
-    check_run_name,
-    config_from_dict,
-    config_to_dict,
-    option,
-)
+from stablerank.config._base import check_config, config_from_dict, config_to_dict, option
 
 __all__ = [
     "AUGMENTS",
@@ -155,9 +148,7 @@ class ClassifyConfig:
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:
-        check_field_ranges(self)
-        check_device(self.device)
-        check_run_name(self.run_name)
+        check_config(self)
         # Augmenting an image whose label is random would change the task being memorized.
         if self.label_noise > 0 and self.augment not in ("none", "auto"):
             raise ValueError(
@@ -228,8 +219,7 @@ class AnalyzeConfig:
     plots: bool = option(True, "write PNG plots next to analysis.json")
 
     def __post_init__(self) -> None:
-        check_field_ranges(self)
-        check_device(self.device)
+        check_config(self)
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)

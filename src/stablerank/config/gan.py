@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stablerank.config._base import check_device, check_field_ranges, check_run_name, option
+from stablerank.config._base import check_config, option
 
 __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
@@ -132,9 +132,7 @@ class GanConfig:
     progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
 
     def __post_init__(self) -> None:
-        check_field_ranges(self)
-        check_device(self.device)
-        check_run_name(self.run_name)
+        check_config(self)
         for name in ("beta1", "beta2"):
             if getattr(self, name) >= 1.0:  # Adam divides by 1 - beta**t: 0 at beta = 1
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
@@ -179,8 +177,7 @@ class GanAnalysisConfig:
     progress: bool = option(False, "progress bar for the critic")
 
     def __post_init__(self) -> None:
-        check_field_ranges(self)
-        check_device(self.device)
+        check_config(self)
 
 
 # Named settings (overrides of the defaults above). SPEC 4 for the two SN-GAN ones.

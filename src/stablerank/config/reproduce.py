@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stablerank.config._base import check_field_ranges, config_to_dict, option
+from stablerank.config._base import check_config, config_to_dict, option
 
 __all__ = ["EXECUTORS", "REPRODUCE_PRESETS", "SWEEP_NAMES", "ReproduceConfig"]
 
@@ -77,7 +77,7 @@ class ReproduceConfig:
     )
 
     def __post_init__(self) -> None:
-        check_field_ranges(self)
+        check_config(self)
         if self.dry_run and self.report_only:
             raise ValueError("dry_run and report_only exclude each other; pick one")
 

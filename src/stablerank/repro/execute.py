@@ -10,6 +10,7 @@ failure instead of raising it, and keeps ``status.json`` (through
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -96,14 +97,17 @@ def _threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _torchrun(run: Run) -> bool:
-    """Train with ``torchrun --standalone --nproc_per_node=N -m stablerank train|gan`` (DDP on
-    this node or in this SLURM job); True when the run diverged."""
+def _train(run: Run) -> bool:
+    """Train (resuming from the newest checkpoint); True when the run diverged."""
+    is_gan = isinstance(run.config, GanConfig)
+    if run.nproc_per_node == 1:
+        trainer = importlib.import_module(f"stablerank.train.{'gan' if is_gan else 'classify'}")
+        return trainer.run(run.config).diverged
+    # DDP on this node or in this SLURM job: torchrun starts the CLI on the run's saved config.
     from stablerank.config import config_to_dict
     from stablerank.train.checkpoint import atomic_write_json
     from stablerank.train.results import ClassifierResult, GanResult
 
-    is_gan = isinstance(run.config, GanConfig)
     launch = run.run_dir / LAUNCH_FILE
     atomic_write_json(launch, config_to_dict(run.config))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -113,30 +117,10 @@ def _torchrun(run: Run) -> bool:
     return (GanResult if is_gan else ClassifierResult).from_json(run.run_dir).diverged
 
 
-def _train(run: Run) -> bool:
-    """Train (resuming from the newest checkpoint); True when the run diverged."""
-    if run.nproc_per_node > 1:
-        return _torchrun(run)
-    if isinstance(run.config, GanConfig):
-        from stablerank.train import gan
-
-        return gan.run(run.config).diverged
-    from stablerank.train import classify
-
-    return classify.run(run.config).diverged
-
-
 def _analyse(run: Run) -> None:
-    if run.analysis is None:
-        return
-    if isinstance(run.config, GanConfig):
-        from stablerank.train import gan_analysis
-
-        gan_analysis.run(run.analysis, run.run_dir)
-    else:
-        from stablerank.train import analyze
-
-        analyze.run(run.analysis, run.run_dir)
+    if run.analysis is not None:
+        name = "gan_analysis" if isinstance(run.config, GanConfig) else "analyze"
+        importlib.import_module(f"stablerank.train.{name}").run(run.analysis, run.run_dir)
 
 
 def execute(run: Run, *, capture: bool = False) -> Outcome:

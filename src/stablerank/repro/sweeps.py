@@ -103,31 +103,24 @@ class Run:
         slug = f"{self.kind}-{self.setting.replace('/', '-')}-{self.arm}-s{self.seed}"
         return f"{slug.replace('(c=', '').replace(')', '')}-{self.digest}"
 
-    def placed(
-        self,
-        out_dir: str | Path,
-        *,
-        device: str,
-        threads: int,
-        progress: bool,
-        data_dir: str | None,
-        nproc_per_node: int = 1,
-    ) -> Run:
-        """The run with its folder (``out_dir/runs/<name>``) and runtime settings filled in."""
-        run_dir = Path(out_dir) / RUNS_DIR / self.name
-        runtime = {"device": device, "progress": progress, "resume": True}
-        if data_dir is not None:
-            runtime["data_dir"] = data_dir
+    def placed(self, cfg: ReproduceConfig) -> Run:
+        """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
+        runtime = {"device": cfg.device, "progress": cfg.progress, "resume": True}
+        if cfg.data_dir is not None:
+            runtime["data_dir"] = cfg.data_dir
         if isinstance(self.config, ClassifyConfig):
-            runtime["num_threads"] = threads
-        config = dataclasses.replace(
-            self.config, out_dir=str(run_dir.parent), run_name=run_dir.name, **runtime
-        )
+            runtime["num_threads"] = cfg.threads
+        out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
+        config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
         analysis = self.analysis
         if analysis is not None:
-            analysis = dataclasses.replace(analysis, device=device)
+            analysis = dataclasses.replace(analysis, device=cfg.device)
         return dataclasses.replace(
-            self, config=config, analysis=analysis, threads=threads, nproc_per_node=nproc_per_node
+            self,
+            config=config,
+            analysis=analysis,
+            threads=cfg.threads,
+            nproc_per_node=cfg.nproc_per_node,
         )
 
     @property
@@ -329,16 +322,4 @@ SWEEPS: dict[str, Callable[..., list[Run]]] = {
 def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in."""
     make = SWEEPS[cfg.sweep]
-    runs = make(cfg.seeds) if cfg.seeds else make()
-    out_dir = cfg.resolved_out_dir
-    return [
-        run.placed(
-            out_dir,
-            device=cfg.device,
-            threads=cfg.threads,
-            progress=cfg.progress,
-            data_dir=cfg.data_dir,
-            nproc_per_node=cfg.nproc_per_node,
-        )
-        for run in runs
-    ]
+    return [run.placed(cfg) for run in (make(cfg.seeds) if cfg.seeds else make())]
