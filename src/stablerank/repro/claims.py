@@ -48,23 +48,22 @@ POWER = 0.8  # of the seed-count estimate for undecided comparisons
 
 @dataclass(frozen=True)
 class Metric:
-    """A number read from a run's record (``read`` returns None when it is missing)."""
+    """A number read from a run's record: the field ``name`` of its result, or of its analysis
+    when the result has no such field, unless ``read`` says otherwise (None when missing)."""
 
     name: str  # key in claims.json
     label: str  # what the report prints
-    read: Callable[[RunRecord], float | None]
     lower_is_better: bool  # the direction the paper claims SRN moves it
     min_effect: float  # smallest improvement of interest, in the metric's unit...
     relative: bool = False  # ... or as a fraction of the reference arm's mean
     percent: bool = False  # a fraction shown as percentage points
+    read: Callable[[RunRecord], float | None] | None = None
 
-
-def _result(attr: str) -> Callable[[RunRecord], float | None]:
-    return lambda rec: getattr(rec.result, attr, None)
-
-
-def _analysis(attr: str) -> Callable[[RunRecord], float | None]:
-    return lambda rec: getattr(rec.analysis, attr, None)
+    def value(self, rec: RunRecord) -> float | None:
+        if self.read is not None:
+            return self.read(rec)
+        source = rec.result if hasattr(rec.result, self.name) else rec.analysis
+        return getattr(source, self.name, None)
 
 
 def _d_el_median(rec: RunRecord) -> float | None:
@@ -77,89 +76,53 @@ def _mean_train_acc(rec: RunRecord) -> float | None:
     return sum(accs) / len(accs) if accs else None
 
 
+def _el_test_max(rec: RunRecord) -> float | None:
+    return getattr(getattr(rec.analysis, "el_test", None), "max", None)
+
+
+def _final_train_acc(rec: RunRecord) -> float | None:
+    return getattr(rec.result, "train_acc", None)
+
+
 METRICS = {
     m.name: m
     for m in (
-        Metric(
-            "gap_acc",
-            "generalization gap (train - test accuracy)",
-            _result("gap_acc"),
-            True,
-            0.005,
-            percent=True,
-        ),
-        Metric("test_acc", "test accuracy", _result("test_acc"), False, 0.005, percent=True),
-        Metric("train_acc", "train accuracy", _result("train_acc"), False, 0.005, percent=True),
+        Metric("gap_acc", "generalization gap (train - test accuracy)", True, 0.005, percent=True),
+        Metric("test_acc", "test accuracy", False, 0.005, percent=True),
+        Metric("train_acc", "train accuracy", False, 0.005, percent=True),
         Metric(
             "final_train_acc",
             "final train accuracy on random labels",
-            _result("train_acc"),
             True,
             0.01,
             percent=True,
+            read=_final_train_acc,
         ),
         Metric(
             "mean_train_acc",
             "train accuracy on random labels, mean over epochs",
-            _mean_train_acc,
             True,
             0.01,
             percent=True,
+            read=_mean_train_acc,
         ),
+        Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure", True, 0.05),
+        Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure", True, 0.05),
         Metric(
-            "log10_neyshabur",
-            "log10 Neyshabur et al. 2018 measure",
-            _analysis("log10_neyshabur"),
-            True,
-            0.05,
+            "log10_spectral_product", "log10 product of spectral norms (margin-free)", True, 0.05
         ),
-        Metric(
-            "log10_bartlett",
-            "log10 Bartlett et al. 2017 measure",
-            _analysis("log10_bartlett"),
-            True,
-            0.05,
-        ),
-        Metric(
-            "log10_spectral_product",
-            "log10 product of spectral norms (margin-free)",
-            _analysis("log10_spectral_product"),
-            True,
-            0.05,
-        ),
-        Metric(
-            "el_test_max",
-            "eL max, test pairs",
-            lambda r: getattr(getattr(r.analysis, "el_test", None), "max", None),
-            True,
-            0.05,
-            relative=True,
-        ),
-        Metric("fid", "FID", _result("fid"), True, 0.02, relative=True),
-        Metric("is_mean", "Inception-style score", _result("is_mean"), False, 0.02, relative=True),
-        Metric(
-            "neural_divergence",
-            "neural divergence",
-            _analysis("neural_divergence"),
-            True,
-            0.02,
-            relative=True,
-        ),
-        Metric(
-            "d_el_max",
-            "discriminator eL, max over pairs",
-            _analysis("d_el_max"),
-            True,
-            0.05,
-            relative=True,
-        ),
+        Metric("el_test_max", "eL max, test pairs", True, 0.05, relative=True, read=_el_test_max),
+        Metric("fid", "FID", True, 0.02, relative=True),
+        Metric("is_mean", "Inception-style score", False, 0.02, relative=True),
+        Metric("neural_divergence", "neural divergence", True, 0.02, relative=True),
+        Metric("d_el_max", "discriminator eL, max over pairs", True, 0.05, relative=True),
         Metric(
             "d_el_median",
             "discriminator eL, median over pairs",
-            _d_el_median,
             True,
             0.05,
             relative=True,
+            read=_d_el_median,
         ),
     )
 }
@@ -384,7 +347,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 def _values(recs: Sequence[RunRecord], metric: Metric) -> tuple[list[float], list[int]]:
     values, seeds = [], []
     for rec in recs:
-        v = metric.read(rec)
+        v = metric.value(rec)
         if v is not None and math.isfinite(v):
             values.append(float(v))
             seeds.append(rec.run.seed)

@@ -88,7 +88,7 @@ def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) 
         usable = [r for r in recs if r.usable]
         row = [arm, f"{len(usable)}/{len(recs)}", _active(recs)]
         for m in metrics:
-            values = [v for v in (m.read(r) for r in usable) if v is not None and math.isfinite(v)]
+            values = [v for v in (m.value(r) for r in usable) if v is not None and math.isfinite(v)]
             row.append(_cell(values, m.percent))
         rows.append(row)
     headers = ["arm", "finished", "cap binds (end)"] + [
