@@ -111,13 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--preset",
                 choices=sorted(_load(cmd.presets)),
-                default=None,
                 help="named settings applied before --config and flags (default: none)",
             )
         p.add_argument(
             "--config",
             metavar="FILE",
-            default=None,
             help="YAML file of config keys; flags given on the command line override it",
         )
         p.add_argument(
@@ -134,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         "whether its cap binds",
     )
     layers.add_argument("run_dir", metavar="RUN_DIR")
-    layers.add_argument("--csv", metavar="FILE", default=None, help="also write the table as CSV")
+    layers.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     _common(layers)
     return parser
 

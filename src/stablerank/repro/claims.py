@@ -283,10 +283,6 @@ class Comparison:
     seeds_needed: int | None = None
     context: dict[str, float | None] = field(default_factory=dict)
 
-    @property
-    def is_test(self) -> bool:
-        return self.test is not None and self.outcome != NOT_A_TEST
-
     def to_dict(self) -> dict[str, object]:
         srn = _mean_std(self.srn_values) if self.srn_values else (math.nan, math.nan)
         ref = _mean_std(self.ref_values) if self.ref_values else (math.nan, math.nan)

@@ -131,17 +131,6 @@ class Run:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def _arms(
-    base: ClassifyConfig | GanConfig, rank_ratios: Sequence[float], *, vanilla: bool
-) -> list[ClassifyConfig | GanConfig]:
-    """The configs of vanilla (classifiers only), SN and SRN at each c."""
-    field = "d_norm" if isinstance(base, GanConfig) else "norm"
-    arms = [dataclasses.replace(base, **{field: "none"})] if vanilla else []
-    arms.append(dataclasses.replace(base, **{field: "sn"}))
-    arms += [dataclasses.replace(base, **{field: "srn", "rank_ratio": c}) for c in rank_ratios]
-    return arms
-
-
 def _runs(
     kind: str,
     setting: str,
@@ -150,10 +139,15 @@ def _runs(
     seeds: int,
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None,
 ) -> list[Run]:
+    """Every seed of vanilla (classifiers only), SN, and SRN at each c, in that order."""
+    field = "d_norm" if isinstance(base, GanConfig) else "norm"
+    arms = [{field: "sn"}, *({field: "srn", "rank_ratio": c} for c in rank_ratios)]
+    if kind != KIND_GAN:
+        arms.insert(0, {field: "none"})
     return [
-        Run(kind, setting, dataclasses.replace(arm, seed=seed), analysis)
+        Run(kind, setting, dataclasses.replace(base, seed=seed, **arm), analysis)
         for seed in range(seeds)
-        for arm in _arms(base, rank_ratios, vanilla=kind != KIND_GAN)
+        for arm in arms
     ]
 
 
