@@ -65,6 +65,12 @@ class Metric:
         source = rec.result if hasattr(rec.result, self.name) else rec.analysis
         return getattr(source, self.name, None)
 
+    def values(self, recs: Sequence[RunRecord]) -> tuple[list[float], list[int]]:
+        """The finite values of ``recs`` and the seeds they come from."""
+        read = [(self.value(rec), rec.run.seed) for rec in recs]
+        finite = [(float(v), seed) for v, seed in read if v is not None and math.isfinite(v)]
+        return [v for v, _ in finite], [seed for _, seed in finite]
+
 
 def _d_el_median(rec: RunRecord) -> float | None:
     values = [v for vs in getattr(rec.analysis, "d_el_values", {}).values() for v in vs]
@@ -340,16 +346,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
-def _values(recs: Sequence[RunRecord], metric: Metric) -> tuple[list[float], list[int]]:
-    values, seeds = [], []
-    for rec in recs:
-        v = metric.value(rec)
-        if v is not None and math.isfinite(v):
-            values.append(float(v))
-            seeds.append(rec.run.seed)
-    return values, seeds
-
-
 def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]:
     out = []
     usable = [r for r in records if r.usable]
@@ -363,8 +359,8 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                 if ref not in arms:
                     continue
                 metric = METRICS[metric_name]
-                sv, ss = _values(srn, metric)
-                rv, rs = _values(arms[ref], metric)
+                sv, ss = metric.values(srn)
+                rv, rs = metric.values(arms[ref])
                 if not sv and not rv:  # the sweep does not measure it (e.g. FID on digits)
                     continue
                 comp = Comparison(
@@ -385,7 +381,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                     # "reduces memorization" by underfitting.
                     acc = METRICS["test_acc"]
                     comp.context = {
-                        f"clean_test_acc_{a}": _mean(_values(clean[setting][a], acc)[0])
+                        f"clean_test_acc_{a}": _mean(acc.values(clean[setting][a])[0])
                         for a in (arm, ref)
                         if a in clean[setting]
                     }

@@ -87,10 +87,7 @@ def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) 
     for arm, recs in arms.items():
         usable = [r for r in recs if r.usable]
         row = [arm, f"{len(usable)}/{len(recs)}", _active(recs)]
-        for m in metrics:
-            values = [v for v in (m.value(r) for r in usable) if v is not None and math.isfinite(v)]
-            row.append(_cell(values, m.percent))
-        rows.append(row)
+        rows.append(row + [_cell(m.values(usable)[0], m.percent) for m in metrics])
     headers = ["arm", "finished", "cap binds (end)"] + [
         m.label + (" (%)" if m.percent else "") for m in metrics
     ]
@@ -111,7 +108,7 @@ def _describe(run: Run) -> str:
         f"{cfg.model} (width {cfg.width:g}) on {subset} {cfg.dataset} images, "
         f"label noise {cfg.label_noise:g}, {cfg.epochs} epochs, {cfg.optimizer} lr "
         f"{cfg.lr:g} ({cfg.schedule}), weight decay {cfg.weight_decay:g}, augmentation "
-        f"{cfg.resolved_augment}, head {getattr(cfg, 'head', 'none')}."
+        f"{cfg.resolved_augment}, head {cfg.head}."
     )
 
 
