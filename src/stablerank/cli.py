@@ -14,11 +14,12 @@ runs, so ``--help``, ``--version`` and ``--print-config`` answer at once.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from stablerank.config import add_config_arguments, config_from_dict, config_to_dict, read_yaml
@@ -28,7 +29,7 @@ __all__ = ["build_parser", "main"]
 EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Command:
     help: str
     config: str  # "module:Class"
@@ -150,18 +151,13 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
 
 
 def _as_json(result: Any) -> str:
-    import dataclasses
-    from pathlib import Path
-
-    if dataclasses.is_dataclass(result) and not isinstance(result, type):
+    if isinstance(result, Path):
+        result = {"path": str(result)}
+    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
         from stablerank.train.results import to_dict
 
-        data: Any = to_dict(result)
-    elif isinstance(result, Path):
-        data = {"path": str(result)}
-    else:
-        data = result
-    return json.dumps(data, indent=2, default=str)
+        result = to_dict(result)
+    return json.dumps(result, indent=2, default=str)
 
 
 def _layers(args: argparse.Namespace) -> Any:
@@ -179,23 +175,21 @@ def _layers(args: argparse.Namespace) -> Any:
 def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "layers":
         result = _layers(args)
-        if args.json:
-            print(_as_json(result))
-        return 0
-    cmd = _COMMANDS[args.command]
-    try:
-        cfg = _resolve(cmd, args)
-    except (ValueError, TypeError, FileNotFoundError) as err:
-        parser.error(str(err))  # exits 2 with the usage line
-    if args.print_config:
-        print(json.dumps(config_to_dict(cfg), indent=2))
-        return 0
-    runner = _load(cmd.runner)
-    try:
-        result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: {cmd.on_interrupt}", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    else:
+        cmd = _COMMANDS[args.command]
+        try:
+            cfg = _resolve(cmd, args)
+        except (ValueError, TypeError, FileNotFoundError) as err:
+            parser.error(str(err))  # exits 2 with the usage line
+        if args.print_config:
+            print(json.dumps(config_to_dict(cfg), indent=2))
+            return 0
+        runner = _load(cmd.runner)
+        try:
+            result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {cmd.on_interrupt}", file=sys.stderr)
+            return EXIT_INTERRUPTED
     if args.json:
         print(_as_json(result))
     return 0
@@ -209,9 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except SystemExit:
-        raise
-    except Exception as err:
+    except Exception as err:  # SystemExit (argparse's usage errors) is no Exception: it passes
         if args.debug:
             raise
         message = str(err) or type(err).__name__
