@@ -30,7 +30,6 @@ __all__ = [
     "add_config_arguments",
     "check_config",
     "check_device",
-    "check_run_name",
     "config_from_dict",
     "config_hash",
     "config_to_dict",
@@ -140,6 +139,16 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
             raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
 
 
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: str) -> None:
+    """Refuse a device torch has no backend for here (``tpu:0``, ``cuda:x``) before any work:
+    auto, cpu, mps, cuda or cuda:N."""
+    if not _DEVICE.fullmatch(device):
+        raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
+
+
 def check_config(cfg: Any) -> None:
     """Check every field against its declared range and choices, then ``device`` and ``run_name``
     where the config has them.
@@ -151,27 +160,10 @@ def check_config(cfg: Any) -> None:
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
     if hasattr(cfg, "device"):
         check_device(cfg.device)
-    if hasattr(cfg, "run_name"):
-        check_run_name(cfg.run_name)
-
-
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-
-
-def check_device(device: str) -> None:
-    """Refuse a device torch has no backend for here (``tpu:0``, ``cuda:x``) before any work:
-    auto, cpu, mps, cuda or cuda:N."""
-    if not _DEVICE.fullmatch(device):
-        raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
-
-
-def check_run_name(run_name: str | None) -> None:
-    """A run folder's name must be a plain folder name, so the folder stays inside ``out_dir``
-    (no ``..``, no separator, not absolute)."""
-    if run_name is not None and (
-        not run_name or run_name in (".", "..") or any(c in run_name for c in "/\\")
-    ):
-        raise ValueError(f"run_name must be a plain folder name inside out_dir, got {run_name!r}")
+    # A plain folder name (no "..", no separator, not absolute): the folder stays inside out_dir.
+    name = getattr(cfg, "run_name", None)
+    if name is not None and (not name or name in (".", "..") or any(c in name for c in "/\\")):
+        raise ValueError(f"run_name must be a plain folder name inside out_dir, got {name!r}")
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
