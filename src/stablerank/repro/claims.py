@@ -1,22 +1,10 @@
 """The paper's claims (docs/math.md §3), each split into sub-claims decided by tests over seeds.
 
 A *comparison* puts the SRN arm of one setting and rank ratio beside a reference arm (vanilla or
-SN) on one metric. It is decided by a Welch t-test over seeds (unequal variances), with the
-p-values of all comparisons of a report corrected together (Holm), and reported with the mean
-difference, its confidence interval and the effect size d (with an approximate CI):
-
-* **not a test**: SRN's stable-rank cap binds on fewer than half of the normalized layers
-  (averaged over training): the SRN arm is spectral normalization, so nothing is said about SRN;
-* **reproduced**: significant (Holm-adjusted p < alpha) in the direction the paper claims;
-* **not reproduced**: significant in the other direction, or the CI of the improvement at the
-  family-wise level (1 - alpha / number of tests) excludes every improvement of at least the
-  metric's smallest effect of interest;
-* **cannot tell**: neither; the report says how many seeds per arm a test at the family-wise level
-  would need to detect the observed improvement (or the smallest effect of interest) with 80%
-  power at the spread measured.
-
-Seeds are paired by nothing: arms are independent samples. Diverged runs are excluded (and
-listed), never averaged in.
+SN) on one metric: a Welch t-test over seeds (arms are independent samples; diverged runs left
+out), its p-value Holm-corrected with every other comparison of the report. The outcomes (not a
+test, reproduced, not reproduced, cannot tell) are defined in docs/reproduction.md, "How claims
+are decided".
 """
 
 from __future__ import annotations

@@ -60,10 +60,8 @@ def _fmt(value: float | None, percent: bool = False) -> str:
 def _cell(values: Sequence[float], percent: bool) -> str:
     if not values:
         return "n/a"
-    mean = statistics.fmean(values)
-    if len(values) == 1:
-        return _fmt(mean, percent)
-    return f"{_fmt(mean, percent)} ± {_fmt(statistics.stdev(values), percent)}"
+    mean = _fmt(statistics.fmean(values), percent)
+    return mean if len(values) == 1 else f"{mean} ± {_fmt(statistics.stdev(values), percent)}"
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
