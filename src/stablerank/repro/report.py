@@ -27,7 +27,7 @@ from stablerank.repro.claims import (
     evaluate_claims,
 )
 from stablerank.repro.records import RunRecord, by_setting
-from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, Run
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.results import to_dict
 
@@ -370,7 +370,7 @@ def write_report(
         "'cap binds' = fraction of SRN layers whose raw weight's stable rank exceeds the "
         "target at the end of training (and averaged over training).\n",
     ]
-    for kind in (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN):
+    for kind in KINDS:
         for setting, arms in by_setting(records, kind).items():
             parts.append(_setting_section(kind, setting, arms))
     if figures:
