@@ -164,17 +164,10 @@ def _requeueable_job() -> Callable[[Run], Outcome]:
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
     """The executor ``cfg.executor`` names, sized for this machine."""
     gpus = visible_gpus() if cfg.device != "cpu" else []
-    if cfg.workers:
-        workers = cfg.workers
-    elif gpus:
-        workers = len(gpus)
-    else:
-        workers = max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
-    if cfg.executor == "sequential":
+    workers = cfg.workers or len(gpus) or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
+    if cfg.executor == "sequential" or (cfg.executor == "local" and workers == 1):
         return SequentialExecutor()
     if cfg.executor == "local":
-        if workers == 1:
-            return SequentialExecutor()
         return LocalExecutor(workers, cfg.threads, gpus)
     try:
         import submitit  # noqa: F401
