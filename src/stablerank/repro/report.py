@@ -247,24 +247,22 @@ def _curve_plot(
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn)."""
     fig = _figure()
     ax = fig.add_subplot()
-    drawn = False
     for arm, recs in arms.items():
         curves = [
-            [(p.step, getattr(p, attr)) for p in r.result.curve if getattr(p, attr) is not None]
+            {p.step: getattr(p, attr) for p in r.result.curve if getattr(p, attr) is not None}
             for r in recs
             if r.usable
         ]
         curves = [c for c in curves if c]
         if not curves:
             continue
-        steps = sorted(set.intersection(*(set(s for s, _ in c) for c in curves)))
-        ys = np.array([[dict(c)[s] for c in curves] for s in steps])
+        steps = sorted(set.intersection(*map(set, curves)))
+        ys = np.array([[c[s] for c in curves] for s in steps])
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
         ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
-        drawn = True
-    if not drawn:
+    if not ax.lines:
         return None
     ax.set_xlabel("epoch" if "gan" not in title else "generator step")
     ax.set_ylabel(ylabel)
