@@ -122,3 +122,25 @@ def test_shattering_comparisons_carry_the_clean_accuracy_at_the_same_c():
     context = claim2.comparisons[0].context
     assert any(k.startswith("clean_test_acc_srn") for k in context)
     assert all(math.isclose(v, 0.80) for v in context.values())
+
+
+def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
+    # The layer table: per arm, the mean raw stable rank over seeds; SRN arms as "raw / target".
+    from stablerank.repro.report import write_report
+    from stablerank.train.results import LayerStat
+
+    def layer(raw: float, target: float | None) -> LayerStat:
+        active = None if target is None else raw > target
+        return LayerStat("features.1", "srn" if target else "sn", (8, 16), 1.0, raw, raw,
+                         target, active)  # fmt: skip
+
+    recs = []
+    for rec in _records([0.05, 0.052, 0.049], active=0.2):
+        srn = rec.run.norm == "srn"
+        raws = (3.9, 4.0, 4.1) if srn else (20.0, 22.0, 24.0)
+        layers = (layer(raws[rec.run.seed], 4.0 if srn else None),)
+        recs.append(dataclasses.replace(rec, result=dataclasses.replace(rec.result, layers=layers)))
+    path, _ = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    text = path.read_text()
+    assert "| features.1 | 22 | 22 | 4 / 4 |" in text
+    assert "mostly spectral normalization, not a test by the rule" in text

@@ -386,8 +386,10 @@ def _decide(comp: Comparison) -> None:
         comp.reason = (
             "SRN's activity was not recorded"
             if active is None
-            else f"the stable-rank cap binds on {active:.0%} of the SRN layers (< "
-            f"{MIN_ACTIVE_FRACTION:.0%}): this SRN arm is spectral normalization"
+            else f"the stable-rank cap binds on {active:.0%} of the SRN layers, averaged over "
+            f"training (< {MIN_ACTIVE_FRACTION:.0%}): mostly spectral normalization, not a test "
+            "by the rule; a raw stable rank held at its target in the layer table means the cap "
+            "still shaped training"
         )
         return
     if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:

@@ -29,7 +29,7 @@ from stablerank.repro.claims import (
 from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
-from stablerank.train.results import to_dict
+from stablerank.train.results import LayerStat, to_dict
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 
@@ -90,7 +90,36 @@ def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) 
         m.label + (" (%)" if m.percent else "") for m in metrics
     ]
     run = next(iter(arms.values()))[0].run
-    return f"### {kind}: {setting}\n\n{_describe(run)}\n\n{_table(headers, rows)}\n"
+    section = f"### {kind}: {setting}\n\n{_describe(run)}\n\n{_table(headers, rows)}\n"
+    return section + _srank_table(arms)
+
+
+def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
+    """Each layer's raw stable rank at the end of training, mean over seeds, per arm; SRN arms as
+    ``raw / target``. It shows what the binary 'cap binds' hides: a raw weight held just below its
+    target (the cap shaped training) against the SN arm's stable rank, which the cap would cut."""
+    per_arm: dict[str, dict[str, list[LayerStat]]] = {}
+    for arm, recs in arms.items():
+        for rec in (r for r in recs if r.usable):
+            layers = getattr(rec.result, "layers", None) or getattr(rec.result, "d_layers", ())
+            for layer in layers:
+                per_arm.setdefault(arm, {}).setdefault(layer.name, []).append(layer)
+    if not any(s.target_srank for by_name in per_arm.values() for v in by_name.values() for s in v):
+        return ""
+    names = list(dict.fromkeys(name for by_name in per_arm.values() for name in by_name))
+    rows = []
+    for name in names:
+        row = [name]
+        for arm in arms:
+            stats = per_arm.get(arm, {}).get(name, [])
+            raw = f"{statistics.fmean(s.raw_srank for s in stats):.3g}" if stats else "n/a"
+            target = stats[0].target_srank if stats else None
+            row.append(f"{raw} / {target:.3g}" if target else raw)
+        rows.append(row)
+    return (
+        "\nRaw stable rank of each layer at the end of training (mean over seeds; SRN arms: raw "
+        "/ target r):\n\n" + _table(["layer", *arms], rows) + "\n"
+    )
 
 
 def _describe(run: Run) -> str:
