@@ -231,7 +231,7 @@ def quick(seeds: int = 5) -> list[Run]:
 
 
 def standard(seeds: int = 5) -> list[Run]:
-    """About 3 hours on a 2-core CPU (local executor): the MLP and the small AlexNet (BN-free)
+    """About 2 hours on a 2-core CPU (local executor): the MLP and the small AlexNet (BN-free)
     and the small CNN (BatchNorm) on 10,000 clean images, shattering of 2,000 random labels with
     the MLP, a 2,000-step GAN scored with 5,000 samples; ``seeds`` seeds per arm."""
     analysis = _analysis(n_pairs=1000, n_jacobian=50, n_margin=0)
