@@ -177,8 +177,9 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
         f"{MIN_ACTIVE_FRACTION:.0%} of the SRN layers (averaged over training), so that arm is "
-        "spectral normalization. **not reproduced**: significantly worse, or the CI excludes "
-        "every improvement of at least the metric's smallest effect of interest (0.5 pp "
+        "mostly spectral normalization (the layer tables below show where a raw stable rank is "
+        "held at its target all the same). **not reproduced**: significantly worse, or the CI "
+        "excludes every improvement of at least the metric's smallest effect of interest (0.5 pp "
         "accuracy, 1 pp on random labels, 0.05 in log10 measures, 2-5% of the reference for "
         "GAN scores and eL).\n",
     ]
