@@ -157,6 +157,7 @@ def test_bad_config_files_are_one_line_errors(capsys, tmp_path, content, match):
     path.write_text(content)
     code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
     assert code == 2 and match in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 2  # argparse's usage line, then the error's one line
 
 
 def test_config_file_that_is_a_folder(capsys, tmp_path):
