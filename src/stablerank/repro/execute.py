@@ -10,7 +10,6 @@ failure instead of raising it, and keeps ``status.json`` (through
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import subprocess
 import sys
@@ -101,8 +100,11 @@ def _train(run: Run) -> bool:
     """Train (resuming from the newest checkpoint); True when the run diverged."""
     is_gan = isinstance(run.config, GanConfig)
     if run.nproc_per_node == 1:
-        trainer = importlib.import_module(f"stablerank.train.{'gan' if is_gan else 'classify'}")
-        return trainer.run(run.config).diverged
+        # Imported when a run trains: the trainers pull in data/, models/ and metrics/, which a
+        # dry run or a report never needs.
+        from stablerank.train import classify, gan
+
+        return (gan.run if is_gan else classify.run)(run.config).diverged
     # DDP on this node or in this SLURM job: torchrun starts the CLI on the run's saved config.
     from stablerank.config import config_to_dict
     from stablerank.train.checkpoint import atomic_write_json
@@ -119,8 +121,10 @@ def _train(run: Run) -> bool:
 
 def _analyse(run: Run) -> None:
     if run.analysis is not None:
-        name = "gan_analysis" if isinstance(run.config, GanConfig) else "analyze"
-        importlib.import_module(f"stablerank.train.{name}").run(run.analysis, run.run_dir)
+        from stablerank.train import analyze, gan_analysis
+
+        module = gan_analysis if isinstance(run.config, GanConfig) else analyze
+        module.run(run.analysis, run.run_dir)
 
 
 def execute(run: Run, *, capture: bool = False) -> Outcome:
