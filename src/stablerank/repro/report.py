@@ -29,7 +29,7 @@ from stablerank.repro.claims import (
 from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
-from stablerank.train.results import LayerStat, to_dict
+from stablerank.train.results import GanResult, LayerStat, to_dict
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 
@@ -98,22 +98,21 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     """Each layer's raw stable rank at the end of training, mean over seeds, per arm; SRN arms as
     ``raw / target``. It shows what the binary 'cap binds' hides: a raw weight held just below its
     target (the cap shaped training) against the SN arm's stable rank, which the cap would cut."""
-    per_arm: dict[str, dict[str, list[LayerStat]]] = {}
+    stats: dict[str, dict[str, list[LayerStat]]] = {}  # layer name -> arm -> one stat per seed
     for arm, recs in arms.items():
         for rec in (r for r in recs if r.usable):
-            layers = getattr(rec.result, "layers", None) or getattr(rec.result, "d_layers", ())
-            for layer in layers:
-                per_arm.setdefault(arm, {}).setdefault(layer.name, []).append(layer)
-    if not any(s.target_srank for by_name in per_arm.values() for v in by_name.values() for s in v):
-        return ""
-    names = list(dict.fromkeys(name for by_name in per_arm.values() for name in by_name))
+            result = rec.result
+            for layer in result.d_layers if isinstance(result, GanResult) else result.layers:
+                stats.setdefault(layer.name, {}).setdefault(arm, []).append(layer)
+    if all(s.target_srank is None for by_arm in stats.values() for v in by_arm.values() for s in v):
+        return ""  # no SRN arm here
     rows = []
-    for name in names:
+    for name, by_arm in stats.items():
         row = [name]
         for arm in arms:
-            stats = per_arm.get(arm, {}).get(name, [])
-            raw = f"{statistics.fmean(s.raw_srank for s in stats):.3g}" if stats else "n/a"
-            target = stats[0].target_srank if stats else None
+            seeds = by_arm.get(arm, [])
+            raw = f"{statistics.fmean(s.raw_srank for s in seeds):.3g}" if seeds else "n/a"
+            target = seeds[0].target_srank if seeds else None
             row.append(f"{raw} / {target:.3g}" if target else raw)
         rows.append(row)
     return (
