@@ -12,8 +12,14 @@ from scipy import stats
 
 from stablerank.repro import claims
 from stablerank.repro.records import RunRecord
-from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_SHATTER, tiny
-from stablerank.train.results import ClassifierResult, EpochRecord
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, tiny
+from stablerank.train.results import (
+    ClassifierResult,
+    EpochRecord,
+    GanAnalysis,
+    GanResult,
+    Summary,
+)
 
 
 def test_welch_matches_scipy_and_interval_covers_difference():
@@ -144,3 +150,30 @@ def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
     text = path.read_text()
     assert "| features.1 | 22 | 22 | 4 / 4 |" in text
     assert "mostly spectral normalization, not a test by the rule" in text
+
+
+def _gan_record(run, jacobian_real: float, jacobian_fake: float) -> RunRecord:
+    el = Summary(max=0.2, mean=0.05, n=10, q50=0.04)
+    analysis = GanAnalysis(
+        neural_divergence=1.0, neural_divergence_std=0.1, neural_divergence_real_train=0.1,
+        d_el={"real-real": el},
+        d_jacobian={"real": Summary(max=2.0, mean=jacobian_real, n=64),
+                    "fake": Summary(max=2.0, mean=jacobian_fake, n=64)},
+    )  # fmt: skip
+    result = GanResult(steps=2, d_loss=0.5, g_loss=1.0, srn_active_fraction_mean=1.0)
+    return RunRecord(run, "done", result, analysis)
+
+
+def test_claim_5_tests_the_mean_jacobian_norm_over_real_and_fake_points():
+    runs = [r for r in tiny(seeds=2, gan_seeds=4) if r.kind == KIND_GAN]
+    recs = [
+        _gan_record(r, 0.4 + 0.01 * r.seed, 0.6) if r.norm == "srn"
+        else _gan_record(r, 0.9 + 0.01 * r.seed, 1.1)
+        for r in runs
+    ]  # fmt: skip
+    claim5 = next(r for r in claims.evaluate_claims(recs) if r.claim.number == 5)
+    comp = next(c for c in claim5.comparisons if c.metric == "d_jacobian_mean")
+    # the mean over all 128 points: (mean_real * 64 + mean_fake * 64) / 128
+    assert comp.srn_values == pytest.approx([0.5 + 0.005 * s for s in range(4)])
+    assert comp.ref_values == pytest.approx([1.0 + 0.005 * s for s in range(4)])
+    assert comp.outcome == claims.REPRODUCED

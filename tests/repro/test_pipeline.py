@@ -65,12 +65,22 @@ def test_every_sweep_builds_with_distinct_folders():
             assert "sn" in arms and any(a.startswith("srn") for a in arms), (name, kind)
 
 
-def test_quick_has_three_seeds_and_standard_five():
+def _seeds_per_arm(runs: list[sweeps.Run]) -> dict[tuple[str, str, str], set[int]]:
+    seeds: dict[tuple[str, str, str], set[int]] = {}
+    for r in runs:
+        seeds.setdefault((r.kind, r.setting, r.arm), set()).add(r.seed)
+    return seeds
+
+
+def test_quick_has_three_seeds_and_standard_five_and_gans_ten():
     for make, n in ((sweeps.quick, 3), (sweeps.standard, 5)):
-        seeds = {(r.kind, r.setting, r.arm): set() for r in make()}
-        for r in make():
-            seeds[(r.kind, r.setting, r.arm)].add(r.seed)
-        assert all(len(s) >= n for s in seeds.values())
+        for (kind, *_), seeds in _seeds_per_arm(make()).items():
+            assert len(seeds) >= (10 if kind == sweeps.KIND_GAN else n)
+
+
+def test_seeds_option_sets_every_arm_gans_included(tmp_path):
+    cfg = ReproduceConfig(sweep="quick", seeds=3, out_dir=str(tmp_path))
+    assert {len(s) for s in _seeds_per_arm(sweeps.build_sweep(cfg)).values()} == {3}
 
 
 def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):

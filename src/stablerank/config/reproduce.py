@@ -32,7 +32,12 @@ class ReproduceConfig:
     data_dir: str | None = option(
         None, "folder holding the datasets (None = each dataset's standard location)"
     )
-    seeds: int = option(0, "seeds per arm (0 = the sweep's own number)", min=0)
+    seeds: int = option(
+        0,
+        "seeds of every arm (0 = the sweep's own numbers: quick and standard 5 per classifier "
+        "arm and 10 per GAN arm)",
+        min=0,
+    )
     dry_run: bool = option(
         False, "print the runs of the sweep and what is already done; run nothing"
     )

@@ -118,6 +118,13 @@ METRICS = {
             relative=True,
             read=_d_el_median,
         ),
+        Metric(
+            "d_jacobian_mean",
+            "discriminator Jacobian spectral norm, mean over real and fake points",
+            True,
+            0.05,
+            relative=True,
+        ),
     )
 }
 
@@ -167,7 +174,7 @@ CLAIMS = (
         5,
         "SRN-GAN discriminators have a lower empirical Lipschitz constant than SN-GAN's",
         KIND_GAN,
-        ("d_el_max", "d_el_median"),
+        ("d_el_max", "d_el_median", "d_jacobian_mean"),
         ("sn",),
     ),
 )

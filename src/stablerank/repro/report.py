@@ -47,7 +47,7 @@ _TABLE_METRICS = {
         "el_test_max",
     ),
     KIND_SHATTER: ("final_train_acc", "mean_train_acc"),
-    KIND_GAN: ("fid", "is_mean", "neural_divergence", "d_el_max", "d_el_median"),
+    KIND_GAN: ("fid", "is_mean", "neural_divergence", "d_el_max", "d_el_median", "d_jacobian_mean"),
 }
 
 

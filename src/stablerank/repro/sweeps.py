@@ -215,9 +215,10 @@ GAN_RANK_RATIOS = (0.2,)
 _FMNIST_MLP = "fashion-mnist/mlp"
 
 
-def quick(seeds: int = 5) -> list[Run]:
-    """``make demo``: MLP on 4,000 clean images and on 1,500 random labels, a 300-step SN-GAN vs
-    SRN-GAN, each with ``seeds`` seeds per arm, at rank ratios where the cap binds."""
+def quick(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
+    """``make demo``: MLP on 4,000 clean images and on 1,500 random labels (``seeds`` seeds per
+    arm), a 300-step SN-GAN vs SRN-GAN (``gan_seeds`` per arm: GAN seeds spread more and cost
+    little here; docs/reproduction.md), at rank ratios where the cap binds."""
     analysis = _analysis(n_pairs=300, n_jacobian=16, n_margin=0)
     gan_analysis = GanAnalysisConfig(
         nd_critic_steps=100, nd_eval_batches=5, d_el_pairs=300, nd_critic_width=16
@@ -226,14 +227,15 @@ def quick(seeds: int = 5) -> list[Run]:
     return [
         *_runs(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(4000, 30), MLP_RANK_RATIOS, seeds, analysis),
         *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
-        *_runs(KIND_GAN, "fashion-mnist/gan-cnn16", gan, GAN_RANK_RATIOS, seeds, gan_analysis),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn16", gan, GAN_RANK_RATIOS, gan_seeds, gan_analysis),
     ]
 
 
-def standard(seeds: int = 5) -> list[Run]:
-    """About 2 hours on a 2-core CPU (local executor): the MLP and the small AlexNet (BN-free)
+def standard(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
+    """About 3 hours on a 2-core CPU (local executor): the MLP and the small AlexNet (BN-free)
     and the small CNN (BatchNorm) on 10,000 clean images, shattering of 2,000 random labels with
-    the MLP, a 2,000-step GAN scored with 5,000 samples; ``seeds`` seeds per arm."""
+    the MLP (``seeds`` seeds per arm), a 2,000-step GAN scored with 5,000 samples (``gan_seeds``
+    per arm)."""
     analysis = _analysis(n_pairs=1000, n_jacobian=50, n_margin=0)
     cnn = classify_preset(
         "fmnist-cnn",
@@ -256,11 +258,11 @@ def standard(seeds: int = 5) -> list[Run]:
         *_runs(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.1, 0.3), seeds, analysis),
         *_runs(KIND_CLASSIFY, "fashion-mnist/alexnet", alexnet, (0.2, 0.3), seeds, analysis),
         *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(2000, 40), mlp_ratios, seeds),
-        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", gan, GAN_RANK_RATIOS, seeds, gan_analysis),
+        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", gan, GAN_RANK_RATIOS, gan_seeds, gan_analysis),
     ]
 
 
-def paper(seeds: int = 3) -> list[Run]:
+def paper(seeds: int = 3, gan_seeds: int = 3) -> list[Run]:
     """The paper's CIFAR-10 comparisons (GPU scale): ResNet-110, WRN-28-10, DenseNet-BC-100,
     VGG-19 and AlexNet, shattering with AlexNet, SN-GAN ResNet; CIFAR-100 and CelebA are left to
     custom sweeps. Rank ratios 0.1 and 0.3 (0.2 and 0.3 for the BN-free AlexNet, which does not
@@ -287,11 +289,11 @@ def paper(seeds: int = 3) -> list[Run]:
         feature_net="inception-v3",
     )
     gan_analysis = GanAnalysisConfig(nd_critic_steps=10000, nd_eval_batches=50, d_el_pairs=2000)
-    runs += _runs(KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), seeds, gan_analysis)
+    runs += _runs(KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), gan_seeds, gan_analysis)
     return runs
 
 
-def tiny(seeds: int = 2) -> list[Run]:
+def tiny(seeds: int = 2, gan_seeds: int = 2) -> list[Run]:
     """Seconds: 8x8 digits MLP (clean and random labels) and a 2-step GAN; for tests."""
     base = classify_preset("tiny", epochs=2, train_subset=256, test_eval_size=0)
     shatter = dataclasses.replace(base, label_noise=1.0, augment="none")
@@ -304,7 +306,7 @@ def tiny(seeds: int = 2) -> list[Run]:
     return [
         *_runs(KIND_CLASSIFY, "digits/mlp", base, (0.1,), seeds, analysis),
         *_runs(KIND_SHATTER, "digits/mlp", shatter, (0.1,), seeds),
-        *_runs(KIND_GAN, "digits/gan", gan, (0.5,), seeds, gan_analysis),
+        *_runs(KIND_GAN, "digits/gan", gan, (0.5,), gan_seeds, gan_analysis),
     ]
 
 
@@ -314,6 +316,8 @@ SWEEPS: dict[str, Callable[..., list[Run]]] = {
 
 
 def build_sweep(cfg: ReproduceConfig) -> list[Run]:
-    """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in."""
+    """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in;
+    ``cfg.seeds`` (when not 0) is the number of seeds of every arm, GANs included."""
     make = SWEEPS[cfg.sweep]
-    return [run.placed(cfg) for run in (make(cfg.seeds) if cfg.seeds else make())]
+    runs = make(cfg.seeds, cfg.seeds) if cfg.seeds else make()
+    return [run.placed(cfg) for run in runs]

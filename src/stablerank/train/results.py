@@ -330,3 +330,10 @@ class GanAnalysis(Result):
     def d_el_max(self) -> float:
         """The largest pairwise eL over every pair type."""
         return max((s.max for s in self.d_el.values()), default=math.nan)
+
+    @property
+    def d_jacobian_mean(self) -> float:
+        """The mean of D's Jacobian spectral norm ||dD/dx||_2 over every measured point (real and
+        fake): D's typical local Lipschitz constant on the data."""
+        total = sum(s.n for s in self.d_jacobian.values())
+        return sum(s.mean * s.n for s in self.d_jacobian.values()) / total if total else math.nan
