@@ -356,17 +356,18 @@ def test_compile_fullgraph(training):
         )
 
 
-@pytest.mark.parametrize("rank_ratio", [0.1, 0.5, 1.0])
-def test_every_normalization_path_gives_the_same_values_and_gradients(monkeypatch, rank_ratio):
-    # Note [srn normalization paths]: the eager path (hand-written backward, tensor scalars)
-    # against the tensor formula autograd differentiates (the path under compile / torch.func).
-    # rank_ratio 1.0 is plain SN.
+@pytest.mark.filterwarnings("ignore:.*has rank one")  # r = 1 here on purpose (0.1 * 6 -> 1)
+@pytest.mark.parametrize(
+    "target", [{"rank_ratio": 0.1}, {"rank_ratio": 0.5}, {"rank_ratio": 1.0}, {"srank": 1.0}]
+)
+def test_every_normalization_path_gives_the_same_values_and_gradients(monkeypatch, target):
+    # Note [srn normalization paths]: the eager path (hand-written backward, float scalars on
+    # the CPU) against the tensor formula autograd differentiates (the path under compile /
+    # torch.func). rank_ratio 1.0 is plain SN; srank 1 the rank-one u v^T (zero gradient).
     import stablerank.srn as srn_module
 
     torch.manual_seed(14)
-    fused = stable_rank_norm(
-        nn.Conv2d(3, 6, 3).double(), rank_ratio=rank_ratio, n_power_iterations=2
-    )
+    fused = stable_rank_norm(nn.Conv2d(3, 6, 3).double(), n_power_iterations=2, **target)
     other = copy.deepcopy(fused)
     x = torch.randn(4, 3, 7, 7, dtype=torch.float64)
     for _ in range(2):  # two steps: u, v move; the second forward starts from updated vectors

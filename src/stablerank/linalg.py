@@ -26,6 +26,7 @@ from torch import Tensor
 __all__ = [
     "matrix_to_weight",
     "power_iteration",
+    "power_iteration_steps",
     "spectral_norm_exact",
     "srn_optimal",
     "stable_rank",
@@ -234,6 +235,16 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         norm in about [1e-8, 1e28] (1e20 included) iterate correctly.
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
+    norm, scale = power_iteration_steps(matrix, u, v, n_iterations)
+    return norm if scale == 1.0 else norm * scale
+
+
+def power_iteration_steps(
+    matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int
+) -> tuple[Tensor, float]:
+    """The steps of :func:`power_iteration`; returns ``||alpha W v||`` (a 0-d tensor) and the
+    Python float ``1 / alpha`` that scales it to the estimate of sigma. The CPU path of the layer
+    reads the norm as a float and scales it in Python, one kernel fewer."""
     # Detached, so no op here records a graph: no no_grad context needed (its entry costs more
     # than an op on the CPU), and a torch.jit.trace, which records ops but not contexts, works.
     matrix = matrix.detach()
@@ -246,7 +257,7 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         y = torch.addmv(u, matrix, v, beta=delta, alpha=alpha)  # (m,)
         norm = torch.linalg.vector_norm(y)
         torch.div(y, norm, out=u)
-    return norm if alpha == 1.0 else norm * (1.0 / alpha)
+    return norm, 1.0 / alpha
 
 
 # (alpha, delta) of Note [srn power iteration], per vector dtype.

@@ -17,7 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from stablerank.linalg import matrix_to_weight, power_iteration, target_srank, weight_to_matrix
+from stablerank.linalg import (
+    matrix_to_weight,
+    power_iteration,
+    power_iteration_steps,
+    target_srank,
+    weight_to_matrix,
+)
 
 __all__ = ["DEFAULT_RANK_RATIO", "remove_stable_rank_norm", "stable_rank_norm"]
 
@@ -112,6 +118,14 @@ class _StableRankNorm(nn.Module):
     def forward(self, weight: Tensor) -> Tensor:
         # No implicit eval cache: like torch's spectral_norm, every access recomputes the weight
         # from (W, u, v); ``parametrize.cached()`` is the explicit cache.
+        if (
+            weight.is_cpu
+            and not self.exact
+            and weight.dtype == self._buffers["_u"].dtype
+            and not torch.is_autocast_enabled("cpu")
+            and not _needs_composite()
+        ):
+            return self._cpu_forward(weight)
         if weight.device.type != "meta" and torch.is_autocast_enabled(weight.device.type):
             # Norms and the rank-one update in the weight's precision (float32 for half weights),
             # never in autocast's lower one.
@@ -138,7 +152,7 @@ class _StableRankNorm(nn.Module):
             if sigma is None:  # eval: frozen u, v
                 sigma = torch.dot(u, torch.mv(matrix.detach(), v))
             if matrix.device.type == "cpu":  # Note [srn cpu path]
-                scalars = _cpu_scalars(matrix, sigma, r_minus_1, self.eps)
+                scalars = _cpu_scalars(matrix, float(sigma), r_minus_1, self.eps)
                 if graph:
                     normalized = _CpuStableRankNormFunction.apply(matrix, u, v, scalars)
                 else:
@@ -150,6 +164,35 @@ class _StableRankNorm(nn.Module):
                 normalized = _StableRankNormFunction.apply(*args) if graph else _normalize(*args)[0]
         out = matrix_to_weight(normalized, weight.shape, self.dim)
         return out if out.dtype == weight.dtype else out.to(weight.dtype)
+
+    def _cpu_forward(self, weight: Tensor) -> Tensor:
+        """:meth:`forward` in eager mode on the CPU for a weight in the vectors' dtype (float32 or
+        float64; power iteration, not SVD), the common case: the same steps with less Python per
+        call, sigma read as a float (Note [srn cpu path])."""
+        u, v = self._buffers["_u"], self._buffers["_v"]
+        # weight_to_matrix without its checks for the usual dim 0 (the rows' axis first)
+        matrix = (
+            weight.flatten(1)
+            if self.dim == 0 and weight.ndim > 1
+            else weight_to_matrix(weight, self.dim)
+        )
+        if self.training:
+            norm, scale = power_iteration_steps(matrix, u, v, self.n_power_iterations)
+            sigma = float(norm) * scale
+        else:  # eval: frozen u, v
+            sigma = float(torch.dot(u, torch.mv(matrix.detach(), v)))
+        r_minus_1 = self._r_minus_1 if self.clamps_srank else None
+        scalars = _cpu_scalars(matrix, sigma, r_minus_1, self.eps)
+        if matrix.requires_grad and torch.is_grad_enabled():
+            # Clones, as in forward: a later forward updates u, v in place.
+            u = u.clone(memory_format=torch.contiguous_format)
+            v = v.clone(memory_format=torch.contiguous_format)
+            normalized = _CpuStableRankNormFunction.apply(matrix, u, v, scalars)
+        else:
+            normalized = _cpu_normalize(matrix, u, v, scalars)
+        if self.dim == 0:
+            return normalized.view(weight.shape)
+        return matrix_to_weight(normalized, weight.shape, self.dim)
 
     def right_inverse(self, value: Tensor) -> Tensor:
         # Assigning ``module.weight = W`` stores W itself as the raw weight (as torch's SN does):
@@ -295,7 +338,9 @@ class _StableRankNormFunction(torch.autograd.Function):
 # reads <G, W> and u^T G v as floats as well. Only when the backward runs under vmap (batched
 # gradients: ``is_grads_batched``, ``jacobian(vectorize=True)``, gradcheck's batched check) do
 # those two stay tensors, since a batched tensor has no single float. Forward-mode transforms run
-# the composite formula (_needs_composite).
+# the composite formula (_needs_composite). Per layer and step the Python around the kernels
+# costs as much as they do, so float32/float64 weights take ``_cpu_forward``, which skips the
+# general forward's checks; half weights, autocast and exact (SVD) mode take the general one.
 
 
 def _batched_checks() -> tuple[Any, ...] | None:
@@ -342,16 +387,15 @@ class _CpuScalars(NamedTuple):
 _UNSCALED_SQ_RANGE = (1e-20, 1e30)
 
 
-def _cpu_scalars(matrix: Tensor, sigma: Tensor, r_minus_1: float | None, eps: float) -> _CpuScalars:
-    sigma_f = max(float(sigma), eps)
+def _cpu_scalars(matrix: Tensor, sigma: float, r_minus_1: float | None, eps: float) -> _CpuScalars:
+    sigma_f = max(sigma, eps)
     if r_minus_1 is None:
         return _CpuScalars(sigma_f, 1.0, 0.0, 1.0, False, None, eps)
-    flat = matrix.detach().reshape(-1)
-    fro_sq = float(torch.dot(flat, flat))
+    fro_sq = float(torch.linalg.vector_norm(matrix.detach())) ** 2
     if _UNSCALED_SQ_RANGE[0] < fro_sq < _UNSCALED_SQ_RANGE[1]:
         wn_sq = fro_sq / (sigma_f * sigma_f)  # in float64 arithmetic
     else:  # scaled before squaring: no overflow near 1e20, no underflow near 1e-20
-        wn = flat / sigma_f
+        wn = matrix.detach().reshape(-1) / sigma_f
         wn_sq = float(torch.dot(wn, wn))
     q_raw = wn_sq - 1.0
     if r_minus_1 <= 0:  # r = 1: the rank-one u v^T
@@ -389,15 +433,19 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         nones = (None,) * 3
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
-        if not _is_batched(grad):  # the usual backward: its scalars as floats too (one addr)
+        if not _is_batched(grad):  # the usual backward: its scalars as floats too
             a = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))  # <G, W>
-            out = grad.mul(c.s / c.sigma)
-            if c.active:
-                b = float(torch.dot(u, torch.mv(grad, v)))  # u^T G v
-                t = (b - a / c.sigma) * (c.s / c.q)
-                out.add_(matrix, alpha=t / c.sigma**2)
-                return (out.addr_(u, v, alpha=-(t * c.wn_sq + a * c.s / c.sigma) / c.sigma), *nones)
-            return (out.addr_(u, v, alpha=-a * c.s / c.sigma**2), *nones)
+            if not c.active:  # one addr: (s / sigma) G - (a s / sigma^2) u v^T
+                return (torch.addr(grad, u, v, beta=c.s / c.sigma, alpha=-a * c.s / c.sigma**2),
+                        *nones)  # fmt: skip
+            b = float(torch.dot(u, torch.mv(grad, v)))  # u^T G v
+            t = (b - a / c.sigma) * (c.s / c.q)
+            k_uv = -(t * c.wn_sq + a * c.s / c.sigma) / c.sigma
+            if c.s == 0.0:  # r = 1: the output u v^T does not depend on W
+                return (torch.zeros_like(grad), *nones)
+            # (s / sigma) (G + t / (s sigma) W) + k_uv u v^T: an add and an addr
+            out = torch.add(grad, matrix, alpha=t / (c.s * c.sigma))
+            return (out.addr_(u, v, beta=c.s / c.sigma, alpha=k_uv), *nones)
         # Batched gradients (is_grads_batched, jacobian(vectorize=True)) vmap this backward: the
         # gradient-dependent scalars stay tensors there (a float() of a batched tensor fails).
         a_dot = torch.dot(grad.reshape(-1), matrix.reshape(-1))  # <G, W>
