@@ -47,6 +47,23 @@ def test_seeds_needed_grows_with_spread():
     assert claims.seeds_needed(1.0, 1.0, 1.0, 0.05) == 17
 
 
+def test_detectable_effect_is_the_inverse_of_seeds_needed():
+    level = 0.05 / 19
+    for n in (3, 5, 10):
+        d = claims.detectable_effect(n, level)
+        # d is in units of the common standard deviation: std 1 in each arm
+        assert claims.seeds_needed(1.0, 1.0, d * 1.01, level) == n
+        assert claims.seeds_needed(1.0, 1.0, d * 0.99, level) == n + 1
+    assert claims.detectable_effect(1, 0.05) is None
+    assert claims.detectable_effect(2, level) is None  # beyond d = 20
+
+
+def test_large_effects_need_few_seeds_despite_scipys_nan_tail():
+    # scipy's noncentral t gives NaN for the far lower tail here; that tail is 0, so 3 seeds
+    # per arm suffice (the NaN used to be read as no power: 4).
+    assert claims.seeds_needed(1.0, 1.0, 8.0, 0.0026) == 3
+
+
 def _record(run, gap: float, test_acc: float, active: float | None) -> RunRecord:
     result = ClassifierResult(
         train_acc=test_acc + gap, test_acc=test_acc, train_loss=0.1, test_loss=0.3,

@@ -24,6 +24,7 @@ __all__ = [
     "ClaimResult",
     "Comparison",
     "Metric",
+    "detectable_effect",
     "evaluate_claims",
     "welch",
 ]
@@ -241,22 +242,48 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+def _power(n: int, nc: float, alpha: float) -> float:
+    """Power of a two-sided t-test with ``n`` seeds per arm (df = 2n - 2) at level ``alpha`` for
+    the noncentrality ``nc``. scipy's noncentral t returns NaN deep in the far tail, where that
+    tail's probability is 0."""
+    from scipy import stats
+
+    df = 2 * n - 2  # Welch's df for equal arms and variances
+    t_crit = stats.t.ppf(1 - alpha / 2, df)
+    tails = (stats.nct.sf(t_crit, df, nc), stats.nct.cdf(-t_crit, df, nc))
+    return sum(0.0 if math.isnan(p) else float(p) for p in tails)
+
+
 def seeds_needed(std_a: float, std_b: float, effect: float, alpha: float) -> int | None:
     """Seeds per arm (equal arms) for a two-sided Welch test at level ``alpha`` to detect a true
     difference ``effect`` with 80% power (noncentral t; None beyond 10,000 or without spread)."""
-    from scipy import stats
-
     var = std_a**2 + std_b**2
     if not effect or not math.isfinite(var) or var == 0:
         return None
     for n in range(2, 10_001):
-        df = 2 * n - 2  # Welch's df for equal arms and variances
-        t_crit = stats.t.ppf(1 - alpha / 2, df)
-        nc = abs(effect) / math.sqrt(var / n)
-        power = stats.nct.sf(t_crit, df, nc) + stats.nct.cdf(-t_crit, df, nc)
-        if power >= POWER:
+        if _power(n, abs(effect) / math.sqrt(var / n), alpha) >= POWER:
             return n
     return None
+
+
+def detectable_effect(n: int, alpha: float) -> float | None:
+    """The smallest effect size d (difference over the common standard deviation) that a
+    two-sided Welch test with ``n`` seeds per arm detects at level ``alpha`` with 80% power
+    (noncentral t, equal arms; None for n < 2 or beyond d = 20)."""
+    from scipy import optimize
+
+    if n < 2:
+        return None
+
+    def power_gap(d: float) -> float:
+        return _power(n, d * math.sqrt(n / 2), alpha) - POWER
+
+    if power_gap(_MAX_EFFECT) < 0:
+        return None
+    return float(optimize.brentq(power_gap, 1e-6, _MAX_EFFECT))
+
+
+_MAX_EFFECT = 20.0  # d beyond which no seed count is worth reporting
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -24,6 +24,7 @@ from stablerank.repro.claims import (
     NOT_A_TEST,
     ClaimResult,
     Comparison,
+    detectable_effect,
     evaluate_claims,
 )
 from stablerank.repro.records import RunRecord, by_setting
@@ -236,10 +237,32 @@ def _problems(records: Sequence[RunRecord]) -> str:
     )
 
 
-def _decides(results: Sequence[ClaimResult], sweep: str) -> str:
+def _power(results: Sequence[ClaimResult], alpha: float) -> str:
+    """What the seeds can decide: per seed count of the tested comparisons, the smallest effect d
+    detected with 80% power at the strictest Holm level of the report (alpha / tests)."""
+    tested = [c for r in results for c in r.comparisons if c.test is not None]
+    if not tested:
+        return ""
+    level = alpha / len(tested)
+    counts = sorted({min(len(c.srn_values), len(c.ref_values)) for c in tested})
+    parts = [
+        f"{n} seeds per arm detect d >= {d:.1f}"
+        for n in counts
+        if (d := detectable_effect(n, level)) is not None
+    ]
+    return (
+        f"\nWhat the seeds can decide: with {len(tested)} tests under Holm's correction the "
+        f"strictest level is {level:.2g}, at which (80% power) " + "; ".join(parts) + ". A "
+        "smaller true effect reads 'cannot tell' (the table gives the seeds that would decide "
+        "it at the measured spread), and a single verdict is about these settings only."
+    )
+
+
+def _decides(results: Sequence[ClaimResult], sweep: str, alpha: float) -> str:
     lines = [f"## Summary ({sweep})\n"]
     for r in results:
         lines.append(f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**")
+    lines.append(_power(results, alpha))
     lines.append(
         "\nWhat this sweep can decide: its networks are small and trained on Fashion-MNIST "
         "subsets, so a verdict here is about these settings, not about the paper's CIFAR "
@@ -391,7 +414,7 @@ def write_report(
         f"# Stable Rank Normalization: reproduction report ({sweep})\n",
         f"{usable} of {len(records)} runs finished and counted; code commit {commit or 'unknown'}."
         f" Machine-readable verdicts: [{CLAIMS_FILE}]({CLAIMS_FILE}).\n",
-        _decides(results, sweep),
+        _decides(results, sweep, alpha),
         _claims_section(results, alpha),
         "## Settings and per-arm results\n\nMean ± standard deviation over seeds; "
         "'cap binds' = fraction of SRN layers whose raw weight's stable rank exceeds the "
