@@ -434,6 +434,8 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
         if not _is_batched(grad):  # the usual backward: its scalars as floats too
+            if c.s == 0.0:  # r = 1: the output u v^T does not depend on W (NaNs still flow)
+                return (grad.mul(0.0), *nones)
             a = float(torch.dot(grad.reshape(-1), matrix.reshape(-1)))  # <G, W>
             if not c.active:  # one addr: (s / sigma) G - (a s / sigma^2) u v^T
                 return (torch.addr(grad, u, v, beta=c.s / c.sigma, alpha=-a * c.s / c.sigma**2),
@@ -441,8 +443,6 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
             b = float(torch.dot(u, torch.mv(grad, v)))  # u^T G v
             t = (b - a / c.sigma) * (c.s / c.q)
             k_uv = -(t * c.wn_sq + a * c.s / c.sigma) / c.sigma
-            if c.s == 0.0:  # r = 1: the output u v^T does not depend on W
-                return (torch.zeros_like(grad), *nones)
             # (s / sigma) (G + t / (s sigma) W) + k_uv u v^T: an add and an addr
             out = torch.add(grad, matrix, alpha=t / (c.s * c.sigma))
             return (out.addr_(u, v, beta=c.s / c.sigma, alpha=k_uv), *nones)
