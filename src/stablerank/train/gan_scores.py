@@ -116,6 +116,10 @@ def _baselines(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int
 COLLAPSE_D_LOSS = 1e-3
 COLLAPSE_G_LOSS = 50.0
 COLLAPSE_POINTS = 3
+DIVERGENCE_RULE = (
+    f"a non-finite loss, or D's loss below {COLLAPSE_D_LOSS:g} while G's exceeds "
+    f"{COLLAPSE_G_LOSS:g} at each of the last {COLLAPSE_POINTS} logged points"
+)
 
 
 def divergence_of(records: list[dict[str, Any]]) -> str:
@@ -161,7 +165,7 @@ def write_result(
         ),
         "d_norm": cfg.d_norm,
         "rank_ratio": cfg.rank_ratio if cfg.d_norm == "srn" else None,
-        "divergence_rule": divergence_of.__doc__.split(":", 1)[1].strip(),
+        "divergence_rule": DIVERGENCE_RULE,
         "data_dir_read": data_dir,
     }
     if scores is not None:
