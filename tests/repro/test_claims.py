@@ -194,3 +194,16 @@ def test_claim_5_tests_the_mean_jacobian_norm_over_real_and_fake_points():
     assert comp.srn_values == pytest.approx([0.5 + 0.005 * s for s in range(4)])
     assert comp.ref_values == pytest.approx([1.0 + 0.005 * s for s in range(4)])
     assert comp.outcome == claims.REPRODUCED
+
+
+def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_path):
+    from stablerank.repro.report import write_report
+
+    recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    path, results = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    text = path.read_text()
+    n_tests = sum(c.test is not None for r in results for c in r.comparisons)
+    d = claims.detectable_effect(4, 0.05 / n_tests)
+    assert f"with {n_tests} tests under Holm's correction" in text
+    assert f"4 seeds per arm detect d >= {d:.1f}" in text
+    assert "Wei & Ma 2019) is not computed" in text

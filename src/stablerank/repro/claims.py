@@ -139,6 +139,7 @@ class Claim:
     kind: str
     metrics: tuple[str, ...]
     references: tuple[str, ...] = ("none", "sn")
+    note: str = ""  # what the report says under the claim's heading (e.g. what is not measured)
 
     @property
     def subclaims(self) -> list[tuple[str, str]]:
@@ -163,6 +164,9 @@ CLAIMS = (
         "SRN lowers the sample-complexity measures",
         KIND_CLASSIFY,
         ("log10_neyshabur", "log10_bartlett"),
+        note="The ICLR version's third measure (Wei & Ma 2019) is not computed: the SRN paper "
+        "does not state which data-dependent norms it combines, or how, and a guess under their "
+        "name would not be their measure (docs/math.md, §2.4).",
     ),
     Claim(
         4,

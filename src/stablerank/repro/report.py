@@ -185,6 +185,8 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
     ]
     for r in results:
         out.append(f"### Claim {r.claim.number}: {r.claim.text} - **{r.verdict}**\n")
+        if r.claim.note:
+            out.append(r.claim.note + "\n")
         if not r.comparisons:
             out.append("No finished runs of this kind in this sweep.\n")
             continue
