@@ -239,7 +239,7 @@ def _problems(records: Sequence[RunRecord]) -> str:
     )
 
 
-def _power(results: Sequence[ClaimResult], alpha: float) -> str:
+def _what_seeds_decide(results: Sequence[ClaimResult], alpha: float) -> str:
     """What the seeds can decide: per seed count of the tested comparisons, the smallest effect d
     detected with 80% power at the strictest Holm level of the report (alpha / tests)."""
     tested = [c for r in results for c in r.comparisons if c.test is not None]
@@ -264,7 +264,7 @@ def _decides(results: Sequence[ClaimResult], sweep: str, alpha: float) -> str:
     lines = [f"## Summary ({sweep})\n"]
     for r in results:
         lines.append(f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**")
-    lines.append(_power(results, alpha))
+    lines.append(_what_seeds_decide(results, alpha))
     lines.append(
         "\nWhat this sweep can decide: its networks are small and trained on Fashion-MNIST "
         "subsets, so a verdict here is about these settings, not about the paper's CIFAR "
