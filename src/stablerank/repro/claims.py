@@ -246,6 +246,9 @@ def holm(p_values: Sequence[float]) -> list[float]:
     return adjusted
 
 
+_MAX_EFFECT = 20.0  # d beyond which no seed count is worth reporting
+
+
 def _power(n: int, nc: float, alpha: float) -> float:
     """Power of a two-sided t-test with ``n`` seeds per arm (df = 2n - 2) at level ``alpha`` for
     the noncentrality ``nc``. scipy's noncentral t returns NaN deep in the far tail, where that
@@ -285,9 +288,6 @@ def detectable_effect(n: int, alpha: float) -> float | None:
     if power_gap(_MAX_EFFECT) < 0:
         return None
     return float(optimize.brentq(power_gap, 1e-6, _MAX_EFFECT))
-
-
-_MAX_EFFECT = 20.0  # d beyond which no seed count is worth reporting
 
 
 # ----------------------------------------------------------------------------- comparisons

@@ -217,8 +217,8 @@ _FMNIST_MLP = "fashion-mnist/mlp"
 
 def quick(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
     """``make demo``: MLP on 4,000 clean images and on 1,500 random labels (``seeds`` seeds per
-    arm), a 300-step SN-GAN vs SRN-GAN (``gan_seeds`` per arm: GAN seeds spread more and cost
-    little here; docs/reproduction.md), at rank ratios where the cap binds."""
+    arm), a 300-step SN-GAN vs SRN-GAN (``gan_seeds`` per arm: GAN seeds spread more than
+    classifier seeds; docs/reproduction.md), at rank ratios where the cap binds."""
     analysis = _analysis(n_pairs=300, n_jacobian=16, n_margin=0)
     gan_analysis = GanAnalysisConfig(
         nd_critic_steps=100, nd_eval_batches=5, d_el_pairs=300, nd_critic_width=16
