@@ -5,6 +5,7 @@ left to its owner, and the report and claims.json are written from what finished
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from stablerank.repro import execute as execute_module
 from stablerank.repro import pipeline, sweeps
 from stablerank.repro.execute import execute
 from stablerank.train.results import ClassifierResult
-from stablerank.train.rundir import RunDir
+from stablerank.train.rundir import HELD_LOCKS_ENV, RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def _seeds_per_arm(runs: list[sweeps.Run]) -> dict[tuple[str, str, str], set[int
     return seeds
 
 
-def test_quick_has_three_seeds_and_standard_five_and_gans_ten():
+def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
     for make, n in ((sweeps.quick, 3), (sweeps.standard, 5)):
         for (kind, *_), seeds in _seeds_per_arm(make()).items():
             assert len(seeds) >= (10 if kind == sweeps.KIND_GAN else n)
@@ -139,6 +140,17 @@ def test_a_locked_run_is_left_to_its_owner(tmp_path):
         holder.kill()
         holder.wait()
     assert execute(run).state == "done"
+
+
+def test_an_unexpected_error_outside_the_run_still_releases_its_lock(tmp_path, monkeypatch):
+    run = sweeps.build_sweep(_cfg(tmp_path))[0]
+    RunDir(run.run_dir).write_status(attempts="not a number")  # a hand-edited status.json
+
+    with pytest.raises(ValueError):
+        execute(run)
+    assert str(run.run_dir.resolve()) not in os.environ.get(HELD_LOCKS_ENV, "")
+    RunDir(run.run_dir).write_status(attempts=0)
+    assert execute(run).state == "done"  # the lock was released: the run is not "busy"
 
 
 def test_report_only_on_an_empty_folder_is_an_error(tmp_path):

@@ -145,7 +145,10 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 def test_resume_allows_runtime_only_differences(tmp_path):
     classify.run(tiny(tmp_path, epochs=1))
-    classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu"))
+    # data_dir too: a sweep resumed with another (or no) --data-dir finds its folder (the sweep's
+    # hash leaves it out), so resuming must accept it.
+    classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu",
+                      data_dir=str(tmp_path)))  # fmt: skip
 
 
 def test_existing_run_is_not_overwritten_and_resume_without_checkpoint_starts_fresh(

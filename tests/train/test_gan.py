@@ -31,7 +31,7 @@ from stablerank.metrics.features import (
     register_feature_extractor,
 )
 from stablerank.train.checkpoint import load_checkpoint
-from stablerank.train.gan_images import _GRID_PAD
+from stablerank.train.figures import GRID_PAD
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanResult
 from stablerank.train.rundir import RunDir
@@ -213,6 +213,32 @@ def test_evaluation_hook_and_baselines(tmp_path):
     assert [r["step"] for r in evals] == [1, 2]
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
+def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_path, capsys):
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    cfg = _cfg(tmp_path, "base", g_steps=2, checkpoint_every=1, n_final_samples=40,
+               feature_net="test-pixels")  # fmt: skip
+    run_dir = _train(cfg, stop_at=1)
+    # n_final_samples is a runtime key: a resume may change it, but the untrained generator's
+    # scores (made at step 0 with 40 samples) cannot be redone, so they are left out.
+    gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=50, data_dir="elsewhere"))
+    assert "leaves them out" in capsys.readouterr().err
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["untrained_fid"] is None and np.isfinite(metrics["real_train_fid"])
+    assert metrics["protocol"]["n_fake"] == 50
+    assert list(metrics["protocol"]["baselines"]) == ["real_train"]
+    assert metrics["protocol"]["baselines"]["real_train"]["n_fake"] == 50
+
+
+def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = _cfg(tmp_path, "amp", device="auto", amp=True)
+    with pytest.raises(ValueError, match="amp=True needs a CUDA device"):
+        gan_train.run(cfg)
+    assert not (tmp_path / "amp").exists()  # refused before any work
+
+
 @pytest.mark.parametrize("d_norm", ["sn", "srn"])
 def test_d_norm_embedding_normalizes_the_projection(tmp_path, d_norm):
     cfg = _cfg(tmp_path, "emb", conditional=True, d_norm=d_norm, d_norm_embedding=True)
@@ -233,7 +259,7 @@ def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):
         path = tmp_path / f"grid{channels}.png"
         gan_train.save_image_grid(images, path, nrow=3)
         read = matplotlib.image.imread(path)  # Pillow's PNG decoder: float in [0, 1]
-        pad = _GRID_PAD
+        pad = GRID_PAD
         assert read.shape[:2] == (2 * (6 + pad) + pad, 3 * (7 + pad) + pad)
         expected = ((images + 1) * 127.5).round().to(torch.uint8)
         cell = read[pad : pad + 6, 2 * (7 + pad) + pad :][:, :7]  # row 0, column 2: image 2

@@ -22,7 +22,6 @@ __all__ = [
     "DATASETS",
     "MODELS",
     "NORMS",
-    "RESUME_MAY_DIFFER",
     "AnalyzeConfig",
     "ClassifyConfig",
     "classify_preset",
@@ -44,20 +43,19 @@ AUTO_AUGMENT = MappingProxyType(
     {"fashion-mnist": "crop", "cifar10": "crop_flip", "cifar100": "crop_flip", "digits": "none",
      "mnist1d": "none"}
 )  # fmt: skip
-# Keys that may differ between a checkpoint and the run resuming it: where/how it runs and what is
-# printed, never what is computed (on the CPU the resumed weights are bitwise those of a run that
-# was never stopped).
-RESUME_MAY_DIFFER = (
-    "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
-)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifyConfig:
     """One classification run: vanilla vs SN vs SRN on one dataset/model/seed."""
 
-    # Left out of the run folder's hash and free to change on resume (RESUME_MAY_DIFFER).
-    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = RESUME_MAY_DIFFER
+    # Where and how the run executes and what it prints, never what it computes: left out of the
+    # run folder's hash, and free to change on resume (on the CPU the resumed weights are bitwise
+    # those of a run that was never stopped), as is where the dataset's files are read from.
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
+        "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
+    )  # fmt: skip
+    RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (*RUNTIME_KEYS, "data_dir")
 
     # --- data ---
     dataset: str = option("fashion-mnist", "dataset name", choices=DATASETS)

@@ -31,6 +31,8 @@ class GanConfig:
         "sample_every", "eval_every", "n_eval_samples", "n_final_samples", "feature_net",
         "feature_weights", "checkpoint_every", "keep_checkpoints",
     )  # fmt: skip
+    # Free to change on resume as well: where the dataset's files are read from.
+    RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (*RUNTIME_KEYS, "data_dir")
 
     # --- data ---
     dataset: str = option(

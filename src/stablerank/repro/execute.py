@@ -136,11 +136,16 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
     if run_state(run) in (DONE, DIVERGED):
         return Outcome(run.name, SKIPPED)
     run_dir.path.mkdir(parents=True, exist_ok=True)
-    try:
-        lock = run_dir.lock()
-        lock.__enter__()
-    except RunLockedError:
-        return Outcome(run.name, BUSY, error="another process is running it")
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(run_dir.lock())
+        except RunLockedError:
+            return Outcome(run.name, BUSY, error="another process is running it")
+        return _execute_locked(run, run_dir, capture, t0)
+
+
+def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outcome:
+    """:func:`execute` once the run's lock is held."""
     stage = "train"
     before = run_dir.read_status()
     prior = float(before.get("wall_time_s") or 0.0)
@@ -178,5 +183,3 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
         message = f"{type(err).__name__} in {stage}: {err}"
         status(FAILED, error=message)
         return Outcome(run.name, FAILED, time.perf_counter() - t0, message)
-    finally:
-        lock.__exit__(None, None, None)

@@ -30,6 +30,7 @@ from stablerank.repro.claims import (
 from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
+from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.results import GanResult, LayerStat, to_dict
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
@@ -126,7 +127,7 @@ def _describe(run: Run) -> str:
     cfg = run.config
     if run.kind == KIND_GAN:
         return (
-            f"{cfg.arch} GAN on {cfg.dataset}, ngf = ndf = {cfg.ndf}, {cfg.g_steps} "
+            f"{cfg.arch} GAN on {cfg.dataset}, ngf {cfg.ngf}, ndf {cfg.ndf}, {cfg.g_steps} "
             f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
             f"{cfg.n_final_samples} samples for FID/IS."
         )
@@ -279,27 +280,11 @@ def _decides(results: Sequence[ClaimResult], sweep: str, alpha: float) -> str:
 # ----------------------------------------------------------------------------- figures
 
 
-def _figure(figsize: tuple[float, float] = (6.4, 4.0)) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
-
-
 def _curve_plot(
-    arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path
+    arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str
 ) -> Path | None:
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn)."""
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for arm, recs in arms.items():
         curves = [
@@ -318,19 +303,19 @@ def _curve_plot(
         ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
     if not ax.lines:
         return None
-    ax.set_xlabel("epoch" if "gan" not in title else "generator step")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     comps = [c for r in results for c in r.comparisons if c.test is not None]
     if not comps:
         return None
-    fig = _figure((7.0, 0.35 * len(comps) + 1.2))
+    fig = new_figure((7.0, 0.35 * len(comps) + 1.2))
     ax = fig.add_subplot()
     for i, c in enumerate(comps):
         sign = -1.0 if METRICS[c.metric].lower_is_better else 1.0  # right = SRN better
@@ -348,7 +333,7 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("effect size d (symlog), right = SRN better; bars: 95% CI")
     ax.invert_yaxis()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _figures(
@@ -363,14 +348,17 @@ def _figures(
         (KIND_CLASSIFY, "test_acc", "test accuracy"),
         (KIND_GAN, "fid", "FID"),
     ):
+        xlabel = "generator step" if kind == KIND_GAN else "epoch"
         for setting, arms in by_setting(records, kind).items():
             name = f"{kind} {setting}"
             stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
             path = Path(f"{stem}_{attr}.png")
-            figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path)))
+            figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path, xlabel)))
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
             path = Path(f"{stem}_active.png")
-            plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path)
+            plot = _curve_plot(
+                srn, "srn_active_fraction", cap, f"{name}: cap binding", path, xlabel
+            )
             figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]
 

@@ -46,6 +46,7 @@ from stablerank.train.classify import (
     build_model,
     prepare_data,
 )
+from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.records import read_jsonl
 from stablerank.train.results import ClassifierAnalysis, ClassifierResult, Summary
 from stablerank.train.rundir import RunDir
@@ -235,22 +236,6 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 # ----------------------------------------------------------------------------- plots
 
 
-def _figure(figsize: tuple[float, float] = (6, 4)):
-    """A matplotlib figure on the Agg canvas (no pyplot global state)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, format="png")
-    return path.name
-
-
 def _run_label(cfg: ClassifyConfig) -> str:
     return f"srn (c={cfg.rank_ratio:g})" if cfg.norm == "srn" else cfg.norm
 
@@ -267,13 +252,13 @@ def _write_plots(
     records = read_log(run_dir)
     epochs = [r["epoch"] for r in records]
 
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.plot(epochs, [r[KEY_TRAIN_ACC] for r in records], marker="o", label="train (eval mode)")
     ax.plot(epochs, [r[KEY_TEST_ACC] for r in records], marker="o", label="test")
     ax.set(xlabel="epoch", ylabel="accuracy", title=f"{cfg.model} {_run_label(cfg)}")
     ax.legend()
-    written.append(_save(fig, run_dir / "accuracy.png"))
+    written.append(save_figure(fig, run_dir / "accuracy.png").name)
 
     raw_keys = [k for k in records[-1] if k.startswith("raw_srank/")] if records else []
     if raw_keys:
@@ -281,7 +266,7 @@ def _write_plots(
         # colour): where the line runs above its target, the cap binds.
         targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
             run_dir).layers} if RunDir(run_dir).metrics_file.is_file() else {}  # fmt: skip
-        fig = _figure((7.5, 4.8))
+        fig = new_figure((7.5, 4.8))
         ax = fig.add_subplot()
         for k in raw_keys:
             name = k.removeprefix("raw_srank/")
@@ -293,7 +278,7 @@ def _write_plots(
         ax.grid(alpha=0.3, which="both")
         if len(raw_keys) <= 12:  # a legend for 100+ layers hides the plot
             ax.legend(fontsize="x-small", ncol=2)
-        written.append(_save(fig, run_dir / "srank.png"))
+        written.append(save_figure(fig, run_dir / "srank.png").name)
 
     if cfg.label_noise > 0:
         written.append(plot_shattering([run_dir], run_dir / "shattering.png").name)
@@ -309,7 +294,7 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
     Returns:
         The written path.
     """
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     for run_dir in run_dirs:
         cfg = config_from_dict(ClassifyConfig, json.loads(RunDir(run_dir).config_file.read_text()))
@@ -323,5 +308,5 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
     ax.legend()
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, out_png)
+    save_figure(fig, out_png)
     return out_png

@@ -9,6 +9,7 @@ an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -36,8 +37,11 @@ __all__ = [
 ]
 
 
+@functools.cache
 def _umask() -> int:
-    mask = os.umask(0)  # the only way to read it; set straight back
+    """The process umask, read once: reading it means setting it (os.umask), which would race
+    with other threads creating files if done on every write."""
+    mask = os.umask(0)
     os.umask(mask)
     return mask
 

@@ -44,17 +44,13 @@ from torch import nn
 from tqdm import tqdm
 
 import stablerank as sr
-from stablerank.config.classify import RESUME_MAY_DIFFER, ClassifyConfig
+from stablerank.config.classify import ClassifyConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.data.labels import corrupt_labels, train_subset
 from stablerank.data.loader import DeviceLoader
 from stablerank.metrics import complexity
 from stablerank.models.classifiers import build_classifier
-from stablerank.train.checkpoint import (
-    capture_rng_state,
-    check_resume_config,
-    restore_rng_state,
-)
+from stablerank.train.checkpoint import capture_rng_state, restore_rng_state
 from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import (
     ClassifierResult,
@@ -270,8 +266,7 @@ def run(cfg: ClassifyConfig) -> ClassifierResult | None:
             f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
         )
     folder = RunDir.for_config(cfg)
-    with folder.session(cfg.to_dict(), runtime_keys=cfg.RUNTIME_KEYS, resume=cfg.resume,
-                        overwrite=cfg.overwrite, is_main=info.is_main):  # fmt: skip
+    with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device)
     end_worker(info)
     return result
@@ -324,9 +319,8 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
 
     # ---- resume: refuse on any config difference that changes what is computed
     start_epoch = 0
-    ckpt = folder.resume_point(cfg.resume, map_location=device, is_main=info.is_main)
+    ckpt = folder.resume_point(cfg, map_location=device, is_main=info.is_main)
     if ckpt is not None:
-        check_resume_config(ckpt["config"], cfg.to_dict(), allowed=RESUME_MAY_DIFFER)
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]

@@ -3,7 +3,7 @@
 ``run(cfg)`` builds the data, G and D (:mod:`stablerank.train.gan_models`), then sequences
 ``n_dis`` discriminator updates and one generator update per step; the models own the losses
 (:mod:`stablerank.models.gan`). Around that: linear learning-rate decay, an optional EMA
-generator, sample grids (:mod:`~stablerank.train.gan_images`), periodic FID/KID/IS and the final
+generator, sample grids (:mod:`~stablerank.train.figures`), periodic FID/KID/IS and the final
 ``metrics.json`` (:mod:`~stablerank.train.gan_scores`), atomic checkpoints and exact resume,
 JSONL/CSV logs. :func:`stablerank.train.gan_models.load_gan_run` restores a run's G and D.
 
@@ -59,11 +59,8 @@ from stablerank.metrics import NonFiniteError
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
-from stablerank.train.checkpoint import (
-    capture_rng_state,
-    check_resume_config,
-)
-from stablerank.train.gan_images import _GRID_SIDE, save_image_grid
+from stablerank.train.checkpoint import capture_rng_state
+from stablerank.train.figures import GRID_SIDE, save_image_grid
 from stablerank.train.gan_models import (
     _KEY_EMA_STANDING_BN,
     build_gan_models,
@@ -163,13 +160,14 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         KeyboardInterrupt: after saving a checkpoint, on Ctrl-C (single process).
     """
     info, device = init_distributed(cfg.device)
+    if cfg.amp and device.type != "cuda":  # the config refuses device="cpu"; "auto" may get here
+        raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
     if cfg.batch_size % info.world_size:
         raise ValueError(
             f"batch_size ({cfg.batch_size}) must be divisible by the world size ({info.world_size})"
         )
     folder = RunDir.for_config(cfg)
-    with folder.session(config_to_dict(cfg), runtime_keys=cfg.RUNTIME_KEYS, resume=cfg.resume,
-                        overwrite=cfg.overwrite, is_main=info.is_main):  # fmt: skip
+    with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device, stop_at)
     end_worker(info)
     return result
@@ -183,9 +181,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     cfg_dict = config_to_dict(cfg)
     # The newest intact checkpoint: a cut or altered newest file (a kill mid-write, a flipped
     # bit) falls back to the older one kept beside it.
-    ckpt = folder.resume_point(cfg.resume, map_location="cpu", is_main=info.is_main)
-    if ckpt is not None:
-        check_resume_config(ckpt["config"], cfg_dict, allowed=cfg.RUNTIME_KEYS)
+    ckpt = folder.resume_point(cfg, map_location="cpu", is_main=info.is_main)
 
     # --- data ---
     splits = load_dataset(cfg.dataset, cfg.data_dir)
@@ -240,9 +236,9 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
         log = MetricLog(run_dir, key="step")
         log.truncate_after(start)
     sample_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 0, 0, _STREAM_FIXED))
-    fixed_z, fixed_y = _latents(_GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
+    fixed_z, fixed_y = _latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
     if num_classes:  # one class per row
-        fixed_y = (torch.arange(_GRID_SIDE**2, device=device) // _GRID_SIDE) % num_classes
+        fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
     sampler = _Sampler(
         G_raw, G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
     )
@@ -280,9 +276,11 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
         if info.is_main and wants_eval
         else None
     )
-    if evaluator is not None and cfg.n_final_samples > 0 and start == 0:
-        sampler.ready(0)
-        baselines = _baselines(evaluator, splits.train_x, cfg.n_final_samples, cfg.seed)
+    if evaluator is not None and cfg.n_final_samples > 0:
+        if start == 0:
+            sampler.ready(0)
+        saved = None if start == 0 else baselines or {}
+        baselines = _baselines(evaluator, splits.train_x, cfg.n_final_samples, cfg.seed, saved)
 
     # --- the loop ---
     show = cfg.progress and info.is_main and sys.stderr.isatty()

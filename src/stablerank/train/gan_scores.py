@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -98,17 +99,36 @@ def _scores_only(scores: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return {prefix + k: v for k, v in scores.items() if k != KEY_PROTOCOL}
 
 
-def _baselines(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int
-               ) -> dict[str, dict[str, Any]]:  # fmt: skip
-    """The two ends of the scale, with the final evaluation's protocol: an untrained generator
-    (call before training) and ``n`` real training images (a seeded subset) as "samples"."""
+def _real_baseline(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int
+                   ) -> dict[str, Any]:  # fmt: skip
+    """``n`` real training images (a seeded subset) scored as if they were samples."""
     gen = torch.Generator().manual_seed(_stream_seed(seed, 0, 0, _STREAM_EVAL))
     subset = train_x[torch.randperm(len(train_x), generator=gen)[:n]]
-    real = compute_gan_metrics(
+    return compute_gan_metrics(
         subset, evaluator.real, feature_net=evaluator.extractor,
         is_splits=min(DEFAULT_IS_SPLITS, n), seed=seed, sample_source="train",
     )  # fmt: skip
-    return {PREFIX_UNTRAINED: evaluator(n), PREFIX_REAL_TRAIN: real}
+
+
+def _baselines(
+    evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int,
+    saved: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """The two ends of the scale, with the final evaluation's protocol: an untrained generator
+    and ``n`` real training images. A fresh run (``saved`` None) scores both; call it before
+    training. A resumed run recomputes the real one (seeded, so unchanged when the protocol is)
+    and keeps the untrained one, which cannot be redone after step 0, only when it was scored
+    under the same protocol (resuming may change ``n_final_samples`` or the feature network)."""
+    real = _real_baseline(evaluator, train_x, n, seed)
+    if saved is None:
+        return {PREFIX_UNTRAINED: evaluator(n), PREFIX_REAL_TRAIN: real}
+    untrained = saved.get(PREFIX_UNTRAINED)
+    same = {**real[KEY_PROTOCOL], "sample_source": None}
+    if untrained is None or {**untrained[KEY_PROTOCOL], "sample_source": None} != same:
+        print("resume: the untrained generator's scores were made under another protocol (or "
+              "none were); metrics.json leaves them out", file=sys.stderr)  # fmt: skip
+        return {PREFIX_REAL_TRAIN: real}
+    return {PREFIX_UNTRAINED: untrained, PREFIX_REAL_TRAIN: real}
 
 
 # A discriminator that wins outright: its loss ~0 while the generator's explodes (seen: D loss 0.0,

@@ -36,11 +36,11 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stablerank.config import config_hash
+from stablerank.config import config_hash, config_to_dict
 from stablerank.train.checkpoint import (
     CorruptCheckpointError,
     atomic_write_json,
@@ -210,16 +210,14 @@ class RunDir:
 
     # ------------------------------------------------------------------ starting and resuming
 
-    def begin(
-        self, config: Mapping[str, Any], *, runtime_keys: Sequence[str], resume: bool,
-        overwrite: bool, is_main: bool = True,
-    ) -> None:  # fmt: skip
-        """The take-over rule, before a trainer touches the folder.
+    def begin(self, cfg: Any, *, is_main: bool = True) -> None:
+        """The take-over rule for the trainer config ``cfg``, before a trainer touches the folder.
 
-        * without ``resume``, a folder with checkpoints or results (a log, metrics, an analysis)
-          is refused unless ``overwrite``, which deletes them;
-        * with ``resume`` and no checkpoint, a folder whose ``config.json`` differs from
-          ``config`` (outside ``runtime_keys``) holds another run: refused unless ``overwrite``.
+        * without ``cfg.resume``, a folder with checkpoints or results (a log, metrics, an
+          analysis) is refused unless ``cfg.overwrite``, which deletes them;
+        * with ``cfg.resume`` and no checkpoint, a folder whose ``config.json`` differs from
+          ``cfg`` (outside ``cfg.RESUME_MAY_DIFFER``) holds another run: refused unless
+          ``cfg.overwrite``.
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
         of a DDP run may call it (the checks only read); only ``is_main`` changes the folder.
@@ -227,6 +225,7 @@ class RunDir:
         Raises:
             FileExistsError: the folder holds another run (the message names the flags).
         """
+        resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
         if not resume and not overwrite:
@@ -244,7 +243,7 @@ class RunDir:
         if resume and not has_checkpoints and not overwrite and self.config_file.is_file():
             try:
                 saved = json.loads(self.config_file.read_text())
-                check_resume_config(saved, config, allowed=runtime_keys)
+                check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RESUME_MAY_DIFFER)
             except ValueError as err:
                 raise FileExistsError(
                     f"{self.path} holds another run without a checkpoint to resume ({err}); pass "
@@ -257,17 +256,23 @@ class RunDir:
         self.remove_stale_temp_files()
 
     def resume_point(
-        self, resume: bool, map_location: str | Any = "cpu", *, is_main: bool = True
+        self, cfg: Any, map_location: str | Any = "cpu", *, is_main: bool = True
     ) -> dict[str, Any] | None:
-        """The checkpoint to continue from: None without ``resume``, or (saying so on stderr)
-        when there is no checkpoint yet; else the newest intact one."""
-        if not resume:
+        """The checkpoint the trainer config ``cfg`` continues from: None without ``cfg.resume``,
+        or (saying so on stderr) when there is no checkpoint yet; else the newest intact one.
+
+        Raises:
+            ValueError: the checkpoint's config differs from ``cfg`` outside
+                ``cfg.RESUME_MAY_DIFFER`` (the differences are listed).
+        """
+        if not cfg.resume:
             return None
         log = _stderr if is_main else (lambda message: None)
         loaded = self.load_latest(map_location, log=lambda m: log(f"resume: {m}"))
         if loaded is None:
             log(f"resume: no checkpoint in {self.path} yet; starting from scratch")
             return None
+        check_resume_config(loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RESUME_MAY_DIFFER)
         log(f"resume: continuing from {loaded[0]}")
         return loaded[1]
 
@@ -318,11 +323,8 @@ class RunDir:
         return not self.is_done() and bool(self.checkpoints())
 
     @contextlib.contextmanager
-    def session(
-        self, config: Mapping[str, Any], *, runtime_keys: Sequence[str], resume: bool,
-        overwrite: bool, is_main: bool = True,
-    ) -> Iterator[None]:  # fmt: skip
-        """A trainer's time on the run: take the lock, apply the take-over rule
+    def session(self, cfg: Any, *, is_main: bool = True) -> Iterator[None]:
+        """A trainer's time on the run of config ``cfg``: take the lock, apply the take-over rule
         (:meth:`begin`), then record the status: ``running``; ``interrupted`` on Ctrl-C;
         ``failed`` with ``error.txt`` on an error (re-raised). The trainer writes ``done`` /
         ``diverged`` itself. Other DDP ranks only check the take-over rule.
@@ -331,13 +333,12 @@ class RunDir:
             RunLockedError: another process holds the run.
             FileExistsError: the folder holds another run (:meth:`begin`); nothing is written.
         """
-        begin = dict(runtime_keys=runtime_keys, resume=resume, overwrite=overwrite)
         if not is_main:
-            self.begin(config, is_main=False, **begin)
+            self.begin(cfg, is_main=False)
             yield
             return
         with self.lock():
-            self.begin(config, **begin)
+            self.begin(cfg)
             self.write_status(status=RUNNING, error="")
             try:
                 yield
