@@ -154,7 +154,7 @@ def test_classifier_trains_on_gpu_with_amp_and_channels_last(tmp_path, norm):
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet"])
 def test_gan_trains_on_gpu_with_amp_conditional_srn(tmp_path, arch):
-    from stablerank.config._base import config_from_dict
+    from stablerank.config import config_from_dict
     from stablerank.config.gan import GanConfig
     from stablerank.train import gan as gan_train
 

@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 
-from stablerank.config._base import config_from_dict
+from stablerank.config import config_from_dict
 from stablerank.config.classify import ClassifyConfig, classify_preset
 from stablerank.config.gan import GanConfig
 from stablerank.train import analyze, classify

@@ -22,7 +22,7 @@ import torch
 from torch.nn.utils import parametrize
 
 import stablerank.train.gan as gan_train
-from stablerank.config._base import config_from_dict, load_config
+from stablerank.config import config_from_dict, load_config
 from stablerank.config.gan import _DATASETS, GAN_PRESETS, GanConfig
 from stablerank.data import DATASETS
 from stablerank.metrics.features import (
@@ -277,7 +277,7 @@ def _run_capturing_models(tmp_path: Path, monkeypatch, name: str, **over: object
     """A tiny conditional run; returns its config, the trainer's own D and its sampler (the
     generator it drew grids with and would score), as they are when ``run`` returns."""
     seen: dict = {}
-    real_build, real_sampler = gan_train.build_gan_models, gan_train._Sampler
+    real_build, real_sampler = gan_train.build_gan_models, gan_train.Sampler
 
     def build(*args, **kwargs):
         seen["G"], seen["D"] = real_build(*args, **kwargs)
@@ -288,7 +288,7 @@ def _run_capturing_models(tmp_path: Path, monkeypatch, name: str, **over: object
         return seen["sampler"]
 
     monkeypatch.setattr(gan_train, "build_gan_models", build)
-    monkeypatch.setattr(gan_train, "_Sampler", sampler)
+    monkeypatch.setattr(gan_train, "Sampler", sampler)
     cfg = _cfg(tmp_path, name, conditional=True, d_norm="srn", n_dis=2, g_steps=3, **over)
     gan_train.run(cfg)
     return cfg, seen["D"], seen["sampler"].G
@@ -403,7 +403,7 @@ def test_config_rejects(overrides, error, match):
 _DDP_WORKER = """
 import json, sys, torch
 import stablerank.train.gan as tg
-from stablerank.config._base import config_from_dict
+from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
 
 models, real_build, real_end = {}, tg.build_gan_models, tg.end_worker
@@ -480,7 +480,7 @@ def test_non_finite_samples_mark_the_run_diverged_instead_of_failing(tmp_path, m
     if "test-pixels" not in available_feature_extractors():
         register_feature_extractor("test-pixels", _pixel_extractor)
 
-    real_call = gan_train._Evaluator.__call__
+    real_call = gan_train.Evaluator.__call__
     calls = []
 
     def nan_after_training(self, n_fake):  # the untrained baseline scores; the final does not
@@ -489,7 +489,7 @@ def test_non_finite_samples_mark_the_run_diverged_instead_of_failing(tmp_path, m
             raise NonFiniteError("generated images contain 64 non-finite values")
         return real_call(self, n_fake)
 
-    monkeypatch.setattr(gan_train._Evaluator, "__call__", nan_after_training)
+    monkeypatch.setattr(gan_train.Evaluator, "__call__", nan_after_training)
     cfg = _cfg(tmp_path, "nansamples", g_steps=2, n_final_samples=50, feature_net="test-pixels")
     run_dir = _train(cfg)
     result = GanResult.from_json(run_dir)

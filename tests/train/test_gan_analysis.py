@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import stablerank.train.gan as gan_train
-from stablerank.config._base import config_from_dict
+from stablerank.config import config_from_dict
 from stablerank.config.gan import GanAnalysisConfig, GanConfig
 from stablerank.data import load_dataset
 from stablerank.metrics.features import to_signed_unit

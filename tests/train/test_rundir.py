@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from stablerank.config._base import config_from_dict
+from stablerank.config import config_from_dict
 from stablerank.config.classify import ClassifyConfig, classify_preset
 from stablerank.config.gan import GanConfig
 from stablerank.train import classify

@@ -3,6 +3,7 @@ dataclass in its own module here (``classify``, ``gan``, ``reproduce``)."""
 
 from stablerank.config._base import (
     add_config_arguments,
+    check_device,
     config_from_dict,
     config_hash,
     config_to_dict,
@@ -10,15 +11,9 @@ from stablerank.config._base import (
     load_config,
     option,
     read_yaml,
-)
+)  # fmt: skip
 
 __all__ = [
-    "add_config_arguments",
-    "config_from_dict",
-    "config_hash",
-    "config_to_dict",
-    "diff_configs",
-    "load_config",
-    "option",
-    "read_yaml",
-]
+    "add_config_arguments", "check_device", "config_from_dict", "config_hash", "config_to_dict",
+    "diff_configs", "load_config", "option", "read_yaml",
+]  # fmt: skip

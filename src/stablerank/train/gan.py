@@ -51,7 +51,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from stablerank.config._base import config_to_dict
+from stablerank.config import config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import load_dataset
 from stablerank.layers import layer_report
@@ -61,35 +61,27 @@ from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
 from stablerank.train.checkpoint import capture_rng_state
 from stablerank.train.figures import GRID_SIDE, save_image_grid
-from stablerank.train.gan_models import (
-    _KEY_EMA_STANDING_BN,
-    build_gan_models,
-)
+from stablerank.train.gan_models import KEY_EMA_STANDING_BN, build_gan_models
 from stablerank.train.gan_sampling import (
-    _STREAM_D_NOISE,
-    _STREAM_FIXED,
-    _STREAM_G_NOISE,
-    _eval_mode,
-    _latents,
-    _real_batches,
-    _Sampler,
-    _stream_seed,
-    make_generate,
-)
+    STREAM_D_NOISE,
+    STREAM_FIXED,
+    STREAM_G_NOISE,
+    Sampler,
+    eval_mode,
+    latents,
+    real_batches,
+    stream_seed,
+)  # fmt: skip
 from stablerank.train.gan_scores import (
     KEY_D_LOSS,
     KEY_G_LOSS,
     KEY_SRN_ACTIVE,
-    KEY_STEPS,
-    KEY_TRAIN_SECONDS,
-    PREFIX_REAL_TRAIN,
-    PREFIX_UNTRAINED,
-    _baselines,
-    _Evaluator,
-    _scores_only,
+    Evaluator,
     divergence_of,
+    score_baselines,
+    scores_only,
     write_result,
-)
+)  # fmt: skip
 from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import GanResult, active_fraction, layer_stats
 from stablerank.train.rundir import DIVERGED, DONE, INTERRUPTED, RunDir
@@ -101,22 +93,9 @@ from stablerank.train.runtime import (
     init_distributed,
     interrupted,
     seed_everything,
-)
+)  # fmt: skip
 
-# The run's building blocks live in the gan_* modules beside this one; the names that callers
-# used from here (the metrics.json keys among them) stay importable from here.
-__all__ = [
-    "KEY_D_LOSS",
-    "KEY_G_LOSS",
-    "KEY_STEPS",
-    "KEY_TRAIN_SECONDS",
-    "PREFIX_REAL_TRAIN",
-    "PREFIX_UNTRAINED",
-    "build_gan_models",
-    "make_generate",
-    "run",
-    "save_image_grid",
-]
+__all__ = ["run"]
 
 _BAR_KEYS = (KEY_D_LOSS, KEY_G_LOSS, KEY_FID)  # shown in the progress bar
 
@@ -188,7 +167,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     if splits.image_size is None:
         raise ValueError(f"dataset {cfg.dataset!r} holds no images")
     num_classes = splits.num_classes if cfg.conditional else None
-    real = _real_batches(
+    real = real_batches(
         splits, batch_size=local_batch, device=device, seed=cfg.seed, rank=info.rank,
         world_size=info.world_size,
     )  # fmt: skip
@@ -235,17 +214,17 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
         folder.write_run_files(cfg_dict, env)
         log = MetricLog(run_dir, key="step")
         log.truncate_after(start)
-    sample_gen = torch.Generator().manual_seed(_stream_seed(cfg.seed, 0, 0, _STREAM_FIXED))
-    fixed_z, fixed_y = _latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
+    sample_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, 0, STREAM_FIXED))
+    fixed_z, fixed_y = latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
     if num_classes:  # one class per row
         fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
-    sampler = _Sampler(
+    sampler = Sampler(
         G_raw, G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
     )
 
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)
-        with torch.no_grad(), _eval_mode(G_s):
+        with torch.no_grad(), eval_mode(G_s):
             save_image_grid(G_s(fixed_z, fixed_y), folder.samples_dir / f"step_{step:07d}.png")
 
     def checkpoint(step: int) -> None:
@@ -267,12 +246,12 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             # Whether G_ema holds this step's standing BatchNorm statistics (refreshed before the
             # checkpoint by a sample grid or an evaluation): load_gan_run then reuses them as
             # they are. Resuming ignores it (G_ema's buffers are copied from G at every step).
-            state[_KEY_EMA_STANDING_BN] = sampler.stats_step == step
+            state[KEY_EMA_STANDING_BN] = sampler.stats_step == step
         folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
     wants_eval = cfg.eval_every > 0 or cfg.n_final_samples > 0
     evaluator = (
-        _Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
+        Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
         if info.is_main and wants_eval
         else None
     )
@@ -280,7 +259,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
         if start == 0:
             sampler.ready(0)
         saved = None if start == 0 else baselines or {}
-        baselines = _baselines(evaluator, splits.train_x, cfg.n_final_samples, cfg.seed, saved)
+        baselines = score_baselines(evaluator, splits.train_x, cfg.n_final_samples, cfg.seed, saved)
 
     # --- the loop ---
     show = cfg.progress and info.is_main and sys.stderr.isatty()
@@ -307,9 +286,9 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
                 b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
                 x_real, y_real = real(b)
                 gen = torch.Generator().manual_seed(
-                    _stream_seed(cfg.seed, info.rank, b, _STREAM_D_NOISE)
+                    stream_seed(cfg.seed, info.rank, b, STREAM_D_NOISE)
                 )
-                z, y_fake = _latents(local_batch, cfg.z_dim, num_classes, gen, device)
+                z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
                 with autocast():
                     with torch.no_grad():
                         x_fake = G(z, y_fake)
@@ -320,9 +299,9 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
                 d_loss.backward()
                 opt_d.step()
             gen = torch.Generator().manual_seed(
-                _stream_seed(cfg.seed, info.rank, step, _STREAM_G_NOISE)
+                stream_seed(cfg.seed, info.rank, step, STREAM_G_NOISE)
             )
-            z, y_fake = _latents(local_batch, cfg.z_dim, num_classes, gen, device)
+            z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
             with autocast():
                 g_loss = compute_g_loss(D_local(G(z, y_fake), y_fake).float(), cfg.loss)
             opt_g.zero_grad(set_to_none=True)
@@ -376,7 +355,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
                 save_samples(step)
             if cfg.eval_every and step % cfg.eval_every == 0 and evaluator is not None:
                 sampler.ready(step)
-                last_eval = _scores_only(evaluator(cfg.n_eval_samples))
+                last_eval = scores_only(evaluator(cfg.n_eval_samples))
                 log.append({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}})
             if step % cfg.checkpoint_every == 0 or step == end:
                 checkpoint(step)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from stablerank.apply import SrnInactiveWarning, normalize_model
-from stablerank.config._base import config_from_dict
+from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.models.gan import build_discriminator, build_generator
@@ -30,7 +30,7 @@ __all__ = ["GanRun", "build_gan_models", "load_gan_run"]
 
 # Checkpoint key: True when the saved G_ema already holds the standing BatchNorm statistics the
 # trainer sampled with at that step (it refreshed them before it wrote the checkpoint).
-_KEY_EMA_STANDING_BN = "G_ema_standing_bn"
+KEY_EMA_STANDING_BN = "G_ema_standing_bn"
 
 
 def build_gan_models(
@@ -194,7 +194,7 @@ def load_gan_run(
     D.load_state_dict(ckpt["D"])
     G.to(dev).eval()
     D.to(dev).eval()
-    if use_ema and not ckpt.get(_KEY_EMA_STANDING_BN, False):
+    if use_ema and not ckpt.get(KEY_EMA_STANDING_BN, False):
         refresh_bn_stats(G, z_dim=cfg.z_dim, num_classes=num_classes, device=dev, seed=cfg.seed)
     return GanRun(
         config=cfg,

@@ -4,7 +4,7 @@ EMA generator.
 
 .. note:: **Randomness is counter-based.** The latents and fake labels of D update ``b`` (and of
     G update ``step``) on rank ``r`` come from a generator seeded by ``(seed, r, b)`` (see
-    :func:`_stream_seed`); real batch ``b`` is a pure function of ``(seed, epoch)`` in the
+    :func:`stream_seed`); real batch ``b`` is a pure function of ``(seed, epoch)`` in the
     :class:`~stablerank.data.DeviceLoader` (disjoint shards per rank, :class:`_RealBatches`).
     Nothing draws from a running RNG, so a resumed run continues bit for bit, DDP ranks need no
     RNG state exchange, sampling or evaluation never perturb training, and a reloaded run
@@ -22,16 +22,19 @@ from torch import nn
 
 from stablerank.data import DatasetSplits, DeviceLoader
 
-__all__ = ["BN_STAT_SAMPLES", "make_generate", "refresh_bn_stats"]
+__all__ = [
+    "BN_STAT_SAMPLES", "STREAM_D_NOISE", "STREAM_EVAL", "STREAM_FIXED", "STREAM_G_NOISE", "Sampler",
+    "eval_mode", "latents", "make_generate", "real_batches", "refresh_bn_stats", "stream_seed",
+]  # fmt: skip
 
-# RNG streams of _stream_seed (one per kind of draw).
-_STREAM_D_NOISE, _STREAM_G_NOISE, _STREAM_FIXED, _STREAM_EVAL, _STREAM_BN = range(5)
+# RNG streams of stream_seed (one per kind of draw).
+STREAM_D_NOISE, STREAM_G_NOISE, STREAM_FIXED, STREAM_EVAL, _STREAM_BN = range(5)
 # Standing BatchNorm statistics of the EMA generator: 16 x 64 = 1024 fresh samples.
 _BN_STAT_BATCHES, _BN_STAT_BATCH = 16, 64
 BN_STAT_SAMPLES = _BN_STAT_BATCHES * _BN_STAT_BATCH
 
 
-def _stream_seed(seed: int, rank: int, counter: int, stream: int) -> int:
+def stream_seed(seed: int, rank: int, counter: int, stream: int) -> int:
     """Seed of draw ``counter`` of ``stream`` on ``rank``: a well-mixed 63-bit hash (nearby
     tuples give unrelated streams)."""
     words = np.random.SeedSequence([seed, rank, counter, stream]).generate_state(2, np.uint32)
@@ -68,7 +71,7 @@ class _RealBatches:
         return next(self._it)
 
 
-def _real_batches(
+def real_batches(
     splits: DatasetSplits, *, batch_size: int, device: torch.device, seed: int, rank: int,
     world_size: int,
 ) -> _RealBatches:  # fmt: skip
@@ -93,7 +96,7 @@ def _real_batches(
     )
 
 
-def _latents(
+def latents(
     n: int, z_dim: int, num_classes: int | None, gen: torch.Generator, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``n`` latents z ~ N(0, I) and, for a conditional G, uniform labels (drawn on the CPU, so
@@ -104,7 +107,7 @@ def _latents(
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """Eval mode (BatchNorm running statistics, SN/SRN vectors frozen), restored afterwards."""
     was_training = model.training
     model.eval()
@@ -144,14 +147,14 @@ def make_generate(
     Returns:
         ``generate(n)``.
     """
-    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, 0, _STREAM_EVAL))
+    gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, STREAM_EVAL))
 
     @torch.no_grad()
     def generate_labelled(n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         out, labels = [], []
-        with _eval_mode(G):
+        with eval_mode(G):
             for start in range(0, n, batch_size):
-                z, y = _latents(min(batch_size, n - start), z_dim, num_classes, gen, device)
+                z, y = latents(min(batch_size, n - start), z_dim, num_classes, gen, device)
                 out.append(G(z, y).float().cpu())
                 if y is not None:
                     labels.append(y.cpu())
@@ -190,17 +193,17 @@ def refresh_bn_stats(
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average: the exact mean over the batches below
-    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, 0, _STREAM_BN))
+    gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, _STREAM_BN))
     was_training = G.training
     G.train()
     for _ in range(_BN_STAT_BATCHES):
-        G(*_latents(_BN_STAT_BATCH, z_dim, num_classes, gen, device))
+        G(*latents(_BN_STAT_BATCH, z_dim, num_classes, gen, device))
     G.train(was_training)
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
 
 
-class _Sampler:
+class Sampler:
     """The generator that draws sample grids and is scored: the EMA copy when the run has one,
     with standing BatchNorm statistics refreshed at most once per step, else the raw G (running
     statistics of training)."""

@@ -27,10 +27,10 @@ from stablerank.metrics.gan import (
     extract_features,
 )
 from stablerank.train.gan_sampling import (
-    _STREAM_EVAL,
     BN_STAT_SAMPLES,
-    _stream_seed,
+    STREAM_EVAL,
     make_generate,
+    stream_seed,
 )
 from stablerank.train.results import (
     EpochRecord,
@@ -41,11 +41,9 @@ from stablerank.train.results import (
 )
 from stablerank.train.rundir import RunDir
 
-# Keys of metrics.json; :mod:`stablerank.train.gan` publishes them (callers import them there).
-KEY_STEPS = "g_steps"
+# Keys of the log and of metrics.json.
 KEY_D_LOSS = "d_loss"
 KEY_G_LOSS = "g_loss"
-KEY_TRAIN_SECONDS = "train_seconds"
 KEY_SRN_ACTIVE = "srn_active_fraction"  # of D, logged with the losses
 # Prefixes of the baseline scores in metrics.json (e.g. "untrained_fid", "real_train_fid").
 PREFIX_UNTRAINED = "untrained_"
@@ -68,7 +66,7 @@ def _feature_net_name(cfg: GanConfig) -> str:
     )
 
 
-class _Evaluator:
+class Evaluator:
     """FID/KID/IS of the sampling generator against the whole test split (rank 0 only).
 
     The test split's features are extracted once. Samples come from their own RNG stream (the
@@ -95,14 +93,14 @@ class _Evaluator:
         )  # fmt: skip
 
 
-def _scores_only(scores: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def scores_only(scores: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return {prefix + k: v for k, v in scores.items() if k != KEY_PROTOCOL}
 
 
-def _real_baseline(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int
+def _real_baseline(evaluator: Evaluator, train_x: torch.Tensor, n: int, seed: int
                    ) -> dict[str, Any]:  # fmt: skip
     """``n`` real training images (a seeded subset) scored as if they were samples."""
-    gen = torch.Generator().manual_seed(_stream_seed(seed, 0, 0, _STREAM_EVAL))
+    gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, STREAM_EVAL))
     subset = train_x[torch.randperm(len(train_x), generator=gen)[:n]]
     return compute_gan_metrics(
         subset, evaluator.real, feature_net=evaluator.extractor,
@@ -110,8 +108,8 @@ def _real_baseline(evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: i
     )  # fmt: skip
 
 
-def _baselines(
-    evaluator: _Evaluator, train_x: torch.Tensor, n: int, seed: int,
+def score_baselines(
+    evaluator: Evaluator, train_x: torch.Tensor, n: int, seed: int,
     saved: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The two ends of the scale, with the final evaluation's protocol: an untrained generator
@@ -190,11 +188,11 @@ def write_result(
     }
     if scores is not None:
         protocol.update(scores[KEY_PROTOCOL])
-        flat.update(_scores_only(scores))
+        flat.update(scores_only(scores))
     if baselines:
         protocol["baselines"] = {}
         for prefix, base in baselines.items():
-            flat.update(_scores_only(base, prefix))
+            flat.update(scores_only(base, prefix))
             protocol["baselines"][prefix.rstrip("_")] = base[KEY_PROTOCOL]
     curve = tuple(
         EpochRecord(

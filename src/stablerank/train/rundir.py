@@ -30,6 +30,7 @@ holds::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -97,20 +98,14 @@ class RunLockedError(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+@dataclasses.dataclass(frozen=True)
 class RunDir:
-    """A run folder (it need not exist yet)."""
+    """A run folder (it need not exist yet); ``path`` may be given as a string."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    path: Path
 
-    def __repr__(self) -> str:
-        return f"RunDir({str(self.path)!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, RunDir) and other.path == self.path
-
-    def __hash__(self) -> int:
-        return hash(self.path)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
     def for_config(cls, cfg: Any) -> RunDir:
@@ -143,20 +138,12 @@ class RunDir:
         return self.path / LOG_JSONL
 
     @property
-    def log_csv(self) -> Path:
-        return self.path / LOG_CSV
-
-    @property
     def samples_dir(self) -> Path:
         return self.path / SAMPLES_DIR
 
     @property
     def d_layers_file(self) -> Path:
         return self.path / D_LAYERS_FILE
-
-    @property
-    def tensorboard_dir(self) -> Path:
-        return self.path / TENSORBOARD_DIR
 
     @property
     def error_file(self) -> Path:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from stablerank.config._base import check_device
+from stablerank.config import check_device
 
 __all__ = [
     "DistInfo",
