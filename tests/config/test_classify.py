@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from stablerank.config import config_from_dict, load_config
+from stablerank.config import config_from_dict, config_to_dict, load_config
 from stablerank.config.classify import (
     AUGMENTS,
     CLASSIFY_PRESETS,
@@ -102,7 +102,7 @@ def test_yaml_then_flags(tmp_path):
 
 def test_round_trip_through_dict():
     cfg = classify_preset("shatter", norm="srn", rank_ratio=0.5)
-    assert config_from_dict(ClassifyConfig, cfg.to_dict()) == cfg
+    assert config_from_dict(ClassifyConfig, config_to_dict(cfg)) == cfg
 
 
 def test_one_default_rank_ratio_for_the_library_and_both_trainers():

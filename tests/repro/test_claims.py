@@ -121,6 +121,18 @@ def test_noisy_arms_cannot_tell_and_say_how_many_seeds():
     assert comp.outcome == claims.CANNOT_TELL and comp.seeds_needed and comp.seeds_needed > 4
 
 
+def test_a_noisy_worse_arm_gets_the_seeds_that_decide_its_measured_difference():
+    # SRN's gap is worse by ~0.04 with a large spread: more seeds would show it significantly
+    # worse. The count is for that difference, not for the 0.5 pp improvement it does not show.
+    results = claims.evaluate_claims(_records([0.08, 0.20, 0.12, 0.18], active=1.0))
+    comp = _comparison(results, "gap_acc", "none")
+    assert comp.outcome == claims.CANNOT_TELL and comp.test.diff > 0
+    s_srn, s_ref = (claims.statistics.stdev(v) for v in (comp.srn_values, comp.ref_values))
+    n_tests = sum(c.test is not None for r in results for c in r.comparisons)
+    expected = claims.seeds_needed(s_srn, s_ref, comp.test.diff, 0.05 / n_tests)
+    assert comp.seeds_needed == expected and 4 < expected < 100
+
+
 def test_worse_srn_is_not_reproduced():
     results = claims.evaluate_claims(_records([0.20, 0.201, 0.199, 0.202], active=1.0))
     assert _comparison(results, "gap_acc", "none").outcome == claims.NOT_REPRODUCED

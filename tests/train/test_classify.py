@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from stablerank.config import config_to_dict
 from stablerank.config.classify import ClassifyConfig, classify_preset
 from stablerank.train import classify
 from stablerank.train import rundir as rundir_module
@@ -209,6 +210,6 @@ def test_run_dir_name_spells_out_the_protocol():
     assert name.startswith("digits-mlp-srn0.3-s2-")
     assert RunDir.for_config(cfg).path.parent.name == cfg.out_dir
     # Runtime-only fields do not change the folder (so a resume finds it).
-    same = ClassifyConfig(**{**cfg.to_dict(), "milestones": (0.5, 0.75), "num_threads": 1,
+    same = ClassifyConfig(**{**config_to_dict(cfg), "milestones": (0.5, 0.75), "num_threads": 1,
                              "device": "cpu", "resume": True})  # fmt: skip
     assert RunDir.for_config(same).path.name == name

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from stablerank.config._base import check_config, config_from_dict, config_to_dict, option
+from stablerank.config._base import check_config, config_from_dict, option
 
 __all__ = [
     "AUGMENTS",
@@ -183,9 +183,6 @@ class ClassifyConfig:
             return self.augment
         return "none" if self.label_noise > 0 else AUTO_AUGMENT[self.dataset]
 
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
-
 
 @dataclasses.dataclass(frozen=True)
 class AnalyzeConfig:
@@ -218,9 +215,6 @@ class AnalyzeConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 # Each preset lists only what it changes from ClassifyConfig's defaults.

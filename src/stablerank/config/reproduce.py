@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stablerank.config._base import check_config, config_to_dict, option
+from stablerank.config._base import check_config, option
 
 __all__ = ["EXECUTORS", "REPRODUCE_PRESETS", "SWEEP_NAMES", "ReproduceConfig"]
 
@@ -89,9 +89,6 @@ class ReproduceConfig:
     @property
     def resolved_out_dir(self) -> str:
         return self.out_dir or f"runs/reproduce-{self.sweep}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return config_to_dict(self)
 
 
 # ``--preset NAME`` picks the sweep of that name (kept for the README's commands).

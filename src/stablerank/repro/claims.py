@@ -460,8 +460,10 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
     else:
         comp.outcome = CANNOT_TELL
         s_srn = _mean_std(comp.srn_values)[1]
-        effect = abs(t.diff) if sign * t.diff > 0 else min_effect
-        comp.seeds_needed = seeds_needed(s_srn, s_ref, max(effect, min_effect), alpha / n_tests)
+        # The measured difference, whichever way it points (a worse SRN arm is decided "not
+        # reproduced" once it is significant), and never below the smallest effect of interest.
+        effect = max(abs(t.diff), min_effect)
+        comp.seeds_needed = seeds_needed(s_srn, s_ref, effect, alpha / n_tests)
         comp.reason = "not significant and the CI still allows an improvement"
 
 

@@ -16,6 +16,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import run_state
 from stablerank.repro.executors import make_executor, print_outcome
@@ -80,7 +81,7 @@ def run(cfg: ReproduceConfig) -> Path:
         records,
         sweep=cfg.sweep,
         alpha=cfg.alpha,
-        config=cfg.to_dict(),
+        config=config_to_dict(cfg),
         commit=git_commit(),
     )
     print(claims_summary(results), file=sys.stderr)

@@ -44,6 +44,7 @@ from torch import nn
 from tqdm import tqdm
 
 import stablerank as sr
+from stablerank.config import config_to_dict
 from stablerank.config.classify import ClassifyConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.data.labels import corrupt_labels, train_subset
@@ -342,7 +343,7 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
     # ---- logging (rank 0 only)
     log = None
     if info.is_main:
-        folder.write_run_files(cfg.to_dict(), environment_info(device, cfg.seed))
+        folder.write_run_files(config_to_dict(cfg), environment_info(device, cfg.seed))
         log = MetricLog(folder.path)
         log.truncate_after(start_epoch)  # a killed run may have logged past its checkpoint
     bar = cfg.progress and info.is_main and sys.stderr.isatty()
@@ -408,7 +409,7 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
                 log.append(record)
                 folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
                     "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1, "rng": capture_rng_state(), "config": cfg.to_dict(),
+                    "epoch": epoch + 1, "rng": capture_rng_state(), "config": config_to_dict(cfg),
                     "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
                 })  # fmt: skip
                 print(
