@@ -11,7 +11,7 @@ from stablerank.config._base import (
     load_config,
     option,
     read_yaml,
-)  # fmt: skip
+)
 
 __all__ = [
     "add_config_arguments", "check_device", "config_from_dict", "config_hash", "config_to_dict",

@@ -71,7 +71,7 @@ from stablerank.train.gan_sampling import (
     latents,
     real_batches,
     stream_seed,
-)  # fmt: skip
+)
 from stablerank.train.gan_scores import (
     KEY_D_LOSS,
     KEY_G_LOSS,
@@ -81,7 +81,7 @@ from stablerank.train.gan_scores import (
     score_baselines,
     scores_only,
     write_result,
-)  # fmt: skip
+)
 from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import GanResult, active_fraction, layer_stats
 from stablerank.train.rundir import DIVERGED, DONE, INTERRUPTED, RunDir
@@ -93,7 +93,7 @@ from stablerank.train.runtime import (
     init_distributed,
     interrupted,
     seed_everything,
-)  # fmt: skip
+)
 
 __all__ = ["run"]
 
