@@ -13,9 +13,7 @@ Run folder (``out_dir/run_name``)::
     samples/step_0001000.png ...        8x8 grids from a fixed latent batch
     checkpoints/step_0001000.pt ...     the newest ``keep_checkpoints`` are kept
 
-.. note:: **Randomness is counter-based** (:mod:`stablerank.train.gan_sampling`): nothing draws
-    from a running RNG, so a resumed run continues bit for bit (tested on CPU), DDP ranks need no
-    RNG state exchange, and sampling or evaluation never perturb training.
+.. note:: **Randomness is counter-based**: see :mod:`stablerank.train.gan_sampling`.
 
 .. note:: **The D step runs D once on the concatenated real+fake batch.** The discriminators have
     no BatchNorm, so this equals two forwards, yet runs the SN/SRN power iteration once per update
