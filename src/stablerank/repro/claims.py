@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stablerank.repro.records import RunRecord, by_setting
@@ -37,8 +37,8 @@ POWER = 0.8  # of the seed-count estimate for undecided comparisons
 
 @dataclass(frozen=True)
 class Metric:
-    """A number read from a run's record: the field ``name`` of its result, or of its analysis
-    when the result has no such field, unless ``read`` says otherwise (None when missing)."""
+    """A number read from a run's record: the attribute ``attr`` (default: ``name``) of its
+    result, or of its analysis when the result has no such attribute (None when neither has)."""
 
     name: str  # key in claims.json
     label: str  # what the report prints
@@ -46,13 +46,12 @@ class Metric:
     min_effect: float  # smallest improvement of interest, in the metric's unit...
     relative: bool = False  # ... or as a fraction of the reference arm's mean
     percent: bool = False  # a fraction shown as percentage points
-    read: Callable[[RunRecord], float | None] | None = None
+    attr: str = ""
 
     def value(self, rec: RunRecord) -> float | None:
-        if self.read is not None:
-            return self.read(rec)
-        source = rec.result if hasattr(rec.result, self.name) else rec.analysis
-        return getattr(source, self.name, None)
+        attr = self.attr or self.name
+        source = rec.result if hasattr(rec.result, attr) else rec.analysis
+        return getattr(source, attr, None)
 
     def values(self, recs: Sequence[RunRecord]) -> tuple[list[float], list[int]]:
         """The finite values of ``recs`` and the seeds they come from."""
@@ -61,73 +60,31 @@ class Metric:
         return [v for v, _ in finite], [seed for _, seed in finite]
 
 
-def _d_el_median(rec: RunRecord) -> float | None:
-    values = [v for vs in getattr(rec.analysis, "d_el_values", {}).values() for v in vs]
-    return statistics.median(values) if values else None
-
-
-def _mean_train_acc(rec: RunRecord) -> float | None:
-    accs = [p.train_acc for p in getattr(rec.result, "curve", ()) if p.train_acc is not None]
-    return sum(accs) / len(accs) if accs else None
-
-
-def _el_test_max(rec: RunRecord) -> float | None:
-    return getattr(getattr(rec.analysis, "el_test", None), "max", None)
-
-
-def _final_train_acc(rec: RunRecord) -> float | None:
-    return getattr(rec.result, "train_acc", None)
-
-
+_RANDOM = "on random labels"
 METRICS = {
     m.name: m
     for m in (
         Metric("gap_acc", "generalization gap (train - test accuracy)", True, 0.005, percent=True),
         Metric("test_acc", "test accuracy", False, 0.005, percent=True),
         Metric("train_acc", "train accuracy", False, 0.005, percent=True),
-        Metric(
-            "final_train_acc",
-            "final train accuracy on random labels",
-            True,
-            0.01,
-            percent=True,
-            read=_final_train_acc,
-        ),
-        Metric(
-            "mean_train_acc",
-            "train accuracy on random labels, mean over epochs",
-            True,
-            0.01,
-            percent=True,
-            read=_mean_train_acc,
-        ),
+        Metric("final_train_acc", f"final train accuracy {_RANDOM}", True, 0.01, percent=True,
+               attr="train_acc"),
+        Metric("mean_train_acc", f"train accuracy {_RANDOM}, mean over epochs", True, 0.01,
+               percent=True),
         Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure", True, 0.05),
         Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure", True, 0.05),
-        Metric(
-            "log10_spectral_product", "log10 product of spectral norms (margin-free)", True, 0.05
-        ),
-        Metric("el_test_max", "eL max, test pairs", True, 0.05, relative=True, read=_el_test_max),
+        Metric("log10_spectral_product", "log10 product of spectral norms (margin-free)", True,
+               0.05),
+        Metric("el_test_max", "eL max, test pairs", True, 0.05, relative=True),
         Metric("fid", "FID", True, 0.02, relative=True),
         Metric("is_mean", "Inception-style score", False, 0.02, relative=True),
         Metric("neural_divergence", "neural divergence", True, 0.02, relative=True),
         Metric("d_el_max", "discriminator eL, max over pairs", True, 0.05, relative=True),
-        Metric(
-            "d_el_median",
-            "discriminator eL, median over pairs",
-            True,
-            0.05,
-            relative=True,
-            read=_d_el_median,
-        ),
-        Metric(
-            "d_jacobian_mean",
-            "discriminator Jacobian spectral norm, mean over real and fake points",
-            True,
-            0.05,
-            relative=True,
-        ),
+        Metric("d_el_median", "discriminator eL, median over pairs", True, 0.05, relative=True),
+        Metric("d_jacobian_mean", "discriminator Jacobian spectral norm, mean over real and fake "
+               "points", True, 0.05, relative=True),
     )
-}
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

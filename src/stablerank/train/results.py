@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 import types
 import typing
 from collections.abc import Mapping
@@ -253,6 +254,13 @@ class ClassifierResult(Result):
     data_dir: str | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def mean_train_acc(self) -> float:
+        """The train accuracy averaged over the epochs of the curve (how fast random labels are
+        memorized, not only whether they are in the end)."""
+        accs = [p.train_acc for p in self.curve if p.train_acc is not None]
+        return sum(accs) / len(accs) if accs else math.nan
+
 
 @dataclass(frozen=True)
 class ClassifierAnalysis(Result):
@@ -278,6 +286,11 @@ class ClassifierAnalysis(Result):
     log10_bartlett: float | None = None
     complexity: dict[str, float | None] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def el_test_max(self) -> float:
+        """The largest pairwise eL over test pairs."""
+        return self.el_test.max
 
 
 @dataclass(frozen=True)
@@ -330,6 +343,12 @@ class GanAnalysis(Result):
     def d_el_max(self) -> float:
         """The largest pairwise eL over every pair type."""
         return max((s.max for s in self.d_el.values()), default=math.nan)
+
+    @property
+    def d_el_median(self) -> float:
+        """The median pairwise eL over the pairs of every pair type together."""
+        values = [v for vs in self.d_el_values.values() for v in vs]
+        return statistics.median(values) if values else math.nan
 
     @property
     def d_jacobian_mean(self) -> float:
