@@ -56,6 +56,22 @@ def test_sweep_names_match_the_config_choices():
     assert set(sweeps.SWEEPS) == set(SWEEP_NAMES)
 
 
+def test_the_trainer_table_matches_the_cli_and_the_configs():
+    """Each trainer's command starts its config class, its trainer and its analysis, and its norm
+    field is what the sweeps vary (the one place that tells a classifier run from a GAN)."""
+    from stablerank import cli
+
+    for config_cls, trainer in sweeps.TRAINERS.items():
+        command = cli._COMMANDS[trainer.command]
+        assert command.config.endswith(":" + config_cls.__name__)
+        assert command.runner == f"{trainer.train_module}:run"
+        assert trainer.norm_field in config_cls.__dataclass_fields__
+        assert trainer.result.FILE == "metrics.json"
+    runs = sweeps.tiny()
+    assert {r.norm for r in runs} == {"none", "sn", "srn"}
+    assert {r.trainer.result.__name__ for r in runs} == {"ClassifierResult", "GanResult"}
+
+
 def test_every_sweep_builds_with_distinct_folders():
     for name, make in sweeps.SWEEPS.items():
         runs = make()

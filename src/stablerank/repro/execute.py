@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stablerank.config.gan import GanConfig
 from stablerank.repro.sweeps import Run
 from stablerank.train.rundir import RunDir, RunLockedError
 
@@ -98,33 +97,19 @@ def _threads(n: int) -> Iterator[None]:
 
 def _train(run: Run) -> bool:
     """Train (resuming from the newest checkpoint); True when the run diverged."""
-    is_gan = isinstance(run.config, GanConfig)
     if run.nproc_per_node == 1:
-        # Imported when a run trains: the trainers pull in data/, models/ and metrics/, which a
-        # dry run or a report never needs.
-        from stablerank.train import classify, gan
-
-        return (gan.run if is_gan else classify.run)(run.config).diverged
+        return run.trainer.train(run.config).diverged
     # DDP on this node or in this SLURM job: torchrun starts the CLI on the run's saved config.
     from stablerank.config import config_to_dict
     from stablerank.train.checkpoint import atomic_write_json
-    from stablerank.train.results import ClassifierResult, GanResult
 
     launch = run.run_dir / LAUNCH_FILE
     atomic_write_json(launch, config_to_dict(run.config))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={run.nproc_per_node}", "-m", "stablerank",
-            "gan" if is_gan else "train", "--config", str(launch)]  # fmt: skip
+            f"--nproc_per_node={run.nproc_per_node}", "-m", "stablerank", run.trainer.command,
+            "--config", str(launch)]  # fmt: skip
     subprocess.run(argv, check=True)
-    return (GanResult if is_gan else ClassifierResult).from_json(run.run_dir).diverged
-
-
-def _analyse(run: Run) -> None:
-    if run.analysis is not None:
-        from stablerank.train import analyze, gan_analysis
-
-        module = gan_analysis if isinstance(run.config, GanConfig) else analyze
-        module.run(run.analysis, run.run_dir)
+    return run.trainer.result.from_json(run.run_dir).diverged
 
 
 def execute(run: Run, *, capture: bool = False) -> Outcome:
@@ -167,10 +152,10 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
         with _output_to(run_dir.path / OUTPUT_LOG if capture else None), _threads(run.threads):
             status("running", error="")
             diverged = _train(run)
-            if not diverged:
+            if not diverged and run.analysis is not None:
                 stage = "analysis"
                 status("running")
-                _analyse(run)
+                run.trainer.analyse(run.analysis, run.run_dir)
         state = DIVERGED if diverged else DONE
         stage = "finished"
         status(state, analysis_key=_analysis_key(run))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stablerank.config.gan import GanConfig
 from stablerank.repro.execute import run_state
 from stablerank.repro.sweeps import Run
 from stablerank.train.results import (
@@ -38,12 +37,11 @@ def _read(run: Run) -> RunRecord:
     state = run_state(run)
     if state not in ("done", "diverged"):
         return RunRecord(run, state)
-    is_gan = isinstance(run.config, GanConfig)
     try:
-        result = (GanResult if is_gan else ClassifierResult).from_json(run.run_dir)
+        result = run.trainer.result.from_json(run.run_dir)
         analysis = None
         if run.analysis is not None and not result.diverged:
-            analysis = (GanAnalysis if is_gan else ClassifierAnalysis).from_json(run.run_dir)
+            analysis = run.trainer.analysis.from_json(run.run_dir)
     except (OSError, ValueError) as err:
         return RunRecord(run, "failed", problem=str(err))
     return RunRecord(run, state, result, analysis)

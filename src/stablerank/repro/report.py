@@ -31,7 +31,7 @@ from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.figures import new_figure, save_figure
-from stablerank.train.results import GanResult, LayerStat, to_dict
+from stablerank.train.results import LayerStat, to_dict
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 
@@ -103,8 +103,7 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     stats: dict[str, dict[str, list[LayerStat]]] = {}  # layer name -> arm -> one stat per seed
     for arm, recs in arms.items():
         for rec in (r for r in recs if r.usable):
-            result = rec.result
-            for layer in result.d_layers if isinstance(result, GanResult) else result.layers:
+            for layer in rec.result.layers:
                 stats.setdefault(layer.name, {}).setdefault(arm, []).append(layer)
     if all(s.target_srank is None for by_arm in stats.values() for v in by_arm.values() for s in v):
         return ""  # no SRN arm here

@@ -15,21 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from stablerank.config import config_hash
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_preset
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
+from stablerank.train.results import ClassifierAnalysis, ClassifierResult, GanAnalysis, GanResult
 from stablerank.train.rundir import RunDir
 
 __all__ = [
     "KINDS",
     "RUNS_DIR",
     "SWEEPS",
+    "TRAINERS",
     "Run",
+    "Trainer",
     "build_sweep",
     "paper",
     "quick",
@@ -55,6 +60,34 @@ RUNTIME_KEYS = (
 
 
 @dataclass(frozen=True)
+class Trainer:
+    """How the sweeps drive one trainer: the one place that tells a classifier run from a GAN."""
+
+    command: str  # its CLI subcommand (what a torchrun launch starts)
+    norm_field: str  # the config field of the normalization the claims compare
+    result: type[ClassifierResult] | type[GanResult]  # what training writes (metrics.json)
+    analysis: type[ClassifierAnalysis] | type[GanAnalysis]  # what the analysis writes
+    train_module: str  # module whose run(config) trains
+    analysis_module: str  # module whose run(settings, run_dir) analyses
+
+    # Imported when a run trains or is analysed: the trainers pull in data/, models/ and
+    # metrics/, which a dry run or a report never needs.
+    def train(self, config: Any) -> Any:
+        return importlib.import_module(self.train_module).run(config)
+
+    def analyse(self, settings: Any, run_dir: Path) -> Any:
+        return importlib.import_module(self.analysis_module).run(settings, run_dir)
+
+
+TRAINERS: dict[type, Trainer] = {
+    ClassifyConfig: Trainer("train", "norm", ClassifierResult, ClassifierAnalysis,
+                            "stablerank.train.classify", "stablerank.train.analyze"),
+    GanConfig: Trainer("gan", "d_norm", GanResult, GanAnalysis, "stablerank.train.gan",
+                       "stablerank.train.gan_analysis"),
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Run:
     """One run of a sweep: a trainer config, its analysis (None: none) and its comparison group.
 
@@ -73,8 +106,12 @@ class Run:
     nproc_per_node: int = 1  # > 1: training is launched with torchrun (DDP)
 
     @property
+    def trainer(self) -> Trainer:
+        return TRAINERS[type(self.config)]
+
+    @property
     def norm(self) -> str:
-        return self.config.d_norm if isinstance(self.config, GanConfig) else self.config.norm
+        return getattr(self.config, self.trainer.norm_field)
 
     @property
     def rank_ratio(self) -> float | None:
@@ -108,7 +145,7 @@ class Run:
         runtime = {"device": cfg.device, "progress": cfg.progress, "resume": True}
         if cfg.data_dir is not None:
             runtime["data_dir"] = cfg.data_dir
-        if isinstance(self.config, ClassifyConfig):
+        if "num_threads" in self.config.__dataclass_fields__:  # GANs take run.threads only
             runtime["num_threads"] = cfg.threads
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
@@ -140,7 +177,7 @@ def _runs(
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None,
 ) -> list[Run]:
     """Every seed of vanilla (classifiers only), SN, and SRN at each c, in that order."""
-    field = "d_norm" if isinstance(base, GanConfig) else "norm"
+    field = TRAINERS[type(base)].norm_field
     arms = [{field: "sn"}, *({field: "srn", "rank_ratio": c} for c in rank_ratios)]
     if kind != KIND_GAN:
         arms.insert(0, {field: "none"})

@@ -323,6 +323,11 @@ class GanResult(Result):
     data_dir: str | None = None
     protocol: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def layers(self) -> tuple[LayerStat, ...]:
+        """The layers the claims compare: D's (as :attr:`ClassifierResult.layers`)."""
+        return self.d_layers
+
 
 @dataclass(frozen=True)
 class GanAnalysis(Result):
