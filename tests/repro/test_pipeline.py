@@ -131,7 +131,8 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     status = RunDir(victim.run_dir).read_status()
     assert status["status"] == "failed" and "boom" in status["error"]
     assert "boom" in (victim.run_dir / "error.txt").read_text()
-    assert victim.name in report.read_text()  # listed under runs not counted
+    # Listed under the runs not counted, with the error and the stage it happened in.
+    assert f"| {victim.name} | failed | RuntimeError: boom in train |" in report.read_text()
     others = [r for r in runs if r.name != victim.name]
     assert all(RunDir(r.run_dir).read_status()["status"] == "done" for r in others)
     # The same command retries the failed run only.

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,35 +135,22 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
     prior = float(before.get("wall_time_s") or 0.0)
     attempts = int(before.get("attempts") or 0) + 1
 
-    def status(state: str, **extra: object) -> None:
-        run_dir.write_status(
-            status=state,
-            stage=stage,
-            attempts=attempts,
-            wall_time_s=prior + time.perf_counter() - t0,
-            kind=run.kind,
-            setting=run.setting,
-            arm=run.arm,
-            **extra,
-        )
+    def fields() -> dict[str, object]:
+        return {"stage": stage, "attempts": attempts, "kind": run.kind, "setting": run.setting,
+                "arm": run.arm, "wall_time_s": prior + time.perf_counter() - t0}  # fmt: skip
 
     try:
-        with _output_to(run_dir.path / OUTPUT_LOG if capture else None), _threads(run.threads):
-            status("running", error="")
+        with run_dir.recording(fields), _output_to(run_dir.path / OUTPUT_LOG if capture else None
+                                                   ), _threads(run.threads):  # fmt: skip
             diverged = _train(run)
             if not diverged and run.analysis is not None:
                 stage = "analysis"
-                status("running")
+                run_dir.write_status(**fields())
                 run.trainer.analyse(run.analysis, run.run_dir)
-        state = DIVERGED if diverged else DONE
-        stage = "finished"
-        status(state, analysis_key=_analysis_key(run))
-        return Outcome(run.name, state, time.perf_counter() - t0)
-    except KeyboardInterrupt:
-        status(INTERRUPTED)
-        raise
-    except Exception as err:  # recorded, and the sweep goes on
-        run_dir.write_error(traceback.format_exc())
+    except Exception as err:  # recorded by recording(), and the sweep goes on
         message = f"{type(err).__name__} in {stage}: {err}"
-        status(FAILED, error=message)
         return Outcome(run.name, FAILED, time.perf_counter() - t0, message)
+    state = DIVERGED if diverged else DONE
+    stage = "finished"
+    run_dir.write_status(status=state, analysis_key=_analysis_key(run), **fields())
+    return Outcome(run.name, state, time.perf_counter() - t0)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from stablerank.repro.execute import run_state
 from stablerank.repro.sweeps import Run
+from stablerank.train.rundir import RunDir
 from stablerank.train.results import (
     ClassifierAnalysis,
     ClassifierResult,
@@ -36,7 +37,9 @@ class RunRecord:
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
     if state not in ("done", "diverged"):
-        return RunRecord(run, state)
+        status = RunDir(run.run_dir).read_status()  # the error and stage execute recorded
+        problem = " in ".join(str(status[k]) for k in ("error", "stage") if status.get(k))
+        return RunRecord(run, state, problem=problem)
     try:
         result = run.trainer.result.from_json(run.run_dir)
         analysis = None

@@ -326,16 +326,24 @@ class RunDir:
             return
         with self.lock():
             self.begin(cfg)
-            self.write_status(status=RUNNING, error="")
-            try:
+            with self.recording():
                 yield
-            except KeyboardInterrupt:
-                self.write_status(status=INTERRUPTED)
-                raise
-            except Exception as err:
-                self.write_error(traceback.format_exc())
-                self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}")
-                raise
+
+    @contextlib.contextmanager
+    def recording(self, fields: Callable[[], dict[str, Any]] = dict) -> Iterator[None]:
+        """Record work on the run in its status: ``running`` now, ``interrupted`` on Ctrl-C,
+        ``failed`` with the error and ``error.txt`` on an exception (re-raised); each write adds
+        the ``fields()`` of that moment (an orchestrator's stage, attempts, wall time)."""
+        self.write_status(status=RUNNING, error="", **fields())
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.write_status(status=INTERRUPTED, **fields())
+            raise
+        except Exception as err:
+            self.write_error(traceback.format_exc())
+            self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}", **fields())
+            raise
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
