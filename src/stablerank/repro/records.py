@@ -7,13 +7,13 @@ from dataclasses import dataclass
 
 from stablerank.repro.execute import run_state
 from stablerank.repro.sweeps import Run
-from stablerank.train.rundir import RunDir
 from stablerank.train.results import (
     ClassifierAnalysis,
     ClassifierResult,
     GanAnalysis,
     GanResult,
 )
+from stablerank.train.rundir import RunDir
 
 __all__ = ["RunRecord", "by_setting", "collect"]
 

@@ -2,9 +2,10 @@
 
 A checkpoint is one ``torch.save`` dict written to a temporary file in the same folder and moved
 into place with ``os.replace`` (atomic on POSIX), so a run killed mid-write leaves the previous
-checkpoint intact. It carries the resolved config (a resume with a different config is refused and
-the differences are listed) and every RNG state, so a resumed run continues to the same weights as
-an uninterrupted one.
+checkpoint intact, and a SHA-256 beside it catches a cut or altered file. It carries the resolved
+config (a resume with a different config is refused and the differences are listed). No RNG state
+is saved: both trainers draw every random number from (seed, counter) streams, so a resumed run
+continues to the same weights as an uninterrupted one without one.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import hashlib
 import io
 import json
 import os
-import random
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from stablerank.config import diff_configs
@@ -29,10 +28,8 @@ __all__ = [
     "CorruptCheckpointError",
     "atomic_write_json",
     "atomic_write_text",
-    "capture_rng_state",
     "check_resume_config",
     "load_checkpoint",
-    "restore_rng_state",
     "save_checkpoint",
 ]
 
@@ -102,7 +99,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint written by :func:`save_checkpoint` (never retried silently).
 
     Loading never runs code from the file (``torch.load(weights_only=True)``: tensors, numbers,
-    strings and containers only; the RNG states are stored in that form).
+    strings and containers only).
 
     Raises:
         FileNotFoundError: no such file.
@@ -149,31 +146,3 @@ def check_resume_config(
         raise ValueError(
             "refusing to resume: the config differs from the checkpoint's:\n  " + "\n  ".join(diffs)
         )
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """Every RNG a training loop touches: Python, NumPy, torch CPU and all CUDA devices, as
-    tensors and numbers (what ``torch.load(weights_only=True)`` reads back)."""
-    version, mt, gauss = random.getstate()
-    _, keys, pos, has_gauss, cached = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": {"version": version, "mt": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
-        "torch": torch.get_rng_state(),
-    }  # fmt: skip
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Inverse of :func:`capture_rng_state`."""
-    py = state["python"]
-    random.setstate((py["version"], tuple(py["mt"].tolist()), py["gauss"]))
-    npy = state["numpy"]
-    keys = npy["keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, npy["pos"], npy["has_gauss"], npy["cached_gaussian"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

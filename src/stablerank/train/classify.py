@@ -21,10 +21,10 @@ rank; the data order and the augmentation are drawn by the loader from (seed, ep
 global permutation per epoch, each rank takes its shard of every global batch); the global RNGs
 (dropout) are reseeded at the start of every epoch from (seed, epoch, rank) (:func:`epoch_seed`).
 
-Resume: the checkpoint holds model, optimizer, the finished epoch, the RNG states and the config;
-the lr is a pure function of the step (nothing to save) and every random draw a pure function of
-(seed, epoch, rank). On the CPU a resumed run therefore ends with bitwise the same weights as one
-that was never stopped (tested).
+Resume: the checkpoint holds model, optimizer, the finished epoch and the config; the lr is a pure
+function of the step and every random draw a pure function of (seed, epoch, rank), so there is no
+schedule or RNG state to save. On the CPU a resumed run therefore ends with bitwise the same weights
+as one that was never stopped (tested).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ from stablerank.data.labels import corrupt_labels, train_subset
 from stablerank.data.loader import DeviceLoader
 from stablerank.metrics import complexity
 from stablerank.models.classifiers import build_classifier
-from stablerank.train.checkpoint import capture_rng_state, restore_rng_state
 from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import (
     ClassifierResult,
@@ -325,7 +324,6 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
-        restore_rng_state(ckpt["rng"])
     del ckpt
 
     # ---- compile and DDP wrap (raw_model is what we save and measure; eval_model evaluates)
@@ -409,7 +407,7 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
                 log.append(record)
                 folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
                     "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1, "rng": capture_rng_state(), "config": config_to_dict(cfg),
+                    "epoch": epoch + 1, "config": config_to_dict(cfg),
                     "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
                 })  # fmt: skip
                 print(

@@ -57,7 +57,6 @@ from stablerank.metrics import NonFiniteError
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
-from stablerank.train.checkpoint import capture_rng_state
 from stablerank.train.figures import GRID_SIDE, save_image_grid
 from stablerank.train.gan_models import KEY_EMA_STANDING_BN, build_gan_models
 from stablerank.train.gan_sampling import (
@@ -236,7 +235,6 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             "opt_g": opt_g.state_dict(),
             "opt_d": opt_d.state_dict(),
             "schedule": "lr is a pure function of the G step (_linear_decay); nothing to restore",
-            "rng": capture_rng_state(),
             "world_size": info.world_size,
         }
         if G_ema is not None:
