@@ -18,6 +18,7 @@ from stablerank.train.results import (
     EpochRecord,
     GanAnalysis,
     GanResult,
+    LayerStat,
     Summary,
 )
 
@@ -162,7 +163,6 @@ def test_shattering_comparisons_carry_the_clean_accuracy_at_the_same_c():
 def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
     # The layer table: per arm, the mean raw stable rank over seeds; SRN arms as "raw / target".
     from stablerank.repro.report import write_report
-    from stablerank.train.results import LayerStat
 
     def layer(raw: float, target: float | None) -> LayerStat:
         active = None if target is None else raw > target
@@ -219,3 +219,28 @@ def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_pat
     assert f"with {n_tests} tests under Holm's correction" in text
     assert f"4 seeds per arm detect d >= {d:.1f}" in text
     assert "Wei & Ma 2019) is not computed" in text
+
+
+def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:
+    return dataclasses.replace(rec, result=dataclasses.replace(rec.result, layers=layers))
+
+
+def test_sn_above_target_counts_the_layers_the_cap_would_cut_and_the_gate_ignores_it():
+    # SRN holds both layers just below r = 10 (the binary rule: inactive); the SN arm ends at a
+    # stable rank of 30 on the first layer (the cap would cut it) and 5 on the second.
+    def layer(name: str, norm: str, srank: float, target: float | None) -> LayerStat:
+        active = None if target is None else srank > target
+        return LayerStat(name, norm, (64, 64), 1.0, srank, srank, target, active)
+
+    recs = []
+    for rec in _records([0.05, 0.052, 0.049, 0.051], active=0.0):
+        if rec.run.norm == "srn":
+            rec = _with_layers(rec, (layer("a", "srn", 9.9, 10.0), layer("b", "srn", 4.0, 10.0)))
+        elif rec.run.norm == "sn":
+            rec = _with_layers(rec, (layer("a", "sn", 30.0, None), layer("b", "sn", 5.0, None)))
+        recs.append(rec)
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
+    assert comp.sn_above_target == 0.5
+    assert comp.outcome == claims.NOT_A_TEST  # the rule is the binding fraction alone
+    assert "ends above r on 50% of these layers" in comp.reason
+    assert comp.to_dict()["sn_above_target"] == 0.5

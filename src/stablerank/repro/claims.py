@@ -265,6 +265,7 @@ class Comparison:
     ref_seeds: list[int]
     srn_active_fraction: float | None
     srn_active_fraction_end: float | None
+    sn_above_target: float | None = None
     test: WelchTest | None = None
     p_adjusted: float | None = None
     outcome: str = CANNOT_TELL
@@ -298,6 +299,7 @@ class Comparison:
             "p_adjusted": self.p_adjusted,
             "srn_active_fraction": self.srn_active_fraction,
             "srn_active_fraction_end": self.srn_active_fraction_end,
+            "sn_above_target": self.sn_above_target,
             "outcome": self.outcome,
             "reason": self.reason,
             "seeds_needed": self.seeds_needed,
@@ -329,6 +331,20 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return sum(v) / len(v) if v else None
 
 
+def sn_above_target(srn: Sequence[RunRecord], sn: Sequence[RunRecord]) -> float | None:
+    """Fraction of the SRN arm's layers whose cap can act where the SN arm's trained weight (SRN
+    without the cap) ends with a stable rank above SRN's target r: where the cap would cut what
+    SN training reaches, mean over the SN seeds. Shown beside the binding fraction, which misses a
+    raw weight held just below r; the gate does not use it (docs/reproduction.md)."""
+    sn_srank: dict[str, list[float]] = {}
+    for rec in sn:
+        for layer in rec.result.layers:
+            sn_srank.setdefault(layer.name, []).append(layer.srank)
+    targets = {l.name: l.target_srank for l in srn[0].result.layers if l.active is not None}
+    above = [statistics.fmean(sn_srank[n]) > r for n, r in targets.items() if n in sn_srank]
+    return sum(above) / len(above) if above else None
+
+
 def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]:
     out = []
     usable = [r for r in records if r.usable]
@@ -338,6 +354,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
             if not arm.startswith("srn"):
                 continue
             c = srn[0].run.rank_ratio
+            counterfactual = sn_above_target(srn, arms.get("sn", ()))
             for metric_name, ref in claim.subclaims:
                 if ref not in arms:
                     continue
@@ -358,6 +375,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                     rs,
                     _mean([r.result.srn_active_fraction_mean for r in srn]),
                     _mean([r.result.srn_active_fraction for r in srn]),
+                    counterfactual,
                 )
                 if claim.kind == KIND_SHATTER and setting in clean:
                     # Memorization is read beside the clean accuracy at the same c: a tiny c
@@ -386,6 +404,9 @@ def _decide(comp: Comparison) -> None:
             "by the rule; a raw stable rank held at its target in the layer table means the cap "
             "still shaped training"
         )
+        if active is not None and comp.sn_above_target is not None:
+            comp.reason += (f" (the SN arm's stable rank ends above r on {comp.sn_above_target:.0%}"
+                            " of these layers)")  # fmt: skip
         return
     if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:
         comp.outcome = CANNOT_TELL

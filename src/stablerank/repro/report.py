@@ -147,7 +147,8 @@ def _comparison_row(c: Comparison) -> list[str]:
         diff += f"{_fmt(t.diff_high, m.percent)}]"
         effect = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
         p = f"{t.p_value:.3g} / {c.p_adjusted:.3g}"
-    active = "n/a" if c.srn_active_fraction is None else f"{c.srn_active_fraction:.0%}"
+    active = " / ".join("n/a" if x is None else f"{x:.0%}"
+                        for x in (c.srn_active_fraction, c.sn_above_target))  # fmt: skip
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
         outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
@@ -178,7 +179,10 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
         f"{MIN_ACTIVE_FRACTION:.0%} of the SRN layers (averaged over training), so that arm is "
         "mostly spectral normalization (the layer tables below show where a raw stable rank is "
-        "held at its target all the same). **not reproduced**: significantly worse, or the CI "
+        "held at its target all the same). **SN above r**: the fraction of those layers whose "
+        "stable rank in the SN arm (SRN without the cap) ends above SRN's target, where the cap "
+        "would cut what SN training reaches; shown, not used by the rule. **not reproduced**: "
+        "significantly worse, or the CI "
         "excludes every improvement of at least the metric's smallest effect of interest (0.5 pp "
         "accuracy, 1 pp on random labels, 0.05 in log10 measures, 2-5% of the reference for "
         "GAN scores and eL).\n",
@@ -200,7 +204,7 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             "difference [95% CI]",
             "d [95% CI]",
             "p / Holm p",
-            "cap binds",
+            "cap binds / SN above r",
             "outcome",
         ]
         out.append(_table(headers, [_comparison_row(c) for c in r.comparisons]) + "\n")
