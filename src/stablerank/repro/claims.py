@@ -340,7 +340,7 @@ def sn_above_target(srn: Sequence[RunRecord], sn: Sequence[RunRecord]) -> float 
     for rec in sn:
         for layer in rec.result.layers:
             sn_srank.setdefault(layer.name, []).append(layer.srank)
-    targets = {l.name: l.target_srank for l in srn[0].result.layers if l.active is not None}
+    targets = {x.name: x.target_srank for x in srn[0].result.layers if x.active is not None}
     above = [statistics.fmean(sn_srank[n]) > r for n, r in targets.items() if n in sn_srank]
     return sum(above) / len(above) if above else None
 

@@ -26,14 +26,15 @@ __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
 DONE, FAILED, DIVERGED = "done", "failed", "diverged"
-SKIPPED, BUSY, INTERRUPTED = "skipped", "busy", "interrupted"
+SKIPPED, BUSY = "skipped", "busy"
 
 
 @dataclass(frozen=True)
 class Outcome:
     """What happened to one run in this invocation: ``done``, ``diverged``, ``failed`` (the error
-    is in its status and ``error.txt``), ``skipped`` (finished before), ``busy`` (another process
-    holds its lock) or ``interrupted``."""
+    is in its status and ``error.txt``), ``skipped`` (finished before) or ``busy`` (another
+    process holds its lock). Ctrl-C gives no outcome: it is raised after ``interrupted`` is
+    recorded."""
 
     name: str
     state: str
@@ -140,8 +141,11 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
                 "arm": run.arm, "wall_time_s": prior + time.perf_counter() - t0}  # fmt: skip
 
     try:
-        with run_dir.recording(fields), _output_to(run_dir.path / OUTPUT_LOG if capture else None
-                                                   ), _threads(run.threads):  # fmt: skip
+        with (
+            run_dir.recording(fields),
+            _output_to(run_dir.path / OUTPUT_LOG if capture else None),
+            _threads(run.threads),
+        ):
             diverged = _train(run)
             if not diverged and run.analysis is not None:
                 stage = "analysis"
