@@ -312,9 +312,9 @@ class RunDir:
     @contextlib.contextmanager
     def session(self, cfg: Any, *, is_main: bool = True) -> Iterator[None]:
         """A trainer's time on the run of config ``cfg``: take the lock, apply the take-over rule
-        (:meth:`begin`), then record the status: ``running``; ``interrupted`` on Ctrl-C;
-        ``failed`` with ``error.txt`` on an error (re-raised). The trainer writes ``done`` /
-        ``diverged`` itself. Other DDP ranks only check the take-over rule.
+        (:meth:`begin`), then record the status (:meth:`recording`): ``running``; ``interrupted``
+        on Ctrl-C; ``failed`` with ``error.txt`` on an error (re-raised). The trainer writes
+        ``done`` / ``diverged`` itself. Other DDP ranks only check the take-over rule.
 
         Raises:
             RunLockedError: another process holds the run.
