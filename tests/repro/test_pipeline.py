@@ -189,3 +189,63 @@ def test_a_run_can_train_with_torchrun_ddp(tmp_path):
     assert execute(run).state == "done"
     result = ClassifierResult.from_json(run.run_dir)
     assert result.protocol["world_size"] == 2 and (run.run_dir / "analysis.json").is_file()
+
+
+def _live_processes(group: int) -> list[str]:
+    """The command lines of the processes of a process group that still run (an exited one
+    awaiting its reaper excepted), from /proc."""
+    live = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it exited meanwhile
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            live.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return live
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_ctrl_c_stops_the_worker_pool_and_the_same_command_finishes(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group: the pool's workers record
+    ``interrupted`` in the runs they hold and stop, the command exits 130 saying how to continue,
+    and the same command then finishes every run."""
+    import signal
+    import time
+
+    argv = [sys.executable, "-m", "stablerank", "reproduce", "--preset", "tiny", "--seeds", "1",
+            "--out-dir", str(tmp_path), "--executor", "local", "--workers", "2", "--threads", "1",
+            "--device", "cpu", "--progress", "false"]  # fmt: skip
+    runs = sweeps.build_sweep(_cfg(tmp_path))
+
+    def states() -> list[str]:
+        return [RunDir(r.run_dir).read_status().get("status", "new") for r in runs]
+
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while "running" not in states() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, "the sweep ended before a run could be interrupted"
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr
+    assert "interrupted: finished runs are kept and interrupted ones resume" in stderr
+    assert "Traceback" not in stderr  # the workers stop quietly
+    # No worker of the pool is left behind (multiprocessing's resource tracker, which ends when
+    # it sees the command's end, may take a moment).
+    deadline = time.monotonic() + 10
+    while _live_processes(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _live_processes(proc.pid) == []
+    after = states()
+    assert "running" not in after and "interrupted" in after and after.count("done") < len(runs)
+
+    rerun = subprocess.run(argv, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert states() == ["done"] * len(runs)
+    assert (tmp_path / "report.md").is_file()

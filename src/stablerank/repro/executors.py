@@ -18,10 +18,13 @@ gets one line per finished run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing as mp
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -72,6 +75,31 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int) -> None:  # type: ign
         torch.set_num_threads(threads)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ctrl-C ignored in this (main) thread; a process spawned meanwhile starts with it ignored
+    too, as an ignored signal stays ignored across exec."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread sets handlers; workers then start with Ctrl-C as usual
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _execute_in_worker(run: Run) -> Outcome:
+    """:func:`execute` in a pool worker. The workers start with Ctrl-C ignored and take it only
+    while they run a run: the run in progress records ``interrupted`` and stops, while a worker
+    starting up or waiting for work is left to exit when the pool shuts down (no traceback)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return execute(run, capture=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalExecutor:
     """A pool of ``workers`` processes (spawned: no state inherited from this one)."""
 
@@ -87,15 +115,14 @@ class LocalExecutor:
             queue = ctx.Queue()
             for worker in range(self.workers):  # several workers may share a GPU
                 queue.put(self.gpus[worker % len(self.gpus)])
-        pool = cf.ProcessPoolExecutor(
-            self.workers,
-            mp_context=ctx,
-            initializer=_init_worker,
-            initargs=(queue, self.threads),
-        )
+        with _sigint_ignored():  # the workers, spawned by submit(), inherit it
+            pool = cf.ProcessPoolExecutor(
+                self.workers, mp_context=ctx, initializer=_init_worker,
+                initargs=(queue, self.threads),
+            )  # fmt: skip
+            futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
         outcomes: dict[int, Outcome] = {}
         try:
-            futures = {pool.submit(execute, run, capture=True): i for i, run in enumerate(runs)}
             for done, future in enumerate(cf.as_completed(futures), 1):
                 i = futures[future]
                 try:
@@ -105,7 +132,7 @@ class LocalExecutor:
                 outcomes[i] = outcome
                 report(done, len(runs), runs[i], outcome)
         except KeyboardInterrupt:
-            # The workers got the same SIGINT: each records `interrupted` in its run's status.
+            # The workers got the same SIGINT: each records `interrupted` in the run it holds.
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)
