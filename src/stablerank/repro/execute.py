@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablerank.repro.sweeps import Run
-from stablerank.train.rundir import RunDir, RunLockedError
+from stablerank.train.rundir import RUNNING, RunDir, RunLockedError
 
 __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
@@ -149,10 +149,10 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
             diverged = _train(run)
             if not diverged and run.analysis is not None:
                 stage = "analysis"
-                run_dir.write_status(**fields())
+                run_dir.write_status(status=RUNNING, **fields())  # the trainer wrote `done`
                 run.trainer.analyse(run.analysis, run.run_dir)
     except Exception as err:  # recorded by recording(), and the sweep goes on
-        message = f"{type(err).__name__} in {stage}: {err}"
+        message = f"in {stage}: {type(err).__name__}: {err}"
         return Outcome(run.name, FAILED, time.perf_counter() - t0, message)
     state = DIVERGED if diverged else DONE
     stage = "finished"

@@ -26,7 +26,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import FAILED, Outcome, execute
@@ -65,7 +65,12 @@ class SequentialExecutor:
         return outcomes
 
 
-def _init_worker(gpu_queue: mp.Queue | None, threads: int) -> None:  # type: ignore[type-arg]
+_stop: Any = None  # in a pool worker: the pool's stop event (set by the parent on Ctrl-C)
+
+
+def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  # type: ignore[type-arg]
+    global _stop
+    _stop = stop
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     if threads:
@@ -89,12 +94,22 @@ def _sigint_ignored() -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    # The terminal's Ctrl-C and the parent's relay of it both arrive: the second must not cut
+    # short the recording of the first (status.json's `interrupted`).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def _execute_in_worker(run: Run) -> Outcome:
     """:func:`execute` in a pool worker. The workers start with Ctrl-C ignored and take it only
-    while they run a run: the run in progress records ``interrupted`` and stops, while a worker
-    starting up or waiting for work is left to exit when the pool shuts down (no traceback)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    while they run a run: the run in progress records ``interrupted`` and stops, a worker starting
+    up or waiting for work is left to exit when the pool shuts down (no traceback), and a run
+    queued before the Ctrl-C does not start."""
+    previous = signal.signal(signal.SIGINT, _interrupt_once)
     try:
+        if _stop is not None and _stop.is_set():
+            raise KeyboardInterrupt
         return execute(run, capture=True)
     finally:
         signal.signal(signal.SIGINT, previous)
@@ -115,12 +130,15 @@ class LocalExecutor:
             queue = ctx.Queue()
             for worker in range(self.workers):  # several workers may share a GPU
                 queue.put(self.gpus[worker % len(self.gpus)])
+        stop = ctx.Event()
+        others = {p.pid for p in mp.active_children()}
         with _sigint_ignored():  # the workers, spawned by submit(), inherit it
             pool = cf.ProcessPoolExecutor(
                 self.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(queue, self.threads),
+                initargs=(queue, self.threads, stop),
             )  # fmt: skip
             futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
+        workers = [p for p in mp.active_children() if p.pid not in others]
         outcomes: dict[int, Outcome] = {}
         try:
             for done, future in enumerate(cf.as_completed(futures), 1):
@@ -132,7 +150,14 @@ class LocalExecutor:
                 outcomes[i] = outcome
                 report(done, len(runs), runs[i], outcome)
         except KeyboardInterrupt:
-            # The workers got the same SIGINT: each records `interrupted` in the run it holds.
+            # The pool has already handed the workers more runs than they hold, which
+            # cancel_futures cannot take back: the event stops those before they start, and the
+            # relayed signal interrupts a run begun after the terminal's Ctrl-C went by (or one
+            # whose worker never got it: the parent alone was signalled).
+            stop.set()
+            for worker in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGINT)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)

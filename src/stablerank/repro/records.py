@@ -34,12 +34,21 @@ class RunRecord:
         return self.state == "done" and self.result is not None and not self.result.diverged
 
 
+def _problem(status: dict[str, object]) -> str:
+    """Why a run is not counted, from the status ``execute`` keeps: the error and the stage it
+    happened in, or the state and stage where the run stopped."""
+    where = f"in {status['stage']}: " if status.get("stage") else ""
+    if status.get("error"):
+        return f"{where}{status['error']}"
+    if status.get("status") in ("done", "diverged"):  # trained, under other analysis settings
+        return "the analysis settings changed: its analysis runs again"
+    return f"{where}{status['status']}" if status.get("status") else ""
+
+
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
     if state not in ("done", "diverged"):
-        status = RunDir(run.run_dir).read_status()  # the error and stage execute recorded
-        problem = " in ".join(str(status[k]) for k in ("error", "stage") if status.get(k))
-        return RunRecord(run, state, problem=problem)
+        return RunRecord(run, state, problem=_problem(RunDir(run.run_dir).read_status()))
     try:
         result = run.trainer.result.from_json(run.run_dir)
         analysis = None

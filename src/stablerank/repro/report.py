@@ -67,8 +67,11 @@ def _cell(values: Sequence[float], percent: bool) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def cell(value: Any) -> str:  # an error message may hold a newline or a pipe
+        return " ".join(str(value).split("\n")).replace("|", "\\|")
+
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
