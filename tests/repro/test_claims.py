@@ -244,3 +244,20 @@ def test_sn_above_target_counts_the_layers_the_cap_would_cut_and_the_gate_ignore
     assert comp.outcome == claims.NOT_A_TEST  # the rule is the binding fraction alone
     assert "ends above r on 50% of these layers" in comp.reason
     assert comp.to_dict()["sn_above_target"] == 0.5
+
+
+def test_runs_not_counted_say_why_in_one_table_row_each():
+    from stablerank.repro import records, report
+
+    failed = {"status": "failed", "stage": "train", "error": "RuntimeError: boom"}
+    assert records._problem(failed) == "in train: RuntimeError: boom"
+    assert records._problem({"status": "interrupted", "stage": "analysis"}) == (
+        "in analysis: interrupted"
+    )
+    assert "analysis settings changed" in records._problem({"status": "done", "stage": "finished"})
+    assert records._problem({}) == ""
+    run = tiny(seeds=1)[0]
+    error = "refusing to resume:\n  seed: 0 -> 1 | x"  # multi-line, with a pipe
+    text = report._problems([RunRecord(run, "failed", problem=error)])
+    rows = [line for line in text.splitlines() if run.name in line]
+    assert rows == [f"| {run.name} | failed | refusing to resume:   seed: 0 -> 1 \\| x |"]
