@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stablerank.repro.execute import run_state
+from stablerank.repro.execute import DIVERGED, DONE, FAILED, run_state
 from stablerank.repro.sweeps import Run
 from stablerank.train.results import (
     ClassifierAnalysis,
@@ -31,7 +31,7 @@ class RunRecord:
     @property
     def usable(self) -> bool:
         """Finished, not diverged, and its results read: counted in the claims."""
-        return self.state == "done" and self.result is not None and not self.result.diverged
+        return self.state == DONE and self.result is not None and not self.result.diverged
 
 
 def _problem(status: dict[str, object]) -> str:
@@ -40,14 +40,14 @@ def _problem(status: dict[str, object]) -> str:
     where = f"in {status['stage']}: " if status.get("stage") else ""
     if status.get("error"):
         return f"{where}{status['error']}"
-    if status.get("status") in ("done", "diverged"):  # trained, under other analysis settings
+    if status.get("status") in (DONE, DIVERGED):  # trained, under other analysis settings
         return "the analysis settings changed: its analysis runs again"
     return f"{where}{status['status']}" if status.get("status") else ""
 
 
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
-    if state not in ("done", "diverged"):
+    if state not in (DONE, DIVERGED):
         return RunRecord(run, state, problem=_problem(RunDir(run.run_dir).read_status()))
     try:
         result = run.trainer.result.from_json(run.run_dir)
@@ -55,7 +55,7 @@ def _read(run: Run) -> RunRecord:
         if run.analysis is not None and not result.diverged:
             analysis = run.trainer.analysis.from_json(run.run_dir)
     except (OSError, ValueError) as err:
-        return RunRecord(run, "failed", problem=str(err))
+        return RunRecord(run, FAILED, problem=str(err))
     return RunRecord(run, state, result, analysis)
 
 
