@@ -45,8 +45,8 @@ _COMMANDS = {
         "stablerank.config.classify:ClassifyConfig",
         "stablerank.config.classify:CLASSIFY_PRESETS",
         "stablerank.train.classify:run",
-        "the run folder keeps the checkpoint of the last finished epoch; the same command with "
-        "--resume continues from it",
+        "a checkpoint was written at the step reached (under torchrun: the last finished epoch's "
+        "is kept); the same command with --resume continues from it",
     ),
     "analyze": _Command(
         "analyse a trained classifier run: generalization gap, empirical Lipschitz, complexity",
@@ -61,8 +61,8 @@ _COMMANDS = {
         "stablerank.config.gan:GanConfig",
         "stablerank.config.gan:GAN_PRESETS",
         "stablerank.train.gan:run",
-        "a checkpoint was written at the G step reached; the same command with --resume "
-        "continues from it",
+        "a checkpoint was written at the G step reached (under torchrun: the newest periodic one "
+        "is kept); the same command with --resume continues from it",
     ),
     "reproduce": _Command(
         "run a sweep of the paper's comparisons and write report.md and claims.json (the main "

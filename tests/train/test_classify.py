@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import pytest
 import torch
@@ -42,9 +43,10 @@ def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
     run_dir, result = train(tiny(tmp_path, norm=norm, epochs=3, lr=0.1))
     for name in ("config.json", "env.json", "log.jsonl", "log.csv", "metrics.json"):
         assert (run_dir / name).is_file(), name
-    # one checkpoint layout for both trainers: the newest 2 epochs, each with its SHA-256
-    assert [p.name for p in RunDir(run_dir).checkpoints()] == ["step_0000002.pt", "step_0000003.pt"]
-    assert (run_dir / "checkpoints" / "step_0000003.pt.sha256").is_file()
+    # One checkpoint layout for both trainers: named by the optimizer step (21 steps per epoch
+    # here), the newest 2 kept, each with its SHA-256.
+    assert [p.name for p in RunDir(run_dir).checkpoints()] == ["step_0000042.pt", "step_0000063.pt"]
+    assert (run_dir / "checkpoints" / "step_0000063.pt.sha256").is_file()
     logged = records(run_dir)
     assert [r["epoch"] for r in logged] == [1, 2, 3]
     # Learning happened: 3 epochs of an MLP on digits are far above chance (measured ~0.9).
@@ -136,6 +138,58 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
         assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
             k: v for k, v in y.items() if not k.endswith("_s")
         }
+
+
+def _assert_same_run(straight, resumed):
+    """Same final weights (SRN vectors and BatchNorm statistics included) and the same log,
+    timings aside."""
+    a = load_checkpoint(RunDir(straight).checkpoints()[-1])
+    b = load_checkpoint(RunDir(resumed).checkpoints()[-1])
+    assert a["model"].keys() == b["model"].keys() and any(k.endswith("_u") for k in a["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra, rb = records(straight), records(resumed)
+    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
+            k: v for k, v in y.items() if not k.endswith("_s")
+        }
+
+
+def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_path, monkeypatch):
+    # As the GAN trainer: Ctrl-C ends the step in progress, a checkpoint holds that step (here
+    # batch 3 of epoch 2: 384 images in batches of 64), and the resumed run replays epoch 2 from
+    # batch 4 to bitwise the uninterrupted run's weights and log (running numbers included).
+    kw = dict(model="small_cnn", width=0.25, norm="srn", augment="crop", epochs=3,
+              train_subset=384, train_eval_size=100)  # fmt: skip
+    straight, _ = train(tiny(tmp_path / "a", **kw))
+    stop = 6 + 3
+    real_lr_at = classify.lr_at
+
+    def lr_at_then_sigint(cfg, step, steps_per_epoch):  # Ctrl-C arrives during step `stop`
+        if step == stop - 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_lr_at(cfg, step, steps_per_epoch)
+
+    monkeypatch.setattr(classify, "lr_at", lr_at_then_sigint)
+    with pytest.raises(KeyboardInterrupt, match=f"checkpoint of step {stop} kept in .*--resume"):
+        classify.run(tiny(tmp_path / "b", **kw))
+    monkeypatch.setattr(classify, "lr_at", real_lr_at)
+    cut = RunDir(tmp_path / "b" / "run")
+    assert cut.read_status()["status"] == "interrupted"
+    state = load_checkpoint(cut.checkpoints()[-1])
+    assert cut.checkpoints()[-1].name == f"step_{stop:07d}.pt"
+    assert (state["epoch"], state["batch"]) == (1, 3) and state["epoch_sums"][2] == 3 * 64
+    assert [r["epoch"] for r in records(cut.path)] == [1]
+    resumed, _ = train(tiny(tmp_path / "b", resume=True, **kw))
+    _assert_same_run(straight, resumed)
+
+    # stop_at (the tests' Ctrl-C) at an epoch boundary and inside an epoch, then resume twice.
+    assert classify.run(tiny(tmp_path / "c", **kw), stop_at=6) is None
+    assert classify.run(tiny(tmp_path / "c", resume=True, **kw), stop_at=15) is None
+    assert RunDir(tmp_path / "c" / "run").checkpoints()[-1].name == "step_0000015.pt"
+    resumed, _ = train(tiny(tmp_path / "c", resume=True, **kw))
+    _assert_same_run(straight, resumed)
 
 
 def test_resume_refuses_a_different_config(tmp_path):

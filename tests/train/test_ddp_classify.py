@@ -36,7 +36,8 @@ WORKER = textwrap.dedent(
     classify.evaluate = recording_evaluate
     run_dir = Path(run_dir)
     cfg = {**eval(sys.argv[3]), "out_dir": str(run_dir.parent), "run_name": run_dir.name}
-    classify.run(classify_preset("tiny", **cfg))
+    stop_at = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    classify.run(classify_preset("tiny", **cfg), stop_at=stop_at)
     """
 )
 # MLP without BatchNorm or dropout: with the same global batch the only difference between 1 and
@@ -44,17 +45,21 @@ WORKER = textwrap.dedent(
 SETTINGS = dict(norm="srn", rank_ratio=0.5, epochs=2, batch_size=64, progress=False, num_threads=1)
 
 
-@pytest.mark.slow
-def test_two_gloo_ranks_match_one_process(tmp_path):
+def _torchrun(tmp_path, run_dir, settings, *stop_at):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(script), str(tmp_path / "ddp"), str(tmp_path), repr(SETTINGS)],
+         str(script), str(run_dir), str(tmp_path), repr(settings), *map(str, stop_at)],
         capture_output=True, text=True, timeout=300, env=env,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    _torchrun(tmp_path, tmp_path / "ddp", SETTINGS)
 
     # Both ranks evaluated (and rank 0 saved) the same parameters and buffers: SRN's u, v too.
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
@@ -83,6 +88,28 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
         # Measured max difference 1.3e-7 (float32 rounding drift over 42 steps); 1e-5 leaves a
         # 100x margin yet is far below what one SGD step changes (lr 0.05 x gradients ~1e-2).
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=0, msg=k)
+
+
+@pytest.mark.slow
+def test_stopped_inside_an_epoch_two_ranks_resume_bitwise(tmp_path):
+    # Step 30 is batch 9 of epoch 2 (21 global batches of 64 per epoch): the checkpoint holds the
+    # epoch's running sums reduced over both ranks, which rank 0 alone carries on resume.
+    _torchrun(tmp_path, tmp_path / "straight", SETTINGS)
+    _torchrun(tmp_path, tmp_path / "cut", SETTINGS, 30)
+    cut = RunDir(tmp_path / "cut")
+    assert cut.checkpoints()[-1].name == "step_0000030.pt"
+    assert load_checkpoint(cut.checkpoints()[-1])["epoch_sums"][2] == 9 * 64
+    _torchrun(tmp_path, cut.path, {**SETTINGS, "resume": True})
+    a = load_checkpoint(RunDir(tmp_path / "straight").checkpoints()[-1])["model"]
+    b = load_checkpoint(cut.checkpoints()[-1])["model"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    logs = [
+        [{k: v for k, v in json.loads(line).items() if not k.endswith("_s")}
+         for line in (path / "log.jsonl").read_text().splitlines()]
+        for path in (tmp_path / "straight", cut.path)
+    ]  # fmt: skip
+    assert logs[0] == logs[1] and len(logs[0]) == 2  # running train numbers included
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_a_clear_error(tmp_path):
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0x10
     path.write_bytes(bytes(raw))
-    with pytest.raises(CorruptCheckpointError, match=r"step_0000001\.pt.*SHA-256"):
+    with pytest.raises(CorruptCheckpointError, match=r"step_0000021\.pt.*SHA-256"):
         load_checkpoint(path)
     # with no intact checkpoint left, loading the run is one clear error
     with pytest.raises(CorruptCheckpointError, match="no intact checkpoint"):

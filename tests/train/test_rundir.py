@@ -155,10 +155,10 @@ def test_status_says_done_diverged_interrupted_and_failed(tmp_path, monkeypatch)
 
     monkeypatch.setattr(classify, "evaluate", evaluate_then(KeyboardInterrupt()))
     stopped = RunDir(tmp_path / "i" / "run")
-    with pytest.raises(KeyboardInterrupt, match=r"the 1 finished epoch\(s\) kept in .*--resume"):
+    with pytest.raises(KeyboardInterrupt, match=r"last finished epoch kept in .*--resume"):
         classify.run(_tiny(tmp_path / "i", epochs=3))
     assert stopped.read_status()["status"] == "interrupted" and stopped.is_resumable()
-    assert [p.name for p in stopped.checkpoints()] == ["step_0000001.pt"]
+    assert [p.name for p in stopped.checkpoints()] == ["step_0000021.pt"]  # epoch 1's
 
     calls.clear()
     monkeypatch.setattr(classify, "evaluate", evaluate_then(RuntimeError("disk on fire")))
@@ -196,7 +196,7 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path):
     with pytest.raises(FileExistsError, match="holds checkpoints"):
         classify.run(dataclasses.replace(cfg, epochs=1))
     new = classify.run(dataclasses.replace(cfg, epochs=1, overwrite=True))
-    assert [p.name for p in folder.checkpoints()] == ["step_0000001.pt"]
+    assert [p.name for p in folder.checkpoints()] == ["step_0000021.pt"]
     assert [r.step for r in new.curve] == [1]
     assert not (folder.path / "analysis.json").exists()
     assert not (folder.path / "el_hist.png").exists()

@@ -18,13 +18,17 @@ Definitions used in the logs and in ``metrics.json``:
 
 Seed rule: model initialisation, the train subset and the random labels use ``seed`` on every
 rank; the data order and the augmentation are drawn by the loader from (seed, epoch) only (one
-global permutation per epoch, each rank takes its shard of every global batch); the global RNGs
-(dropout) are reseeded at the start of every epoch from (seed, epoch, rank) (:func:`epoch_seed`).
+global permutation per epoch, each rank takes its shard of every global batch); in-model draws
+(dropout) are reseeded at every step from (seed, rank, step)
+(:func:`~stablerank.train.runtime.seed_model_draws`), as in the GAN trainer.
 
-Resume: the checkpoint holds model, optimizer, the finished epoch and the config; the lr is a pure
-function of the step and every random draw a pure function of (seed, epoch, rank), so there is no
-schedule or RNG state to save. On the CPU a resumed run therefore ends with bitwise the same weights
-as one that was never stopped (tested).
+Checkpoints and resume: a checkpoint after every epoch, and on Ctrl-C one at the step reached
+(single process, as the GAN trainer; under ``torchrun`` the last epoch's is the resume point). It
+holds model, optimizer, the finished epochs, the batches trained of the epoch in progress with
+their running sums, and the config; the lr is a pure function of the step and every random draw
+a pure function of (seed, epoch or step, rank), so there is no schedule or RNG state to save. A
+resumed run replays the interrupted epoch's order from its first untrained batch and, on the
+CPU, ends with bitwise the same weights as one that was never stopped (tested).
 """
 
 from __future__ import annotations
@@ -33,10 +37,10 @@ import math
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -63,10 +67,12 @@ from stablerank.train.rundir import DIVERGED, DONE, RunDir
 from stablerank.train.runtime import (
     DistInfo,
     ProgressLine,
+    deferred_sigint,
     end_worker,
     init_distributed,
     interrupted,
     seed_everything,
+    seed_model_draws,
 )
 
 __all__ = [
@@ -79,7 +85,6 @@ __all__ = [
     "KEY_TRAIN_LOSS",
     "RunData",
     "build_model",
-    "epoch_seed",
     "evaluate",
     "lr_at",
     "prepare_data",
@@ -191,15 +196,6 @@ def lr_at(cfg: ClassifyConfig, step: int, steps_per_epoch: int) -> float:
     return cfg.lr
 
 
-def epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    """Seed of the global RNGs during ``epoch`` on ``rank`` (dropout and any other draw).
-
-    Reseeding every epoch makes the randomness a pure function of (seed, epoch, rank): resuming
-    needs no RNG state, and resumed DDP ranks keep distinct streams.
-    """
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1, dtype=np.uint32)[0])
-
-
 @torch.no_grad()
 def evaluate(
     model: nn.Module, loader: Any, device: torch.device, info: DistInfo, *, amp: bool = False
@@ -239,8 +235,14 @@ def _layer_columns(model: nn.Module, log_layers: bool) -> dict[str, float | None
 # ----------------------------------------------------------------------------- training
 
 
-def run(cfg: ClassifyConfig) -> ClassifierResult | None:
+def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult | None:
     """Train one classifier as ``cfg`` says; return its result (also written to metrics.json).
+
+    Args:
+        cfg: the resolved config.
+        stop_at: stop (with a checkpoint) once this many optimizer steps are done, as if
+            interrupted; ``cfg.resume=True`` later continues exactly (default None: train all
+            ``cfg.epochs``).
 
     The run folder is :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`;
     the process holds its lock and keeps its ``status.json`` while it trains. A loss that
@@ -248,7 +250,8 @@ def run(cfg: ClassifyConfig) -> ClassifierResult | None:
     the numbers are those of the last finite epoch), never training on NaN.
 
     Returns:
-        The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0).
+        The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0,
+        and when ``stop_at`` ended it early).
 
     Raises:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
@@ -256,7 +259,8 @@ def run(cfg: ClassifyConfig) -> ClassifierResult | None:
         RunLockedError: another process trains this run.
         ValueError: the checkpoint's config differs (the differences are listed), or the global
             batch does not split evenly across ranks.
-        KeyboardInterrupt: on Ctrl-C; the finished epochs are kept (resume=True continues).
+        KeyboardInterrupt: on Ctrl-C, after saving a checkpoint at the step reached (single
+            process; under DDP the last finished epoch's); resume=True continues.
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -267,7 +271,7 @@ def run(cfg: ClassifyConfig) -> ClassifierResult | None:
         )
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
-        result = _train(cfg, folder, info, device)
+        result = _train(cfg, folder, info, device, stop_at)
     end_worker(info)
     return result
 
@@ -282,8 +286,8 @@ def _build_optimizer(cfg: ClassifyConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.device
-           ) -> ClassifierResult | None:  # fmt: skip
+def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.device,
+           stop_at: int | None) -> ClassifierResult | None:  # fmt: skip
     """The run inside its folder session: data, model, resume, the loop, the result."""
     amp = cfg.amp and device.type == "cuda"
     channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
@@ -318,12 +322,14 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
     optimizer = _build_optimizer(cfg, model)
 
     # ---- resume: refuse on any config difference that changes what is computed
-    start_epoch = 0
+    start_epoch, start_batch, start_sums = 0, 0, [0.0, 0.0, 0.0]
     ckpt = folder.resume_point(cfg, map_location=device, is_main=info.is_main)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
+        # A Ctrl-C checkpoint inside an epoch: the batches of it already trained, and their sums.
+        start_batch, start_sums = ckpt.get("batch", 0), ckpt.get("epoch_sums", start_sums)
     del ckpt
 
     # ---- compile and DDP wrap (raw_model is what we save and measure; eval_model evaluates)
@@ -346,81 +352,88 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
         log.truncate_after(start_epoch)  # a killed run may have logged past its checkpoint
     bar = cfg.progress and info.is_main and sys.stderr.isatty()
     steps_per_epoch = len(train_loader)
+    total = cfg.epochs * steps_per_epoch
+    end = total if stop_at is None else min(stop_at, total)
+    done = start_epoch * steps_per_epoch + start_batch  # optimizer steps taken
     # Without a terminal the bar is off: a plain line every few seconds instead.
-    plain = None
-    if info.is_main and not bar:
-        total = cfg.epochs * steps_per_epoch
-        plain = ProgressLine("train step", total, start_epoch * steps_per_epoch)
+    plain = ProgressLine("train step", total, done) if info.is_main and not bar else None
 
     # A non-finite loss is caught before its update: every step on the CPU (free), every few on
     # a GPU (a device sync). DDP ranks decide together at the end of the epoch (a rank stopping
     # alone would leave the others waiting in the all-reduce).
     check_every = 0 if info.distributed else 1 if device.type == "cpu" else _PROGRESS_EVERY
 
-    # ---- the loop
+    def checkpoint(epoch: int, batch: int, sums: list[float]) -> None:
+        """``epoch`` finished epochs and ``batch`` batches of the next, with their ``sums``."""
+        folder.save_checkpoint(epoch * steps_per_epoch + batch, keep=_KEEP_CHECKPOINTS, state={
+            "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
+            "epoch": epoch, "batch": batch, "epoch_sums": sums, "config": config_to_dict(cfg),
+            "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
+        })  # fmt: skip
+
+    # ---- the loop; Ctrl-C (single process) ends the step in progress, then a checkpoint
     record: dict[str, Any] = {}
     divergence = ""
-    epoch = start_epoch
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.perf_counter()
-            train_loader.set_epoch(epoch)  # order and augmentation: a function of (seed, epoch)
-            seed_everything(epoch_seed(cfg.seed, epoch, info.rank))  # dropout: (seed, epoch, rank)
-            sums, lr, divergence = _train_epoch(
-                cfg, model, optimizer, train_loader, epoch, device, amp, bar=bar, plain=plain,
-                check_every=check_every,
-            )  # fmt: skip
-            if info.distributed:
-                dist.all_reduce(sums)
-            run_loss, run_correct, run_count = sums.tolist()
-            train_time = time.perf_counter() - t0
-            if not divergence and not math.isfinite(run_loss):
-                divergence = f"training loss became non-finite ({run_loss}) in epoch {epoch + 1}"
-            if divergence:
-                if info.is_main:
-                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
-                break
-
-            # ---- per-epoch evaluation (eval mode; the test split and the train-eval subset)
-            if info.distributed:
-                # Each rank's last forward updated the BatchNorm running statistics with its own
-                # shard; evaluate (and save) rank 0's everywhere, as the next forward would.
-                for buffer in raw_model.buffers():
-                    dist.broadcast(buffer, src=0)
-            test_loss, test_acc = evaluate(eval_model, test_loader, device, info, amp=amp)
-            train_loss, train_acc = evaluate(eval_model, train_eval_loader, device, info, amp=amp)
-            record = {
-                "epoch": epoch + 1,
-                "lr": lr,
-                KEY_TRAIN_LOSS: train_loss,
-                KEY_TRAIN_ACC: train_acc,
-                KEY_TEST_LOSS: test_loss,
-                KEY_TEST_ACC: test_acc,
-                **complexity.generalization_gap(train_acc, test_acc, train_loss, test_loss),
-                KEY_TRAIN_LOSS_RUNNING: run_loss / run_count,
-                KEY_TRAIN_ACC_RUNNING: run_correct / run_count,
-                "train_time_s": train_time,
-                "epoch_time_s": time.perf_counter() - t0,
-            }
-            if info.is_main:
-                record.update(_layer_columns(raw_model, cfg.log_layers))
-                log.append(record)
-                folder.save_checkpoint(epoch + 1, keep=_KEEP_CHECKPOINTS, state={
-                    "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1, "config": config_to_dict(cfg),
-                    "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
-                })  # fmt: skip
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss {train_loss:.4f} "
-                    f"acc {train_acc:.4f} | test loss {test_loss:.4f} acc {test_acc:.4f} "
-                    f"| {record['epoch_time_s']:.1f}s", file=sys.stderr,
+        with deferred_sigint(enabled=not info.distributed) as interrupt:
+            for epoch in range(start_epoch, cfg.epochs):
+                if done >= end or interrupt["stop"]:
+                    break
+                t0 = time.perf_counter()
+                train_loader.set_epoch(epoch)  # order and augmentation: (seed, epoch)
+                first = start_batch if epoch == start_epoch else 0
+                # A resumed epoch's sums were reduced over the ranks: rank 0 alone carries them.
+                carried = start_sums if first and info.is_main else [0.0, 0.0, 0.0]
+                sums, lr, divergence, done = _train_epoch(
+                    cfg, model, optimizer, train_loader, epoch, device, amp, info.rank,
+                    first=first, sums=torch.tensor(carried, dtype=torch.float64, device=device),
+                    stop=lambda steps: steps >= end or interrupt["stop"], bar=bar, plain=plain,
+                    check_every=check_every,
                 )  # fmt: skip
-            if info.distributed:
-                dist.barrier()  # no rank runs ahead of rank 0's checkpoint
-    except KeyboardInterrupt:
-        # The epoch in progress is dropped: a checkpoint is a finished epoch (the data order
-        # and augmentation are drawn per epoch).
-        raise interrupted(folder.path, f"the {epoch} finished epoch(s)") from None
+                if info.distributed:
+                    dist.all_reduce(sums)
+                if not divergence and done < (epoch + 1) * steps_per_epoch:  # stopped inside
+                    if info.is_main:
+                        checkpoint(epoch, done - epoch * steps_per_epoch, sums.tolist())
+                    break
+                run_loss = sums[0].item()
+                if not divergence and not math.isfinite(run_loss):
+                    divergence = (
+                        f"training loss became non-finite ({run_loss}) in epoch {epoch + 1}"
+                    )
+                if divergence:
+                    if info.is_main:
+                        print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                    break
+                if info.distributed:
+                    # Each rank's last forward updated the BatchNorm running statistics with its
+                    # own shard; evaluate (and save) rank 0's everywhere, as the next forward would.
+                    for buffer in raw_model.buffers():
+                        dist.broadcast(buffer, src=0)
+                record = _epoch_record(
+                    epoch, lr, sums, t0, test_loader, train_eval_loader,
+                    lambda loader: evaluate(eval_model, loader, device, info, amp=amp),
+                )  # fmt: skip
+                if info.is_main:
+                    record.update(_layer_columns(raw_model, cfg.log_layers))
+                    log.append(record)
+                    checkpoint(epoch + 1, 0, [0.0, 0.0, 0.0])
+                    print(
+                        f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.4g} train loss "
+                        f"{record[KEY_TRAIN_LOSS]:.4f} acc {record[KEY_TRAIN_ACC]:.4f} | test loss "
+                        f"{record[KEY_TEST_LOSS]:.4f} acc {record[KEY_TEST_ACC]:.4f} | "
+                        f"{record['epoch_time_s']:.1f}s", file=sys.stderr,
+                    )  # fmt: skip
+                if info.distributed:
+                    dist.barrier()  # no rank runs ahead of rank 0's checkpoint
+    except KeyboardInterrupt:  # under torchrun (Ctrl-C not deferred): the last epoch's checkpoint
+        raise interrupted(folder.path, "the checkpoint of the last finished epoch") from None
+    if interrupt["stop"]:
+        raise interrupted(folder.path, f"the checkpoint of step {done}")
+    if done < total and not divergence:  # stop_at: stopped as if interrupted
+        if log is not None:
+            log.close()
+        return None
 
     # ---- final metrics: the whole test split even when the curves used a subset
     full_test = None
@@ -440,30 +453,61 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
     return result
 
 
+def _epoch_record(
+    epoch: int, lr: float, sums: torch.Tensor, t0: float, test_loader: DeviceLoader,
+    train_eval_loader: DeviceLoader, evaluate_on: Callable[[DeviceLoader], tuple[float, float]],
+) -> dict[str, Any]:  # fmt: skip
+    """The log record of a finished epoch: eval-mode loss and accuracy on the test split and the
+    train-eval subset, the running train numbers ``sums`` (reduced over ranks), timings since
+    ``t0``."""
+    run_loss, run_correct, run_count = sums.tolist()
+    train_time = time.perf_counter() - t0
+    test_loss, test_acc = evaluate_on(test_loader)
+    train_loss, train_acc = evaluate_on(train_eval_loader)
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        KEY_TRAIN_LOSS: train_loss,
+        KEY_TRAIN_ACC: train_acc,
+        KEY_TEST_LOSS: test_loss,
+        KEY_TEST_ACC: test_acc,
+        **complexity.generalization_gap(train_acc, test_acc, train_loss, test_loss),
+        KEY_TRAIN_LOSS_RUNNING: run_loss / run_count,
+        KEY_TRAIN_ACC_RUNNING: run_correct / run_count,
+        "train_time_s": train_time,
+        "epoch_time_s": time.perf_counter() - t0,
+    }
+
+
 def _train_epoch(
     cfg: ClassifyConfig, model: nn.Module, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
-    epoch: int, device: torch.device, amp: bool, *, bar: bool, plain: ProgressLine | None,
-    check_every: int,
-) -> tuple[torch.Tensor, float, str]:  # fmt: skip
-    """One epoch of training: (loss sum, correct, count) on the device, the last lr, and why it
-    diverged ('' when it did not). A non-finite loss seen by the check (every ``check_every``
-    steps; 0 = never) stops the epoch before its update."""
+    epoch: int, device: torch.device, amp: bool, rank: int, *, first: int, sums: torch.Tensor,
+    stop: Callable[[int], bool], bar: bool, plain: ProgressLine | None, check_every: int,
+) -> tuple[torch.Tensor, float, str, int]:  # fmt: skip
+    """Train ``epoch`` from its batch ``first`` on, adding to ``sums`` (loss sum, correct, count,
+    on the device). Returns the sums, the last lr, why it diverged ('' when it did not) and the
+    optimizer steps taken in all. It ends early after a step where ``stop(steps taken)`` holds,
+    and before the update of a non-finite loss seen by the check (every ``check_every`` steps;
+    0 = never)."""
     model.train()
     steps_per_epoch = len(loader)
-    sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     progress = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not bar,
                     leave=False, file=sys.stderr)  # fmt: skip
     lr = math.nan
     for i, (x, y) in enumerate(progress):
+        if i < first:
+            continue  # trained before the checkpoint this run resumed from
         step = epoch * steps_per_epoch + i
         lr = lr_at(cfg, step, steps_per_epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        seed_model_draws(device, cfg.seed, rank, step)  # dropout: (seed, rank, step)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         if check_every and i % check_every == 0 and not torch.isfinite(loss):
-            return sums, lr, f"training loss became non-finite ({loss.item()}) at step {step + 1}"
+            why = f"training loss became non-finite ({loss.item()}) at step {step + 1}"
+            return sums, lr, why, step
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -476,7 +520,10 @@ def _train_epoch(
                                  acc=f"{(sums[1] / sums[2]).item():.3f}")  # fmt: skip
         if plain is not None and plain.due(step + 1):
             plain.show(step + 1, epoch=epoch + 1, loss=loss.item())
-    return sums, lr, ""
+        if stop(step + 1):
+            progress.close()
+            return sums, lr, "", step + 1
+    return sums, lr, "", (epoch + 1) * steps_per_epoch
 
 
 def _result_of(

@@ -67,7 +67,6 @@ from stablerank.train.gan_sampling import (
     eval_mode,
     latents,
     real_batches,
-    stream_seed,
 )
 from stablerank.train.gan_scores import (
     KEY_D_LOSS,
@@ -90,6 +89,8 @@ from stablerank.train.runtime import (
     init_distributed,
     interrupted,
     seed_everything,
+    seed_model_draws,
+    stream_seed,
 )
 
 __all__ = ["run"]
@@ -278,6 +279,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             for opt, base in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
                 for group in opt.param_groups:
                     group["lr"] = base * decay(step)
+            seed_model_draws(device, cfg.seed, info.rank, step)  # dropout, were G or D to have any
             for i in range(cfg.n_dis):
                 b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
                 x_real, y_real = real(b)

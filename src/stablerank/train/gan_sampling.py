@@ -3,11 +3,13 @@ of latents, the ``generate`` callable the metrics take, and standing BatchNorm s
 EMA generator.
 
 .. note:: **Randomness is counter-based.** The latents and fake labels of D update ``b`` (and of
-    G update ``step``) on rank ``r`` come from a generator seeded by ``(seed, r, b)`` (see
-    :func:`stream_seed`); real batch ``b`` is a pure function of ``(seed, epoch)`` in the
-    :class:`~stablerank.data.DeviceLoader` (disjoint shards per rank, :class:`_RealBatches`).
-    Nothing draws from a running RNG, so a resumed run continues bit for bit, DDP ranks need no
-    RNG state exchange, sampling or evaluation never perturb training, and a reloaded run
+    G update ``step``) on rank ``r`` come from a generator seeded by ``(seed, r, b)``
+    (:func:`~stablerank.train.runtime.stream_seed`); real batch ``b`` is a pure function of
+    ``(seed, epoch)`` in the :class:`~stablerank.data.DeviceLoader` (disjoint shards per rank,
+    :class:`_RealBatches`); in-model draws are reseeded at every G step
+    (:func:`~stablerank.train.runtime.seed_model_draws`). Nothing draws from a running RNG, so a
+    resumed run continues bit for bit, DDP ranks need no RNG state exchange, sampling or
+    evaluation never perturb training, and a reloaded run
     (:func:`stablerank.train.gan_models.load_gan_run`) redraws exactly the same latents.
 """
 
@@ -16,15 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-import numpy as np
 import torch
 from torch import nn
 
 from stablerank.data import DatasetSplits, DeviceLoader
+from stablerank.train.runtime import stream_seed
 
 __all__ = [
     "BN_STAT_SAMPLES", "STREAM_D_NOISE", "STREAM_EVAL", "STREAM_FIXED", "STREAM_G_NOISE", "Sampler",
-    "eval_mode", "latents", "make_generate", "real_batches", "refresh_bn_stats", "stream_seed",
+    "eval_mode", "latents", "make_generate", "real_batches", "refresh_bn_stats",
 ]  # fmt: skip
 
 # RNG streams of stream_seed (one per kind of draw).
@@ -32,13 +34,6 @@ STREAM_D_NOISE, STREAM_G_NOISE, STREAM_FIXED, STREAM_EVAL, _STREAM_BN = range(5)
 # Standing BatchNorm statistics of the EMA generator: 16 x 64 = 1024 fresh samples.
 _BN_STAT_BATCHES, _BN_STAT_BATCH = 16, 64
 BN_STAT_SAMPLES = _BN_STAT_BATCHES * _BN_STAT_BATCH
-
-
-def stream_seed(seed: int, rank: int, counter: int, stream: int) -> int:
-    """Seed of draw ``counter`` of ``stream`` on ``rank``: a well-mixed 63-bit hash (nearby
-    tuples give unrelated streams)."""
-    words = np.random.SeedSequence([seed, rank, counter, stream]).generate_state(2, np.uint32)
-    return (int(words[0]) << 31) ^ int(words[1])
 
 
 class _RealBatches:

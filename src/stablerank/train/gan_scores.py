@@ -30,7 +30,6 @@ from stablerank.train.gan_sampling import (
     BN_STAT_SAMPLES,
     STREAM_EVAL,
     make_generate,
-    stream_seed,
 )
 from stablerank.train.results import (
     EpochRecord,
@@ -40,6 +39,7 @@ from stablerank.train.results import (
     mean_active_fraction,
 )
 from stablerank.train.rundir import RunDir
+from stablerank.train.runtime import stream_seed
 
 # Keys of the log and of metrics.json.
 KEY_D_LOSS = "d_loss"

@@ -10,7 +10,7 @@ holds::
     analysis.json                 ClassifierAnalysis (stablerank analyze)
     gan_analysis.json             GanAnalysis (stablerank.train.gan_analysis)
     status.json error.txt .lock   running/done/diverged/failed/interrupted; the last traceback
-    checkpoints/step_<N>.pt       N = epochs of a classifier, G steps of a GAN; SHA-256 beside
+    checkpoints/step_<N>.pt       N = optimizer steps (classifier) or G steps (GAN); SHA-256 beside
 
 :class:`RunDir` owns these names (nobody else spells them) and the rules both trainers follow:
 

@@ -1,9 +1,11 @@
-"""Devices, seeds and distributed (DDP) set-up shared by the trainers.
+"""Devices, seeds, Ctrl-C and distributed (DDP) set-up shared by the trainers.
 
 Distributed mode is detected from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``); rank 0 alone logs and writes checkpoints. Seeds follow one documented rule:
-``seed + rank`` for everything that must differ across ranks (augmentation, noise), while model
-initialisation uses ``seed`` on every rank (DDP also broadcasts rank 0's parameters and buffers).
+``LOCAL_RANK``); rank 0 alone logs and writes checkpoints. Seeds follow one rule in both trainers:
+model initialisation uses ``seed`` on every rank (DDP also broadcasts rank 0's parameters and
+buffers); every draw during training comes from a generator seeded by
+:func:`stream_seed` ``(seed, rank, counter, stream)``, the counter being the update's number, so
+nothing depends on a running RNG and a resumed run needs no RNG state.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ __all__ = [
     "interrupted",
     "resolve_device",
     "seed_everything",
+    "seed_model_draws",
+    "stream_seed",
 ]
 
 
@@ -54,6 +58,31 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def stream_seed(seed: int, rank: int, counter: int, stream: int) -> int:
+    """Seed of draw ``counter`` of ``stream`` on ``rank``: a well-mixed 63-bit hash (nearby
+    tuples give unrelated streams)."""
+    words = np.random.SeedSequence([seed, rank, counter, stream]).generate_state(2, np.uint32)
+    return (int(words[0]) << 31) ^ int(words[1])
+
+
+# The stream of in-model draws; the trainers number their own streams from 0.
+_STREAM_IN_MODEL = 1 << 16
+
+
+def seed_model_draws(device: torch.device, seed: int, rank: int, step: int) -> None:
+    """Seed the global generator that in-model draws (dropout) use on ``device`` for update
+    ``step`` on ``rank`` (:func:`stream_seed`): the CPU's, or that CUDA or MPS device's. Cheap
+    enough for every step, unlike ``torch.manual_seed``, which visits every backend."""
+    seed = stream_seed(seed, rank, step, _STREAM_IN_MODEL)
+    if device.type == "cuda":
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.default_generators[index].manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+    else:
+        torch.default_generator.manual_seed(seed)
 
 
 @dataclass(frozen=True)
