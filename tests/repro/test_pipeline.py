@@ -222,16 +222,18 @@ def _live_processes(group: int) -> list[str]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
-def test_ctrl_c_stops_the_worker_pool_and_the_same_command_finishes(tmp_path):
-    """Ctrl-C in a terminal signals the whole process group: the pool's workers record
-    ``interrupted`` in the runs they hold and stop, the command exits 130 saying how to continue,
-    and the same command then finishes every run."""
+@pytest.mark.parametrize("executor", ["local", "submitit-local"])
+def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, executor):
+    """Ctrl-C in a terminal signals the whole process group: the workers (the pool's, or
+    submitit's local jobs and their controllers) record ``interrupted`` in the runs they hold and
+    stop, the command exits 130 saying how to continue, and the same command then finishes every
+    run."""
     import signal
     import time
 
     argv = [sys.executable, "-m", "stablerank", "reproduce", "--preset", "tiny", "--seeds", "1",
-            "--out-dir", str(tmp_path), "--executor", "local", "--workers", "2", "--threads", "1",
-            "--device", "cpu", "--progress", "false"]  # fmt: skip
+            "--out-dir", str(tmp_path), "--executor", executor, "--workers", "2", "--threads",
+            "1", "--device", "cpu", "--progress", "false"]  # fmt: skip
     runs = sweeps.build_sweep(_cfg(tmp_path))
 
     def states() -> list[str]:

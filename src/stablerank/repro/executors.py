@@ -35,6 +35,7 @@ from stablerank.repro.sweeps import Run
 __all__ = ["Executor", "make_executor", "visible_gpus"]
 
 Report = Callable[[int, int, Run, Outcome], None]
+_STOP_FILE = "STOP"  # in the submitit folder: written on Ctrl-C, read by local jobs
 
 
 class Executor(Protocol):
@@ -101,18 +102,22 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _execute_in_worker(run: Run) -> Outcome:
-    """:func:`execute` in a pool worker. The workers start with Ctrl-C ignored and take it only
-    while they run a run: the run in progress records ``interrupted`` and stops, a worker starting
-    up or waiting for work is left to exit when the pool shuts down (no traceback), and a run
-    queued before the Ctrl-C does not start."""
+def _execute_unless_stopped(run: Run, stopped: bool) -> Outcome:
+    """:func:`execute` in a worker process (a pool's or a submitit job's). The workers start with
+    Ctrl-C ignored and take it only while they run a run: the run in progress records
+    ``interrupted`` and stops, a worker starting up or waiting for work exits without a
+    traceback, and a run handed out before the Ctrl-C (``stopped``) does not start."""
     previous = signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        if _stop is not None and _stop.is_set():
+        if stopped:
             raise KeyboardInterrupt
         return execute(run, capture=True)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _execute_in_worker(run: Run) -> Outcome:
+    return _execute_unless_stopped(run, _stop is not None and _stop.is_set())
 
 
 class LocalExecutor:
@@ -165,13 +170,18 @@ class LocalExecutor:
 
 
 class SubmititExecutor:
-    """Runs as submitit jobs: ``cluster="slurm"`` or ``"local"`` (this machine, in waves)."""
+    """Runs as submitit jobs: ``cluster="slurm"`` or ``"local"`` (this machine, in waves).
+
+    On Ctrl-C the local jobs stop as the pool's workers do (a file plays the stop event) and the
+    command waits for them; SLURM jobs run on, and the command says how to cancel them.
+    """
 
     def __init__(self, folder: Path, cluster: str, cfg: ReproduceConfig, wave: int) -> None:
         import submitit
 
         self.cluster = cluster
         self.wave = wave
+        self.stop_file = folder / _STOP_FILE if cluster == "local" else None
         self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         params: dict[str, object] = {"timeout_min": cfg.slurm_time}
         if cluster == "slurm":
@@ -185,32 +195,56 @@ class SubmititExecutor:
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
-        job_fn = _requeueable_job()
+        if self.stop_file is not None:
+            self.stop_file.unlink(missing_ok=True)  # left by an earlier Ctrl-C
+        job_fn = _requeueable_job(self.stop_file)
         outcomes: list[Outcome] = []
         step = len(runs) if self.cluster == "slurm" else self.wave
         for start in range(0, len(runs), step):
             chunk = list(runs[start : start + step])
-            jobs = self.executor.map_array(job_fn, chunk)
-            for offset, (run, job) in enumerate(zip(chunk, jobs, strict=True)):
-                try:
-                    outcome = job.result()
-                except Exception as err:  # the job itself failed (not the run: execute records)
-                    outcome = Outcome(run.name, FAILED, error=f"job {job.job_id} failed: {err}")
-                outcomes.append(outcome)
-                report(start + offset + 1, len(runs), run, outcome)
+            with _sigint_ignored():  # local controllers and jobs inherit it, as the pool's workers
+                jobs = self.executor.map_array(job_fn, chunk)
+            try:
+                for offset, (run, job) in enumerate(zip(chunk, jobs, strict=True)):
+                    try:
+                        outcome = job.result()
+                    except Exception as err:  # the job failed (not the run: execute records that)
+                        outcome = Outcome(run.name, FAILED, error=f"job {job.job_id} failed: {err}")
+                    outcomes.append(outcome)
+                    report(start + offset + 1, len(runs), run, outcome)
+            except KeyboardInterrupt:
+                self._stop(jobs)
+                raise
         return outcomes
 
+    def _stop(self, jobs: Sequence[Any]) -> None:
+        """After Ctrl-C: local jobs that have not begun their run skip it, and the ones running
+        (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
+        if self.stop_file is None:
+            array = str(jobs[0].job_id).split("_")[0]
+            print(f"\nthe SLURM jobs run on (scancel {array} stops them); the same command "
+                  "collects their results", file=sys.stderr)  # fmt: skip
+            return
+        self.stop_file.touch()
+        for job in jobs:
+            job.wait()
 
-def _requeueable_job() -> Callable[[Run], Outcome]:
+
+def _requeueable_job(stop_file: Path | None) -> Callable[[Run], Outcome]:
     """The job function: on preemption or timeout submitit calls ``checkpoint``, which requeues
-    the same run; :func:`execute` then resumes it from the trainer's checkpoint."""
+    the same run; :func:`execute` then resumes it from the trainer's checkpoint. It does not
+    start its run once ``stop_file`` exists."""
     import submitit
 
     class _Job(submitit.helpers.Checkpointable):
-        def __call__(self, run: Run) -> Outcome:
-            return execute(run, capture=True)
+        def __init__(self, stop_file: Path | None) -> None:
+            self.stop_file = stop_file
 
-    return _Job()
+        def __call__(self, run: Run) -> Outcome:
+            stopped = self.stop_file is not None and self.stop_file.exists()
+            return _execute_unless_stopped(run, stopped)
+
+    return _Job(stop_file)
 
 
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
