@@ -208,7 +208,7 @@ def test_a_run_can_train_with_torchrun_ddp(tmp_path):
 
 
 def _live_processes(group: int) -> list[str]:
-    """The command lines of the processes of a process group that still run (an exited one
+    """``pid command line`` of each process of a process group that still runs (an exited one
     awaiting its reaper excepted), from /proc."""
     live = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -217,7 +217,8 @@ def _live_processes(group: int) -> list[str]:
         except OSError:  # it exited meanwhile
             continue
         if int(fields[2]) == group and fields[0] != "Z":
-            live.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            live.append(f"{stat.parent.name} {cmdline}")
     return live
 
 
@@ -272,3 +273,52 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     assert rerun.returncode == 0, rerun.stderr
     assert states() == ["done"] * len(runs)
     assert (tmp_path / "report.md").is_file()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_a_preempted_job_checkpoints_its_step_and_the_requeued_run_ends_as_if_never_stopped(
+    tmp_path,
+):
+    """The signal SLURM sends before it preempts a job (here sent to a submitit-local job, which
+    handles it the same way) acts as a Ctrl-C: the trainer checkpoints the step it reached,
+    submitit requeues the job, and the run resumes from that step to the uninterrupted run's
+    result, bitwise."""
+    import re
+    import signal
+    import threading
+    import time
+
+    import submitit
+
+    from stablerank.config.classify import classify_preset
+    from stablerank.repro.executors import SubmititExecutor
+
+    config = classify_preset("tiny", epochs=40)  # 21 steps per epoch on digits: seconds of work
+    cfg = _cfg(tmp_path / "job", executor="submitit-local")
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(cfg)
+    executor = SubmititExecutor(tmp_path / "job" / "submitit", "local", cfg, wave=1)
+    outcomes = []
+    worker = threading.Thread(target=lambda: outcomes.extend(executor.map([run], print)))
+    worker.start()
+    log, deadline = run.run_dir / "log.jsonl", time.monotonic() + 120
+    while (not log.is_file() or log.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)  # three epochs trained: the job is inside its training loop
+    jobs = [p for p in _live_processes(os.getpgid(0)) if "submitit.core._submit" in p]
+    assert len(jobs) == 1, jobs
+    pid = int(jobs[0].split()[0])
+    os.kill(pid, getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG))
+    worker.join(timeout=300)
+    assert [o.state for o in outcomes] == ["done"]
+    assert RunDir(run.run_dir).read_status()["attempts"] == 2
+
+    # The first attempt stopped with a checkpoint at the step it reached, the second resumed there.
+    errors = "".join(p.read_text() for p in (tmp_path / "job" / "submitit").rglob("*.err"))
+    step = int(re.search(r"preempted \(interrupted; the checkpoint of step (\d+) kept", errors)[1])
+    output = (run.run_dir / "output.log").read_text()
+    assert f"resume: continuing from {run.run_dir / 'checkpoints'}/step_{step:07d}.pt" in output
+
+    reference = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(_cfg(tmp_path / "r"))
+    assert execute(reference).state == "done"
+    a, b = (_strip(json.loads((r.run_dir / "metrics.json").read_text())) for r in (run, reference))
+    a.pop("protocol"), b.pop("protocol")  # they name their folders
+    assert a == b

@@ -230,10 +230,44 @@ class SubmititExecutor:
             job.wait()
 
 
+@contextlib.contextmanager
+def _preemption_as_ctrl_c() -> Iterator[Callable[[KeyboardInterrupt], None]]:
+    """In a submitit job: the preemption or time-out signal (SLURM sends it ahead of the kill)
+    becomes a Ctrl-C to this process, so the trainer ends its step and writes a checkpoint there
+    and the run records ``interrupted``; the ``requeue(stop)`` yielded then logs what was kept
+    (the trainer's ``stop``) and hands the signal to submitit's own handler, which requeues the
+    job and exits. Outside a submitit job (no handler for the signal) nothing changes."""
+    import submitit
+
+    sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
+    submitit_handler = signal.getsignal(sig)
+    caught: list[tuple[int, Any]] = []
+    if not callable(submitit_handler):
+        yield lambda stop: None
+        return
+
+    def ctrl_c(signum: int, frame: Any) -> None:
+        if not caught:
+            caught.append((signum, frame))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def requeue(stop: KeyboardInterrupt) -> None:
+        if caught:
+            print(f"preempted ({stop}); submitit requeues the job", file=sys.stderr, flush=True)
+            submitit_handler(*caught[0])  # checkpoint(): the same run again; then sys.exit
+
+    signal.signal(sig, ctrl_c)
+    try:
+        yield requeue
+    finally:
+        signal.signal(sig, submitit_handler)
+
+
 def _requeueable_job(stop_file: Path | None) -> Callable[[Run], Outcome]:
-    """The job function: on preemption or timeout submitit calls ``checkpoint``, which requeues
-    the same run; :func:`execute` then resumes it from the trainer's checkpoint. It does not
-    start its run once ``stop_file`` exists."""
+    """The job function: on preemption or time-out the trainer checkpoints the step it reached
+    (:func:`_preemption_as_ctrl_c`), submitit's ``checkpoint`` requeues the same run, and
+    :func:`execute` resumes it from that checkpoint. It does not start its run once
+    ``stop_file`` exists."""
     import submitit
 
     class _Job(submitit.helpers.Checkpointable):
@@ -242,7 +276,12 @@ def _requeueable_job(stop_file: Path | None) -> Callable[[Run], Outcome]:
 
         def __call__(self, run: Run) -> Outcome:
             stopped = self.stop_file is not None and self.stop_file.exists()
-            return _execute_unless_stopped(run, stopped)
+            with _preemption_as_ctrl_c() as requeue:
+                try:
+                    return _execute_unless_stopped(run, stopped)
+                except KeyboardInterrupt as stop:
+                    requeue(stop)  # after a preemption; a Ctrl-C goes on up
+                    raise
 
     return _Job(stop_file)
 
