@@ -42,16 +42,19 @@ import sys
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from stablerank.config import config_to_dict
 from stablerank.config.gan import GanConfig
-from stablerank.data import load_dataset
+from stablerank.data import DatasetSplits, load_dataset
 from stablerank.layers import layer_report
 from stablerank.metrics import NonFiniteError
 from stablerank.metrics.ema import ema_update
@@ -99,12 +102,119 @@ _BAR_KEYS = (KEY_D_LOSS, KEY_G_LOSS, KEY_FID)  # shown in the progress bar
 
 
 # ----------------------------------------------------------------------------------------------
-# Helpers of the loop
+# The networks and one G step
 # ----------------------------------------------------------------------------------------------
 
 
 def _linear_decay(total: int) -> Callable[[int], float]:
     return lambda step: max(0.0, 1.0 - step / total)
+
+
+@dataclass
+class _Nets:
+    """G and D with their optimizers and the EMA generator.
+
+    ``G`` and ``D`` are the raw modules (state dicts, sampling, the layer report); ``G_train``
+    and ``D_train`` are what the D step calls (compiled and DDP-wrapped when asked); ``D_local``
+    is D compiled but outside DDP, for the G step (see the module note).
+    """
+
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    G_train: nn.Module
+    D_train: nn.Module
+    D_local: nn.Module
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint's model and optimizer entries."""
+        state = {"G": self.G.state_dict(), "D": self.D.state_dict(),
+                 "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict()}  # fmt: skip
+        if self.G_ema is not None:
+            state["G_ema"] = self.G_ema.state_dict()
+        return state
+
+
+def _build_nets(
+    cfg: GanConfig, splits: DatasetSplits, num_classes: int | None, ckpt: dict[str, Any] | None,
+    info: DistInfo, device: torch.device,
+) -> _Nets:  # fmt: skip
+    """G, D (the same initialisation on every rank: ``seed``, not ``seed + rank``), the EMA
+    generator and Adam, restored from ``ckpt`` when resuming, then compiled and wrapped."""
+    seed_everything(cfg.seed)
+    G, D = build_gan_models(cfg, splits.in_channels, splits.image_size, num_classes)
+    G.to(device)
+    D.to(device)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema > 0 else None
+    betas = (cfg.beta1, cfg.beta2)
+    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
+    if ckpt is not None:
+        G.load_state_dict(ckpt["G"])
+        D.load_state_dict(ckpt["D"])
+        if G_ema is not None:
+            G_ema.load_state_dict(ckpt["G_ema"])
+        opt_g.load_state_dict(ckpt["opt_g"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+    G_train, D_train = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
+    D_local = D_train
+    if info.distributed:
+        ids = [device.index] if device.type == "cuda" else None
+        G_train = DistributedDataParallel(G_train, device_ids=ids, broadcast_buffers=True)
+        D_train = DistributedDataParallel(D_train, device_ids=ids, broadcast_buffers=True)
+    return _Nets(G, D, G_ema, opt_g, opt_d, G_train, D_train, D_local)
+
+
+def _g_step(cfg: GanConfig, nets: _Nets, real: Callable[[int], tuple[torch.Tensor, torch.Tensor]],
+            step: int, lr_scale: float, info: DistInfo, local_batch: int,
+            num_classes: int | None, device: torch.device) -> tuple[torch.Tensor, ...]:  # fmt: skip
+    """G step ``step``: ``n_dis`` D updates, then one G update and the EMA; returns the losses
+    ``(d_loss, g_loss, d_real, d_fake)`` of its last updates (on the device, not synced).
+
+    Every draw comes from its (seed, rank, counter) stream; the D step runs D once on the
+    concatenated real and fake batch, the G step the unwrapped D (see the module note)."""
+    for opt, base in ((nets.opt_g, cfg.lr_g), (nets.opt_d, cfg.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = base * lr_scale
+    seed_model_draws(device, cfg.seed, info.rank, step)  # dropout, were G or D to have any
+    autocast = (
+        partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext
+    )
+    for i in range(cfg.n_dis):
+        b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
+        x_real, y_real = real(b)
+        gen = torch.Generator().manual_seed(stream_seed(cfg.seed, info.rank, b, STREAM_D_NOISE))
+        z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
+        with autocast():
+            with torch.no_grad():
+                x_fake = nets.G_train(z, y_fake)
+            y_both = torch.cat([y_real, y_fake]) if num_classes else None
+            d_real, d_fake = nets.D_train(torch.cat([x_real, x_fake]), y_both).float().chunk(2)
+            d_loss = compute_d_loss(d_real, d_fake, cfg.loss)
+        nets.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        nets.opt_d.step()
+    gen = torch.Generator().manual_seed(stream_seed(cfg.seed, info.rank, step, STREAM_G_NOISE))
+    z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
+    with autocast():
+        g_loss = compute_g_loss(nets.D_local(nets.G_train(z, y_fake), y_fake).float(), cfg.loss)
+    nets.opt_g.zero_grad(set_to_none=True)
+    g_loss.backward(inputs=list(nets.G.parameters()))
+    nets.opt_g.step()
+    if nets.G_ema is not None:
+        ema_update(nets.G_ema, nets.G, cfg.ema)
+    return d_loss.detach(), g_loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
+
+
+def _mean_losses(losses: tuple[torch.Tensor, ...], info: DistInfo) -> dict[str, float]:
+    """The logged losses, averaged over the ranks (one small all-reduce per log)."""
+    stacked = torch.stack(losses).float()
+    if info.distributed:
+        dist.all_reduce(stacked)
+        stacked /= info.world_size
+    return dict(zip((KEY_D_LOSS, KEY_G_LOSS, "d_real", "d_fake"), stacked.tolist(), strict=True))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,40 +280,15 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
         world_size=info.world_size,
     )  # fmt: skip
 
-    # --- models: the same initialisation on every rank (seed, not seed + rank) ---
-    seed_everything(cfg.seed)
-    G, D = build_gan_models(cfg, splits.in_channels, splits.image_size, num_classes)
-    G.to(device)
-    D.to(device)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema > 0 else None
-    betas = (cfg.beta1, cfg.beta2)
-    opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=betas)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=betas)
+    # --- models ---
+    nets = _build_nets(cfg, splits, num_classes, ckpt, info, device)
     # The lr is a pure function of the G step, as in the classifier trainer: nothing to save.
     decay = _linear_decay(cfg.g_steps) if cfg.lr_decay == "linear" else (lambda step: 1.0)
     start, seconds_before, baselines = 0, 0.0, None
     if ckpt is not None:
-        G.load_state_dict(ckpt["G"])
-        D.load_state_dict(ckpt["D"])
-        if G_ema is not None:
-            G_ema.load_state_dict(ckpt["G_ema"])
-        opt_g.load_state_dict(ckpt["opt_g"])
-        opt_d.load_state_dict(ckpt["opt_d"])
         start, seconds_before = int(ckpt["step"]), float(ckpt["train_seconds"])
         baselines = ckpt["baselines"]
     del ckpt
-
-    G_raw, D_raw = G, D  # state dicts, sampling and the final report use these
-    if cfg.compile:
-        G, D = torch.compile(G), torch.compile(D)
-    D_local = D  # the G step's D forward: compiled, but outside DDP (see the module note)
-    if info.distributed:
-        ids = [device.index] if device.type == "cuda" else None
-        G = DistributedDataParallel(G, device_ids=ids, broadcast_buffers=True)
-        D = DistributedDataParallel(D, device_ids=ids, broadcast_buffers=True)
-    autocast = (
-        partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext
-    )
 
     # --- run files (rank 0) ---
     log = None
@@ -217,7 +302,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     if num_classes:  # one class per row
         fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
     sampler = Sampler(
-        G_raw, G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
+        nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
     )
 
     def save_samples(step: int) -> None:
@@ -231,15 +316,11 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             "train_seconds": seconds_before + time.perf_counter() - t0,
             "baselines": baselines,
             "config": cfg_dict,
-            "G": G_raw.state_dict(),
-            "D": D_raw.state_dict(),
-            "opt_g": opt_g.state_dict(),
-            "opt_d": opt_d.state_dict(),
+            **nets.state(),
             "schedule": "lr is a pure function of the G step (_linear_decay); nothing to restore",
             "world_size": info.world_size,
         }
-        if G_ema is not None:
-            state["G_ema"] = G_ema.state_dict()
+        if nets.G_ema is not None:
             # Whether G_ema holds this step's standing BatchNorm statistics (refreshed before the
             # checkpoint by a sample grid or an evaluation): load_gan_run then reuses them as
             # they are. Resuming ignores it (G_ema's buffers are copied from G at every step).
@@ -276,60 +357,18 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
     with deferred_sigint(enabled=not info.distributed) as interrupt:
         while step < end and not interrupt["stop"]:
-            for opt, base in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = base * decay(step)
-            seed_model_draws(device, cfg.seed, info.rank, step)  # dropout, were G or D to have any
-            for i in range(cfg.n_dis):
-                b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
-                x_real, y_real = real(b)
-                gen = torch.Generator().manual_seed(
-                    stream_seed(cfg.seed, info.rank, b, STREAM_D_NOISE)
-                )
-                z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
-                with autocast():
-                    with torch.no_grad():
-                        x_fake = G(z, y_fake)
-                    y_both = torch.cat([y_real, y_fake]) if num_classes else None
-                    d_real, d_fake = D(torch.cat([x_real, x_fake]), y_both).float().chunk(2)
-                    d_loss = compute_d_loss(d_real, d_fake, cfg.loss)
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            gen = torch.Generator().manual_seed(
-                stream_seed(cfg.seed, info.rank, step, STREAM_G_NOISE)
-            )
-            z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
-            with autocast():
-                g_loss = compute_g_loss(D_local(G(z, y_fake), y_fake).float(), cfg.loss)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward(inputs=list(G_raw.parameters()))
-            opt_g.step()
-            if G_ema is not None:
-                ema_update(G_ema, G_raw, cfg.ema)
+            losses = _g_step(cfg, nets, real, step, decay(step), info, local_batch, num_classes,
+                             device)  # fmt: skip
             step += 1
 
             if step % cfg.log_every == 0 or step == end:
-                losses = torch.stack(
-                    [
-                        d_loss.detach(),
-                        g_loss.detach(),
-                        d_real.detach().mean(),
-                        d_fake.detach().mean(),
-                    ]
-                ).float()
-                if info.distributed:  # the mean over ranks (one small all-reduce per log)
-                    dist.all_reduce(losses)
-                    losses /= info.world_size
-                values = dict(
-                    zip((KEY_D_LOSS, KEY_G_LOSS, "d_real", "d_fake"), losses.tolist(), strict=True)
-                )
+                values = _mean_losses(losses, info)
                 if not all(math.isfinite(v) for v in values.values()):
                     divergence = f"non-finite loss at G step {step}: {values}"
                 if log is not None:
                     active = None
                     if cfg.d_norm == "srn" and not divergence:
-                        active = active_fraction(layer_stats(layer_report(D_raw)))
+                        active = active_fraction(layer_stats(layer_report(nets.D)))
                     log.append(
                         {
                             "step": step,
@@ -378,7 +417,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
                 except NonFiniteError as err:  # NaN samples with finite losses: no score
                     divergence = f"the generator's samples are not finite: {err}"
         result = write_result(
-            run_dir, cfg, scores, baselines, D_raw, step, train_seconds, records, divergence,
+            run_dir, cfg, scores, baselines, nets.D, step, train_seconds, records, divergence,
             getattr(splits, "source", None),
         )  # fmt: skip
     if log is not None:
