@@ -45,8 +45,9 @@ _COMMANDS = {
         "stablerank.config.classify:ClassifyConfig",
         "stablerank.config.classify:CLASSIFY_PRESETS",
         "stablerank.train.classify:run",
-        "a checkpoint was written at the step reached (under torchrun: the last finished epoch's "
-        "is kept); the same command with --resume continues from it",
+        "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
+        "the step reached, except under torchrun); the same command with --resume continues "
+        "from it",
     ),
     "analyze": _Command(
         "analyse a trained classifier run: generalization gap, empirical Lipschitz, complexity",
@@ -61,8 +62,9 @@ _COMMANDS = {
         "stablerank.config.gan:GanConfig",
         "stablerank.config.gan:GAN_PRESETS",
         "stablerank.train.gan:run",
-        "a checkpoint was written at the G step reached (under torchrun: the newest periodic one "
-        "is kept); the same command with --resume continues from it",
+        "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
+        "the G step reached, except under torchrun); the same command with --resume continues "
+        "from it",
     ),
     "reproduce": _Command(
         "run a sweep of the paper's comparisons and write report.md and claims.json (the main "

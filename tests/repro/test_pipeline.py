@@ -207,6 +207,19 @@ def test_a_run_can_train_with_torchrun_ddp(tmp_path):
     assert result.protocol["world_size"] == 2 and (run.run_dir / "analysis.json").is_file()
 
 
+def test_a_submitit_job_does_not_start_its_run_once_its_stop_file_exists(tmp_path):
+    from stablerank.repro.executors import _requeueable_job
+
+    run = sweeps.build_sweep(_cfg(tmp_path))[0]
+    stop_file = tmp_path / "STOP.1"
+    stop_file.touch()  # what the command writes on Ctrl-C
+    with pytest.raises(KeyboardInterrupt):
+        _requeueable_job(stop_file, 15)(run)
+    assert not run.run_dir.exists()  # not started
+    stop_file.unlink()
+    assert _requeueable_job(stop_file, 15)(run).state == "done"
+
+
 def _live_processes(group: int) -> list[str]:
     """``pid command line`` of each process of a process group that still runs (an exited one
     awaiting its reaper excepted), from /proc."""

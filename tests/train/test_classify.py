@@ -162,6 +162,12 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_
     # batch 4 to bitwise the uninterrupted run's weights and log (running numbers included).
     kw = dict(model="small_cnn", width=0.25, norm="srn", augment="crop", epochs=3,
               train_subset=384, train_eval_size=100)  # fmt: skip
+    real_build = classify.build_model
+
+    def with_dropout(cfg, splits):  # no built-in model draws: dropout checks the per-step seeds
+        return torch.nn.Sequential(torch.nn.Dropout(0.3), real_build(cfg, splits))
+
+    monkeypatch.setattr(classify, "build_model", with_dropout)
     straight, _ = train(tiny(tmp_path / "a", **kw))
     stop = 6 + 3
     real_lr_at = classify.lr_at
@@ -188,8 +194,31 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_
     assert classify.run(tiny(tmp_path / "c", **kw), stop_at=6) is None
     assert classify.run(tiny(tmp_path / "c", resume=True, **kw), stop_at=15) is None
     assert RunDir(tmp_path / "c" / "run").checkpoints()[-1].name == "step_0000015.pt"
+    assert RunDir(tmp_path / "c" / "run").read_status()["status"] == "interrupted"
     resumed, _ = train(tiny(tmp_path / "c", resume=True, **kw))
     _assert_same_run(straight, resumed)
+
+
+def test_ctrl_c_in_the_step_that_diverges_ends_the_run_as_diverged(tmp_path, monkeypatch):
+    cfg = tiny(tmp_path / "a", lr=1e6, epochs=3, norm="none")
+    _, result = train(cfg)  # lr 1e6: a non-finite loss within the first epoch
+    step = int(result.divergence.rpartition("at step ")[2])
+    real_lr_at = classify.lr_at
+
+    def lr_at_then_sigint(cfg, s, steps_per_epoch):  # Ctrl-C during the diverging step
+        if s == step - 1:
+            signal.raise_signal(signal.SIGINT)
+        return real_lr_at(cfg, s, steps_per_epoch)
+
+    monkeypatch.setattr(classify, "lr_at", lr_at_then_sigint)
+    try:
+        run_dir, again = train(tiny(tmp_path / "b", lr=1e6, epochs=3, norm="none"))
+    except KeyboardInterrupt as err:  # would stop pytest itself
+        pytest.fail(f"a diverged run reported an interruption: {err}")
+    assert again.diverged and again.divergence == result.divergence
+    assert RunDir(run_dir).read_status()["status"] == "diverged"
+    with pytest.raises(ValueError, match="stop_at must be >= 1"):
+        classify.run(tiny(tmp_path / "c"), stop_at=0)
 
 
 def test_resume_refuses_a_different_config(tmp_path):

@@ -474,6 +474,32 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch):
     assert result.steps == 3  # stopped at the first logged NaN, not trained on
 
 
+def test_ctrl_c_in_the_step_that_diverges_ends_the_run_as_diverged(tmp_path, monkeypatch):
+    real = gan_train.compute_d_loss
+    calls = {"n": 0}
+
+    def sigint_and_nan_in_the_third(d_real, d_fake, loss):
+        calls["n"] += 1
+        out = real(d_real, d_fake, loss)
+        if calls["n"] == 3:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C during the step whose loss is NaN
+        return out * float("nan") if calls["n"] >= 3 else out
+
+    monkeypatch.setattr(gan_train, "compute_d_loss", sigint_and_nan_in_the_third)
+    try:
+        run_dir = _train(_cfg(tmp_path, "nan", g_steps=6, log_every=1, d_norm="sn"))
+    except KeyboardInterrupt as err:  # would stop pytest itself
+        pytest.fail(f"a diverged run reported an interruption: {err}")
+    assert GanResult.from_json(run_dir).diverged
+    assert RunDir(run_dir).read_status()["status"] == "diverged"
+    assert "step_0000003.pt" not in [p.name for p in RunDir(run_dir).checkpoints()]
+
+
+def test_stop_at_must_be_a_step(tmp_path):
+    with pytest.raises(ValueError, match="stop_at must be >= 1"):
+        gan_train.run(_cfg(tmp_path, "s"), stop_at=0)
+
+
 def test_non_finite_samples_mark_the_run_diverged_instead_of_failing(tmp_path, monkeypatch):
     from stablerank.metrics import NonFiniteError
 

@@ -155,7 +155,7 @@ def test_status_says_done_diverged_interrupted_and_failed(tmp_path, monkeypatch)
 
     monkeypatch.setattr(classify, "evaluate", evaluate_then(KeyboardInterrupt()))
     stopped = RunDir(tmp_path / "i" / "run")
-    with pytest.raises(KeyboardInterrupt, match=r"last finished epoch kept in .*--resume"):
+    with pytest.raises(KeyboardInterrupt, match=r"the newest checkpoint kept in .*--resume"):
         classify.run(_tiny(tmp_path / "i", epochs=3))
     assert stopped.read_status()["status"] == "interrupted" and stopped.is_resumable()
     assert [p.name for p in stopped.checkpoints()] == ["step_0000021.pt"]  # epoch 1's

@@ -24,6 +24,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,7 +36,10 @@ from stablerank.repro.sweeps import Run
 __all__ = ["Executor", "make_executor", "visible_gpus"]
 
 Report = Callable[[int, int, Run, Outcome], None]
-_STOP_FILE = "STOP"  # in the submitit folder: written on Ctrl-C, read by local jobs
+# submitit's notice before a time-out, in seconds: set for SLURM (its --signal), submitit's default
+# on the local cluster. A trainer has half of it to reach a checkpoint before the job is requeued
+# to resume from its last periodic one.
+_SIGNAL_DELAY_S = {"slurm": 90, "local": 30}
 
 
 class Executor(Protocol):
@@ -102,14 +106,15 @@ def _interrupt_once(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _execute_unless_stopped(run: Run, stopped: bool) -> Outcome:
+def _execute_unless_stopped(run: Run, stopped: Callable[[], bool]) -> Outcome:
     """:func:`execute` in a worker process (a pool's or a submitit job's). The workers start with
     Ctrl-C ignored and take it only while they run a run: the run in progress records
     ``interrupted`` and stops, a worker starting up or waiting for work exits without a
-    traceback, and a run handed out before the Ctrl-C (``stopped``) does not start."""
+    traceback, and a run handed out before the Ctrl-C (``stopped()``, asked once Ctrl-C is
+    taken) does not start."""
     previous = signal.signal(signal.SIGINT, _interrupt_once)
     try:
-        if stopped:
+        if stopped():
             raise KeyboardInterrupt
         return execute(run, capture=True)
     finally:
@@ -117,7 +122,7 @@ def _execute_unless_stopped(run: Run, stopped: bool) -> Outcome:
 
 
 def _execute_in_worker(run: Run) -> Outcome:
-    return _execute_unless_stopped(run, _stop is not None and _stop.is_set())
+    return _execute_unless_stopped(run, lambda: _stop is not None and _stop.is_set())
 
 
 class LocalExecutor:
@@ -181,11 +186,12 @@ class SubmititExecutor:
 
         self.cluster = cluster
         self.wave = wave
-        self.stop_file = folder / _STOP_FILE if cluster == "local" else None
+        self.folder = folder
         self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         params: dict[str, object] = {"timeout_min": cfg.slurm_time}
         if cluster == "slurm":
             params.update(
+                slurm_signal_delay_s=_SIGNAL_DELAY_S["slurm"],
                 slurm_partition=cfg.slurm_partition or None,
                 gpus_per_node=cfg.slurm_gpus_per_run,
                 cpus_per_task=cfg.slurm_cpus_per_run,
@@ -195,9 +201,11 @@ class SubmititExecutor:
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
-        if self.stop_file is not None:
-            self.stop_file.unlink(missing_ok=True)  # left by an earlier Ctrl-C
-        job_fn = _requeueable_job(self.stop_file)
+        # This command's own stop file: another command on the out dir keeps its jobs.
+        stop_file = None
+        if self.cluster == "local":
+            stop_file = self.folder / f"STOP.{os.getpid()}.{time.time_ns()}"
+        job_fn = _requeueable_job(stop_file, _SIGNAL_DELAY_S[self.cluster] // 2)
         outcomes: list[Outcome] = []
         step = len(runs) if self.cluster == "slurm" else self.wave
         for start in range(0, len(runs), step):
@@ -213,30 +221,37 @@ class SubmititExecutor:
                     outcomes.append(outcome)
                     report(start + offset + 1, len(runs), run, outcome)
             except KeyboardInterrupt:
-                self._stop(jobs)
+                _stop(jobs, stop_file)
                 raise
         return outcomes
 
-    def _stop(self, jobs: Sequence[Any]) -> None:
-        """After Ctrl-C: local jobs that have not begun their run skip it, and the ones running
-        (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
-        if self.stop_file is None:
-            array = str(jobs[0].job_id).split("_")[0]
-            print(f"\nthe SLURM jobs run on (scancel {array} stops them); the same command "
-                  "collects their results", file=sys.stderr)  # fmt: skip
-            return
-        self.stop_file.touch()
+
+def _stop(jobs: Sequence[Any], stop_file: Path | None) -> None:
+    """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
+    ones running (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
+    if stop_file is None:
+        array = str(jobs[0].job_id).split("_")[0]
+        print(f"\nthe SLURM jobs run on (scancel {array} stops them); once they have ended, the "
+              "same command collects their results", file=sys.stderr)  # fmt: skip
+        return
+    stop_file.touch()
+    try:
         for job in jobs:
             job.wait()
+    finally:
+        stop_file.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
-def _preemption_as_ctrl_c() -> Iterator[Callable[[KeyboardInterrupt], None]]:
+def _preemption_as_ctrl_c(grace_s: int) -> Iterator[Callable[[KeyboardInterrupt], None]]:
     """In a submitit job: the preemption or time-out signal (SLURM sends it ahead of the kill)
-    becomes a Ctrl-C to this process, so the trainer ends its step and writes a checkpoint there
-    and the run records ``interrupted``; the ``requeue(stop)`` yielded then logs what was kept
-    (the trainer's ``stop``) and hands the signal to submitit's own handler, which requeues the
-    job and exits. Outside a submitit job (no handler for the signal) nothing changes."""
+    becomes a Ctrl-C to this process while it runs a run, so the trainer ends its step and
+    writes a checkpoint there and the run records ``interrupted``; the ``requeue(stop)`` yielded
+    then logs what was kept (the trainer's ``stop``) and hands the signal to submitit's own
+    handler, which requeues the job and exits. That handler runs at once when no run is taking
+    Ctrl-C, and after ``grace_s`` when the trainer has not stopped by then (a long
+    evaluation): the run then resumes from its last periodic checkpoint, as without this. Outside
+    a submitit job (no handler for the signal) nothing changes."""
     import submitit
 
     sig = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
@@ -246,44 +261,60 @@ def _preemption_as_ctrl_c() -> Iterator[Callable[[KeyboardInterrupt], None]]:
         yield lambda stop: None
         return
 
+    def requeue_now(*_: Any) -> None:
+        submitit_handler(*caught[0])  # checkpoint(): the same run again; then sys.exit
+
     def ctrl_c(signum: int, frame: Any) -> None:
-        if not caught:
-            caught.append((signum, frame))
-            os.kill(os.getpid(), signal.SIGINT)
+        if caught:
+            return
+        caught.append((signum, frame))
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.default_int_handler):
+            requeue_now()  # no run takes Ctrl-C: before or after it
+            return
+        signal.signal(signal.SIGALRM, requeue_now)
+        signal.alarm(grace_s)
+        os.kill(os.getpid(), signal.SIGINT)
 
     def requeue(stop: KeyboardInterrupt) -> None:
         if caught:
+            signal.alarm(0)
             print(f"preempted ({stop}); submitit requeues the job", file=sys.stderr, flush=True)
-            submitit_handler(*caught[0])  # checkpoint(): the same run again; then sys.exit
+            requeue_now()
 
+    alarm_handler = signal.getsignal(signal.SIGALRM)
     signal.signal(sig, ctrl_c)
     try:
         yield requeue
     finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, alarm_handler)
         signal.signal(sig, submitit_handler)
 
 
-def _requeueable_job(stop_file: Path | None) -> Callable[[Run], Outcome]:
+def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Outcome]:
     """The job function: on preemption or time-out the trainer checkpoints the step it reached
     (:func:`_preemption_as_ctrl_c`), submitit's ``checkpoint`` requeues the same run, and
     :func:`execute` resumes it from that checkpoint. It does not start its run once
-    ``stop_file`` exists."""
+    ``stop_file`` exists (a local Ctrl-C)."""
     import submitit
 
     class _Job(submitit.helpers.Checkpointable):
-        def __init__(self, stop_file: Path | None) -> None:
+        def __init__(self, stop_file: Path | None, grace_s: int) -> None:
             self.stop_file = stop_file
+            self.grace_s = grace_s
 
         def __call__(self, run: Run) -> Outcome:
-            stopped = self.stop_file is not None and self.stop_file.exists()
-            with _preemption_as_ctrl_c() as requeue:
+            def stopped() -> bool:
+                return self.stop_file is not None and self.stop_file.exists()
+
+            with _preemption_as_ctrl_c(self.grace_s) as requeue:
                 try:
                     return _execute_unless_stopped(run, stopped)
                 except KeyboardInterrupt as stop:
                     requeue(stop)  # after a preemption; a Ctrl-C goes on up
                     raise
 
-    return _Job(stop_file)
+    return _Job(stop_file, grace_s)
 
 
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:

@@ -63,7 +63,7 @@ from stablerank.train.results import (
     layer_stats,
     mean_active_fraction,
 )
-from stablerank.train.rundir import DIVERGED, DONE, RunDir
+from stablerank.train.rundir import DIVERGED, DONE, INTERRUPTED, RunDir
 from stablerank.train.runtime import (
     DistInfo,
     ProgressLine,
@@ -262,6 +262,8 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         KeyboardInterrupt: on Ctrl-C, after saving a checkpoint at the step reached (single
             process; under DDP the last finished epoch's); resume=True continues.
     """
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"stop_at must be >= 1 (optimizer steps), got {stop_at}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     info, device = init_distributed(cfg.device)
@@ -426,13 +428,14 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
                     )  # fmt: skip
                 if info.distributed:
                     dist.barrier()  # no rank runs ahead of rank 0's checkpoint
-    except KeyboardInterrupt:  # under torchrun (Ctrl-C not deferred): the last epoch's checkpoint
-        raise interrupted(folder.path, "the checkpoint of the last finished epoch") from None
-    if interrupt["stop"]:
+    except KeyboardInterrupt:  # under torchrun (Ctrl-C not deferred)
+        raise interrupted(folder.path, "the newest checkpoint") from None
+    if interrupt["stop"] and not divergence:
         raise interrupted(folder.path, f"the checkpoint of step {done}")
     if done < total and not divergence:  # stop_at: stopped as if interrupted
-        if log is not None:
+        if info.is_main:
             log.close()
+            folder.write_status(status=INTERRUPTED)
         return None
 
     # ---- final metrics: the whole test split even when the curves used a subset

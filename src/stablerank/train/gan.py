@@ -246,6 +246,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             ``batch_size`` that does not split evenly over the ranks.
         KeyboardInterrupt: after saving a checkpoint, on Ctrl-C (single process).
     """
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"stop_at must be >= 1 (G steps), got {stop_at}")
     info, device = init_distributed(cfg.device)
     if cfg.amp and device.type != "cuda":  # the config refuses device="cpu"; "auto" may get here
         raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
@@ -397,11 +399,13 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             if step % cfg.checkpoint_every == 0 or step == end:
                 checkpoint(step)
             bar.update(1)
-        if interrupt["stop"] and info.is_main and step % cfg.checkpoint_every:
+        # A diverged run ends as diverged (its last step's weights are no point to resume from).
+        stopped = interrupt["stop"] and not divergence
+        if stopped and info.is_main and step % cfg.checkpoint_every:
             checkpoint(step)
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t0
-    if interrupt["stop"]:
+    if stopped:
         raise interrupted(run_dir, f"the checkpoint of G step {step}")
 
     result = None
