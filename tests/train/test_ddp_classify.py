@@ -109,7 +109,9 @@ def test_stopped_inside_an_epoch_two_ranks_resume_bitwise(tmp_path):
          for line in (path / "log.jsonl").read_text().splitlines()]
         for path in (tmp_path / "straight", cut.path)
     ]  # fmt: skip
-    assert logs[0] == logs[1] and len(logs[0]) == 2  # running train numbers included
+    # Running train numbers included: the resumed epoch adds the same float32 terms in another
+    # order (rank 0 carries the reduced prefix), which float64 sums of ~20 such terms absorb.
+    assert logs[0] == logs[1] and len(logs[0]) == 2
 
 
 @pytest.mark.slow
