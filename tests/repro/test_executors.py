@@ -66,3 +66,18 @@ def test_a_run_that_does_not_stop_in_time_is_requeued_after_the_grace_period(sub
         time.sleep(10)  # a long evaluation
     assert len(calls) == 1 and 0.9 < calls[0] - t0 < 5
     assert signal.alarm(0) == 0  # no alarm left behind
+
+
+def test_a_ctrl_c_while_submitit_starts_its_jobs_is_not_lost_and_they_start_blocked():
+    import subprocess
+    import sys
+
+    from stablerank.repro.executors import _sigint_blocked
+
+    probe = "import signal; print(signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))"
+    with pytest.raises(KeyboardInterrupt), _sigint_blocked():
+        # A job started now takes no Ctrl-C until it runs its run ...
+        child = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert child.stdout.strip() == "True"
+        os.kill(os.getpid(), signal.SIGINT)  # ... and this command still gets one
+        time.sleep(0.5)

@@ -87,8 +87,9 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
 
 @contextlib.contextmanager
 def _sigint_ignored() -> Iterator[None]:
-    """Ctrl-C ignored in this (main) thread; a process spawned meanwhile starts with it ignored
-    too, as an ignored signal stays ignored across exec."""
+    """Ctrl-C ignored in this (main) thread while the pool starts its workers: a process spawned
+    meanwhile starts with it ignored too, as an ignored signal stays ignored across exec (a
+    Ctrl-C in these milliseconds is lost)."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread sets handlers; workers then start with Ctrl-C as usual
         return
@@ -97,6 +98,22 @@ def _sigint_ignored() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """Ctrl-C blocked in this (main) thread while submitit starts its jobs: the processes it
+    starts (controllers, jobs) inherit the blocked signal, so a job takes Ctrl-C only once it
+    runs its run (:func:`_execute_unless_stopped`), while this process still gets it (through
+    another thread, or on exit: a blocked signal stays pending)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def _interrupt_once(signum: int, frame: Any) -> None:
@@ -113,11 +130,14 @@ def _execute_unless_stopped(run: Run, stopped: Callable[[], bool]) -> Outcome:
     traceback, and a run handed out before the Ctrl-C (``stopped()``, asked once Ctrl-C is
     taken) does not start."""
     previous = signal.signal(signal.SIGINT, _interrupt_once)
+    # A Ctrl-C held back while this worker started (_sigint_blocked) is taken here.
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         if stopped():
             raise KeyboardInterrupt
         return execute(run, capture=True)
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         signal.signal(signal.SIGINT, previous)
 
 
@@ -142,15 +162,17 @@ class LocalExecutor:
                 queue.put(self.gpus[worker % len(self.gpus)])
         stop = ctx.Event()
         others = {p.pid for p in mp.active_children()}
-        with _sigint_ignored():  # the workers, spawned by submit(), inherit it
-            pool = cf.ProcessPoolExecutor(
-                self.workers, mp_context=ctx, initializer=_init_worker,
-                initargs=(queue, self.threads, stop),
-            )  # fmt: skip
-            futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
-        workers = [p for p in mp.active_children() if p.pid not in others]
+        pool = cf.ProcessPoolExecutor(
+            self.workers, mp_context=ctx, initializer=_init_worker,
+            initargs=(queue, self.threads, stop),
+        )  # fmt: skip
+        futures: dict[cf.Future[Outcome], int] = {}
+        workers: list[Any] = []
         outcomes: dict[int, Outcome] = {}
         try:
+            with _sigint_ignored():  # the workers, spawned by submit(), inherit it
+                futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
+                workers = [p for p in mp.active_children() if p.pid not in others]
             for done, future in enumerate(cf.as_completed(futures), 1):
                 i = futures[future]
                 try:
@@ -210,9 +232,10 @@ class SubmititExecutor:
         step = len(runs) if self.cluster == "slurm" else self.wave
         for start in range(0, len(runs), step):
             chunk = list(runs[start : start + step])
-            with _sigint_ignored():  # local controllers and jobs inherit it, as the pool's workers
-                jobs = self.executor.map_array(job_fn, chunk)
+            jobs: list[Any] = []
             try:
+                with _sigint_blocked():  # local controllers and jobs inherit it
+                    jobs = self.executor.map_array(job_fn, chunk)
                 for offset, (run, job) in enumerate(zip(chunk, jobs, strict=True)):
                     try:
                         outcome = job.result()
@@ -230,16 +253,17 @@ def _stop(jobs: Sequence[Any], stop_file: Path | None) -> None:
     """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
     ones running (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
     if stop_file is None:
+        if not jobs:
+            return
         array = str(jobs[0].job_id).split("_")[0]
         print(f"\nthe SLURM jobs run on (scancel {array} stops them); once they have ended, the "
               "same command collects their results", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
-    try:
-        for job in jobs:
-            job.wait()
-    finally:
-        stop_file.unlink(missing_ok=True)
+    for job in jobs:
+        job.wait()
+    if jobs:  # every job has ended; else (a Ctrl-C while they were submitted) some may not have
+        stop_file.unlink()
 
 
 @contextlib.contextmanager
