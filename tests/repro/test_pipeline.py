@@ -253,7 +253,13 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     def states() -> list[str]:
         return [RunDir(r.run_dir).read_status().get("status", "new") for r in runs]
 
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # A terminal's command takes Ctrl-C even when this test runs where it is ignored (a background
+    # job of a non-interactive shell inherits SIGINT ignored).
+    def takes_ctrl_c() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=takes_ctrl_c)  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         while "running" not in states() and proc.poll() is None and time.monotonic() < deadline:
