@@ -125,10 +125,10 @@ def _interrupt_once(signum: int, frame: Any) -> None:
 
 def _execute_unless_stopped(run: Run, stopped: Callable[[], bool]) -> Outcome:
     """:func:`execute` in a worker process (a pool's or a submitit job's). The workers start with
-    Ctrl-C ignored and take it only while they run a run: the run in progress records
-    ``interrupted`` and stops, a worker starting up or waiting for work exits without a
-    traceback, and a run handed out before the Ctrl-C (``stopped()``, asked once Ctrl-C is
-    taken) does not start."""
+    Ctrl-C ignored (pool) or blocked (submitit) and take it only while they run a run: the run in
+    progress records ``interrupted`` and stops, a worker starting up or waiting for work exits
+    without a traceback, and a run handed out before the Ctrl-C (``stopped()``, asked once Ctrl-C
+    is taken) does not start."""
     previous = signal.signal(signal.SIGINT, _interrupt_once)
     # A Ctrl-C held back while this worker started (_sigint_blocked) is taken here.
     mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -260,7 +260,7 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         ValueError: the checkpoint's config differs (the differences are listed), or the global
             batch does not split evenly across ranks.
         KeyboardInterrupt: on Ctrl-C, after saving a checkpoint at the step reached (single
-            process; under DDP the last finished epoch's); resume=True continues.
+            process; under DDP the newest checkpoint is the resume point); resume=True continues.
     """
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"stop_at must be >= 1 (optimizer steps), got {stop_at}")
