@@ -3,9 +3,10 @@
 Distributed mode is detected from ``torchrun``'s environment (``RANK``, ``WORLD_SIZE``,
 ``LOCAL_RANK``); rank 0 alone logs and writes checkpoints. Seeds follow one rule in both trainers:
 model initialisation uses ``seed`` on every rank (DDP also broadcasts rank 0's parameters and
-buffers); every draw during training comes from a generator seeded by
-:func:`stream_seed` ``(seed, rank, counter, stream)``, the counter being the update's number, so
-nothing depends on a running RNG and a resumed run needs no RNG state.
+buffers); every draw during training is a pure function of the seed, the rank and a counter (the
+data order of the loader's (seed, epoch); the GAN's latents and both trainers' in-model draws
+from :func:`stream_seed`), so nothing depends on a running RNG and a resumed run needs no RNG
+state.
 """
 
 from __future__ import annotations
