@@ -96,6 +96,22 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path):
     assert len(records(run_dir)) < 3  # it stopped instead of training on NaN
 
 
+def _assert_same_run(straight, resumed):
+    """Same final weights (SRN vectors and BatchNorm statistics included) and the same log,
+    timings aside."""
+    a = load_checkpoint(RunDir(straight).checkpoints()[-1])
+    b = load_checkpoint(RunDir(resumed).checkpoints()[-1])
+    assert a["model"].keys() == b["model"].keys() and any(k.endswith("_u") for k in a["model"])
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    ra, rb = records(straight), records(resumed)
+    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
+            k: v for k, v in y.items() if not k.endswith("_s")
+        }
+
+
 def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatch):
     # BatchNorm, SRN (u, v buffers), crop augmentation, SGD momentum and a cosine lr: every piece
     # of state a resume must restore.
@@ -124,36 +140,11 @@ def test_resume_after_a_kill_gives_bitwise_the_same_weights(tmp_path, monkeypatc
     assert len(records(killed_dir)) == 2  # epoch 2 logged, not checkpointed
 
     resumed, _ = train(tiny(tmp_path / "b", resume=True, **kw))
-    a = load_checkpoint(RunDir(straight).checkpoints()[-1])
-    b = load_checkpoint(RunDir(resumed).checkpoints()[-1])
-    assert a["epoch"] == b["epoch"] == 3
-    assert a["model"].keys() == b["model"].keys()
-    assert any(k.endswith("_u") for k in a["model"])  # the SRN vectors are compared too
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
+    finished = [load_checkpoint(RunDir(d).checkpoints()[-1])["epoch"] for d in (straight, resumed)]
+    assert finished == [3, 3]
     # The log was truncated to the checkpoint and continued: same epochs, same numbers.
-    ra, rb = records(straight), records(resumed)
-    assert [r["epoch"] for r in rb] == [1, 2, 3]
-    for x, y in zip(ra, rb, strict=True):
-        assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
-            k: v for k, v in y.items() if not k.endswith("_s")
-        }
-
-
-def _assert_same_run(straight, resumed):
-    """Same final weights (SRN vectors and BatchNorm statistics included) and the same log,
-    timings aside."""
-    a = load_checkpoint(RunDir(straight).checkpoints()[-1])
-    b = load_checkpoint(RunDir(resumed).checkpoints()[-1])
-    assert a["model"].keys() == b["model"].keys() and any(k.endswith("_u") for k in a["model"])
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    ra, rb = records(straight), records(resumed)
-    assert [r["epoch"] for r in ra] == [r["epoch"] for r in rb]
-    for x, y in zip(ra, rb, strict=True):
-        assert {k: v for k, v in x.items() if not k.endswith("_s")} == {
-            k: v for k, v in y.items() if not k.endswith("_s")
-        }
+    assert [r["epoch"] for r in records(resumed)] == [1, 2, 3]
+    _assert_same_run(straight, resumed)
 
 
 def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_path, monkeypatch):

@@ -171,7 +171,8 @@ def _g_step(cfg: GanConfig, nets: _Nets, real: Callable[[int], tuple[torch.Tenso
             step: int, lr_scale: float, info: DistInfo, local_batch: int,
             num_classes: int | None, device: torch.device) -> tuple[torch.Tensor, ...]:  # fmt: skip
     """G step ``step``: ``n_dis`` D updates, then one G update and the EMA; returns the losses
-    ``(d_loss, g_loss, d_real, d_fake)`` of its last updates (on the device, not synced).
+    ``(d_loss, g_loss, d_real, d_fake)`` of its last updates (D's outputs per example; on the
+    device, not synced).
 
     Every draw comes from its (seed, rank, counter) stream; the D step runs D once on the
     concatenated real and fake batch, the G step the unwrapped D (see the module note)."""
@@ -205,12 +206,13 @@ def _g_step(cfg: GanConfig, nets: _Nets, real: Callable[[int], tuple[torch.Tenso
     nets.opt_g.step()
     if nets.G_ema is not None:
         ema_update(nets.G_ema, nets.G, cfg.ema)
-    return d_loss.detach(), g_loss.detach(), d_real.detach().mean(), d_fake.detach().mean()
+    return d_loss.detach(), g_loss.detach(), d_real.detach(), d_fake.detach()
 
 
 def _mean_losses(losses: tuple[torch.Tensor, ...], info: DistInfo) -> dict[str, float]:
-    """The logged losses, averaged over the ranks (one small all-reduce per log)."""
-    stacked = torch.stack(losses).float()
+    """The logged losses (D's outputs as their means), averaged over the ranks (one small
+    all-reduce per log): reduced here, on logged steps only."""
+    stacked = torch.stack([loss.mean() for loss in losses]).float()
     if info.distributed:
         dist.all_reduce(stacked)
         stacked /= info.world_size
