@@ -110,3 +110,17 @@ def test_one_default_rank_ratio_for_the_library_and_both_trainers():
     from stablerank.srn import DEFAULT_RANK_RATIO
 
     assert ClassifyConfig().rank_ratio == GanConfig().rank_ratio == DEFAULT_RANK_RATIO
+
+
+def test_an_int_in_a_float_field_gives_the_same_dict_hash_and_run_folder():
+    from stablerank.config import config_hash
+    from stablerank.train.rundir import RunDir
+
+    in_python = ClassifyConfig(lr=1)
+    in_python = dataclasses.replace(in_python, weight_decay=0)
+    from_flags = config_from_dict(ClassifyConfig, {"lr": "1", "weight_decay": "0"})
+    assert in_python == from_flags  # 1 == 1.0: equal configs...
+    assert config_to_dict(in_python) == config_to_dict(from_flags)  # ...one dict
+    assert isinstance(config_to_dict(in_python)["lr"], float)
+    assert config_hash(in_python) == config_hash(from_flags)
+    assert RunDir.for_config(in_python) == RunDir.for_config(from_flags)

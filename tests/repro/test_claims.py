@@ -14,6 +14,7 @@ from stablerank.repro import claims
 from stablerank.repro.records import RunRecord
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, tiny
 from stablerank.train.results import (
+    ClassifierAnalysis,
     ClassifierResult,
     EpochRecord,
     GanAnalysis,
@@ -261,3 +262,50 @@ def test_runs_not_counted_say_why_in_one_table_row_each():
     text = report._problems([RunRecord(run, "failed", problem=error)])
     rows = [line for line in text.splitlines() if run.name in line]
     assert rows == [f"| {run.name} | failed | refusing to resume:   seed: 0 -> 1 \\| x |"]
+
+
+def _classifier_with_analysis(rec: RunRecord, neyshabur: float | None) -> RunRecord:
+    analysis = ClassifierAnalysis(
+        train_acc=0.9, test_acc=0.8, gap_acc=0.1, gap_loss=0.2, el_train=Summary(1.0, 0.5, 4),
+        el_test=Summary(1.0, 0.5, 4), jacobian={}, margin=0.1 if neyshabur else -0.2,
+        log10_spectral_product=1.0, sum_srank=3.0, log10_neyshabur=neyshabur,
+        log10_bartlett=neyshabur,
+    )  # fmt: skip
+    return dataclasses.replace(rec, analysis=analysis)
+
+
+def _claim3(recs: list[RunRecord], reference: str = "none") -> claims.Comparison:
+    claim3 = next(r for r in claims.evaluate_claims(recs) if r.claim.number == 3)
+    return next(
+        c for c in claim3.comparisons if c.metric == "log10_neyshabur" and c.reference == reference
+    )
+
+
+def test_a_measure_undefined_in_runs_is_undecided_and_says_why_never_left_out(tmp_path):
+    from stablerank.repro.report import write_report
+
+    base = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    # No positive margin in any run: the comparison is there, "cannot tell", with the reason.
+    comp = _claim3([_classifier_with_analysis(r, None) for r in base])
+    assert comp.outcome == claims.CANNOT_TELL and comp.test is None
+    assert "no value in 4 of 4 SRN runs" in comp.reason and "margin is not positive" in comp.reason
+    # In one seed only: a test on the other three would drop it, so it is not decided either.
+    recs = [_classifier_with_analysis(r, None if r.run.seed == 0 and r.run.norm == "srn"
+                                      else 3.0 + 0.01 * r.run.seed) for r in base]  # fmt: skip
+    comp = _claim3(recs)
+    assert comp.outcome == claims.CANNOT_TELL and "no value in 1 of 4 SRN runs" in comp.reason
+    assert comp.to_dict()["finished_srn"] == 4 and comp.to_dict()["n_srn"] == 3
+    text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
+    assert "no value in 1 of 4 SRN runs" in text.read_text()
+    # Defined everywhere: tested as before.
+    assert _claim3([_classifier_with_analysis(r, 3.0 + 0.01 * r.run.seed) for r in base]).test
+
+
+def test_an_arm_whose_runs_all_failed_is_reported_not_dropped():
+    recs = [
+        dataclasses.replace(r, state="failed", result=None) if r.run.norm == "sn" else r
+        for r in _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    ]
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "sn")
+    assert comp.outcome == claims.CANNOT_TELL and comp.reason == "no finished run in the sn arm"
+    assert _comparison(claims.evaluate_claims(recs), "gap_acc", "none").test is not None

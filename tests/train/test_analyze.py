@@ -57,6 +57,7 @@ def test_every_number_is_finite_and_the_measures_are_defined(srn_run):
     assert set(result.jacobian) == {"train", "test", "interpolated"}
     assert result.el_train.n == SMALL.n_pairs  # no duplicate pairs
     assert result.protocol["norm"] == "srn"
+    assert {k: s.n for k, s in result.jacobian.items()} == result.protocol["jacobian_points"]
 
 
 def test_accuracy_matches_the_trainer_evaluation(srn_run):

@@ -50,6 +50,8 @@ def test_conditional_d_el_is_measured_and_finite(conditional_run):
         assert all(math.isfinite(v) and v > 0 for v in values), kind
     for point in ("real", "fake"):
         assert math.isfinite(result.d_jacobian[point].max)
+        # the points measured, as recorded (fewer than 64 when the pool of 2 * pairs is smaller)
+        assert result.d_jacobian[point].n == result.protocol["d_el"]["jacobian_points"]
     labels = result.protocol["d_el"]["labels"]
     assert "first point's label" in labels and "generated with" in labels
     assert (run_dir / "d_el_hist.png").is_file()

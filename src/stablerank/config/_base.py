@@ -185,9 +185,23 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     return cls(**kwargs)
 
 
+def _as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-ready dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Plain, JSON-ready dict of a config (tuples become lists). An int in a float field (a
+    config built in Python with ``lr=1``) is written as a float, as :func:`config_from_dict`
+    reads it: equal configs have one dict, one hash and one run folder."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    hints = typing.get_type_hints(type(cfg))
+    for key, value in data.items():
+        base, _ = _split_optional(hints.get(key, Any))
+        if base is float:
+            data[key] = _as_float(value)
+        elif typing.get_origin(base) is tuple and typing.get_args(base)[:1] == (float,):
+            data[key] = [_as_float(v) for v in value]
+    return data
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -47,6 +47,9 @@ class Metric:
     relative: bool = False  # ... or as a fraction of the reference arm's mean
     percent: bool = False  # a fraction shown as percentage points
     attr: str = ""
+    # When a finished run has no value by design (said in the report); "" = it always has one
+    # where the sweep measures it at all (no value in any run: not measured, e.g. FID on digits).
+    undefined_when: str = ""
 
     def value(self, rec: RunRecord) -> float | None:
         attr = self.attr or self.name
@@ -61,6 +64,7 @@ class Metric:
 
 
 _RANDOM = "on random labels"
+_NO_MARGIN = "the training margin is not positive: the measures divide by it"
 METRICS = {
     m.name: m
     for m in (
@@ -71,8 +75,10 @@ METRICS = {
                attr="train_acc"),
         Metric("mean_train_acc", f"train accuracy {_RANDOM}, mean over epochs", True, 0.01,
                percent=True),
-        Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure", True, 0.05),
-        Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure", True, 0.05),
+        Metric("log10_neyshabur", "log10 Neyshabur et al. 2018 measure", True, 0.05,
+               undefined_when=_NO_MARGIN),
+        Metric("log10_bartlett", "log10 Bartlett et al. 2017 measure", True, 0.05,
+               undefined_when=_NO_MARGIN),
         Metric("log10_spectral_product", "log10 product of spectral norms (margin-free)", True,
                0.05),
         Metric("el_test_max", "eL max, test pairs", True, 0.05, relative=True),
@@ -266,6 +272,7 @@ class Comparison:
     srn_active_fraction: float | None
     srn_active_fraction_end: float | None
     sn_above_target: float | None = None
+    finished: tuple[int, int] = (0, 0)  # usable runs of the SRN and the reference arm
     test: WelchTest | None = None
     p_adjusted: float | None = None
     outcome: str = CANNOT_TELL
@@ -285,6 +292,8 @@ class Comparison:
             "reference": self.reference,
             "n_srn": len(self.srn_values),
             "n_ref": len(self.ref_values),
+            "finished_srn": self.finished[0],
+            "finished_ref": self.finished[1],
             "seeds_srn": self.srn_seeds,
             "seeds_ref": self.ref_seeds,
             "mean_srn": srn[0],
@@ -346,23 +355,26 @@ def sn_above_target(srn: Sequence[RunRecord], sn: Sequence[RunRecord]) -> float 
 
 
 def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]:
+    """Every SRN arm against each reference arm the sweep has, per metric of the claim. An arm
+    whose runs all failed, and a metric undefined in some runs, still give a comparison (decided
+    "cannot tell" with the reason); only a metric the sweep does not measure is left out."""
     out = []
-    usable = [r for r in records if r.usable]
-    clean = by_setting(usable, KIND_CLASSIFY)
-    for setting, arms in by_setting(usable, claim.kind).items():
+    clean = by_setting([r for r in records if r.usable], KIND_CLASSIFY)
+    for setting, all_arms in by_setting(records, claim.kind).items():
+        arms = {arm: [r for r in recs if r.usable] for arm, recs in all_arms.items()}
         for arm, srn in arms.items():
             if not arm.startswith("srn"):
                 continue
-            c = srn[0].run.rank_ratio
-            counterfactual = sn_above_target(srn, arms.get("sn", ()))
+            c = all_arms[arm][0].run.rank_ratio
+            counterfactual = sn_above_target(srn, arms.get("sn", ())) if srn else None
             for metric_name, ref in claim.subclaims:
-                if ref not in arms:
+                if ref not in arms:  # the sweep has no such arm (a GAN has no vanilla arm)
                     continue
                 metric = METRICS[metric_name]
                 sv, ss = metric.values(srn)
                 rv, rs = metric.values(arms[ref])
-                if not sv and not rv:  # the sweep does not measure it (e.g. FID on digits)
-                    continue
+                if not sv and not rv and srn and arms[ref] and not metric.undefined_when:
+                    continue  # the sweep does not measure it (e.g. FID on digits)
                 comp = Comparison(
                     claim.number,
                     metric_name,
@@ -376,6 +388,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                     _mean([r.result.srn_active_fraction_mean for r in srn]),
                     _mean([r.result.srn_active_fraction for r in srn]),
                     counterfactual,
+                    (len(srn), len(arms[ref])),
                 )
                 if claim.kind == KIND_SHATTER and setting in clean:
                     # Memorization is read beside the clean accuracy at the same c: a tiny c
@@ -391,6 +404,12 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
 
 
 def _decide(comp: Comparison) -> None:
+    if not all(comp.finished):
+        comp.outcome = CANNOT_TELL
+        which = " and ".join(name for name, n in zip(("SRN", comp.reference), comp.finished,
+                                                      strict=True) if not n)  # fmt: skip
+        comp.reason = f"no finished run in the {which} arm"
+        return
     active = comp.srn_active_fraction
     if active is None:
         active = comp.srn_active_fraction_end
@@ -407,6 +426,18 @@ def _decide(comp: Comparison) -> None:
         if active is not None and comp.sn_above_target is not None:
             comp.reason += (f" (the SN arm's stable rank ends above r on {comp.sn_above_target:.0%}"
                             " of these layers)")  # fmt: skip
+        return
+    missing = comp.finished[0] - len(comp.srn_values), comp.finished[1] - len(comp.ref_values)
+    if any(missing):
+        # A test on the runs that have a value would drop the others, which differ on purpose
+        # (e.g. the networks that fit worst have no positive margin): not decided.
+        comp.outcome = CANNOT_TELL
+        why = METRICS[comp.metric].undefined_when or "it is not finite"
+        comp.reason = (
+            f"no value in {missing[0]} of {comp.finished[0]} SRN runs and {missing[1]} of "
+            f"{comp.finished[1]} {comp.reference} runs ({why}); a test on the rest would leave "
+            "them out"
+        )
         return
     if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:
         comp.outcome = CANNOT_TELL

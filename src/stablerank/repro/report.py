@@ -195,7 +195,7 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         if r.claim.note:
             out.append(r.claim.note + "\n")
         if not r.comparisons:
-            out.append("No finished runs of this kind in this sweep.\n")
+            out.append("This sweep has no runs of this kind.\n")
             continue
         headers = [
             "setting",
@@ -216,7 +216,13 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             for c in r.comparisons
             if c.outcome == NOT_A_TEST
         }
-        out += sorted(not_a_test)
+        untested = {  # undecided without a test: no finished runs, or values missing
+            f"- {c.setting}, c = {c.rank_ratio:g}, {METRICS[c.metric].label} vs {c.reference}: "
+            f"{c.reason}"
+            for c in r.comparisons
+            if c.outcome == CANNOT_TELL and c.test is None
+        }
+        out += sorted(not_a_test) + sorted(untested)
         clean = {
             f"{c.setting} {k.removeprefix('clean_test_acc_')}: {_fmt(v, True)}%"
             for c in r.comparisons

@@ -204,6 +204,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         "inputs": "as the network sees them: scaled, then standardized with the dataset mean/std",
         "n_pairs": cfg.n_pairs, "pair_pool": f"seeded pool of up to {pool} images per split",
         "n_jacobian": cfg.n_jacobian, "n_interpolated": cfg.n_interpolated,
+        "jacobian_points": {split: len(x) for split, x in points.items()},  # as measured
         "interpolated": "uniform t on segments between random pairs of the train pool",
         "jacobian_iterations": cfg.jacobian_iterations, "margin_quantile": cfg.margin_quantile,
         "complexity_layers": "every Linear/Conv weight as used in the forward pass (normalized "

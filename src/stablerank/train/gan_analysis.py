@@ -188,7 +188,7 @@ def _discriminator_el(
         "n_pairs": n_pairs,
         "pool": f"{pool} test images and {pool} fresh samples",
         "inputs": "images in [-1, 1] as D sees them",
-        "jacobian_points": _JACOBIAN_POINTS,
+        "jacobian_points": min(k, pool),  # real and fake each (fewer when the pool is)
         "jacobian_iterations": _JACOBIAN_ITERS,
         "labels": _CONDITIONAL_LABELS if conditional else None,
     }

@@ -70,8 +70,9 @@ def environment_info(device: torch.device | str, seed: int | None = None) -> dic
 class MetricLog:
     """Append-only JSONL + CSV log (and TensorBoard scalars when ``tensorboard`` is installed).
 
-    On resume, records past ``truncate_after`` (a step or epoch number) are dropped so the log
-    matches the checkpoint exactly and nothing is duplicated.
+    On resume, records past ``truncate_after`` (a step or epoch number) are dropped from the JSONL
+    and CSV files, so they match the checkpoint exactly and nothing is duplicated there.
+    TensorBoard's event files are append-only: the steps a resumed run repeats appear twice.
     """
 
     def __init__(
