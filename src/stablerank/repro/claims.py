@@ -435,9 +435,10 @@ def _decide(comp: Comparison) -> None:
         why = METRICS[comp.metric].undefined_when or "it is not finite"
         comp.reason = (
             f"no value in {missing[0]} of {comp.finished[0]} SRN runs and {missing[1]} of "
-            f"{comp.finished[1]} {comp.reference} runs ({why}); a test on the rest would leave "
-            "them out"
+            f"{comp.finished[1]} {comp.reference} runs ({why})"
         )
+        if comp.srn_values or comp.ref_values:
+            comp.reason += "; a test on the rest would leave them out"
         return
     if len(comp.srn_values) < 2 or len(comp.ref_values) < 2:
         comp.outcome = CANNOT_TELL
