@@ -122,5 +122,6 @@ def test_an_int_in_a_float_field_gives_the_same_dict_hash_and_run_folder():
     assert in_python == from_flags  # 1 == 1.0: equal configs...
     assert config_to_dict(in_python) == config_to_dict(from_flags)  # ...one dict
     assert isinstance(config_to_dict(in_python)["lr"], float)
+    assert isinstance(in_python.lr, float) and isinstance(in_python.weight_decay, float)
     assert config_hash(in_python) == config_hash(from_flags)
     assert RunDir.for_config(in_python) == RunDir.for_config(from_flags)

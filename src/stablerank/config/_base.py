@@ -149,13 +149,33 @@ def check_device(device: str) -> None:
         raise ValueError(f"device must be auto, cpu, mps, cuda or cuda:N, got {device!r}")
 
 
+def _as_float(value: Any) -> Any:
+    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+def _ints_to_floats(cfg: Any) -> None:
+    """Store an int given to a float field (``lr=1`` in Python) as the float that
+    :func:`config_from_dict` makes of it: equal configs then have one dict, one hash and one run
+    folder (``1`` and ``1.0`` serialise differently)."""
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        base, _ = _split_optional(hints[f.name])
+        value = getattr(cfg, f.name)
+        floats = typing.get_origin(base) is tuple and typing.get_args(base)[:1] == (float,)
+        if base is float:
+            object.__setattr__(cfg, f.name, _as_float(value))
+        elif floats and isinstance(value, tuple):
+            object.__setattr__(cfg, f.name, tuple(_as_float(v) for v in value))
+
+
 def check_config(cfg: Any) -> None:
     """Check every field against its declared range and choices, then ``device`` and ``run_name``
-    where the config has them.
+    where the config has them; ints given to float fields are stored as floats.
 
     Call it from ``__post_init__`` so configs built directly in Python are checked too, not only
     those built from YAML or flags.
     """
+    _ints_to_floats(cfg)
     for f in dataclasses.fields(cfg):
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
     if hasattr(cfg, "device"):
@@ -185,23 +205,9 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     return cls(**kwargs)
 
 
-def _as_float(value: Any) -> Any:
-    return float(value) if isinstance(value, int) and not isinstance(value, bool) else value
-
-
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-ready dict of a config (tuples become lists). An int in a float field (a
-    config built in Python with ``lr=1``) is written as a float, as :func:`config_from_dict`
-    reads it: equal configs have one dict, one hash and one run folder."""
-    data = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    hints = typing.get_type_hints(type(cfg))
-    for key, value in data.items():
-        base, _ = _split_optional(hints.get(key, Any))
-        if base is float:
-            data[key] = _as_float(value)
-        elif typing.get_origin(base) is tuple and typing.get_args(base)[:1] == (float,):
-            data[key] = [_as_float(v) for v in value]
-    return data
+    """Plain, JSON-ready dict of a config (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

@@ -406,9 +406,9 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
 def _decide(comp: Comparison) -> None:
     if not all(comp.finished):
         comp.outcome = CANNOT_TELL
-        which = " and ".join(name for name, n in zip(("SRN", comp.reference), comp.finished,
-                                                      strict=True) if not n)  # fmt: skip
-        comp.reason = f"no finished run in the {which} arm"
+        arms = (("SRN", comp.finished[0]), (comp.reference, comp.finished[1]))
+        empty = " and ".join(name for name, n in arms if not n)
+        comp.reason = f"no finished run in the {empty} arm"
         return
     active = comp.srn_active_fraction
     if active is None:
