@@ -160,6 +160,44 @@ def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypat
     _assert_states_equal(_final_state(uninterrupted, 6), _final_state(run_dir, 6))
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 3600.0])
+def test_a_second_ctrl_c_stops_at_once_unless_it_is_the_same_one(
+    tmp_path, uninterrupted, monkeypatch, capfd, gap_s
+):
+    """Two SIGINTs in G step STOP: a second Ctrl-C (gap 0 s) raises in that step, before its
+    checkpoint, and the newest periodic checkpoint is the resume point; the same Ctrl-C arriving
+    twice (the terminal's and an executor's relay, within the gap) still ends the step with a
+    checkpoint there. Either way the resumed run ends bitwise as the uninterrupted one."""
+    import stablerank.train.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_FORCE_AFTER_S", gap_s)
+    calls = {"n": 0}
+    real_g_loss = gan_train.compute_g_loss
+
+    def g_loss_then_two_sigints(d_fake, loss):
+        calls["n"] += 1
+        if calls["n"] == STOP:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return real_g_loss(d_fake, loss)
+
+    monkeypatch.setattr(gan_train, "compute_g_loss", g_loss_then_two_sigints)
+    cfg = config_from_dict(GanConfig, {**RESUME, "out_dir": str(tmp_path), "run_name": "twice"})
+    kept = "the newest checkpoint" if gap_s == 0 else f"G step {STOP}"
+    with pytest.raises(KeyboardInterrupt, match=f"{kept} kept in .*--resume"):
+        gan_train.run(cfg)
+    assert "Ctrl-C again to stop now" in capfd.readouterr().err
+    folder = RunDir.for_config(cfg)
+    newest = (
+        (STOP // RESUME["checkpoint_every"]) * RESUME["checkpoint_every"] if gap_s == 0 else STOP
+    )
+    assert folder.checkpoints()[-1].name == f"step_{newest:07d}.pt"
+    assert folder.read_status()["status"] == "interrupted"
+    monkeypatch.setattr(gan_train, "compute_g_loss", real_g_loss)
+    gan_train.run(dataclasses.replace(cfg, resume=True))
+    _assert_states_equal(_final_state(uninterrupted, 6), _final_state(folder.path, 6))
+
+
 def test_resume_refuses_a_changed_config_and_reuse_needs_resume(tmp_path):
     cfg = _cfg(tmp_path, "r", g_steps=2, checkpoint_every=1)
     gan_train.run(cfg)

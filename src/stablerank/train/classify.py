@@ -377,7 +377,7 @@ def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.de
     record: dict[str, Any] = {}
     divergence = ""
     try:
-        with deferred_sigint(enabled=not info.distributed) as interrupt:
+        with deferred_sigint(enabled=not info.distributed, run_dir=folder.path) as interrupt:
             for epoch in range(start_epoch, cfg.epochs):
                 if done >= end or interrupt["stop"]:
                     break

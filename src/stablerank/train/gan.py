@@ -359,7 +359,7 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
     # Without a terminal the bar is off: a plain line every few seconds instead.
     plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
-    with deferred_sigint(enabled=not info.distributed) as interrupt:
+    with deferred_sigint(enabled=not info.distributed, run_dir=run_dir) as interrupt:
         while step < end and not interrupt["stop"]:
             losses = _g_step(cfg, nets, real, step, decay(step), info, local_batch, num_classes,
                              device)  # fmt: skip

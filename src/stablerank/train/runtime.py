@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,17 +153,32 @@ def end_worker(info: DistInfo) -> None:
         os._exit(0)
 
 
+# A Ctrl-C this long after the first stops at once. A shorter gap is the same Ctrl-C arriving
+# twice (the terminal's and an executor's relay of it, repro/executors.py), not a second one.
+_FORCE_AFTER_S = 1.0
+
+
 @contextmanager
-def deferred_sigint(enabled: bool) -> Iterator[dict[str, bool]]:
+def deferred_sigint(enabled: bool, run_dir: Any) -> Iterator[dict[str, bool]]:
     """Turn Ctrl-C into a flag checked between steps, so the checkpoint written on interrupt is
-    a consistent state (never half a D/G update)."""
+    a consistent state (never half a D/G update). A second Ctrl-C (from :data:`_FORCE_AFTER_S`
+    after the first) does not wait for the step or evaluation in progress: it raises
+    :func:`interrupted` at once, and the newest checkpoint in ``run_dir`` is the resume point."""
     flag = {"stop": False}
     if not enabled:
         yield flag
         return
+    first: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
+        if not first:
+            first.append(time.monotonic())
+            flag["stop"] = True
+            with suppress(OSError):  # no stderr: the flag is what matters
+                os.write(2, b"\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C "
+                            b"again to stop now)\n")  # fmt: skip
+        elif time.monotonic() - first[0] >= _FORCE_AFTER_S:
+            raise interrupted(run_dir, "the newest checkpoint")
 
     try:
         previous = signal.signal(signal.SIGINT, handler)
