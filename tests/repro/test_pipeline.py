@@ -235,6 +235,35 @@ def _live_processes(group: int) -> list[str]:
     return live
 
 
+def test_a_ctrl_c_while_the_pool_starts_its_workers_is_not_lost(tmp_path, monkeypatch):
+    """The pool starts its workers with Ctrl-C blocked, not ignored: a Ctrl-C that arrives
+    meanwhile stops the command once they have started, and no run begins."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import signal
+
+    from stablerank.repro.executors import LocalExecutor
+
+    runs = sweeps.build_sweep(_cfg(tmp_path))[:3]
+    submit = cf.ProcessPoolExecutor.submit
+
+    def submit_then_ctrl_c(self, *args, **kwargs):
+        future = submit(self, *args, **kwargs)  # spawns a worker
+        os.kill(os.getpid(), signal.SIGINT)
+        return future
+
+    monkeypatch.setattr(cf.ProcessPoolExecutor, "submit", submit_then_ctrl_c)
+    # A command takes Ctrl-C, even where this test runs with it ignored (a background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            LocalExecutor(2, 1, []).map(runs, lambda *_: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert [RunDir(r.run_dir).read_status() for r in runs] == [{}] * len(runs)
+    assert mp.active_children() == []
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize("executor", ["local", "submitit-local"])
 def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, executor):

@@ -86,26 +86,11 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
 
 
 @contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """Ctrl-C ignored in this (main) thread while the pool starts its workers: a process spawned
-    meanwhile starts with it ignored too, as an ignored signal stays ignored across exec (a
-    Ctrl-C in these milliseconds is lost)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield  # only the main thread sets handlers; workers then start with Ctrl-C as usual
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-@contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
-    """Ctrl-C blocked in this (main) thread while submitit starts its jobs: the processes it
-    starts (controllers, jobs) inherit the blocked signal, so a job takes Ctrl-C only once it
-    runs its run (:func:`_execute_unless_stopped`), while this process still gets it (through
-    another thread, or on exit: a blocked signal stays pending)."""
+    """Ctrl-C blocked in this (main) thread while the pool or submitit starts its workers: the
+    processes started (pool workers, submitit controllers and jobs) inherit the blocked signal,
+    so a worker takes Ctrl-C only once it runs a run (:func:`_execute_unless_stopped`), while
+    this process still gets it (on exit: a blocked signal stays pending)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -125,14 +110,15 @@ def _interrupt_once(signum: int, frame: Any) -> None:
 
 def _execute_unless_stopped(run: Run, stopped: Callable[[], bool]) -> Outcome:
     """:func:`execute` in a worker process (a pool's or a submitit job's). The workers start with
-    Ctrl-C ignored (pool) or blocked (submitit) and take it only while they run a run: the run in
+    Ctrl-C blocked (:func:`_sigint_blocked`) and take it only while they run a run: the run in
     progress records ``interrupted`` and stops, a worker starting up or waiting for work exits
     without a traceback, and a run handed out before the Ctrl-C (``stopped()``, asked once Ctrl-C
     is taken) does not start."""
     previous = signal.signal(signal.SIGINT, _interrupt_once)
-    # A Ctrl-C held back while this worker started (_sigint_blocked) is taken here.
-    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     try:
+        # A Ctrl-C held back while this worker started or waited is taken here.
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
         if stopped():
             raise KeyboardInterrupt
         return execute(run, capture=True)
@@ -170,7 +156,7 @@ class LocalExecutor:
         workers: list[Any] = []
         outcomes: dict[int, Outcome] = {}
         try:
-            with _sigint_ignored():  # the workers, spawned by submit(), inherit it
+            with _sigint_blocked():  # the workers, spawned by submit(), inherit it
                 futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
                 workers = [p for p in mp.active_children() if p.pid not in others]
             for done, future in enumerate(cf.as_completed(futures), 1):
