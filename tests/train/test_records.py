@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
 from stablerank.train.records import MetricLog
 
 
@@ -52,3 +54,22 @@ def test_resume_truncates_and_a_new_log_object_keeps_appending(tmp_path):
                 {"epoch": 4, "acc": 0.44}]  # fmt: skip
     assert resumed.records() == expected
     assert _csv_rows(resumed.csv) == _expected_rows(expected)
+
+
+def test_resume_hides_the_repeated_steps_in_tensorboard(tmp_path):
+    """TensorBoard's event files are append-only: a resumed log reopens its writer with
+    ``purge_step``, so TensorBoard shows each step once, with the resumed run's value."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    first = MetricLog(tmp_path, key="epoch")
+    for e in range(1, 4):
+        first.append({"epoch": e, "acc": float(e)})
+    first.close()
+    resumed = MetricLog(tmp_path, key="epoch")
+    resumed.truncate_after(1)
+    resumed.append({"epoch": 2, "acc": 20.0})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(s.step, s.value) for s in events.Scalars("acc")] == [(1, 1.0), (2, 20.0)]

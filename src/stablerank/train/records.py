@@ -71,8 +71,9 @@ class MetricLog:
     """Append-only JSONL + CSV log (and TensorBoard scalars when ``tensorboard`` is installed).
 
     On resume, records past ``truncate_after`` (a step or epoch number) are dropped from the JSONL
-    and CSV files, so they match the checkpoint exactly and nothing is duplicated there.
-    TensorBoard's event files are append-only: the steps a resumed run repeats appear twice.
+    and CSV files, so they match the checkpoint exactly and nothing is duplicated there; the
+    TensorBoard writer is reopened with ``purge_step`` (its event files are append-only), so
+    TensorBoard hides the old events of the steps the resumed run repeats.
     """
 
     def __init__(
@@ -86,14 +87,15 @@ class MetricLog:
         # The CSV's header, once this object has written it; None until then (a resumed run's
         # CSV is rebuilt from the JSONL on the first append).
         self._csv_columns: list[str] | None = None
-        self._writer = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self._writer = self._tensorboard() if tensorboard else None
 
-                self._writer = SummaryWriter(str(self.run_dir / TENSORBOARD_DIR))
-            except ImportError:
-                self._writer = None
+    def _tensorboard(self, purge_step: int | None = None) -> Any:
+        """A TensorBoard writer, or None when tensorboard is not installed."""
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            return None
+        return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=purge_step)
 
     def records(self) -> list[dict[str, Any]]:
         if not self.jsonl.exists():
@@ -102,8 +104,12 @@ class MetricLog:
 
     def truncate_after(self, value: int) -> None:
         """Drop records whose ``key`` is greater than ``value`` (resume after a crash)."""
-        kept = [r for r in self.records() if r.get(self.key, -1) <= value]
+        records = self.records()
+        kept = [r for r in records if r.get(self.key, -1) <= value]
         self._rewrite(kept)
+        if self._writer is not None and len(kept) < len(records):
+            self._writer.close()
+            self._writer = self._tensorboard(purge_step=value + 1)
 
     def _rewrite(self, records: list[dict[str, Any]]) -> None:
         atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in records))
