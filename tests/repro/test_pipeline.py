@@ -159,6 +159,22 @@ def test_a_locked_run_is_left_to_its_owner(tmp_path):
     assert execute(run).state == "done"
 
 
+def test_a_run_another_process_finished_before_the_lock_was_taken_is_skipped(tmp_path, monkeypatch):
+    """Another ``reproduce`` may finish a run between this one's look at its status and its
+    taking the lock: the status is read again under the lock, and the run is not redone."""
+    run = sweeps.build_sweep(_cfg(tmp_path))[0]
+    RunDir(run.run_dir).write_status(status="done", analysis_key=run.digest)  # by the other
+    first_look = iter(["partial"])  # what this process saw before the other one finished
+    real_state = execute_module.run_state
+    monkeypatch.setattr(execute_module, "run_state", lambda r: next(first_look, real_state(r)))
+
+    def train_again(run):
+        raise AssertionError("a finished run was trained again")
+
+    monkeypatch.setattr(execute_module, "_train", train_again)
+    assert execute(run).state == "skipped"
+
+
 def test_an_unexpected_error_outside_the_run_still_releases_its_lock(tmp_path, monkeypatch):
     run = sweeps.build_sweep(_cfg(tmp_path))[0]
     RunDir(run.run_dir).write_status(attempts="not a number")  # a hand-edited status.json

@@ -126,6 +126,8 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
             held.enter_context(run_dir.lock())
         except RunLockedError:
             return Outcome(run.name, BUSY, error="another process is running it")
+        if run_state(run) in (DONE, DIVERGED):  # another process finished it meanwhile
+            return Outcome(run.name, SKIPPED)
         return _execute_locked(run, run_dir, capture, t0)
 
 
