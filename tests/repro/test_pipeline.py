@@ -4,6 +4,7 @@ left to its owner, and the report and claims.json are written from what finished
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -205,6 +206,19 @@ def test_a_run_reads_running_while_its_analysis_runs(tmp_path, monkeypatch):
 def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished run"):
         pipeline.run(_cfg(tmp_path, report_only=True))
+
+
+def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeypatch):
+    from stablerank.repro import executors
+
+    monkeypatch.setattr(pipeline, "visible_gpus", lambda: [])  # as on a CPU-only machine
+    with pytest.raises(RuntimeError, match="--device cuda, but no CUDA device is visible"):
+        pipeline.run(dataclasses.replace(_cfg(tmp_path), device="cuda", executor="local"))
+    assert not (tmp_path / sweeps.RUNS_DIR).exists()
+    # A SLURM submission may come from a machine without GPUs: it reaches the executor.
+    monkeypatch.setattr(pipeline, "make_executor", lambda *a: executors.SequentialExecutor())
+    monkeypatch.setattr(executors.SequentialExecutor, "map", lambda self, runs, report: [])
+    pipeline.run(dataclasses.replace(_cfg(tmp_path), device="cuda", executor="slurm"))
 
 
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
