@@ -247,16 +247,27 @@ def test_sn_above_target_counts_the_layers_the_cap_would_cut_and_the_gate_ignore
     assert comp.to_dict()["sn_above_target"] == 0.5
 
 
-def test_runs_not_counted_say_why_in_one_table_row_each():
+def test_runs_not_counted_say_why_in_one_table_row_each(tmp_path):
     from stablerank.repro import records, report
+    from stablerank.train.rundir import RunDir
+
+    def problem(**status):
+        folder = RunDir(tmp_path / str(len(list(tmp_path.iterdir()))))
+        if status:
+            folder.write_status(**status)
+        return folder, records._problem(folder)
 
     failed = {"status": "failed", "stage": "train", "error": "RuntimeError: boom"}
-    assert records._problem(failed) == "in train: RuntimeError: boom"
-    assert records._problem({"status": "interrupted", "stage": "analysis"}) == (
-        "in analysis: interrupted"
-    )
-    assert "analysis settings changed" in records._problem({"status": "done", "stage": "finished"})
-    assert records._problem({}) == ""
+    assert problem(**failed)[1] == "in train: RuntimeError: boom"
+    assert problem(status="interrupted", stage="analysis")[1] == "in analysis: interrupted"
+    assert "analysis settings changed" in problem(status="done", stage="finished")[1]
+    assert problem()[1] == ""
+    # "running" with nobody holding the lock: its process was killed, which the report says.
+    folder, why = problem(status="running", stage="train")
+    assert why == "in train: stopped while running (its process was killed); a rerun resumes it"
+    with folder.lock():
+        assert folder.is_locked() and records._problem(folder) == "in train: running"
+    assert not folder.is_locked()
     run = tiny(seeds=1)[0]
     error = "refusing to resume:\n  seed: 0 -> 1 | x"  # multi-line, with a pipe
     text = report._problems([RunRecord(run, "failed", problem=error)])

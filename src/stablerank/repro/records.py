@@ -13,7 +13,7 @@ from stablerank.train.results import (
     GanAnalysis,
     GanResult,
 )
-from stablerank.train.rundir import RunDir
+from stablerank.train.rundir import RUNNING, RunDir
 
 __all__ = ["RunRecord", "by_setting", "collect"]
 
@@ -34,21 +34,24 @@ class RunRecord:
         return self.state == DONE and self.result is not None and not self.result.diverged
 
 
-def _problem(status: dict[str, object]) -> str:
+def _problem(run_dir: RunDir) -> str:
     """Why a run is not counted, from the status ``execute`` keeps: the error and the stage it
     happened in, or the state and stage where the run stopped."""
+    status = run_dir.read_status()
     where = f"in {status['stage']}: " if status.get("stage") else ""
     if status.get("error"):
         return f"{where}{status['error']}"
     if status.get("status") in (DONE, DIVERGED):  # trained, under other analysis settings
         return "the analysis settings changed: its analysis runs again"
+    if status.get("status") == RUNNING and not run_dir.is_locked():
+        return f"{where}stopped while running (its process was killed); a rerun resumes it"
     return f"{where}{status['status']}" if status.get("status") else ""
 
 
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
     if state not in (DONE, DIVERGED):
-        return RunRecord(run, state, problem=_problem(RunDir(run.run_dir).read_status()))
+        return RunRecord(run, state, problem=_problem(RunDir(run.run_dir)))
     try:
         result = run.trainer.result.from_json(run.run_dir)
         analysis = None

@@ -345,6 +345,20 @@ class RunDir:
             self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}", **fields())
             raise
 
+    def is_locked(self) -> bool:
+        """True when a process holds the run's lock (this one included): it is being worked on."""
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
+        except OSError:  # no lock file: never locked
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return False
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Hold the run's exclusive lock (released on exit, and by the OS if the process dies).
