@@ -262,9 +262,9 @@ def test_runs_not_counted_say_why_in_one_table_row_each(tmp_path):
     assert problem(status="interrupted", stage="analysis")[1] == "in analysis: interrupted"
     assert "analysis settings changed" in problem(status="done", stage="finished")[1]
     assert problem()[1] == ""
-    # "running" with nobody holding the lock: its process was killed, which the report says.
+    # "running" with nobody holding the lock: its process was killed; the report says it stopped.
     folder, why = problem(status="running", stage="train")
-    assert why == "in train: stopped while running (its process was killed); a rerun resumes it"
+    assert why == "in train: stopped while running (no process holds its lock); a rerun resumes it"
     with folder.lock():
         assert folder.is_locked() and records._problem(folder) == "in train: running"
     assert not folder.is_locked()

@@ -44,7 +44,7 @@ def _problem(run_dir: RunDir) -> str:
     if status.get("status") in (DONE, DIVERGED):  # trained, under other analysis settings
         return "the analysis settings changed: its analysis runs again"
     if status.get("status") == RUNNING and not run_dir.is_locked():
-        return f"{where}stopped while running (its process was killed); a rerun resumes it"
+        return f"{where}stopped while running (no process holds its lock); a rerun resumes it"
     return f"{where}{status['status']}" if status.get("status") else ""
 
 

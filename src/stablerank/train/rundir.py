@@ -353,7 +353,7 @@ class RunDir:
             return False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError:  # held (BlockingIOError), or no flock here: never claim it is free
             return True
         finally:
             os.close(fd)  # closing releases a lock taken here
