@@ -211,7 +211,7 @@ def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
 def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeypatch):
     from stablerank.repro import executors
 
-    monkeypatch.setattr(pipeline, "visible_gpus", lambda: [])  # as on a CPU-only machine
+    monkeypatch.setattr(executors, "visible_gpus", lambda: [])  # as on a CPU-only machine
     with pytest.raises(RuntimeError, match="--device cuda, but no CUDA device is visible"):
         pipeline.run(dataclasses.replace(_cfg(tmp_path), device="cuda", executor="local"))
     assert not (tmp_path / sweeps.RUNS_DIR).exists()

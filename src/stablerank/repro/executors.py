@@ -328,8 +328,18 @@ def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Ou
 
 
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
-    """The executor ``cfg.executor`` names, sized for this machine."""
+    """The executor ``cfg.executor`` names, sized for this machine.
+
+    Raises:
+        RuntimeError: ``cfg.device`` is ``cuda`` and this machine shows no CUDA device, outside
+            SLURM (a login node may have none): one error, not every run failing alike.
+    """
     gpus = visible_gpus() if cfg.device != "cpu" else []
+    if cfg.device == "cuda" and cfg.executor != "slurm" and not gpus:
+        raise RuntimeError(
+            f"--device cuda, but no CUDA device is visible to this {cfg.executor!r} executor; "
+            "use --device auto or cpu here, or --executor slurm for a cluster's GPUs"
+        )
     workers = cfg.workers or len(gpus) or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
     if cfg.executor == "sequential" or (cfg.executor == "local" and workers == 1):
         return SequentialExecutor()

@@ -19,7 +19,7 @@ from pathlib import Path
 from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import run_state
-from stablerank.repro.executors import make_executor, print_outcome, visible_gpus
+from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
 from stablerank.repro.report import claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
@@ -44,7 +44,8 @@ def run(cfg: ReproduceConfig) -> Path:
 
     Raises:
         RuntimeError: launched under ``torchrun`` (each run is one process; use the executors),
-            or ``device="cuda"`` where no CUDA device is visible (outside SLURM).
+            or ``device="cuda"`` where no CUDA device is visible (outside SLURM;
+            :func:`~stablerank.repro.executors.make_executor`).
         FileNotFoundError: ``report_only`` on a folder with no finished run.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -55,17 +56,11 @@ def run(cfg: ReproduceConfig) -> Path:
         print(_describe(runs))
         return out_dir
     if not cfg.report_only:
-        if cfg.device == "cuda" and cfg.executor != "slurm" and not visible_gpus():
-            # Before any run: else every run would fail on its own with the same error.
-            raise RuntimeError(
-                f"--device cuda, but no CUDA device is visible to this {cfg.executor!r} executor; "
-                "use --device auto or cpu here, or --executor slurm for a cluster's GPUs"
-            )
+        executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)
         print(_describe(runs).splitlines()[0], file=sys.stderr, flush=True)
         # Longest first (GANs), so the pool's last minutes are not one long run alone.
         order = sorted(runs, key=lambda r: r.kind != KIND_GAN)
-        executor = make_executor(cfg, out_dir)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
