@@ -113,6 +113,30 @@ def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command,
     assert hint in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("command", "runner", "shown"),
+    [
+        ("train", "stablerank.train.classify.run", True),
+        ("gan", "stablerank.train.gan.run", True),
+        # A sequential sweep passes on its run's interrupt, whose "--resume" is no reproduce flag.
+        ("reproduce", "stablerank.repro.pipeline.run", False),
+    ],
+)
+def test_ctrl_c_in_a_trainer_names_the_checkpoint_and_the_run_folder(
+    capsys, monkeypatch, tmp_path, command, runner, shown
+):
+    from stablerank.train.runtime import interrupted
+
+    def stopped(*args):
+        raise interrupted(tmp_path / "the-run", "the checkpoint of step 43")
+
+    monkeypatch.setattr(runner, stopped)
+    assert cli.main([command]) == 130
+    err = capsys.readouterr().err
+    assert (f"the checkpoint of step 43 kept in {tmp_path / 'the-run'}" in err) is shown
+    assert ("continue with resume=True (--resume)" in err) is shown
+
+
 # ----------------------------------------------------------------------------- no tracebacks
 
 

@@ -37,6 +37,9 @@ class _Command:
     runner: str  # "module:function", called with the config (and the run dir for analyze)
     on_interrupt: str  # what Ctrl-C leaves behind and how to continue
     takes_run_dir: bool = False
+    # The runner's KeyboardInterrupt names the checkpoint kept and its run folder (the trainers'
+    # runtime.interrupted); on_interrupt is said only when it carries no message.
+    says_what_was_kept: bool = False
 
 
 _COMMANDS = {
@@ -48,6 +51,7 @@ _COMMANDS = {
         "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
         "the step reached, except under torchrun); the same command with --resume continues "
         "from it",
+        says_what_was_kept=True,
     ),
     "analyze": _Command(
         "analyse a trained classifier run: generalization gap, empirical Lipschitz, complexity",
@@ -65,6 +69,7 @@ _COMMANDS = {
         "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
         "the G step reached, except under torchrun); the same command with --resume continues "
         "from it",
+        says_what_was_kept=True,
     ),
     "reproduce": _Command(
         "run a sweep of the paper's comparisons and write report.md and claims.json (the main "
@@ -189,8 +194,9 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         runner = _load(cmd.runner)
         try:
             result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: {cmd.on_interrupt}", file=sys.stderr)
+        except KeyboardInterrupt as stop:
+            said = str(stop) if cmd.says_what_was_kept and stop.args else ""
+            print(f"\n{said or 'interrupted: ' + cmd.on_interrupt}", file=sys.stderr)
             return EXIT_INTERRUPTED
     if args.json:
         print(_as_json(result))
