@@ -96,6 +96,20 @@ def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path):
     assert len(records(run_dir)) < 3  # it stopped instead of training on NaN
 
 
+def test_the_trainer_says_its_folder_and_how_the_run_ended(tmp_path, capsys):
+    run_dir, result = train(tiny(tmp_path, norm="srn", epochs=1))
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == f"run folder: {run_dir}"
+    fraction = f"{result.srn_active_fraction:.0%}"
+    assert lines[-1] == (
+        f"done: train acc {result.train_acc:.4f}, test acc {result.test_acc:.4f}, gap "
+        f"{result.gap_acc:+.4f}; SRN's cap binds on {fraction} of its layers; results in {run_dir}"
+    )
+    run_dir, result = train(tiny(tmp_path / "nan", lr=1e6, epochs=3, norm="none"))
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith("diverged: train acc") and "SRN" not in last  # no SRN layer: no clause
+
+
 def _assert_same_run(straight, resumed):
     """Same final weights (SRN vectors and BatchNorm statistics included) and the same log,
     timings aside."""

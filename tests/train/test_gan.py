@@ -485,6 +485,17 @@ def test_ddp_two_processes_keep_d_buffers_identical(tmp_path):
     assert [json.loads(line)["step"] for line in log] == [1, 2, 3]
 
 
+def test_the_summary_line_shows_the_scores_there_are():
+    bare = GanResult(steps=7, d_loss=1.0, g_loss=2.0)
+    assert bare.summary() == "7 G steps, no final scores"
+    scored = GanResult(steps=7, d_loss=1.0, g_loss=2.0, fid=16.343, untrained_fid=61.45,
+                       is_mean=2.139, srn_active_fraction=0.5)  # fmt: skip
+    assert scored.summary() == (
+        "7 G steps, FID 16.34, untrained G's FID 61.45, IS 2.139; SRN's cap binds on 50% of "
+        "D's layers"
+    )
+
+
 def test_divergence_rule():
     ok = [{"step": i, "d_loss": 1.0, "g_loss": 1.0} for i in range(1, 6)]
     assert gan_train.divergence_of(ok) == ""

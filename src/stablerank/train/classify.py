@@ -71,6 +71,7 @@ from stablerank.train.runtime import (
     end_worker,
     init_distributed,
     interrupted,
+    say_finished,
     seed_everything,
     seed_model_draws,
 )
@@ -274,6 +275,7 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device, stop_at)
+    say_finished(folder.path, result)
     end_worker(info)
     return result
 

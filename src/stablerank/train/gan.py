@@ -91,6 +91,7 @@ from stablerank.train.runtime import (
     end_worker,
     init_distributed,
     interrupted,
+    say_finished,
     seed_everything,
     seed_model_draws,
     stream_seed,
@@ -260,6 +261,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device, stop_at)
+    say_finished(folder.path, result)
     end_worker(info)
     return result
 

@@ -216,6 +216,11 @@ def active_fraction(layers: typing.Iterable[LayerStat]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
+def _binding(fraction: float | None, whose: str) -> str:
+    """The summary's clause on SRN's cap ('' without SRN layers whose cap can act)."""
+    return "" if fraction is None else f"; SRN's cap binds on {fraction:.0%} of {whose} layers"
+
+
 def mean_active_fraction(curve: typing.Iterable[EpochRecord]) -> float | None:
     """The active fraction averaged over the points of training that recorded one."""
     values = [r.srn_active_fraction for r in curve if r.srn_active_fraction is not None]
@@ -260,6 +265,13 @@ class ClassifierResult(Result):
         memorized, not only whether they are in the end)."""
         accs = [p.train_acc for p in self.curve if p.train_acc is not None]
         return sum(accs) / len(accs) if accs else math.nan
+
+    def summary(self) -> str:
+        """One line for a terminal: the final accuracies, the gap and where SRN's cap binds."""
+        return (
+            f"train acc {self.train_acc:.4f}, test acc {self.test_acc:.4f}, gap "
+            f"{self.gap_acc:+.4f}" + _binding(self.srn_active_fraction, "its")
+        )
 
 
 @dataclass(frozen=True)
@@ -327,6 +339,18 @@ class GanResult(Result):
     def layers(self) -> tuple[LayerStat, ...]:
         """The layers the claims compare: D's (as :attr:`ClassifierResult.layers`)."""
         return self.d_layers
+
+    def summary(self) -> str:
+        """One line for a terminal: the final scores beside their baselines, SRN's binding."""
+        shown = {
+            "FID": self.fid, "untrained G's FID": self.untrained_fid,
+            "real training images' FID": self.real_train_fid, "IS": self.is_mean,
+            "KID": self.kid_mean,
+        }  # fmt: skip
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
+        return f"{self.steps} G steps, {scores or 'no final scores'}" + _binding(
+            self.srn_active_fraction, "D's"
+        )
 
 
 @dataclass(frozen=True)

@@ -326,6 +326,7 @@ class RunDir:
             return
         with self.lock():
             self.begin(cfg)
+            print(f"run folder: {self.path}", file=sys.stderr, flush=True)
             with self.recording():
                 yield
 

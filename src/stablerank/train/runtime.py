@@ -35,6 +35,7 @@ __all__ = [
     "init_distributed",
     "interrupted",
     "resolve_device",
+    "say_finished",
     "seed_everything",
     "seed_model_draws",
     "stream_seed",
@@ -196,6 +197,13 @@ def interrupted(run_dir: Any, kept: str) -> KeyboardInterrupt:
     return KeyboardInterrupt(
         f"interrupted; {kept} kept in {run_dir}: continue with resume=True (--resume)"
     )
+
+
+def say_finished(run_dir: Any, result: Any) -> None:
+    """The last line of both trainers on stderr: how the run ended, its numbers, its folder."""
+    if result is not None:
+        ended = "diverged" if result.diverged else "done"
+        print(f"{ended}: {result.summary()}; results in {run_dir}", file=sys.stderr, flush=True)
 
 
 class ProgressLine:
