@@ -222,6 +222,29 @@ def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_pat
     assert "Wei & Ma 2019) is not computed" in text
 
 
+def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
+    from stablerank.repro.report import write_report
+
+    def scope(recs) -> str:
+        text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
+        return next(line for line in text.read_text().splitlines() if "this sweep" in line)
+
+    gans = [_gan_record(r, 0.5, 0.5) for r in tiny(seeds=2) if r.kind == KIND_GAN]
+    unscored = scope(_records([0.05, 0.05], active=1.0) + gans)
+    # The digits sweep used to be described as Fashion-MNIST runs scored with its feature network.
+    assert "(digits/gan, digits/mlp)" in unscored and "Fashion-MNIST" not in unscored
+    assert "the GAN runs were not scored with a feature network" in unscored
+
+    def scored(rec: RunRecord, net: str) -> RunRecord:
+        result = dataclasses.replace(rec.result, fid=20.0, protocol={"feature_net": net})
+        return dataclasses.replace(rec, result=result)
+
+    own = scope([scored(r, "fmnist-cnn") for r in gans])
+    assert "from the feature network fmnist-cnn, not from Inception" in own
+    inception = scope([scored(r, "inception-v3") for r in gans])
+    assert "feature network inception-v3." in inception and "not from Inception" not in inception
+
+
 def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:
     return dataclasses.replace(rec, result=dataclasses.replace(rec.result, layers=layers))
 
