@@ -358,8 +358,9 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
 def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
     """The terminal's one line per finished run."""
     detail = f": {outcome.error}" if outcome.error else ""
+    count = f"[{i:>{len(str(n))}}/{n}]"  # one width for the whole sweep: the names line up
     print(
-        f"[{i}/{n}] {outcome.state:<11} {run.name} ({outcome.seconds:.0f} s){detail}",
+        f"{count} {outcome.state:<8} {run.name} ({outcome.seconds:.0f} s){detail}",
         file=sys.stderr,
         flush=True,
     )
