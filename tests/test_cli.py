@@ -66,6 +66,8 @@ def test_precedence_flags_over_file_over_preset(capsys, tmp_path):
 def test_bad_values_are_usage_errors_naming_the_key(capsys, argv, match):
     code, _, err = _run(capsys, "train", *argv, "--print-config")
     assert code == 2 and match in err
+    # The command's own usage and name, as argparse's type errors give them (not the top level's).
+    assert err.startswith("usage: stablerank train") and "\nstablerank train: error:" in err
 
 
 def test_unknown_key_in_config_file_lists_valid_keys(capsys, tmp_path):
@@ -181,7 +183,9 @@ def test_bad_config_files_are_one_line_errors(capsys, tmp_path, content, match):
     path.write_text(content)
     code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
     assert code == 2 and match in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 2  # argparse's usage line, then the error's one line
+    # The command's usage, then the error in one line.
+    usage, error = err.strip().split("\nstablerank train: error: ")
+    assert usage.startswith("usage: stablerank train") and match in error and "\n" not in error
 
 
 def test_config_file_that_is_a_folder(capsys, tmp_path):

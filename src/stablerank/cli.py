@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _common(p)
         add_config_arguments(p, _load(cmd.config))
+        # A bad config value is this command's usage error: its usage line, its name.
+        p.set_defaults(usage_error=p.error)
     layers = sub.add_parser(
         "layers",
         help="print the per-layer spectral norm / stable rank report of a run's final model",
@@ -145,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_META = {"command", "preset", "config", "json", "print_config", "csv", "debug"}
+_META = {"command", "preset", "config", "json", "print_config", "csv", "debug", "usage_error"}
 
 
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
@@ -179,7 +181,7 @@ def _layers(args: argparse.Namespace) -> Any:
     return report.to_rows()
 
 
-def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace) -> int:
     if args.command == "layers":
         result = _layers(args)
     else:
@@ -187,7 +189,7 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         try:
             cfg = _resolve(cmd, args)
         except (ValueError, TypeError, FileNotFoundError) as err:
-            parser.error(str(err))  # exits 2 with the usage line
+            args.usage_error(str(err))  # exits 2 with the command's usage line
         if args.print_config:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
@@ -207,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return _run(parser, args)
+        return _run(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
