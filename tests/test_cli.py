@@ -161,8 +161,8 @@ def _numeric_fields(config_cls) -> list[str]:
 def test_every_float_option_refuses_nan_and_inf(capsys, command, value):
     config_cls = cli._load(cli._COMMANDS[command].config)
     fields = _numeric_fields(config_cls)
-    assert fields or command == "reproduce"
-    extra = ["RUN"] if cli._COMMANDS[command].takes_run_dir else []
+    assert fields or command in ("reproduce", "gan-analyze")  # these have no float option
+    extra = ["RUN"] if cli._COMMANDS[command].reads_runs_of else []
     for name in fields:
         flag = "--" + name.replace("_", "-")
         code, _, err = _run(capsys, command, *extra, f"{flag}={value}", "--print-config")
@@ -193,11 +193,48 @@ def test_config_file_that_is_a_folder(capsys, tmp_path):
     assert code == 2 and "is a folder" in err
 
 
-@pytest.mark.parametrize("command", ["analyze", "layers"])
+@pytest.mark.parametrize("command", ["analyze", "gan-analyze", "layers"])
 def test_missing_run_folder_is_one_line(capsys, tmp_path, command):
     code, _, err = _run(capsys, command, str(tmp_path / "nope"))
     assert code == 1 and "Traceback" not in err and err.count("\n") == 1
     assert "nope" in err
+
+
+def test_a_run_of_the_other_trainer_is_a_usage_error_naming_the_command_that_reads_it(
+    capsys, tmp_path
+):
+    from stablerank.config import config_to_dict
+    from stablerank.config.classify import ClassifyConfig
+    from stablerank.config.gan import GanConfig
+
+    for name, cfg in (("classifier", ClassifyConfig()), ("gan", GanConfig())):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(config_to_dict(cfg)))
+    code, _, err = _run(capsys, "analyze", str(tmp_path / "gan"))
+    assert code == 2 and "is a run of `stablerank gan`; `stablerank gan-analyze` analyses it" in err
+    code, _, err = _run(capsys, "gan-analyze", str(tmp_path / "classifier"))
+    assert code == 2 and "is a run of `stablerank train`; `stablerank analyze` analyses it" in err
+
+
+def test_a_gan_run_is_analysed_and_its_layers_listed_from_the_command_line(capsys, tmp_path):
+    from stablerank.train.results import GanAnalysis
+
+    tiny = ["--dataset", "digits", "--ngf", "8", "--ndf", "8", "--z-dim", "16", "--batch-size",
+            "16", "--g-steps", "2", "--n-final-samples", "0", "--device", "cpu", "--d-norm",
+            "srn", "--rank-ratio", "0.5", "--out-dir", str(tmp_path),
+            "--run-name", "g"]  # fmt: skip
+    assert _run(capsys, "gan", *tiny, "--progress", "false")[0] == 0
+    run_dir = tmp_path / "g"
+    code, out, _ = _run(capsys, "layers", str(run_dir), "--json")
+    names = [row["name"] for row in json.loads(out)]
+    assert code == 0 and names[0].startswith("D.") and names[-1].startswith("G.")
+    assert {row["norm"] for row in json.loads(out) if row["name"].startswith("D.")} == {"srn"}
+    small = ["--nd-critic-steps", "2", "--nd-eval-batches", "1", "--d-el-pairs", "10",
+             "--nd-critic-width", "8", "--nd-batch-size", "16", "--device", "cpu"]  # fmt: skip
+    code, out, _ = _run(capsys, "gan-analyze", str(run_dir), *small, "--json")
+    assert code == 0 and json.loads(out)["neural_divergence"] == pytest.approx(
+        GanAnalysis.from_json(run_dir).neural_divergence
+    )
 
 
 def test_runner_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):

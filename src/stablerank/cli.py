@@ -36,7 +36,7 @@ class _Command:
     presets: str | None  # "module:DICT" of named presets
     runner: str  # "module:function", called with the config (and the run dir for analyze)
     on_interrupt: str  # what Ctrl-C leaves behind and how to continue
-    takes_run_dir: bool = False
+    reads_runs_of: str = ""  # the trainer command whose run folder it takes ("": none)
     # The runner's KeyboardInterrupt names the checkpoint kept and its run folder (the trainers'
     # runtime.interrupted); on_interrupt is said only when it carries no message.
     says_what_was_kept: bool = False
@@ -59,7 +59,7 @@ _COMMANDS = {
         None,
         "stablerank.train.analyze:run",
         "analysis.json was not written; run the command again",
-        takes_run_dir=True,
+        reads_runs_of="train",
     ),
     "gan": _Command(
         "train an SN-GAN / SRN-GAN and evaluate FID, KID, IS",
@@ -70,6 +70,15 @@ _COMMANDS = {
         "the G step reached, except under torchrun); the same command with --resume continues "
         "from it",
         says_what_was_kept=True,
+    ),
+    "gan-analyze": _Command(
+        "analyse a finished GAN run: neural divergence and the discriminator's empirical "
+        "Lipschitz constant",
+        "stablerank.config.gan:GanAnalysisConfig",
+        None,
+        "stablerank.train.gan_analysis:run",
+        "gan_analysis.json was not written; run the command again",
+        reads_runs_of="gan",
     ),
     "reproduce": _Command(
         "run a sweep of the paper's comparisons and write report.md and claims.json (the main "
@@ -111,9 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in _COMMANDS.items():
         p = sub.add_parser(name, help=cmd.help, description=cmd.help)
-        if cmd.takes_run_dir:
+        if cmd.reads_runs_of:
             p.add_argument(
-                "run_dir", metavar="RUN_DIR", help="a run folder written by `stablerank train`"
+                "run_dir",
+                metavar="RUN_DIR",
+                help=f"a run folder written by `stablerank {cmd.reads_runs_of}`",
             )
         if cmd.presets:
             p.add_argument(
@@ -138,10 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     layers = sub.add_parser(
         "layers",
         help="print the per-layer spectral norm / stable rank report of a run's final model",
-        description="per-layer report of a run: spectral norm, stable rank, SRN target and "
-        "whether its cap binds",
+        description="per-layer report of a run's newest checkpoint: spectral norm, stable rank, "
+        "SRN target and whether its cap binds (a GAN run: D's layers, then G's)",
     )
-    layers.add_argument("run_dir", metavar="RUN_DIR")
+    layers.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a run folder of `stablerank train` or `stablerank gan`"
+    )
     layers.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     _common(layers)
     return parser
@@ -154,7 +167,7 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     preset = _load(cmd.presets)[args.preset] if getattr(args, "preset", None) else {}
     from_file = read_yaml(args.config) if args.config else {}
     # analyze's positional RUN_DIR is not a config key; train's --run-dir is.
-    meta = _META | ({"run_dir"} if cmd.takes_run_dir else set())
+    meta = _META | ({"run_dir"} if cmd.reads_runs_of else set())
     flags = {k: v for k, v in vars(args).items() if k not in meta}
     return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
 
@@ -169,11 +182,46 @@ def _as_json(result: Any) -> str:
     return json.dumps(result, indent=2, default=str)
 
 
-def _layers(args: argparse.Namespace) -> Any:
-    from stablerank.layers import layer_report
-    from stablerank.train.analyze import load_run_model
+def _trainer_of(run_dir: str) -> str | None:
+    """The trainer command whose config the run folder's ``config.json`` is (None: no such file,
+    or neither trainer's), so that a folder given to the wrong command gets a clear error."""
+    from stablerank.train.rundir import RunDir
 
-    report = layer_report(load_run_model(args.run_dir))
+    path = RunDir(run_dir).config_file
+    saved = json.loads(path.read_text()) if path.is_file() else None
+    for name in ("train", "gan"):
+        fields = {f.name for f in dataclasses.fields(_load(_COMMANDS[name].config))}
+        if isinstance(saved, dict) and set(saved) <= fields:
+            return name
+    return None
+
+
+def _check_run_kind(command: str, args: argparse.Namespace) -> None:
+    """A usage error when ``command`` reads runs of one trainer and RUN_DIR is the other's."""
+    wanted = _COMMANDS[command].reads_runs_of
+    found = _trainer_of(args.run_dir)
+    if found and found != wanted:
+        reader = next(n for n, c in _COMMANDS.items() if c.reads_runs_of == found)
+        args.usage_error(
+            f"{args.run_dir} is a run of `stablerank {found}`; `stablerank {reader}` analyses it"
+        )
+
+
+def _layers(args: argparse.Namespace) -> Any:
+    from torch import nn
+
+    from stablerank.layers import layer_report
+
+    if _trainer_of(args.run_dir) == "gan":
+        from stablerank.train.gan_models import load_gan_run
+
+        run = load_gan_run(args.run_dir, ema=False)  # the trained G, not its average
+        model: nn.Module = nn.ModuleDict({"D": run.D, "G": run.G})
+    else:
+        from stablerank.train.analyze import load_run_model
+
+        model = load_run_model(args.run_dir)
+    report = layer_report(model)
     if args.csv:
         report.to_csv(args.csv)
     if not args.json:
@@ -186,6 +234,8 @@ def _run(args: argparse.Namespace) -> int:
         result = _layers(args)
     else:
         cmd = _COMMANDS[args.command]
+        if cmd.reads_runs_of:
+            _check_run_kind(args.command, args)
         try:
             cfg = _resolve(cmd, args)
         except (ValueError, TypeError, FileNotFoundError) as err:
@@ -195,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         runner = _load(cmd.runner)
         try:
-            result = runner(cfg, args.run_dir) if cmd.takes_run_dir else runner(cfg)
+            result = runner(cfg, args.run_dir) if cmd.reads_runs_of else runner(cfg)
         except KeyboardInterrupt as stop:
             said = str(stop) if cmd.says_what_was_kept and stop.args else ""
             print(f"\n{said or 'interrupted: ' + cmd.on_interrupt}", file=sys.stderr)

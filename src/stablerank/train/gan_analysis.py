@@ -79,10 +79,10 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
     """
     run_dir = Path(run_dir)
     dev = resolve_device(settings.device)
+    run = load_gan_run(run_dir, device=dev)
     print(f"gan analysis of {run_dir}: neural divergence ({settings.nd_critic_steps} critic "
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
           file=sys.stderr, flush=True)  # fmt: skip
-    run = load_gan_run(run_dir, device=dev)
     cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
     # load_gan_run read the dataset too (for the shapes); a second read takes about a second.
     splits = load_dataset(cfg.dataset, cfg.data_dir)
