@@ -245,6 +245,33 @@ def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
     assert "feature network inception-v3." in inception and "not from Inception" not in inception
 
 
+def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatch):
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    def binding(rec: RunRecord) -> RunRecord:  # SRN at 0.9 and 1.0 along training
+        active = None if rec.run.norm != "srn" else (0.9, 1.0)
+        curve = tuple(
+            dataclasses.replace(p, test_acc=0.8, srn_active_fraction=active and active[i])
+            for i, p in enumerate(rec.result.curve)
+        )
+        return dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve))
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = [binding(r) for r in _records([0.05, 0.05], active=0.95)]
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    ax = drawn["classify_digits_mlp_active.png"]
+    assert ax.get_ylim() == (-0.03, 1.03)  # not autoscaled around 0.9
+    gates = [line for line in ax.lines if line.get_linestyle() == "--"]
+    assert [tuple(line.get_ydata()) for line in gates] == [(claims.MIN_ACTIVE_FRACTION,) * 2]
+    assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-0.03, 1.03)
+
+
 def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:
     return dataclasses.replace(rec, result=dataclasses.replace(rec.result, layers=layers))
 

@@ -308,9 +308,12 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
 
 
 def _curve_plot(
-    arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str
-) -> Path | None:
-    """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn)."""
+    arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str,
+    *, gate: float | None = None,
+) -> Path | None:  # fmt: skip
+    """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn).
+    With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an autoscaled 0.8-1.0 would
+    look like a swing) and a dashed line marks the gate."""
     fig = new_figure()
     ax = fig.add_subplot()
     for arm, recs in arms.items():
@@ -330,6 +333,9 @@ def _curve_plot(
         ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
     if not ax.lines:
         return None
+    if gate is not None:
+        ax.axhline(gate, color="black", ls="--", lw=0.8, label="gate: an arm averaging below it is not a test")
+        ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -383,9 +389,8 @@ def _figures(
             figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path, xlabel)))
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
             path = Path(f"{stem}_active.png")
-            plot = _curve_plot(
-                srn, "srn_active_fraction", cap, f"{name}: cap binding", path, xlabel
-            )
+            plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path,
+                               xlabel, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
             figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]
 
