@@ -18,8 +18,10 @@ from stablerank.train.results import (
     ClassifierResult,
     EpochRecord,
     GanAnalysis,
+    GanProtocol,
     GanResult,
     LayerStat,
+    ScoreProtocol,
     Summary,
 )
 
@@ -236,7 +238,9 @@ def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
     assert "the GAN runs were not scored with a feature network" in unscored
 
     def scored(rec: RunRecord, net: str) -> RunRecord:
-        result = dataclasses.replace(rec.result, fid=20.0, protocol={"feature_net": net})
+        score = ScoreProtocol(net, "sha", "test", 100, 100, 10, 10, 100, 0)
+        protocol = GanProtocol("raw", "running", "sn", None, "rule", None, scores=score)
+        result = dataclasses.replace(rec.result, fid=20.0, protocol=protocol)
         return dataclasses.replace(rec, result=result)
 
     own = scope([scored(r, "fmnist-cnn") for r in gans])

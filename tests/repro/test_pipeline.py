@@ -234,7 +234,7 @@ def test_a_run_can_train_with_torchrun_ddp(tmp_path):
     assert run.nproc_per_node == 2
     assert execute(run).state == "done"
     result = ClassifierResult.from_json(run.run_dir)
-    assert result.protocol["world_size"] == 2 and (run.run_dir / "analysis.json").is_file()
+    assert result.protocol.world_size == 2 and (run.run_dir / "analysis.json").is_file()
 
 
 def test_a_submitit_job_does_not_start_its_run_once_its_stop_file_exists(tmp_path):

@@ -3,6 +3,7 @@ trainer's own evaluation, and below the spectral upper bound of the Lipschitz co
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -45,6 +46,17 @@ def test_analysis_file_and_plots_are_written(srn_run):
     for name in ("el_hist.png", "accuracy.png", "srank.png"):
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     assert not (run_dir / "shattering.png").exists()  # clean labels: no shattering curve
+    assert result.protocol.plots == ("el_hist.png", "accuracy.png", "srank.png")
+
+
+def test_an_analysis_written_before_two_protocol_entries_existed_reads_back(srn_run, tmp_path):
+    run_dir, result = srn_run
+    older = json.loads((run_dir / "analysis.json").read_text())
+    del older["protocol"]["jacobian_points"], older["protocol"]["plots"]
+    (tmp_path / "analysis.json").write_text(json.dumps(older))
+    read = ClassifierAnalysis.from_json(tmp_path)
+    assert read.protocol.jacobian_points == {} and read.protocol.plots == ()
+    assert read.jacobian == result.jacobian and read.protocol.loss == result.protocol.loss
 
 
 def test_every_number_is_finite_and_the_measures_are_defined(srn_run):
@@ -56,8 +68,8 @@ def test_every_number_is_finite_and_the_measures_are_defined(srn_run):
     assert isinstance(result.log10_bartlett, float)
     assert set(result.jacobian) == {"train", "test", "interpolated"}
     assert result.el_train.n == SMALL.n_pairs  # no duplicate pairs
-    assert result.protocol["norm"] == "srn"
-    assert {k: s.n for k, s in result.jacobian.items()} == result.protocol["jacobian_points"]
+    assert result.protocol.norm == "srn"
+    assert {k: s.n for k, s in result.jacobian.items()} == result.protocol.jacobian_points
 
 
 def test_accuracy_matches_the_trainer_evaluation(srn_run):
@@ -68,7 +80,7 @@ def test_accuracy_matches_the_trainer_evaluation(srn_run):
     trained = ClassifierResult.from_json(run_dir)
     assert result.test_acc == pytest.approx(trained.test_acc, abs=1e-12)
     assert result.train_acc == pytest.approx(trained.train_acc, abs=1e-12)
-    test_loss = result.protocol["loss"]["test"]
+    test_loss = result.protocol.loss["test"]
     assert test_loss == pytest.approx(trained.test_loss, rel=1e-5)  # float32 sums
 
 

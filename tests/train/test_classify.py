@@ -52,7 +52,7 @@ def test_each_norm_trains_and_writes_the_run_folder(tmp_path, norm):
     # Learning happened: 3 epochs of an MLP on digits are far above chance (measured ~0.9).
     assert result.test_acc > 5 * CHANCE and result.train_acc > 5 * CHANCE
     assert result.gap_acc == pytest.approx(result.train_acc - result.test_acc, abs=1e-12)
-    assert result.protocol["norm"] == norm and result.protocol["head"] == "none"
+    assert result.protocol.norm == norm and result.protocol.head == "none"
     assert ClassifierResult.from_json(run_dir) == result
     assert RunDir(run_dir).read_status()["status"] == "done" and RunDir(run_dir).is_done()
     # The head ("classifier") is left out; every other layer carries the norm.
@@ -80,7 +80,7 @@ def test_sn_head_on_request_and_srn_caps_stable_rank(tmp_path):
     _, result = train(cfg)
     norms = {layer.name: layer.norm for layer in result.layers}
     assert norms.pop("classifier") == "sn" and set(norms.values()) == {"srn"}
-    assert result.protocol["head"] == "sn"
+    assert result.protocol.head == "sn"
     for layer in result.layers:
         if layer.norm == "srn":
             # SRN's forward output has stable rank min(srank, r) once u, v have converged; after
@@ -263,9 +263,9 @@ def test_random_labels_are_trained_on_and_scored(tmp_path):
     # Same seed, same random labels (fixed for the whole run and for `analyze`).
     assert torch.equal(classify.prepare_data(cfg).splits.train_y, data.splits.train_y)
     run_dir, result = train(cfg)
-    assert result.protocol["augment"] == "none" and result.protocol["train_size"] == 200
+    assert result.protocol.augment == "none" and result.protocol.train_size == 200
     # The logged curve scored 100 test digits; metrics.json scores all 450.
-    assert result.protocol["test_eval_size_per_epoch"] == 100
+    assert result.protocol.test_eval_size_per_epoch == 100
     assert round(result.test_acc * 450, 6).is_integer()
     assert round(records(run_dir)[0]["test_acc"] * 100, 6).is_integer()
 

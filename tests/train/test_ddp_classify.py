@@ -72,13 +72,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     lines = (ddp_dir / "log.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     ddp = ClassifierResult.from_json(ddp_dir)
-    assert ddp.protocol["world_size"] == 2
+    assert ddp.protocol.world_size == 2
 
     single_dir = tmp_path / "one"
     one = classify.run(
         classify_preset("tiny", out_dir=str(tmp_path), run_name=single_dir.name, **SETTINGS)
     )
-    assert one.protocol["world_size"] == 1
+    assert one.protocol.world_size == 1
     # Same batches, same init; summation order changes weights by ~1e-7 relative per step, which
     # can flip at most a borderline prediction or two of the 450 test digits (measured: none).
     assert abs(ddp.test_acc - one.test_acc) <= 2 / 450

@@ -110,10 +110,11 @@ def test_run_writes_its_folder(uninterrupted):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
     assert records[-1]["lr_g"] == 0.0  # linear decay reaches 0 at g_steps
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    written = json.loads((run_dir / "metrics.json").read_text())["protocol"]
+    assert written["scores"] is None and written["baselines"] == {}  # the typed layout
     result = GanResult.from_json(run_dir)
     assert result.steps == 6 and not result.diverged
-    assert metrics["protocol"]["d_norm"] == "srn"
+    assert result.protocol.d_norm == "srn" and result.protocol.scores is None  # not scored
     # D's SRN activity is logged with the losses and summarised in the result.
     assert all(r["srn_active_fraction"] is not None for r in records)
     assert result.srn_active_fraction is not None and 0 <= result.srn_active_fraction <= 1
@@ -237,11 +238,11 @@ def test_evaluation_hook_and_baselines(tmp_path):
                n_final_samples=n, feature_net="test-pixels")  # fmt: skip
     run_dir = _train(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    protocol = metrics["protocol"]
-    assert protocol["feature_net"] == "test-pixels"
-    assert protocol["reference_split"] == "test"
-    assert protocol["n_fake"] == n
-    assert protocol["baselines"]["real_train"]["sample_source"] == "train"
+    protocol = GanResult.from_json(run_dir).protocol
+    assert protocol.scores.feature_net == "test-pixels"
+    assert protocol.scores.reference_split == "test"
+    assert protocol.scores.n_fake == n
+    assert protocol.baselines["real_train"].sample_source == "train"
     for key in ("fid", "kid_mean", "is_mean", "untrained_fid", "real_train_fid"):
         assert np.isfinite(metrics[key]), key
     # real training digits are far closer to the test digits than an untrained G's blur
@@ -249,6 +250,14 @@ def test_evaluation_hook_and_baselines(tmp_path):
     evals = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
              if "eval_fid" in r]  # fmt: skip
     assert [r["step"] for r in evals] == [1, 2]
+    # Files written before the protocols were typed hold the scores' protocol flat beside the
+    # run's own entries: they read back as the same typed result.
+    scores = metrics["protocol"].pop("scores")
+    older = dict(metrics, protocol={**metrics["protocol"], **scores})
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "metrics.json").write_text(json.dumps(older))
+    assert "feature_net" in older["protocol"] and "scores" not in older["protocol"]
+    assert GanResult.from_json(tmp_path / "older") == GanResult.from_json(run_dir)
 
 
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
@@ -264,9 +273,10 @@ def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_
     assert "leaves them out" in capsys.readouterr().err
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["untrained_fid"] is None and np.isfinite(metrics["real_train_fid"])
-    assert metrics["protocol"]["n_fake"] == 50
-    assert list(metrics["protocol"]["baselines"]) == ["real_train"]
-    assert metrics["protocol"]["baselines"]["real_train"]["n_fake"] == 50
+    protocol = GanResult.from_json(run_dir).protocol
+    assert protocol.scores.n_fake == 50
+    assert list(protocol.baselines) == ["real_train"]
+    assert protocol.baselines["real_train"].n_fake == 50
 
 
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):

@@ -51,8 +51,8 @@ def test_conditional_d_el_is_measured_and_finite(conditional_run):
     for point in ("real", "fake"):
         assert math.isfinite(result.d_jacobian[point].max)
         # the points measured, as recorded (fewer than 64 when the pool of 2 * pairs is smaller)
-        assert result.d_jacobian[point].n == result.protocol["d_el"]["jacobian_points"]
-    labels = result.protocol["d_el"]["labels"]
+        assert result.d_jacobian[point].n == result.protocol.d_el.jacobian_points
+    labels = result.protocol.d_el.labels
     assert "first point's label" in labels and "generated with" in labels
     assert (run_dir / "d_el_hist.png").is_file()
 
@@ -84,8 +84,8 @@ def test_conditional_pair_ratio_equals_the_hand_computed_one(conditional_run):
 def test_unconditional_run_is_measured_without_labels(tmp_path):
     run_dir = _train(tmp_path, "uncond")
     result = gan_analysis.run(SETTINGS, run_dir)
-    assert result.protocol["d_el"]["labels"] is None
-    assert result.protocol["generator"].startswith("raw")
+    assert result.protocol.d_el.labels is None
+    assert result.protocol.generator.startswith("raw")
     for kind in gan_analysis.PAIR_TYPES:
         assert all(math.isfinite(v) for v in result.d_el_values[kind]), kind
     assert math.isfinite(result.neural_divergence_real_train)

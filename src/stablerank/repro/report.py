@@ -282,7 +282,8 @@ def _scope(records: Sequence[RunRecord]) -> str:
         "and not beyond them; the paper's classifiers are CIFAR networks."
     )
     gans = [r.result for r in records if isinstance(r.result, GanResult)]
-    nets = sorted({str(g.protocol["feature_net"]) for g in gans if "feature_net" in g.protocol})
+    scored = [g.protocol.scores for g in gans if g.protocol and g.protocol.scores]
+    nets = sorted({score.feature_net for score in scored})
     if nets:
         text += f" Claim 4's FID, IS and KID come from the feature network {', '.join(nets)}"
         if not any("inception" in net for net in nets):
@@ -334,7 +335,8 @@ def _curve_plot(
     if not ax.lines:
         return None
     if gate is not None:
-        ax.axhline(gate, color="black", ls="--", lw=0.8, label="gate: an arm averaging below it is not a test")
+        label = "gate: an arm averaging below it is not a test"
+        ax.axhline(gate, color="black", ls="--", lw=0.8, label=label)
         ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -48,7 +48,12 @@ from stablerank.train.classify import (
 )
 from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.records import read_jsonl
-from stablerank.train.results import ClassifierAnalysis, ClassifierResult, Summary
+from stablerank.train.results import (
+    AnalysisProtocol,
+    ClassifierAnalysis,
+    ClassifierResult,
+    Summary,
+)
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device, seed_everything
 
@@ -60,7 +65,6 @@ __all__ = [
     "run",
 ]
 
-KEY_PLOTS = "plots"
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
 _MAX_JACOBIAN_BATCH = 128  # JVP/VJP keep the forward's activations alive: smaller batches
@@ -192,28 +196,28 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         for split, x in points.items()
     }
 
-    protocol = {
-        "run_dir": str(run_dir), "dataset": train_cfg.dataset, "model": train_cfg.model,
-        "norm": train_cfg.norm,
-        "rank_ratio": train_cfg.rank_ratio if train_cfg.norm == "srn" else None,
-        "head": train_cfg.head if train_cfg.norm != "none" else "none",
-        "train_seed": train_cfg.seed, "label_noise": train_cfg.label_noise,
-        "mode": "eval (BatchNorm running statistics; SN/SRN u, v frozen)",
-        "train_set": "the (sub)set trained on, with its labels (random where corrupted)",
-        "n_train_scored": len(y_tr), "n_test_scored": len(y_te),
-        "inputs": "as the network sees them: scaled, then standardized with the dataset mean/std",
-        "n_pairs": cfg.n_pairs, "pair_pool": f"seeded pool of up to {pool} images per split",
-        "n_jacobian": cfg.n_jacobian, "n_interpolated": cfg.n_interpolated,
-        "jacobian_points": {split: len(x) for split, x in points.items()},  # as measured
-        "interpolated": "uniform t on segments between random pairs of the train pool",
-        "jacobian_iterations": cfg.jacobian_iterations, "margin_quantile": cfg.margin_quantile,
-        "complexity_layers": "every Linear/Conv weight as used in the forward pass (normalized "
+    plots = _write_plots(run_dir, train_cfg, ratios, cfg.bins) if cfg.plots else []
+    protocol = AnalysisProtocol(
+        run_dir=str(run_dir), dataset=train_cfg.dataset, model=train_cfg.model,
+        norm=train_cfg.norm,
+        rank_ratio=train_cfg.rank_ratio if train_cfg.norm == "srn" else None,
+        head=train_cfg.head if train_cfg.norm != "none" else "none",
+        train_seed=train_cfg.seed, label_noise=train_cfg.label_noise,
+        mode="eval (BatchNorm running statistics; SN/SRN u, v frozen)",
+        train_set="the (sub)set trained on, with its labels (random where corrupted)",
+        n_train_scored=len(y_tr), n_test_scored=len(y_te),
+        inputs="as the network sees them: scaled, then standardized with the dataset mean/std",
+        n_pairs=cfg.n_pairs, pair_pool=f"seeded pool of up to {pool} images per split",
+        n_jacobian=cfg.n_jacobian, n_interpolated=cfg.n_interpolated,
+        jacobian_points={split: len(x) for split, x in points.items()},  # as measured
+        interpolated="uniform t on segments between random pairs of the train pool",
+        jacobian_iterations=cfg.jacobian_iterations, margin_quantile=cfg.margin_quantile,
+        complexity_layers="every Linear/Conv weight as used in the forward pass (normalized "
         "when parametrized); conv kernels reshaped to (C_out, C_in*k*k), not the conv operator; "
         "BatchNorm scales not included; log10 values",
-        "seed": cfg.seed,
-    }  # fmt: skip
-    if cfg.plots:
-        protocol[KEY_PLOTS] = _write_plots(run_dir, train_cfg, ratios, cfg.bins)
+        seed=cfg.seed, loss={"train": acc[KEY_TRAIN_LOSS], "test": acc[KEY_TEST_LOSS]},
+        plots=tuple(plots),
+    )  # fmt: skip
     el = {k: Summary.of(lipschitz.summarize(v, cfg.quantiles)) for k, v in ratios.items()}
     result = ClassifierAnalysis(
         train_acc=acc[KEY_TRAIN_ACC], test_acc=acc[KEY_TEST_ACC],
@@ -227,7 +231,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         log10_neyshabur=measures.get(complexity.KEY_LOG10_NEYSHABUR),
         log10_bartlett=measures.get(complexity.KEY_LOG10_BARTLETT),
         complexity={k: v for k, v in measures.items() if isinstance(v, (int, float)) or v is None},
-        protocol={**protocol, "loss": {"train": acc[KEY_TRAIN_LOSS], "test": acc[KEY_TEST_LOSS]}},
+        protocol=protocol,
     )  # fmt: skip
     path = result.to_json(run_dir)
     print(f"analyze: wrote {path}", file=sys.stderr, flush=True)

@@ -57,6 +57,7 @@ from stablerank.metrics import complexity
 from stablerank.models.classifiers import build_classifier
 from stablerank.train.records import MetricLog, environment_info
 from stablerank.train.results import (
+    ClassifierProtocol,
     ClassifierResult,
     EpochRecord,
     active_fraction,
@@ -556,18 +557,18 @@ def _result_of(
     model.eval()
     finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
     layers = layer_stats(sr.layer_report(model)) if finite else ()
-    protocol = {
-        "dataset": cfg.dataset, "model": cfg.model, "width": cfg.width, "norm": cfg.norm,
-        "rank_ratio": cfg.rank_ratio if cfg.norm == "srn" else None,
-        "n_power_iterations": cfg.n_power_iterations if cfg.norm != "none" else None,
-        "head": cfg.head if cfg.norm != "none" else "none", "seed": cfg.seed,
-        "label_noise": cfg.label_noise, "train_size": splits.num_train,
-        "augment": cfg.resolved_augment, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "world_size": world_size, "train_acc": TRAIN_ACC_DEFINITION,
-        "train_eval_size": train_eval_size, "test_size": splits.num_test,
-        "test_eval_size_per_epoch": test_eval_size,
-        "gap": "gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
-    }  # fmt: skip
+    protocol = ClassifierProtocol(
+        dataset=cfg.dataset, model=cfg.model, width=cfg.width, norm=cfg.norm,
+        rank_ratio=cfg.rank_ratio if cfg.norm == "srn" else None,
+        n_power_iterations=cfg.n_power_iterations if cfg.norm != "none" else None,
+        head=cfg.head if cfg.norm != "none" else "none", seed=cfg.seed,
+        label_noise=cfg.label_noise, train_size=splits.num_train,
+        augment=cfg.resolved_augment, epochs=cfg.epochs, batch_size=cfg.batch_size,
+        world_size=world_size, train_acc=TRAIN_ACC_DEFINITION,
+        train_eval_size=train_eval_size, test_size=splits.num_test,
+        test_eval_size_per_epoch=test_eval_size,
+        gap="gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
+    )  # fmt: skip
     return ClassifierResult(
         train_acc=final[KEY_TRAIN_ACC], test_acc=final[KEY_TEST_ACC],
         train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS],

@@ -26,7 +26,6 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -36,13 +35,15 @@ from stablerank.metrics import lipschitz
 from stablerank.metrics.divergence import (
     KEY_ND,
     KEY_ND_STD,
+    KEY_PROTOCOL,
+    NeuralDivergenceProtocol,
     build_default_critic,
     neural_divergence,
 )
 from stablerank.metrics.features import to_signed_unit
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.gan_sampling import make_generate
-from stablerank.train.results import GanAnalysis, Summary
+from stablerank.train.results import DElProtocol, GanAnalysis, GanAnalysisProtocol, Summary
 from stablerank.train.runtime import resolve_device
 
 __all__ = ["PAIR_TYPES", "run"]
@@ -116,20 +117,21 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
 
     nd_real = neural_divergence(real_train_samples, splits.test_x, **nd_kwargs)
 
-    protocol: dict[str, Any] = {
-        "neural_divergence": nd["protocol"],
-        "neural_divergence_real_train": "same protocol; fresh training images of the dataset in "
-        "place of generator samples (the real-vs-real end of the scale)",
-        "generator": "ema (standing BatchNorm statistics)"
-        if run.ema
-        else "raw, eval mode (BatchNorm running statistics)",
-        "checkpoint_step": run.step,
-    }
-    ratios, jac, protocol["d_el"] = _discriminator_el(
+    ratios, jac, d_el = _discriminator_el(
         D, splits, generate_labelled, n_pairs=settings.d_el_pairs, seed=seed, device=dev,
         conditional=num_classes is not None,
     )  # fmt: skip
-    protocol["neural_divergence_real_train_std"] = nd_real[KEY_ND_STD]
+    protocol = GanAnalysisProtocol(
+        neural_divergence=NeuralDivergenceProtocol(**nd[KEY_PROTOCOL]),
+        neural_divergence_real_train="same protocol; fresh training images of the dataset in "
+        "place of generator samples (the real-vs-real end of the scale)",
+        neural_divergence_real_train_std=nd_real[KEY_ND_STD],
+        generator="ema (standing BatchNorm statistics)"
+        if run.ema
+        else "raw, eval mode (BatchNorm running statistics)",
+        checkpoint_step=run.step,
+        d_el=d_el,
+    )
     result = GanAnalysis(
         neural_divergence=nd[KEY_ND],
         neural_divergence_std=nd[KEY_ND_STD],
@@ -158,7 +160,7 @@ def _discriminator_el(
     seed: int,
     device: torch.device,
     conditional: bool,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], DElProtocol]:
     """D's pairwise ratios per pair type, Jacobian norms at real and fake points, and their
     protocol. A conditional D is measured as x -> D(x, y), the label of a pair's first point
     held for both (``pairwise_lipschitz(..., y=)``)."""
@@ -183,13 +185,13 @@ def _discriminator_el(
         )
         for name, x, y in (("real", real, y_real), ("fake", fake, y_fake))
     }
-    protocol: dict[str, Any] = {
-        "mode": "eval (SN/SRN u, v frozen)",
-        "n_pairs": n_pairs,
-        "pool": f"{pool} test images and {pool} fresh samples",
-        "inputs": "images in [-1, 1] as D sees them",
-        "jacobian_points": min(k, pool),  # real and fake each (fewer when the pool is)
-        "jacobian_iterations": _JACOBIAN_ITERS,
-        "labels": _CONDITIONAL_LABELS if conditional else None,
-    }
+    protocol = DElProtocol(
+        mode="eval (SN/SRN u, v frozen)",
+        n_pairs=n_pairs,
+        pool=f"{pool} test images and {pool} fresh samples",
+        inputs="images in [-1, 1] as D sees them",
+        jacobian_points=min(k, pool),  # real and fake each (fewer when the pool is)
+        jacobian_iterations=_JACOBIAN_ITERS,
+        labels=_CONDITIONAL_LABELS if conditional else None,
+    )
     return ratios, jac, protocol

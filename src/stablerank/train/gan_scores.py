@@ -33,7 +33,9 @@ from stablerank.train.gan_sampling import (
 )
 from stablerank.train.results import (
     EpochRecord,
+    GanProtocol,
     GanResult,
+    ScoreProtocol,
     active_fraction,
     layer_stats,
     mean_active_fraction,
@@ -174,26 +176,24 @@ def write_result(
     ``d_layers.json`` (D's spectra)."""
     last = [r for r in records if KEY_D_LOSS in r]
     flat: dict[str, Any] = {}
-    protocol: dict[str, Any] = {
-        "generator": "ema" if cfg.ema > 0 else "raw",
-        "generator_bn": (
-            f"standing statistics of {BN_STAT_SAMPLES} samples"
-            if cfg.ema > 0
-            else "running statistics of training"
-        ),
-        "d_norm": cfg.d_norm,
-        "rank_ratio": cfg.rank_ratio if cfg.d_norm == "srn" else None,
-        "divergence_rule": DIVERGENCE_RULE,
-        "data_dir_read": data_dir,
-    }
+    protocols: dict[str, ScoreProtocol] = {}
     if scores is not None:
-        protocol.update(scores[KEY_PROTOCOL])
         flat.update(scores_only(scores))
-    if baselines:
-        protocol["baselines"] = {}
-        for prefix, base in baselines.items():
-            flat.update(scores_only(base, prefix))
-            protocol["baselines"][prefix.rstrip("_")] = base[KEY_PROTOCOL]
+    for prefix, base in (baselines or {}).items():
+        flat.update(scores_only(base, prefix))
+        protocols[prefix.rstrip("_")] = ScoreProtocol(**base[KEY_PROTOCOL])
+    protocol = GanProtocol(
+        generator="ema" if cfg.ema > 0 else "raw",
+        generator_bn=f"standing statistics of {BN_STAT_SAMPLES} samples"
+        if cfg.ema > 0
+        else "running statistics of training",
+        d_norm=cfg.d_norm,
+        rank_ratio=cfg.rank_ratio if cfg.d_norm == "srn" else None,
+        divergence_rule=DIVERGENCE_RULE,
+        data_dir_read=data_dir,
+        scores=ScoreProtocol(**scores[KEY_PROTOCOL]) if scores is not None else None,
+        baselines=protocols,
+    )
     curve = tuple(
         EpochRecord(
             step=r["step"], fid=r.get("eval_fid"), srn_active_fraction=r.get(KEY_SRN_ACTIVE)

@@ -10,6 +10,10 @@ old file is read), never as a silently missing column in a report.
 * :class:`GanResult` (``metrics.json``): :func:`stablerank.train.gan.run`;
 * :class:`GanAnalysis` (``gan_analysis.json``): neural divergence and the discriminator's eL.
 
+Each result carries its *protocol*, typed too: every choice its numbers depend on (the data,
+the network, the sample counts, the feature network and its weights' hash, ...). A class whose
+file layout changed reads the older layout through its ``from_older_layout``.
+
 Non-finite numbers are written as ``null`` (strict JSON) and read back as ``nan``.
 """
 
@@ -26,16 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from stablerank.metrics.divergence import NeuralDivergenceProtocol
+from stablerank.metrics.gan import Protocol as ScoreProtocol
 from stablerank.train import rundir
 
 __all__ = [
+    "AnalysisProtocol",
     "ClassifierAnalysis",
+    "ClassifierProtocol",
     "ClassifierResult",
+    "DElProtocol",
     "EpochRecord",
     "GanAnalysis",
+    "GanAnalysisProtocol",
+    "GanProtocol",
     "GanResult",
     "LayerStat",
     "Result",
+    "ScoreProtocol",
     "Summary",
     "active_fraction",
     "from_dict",
@@ -100,6 +112,9 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     Raises:
         TypeError: ``data`` lacks a field without default, or has a field ``cls`` does not know.
     """
+    upgrade = getattr(cls, "from_older_layout", None)
+    if upgrade is not None:
+        data = upgrade(dict(data))
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - names)
@@ -227,6 +242,113 @@ def mean_active_fraction(curve: typing.Iterable[EpochRecord]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+# ----------------------------------------------------------------------------- protocols
+
+
+@dataclass(frozen=True)
+class ClassifierProtocol:
+    """How a classifier run was trained and scored (:attr:`ClassifierResult.protocol`)."""
+
+    dataset: str
+    model: str
+    width: float
+    norm: str
+    rank_ratio: float | None  # None unless norm is srn
+    n_power_iterations: int | None  # None without normalization
+    head: str
+    seed: int
+    label_noise: float
+    train_size: int  # images trained on
+    augment: str
+    epochs: int
+    batch_size: int  # global, over every rank
+    world_size: int
+    train_acc: str  # how train_acc is measured
+    train_eval_size: int  # training images scored for train_acc
+    test_size: int  # test images of the final numbers
+    test_eval_size_per_epoch: int
+    gap: str  # how the two gaps are defined
+
+
+@dataclass(frozen=True)
+class AnalysisProtocol:
+    """How a classifier's measures after training were taken (``ClassifierAnalysis.protocol``)."""
+
+    run_dir: str
+    dataset: str
+    model: str
+    norm: str
+    rank_ratio: float | None
+    head: str
+    train_seed: int
+    label_noise: float
+    mode: str  # train or eval mode of the network measured
+    train_set: str
+    n_train_scored: int
+    n_test_scored: int
+    inputs: str
+    n_pairs: int  # eL pairs per split
+    pair_pool: str
+    n_jacobian: int
+    n_interpolated: int
+    interpolated: str
+    jacobian_iterations: int
+    margin_quantile: float
+    complexity_layers: str  # which weights the complexity measures take, and how
+    seed: int
+    loss: dict[str, float]  # eval-mode cross-entropy, "train" and "test"
+    jacobian_points: dict[str, int] = field(default_factory=dict)  # per split, as measured
+    plots: tuple[str, ...] = ()  # the PNG files written beside analysis.json
+
+
+@dataclass(frozen=True)
+class GanProtocol:
+    """How a GAN run's final scores were made (:attr:`GanResult.protocol`): the generator that
+    sampled, and the :class:`ScoreProtocol` of its scores and of each baseline."""
+
+    generator: str  # "ema" or "raw"
+    generator_bn: str  # which BatchNorm statistics G sampled with
+    d_norm: str
+    rank_ratio: float | None
+    divergence_rule: str
+    data_dir_read: str | None
+    scores: ScoreProtocol | None = None  # None: the run was not scored
+    baselines: dict[str, ScoreProtocol] = field(default_factory=dict)
+
+    @classmethod
+    def from_older_layout(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Files written before the protocols were typed hold the scores' protocol flat."""
+        flat = {f.name for f in dataclasses.fields(ScoreProtocol)} & set(data)
+        if flat and "scores" not in data:
+            data["scores"] = {name: data.pop(name) for name in flat}
+        return data
+
+
+@dataclass(frozen=True)
+class DElProtocol:
+    """How the discriminator's eL and Jacobian norms were measured."""
+
+    mode: str
+    n_pairs: int  # per pair type
+    pool: str
+    inputs: str
+    jacobian_points: int  # real and fake each
+    jacobian_iterations: int
+    labels: str | None  # how a conditional D holds the class (None: unconditional)
+
+
+@dataclass(frozen=True)
+class GanAnalysisProtocol:
+    """How a GAN's post-training measures were taken (:attr:`GanAnalysis.protocol`)."""
+
+    neural_divergence: NeuralDivergenceProtocol
+    neural_divergence_real_train: str
+    neural_divergence_real_train_std: float
+    generator: str
+    checkpoint_step: int
+    d_el: DElProtocol
+
+
 # ----------------------------------------------------------------------------- stage results
 
 
@@ -257,7 +379,7 @@ class ClassifierResult(Result):
     diverged: bool = False
     divergence: str = ""
     data_dir: str | None = None
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: ClassifierProtocol | None = None
 
     @property
     def mean_train_acc(self) -> float:
@@ -297,7 +419,7 @@ class ClassifierAnalysis(Result):
     log10_neyshabur: float | None = None
     log10_bartlett: float | None = None
     complexity: dict[str, float | None] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: AnalysisProtocol | None = None
 
     @property
     def el_test_max(self) -> float:
@@ -333,7 +455,7 @@ class GanResult(Result):
     divergence: str = ""
     train_seconds: float = 0.0
     data_dir: str | None = None
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: GanProtocol | None = None
 
     @property
     def layers(self) -> tuple[LayerStat, ...]:
@@ -366,7 +488,7 @@ class GanAnalysis(Result):
     d_el: dict[str, Summary]
     d_jacobian: dict[str, Summary]
     d_el_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
-    protocol: dict[str, Any] = field(default_factory=dict)
+    protocol: GanAnalysisProtocol | None = None
 
     @property
     def d_el_max(self) -> float:
