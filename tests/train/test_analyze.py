@@ -3,6 +3,7 @@ trainer's own evaluation, and below the spectral upper bound of the Lipschitz co
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -47,6 +48,18 @@ def test_analysis_file_and_plots_are_written(srn_run):
         assert (run_dir / name).read_bytes()[:8] == PNG_MAGIC, name
     assert not (run_dir / "shattering.png").exists()  # clean labels: no shattering curve
     assert result.protocol.plots == ("el_hist.png", "accuracy.png", "srank.png")
+
+
+def test_the_summary_line_names_each_measure_and_says_when_the_margin_ones_are_undefined(
+    srn_run,
+):
+    _, result = srn_run
+    line = result.summary()
+    assert line.startswith(f"eL max (test pairs) {result.el_test_max:.4g}, margin ")
+    assert f"log10 Bartlett {result.log10_bartlett:.4g}" in line and "undefined" not in line
+    unscaled = dataclasses.replace(result, log10_neyshabur=None, log10_bartlett=None)
+    assert "Bartlett" not in unscaled.summary()
+    assert unscaled.summary().endswith("margin-based measures are undefined (margin not positive)")
 
 
 def test_an_analysis_written_before_two_protocol_entries_existed_reads_back(srn_run, tmp_path):

@@ -81,9 +81,12 @@ def test_conditional_pair_ratio_equals_the_hand_computed_one(conditional_run):
     torch.testing.assert_close(stored, again, rtol=1e-5, atol=0)  # stored with 6 digits
 
 
-def test_unconditional_run_is_measured_without_labels(tmp_path):
+def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
     run_dir = _train(tmp_path, "uncond")
     result = gan_analysis.run(SETTINGS, run_dir)
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"gan analysis: {result.summary()}; wrote {run_dir / 'gan_analysis.json'}"
+    assert result.summary().startswith(f"neural divergence {result.neural_divergence:.4g} ± ")
     assert result.protocol.d_el.labels is None
     assert result.protocol.generator.startswith("raw")
     for kind in gan_analysis.PAIR_TYPES:

@@ -234,7 +234,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         protocol=protocol,
     )  # fmt: skip
     path = result.to_json(run_dir)
-    print(f"analyze: wrote {path}", file=sys.stderr, flush=True)
+    print(f"analyze: {result.summary()}; wrote {path}", file=sys.stderr, flush=True)
     return result
 
 

@@ -147,7 +147,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}"
     )
     path = result.to_json(run_dir)
-    print(f"gan analysis: wrote {path}", file=sys.stderr, flush=True)
+    print(f"gan analysis: {result.summary()}; wrote {path}", file=sys.stderr, flush=True)
     return result
 
 

@@ -426,6 +426,18 @@ class ClassifierAnalysis(Result):
         """The largest pairwise eL over test pairs."""
         return self.el_test.max
 
+    def summary(self) -> str:
+        """One line for a terminal: eL on test pairs, the margin and the complexity measures."""
+        shown = {
+            "eL max (test pairs)": self.el_test_max, "margin": self.margin,
+            "log10 spectral product": self.log10_spectral_product,
+            "log10 Neyshabur": self.log10_neyshabur, "log10 Bartlett": self.log10_bartlett,
+        }  # fmt: skip
+        text = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
+        undefined = self.log10_neyshabur is None or self.log10_bartlett is None
+        return text + ("; the margin-based measures are undefined (margin not positive)"
+                       if undefined else "")  # fmt: skip
+
 
 @dataclass(frozen=True)
 class GanResult(Result):
@@ -489,6 +501,15 @@ class GanAnalysis(Result):
     d_jacobian: dict[str, Summary]
     d_el_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
     protocol: GanAnalysisProtocol | None = None
+
+    def summary(self) -> str:
+        """One line for a terminal: the neural divergence beside its real-data end, D's eL."""
+        return (
+            f"neural divergence {self.neural_divergence:.4g} ± {self.neural_divergence_std:.2g} "
+            f"(real training images {self.neural_divergence_real_train:.4g}), D's eL max "
+            f"{self.d_el_max:.4g}, median {self.d_el_median:.4g}, Jacobian norm mean "
+            f"{self.d_jacobian_mean:.4g}"
+        )
 
     @property
     def d_el_max(self) -> float:
