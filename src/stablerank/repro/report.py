@@ -172,6 +172,17 @@ def _comparison_row(c: Comparison) -> list[str]:
     ]
 
 
+def _min_effects() -> str:
+    """Each metric's smallest effect of interest, as the rule applies it, grouped by value."""
+    groups: dict[str, list[str]] = {}
+    for m in METRICS.values():
+        size = f"{100 * m.min_effect:g} pp" if m.percent else f"{m.min_effect:g}"
+        if m.relative:
+            size = f"{m.min_effect:.0%} of the reference"
+        groups.setdefault(size, []).append(m.name)
+    return "; ".join(f"{size}: {', '.join(names)}" for size, names in groups.items())
+
+
 def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
     out = [
         "## Claims\n",
@@ -185,10 +196,8 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         "held at its target all the same). **SN above r**: the fraction of those layers whose "
         "stable rank in the SN arm (SRN without the cap) ends above SRN's target, where the cap "
         "would cut what SN training reaches; shown, not used by the rule. **not reproduced**: "
-        "significantly worse, or the CI "
-        "excludes every improvement of at least the metric's smallest effect of interest (0.5 pp "
-        "accuracy, 1 pp on random labels, 0.05 in log10 measures, 2-5% of the reference for "
-        "GAN scores and eL).\n",
+        "significantly worse, or the CI excludes every improvement of at least the metric's "
+        f"smallest effect of interest ({_min_effects()}).\n",
     ]
     for r in results:
         out.append(f"### Claim {r.claim.number}: {r.claim.text} - **{r.verdict}**\n")
