@@ -8,6 +8,7 @@ import json
 import math
 
 import pytest
+import torch
 
 from stablerank.config.classify import AnalyzeConfig, classify_preset
 from stablerank.train import analyze, classify
@@ -60,6 +61,31 @@ def test_the_summary_line_names_each_measure_and_says_when_the_margin_ones_are_u
     unscaled = dataclasses.replace(result, log10_neyshabur=None, log10_bartlett=None)
     assert "Bartlett" not in unscaled.summary()
     assert unscaled.summary().endswith("margin-based measures are undefined (margin not positive)")
+
+
+def test_the_stable_rank_figure_puts_each_srn_layer_against_its_own_target(srn_run, monkeypatch):
+    run_dir, _ = srn_run
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    monkeypatch.setattr(analyze, "save_figure", keep)
+    cfg, _, _ = analyze.load_run(run_dir)
+    analyze._write_plots(run_dir, cfg, {"train": torch.rand(8), "test": torch.rand(8)}, bins=5)
+    ax = drawn["srank.png"]
+    targets = {x.name: x.target_srank for x in ClassifierResult.from_json(run_dir).layers}
+    srn = sorted(name for name, target in targets.items() if target is not None)
+    curves = {line.get_label(): line.get_ydata() for line in ax.lines if line.get_label()[0] != "_"}
+    assert sorted(curves) == srn  # the head (no SRN, no target) is left out
+    last = analyze.read_log(run_dir)[-1]
+    for name in srn:  # each curve is the raw stable rank over that layer's own r
+        assert curves[name][-1] == pytest.approx(last[f"raw_srank/{name}"] / targets[name])
+    assert [tuple(line.get_ydata()) for line in ax.lines if line.get_linestyle() == "--"] == [
+        (1.0, 1.0)
+    ]
+    assert list(ax.get_xticks()) == [int(t) for t in ax.get_xticks()]  # whole epochs
 
 
 def test_an_analysis_written_before_two_protocol_entries_existed_reads_back(srn_run, tmp_path):

@@ -262,24 +262,30 @@ def _write_plots(
     ax.plot(epochs, [r[KEY_TRAIN_ACC] for r in records], marker="o", label="train (eval mode)")
     ax.plot(epochs, [r[KEY_TEST_ACC] for r in records], marker="o", label="test")
     ax.set(xlabel="epoch", ylabel="accuracy", title=f"{cfg.model} {_run_label(cfg)}")
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 1.25
     ax.legend()
     written.append(save_figure(fig, run_dir / "accuracy.png").name)
 
     raw_keys = [k for k in records[-1] if k.startswith("raw_srank/")] if records else []
     if raw_keys:
-        # The raw weights' stable rank over training against SRN's target r (dashed, same
-        # colour): where the line runs above its target, the cap binds.
         targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
             run_dir).layers} if RunDir(run_dir).metrics_file.is_file() else {}  # fmt: skip
+        capped = [k for k in raw_keys if targets.get(k.removeprefix("raw_srank/")) is not None]
         fig = new_figure((7.5, 4.8))
         ax = fig.add_subplot()
-        for k in raw_keys:
-            name = k.removeprefix("raw_srank/")
-            line = ax.plot(epochs, [r.get(k, math.nan) for r in records], label=name)[0]
-            if targets.get(name) is not None:
-                ax.axhline(targets[name], color=line.get_color(), linestyle="--", linewidth=0.9)
-        ax.set(xlabel="epoch", ylabel="stable rank of the raw weight (log)", yscale="log",
-               title="per-layer stable rank; dashed: SRN target r")  # fmt: skip
+        for k in capped or raw_keys:
+            # With SRN, each layer's raw stable rank over its own target r: one reference line
+            # (1, dashed) for every layer; several targets drawn at once would hide each other.
+            scale = targets[k.removeprefix("raw_srank/")] if capped else 1.0
+            ax.plot(epochs, [r.get(k, math.nan) / scale for r in records],
+                    label=k.removeprefix("raw_srank/"))  # fmt: skip
+        if capped:
+            ax.axhline(1.0, color="black", linestyle="--", linewidth=0.9)
+            ylabel, title = "raw stable rank / target r (log)", "SRN layers: above 1 the cap binds"
+        else:
+            ylabel, title = "stable rank of the raw weight (log)", "per-layer stable rank"
+        ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=title)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3, which="both")
         if len(raw_keys) <= 12:  # a legend for 100+ layers hides the plot
             ax.legend(fontsize="x-small", ncol=2)
