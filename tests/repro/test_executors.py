@@ -38,7 +38,7 @@ def submitit_handler():
     signal.signal(signal.SIGINT, previous[1])
 
 
-def test_the_notice_is_a_ctrl_c_for_the_run_then_submitit_requeues(submitit_handler):
+def test_the_notice_is_a_ctrl_c_for_the_run_then_submitit_requeues(submitit_handler, capfd):
     sig, calls = submitit_handler
     taken = []
     signal.signal(signal.SIGINT, lambda *_: taken.append(1))  # a trainer's deferred Ctrl-C
@@ -47,6 +47,8 @@ def test_the_notice_is_a_ctrl_c_for_the_run_then_submitit_requeues(submitit_hand
         assert taken == [1] and calls == []  # the run stops first ...
         requeue(KeyboardInterrupt("interrupted; the checkpoint of step 7 kept"))
     assert len(calls) == 1  # ... then submitit requeues
+    # The job log says why the trainer's next line speaks of a Ctrl-C.
+    assert "preemption or time-out notice: the run stops as on Ctrl-C" in capfd.readouterr().err
 
 
 def test_without_a_run_taking_ctrl_c_submitit_requeues_at_once(submitit_handler):

@@ -283,6 +283,8 @@ def _preemption_as_ctrl_c(grace_s: int) -> Iterator[Callable[[KeyboardInterrupt]
             return
         signal.signal(signal.SIGALRM, requeue_now)
         signal.alarm(grace_s)
+        with contextlib.suppress(OSError):  # the trainer's next line says "Ctrl-C": say why
+            os.write(2, b"SLURM's preemption or time-out notice: the run stops as on Ctrl-C\n")
         os.kill(os.getpid(), signal.SIGINT)
 
     def requeue(stop: KeyboardInterrupt) -> None:
