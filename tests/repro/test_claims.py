@@ -5,6 +5,7 @@ records built from the real sweep's runs."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import pytest
@@ -49,6 +50,19 @@ def test_seeds_needed_grows_with_spread():
     # effect = one standard deviation: the normal approximation 2 (z_0.975 + z_0.8)^2 = 15.7
     # seeds; the t distribution needs one more.
     assert claims.seeds_needed(1.0, 1.0, 1.0, 0.05) == 17
+
+
+def test_seeds_needed_counts_welchs_df_when_one_arm_holds_the_spread():
+    # 5 seeds per arm with SDs 1.3 and 0.008 and a difference of 3.51: Welch's t = 6.15 on
+    # df = 4.0 misses the level 0.05 / 30 (critical t 7.53), so 5 seeds do not decide it; with
+    # the equal-variance df (8) the count came out as 5 all the same.
+    level = 0.05 / 30
+    welch = claims.welch([3.51 + 1.3 * z for z in (-1.26, -0.63, 0, 0.63, 1.26)],
+                         [0.008 * z for z in (-1.26, -0.63, 0, 0.63, 1.26)])  # fmt: skip
+    assert welch.df == pytest.approx(4.0, abs=0.01) and welch.p_value * 30 > 0.05
+    needed = claims.seeds_needed(1.3, 0.008, 3.51, level)
+    pooled = math.sqrt((1.3**2 + 0.008**2) / 2)  # the same variance, shared by both arms
+    assert needed > 5 and needed > claims.seeds_needed(pooled, pooled, 3.51, level) == 5
 
 
 def test_detectable_effect_is_the_inverse_of_seeds_needed():
@@ -377,3 +391,55 @@ def test_an_arm_whose_runs_all_failed_is_reported_not_dropped():
     comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "sn")
     assert comp.outcome == claims.CANNOT_TELL and comp.reason == "no finished run in the sn arm"
     assert _comparison(claims.evaluate_claims(recs), "gap_acc", "none").test is not None
+
+
+def test_a_metric_is_left_out_only_when_no_run_of_the_sweep_measures_it():
+    gans = [r for r in tiny(seeds=2, gan_seeds=3) if r.kind == KIND_GAN]
+
+    def gan(run, fid: float | None) -> RunRecord:
+        rec = _gan_record(run, 0.5, 0.5)
+        return dataclasses.replace(rec, result=dataclasses.replace(rec.result, fid=fid))
+
+    def fid_rows(recs) -> list[claims.Comparison]:
+        claim4 = next(r for r in claims.evaluate_claims(recs) if r.claim.number == 4)
+        return [c for c in claim4.comparisons if c.metric == "fid"]
+
+    # FID not finite in every run: measured, so "cannot tell", never silently dropped (the claim's
+    # verdict used to come from IS and the neural divergence alone).
+    (row,) = fid_rows([gan(r, math.nan) for r in gans])
+    assert row.outcome == claims.CANNOT_TELL and "not finite" in row.reason
+    # Not measured at all (digits: no feature network), with every SRN run failed: no FID row
+    # (a failed arm used to make the unmeasured metrics appear as "no finished run" rows).
+    recs = [RunRecord(r, "failed") if r.norm == "srn" else gan(r, None) for r in gans]
+    assert fid_rows(recs) == []
+
+
+def test_rows_not_decided_by_their_p_value_list_the_ci_the_rule_read(tmp_path):
+    from stablerank.repro.report import write_report
+
+    recs = _records([0.1001, 0.1004, 0.1005, 0.1010], active=1.0, ref_spread=0.0003)
+    path, results = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    comp = _comparison(results, "gap_acc", "sn")
+    assert comp.outcome == claims.NOT_REPRODUCED and comp.p_adjusted >= 0.05
+    n_tests = sum(c.test is not None for r in results for c in r.comparisons)
+    wide = claims.welch(comp.srn_values, comp.ref_values, confidence=1 - 0.05 / n_tests)
+    assert comp.family_ci == (wide.diff_low, wide.diff_high) and comp.min_effect == 0.005
+    low, high = (f"{100 * x:.2f}" for x in comp.family_ci)
+    text = path.read_text()
+    assert f"vs sn: not reproduced; the difference's family-wise CI is [{low}, {high}] pp" in text
+    assert f"(1 - alpha / tests = {1 - 0.05 / n_tests:.2%} here, not the 95% CI" in text
+    saved = json.loads((tmp_path / "claims.json").read_text())["claims"][0]["comparisons"]
+    assert any(c["diff_ci_family"] == pytest.approx(list(comp.family_ci)) for c in saved)
+
+
+def test_the_gate_says_when_it_read_the_end_of_training():
+    recs = [
+        dataclasses.replace(r, result=dataclasses.replace(r.result, srn_active_fraction_mean=None,
+                                                          srn_active_fraction=0.2))
+        if r.run.norm == "srn" else r
+        for r in _records([0.05, 0.05], active=0.2)
+    ]  # fmt: skip
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
+    assert (
+        comp.outcome == claims.NOT_A_TEST and "20% of the SRN layers, at the end of" in comp.reason
+    )

@@ -212,13 +212,13 @@ def holm(p_values: Sequence[float]) -> list[float]:
 _MAX_EFFECT = 20.0  # d beyond which no seed count is worth reporting
 
 
-def _power(n: int, nc: float, alpha: float) -> float:
-    """Power of a two-sided t-test with ``n`` seeds per arm (df = 2n - 2) at level ``alpha`` for
-    the noncentrality ``nc``. scipy's noncentral t returns NaN deep in the far tail, where that
-    tail's probability is 0."""
+def _power(n: int, nc: float, alpha: float, df: float | None = None) -> float:
+    """Power of a two-sided t-test with ``n`` seeds per arm at level ``alpha`` for the
+    noncentrality ``nc``, with ``df`` degrees of freedom (default 2n - 2: equal variances).
+    scipy's noncentral t returns NaN deep in the far tail, where that tail's probability is 0."""
     from scipy import stats
 
-    df = 2 * n - 2  # Welch's df for equal arms and variances
+    df = 2 * n - 2 if df is None else df
     t_crit = stats.t.ppf(1 - alpha / 2, df)
     tails = (stats.nct.sf(t_crit, df, nc), stats.nct.cdf(-t_crit, df, nc))
     return sum(0.0 if math.isnan(p) else float(p) for p in tails)
@@ -226,12 +226,16 @@ def _power(n: int, nc: float, alpha: float) -> float:
 
 def seeds_needed(std_a: float, std_b: float, effect: float, alpha: float) -> int | None:
     """Seeds per arm (equal arms) for a two-sided Welch test at level ``alpha`` to detect a true
-    difference ``effect`` with 80% power (noncentral t; None beyond 10,000 or without spread)."""
+    difference ``effect`` with 80% power (noncentral t with Welch's df at these spreads; None
+    beyond 10,000 or without spread)."""
     var = std_a**2 + std_b**2
     if not effect or not math.isfinite(var) or var == 0:
         return None
+    # Welch-Satterthwaite df for n seeds per arm: near n - 1 when one arm's spread dominates,
+    # where 2n - 2 would promise power the Welch test does not have.
+    per_seed = (var * var) / (std_a**4 + std_b**4)
     for n in range(2, 10_001):
-        if _power(n, abs(effect) / math.sqrt(var / n), alpha) >= POWER:
+        if _power(n, abs(effect) / math.sqrt(var / n), alpha, (n - 1) * per_seed) >= POWER:
             return n
     return None
 
@@ -279,6 +283,10 @@ class Comparison:
     reason: str = ""
     seeds_needed: int | None = None
     context: dict[str, float | None] = field(default_factory=dict)
+    # The difference's CI at the family-wise level (1 - alpha / tests), which the rule reads, and
+    # the smallest improvement of interest as applied (absolute units); set once tested.
+    family_ci: tuple[float, float] | None = None
+    min_effect: float | None = None
 
     def to_dict(self) -> dict[str, object]:
         srn = _mean_std(self.srn_values) if self.srn_values else (math.nan, math.nan)
@@ -313,6 +321,8 @@ class Comparison:
             "reason": self.reason,
             "seeds_needed": self.seeds_needed,
             "context": self.context,
+            "diff_ci_family": list(self.family_ci) if self.family_ci else None,
+            "min_effect": self.min_effect,
         }
 
 
@@ -360,6 +370,11 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
     "cannot tell" with the reason); only a metric the sweep does not measure is left out."""
     out = []
     clean = by_setting([r for r in records if r.usable], KIND_CLASSIFY)
+    # A metric is measured when some run of the claim's kind has a value for it (NaN included:
+    # a value that is not finite is "cannot tell", never left out); decided over the whole sweep,
+    # so a metric does not vanish with a failed arm or appear because one did.
+    read = [r for r in records if r.run.kind == claim.kind and r.result is not None]
+    measured = {m for m in claim.metrics if any(METRICS[m].value(r) is not None for r in read)}
     for setting, all_arms in by_setting(records, claim.kind).items():
         arms = {arm: [r for r in recs if r.usable] for arm, recs in all_arms.items()}
         for arm, srn in arms.items():
@@ -373,7 +388,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                 metric = METRICS[metric_name]
                 sv, ss = metric.values(srn)
                 rv, rs = metric.values(arms[ref])
-                if not sv and not rv and srn and arms[ref] and not metric.undefined_when:
+                if metric_name not in measured and not metric.undefined_when:
                     continue  # the sweep does not measure it (e.g. FID on digits)
                 comp = Comparison(
                     claim.number,
@@ -410,16 +425,17 @@ def _decide(comp: Comparison) -> None:
         empty = " and ".join(name for name, n in arms if not n)
         comp.reason = f"no finished run in the {empty} arm"
         return
-    active = comp.srn_active_fraction
-    if active is None:
-        active = comp.srn_active_fraction_end
+    active, when = comp.srn_active_fraction, "averaged over training"
+    if active is None:  # runs that logged no activity along training: their end
+        active, when = comp.srn_active_fraction_end, "at the end of training"
     if active is None or active < MIN_ACTIVE_FRACTION:
         comp.outcome = NOT_A_TEST
         comp.reason = (
+            "no SRN layer whose cap can act (a target r >= min(m, n) makes SRN exactly SN), or "
             "SRN's activity was not recorded"
             if active is None
-            else f"the stable-rank cap binds on {active:.0%} of the SRN layers, averaged over "
-            f"training (< {MIN_ACTIVE_FRACTION:.0%}): mostly spectral normalization, not a test "
+            else f"the stable-rank cap binds on {active:.0%} of the SRN layers, {when} "
+            f"(< {MIN_ACTIVE_FRACTION:.0%}): mostly spectral normalization, not a test "
             "by the rule; a raw stable rank held at its target in the layer table means the cap "
             "still shaped training"
         )
@@ -457,16 +473,15 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
     improvement_high = max(sign * wide.diff_low, sign * wide.diff_high)
     ref_mean, s_ref = _mean_std(comp.ref_values)
     min_effect = metric.min_effect * (abs(ref_mean) if metric.relative else 1.0)
+    comp.family_ci, comp.min_effect = (wide.diff_low, wide.diff_high), min_effect
+    level = f"{1 - alpha / n_tests:.2%} CI of the difference (family-wise level)"
     if comp.p_adjusted < alpha:
         better = sign * t.diff > 0
         comp.outcome = REPRODUCED if better else NOT_REPRODUCED
         comp.reason = f"significant ({'better' if better else 'worse'} than {comp.reference})"
     elif improvement_high < min_effect:
         comp.outcome = NOT_REPRODUCED
-        comp.reason = (
-            f"no improvement of at least {min_effect:.3g} is within the "
-            f"{1 - alpha / n_tests:.2%} CI of the difference (family-wise level)"
-        )
+        comp.reason = f"no improvement of at least the smallest effect is within the {level}"
     else:
         comp.outcome = CANNOT_TELL
         s_srn = _mean_std(comp.srn_values)[1]
@@ -474,7 +489,10 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
         # reproduced" once it is significant), and never below the smallest effect of interest.
         effect = max(abs(t.diff), min_effect)
         comp.seeds_needed = seeds_needed(s_srn, s_ref, effect, alpha / n_tests)
-        comp.reason = "not significant and the CI still allows an improvement"
+        comp.reason = (
+            f"not significant, and the {level} still holds an improvement of at least "
+            "the smallest effect"
+        )
 
 
 def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[ClaimResult]:

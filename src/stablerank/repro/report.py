@@ -161,7 +161,7 @@ def _comparison_row(c: Comparison) -> list[str]:
         c.setting,
         f"{c.rank_ratio:g}",
         f"vs {c.reference}",
-        m.label + (" (pp)" if m.percent else ""),
+        m.label + (" (%; difference in pp)" if m.percent else ""),
         f"{len(c.srn_values)} / {len(c.ref_values)}",
         f"{_cell(c.srn_values, m.percent)} vs {_cell(c.ref_values, m.percent)}",
         diff,
@@ -183,11 +183,25 @@ def _min_effects() -> str:
     return "; ".join(f"{size}: {', '.join(names)}" for size, names in groups.items())
 
 
+def _family_ci(c: Comparison) -> str:
+    """A tested row not decided by its p-value: the CI the rule read, beside the smallest effect."""
+    m = METRICS[c.metric]
+    unit = " pp" if m.percent else ""
+    low, high = c.family_ci or (math.nan, math.nan)
+    return (
+        f"- {c.setting}, c = {c.rank_ratio:g}, {m.label} vs {c.reference}: {c.outcome}; the "
+        f"difference's family-wise CI is [{_fmt(low, m.percent)}, {_fmt(high, m.percent)}]{unit}"
+        f", the smallest effect of interest {_fmt(c.min_effect, m.percent)}{unit} "
+        f"({'lower' if m.lower_is_better else 'higher'} is better)"
+    )
+
+
 def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
+    n_tests = sum(c.test is not None for r in results for c in r.comparisons)
     out = [
         "## Claims\n",
         f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over the "
-        f"{sum(c.test is not None for r in results for c in r.comparisons)} tested comparisons "
+        f"{n_tests} tested comparisons "
         f"of this report (family-wise alpha = {alpha:g}); the difference SRN - reference with "
         "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
@@ -196,8 +210,11 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         "held at its target all the same). **SN above r**: the fraction of those layers whose "
         "stable rank in the SN arm (SRN without the cap) ends above SRN's target, where the cap "
         "would cut what SN training reaches; shown, not used by the rule. **not reproduced**: "
-        "significantly worse, or the CI excludes every improvement of at least the metric's "
-        f"smallest effect of interest ({_min_effects()}).\n",
+        "significantly worse, or the difference's CI at the family-wise level (1 - alpha / "
+        f"tests = {1 - alpha / max(n_tests, 1):.2%} here, not the 95% CI of the table) excludes "
+        "every improvement of at least the metric's smallest effect of interest "
+        f"({_min_effects()}). The rows decided by that CI, and the tested rows that cannot tell, "
+        "list it under their table.\n",
     ]
     for r in results:
         out.append(f"### Claim {r.claim.number}: {r.claim.text} - **{r.verdict}**\n")
@@ -231,7 +248,9 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             for c in r.comparisons
             if c.outcome == CANNOT_TELL and c.test is None
         }
-        out += sorted(not_a_test) + sorted(untested)
+        by_ci = [_family_ci(c) for c in r.comparisons  # tested, not significant
+                 if c.p_adjusted is not None and c.p_adjusted >= alpha]  # fmt: skip
+        out += sorted(not_a_test) + sorted(untested) + by_ci
         clean = {
             f"{c.setting} {k.removeprefix('clean_test_acc_')}: {_fmt(v, True)}%"
             for c in r.comparisons
