@@ -248,6 +248,14 @@ def test_runner_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkey
         cli.main(["train", "--debug"])
 
 
+def test_reproduce_json_is_one_document_even_for_a_dry_run(capsys, tmp_path):
+    code, out, err = _run(capsys, "reproduce", "--sweep", "tiny", "--dry-run", "--json",
+                          "--out-dir", str(tmp_path))  # fmt: skip
+    planned = json.loads(out)  # the run list went to stderr
+    assert code == 0 and "runs (" in err and set(planned["runs"].values()) == {"new"}
+    assert planned["report"] is None and planned["verdicts"] == {}
+
+
 def test_version(capsys):
     code, out, _ = _run(capsys, "--version")
     assert code == 0 and out.startswith("stablerank ")

@@ -106,8 +106,9 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
     for executor, extra in (("sequential", {}), ("local", {"workers": 2}),
                             ("submitit-local", {"workers": 2})):  # fmt: skip
         out = tmp_path / executor
-        path = pipeline.run(_cfg(out, executor=executor, **extra))
-        assert path == out / "report.md" and path.is_file()
+        done = pipeline.run(_cfg(out, executor=executor, **extra))
+        assert done.report == out / "report.md" and done.report.is_file()
+        assert set(done.runs.values()) == {"done"} and set(done.verdicts) == {1, 2, 3, 4, 5}
         outs[executor] = _results(out)
     assert outs["sequential"] and outs["sequential"] == outs["local"] == outs["submitit-local"]
     claims = json.loads((tmp_path / "sequential" / "claims.json").read_text())
@@ -128,7 +129,7 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
         return real(run)
 
     monkeypatch.setattr(execute_module, "_train", failing)
-    report = pipeline.run(_cfg(tmp_path, executor="sequential"))
+    report = pipeline.run(_cfg(tmp_path, executor="sequential")).report
     status = RunDir(victim.run_dir).read_status()
     assert status["status"] == "failed" and "boom" in status["error"]
     assert "boom" in (victim.run_dir / "error.txt").read_text()
@@ -222,9 +223,12 @@ def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeyp
 
 
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
-    pipeline.run(_cfg(tmp_path, dry_run=True))
-    out = capsys.readouterr().out
-    assert "runs (" in out and "new" in out
+    planned = pipeline.run(_cfg(tmp_path, dry_run=True))
+    captured = capsys.readouterr()
+    # The list is for people (stderr); stdout stays free for --json.
+    assert "runs (" in captured.err and "new" in captured.err and captured.out == ""
+    assert set(planned.runs.values()) == {"new"} and planned.report is None
+    assert list(planned.runs) == [r.name for r in sweeps.build_sweep(_cfg(tmp_path))]
     assert not (tmp_path / sweeps.RUNS_DIR).exists()
 
 

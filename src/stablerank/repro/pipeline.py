@@ -14,6 +14,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from stablerank.config import config_to_dict
@@ -21,16 +22,27 @@ from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import run_state
 from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
-from stablerank.repro.report import claims_summary, write_report
+from stablerank.repro.report import CLAIMS_FILE, claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
 from stablerank.train.records import git_commit
 
-__all__ = ["run"]
+__all__ = ["SweepOutcome", "run"]
 
 
-def _describe(runs: list[Run]) -> str:
+@dataclass(frozen=True)
+class SweepOutcome:
+    """What ``stablerank reproduce`` did (its ``--json``): each run's state by name, and, unless
+    it was a dry run, the report, ``claims.json`` and each claim's verdict."""
+
+    out_dir: Path
+    runs: dict[str, str]  # run name -> its state at the end (a dry run: now)
+    report: Path | None = None
+    claims: Path | None = None
+    verdicts: dict[int, str] = field(default_factory=dict)
+
+
+def _describe(runs: list[Run], states: list[str]) -> str:
     """A header line (runs by kind and by state), then each run's state and name."""
-    states = [run_state(r) for r in runs]
     kinds = ", ".join(f"{n} {k}" for k, n in Counter(r.kind for r in runs).items())
     counts = ", ".join(f"{n} {s}" for s, n in Counter(states).items())
     lines = [f"{len(runs)} runs ({kinds}); state: {counts}"]
@@ -38,9 +50,9 @@ def _describe(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: ReproduceConfig) -> Path:
-    """Run (or resume) the sweep of ``cfg`` and write its report; return the report's path
-    (``out_dir`` for a dry run).
+def run(cfg: ReproduceConfig) -> SweepOutcome:
+    """Run (or resume) the sweep of ``cfg`` and write its report (a dry run lists the runs on
+    stderr and runs nothing).
 
     Raises:
         RuntimeError: launched under ``torchrun`` (each run is one process; use the executors),
@@ -53,12 +65,14 @@ def run(cfg: ReproduceConfig) -> Path:
     out_dir = Path(cfg.resolved_out_dir)
     runs = build_sweep(cfg)
     if cfg.dry_run:
-        print(_describe(runs))
-        return out_dir
+        states = [run_state(r) for r in runs]
+        print(_describe(runs, states), file=sys.stderr, flush=True)
+        return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
     if not cfg.report_only:
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(_describe(runs).splitlines()[0], file=sys.stderr, flush=True)
+        header = _describe(runs, [run_state(r) for r in runs]).splitlines()[0]
+        print(header, file=sys.stderr, flush=True)
         # Longest first (GANs), so the pool's last minutes are not one long run alone.
         order = sorted(runs, key=lambda r: r.kind != KIND_GAN)
         t0 = time.perf_counter()
@@ -88,4 +102,6 @@ def run(cfg: ReproduceConfig) -> Path:
     )
     print(claims_summary(results), file=sys.stderr)
     print(f"report: {path}", file=sys.stderr, flush=True)
-    return path
+    verdicts = {r.claim.number: r.verdict for r in results}
+    states = {rec.run.name: rec.state for rec in records}
+    return SweepOutcome(out_dir, states, path, path.with_name(CLAIMS_FILE), verdicts)
