@@ -231,11 +231,6 @@ def active_fraction(layers: typing.Iterable[LayerStat]) -> float | None:
     return sum(flags) / len(flags) if flags else None
 
 
-def _binding(fraction: float | None, whose: str) -> str:
-    """The summary's clause on SRN's cap ('' without SRN layers whose cap can act)."""
-    return "" if fraction is None else f"; SRN's cap binds on {fraction:.0%} of {whose} layers"
-
-
 def mean_active_fraction(curve: typing.Iterable[EpochRecord]) -> float | None:
     """The active fraction averaged over the points of training that recorded one."""
     values = [r.srn_active_fraction for r in curve if r.srn_active_fraction is not None]
@@ -349,6 +344,16 @@ class GanAnalysisProtocol:
     d_el: DElProtocol
 
 
+def _binding(fraction: float | None, whose: str) -> str:
+    """The summary's clause on SRN's cap ('' without SRN layers whose cap can act)."""
+    return "" if fraction is None else f"; SRN's cap binds on {fraction:.0%} of {whose} layers"
+
+
+def _listed(shown: Mapping[str, float | None]) -> str:
+    """The summaries' ``label value`` list, leaving out what was not measured (None)."""
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
+
+
 # ----------------------------------------------------------------------------- stage results
 
 
@@ -433,7 +438,7 @@ class ClassifierAnalysis(Result):
             "log10 spectral product": self.log10_spectral_product,
             "log10 Neyshabur": self.log10_neyshabur, "log10 Bartlett": self.log10_bartlett,
         }  # fmt: skip
-        text = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
+        text = _listed(shown)
         undefined = self.log10_neyshabur is None or self.log10_bartlett is None
         return text + ("; the margin-based measures are undefined (margin not positive)"
                        if undefined else "")  # fmt: skip
@@ -481,7 +486,7 @@ class GanResult(Result):
             "real training images' FID": self.real_train_fid, "IS": self.is_mean,
             "KID": self.kid_mean,
         }  # fmt: skip
-        scores = ", ".join(f"{k} {v:.4g}" for k, v in shown.items() if v is not None)
+        scores = _listed(shown)
         return f"{self.steps} G steps, {scores or 'no final scores'}" + _binding(
             self.srn_active_fraction, "D's"
         )
