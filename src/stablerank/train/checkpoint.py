@@ -43,16 +43,16 @@ def _umask() -> int:
     return mask
 
 
-def _atomic_replace(path: Path, write: Any) -> None:
-    """Write through a unique temporary file in the same folder, then ``os.replace`` (atomic on
-    POSIX): readers and a kill never see half a file, and concurrent writers never share a
-    temporary name. The file gets the permissions a plain ``open`` would (0666 less the umask;
-    ``mkstemp`` alone makes 0600)."""
+def _atomic_replace(path: Path, data: bytes) -> None:
+    """Write ``data`` through a unique temporary file in the same folder, then ``os.replace``
+    (atomic on POSIX): readers and a kill never see half a file, and concurrent writers never
+    share a temporary name. The file gets the permissions a plain ``open`` would (0666 less the
+    umask; ``mkstemp`` alone makes 0600)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            write(fh)
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
@@ -79,20 +79,18 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
     data = buffer.getvalue()
-    _atomic_replace(path, lambda fh: fh.write(data))
+    _atomic_replace(path, data)
     atomic_write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text atomically (see :func:`_atomic_replace`)."""
-    data = text.encode()
-    _atomic_replace(Path(path), lambda fh: fh.write(data))
+    _atomic_replace(Path(path), text.encode())
 
 
 def atomic_write_json(path: str | Path, data: Any) -> None:
     """Write JSON atomically, so readers never see a half-written file."""
-    text = json.dumps(data, indent=2, sort_keys=True, default=str).encode()
-    _atomic_replace(Path(path), lambda fh: fh.write(text))
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
