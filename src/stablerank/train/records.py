@@ -98,22 +98,17 @@ class MetricLog:
         return SummaryWriter(str(self.run_dir / TENSORBOARD_DIR), purge_step=purge_step)
 
     def records(self) -> list[dict[str, Any]]:
-        if not self.jsonl.exists():
-            return []
-        return read_jsonl(self.jsonl)
+        return read_jsonl(self.jsonl) if self.jsonl.exists() else []
 
     def truncate_after(self, value: int) -> None:
         """Drop records whose ``key`` is greater than ``value`` (resume after a crash)."""
         records = self.records()
         kept = [r for r in records if r.get(self.key, -1) <= value]
-        self._rewrite(kept)
+        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        self._write_csv(kept)
         if self._writer is not None and len(kept) < len(records):
             self._writer.close()
             self._writer = self._tensorboard(purge_step=value + 1)
-
-    def _rewrite(self, records: list[dict[str, Any]]) -> None:
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in records))
-        self._write_csv(records)
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
         columns: list[str] = []
