@@ -154,10 +154,6 @@ class RunDir:
         atomic_write_json(self.config_file, dict(config))
         atomic_write_json(self.env_file, dict(env))
 
-    def write_error(self, text: str) -> None:
-        """Write ``error.txt`` (the traceback of the last failure)."""
-        atomic_write_text(self.error_file, text)
-
     # ------------------------------------------------------------------ checkpoints
 
     def checkpoint_path(self, step: int) -> Path:
@@ -342,7 +338,7 @@ class RunDir:
             self.write_status(status=INTERRUPTED, **fields())
             raise
         except Exception as err:
-            self.write_error(traceback.format_exc())
+            atomic_write_text(self.error_file, traceback.format_exc())
             self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}", **fields())
             raise
 
