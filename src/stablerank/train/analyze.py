@@ -170,21 +170,19 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 
     # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
     pool = _POOL_PER_PAIR * cfg.n_pairs
-    x_tr_pool = images(_seeded_subset(splits.train_x, splits.train_y, pool, cfg.seed)[0])
-    x_te_pool = images(_seeded_subset(splits.test_x, splits.test_y, pool, cfg.seed + 1)[0])
+    pools = {
+        SPLIT_TRAIN: images(_seeded_subset(splits.train_x, splits.train_y, pool, cfg.seed)[0]),
+        SPLIT_TEST: images(_seeded_subset(splits.test_x, splits.test_y, pool, cfg.seed + 1)[0]),
+    }
     ratios = {
-        SPLIT_TRAIN: lipschitz.pairwise_lipschitz(
-            model, x_tr_pool, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
-        ),
-        SPLIT_TEST: lipschitz.pairwise_lipschitz(
-            model, x_te_pool, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
-        ),
+        split: lipschitz.pairwise_lipschitz(
+            model, x, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
+        )
+        for split, x in pools.items()
     }
-    points = {
-        SPLIT_TRAIN: x_tr_pool[: cfg.n_jacobian],
-        SPLIT_TEST: x_te_pool[: cfg.n_jacobian],
-    }
+    points = {split: x[: cfg.n_jacobian] for split, x in pools.items()}
     if cfg.n_interpolated:
+        x_tr_pool = pools[SPLIT_TRAIN]
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
             x_tr_pool, x_tr_pool, cfg.n_interpolated, seed=cfg.seed
         )
