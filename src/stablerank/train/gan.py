@@ -333,12 +333,9 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             state[KEY_EMA_STANDING_BN] = sampler.stats_step == step
         folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
-    wants_eval = cfg.eval_every > 0 or cfg.n_final_samples > 0
-    evaluator = (
-        Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
-        if info.is_main and wants_eval
-        else None
-    )
+    evaluator = None
+    if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
+        evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
     if evaluator is not None and cfg.n_final_samples > 0:
         if start == 0:
             sampler.ready(0)
@@ -426,11 +423,10 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
                     divergence = f"the generator's samples are not finite: {err}"
         result = write_result(
             run_dir, cfg, scores, baselines, nets.D, step, train_seconds, records, divergence,
-            getattr(splits, "source", None),
+            splits.source,
         )  # fmt: skip
-    if log is not None:
-        log.close()
     if info.is_main:
+        log.close()
         state = INTERRUPTED if result is None else DIVERGED if result.diverged else DONE
         folder.write_status(status=state, divergence=result.divergence if result else "")
     return result
