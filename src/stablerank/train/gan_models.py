@@ -114,19 +114,16 @@ class GanRun:
 def _checkpoint_path(run_dir: Path, checkpoint: int | str | Path | None) -> Path:
     if not run_dir.is_dir():
         raise FileNotFoundError(f"GAN run folder {str(run_dir)!r} does not exist")
+    folder = RunDir(run_dir)
     if checkpoint is None:
-        found = RunDir(run_dir).checkpoints()
+        found = folder.checkpoints()
         if not found:
             raise FileNotFoundError(
                 f"{str(run_dir / 'checkpoints')!r} holds no step_*.pt checkpoint: "
                 "not a GAN run folder, or no step finished"
             )
         return found[-1]
-    path = (
-        RunDir(run_dir).checkpoint_path(checkpoint)
-        if isinstance(checkpoint, int)
-        else Path(checkpoint)
-    )
+    path = folder.checkpoint_path(checkpoint) if isinstance(checkpoint, int) else Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     return path
