@@ -131,8 +131,7 @@ def score_baselines(
     return {PREFIX_UNTRAINED: untrained, PREFIX_REAL_TRAIN: real}
 
 
-# A discriminator that wins outright: its loss ~0 while the generator's explodes (seen: D loss 0.0,
-# G loss 1.4e5 after 300 steps at a high learning rate). Judged on the last logged points.
+# A discriminator that wins outright: its loss ~0 while the generator's explodes.
 COLLAPSE_D_LOSS = 1e-3
 COLLAPSE_G_LOSS = 50.0
 COLLAPSE_POINTS = 3
@@ -143,9 +142,8 @@ DIVERGENCE_RULE = (
 
 
 def divergence_of(records: list[dict[str, Any]]) -> str:
-    """Why a GAN run diverged, from its logged losses ('' when it did not): a non-finite loss,
-    or D's loss below :data:`COLLAPSE_D_LOSS` while G's exceeds :data:`COLLAPSE_G_LOSS` at each of
-    the last :data:`COLLAPSE_POINTS` logged points."""
+    """Why a GAN run diverged by :data:`DIVERGENCE_RULE`, from its logged losses ('' when it did
+    not)."""
     losses = [r for r in records if KEY_D_LOSS in r]
     for r in losses:
         if not (math.isfinite(r[KEY_D_LOSS]) and math.isfinite(r[KEY_G_LOSS])):
@@ -174,7 +172,7 @@ def write_result(
 ) -> GanResult:
     """The run's :class:`~stablerank.train.results.GanResult` (``metrics.json``) and
     ``d_layers.json`` (D's spectra)."""
-    last = [r for r in records if KEY_D_LOSS in r]
+    last = next((r for r in reversed(records) if KEY_D_LOSS in r), {})
     flat: dict[str, Any] = {}
     protocols: dict[str, ScoreProtocol] = {}
     if scores is not None:
@@ -205,8 +203,7 @@ def write_result(
     layers = layer_stats(report) if not divergence else ()
     fields = {f.name for f in dataclasses.fields(GanResult)}
     result = GanResult(
-        steps=step, d_loss=last[-1][KEY_D_LOSS] if last else None,
-        g_loss=last[-1][KEY_G_LOSS] if last else None,
+        steps=step, d_loss=last.get(KEY_D_LOSS), g_loss=last.get(KEY_G_LOSS),
         **{k: v for k, v in flat.items() if k in fields},
         curve=curve, d_layers=layers, srn_active_fraction=active_fraction(layers),
         srn_active_fraction_mean=mean_active_fraction(curve),
