@@ -33,6 +33,7 @@ from typing import Any, ClassVar, TypeVar
 from stablerank.metrics.divergence import NeuralDivergenceProtocol
 from stablerank.metrics.gan import Protocol as ScoreProtocol
 from stablerank.train import rundir
+from stablerank.train.checkpoint import atomic_write_json
 
 __all__ = [
     "AnalysisProtocol",
@@ -62,23 +63,20 @@ R = TypeVar("R", bound="Result")
 # ----------------------------------------------------------------------------- (de)serialisation
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
+def to_dict(obj: Any) -> Any:
+    """A result dataclass (or a value inside one) as strict-JSON-ready data: dataclasses and
+    mappings become dicts, tuples lists, non-finite floats None."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Mapping):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
         return None  # strict JSON: no bare NaN/Infinity
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def to_dict(obj: Any) -> dict[str, Any]:
-    """A result dataclass as a strict-JSON-ready dict (non-finite floats become None)."""
-    return _jsonable(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
 
 
 def _convert(tp: Any, value: Any) -> Any:
@@ -120,8 +118,7 @@ def from_dict(cls: type, data: Mapping[str, Any]) -> Any:
     unknown = sorted(set(data) - names)
     if unknown:
         raise TypeError(f"{cls.__name__} has no field(s) {unknown}")
-    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
-    return cls(**kwargs)
+    return cls(**{k: _convert(hints[k], v) for k, v in data.items()})
 
 
 class Result:
@@ -131,8 +128,6 @@ class Result:
 
     def to_json(self, run_dir: str | Path) -> Path:
         """Write the result to ``run_dir/FILE`` atomically; return the path."""
-        from stablerank.train.checkpoint import atomic_write_json
-
         path = Path(run_dir) / self.FILE
         atomic_write_json(path, to_dict(self))
         return path
@@ -149,8 +144,7 @@ class Result:
         if path.is_dir():
             path = path / cls.FILE
         try:
-            data = json.loads(path.read_text())
-            return from_dict(cls, data)
+            return from_dict(cls, json.loads(path.read_text()))
         except (json.JSONDecodeError, TypeError, AttributeError) as err:
             raise ValueError(f"{path} is not a valid {cls.__name__} file: {err}") from err
 
