@@ -155,9 +155,7 @@ def make_generate(
                     labels.append(y.cpu())
         return torch.cat(out), (torch.cat(labels) if labels else None)
 
-    if with_labels:
-        return generate_labelled
-    return lambda n: generate_labelled(n)[0]
+    return generate_labelled if with_labels else lambda n: generate_labelled(n)[0]
 
 
 @torch.no_grad()
