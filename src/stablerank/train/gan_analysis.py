@@ -85,7 +85,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
           file=sys.stderr, flush=True)  # fmt: skip
     cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
-    # load_gan_run read the dataset too (for the shapes); a second read takes about a second.
+    # load_gan_run read the dataset too, for the shapes only.
     splits = load_dataset(cfg.dataset, cfg.data_dir)
     seed = cfg.seed + settings.seed
     generate_labelled = make_generate(
@@ -168,8 +168,7 @@ def _discriminator_el(
     idx = _subset_indices(len(splits.test_x), pool, seed)
     real = to_signed_unit(splits.test_x[idx]).to(device)
     y_real = splits.test_y[idx].to(device) if conditional else None
-    with torch.no_grad():
-        fake, y_fake = generate_labelled(pool)
+    fake, y_fake = generate_labelled(pool)  # make_generate's callable runs without gradients
     fake = fake.to(device)
     y_fake = y_fake.to(device) if y_fake is not None else None
     el = functools.partial(lipschitz.pairwise_lipschitz, D, n_pairs=n_pairs, seed=seed)
