@@ -4,14 +4,10 @@
 ``n_dis`` discriminator updates and one generator update per step; the models own the losses
 (:mod:`stablerank.models.gan`). Around that: linear learning-rate decay, an optional EMA
 generator, sample grids (:mod:`~stablerank.train.figures`), periodic FID/KID/IS and the final
-``metrics.json`` (:mod:`~stablerank.train.gan_scores`), atomic checkpoints and exact resume,
-JSONL/CSV logs. :func:`stablerank.train.gan_models.load_gan_run` restores a run's G and D.
-
-Run folder (``out_dir/run_name``)::
-
-    config.json env.json log.jsonl log.csv metrics.json d_layers.json
-    samples/step_0001000.png ...        8x8 grids from a fixed latent batch
-    checkpoints/step_0001000.pt ...     the newest ``keep_checkpoints`` are kept
+``metrics.json`` (:mod:`~stablerank.train.gan_scores`), atomic checkpoints (the newest
+``keep_checkpoints`` kept) and exact resume, JSONL/CSV logs, all in the run folder of
+:mod:`~stablerank.train.rundir`. :func:`stablerank.train.gan_models.load_gan_run` restores a
+run's G and D.
 
 .. note:: **Randomness is counter-based**: see :mod:`stablerank.train.gan_sampling`.
 
