@@ -264,19 +264,19 @@ def _write_plots(
     ax.legend()
     written.append(save_figure(fig, run_dir / "accuracy.png").name)
 
-    raw_keys = [k for k in records[-1] if k.startswith("raw_srank/")] if records else []
-    if raw_keys:
+    prefix = "raw_srank/"
+    names = [k.removeprefix(prefix) for k in records[-1] if k.startswith(prefix)] if records else []
+    if names:
         targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
             run_dir).layers} if RunDir(run_dir).metrics_file.is_file() else {}  # fmt: skip
-        capped = [k for k in raw_keys if targets.get(k.removeprefix("raw_srank/")) is not None]
+        capped = [name for name in names if targets.get(name) is not None]
         fig = new_figure((7.5, 4.8))
         ax = fig.add_subplot()
-        for k in capped or raw_keys:
+        for name in capped or names:
             # With SRN, each layer's raw stable rank over its own target r: one reference line
             # (1, dashed) for every layer; several targets drawn at once would hide each other.
-            scale = targets[k.removeprefix("raw_srank/")] if capped else 1.0
-            ax.plot(epochs, [r.get(k, math.nan) / scale for r in records],
-                    label=k.removeprefix("raw_srank/"))  # fmt: skip
+            scale = targets[name] if capped else 1.0
+            ax.plot(epochs, [r.get(prefix + name, math.nan) / scale for r in records], label=name)
         if capped:
             ax.axhline(1.0, color="black", linestyle="--", linewidth=0.9)
             ylabel, title = "raw stable rank / target r (log)", "SRN layers: above 1 the cap binds"
@@ -285,7 +285,7 @@ def _write_plots(
         ax.set(xlabel="epoch", ylabel=ylabel, yscale="log", title=title)
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3, which="both")
-        if len(raw_keys) <= 12:  # a legend for 100+ layers hides the plot
+        if len(names) <= 12:  # a legend for 100+ layers hides the plot
             ax.legend(fontsize="x-small", ncol=2)
         written.append(save_figure(fig, run_dir / "srank.png").name)
 
