@@ -99,17 +99,6 @@ def scores_only(scores: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return {prefix + k: v for k, v in scores.items() if k != KEY_PROTOCOL}
 
 
-def _real_baseline(evaluator: Evaluator, train_x: torch.Tensor, n: int, seed: int
-                   ) -> dict[str, Any]:  # fmt: skip
-    """``n`` real training images (a seeded subset) scored as if they were samples."""
-    gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, STREAM_EVAL))
-    subset = train_x[torch.randperm(len(train_x), generator=gen)[:n]]
-    return compute_gan_metrics(
-        subset, evaluator.real, feature_net=evaluator.extractor,
-        is_splits=min(DEFAULT_IS_SPLITS, n), seed=seed, sample_source="train",
-    )  # fmt: skip
-
-
 def score_baselines(
     evaluator: Evaluator, train_x: torch.Tensor, n: int, seed: int,
     saved: dict[str, dict[str, Any]] | None = None,
@@ -119,7 +108,12 @@ def score_baselines(
     training. A resumed run recomputes the real one (seeded, so unchanged when the protocol is)
     and keeps the untrained one, which cannot be redone after step 0, only when it was scored
     under the same protocol (resuming may change ``n_final_samples`` or the feature network)."""
-    real = _real_baseline(evaluator, train_x, n, seed)
+    gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, STREAM_EVAL))
+    real = compute_gan_metrics(
+        train_x[torch.randperm(len(train_x), generator=gen)[:n]], evaluator.real,
+        feature_net=evaluator.extractor, is_splits=min(DEFAULT_IS_SPLITS, n), seed=seed,
+        sample_source="train",
+    )  # fmt: skip
     if saved is None:
         return {PREFIX_UNTRAINED: evaluator(n), PREFIX_REAL_TRAIN: real}
     untrained = saved.get(PREFIX_UNTRAINED)
