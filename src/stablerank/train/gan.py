@@ -323,9 +323,8 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
             "world_size": info.world_size,
         }
         if nets.G_ema is not None:
-            # Whether G_ema holds this step's standing BatchNorm statistics (refreshed before the
-            # checkpoint by a sample grid or an evaluation): load_gan_run then reuses them as
-            # they are. Resuming ignores it (G_ema's buffers are copied from G at every step).
+            # load_gan_run reuses G_ema's statistics when a sample grid or an evaluation refreshed
+            # them at this step; resuming ignores them (ema_update copies G's buffers each step).
             state[KEY_EMA_STANDING_BN] = sampler.stats_step == step
         folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
