@@ -93,8 +93,6 @@ from stablerank.train.runtime import (
     stream_seed,
 )
 
-__all__ = ["run"]
-
 _BAR_KEYS = (KEY_D_LOSS, KEY_G_LOSS, KEY_FID)  # shown in the progress bar
 
 

@@ -46,8 +46,6 @@ from stablerank.train.gan_sampling import make_generate
 from stablerank.train.results import DElProtocol, GanAnalysis, GanAnalysisProtocol, Summary
 from stablerank.train.runtime import resolve_device
 
-__all__ = ["PAIR_TYPES", "run"]
-
 PAIR_TYPES = ("real-real", "fake-fake", "real-fake")
 _JACOBIAN_POINTS = 64  # real and fake points each for the Jacobian norm
 _JACOBIAN_ITERS = 10
