@@ -57,14 +57,6 @@ from stablerank.train.results import (
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device, seed_everything
 
-__all__ = [
-    "load_run",
-    "load_run_model",
-    "plot_shattering",
-    "read_log",
-    "run",
-]
-
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
 _MAX_JACOBIAN_BATCH = 128  # JVP/VJP keep the forward's activations alive: smaller batches

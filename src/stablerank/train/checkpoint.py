@@ -24,15 +24,6 @@ import torch
 
 from stablerank.config import diff_configs
 
-__all__ = [
-    "CorruptCheckpointError",
-    "atomic_write_json",
-    "atomic_write_text",
-    "check_resume_config",
-    "load_checkpoint",
-    "save_checkpoint",
-]
-
 
 @functools.cache
 def _umask() -> int:

@@ -21,13 +21,6 @@ import torch
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.rundir import LOG_CSV, LOG_JSONL, TENSORBOARD_DIR
 
-__all__ = [
-    "MetricLog",
-    "environment_info",
-    "git_commit",
-    "read_jsonl",
-]
-
 
 def git_commit() -> str | None:
     """The commit of the source tree this package runs from, or None outside git."""

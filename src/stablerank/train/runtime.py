@@ -27,20 +27,6 @@ import torch.distributed as dist
 
 from stablerank.config import check_device
 
-__all__ = [
-    "DistInfo",
-    "ProgressLine",
-    "deferred_sigint",
-    "end_worker",
-    "init_distributed",
-    "interrupted",
-    "resolve_device",
-    "say_finished",
-    "seed_everything",
-    "seed_model_draws",
-    "stream_seed",
-]
-
 
 def resolve_device(device: str) -> torch.device:
     """``auto`` picks CUDA when present, else CPU; asking for ``cuda`` or ``mps`` where there is
