@@ -104,6 +104,7 @@ KEY_GAP_ACC = complexity.KEY_GAP_ACC  # train_acc - test_acc
 KEY_GAP_LOSS = complexity.KEY_GAP_LOSS  # test_loss - train_loss
 KEY_TRAIN_ACC_RUNNING = "train_acc_running"
 KEY_TRAIN_LOSS_RUNNING = "train_loss_running"
+KEY_SRN_ACTIVE = "srn_active_fraction"
 TRAIN_ACC_DEFINITION = (
     "eval-mode accuracy on the unaugmented training set with the labels trained on (random ones "
     "where label_noise replaced them), on a fixed seeded subset of train_eval_size images"
@@ -215,9 +216,6 @@ def evaluate(
         dist.all_reduce(sums)
     loss, correct, count = sums.tolist()  # one device sync per evaluation
     return loss / count, correct / count
-
-
-KEY_SRN_ACTIVE = "srn_active_fraction"
 
 
 def _layer_columns(model: nn.Module, log_layers: bool) -> dict[str, float | None]:
