@@ -310,23 +310,19 @@ def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Ou
     ``stop_file`` exists (a local Ctrl-C)."""
     import submitit
 
+    def stopped() -> bool:
+        return stop_file is not None and stop_file.exists()
+
     class _Job(submitit.helpers.Checkpointable):
-        def __init__(self, stop_file: Path | None, grace_s: int) -> None:
-            self.stop_file = stop_file
-            self.grace_s = grace_s
-
         def __call__(self, run: Run) -> Outcome:
-            def stopped() -> bool:
-                return self.stop_file is not None and self.stop_file.exists()
-
-            with _preemption_as_ctrl_c(self.grace_s) as requeue:
+            with _preemption_as_ctrl_c(grace_s) as requeue:
                 try:
                     return _execute_unless_stopped(run, stopped)
                 except KeyboardInterrupt as stop:
                     requeue(stop)  # after a preemption; a Ctrl-C goes on up
                     raise
 
-    return _Job(stop_file, grace_s)
+    return _Job()
 
 
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
