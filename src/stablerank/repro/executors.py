@@ -1,8 +1,7 @@
 """Executors: where the runs of a sweep execute. One small interface, four implementations.
 
-Each calls :func:`~stablerank.repro.execute.execute` once per run (which skips finished runs,
-resumes interrupted ones and locks each run against a second process) and returns the outcomes
-in the order of the runs:
+Each calls :func:`~stablerank.repro.execute.execute` once per run and returns the outcomes in
+the order of the runs:
 
 * ``sequential``: one after another in this process (the reference; debuggers work);
 * ``local``: a pool of worker processes, one per GPU (each sees one through
@@ -230,12 +229,12 @@ class SubmititExecutor:
                     outcomes.append(outcome)
                     report(start + offset + 1, len(runs), run, outcome)
             except KeyboardInterrupt:
-                _stop(jobs, stop_file)
+                _stop_jobs(jobs, stop_file)
                 raise
         return outcomes
 
 
-def _stop(jobs: Sequence[Any], stop_file: Path | None) -> None:
+def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
     ones running (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
     if stop_file is None:
@@ -304,10 +303,8 @@ def _preemption_as_ctrl_c(grace_s: int) -> Iterator[Callable[[KeyboardInterrupt]
 
 
 def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Outcome]:
-    """The job function: on preemption or time-out the trainer checkpoints the step it reached
-    (:func:`_preemption_as_ctrl_c`), submitit's ``checkpoint`` requeues the same run, and
-    :func:`execute` resumes it from that checkpoint. It does not start its run once
-    ``stop_file`` exists (a local Ctrl-C)."""
+    """The job function: requeued on preemption or time-out (:func:`_preemption_as_ctrl_c`); it
+    does not start its run once ``stop_file`` exists (a local Ctrl-C)."""
     import submitit
 
     def stopped() -> bool:
