@@ -26,19 +26,6 @@ import yaml
 
 C = TypeVar("C")
 
-__all__ = [
-    "add_config_arguments",
-    "check_config",
-    "check_device",
-    "config_from_dict",
-    "config_hash",
-    "config_to_dict",
-    "diff_configs",
-    "load_config",
-    "option",
-    "read_yaml",
-]
-
 
 def option(
     default: Any,
@@ -133,7 +120,7 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
             bound = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
-            rng = f"{bound}" + (f" and <= {hi}" if hi is not None else "")
+            rng = bound + (f" and <= {hi}" if hi is not None else "")
             raise ValueError(f"config key {key!r} must be {rng}, got {v!r}")
         if hi is not None and v > hi:
             raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
