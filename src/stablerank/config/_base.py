@@ -36,10 +36,7 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
 ) -> Any:
-    """Declare a config field with its help text and accepted range.
-
-    The range is checked by :func:`config_from_dict`.
-    """
+    """Declare a config field with its help text and accepted range (:func:`check_config`)."""
     meta = {
         "help": help,
         "choices": tuple(choices) if choices else None,
