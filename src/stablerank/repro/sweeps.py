@@ -149,9 +149,7 @@ class Run:
             runtime["num_threads"] = cfg.threads
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
-        analysis = self.analysis
-        if analysis is not None:
-            analysis = dataclasses.replace(analysis, device=cfg.device)
+        analysis = self.analysis and dataclasses.replace(self.analysis, device=cfg.device)
         return dataclasses.replace(
             self,
             config=config,
