@@ -325,10 +325,8 @@ def _scope(records: Sequence[RunRecord]) -> str:
 def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep: str,
              alpha: float) -> str:  # fmt: skip
     lines = [f"## Summary ({sweep})\n"]
-    for r in results:
-        lines.append(f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**")
-    lines.append(_what_seeds_decide(results, alpha))
-    lines.append(_scope(records))
+    lines += [f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**" for r in results]
+    lines += [_what_seeds_decide(results, alpha), _scope(records)]
     return "\n".join(lines) + "\n"
 
 
