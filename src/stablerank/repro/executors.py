@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import FAILED, Outcome, execute
 from stablerank.repro.sweeps import Run
@@ -340,12 +341,7 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
         return SequentialExecutor()
     if cfg.executor == "local":
         return LocalExecutor(workers, cfg.threads, gpus)
-    try:
-        import submitit  # noqa: F401
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            f"--executor {cfg.executor} needs submitit: pip install 'stablerank[experiments]'"
-        ) from err
+    import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
     return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers)
 
