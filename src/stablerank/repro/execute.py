@@ -33,8 +33,7 @@ SKIPPED, BUSY = "skipped", "busy"
 class Outcome:
     """What happened to one run in this invocation: ``done``, ``diverged``, ``failed`` (the error
     is in its status and ``error.txt``), ``skipped`` (finished before) or ``busy`` (another
-    process holds its lock). Ctrl-C gives no outcome: it is raised after ``interrupted`` is
-    recorded."""
+    process holds its lock)."""
 
     name: str
     state: str

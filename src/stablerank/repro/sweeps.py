@@ -244,7 +244,6 @@ def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
 
 # ----------------------------------------------------------------------------- sweeps
 
-# Rank ratios where the cap binds on the trained weights (docs/c_sweep.md).
 MLP_RANK_RATIOS = (0.05,)
 GAN_RANK_RATIOS = (0.2,)
 # quick's 300-step GAN: at c = 0.2 its SRN seeds spread more than SRN moves them, so claim 5
