@@ -160,15 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_META = {"command", "preset", "config", "json", "print_config", "csv", "debug", "usage_error"}
+_META = {"command", "preset", "config", "json", "print_config", "debug", "usage_error", "run_dir"}
 
 
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     preset = _load(cmd.presets)[args.preset] if getattr(args, "preset", None) else {}
     from_file = read_yaml(args.config) if args.config else {}
-    # analyze's positional RUN_DIR is not a config key; train's --run-dir is.
-    meta = _META | ({"run_dir"} if cmd.reads_runs_of else set())
-    flags = {k: v for k, v in vars(args).items() if k not in meta}
+    flags = {k: v for k, v in vars(args).items() if k not in _META}
     return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
 
 

@@ -26,19 +26,6 @@ import yaml
 
 C = TypeVar("C")
 
-__all__ = [
-    "add_config_arguments",
-    "check_config",
-    "check_device",
-    "config_from_dict",
-    "config_hash",
-    "config_to_dict",
-    "diff_configs",
-    "load_config",
-    "option",
-    "read_yaml",
-]
-
 
 def option(
     default: Any,
@@ -49,10 +36,7 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
 ) -> Any:
-    """Declare a config field with its help text and accepted range.
-
-    The range is checked by :func:`config_from_dict`.
-    """
+    """Declare a config field with its help text and accepted range (:func:`check_config`)."""
     meta = {
         "help": help,
         "choices": tuple(choices) if choices else None,
@@ -133,7 +117,7 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
             bound = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
-            rng = f"{bound}" + (f" and <= {hi}" if hi is not None else "")
+            rng = bound + (f" and <= {hi}" if hi is not None else "")
             raise ValueError(f"config key {key!r} must be {rng}, got {v!r}")
         if hi is not None and v > hi:
             raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")

@@ -33,8 +33,7 @@ SKIPPED, BUSY = "skipped", "busy"
 class Outcome:
     """What happened to one run in this invocation: ``done``, ``diverged``, ``failed`` (the error
     is in its status and ``error.txt``), ``skipped`` (finished before) or ``busy`` (another
-    process holds its lock). Ctrl-C gives no outcome: it is raised after ``interrupted`` is
-    recorded."""
+    process holds its lock)."""
 
     name: str
     state: str
@@ -58,11 +57,8 @@ def run_state(run: Run) -> str:
 
 
 @contextlib.contextmanager
-def _output_to(path: Path | None) -> Iterator[None]:
+def _output_to(path: Path) -> Iterator[None]:
     """Send this process's stdout and stderr (file descriptors too) to ``path``."""
-    if path is None:
-        yield
-        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = {fd: os.dup(fd) for fd in (1, 2)}
@@ -81,10 +77,7 @@ def _output_to(path: Path | None) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
-    """torch's CPU threads set to ``n`` (0: unchanged) for the duration of one run."""
-    if not n:
-        yield
-        return
+    """torch's CPU threads set to ``n`` for the duration of one run."""
     import torch
 
     before = torch.get_num_threads()
@@ -145,8 +138,8 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
     try:
         with (
             run_dir.recording(fields),
-            _output_to(run_dir.path / OUTPUT_LOG if capture else None),
-            _threads(run.threads),
+            _output_to(run_dir.path / OUTPUT_LOG) if capture else contextlib.nullcontext(),
+            _threads(run.threads) if run.threads else contextlib.nullcontext(),
         ):
             diverged = _train(run)
             if not diverged and run.analysis is not None:

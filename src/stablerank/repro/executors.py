@@ -1,8 +1,7 @@
 """Executors: where the runs of a sweep execute. One small interface, four implementations.
 
-Each calls :func:`~stablerank.repro.execute.execute` once per run (which skips finished runs,
-resumes interrupted ones and locks each run against a second process) and returns the outcomes
-in the order of the runs:
+Each calls :func:`~stablerank.repro.execute.execute` once per run and returns the outcomes in
+the order of the runs:
 
 * ``sequential``: one after another in this process (the reference; debuggers work);
 * ``local``: a pool of worker processes, one per GPU (each sees one through
@@ -29,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import FAILED, Outcome, execute
 from stablerank.repro.sweeps import Run
@@ -230,12 +230,12 @@ class SubmititExecutor:
                     outcomes.append(outcome)
                     report(start + offset + 1, len(runs), run, outcome)
             except KeyboardInterrupt:
-                _stop(jobs, stop_file)
+                _stop_jobs(jobs, stop_file)
                 raise
         return outcomes
 
 
-def _stop(jobs: Sequence[Any], stop_file: Path | None) -> None:
+def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
     ones running (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
     if stop_file is None:
@@ -304,29 +304,23 @@ def _preemption_as_ctrl_c(grace_s: int) -> Iterator[Callable[[KeyboardInterrupt]
 
 
 def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Outcome]:
-    """The job function: on preemption or time-out the trainer checkpoints the step it reached
-    (:func:`_preemption_as_ctrl_c`), submitit's ``checkpoint`` requeues the same run, and
-    :func:`execute` resumes it from that checkpoint. It does not start its run once
-    ``stop_file`` exists (a local Ctrl-C)."""
+    """The job function: requeued on preemption or time-out (:func:`_preemption_as_ctrl_c`); it
+    does not start its run once ``stop_file`` exists (a local Ctrl-C)."""
     import submitit
 
+    def stopped() -> bool:
+        return stop_file is not None and stop_file.exists()
+
     class _Job(submitit.helpers.Checkpointable):
-        def __init__(self, stop_file: Path | None, grace_s: int) -> None:
-            self.stop_file = stop_file
-            self.grace_s = grace_s
-
         def __call__(self, run: Run) -> Outcome:
-            def stopped() -> bool:
-                return self.stop_file is not None and self.stop_file.exists()
-
-            with _preemption_as_ctrl_c(self.grace_s) as requeue:
+            with _preemption_as_ctrl_c(grace_s) as requeue:
                 try:
                     return _execute_unless_stopped(run, stopped)
                 except KeyboardInterrupt as stop:
                     requeue(stop)  # after a preemption; a Ctrl-C goes on up
                     raise
 
-    return _Job(stop_file, grace_s)
+    return _Job()
 
 
 def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
@@ -347,12 +341,7 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
         return SequentialExecutor()
     if cfg.executor == "local":
         return LocalExecutor(workers, cfg.threads, gpus)
-    try:
-        import submitit  # noqa: F401
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            f"--executor {cfg.executor} needs submitit: pip install 'stablerank[experiments]'"
-        ) from err
+    import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
     return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers)
 

@@ -1,10 +1,7 @@
 """``stablerank reproduce``: build the sweep, run what is missing, write the report.
 
-:func:`run` is the whole command: the sweep's runs (:mod:`stablerank.repro.sweeps`), executed by
-the executor the config names (:mod:`stablerank.repro.executors`; each run cached by its config
-hash, resumed from its checkpoint, locked against a second process), then ``report.md``,
-``claims.json`` and the figures (:mod:`stablerank.repro.report`). Ctrl-C stops the workers; the
-same command finishes what remains.
+:func:`run` is the whole command (the modules it drives: :mod:`stablerank.repro`). Ctrl-C stops
+the workers; the same command finishes what remains.
 """
 
 from __future__ import annotations

@@ -67,12 +67,11 @@ def _cell(values: Sequence[float], percent: bool) -> str:
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    def cell(value: Any) -> str:  # an error message may hold a newline or a pipe
-        return " ".join(str(value).split("\n")).replace("|", "\\|")
+    def line(cells: Sequence[Any]) -> str:  # an error message may hold a newline or a pipe
+        text = (str(c).replace("\n", " ").replace("|", "\\|") for c in cells)
+        return "| " + " | ".join(text) + " |"
 
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join([line(headers), "|" + "---|" * len(headers), *map(line, rows)])
 
 
 def _active(recs: Sequence[RunRecord]) -> str:
@@ -326,10 +325,8 @@ def _scope(records: Sequence[RunRecord]) -> str:
 def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep: str,
              alpha: float) -> str:  # fmt: skip
     lines = [f"## Summary ({sweep})\n"]
-    for r in results:
-        lines.append(f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**")
-    lines.append(_what_seeds_decide(results, alpha))
-    lines.append(_scope(records))
+    lines += [f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**" for r in results]
+    lines += [_what_seeds_decide(results, alpha), _scope(records)]
     return "\n".join(lines) + "\n"
 
 

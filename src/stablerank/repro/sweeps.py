@@ -149,9 +149,7 @@ class Run:
             runtime["num_threads"] = cfg.threads
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
-        analysis = self.analysis
-        if analysis is not None:
-            analysis = dataclasses.replace(analysis, device=cfg.device)
+        analysis = self.analysis and dataclasses.replace(self.analysis, device=cfg.device)
         return dataclasses.replace(
             self,
             config=config,
@@ -246,7 +244,6 @@ def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
 
 # ----------------------------------------------------------------------------- sweeps
 
-# Rank ratios where the cap binds on the trained weights (docs/c_sweep.md).
 MLP_RANK_RATIOS = (0.05,)
 GAN_RANK_RATIOS = (0.2,)
 # quick's 300-step GAN: at c = 0.2 its SRN seeds spread more than SRN moves them, so claim 5
