@@ -30,7 +30,7 @@ from stablerank.metrics.features import (
     available_feature_extractors,
     register_feature_extractor,
 )
-from stablerank.train.checkpoint import load_checkpoint
+from stablerank.train.checkpoint import CorruptCheckpointError, load_checkpoint
 from stablerank.train.figures import GRID_PAD
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanResult
@@ -106,6 +106,9 @@ def test_run_writes_its_folder(uninterrupted):
     # keep_checkpoints=2 (default) of steps 2, 4, 6
     assert [p.name for p in RunDir(run_dir).checkpoints()] == [
         "step_0000004.pt", "step_0000006.pt"]  # fmt: skip
+    # the checksums of pruned checkpoints go with them
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.sha256")) == [
+        "step_0000004.pt.sha256", "step_0000006.pt.sha256"]  # fmt: skip
     records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
@@ -386,6 +389,17 @@ def test_load_gan_run_picks_a_checkpoint_and_the_raw_generator(tmp_path):
     assert all(torch.equal(run.G.state_dict()[k], v) for k, v in saved.items())
     assert load_gan_run(run_dir, checkpoint=run.checkpoint).step == 2
     assert load_gan_run(run_dir).step == 4  # default: the newest
+
+
+def test_load_gan_run_skips_a_corrupt_newest_checkpoint_as_resuming_does(tmp_path, capsys):
+    cfg = _cfg(tmp_path, "torn", ema=0.9, g_steps=4, checkpoint_every=2)
+    run_dir = _train(cfg)
+    newest = run_dir / "checkpoints" / "step_0000004.pt"
+    newest.write_bytes(newest.read_bytes()[:100])  # cut by a kill mid-write
+    assert load_gan_run(run_dir).step == 2
+    assert "step_0000004.pt" in capsys.readouterr().err
+    with pytest.raises(CorruptCheckpointError):  # asked for by name: no fallback
+        load_gan_run(run_dir, checkpoint=4)
 
 
 def test_load_gan_run_errors_name_the_path(tmp_path):

@@ -74,6 +74,12 @@ def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
     atomic_write_text(_digest_path(path), hashlib.sha256(data).hexdigest() + "\n")
 
 
+def delete_checkpoint(path: Path) -> None:
+    """Delete a checkpoint written by :func:`save_checkpoint` and its SHA-256 file."""
+    path.unlink()
+    _digest_path(path).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text atomically (see :func:`_atomic_replace`)."""
     _atomic_replace(Path(path), text.encode())

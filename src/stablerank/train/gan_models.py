@@ -111,22 +111,26 @@ class GanRun:
     ema: bool
 
 
-def _checkpoint_path(run_dir: Path, checkpoint: int | str | Path | None) -> Path:
+def _load_checkpoint(
+    run_dir: Path, checkpoint: int | str | Path | None
+) -> tuple[Path, dict[str, object]]:
+    """The checkpoint asked for and its path; for None the newest intact one (an older one when
+    the newest is corrupt, as when a trainer resumes)."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"GAN run folder {str(run_dir)!r} does not exist")
     folder = RunDir(run_dir)
     if checkpoint is None:
-        found = folder.checkpoints()
-        if not found:
+        loaded = folder.load_latest()
+        if loaded is None:
             raise FileNotFoundError(
                 f"{str(run_dir / 'checkpoints')!r} holds no step_*.pt checkpoint: "
                 "not a GAN run folder, or no step finished"
             )
-        return found[-1]
+        return loaded
     path = folder.checkpoint_path(checkpoint) if isinstance(checkpoint, int) else Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return path
+    return path, load_checkpoint(path, map_location="cpu")
 
 
 def load_gan_run(
@@ -158,7 +162,7 @@ def load_gan_run(
         run_dir: the run folder (holding ``checkpoints/step_*.pt``).
         device: where the models go (default ``"cpu"``; ``"auto"`` picks CUDA when present).
         checkpoint: which checkpoint: a G step (int), a file path, or None for the newest
-            (default None).
+            intact one (default None; a corrupt newest is skipped, saying so on stderr).
         ema: return the EMA generator when the run has one (default True); False gives the raw
             generator with the running BatchNorm statistics of training.
         splits: the run's dataset if already loaded, to learn the image shape and classes
@@ -170,13 +174,13 @@ def load_gan_run(
     Raises:
         FileNotFoundError: ``run_dir`` or the checkpoint does not exist, or the run folder holds
             no checkpoint (the message names the path).
+        CorruptCheckpointError: the checkpoint asked for, or every checkpoint, is corrupt.
         ValueError: the dataset holds no images.
         RuntimeError: the checkpoint's weights do not fit the rebuilt modules.
     """
     run_dir = Path(run_dir)
-    path = _checkpoint_path(run_dir, checkpoint)
+    path, ckpt = _load_checkpoint(run_dir, checkpoint)
     dev = resolve_device(device) if isinstance(device, str) else device
-    ckpt = load_checkpoint(path, map_location="cpu")
     cfg = config_from_dict(GanConfig, ckpt["config"])
     if splits is None:
         splits = load_dataset(cfg.dataset, cfg.data_dir)

@@ -48,6 +48,7 @@ from stablerank.train.checkpoint import (
     atomic_write_json,
     atomic_write_text,
     check_resume_config,
+    delete_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -170,8 +171,7 @@ class RunDir:
         path = self.checkpoint_path(step)
         save_checkpoint(path, state)
         for old in self.checkpoints()[:-keep]:
-            old.unlink()
-            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+            delete_checkpoint(old)
         return path
 
     def load_latest(
