@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from stablerank.config import config_from_dict, config_to_dict, load_config
+from stablerank.config import check_config, config_from_dict, config_to_dict, load_config, option
 from stablerank.config.classify import (
     AUGMENTS,
     CLASSIFY_PRESETS,
@@ -71,6 +71,19 @@ def test_ranges_are_checked_on_direct_construction():
         ClassifyConfig(label_noise=1.5)
     with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
         AnalyzeConfig(n_pairs=0)
+
+
+def test_a_users_own_config_is_declared_and_checked_with_the_public_names():
+    @dataclasses.dataclass(frozen=True)
+    class Probe:
+        steps: int = option(10, "steps", min=1)
+
+        def __post_init__(self) -> None:
+            check_config(self)
+
+    assert config_from_dict(Probe, {"steps": "3"}).steps == 3
+    with pytest.raises(ValueError, match="'steps' must be >= 1, got 0"):
+        Probe(steps=0)
 
 
 def test_random_labels_forbid_augmentation():

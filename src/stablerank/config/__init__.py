@@ -3,6 +3,7 @@ dataclass in its own module here (``classify``, ``gan``, ``reproduce``)."""
 
 from stablerank.config._base import (
     add_config_arguments,
+    check_config,
     check_device,
     config_from_dict,
     config_hash,
@@ -14,6 +15,6 @@ from stablerank.config._base import (
 )
 
 __all__ = [
-    "add_config_arguments", "check_device", "config_from_dict", "config_hash", "config_to_dict",
-    "diff_configs", "load_config", "option", "read_yaml",
+    "add_config_arguments", "check_config", "check_device", "config_from_dict", "config_hash",
+    "config_to_dict", "diff_configs", "load_config", "option", "read_yaml",
 ]  # fmt: skip

@@ -250,7 +250,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
     if cfg.batch_size % info.world_size:
         raise ValueError(
-            f"batch_size ({cfg.batch_size}) must be divisible by the world size ({info.world_size})"
+            f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
         )
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
