@@ -555,6 +555,18 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch, ctrl_
     assert RunDir(run_dir).read_status()["status"] == "diverged"
 
 
+def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_path):
+    default_name = RunDir.for_config(_cfg(tmp_path, None, g_steps=1)).path
+    cfg = _cfg(tmp_path, None, num_threads=1, g_steps=1)
+    assert RunDir.for_config(cfg).path == default_name  # where it runs, not what it computes
+    before = torch.get_num_threads()
+    try:
+        gan_train.run(cfg)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_stop_at_must_be_a_step(tmp_path):
     with pytest.raises(ValueError, match="stop_at must be >= 1"):
         gan_train.run(_cfg(tmp_path, "s"), stop_at=0)

@@ -27,9 +27,9 @@ class GanConfig:
     # where and how it is watched, not what it computes (evaluation and sampling use their own
     # RNG streams, so they never alter training).
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
-        "resume", "overwrite", "progress", "device", "out_dir", "run_name", "log_every",
-        "sample_every", "eval_every", "n_eval_samples", "n_final_samples", "feature_net",
-        "feature_weights", "checkpoint_every", "keep_checkpoints",
+        "resume", "overwrite", "progress", "device", "num_threads", "out_dir", "run_name",
+        "log_every", "sample_every", "eval_every", "n_eval_samples", "n_final_samples",
+        "feature_net", "feature_weights", "checkpoint_every", "keep_checkpoints",
     )  # fmt: skip
     # Free to change on resume as well: where the dataset's files are read from.
     RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (*RUNTIME_KEYS, "data_dir")
@@ -121,6 +121,7 @@ class GanConfig:
         0, "seed of the run; rank r uses seed + r for data order and noise", min=0, max=2**31 - 1
     )
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     out_dir: str = option("runs/gan", "parent folder of run folders")
     run_name: str | None = option(
         None, "run folder name inside out_dir; None = gan-<dataset>-<arch>-<d_norm>-s<seed>-<hash>"

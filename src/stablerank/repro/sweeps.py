@@ -142,11 +142,10 @@ class Run:
 
     def placed(self, cfg: ReproduceConfig) -> Run:
         """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
-        runtime = {"device": cfg.device, "progress": cfg.progress, "resume": True}
+        runtime = {"device": cfg.device, "progress": cfg.progress, "resume": True,
+                   "num_threads": cfg.threads}  # fmt: skip
         if cfg.data_dir is not None:
             runtime["data_dir"] = cfg.data_dir
-        if "num_threads" in self.config.__dataclass_fields__:  # GANs take run.threads only
-            runtime["num_threads"] = cfg.threads
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
         analysis = self.analysis and dataclasses.replace(self.analysis, device=cfg.device)

@@ -70,11 +70,11 @@ from stablerank.train.runtime import (
     ProgressLine,
     deferred_sigint,
     end_worker,
-    init_distributed,
     interrupted,
     say_finished,
     seed_everything,
     seed_model_draws,
+    start_trainer,
 )
 
 __all__ = [
@@ -262,15 +262,7 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         KeyboardInterrupt: on Ctrl-C, after saving a checkpoint at the step reached (single
             process; under DDP the newest checkpoint is the resume point); resume=True continues.
     """
-    if stop_at is not None and stop_at < 1:
-        raise ValueError(f"stop_at must be >= 1 (optimizer steps), got {stop_at}")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    info, device = init_distributed(cfg.device)
-    if cfg.batch_size % info.world_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
-        )
+    info, device = start_trainer(cfg, stop_at, "optimizer steps")
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device, stop_at)

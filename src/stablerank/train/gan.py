@@ -85,11 +85,11 @@ from stablerank.train.runtime import (
     ProgressLine,
     deferred_sigint,
     end_worker,
-    init_distributed,
     interrupted,
     say_finished,
     seed_everything,
     seed_model_draws,
+    start_trainer,
     stream_seed,
 )
 
@@ -243,15 +243,9 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             ``batch_size`` that does not split evenly over the ranks.
         KeyboardInterrupt: after saving a checkpoint, on Ctrl-C (single process).
     """
-    if stop_at is not None and stop_at < 1:
-        raise ValueError(f"stop_at must be >= 1 (G steps), got {stop_at}")
-    info, device = init_distributed(cfg.device)
+    info, device = start_trainer(cfg, stop_at, "G steps")
     if cfg.amp and device.type != "cuda":  # the config refuses device="cpu"; "auto" may get here
         raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
-    if cfg.batch_size % info.world_size:
-        raise ValueError(
-            f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
-        )
     folder = RunDir.for_config(cfg)
     with folder.session(cfg, is_main=info.is_main):
         result = _train(cfg, folder, info, device, stop_at)

@@ -126,6 +126,22 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     return info, dev
 
 
+def start_trainer(cfg: Any, stop_at: int | None, unit: str) -> tuple[DistInfo, torch.device]:
+    """What both trainers do before their run folder: check ``stop_at`` (counted in ``unit``),
+    set torch's CPU threads, join the process group and pick the device, and check that the
+    global batch splits evenly over the ranks."""
+    if stop_at is not None and stop_at < 1:
+        raise ValueError(f"stop_at must be >= 1 ({unit}), got {stop_at}")
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    info, device = init_distributed(cfg.device)
+    if cfg.batch_size % info.world_size:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must be divisible by the world size {info.world_size}"
+        )
+    return info, device
+
+
 def end_worker(info: DistInfo) -> None:
     """Leave a distributed run cleanly.
 
