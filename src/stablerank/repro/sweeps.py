@@ -142,12 +142,13 @@ class Run:
 
     def placed(self, cfg: ReproduceConfig) -> Run:
         """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
-        runtime = {"device": cfg.device, "progress": cfg.progress, "resume": True,
-                   "num_threads": cfg.threads}  # fmt: skip
+        runtime = {"device": cfg.device, "progress": cfg.progress, "num_threads": cfg.threads}
         if cfg.data_dir is not None:
             runtime["data_dir"] = cfg.data_dir
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
-        config = dataclasses.replace(self.config, out_dir=out_dir, run_name=self.name, **runtime)
+        config = dataclasses.replace(
+            self.config, out_dir=out_dir, run_name=self.name, resume=True, **runtime
+        )
         analysis = self.analysis and dataclasses.replace(self.analysis, device=cfg.device)
         return dataclasses.replace(
             self,
