@@ -38,13 +38,17 @@ class SweepOutcome:
     verdicts: dict[int, str] = field(default_factory=dict)
 
 
-def _describe(runs: list[Run], states: list[str]) -> str:
-    """A header line (runs by kind and by state), then each run's state and name."""
+def _header(runs: list[Run], states: list[str]) -> str:
+    """One line: the runs by kind and by state."""
     kinds = ", ".join(f"{n} {k}" for k, n in Counter(r.kind for r in runs).items())
     counts = ", ".join(f"{n} {s}" for s, n in Counter(states).items())
-    lines = [f"{len(runs)} runs ({kinds}); state: {counts}"]
-    lines += [f"  {state:<8} {r.name}" for state, r in zip(states, runs, strict=True)]
-    return "\n".join(lines)
+    return f"{len(runs)} runs ({kinds}); state: {counts}"
+
+
+def _describe(runs: list[Run], states: list[str]) -> str:
+    """The header line, then each run's state and name."""
+    lines = [f"  {state:<8} {r.name}" for state, r in zip(states, runs, strict=True)]
+    return "\n".join([_header(runs, states), *lines])
 
 
 def run(cfg: ReproduceConfig) -> SweepOutcome:
@@ -68,8 +72,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     if not cfg.report_only:
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)
-        header = _describe(runs, [run_state(r) for r in runs]).splitlines()[0]
-        print(header, file=sys.stderr, flush=True)
+        print(_header(runs, [run_state(r) for r in runs]), file=sys.stderr, flush=True)
         # Longest first (GANs), so the pool's last minutes are not one long run alone.
         order = sorted(runs, key=lambda r: r.kind != KIND_GAN)
         t0 = time.perf_counter()

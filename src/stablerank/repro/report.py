@@ -175,9 +175,10 @@ def _min_effects() -> str:
     """Each metric's smallest effect of interest, as the rule applies it, grouped by value."""
     groups: dict[str, list[str]] = {}
     for m in METRICS.values():
-        size = f"{100 * m.min_effect:g} pp" if m.percent else f"{m.min_effect:g}"
         if m.relative:
             size = f"{m.min_effect:.0%} of the reference"
+        else:
+            size = f"{100 * m.min_effect:g} pp" if m.percent else f"{m.min_effect:g}"
         groups.setdefault(size, []).append(m.name)
     return "; ".join(f"{size}: {', '.join(names)}" for size, names in groups.items())
 
