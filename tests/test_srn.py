@@ -274,6 +274,25 @@ def test_half_precision_weights(dtype):
     assert _sigma(w.float()) == pytest.approx(1.0, rel=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_model_cast_to_half_after_registration_trains_as_torch_sn_does(dtype):
+    # The usual order: normalize, then ``model.half()``. torch's spectral_norm trains after it;
+    # so must SRN, with u, v kept float32 (as when registered on half weights) and not rounded.
+    torch.manual_seed(13)
+    layer = stable_rank_norm(nn.Linear(16, 24), rank_ratio=0.2)  # r = 3.2: the cap binds
+    srn = layer.parametrizations.weight[0]
+    u, v = srn._u.clone(), srn._v.clone()
+    layer.to(dtype)
+    assert srn._u.dtype == srn._v.dtype == torch.float32
+    assert torch.equal(srn._u, u) and torch.equal(srn._v, v)
+    assert layer(torch.randn(4, 16, dtype=dtype)).dtype == dtype  # a training-mode forward
+    _converge(layer, 50)
+    assert _sigma(layer.weight.float()) == pytest.approx(1.0, rel=1e-2)
+    assert stable_rank(layer.weight.double()).item() == pytest.approx(3.2, rel=2e-2)
+    layer.double()  # and back to a full precision: the vectors follow it
+    assert srn._u.dtype == torch.float64 and srn._srank.dtype == torch.float64
+
+
 def test_autocast_cpu_bfloat16():
     torch.manual_seed(12)
     layer = stable_rank_norm(nn.Linear(16, 8), rank_ratio=0.5)

@@ -200,9 +200,15 @@ class _StableRankNorm(nn.Module):
         return value
 
     def _apply(self, fn: Any, recurse: bool = True) -> _StableRankNorm:
-        # ``.half()``/``.double()`` cast every floating buffer; the target is a float64 number
-        # whatever the weight's dtype (51.2 would become 51.1875 in float16).
+        # ``.half()``/``.double()`` cast every floating buffer. The target is a float64 number
+        # whatever the weight's dtype (51.2 would become 51.1875 in float16). Under half-precision
+        # weights u and v stay float32, as when SRN is registered on such weights (__init__), and
+        # keep their values: ``model.half()`` after registration must not round them.
+        u, v = self._u, self._v
         super()._apply(fn, recurse)
+        if self._u.dtype in _HALF_DTYPES:
+            self._u = u.to(device=self._u.device, dtype=torch.float32)
+            self._v = v.to(device=self._v.device, dtype=torch.float32)
         if self._srank.dtype != torch.float64:
             self._srank = self._srank.to(torch.float64)
             self._set_srank(self.srank)
