@@ -54,6 +54,57 @@ def test_normalize_model_rejects_bad_norm_before_any_change():
     assert not any(parametrize.is_parametrized(m) for m in net.modules())
 
 
+def _plain(net: nn.Module) -> dict[str, list[str]]:
+    return {
+        n: [type(p).__name__ for p in m.parametrizations["weight"]]
+        for n, m in net.named_modules()
+        if parametrize.is_parametrized(m, "weight")
+    }
+
+
+def test_normalize_model_refuses_an_already_normalized_layer_instead_of_skipping_it():
+    # A second call with another rank ratio used to skip every layer and keep the first c.
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)
+    before = _plain(net)
+    with pytest.raises(ValueError, match=r"already have \{'0': \['_StableRankNorm'\]"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5)
+    assert _plain(net) == before
+    assert net[0].parametrizations.weight[0].srank == pytest.approx(0.3 * 8)
+    # Torch's spectral_norm (either API) or another parametrization: refused, not skipped.
+    for put in (
+        torch.nn.utils.parametrizations.spectral_norm,
+        torch.nn.utils.spectral_norm,
+        torch.nn.utils.parametrizations.weight_norm,
+    ):
+        net = _net()
+        put(net[3])
+        with pytest.raises(ValueError, match=r"these layers' weights already have \{'3'"):
+            sr.normalize_model(net, "srn", rank_ratio=0.3)
+        assert not parametrize.is_parametrized(net[0])  # nothing changed
+    # Removing first, excluding, or a head the rule leaves alone: accepted.
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)
+    sr.normalize_model(sr.normalize_model(net, "none"), "srn", rank_ratio=0.5)
+    assert net[0].parametrizations.weight[0].srank == pytest.approx(0.5 * 8)
+    net = _net()
+    torch.nn.utils.parametrizations.spectral_norm(net[3])
+    sr.normalize_model(net, "srn", exclude=["3"])
+    net = _net()
+    torch.nn.utils.parametrizations.spectral_norm(net[7])
+    sr.normalize_model(net, "srn", head="none")  # the head (7) keeps its SN
+    assert _plain(net)["7"] == ["_SpectralNorm"] and _plain(net)["0"] == ["_StableRankNorm"]
+
+
+def test_a_pattern_that_matches_no_module_is_an_error_not_a_silent_no_op():
+    net = _net()
+    with pytest.raises(ValueError, match=r"exclude pattern\(s\) \['classifier'\] match no module"):
+        sr.normalize_model(net, "srn", exclude=["0", "classifier"])
+    with pytest.raises(ValueError, match=r"head_names pattern\(s\) \['head'\] match no module"):
+        sr.normalize_model(net, "srn", head_names="head")
+    assert not any(parametrize.is_parametrized(m) for m in net.modules())
+    assert [n for n, _ in sr.eligible_layers(net, exclude="*")] == []
+    assert sr.head_layers(net, ["5", "7"]) == ["5", "7"]
+
+
 def test_layer_report_values_and_no_side_effects(tmp_path):
     net = sr.normalize_model(_net(), "srn", rank_ratio=0.3, exclude=["7"])
     net.train()

@@ -116,7 +116,9 @@ def srn_active_fraction(model: nn.Module) -> float:
     return sum(a.active for a in activity) / len(activity)
 
 
-def _excluder(exclude: Exclude) -> Callable[[str, nn.Module], bool]:
+def _excluder(exclude: Exclude, model: nn.Module, what: str) -> Callable[[str, nn.Module], bool]:
+    """``exclude`` (None, a predicate, or module-name patterns, each of which must match a module
+    of ``model``) as a predicate ``(name, module) -> bool``; ``what`` names the argument."""
     if exclude is None:
         return lambda name, module: False
     if callable(exclude):
@@ -126,7 +128,15 @@ def _excluder(exclude: Exclude) -> Callable[[str, nn.Module], bool]:
     patterns = list(exclude)
     for p in patterns:
         if not isinstance(p, str):
-            raise TypeError(f"exclude must hold name patterns (str), got {p!r}")
+            raise TypeError(f"{what} must hold name patterns (str), got {p!r}")
+    names = [name for name, _ in model.named_modules() if name]
+    unmatched = [p for p in patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+    if unmatched:
+        raise ValueError(
+            f"{what} pattern(s) {unmatched} match no module name of the model (fnmatch against "
+            f"model.named_modules(), e.g. {names[:3]}); pass a predicate (name, module) -> bool "
+            "for a rule that may match nothing"
+        )
     return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
@@ -137,15 +147,17 @@ def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str
         model: any module.
         exclude: module-name patterns (``fnmatch``, e.g. ``"classifier"`` or ``"*.shortcut.*"``)
             or a predicate ``(name, module) -> bool``; matching layers are skipped.
+
+    Raises:
+        ValueError: a pattern of ``exclude`` matches no module name of ``model`` (a typo would
+            otherwise normalize the layer it meant to spare).
     """
-    skip = _excluder(exclude)
+    skip = _excluder(exclude, model, "exclude")
     return [
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, _ELIGIBLE)
         and isinstance(getattr(m, "weight", None), torch.Tensor)
-        and not parametrize.is_parametrized(m, "weight")
-        and _old_style_spectral_norm(m, "weight") is None
         and not skip(name, m)
     ]
 
@@ -157,12 +169,26 @@ def head_layers(model: nn.Module, head_names: str | Iterable[str] | None = None)
         model: any module.
         head_names: module-name patterns (``fnmatch``) of the head; default None: the model's
             last ``nn.Linear`` in ``named_modules()`` order (none if it has no Linear).
+
+    Raises:
+        ValueError: a pattern of ``head_names`` matches no module name of ``model``.
     """
     if head_names is None:
         linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
         return linears[-1:]
-    match = _excluder(head_names)
+    match = _excluder(head_names, model, "head_names")
     return [n for n, m in model.named_modules() if match(n, m)]
+
+
+def _weight_parametrizations(layer: nn.Module) -> list[str]:
+    """What already transforms ``layer.weight``: its parametrizations' class names, and
+    ``"torch.nn.utils.spectral_norm"`` for the hook-based API; empty for a plain weight."""
+    found = []
+    if parametrize.is_parametrized(layer, "weight"):
+        found = [type(p).__name__ for p in layer.parametrizations["weight"]]
+    if _old_style_spectral_norm(layer, "weight") is not None:
+        found.append("torch.nn.utils.spectral_norm")
+    return found
 
 
 def _register(layer: nn.Module, kind: str, kwargs: dict[str, Any]) -> None:
@@ -193,7 +219,10 @@ def normalize_model(
         A GAN discriminator whose every layer must be normalized passes ``head=norm``.
 
     All or nothing: if registering any layer fails, the layers registered so far are restored
-    and the error is raised, so the model is unchanged. When SRN's cap binds on no SRN layer at
+    and the error is raised, so the model is unchanged. A layer to normalize whose weight
+    already has SN, SRN or another parametrization is refused before any change (it is neither
+    skipped nor stacked: a second call with another ``rank_ratio`` must not silently keep the
+    first). When SRN's cap binds on no SRN layer at
     registration (every raw stable rank is already <= r, so SRN acts as SN), a
     :class:`SrnInactiveWarning` is issued (silence it with
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
@@ -218,8 +247,9 @@ def normalize_model(
 
     Raises:
         ValueError: ``norm`` or ``head`` not one of ``"none"``, ``"sn"``, ``"srn"``, an invalid SRN
-            argument (raised before any layer is modified), or any error of a layer's
-            registration (after restoring the model).
+            argument, a pattern of ``exclude`` or ``head_names`` that matches no module, a layer
+            to normalize whose weight is already parametrized (all raised before any layer is
+            modified), or any error of a layer's registration (after restoring the model).
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -238,11 +268,23 @@ def normalize_model(
         "exact": exact,
     }
     plan = [
-        (layer, head if name in heads else norm) for name, layer in eligible_layers(model, exclude)
+        (name, layer, head if name in heads else norm)
+        for name, layer in eligible_layers(model, exclude)
     ]
+    taken = {
+        name or type(layer).__name__: found
+        for name, layer, kind in plan
+        if kind != "none" and (found := _weight_parametrizations(layer))
+    }
+    if taken:
+        raise ValueError(
+            f"normalize_model normalizes plain weights; these layers' weights already have "
+            f"{taken}: remove SN/SRN with normalize_model(model, 'none') first, leave the layers "
+            "out with exclude=..., or call stable_rank_norm on a parametrized weight yourself"
+        )
     done: list[nn.Module] = []
     try:
-        for layer, kind in plan:
+        for _, layer, kind in plan:
             if kind != "none":
                 _register(layer, kind, kwargs)
                 done.append(layer)
@@ -252,7 +294,7 @@ def normalize_model(
         raise
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
-    if any(kind == "srn" for _, kind in plan) and not srn_active_fraction(model) > 0.0:
+    if any(kind == "srn" for _, _, kind in plan) and not srn_active_fraction(model) > 0.0:
         warnings.warn(
             "SRN's cap binds on no layer of this model at registration (every raw stable rank is "
             f"<= its target; rank_ratio={rank_ratio}, srank={srank}): SRN acts as spectral "
