@@ -82,6 +82,22 @@ def test_conv_kernels_are_reshaped_and_parametrizations_are_read():
     assert not torch.allclose(layers["2"], raw)
 
 
+def test_measures_of_a_training_mode_model_are_repeatable_and_leave_it_untouched():
+    # Reading an SN weight in training mode runs a power-iteration step: the measures used to
+    # update u, v and give another number at each call.
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 3))
+    torch.nn.utils.parametrizations.spectral_norm(model[0])
+    model.train()
+    model[2].eval()  # a submodule's own mode is restored too
+    sn = model[0].parametrizations.weight[0]
+    u = sn._u.clone()
+    first = margin_free_complexity(model)
+    assert torch.equal(sn._u, u)
+    assert margin_free_complexity(model) == first
+    assert model.training and sn.training and not model[2].training
+
+
 def test_margins_and_quantile():
     logits = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 1.0, 4.0]])
     labels = torch.tensor([0, 1, 2])

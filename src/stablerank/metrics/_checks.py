@@ -1,12 +1,13 @@
-"""Helpers shared by the metric modules: argument and finiteness checks, a seeded RNG scope."""
+"""Helpers shared by the metric modules: argument and finiteness checks, a seeded RNG scope and
+an eval-mode scope."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def check_positive_int(name: str, value: int) -> None:
@@ -43,3 +44,24 @@ def seeded(seed: int) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         yield
+
+
+@contextmanager
+def eval_mode(model: nn.Module | Callable[..., Tensor]) -> Iterator[None]:
+    """Put ``model`` (all submodules) in eval mode, restoring each submodule's own mode on exit.
+
+    A measurement is then repeatable and has no side effects: BatchNorm uses its running
+    statistics, and SN/SRN weights are read with frozen u, v (in training mode each read of such
+    a weight runs a power-iteration step that updates them). A plain callable is used as it is
+    (its modules' modes are the caller's business).
+    """
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from stablerank.linalg import spectral_norm_exact, weight_to_matrix
+from stablerank.metrics._checks import eval_mode
 
 __all__ = [
     "KEY_GAP_ACC",
@@ -121,10 +122,12 @@ def complexity_layers(model: nn.Module) -> list[tuple[str, Tensor]]:
 
     Returns:
         list of (module name, float64 matrix (C_out, C_in*k*...)) in ``model.modules()`` order,
-        detached; the weight is read through ``module.weight`` so parametrizations apply.
+        detached; the weight is read through ``module.weight`` so parametrizations apply, in
+        eval mode: SN/SRN weights with frozen u, v, so the measures neither update them nor
+        change from one call to the next.
     """
     layers = []
-    with torch.no_grad():
+    with torch.no_grad(), eval_mode(model):
         for name, module in model.named_modules():
             if isinstance(module, _WEIGHTED):
                 dim = 0

@@ -25,16 +25,15 @@ compares outputs of one function of x (see :func:`pairwise_lipschitz`).
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from stablerank._optional import import_optional
-from stablerank.metrics._checks import check_positive_int
+from stablerank.metrics._checks import check_positive_int, eval_mode
 
 __all__ = [
     "KEY_EL_MAX",
@@ -65,22 +64,6 @@ def quantile_key(q: float) -> str:
 
 
 Model = nn.Module | Callable[[Tensor], Tensor]
-
-
-@contextlib.contextmanager
-def _eval_mode(model: Model) -> Iterator[Model]:
-    """Put ``model`` (all submodules) in eval mode; restore each submodule's mode on exit.
-    A plain callable is used as it is (its modules' modes are the caller's business)."""
-    if not isinstance(model, nn.Module):
-        yield model
-        return
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        yield model
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
 
 
 def _outputs(model: Model, x: Tensor, batch_size: int, y: Tensor | None = None) -> Tensor:
@@ -181,7 +164,7 @@ def pairwise_lipschitz(
     # Evaluate f only on the samples used, once each.
     ui, inv_i = torch.unique(i, return_inverse=True)
     uj, inv_j = torch.unique(j, return_inverse=True)
-    with _eval_mode(model):
+    with eval_mode(model):
         if y is None:
             fi = _outputs(model, x[ui.to(x.device)], batch_size)[inv_i.to(x.device)]
             fj = _outputs(model, second[uj.to(x.device)], batch_size)[inv_j.to(x.device)]
@@ -241,7 +224,7 @@ def jacobian_spectral_norm(
     # Start vectors drawn on the CPU for device-independent results.
     v0 = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     out = []
-    with _eval_mode(model):
+    with eval_mode(model):
         for start in range(0, x.shape[0], batch_size):
             xb, vb = x[start : start + batch_size], v0[start : start + batch_size]
             f = (
