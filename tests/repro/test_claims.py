@@ -393,6 +393,22 @@ def test_an_arm_whose_runs_all_failed_is_reported_not_dropped():
     assert _comparison(claims.evaluate_claims(recs), "gap_acc", "none").test is not None
 
 
+def test_a_claim_whose_runs_have_not_finished_cannot_tell_and_is_not_reported_as_no_runs():
+    # A partial report (runs interrupted or not started yet) used to say "no runs" and "This
+    # sweep has no runs of this kind" for claims 1 and 2.
+    recs = [
+        RunRecord(r.run, "partial") if r.run.kind in (KIND_CLASSIFY, KIND_SHATTER) else r
+        for r in _records([0.05, 0.052, 0.049], active=1.0)
+        + _records([0.05, 0.052, 0.049], active=1.0, kind=KIND_SHATTER)
+    ]
+    results = claims.evaluate_claims(recs)
+    for number in (1, 2):
+        claim = next(r for r in results if r.claim.number == number)
+        assert claim.verdict == claims.CANNOT_TELL and claim.comparisons
+        reasons = {c.reason for c in claim.comparisons}
+        assert reasons == {f"no finished run in the SRN and {ref} arm" for ref in ("none", "sn")}
+
+
 def test_a_metric_is_left_out_only_when_no_run_of_the_sweep_measures_it():
     gans = [r for r in tiny(seeds=2, gan_seeds=3) if r.kind == KIND_GAN]
 

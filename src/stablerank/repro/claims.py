@@ -372,9 +372,12 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
     clean = by_setting([r for r in records if r.usable], KIND_CLASSIFY)
     # A metric is measured when some run of the claim's kind has a value for it (NaN included:
     # a value that is not finite is "cannot tell", never left out); decided over the whole sweep,
-    # so a metric does not vanish with a failed arm or appear because one did.
+    # so a metric does not vanish with a failed arm or appear because one did. While no run of
+    # the kind has a result (all unfinished or failed) every metric counts: "cannot tell".
     read = [r for r in records if r.run.kind == claim.kind and r.result is not None]
-    measured = {m for m in claim.metrics if any(METRICS[m].value(r) is not None for r in read)}
+    measured = {
+        m for m in claim.metrics if not read or any(METRICS[m].value(r) is not None for r in read)
+    }
     for setting, all_arms in by_setting(records, claim.kind).items():
         arms = {arm: [r for r in recs if r.usable] for arm, recs in all_arms.items()}
         for arm, srn in arms.items():
