@@ -240,12 +240,24 @@ def test_resume_allows_runtime_only_differences(tmp_path):
                       data_dir=str(tmp_path)))  # fmt: skip
 
 
-def test_existing_run_is_not_overwritten_and_resume_without_checkpoint_starts_fresh(
+def test_a_finished_run_is_not_trained_again_and_resume_without_checkpoint_starts_fresh(
     tmp_path, capsys
 ):
-    classify.run(tiny(tmp_path, epochs=1))
+    first = classify.run(tiny(tmp_path, epochs=1))
+    log = rundir_module.RunDir.for_config(tiny(tmp_path, epochs=1)).log_jsonl.read_bytes()
+    capsys.readouterr()
+    # The same command again, with or without resume: the stored result, nothing retrained.
+    assert classify.run(tiny(tmp_path, epochs=1)) == first
+    assert classify.run(tiny(tmp_path, epochs=1, resume=True)) == first
+    err = capsys.readouterr().err
+    assert err.count("holds this run, finished; pass --overwrite") == 2 and "epoch" not in err
+    assert rundir_module.RunDir.for_config(tiny(tmp_path, epochs=1)).log_jsonl.read_bytes() == log
+    # An unfinished run (interrupted at a step) is not "finished": a rerun without resume is
+    # refused, as it would overwrite its checkpoints.
+    unfinished = tiny(tmp_path / "unfinished", epochs=2)
+    classify.run(unfinished, stop_at=1)
     with pytest.raises(FileExistsError, match="pass resume=True"):
-        classify.run(tiny(tmp_path, epochs=1))
+        classify.run(unfinished)
     fresh = classify.run(tiny(tmp_path / "other", epochs=1, resume=True))
     assert "starting from scratch" in capsys.readouterr().err
     assert fresh == classify.run(tiny(tmp_path / "third", epochs=1))

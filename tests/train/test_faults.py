@@ -39,8 +39,9 @@ def test_a_folder_with_another_runs_results_is_not_taken_over(tmp_path):
     cfg = _tiny(tmp_path, epochs=1)
     first = classify.run(cfg)
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # results without a checkpoint
+    other = dataclasses.replace(cfg, lr=0.1)
     with pytest.raises(FileExistsError, match="already holds a run's results"):
-        classify.run(cfg)
+        classify.run(other)
     assert ClassifierResult.from_json(tmp_path / "run") == first  # untouched
     assert classify.run(dataclasses.replace(cfg, overwrite=True)) == first
 
@@ -128,8 +129,8 @@ def test_resumed_gan_result_is_typed(tmp_path):
 
 
 def test_stale_temporary_files_of_a_killed_write_are_removed_on_start(tmp_path):
-    cfg = _tiny(tmp_path, epochs=1)
-    classify.run(cfg)
+    cfg = _tiny(tmp_path, epochs=2)
+    classify.run(cfg, stop_at=2)  # unfinished: a rerun resumes it
     stale = tmp_path / "run" / "checkpoints" / ".step_0000002.pt.abc123.tmp"
     stale.write_bytes(b"x" * 1000)  # what a kill inside a checkpoint write leaves
     classify.run(dataclasses.replace(cfg, resume=True))
@@ -140,7 +141,7 @@ _KILL_WORKER = """
 import sys
 from stablerank.config.classify import classify_preset
 from stablerank.train import classify
-cfg = classify_preset("tiny", out_dir=sys.argv[1], run_name="run", progress=False, epochs=6,
+cfg = classify_preset("tiny", out_dir=sys.argv[1], run_name="run", progress=False, epochs=200,
                       num_threads=1,
                       model="small_cnn", width=0.25, train_subset=256, norm="srn", resume=True)
 classify.run(cfg)
@@ -171,13 +172,18 @@ def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path
     rng = random.Random(0)
     killed = tmp_path / "killed"
     kills = 0
-    for _ in range(6):
+    # Import and data take ~2-3 s, the 200 epochs ~8 s (0.04 s each, a checkpoint and a log line
+    # after each): kills land in every phase. A rerun of the finished run returns at once, so
+    # the loop stops once it is done.
+    for _ in range(10):
         proc = launch(killed)
-        time.sleep(rng.uniform(1.0, 4.0))  # import + data take ~1-2 s, an epoch well under 1 s
+        time.sleep(rng.uniform(1.0, 5.0))
         if proc.poll() is None:
             proc.kill()
             kills += 1
         proc.wait(timeout=60)
+        if RunDir(killed / "run").is_done():
+            break
     final = launch(killed)
     assert final.wait(timeout=300) == 0, final.stderr.read()
     assert kills >= 3  # the test did interrupt the run
@@ -191,6 +197,23 @@ def test_analysing_a_diverged_run_is_an_error(tmp_path):
     assert classify.run(cfg).diverged
     with pytest.raises(ValueError, match="diverged"):
         analyze.run(analyze.AnalyzeConfig(n_pairs=10, n_jacobian=2), tmp_path / "run")
+
+
+def test_an_unfinished_run_is_not_analysed_so_no_analysis_outlives_its_training(tmp_path):
+    # Interrupted runs used to be analysed from their newest checkpoint (a partial model), and
+    # the analysis stayed beside the results of the resumed training.
+    from stablerank.config.gan import GanAnalysisConfig
+    from stablerank.train import gan_analysis
+
+    classify.run(_tiny(tmp_path, epochs=2), stop_at=1)
+    with pytest.raises(ValueError, match=r"has not finished training .*status: interrupted"):
+        analyze.run(analyze.AnalyzeConfig(n_pairs=10, n_jacobian=2), tmp_path / "run")
+    assert not (tmp_path / "run" / "analysis.json").exists()
+    gan_train.run(_gan(tmp_path), stop_at=2)
+    with pytest.raises(ValueError, match="has not finished training"):
+        gan_analysis.run(GanAnalysisConfig(), tmp_path / "g")
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
+        analyze.run(analyze.AnalyzeConfig(), tmp_path / "g" / "config.json")
 
 
 def test_a_batch_larger_than_the_subset_is_refused_at_config_time():

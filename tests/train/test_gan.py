@@ -204,9 +204,12 @@ def test_a_second_ctrl_c_stops_at_once_unless_it_is_the_same_one(
 
 def test_resume_refuses_a_changed_config_and_reuse_needs_resume(tmp_path):
     cfg = _cfg(tmp_path, "r", g_steps=2, checkpoint_every=1)
-    gan_train.run(cfg)
+    first = gan_train.run(cfg)
+    assert gan_train.run(cfg) == first  # finished: the stored result, nothing retrained
+    unfinished = _cfg(tmp_path, "u", g_steps=2, checkpoint_every=1)
+    gan_train.run(unfinished, stop_at=1)
     with pytest.raises(FileExistsError, match="resume=True"):
-        gan_train.run(cfg)
+        gan_train.run(unfinished)
     with pytest.raises(ValueError, match=r"lr_g: 0\.0001 -> 0\.0003"):
         gan_train.run(dataclasses.replace(cfg, resume=True, lr_g=3e-4))
     # monitoring keys may change

@@ -211,7 +211,9 @@ def test_resume_without_a_checkpoint_does_not_take_over_another_run(tmp_path, ca
         path.unlink()
     with pytest.raises(FileExistsError, match=r"another run(.|\n)*lr: 0.05 -> 0.1"):
         classify.run(dataclasses.replace(cfg, lr=0.1, resume=True))
-    # The same run killed before its first checkpoint: a fresh start that says so.
+    # The same run killed before its first checkpoint (so without results): a fresh start that
+    # says so.
+    folder.metrics_file.unlink()
     classify.run(dataclasses.replace(cfg, resume=True))
     assert "no checkpoint" in capsys.readouterr().err
 
@@ -238,3 +240,16 @@ def test_the_classifier_prints_a_plain_progress_line_without_a_terminal(tmp_path
     classify.run(_tiny(tmp_path, epochs=1))
     err = capsys.readouterr().err
     assert "train step 21/21 epoch 1 loss" in err and "ETA" in err  # 1347 digits / 64 = 21
+
+
+def test_the_data_folder_stays_out_of_a_standalone_runs_folder_name(tmp_path):
+    # It was hashed into the name: `--resume --data-dir D` (D the default folder, given) found no
+    # checkpoint in a new folder and trained from scratch, though resuming accepts another folder.
+    cls = classify_preset("tiny", out_dir=str(tmp_path))
+    gan = config_from_dict(GanConfig, {"out_dir": str(tmp_path), "dataset": "digits"})
+    for cfg in (cls, gan):
+        moved = dataclasses.replace(cfg, data_dir=str(tmp_path / "elsewhere"))
+        assert RunDir.for_config(moved).path == RunDir.for_config(cfg).path
+        assert (
+            RunDir.for_config(dataclasses.replace(cfg, seed=1)).path != RunDir.for_config(cfg).path
+        )

@@ -51,11 +51,11 @@ class ClassifyConfig:
 
     # Where and how the run executes and what it prints, never what it computes: left out of the
     # run folder's hash, and free to change on resume (on the CPU the resumed weights are bitwise
-    # those of a run that was never stopped), as is where the dataset's files are read from.
+    # those of a run that was never stopped); so is where the dataset's files are read from.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
+        "data_dir",
     )  # fmt: skip
-    RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (*RUNTIME_KEYS, "data_dir")
 
     # --- data ---
     dataset: str = option("fashion-mnist", "dataset name", choices=DATASETS)

@@ -24,15 +24,14 @@ class GanConfig:
     """Everything one GAN run depends on (the run folder's ``config.json``)."""
 
     # Fields that may change between a run and its resume, left out of the run folder's hash:
-    # where and how it is watched, not what it computes (evaluation and sampling use their own
-    # RNG streams, so they never alter training).
+    # where and how it is watched and where its files are read from, not what it computes
+    # (evaluation and sampling use their own RNG streams, so they never alter training).
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "device", "num_threads", "out_dir", "run_name",
-        "log_every", "sample_every", "eval_every", "n_eval_samples", "n_final_samples",
-        "feature_net", "feature_weights", "checkpoint_every", "keep_checkpoints",
+        "data_dir", "log_every", "sample_every", "eval_every", "n_eval_samples",
+        "n_final_samples", "feature_net", "feature_weights", "checkpoint_every",
+        "keep_checkpoints",
     )  # fmt: skip
-    # Free to change on resume as well: where the dataset's files are read from.
-    RESUME_MAY_DIFFER: ClassVar[tuple[str, ...]] = (*RUNTIME_KEYS, "data_dir")
 
     # --- data ---
     dataset: str = option(

@@ -120,16 +120,19 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     Returns:
         The :class:`~stablerank.train.results.ClassifierAnalysis` (also written to
         ``run_dir/analysis.json``).
+
+    Raises:
+        FileNotFoundError: ``run_dir`` is not a run folder.
+        ValueError: its training has not finished, or diverged.
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    trained = (
-        ClassifierResult.from_json(run_dir) if RunDir(run_dir).metrics_file.is_file() else None
-    )
-    if trained is not None and trained.diverged:
+    RunDir(run_dir).require_finished()
+    trained = ClassifierResult.from_json(run_dir)
+    if trained.diverged:
         raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
     train_cfg, data, model = load_run(run_dir, device)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "

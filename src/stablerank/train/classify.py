@@ -247,7 +247,8 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     The run folder is :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`;
     the process holds its lock and keeps its ``status.json`` while it trains. A loss that
     becomes non-finite ends the run as diverged (``diverged=True`` and the reason in the result;
-    the numbers are those of the last finite epoch), never training on NaN.
+    the numbers are those of the last finite epoch), never training on NaN. A folder that holds
+    this run finished returns its stored result without training (``overwrite`` retrains it).
 
     Returns:
         The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0,
@@ -264,8 +265,12 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     """
     info, device = start_trainer(cfg, stop_at, "optimizer steps")
     folder = RunDir.for_config(cfg)
-    with folder.session(cfg, is_main=info.is_main):
-        result = _train(cfg, folder, info, device, stop_at)
+    finished = folder.finished_result(cfg, ClassifierResult, is_main=info.is_main)
+    if finished is None:
+        with folder.session(cfg, is_main=info.is_main):
+            result = _train(cfg, folder, info, device, stop_at)
+    else:  # the same run, finished before: nothing to train
+        result = finished if info.is_main else None
     say_finished(folder.path, result)
     end_worker(info)
     return result

@@ -233,7 +233,9 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`; the process
         holds its lock and keeps its ``status.json`` while it trains. A non-finite loss stops the
         run as diverged (no FID on NaN samples); a discriminator collapse
-        (:func:`~stablerank.train.gan_scores.divergence_of`) marks it diverged at the end.
+        (:func:`~stablerank.train.gan_scores.divergence_of`) marks it diverged at the end. A
+        folder that holds this run finished returns its stored result without training
+        (``overwrite`` retrains it).
 
     Raises:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
@@ -247,8 +249,12 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     if cfg.amp and device.type != "cuda":  # the config refuses device="cpu"; "auto" may get here
         raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
     folder = RunDir.for_config(cfg)
-    with folder.session(cfg, is_main=info.is_main):
-        result = _train(cfg, folder, info, device, stop_at)
+    finished = folder.finished_result(cfg, GanResult, is_main=info.is_main)
+    if finished is None:
+        with folder.session(cfg, is_main=info.is_main):
+            result = _train(cfg, folder, info, device, stop_at)
+    else:  # the same run, finished before: nothing to train
+        result = finished if info.is_main else None
     say_finished(folder.path, result)
     end_worker(info)
     return result

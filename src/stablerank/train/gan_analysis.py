@@ -43,7 +43,14 @@ from stablerank.metrics.divergence import (
 from stablerank.metrics.features import to_signed_unit
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.gan_sampling import make_generate
-from stablerank.train.results import DElProtocol, GanAnalysis, GanAnalysisProtocol, Summary
+from stablerank.train.results import (
+    DElProtocol,
+    GanAnalysis,
+    GanAnalysisProtocol,
+    GanResult,
+    Summary,
+)
+from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import resolve_device
 
 PAIR_TYPES = ("real-real", "fake-fake", "real-fake")
@@ -75,9 +82,14 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
 
     Raises:
         FileNotFoundError: ``run_dir`` or its checkpoint does not exist.
+        ValueError: its training has not finished, or diverged.
     """
     run_dir = Path(run_dir)
     dev = resolve_device(settings.device)
+    RunDir(run_dir).require_finished()
+    trained = GanResult.from_json(run_dir)
+    if trained.diverged:
+        raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
     run = load_gan_run(run_dir, device=dev)
     print(f"gan analysis of {run_dir}: neural divergence ({settings.nd_critic_steps} critic "
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",

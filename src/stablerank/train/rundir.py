@@ -200,7 +200,7 @@ class RunDir:
         * without ``cfg.resume``, a folder with checkpoints or results (a log, metrics, an
           analysis) is refused unless ``cfg.overwrite``, which deletes them;
         * with ``cfg.resume`` and no checkpoint, a folder whose ``config.json`` differs from
-          ``cfg`` (outside ``cfg.RESUME_MAY_DIFFER``) holds another run: refused unless
+          ``cfg`` (outside ``cfg.RUNTIME_KEYS``) holds another run: refused unless
           ``cfg.overwrite``.
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
@@ -227,7 +227,7 @@ class RunDir:
         if resume and not has_checkpoints and not overwrite and self.config_file.is_file():
             try:
                 saved = json.loads(self.config_file.read_text())
-                check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RESUME_MAY_DIFFER)
+                check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
             except ValueError as err:
                 raise FileExistsError(
                     f"{self.path} holds another run without a checkpoint to resume ({err}); pass "
@@ -239,6 +239,26 @@ class RunDir:
             self.clear()
         self.remove_stale_temp_files()
 
+    def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
+        """The stored result when this folder holds the finished training of ``cfg``, else None.
+
+        Finished: its trainer wrote ``metrics.json`` (done or diverged) under a ``config.json``
+        equal to ``cfg`` outside ``cfg.RUNTIME_KEYS``. Running such a run again, with or
+        without ``cfg.resume``, has nothing to do: the folder's name is the config's hash, as in
+        ``reproduce``'s cache. ``cfg.overwrite`` trains it again (None here). Says so on stderr.
+        ``result_cls`` is the trainer's result class (its ``from_json`` reads the folder).
+        """
+        if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
+            return None
+        try:
+            saved = json.loads(self.config_file.read_text())
+            check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
+        except ValueError:
+            return None  # another run's folder: begin() refuses it with the flags to pass
+        if is_main:
+            _stderr(f"{self.path} holds this run, finished; pass --overwrite to train it again")
+        return result_cls.from_json(self.path)
+
     def resume_point(
         self, cfg: Any, map_location: str | Any = "cpu", *, is_main: bool = True
     ) -> dict[str, Any] | None:
@@ -247,7 +267,7 @@ class RunDir:
 
         Raises:
             ValueError: the checkpoint's config differs from ``cfg`` outside
-                ``cfg.RESUME_MAY_DIFFER`` (the differences are listed).
+                ``cfg.RUNTIME_KEYS`` (the differences are listed).
         """
         if not cfg.resume:
             return None
@@ -256,7 +276,7 @@ class RunDir:
         if loaded is None:
             log(f"resume: no checkpoint in {self.path} yet; starting from scratch")
             return None
-        check_resume_config(loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RESUME_MAY_DIFFER)
+        check_resume_config(loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
         log(f"resume: continuing from {loaded[0]}")
         return loaded[1]
 
@@ -305,6 +325,31 @@ class RunDir:
     def is_resumable(self) -> bool:
         """True when training started, did not end, and left a checkpoint to continue from."""
         return not self.is_done() and bool(self.checkpoints())
+
+    def require_finished(self) -> None:
+        """Raise unless training finished: its trainer wrote ``metrics.json`` (done or diverged;
+        the status alone does not say it, as an orchestrator marks the analysis stage
+        ``running``). An analysis reads the newest checkpoint: of an unfinished run that is a
+        partial model, whose numbers would not match the run's results and would outlive its
+        resumed training.
+
+        Raises:
+            FileNotFoundError: the folder, or its ``config.json``, does not exist.
+            ValueError: training has not finished.
+        """
+        if not self.path.is_dir():
+            what = "is not a folder" if self.path.exists() else "does not exist"
+            raise FileNotFoundError(f"{self.path} {what}: give a run folder")
+        if not self.config_file.is_file():
+            raise FileNotFoundError(
+                f"{self.config_file} does not exist: is {self.path} a run folder?"
+            )
+        if not self.metrics_file.is_file():
+            status = self.read_status().get("status")
+            raise ValueError(
+                f"{self.path} has not finished training (no {self.metrics_file.name}; status: "
+                f"{status or 'none'}): finish it with its trainer's --resume first, then analyse it"
+            )
 
     @contextlib.contextmanager
     def session(self, cfg: Any, *, is_main: bool = True) -> Iterator[None]:
