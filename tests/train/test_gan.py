@@ -283,6 +283,11 @@ def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_
     assert protocol.scores.n_fake == 50
     assert list(protocol.baselines) == ["real_train"]
     assert protocol.baselines["real_train"].n_fake == 50
+    # Finished: the same command returns the stored result, but another final protocol with
+    # --resume scores the run again.
+    rescored = gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=60))
+    assert rescored.protocol.scores.n_fake == 60
+    assert gan_train.run(dataclasses.replace(cfg, n_final_samples=60)) == rescored
 
 
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):

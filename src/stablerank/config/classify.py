@@ -56,6 +56,7 @@ class ClassifyConfig:
         "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
         "data_dir",
     )  # fmt: skip
+    SCORING_KEYS: ClassVar[tuple[str, ...]] = ()  # as GanConfig's: none here
 
     # --- data ---
     dataset: str = option("fashion-mnist", "dataset name", choices=DATASETS)

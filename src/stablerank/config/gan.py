@@ -32,6 +32,9 @@ class GanConfig:
         "n_final_samples", "feature_net", "feature_weights", "checkpoint_every",
         "keep_checkpoints",
     )  # fmt: skip
+    # Runtime keys of the final scoring: a finished run resumed with other values is scored again
+    # (its result holds them), not returned as it is.
+    SCORING_KEYS: ClassVar[tuple[str, ...]] = ("n_final_samples", "feature_net", "feature_weights")
 
     # --- data ---
     dataset: str = option(

@@ -243,18 +243,21 @@ class RunDir:
         """The stored result when this folder holds the finished training of ``cfg``, else None.
 
         Finished: its trainer wrote ``metrics.json`` (done or diverged) under a ``config.json``
-        equal to ``cfg`` outside ``cfg.RUNTIME_KEYS``. Running such a run again, with or
+        equal to ``cfg`` outside the runtime keys that do not change the result
+        (``cfg.RUNTIME_KEYS`` but ``cfg.SCORING_KEYS``). Running such a run again, with or
         without ``cfg.resume``, has nothing to do: the folder's name is the config's hash, as in
-        ``reproduce``'s cache. ``cfg.overwrite`` trains it again (None here). Says so on stderr.
+        ``reproduce``'s cache. ``cfg.overwrite`` trains it again (None here); another final
+        scoring protocol with ``cfg.resume`` scores it again (None). Says so on stderr.
         ``result_cls`` is the trainer's result class (its ``from_json`` reads the folder).
         """
         if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
             return None
         try:
             saved = json.loads(self.config_file.read_text())
-            check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
+            same = [k for k in cfg.RUNTIME_KEYS if k not in cfg.SCORING_KEYS]
+            check_resume_config(saved, config_to_dict(cfg), allowed=same)
         except ValueError:
-            return None  # another run's folder: begin() refuses it with the flags to pass
+            return None  # another run (begin() refuses it), or another final scoring
         if is_main:
             _stderr(f"{self.path} holds this run, finished; pass --overwrite to train it again")
         return result_cls.from_json(self.path)
