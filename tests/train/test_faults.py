@@ -122,6 +122,17 @@ def test_config_refuses_what_the_code_would_reject_later(cls, field, value, matc
         cls(**{field: value})
 
 
+def test_a_gan_scored_without_a_feature_network_is_refused_when_its_config_is_built():
+    # `gan --dataset digits` used to train, then fail at the final scoring.
+    with pytest.raises(ValueError, match="no offline feature network for dataset 'digits'"):
+        GanConfig(dataset="digits")
+    with pytest.raises(ValueError, match="no offline feature network"):
+        GanConfig(dataset="digits", n_final_samples=0, eval_every=1)
+    assert GanConfig(dataset="digits", n_final_samples=0).scoring_net is None  # nothing scored
+    assert GanConfig(dataset="digits", feature_net="test-pixels").scoring_net == "test-pixels"
+    assert GanConfig().scoring_net == "fmnist-cnn"
+
+
 def test_resumed_gan_result_is_typed(tmp_path):
     result = gan_train.run(_gan(tmp_path, g_steps=2))
     assert isinstance(result, GanResult) and result.steps == 2

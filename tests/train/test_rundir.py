@@ -92,7 +92,7 @@ def test_a_trainer_refuses_a_run_another_process_holds_and_leaves_it_alone(tmp_p
 
 def test_both_trainers_name_their_folder_by_one_rule():
     c = ClassifyConfig(dataset="digits", model="mlp", norm="sn", seed=3)
-    g = GanConfig(dataset="digits", d_norm="srn", rank_ratio=0.2, seed=3)
+    g = GanConfig(dataset="digits", d_norm="srn", rank_ratio=0.2, seed=3, n_final_samples=0)
     assert RunDir.for_config(c).path.name.startswith("digits-mlp-sn-s3-")
     assert RunDir.for_config(g).path.name.startswith("gan-digits-cnn-srn0.2-s3-")
     # The hash covers what the run computes, not where or how it runs.
@@ -246,7 +246,7 @@ def test_the_data_folder_stays_out_of_a_standalone_runs_folder_name(tmp_path):
     # It was hashed into the name: `--resume --data-dir D` (D the default folder, given) found no
     # checkpoint in a new folder and trained from scratch, though resuming accepts another folder.
     cls = classify_preset("tiny", out_dir=str(tmp_path))
-    gan = config_from_dict(GanConfig, {"out_dir": str(tmp_path), "dataset": "digits"})
+    gan = GanConfig(out_dir=str(tmp_path), dataset="digits", n_final_samples=0)
     for cfg in (cls, gan):
         moved = dataclasses.replace(cfg, data_dir=str(tmp_path / "elsewhere"))
         assert RunDir.for_config(moved).path == RunDir.for_config(cfg).path

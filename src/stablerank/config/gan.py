@@ -19,6 +19,10 @@ __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 _DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits")
 
 
+# The offline feature network of FID/KID/IS per dataset (feature_net="auto").
+_DEFAULT_FEATURE_NETS = {"fashion-mnist": "fmnist-cnn"}
+
+
 @dataclass(frozen=True)
 class GanConfig:
     """Everything one GAN run depends on (the run folder's ``config.json``)."""
@@ -152,11 +156,25 @@ class GanConfig:
             raise ValueError("d_norm_embedding=True needs d_norm sn or srn, got d_norm='none'")
         if self.amp and self.device == "cpu":
             raise ValueError("amp=True needs a CUDA device, got device='cpu'")
+        if (self.eval_every or self.n_final_samples) and self.scoring_net is None:
+            raise ValueError(
+                f"feature_net='auto' has no offline feature network for dataset "
+                f"{self.dataset!r}: set feature_net (e.g. 'inception-v3' with feature_weights) or "
+                "turn evaluation off (eval_every=0, n_final_samples=0)"
+            )
         if self.eval_every > self.g_steps:
             raise ValueError(
                 f"eval_every ({self.eval_every}) exceeds g_steps ({self.g_steps}); "
                 "use 0 to turn evaluation off"
             )
+
+    @property
+    def scoring_net(self) -> str | None:
+        """The feature network of FID/KID/IS: ``feature_net``, or for ``auto`` the dataset's
+        offline default (None when it has none)."""
+        if self.feature_net != "auto":
+            return self.feature_net
+        return _DEFAULT_FEATURE_NETS.get(self.dataset)
 
     @property
     def run_label(self) -> str:

@@ -53,19 +53,6 @@ PREFIX_REAL_TRAIN = "real_train_"
 # FID/KID/IS compare samples with the whole test split, with this project's own feature network
 # where one exists (no Inception weights offline).
 _REFERENCE_SPLIT = "test"
-_DEFAULT_FEATURE_NETS = {"fashion-mnist": "fmnist-cnn"}
-
-
-def _feature_net_name(cfg: GanConfig) -> str:
-    if cfg.feature_net != "auto":
-        return cfg.feature_net
-    if cfg.dataset in _DEFAULT_FEATURE_NETS:
-        return _DEFAULT_FEATURE_NETS[cfg.dataset]
-    raise ValueError(
-        f"no offline feature network for dataset {cfg.dataset!r}: set feature_net (e.g. "
-        "'inception-v3' with feature_weights) or turn evaluation off (eval_every=0, "
-        "n_final_samples=0)"
-    )
 
 
 class Evaluator:
@@ -82,7 +69,8 @@ class Evaluator:
         kwargs: dict[str, Any] = {"device": device}
         if cfg.feature_weights is not None:
             kwargs["weights_path"] = cfg.feature_weights
-        self.extractor = build_feature_extractor(_feature_net_name(cfg), **kwargs)
+        assert cfg.scoring_net is not None  # Precondition: GanConfig refuses scoring without one.
+        self.extractor = build_feature_extractor(cfg.scoring_net, **kwargs)
         self.real = extract_features(test_x, self.extractor, split=_REFERENCE_SPLIT)
         self.cfg, self.G, self.num_classes, self.device = cfg, G, num_classes, device
 
