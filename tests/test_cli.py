@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -275,3 +276,17 @@ def test_help_does_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stderr
+
+
+def test_a_warning_is_one_line_and_the_hook_is_restored(capsys, monkeypatch):
+    # Python's format added the file, line and source line of the library's warn() call.
+    before = warnings.showwarning
+
+    def warn_and_succeed(args):
+        warnings.warn("the target stable rank is 1", UserWarning, stacklevel=1)
+        return 0
+
+    monkeypatch.setattr(cli, "_run", warn_and_succeed)
+    assert cli.main(["train", "--preset", "tiny"]) == 0
+    assert capsys.readouterr().err == "warning: the target stable rank is 1 (UserWarning)\n"
+    assert warnings.showwarning is before

@@ -67,7 +67,7 @@ def test_preset_overrides_apply_and_are_checked():
 def test_ranges_are_checked_on_direct_construction():
     with pytest.raises(ValueError, match=r"'rank_ratio' must be > 0\.0 and <= 1\.0"):
         ClassifyConfig(rank_ratio=0.0)
-    with pytest.raises(ValueError, match=r"'label_noise' must be <= 1\.0, got 1\.5"):
+    with pytest.raises(ValueError, match=r"'label_noise' must be >= 0\.0 and <= 1\.0, got 1\.5"):
         ClassifyConfig(label_noise=1.5)
     with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
         AnalyzeConfig(n_pairs=0)

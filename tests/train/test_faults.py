@@ -110,8 +110,9 @@ def test_gan_run_name_cannot_leave_out_dir(tmp_path):
 @pytest.mark.parametrize(
     ("cls", "field", "value", "match"),
     [
-        (GanConfig, "beta1", 1.0, "beta1 must be in"),
-        (GanConfig, "beta2", 1.0, "beta2 must be in"),
+        (GanConfig, "beta1", 1.0, r"'beta1' must be >= 0.0 and < 1.0, got 1.0"),
+        (GanConfig, "beta2", 1.0, r"'beta2' must be >= 0.0 and < 1.0, got 1.0"),
+        (GanConfig, "ema", 1.0, r"'ema' must be >= 0.0 and < 1.0, got 1.0"),
         (GanConfig, "device", "tpu:0", "device must be"),
         (ClassifyConfig, "label_noise", math.nan, "finite"),
         (ClassifyConfig, "lr", math.inf, "finite"),

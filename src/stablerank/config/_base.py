@@ -35,6 +35,7 @@ def option(
     min: float | None = None,
     max: float | None = None,
     min_exclusive: bool = False,
+    max_exclusive: bool = False,
 ) -> Any:
     """Declare a config field with its help text and accepted range (:func:`check_config`)."""
     meta = {
@@ -43,6 +44,7 @@ def option(
         "min": min,
         "max": max,
         "min_exclusive": min_exclusive,
+        "max_exclusive": max_exclusive,
     }
     if isinstance(default, (list, dict)):
         raise TypeError("option defaults must be immutable; use a tuple")
@@ -115,12 +117,13 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
                 f"config key {key!r} must be one of {list(meta['choices'])}, got {v!r}"
             )
         lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and (v < lo or (meta.get("min_exclusive") and v == lo)):
-            bound = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
-            rng = bound + (f" and <= {hi}" if hi is not None else "")
-            raise ValueError(f"config key {key!r} must be {rng}, got {v!r}")
-        if hi is not None and v > hi:
-            raise ValueError(f"config key {key!r} must be <= {hi}, got {v!r}")
+        lo_open, hi_open = meta.get("min_exclusive"), meta.get("max_exclusive")
+        below = lo is not None and (v < lo or (lo_open and v == lo))
+        above = hi is not None and (v > hi or (hi_open and v == hi))
+        if below or above:
+            bounds = [f"{'>' if lo_open else '>='} {lo}"] if lo is not None else []
+            bounds += [f"{'<' if hi_open else '<='} {hi}"] if hi is not None else []
+            raise ValueError(f"config key {key!r} must be {' and '.join(bounds)}, got {v!r}")
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -252,8 +255,10 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         lo, hi = meta.get("min"), meta.get("max")
         if lo is not None or hi is not None:
             opening = "(" if meta.get("min_exclusive") else "["
+            closing = ")" if meta.get("max_exclusive") else "]"
             notes.append(
-                f"range {opening}{'-inf' if lo is None else lo}, {'inf' if hi is None else hi}]"
+                f"range {opening}{'-inf' if lo is None else lo}, "
+                f"{'inf' if hi is None else hi}{closing}"
             )
         shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
         notes.append(f"default: {shown}")

@@ -143,7 +143,9 @@ class ClassifyConfig:
     resume: bool = option(
         False, "continue from the newest intact checkpoint of the run folder (config must match)"
     )
-    progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
+    progress: bool = option(
+        True, "progress on stderr: a tqdm bar on a terminal, else a plain line every 10 s"
+    )
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -88,15 +88,20 @@ class GanConfig:
     )
     lr_g: float = option(1e-4, "Adam learning rate of G", min=0.0, max=1.0, min_exclusive=True)
     lr_d: float = option(1e-4, "Adam learning rate of D", min=0.0, max=1.0, min_exclusive=True)
-    beta1: float = option(0.5, "Adam beta1", min=0.0, max=1.0)
-    beta2: float = option(0.999, "Adam beta2", min=0.0, max=1.0)
+    # Adam divides by 1 - beta**t: 0 at beta = 1.
+    beta1: float = option(0.5, "Adam beta1", min=0.0, max=1.0, max_exclusive=True)
+    beta2: float = option(0.999, "Adam beta2", min=0.0, max=1.0, max_exclusive=True)
     lr_decay: str = option(
         "none",
         "learning-rate schedule over g_steps: constant or linear decay to 0 (both G and D)",
         choices=("none", "linear"),
     )
     ema: float = option(
-        0.0, "EMA decay of a generator copy used for samples and metrics; 0 = off", min=0.0, max=1.0
+        0.0,
+        "EMA decay of a generator copy used for samples and metrics; 0 = off",
+        min=0.0,
+        max=1.0,
+        max_exclusive=True,
     )
     # --- monitoring ---
     log_every: int = option(50, "log losses every this many G steps", min=1)
@@ -126,7 +131,7 @@ class GanConfig:
     seed: int = option(
         0, "seed of the run; rank r uses seed + r for data order and noise", min=0, max=2**31 - 1
     )
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     out_dir: str = option("runs/gan", "parent folder of run folders")
     run_name: str | None = option(
@@ -138,15 +143,12 @@ class GanConfig:
     resume: bool = option(False, "continue from the newest checkpoint in the run folder")
     compile: bool = option(False, "torch.compile G and D")
     amp: bool = option(False, "bfloat16 autocast (CUDA only)")
-    progress: bool = option(True, "tqdm progress bar on stderr (off when not a TTY)")
+    progress: bool = option(
+        True, "progress on stderr: a tqdm bar on a terminal, else a plain line every 10 s"
+    )
 
     def __post_init__(self) -> None:
         check_config(self)
-        for name in ("beta1", "beta2"):
-            if getattr(self, name) >= 1.0:  # Adam divides by 1 - beta**t: 0 at beta = 1
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if self.ema >= 1.0:
-            raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema!r}")
         if self.d_norm_embedding and not self.conditional:
             raise ValueError(
                 "d_norm_embedding=True needs conditional=True (there is no "
@@ -196,7 +198,7 @@ class GanAnalysisConfig:
     )
     nd_batch_size: int = option(64, "neural divergence: real and fake images per step", min=2)
     seed: int = option(0, "offset of the analysis seed from the run's seed", min=0)
-    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     progress: bool = option(False, "progress bar for the critic")
 
     def __post_init__(self) -> None:
