@@ -123,6 +123,17 @@ def test_config_refuses_what_the_code_would_reject_later(cls, field, value, matc
         cls(**{field: value})
 
 
+def test_a_missing_data_folder_is_refused_before_a_run_folder_is_made(tmp_path):
+    from stablerank.data import DatasetNotFoundError
+
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        classify.run(_tiny(tmp_path / "c", dataset="fashion-mnist", data_dir=missing))
+    with pytest.raises(DatasetNotFoundError, match="does not exist"):
+        gan_train.run(_gan(tmp_path / "g", dataset="fashion-mnist", data_dir=missing))
+    assert not (tmp_path / "c").exists() and not (tmp_path / "g").exists()
+
+
 def test_a_gan_scored_without_a_feature_network_is_refused_when_its_config_is_built():
     # `gan --dataset digits` used to train, then fail at the final scoring.
     with pytest.raises(ValueError, match="no offline feature network for dataset 'digits'"):

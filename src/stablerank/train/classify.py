@@ -267,8 +267,15 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     folder = RunDir.for_config(cfg)
     finished = folder.finished_result(cfg, ClassifierResult, is_main=info.is_main)
     if finished is None:
+        # The data before the folder: a missing data folder or a batch larger than the set is
+        # refused before a run folder is made.
+        seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
+        data = prepare_data(cfg)
+        if cfg.batch_size > data.splits.num_train:
+            raise ValueError(f"batch_size must be <= {data.splits.num_train} (train images), "
+                             f"got {cfg.batch_size}")  # fmt: skip
         with folder.session(cfg, is_main=info.is_main):
-            result = _train(cfg, folder, info, device, stop_at)
+            result = _train(cfg, data, folder, info, device, stop_at)
     else:  # the same run, finished before: nothing to train
         result = finished if info.is_main else None
     say_finished(folder.path, result)
@@ -286,19 +293,14 @@ def _build_optimizer(cfg: ClassifyConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _train(cfg: ClassifyConfig, folder: RunDir, info: DistInfo, device: torch.device,
-           stop_at: int | None) -> ClassifierResult | None:  # fmt: skip
-    """The run inside its folder session: data, model, resume, the loop, the result."""
+def _train(cfg: ClassifyConfig, data: RunData, folder: RunDir, info: DistInfo,
+           device: torch.device, stop_at: int | None) -> ClassifierResult | None:  # fmt: skip
+    """The run inside its folder session: model, resume, the loop, the result."""
     amp = cfg.amp and device.type == "cuda"
     channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
-    seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
 
     # ---- data: whole splits on the device, one global shuffle per epoch, sharded by rank
-    data = prepare_data(cfg)
     splits = data.splits
-    if cfg.batch_size > splits.num_train:
-        raise ValueError(f"batch_size must be <= {splits.num_train} (train images), got "
-                         f"{cfg.batch_size}")  # fmt: skip
     loader_kw: dict[str, Any] = dict(
         mean=splits.mean, std=splits.std, pixel_scale=splits.pixel_scale, device=device,
         seed=cfg.seed, rank=info.rank, world_size=info.world_size,

@@ -251,8 +251,13 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     folder = RunDir.for_config(cfg)
     finished = folder.finished_result(cfg, GanResult, is_main=info.is_main)
     if finished is None:
+        # The data before the folder: a missing data folder is refused before a run folder is
+        # made.
+        splits = load_dataset(cfg.dataset, cfg.data_dir)
+        if splits.image_size is None:
+            raise ValueError(f"dataset {cfg.dataset!r} holds no images")
         with folder.session(cfg, is_main=info.is_main):
-            result = _train(cfg, folder, info, device, stop_at)
+            result = _train(cfg, splits, folder, info, device, stop_at)
     else:  # the same run, finished before: nothing to train
         result = finished if info.is_main else None
     say_finished(folder.path, result)
@@ -260,8 +265,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     return result
 
 
-def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
-           stop_at: int | None) -> GanResult | None:  # fmt: skip
+def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo,
+           device: torch.device, stop_at: int | None) -> GanResult | None:  # fmt: skip
     """The run inside its folder session (see :func:`run`)."""
     local_batch = cfg.batch_size // info.world_size
     run_dir = folder.path
@@ -271,9 +276,6 @@ def _train(cfg: GanConfig, folder: RunDir, info: DistInfo, device: torch.device,
     ckpt = folder.resume_point(cfg, map_location="cpu", is_main=info.is_main)
 
     # --- data ---
-    splits = load_dataset(cfg.dataset, cfg.data_dir)
-    if splits.image_size is None:
-        raise ValueError(f"dataset {cfg.dataset!r} holds no images")
     num_classes = splits.num_classes if cfg.conditional else None
     real = real_batches(
         splits, batch_size=local_batch, device=device, seed=cfg.seed, rank=info.rank,
