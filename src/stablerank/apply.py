@@ -222,9 +222,8 @@ def normalize_model(
     and the error is raised, so the model is unchanged. A layer to normalize whose weight
     already has SN, SRN or another parametrization is refused before any change (it is neither
     skipped nor stacked: a second call with another ``rank_ratio`` must not silently keep the
-    first). When SRN's cap binds on no SRN layer at
-    registration (every raw stable rank is already <= r, so SRN acts as SN), a
-    :class:`SrnInactiveWarning` is issued (silence it with
+    first). When SRN's cap binds on no SRN layer at registration (every raw stable rank is
+    already <= r, so SRN acts as SN), a :class:`SrnInactiveWarning` is issued (silence it with
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
 
     Args:
