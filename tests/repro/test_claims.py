@@ -120,7 +120,7 @@ def test_srn_that_shrinks_the_gap_reproduces_claim_1_gap():
 def test_cap_that_does_not_bind_is_not_a_test_whatever_the_numbers():
     results = claims.evaluate_claims(_records([0.05, 0.052, 0.049, 0.051], active=0.25))
     comp = _comparison(results, "gap_acc", "none")
-    assert comp.outcome == claims.NOT_A_TEST and "25%" in comp.reason
+    assert comp.outcome == claims.NOT_A_TEST and "binds on 25.0% of" in comp.reason
     assert next(r for r in results if r.claim.number == 1).verdict == claims.NOT_A_TEST
 
 
@@ -264,6 +264,25 @@ def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
     assert "from the feature network fmnist-cnn, not from Inception" in own
     inception = scope([scored(r, "inception-v3") for r in gans])
     assert "feature network inception-v3." in inception and "not from Inception" not in inception
+    assert "no arm is tuned on its own" in inception
+
+
+def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
+    # It named only the commit that built the report, which may be later than the training's.
+    from stablerank.config.reproduce import ReproduceConfig
+    from stablerank.repro.report import write_report
+
+    where = ReproduceConfig(sweep="tiny", out_dir=str(tmp_path))
+    recs = [dataclasses.replace(r, run=r.run.placed(where)) for r in _records([0.05], active=1.0)]
+    for rec, commit in zip(recs, ["a" * 40, "a" * 40, "b" * 40], strict=True):
+        rec.run.run_dir.mkdir(parents=True)
+        (rec.run.run_dir / "env.json").write_text(json.dumps({"git_commit": commit}))
+    report = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit="c" * 40)[0]
+    header = report.read_text().splitlines()[2]
+    assert header.startswith(
+        "3 of 3 runs finished and counted; trained at commits aaaaaaa (2 runs)"
+    )
+    assert "bbbbbbb (1 runs); this report built at code commit " + "c" * 40 in header
 
 
 def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatch):
@@ -314,7 +333,7 @@ def test_sn_above_target_counts_the_layers_the_cap_would_cut_and_the_gate_ignore
     comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
     assert comp.sn_above_target == 0.5
     assert comp.outcome == claims.NOT_A_TEST  # the rule is the binding fraction alone
-    assert "ends above r on 50% of these layers" in comp.reason
+    assert "ends above r on 50.0% of these layers" in comp.reason
     assert comp.to_dict()["sn_above_target"] == 0.5
 
 
@@ -370,7 +389,9 @@ def test_a_measure_undefined_in_runs_is_undecided_and_says_why_never_left_out(tm
     # No positive margin in any run: the comparison is there, "cannot tell", with the reason.
     comp = _claim3([_classifier_with_analysis(r, None) for r in base])
     assert comp.outcome == claims.CANNOT_TELL and comp.test is None
-    assert "no value in 4 of 4 SRN runs" in comp.reason and "margin is not positive" in comp.reason
+    assert (
+        "no value in 4 of 4 SRN runs" in comp.reason and "margins) is not positive" in comp.reason
+    )
     # In one seed only: a test on the other three would drop it, so it is not decided either.
     recs = [_classifier_with_analysis(r, None if r.run.seed == 0 and r.run.norm == "srn"
                                       else 3.0 + 0.01 * r.run.seed) for r in base]  # fmt: skip
@@ -457,5 +478,13 @@ def test_the_gate_says_when_it_read_the_end_of_training():
     ]  # fmt: skip
     comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
     assert (
-        comp.outcome == claims.NOT_A_TEST and "20% of the SRN layers, at the end of" in comp.reason
+        comp.outcome == claims.NOT_A_TEST
+        and "20.0% of the SRN layers, at the end of" in comp.reason
     )
+
+
+def test_a_share_just_under_the_gate_never_prints_as_the_gate():
+    # 0.495 printed "49%" in the claims rows and "50%" in the arm table (two means, whole %).
+    assert claims.share_text(0.49499999999999994) == claims.share_text(0.495) == "49.5%"
+    assert (claims.share_text(0.0), claims.share_text(1.0)) == ("0%", "100%")
+    assert claims._mean([0.5, 0.49, 0.5, 0.49]) == 0.495  # the same mean as the arm table's

@@ -26,6 +26,7 @@ __all__ = [
     "Metric",
     "detectable_effect",
     "evaluate_claims",
+    "share_text",
     "welch",
 ]
 
@@ -64,7 +65,10 @@ class Metric:
 
 
 _RANDOM = "on random labels"
-_NO_MARGIN = "the training margin is not positive: the measures divide by it"
+_NO_MARGIN = (
+    "the training margin the measures divide by (a low quantile of the training set's margins) "
+    "is not positive"
+)
 METRICS = {
     m.name: m
     for m in (
@@ -127,9 +131,14 @@ CLAIMS = (
         "SRN lowers the sample-complexity measures",
         KIND_CLASSIFY,
         ("log10_neyshabur", "log10_bartlett"),
-        note="The ICLR version's third measure (Wei & Ma 2019) is not computed: the SRN paper "
-        "does not state which data-dependent norms it combines, or how, and a guess under their "
-        "name would not be their measure (docs/math.md, §2.4).",
+        note="The measures read each Linear/Conv weight as the forward uses it and leave "
+        "BatchNorm's scales out. Where BatchNorm follows a layer, that layer's scale does not "
+        "change the network's function, yet SN and SRN set its spectral norm to 1 by "
+        "construction while vanilla's is free: against vanilla on a BatchNorm network, lower "
+        "measures mostly follow from that, and the rows against SN are the ones that isolate "
+        "SRN's cap. The ICLR version's third measure (Wei & Ma 2019) is not computed: the SRN "
+        "paper does not state which data-dependent norms it combines, or how, and a guess under "
+        "their name would not be their measure (docs/math.md, §2.4).",
     ),
     Claim(
         4,
@@ -347,7 +356,13 @@ class ClaimResult:
 
 def _mean(values: Sequence[float | None]) -> float | None:
     v = [x for x in values if x is not None]
-    return sum(v) / len(v) if v else None
+    return statistics.fmean(v) if v else None
+
+
+def share_text(share: float) -> str:
+    """A share of layers as a percentage: whole at 0 and 1, else with one decimal, so a share just
+    under the gate (49.5%) never prints as the gate itself."""
+    return f"{share:.0%}" if share in (0.0, 1.0) else f"{share:.1%}"
 
 
 def sn_above_target(srn: Sequence[RunRecord], sn: Sequence[RunRecord]) -> float | None:
@@ -437,14 +452,14 @@ def _decide(comp: Comparison) -> None:
             "no SRN layer whose cap can act (a target r >= min(m, n) makes SRN exactly SN), or "
             "SRN's activity was not recorded"
             if active is None
-            else f"the stable-rank cap binds on {active:.0%} of the SRN layers, {when} "
+            else f"the stable-rank cap binds on {share_text(active)} of the SRN layers, {when} "
             f"(< {MIN_ACTIVE_FRACTION:.0%}): mostly spectral normalization, not a test "
             "by the rule; a raw stable rank held at its target in the layer table means the cap "
             "still shaped training"
         )
         if active is not None and comp.sn_above_target is not None:
-            comp.reason += (f" (the SN arm's stable rank ends above r on {comp.sn_above_target:.0%}"
-                            " of these layers)")  # fmt: skip
+            above = share_text(comp.sn_above_target)
+            comp.reason += f" (the SN arm's stable rank ends above r on {above} of these layers)"
         return
     missing = comp.finished[0] - len(comp.srn_values), comp.finished[1] - len(comp.ref_values)
     if any(missing):

@@ -7,6 +7,7 @@ cap binds, every verdict comes from a test over seeds, diverged and failed runs 
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import statistics
@@ -26,12 +27,14 @@ from stablerank.repro.claims import (
     Comparison,
     detectable_effect,
     evaluate_claims,
+    share_text,
 )
 from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.results import GanResult, LayerStat, to_dict
+from stablerank.train.rundir import RunDir
 
 __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 
@@ -78,9 +81,9 @@ def _active(recs: Sequence[RunRecord]) -> str:
     usable = [r.result for r in recs if r.usable]
     if not usable or usable[0].srn_active_fraction is None:
         return "-"
-    text = f"{statistics.fmean(r.srn_active_fraction for r in usable):.0%}"
+    text = share_text(statistics.fmean(r.srn_active_fraction for r in usable))
     means = [r.srn_active_fraction_mean for r in usable if r.srn_active_fraction_mean is not None]
-    return f"{text} (over training {statistics.fmean(means):.0%})" if means else text
+    return f"{text} (over training {share_text(statistics.fmean(means))})" if means else text
 
 
 def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
@@ -149,7 +152,7 @@ def _comparison_row(c: Comparison) -> list[str]:
         diff += f"{_fmt(t.diff_high, m.percent)}]"
         effect = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
         p = f"{t.p_value:.3g} / {c.p_adjusted:.3g}"
-    active = " / ".join("n/a" if x is None else f"{x:.0%}"
+    active = " / ".join("n/a" if x is None else share_text(x)
                         for x in (c.srn_active_fraction, c.sn_above_target))  # fmt: skip
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
@@ -313,14 +316,19 @@ def _scope(records: Sequence[RunRecord]) -> str:
     scored = [g.protocol.scores for g in gans if g.protocol and g.protocol.scores]
     nets = sorted({score.feature_net for score in scored})
     if nets:
-        text += f" Claim 4's FID, IS and KID come from the feature network {', '.join(nets)}"
+        text += f" Claim 4's FID and IS come from the feature network {', '.join(nets)}"
         if not any("inception" in net for net in nets):
             text += ", not from Inception as the paper's: compare them within this report only"
         text += "."
     elif gans:
-        text += (" Claim 4 has no FID, IS or KID here (the GAN runs were not scored with a "
+        text += (" Claim 4 has no FID or IS here (the GAN runs were not scored with a "
                  "feature network); the neural divergence is its only metric.")  # fmt: skip
-    return text
+    return text + (
+        " Within a setting every arm runs the same trainer config (data, learning rate and "
+        "schedule, epochs or G steps, seeds); only the normalization and c differ, and no arm is "
+        "tuned on its own. The budgets are the sweep's, set for its hardware, not the paper's: "
+        "an arm still improving at the end is compared where training stopped."
+    )
 
 
 def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep: str,
@@ -392,7 +400,10 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     ax.set_yticklabels(labels, fontsize=7)
     # symlog: effects of d ~ 50 (shattering) and of d ~ 1 (GANs) stay readable on one axis
     ax.set_xscale("symlog", linthresh=1.0)
-    ax.set_xlabel("effect size d (symlog), right = SRN better; bars: 95% CI")
+    ax.set_xlabel(
+        "effect size d (symlog), right = SRN better; bars: 95% CI, uncorrected (the verdicts use "
+        "Holm-corrected p and family-wise CIs)"
+    )
     ax.invert_yaxis()
     return save_figure(fig, path)
 
@@ -424,6 +435,23 @@ def _figures(
 
 
 # ----------------------------------------------------------------------------- the report
+
+
+def _trained_at(records: Sequence[RunRecord]) -> str:
+    """The code commits the counted runs were trained at (their ``env.json``), with counts: a
+    report rebuilt later, or a sweep resumed across commits, says so."""
+    commits: collections.Counter[str] = collections.Counter()
+    for rec in records:
+        if rec.usable:
+            try:
+                env = json.loads(RunDir(rec.run.run_dir).env_file.read_text())
+            except (OSError, ValueError):
+                env = {}
+            commits[(env.get("git_commit") or "unknown")[:7]] += 1
+    listed = ", ".join(f"{c} ({n} runs)" for c, n in commits.most_common())
+    if not listed:
+        return "no run trained"
+    return f"trained at commit{'s' if len(commits) > 1 else ''} {listed}"
 
 
 def write_report(
@@ -462,8 +490,9 @@ def write_report(
     usable = sum(r.usable for r in records)
     parts = [
         f"# Stable Rank Normalization: reproduction report ({sweep})\n",
-        f"{usable} of {len(records)} runs finished and counted; code commit {commit or 'unknown'}."
-        f" Machine-readable verdicts: [{CLAIMS_FILE}]({CLAIMS_FILE}).\n",
+        f"{usable} of {len(records)} runs finished and counted; {_trained_at(records)}; this "
+        f"report built at code commit {commit or 'unknown'}. Machine-readable verdicts: "
+        f"[{CLAIMS_FILE}]({CLAIMS_FILE}).\n",
         _decides(results, records, sweep, alpha),
         _claims_section(results, alpha),
         "## Settings and per-arm results\n\nMean ± standard deviation over seeds; "
