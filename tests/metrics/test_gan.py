@@ -242,3 +242,48 @@ def test_non_finite_cached_features_are_refused():
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"real features.*non-finite"):
         compute_gan_metrics(_images(50, 1), poisoned, feature_net=_toy(), metrics=["fid"])
+
+
+# ---- IS splits
+
+
+def _is_oracle(logits: np.ndarray, splits: int, seed: int) -> list[float]:
+    """IS of each of ``splits`` near-equal splits (numpy's array_split) of the seeded shuffle."""
+    perm = torch.randperm(len(logits), generator=torch.Generator().manual_seed(seed)).numpy()
+    p = np.exp(logits[perm])
+    p /= p.sum(axis=1, keepdims=True)
+    return [
+        float(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(axis=0))), axis=1))))
+        for part in np.array_split(p, splits)
+    ]
+
+
+def test_inception_score_uses_exactly_is_splits_when_they_do_not_divide_n():
+    # 25 samples in 10 splits: sizes 3 (five times) and 2 (five times), not 9 chunks of torch.chunk.
+    x = _images(25, 10, scale=1.0)
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=5.0), reference_split="t", metrics=["is"],
+        is_splits=10, seed=3,
+    )  # fmt: skip
+    logits = extract_features(x, _toy(logit_scale=5.0), split="t").logits  # float32 precision
+    scores = _is_oracle(logits.numpy(), 10, seed=3)
+    assert out[KEY_IS_MEAN] == pytest.approx(np.mean(scores), rel=1e-12)
+    assert out[KEY_IS_STD] == pytest.approx(np.std(scores, ddof=1), rel=1e-12)
+    assert out[KEY_PROTOCOL]["is_splits"] == 10
+
+
+@pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save all extracted features")
+@pytest.mark.parametrize(("n", "splits"), [(40, 10), (2000, 10), (90, 3)])
+def test_inception_score_equals_torchmetrics_bitwise_when_splits_divide_n(n, splits):
+    inception = pytest.importorskip("torchmetrics.image.inception")
+    x = _images(n, 11, scale=1.0)
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=5.0), reference_split="t", metrics=["is"],
+        is_splits=splits, seed=4,
+    )  # fmt: skip
+    logits = extract_features(x, _toy(logit_scale=5.0), split="t").logits
+    metric = inception.InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(logits)
+    torch.manual_seed(4)
+    mean, std = metric.compute()
+    assert (out[KEY_IS_MEAN], out[KEY_IS_STD]) == (float(mean), float(std))

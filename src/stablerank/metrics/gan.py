@@ -2,9 +2,10 @@
 
 Pipeline (torch-fidelity's shape): images -> features once per set (:func:`extract_features`,
 cacheable as a :class:`FeatureSet`) -> statistics and scores by torchmetrics'
-``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore``. The feature
-network runs once per image; the three torchmetrics objects receive its outputs through a
-pass-through module (their documented custom-``feature`` path), so no torch-fidelity is needed.
+``FrechetInceptionDistance`` and ``KernelInceptionDistance``, and the IS here (torchmetrics'
+``InceptionScore`` computation on exactly ``is_splits`` splits). The feature network runs once
+per image; the two torchmetrics objects receive its outputs through a pass-through module (their
+documented custom-``feature`` path), so no torch-fidelity is needed.
 
 .. note::
     Scores are computed from the features of the calling process only (torchmetrics'
@@ -273,19 +274,26 @@ def _kid(
 
 
 def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, float]:
+    """Mean and std of the IS over exactly ``splits`` near-equal splits of a seeded shuffle.
+
+    torchmetrics' ``InceptionScore`` computation, except that it splits with ``torch.chunk``,
+    which makes fewer splits than asked when they do not divide N (25 into 10 gives 9), so the
+    protocol's ``is_splits`` would not be what was used. ``tensor_split`` makes ``splits`` splits
+    (sizes differ by at most one) and equals ``chunk`` when they divide N: the scores are then
+    torchmetrics' bit for bit.
+    """
     check_finite(logits, "fake logits")
-    is_class = _torchmetrics_class("inception", "InceptionScore", "the Inception Score")
-    with warnings.catch_warnings():
-        # torchmetrics warns that IS buffers all features: ours are (N, K) logits, small.
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = is_class(
-            feature=_Passthrough(logits.shape[1]), splits=splits, sync_on_compute=False
-        )
-    metric.update(logits)
-    with seeded(seed):  # IS shuffles before splitting
-        mean, std = metric.compute()
+    with seeded(seed):  # the shuffle torchmetrics draws
+        logits = logits[torch.randperm(logits.shape[0])]
+    prob, log_prob = logits.softmax(dim=1), logits.log_softmax(dim=1)
+    scores = torch.stack(
+        [
+            (p * (lp - p.mean(dim=0, keepdim=True).log())).sum(dim=1).mean().exp()
+            for p, lp in zip(prob.tensor_split(splits), log_prob.tensor_split(splits), strict=True)
+        ]
+    )
     # One split has no spread (torch's unbiased std of one value is nan).
-    return float(mean), 0.0 if splits == 1 else float(std)
+    return float(scores.mean()), 0.0 if splits == 1 else float(scores.std())
 
 
 def compute_gan_metrics(
@@ -312,7 +320,8 @@ def compute_gan_metrics(
 
     KID is the unbiased MMD with the cubic polynomial kernel, averaged over ``kid_subsets``
     random subsets; IS is :math:`\\exp(\\mathbb{E}_x \\mathrm{KL}(p(y|x) \\Vert p(y)))` over
-    ``is_splits`` splits of the seeded shuffle (mean and std over splits).
+    ``is_splits`` splits of the seeded shuffle, their sizes differing by at most one (mean and std
+    over splits).
 
     Args:
         generate: ``generate(k) -> (k, C, H, W)`` images in [-1, 1] (run under ``torch.no_grad``
