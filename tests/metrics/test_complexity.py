@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from stablerank.metrics import NonFiniteError
 from stablerank.metrics.complexity import (
     KEY_GAP_ACC,
     KEY_GAP_LOSS,
@@ -106,6 +107,44 @@ def test_margins_and_quantile():
     assert margin_quantile(logits, labels, q=0.5) == pytest.approx(2.0)
     with pytest.raises(ValueError, match="labels must have shape"):
         margins(logits, labels[:2])
+
+
+_LOGITS = torch.tensor([[3.0, 1.0, 0.0], [0.0, 2.0, 5.0], [1.0, 1.0, 4.0]])
+
+_NOT_INT = "labels must be an integer tensor of class indices, got torch"
+_RANGE = r"labels must lie in \[0, 3\) for 3 classes, got values in "
+
+
+@pytest.mark.parametrize(
+    ("labels", "error", "message"),
+    [
+        (torch.tensor([0.7, 1.2, 2.9]), TypeError, _NOT_INT + ".float32"),  # not truncated
+        (torch.tensor([0.0, 1.0, 2.0]), TypeError, _NOT_INT + ".float32"),
+        (torch.tensor([True, False, True]), TypeError, _NOT_INT + ".bool"),
+        (torch.tensor([-1, 1, 2]), ValueError, _RANGE + r"\[-1, 2\]"),
+        (torch.tensor([0, 3, 2]), ValueError, _RANGE + r"\[0, 3\]"),
+    ],
+)
+def test_labels_that_are_not_class_indices_are_refused(labels, error, message):
+    with pytest.raises(error, match=message):
+        margins(_LOGITS, labels)
+    with pytest.raises(error, match=message):
+        margin_quantile(_LOGITS, labels)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_are_refused(bad):
+    logits = _LOGITS.clone()
+    logits[1, 2] = bad
+    with pytest.raises(NonFiniteError, match="logits contain 1 non-finite values"):
+        margins(logits, torch.tensor([0, 1, 2]))
+    with pytest.raises(NonFiniteError, match="logits contain 1 non-finite values"):
+        margin_quantile(logits, torch.tensor([0, 1, 2]))
+
+
+def test_empty_input_is_refused():
+    with pytest.raises(ValueError, match="logits and labels must hold at least one sample, got 0"):
+        margin_quantile(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long))
 
 
 def test_errors_name_the_argument():

@@ -8,6 +8,7 @@ import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from stablerank.metrics import NonFiniteError
 from stablerank.metrics.divergence import (
     KEY_ND,
     KEY_ND_STD,
@@ -73,3 +74,41 @@ def test_errors(digits):
         neural_divergence(lambda k: torch.zeros(k, 1, 4, 4), digits[:10], **_KW)
     with pytest.raises(ValueError, match=r"real_images must be float in \[-1, 1\]"):
         neural_divergence(_sampler(digits), digits[:10] * 8, **_KW)
+
+
+def _never_called(*args):
+    raise AssertionError("called before the arguments were checked")
+
+
+def test_non_finite_real_images_are_refused_before_the_critic_is_built(digits):
+    real = digits[:10].clone()
+    real[3, 0, 2, 2] = float("nan")  # NaN passes the [-1, 1] range comparison
+    kw = {**_KW, "critic_builder": _never_called}
+    with pytest.raises(NonFiniteError, match="real_images contain 1 non-finite values"):
+        neural_divergence(_never_called, real, **kw)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_generated_samples_are_refused(digits, bad):
+    # A diverged generator: every sample of the first batch (32 images of 64 pixels) is bad.
+    with pytest.raises(NonFiniteError, match="generated samples contain 2048 non-finite values"):
+        neural_divergence(lambda k: torch.full((k, 1, 8, 8), bad), digits[:10], **_KW)
+
+
+@pytest.mark.parametrize(
+    ("arg", "value", "message"),
+    [
+        ("ema_decay", 1.5, r"ema_decay must lie in \[0, 1\], got 1.5"),
+        ("ema_decay", -1.0, r"ema_decay must lie in \[0, 1\], got -1.0"),
+        ("ema_decay", float("nan"), r"ema_decay must lie in \[0, 1\], got nan"),
+        ("gp_lambda", -1.0, "gp_lambda must be a finite number >= 0, got -1.0"),
+        ("gp_lambda", float("inf"), "gp_lambda must be a finite number >= 0, got inf"),
+        ("lr", 0.0, "lr must be a finite number > 0, got 0.0"),
+        ("betas", (1.0, 0.9), r"betas must be two numbers in \[0, 1\), got \(1.0, 0.9\)"),
+        ("betas", (0.5,), r"betas must be two numbers in \[0, 1\), got \(0.5,\)"),
+    ],
+)
+def test_numeric_arguments_are_checked_before_any_work(digits, arg, value, message):
+    kw = {**_KW, "critic_builder": _never_called, arg: value}
+    with pytest.raises(ValueError, match=message):
+        neural_divergence(_never_called, digits[:10], **kw)

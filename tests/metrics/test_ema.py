@@ -55,3 +55,33 @@ def test_errors():
         ema_update(ema, model, 1.5)
     with pytest.raises(ValueError):  # a different architecture cannot be paired up
         ema_update(nn.Linear(3, 4), model, 0.5)
+
+
+@pytest.mark.parametrize(
+    ("ema", "model", "message"),
+    [
+        (  # a shape differs
+            nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
+            nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 3)),
+            r"parameters do not pair up at parameter 2: ema has 1.weight \(2, 4\), "
+            r"model has 1.weight \(3, 4\)",
+        ),
+        (  # model has more parameters
+            nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)),
+            nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(2, 2)),
+            r"parameters do not pair up at parameter 4: ema has none, model has 2.weight \(2, 2\)",
+        ),
+        (  # parameters pair up, buffers do not
+            nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4)),
+            nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4, track_running_stats=False)),
+            r"buffers do not pair up at buffer 0: ema has 1.running_mean \(4,\), model has none",
+        ),
+    ],
+    ids=["shape", "count", "buffers"],
+)
+def test_models_that_do_not_pair_up_are_refused_before_ema_changes(ema, model, message):
+    before = {k: v.clone() for k, v in ema.state_dict().items()}
+    with pytest.raises(ValueError, match=message):
+        ema_update(ema, model, 0.5)
+    after = ema.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in before.items())

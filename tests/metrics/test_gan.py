@@ -242,3 +242,142 @@ def test_non_finite_cached_features_are_refused():
     )  # fmt: skip
     with pytest.raises(ValueError, match=r"real features.*non-finite"):
         compute_gan_metrics(_images(50, 1), poisoned, feature_net=_toy(), metrics=["fid"])
+
+
+# ---- IS splits
+
+
+def _is_oracle(logits: np.ndarray, splits: int, seed: int) -> list[float]:
+    """IS of each of ``splits`` near-equal splits (numpy's array_split) of the seeded shuffle."""
+    perm = torch.randperm(len(logits), generator=torch.Generator().manual_seed(seed)).numpy()
+    p = np.exp(logits[perm])
+    p /= p.sum(axis=1, keepdims=True)
+    return [
+        float(np.exp(np.mean(np.sum(part * (np.log(part) - np.log(part.mean(axis=0))), axis=1))))
+        for part in np.array_split(p, splits)
+    ]
+
+
+def test_inception_score_uses_exactly_is_splits_when_they_do_not_divide_n():
+    # 25 samples in 10 splits: sizes 3 (five times) and 2 (five times), not 9 chunks of torch.chunk.
+    x = _images(25, 10, scale=1.0)
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=5.0), reference_split="t", metrics=["is"],
+        is_splits=10, seed=3,
+    )  # fmt: skip
+    logits = extract_features(x, _toy(logit_scale=5.0), split="t").logits  # float32 precision
+    scores = _is_oracle(logits.numpy(), 10, seed=3)
+    assert out[KEY_IS_MEAN] == pytest.approx(np.mean(scores), rel=1e-12)
+    assert out[KEY_IS_STD] == pytest.approx(np.std(scores, ddof=1), rel=1e-12)
+    assert out[KEY_PROTOCOL]["is_splits"] == 10
+
+
+@pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save all extracted features")
+@pytest.mark.parametrize(("n", "splits"), [(40, 10), (2000, 10), (90, 3)])
+def test_inception_score_equals_torchmetrics_bitwise_when_splits_divide_n(n, splits):
+    inception = pytest.importorskip("torchmetrics.image.inception")
+    x = _images(n, 11, scale=1.0)
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=5.0), reference_split="t", metrics=["is"],
+        is_splits=splits, seed=4,
+    )  # fmt: skip
+    logits = extract_features(x, _toy(logit_scale=5.0), split="t").logits
+    metric = inception.InceptionScore(feature=nn.Identity(), splits=splits)
+    metric.update(logits)
+    torch.manual_seed(4)
+    mean, std = metric.compute()
+    assert (out[KEY_IS_MEAN], out[KEY_IS_STD]) == (float(mean), float(std))
+
+
+# ---- arguments are checked before any feature is extracted
+
+
+class _Counting(nn.Module):
+    """The toy network, counting its calls."""
+
+    def __init__(self, classifier: bool = True) -> None:
+        super().__init__()
+        self.calls = 0
+        self.classifier = classifier
+
+    def extract(self, x):
+        self.calls += 1
+        return x.flatten(1), x.flatten(1) if self.classifier else None
+
+
+def _counting(classifier: bool = True) -> FeatureExtractor:
+    return FeatureExtractor(
+        "counting", _Counting(classifier), input_shape=(1, 1, D), num_features=D,
+        num_classes=D if classifier else None, weights_sha256="0" * 64,
+    )  # fmt: skip
+
+
+def _no_generation(k):
+    raise AssertionError("samples were generated before the arguments were checked")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(kid_subset_size=1), "kid_subset_size must be an integer >= 2, got 1"),
+        (dict(n_fake=1), "need >= 2 real and fake images, got 30 and 1"),
+        (dict(is_splits=11), r"is_splits must be <= n_fake \(10\), got 11"),
+        (dict(n_fake=0), "n_fake must be an integer >= 1, got 0"),
+        (dict(n_fake=None), "n_fake is required for a generate"),
+    ],
+)
+def test_bad_counts_are_refused_before_feature_extraction(kwargs, message):
+    extractor = _counting()
+    with pytest.raises(ValueError, match=message):
+        compute_gan_metrics(
+            _no_generation, _images(30, 0), feature_net=extractor, reference_split="t",
+            **{"n_fake": 10, **kwargs},
+        )  # fmt: skip
+    assert extractor.net.calls == 0
+
+
+def test_inception_score_of_a_network_without_classifier_is_refused_first():
+    extractor = _counting(classifier=False)
+    with pytest.raises(ValueError, match="counting has no classifier: IS is unavailable"):
+        compute_gan_metrics(
+            _no_generation, _images(30, 0), feature_net=extractor, reference_split="t", n_fake=10
+        )
+    assert extractor.net.calls == 0
+    # FID and KID of that network are fine.
+    out = compute_gan_metrics(
+        _images(30, 1), _images(30, 0), feature_net=extractor, reference_split="t",
+        metrics=["fid", "kid"], kid_subsets=2, kid_subset_size=10,
+    )  # fmt: skip
+    assert set(out) == {KEY_FID, KEY_KID_MEAN, KEY_KID_STD, KEY_PROTOCOL}
+
+
+def test_a_single_metric_name_is_one_metric():
+    x = _images(20, 0)
+    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fid")
+    assert set(out) == {KEY_FID, KEY_PROTOCOL}
+    with pytest.raises(ValueError, match=r"metrics must be a subset of .*, got \['fd'\]"):
+        compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fd")
+
+
+@pytest.mark.parametrize(
+    ("n", "message"),
+    [
+        (-5, "n must be an integer >= 1, got -5"),
+        (0, "n must be an integer >= 1, got 0"),
+        (31, "n must be <= the 30 images given, got 31"),
+    ],
+)
+def test_real_vs_real_baseline_refuses_n_outside_the_test_set(n, message):
+    extractor = _counting()
+    with pytest.raises(ValueError, match=message):
+        real_vs_real_baseline(_images(40, 0), _images(30, 1), feature_net=extractor, n=n)
+    assert extractor.net.calls == 0
+
+
+def test_real_vs_real_baseline_takes_the_first_n_test_images():
+    train, test = _images(40, 0), _images(30, 1)
+    kw = dict(feature_net=_toy(), kid_subsets=2, kid_subset_size=10, is_splits=2)
+    base = real_vs_real_baseline(train, test, n=20, **kw)
+    direct = compute_gan_metrics(test[:20], train, reference_split="train", **kw)
+    assert base[KEY_PROTOCOL]["n_fake"] == 20
+    assert base[KEY_FID] == direct[KEY_FID] and base[KEY_IS_MEAN] == direct[KEY_IS_MEAN]

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from stablerank.metrics import NonFiniteError
 from stablerank.metrics.lipschitz import (
     KEY_EL_MAX,
     KEY_EL_MEAN,
@@ -196,3 +197,28 @@ def test_labels_must_match_the_samples():
         pairwise_lipschitz(_class_scaled, x, y=torch.zeros(3, dtype=torch.long), n_pairs=2)
     with pytest.raises(ValueError, match="y must hold one label per sample"):
         jacobian_spectral_norm(_class_scaled, x, y=torch.zeros(4, 1, dtype=torch.long))
+
+
+def _not_called(*args):
+    raise AssertionError("the model was evaluated before its inputs were checked")
+
+
+_OK = torch.ones(3, 2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize(
+    ("name", "call"),
+    [
+        ("x", lambda x: pairwise_lipschitz(_not_called, x, n_pairs=5)),
+        ("x_other", lambda x: pairwise_lipschitz(_not_called, _OK, x_other=x, n_pairs=5)),
+        ("x", lambda x: jacobian_spectral_norm(_not_called, x)),
+        ("values", lambda x: summarize(x.flatten())),
+    ],
+    ids=["pairwise-x", "pairwise-x_other", "jacobian-x", "summarize-values"],
+)
+def test_non_finite_inputs_are_refused_before_the_model_runs(bad, name, call):
+    x = torch.arange(8, dtype=torch.float64).reshape(4, 2)
+    x[1, 0] = bad
+    with pytest.raises(NonFiniteError, match=rf"^{name} contain 1 non-finite values"):
+        call(x)

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from stablerank.linalg import spectral_norm_exact, weight_to_matrix
-from stablerank.metrics._checks import eval_mode
+from stablerank.metrics._checks import check_finite, eval_mode
 
 __all__ = [
     "KEY_GAP_ACC",
@@ -84,14 +84,16 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-sample margin: the true-class logit minus the largest other logit.
 
     Args:
-        logits: (N, K) with K >= 2.
-        labels: (N,) integer class indices.
+        logits: (N, K) with N >= 1 and K >= 2, finite.
+        labels: (N,) integer class indices in [0, K).
 
     Returns:
         (N,) margins (negative for misclassified samples), dtype of ``logits``.
 
     Raises:
-        ValueError: on shapes that do not match.
+        ValueError: on shapes that do not match, no samples, or labels outside [0, K).
+        TypeError: labels that are not integers (float labels would be truncated).
+        NonFiniteError: logits that hold NaN or inf.
     """
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (N, K) with K >= 2, got {tuple(logits.shape)}")
@@ -100,6 +102,15 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
             f"labels must have shape ({logits.shape[0]},) to match logits, "
             f"got {tuple(labels.shape)}"
         )
+    if logits.shape[0] == 0:
+        raise ValueError("logits and labels must hold at least one sample, got 0")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise TypeError(f"labels must be an integer tensor of class indices, got {labels.dtype}")
+    k = logits.shape[1]
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= k:
+        raise ValueError(f"labels must lie in [0, {k}) for {k} classes, got values in [{lo}, {hi}]")
+    check_finite(logits, "logits")
     labels = labels.long().to(logits.device)
     true = logits.gather(1, labels[:, None]).squeeze(1)
     other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
@@ -110,7 +121,8 @@ def margin_quantile(logits: Tensor, labels: Tensor, q: float = DEFAULT_MARGIN_QU
     """The q-quantile of the margins (default 0.1: the paper's 10th-percentile margin).
 
     Raises:
-        ValueError: when ``q`` is outside [0, 1].
+        ValueError: when ``q`` is outside [0, 1], or as :func:`margins`.
+        TypeError, NonFiniteError: as :func:`margins`.
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must lie in [0, 1], got {q!r}")

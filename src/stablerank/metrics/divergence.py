@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import math
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +36,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from stablerank.metrics._checks import check_positive_int, seeded
+from stablerank.metrics._checks import check_finite, check_positive_int, seeded
 from stablerank.metrics.ema import ema_update
 
 __all__ = [
@@ -124,6 +125,7 @@ def _as_images(x: Tensor, shape: tuple[int, ...], what: str, device: torch.devic
     if x.dtype == torch.uint8:
         x = x.float() / 127.5 - 1.0
     x = x.to(device=device, dtype=torch.float32)
+    check_finite(x, what)  # NaN fails no range comparison: it would pass the check below
     lo, hi = x.min().item(), x.max().item()
     if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(f"{what} must be float in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
@@ -178,10 +180,10 @@ def neural_divergence(
         reference_split: name of the real split, recorded (default "test").
         critic_builder: ``builder((C, H, W)) -> nn.Module`` with one output per image (default
             :func:`build_default_critic`).
-        gp_lambda: gradient-penalty weight (default 10).
-        lr: Adam learning rate (default 1e-4).
-        betas: Adam betas (default (0, 0.9)).
-        ema_decay: EMA decay of the evaluated critic (default 0.999, with warm-up).
+        gp_lambda: gradient-penalty weight (>= 0, default 10).
+        lr: Adam learning rate (> 0, default 1e-4).
+        betas: Adam betas, each in [0, 1) (default (0, 0.9)).
+        ema_decay: EMA decay of the evaluated critic, in [0, 1] (default 0.999, with warm-up).
         eval_fraction: share of ``real_images`` kept for evaluation (default 0.25).
         device: where the critic runs (default: the device of ``real_images``).
         progress: tqdm bar on stderr.
@@ -191,13 +193,23 @@ def neural_divergence(
         KEY_PROTOCOL: NeuralDivergenceProtocol.to_dict()}``.
 
     Raises:
-        ValueError: on invalid counts or fractions, shapes or value ranges.
+        ValueError: on invalid counts, fractions or optimizer settings, shapes or value ranges,
+            all checked before the critic is trained.
+        NonFiniteError: real images or a generated batch hold NaN or inf.
     """
     check_positive_int("n_critic_steps", n_critic_steps)
     check_positive_int("batch_size", batch_size)
     check_positive_int("n_eval_batches", n_eval_batches)
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction!r}")
+    if not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must lie in [0, 1], got {ema_decay!r}")
+    if not 0.0 <= gp_lambda < math.inf:
+        raise ValueError(f"gp_lambda must be a finite number >= 0, got {gp_lambda!r}")
+    if not 0.0 < lr < math.inf:
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     if real_images.dim() != 4 or real_images.shape[0] < 2:
         raise ValueError(f"real_images must be (N >= 2, C, H, W), got {tuple(real_images.shape)}")
     dev = torch.device(device) if device is not None else real_images.device

@@ -7,8 +7,11 @@ needs it and metrics may not import the trainers (STYLE.md); the trainers import
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
+
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 __all__ = ["ema_update"]
 
@@ -38,11 +41,31 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
     Raises:
         ValueError: ``decay`` outside [0, 1], or the two models' parameters or buffers do not
-            pair up one to one.
+            pair up one to one with equal shapes (checked before ``ema`` is changed).
     """
     if not 0.0 <= decay <= 1.0:
         raise ValueError(f"decay must lie in [0, 1], got {decay!r}")
-    for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+    params = _paired("parameter", ema.named_parameters(), model.named_parameters())
+    buffers = _paired("buffer", ema.named_buffers(), model.named_buffers())
+    for pe, p in params:
         pe.lerp_(p, 1.0 - decay)
-    for be, b in zip(ema.buffers(), model.buffers(), strict=True):
+    for be, b in buffers:
         be.copy_(b)
+
+
+def _paired(
+    kind: str, ema: Iterator[tuple[str, Tensor]], model: Iterator[tuple[str, Tensor]]
+) -> list[tuple[Tensor, Tensor]]:
+    """The tensors of ``ema`` and ``model`` paired in order, once all of them pair up: an error
+    found in the middle of the update would leave ``ema`` partly overwritten."""
+    pairs = list(itertools.zip_longest(ema, model))
+    for i, (e, m) in enumerate(pairs):
+        if e is None or m is None or e[1].shape != m[1].shape:
+            ema_desc, model_desc = (
+                "none" if t is None else f"{t[0]} {tuple(t[1].shape)}" for t in (e, m)
+            )
+            raise ValueError(
+                f"ema and model {kind}s do not pair up at {kind} {i}: "
+                f"ema has {ema_desc}, model has {model_desc}"
+            )
+    return [(e[1], m[1]) for e, m in pairs]

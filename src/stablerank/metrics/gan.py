@@ -2,9 +2,10 @@
 
 Pipeline (torch-fidelity's shape): images -> features once per set (:func:`extract_features`,
 cacheable as a :class:`FeatureSet`) -> statistics and scores by torchmetrics'
-``FrechetInceptionDistance``, ``KernelInceptionDistance`` and ``InceptionScore``. The feature
-network runs once per image; the three torchmetrics objects receive its outputs through a
-pass-through module (their documented custom-``feature`` path), so no torch-fidelity is needed.
+``FrechetInceptionDistance`` and ``KernelInceptionDistance``, and the IS here (torchmetrics'
+``InceptionScore`` computation on exactly ``is_splits`` splits). The feature network runs once
+per image; the two torchmetrics objects receive its outputs through a pass-through module (their
+documented custom-``feature`` path), so no torch-fidelity is needed.
 
 .. note::
     Scores are computed from the features of the calling process only (torchmetrics'
@@ -164,6 +165,21 @@ def _resolve_extractor(feature_net: str | FeatureExtractor) -> FeatureExtractor:
     )
 
 
+def _count(images: Tensor | Callable[[int], Tensor], n: int | None, name: str) -> int:
+    """How many images are used: ``n`` (required for a callable, at most N of a tensor), or all N
+    of a tensor. ``name`` is the caller's argument, named in the errors."""
+    if callable(images) and not isinstance(images, Tensor):
+        if n is None:
+            raise ValueError(f"{name} is required for a generate(k) callable")
+        total = n
+    else:
+        total = images.shape[0] if n is None else n
+        if total > images.shape[0]:
+            raise ValueError(f"{name} must be <= the {images.shape[0]} images given, got {n}")
+    check_positive_int(name, total)
+    return total
+
+
 def extract_features(
     images: Tensor | Callable[[int], Tensor],
     feature_net: str | FeatureExtractor = DEFAULT_FEATURE_NET,
@@ -196,15 +212,7 @@ def extract_features(
     """
     extractor = _resolve_extractor(feature_net)
     check_positive_int("batch_size", batch_size)
-    if callable(images) and not isinstance(images, Tensor):
-        if n is None:
-            raise ValueError("n is required when images is a generate(k) callable")
-        total = n
-    else:
-        total = images.shape[0] if n is None else n
-        if total > images.shape[0]:
-            raise ValueError(f"n must be <= the {images.shape[0]} images given, got {n}")
-    check_positive_int("n", total)
+    total = _count(images, n, "n")
     feats, logits = [], []
     bar = tqdm(
         total=total, desc=f"features[{split}]", file=sys.stderr, unit="img",
@@ -273,19 +281,26 @@ def _kid(
 
 
 def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, float]:
+    """Mean and std of the IS over exactly ``splits`` near-equal splits of a seeded shuffle.
+
+    torchmetrics' ``InceptionScore`` computation, except that it splits with ``torch.chunk``,
+    which makes fewer splits than asked when they do not divide N (25 into 10 gives 9), so the
+    protocol's ``is_splits`` would not be what was used. ``tensor_split`` makes ``splits`` splits
+    (sizes differ by at most one) and equals ``chunk`` when they divide N: the scores are then
+    torchmetrics' bit for bit.
+    """
     check_finite(logits, "fake logits")
-    is_class = _torchmetrics_class("inception", "InceptionScore", "the Inception Score")
-    with warnings.catch_warnings():
-        # torchmetrics warns that IS buffers all features: ours are (N, K) logits, small.
-        warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-        metric = is_class(
-            feature=_Passthrough(logits.shape[1]), splits=splits, sync_on_compute=False
-        )
-    metric.update(logits)
-    with seeded(seed):  # IS shuffles before splitting
-        mean, std = metric.compute()
+    with seeded(seed):  # the shuffle torchmetrics draws
+        logits = logits[torch.randperm(logits.shape[0])]
+    prob, log_prob = logits.softmax(dim=1), logits.log_softmax(dim=1)
+    scores = torch.stack(
+        [
+            (p * (lp - p.mean(dim=0, keepdim=True).log())).sum(dim=1).mean().exp()
+            for p, lp in zip(prob.tensor_split(splits), log_prob.tensor_split(splits), strict=True)
+        ]
+    )
     # One split has no spread (torch's unbiased std of one value is nan).
-    return float(mean), 0.0 if splits == 1 else float(std)
+    return float(scores.mean()), 0.0 if splits == 1 else float(scores.std())
 
 
 def compute_gan_metrics(
@@ -300,7 +315,7 @@ def compute_gan_metrics(
     kid_subsets: int = DEFAULT_KID_SUBSETS,
     kid_subset_size: int = DEFAULT_KID_SUBSET_SIZE,
     seed: int = DEFAULT_SEED,
-    metrics: Collection[str] = ALL_GAN_METRICS,
+    metrics: str | Collection[str] = ALL_GAN_METRICS,
     sample_source: str = SOURCE_GENERATOR,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -312,7 +327,8 @@ def compute_gan_metrics(
 
     KID is the unbiased MMD with the cubic polynomial kernel, averaged over ``kid_subsets``
     random subsets; IS is :math:`\\exp(\\mathbb{E}_x \\mathrm{KL}(p(y|x) \\Vert p(y)))` over
-    ``is_splits`` splits of the seeded shuffle (mean and std over splits).
+    ``is_splits`` splits of the seeded shuffle, their sizes differing by at most one (mean and std
+    over splits).
 
     Args:
         generate: ``generate(k) -> (k, C, H, W)`` images in [-1, 1] (run under ``torch.no_grad``
@@ -322,11 +338,11 @@ def compute_gan_metrics(
         n_fake: number of samples (required for a callable; default all of a tensor).
         batch_size: images per forward pass (default 250); does not change the scores.
         reference_split: name of the real split (required for a tensor; a FeatureSet has it).
-        is_splits: IS splits (default 10).
+        is_splits: IS splits (default 10; at most ``n_fake``).
         kid_subsets: KID subsets (default 100).
-        kid_subset_size: KID subset size (default 1000, capped at min(n_real, n_fake)).
+        kid_subset_size: KID subset size (default 1000, >= 2, capped at min(n_real, n_fake)).
         seed: seed of generation and of the IS/KID shuffles (default 0).
-        metrics: any of "fid", "kid", "is" (default all).
+        metrics: one of "fid", "kid", "is", or a collection of them (default all).
         sample_source: recorded in the protocol (default "generator").
         progress: tqdm bars on stderr.
 
@@ -336,17 +352,31 @@ def compute_gan_metrics(
 
     Raises:
         ValueError: unknown metric names, missing ``reference_split``, a FeatureSet from another
-            feature network, too few samples, IS requested of a network without classifier, or
+            feature network, too few samples, IS requested of a network without classifier or
+            with more splits than samples (all these before any feature is extracted), or
             non-finite (NaN/inf) images, features or logits (checked before any linear algebra).
         ModuleNotFoundError: torchmetrics is not installed (the ``experiments`` extra).
     """
+    if isinstance(metrics, str):
+        metrics = (metrics,)
     unknown = set(metrics) - set(ALL_GAN_METRICS)
     if unknown:
         raise ValueError(f"metrics must be a subset of {ALL_GAN_METRICS}, got {sorted(unknown)}")
     check_positive_int("is_splits", is_splits)
     check_positive_int("kid_subsets", kid_subsets)
     check_positive_int("kid_subset_size", kid_subset_size)
+    if kid_subset_size < 2:  # the unbiased MMD averages over pairs of distinct samples
+        raise ValueError(f"kid_subset_size must be an integer >= 2, got {kid_subset_size}")
     extractor = _resolve_extractor(feature_net)
+    n_fake = _count(generate, n_fake, "n_fake")
+    n_real = real_images.n if isinstance(real_images, FeatureSet) else real_images.shape[0]
+    if min(n_real, n_fake) < 2:  # also keeps the KID subset size, capped by both, >= 2
+        raise ValueError(f"need >= 2 real and fake images, got {n_real} and {n_fake}")
+    if METRIC_IS in metrics:
+        if extractor.num_classes is None:
+            raise ValueError(f"{extractor.name} has no classifier: IS is unavailable")
+        if is_splits > n_fake:
+            raise ValueError(f"is_splits must be <= n_fake ({n_fake}), got {is_splits}")
     if isinstance(real_images, FeatureSet):
         real = real_images
         if (real.feature_net, real.weights_sha256) != (extractor.name, extractor.weights_sha256):
@@ -369,8 +399,6 @@ def compute_gan_metrics(
         generate, extractor, split=sample_source, n=n_fake, batch_size=batch_size, seed=seed,
         progress=progress,
     )  # fmt: skip
-    if min(real.n, fake.n) < 2:
-        raise ValueError(f"need >= 2 real and fake images, got {real.n} and {fake.n}")
     subset_size = min(kid_subset_size, real.n, fake.n)
     protocol = Protocol(
         feature_net=extractor.name,
@@ -394,8 +422,6 @@ def compute_gan_metrics(
     if METRIC_IS in metrics:
         if fake.logits is None:
             raise ValueError(f"{extractor.name} has no classifier: IS is unavailable")
-        if is_splits > fake.n:
-            raise ValueError(f"is_splits must be <= n_fake ({fake.n}), got {is_splits}")
         out[KEY_IS_MEAN], out[KEY_IS_STD] = _inception_score(fake.logits, is_splits, seed)
     out[KEY_PROTOCOL] = protocol.to_dict()
     if any(isinstance(v, float) and not math.isfinite(v) for v in out.values()):
@@ -425,14 +451,17 @@ def real_vs_real_baseline(
     Args:
         train: reference images (N, C, H, W).
         test: held-out real images (M, C, H, W).
-        n: how many test images act as samples (default all of ``test``).
+        n: how many test images act as samples (1 <= n <= M; default all of ``test``).
         Others as in :func:`compute_gan_metrics`.
 
     Returns:
         The dict of :func:`compute_gan_metrics`, protocol ``sample_source="test"``.
+
+    Raises:
+        ValueError: as :func:`compute_gan_metrics`, or ``n`` outside [1, M].
     """
     return compute_gan_metrics(
-        test if n is None else test[:n],
+        test[: _count(test, n, "n")],
         train,
         feature_net=feature_net,
         batch_size=batch_size,

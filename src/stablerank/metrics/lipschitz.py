@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from stablerank._optional import import_optional
-from stablerank.metrics._checks import check_positive_int, eval_mode
+from stablerank.metrics._checks import check_finite, check_positive_int, eval_mode
 
 __all__ = [
     "KEY_EL_MAX",
@@ -137,6 +137,8 @@ def pairwise_lipschitz(
     Raises:
         ValueError: on too few samples, mismatched shapes (``y`` included) or non-positive
             counts.
+        NonFiniteError: ``x`` or ``x_other`` holds NaN or inf (a NaN distance fails the
+            duplicate test, so its pair would be dropped without a word).
     """
     check_positive_int("n_pairs", n_pairs)
     check_positive_int("batch_size", batch_size)
@@ -150,6 +152,9 @@ def pairwise_lipschitz(
         )
     if x.shape[0] < 1 or (x_other is not None and x_other.shape[0] < 1):
         raise ValueError("x and x_other must be non-empty")
+    check_finite(x, "x")
+    if x_other is not None:
+        check_finite(x_other, "x_other")
     y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
     n = x.shape[0]
@@ -216,9 +221,11 @@ def jacobian_spectral_norm(
 
     Raises:
         ValueError: on non-positive ``n_iters`` or ``batch_size``, or ``y`` not of shape (N,).
+        NonFiniteError: ``x`` holds NaN or inf.
     """
     check_positive_int("n_iters", n_iters)
     check_positive_int("batch_size", batch_size)
+    check_finite(x, "x")
     y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
     # Start vectors drawn on the CPU for device-independent results.
@@ -308,10 +315,12 @@ def summarize(
 
     Raises:
         ValueError: on empty values or a quantile outside [0, 1].
+        NonFiniteError: values that hold NaN or inf.
     """
     v = torch.as_tensor(values, dtype=torch.float64).flatten().cpu()
     if v.numel() == 0:
         raise ValueError("values must be non-empty")
+    check_finite(v, "values")
     for q in quantiles:
         if not 0.0 <= q <= 1.0:
             raise ValueError(f"quantiles must lie in [0, 1], got {q!r}")
