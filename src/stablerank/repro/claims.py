@@ -1,10 +1,11 @@
 """The paper's claims (docs/math.md §3), each split into sub-claims decided by tests over seeds.
 
 A *comparison* puts the SRN arm of one setting and rank ratio beside a reference arm (vanilla or
-SN) on one metric: a Welch t-test over seeds (arms are independent samples; diverged runs left
-out), its p-value Holm-corrected with every other comparison of the report. The outcomes (not a
-test, reproduced, not reproduced, cannot tell) are defined in docs/reproduction.md, "How claims
-are decided".
+SN) on one metric: an unpaired Welch t-test over seeds (diverged runs left out; arms with the
+same seed share their data subset, so pairing them would be sharper and the unpaired test is
+conservative), its p-value Holm-corrected with every other comparison of the report. The
+outcomes (not a test, reproduced, not reproduced, cannot tell) are defined in
+docs/reproduction.md, "How claims are decided".
 """
 
 from __future__ import annotations
@@ -483,7 +484,8 @@ def _decide(comp: Comparison) -> None:
 
 def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
     """The outcome from the Holm-adjusted p-value and the improvement's CI at the family-wise
-    level (1 - alpha / n_tests, Bonferroni), so both decisions hold the same error rate."""
+    level (1 - alpha / n_tests, Bonferroni): each kind of decision holds the family-wise error
+    rate alpha on its own (the two together are not guaranteed to)."""
     metric, t = METRICS[comp.metric], comp.test
     assert t is not None and comp.p_adjusted is not None  # Precondition: tested
     sign = -1.0 if metric.lower_is_better else 1.0  # improvement = sign * (srn - ref)

@@ -123,7 +123,9 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
         rows.append(row)
     return (
         "\nRaw stable rank of each layer at the end of training (mean over seeds; SRN arms: raw "
-        "/ target r):\n\n" + _table(["layer", *arms], rows) + "\n"
+        "/ target r; a target of 1 makes SRN hold that layer at rank one):\n\n"
+        + _table(["layer", *arms], rows)
+        + "\n"
     )
 
 
