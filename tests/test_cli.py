@@ -290,3 +290,17 @@ def test_a_warning_is_one_line_and_the_hook_is_restored(capsys, monkeypatch):
     assert cli.main(["train", "--preset", "tiny"]) == 0
     assert capsys.readouterr().err == "warning: the target stable rank is 1 (UserWarning)\n"
     assert warnings.showwarning is before
+
+
+@pytest.mark.parametrize(
+    ("argv", "unknown"),
+    [(["train", "--bogus", "1"], "--bogus 1"), (["layers", "run", "--config", "x"], "--config x")],
+)
+def test_an_unknown_flag_shows_the_subcommands_usage(argv, unknown, capsys):
+    # It showed the top-level usage, which lists no option of the subcommand.
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: stablerank {argv[0]} ")
+    assert f"stablerank {argv[0]}: error: unrecognized arguments: {unknown}" in err

@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     layers.add_argument("--csv", metavar="FILE", help="also write the table as CSV")
     _common(layers)
+    layers.set_defaults(usage_error=layers.error)
     return parser
 
 
@@ -261,7 +262,9 @@ def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the subcommand's usage, which lists its options, not the top-level one
+        args.usage_error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         with warnings.catch_warnings():
             if not args.debug:
