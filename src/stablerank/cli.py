@@ -131,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--preset",
                 choices=sorted(_load(cmd.presets)),
-                help="named settings applied before --config and flags (default: none)",
+                help="named settings applied before --config and flags (default: none); the "
+                "defaults shown below are without a preset: --preset NAME --print-config shows "
+                "the preset's values",
             )
         p.add_argument(
             "--config",
