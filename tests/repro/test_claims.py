@@ -488,3 +488,14 @@ def test_a_share_just_under_the_gate_never_prints_as_the_gate():
     assert claims.share_text(0.49499999999999994) == claims.share_text(0.495) == "49.5%"
     assert (claims.share_text(0.0), claims.share_text(1.0)) == ("0%", "100%")
     assert claims._mean([0.5, 0.49, 0.5, 0.49]) == 0.495  # the same mean as the arm table's
+
+
+def test_a_report_with_no_tested_comparison_does_not_quote_a_family_wise_level(tmp_path):
+    # It said "Holm-corrected over the 0 tested comparisons" and a family-wise level of 95.00%.
+    from stablerank.repro.report import write_report
+
+    recs = _records([0.05, 0.05], active=0.0)  # every comparison "not a test"
+    text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
+    claims_text = text.read_text()
+    assert "over the no tested comparisons" in claims_text and "none tested here" in claims_text
+    assert "95.00% here" not in claims_text

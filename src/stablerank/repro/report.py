@@ -203,10 +203,11 @@ def _family_ci(c: Comparison) -> str:
 
 def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
     n_tests = sum(c.test is not None for r in results for c in r.comparisons)
+    family = f"{1 - alpha / n_tests:.2%} here" if n_tests else "none tested here"
     out = [
         "## Claims\n",
         f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over the "
-        f"{n_tests} tested comparisons "
+        f"{n_tests or 'no'} tested comparisons "
         f"of this report (family-wise alpha = {alpha:g}); the difference SRN - reference with "
         "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
@@ -216,7 +217,7 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         "stable rank in the SN arm (SRN without the cap) ends above SRN's target, where the cap "
         "would cut what SN training reaches; shown, not used by the rule. **not reproduced**: "
         "significantly worse, or the difference's CI at the family-wise level (1 - alpha / "
-        f"tests = {1 - alpha / max(n_tests, 1):.2%} here, not the 95% CI of the table) excludes "
+        f"tests = {family}, not the 95% CI of the table) excludes "
         "every improvement of at least the metric's smallest effect of interest "
         f"({_min_effects()}). The rows decided by that CI, and the tested rows that cannot tell, "
         "list it under their table.\n",
