@@ -228,7 +228,10 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     # The list is for people (stderr); stdout stays free for --json.
     assert "runs (" in captured.err and "new" in captured.err and captured.out == ""
     assert set(planned.runs.values()) == {"new"} and planned.report is None
-    assert list(planned.runs) == [r.name for r in sweeps.build_sweep(_cfg(tmp_path))]
+    # In the order they will run: GANs (the longest) first.
+    runs = sweeps.build_sweep(_cfg(tmp_path))
+    gans_first = [r.name for r in runs if r.kind == sweeps.KIND_GAN]
+    assert list(planned.runs) == gans_first + [r.name for r in runs if r.kind != sweeps.KIND_GAN]
     assert not (tmp_path / sweeps.RUNS_DIR).exists()
 
 

@@ -64,7 +64,9 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError("run `stablerank reproduce` as one process, not under torchrun")
     out_dir = Path(cfg.resolved_out_dir)
-    runs = build_sweep(cfg)
+    # Longest first (GANs), so the pool's last minutes are not one long run alone; a dry run
+    # lists them in that order too.
+    runs = sorted(build_sweep(cfg), key=lambda r: r.kind != KIND_GAN)
     if cfg.dry_run:
         states = [run_state(r) for r in runs]
         print(_describe(runs, states), file=sys.stderr, flush=True)
@@ -73,13 +75,11 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)
         print(_header(runs, [run_state(r) for r in runs]), file=sys.stderr, flush=True)
-        # Longest first (GANs), so the pool's last minutes are not one long run alone.
-        order = sorted(runs, key=lambda r: r.kind != KIND_GAN)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
-            outcomes = executor.map(order, print_outcome)
+            outcomes = executor.map(runs, print_outcome)
         ran = [o for o in outcomes if o.state not in ("skipped", "busy")]
         print(
             f"ran {len(ran)} runs ({len(outcomes) - len(ran)} finished before or running "
