@@ -1,5 +1,5 @@
 """Configs of the classification experiments: :class:`ClassifyConfig` (``stablerank train``) and
-:class:`AnalyzeConfig` (``stablerank analyze``, the post-hoc measures of SPEC section 2).
+:class:`AnalyzeConfig` (``stablerank analyze``, the post-hoc measures of docs/math.md §2).
 
 Named presets (:data:`CLASSIFY_PRESETS`) hold only the keys they change from the defaults; apply
 one with :func:`classify_preset`. Cross-field rules are checked in ``__post_init__``; fields that
@@ -188,7 +188,7 @@ class ClassifyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class AnalyzeConfig:
-    """Post-hoc measures of a trained run (SPEC section 2), all computed in eval mode."""
+    """Post-hoc measures of a trained run (docs/math.md §2), all computed in eval mode."""
 
     n_pairs: int = option(2000, "sampled pairs per split for the pairwise eL histogram", min=1)
     n_jacobian: int = option(
@@ -231,9 +231,10 @@ CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "dataset": "fashion-mnist", "model": "resnet20", "epochs": 15, "batch_size": 128,
         "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
     }),
-    # Shattering (Zhang et al. 2017; SPEC 2): 100% fixed random labels on a 2,000-image subset,
-    # no augmentation, no weight decay, constant lr; train accuracy vs epoch is the curve. 30
-    # epochs leave room for seeds slower than seed 0 (100% at epoch 18 with the vanilla CNN).
+    # Shattering (Zhang et al. 2017; docs/math.md §2.3): 100% fixed random labels on a
+    # 2,000-image subset, no augmentation, no weight decay, constant lr; train accuracy vs epoch
+    # is the curve. 30 epochs leave room for seeds slower than seed 0 (100% at epoch 18 with the
+    # vanilla CNN).
     "shatter": MappingProxyType({
         "dataset": "fashion-mnist", "model": "small_cnn", "label_noise": 1.0,
         "train_subset": 2000, "train_eval_size": 0, "test_eval_size": 2000, "augment": "none",

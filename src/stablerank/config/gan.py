@@ -1,8 +1,9 @@
 """The GAN experiment's config (``stablerank gan``): one frozen dataclass plus named presets.
 
-Defaults are the SN-GAN "standard CNN" settings (SPEC 4); :data:`GAN_PRESETS` holds the named
-settings as plain dicts of overrides, applied before a YAML file and CLI flags. Steps are counted
-in **generator** updates (each preceded by ``n_dis`` discriminator updates), as in SN-GAN.
+Defaults are the SN-GAN "standard CNN" settings (Miyato et al. 2018); :data:`GAN_PRESETS` holds
+the named settings as plain dicts of overrides, applied before a YAML file and CLI flags. Steps
+are counted in **generator** updates (each preceded by ``n_dis`` discriminator updates), as in
+SN-GAN.
 """
 
 from __future__ import annotations
@@ -205,7 +206,7 @@ class GanAnalysisConfig:
         check_config(self)
 
 
-# Named settings (overrides of the defaults above). SPEC 4 for the two SN-GAN ones.
+# Named settings (overrides of the defaults above). The two SN-GAN ones follow Miyato et al. 2018.
 GAN_PRESETS: dict[str, dict] = {
     # Miyato et al. 2018, standard CNN: Adam lr 1e-4, betas (0.5, 0.999), n_dis 1, batch 64.
     "sngan-cnn": {

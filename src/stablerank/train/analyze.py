@@ -1,4 +1,4 @@
-"""Analysis of a trained classification run (``stablerank analyze RUN_DIR``; SPEC section 2).
+"""Analysis of a trained classification run (``stablerank analyze RUN_DIR``; docs/math.md §2).
 
 Rebuilds the network from the run's ``config.json`` (same data preparation, same normalization),
 loads the weights of its last checkpoint and measures, **in eval mode** (BatchNorm running

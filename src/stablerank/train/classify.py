@@ -1,4 +1,4 @@
-"""Classification trainer: vanilla vs SN vs SRN (SPEC sections 2-3, claims 1-2).
+"""Classification trainer: vanilla vs SN vs SRN (docs/math.md §2-3, claims 1-2).
 
 Reads top to bottom like nanoGPT's ``train.py``: runtime set-up, data, model, normalization,
 optimizer and schedule, resume, DDP wrap, then the loop with per-epoch evaluation, logging and an

@@ -4,9 +4,9 @@
 :func:`stablerank.train.gan_models.load_gan_run` (its newest checkpoint; G and D exactly as the
 trainer samples and scores with them), then measures with :mod:`stablerank.metrics`:
 
-* the **neural divergence** (SPEC 2): a fresh WGAN-GP critic on the test split vs fresh samples
-  (:func:`stablerank.metrics.divergence.neural_divergence`), and the same protocol with real
-  training images in place of samples (the real-vs-real end of the scale);
+* the **neural divergence** (docs/math.md §2.5): a fresh WGAN-GP critic on the test split vs
+  fresh samples (:func:`stablerank.metrics.divergence.neural_divergence`), and the same protocol
+  with real training images in place of samples (the real-vs-real end of the scale);
 * the discriminator's **eLhist**: pairwise ratios |D(x) - D(x')| / ||x - x'|| over real-real,
   fake-fake and real-fake pairs (:func:`stablerank.metrics.lipschitz.pairwise_lipschitz`), and
   the Jacobian spectral norm at real and fake points, with D in eval mode (u, v frozen). For a
