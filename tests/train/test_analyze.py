@@ -73,9 +73,11 @@ def test_the_stable_rank_figure_puts_each_srn_layer_against_its_own_target(srn_r
 
     monkeypatch.setattr(analyze, "save_figure", keep)
     cfg, _, _ = analyze.load_run(run_dir)
-    analyze._write_plots(run_dir, cfg, {"train": torch.rand(8), "test": torch.rand(8)}, bins=5)
+    trained = ClassifierResult.from_json(run_dir)
+    ratios = {"train": torch.rand(8), "test": torch.rand(8)}
+    analyze._write_plots(run_dir, cfg, trained, ratios, bins=5)
     ax = drawn["srank.png"]
-    targets = {x.name: x.target_srank for x in ClassifierResult.from_json(run_dir).layers}
+    targets = {x.name: x.target_srank for x in trained.layers}
     srn = sorted(name for name, target in targets.items() if target is not None)
     curves = {line.get_label(): line.get_ydata() for line in ax.lines if line.get_label()[0] != "_"}
     assert sorted(curves) == srn  # the head (no SRN, no target) is left out

@@ -130,10 +130,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    RunDir(run_dir).require_finished()
-    trained = ClassifierResult.from_json(run_dir)
-    if trained.diverged:
-        raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
+    trained = RunDir(run_dir).trained_result(ClassifierResult)
     train_cfg, data, model = load_run(run_dir, device)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
           f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,
@@ -189,7 +186,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         for split, x in points.items()
     }
 
-    plots = _write_plots(run_dir, train_cfg, ratios, cfg.bins) if cfg.plots else []
+    plots = _write_plots(run_dir, train_cfg, trained, ratios, cfg.bins) if cfg.plots else []
     protocol = AnalysisProtocol(
         run_dir=str(run_dir), dataset=train_cfg.dataset, model=train_cfg.model,
         norm=train_cfg.norm,
@@ -239,7 +236,11 @@ def _run_label(cfg: ClassifyConfig) -> str:
 
 
 def _write_plots(
-    run_dir: Path, cfg: ClassifyConfig, ratios: dict[str, torch.Tensor], bins: int
+    run_dir: Path,
+    cfg: ClassifyConfig,
+    trained: ClassifierResult,
+    ratios: dict[str, torch.Tensor],
+    bins: int,
 ) -> list[str]:
     written = [
         lipschitz.plot_histogram(
@@ -262,8 +263,7 @@ def _write_plots(
     prefix = "raw_srank/"
     names = [k.removeprefix(prefix) for k in records[-1] if k.startswith(prefix)] if records else []
     if names:
-        targets = {layer.name: layer.target_srank for layer in ClassifierResult.from_json(
-            run_dir).layers} if RunDir(run_dir).metrics_file.is_file() else {}  # fmt: skip
+        targets = {layer.name: layer.target_srank for layer in trained.layers}
         capped = [name for name in names if targets.get(name) is not None]
         fig = new_figure((7.5, 4.8))
         ax = fig.add_subplot()

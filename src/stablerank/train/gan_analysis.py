@@ -86,10 +86,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
     """
     run_dir = Path(run_dir)
     dev = resolve_device(settings.device)
-    RunDir(run_dir).require_finished()
-    trained = GanResult.from_json(run_dir)
-    if trained.diverged:
-        raise ValueError(f"{run_dir} diverged ({trained.divergence}): there is nothing to analyse")
+    RunDir(run_dir).trained_result(GanResult)
     run = load_gan_run(run_dir, device=dev)
     print(f"gan analysis of {run_dir}: neural divergence ({settings.nd_critic_steps} critic "
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",

@@ -329,16 +329,16 @@ class RunDir:
         """True when training started, did not end, and left a checkpoint to continue from."""
         return not self.is_done() and bool(self.checkpoints())
 
-    def require_finished(self) -> None:
-        """Raise unless training finished: its trainer wrote ``metrics.json`` (done or diverged;
-        the status alone does not say it, as an orchestrator marks the analysis stage
-        ``running``). An analysis reads the newest checkpoint: of an unfinished run that is a
-        partial model, whose numbers would not match the run's results and would outlive its
-        resumed training.
+    def trained_result(self, result_cls: Any) -> Any:
+        """The result of a run to analyse (``result_cls.from_json``), once its training finished
+        and did not diverge. Finished: its trainer wrote ``metrics.json`` (the status alone does
+        not say it, as an orchestrator marks the analysis stage ``running``). An analysis reads
+        the newest checkpoint: of an unfinished run that is a partial model, whose numbers would
+        not match the run's results and would outlive its resumed training.
 
         Raises:
             FileNotFoundError: the folder, or its ``config.json``, does not exist.
-            ValueError: training has not finished.
+            ValueError: training has not finished, or diverged.
         """
         if not self.path.is_dir():
             what = "is not a folder" if self.path.exists() else "does not exist"
@@ -353,6 +353,12 @@ class RunDir:
                 f"{self.path} has not finished training (no {self.metrics_file.name}; status: "
                 f"{status or 'none'}): finish it with its trainer's --resume first, then analyse it"
             )
+        result = result_cls.from_json(self.path)
+        if result.diverged:
+            raise ValueError(
+                f"{self.path} diverged ({result.divergence}): there is nothing to analyse"
+            )
+        return result
 
     @contextlib.contextmanager
     def session(self, cfg: Any, *, is_main: bool = True) -> Iterator[None]:
