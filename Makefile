@@ -48,8 +48,8 @@ demo: setup data
 	@$(PY) -m stablerank reproduce --preset quick
 
 lint: setup
-	@$(PY) -m ruff check src tests benchmarks
-	@$(PY) -m ruff format --check src tests benchmarks
+	@$(PY) -m ruff check src tests benchmarks scripts
+	@$(PY) -m ruff format --check src tests benchmarks scripts
 
 bench: setup
 	@$(PY) benchmarks/bench_srn.py
