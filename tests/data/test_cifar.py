@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -58,6 +59,15 @@ def test_reads_tiny_archive(tmp_path):
     assert splits.classes[3] == "c3"
     all_train = np.concatenate([written[f][0] for f in TINY10.train_files]).reshape(-1, 3, 1024)
     np.testing.assert_allclose(splits.mean, all_train.mean(axis=(0, 2)) / 255, rtol=1e-12)
+
+
+def test_source_is_the_absolute_folder_read(tmp_path, monkeypatch):
+    """A relative data_dir is recorded absolute, as Fashion-MNIST's: the run's records name the
+    folder wherever they are read from."""
+    _write_cifar10(tmp_path / "rel")
+    monkeypatch.chdir(tmp_path)
+    splits = load_cifar(Path("rel"), TINY10, download=False)
+    assert splits.source == str(tmp_path.resolve() / "rel" / TINY10.folder)
 
 
 def test_extracts_tar_gz_once_complete(tmp_path):

@@ -323,5 +323,5 @@ def load_cifar(root: Path | None, layout: _CifarLayout, *, download: bool) -> Da
         mean=mean,
         std=std,
         classes=classes,
-        source=str(folder),
+        source=str(folder.resolve()),
     )
