@@ -111,8 +111,9 @@ def test_download_failure_says_where_to_put_files(tmp_path):
 
 
 def test_missing_without_download(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found.*download=True"):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found.*download=True") as err:
         load_dataset("cifar10", tmp_path)
+    assert f"in {tmp_path} (--data-dir)" in str(err.value)  # names the argument that was given
     with pytest.raises(DatasetNotFoundError, match=r"cifar100 needs a data folder.*--data-dir"):
         load_dataset("cifar100")
 
