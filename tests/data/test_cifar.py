@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import pickle
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,6 +61,15 @@ def test_reads_tiny_archive(tmp_path):
     np.testing.assert_allclose(splits.mean, all_train.mean(axis=(0, 2)) / 255, rtol=1e-12)
 
 
+def test_source_is_the_absolute_folder_read(tmp_path, monkeypatch):
+    """A relative data_dir is recorded absolute, as Fashion-MNIST's: the run's records name the
+    folder wherever they are read from."""
+    _write_cifar10(tmp_path / "rel")
+    monkeypatch.chdir(tmp_path)
+    splits = load_cifar(Path("rel"), TINY10, download=False)
+    assert splits.source == str(tmp_path.resolve() / "rel" / TINY10.folder)
+
+
 def test_extracts_tar_gz_once_complete(tmp_path):
     src = tmp_path / "src"
     _write_cifar10(src)
@@ -101,8 +111,9 @@ def test_download_failure_says_where_to_put_files(tmp_path):
 
 
 def test_missing_without_download(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found.*download=True"):
+    with pytest.raises(DatasetNotFoundError, match=r"cifar10 not found.*download=True") as err:
         load_dataset("cifar10", tmp_path)
+    assert f"in {tmp_path} (--data-dir)" in str(err.value)  # names the argument that was given
     with pytest.raises(DatasetNotFoundError, match=r"cifar100 needs a data folder.*--data-dir"):
         load_dataset("cifar100")
 

@@ -237,6 +237,14 @@ def test_given_data_dir_that_does_not_exist_is_an_error(tmp_path, fake_system_di
     assert "dataset-fashion-mnist" in message and "--data-dir" in message
 
 
+@pytest.mark.parametrize("name", ["digits", "mnist1d"])
+def test_generated_sets_refuse_a_data_dir_that_does_not_exist(tmp_path, name):
+    """They read no files, but a mistyped --data-dir must not pass silently."""
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(DatasetNotFoundError, match=rf"--data-dir\) {missing} does not exist"):
+        load_dataset(name, missing)
+
+
 def test_given_data_dir_without_the_files_does_not_fall_back(tmp_path, fake_system_dir):
     given = tmp_path / "given"
     given.mkdir()

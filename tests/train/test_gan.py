@@ -275,7 +275,7 @@ def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_
     run_dir = _train(cfg, stop_at=1)
     # n_final_samples is a runtime key: a resume may change it, but the untrained generator's
     # scores (made at step 0 with 40 samples) cannot be redone, so they are left out.
-    gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=50, data_dir="elsewhere"))
+    gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=50, data_dir=str(tmp_path)))
     assert "leaves them out" in capsys.readouterr().err
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["untrained_fid"] is None and np.isfinite(metrics["real_train_fid"])

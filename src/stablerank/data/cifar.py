@@ -200,7 +200,7 @@ def _check_file_md5(path: Path, layout: _CifarLayout) -> None:
 
 
 def _how_to_get_cifar(layout: _CifarLayout, root: Path | None) -> str:
-    where = "--data-dir DIR" if root is None else str(root)
+    where = "--data-dir DIR" if root is None else f"{root} (--data-dir)"
     return (
         f"put the folder {layout.folder}/ (or the archive {layout.archive}, from {layout.url}) "
         f"in {where}, or call stablerank.data.load_dataset(..., download=True) from Python on a "
@@ -323,5 +323,5 @@ def load_cifar(root: Path | None, layout: _CifarLayout, *, download: bool) -> Da
         mean=mean,
         std=std,
         classes=classes,
-        source=str(folder),
+        source=str(folder.resolve()),
     )

@@ -77,7 +77,8 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
         name: one of :data:`DATASETS` (``_`` is accepted for ``-``: ``fashion_mnist``).
         data_dir: folder holding the dataset's files (default None: Fashion-MNIST's system folder
             ``/usr/share/datasets/fashion-mnist``; required for CIFAR; unused by ``digits`` and
-            ``mnist1d``). A folder that is given is the only place looked in.
+            ``mnist1d``, but must exist when given). A folder that is given is the only place
+            looked in.
         download: CIFAR only: fetch the archive into ``data_dir`` when it is not there
             (default False; never done implicitly).
 
@@ -101,6 +102,11 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
         return _load_fashion_mnist(root)
     if key in CIFAR_LAYOUTS:
         return load_cifar(root, CIFAR_LAYOUTS[key], download=download)
+    if root is not None and not root.is_dir():  # nothing to read, but a typo must not pass
+        raise DatasetNotFoundError(
+            f"{key} reads no files, yet data_dir (--data-dir) {root} does not exist: fix it "
+            "or leave it out"
+        )
     if key == "digits":
         return _load_digits()
     return _load_mnist1d()
