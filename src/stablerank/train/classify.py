@@ -75,6 +75,7 @@ from stablerank.train.runtime import (
     seed_everything,
     seed_model_draws,
     start_trainer,
+    stream_seed,
 )
 
 __all__ = [
@@ -94,6 +95,7 @@ __all__ = [
 ]
 
 _KEEP_CHECKPOINTS = 2  # the newest and one to fall back to (RunDir.load_latest)
+_STREAM_EVAL_SUBSET = 0  # the classifier's one numbered stream (runtime.stream_seed)
 HEAD_NAME = "classifier"  # every classifier's final Linear (stablerank.models.classifiers)
 
 KEY_TRAIN_ACC = "train_acc"
@@ -156,7 +158,12 @@ def prepare_data(cfg: ClassifyConfig) -> RunData:
         y = corrupt_labels(y, cfg.label_noise, splits.num_classes, cfg.seed)
     eval_x, eval_y = x, y
     if cfg.train_eval_size and cfg.train_eval_size < len(y):
-        eval_x, eval_y = train_subset(x, y, cfg.train_eval_size, cfg.seed)
+        # corrupt_labels and the subset both start from randperm(seed), so under partial noise the
+        # subset would take the corrupted positions first: it draws from a stream of its own then.
+        # (With no or full noise all positions are alike, and the runs keep their subsets.)
+        partial = 0 < cfg.label_noise < 1
+        seed = stream_seed(cfg.seed, 0, 0, _STREAM_EVAL_SUBSET) if partial else cfg.seed
+        eval_x, eval_y = train_subset(x, y, cfg.train_eval_size, seed)
     test_x, test_y = splits.test_x, splits.test_y
     if cfg.test_eval_size and cfg.test_eval_size < len(test_y):
         test_x, test_y = train_subset(test_x, test_y, cfg.test_eval_size, cfg.seed)
