@@ -13,6 +13,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -240,8 +241,12 @@ def _needs_composite() -> bool:
     # one rank-one update of a scaled W and the backward is written by hand (fewer kernels than
     # autograd through the formula). Under torch.compile, torch.jit.trace and torch.func
     # transforms (vmap, grad, jacrev), which trace tensor ops, the branch-free composite formula
-    # runs instead and autograd differentiates it: the same maths, one graph of aten ops.
+    # runs instead and autograd differentiates it: the same maths, one graph of aten ops. So it
+    # does inside ``forward_ad.dual_level()``: the eager paths' float scalars and detached sigma
+    # would drop the weight's tangent everywhere but in the W term (a wrong jvp, no error).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
+        return True
+    if getattr(forward_ad, "_current_level", -1) >= 0:  # eager forward-mode AD is active
         return True
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return transforms_active is not None and bool(transforms_active())
