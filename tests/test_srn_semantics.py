@@ -310,3 +310,15 @@ def test_forward_mode_ad_through_a_dual_weight_matches_finite_differences(c):
     h = 1e-6
     fd = (p(w + h * tangent) - p(w - h * tangent)) / (2 * h)
     torch.testing.assert_close(jvp, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_to_empty_after_meta_keeps_the_target_in_the_state_dict():
+    # to_empty() gives every buffer uninitialized memory; the target is known (a Python float),
+    # so the ``_srank`` buffer must hold it again, or a checkpoint saved later carries garbage.
+    with torch.device("meta"):
+        layer = nn.Linear(8, 6)
+    stable_rank_norm(layer, rank_ratio=0.5).to_empty(device="cpu")
+    assert layer.state_dict()["parametrizations.weight.0._srank"].item() == 3.0
+    fresh = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.9)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.parametrizations.weight[0].srank == 3.0

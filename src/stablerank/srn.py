@@ -204,7 +204,9 @@ class _StableRankNorm(nn.Module):
         # ``.half()``/``.double()`` cast every floating buffer. The target is a float64 number
         # whatever the weight's dtype (51.2 would become 51.1875 in float16). Under half-precision
         # weights u and v stay float32, as when SRN is registered on such weights (__init__), and
-        # keep their values: ``model.half()`` after registration must not round them.
+        # keep their values: ``model.half()`` after registration must not round them. The buffer
+        # is refilled from the Python float after every ``fn``: ``to_empty()`` (after a meta
+        # registration) leaves it uninitialized, and the state_dict would save that garbage.
         u, v = self._u, self._v
         super()._apply(fn, recurse)
         if self._u.dtype in _HALF_DTYPES:
@@ -212,7 +214,7 @@ class _StableRankNorm(nn.Module):
             self._v = v.to(device=self._v.device, dtype=torch.float32)
         if self._srank.dtype != torch.float64:
             self._srank = self._srank.to(torch.float64)
-            self._set_srank(self.srank)
+        self._set_srank(self.srank)
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
