@@ -567,7 +567,7 @@ def check_srn_arguments(
             raise ValueError(f"srank must be >= 1, got {srank}")
     if (
         isinstance(n_power_iterations, bool)
-        or not isinstance(n_power_iterations, int)
+        or not isinstance(n_power_iterations, numbers.Integral)  # numpy integers too, as torch
         or n_power_iterations < 1
     ):
         raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
@@ -689,8 +689,9 @@ def stable_rank_norm(
     rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, eps)
     if dim is None:
         dim = _default_dim(module)
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an integer, got {dim!r}")
+    dim = int(dim)
     if not -weight.ndim <= dim < weight.ndim:
         raise IndexError(
             f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for parameter {name!r} of shape "
@@ -711,7 +712,7 @@ def stable_rank_norm(
     norm = _StableRankNorm(
         weight,
         srank=r,
-        n_power_iterations=n_power_iterations,
+        n_power_iterations=int(n_power_iterations),
         dim=dim % weight.ndim,
         eps=eps,
         exact=exact,
