@@ -446,3 +446,18 @@ def test_numpy_integers_are_accepted_as_torch_spectral_norm_accepts_them():
     p = layer.parametrizations.weight[0]
     assert (p.n_power_iterations, p.dim) == (2, 1)
     assert type(p.n_power_iterations) is int and type(p.dim) is int
+
+
+def test_remove_refuses_a_weight_with_other_parametrizations():
+    # torch can only remove a tensor's whole parametrization list: removing SRN there would
+    # silently bake (and drop) the user's other parametrization too.
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    layer = nn.Linear(5, 4)
+    parametrize.register_parametrization(layer, "weight", Double())
+    stable_rank_norm(layer, rank_ratio=0.5)
+    with pytest.raises(ValueError, match=r"other parametrizations \['Double'\]"):
+        remove_stable_rank_norm(layer)
+    assert len(layer.parametrizations.weight) == 2

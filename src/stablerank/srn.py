@@ -729,12 +729,20 @@ def remove_stable_rank_norm(module: nn.Module, name: str = "weight") -> nn.Modul
     kept (same ``id()``), so an optimizer holding it keeps working.
 
     Raises:
-        ValueError: the parameter has no stable rank normalization.
+        ValueError: the parameter has no stable rank normalization, or has other
+            parametrizations too (torch removes only a whole list: they would be baked in).
     """
     srn = _find_srn(module, name)
     if srn is None:
         raise ValueError(f"parameter {name!r} of {type(module).__name__} has no stable_rank_norm")
     plist = module.parametrizations[name]
+    others = [type(p).__name__ for p in plist if p is not srn]
+    if others:
+        raise ValueError(
+            f"parameter {name!r} of {type(module).__name__} has other parametrizations {others} "
+            "besides stable_rank_norm: removing it would bake them in too; use "
+            "torch.nn.utils.parametrize.remove_parametrizations to remove them all"
+        )
     modes = [p.training for p in plist]
     plist.eval()
     try:
