@@ -51,6 +51,11 @@ def test_normalize_model_rejects_bad_norm_before_any_change():
         sr.normalize_model(net, "bn")
     with pytest.raises(ValueError, match="rank_ratio must be in"):
         sr.normalize_model(net, "srn", rank_ratio=2.0)
+    # both targets: refused, as stable_rank_norm refuses them (srank used to win silently)
+    with pytest.raises(ValueError, match="at most one of rank_ratio and srank"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5, srank=2.0)
+    with pytest.raises(ValueError, match="at most one of rank_ratio and srank"):
+        sr.apply_stable_rank_norm(net, 0.5, srank=2.0)
     assert not any(parametrize.is_parametrized(m) for m in net.modules())
 
 

@@ -26,7 +26,6 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
 from stablerank.linalg import stable_rank
 from stablerank.srn import (
-    DEFAULT_RANK_RATIO,
     _old_style_spectral_norm,
     _StableRankNorm,
     check_srn_arguments,
@@ -202,7 +201,7 @@ def normalize_model(
     model: nn.Module,
     norm: str,
     *,
-    rank_ratio: float = DEFAULT_RANK_RATIO,
+    rank_ratio: float | None = None,
     srank: float | None = None,
     n_power_iterations: int = 1,
     exclude: Exclude = None,
@@ -232,8 +231,10 @@ def normalize_model(
             :func:`bake_stable_rank_norm`), ``"sn"``
             (``torch.nn.utils.parametrizations.spectral_norm``) or ``"srn"``
             (:func:`stablerank.stable_rank_norm`) on the body.
-        rank_ratio: SRN's c in (0, 1] (default :data:`~stablerank.srn.DEFAULT_RANK_RATIO`).
-        srank: SRN's absolute target instead of ``rank_ratio`` (default None).
+        rank_ratio: SRN's c in (0, 1] (default None:
+            :data:`~stablerank.srn.DEFAULT_RANK_RATIO` unless ``srank`` is given).
+        srank: SRN's absolute target instead of ``rank_ratio`` (default None; giving both is
+            an error, as in :func:`~stablerank.stable_rank_norm`).
         n_power_iterations: power-iteration steps per training forward (default 1).
         exclude: module-name patterns or a predicate, see :func:`eligible_layers` (default None);
             excluded layers are never normalized, head or not.
@@ -256,8 +257,6 @@ def normalize_model(
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if norm == "none":
         return bake_stable_rank_norm(model)
-    if srank is not None:
-        rank_ratio = None  # type: ignore[assignment]
     rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, 1e-12)
     heads = set(head_layers(model, head_names))
     kwargs = {
@@ -307,7 +306,7 @@ def normalize_model(
 
 def apply_stable_rank_norm(
     model: nn.Module,
-    rank_ratio: float = DEFAULT_RANK_RATIO,
+    rank_ratio: float | None = None,
     *,
     srank: float | None = None,
     n_power_iterations: int = 1,
