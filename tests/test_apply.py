@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -135,3 +136,15 @@ def test_layer_report_values_and_no_side_effects(tmp_path):
     report.to_json(tmp_path / "r.json")
     assert len(json.loads((tmp_path / "r.json").read_text())) == 4
     assert (tmp_path / "r.csv").read_text().count("\n") == 5
+
+
+def test_normalize_model_warns_when_it_normalizes_nothing():
+    # A lone Linear is the model's last Linear, the head, which head="none" leaves plain; an
+    # LSTM has no eligible layer. Either way the call must not pass as a silent no-op.
+    for model in (nn.Linear(10, 10), nn.Sequential(nn.LSTM(4, 4))):
+        with pytest.warns(UserWarning, match="normalized no layer"):
+            sr.normalize_model(model, "srn", rank_ratio=0.3)
+        assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sr.normalize_model(nn.Linear(10, 10), "sn", head="sn")

@@ -223,7 +223,8 @@ def normalize_model(
     skipped nor stacked: a second call with another ``rank_ratio`` must not silently keep the
     first). When SRN's cap binds on no SRN layer at registration (every raw stable rank is
     already <= r, so SRN acts as SN), a :class:`SrnInactiveWarning` is issued (silence it with
-    ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
+    ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``). A call
+    that normalizes no layer at all (no eligible layer but the head) warns too (UserWarning).
 
     Args:
         model: the model, modified in place.
@@ -290,6 +291,14 @@ def normalize_model(
         for layer in reversed(done):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         raise
+    if not done:  # e.g. a lone Linear (the head) or an LSTM: say so rather than pass silently
+        warnings.warn(
+            f"normalize_model(norm={norm!r}) normalized no layer: the model has no Linear/ConvNd/"
+            f"ConvTransposeNd weight outside exclude but the head, which head={head!r} leaves "
+            f"plain (pass head={norm!r} to normalize it)",
+            UserWarning,
+            stacklevel=2,
+        )
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
     if any(kind == "srn" for _, _, kind in plan) and not srn_active_fraction(model) > 0.0:
