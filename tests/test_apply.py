@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -148,3 +149,19 @@ def test_normalize_model_warns_when_it_normalizes_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sr.normalize_model(nn.Linear(10, 10), "sn", head="sn")
+
+
+def test_refusals_and_eligible_layers_leave_the_vectors_as_they_were():
+    # Reading ``layer.weight`` of a normalized layer in training mode runs a power-iteration
+    # step; a refused call (or a read-only listing) must not move u, v of any layer.
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)
+    torch.nn.utils.parametrizations.spectral_norm(net[7])
+    state = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match="already have"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5)
+    with pytest.raises(ValueError, match="already has stable_rank_norm"):
+        sr.stable_rank_norm(net[0], rank_ratio=0.5)
+    with pytest.raises(ValueError, match="already has spectral normalization"):
+        sr.stable_rank_norm(net[7], rank_ratio=0.5)
+    assert [name for name, _ in sr.eligible_layers(net)] == ["0", "3", "5", "7"]
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())

@@ -152,11 +152,16 @@ def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str
             otherwise normalize the layer it meant to spare).
     """
     skip = _excluder(exclude, model, "exclude")
+    # A parametrized weight is not read: reading it in training mode would run SN's or SRN's
+    # power iteration, and listing layers must not move their u, v.
     return [
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, _ELIGIBLE)
-        and isinstance(getattr(m, "weight", None), torch.Tensor)
+        and (
+            parametrize.is_parametrized(m, "weight")
+            or isinstance(getattr(m, "weight", None), torch.Tensor)
+        )
         and not skip(name, m)
     ]
 

@@ -664,11 +664,8 @@ def stable_rank_norm(
             "(the hook-based API): remove it with torch.nn.utils.remove_spectral_norm first, "
             "SRN already includes spectral normalization"
         )
-    weight = getattr(module, name, None)
-    if not isinstance(weight, Tensor):
-        raise ValueError(
-            f"module {type(module).__name__} has no parameter or buffer named {name!r}"
-        )
+    # The refusals of a parametrized tensor come before reading it: in training mode a read runs
+    # SN's or SRN's power iteration, and a refused call must leave u, v as they were.
     if parametrize.is_parametrized(module, name):
         kinds = [type(p).__name__ for p in module.parametrizations[name]]
         if _find_srn(module, name) is not None:
@@ -680,6 +677,11 @@ def stable_rank_norm(
                 f"parameter {name!r} of {type(module).__name__} already has spectral "
                 f"normalization ({kinds}): remove it first, SRN includes it"
             )
+    weight = getattr(module, name, None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(
+            f"module {type(module).__name__} has no parameter or buffer named {name!r}"
+        )
     if not weight.is_floating_point():
         raise TypeError(f"parameter {name!r} must be floating point, got dtype {weight.dtype}")
     if weight.ndim < 2:
