@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -51,6 +53,11 @@ def test_normalize_model_rejects_bad_norm_before_any_change():
         sr.normalize_model(net, "bn")
     with pytest.raises(ValueError, match="rank_ratio must be in"):
         sr.normalize_model(net, "srn", rank_ratio=2.0)
+    # both targets: refused, as stable_rank_norm refuses them (srank used to win silently)
+    with pytest.raises(ValueError, match="at most one of rank_ratio and srank"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5, srank=2.0)
+    with pytest.raises(ValueError, match="at most one of rank_ratio and srank"):
+        sr.apply_stable_rank_norm(net, 0.5, srank=2.0)
     assert not any(parametrize.is_parametrized(m) for m in net.modules())
 
 
@@ -130,3 +137,31 @@ def test_layer_report_values_and_no_side_effects(tmp_path):
     report.to_json(tmp_path / "r.json")
     assert len(json.loads((tmp_path / "r.json").read_text())) == 4
     assert (tmp_path / "r.csv").read_text().count("\n") == 5
+
+
+def test_normalize_model_warns_when_it_normalizes_nothing():
+    # A lone Linear is the model's last Linear, the head, which head="none" leaves plain; an
+    # LSTM has no eligible layer. Either way the call must not pass as a silent no-op.
+    for model in (nn.Linear(10, 10), nn.Sequential(nn.LSTM(4, 4))):
+        with pytest.warns(UserWarning, match="normalized no layer"):
+            sr.normalize_model(model, "srn", rank_ratio=0.3)
+        assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sr.normalize_model(nn.Linear(10, 10), "sn", head="sn")
+
+
+def test_refusals_and_eligible_layers_leave_the_vectors_as_they_were():
+    # Reading ``layer.weight`` of a normalized layer in training mode runs a power-iteration
+    # step; a refused call (or a read-only listing) must not move u, v of any layer.
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)
+    torch.nn.utils.parametrizations.spectral_norm(net[7])
+    state = copy.deepcopy(net.state_dict())
+    with pytest.raises(ValueError, match="already have"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5)
+    with pytest.raises(ValueError, match="already has stable_rank_norm"):
+        sr.stable_rank_norm(net[0], rank_ratio=0.5)
+    with pytest.raises(ValueError, match="already has spectral normalization"):
+        sr.stable_rank_norm(net[7], rank_ratio=0.5)
+    assert [name for name, _ in sr.eligible_layers(net)] == ["0", "3", "5", "7"]
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())

@@ -435,3 +435,29 @@ def test_eager_path_supports_double_backward():
     p = layer.parametrizations.weight[0]
     w = layer.parametrizations.weight.original.detach().clone().requires_grad_(True)
     assert torch.autograd.gradgradcheck(p, (w,))
+
+
+def test_numpy_integers_are_accepted_as_torch_spectral_norm_accepts_them():
+    # Config values often arrive as numpy integers; torch's spectral_norm takes them.
+    np = pytest.importorskip("numpy")
+    layer = stable_rank_norm(
+        nn.ConvTranspose2d(3, 4, 3), n_power_iterations=np.int64(2), dim=np.int64(1)
+    )
+    p = layer.parametrizations.weight[0]
+    assert (p.n_power_iterations, p.dim) == (2, 1)
+    assert type(p.n_power_iterations) is int and type(p.dim) is int
+
+
+def test_remove_refuses_a_weight_with_other_parametrizations():
+    # torch can only remove a tensor's whole parametrization list: removing SRN there would
+    # silently bake (and drop) the user's other parametrization too.
+    class Double(nn.Module):
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return 2 * w
+
+    layer = nn.Linear(5, 4)
+    parametrize.register_parametrization(layer, "weight", Double())
+    stable_rank_norm(layer, rank_ratio=0.5)
+    with pytest.raises(ValueError, match=r"other parametrizations \['Double'\]"):
+        remove_stable_rank_norm(layer)
+    assert len(layer.parametrizations.weight) == 2

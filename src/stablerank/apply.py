@@ -26,7 +26,6 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
 from stablerank.linalg import stable_rank
 from stablerank.srn import (
-    DEFAULT_RANK_RATIO,
     _old_style_spectral_norm,
     _StableRankNorm,
     check_srn_arguments,
@@ -153,11 +152,16 @@ def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str
             otherwise normalize the layer it meant to spare).
     """
     skip = _excluder(exclude, model, "exclude")
+    # A parametrized weight is not read: reading it in training mode would run SN's or SRN's
+    # power iteration, and listing layers must not move their u, v.
     return [
         (name, m)
         for name, m in model.named_modules()
         if isinstance(m, _ELIGIBLE)
-        and isinstance(getattr(m, "weight", None), torch.Tensor)
+        and (
+            parametrize.is_parametrized(m, "weight")
+            or isinstance(getattr(m, "weight", None), torch.Tensor)
+        )
         and not skip(name, m)
     ]
 
@@ -202,7 +206,7 @@ def normalize_model(
     model: nn.Module,
     norm: str,
     *,
-    rank_ratio: float = DEFAULT_RANK_RATIO,
+    rank_ratio: float | None = None,
     srank: float | None = None,
     n_power_iterations: int = 1,
     exclude: Exclude = None,
@@ -224,7 +228,8 @@ def normalize_model(
     skipped nor stacked: a second call with another ``rank_ratio`` must not silently keep the
     first). When SRN's cap binds on no SRN layer at registration (every raw stable rank is
     already <= r, so SRN acts as SN), a :class:`SrnInactiveWarning` is issued (silence it with
-    ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``).
+    ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``). A call
+    that normalizes no layer at all (no eligible layer but the head) warns too (UserWarning).
 
     Args:
         model: the model, modified in place.
@@ -232,8 +237,10 @@ def normalize_model(
             :func:`bake_stable_rank_norm`), ``"sn"``
             (``torch.nn.utils.parametrizations.spectral_norm``) or ``"srn"``
             (:func:`stablerank.stable_rank_norm`) on the body.
-        rank_ratio: SRN's c in (0, 1] (default :data:`~stablerank.srn.DEFAULT_RANK_RATIO`).
-        srank: SRN's absolute target instead of ``rank_ratio`` (default None).
+        rank_ratio: SRN's c in (0, 1] (default None:
+            :data:`~stablerank.srn.DEFAULT_RANK_RATIO` unless ``srank`` is given).
+        srank: SRN's absolute target instead of ``rank_ratio`` (default None; giving both is
+            an error, as in :func:`~stablerank.stable_rank_norm`).
         n_power_iterations: power-iteration steps per training forward (default 1).
         exclude: module-name patterns or a predicate, see :func:`eligible_layers` (default None);
             excluded layers are never normalized, head or not.
@@ -256,8 +263,6 @@ def normalize_model(
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if norm == "none":
         return bake_stable_rank_norm(model)
-    if srank is not None:
-        rank_ratio = None  # type: ignore[assignment]
     rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, 1e-12)
     heads = set(head_layers(model, head_names))
     kwargs = {
@@ -291,6 +296,14 @@ def normalize_model(
         for layer in reversed(done):
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         raise
+    if not done:  # e.g. a lone Linear (the head) or an LSTM: say so rather than pass silently
+        warnings.warn(
+            f"normalize_model(norm={norm!r}) normalized no layer: the model has no Linear/ConvNd/"
+            f"ConvTransposeNd weight outside exclude but the head, which head={head!r} leaves "
+            f"plain (pass head={norm!r} to normalize it)",
+            UserWarning,
+            stacklevel=2,
+        )
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
     if any(kind == "srn" for _, _, kind in plan) and not srn_active_fraction(model) > 0.0:
@@ -307,7 +320,7 @@ def normalize_model(
 
 def apply_stable_rank_norm(
     model: nn.Module,
-    rank_ratio: float = DEFAULT_RANK_RATIO,
+    rank_ratio: float | None = None,
     *,
     srank: float | None = None,
     n_power_iterations: int = 1,

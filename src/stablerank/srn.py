@@ -13,6 +13,7 @@ import warnings
 from typing import Any, NamedTuple
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
@@ -203,7 +204,9 @@ class _StableRankNorm(nn.Module):
         # ``.half()``/``.double()`` cast every floating buffer. The target is a float64 number
         # whatever the weight's dtype (51.2 would become 51.1875 in float16). Under half-precision
         # weights u and v stay float32, as when SRN is registered on such weights (__init__), and
-        # keep their values: ``model.half()`` after registration must not round them.
+        # keep their values: ``model.half()`` after registration must not round them. The buffer
+        # is refilled from the Python float after every ``fn``: ``to_empty()`` (after a meta
+        # registration) leaves it uninitialized, and the state_dict would save that garbage.
         u, v = self._u, self._v
         super()._apply(fn, recurse)
         if self._u.dtype in _HALF_DTYPES:
@@ -211,7 +214,7 @@ class _StableRankNorm(nn.Module):
             self._v = v.to(device=self._v.device, dtype=torch.float32)
         if self._srank.dtype != torch.float64:
             self._srank = self._srank.to(torch.float64)
-            self._set_srank(self.srank)
+        self._set_srank(self.srank)
         return self
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
@@ -240,8 +243,12 @@ def _needs_composite() -> bool:
     # one rank-one update of a scaled W and the backward is written by hand (fewer kernels than
     # autograd through the formula). Under torch.compile, torch.jit.trace and torch.func
     # transforms (vmap, grad, jacrev), which trace tensor ops, the branch-free composite formula
-    # runs instead and autograd differentiates it: the same maths, one graph of aten ops.
+    # runs instead and autograd differentiates it: the same maths, one graph of aten ops. So it
+    # does inside ``forward_ad.dual_level()``: the eager paths' float scalars and detached sigma
+    # would drop the weight's tangent everywhere but in the W term (a wrong jvp, no error).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
+        return True
+    if getattr(forward_ad, "_current_level", -1) >= 0:  # eager forward-mode AD is active
         return True
     transforms_active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return transforms_active is not None and bool(transforms_active())
@@ -560,7 +567,7 @@ def check_srn_arguments(
             raise ValueError(f"srank must be >= 1, got {srank}")
     if (
         isinstance(n_power_iterations, bool)
-        or not isinstance(n_power_iterations, int)
+        or not isinstance(n_power_iterations, numbers.Integral)  # numpy integers too, as torch
         or n_power_iterations < 1
     ):
         raise ValueError(f"n_power_iterations must be an integer >= 1, got {n_power_iterations!r}")
@@ -657,11 +664,8 @@ def stable_rank_norm(
             "(the hook-based API): remove it with torch.nn.utils.remove_spectral_norm first, "
             "SRN already includes spectral normalization"
         )
-    weight = getattr(module, name, None)
-    if not isinstance(weight, Tensor):
-        raise ValueError(
-            f"module {type(module).__name__} has no parameter or buffer named {name!r}"
-        )
+    # The refusals of a parametrized tensor come before reading it: in training mode a read runs
+    # SN's or SRN's power iteration, and a refused call must leave u, v as they were.
     if parametrize.is_parametrized(module, name):
         kinds = [type(p).__name__ for p in module.parametrizations[name]]
         if _find_srn(module, name) is not None:
@@ -673,6 +677,11 @@ def stable_rank_norm(
                 f"parameter {name!r} of {type(module).__name__} already has spectral "
                 f"normalization ({kinds}): remove it first, SRN includes it"
             )
+    weight = getattr(module, name, None)
+    if not isinstance(weight, Tensor):
+        raise ValueError(
+            f"module {type(module).__name__} has no parameter or buffer named {name!r}"
+        )
     if not weight.is_floating_point():
         raise TypeError(f"parameter {name!r} must be floating point, got dtype {weight.dtype}")
     if weight.ndim < 2:
@@ -682,8 +691,9 @@ def stable_rank_norm(
     rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, eps)
     if dim is None:
         dim = _default_dim(module)
-    if isinstance(dim, bool) or not isinstance(dim, int):
+    if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):
         raise TypeError(f"dim must be an integer, got {dim!r}")
+    dim = int(dim)
     if not -weight.ndim <= dim < weight.ndim:
         raise IndexError(
             f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for parameter {name!r} of shape "
@@ -704,7 +714,7 @@ def stable_rank_norm(
     norm = _StableRankNorm(
         weight,
         srank=r,
-        n_power_iterations=n_power_iterations,
+        n_power_iterations=int(n_power_iterations),
         dim=dim % weight.ndim,
         eps=eps,
         exact=exact,
@@ -721,12 +731,20 @@ def remove_stable_rank_norm(module: nn.Module, name: str = "weight") -> nn.Modul
     kept (same ``id()``), so an optimizer holding it keeps working.
 
     Raises:
-        ValueError: the parameter has no stable rank normalization.
+        ValueError: the parameter has no stable rank normalization, or has other
+            parametrizations too (torch removes only a whole list: they would be baked in).
     """
     srn = _find_srn(module, name)
     if srn is None:
         raise ValueError(f"parameter {name!r} of {type(module).__name__} has no stable_rank_norm")
     plist = module.parametrizations[name]
+    others = [type(p).__name__ for p in plist if p is not srn]
+    if others:
+        raise ValueError(
+            f"parameter {name!r} of {type(module).__name__} has other parametrizations {others} "
+            "besides stable_rank_norm: removing it would bake them in too; use "
+            "torch.nn.utils.parametrize.remove_parametrizations to remove them all"
+        )
     modes = [p.training for p in plist]
     plist.eval()
     try:
