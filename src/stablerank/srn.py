@@ -626,8 +626,8 @@ def stable_rank_norm(
         A weight that is zero, or far smaller than ``eps``, keeps u, v as they are (the power
         iteration adds a vanishing multiple of the previous vector, Note [srn power iteration]),
         so normalization resumes when the weight becomes non-zero again. On the ``meta`` device
-        no power iteration runs; after materializing (``to_empty``), re-register or load a
-        state_dict.
+        no power iteration runs; after materializing (``to_empty``), load a state_dict: u and v
+        are then uninitialized memory.
 
     Args:
         module: the module holding the parameter.
