@@ -69,6 +69,8 @@ def test_ranges_are_checked_on_direct_construction():
         ClassifyConfig(rank_ratio=0.0)
     with pytest.raises(ValueError, match=r"'label_noise' must be >= 0\.0 and <= 1\.0, got 1\.5"):
         ClassifyConfig(label_noise=1.5)
+    with pytest.raises(ValueError, match=r"'seed' must be >= 0 and <= 2147483647"):
+        ClassifyConfig(seed=2**64)  # torch's generators overflow (as the GAN's range)
     with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
         AnalyzeConfig(n_pairs=0)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -57,8 +58,9 @@ def test_corrupt_labels_errors(labels):
         corrupt_labels(labels, 0.5, 1, seed=0)
     with pytest.raises(ValueError, match=r"labels must lie in \[0, num_classes=5\)"):
         corrupt_labels(labels, 0.5, 5, seed=0)
-    with pytest.raises(ValueError, match="seed must be an int >= 0"):
-        corrupt_labels(labels, 0.5, K, seed=-1)
+    for seed in (-1, 2**64):  # torch's generators take seeds in [0, 2**64)
+        with pytest.raises(ValueError, match=r"seed must be an int in \[0, 2\*\*64\)"):
+            corrupt_labels(labels, 0.5, K, seed=seed)
     with pytest.raises(ValueError, match="labels must have an integer dtype"):
         corrupt_labels(labels.float(), 0.5, K, seed=0)
 
@@ -73,6 +75,13 @@ def test_stratified_subset(labels):
     assert counts.sum() == 1005 and counts.max() - counts.min() == 1
     assert torch.equal(uneven, subset_indices(labels, 1005, seed=1))
     assert not torch.equal(uneven, subset_indices(labels, 1005, seed=2))
+
+
+def test_a_subset_of_every_example_is_the_whole_set_even_with_uneven_classes():
+    uneven = torch.tensor([0, 0, 0, 1, 2, 2, 1])  # a stratified quota of 3 exceeds class 1's 2
+    for seed, stratified in itertools.product(range(5), (True, False)):
+        assert torch.equal(subset_indices(uneven, 7, seed=seed, stratified=stratified),
+                           torch.arange(7))  # fmt: skip
 
 
 def test_random_subset_and_train_subset(labels):

@@ -123,7 +123,9 @@ class ClassifyConfig:
     lr_gamma: float = option(0.1, "step schedule: lr factor at each milestone", min=0.0, max=1.0)
     warmup_epochs: float = option(0.0, "linear lr warm-up from 0, in epochs", min=0.0)
     # --- runtime ---
-    seed: int = option(0, "seed of init, data order, subset, random labels, augmentation", min=0)
+    seed: int = option(
+        0, "seed of init, data order, subset, random labels, augmentation", min=0, max=2**31 - 1
+    )
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     amp: bool = option(True, "bfloat16 autocast on CUDA (ignored on the CPU)")
     channels_last: bool = option(

@@ -20,8 +20,8 @@ __all__ = ["corrupt_labels", "subset_indices", "train_subset"]
 
 
 def _generator(seed: int) -> torch.Generator:
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or not 0 <= seed < 2**64:
+        raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
     return torch.Generator().manual_seed(int(seed))
 
 
@@ -114,6 +114,8 @@ def subset_indices(labels: torch.Tensor, size: int, seed: int, *, stratified: bo
         raise ValueError(f"size must be an int in [1, {n}] (the number of examples), got {size!r}")
     size = int(size)
     generator = _generator(seed)
+    if size == n:  # every example: no draw (a stratified quota could exceed a small class)
+        return torch.arange(n)
     order = torch.randperm(n, generator=generator)
     if not stratified:
         return order[:size].sort().values
