@@ -204,8 +204,9 @@ def test_argument_errors(data):
         _loader(data, batch_size=0)
     with pytest.raises(ValueError, match="one value per channel"):
         DeviceLoader(*data, batch_size=2, mean=(0.5,), std=(0.5,))
-    with pytest.raises(ValueError, match="std must be > 0"):
-        DeviceLoader(*data, batch_size=2, mean=MEAN, std=(1.0, 0.0, 1.0))
+    for std in ((1.0, 0.0, 1.0), (1.0, float("nan"), 1.0)):  # NaN compares False with 0
+        with pytest.raises(ValueError, match="std finite and > 0"):
+            DeviceLoader(*data, batch_size=2, mean=MEAN, std=std)
 
 
 def test_short_last_global_batch_gives_empty_batch_not_fewer_batches(data):

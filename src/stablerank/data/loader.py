@@ -26,6 +26,7 @@ Determinism and sharding (Note [loader plan]):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
@@ -140,8 +141,9 @@ class DeviceLoader:
                 f"mean and std need one value per channel ({channels}), got {len(mean)} and "
                 f"{len(std)}"
             )
-        if min(std) <= 0:
-            raise ValueError(f"std must be > 0, got {tuple(std)}")
+        finite = [math.isfinite(v) for v in (*mean, *std)]
+        if not all(finite) or min(std) <= 0:
+            raise ValueError(f"mean must be finite and std finite and > 0, got {mean=}, {std=}")
         if pixel_scale is None:
             pixel_scale = 255.0 if x.dtype == torch.uint8 else 1.0
         if pixel_scale <= 0:
