@@ -127,6 +127,10 @@ def test_summarize_keys_and_values():
 def test_plot_histogram_writes_png(tmp_path):
     path = plot_histogram({"real": torch.rand(50), "fake": torch.rand(30)}, tmp_path / "h.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    nan = torch.tensor([1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"values\['fake'\] contain 1 non-finite"):
+        plot_histogram({"real": torch.rand(5), "fake": nan}, tmp_path / "nan.png")
+    assert not (tmp_path / "nan.png").exists()
 
 
 def test_callables_are_accepted():

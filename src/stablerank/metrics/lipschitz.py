@@ -361,9 +361,10 @@ def plot_histogram(
 
     check_positive_int("bins", bins)
     series = {"": values} if isinstance(values, Tensor) else dict(values)
-    arrays = {
-        k: torch.as_tensor(v, dtype=torch.float64).flatten().numpy() for k, v in series.items()
-    }
+    tensors = {k: torch.as_tensor(v, dtype=torch.float64).flatten() for k, v in series.items()}
+    for k, t in tensors.items():  # a NaN would make every bin edge NaN: an empty figure
+        check_finite(t, f"values[{k!r}]" if k else "values")
+    arrays = {k: t.numpy() for k, t in tensors.items()}
     nonempty = [a for a in arrays.values() if a.size]
     if not nonempty:
         raise ValueError("values must hold at least one non-empty series")
