@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -135,6 +136,18 @@ def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
         assert result.jacobian[split].max <= bound * (1 + 1e-5)
     # ... and the local form bounds the pairwise one on segments only loosely; both positive.
     assert result.el_train.q50 > 0
+
+
+def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path):
+    # The points were the first n_jacobian of the pair pool (2 * n_pairs images): fewer pairs than
+    # half the points silently measured fewer points.
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    cfg = dataclasses.replace(SMALL, n_pairs=5, n_jacobian=30, n_interpolated=4, plots=False)
+    result = analyze.run(cfg, run_dir)
+    measured = {k: v.n for k, v in result.jacobian.items()}
+    assert measured == {"train": 30, "test": 30, "interpolated": 4}
+    assert result.el_train.n == 5
 
 
 def test_random_label_runs_get_a_shattering_curve(tmp_path):

@@ -212,7 +212,7 @@ class AnalyzeConfig:
     )
     bins: int = option(50, "histogram bins of the eL plot", min=1)
     batch_size: int = option(500, "batch size of the forward passes", min=1)
-    seed: int = option(0, "seed of the sampled pairs and points", min=0)
+    seed: int = option(0, "seed of the sampled pairs and points", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     plots: bool = option(True, "write PNG plots next to analysis.json")

@@ -162,17 +162,21 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 
     # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
     pool = _POOL_PER_PAIR * cfg.n_pairs
-    pools = {
-        SPLIT_TRAIN: images(_seeded_subset(splits.train_x, splits.train_y, pool, cfg.seed)[0]),
-        SPLIT_TEST: images(_seeded_subset(splits.test_x, splits.test_y, pool, cfg.seed + 1)[0]),
+    # One seeded draw per split: the pairs take its first `pool` images, the Jacobian points its
+    # first n_jacobian (a prefix of the same permutation, so more points never move the pairs).
+    drawn = max(pool, cfg.n_jacobian)
+    draws = {
+        SPLIT_TRAIN: images(_seeded_subset(splits.train_x, splits.train_y, drawn, cfg.seed)[0]),
+        SPLIT_TEST: images(_seeded_subset(splits.test_x, splits.test_y, drawn, cfg.seed + 1)[0]),
     }
+    pools = {split: x[:pool] for split, x in draws.items()}
     ratios = {
         split: lipschitz.pairwise_lipschitz(
             model, x, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
         )
         for split, x in pools.items()
     }
-    points = {split: x[: cfg.n_jacobian] for split, x in pools.items()}
+    points = {split: x[: cfg.n_jacobian] for split, x in draws.items()}
     if cfg.n_interpolated:
         x_tr_pool = pools[SPLIT_TRAIN]
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
