@@ -112,7 +112,10 @@ class ClassifyConfig:
     lr: float = option(0.05, "peak learning rate", min=0.0, min_exclusive=True)
     momentum: float = option(0.9, "SGD momentum (ignored by adam)", min=0.0, max=1.0)
     nesterov: bool = option(True, "Nesterov momentum (sgd)")
-    weight_decay: float = option(5e-4, "L2 weight decay (coupled, as in torch.optim)", min=0.0)
+    weight_decay: float = option(
+        5e-4, "L2 weight decay (coupled, as in torch.optim) on every parameter: biases, BatchNorm "
+        "and the raw weights under SN/SRN too", min=0.0,
+    )  # fmt: skip
     schedule: str = option(
         "cosine", "lr schedule over all training steps", choices=("step", "cosine", "none")
     )
