@@ -150,6 +150,17 @@ def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path):
     assert result.el_train.n == 5
 
 
+def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(srn_run, tmp_path):
+    # The newest intact checkpoint of a finished run is an earlier epoch's model when the last is
+    # damaged: its measures would not be those of the run's metrics.json.
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    newest = RunDir(run_dir).checkpoints()[-1]
+    newest.write_bytes(newest.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"epoch 5 of 6 .*--overwrite"):
+        analyze.run(dataclasses.replace(SMALL, plots=False), run_dir)
+
+
 def test_random_label_runs_get_a_shattering_curve(tmp_path):
     dirs = []
     for norm in ("none", "sn"):
