@@ -51,7 +51,8 @@ class ClassifyConfig:
 
     # Where and how the run executes and what it prints, never what it computes: left out of the
     # run folder's hash, and free to change on resume (on the CPU the resumed weights are bitwise
-    # those of a run that was never stopped); so is where the dataset's files are read from.
+    # those of a run that was never stopped at the same num_threads; another thread count sums
+    # in another order, so the weights differ by rounding); so is where the data is read from.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
         "data_dir",
