@@ -147,7 +147,8 @@ def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path):
     result = analyze.run(cfg, run_dir)
     measured = {k: v.n for k, v in result.jacobian.items()}
     assert measured == {"train": 30, "test": 30, "interpolated": 4}
-    assert result.el_train.n == 5
+    few = analyze.run(dataclasses.replace(cfg, n_jacobian=2), run_dir)
+    assert (result.el_train, result.el_test) == (few.el_train, few.el_test)  # the same pairs
 
 
 def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(srn_run, tmp_path):

@@ -179,21 +179,25 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 
     # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
     pool = _POOL_PER_PAIR * cfg.n_pairs
-    # One seeded draw per split: the pairs take its first `pool` images, the Jacobian points its
-    # first n_jacobian (a prefix of the same permutation, so more points never move the pairs).
-    drawn = max(pool, cfg.n_jacobian)
-    draws = {
-        SPLIT_TRAIN: images(_seeded_subset(splits.train_x, splits.train_y, drawn, cfg.seed)[0]),
-        SPLIT_TEST: images(_seeded_subset(splits.test_x, splits.test_y, drawn, cfg.seed + 1)[0]),
+    sources = {
+        SPLIT_TRAIN: (splits.train_x, splits.train_y, cfg.seed),
+        SPLIT_TEST: (splits.test_x, splits.test_y, cfg.seed + 1),
     }
-    pools = {split: x[:pool] for split, x in draws.items()}
+    pools = {split: images(_seeded_subset(x, y, pool, seed)[0])
+             for split, (x, y, seed) in sources.items()}  # fmt: skip
     ratios = {
         split: lipschitz.pairwise_lipschitz(
             model, x, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
         )
         for split, x in pools.items()
     }
-    points = {split: x[: cfg.n_jacobian] for split, x in draws.items()}
+    # The Jacobian points are the pool's first n_jacobian; more than the pool holds are drawn
+    # anew with its seed, so asking for more points never moves the pairs.
+    points = {
+        split: x[: cfg.n_jacobian] if cfg.n_jacobian <= len(x)
+        else images(_seeded_subset(*sources[split][:2], cfg.n_jacobian, sources[split][2])[0])
+        for split, x in pools.items()
+    }  # fmt: skip
     if cfg.n_interpolated:
         x_tr_pool = pools[SPLIT_TRAIN]
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
