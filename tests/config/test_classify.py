@@ -73,6 +73,8 @@ def test_ranges_are_checked_on_direct_construction():
         ClassifyConfig(seed=2**64)  # torch's generators overflow (as the GAN's range)
     with pytest.raises(ValueError, match="'n_pairs' must be >= 1"):
         AnalyzeConfig(n_pairs=0)
+    with pytest.raises(ValueError, match=r"'seed' must be >= 0 and <= 2147483647"):
+        AnalyzeConfig(seed=2**64)  # it was torch's "Overflow when unpacking long long", mid-work
 
 
 def test_a_users_own_config_is_declared_and_checked_with_the_public_names():

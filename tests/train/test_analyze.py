@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -135,6 +136,30 @@ def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
         assert result.jacobian[split].max <= bound * (1 + 1e-5)
     # ... and the local form bounds the pairwise one on segments only loosely; both positive.
     assert result.el_train.q50 > 0
+
+
+def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path):
+    # The points were the first n_jacobian of the pair pool (2 * n_pairs images): fewer pairs than
+    # half the points silently measured fewer points.
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    cfg = dataclasses.replace(SMALL, n_pairs=5, n_jacobian=30, n_interpolated=4, plots=False)
+    result = analyze.run(cfg, run_dir)
+    measured = {k: v.n for k, v in result.jacobian.items()}
+    assert measured == {"train": 30, "test": 30, "interpolated": 4}
+    few = analyze.run(dataclasses.replace(cfg, n_jacobian=2), run_dir)
+    assert (result.el_train, result.el_test) == (few.el_train, few.el_test)  # the same pairs
+
+
+def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(srn_run, tmp_path):
+    # The newest intact checkpoint of a finished run is an earlier epoch's model when the last is
+    # damaged: its measures would not be those of the run's metrics.json.
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    newest = RunDir(run_dir).checkpoints()[-1]
+    newest.write_bytes(newest.read_bytes()[:-1])
+    with pytest.raises(ValueError, match=r"epoch 5 of 6 .*--overwrite"):
+        analyze.run(dataclasses.replace(SMALL, plots=False), run_dir)
 
 
 def test_random_label_runs_get_a_shattering_curve(tmp_path):

@@ -318,6 +318,15 @@ def test_global_batch_must_fit_the_data(tmp_path):
         classify.run(tiny(tmp_path, batch_size=2048))
 
 
+def test_a_model_argument_the_family_refuses_makes_no_run_folder(tmp_path):
+    # As a missing data folder: refused before the run folder (lock, status, error.txt) exists.
+    with pytest.raises(TypeError, match=r"'mlp' does not take \['depth'\]"):
+        classify.run(tiny(tmp_path, depth=7))
+    with pytest.raises(ValueError, match=r"depth must be 6n \+ 2"):
+        classify.run(tiny(tmp_path, model="resnet", depth=7))
+    assert not list(tmp_path.iterdir())
+
+
 def test_run_dir_name_spells_out_the_protocol():
     cfg = ClassifyConfig(dataset="digits", model="mlp", norm="srn", rank_ratio=0.3, seed=2)
     name = RunDir.for_config(cfg).path.name

@@ -51,7 +51,8 @@ class ClassifyConfig:
 
     # Where and how the run executes and what it prints, never what it computes: left out of the
     # run folder's hash, and free to change on resume (on the CPU the resumed weights are bitwise
-    # those of a run that was never stopped); so is where the dataset's files are read from.
+    # those of a run that was never stopped at the same num_threads; another thread count sums
+    # in another order, so the weights differ by rounding); so is where the data is read from.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
         "data_dir",
@@ -112,7 +113,10 @@ class ClassifyConfig:
     lr: float = option(0.05, "peak learning rate", min=0.0, min_exclusive=True)
     momentum: float = option(0.9, "SGD momentum (ignored by adam)", min=0.0, max=1.0)
     nesterov: bool = option(True, "Nesterov momentum (sgd)")
-    weight_decay: float = option(5e-4, "L2 weight decay (coupled, as in torch.optim)", min=0.0)
+    weight_decay: float = option(
+        5e-4, "L2 weight decay (coupled, as in torch.optim) on every parameter: biases, BatchNorm "
+        "and the raw weights under SN/SRN too", min=0.0,
+    )  # fmt: skip
     schedule: str = option(
         "cosine", "lr schedule over all training steps", choices=("step", "cosine", "none")
     )
@@ -212,7 +216,7 @@ class AnalyzeConfig:
     )
     bins: int = option(50, "histogram bins of the eL plot", min=1)
     batch_size: int = option(500, "batch size of the forward passes", min=1)
-    seed: int = option(0, "seed of the sampled pairs and points", min=0)
+    seed: int = option(0, "seed of the sampled pairs and points", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     plots: bool = option(True, "write PNG plots next to analysis.json")

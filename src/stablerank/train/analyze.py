@@ -71,10 +71,19 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_run(
-    run_dir: str | Path, device: torch.device | str = "cpu"
+    run_dir: str | Path, device: torch.device | str = "cpu", *, final: bool = False
 ) -> tuple[ClassifyConfig, RunData, nn.Module]:
     """A run's config, its data (prepared exactly as for training) and its network with the last
-    checkpoint's weights, on ``device`` in eval mode."""
+    checkpoint's weights, on ``device`` in eval mode.
+
+    Args:
+        final: require the checkpoint of the last epoch (default False: the newest intact one).
+            A damaged last checkpoint makes the newest intact one an earlier epoch's, whose
+            measures would not be those of the run's ``metrics.json``.
+
+    Raises:
+        ValueError: ``final`` and the newest intact checkpoint is not the last epoch's.
+    """
     run_dir = Path(run_dir)
     config_path = RunDir(run_dir).config_file
     if not config_path.is_file():
@@ -85,6 +94,13 @@ def load_run(
     loaded = RunDir(run_dir).load_latest()
     if loaded is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
+    epoch = loaded[1]["epoch"]
+    if final and (epoch, loaded[1].get("batch", 0)) != (cfg.epochs, 0):
+        raise ValueError(
+            f"{run_dir}'s newest intact checkpoint holds epoch {epoch} of {cfg.epochs} (the last "
+            "is damaged): its weights are not those of the run's results; retrain it with "
+            "--overwrite"
+        )
     model.load_state_dict(loaded[1]["model"])
     return cfg, data, model.to(device).eval()
 
@@ -123,7 +139,8 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 
     Raises:
         FileNotFoundError: ``run_dir`` is not a run folder.
-        ValueError: its training has not finished, or diverged.
+        ValueError: its training has not finished, or diverged, or its last checkpoint is
+            damaged.
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -131,7 +148,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     trained = RunDir(run_dir).trained_result(ClassifierResult)
-    train_cfg, data, model = load_run(run_dir, device)
+    train_cfg, data, model = load_run(run_dir, device, final=True)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
           f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,
           flush=True)  # fmt: skip
@@ -162,17 +179,25 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
 
     # ---- empirical Lipschitz constant: pairwise ratios and Jacobian spectral norms
     pool = _POOL_PER_PAIR * cfg.n_pairs
-    pools = {
-        SPLIT_TRAIN: images(_seeded_subset(splits.train_x, splits.train_y, pool, cfg.seed)[0]),
-        SPLIT_TEST: images(_seeded_subset(splits.test_x, splits.test_y, pool, cfg.seed + 1)[0]),
+    sources = {
+        SPLIT_TRAIN: (splits.train_x, splits.train_y, cfg.seed),
+        SPLIT_TEST: (splits.test_x, splits.test_y, cfg.seed + 1),
     }
+    pools = {split: images(_seeded_subset(x, y, pool, seed)[0])
+             for split, (x, y, seed) in sources.items()}  # fmt: skip
     ratios = {
         split: lipschitz.pairwise_lipschitz(
             model, x, n_pairs=cfg.n_pairs, seed=cfg.seed, batch_size=cfg.batch_size
         )
         for split, x in pools.items()
     }
-    points = {split: x[: cfg.n_jacobian] for split, x in pools.items()}
+    # The Jacobian points are the pool's first n_jacobian; more than the pool holds are drawn
+    # anew with its seed, so asking for more points never moves the pairs.
+    points = {
+        split: x[: cfg.n_jacobian] if cfg.n_jacobian <= len(x)
+        else images(_seeded_subset(*sources[split][:2], cfg.n_jacobian, sources[split][2])[0])
+        for split, x in pools.items()
+    }  # fmt: skip
     if cfg.n_interpolated:
         x_tr_pool = pools[SPLIT_TRAIN]
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(

@@ -274,15 +274,17 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     folder = RunDir.for_config(cfg)
     finished = folder.finished_result(cfg, ClassifierResult, is_main=info.is_main)
     if finished is None:
-        # The data before the folder: a missing data folder or a batch larger than the set is
-        # refused before a run folder is made.
+        # The data and the model before the folder: a missing data folder, a batch larger than
+        # the set or a size the architecture refuses (depth) is refused before a run folder is
+        # made. The data draws from generators of its own, so the init is the same either way.
         seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
         data = prepare_data(cfg)
         if cfg.batch_size > data.splits.num_train:
             raise ValueError(f"batch_size must be <= {data.splits.num_train} (train images), "
                              f"got {cfg.batch_size}")  # fmt: skip
+        model = build_model(cfg, data.splits)
         with folder.session(cfg, is_main=info.is_main):
-            result = _train(cfg, data, folder, info, device, stop_at)
+            result = _train(cfg, data, model, folder, info, device, stop_at)
     else:  # the same run, finished before: nothing to train
         result = finished if info.is_main else None
     say_finished(folder.path, result)
@@ -291,7 +293,11 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
 
 
 def _build_optimizer(cfg: ClassifyConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """SGD or Adam; the lr is set every step from :func:`lr_at` (no scheduler state to save)."""
+    """SGD or Adam; the lr is set every step from :func:`lr_at` (no scheduler state to save).
+
+    Weight decay acts on every parameter, as torch's default: biases, BatchNorm's scales and
+    shifts, and under SN/SRN the raw weight W (whose scale the normalized W / sigma ignores, so
+    the decay only shrinks ||W|| and with it raises the step size relative to ||W||)."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -300,9 +306,10 @@ def _build_optimizer(cfg: ClassifyConfig, model: nn.Module) -> torch.optim.Optim
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _train(cfg: ClassifyConfig, data: RunData, folder: RunDir, info: DistInfo,
+def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir, info: DistInfo,
            device: torch.device, stop_at: int | None) -> ClassifierResult | None:  # fmt: skip
-    """The run inside its folder session: model, resume, the loop, the result."""
+    """The run inside its folder session: ``model`` (:func:`build_model`) to the device, resume,
+    the loop, the result."""
     amp = cfg.amp and device.type == "cuda"
     channels_last = cfg.channels_last  # 4-D tensors only; no-op for 1-D data
 
@@ -325,7 +332,7 @@ def _train(cfg: ClassifyConfig, data: RunData, folder: RunDir, info: DistInfo,
     train_eval_loader = DeviceLoader(data.eval_x, data.eval_y, **eval_kw)
 
     # ---- model and normalization (none | sn | srn on every conv/linear; the head: none | sn)
-    model = build_model(cfg, splits).to(device)
+    model = model.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _build_optimizer(cfg, model)
