@@ -90,8 +90,9 @@ def test_sn_head_on_request_and_srn_caps_stable_rank(tmp_path):
 
 def test_a_non_finite_loss_ends_the_run_as_diverged(tmp_path):
     # lr 1e6 on an MLP: the loss is inf or NaN within the first epoch.
-    run_dir, result = train(tiny(tmp_path, lr=1e6, epochs=3, norm="none"))
+    run_dir, result = train(tiny(tmp_path, lr=1e6, epochs=3, norm="none", test_eval_size=100))
     assert result.diverged and "non-finite" in result.divergence
+    assert result.protocol.test_size == 100  # its test numbers are the last epoch's subset
     assert ClassifierResult.from_json(run_dir).diverged
     assert len(records(run_dir)) < 3  # it stopped instead of training on NaN
 

@@ -576,7 +576,8 @@ def _result_of(
         label_noise=cfg.label_noise, train_size=splits.num_train,
         augment=cfg.resolved_augment, epochs=cfg.epochs, batch_size=cfg.batch_size,
         world_size=world_size, train_acc=TRAIN_ACC_DEFINITION,
-        train_eval_size=train_eval_size, test_size=splits.num_test,
+        train_eval_size=train_eval_size,
+        test_size=splits.num_test if full_test is not None else test_eval_size,
         test_eval_size_per_epoch=test_eval_size,
         gap="gap_acc = train_acc - test_acc; gap_loss = test_loss - train_loss",
     )  # fmt: skip
