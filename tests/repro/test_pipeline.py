@@ -494,3 +494,58 @@ def test_the_pools_workers_end_when_the_command_is_killed(tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """``pid command line`` of each live process whose command line contains ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            state = (cmdline.parent / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:  # it exited meanwhile
+            continue
+        if text in line and state != "Z":
+            found.append(f"{cmdline.parent.name} {line}")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_killing_the_command_ends_a_runs_torchrun(tmp_path):
+    """``kill -9`` of ``reproduce`` while a run trains under ``torchrun`` ends the torchrun agent
+    and its workers: they pass through the run's lock, so left running they would train on
+    unlocked while a rerun trains the same run into the same folder."""
+    import signal
+    import time
+
+    from stablerank.config.classify import classify_preset
+
+    config = classify_preset("tiny", epochs=400, num_threads=1)
+    cfg = dataclasses.replace(_cfg(tmp_path), nproc_per_node=2)
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(cfg)
+    script = (
+        "import pickle, sys\n"
+        "from stablerank.repro.executors import SequentialExecutor\n"
+        "SequentialExecutor().map([pickle.loads(bytes.fromhex(sys.argv[1]))], print)\n"
+    )
+    import pickle
+
+    proc = subprocess.Popen([sys.executable, "-c", script, pickle.dumps(run).hex()],
+                            start_new_session=True)  # fmt: skip
+    launch = str(run.run_dir / "launch.json")
+    try:
+        deadline = time.monotonic() + 120
+        log = run.run_dir / "log.jsonl"
+        while (not log.is_file() or not log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # an epoch trained: the workers are in their training loop
+        assert len(_processes_naming(launch)) == 3  # the agent and two workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _processes_naming(launch) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_naming(launch) == []
+    finally:
+        for line in _processes_naming(launch):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)
