@@ -119,7 +119,7 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
     assert all(execute(r).state == "skipped" for r in runs)
 
 
-def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     runs = sweeps.build_sweep(_cfg(tmp_path))
     victim = runs[0]
     real = execute_module._train
@@ -138,6 +138,10 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     assert f"| {victim.name} | failed | in train: RuntimeError: boom |" in report.read_text()
     others = [r for r in runs if r.name != victim.name]
     assert all(RunDir(r.run_dir).read_status()["status"] == "done" for r in others)
+    # The command's last line counts it too, not only its line among the others'.
+    last = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ran "))
+    assert last.startswith(f"ran {len(runs)} runs (") and "1 failed" in last, last
+    assert f"{len(others)} done" in last, last
     # The same command retries the failed run only.
     monkeypatch.setattr(execute_module, "_train", real)
     assert execute(victim).state == "done"
