@@ -62,7 +62,7 @@ FEATURES = {
         ("repro/report.py", ["_what_seeds_decide"]),
     ],
     "DDP": [
-        ("train/runtime.py", ["DistInfo", "_die_with_parent", "init_distributed", "end_worker"]),
+        ("train/runtime.py", ["DistInfo", "die_with_parent", "init_distributed", "end_worker"]),
         ("repro/execute.py", ["_train"]),
     ],
     "Ctrl-C at the step reached": [("train/runtime.py", ["deferred_sigint", "interrupted"])],

@@ -4,6 +4,7 @@ left to its owner, and the report and claims.json are written from what finished
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -118,7 +119,7 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
     assert all(execute(r).state == "skipped" for r in runs)
 
 
-def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
+def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
     runs = sweeps.build_sweep(_cfg(tmp_path))
     victim = runs[0]
     real = execute_module._train
@@ -137,6 +138,10 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch):
     assert f"| {victim.name} | failed | in train: RuntimeError: boom |" in report.read_text()
     others = [r for r in runs if r.name != victim.name]
     assert all(RunDir(r.run_dir).read_status()["status"] == "done" for r in others)
+    # The command's last line counts it too, not only its line among the others'.
+    last = next(line for line in capsys.readouterr().err.splitlines() if line.startswith("ran "))
+    assert last.startswith(f"ran {len(runs)} runs (") and "1 failed" in last, last
+    assert f"{len(others)} done" in last, last
     # The same command retries the failed run only.
     monkeypatch.setattr(execute_module, "_train", real)
     assert execute(victim).state == "done"
@@ -407,3 +412,144 @@ def test_a_preempted_job_checkpoints_its_step_and_the_requeued_run_ends_as_if_ne
     a, b = (_strip(json.loads((r.run_dir / "metrics.json").read_text())) for r in (run, reference))
     a.pop("protocol"), b.pop("protocol")  # they name their folders
     assert a == b
+
+
+def _long_runs(out: Path, n: int, epochs: int) -> list[sweeps.Run]:
+    """``n`` digits MLP runs of ``epochs`` epochs (21 steps each): seconds of work per epoch."""
+    from stablerank.config.classify import classify_preset
+
+    config = classify_preset("tiny", epochs=epochs)
+    cfg = _cfg(out)
+    return [sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", dataclasses.replace(config, seed=s))
+            .placed(cfg) for s in range(n)]  # fmt: skip
+
+
+def _wait_until_running(runs: list[sweeps.Run], timeout_s: float = 120) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(RunDir(r.run_dir).read_status().get("status") == "running" for r in runs):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the runs did not start")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_a_killed_worker_fails_only_the_runs_in_progress_and_the_others_go_on(tmp_path):
+    """A pool worker killed (``kill -9``, the out-of-memory killer) breaks the pool, which ends
+    the other workers too: the runs in progress are failed (a rerun resumes them), and the runs
+    not started go on in a new pool instead of being reported failed."""
+    import signal
+    import threading
+
+    from stablerank.repro.executors import LocalExecutor
+
+    long = _long_runs(tmp_path, 2, epochs=400)
+    short = [r for r in sweeps.build_sweep(_cfg(tmp_path)) if r.kind != sweeps.KIND_GAN][:3]
+    outcomes = []
+    worker = threading.Thread(
+        target=lambda: outcomes.extend(LocalExecutor(2, 1, []).map(long + short, lambda *_: None))
+    )
+    worker.start()
+    try:
+        _wait_until_running(long)
+        pids = [int(p.split()[0]) for p in _live_processes(os.getpgid(0))
+                if "multiprocessing.spawn" in p and int(p.split()[0]) != os.getpid()]  # fmt: skip
+        assert len(pids) == 2, pids
+        os.kill(pids[0], signal.SIGKILL)
+        worker.join(timeout=300)
+    finally:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert [o.state for o in outcomes[:2]] == ["failed"] * 2
+    assert all("worker died" in o.error for o in outcomes[:2])
+    assert [o.state for o in outcomes[2:]] == ["done"] * 3
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_the_pools_workers_end_when_the_command_is_killed(tmp_path):
+    """``kill -9`` of a ``local`` command ends its pool's workers: none trains on, holding its
+    run's lock (a rerun would find it busy), or waits forever for work that never comes."""
+    import signal
+    import time
+
+    runs = _long_runs(tmp_path, 2, epochs=400)
+    script = (
+        "import pickle, sys\n"
+        "from stablerank.repro.executors import LocalExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    LocalExecutor(2, 1, []).map(pickle.loads(bytes.fromhex(sys.argv[1])), print)\n"
+    )
+    import pickle
+
+    proc = subprocess.Popen([sys.executable, "-c", script, pickle.dumps(runs).hex()],
+                            start_new_session=True)  # fmt: skip
+    try:
+        _wait_until_running(runs)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while _live_processes(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _live_processes(proc.pid) == []
+        assert not any(RunDir(r.run_dir).is_locked() for r in runs)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _processes_naming(text: str) -> list[str]:
+    """``pid command line`` of each live process whose command line contains ``text``."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            line = cmdline.read_bytes().replace(b"\0", b" ").decode()
+            state = (cmdline.parent / "stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:  # it exited meanwhile
+            continue
+        if text in line and state != "Z":
+            found.append(f"{cmdline.parent.name} {line}")
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
+def test_killing_the_command_ends_a_runs_torchrun(tmp_path):
+    """``kill -9`` of ``reproduce`` while a run trains under ``torchrun`` ends the torchrun agent
+    and its workers: they pass through the run's lock, so left running they would train on
+    unlocked while a rerun trains the same run into the same folder."""
+    import signal
+    import time
+
+    from stablerank.config.classify import classify_preset
+
+    config = classify_preset("tiny", epochs=400, num_threads=1)
+    cfg = dataclasses.replace(_cfg(tmp_path), nproc_per_node=2)
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(cfg)
+    script = (
+        "import pickle, sys\n"
+        "from stablerank.repro.executors import SequentialExecutor\n"
+        "SequentialExecutor().map([pickle.loads(bytes.fromhex(sys.argv[1]))], print)\n"
+    )
+    import pickle
+
+    proc = subprocess.Popen([sys.executable, "-c", script, pickle.dumps(run).hex()],
+                            start_new_session=True)  # fmt: skip
+    launch = str(run.run_dir / "launch.json")
+    try:
+        deadline = time.monotonic() + 120
+        log = run.run_dir / "log.jsonl"
+        while (not log.is_file() or not log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)  # an epoch trained: the workers are in their training loop
+        assert len(_processes_naming(launch)) == 3  # the agent and two workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while _processes_naming(launch) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _processes_naming(launch) == []
+    finally:
+        for line in _processes_naming(launch):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split()[0]), signal.SIGKILL)

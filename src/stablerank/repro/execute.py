@@ -20,6 +20,7 @@ from pathlib import Path
 
 from stablerank.repro.sweeps import Run
 from stablerank.train.rundir import RUNNING, RunDir, RunLockedError
+from stablerank.train.runtime import die_with_parent
 
 __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
@@ -101,7 +102,9 @@ def _train(run: Run) -> bool:
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",
             f"--nproc_per_node={run.nproc_per_node}", "-m", "stablerank", run.trainer.command,
             "--config", str(launch)]  # fmt: skip
-    subprocess.run(argv, check=True)
+    # The agent and its workers pass through the run's lock: a killed launcher must end them, or
+    # they would train on unlocked beside a rerun of the same run (their workers die with it).
+    subprocess.run(argv, check=True, preexec_fn=die_with_parent)
     return run.trainer.result.from_json(run.run_dir).diverged
 
 

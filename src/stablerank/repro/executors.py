@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -32,6 +33,8 @@ from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import FAILED, Outcome, execute
 from stablerank.repro.sweeps import Run
+from stablerank.train.rundir import RunDir
+from stablerank.train.runtime import die_with_parent
 
 __all__ = ["Executor", "make_executor", "visible_gpus"]
 
@@ -76,6 +79,9 @@ _stop: Any = None  # in a pool worker: the pool's stop event (set by the parent 
 def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  # type: ignore[type-arg]
     global _stop
     _stop = stop
+    # A killed command (kill -9) must not leave its workers training on, holding their runs'
+    # locks, and then waiting forever for work (they hold their queue's pipe open themselves).
+    die_with_parent()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
     if threads:
@@ -140,6 +146,26 @@ class LocalExecutor:
         self.gpus = list(gpus)
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
+        outcomes: dict[int, Outcome] = {}
+        todo = list(range(len(runs)))
+        while todo:
+            before = {i: _attempts(runs[i]) for i in todo}
+            lost = self._map_pool(runs, todo, report, outcomes)
+            # A killed worker (kill -9, out of memory) breaks the pool, which ends the others
+            # too: the runs they held fail here (a rerun resumes them); the runs not started go
+            # on in a new pool. When none had started, they all fail (no endless restarts).
+            started = [i for i in lost if _attempts(runs[i]) > before[i]]
+            for i in started or lost:
+                outcomes[i] = Outcome(runs[i].name, FAILED, error=f"worker died: {lost[i]}")
+                report(len(outcomes), len(runs), runs[i], outcomes[i])
+            todo = [i for i in lost if i not in outcomes]
+        return [outcomes[i] for i in range(len(runs))]
+
+    def _map_pool(
+        self, runs: Sequence[Run], todo: Sequence[int], report: Report, outcomes: dict[int, Outcome]
+    ) -> dict[int, BaseException]:
+        """Run ``runs[i]`` for each ``i`` in ``todo`` in one pool, adding to ``outcomes``; return
+        the runs whose outcome a broken pool lost, with its error, once its workers have ended."""
         ctx = mp.get_context("spawn")
         queue = None
         if self.gpus:
@@ -154,19 +180,21 @@ class LocalExecutor:
         )  # fmt: skip
         futures: dict[cf.Future[Outcome], int] = {}
         workers: list[Any] = []
-        outcomes: dict[int, Outcome] = {}
+        lost: dict[int, BaseException] = {}
         try:
             with _sigint_blocked():  # the workers, spawned by submit(), inherit it
-                futures = {pool.submit(_execute_in_worker, run): i for i, run in enumerate(runs)}
+                futures = {pool.submit(_execute_in_worker, runs[i]): i for i in todo}
                 workers = [p for p in mp.active_children() if p.pid not in others]
-            for done, future in enumerate(cf.as_completed(futures), 1):
+            for future in cf.as_completed(futures):
                 i = futures[future]
                 try:
-                    outcome = future.result()
-                except Exception as err:  # a worker that died (killed, out of memory)
-                    outcome = Outcome(runs[i].name, FAILED, error=f"worker died: {err}")
-                outcomes[i] = outcome
-                report(done, len(runs), runs[i], outcome)
+                    outcomes[i] = future.result()
+                except BrokenProcessPool as err:
+                    lost[i] = err
+                    continue
+                except Exception as err:  # the outcome could not come back
+                    outcomes[i] = Outcome(runs[i].name, FAILED, error=f"worker died: {err}")
+                report(len(outcomes), len(runs), runs[i], outcomes[i])
         except KeyboardInterrupt:
             # The pool has already handed the workers more runs than they hold, which
             # cancel_futures cannot take back: the event stops those before they start, and the
@@ -178,8 +206,13 @@ class LocalExecutor:
                     os.kill(worker.pid, signal.SIGINT)
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-        pool.shutdown(wait=True)
-        return [outcomes[i] for i in range(len(runs))]
+        pool.shutdown(wait=True)  # a broken pool's workers have ended: their runs' status holds
+        return lost
+
+
+def _attempts(run: Run) -> int:
+    """How many times :func:`~stablerank.repro.execute.execute` has started ``run``."""
+    return int(RunDir(run.run_dir).read_status().get("attempts") or 0)
 
 
 class SubmititExecutor:

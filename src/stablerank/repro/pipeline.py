@@ -81,8 +81,10 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
             outcomes = executor.map(runs, print_outcome)
         ran = [o for o in outcomes if o.state not in ("skipped", "busy")]
+        # How they ended: a failure's own line may have scrolled away among the others'.
+        ended = "".join(f"{n} {s}, " for s, n in Counter(o.state for o in ran).items())
         print(
-            f"ran {len(ran)} runs ({len(outcomes) - len(ran)} finished before or running "
+            f"ran {len(ran)} runs ({ended}{len(outcomes) - len(ran)} finished before or running "
             f"elsewhere) in {(time.perf_counter() - t0) / 60:.1f} min",
             file=sys.stderr,
         )

@@ -90,9 +90,10 @@ class DistInfo:
         return self.rank == 0
 
 
-def _die_with_parent() -> None:
-    """Ask Linux to send this worker SIGTERM when its parent (the torchrun agent) dies: a killed
-    agent must not leave orphaned workers writing into the run folder. No-op elsewhere."""
+def die_with_parent() -> None:
+    """Ask Linux to send this worker SIGTERM when its parent (the torchrun agent, or the
+    ``reproduce`` command of a pool worker) dies: a killed parent must not leave orphaned workers
+    writing into a run folder, holding its lock, or waiting forever for work. No-op elsewhere."""
     if sys.platform != "linux":
         return
     import ctypes
@@ -116,7 +117,7 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
         world_size=int(os.environ["WORLD_SIZE"]),
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
-    _die_with_parent()
+    die_with_parent()
     dev = resolve_device(device)
     if dev.type == "cuda":
         dev = torch.device("cuda", info.local_rank)
