@@ -11,6 +11,7 @@ state.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import random
 import signal
@@ -90,17 +91,19 @@ class DistInfo:
         return self.rank == 0
 
 
+# libc, loaded at import: die_with_parent also runs in a forked child before exec (preexec_fn),
+# where loading a library (dlopen) is unsafe if another thread of the parent held its lock.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+
+
 def die_with_parent() -> None:
     """Ask Linux to send this worker SIGTERM when its parent (the torchrun agent, or the
     ``reproduce`` command of a pool worker) dies: a killed parent must not leave orphaned workers
     writing into a run folder, holding its lock, or waiting forever for work. No-op elsewhere."""
-    if sys.platform != "linux":
+    if _LIBC is None:
         return
-    import ctypes
-
     pr_set_pdeathsig = 1
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _LIBC.prctl(pr_set_pdeathsig, signal.SIGTERM)
     if os.getppid() == 1:  # the parent died before the call: do it now
         os.kill(os.getpid(), signal.SIGTERM)
 
