@@ -232,6 +232,9 @@ def test_an_unfinished_run_is_not_analysed_so_no_analysis_outlives_its_training(
     with pytest.raises(ValueError, match=r"has not finished training .*status: interrupted"):
         analyze.run(analyze.AnalyzeConfig(n_pairs=10, n_jacobian=2), tmp_path / "run")
     assert not (tmp_path / "run" / "analysis.json").exists()
+    RunDir(tmp_path / "run").write_status(status="running")  # as a kill -9 leaves it
+    with pytest.raises(ValueError, match="running when it was stopped, no process holds it"):
+        analyze.run(analyze.AnalyzeConfig(n_pairs=10, n_jacobian=2), tmp_path / "run")
     gan_train.run(_gan(tmp_path), stop_at=2)
     with pytest.raises(ValueError, match="has not finished training"):
         gan_analysis.run(GanAnalysisConfig(), tmp_path / "g")

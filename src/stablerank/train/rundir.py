@@ -349,6 +349,8 @@ class RunDir:
             )
         if not self.metrics_file.is_file():
             status = self.read_status().get("status")
+            if status == RUNNING and not self.is_locked():  # killed (kill -9, power cut)
+                status = "running when it was stopped, no process holds it now"
             raise ValueError(
                 f"{self.path} has not finished training (no {self.metrics_file.name}; status: "
                 f"{status or 'none'}): finish it with its trainer's --resume first, then analyse it"
