@@ -117,6 +117,11 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
     # A rerun finds everything finished.
     runs = sweeps.build_sweep(_cfg(tmp_path / "sequential"))
     assert all(execute(r).state == "skipped" for r in runs)
+    # A finished run whose result was damaged by hand is skipped by reruns too: the report says
+    # how to train it again, instead of promising a retry.
+    (runs[0].run_dir / "metrics.json").write_text("{")
+    report = pipeline.run(_cfg(tmp_path / "sequential", report_only=True)).report.read_text()
+    assert "remove its folder to train it again |" in report
 
 
 def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):

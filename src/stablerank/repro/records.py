@@ -58,7 +58,8 @@ def _read(run: Run) -> RunRecord:
         if run.analysis is not None and not result.diverged:
             analysis = run.trainer.analysis.from_json(run.run_dir)
     except (OSError, ValueError) as err:
-        return RunRecord(run, FAILED, problem=str(err))
+        # Finished, so a rerun skips it: only a new training (its folder removed) replaces it.
+        return RunRecord(run, FAILED, problem=f"{err}; remove its folder to train it again")
     return RunRecord(run, state, result, analysis)
 
 
