@@ -150,6 +150,9 @@ def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, ca
     # The same command retries the failed run only.
     monkeypatch.setattr(execute_module, "_train", real)
     assert execute(victim).state == "done"
+    pipeline.run(_cfg(tmp_path, executor="sequential"))  # all finished: no time on their lines
+    skipped = [line for line in capsys.readouterr().err.splitlines() if " skipped " in line]
+    assert len(skipped) == len(runs) and not any(line.endswith(" s)") for line in skipped)
 
 
 def test_a_locked_run_is_left_to_its_owner(tmp_path):

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.execute import FAILED, Outcome, execute
+from stablerank.repro.execute import BUSY, FAILED, SKIPPED, Outcome, execute
 from stablerank.repro.sweeps import Run
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import die_with_parent
@@ -383,8 +383,9 @@ def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
     """The terminal's one line per finished run."""
     detail = f": {outcome.error}" if outcome.error else ""
     count = f"[{i:>{len(str(n))}}/{n}]"  # one width for the whole sweep: the names line up
+    took = f" ({outcome.seconds:.0f} s)" if outcome.state not in (SKIPPED, BUSY) else ""
     print(
-        f"{count} {outcome.state:<8} {run.name} ({outcome.seconds:.0f} s){detail}",
+        f"{count} {outcome.state:<8} {run.name}{took}{detail}",
         file=sys.stderr,
         flush=True,
     )
