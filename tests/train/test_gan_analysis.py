@@ -17,6 +17,7 @@ from stablerank.data import load_dataset
 from stablerank.metrics.features import to_signed_unit
 from stablerank.metrics.lipschitz import pairwise_lipschitz
 from stablerank.train import gan_analysis
+from stablerank.train.checkpoint import CorruptCheckpointError
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanAnalysis, to_dict
 
@@ -97,3 +98,15 @@ def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
 def test_missing_run_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         gan_analysis.run(SETTINGS, tmp_path / "nope")
+
+
+def test_a_corrupt_final_checkpoint_is_refused_not_replaced_by_an_older_one(tmp_path):
+    # The result is the final step's: an older checkpoint's model would not match it.
+    run_dir = _train(tmp_path, "cut", checkpoint_every=1)
+    final = run_dir / "checkpoints" / "step_0000002.pt"
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    final.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="step_0000002"):
+        gan_analysis.run(SETTINGS, run_dir)
+    assert not (run_dir / GanAnalysis.FILE).exists()
