@@ -458,6 +458,7 @@ def test_config_datasets_are_loadable_names():
         ({"d_norm_embedding": True, "conditional": True, "d_norm": "none"}, ValueError, "d_norm"),
         ({"amp": True, "device": "cpu"}, ValueError, "amp"),
         ({"eval_every": 10, "g_steps": 5}, ValueError, "eval_every"),
+        ({"n_final_samples": 1}, ValueError, r"n_final_samples must be 0 .* or >= 2, got 1"),
         ({"n_steps": 5}, ValueError, "valid keys"),
     ],
 )
