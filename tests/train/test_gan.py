@@ -290,6 +290,15 @@ def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_
     assert gan_train.run(dataclasses.replace(cfg, n_final_samples=60)) == rescored
 
 
+def test_an_unknown_feature_net_leaves_no_run_files_that_block_the_corrected_run(tmp_path):
+    cfg = _cfg(tmp_path, "feat", g_steps=1, n_final_samples=20, feature_net="nope")
+    with pytest.raises(ValueError, match="unknown feature extractor 'nope'"):
+        gan_train.run(cfg)
+    assert not (tmp_path / "feat" / "log.jsonl").exists()
+    # feature_net and n_final_samples are runtime keys: the corrected command reuses the folder.
+    assert gan_train.run(dataclasses.replace(cfg, n_final_samples=0)).steps == 1
+
+
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = _cfg(tmp_path, "amp", device="auto", amp=True)

@@ -292,6 +292,15 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
         baselines = ckpt["baselines"]
     del ckpt
 
+    # The feature network before the run files: an unknown one or missing weights leave no log
+    # behind that would make the corrected command need --overwrite.
+    sampler = Sampler(
+        nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
+    )
+    evaluator = None
+    if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
+        evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
+
     # --- run files (rank 0) ---
     log = None
     if info.is_main:
@@ -303,9 +312,6 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     fixed_z, fixed_y = latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
     if num_classes:  # one class per row
         fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
-    sampler = Sampler(
-        nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
-    )
 
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)
@@ -328,9 +334,6 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
             state[KEY_EMA_STANDING_BN] = sampler.stats_step == step
         folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
-    evaluator = None
-    if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
-        evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
     if evaluator is not None and cfg.n_final_samples > 0:
         if start == 0:
             sampler.ready(0)
