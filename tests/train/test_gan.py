@@ -573,6 +573,15 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch, ctrl_
     assert RunDir(run_dir).read_status()["status"] == "diverged"
 
 
+def test_the_last_line_of_a_collapsed_run_says_why_it_diverged(tmp_path, monkeypatch, capsys):
+    # A collapse is found after training, from the logged losses: nothing else prints it.
+    monkeypatch.setattr(gan_train, "divergence_of", lambda records: "discriminator collapse: X")
+    run_dir = _train(_cfg(tmp_path, "collapse", g_steps=1))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("diverged: 1 G steps") and "discriminator collapse: X" in last
+    assert last.endswith(f"results in {run_dir}")
+
+
 def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_path):
     default_name = RunDir.for_config(_cfg(tmp_path, None, g_steps=1)).path
     cfg = _cfg(tmp_path, None, num_threads=1, g_steps=1)
