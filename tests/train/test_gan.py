@@ -299,6 +299,20 @@ def test_an_unknown_feature_net_leaves_no_run_files_that_block_the_corrected_run
     assert gan_train.run(dataclasses.replace(cfg, n_final_samples=0)).steps == 1
 
 
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
+def test_rescoring_an_sn_ema_run_scores_the_generator_it_would_score_from_the_start(tmp_path):
+    # The final checkpoint holds G_ema's standing statistics; refreshing them again would also
+    # step the power iteration of an SN-normalized G (g_norm="sn") and change the samples.
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    over = {"g_steps": 2, "ema": 0.9, "g_norm": "sn", "feature_net": "test-pixels"}
+    direct = gan_train.run(_cfg(tmp_path, "direct", n_final_samples=30, **over))
+    cfg = _cfg(tmp_path, "rescored", n_final_samples=20, **over)
+    gan_train.run(cfg)
+    rescored = gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=30))
+    assert rescored.fid == direct.fid and rescored.is_mean == direct.is_mean
+
+
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cfg = _cfg(tmp_path, "amp", device="auto", amp=True)

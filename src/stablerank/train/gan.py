@@ -286,10 +286,11 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     nets = _build_nets(cfg, splits, num_classes, ckpt, info, device)
     # The lr is a pure function of the G step, as in the classifier trainer: nothing to save.
     decay = _linear_decay(cfg.g_steps) if cfg.lr_decay == "linear" else (lambda step: 1.0)
-    start, seconds_before, baselines = 0, 0.0, None
+    start, seconds_before, baselines, standing_bn = 0, 0.0, None, False
     if ckpt is not None:
         start, seconds_before = int(ckpt["step"]), float(ckpt["train_seconds"])
         baselines = ckpt["baselines"]
+        standing_bn = bool(ckpt.get(KEY_EMA_STANDING_BN, False))
     del ckpt
 
     # The feature network before the run files: an unknown one or missing weights leave no log
@@ -297,6 +298,8 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     sampler = Sampler(
         nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
     )
+    if standing_bn:  # G_ema was saved with them: refreshing again would step an SN G's u, v
+        sampler.stats_step = start
     evaluator = None
     if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
         evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
