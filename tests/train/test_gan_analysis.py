@@ -3,6 +3,7 @@ conditional (projection) D with the class held fixed per pair, checked by hand."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -110,3 +111,12 @@ def test_a_corrupt_final_checkpoint_is_refused_not_replaced_by_an_older_one(tmp_
     with pytest.raises(CorruptCheckpointError, match="step_0000002"):
         gan_analysis.run(SETTINGS, run_dir)
     assert not (run_dir / GanAnalysis.FILE).exists()
+
+
+def test_the_protocol_counts_the_test_images_there_are(tmp_path):
+    # digits has fewer test images than a pool of 2 x 300: the record is what was measured.
+    run_dir = _train(tmp_path, "small")
+    n_test = len(load_dataset("digits").test_x)
+    assert n_test < 600
+    result = gan_analysis.run(dataclasses.replace(SETTINGS, d_el_pairs=300), run_dir)
+    assert result.protocol.d_el.pool == f"{n_test} test images and 600 fresh samples"

@@ -197,9 +197,9 @@ def _discriminator_el(
     protocol = DElProtocol(
         mode="eval (SN/SRN u, v frozen)",
         n_pairs=n_pairs,
-        pool=f"{pool} test images and {pool} fresh samples",
+        pool=f"{len(real)} test images and {pool} fresh samples",  # fewer from a small split
         inputs="images in [-1, 1] as D sees them",
-        jacobian_points=min(k, pool),  # real and fake each (fewer when the pool is)
+        jacobian_points=min(k, len(real)),  # real and fake each (fewer when the pool is)
         jacobian_iterations=_JACOBIAN_ITERS,
         labels=_CONDITIONAL_LABELS if conditional else None,
     )
