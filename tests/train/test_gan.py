@@ -142,6 +142,20 @@ def test_resume_continues_bitwise(tmp_path, uninterrupted):
     assert steps == [1, 2, 3, 4, 5, 6]  # nothing duplicated or lost across the resume
 
 
+def test_stop_at_adds_no_log_record_so_the_result_is_the_uninterrupted_ones(tmp_path):
+    # Logged every 2 steps: a stop at step 3 must not log step 3, which would enter the curve,
+    # the mean SRN activity and the divergence rule's last points.
+    over = {**RESUME, "log_every": 2, "out_dir": str(tmp_path)}
+    full = gan_train.run(config_from_dict(GanConfig, {**over, "run_name": "full"}))
+    cfg = config_from_dict(GanConfig, {**over, "run_name": "cut"})
+    run_dir = _train(cfg, stop_at=STOP)
+    resumed = gan_train.run(dataclasses.replace(cfg, resume=True))
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    assert resumed.curve == full.curve
+    assert resumed.srn_active_fraction_mean == full.srn_active_fraction_mean
+
+
 def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypatch):
     calls = {"n": 0}
     real_g_loss = gan_train.compute_g_loss

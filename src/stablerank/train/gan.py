@@ -365,7 +365,8 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
                              device)  # fmt: skip
             step += 1
 
-            if step % cfg.log_every == 0 or step == end:
+            # The last step, not a stop_at one: a resumed run logs as an uninterrupted one.
+            if step % cfg.log_every == 0 or step == cfg.g_steps:
                 values = _mean_losses(losses, info)
                 if not all(math.isfinite(v) for v in values.values()):
                     divergence = f"non-finite loss at G step {step}: {values}"
