@@ -120,3 +120,8 @@ def test_the_protocol_counts_the_test_images_there_are(tmp_path):
     assert n_test < 600
     result = gan_analysis.run(dataclasses.replace(SETTINGS, d_el_pairs=300), run_dir)
     assert result.protocol.d_el.pool == f"{n_test} test images and 600 fresh samples"
+
+
+def test_an_analysis_seed_beyond_torchs_range_is_refused_by_name():
+    with pytest.raises(ValueError, match="seed"):
+        GanAnalysisConfig(seed=10**20)

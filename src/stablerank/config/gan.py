@@ -202,7 +202,8 @@ class GanAnalysisConfig:
         64, "neural divergence: channels of the fresh critic's first conv", min=1
     )
     nd_batch_size: int = option(64, "neural divergence: real and fake images per step", min=2)
-    seed: int = option(0, "offset of the analysis seed from the run's seed", min=0)
+    # The run's seed is at most 2**31 - 1 too: their sum stays in torch's seed range.
+    seed: int = option(0, "offset of the analysis seed from the run's seed", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     progress: bool = option(False, "progress bar for the critic")
 
