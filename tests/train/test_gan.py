@@ -610,6 +610,21 @@ def test_the_last_line_of_a_collapsed_run_says_why_it_diverged(tmp_path, monkeyp
     assert last.endswith(f"results in {run_dir}")
 
 
+def test_non_finite_samples_at_a_periodic_evaluation_end_the_run_as_diverged(tmp_path, monkeypatch):
+    # NaN from the first D update, but losses are logged only at step 4: the evaluation at step 2
+    # meets the NaN samples first.
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    real = gan_train.compute_d_loss
+    monkeypatch.setattr(gan_train, "compute_d_loss", lambda *a: real(*a) * float("nan"))
+    cfg = _cfg(tmp_path, "evalnan", g_steps=4, log_every=4, eval_every=2, n_eval_samples=20,
+               feature_net="test-pixels")  # fmt: skip
+    run_dir = _train(cfg)
+    result = GanResult.from_json(run_dir)
+    assert result.diverged and "not finite at G step 2" in result.divergence
+    assert result.steps == 2 and RunDir(run_dir).read_status()["status"] == "diverged"
+
+
 def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_path):
     default_name = RunDir.for_config(_cfg(tmp_path, None, g_steps=1)).path
     cfg = _cfg(tmp_path, None, num_threads=1, g_steps=1)

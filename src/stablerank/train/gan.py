@@ -231,9 +231,10 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
         than 0, and when ``stop_at`` ended it early). The run folder is
         :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`; the process
-        holds its lock and keeps its ``status.json`` while it trains. A non-finite loss stops the
-        run as diverged (no FID on NaN samples); a discriminator collapse
-        (:func:`~stablerank.train.gan_scores.divergence_of`) marks it diverged at the end. A
+        holds its lock and keeps its ``status.json`` while it trains. A non-finite loss, or
+        non-finite samples at an evaluation, stop the run as diverged (no FID on NaN samples);
+        a discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
+        diverged at the end. A
         folder that holds this run finished returns its stored result without training
         (``overwrite`` retrains it).
 
@@ -397,7 +398,12 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
                 save_samples(step)
             if cfg.eval_every and step % cfg.eval_every == 0 and evaluator is not None:
                 sampler.ready(step)
-                last_eval = scores_only(evaluator(cfg.n_eval_samples))
+                try:
+                    last_eval = scores_only(evaluator(cfg.n_eval_samples))
+                except NonFiniteError as err:  # NaN samples before the next logged losses
+                    divergence = f"the generator's samples are not finite at G step {step}: {err}"
+                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                    break
                 log.append({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}})
             if step % cfg.checkpoint_every == 0 or step == end:
                 checkpoint(step)
