@@ -142,6 +142,20 @@ def test_resume_continues_bitwise(tmp_path, uninterrupted):
     assert steps == [1, 2, 3, 4, 5, 6]  # nothing duplicated or lost across the resume
 
 
+def test_stop_at_adds_no_log_record_so_the_result_is_the_uninterrupted_ones(tmp_path):
+    # Logged every 2 steps: a stop at step 3 must not log step 3, which would enter the curve,
+    # the mean SRN activity and the divergence rule's last points.
+    over = {**RESUME, "log_every": 2, "out_dir": str(tmp_path)}
+    full = gan_train.run(config_from_dict(GanConfig, {**over, "run_name": "full"}))
+    cfg = config_from_dict(GanConfig, {**over, "run_name": "cut"})
+    run_dir = _train(cfg, stop_at=STOP)
+    resumed = gan_train.run(dataclasses.replace(cfg, resume=True))
+    steps = [json.loads(line)["step"] for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6]
+    assert resumed.curve == full.curve
+    assert resumed.srn_active_fraction_mean == full.srn_active_fraction_mean
+
+
 def test_ctrl_c_saves_a_consistent_checkpoint(tmp_path, uninterrupted, monkeypatch):
     calls = {"n": 0}
     real_g_loss = gan_train.compute_g_loss
@@ -288,6 +302,29 @@ def test_resume_with_another_final_protocol_rescores_the_real_baseline_only(tmp_
     rescored = gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=60))
     assert rescored.protocol.scores.n_fake == 60
     assert gan_train.run(dataclasses.replace(cfg, n_final_samples=60)) == rescored
+
+
+def test_an_unknown_feature_net_leaves_no_run_files_that_block_the_corrected_run(tmp_path):
+    cfg = _cfg(tmp_path, "feat", g_steps=1, n_final_samples=20, feature_net="nope")
+    with pytest.raises(ValueError, match="unknown feature extractor 'nope'"):
+        gan_train.run(cfg)
+    assert not (tmp_path / "feat" / "log.jsonl").exists()
+    # feature_net and n_final_samples are runtime keys: the corrected command reuses the folder.
+    assert gan_train.run(dataclasses.replace(cfg, n_final_samples=0)).steps == 1
+
+
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
+def test_rescoring_an_sn_ema_run_scores_the_generator_it_would_score_from_the_start(tmp_path):
+    # The final checkpoint holds G_ema's standing statistics; refreshing them again would also
+    # step the power iteration of an SN-normalized G (g_norm="sn") and change the samples.
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    over = {"g_steps": 2, "ema": 0.9, "g_norm": "sn", "feature_net": "test-pixels"}
+    direct = gan_train.run(_cfg(tmp_path, "direct", n_final_samples=30, **over))
+    cfg = _cfg(tmp_path, "rescored", n_final_samples=20, **over)
+    gan_train.run(cfg)
+    rescored = gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=30))
+    assert rescored.fid == direct.fid and rescored.is_mean == direct.is_mean
 
 
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):
@@ -458,6 +495,7 @@ def test_config_datasets_are_loadable_names():
         ({"d_norm_embedding": True, "conditional": True, "d_norm": "none"}, ValueError, "d_norm"),
         ({"amp": True, "device": "cpu"}, ValueError, "amp"),
         ({"eval_every": 10, "g_steps": 5}, ValueError, "eval_every"),
+        ({"n_final_samples": 1}, ValueError, r"n_final_samples must be 0 .* or >= 2, got 1"),
         ({"n_steps": 5}, ValueError, "valid keys"),
     ],
 )
@@ -561,6 +599,30 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch, ctrl_
     assert result.diverged and "non-finite" in result.divergence
     assert result.steps == 3  # stopped at the first logged NaN, not trained on
     assert RunDir(run_dir).read_status()["status"] == "diverged"
+
+
+def test_the_last_line_of_a_collapsed_run_says_why_it_diverged(tmp_path, monkeypatch, capsys):
+    # A collapse is found after training, from the logged losses: nothing else prints it.
+    monkeypatch.setattr(gan_train, "divergence_of", lambda records: "discriminator collapse: X")
+    run_dir = _train(_cfg(tmp_path, "collapse", g_steps=1))
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("diverged: 1 G steps") and "discriminator collapse: X" in last
+    assert last.endswith(f"results in {run_dir}")
+
+
+def test_non_finite_samples_at_a_periodic_evaluation_end_the_run_as_diverged(tmp_path, monkeypatch):
+    # NaN from the first D update, but losses are logged only at step 4: the evaluation at step 2
+    # meets the NaN samples first.
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    real = gan_train.compute_d_loss
+    monkeypatch.setattr(gan_train, "compute_d_loss", lambda *a: real(*a) * float("nan"))
+    cfg = _cfg(tmp_path, "evalnan", g_steps=4, log_every=4, eval_every=2, n_eval_samples=20,
+               feature_net="test-pixels")  # fmt: skip
+    run_dir = _train(cfg)
+    result = GanResult.from_json(run_dir)
+    assert result.diverged and "not finite at G step 2" in result.divergence
+    assert result.steps == 2 and RunDir(run_dir).read_status()["status"] == "diverged"
 
 
 def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_path):

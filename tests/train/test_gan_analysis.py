@@ -3,6 +3,7 @@ conditional (projection) D with the class held fixed per pair, checked by hand."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from stablerank.data import load_dataset
 from stablerank.metrics.features import to_signed_unit
 from stablerank.metrics.lipschitz import pairwise_lipschitz
 from stablerank.train import gan_analysis
+from stablerank.train.checkpoint import CorruptCheckpointError
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanAnalysis, to_dict
 
@@ -97,3 +99,29 @@ def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
 def test_missing_run_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         gan_analysis.run(SETTINGS, tmp_path / "nope")
+
+
+def test_a_corrupt_final_checkpoint_is_refused_not_replaced_by_an_older_one(tmp_path):
+    # The result is the final step's: an older checkpoint's model would not match it.
+    run_dir = _train(tmp_path, "cut", checkpoint_every=1)
+    final = run_dir / "checkpoints" / "step_0000002.pt"
+    data = bytearray(final.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    final.write_bytes(bytes(data))
+    with pytest.raises(CorruptCheckpointError, match="step_0000002"):
+        gan_analysis.run(SETTINGS, run_dir)
+    assert not (run_dir / GanAnalysis.FILE).exists()
+
+
+def test_the_protocol_counts_the_test_images_there_are(tmp_path):
+    # digits has fewer test images than a pool of 2 x 300: the record is what was measured.
+    run_dir = _train(tmp_path, "small")
+    n_test = len(load_dataset("digits").test_x)
+    assert n_test < 600
+    result = gan_analysis.run(dataclasses.replace(SETTINGS, d_el_pairs=300), run_dir)
+    assert result.protocol.d_el.pool == f"{n_test} test images and 600 fresh samples"
+
+
+def test_an_analysis_seed_beyond_torchs_range_is_refused_by_name():
+    with pytest.raises(ValueError, match="seed"):
+        GanAnalysisConfig(seed=10**20)

@@ -113,10 +113,12 @@ class GanConfig:
         0, "FID/KID/IS during training every this many G steps; 0 = off", min=0
     )
     n_eval_samples: int = option(
-        5000, "generated (and real) samples per evaluation during training", min=2
+        5000,
+        "generated samples per evaluation during training (against the whole test split)",
+        min=2,
     )
     n_final_samples: int = option(
-        10_000, "generated samples for the final metrics.json evaluation; 0 = skip it", min=0
+        10_000, "generated samples for the final metrics.json evaluation (>= 2); 0 = skip it", min=0
     )
     feature_net: str = option(
         "auto",
@@ -150,6 +152,8 @@ class GanConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.n_final_samples == 1:  # FID's covariance and KID's pairs need two samples
+            raise ValueError("n_final_samples must be 0 (skip the final scores) or >= 2, got 1")
         if self.d_norm_embedding and not self.conditional:
             raise ValueError(
                 "d_norm_embedding=True needs conditional=True (there is no "
@@ -198,7 +202,8 @@ class GanAnalysisConfig:
         64, "neural divergence: channels of the fresh critic's first conv", min=1
     )
     nd_batch_size: int = option(64, "neural divergence: real and fake images per step", min=2)
-    seed: int = option(0, "offset of the analysis seed from the run's seed", min=0)
+    # The run's seed is at most 2**31 - 1 too: their sum stays in torch's seed range.
+    seed: int = option(0, "offset of the analysis seed from the run's seed", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     progress: bool = option(False, "progress bar for the critic")
 

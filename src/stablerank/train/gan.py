@@ -231,9 +231,10 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
         than 0, and when ``stop_at`` ended it early). The run folder is
         :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`; the process
-        holds its lock and keeps its ``status.json`` while it trains. A non-finite loss stops the
-        run as diverged (no FID on NaN samples); a discriminator collapse
-        (:func:`~stablerank.train.gan_scores.divergence_of`) marks it diverged at the end. A
+        holds its lock and keeps its ``status.json`` while it trains. A non-finite loss, or
+        non-finite samples at an evaluation, stop the run as diverged (no FID on NaN samples);
+        a discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
+        diverged at the end. A
         folder that holds this run finished returns its stored result without training
         (``overwrite`` retrains it).
 
@@ -286,11 +287,23 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     nets = _build_nets(cfg, splits, num_classes, ckpt, info, device)
     # The lr is a pure function of the G step, as in the classifier trainer: nothing to save.
     decay = _linear_decay(cfg.g_steps) if cfg.lr_decay == "linear" else (lambda step: 1.0)
-    start, seconds_before, baselines = 0, 0.0, None
+    start, seconds_before, baselines, standing_bn = 0, 0.0, None, False
     if ckpt is not None:
         start, seconds_before = int(ckpt["step"]), float(ckpt["train_seconds"])
         baselines = ckpt["baselines"]
+        standing_bn = bool(ckpt.get(KEY_EMA_STANDING_BN, False))
     del ckpt
+
+    # The feature network before the run files: an unknown one or missing weights leave no log
+    # behind that would make the corrected command need --overwrite.
+    sampler = Sampler(
+        nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
+    )
+    if standing_bn:  # G_ema was saved with them: refreshing again would step an SN G's u, v
+        sampler.stats_step = start
+    evaluator = None
+    if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
+        evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
 
     # --- run files (rank 0) ---
     log = None
@@ -303,9 +316,6 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     fixed_z, fixed_y = latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
     if num_classes:  # one class per row
         fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
-    sampler = Sampler(
-        nets.G, nets.G_ema, z_dim=cfg.z_dim, num_classes=num_classes, device=device, seed=cfg.seed
-    )
 
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)
@@ -328,9 +338,6 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
             state[KEY_EMA_STANDING_BN] = sampler.stats_step == step
         folder.save_checkpoint(step, state, keep=cfg.keep_checkpoints)
 
-    evaluator = None
-    if info.is_main and (cfg.eval_every > 0 or cfg.n_final_samples > 0):
-        evaluator = Evaluator(cfg, splits.test_x, sampler.G, num_classes, device)
     if evaluator is not None and cfg.n_final_samples > 0:
         if start == 0:
             sampler.ready(0)
@@ -359,7 +366,8 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
                              device)  # fmt: skip
             step += 1
 
-            if step % cfg.log_every == 0 or step == end:
+            # The last step, not a stop_at one: a resumed run logs as an uninterrupted one.
+            if step % cfg.log_every == 0 or step == cfg.g_steps:
                 values = _mean_losses(losses, info)
                 if not all(math.isfinite(v) for v in values.values()):
                     divergence = f"non-finite loss at G step {step}: {values}"
@@ -390,7 +398,12 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
                 save_samples(step)
             if cfg.eval_every and step % cfg.eval_every == 0 and evaluator is not None:
                 sampler.ready(step)
-                last_eval = scores_only(evaluator(cfg.n_eval_samples))
+                try:
+                    last_eval = scores_only(evaluator(cfg.n_eval_samples))
+                except NonFiniteError as err:  # NaN samples before the next logged losses
+                    divergence = f"the generator's samples are not finite at G step {step}: {err}"
+                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                    break
                 log.append({"step": step, **{f"eval_{k}": v for k, v in last_eval.items()}})
             if step % cfg.checkpoint_every == 0 or step == end:
                 checkpoint(step)

@@ -1,7 +1,7 @@
 """Post-training measures of a GAN run that the GAN trainer does not write (claims 4 and 5).
 
 :func:`run` restores a finished run folder of :func:`stablerank.train.gan.run` with
-:func:`stablerank.train.gan_models.load_gan_run` (its newest checkpoint; G and D exactly as the
+:func:`stablerank.train.gan_models.load_gan_run` (its final checkpoint; G and D exactly as the
 trainer samples and scores with them), then measures with :mod:`stablerank.metrics`:
 
 * the **neural divergence** (docs/math.md §2.5): a fresh WGAN-GP critic on the test split vs
@@ -81,13 +81,16 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         The :class:`~stablerank.train.results.GanAnalysis` written to ``gan_analysis.json``.
 
     Raises:
-        FileNotFoundError: ``run_dir`` or its checkpoint does not exist.
+        FileNotFoundError: ``run_dir`` or its final checkpoint does not exist.
+        CorruptCheckpointError: the final checkpoint is corrupt (an older one is not read).
         ValueError: its training has not finished, or diverged.
     """
     run_dir = Path(run_dir)
     dev = resolve_device(settings.device)
-    RunDir(run_dir).trained_result(GanResult)
-    run = load_gan_run(run_dir, device=dev)
+    trained = RunDir(run_dir).trained_result(GanResult)
+    # The final step's checkpoint, which the run's scores are of: an older one (the fallback for
+    # a corrupt newest one) is a partial model.
+    run = load_gan_run(run_dir, device=dev, checkpoint=trained.steps)
     print(f"gan analysis of {run_dir}: neural divergence ({settings.nd_critic_steps} critic "
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
           file=sys.stderr, flush=True)  # fmt: skip
@@ -194,9 +197,9 @@ def _discriminator_el(
     protocol = DElProtocol(
         mode="eval (SN/SRN u, v frozen)",
         n_pairs=n_pairs,
-        pool=f"{pool} test images and {pool} fresh samples",
+        pool=f"{len(real)} test images and {pool} fresh samples",  # fewer from a small split
         inputs="images in [-1, 1] as D sees them",
-        jacobian_points=min(k, pool),  # real and fake each (fewer when the pool is)
+        jacobian_points=min(k, len(real)),  # real and fake each (fewer when the pool is)
         jacobian_iterations=_JACOBIAN_ITERS,
         labels=_CONDITIONAL_LABELS if conditional else None,
     )

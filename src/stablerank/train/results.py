@@ -474,14 +474,16 @@ class GanResult(Result):
         return self.d_layers
 
     def summary(self) -> str:
-        """One line for a terminal: the final scores beside their baselines, SRN's binding."""
+        """One line for a terminal: the final scores beside their baselines, SRN's binding, and
+        why the run diverged (a collapse is found after training: nothing else prints it)."""
         shown = {
             "FID": self.fid, "untrained G's FID": self.untrained_fid,
             "real training images' FID": self.real_train_fid, "IS": self.is_mean,
             "KID": self.kid_mean,
         }  # fmt: skip
         scores = _listed(shown)
-        return f"{self.steps} G steps, {scores or 'no final scores'}" + _binding(
+        why = f" ({self.divergence})" if self.diverged else ""
+        return f"{self.steps} G steps{why}, {scores or 'no final scores'}" + _binding(
             self.srn_active_fraction, "D's"
         )
 
