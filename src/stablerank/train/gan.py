@@ -234,9 +234,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         holds its lock and keeps its ``status.json`` while it trains. A non-finite loss, or
         non-finite samples at an evaluation, stop the run as diverged (no FID on NaN samples);
         a discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
-        diverged at the end. A
-        folder that holds this run finished returns its stored result without training
-        (``overwrite`` retrains it).
+        diverged at the end. A folder that holds this run finished returns its stored result
+        without training (``overwrite`` retrains it).
 
     Raises:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
