@@ -102,8 +102,9 @@ def test_bare_boolean_flag_means_true(capsys):
 @pytest.mark.parametrize(
     ("command", "runner", "hint"),
     [
-        ("train", "stablerank.train.classify.run", "with --resume continues"),
-        ("gan", "stablerank.train.gan.run", "with --resume continues"),
+        # Before the loop there may be no checkpoint: the hint must not promise one.
+        ("train", "stablerank.train.classify.run", "or starts from scratch when there is none"),
+        ("gan", "stablerank.train.gan.run", "or starts from scratch when there is none"),
         ("reproduce", "stablerank.repro.pipeline.run", "the same command continues"),
     ],
 )

@@ -43,15 +43,20 @@ class _Command:
     says_what_was_kept: bool = False
 
 
+# Said for a Ctrl-C that the training loop did not take (setup, data, final scores, torchrun),
+# when there may be no checkpoint yet: --resume then starts from scratch.
+_STOPPED_OUTSIDE_THE_LOOP = (
+    "stopped outside the training loop; the same command with --resume continues from the run "
+    "folder's newest checkpoint, or starts from scratch when there is none"
+)
+
 _COMMANDS = {
     "train": _Command(
         "train a classifier (vanilla / SN / SRN); torchrun-compatible",
         "stablerank.config.classify:ClassifyConfig",
         "stablerank.config.classify:CLASSIFY_PRESETS",
         "stablerank.train.classify:run",
-        "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
-        "the step reached, except under torchrun); the same command with --resume continues "
-        "from it",
+        _STOPPED_OUTSIDE_THE_LOOP,
         says_what_was_kept=True,
     ),
     "analyze": _Command(
@@ -67,9 +72,7 @@ _COMMANDS = {
         "stablerank.config.gan:GanConfig",
         "stablerank.config.gan:GAN_PRESETS",
         "stablerank.train.gan:run",
-        "the run folder keeps its newest checkpoint (Ctrl-C in the training loop writes one at "
-        "the G step reached, except under torchrun); the same command with --resume continues "
-        "from it",
+        _STOPPED_OUTSIDE_THE_LOOP,
         says_what_was_kept=True,
     ),
     "gan-analyze": _Command(
