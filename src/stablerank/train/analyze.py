@@ -193,11 +193,13 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     }
     # The Jacobian points are the pool's first n_jacobian; more than the pool holds are drawn
     # anew with its seed, so asking for more points never moves the pairs.
-    points = {
-        split: x[: cfg.n_jacobian] if cfg.n_jacobian <= len(x)
-        else images(_seeded_subset(*sources[split][:2], cfg.n_jacobian, sources[split][2])[0])
-        for split, x in pools.items()
-    }  # fmt: skip
+    points = {}
+    for split, x in pools.items():
+        if cfg.n_jacobian <= len(x):
+            points[split] = x[: cfg.n_jacobian]
+        else:
+            split_x, split_y, seed = sources[split]
+            points[split] = images(_seeded_subset(split_x, split_y, cfg.n_jacobian, seed)[0])
     if cfg.n_interpolated:
         x_tr_pool = pools[SPLIT_TRAIN]
         points[SPLIT_INTERPOLATED] = lipschitz.interpolate(
