@@ -135,6 +135,10 @@ def test_errors():
         build_classifier("small_cnn", num_classes=10, in_channels=1, image_size=4)
     with pytest.raises(ValueError, match="width must be > 0"):
         build_classifier("vgg19", **CIFAR10, width=0)
+    # A string failed in the comparison (TypeError naming no argument), infinity in round().
+    for width in ("1", math.inf, True):
+        with pytest.raises(ValueError, match="width must be > 0 and finite"):
+            build_classifier("mlp", **CIFAR10, width=width)
 
 
 @pytest.mark.parametrize(

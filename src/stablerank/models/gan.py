@@ -86,7 +86,7 @@ def _check_common(arch: str, image_size: int, channels: int, num_classes: int | 
 
 
 def _check_width(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 
