@@ -135,6 +135,32 @@ def test_errors():
         build_classifier("small_cnn", num_classes=10, in_channels=1, image_size=4)
     with pytest.raises(ValueError, match="width must be > 0"):
         build_classifier("vgg19", **CIFAR10, width=0)
+    # A string failed in the comparison (TypeError naming no argument), infinity in round().
+    for width in ("1", math.inf, True):
+        with pytest.raises(ValueError, match="width must be > 0 and finite"):
+            build_classifier("mlp", **CIFAR10, width=width)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "message"),
+    [
+        # `scaled` keeps every size >= 1 for small widths; it must not turn a 0 into a 1 too.
+        ("densenet_bc", {"depth": 10, "growth_rate": 0}, "growth_rate must be an int >= 1"),
+        ("mlp", {"hidden": (16, 0)}, "hidden sizes must be ints >= 1"),
+        ("alexnet", {"hidden": (384, -1)}, "hidden sizes must be ints >= 1"),
+        ("small_cnn", {"hidden": 0}, "hidden must be an int >= 1"),
+        ("small_cnn", {"stages": ((8, 0),)}, "stages' channels must be ints >= 1"),
+        # A transition of c channels keeps floor(c * compression): 0 would leave an empty map.
+        ("densenet_bc", {"depth": 10, "compression": 0.01}, "compression must be in"),
+        # A float depth passed the 6n + 2 arithmetic and failed later in range().
+        ("resnet", {"depth": 20.0}, "depth must be 6n \\+ 2"),
+        ("wrn", {"depth": 28.0}, "depth must be 6n \\+ 4"),
+        ("densenet_bc", {"depth": 100.0}, "depth must be 6n \\+ 4"),
+    ],
+)
+def test_size_arguments_are_checked(name, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        build_classifier(name, **CIFAR10, **kwargs)
 
 
 FULL_SIZE = ["resnet20", "resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"]

@@ -158,6 +158,8 @@ def test_builders_reject_bad_arguments():
         build_discriminator("cnn", image_size=27, channels=3, ndf=8)
     with pytest.raises(ValueError, match="ngf"):
         build_generator("cnn", image_size=32, channels=3, ngf=0)
+    with pytest.raises(ValueError, match="ndf must be an int >= 1, got True"):
+        build_discriminator("cnn", image_size=32, channels=3, ndf=True)  # True is an int: 1
     with pytest.raises(ValueError, match="num_classes"):
         build_discriminator("resnet", image_size=32, channels=3, ndf=8, num_classes=1)
     with pytest.raises(ValueError, match="labels"):

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 
 def scaled(channels: int, width: float) -> int:
     """Channel count times the width multiplier, at least 1."""
     return max(1, round(channels * width))
+
+
+def check_sizes(what: str, sizes: Sequence[int]) -> None:
+    """Raise ValueError unless every size is an int >= 1: ``scaled`` would turn a 0 into a 1."""
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(f"{what} must be ints >= 1, got {sizes!r}")
 
 
 def conv3x3(c_in: int, c_out: int, stride: int = 1) -> nn.Conv2d:
@@ -19,6 +27,7 @@ def relu_mlp(
     in_features: int, hidden: tuple[int, ...], width: float
 ) -> tuple[list[nn.Module], int]:
     """Linear-ReLU layers of the given (width-scaled) sizes; returns them and the last size."""
+    check_sizes("hidden sizes", hidden)
     layers: list[nn.Module] = []
     for size in hidden:
         layers += [nn.Linear(in_features, scaled(size, width)), nn.ReLU(inplace=True)]

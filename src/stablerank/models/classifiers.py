@@ -22,6 +22,7 @@ BatchNorm follows each conv); AlexNet (the small CIFAR AlexNet of Zhang et al. 2
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -124,8 +125,9 @@ def build_classifier(name: str, *, num_classes: int, in_channels: int, image_siz
         raise ValueError(
             f"image_size must be an int >= {_MIN_IMAGE_SIZE} or None, got {image_size!r}"
         )
-    if "width" in kwargs and not kwargs["width"] > 0:
-        raise ValueError(f"width must be > 0, got {kwargs['width']!r}")
+    width = kwargs.get("width", 1.0)
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
+        raise ValueError(f"width must be > 0 and finite, got {width!r}")
     builder = _FAMILIES[family]
     accepted = set(inspect.signature(builder).parameters) - {"num_classes", "in_channels",
                                                               "image_size"}  # fmt: skip

@@ -39,10 +39,12 @@ class DenseNetBC(nn.Module):
                  growth_rate: int = 12, compression: float = 0.5, width: float = 1.0
                  ) -> None:  # fmt: skip
         super().__init__()
-        if depth < 10 or (depth - 4) % 6:
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (40, 100, 190), got {depth}")
         if not 0 < compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {compression}")
+        if not isinstance(growth_rate, int) or growth_rate < 1:
+            raise ValueError(f"growth_rate must be an int >= 1, got {growth_rate!r}")
         n, k = (depth - 4) // 6, scaled(growth_rate, width)
         c = 2 * k
         layers: list[nn.Module] = [conv3x3(in_channels, c)]
@@ -52,6 +54,10 @@ class DenseNetBC(nn.Module):
                 c += k
             if block < 2:  # transition: BN-ReLU-1x1 conv (compression)-2x2 average pool
                 c_out = math.floor(c * compression)
+                if c_out < 1:  # an empty map would pass silently to the next block
+                    raise ValueError(f"compression must be in [1/{c}, 1] for this depth and "
+                                     f"growth rate (a transition of {c} channels), got "
+                                     f"{compression}")  # fmt: skip
                 layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True),
                            nn.Conv2d(c, c_out, 1, bias=False), nn.AvgPool2d(2)]  # fmt: skip
                 c = c_out

@@ -21,6 +21,13 @@ gain and bias from an embedding, de Vries et al. 2017) and a projection discrimi
     is therefore left plain by default; Miyato & Koyama normalize it too, which the trainer does
     only when asked (``GanConfig.d_norm_embedding``).
 
+Where these differ from the authors' code, which Tables 3 and 4 of Miyato et al. leave open (kept
+as they are: the GAN runs on record, ``"cnn"``, used them): the ``"cnn"`` layers keep torch's
+default initialization (chainer-gan-lib's SN-DCGAN draws every weight from N(0, 0.02)); the
+``"cnn"`` generator batch-normalizes its dense output per channel after the reshape
+(chainer-gan-lib: per unit, before it); the ResNet discriminator's final Linear has a bias
+(sngan_projection's has none).
+
 The models own their losses: :func:`compute_d_loss` and :func:`compute_g_loss` (``"hinge"`` or
 ``"ns"``, the non-saturating loss of Goodfellow et al. 2014). Only torch is imported here.
 """
@@ -79,7 +86,7 @@ def _check_common(arch: str, image_size: int, channels: int, num_classes: int | 
 
 
 def _check_width(name: str, value: int) -> None:
-    if not isinstance(value, int) or value < 1:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, got {value!r}")
 
 

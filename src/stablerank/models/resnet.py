@@ -55,7 +55,7 @@ class ResNet(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, image_size: int, depth: int = 20,
                  width: float = 1.0, shortcut: str = "A") -> None:  # fmt: skip
         super().__init__()
-        if depth < 8 or (depth - 2) % 6:
+        if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 with n >= 1 (20, 56, 110), got {depth}")
         if shortcut not in ("A", "B"):
             raise ValueError(f"shortcut must be 'A' or 'B', got {shortcut!r}")
@@ -111,7 +111,7 @@ class WideResNet(nn.Module):
                  widen_factor: int = 10, dropout: float = 0.0, width: float = 1.0
                  ) -> None:  # fmt: skip
         super().__init__()
-        if depth < 10 or (depth - 4) % 6:
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (16, 28, 40), got {depth}")
         if widen_factor < 1:
             raise ValueError(f"widen_factor must be >= 1, got {widen_factor}")
