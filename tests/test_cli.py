@@ -190,6 +190,40 @@ def test_bad_config_files_are_one_line_errors(capsys, tmp_path, content, match):
     assert usage.startswith("usage: stablerank train") and match in error and "\n" not in error
 
 
+def test_a_flag_overrides_a_dashed_file_key_that_a_preset_also_sets(capsys, tmp_path):
+    # The preset sets batch_size, the file batch-size: the flag must still win, not the file.
+    path = tmp_path / "c.yaml"
+    path.write_text("batch-size: 32\n")
+    argv = ["train", "--preset", "tiny", "--config", str(path), "--batch-size", "16"]
+    code, out, _ = _run(capsys, *argv, "--print-config")
+    assert code == 0 and json.loads(out)["batch_size"] == 16
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("lr: 0.1\nlr: 0.2\n", "'lr' given twice"),  # PyYAML kept the last one silently
+        ("batch_size: 8\nbatch-size: 16\n", "'batch-size' given twice"),
+        ("1: 2\n", "unknown config key"),  # was an AttributeError, exit 1
+    ],
+)
+def test_a_key_given_twice_or_not_a_name_is_a_usage_error(capsys, tmp_path, content, match):
+    path = tmp_path / "c.yaml"
+    path.write_text(content)
+    code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
+    assert code == 2 and match in err
+
+
+def test_config_given_twice_is_refused_not_half_ignored(capsys, tmp_path):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("lr: 0.2\n")
+    second.write_text("epochs: 3\n")
+    code, _, err = _run(
+        capsys, "train", "--config", str(first), "--config", str(second), "--print-config"
+    )
+    assert code == 2 and "--config" in err and "once" in err
+
+
 def test_config_file_that_is_a_folder(capsys, tmp_path):
     code, _, err = _run(capsys, "train", "--config", str(tmp_path), "--print-config")
     assert code == 2 and "is a folder" in err

@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--config",
             metavar="FILE",
+            action="append",  # given twice is refused (_resolve), not the first file ignored
             help="YAML file of config keys; flags given on the command line override it",
         )
         p.add_argument(
@@ -172,7 +173,9 @@ _META = {"command", "preset", "config", "json", "print_config", "debug", "usage_
 
 def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     preset = _load(cmd.presets)[args.preset] if getattr(args, "preset", None) else {}
-    from_file = read_yaml(args.config) if args.config else {}
+    if args.config and len(args.config) > 1:
+        raise ValueError(f"--config may be given once, got {len(args.config)} files")
+    from_file = read_yaml(args.config[0]) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in _META}
     return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
 

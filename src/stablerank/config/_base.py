@@ -197,15 +197,34 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (``lr`` twice, or ``batch_size``
+    and ``batch-size``): PyYAML would keep the last one without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if isinstance(key, str) and key != "<<":  # "<<": YAML's merge key
+                if key.replace("-", "_") in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice", key_node.start_mark
+                    )
+                seen.add(key.replace("-", "_"))
+        return super().construct_mapping(node, deep)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping of keys to values a YAML config file holds (empty file: ``{}``)."""
+    """The mapping of keys to values a YAML config file holds (empty file: ``{}``), with ``-`` in
+    keys read as ``_``, as in flags: a later source (flags) then replaces the key, never sits
+    beside it."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"config file {str(path)!r} is a folder, not a YAML file")
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader
     except yaml.YAMLError as err:
         # PyYAML's message spans several lines (context, snippet, caret): keep one.
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
@@ -216,7 +235,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         return {}
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
-    return loaded
+    return {str(k).replace("-", "_"): v for k, v in loaded.items()}
 
 
 def load_config(
