@@ -214,6 +214,15 @@ def test_a_key_given_twice_or_not_a_name_is_a_usage_error(capsys, tmp_path, cont
     assert code == 2 and match in err
 
 
+@pytest.mark.parametrize(
+    "argv", [("reproduce", "--seed", "3"), ("train", "--prog", "false"), ("gan", "--n-final", "0")]
+)
+def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys, argv):
+    # `reproduce --seed 3` read as --seeds 3 (three seeds per arm) without a word.
+    code, _, err = _run(capsys, *argv, "--print-config")
+    assert code == 2 and f"unrecognized arguments: {argv[1]}" in err
+
+
 def test_config_given_twice_is_refused_not_half_ignored(capsys, tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("lr: 0.2\n")

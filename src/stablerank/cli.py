@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"stablerank {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in _COMMANDS.items():
-        p = sub.add_parser(name, help=cmd.help, description=cmd.help)
+        # No prefixes: `reproduce --seed 3` must not be read as --seeds 3 (three seeds per arm).
+        p = sub.add_parser(name, help=cmd.help, description=cmd.help, allow_abbrev=False)
         if cmd.reads_runs_of:
             p.add_argument(
                 "run_dir",
