@@ -223,6 +223,30 @@ def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys,
     assert code == 2 and f"unrecognized arguments: {argv[1]}" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (("--executor", "sequential", "--workers", "4"), "workers"),
+        (("--executor", "slurm", "--workers", "4"), "workers"),
+        (("--slurm-partition", "gpu"), "slurm_partition"),
+        (("--executor", "submitit-local", "--slurm-gpus-per-run", "2"), "slurm_gpus_per_run"),
+        (("--executor", "sequential", "--slurm-time", "30"), "slurm_time"),
+    ],
+)
+def test_reproduce_refuses_an_option_its_executor_ignores(capsys, argv, match):
+    code, _, err = _run(capsys, "reproduce", *argv, "--print-config")
+    assert code == 2 and match in err and "executor" in err
+
+
+def test_reproduce_takes_each_executors_own_options(capsys):
+    for argv in (
+        ("--executor", "local", "--workers", "3"),
+        ("--executor", "submitit-local", "--workers", "2", "--slurm-time", "30"),
+        ("--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-run", "2"),
+    ):
+        assert _run(capsys, "reproduce", *argv, "--print-config")[0] == 0, argv
+
+
 def test_config_given_twice_is_refused_not_half_ignored(capsys, tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("lr: 0.2\n")

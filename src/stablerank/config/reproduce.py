@@ -53,7 +53,10 @@ class ReproduceConfig:
         choices=EXECUTORS,
     )
     workers: int = option(
-        0, "local executor: concurrent runs (0 = one per GPU, else cores / threads)", min=0
+        0,
+        "local: concurrent runs; submitit-local: jobs per wave (0 = one per GPU, else cores / "
+        "threads)",
+        min=0,
     )
     threads: int = option(1, "torch CPU threads of each run (0 = torch's default)", min=0)
     nproc_per_node: int = option(
@@ -69,7 +72,9 @@ class ReproduceConfig:
     slurm_partition: str = option("", "slurm: partition ('' = the cluster's default)")
     slurm_gpus_per_run: int = option(1, "slurm: GPUs of each run's job", min=0)
     slurm_cpus_per_run: int = option(4, "slurm: CPU cores of each run's job", min=1)
-    slurm_time: int = option(240, "slurm: time limit of each job in minutes", min=1)
+    slurm_time: int = option(
+        240, "slurm and submitit-local: time limit of each job in minutes", min=1
+    )
     slurm_array_parallelism: int = option(64, "slurm: jobs of the array running at once", min=1)
     # --- deciding claims ---
     alpha: float = option(
@@ -85,6 +90,17 @@ class ReproduceConfig:
         check_config(self)
         if self.dry_run and self.report_only:
             raise ValueError("dry_run and report_only exclude each other; pick one")
+        # An option the executor never reads would be dropped without a word: refuse it. The
+        # executors read workers (local: pool size; submitit-local: wave size), slurm_time
+        # (submitit's timeout, local cluster too) and the other slurm_* options (slurm only).
+        users = {"workers": ("local", "submitit-local"), "slurm_time": ("slurm", "submitit-local")}
+        for f in dataclasses.fields(self):
+            readers = users.get(f.name, ("slurm",) if f.name.startswith("slurm_") else None)
+            if readers and self.executor not in readers and getattr(self, f.name) != f.default:
+                raise ValueError(
+                    f"{f.name} applies to executor {' or '.join(readers)} only, got "
+                    f"executor={self.executor!r}; leave {f.name} at {f.default!r} here"
+                )
 
     @property
     def resolved_out_dir(self) -> str:
