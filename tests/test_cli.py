@@ -247,6 +247,13 @@ def test_reproduce_takes_each_executors_own_options(capsys):
         assert _run(capsys, "reproduce", *argv, "--print-config")[0] == 0, argv
 
 
+def test_an_integer_too_large_for_a_float_option_is_a_usage_error_naming_it(capsys, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"lr: {10**400}\n")  # YAML reads an int; float() of it overflowed, exit 1
+    code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
+    assert code == 2 and "'lr' expects a number" in err
+
+
 def test_config_given_twice_is_refused_not_half_ignored(capsys, tmp_path):
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("lr: 0.2\n")

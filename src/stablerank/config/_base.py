@@ -89,7 +89,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
         # bool is an int subclass, and a float is no integer: both are refused, not truncated.
         accepted = (int, str) if base is int else (int, float, str)
         if isinstance(value, accepted) and not isinstance(value, bool):
-            with contextlib.suppress(ValueError):
+            with contextlib.suppress(ValueError, OverflowError):  # float(10**400) overflows
                 return base(value)
         what = "an integer" if base is int else "a number"
         raise TypeError(f"config key {key!r} expects {what}, got {value!r}")
