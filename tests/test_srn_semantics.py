@@ -322,3 +322,13 @@ def test_to_empty_after_meta_keeps_the_target_in_the_state_dict():
     fresh = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.9)
     fresh.load_state_dict(layer.state_dict())
     assert fresh.parametrizations.weight[0].srank == 3.0
+
+
+def test_a_refused_target_in_a_state_dict_leaves_the_layer_as_it_was():
+    layer = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.5)  # target 3
+    state = layer.state_dict()
+    state["parametrizations.weight.0._srank"] = torch.tensor(0.5, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"_srank must be a finite number >= 1, got 0\.5"):
+        layer.load_state_dict(state)
+    p = layer.parametrizations.weight[0]
+    assert p.srank == 3.0 and p._srank.item() == 3.0  # the buffer and the target agree

@@ -222,12 +222,15 @@ class _StableRankNorm(nn.Module):
         # The target travels with the weights: loading a state_dict adopts its ``_srank``, so a
         # layer built with another target reproduces the saved outputs exactly. A state_dict
         # without the key (torch's spectral_norm, or SRN before the key existed) is a missing key:
-        # strict loading raises (convert it with ``convert_spectral_norm_state_dict``).
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        # strict loading raises (convert it with ``convert_spectral_norm_state_dict``). A refused
+        # target is refused before anything is loaded: the buffer must not disagree with it.
+        saved = None
         if prefix + "_srank" in state_dict:
             saved = float(state_dict[prefix + "_srank"])
             if not (math.isfinite(saved) and saved >= 1):
                 raise ValueError(f"{prefix}_srank must be a finite number >= 1, got {saved}")
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        if saved is not None:
             self._set_srank(saved)
 
     def extra_repr(self) -> str:
