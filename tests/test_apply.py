@@ -139,6 +139,13 @@ def test_layer_report_values_and_no_side_effects(tmp_path):
     assert (tmp_path / "r.csv").read_text().count("\n") == 5
 
 
+def test_layer_report_of_a_meta_model_says_to_materialize_it():
+    with torch.device("meta"):
+        net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)
+    with pytest.raises(ValueError, match="meta device: materialize it first"):
+        sr.layer_report(net)
+
+
 def test_normalize_model_warns_when_it_normalizes_nothing():
     # A lone Linear is the model's last Linear, the head, which head="none" leaves plain; an
     # LSTM has no eligible layer. Either way the call must not pass as a silent no-op.

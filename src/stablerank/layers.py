@@ -144,9 +144,16 @@ def layer_report(model: nn.Module) -> LayerReport:
     """One :class:`LayerRecord` per Linear / ConvNd / ConvTransposeNd weight of ``model``.
 
     Exact values come from the float64 Gram matrix of each reshaped weight (its top eigenvalue is
-    sigma_max^2). The model's state
-    (u, v, training flags) is unchanged.
+    sigma_max^2). The model's state (u, v, training flags) is unchanged.
+
+    Raises:
+        ValueError: the model has weights on the ``meta`` device (no values to measure).
     """
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise ValueError(
+            "layer_report needs the weights' values, but the model has tensors on the meta "
+            "device: materialize it first (to_empty(), then load_state_dict)"
+        )
     params = list(_parametrizations(model))
     modes = [p.training for p in params]
     for p in params:
