@@ -142,6 +142,8 @@ def _excluder(exclude: Exclude, model: nn.Module, what: str) -> Callable[[str, n
 def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str, nn.Module]]:
     """The (qualified name, module) pairs :func:`normalize_model` would normalize (head included).
 
+    A weight that already has SN or SRN is listed without being read, so u, v do not move.
+
     Args:
         model: any module.
         exclude: module-name patterns (``fnmatch``, e.g. ``"classifier"`` or ``"*.shortcut.*"``)
@@ -229,7 +231,8 @@ def normalize_model(
     first). When SRN's cap binds on no SRN layer at registration (every raw stable rank is
     already <= r, so SRN acts as SN), a :class:`SrnInactiveWarning` is issued (silence it with
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``). A call
-    that normalizes no layer at all (no eligible layer but the head) warns too (UserWarning).
+    that normalizes no layer at all warns too (UserWarning): no eligible layer outside
+    ``exclude`` but the head, which ``head="none"`` leaves plain, or none at all (an LSTM).
 
     Args:
         model: the model, modified in place.

@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--config",
             metavar="FILE",
             action="append",  # given twice is refused (_resolve), not the first file ignored
-            help="YAML file of config keys; flags given on the command line override it",
+            help="YAML file of config keys (given once); flags given on the command line "
+            "override it",
         )
         p.add_argument(
             "--print-config",

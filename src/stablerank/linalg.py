@@ -234,7 +234,8 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         the range whose squares neither overflow nor underflow: float32 weights with spectral
         norm in about [1e-8, 1e28] (1e20 included) iterate to the right vectors. The returned
         estimate carries delta / alpha (about 1.1e-9 in float32): below rounding for spectral
-        norms above about 0.01, a relative bias below them (docs/library.md, "Tiny weights").
+        norms above about 0.01, a relative bias below them (docs/library.md, "Tiny float32
+        weights").
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
     norm, scale = power_iteration_steps(matrix, u, v, n_iterations)

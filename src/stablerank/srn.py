@@ -629,15 +629,17 @@ def stable_rank_norm(
         A weight that is zero, or far smaller than ``eps``, keeps u, v as they are (the power
         iteration adds a vanishing multiple of the previous vector, Note [srn power iteration]),
         so normalization resumes when the weight becomes non-zero again. On the ``meta`` device
-        no power iteration runs; after materializing (``to_empty``), load a state_dict: u and v
-        are then uninitialized memory.
+        no power iteration runs; ``to_empty()`` then leaves u and v uninitialized memory (the
+        target ``_srank`` is refilled), so load a state_dict after it.
 
     Args:
         module: the module holding the parameter.
         name: name of the parameter (default ``"weight"``).
-        n_power_iterations: power-iteration steps per training forward (default 1, >= 1).
+        n_power_iterations: power-iteration steps per training forward (default 1, an integer
+            >= 1; numpy integers too).
         eps: numerical floor for sigma and ||R||_F^2 (default 1e-12, finite and > 0).
-        dim: the row axis of the reshape (default: 1 for ConvTranspose1d/2d/3d, else 0).
+        dim: the row axis of the reshape (default: 1 for ConvTranspose1d/2d/3d, else 0; numpy
+            integers too).
         rank_ratio: c in (0, 1]: target ``r = max(1, c * min(m, n))`` of the reshaped (m, n)
             weight. Default :data:`DEFAULT_RANK_RATIO` when ``srank`` is not given.
             ``rank_ratio=1`` is plain spectral normalization.

@@ -217,7 +217,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """The mapping of keys to values a YAML config file holds (empty file: ``{}``), with ``-`` in
     keys read as ``_``, as in flags: a later source (flags) then replaces the key, never sits
-    beside it."""
+    beside it. Keys are returned as strings (``1: 2`` gives ``"1"``, an unknown key later).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is a folder, is not valid YAML, sets a key twice (``lr`` twice, or
+            ``batch_size`` and ``batch-size``), or holds something other than a mapping.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"config file {str(path)!r} is a folder, not a YAML file")

@@ -30,7 +30,8 @@ class GanConfig:
 
     # Fields that may change between a run and its resume, left out of the run folder's hash:
     # where and how it is watched and where its files are read from, not what it computes
-    # (evaluation and sampling use their own RNG streams, so they never alter training).
+    # (evaluation and sampling use their own RNG streams, so they never alter training). A resume
+    # is bitwise only at the same num_threads: another thread count sums in another order.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "device", "num_threads", "out_dir", "run_name",
         "data_dir", "log_every", "sample_every", "eval_every", "n_eval_samples",

@@ -55,7 +55,8 @@ def corrupt_labels(
         labels: 1-D integer tensor of class indices in [0, num_classes), any device.
         fraction: p in [0, 1]; 1 gives fully random labels.
         num_classes: K >= 2.
-        seed: seed of the draw (>= 0); the same arguments always give the same labels.
+        seed: seed of the draw, an int in [0, 2**64); the same arguments always give the same
+            labels.
         exclude_original: if True, a corrupted label always differs from the original
             (default False).
 
@@ -94,19 +95,21 @@ def subset_indices(labels: torch.Tensor, size: int, seed: int, *, stratified: bo
 
     Stratified (default): every class present in ``labels`` gets ``size // K`` examples and a
     seeded random choice of ``size % K`` classes one more, each class's examples chosen uniformly
-    without replacement. Otherwise a uniform random subset.
+    without replacement. Otherwise a uniform random subset. ``size == len(labels)`` gives every
+    index, with no draw (a stratified quota could exceed a small class).
 
     Args:
         labels: 1-D integer tensor of labels.
         size: subset size, 1 <= size <= len(labels).
-        seed: seed of the draw (>= 0).
+        seed: seed of the draw, an int in [0, 2**64).
         stratified: balance the classes (default True).
 
     Returns:
         int64 tensor of ``size`` distinct indices on the CPU.
 
     Raises:
-        ValueError: ``size`` out of range, or a class too small for its stratified share.
+        ValueError: ``size`` or ``seed`` out of range, or a class too small for its stratified
+            share.
     """
     _check_labels(labels)
     n = labels.numel()
@@ -146,7 +149,7 @@ def train_subset(
         x: inputs, first dimension N.
         y: 1-D labels, N entries.
         size: subset size in [1, N].
-        seed: seed of the draw (>= 0).
+        seed: seed of the draw, an int in [0, 2**64).
         stratified: balance the classes (default True).
 
     Returns:

@@ -138,7 +138,12 @@ def _execute_in_worker(run: Run) -> Outcome:
 
 
 class LocalExecutor:
-    """A pool of ``workers`` processes (spawned: no state inherited from this one)."""
+    """A pool of ``workers`` processes (spawned: no state inherited from this one).
+
+    The workers end when this process dies (``kill -9`` included). A worker killed mid-sweep
+    (``kill -9``, out of memory) breaks the pool: the runs in progress fail (a rerun resumes
+    them) and the runs not started go on in a new pool; when none had started, they all fail.
+    """
 
     def __init__(self, workers: int, threads: int, gpus: Sequence[int]) -> None:
         self.workers = workers

@@ -1,7 +1,8 @@
 """Analysis of a trained classification run (``stablerank analyze RUN_DIR``; docs/math.md §2).
 
 Rebuilds the network from the run's ``config.json`` (same data preparation, same normalization),
-loads the weights of its last checkpoint and measures, **in eval mode** (BatchNorm running
+loads the weights of its last epoch's checkpoint (a damaged one is refused, not replaced by an
+earlier epoch's) and measures, **in eval mode** (BatchNorm running
 statistics, SN/SRN with frozen u, v):
 
 * the generalization gap (train minus test accuracy; test minus train loss) on the training set

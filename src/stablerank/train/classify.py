@@ -141,7 +141,10 @@ class RunData:
 
 
 def prepare_data(cfg: ClassifyConfig) -> RunData:
-    """Load the dataset, take the seeded train subset, then corrupt ``label_noise`` of its labels.
+    """Load the dataset, take the seeded train subset, then corrupt ``label_noise`` of its labels;
+    then the seeded subsets that score train accuracy (``train_eval_size``; under partial label
+    noise drawn from a stream of its own, not the permutation that chose the corrupted positions)
+    and test accuracy per epoch (``test_eval_size``).
 
     Identical on every rank and in ``stablerank analyze`` (everything is seeded by ``cfg.seed``).
     """

@@ -332,13 +332,14 @@ class RunDir:
     def trained_result(self, result_cls: Any) -> Any:
         """The result of a run to analyse (``result_cls.from_json``), once its training finished
         and did not diverge. Finished: its trainer wrote ``metrics.json`` (the status alone does
-        not say it, as an orchestrator marks the analysis stage ``running``). An analysis reads
-        the newest checkpoint: of an unfinished run that is a partial model, whose numbers would
-        not match the run's results and would outlive its resumed training.
+        not say it, as an orchestrator marks the analysis stage ``running``). The newest
+        checkpoint of an unfinished run is a partial model, whose numbers would not match the
+        run's results and would outlive its resumed training.
 
         Raises:
             FileNotFoundError: the folder, or its ``config.json``, does not exist.
-            ValueError: training has not finished, or diverged.
+            ValueError: training has not finished (the message names the status, and a
+                ``running`` one whose lock no process holds as stopped), or diverged.
         """
         if not self.path.is_dir():
             what = "is not a folder" if self.path.exists() else "does not exist"
