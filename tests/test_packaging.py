@@ -88,6 +88,10 @@ _BLOCKED_IMPORT_SCRIPT = textwrap.dedent(
     import stablerank.metrics
     import stablerank.cli
     import stablerank.repro.claims
+    import stablerank.train.analyze
+    import stablerank.train.gan_analysis
+    from stablerank.config.classify import AnalyzeConfig
+    from stablerank.config.gan import GanAnalysisConfig
 
     layer = stablerank.stable_rank_norm(torch.nn.Linear(8, 6), rank_ratio=0.5)
     out = layer(torch.randn(3, 8))
@@ -118,6 +122,9 @@ _BLOCKED_IMPORT_SCRIPT = textwrap.dedent(
             code = stablerank.cli.main([*argv, "--out-dir", str(out)])
         assert code == 1 and {hint!r} in err.getvalue(), err.getvalue()
         assert not any(out.iterdir()), sorted(out.iterdir())
+    # So do the analyses, before reading the run folder (none here).
+    hint(lambda: stablerank.train.analyze.run(AnalyzeConfig(), "no-such-run"))
+    hint(lambda: stablerank.train.gan_analysis.run(GanAnalysisConfig(), "no-such-run"))
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
     print("torch-only import ok")
