@@ -71,7 +71,7 @@ def test_py_typed_ships(project):
 
 _BLOCKED_IMPORT_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys, tempfile
+    import contextlib, importlib.abc, io, pathlib, sys, tempfile
     BLOCKED = {blocked!r}
 
     class Block(importlib.abc.MetaPathFinder):
@@ -86,6 +86,12 @@ _BLOCKED_IMPORT_SCRIPT = textwrap.dedent(
     import stablerank
     import stablerank.data
     import stablerank.metrics
+    import stablerank.cli
+    import stablerank.repro.claims
+    import stablerank.train.analyze
+    import stablerank.train.gan_analysis
+    from stablerank.config.classify import AnalyzeConfig
+    from stablerank.config.gan import GanAnalysisConfig
 
     layer = stablerank.stable_rank_norm(torch.nn.Linear(8, 6), rank_ratio=0.5)
     out = layer(torch.randn(3, 8))
@@ -103,6 +109,22 @@ _BLOCKED_IMPORT_SCRIPT = textwrap.dedent(
     hint(lambda: stablerank.data.load_dataset("mnist1d"))
     hint(lambda: stablerank.metrics.plot_histogram(torch.ones(3), tempfile.mktemp(".png")))
     hint(lambda: stablerank.metrics.gan._fid(torch.randn(4, 2), torch.randn(4, 2)))
+    hint(lambda: stablerank.repro.claims.welch([1.0, 2.0, 3.0], [2.0, 3.0, 5.0]))
+
+    # The suite's commands say so before any work, not after a sweep or a training.
+    for argv in (
+        ["reproduce", "--preset", "tiny", "--executor", "sequential"],
+        ["gan", "--preset", "quick", "--g-steps", "1"],
+    ):
+        out = pathlib.Path(tempfile.mkdtemp())
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            code = stablerank.cli.main([*argv, "--out-dir", str(out)])
+        assert code == 1 and {hint!r} in err.getvalue(), err.getvalue()
+        assert not any(out.iterdir()), sorted(out.iterdir())
+    # So do the analyses, before reading the run folder (none here).
+    hint(lambda: stablerank.train.analyze.run(AnalyzeConfig(), "no-such-run"))
+    hint(lambda: stablerank.train.gan_analysis.run(GanAnalysisConfig(), "no-such-run"))
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
     assert not loaded, loaded
     print("torch-only import ok")

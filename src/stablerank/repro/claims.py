@@ -15,6 +15,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from stablerank._optional import import_optional
 from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER
 
@@ -185,7 +186,7 @@ def welch(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> W
     d is the difference over the root mean square of the two standard deviations; its CI uses
     the normal approximation of its standard error (Hedges & Olkin 1985).
     """
-    from scipy import stats
+    stats = import_optional("scipy.stats", "a claim's t-test")
 
     (ma, sa), (mb, sb) = _mean_std(a), _mean_std(b)
     na, nb = len(a), len(b)
@@ -226,7 +227,7 @@ def _power(n: int, nc: float, alpha: float, df: float | None = None) -> float:
     """Power of a two-sided t-test with ``n`` seeds per arm at level ``alpha`` for the
     noncentrality ``nc``, with ``df`` degrees of freedom (default 2n - 2: equal variances).
     scipy's noncentral t returns NaN deep in the far tail, where that tail's probability is 0."""
-    from scipy import stats
+    stats = import_optional("scipy.stats", "a claim's t-test")
 
     df = 2 * n - 2 if df is None else df
     t_crit = stats.t.ppf(1 - alpha / 2, df)
@@ -254,7 +255,7 @@ def detectable_effect(n: int, alpha: float) -> float | None:
     """The smallest effect size d (difference over the common standard deviation) that a
     two-sided Welch test with ``n`` seeds per arm detects at level ``alpha`` with 80% power
     (noncentral t, equal arms; None for n < 2 or beyond d = 20)."""
-    from scipy import optimize
+    optimize = import_optional("scipy.optimize", "a claim's power analysis")
 
     if n < 2:
         return None

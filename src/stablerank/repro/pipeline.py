@@ -14,6 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stablerank._optional import import_optional
 from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import run_state
@@ -71,6 +72,12 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         states = [run_state(r) for r in runs]
         print(_describe(runs, states), file=sys.stderr, flush=True)
         return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
+    # The report's packages (and the GAN runs' scores) are checked before any work: a minimal
+    # install would otherwise learn it only after the whole sweep.
+    import_optional("scipy.stats", "the reproduction report")
+    import_optional("matplotlib.figure", "the reproduction report")
+    if not cfg.report_only and any(r.kind == KIND_GAN for r in runs):
+        import_optional("torchmetrics", "the GAN runs' FID/KID")
     if not cfg.report_only:
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)

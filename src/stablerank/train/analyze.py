@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stablerank._optional import import_optional
 from stablerank.config import config_from_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.metrics import complexity, lipschitz
@@ -145,6 +146,8 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    if cfg.plots:  # they need matplotlib (the experiments extra): say so before measuring
+        import_optional("matplotlib.figure", "the analysis's plots (--plots false skips them)")
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

@@ -48,6 +48,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from stablerank._optional import import_optional
 from stablerank.config import config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, load_dataset
@@ -252,7 +253,10 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     finished = folder.finished_result(cfg, GanResult, is_main=info.is_main)
     if finished is None:
         # The data before the folder: a missing data folder is refused before a run folder is
-        # made.
+        # made. So is a missing package of the experiments extra that the run needs at its end.
+        import_optional("matplotlib.image", "the sample grid")
+        if cfg.eval_every or cfg.n_final_samples:
+            import_optional("torchmetrics", "FID/KID (eval_every, n_final_samples)")
         splits = load_dataset(cfg.dataset, cfg.data_dir)
         if splits.image_size is None:
             raise ValueError(f"dataset {cfg.dataset!r} holds no images")

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from stablerank._optional import import_optional
 from stablerank.config.gan import GanAnalysisConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.metrics import lipschitz
@@ -85,6 +86,8 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         CorruptCheckpointError: the final checkpoint is corrupt (an older one is not read).
         ValueError: its training has not finished, or diverged.
     """
+    # Its plots need matplotlib (the experiments extra): say so before the measurements.
+    import_optional("matplotlib.figure", "the analysis")
     run_dir = Path(run_dir)
     dev = resolve_device(settings.device)
     trained = RunDir(run_dir).trained_result(GanResult)
