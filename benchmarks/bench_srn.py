@@ -200,6 +200,9 @@ def main() -> None:
         "--activity", action="store_true", help="fraction of binding caps at init per c"
     )
     args = parser.parse_args()
+    for name in ("rounds", "steps"):  # a median of nothing would print NaN tables
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)

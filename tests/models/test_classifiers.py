@@ -163,6 +163,11 @@ def test_size_arguments_are_checked(name, kwargs, message):
         build_classifier(name, **CIFAR10, **kwargs)
 
 
+def test_alexnet_lrn_must_be_a_bool():
+    with pytest.raises(TypeError, match="lrn must be a bool, got 'no'"):
+        build_classifier("alexnet", **CIFAR10, lrn="no")
+
+
 FULL_SIZE = ["resnet20", "resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"]
 
 

@@ -27,6 +27,8 @@ class AlexNet(nn.Module):
                  hidden: Sequence[int] = (384, 192), width: float = 1.0, lrn: bool = True
                  ) -> None:  # fmt: skip
         super().__init__()
+        if not isinstance(lrn, bool):  # a string such as "no" would be truthy
+            raise TypeError(f"lrn must be a bool, got {lrn!r}")
         c = scaled(64, width)
         layers: list[nn.Module] = []
         size, c_in = image_size, in_channels
