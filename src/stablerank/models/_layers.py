@@ -12,9 +12,19 @@ def scaled(channels: int, width: float) -> int:
     return max(1, round(channels * width))
 
 
+def _is_size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_size(name: str, value: int) -> None:
+    """Raise ValueError unless ``value`` is an int >= 1: ``scaled`` would turn a 0 into a 1."""
+    if not _is_size(value):
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+
+
 def check_sizes(what: str, sizes: Sequence[int]) -> None:
-    """Raise ValueError unless every size is an int >= 1: ``scaled`` would turn a 0 into a 1."""
-    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+    """Raise ValueError unless every size is an int >= 1 (:func:`check_size`, for a sequence)."""
+    if not all(_is_size(s) for s in sizes):
         raise ValueError(f"{what} must be ints >= 1, got {sizes!r}")
 
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stablerank.models._layers import conv3x3, scaled
+from stablerank.models._layers import check_size, conv3x3, scaled
 
 
 class _DenseLayer(nn.Module):
@@ -43,8 +43,7 @@ class DenseNetBC(nn.Module):
             raise ValueError(f"depth must be 6n + 4 with n >= 1 (40, 100, 190), got {depth}")
         if not 0 < compression <= 1:
             raise ValueError(f"compression must be in (0, 1], got {compression}")
-        if not isinstance(growth_rate, int) or growth_rate < 1:
-            raise ValueError(f"growth_rate must be an int >= 1, got {growth_rate!r}")
+        check_size("growth_rate", growth_rate)
         n, k = (depth - 4) // 6, scaled(growth_rate, width)
         c = 2 * k
         layers: list[nn.Module] = [conv3x3(in_channels, c)]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stablerank.models._layers import check_sizes, conv3x3, relu_mlp, scaled
+from stablerank.models._layers import check_size, check_sizes, conv3x3, relu_mlp, scaled
 
 # =============================================================================================
 # MLP and small CNN (CPU-scale runs)
@@ -57,8 +57,7 @@ class SmallCNN(nn.Module):
                  width: float = 1.0) -> None:  # fmt: skip
         super().__init__()
         check_sizes("stages' channels", tuple(c for stage in stages for c in stage))
-        if not isinstance(hidden, int) or hidden < 1:
-            raise ValueError(f"hidden must be an int >= 1, got {hidden!r}")
+        check_size("hidden", hidden)
         layers: list[nn.Module] = []
         c_in, size = in_channels, image_size
         for stage in stages:
