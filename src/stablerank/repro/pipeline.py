@@ -76,9 +76,9 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     # install would otherwise learn it only after the whole sweep.
     import_optional("scipy.stats", "the reproduction report")
     import_optional("matplotlib.figure", "the reproduction report")
-    if not cfg.report_only and any(r.kind == KIND_GAN for r in runs):
-        import_optional("torchmetrics", "the GAN runs' FID/KID")
     if not cfg.report_only:
+        if any(r.kind == KIND_GAN for r in runs):
+            import_optional("torchmetrics", "the GAN runs' FID/KID")
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
         out_dir.mkdir(parents=True, exist_ok=True)
         print(_header(runs, [run_state(r) for r in runs]), file=sys.stderr, flush=True)
