@@ -13,7 +13,7 @@ from stablerank.train.results import (
     GanAnalysis,
     GanResult,
 )
-from stablerank.train.rundir import RUNNING, RunDir
+from stablerank.train.rundir import RunDir
 
 __all__ = ["RunRecord", "by_setting", "collect"]
 
@@ -43,7 +43,7 @@ def _problem(run_dir: RunDir) -> str:
         return f"{where}{status['error']}"
     if status.get("status") in (DONE, DIVERGED):  # trained, under other analysis settings
         return "the analysis settings changed: its analysis runs again"
-    if status.get("status") == RUNNING and not run_dir.is_locked():
+    if run_dir.was_killed():
         return f"{where}stopped while running (no process holds its lock); a rerun resumes it"
     return f"{where}{status['status']}" if status.get("status") else ""
 

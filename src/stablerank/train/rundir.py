@@ -350,7 +350,7 @@ class RunDir:
             )
         if not self.metrics_file.is_file():
             status = self.read_status().get("status")
-            if status == RUNNING and not self.is_locked():  # killed (kill -9, power cut)
+            if self.was_killed():
                 status = "running when it was stopped, no process holds it now"
             raise ValueError(
                 f"{self.path} has not finished training (no {self.metrics_file.name}; status: "
@@ -399,6 +399,11 @@ class RunDir:
             atomic_write_text(self.error_file, traceback.format_exc())
             self.write_status(status=FAILED, error=f"{type(err).__name__}: {err}", **fields())
             raise
+
+    def was_killed(self) -> bool:
+        """True when the status says ``running`` but no process holds the run's lock: the process
+        that ran it was killed (``kill -9``, a power cut) before it could record how it ended."""
+        return self.read_status().get("status") == RUNNING and not self.is_locked()
 
     def is_locked(self) -> bool:
         """True when a process holds the run's lock (this one included): it is being worked on."""
