@@ -153,6 +153,13 @@ def test_normalize_model_warns_when_it_normalizes_nothing():
         with pytest.warns(UserWarning, match="normalized no layer"):
             sr.normalize_model(model, "srn", rank_ratio=0.3)
         assert not any(parametrize.is_parametrized(m) for m in model.modules())
+    # The advice fits the cause: a model without eligible layers is not told to pass head=...,
+    # which would change nothing (it was, even with head="srn" given).
+    with pytest.warns(UserWarning, match="no Linear/ConvNd/ConvTransposeNd weight") as caught:
+        sr.normalize_model(nn.Sequential(nn.LSTM(4, 4)), "srn", head="srn")
+    assert "head=" not in str(caught[0].message)
+    with pytest.warns(UserWarning, match="pass head='srn' to normalize it"):
+        sr.normalize_model(nn.Linear(10, 10), "srn", rank_ratio=0.3)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sr.normalize_model(nn.Linear(10, 10), "sn", head="sn")

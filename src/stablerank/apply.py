@@ -300,12 +300,14 @@ def normalize_model(
             parametrize.remove_parametrizations(layer, "weight", leave_parametrized=False)
         raise
     if not done:  # e.g. a lone Linear (the head) or an LSTM: say so rather than pass silently
+        why = (  # a plan of heads only (head="none"), or no eligible layer: head=... can't help
+            f"every Linear/ConvNd/ConvTransposeNd weight outside exclude is the head, which "
+            f"head={head!r} leaves plain (pass head={norm!r} to normalize it)"
+            if plan
+            else "the model has no Linear/ConvNd/ConvTransposeNd weight outside exclude"
+        )
         warnings.warn(
-            f"normalize_model(norm={norm!r}) normalized no layer: the model has no Linear/ConvNd/"
-            f"ConvTransposeNd weight outside exclude but the head, which head={head!r} leaves "
-            f"plain (pass head={norm!r} to normalize it)",
-            UserWarning,
-            stacklevel=2,
+            f"normalize_model(norm={norm!r}) normalized no layer: {why}", UserWarning, stacklevel=2
         )
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
