@@ -157,9 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(usage_error=p.error)
     layers = sub.add_parser(
         "layers",
-        help="print the per-layer spectral norm / stable rank report of a run's final model",
-        description="per-layer report of a run's newest checkpoint: spectral norm, stable rank, "
-        "SRN target and whether its cap binds (a GAN run: D's layers, then G's)",
+        help="print the per-layer spectral norm / stable rank report of a run's model",
+        description="per-layer report of a run's newest intact checkpoint: spectral norm, "
+        "stable rank, SRN target and whether its cap binds (a GAN run: D's layers, then G's)",
     )
     layers.add_argument(
         "run_dir", metavar="RUN_DIR", help="a run folder of `stablerank train` or `stablerank gan`"

@@ -98,7 +98,7 @@ class ClassifyConfig:
         0.1, "SRN target stable rank as a fraction c of min(m, n) of each reshaped weight",
         min=0.0, max=1.0, min_exclusive=True,
     )  # fmt: skip
-    n_power_iterations: int = option(1, "power iterations per training step (sn/srn)", min=1)
+    n_power_iterations: int = option(1, "power iterations per training forward (sn and srn)", min=1)
     head: str = option(
         "none",
         "normalization of the classifier head (the final Linear): none, or sn (SRN's "

@@ -47,7 +47,7 @@ class GanConfig:
         "fashion-mnist", "training images (the test split is the FID reference)", choices=_DATASETS
     )
     data_dir: str | None = option(
-        None, "folder holding the dataset files; None = the dataset's default location"
+        None, "folder holding the dataset files (None = the dataset's standard location)"
     )
     # --- models ---
     arch: str = option(
@@ -123,8 +123,8 @@ class GanConfig:
     )
     feature_net: str = option(
         "auto",
-        "feature network of FID/KID/IS; auto = the dataset's "
-        "default (fmnist-cnn for Fashion-MNIST)",
+        "feature network of FID/KID/IS (fmnist-cnn, inception-v3 or a registered name); "
+        "auto = the dataset's default (fmnist-cnn for Fashion-MNIST)",
     )
     feature_weights: str | None = option(
         None, "weights file of the feature network; None = its shipped default (fmnist-cnn)"
@@ -144,7 +144,7 @@ class GanConfig:
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"
     )
-    resume: bool = option(False, "continue from the newest checkpoint in the run folder")
+    resume: bool = option(False, "continue from the newest intact checkpoint (config must match)")
     compile: bool = option(False, "torch.compile G and D")
     amp: bool = option(False, "bfloat16 autocast (CUDA only)")
     progress: bool = option(
