@@ -146,7 +146,7 @@ class GanConfig:
     )
     resume: bool = option(False, "continue from the newest intact checkpoint (config must match)")
     compile: bool = option(False, "torch.compile G and D")
-    amp: bool = option(False, "bfloat16 autocast (CUDA only)")
+    amp: bool = option(False, "bfloat16 autocast on CUDA (refused on the CPU)")
     progress: bool = option(
         True, "progress on stderr: a tqdm bar on a terminal, else a plain line every 10 s"
     )
