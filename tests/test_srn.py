@@ -402,6 +402,37 @@ def test_every_normalization_path_gives_the_same_values_and_gradients(monkeypatc
         torch.testing.assert_close(g_o, g_f, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.parametrize("srank", [None, 1.0, 1.5, 4.5])
+def test_the_device_path_function_is_checked_on_the_cpu(srank):
+    # _StableRankNormFunction is the path of every non-CPU device, so CI without a GPU would
+    # otherwise never run it: its forward against the composite formula and its hand-written
+    # backward by gradcheck, with sigma = u^T W v recomputed from W as the layer does. srank None
+    # is plain SN, 1 the rank-one u v^T, 1.5 a binding cap, 4.5 a cap that does not bind (the
+    # clamp acts, so the gradient must not see the cap), and a zero weight stays finite.
+    import stablerank.srn as srn_module
+
+    torch.manual_seed(17)
+    w = torch.randn(6, 5, dtype=torch.float64)
+    assert 1.5 < stable_rank(w) < 4.5
+    u_all, _, vh = torch.linalg.svd(w)
+    u, v = u_all[:, 0].contiguous(), vh[0].contiguous()
+    eps = 1e-12
+    r_minus_1 = None if srank is None else srank - 1.0
+    shift = torch.full((1,), -1.0 / r_minus_1, dtype=torch.float64) if r_minus_1 else None
+
+    def device_path(matrix):
+        sigma = torch.dot(u, torch.mv(matrix.detach(), v))
+        fn = srn_module._StableRankNormFunction
+        return fn.apply(matrix, u, v, sigma, r_minus_1, eps, shift)
+
+    expected = srn_module._composite_normalize(w, u, v, r_minus_1, eps)
+    torch.testing.assert_close(device_path(w), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(device_path, (w.clone().requires_grad_(True),))
+    zero = torch.zeros_like(w, requires_grad=True)
+    device_path(zero).sum().backward()
+    assert torch.isfinite(zero.grad).all()
+
+
 @pytest.mark.parametrize("rank_ratio", [0.3, 1.0])
 def test_tensor_path_gradcheck_and_gradgradcheck(rank_ratio):
     torch.manual_seed(16)

@@ -127,6 +127,15 @@ def test_activity_fraction_and_the_inactive_warning():
         warnings.filterwarnings("ignore", category=sr.SrnInactiveWarning)
         sr.normalize_model(_mlp(), "srn", rank_ratio=1.0)
     assert sr.srn_active_fraction(_mlp()) != sr.srn_active_fraction(_mlp())  # NaN without SRN
+    # A tensor whose target r >= min(m, n) (here the 1 x 64 head: r = max(1, 0.1)) is left
+    # out: SRN is exactly SN there, and counting it as "not binding" would halve the fraction.
+    torch.manual_seed(4)
+    net = sr.normalize_model(
+        nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1)), "srn", rank_ratio=0.1,
+        head="srn",
+    )  # fmt: skip
+    assert [a.name for a in sr.srn_activity(net)] == ["0.weight"]
+    assert sr.srn_active_fraction(net) == 1.0
 
 
 def test_normalize_model_is_all_or_nothing():
@@ -215,9 +224,10 @@ def test_torch_export_in_eval_mode():
 # --- robustness ---------------------------------------------------------------------------
 
 
-def test_zero_weight_step_does_not_freeze_the_vectors():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_weight_step_does_not_freeze_the_vectors(dtype):
     torch.manual_seed(6)
-    layer = stable_rank_norm(nn.Linear(10, 8), rank_ratio=0.5)
+    layer = stable_rank_norm(nn.Linear(10, 8).to(dtype), rank_ratio=0.5)
     w0 = layer.parametrizations.weight.original.detach().clone()
     with torch.no_grad():
         layer.parametrizations.weight.original.zero_()
