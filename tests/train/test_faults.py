@@ -40,8 +40,9 @@ def test_a_folder_with_another_runs_results_is_not_taken_over(tmp_path):
     first = classify.run(cfg)
     shutil.rmtree(tmp_path / "run" / "checkpoints")  # results without a checkpoint
     other = dataclasses.replace(cfg, lr=0.1)
-    with pytest.raises(FileExistsError, match="already holds a run's results"):
+    with pytest.raises(FileExistsError, match="already holds a run's results") as err:
         classify.run(other)
+    assert "another run (lr: 0.05 -> 0.1)" in str(err.value) and "--resume" not in str(err.value)
     assert ClassifierResult.from_json(tmp_path / "run") == first  # untouched
     assert classify.run(dataclasses.replace(cfg, overwrite=True)) == first
 

@@ -180,6 +180,8 @@ def test_gan_status_follows_the_same_rule(tmp_path):
     folder = RunDir(tmp_path / "run")
     assert gan_train.run(_gan(tmp_path), stop_at=1) is None
     assert folder.read_status()["status"] == "interrupted" and folder.is_resumable()
+    with pytest.raises(FileExistsError, match="holds checkpoints; pass --resume to continue it"):
+        gan_train.run(_gan(tmp_path))  # the same config, without --resume
     gan_train.run(_gan(tmp_path, resume=True))
     assert folder.is_done()
 
@@ -193,8 +195,10 @@ def test_overwrite_replaces_the_old_run_entirely(tmp_path):
     folder = RunDir(tmp_path / "run")
     (folder.path / "analysis.json").write_text("{}")  # an analysis of the old weights
     (folder.path / "el_hist.png").write_bytes(b"old")
-    with pytest.raises(FileExistsError, match="holds checkpoints"):
+    # Another config: --resume, which would be refused as "config differs", is not offered.
+    with pytest.raises(FileExistsError, match="holds checkpoints of another run") as err:
         classify.run(dataclasses.replace(cfg, epochs=1))
+    assert "epochs: 2 -> 1" in str(err.value) and "--resume" not in str(err.value)
     new = classify.run(dataclasses.replace(cfg, epochs=1, overwrite=True))
     assert [p.name for p in folder.checkpoints()] == ["step_0000021.pt"]
     assert [r.step for r in new.curve] == [1]

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from stablerank.config import config_hash, config_to_dict
+from stablerank.config import config_hash, config_to_dict, diff_configs
 from stablerank.train.checkpoint import (
     CorruptCheckpointError,
     atomic_write_json,
@@ -212,32 +212,42 @@ class RunDir:
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
-        if not resume and not overwrite:
-            if has_checkpoints:
-                raise FileExistsError(
-                    f"{self.path} holds checkpoints; pass resume=True (--resume) to continue it, "
-                    "overwrite=True (--overwrite) to replace it, or choose another run folder"
-                )
-            if found:
-                raise FileExistsError(
-                    f"{self.path} already holds a run's results ({', '.join(found)}); pass "
-                    "--resume to continue it, --overwrite to replace it (resume=True / "
-                    "overwrite=True in Python), or choose another folder"
-                )
-        if resume and not has_checkpoints and not overwrite and self.config_file.is_file():
-            try:
-                saved = json.loads(self.config_file.read_text())
-                check_resume_config(saved, config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
-            except ValueError as err:
-                raise FileExistsError(
-                    f"{self.path} holds another run without a checkpoint to resume ({err}); pass "
-                    "overwrite=True (--overwrite) to replace it, or choose another folder"
-                ) from None
+        other = None if overwrite else self._other_run(cfg)
+        if not resume and not overwrite and (has_checkpoints or found):
+            held = "checkpoints" if has_checkpoints else f"a run's results ({', '.join(found)})"
+            # --resume continues the same config only: offered when config.json matches
+            offer = (
+                f" of another run ({other}); pass" if other else "; pass --resume to continue it,"
+            )
+            raise FileExistsError(
+                f"{self.path} already holds {held}{offer} --overwrite to replace it "
+                "(resume=True / overwrite=True in Python), or choose another folder"
+            )
+        if resume and not has_checkpoints and other:
+            raise FileExistsError(
+                f"{self.path} holds another run without a checkpoint to resume ({other}); pass "
+                "overwrite=True (--overwrite) to replace it, or choose another folder"
+            )
         if not is_main:
             return
         if overwrite and not (resume and has_checkpoints):
             self.clear()
         self.remove_stale_temp_files()
+
+    def _other_run(self, cfg: Any) -> str | None:
+        """How ``config.json`` differs from ``cfg`` outside ``cfg.RUNTIME_KEYS`` (``key: saved ->
+        current``, or that it is unreadable); None when it matches or is absent."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            saved = json.loads(self.config_file.read_text())
+        except ValueError as err:
+            return f"unreadable {self.config_file.name}: {err}"
+        saved, current = (
+            {k: v for k, v in d.items() if k not in cfg.RUNTIME_KEYS}
+            for d in (saved, config_to_dict(cfg))
+        )
+        return "; ".join(diff_configs(saved, current)) or None
 
     def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
         """The stored result when this folder holds the finished training of ``cfg``, else None.
