@@ -95,6 +95,27 @@ def test_srn_and_sn_state_dicts_do_not_load_into_each_other_silently():
     torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_assign_loading_half_vectors_keeps_them_float32(dtype):
+    # torch's spectral_norm on half weights saves half u, v; load_state_dict(assign=True) (the
+    # meta-device route) put them in place as they were, and the first forward failed with
+    # KeyError: torch.float16. They become float32, as when SRN is registered on half weights.
+    torch.manual_seed(5)
+    sn = spectral_norm(nn.Linear(10, 6).to(dtype))
+    srn = stable_rank_norm(nn.Linear(10, 6).to(dtype), rank_ratio=1.0)
+    state = sr.convert_spectral_norm_state_dict(sn.state_dict(), srn)
+    copied = copy.deepcopy(srn)
+    copied.load_state_dict(state)
+    srn.load_state_dict(state, assign=True)
+    p = srn.parametrizations.weight[0]
+    assert p._u.dtype == p._v.dtype == torch.float32
+    assert p._srank.dtype == torch.float64
+    x = torch.randn(4, 10, dtype=dtype)
+    for training in (False, True):
+        srn.train(training), copied.train(training)
+        torch.testing.assert_close(srn(x), copied(x), rtol=0, atol=0)
+
+
 # --- head rule, activity, bake ------------------------------------------------------------
 
 

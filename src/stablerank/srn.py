@@ -232,6 +232,10 @@ class _StableRankNorm(nn.Module):
             if not (math.isfinite(saved) and saved >= 1):
                 raise ValueError(f"{prefix}_srank must be a finite number >= 1, got {saved}")
         super()._load_from_state_dict(state_dict, prefix, *args)
+        if self._u.dtype in _HALF_DTYPES or self._v.dtype in _HALF_DTYPES:
+            # ``assign=True`` put the saved half u, v in place (torch's spectral_norm on half
+            # weights): float32, as __init__ and _apply keep them.
+            self._u, self._v = self._u.float(), self._v.float()
         if saved is not None:
             self._set_srank(saved)
 
