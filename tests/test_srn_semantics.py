@@ -345,6 +345,21 @@ def test_to_empty_after_meta_keeps_the_target_in_the_state_dict():
     assert fresh.parametrizations.weight[0].srank == 3.0
 
 
+def test_a_torch_sn_state_dict_converted_for_a_meta_model_loads_with_assign():
+    # The meta route of docs/library.md: the added target was a meta tensor (the model's
+    # device), and loading it raised "Tensor.item() cannot be called on meta tensors".
+    torch.manual_seed(6)
+    sn = spectral_norm(nn.Linear(10, 6))
+    with torch.device("meta"):
+        srn = stable_rank_norm(nn.Linear(10, 6), rank_ratio=1.0)
+    state = sr.convert_spectral_norm_state_dict(sn.state_dict(), srn)
+    assert state["parametrizations.weight.0._srank"].device.type == "cpu"
+    srn.load_state_dict(state, assign=True)
+    sn.eval(), srn.eval()
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(srn(x), sn(x), rtol=0, atol=0)
+
+
 def test_a_refused_target_in_a_state_dict_leaves_the_layer_as_it_was():
     layer = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.5)  # target 3
     state = layer.state_dict()

@@ -426,9 +426,11 @@ def convert_spectral_norm_state_dict(
         for old, new in (("_orig", "original"), ("_u", f"{index}._u"), ("_v", f"{index}._v")):
             if prefix + tensor_name + old in out:
                 out[base + new] = out.pop(prefix + tensor_name + old)
+        # beside the saved u (a meta model, the route to load with assign=True, has no values)
+        u = out.get(f"{base}{index}._u")
+        device = u.device if isinstance(u, torch.Tensor) else srn._srank.device
         out.setdefault(
-            f"{base}{index}._srank",
-            torch.tensor(srn.srank, dtype=torch.float64, device=srn._srank.device),
+            f"{base}{index}._srank", torch.tensor(srn.srank, dtype=torch.float64, device=device)
         )
     if metadata is not None:
         out._metadata = metadata  # type: ignore[attr-defined]
