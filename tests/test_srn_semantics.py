@@ -189,6 +189,23 @@ def test_bake_removes_every_kind_and_keeps_eval_outputs():
     assert [r.norm for r in sr.layer_report(net)] == ["none"] * 3
 
 
+@pytest.mark.parametrize("head", ["none", "sn", "srn"])
+def test_bake_refuses_a_raw_weight_tied_to_another_parameter(head):
+    # Removal writes the eval weight into the raw one: with a tied raw weight both layers ended
+    # with the last one's eval weight (each has its own u, v), or the plain layer's weight
+    # (head="none", the tied output layer of a language model) became the normalized one.
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 12))
+    net[2].weight = net[0].weight
+    sr.normalize_model(net, "srn", rank_ratio=0.2, head=head)
+    net(torch.randn(3, 12))
+    raw = net[0].parametrizations.weight.original.detach().clone()
+    with pytest.raises(ValueError, match=r"raw weight of 0.weight is tied to another parameter"):
+        sr.bake_stable_rank_norm(net)
+    assert parametrize.is_parametrized(net[0])
+    assert torch.equal(net[0].parametrizations.weight.original, raw)
+
+
 def test_layer_report_sees_both_torch_spectral_norms():
     net = nn.Sequential(
         spectral_norm(nn.Linear(8, 6)), torch.nn.utils.spectral_norm(nn.Linear(6, 4))
