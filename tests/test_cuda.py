@@ -44,6 +44,23 @@ def test_gpu_path_matches_cpu_path_in_values_and_gradients():
     torch.testing.assert_close(raw_gpu.cpu(), raw_cpu, rtol=1e-9, atol=1e-11)
 
 
+@pytest.mark.parametrize("c", [0.3, 1.0])
+def test_eval_with_a_negative_sigma_on_gpu_matches_the_cpu_path(c):
+    # Note [srn sigma sign]: frozen u, v, and a weight whose sign flipped since (u^T W v < 0)
+    cpu, gpu = _pair(nn.Linear(9, 6, dtype=torch.float64), rank_ratio=c)
+    with torch.no_grad():
+        cpu.parametrizations.weight.original.neg_()
+        gpu.parametrizations.weight.original.neg_()
+    cpu.eval(), gpu.eval()
+    g = torch.randn(6, 9, dtype=torch.float64)
+    (cpu.weight * g).sum().backward()
+    (gpu.weight * g.to(CUDA)).sum().backward()
+    torch.testing.assert_close(gpu.weight.cpu(), cpu.weight, rtol=1e-10, atol=1e-12)
+    raw_cpu = cpu.parametrizations.weight.original.grad
+    raw_gpu = gpu.parametrizations.weight.original.grad
+    torch.testing.assert_close(raw_gpu.cpu(), raw_cpu, rtol=1e-9, atol=1e-11)
+
+
 @pytest.mark.parametrize("c", [0.1, 0.5])
 def test_converged_layer_on_gpu_has_unit_spectral_norm_and_the_target_stable_rank(c):
     torch.manual_seed(1)

@@ -102,6 +102,41 @@ def test_rank_ratio_one_agrees_with_torch_spectral_norm():
     torch.testing.assert_close(wo, wt, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("composite", [False, True])
+@pytest.mark.parametrize("rank_ratio", [0.3, 1.0])
+def test_eval_divides_by_a_negative_sigma_as_torch_does(monkeypatch, composite, rank_ratio):
+    # Frozen u, v meet a weight with u^T W v < 0 once the weight changed sign after the last
+    # training step (or raw weights were loaded with strict=False): torch's spectral_norm divides
+    # by that sigma. Flooring it at eps gave W / 1e-12 at rank_ratio 1, with no error.
+    import stablerank.srn as srn_module
+
+    monkeypatch.setattr(srn_module, "_needs_composite", lambda: composite)
+    torch.manual_seed(17)
+    ours, theirs = nn.Linear(9, 6).double(), None
+    theirs = spectral_norm(copy.deepcopy(ours))
+    stable_rank_norm(ours, rank_ratio=rank_ratio)
+    p, q = ours.parametrizations.weight[0], theirs.parametrizations.weight[0]
+    with torch.no_grad():
+        q._u.copy_(p._u), q._v.copy_(p._v)
+        ours.parametrizations.weight.original.neg_()
+        theirs.parametrizations.weight.original.neg_()
+    ours.eval(), theirs.eval()
+    w = ours.parametrizations.weight.original.detach()
+    sigma = torch.dot(p._u, torch.mv(w, p._v))
+    assert sigma < 0
+    # SPEC 1.3 steps 3-5 with sigma = u^T W v, R formed explicitly
+    expected = w / sigma
+    tail = expected - torch.outer(p._u, p._v)
+    if rank_ratio < 1:
+        assert tail.norm() > (p.srank - 1) ** 0.5  # the cap binds
+        expected = torch.outer(p._u, p._v) + (p.srank - 1) ** 0.5 * tail / tail.norm()
+    else:
+        torch.testing.assert_close(theirs.weight, expected, rtol=1e-12, atol=0)
+    torch.testing.assert_close(ours.weight, expected, rtol=1e-12, atol=1e-14)
+    w = w.clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(p, (w,))
+
+
 def test_structure_buffers_and_state_dict_keys():
     layer = stable_rank_norm(nn.Linear(5, 4))
     assert {n for n, _ in layer.named_parameters()} == {"bias", "parametrizations.weight.original"}
@@ -420,8 +455,8 @@ def test_the_device_path_function_is_checked_on_the_cpu(srank):
     r_minus_1 = None if srank is None else srank - 1.0
     shift = torch.full((1,), -1.0 / r_minus_1, dtype=torch.float64) if r_minus_1 else None
 
-    def device_path(matrix):
-        sigma = torch.dot(u, torch.mv(matrix.detach(), v))
+    def device_path(matrix):  # sigma as the layer passes it: its size floored at eps
+        sigma = srn_module._floor_sigma(torch.dot(u, torch.mv(matrix.detach(), v)), eps)
         fn = srn_module._StableRankNormFunction
         return fn.apply(matrix, u, v, sigma, r_minus_1, eps, shift)
 

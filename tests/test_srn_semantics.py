@@ -95,6 +95,27 @@ def test_srn_and_sn_state_dicts_do_not_load_into_each_other_silently():
     torch.testing.assert_close(new(x), old(x), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_assign_loading_half_vectors_keeps_them_float32(dtype):
+    # torch's spectral_norm on half weights saves half u, v; load_state_dict(assign=True) (the
+    # meta-device route) put them in place as they were, and the first forward failed with
+    # KeyError: torch.float16. They become float32, as when SRN is registered on half weights.
+    torch.manual_seed(5)
+    sn = spectral_norm(nn.Linear(10, 6).to(dtype))
+    srn = stable_rank_norm(nn.Linear(10, 6).to(dtype), rank_ratio=1.0)
+    state = sr.convert_spectral_norm_state_dict(sn.state_dict(), srn)
+    copied = copy.deepcopy(srn)
+    copied.load_state_dict(state)
+    srn.load_state_dict(state, assign=True)
+    p = srn.parametrizations.weight[0]
+    assert p._u.dtype == p._v.dtype == torch.float32
+    assert p._srank.dtype == torch.float64
+    x = torch.randn(4, 10, dtype=dtype)
+    for training in (False, True):
+        srn.train(training), copied.train(training)
+        torch.testing.assert_close(srn(x), copied(x), rtol=0, atol=0)
+
+
 # --- head rule, activity, bake ------------------------------------------------------------
 
 
@@ -175,6 +196,23 @@ def test_bake_removes_every_kind_and_keeps_eval_outputs():
     assert not net[4]._forward_pre_hooks and net[0].weight is original
     torch.testing.assert_close(net(x), before, rtol=0, atol=0)
     assert [r.norm for r in sr.layer_report(net)] == ["none"] * 3
+
+
+@pytest.mark.parametrize("head", ["none", "sn", "srn"])
+def test_bake_refuses_a_raw_weight_tied_to_another_parameter(head):
+    # Removal writes the eval weight into the raw one: with a tied raw weight both layers ended
+    # with the last one's eval weight (each has its own u, v), or the plain layer's weight
+    # (head="none", the tied output layer of a language model) became the normalized one.
+    torch.manual_seed(6)
+    net = nn.Sequential(nn.Linear(12, 12), nn.Tanh(), nn.Linear(12, 12))
+    net[2].weight = net[0].weight
+    sr.normalize_model(net, "srn", rank_ratio=0.2, head=head)
+    net(torch.randn(3, 12))
+    raw = net[0].parametrizations.weight.original.detach().clone()
+    with pytest.raises(ValueError, match=r"raw weight of 0.weight is tied to another parameter"):
+        sr.bake_stable_rank_norm(net)
+    assert parametrize.is_parametrized(net[0])
+    assert torch.equal(net[0].parametrizations.weight.original, raw)
 
 
 def test_layer_report_sees_both_torch_spectral_norms():
@@ -332,6 +370,21 @@ def test_to_empty_after_meta_keeps_the_target_in_the_state_dict():
     fresh = stable_rank_norm(nn.Linear(8, 6), rank_ratio=0.9)
     fresh.load_state_dict(layer.state_dict())
     assert fresh.parametrizations.weight[0].srank == 3.0
+
+
+def test_a_torch_sn_state_dict_converted_for_a_meta_model_loads_with_assign():
+    # The meta route of docs/library.md: the added target was a meta tensor (the model's
+    # device), and loading it raised "Tensor.item() cannot be called on meta tensors".
+    torch.manual_seed(6)
+    sn = spectral_norm(nn.Linear(10, 6))
+    with torch.device("meta"):
+        srn = stable_rank_norm(nn.Linear(10, 6), rank_ratio=1.0)
+    state = sr.convert_spectral_norm_state_dict(sn.state_dict(), srn)
+    assert state["parametrizations.weight.0._srank"].device.type == "cpu"
+    srn.load_state_dict(state, assign=True)
+    sn.eval(), srn.eval()
+    x = torch.randn(4, 10)
+    torch.testing.assert_close(srn(x), sn(x), rtol=0, atol=0)
 
 
 def test_a_refused_target_in_a_state_dict_leaves_the_layer_as_it_was():

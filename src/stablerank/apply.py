@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -360,19 +360,28 @@ def bake_stable_rank_norm(model: nn.Module) -> nn.Module:
     parameter objects of parametrized weights are kept (same ``id()``). For export or inference.
 
     Raises:
-        ValueError: a tensor whose parametrizations mix SN/SRN with others (nothing is changed).
+        ValueError: a tensor whose parametrizations mix SN/SRN with others, or whose raw weight
+            is tied to another parameter (nothing is changed).
     """
     todo: list[tuple[nn.Module, str]] = []
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             for tensor_name, plist in module.parametrizations.items():
+                qualified = f"{name or type(module).__name__}.{tensor_name}"
                 kinds = [isinstance(p, _NORM_PARAMETRIZATIONS) for p in plist]
                 if any(kinds) and not all(kinds):
                     raise ValueError(
-                        f"{name or type(module).__name__}.{tensor_name} mixes SN/SRN with other "
+                        f"{qualified} mixes SN/SRN with other "
                         f"parametrizations ({[type(p).__name__ for p in plist]}): remove them first"
                     )
                 if all(kinds):
+                    if uses[id(plist.original)] > 1:  # removal writes into the raw weight
+                        raise ValueError(
+                            f"the raw weight of {qualified} is tied to another parameter of the "
+                            "model: baking would write its eval weight into the shared tensor, "
+                            "changing the other layer too; untie them first"
+                        )
                     todo.append((module, tensor_name))
     for module in model.modules():
         for hook in list(module._forward_pre_hooks.values()):
@@ -428,9 +437,11 @@ def convert_spectral_norm_state_dict(
         for old, new in (("_orig", "original"), ("_u", f"{index}._u"), ("_v", f"{index}._v")):
             if prefix + tensor_name + old in out:
                 out[base + new] = out.pop(prefix + tensor_name + old)
+        # beside the saved u (a meta model, the route to load with assign=True, has no values)
+        u = out.get(f"{base}{index}._u")
+        device = u.device if isinstance(u, torch.Tensor) else srn._srank.device
         out.setdefault(
-            f"{base}{index}._srank",
-            torch.tensor(srn.srank, dtype=torch.float64, device=srn._srank.device),
+            f"{base}{index}._srank", torch.tensor(srn.srank, dtype=torch.float64, device=device)
         )
     if metadata is not None:
         out._metadata = metadata  # type: ignore[attr-defined]

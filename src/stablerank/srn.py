@@ -150,8 +150,10 @@ class _StableRankNorm(nn.Module):
         if _needs_composite():
             normalized = _composite_normalize(matrix, u, v, r_minus_1, self.eps)
         else:
-            if sigma is None:  # eval: frozen u, v
-                sigma = torch.dot(u, torch.mv(matrix.detach(), v))
+            if sigma is None:  # eval: frozen u, v (Note [srn sigma sign])
+                sigma = _floor_sigma(torch.dot(u, torch.mv(matrix.detach(), v)), self.eps)
+            else:  # training: ||W v|| >= 0, so the floor is one clamp
+                sigma = sigma.clamp_min(self.eps)
             if matrix.device.type == "cpu":  # Note [srn cpu path]
                 scalars = _cpu_scalars(matrix, float(sigma), r_minus_1, self.eps)
                 if graph:
@@ -230,6 +232,10 @@ class _StableRankNorm(nn.Module):
             if not (math.isfinite(saved) and saved >= 1):
                 raise ValueError(f"{prefix}_srank must be a finite number >= 1, got {saved}")
         super()._load_from_state_dict(state_dict, prefix, *args)
+        if self._u.dtype in _HALF_DTYPES or self._v.dtype in _HALF_DTYPES:
+            # ``assign=True`` put the saved half u, v in place (torch's spectral_norm on half
+            # weights): float32, as __init__ and _apply keep them.
+            self._u, self._v = self._u.float(), self._v.float()
         if saved is not None:
             self._set_srank(saved)
 
@@ -277,8 +283,7 @@ def _normalize(
         W is divided by sigma before any square, so float32 weights near 1e20 do not overflow.
         r = 1 gives s = 0 (the rank-one u v^T). The (1,)-shaped z and s broadcast.
     """
-    sigma = sigma.clamp_min(eps)
-    wn = matrix / sigma
+    wn = matrix / sigma  # sigma floored by the caller
     if r_minus_1 is None:  # plain SN
         return wn, (sigma, wn)
     uv = torch.outer(u, v)
@@ -404,7 +409,7 @@ _UNSCALED_SQ_RANGE = (1e-20, 1e30)
 
 
 def _cpu_scalars(matrix: Tensor, sigma: float, r_minus_1: float | None, eps: float) -> _CpuScalars:
-    sigma_f = max(sigma, eps)
+    sigma_f = eps if abs(sigma) < eps else sigma  # as _floor_sigma
     if r_minus_1 is None:
         return _CpuScalars(sigma_f, 1.0, 0.0, 1.0, False, None, eps)
     fro_sq = float(torch.linalg.vector_norm(matrix.detach())) ** 2
@@ -487,6 +492,20 @@ def _differentiable_backward(
         return torch.autograd.grad(out, matrix, grad, create_graph=True)[0]
 
 
+def _floor_sigma(sigma: Tensor, eps: float) -> Tensor:
+    """sigma = u^T W v with its magnitude floored at eps and its sign kept.
+
+    Note [srn sigma sign]
+        In training, sigma is ||W v|| >= 0. With frozen u, v (eval) it is negative once the
+        weight has changed sign since the last training step (or raw weights were loaded with
+        ``strict=False``); torch's spectral_norm then divides by the negative sigma, and so do
+        we: ``u^T (W / sigma) v = 1`` still holds, so the formula of SRN is unchanged. Only a
+        sigma below eps in magnitude (a zero weight) is replaced, by eps; clamping at eps
+        instead turned a negative sigma into W / 1e-12. NaN stays NaN.
+    """
+    return torch.where(sigma.abs() < eps, eps, sigma)
+
+
 def _composite_normalize(
     matrix: Tensor, u: Tensor, v: Tensor, r_minus_1: float | None, eps: float
 ) -> Tensor:
@@ -499,7 +518,7 @@ def _composite_normalize(
     # ||R||_F^2 = srank(W) - 1. Wn is formed before squaring, so large weights do not overflow.
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
-    sigma = torch.dot(u, torch.mv(matrix, v)).clamp_min(eps)  # differentiable in W
+    sigma = _floor_sigma(torch.dot(u, torch.mv(matrix, v)), eps)  # differentiable in W
     wn = matrix / sigma
     if r_minus_1 is None:
         return wn
