@@ -312,6 +312,34 @@ def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatc
     assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-0.03, 1.03)
 
 
+def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, monkeypatch):
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    def spread(rec: RunRecord) -> RunRecord:  # seeds 0 and 1 at 1.0 and 0.5: mean ± std 0.75 ± 0.35
+        value = (1.0, 0.5)[rec.run.seed]
+        active = value if rec.run.norm == "srn" else None
+        curve = tuple(dataclasses.replace(p, test_acc=value, srn_active_fraction=active)
+                      for p in rec.result.curve)  # fmt: skip
+        return dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve))
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = [spread(r) for r in _records([0.05, 0.05], active=0.95)]
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png"):
+        ax = drawn[name]
+        (line, *_), (band, *_) = ax.lines, ax.collections
+        assert line.get_ydata() == pytest.approx([0.75, 0.75])  # the mean of 1.0 and 0.5
+        band_y = band.get_paths()[0].vertices[:, 1]
+        assert band_y.max() == 1.0 and band_y.min() == pytest.approx(0.75 - math.sqrt(0.125))
+        assert "mean ± std over seeds, clipped to [0, 1]" in ax.get_title()
+
+
 def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:
     return dataclasses.replace(rec, result=dataclasses.replace(rec.result, layers=layers))
 

@@ -347,11 +347,13 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
 
 def _curve_plot(
     arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str,
-    *, gate: float | None = None,
+    *, fraction: bool = False, gate: float | None = None,
 ) -> Path | None:  # fmt: skip
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn).
-    With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an autoscaled 0.8-1.0 would
-    look like a swing) and a dashed line marks the gate."""
+    A ``fraction`` (accuracy, share of layers) has its band clipped to [0, 1], where a std band
+    would claim values above 1. With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an
+    autoscaled 0.8-1.0 would look like a swing) and a dashed line marks the gate."""
+    low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
     fig = new_figure()
     ax = fig.add_subplot()
     for arm, recs in arms.items():
@@ -368,7 +370,8 @@ def _curve_plot(
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
-        ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+        band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
+        ax.fill_between(steps, *band, color=line.get_color(), alpha=0.2)
     if not ax.lines:
         return None
     if gate is not None:
@@ -377,7 +380,8 @@ def _curve_plot(
         ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    clipped = ", clipped to [0, 1]" if np.isfinite(high) else ""
+    ax.set_title(f"{title} (mean ± std over seeds{clipped})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
@@ -418,17 +422,18 @@ def _figures(
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
     cap = "fraction of SRN layers whose cap binds"
-    for kind, attr, label in (
-        (KIND_SHATTER, "train_acc", "train accuracy on random labels"),
-        (KIND_CLASSIFY, "test_acc", "test accuracy"),
-        (KIND_GAN, "fid", "FID"),
+    for kind, attr, label, fraction in (
+        (KIND_SHATTER, "train_acc", "train accuracy on random labels", True),
+        (KIND_CLASSIFY, "test_acc", "test accuracy", True),
+        (KIND_GAN, "fid", "FID", False),
     ):
         xlabel = "generator step" if kind == KIND_GAN else "epoch"
         for setting, arms in by_setting(records, kind).items():
             name = f"{kind} {setting}"
             stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
             path = Path(f"{stem}_{attr}.png")
-            figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path, xlabel)))
+            plot = _curve_plot(arms, attr, label, name, path, xlabel, fraction=fraction)
+            figs.append((f"{name}: {label}", plot))
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
             path = Path(f"{stem}_active.png")
             plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path,
