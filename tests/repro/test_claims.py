@@ -16,6 +16,7 @@ from stablerank.repro.records import RunRecord
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, tiny
 from stablerank.train.results import (
     ClassifierAnalysis,
+    ClassifierProtocol,
     ClassifierResult,
     EpochRecord,
     GanAnalysis,
@@ -338,6 +339,31 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, 
         band_y = band.get_paths()[0].vertices[:, 1]
         assert band_y.max() == 1.0 and band_y.min() == pytest.approx(0.75 - math.sqrt(0.125))
         assert "mean ± std over seeds, clipped to [0, 1]" in ax.get_title()
+
+
+def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, monkeypatch):
+    # The trainer scores a seeded subset of the test split each epoch (test_eval_size) and the
+    # whole split once at the end: the curve's last point is not the tables' test accuracy.
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    fields = {f.name: 0 for f in dataclasses.fields(ClassifierProtocol)}
+    protocol = ClassifierProtocol(**fields | {"test_size": 10000, "test_eval_size_per_epoch": 2000})
+    recs = []
+    for rec in _records([0.05, 0.05], active=0.95):
+        curve = tuple(dataclasses.replace(p, test_acc=0.8) for p in rec.result.curve)
+        result = dataclasses.replace(rec.result, curve=curve, protocol=protocol)
+        recs.append(dataclasses.replace(rec, result=result))
+    text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    label = "test accuracy (per epoch: 2000 of the 10000 test images)"
+    assert drawn["classify_digits_mlp_test_acc.png"].axes[0].get_ylabel() == label
+    assert f"classify digits/mlp: {label}" in text[0].read_text()
 
 
 def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:

@@ -387,6 +387,16 @@ def _curve_plot(
     return save_figure(fig, path)
 
 
+def _test_curve_label(arms: dict[str, list[RunRecord]]) -> str:
+    """The per-epoch test accuracy's label: the trainer may score a seeded subset of the test
+    split each epoch (``test_eval_size``), the tables the whole split at the end."""
+    sizes = {(p.test_eval_size_per_epoch, p.test_size) for recs in arms.values() for r in recs
+             if r.usable and (p := r.result.protocol) is not None}  # fmt: skip
+    if len(sizes) == 1 and 0 < (size := sizes.pop())[0] < size[1]:
+        return f"test accuracy (per epoch: {size[0]} of the {size[1]} test images)"
+    return "test accuracy"
+
+
 def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     comps = [c for r in results for c in r.comparisons if c.test is not None]
     if not comps:
@@ -432,8 +442,9 @@ def _figures(
             name = f"{kind} {setting}"
             stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
             path = Path(f"{stem}_{attr}.png")
-            plot = _curve_plot(arms, attr, label, name, path, xlabel, fraction=fraction)
-            figs.append((f"{name}: {label}", plot))
+            ylabel = _test_curve_label(arms) if attr == "test_acc" else label
+            plot = _curve_plot(arms, attr, ylabel, name, path, xlabel, fraction=fraction)
+            figs.append((f"{name}: {ylabel}", plot))
             srn = {a: r for a, r in arms.items() if a.startswith("srn")}
             path = Path(f"{stem}_active.png")
             plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path,
