@@ -339,6 +339,14 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, 
         band_y = band.get_paths()[0].vertices[:, 1]
         assert band_y.max() == 1.0 and band_y.min() == pytest.approx(0.75 - math.sqrt(0.125))
         assert "mean ± std over seeds, clipped to [0, 1]" in ax.get_title()
+    # An arm keeps its colour across the setting's figures (the binding one drew SRN in the
+    # colour the accuracy one gives vanilla).
+    colours = [
+        {line.get_label(): line.get_color() for line in drawn[name].lines}
+        for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png")
+    ]
+    srn = next(label for label in colours[0] if label.startswith("srn"))
+    assert colours[0][srn] == colours[1][srn] != colours[1]["none (n=2)"]
 
 
 def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, monkeypatch):

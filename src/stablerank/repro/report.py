@@ -356,7 +356,7 @@ def _curve_plot(
     low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
     fig = new_figure()
     ax = fig.add_subplot()
-    for arm, recs in arms.items():
+    for i, (arm, recs) in enumerate(arms.items()):  # colour by place: the same in every figure
         curves = [
             {p.step: getattr(p, attr) for p in r.result.curve if getattr(p, attr) is not None}
             for r in recs
@@ -369,9 +369,9 @@ def _curve_plot(
         ys = np.array([[c[s] for c in curves] for s in steps])
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
+        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(curves)})")
         band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
-        ax.fill_between(steps, *band, color=line.get_color(), alpha=0.2)
+        ax.fill_between(steps, *band, color=f"C{i}", alpha=0.2)
     if not ax.lines:
         return None
     if gate is not None:
@@ -445,9 +445,8 @@ def _figures(
             ylabel = _test_curve_label(arms) if attr == "test_acc" else label
             plot = _curve_plot(arms, attr, ylabel, name, path, xlabel, fraction=fraction)
             figs.append((f"{name}: {ylabel}", plot))
-            srn = {a: r for a, r in arms.items() if a.startswith("srn")}
-            path = Path(f"{stem}_active.png")
-            plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path,
+            path = Path(f"{stem}_active.png")  # vanilla and SN record no binding: not drawn
+            plot = _curve_plot(arms, "srn_active_fraction", cap, f"{name}: cap binding", path,
                                xlabel, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
             figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]
