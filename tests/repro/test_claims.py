@@ -349,6 +349,32 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, 
     assert colours[0][srn] == colours[1][srn] != colours[1]["none (n=2)"]
 
 
+@pytest.mark.parametrize("shift", [1, 2])  # seed 1 logged at steps 2, 3 or 3, 4; seed 0 at 1, 2
+def test_a_curve_says_which_steps_not_every_seed_logged_it_left_out(tmp_path, monkeypatch, shift):
+    # log_every is a runtime key: seeds of an arm may log different steps. The curve draws the
+    # common ones; it dropped the others silently, and with none in common the report failed
+    # (numpy's AxisError).
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = []
+    for rec in _records([0.05, 0.05], active=0.95):
+        curve = tuple(dataclasses.replace(p, step=p.step + shift * rec.run.seed, test_acc=0.8)
+                      for p in rec.result.curve)  # fmt: skip
+        recs.append(dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve)))
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    (none, *_) = drawn["classify_digits_mlp_test_acc.png"].lines
+    assert list(none.get_xdata()) == ([2] if shift == 1 else [])
+    left = 2 if shift == 1 else 4
+    assert none.get_label() == f"none (n=2; {left} steps not logged by every seed left out)"
+
+
 def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, monkeypatch):
     # The trainer scores a seeded subset of the test split each epoch (test_eval_size) and the
     # whole split once at the end: the curve's last point is not the tables' test accuracy.

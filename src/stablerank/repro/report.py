@@ -365,11 +365,14 @@ def _curve_plot(
         curves = [c for c in curves if c]
         if not curves:
             continue
+        # The steps every seed logged (log_every is a runtime key); the legend counts the others.
         steps = sorted(set.intersection(*map(set, curves)))
-        ys = np.array([[c[s] for c in curves] for s in steps])
+        left = len(set().union(*curves)) - len(steps)
+        ys = np.array([[c[s] for c in curves] for s in steps]).reshape(len(steps), len(curves))
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(curves)})")
+        note = f"; {left} steps not logged by every seed left out" if left else ""
+        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(curves)}{note})")
         band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
         ax.fill_between(steps, *band, color=f"C{i}", alpha=0.2)
     if not ax.lines:
