@@ -133,6 +133,21 @@ def test_plot_histogram_writes_png(tmp_path):
     assert not (tmp_path / "nan.png").exists()
 
 
+def test_plot_histogram_counts_every_value_the_extremes_included(tmp_path, monkeypatch):
+    # The ratios are float64. Bin edges rounded to float32 put float32(0.1) > 0.1 above the
+    # smallest value and float32(0.7) < 0.7 below the largest: both fell outside every bin, and
+    # the largest is the eL max the claims report.
+    from matplotlib.figure import Figure
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    values = {"real": torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64),
+              "fake": torch.tensor([0.4, 0.5, 0.7], dtype=torch.float64)}  # fmt: skip
+    plot_histogram(values, tmp_path / "h.png", bins=4)
+    bars = drawn[0].axes[0].containers
+    assert [sum(p.get_height() for p in bar) for bar in bars] == [3, 3]
+
+
 def test_callables_are_accepted():
     layer = _linear_with_spectrum([2.0, 1.0], n_in=2)
     x = torch.randn(4, 2, dtype=torch.float64)

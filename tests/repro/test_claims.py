@@ -16,6 +16,7 @@ from stablerank.repro.records import RunRecord
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, tiny
 from stablerank.train.results import (
     ClassifierAnalysis,
+    ClassifierProtocol,
     ClassifierResult,
     EpochRecord,
     GanAnalysis,
@@ -310,6 +311,93 @@ def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatc
     gates = [line for line in ax.lines if line.get_linestyle() == "--"]
     assert [tuple(line.get_ydata()) for line in gates] == [(claims.MIN_ACTIVE_FRACTION,) * 2]
     assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-0.03, 1.03)
+
+
+def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, monkeypatch):
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    def spread(rec: RunRecord) -> RunRecord:  # seeds 0 and 1 at 1.0 and 0.5: mean ± std 0.75 ± 0.35
+        value = (1.0, 0.5)[rec.run.seed]
+        active = value if rec.run.norm == "srn" else None
+        curve = tuple(dataclasses.replace(p, test_acc=value, srn_active_fraction=active)
+                      for p in rec.result.curve)  # fmt: skip
+        return dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve))
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = [spread(r) for r in _records([0.05, 0.05], active=0.95)]
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png"):
+        ax = drawn[name]
+        (line, *_), (band, *_) = ax.lines, ax.collections
+        assert line.get_ydata() == pytest.approx([0.75, 0.75])  # the mean of 1.0 and 0.5
+        band_y = band.get_paths()[0].vertices[:, 1]
+        assert band_y.max() == 1.0 and band_y.min() == pytest.approx(0.75 - math.sqrt(0.125))
+        assert "mean ± std over seeds, clipped to [0, 1]" in ax.get_title()
+    # An arm keeps its colour across the setting's figures (the binding one drew SRN in the
+    # colour the accuracy one gives vanilla).
+    colours = [
+        {line.get_label(): line.get_color() for line in drawn[name].lines}
+        for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png")
+    ]
+    srn = next(label for label in colours[0] if label.startswith("srn"))
+    assert colours[0][srn] == colours[1][srn] != colours[1]["none (n=2)"]
+
+
+@pytest.mark.parametrize("shift", [1, 2])  # seed 1 logged at steps 2, 3 or 3, 4; seed 0 at 1, 2
+def test_a_curve_says_which_steps_not_every_seed_logged_it_left_out(tmp_path, monkeypatch, shift):
+    # log_every is a runtime key: seeds of an arm may log different steps. The curve draws the
+    # common ones; it dropped the others silently, and with none in common the report failed
+    # (numpy's AxisError).
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig.axes[0]
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = []
+    for rec in _records([0.05, 0.05], active=0.95):
+        curve = tuple(dataclasses.replace(p, step=p.step + shift * rec.run.seed, test_acc=0.8)
+                      for p in rec.result.curve)  # fmt: skip
+        recs.append(dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve)))
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    (none, *_) = drawn["classify_digits_mlp_test_acc.png"].lines
+    assert list(none.get_xdata()) == ([2] if shift == 1 else [])
+    left = 2 if shift == 1 else 4
+    assert none.get_label() == f"none (n=2; {left} steps not logged by every seed left out)"
+
+
+def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, monkeypatch):
+    # The trainer scores a seeded subset of the test split each epoch (test_eval_size) and the
+    # whole split once at the end: the curve's last point is not the tables' test accuracy.
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    fields = {f.name: 0 for f in dataclasses.fields(ClassifierProtocol)}
+    protocol = ClassifierProtocol(**fields | {"test_size": 10000, "test_eval_size_per_epoch": 2000})
+    recs = []
+    for rec in _records([0.05, 0.05], active=0.95):
+        curve = tuple(dataclasses.replace(p, test_acc=0.8) for p in rec.result.curve)
+        result = dataclasses.replace(rec.result, curve=curve, protocol=protocol)
+        recs.append(dataclasses.replace(rec, result=result))
+    text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    label = "test accuracy (per epoch: 2000 of the 10000 test images)"
+    assert drawn["classify_digits_mlp_test_acc.png"].axes[0].get_ylabel() == label
+    assert f"classify digits/mlp: {label}" in text[0].read_text()
 
 
 def _with_layers(rec: RunRecord, layers: tuple[LayerStat, ...]) -> RunRecord:

@@ -96,6 +96,15 @@ def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
     assert math.isfinite(result.neural_divergence_real_train)
 
 
+def test_the_histogram_of_an_srn_discriminator_names_its_rank_ratio(tmp_path, monkeypatch):
+    # SRN arms differ by c alone: a title with the norm only did not tell their histograms apart.
+    titles = []
+    monkeypatch.setattr(gan_analysis.lipschitz, "plot_histogram",
+                        lambda values, path, title: titles.append(title))  # fmt: skip
+    gan_analysis.run(SETTINGS, _train(tmp_path, "srn", d_norm="srn", rank_ratio=0.5))
+    assert titles == ["discriminator eL, d_norm=srn (c=0.5)"]
+
+
 def test_missing_run_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         gan_analysis.run(SETTINGS, tmp_path / "nope")

@@ -370,7 +370,8 @@ def plot_histogram(
         raise ValueError("values must hold at least one non-empty series")
     lo = min(float(a.min()) for a in nonempty)
     hi = max(float(a.max()) for a in nonempty)
-    edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1).numpy()
+    # float64 edges, as the values: float32 ones can round inside [lo, hi] and drop the extremes
+    edges = torch.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1, dtype=torch.float64).numpy()
     fig = figure.Figure(figsize=(6, 4))
     backend_agg.FigureCanvasAgg(fig)
     ax = fig.add_subplot()

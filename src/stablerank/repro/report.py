@@ -347,14 +347,16 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
 
 def _curve_plot(
     arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str,
-    *, gate: float | None = None,
+    *, fraction: bool = False, gate: float | None = None,
 ) -> Path | None:  # fmt: skip
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn).
-    With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an autoscaled 0.8-1.0 would
-    look like a swing) and a dashed line marks the gate."""
+    A ``fraction`` (accuracy, share of layers) has its band clipped to [0, 1], where a std band
+    would claim values above 1. With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an
+    autoscaled 0.8-1.0 would look like a swing) and a dashed line marks the gate."""
+    low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
     fig = new_figure()
     ax = fig.add_subplot()
-    for arm, recs in arms.items():
+    for i, (arm, recs) in enumerate(arms.items()):  # colour by place: the same in every figure
         curves = [
             {p.step: getattr(p, attr) for p in r.result.curve if getattr(p, attr) is not None}
             for r in recs
@@ -363,12 +365,16 @@ def _curve_plot(
         curves = [c for c in curves if c]
         if not curves:
             continue
+        # The steps every seed logged (log_every is a runtime key); the legend counts the others.
         steps = sorted(set.intersection(*map(set, curves)))
-        ys = np.array([[c[s] for c in curves] for s in steps])
+        left = len(set().union(*curves)) - len(steps)
+        ys = np.array([[c[s] for c in curves] for s in steps]).reshape(len(steps), len(curves))
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
-        line = ax.plot(steps, mean, label=f"{arm} (n={len(curves)})")[0]
-        ax.fill_between(steps, mean - spread, mean + spread, color=line.get_color(), alpha=0.2)
+        note = f"; {left} steps not logged by every seed left out" if left else ""
+        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(curves)}{note})")
+        band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
+        ax.fill_between(steps, *band, color=f"C{i}", alpha=0.2)
     if not ax.lines:
         return None
     if gate is not None:
@@ -377,10 +383,21 @@ def _curve_plot(
         ax.set_ylim(-0.03, 1.03)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
+    clipped = ", clipped to [0, 1]" if np.isfinite(high) else ""
+    ax.set_title(f"{title} (mean ± std over seeds{clipped})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return save_figure(fig, path)
+
+
+def _test_curve_label(arms: dict[str, list[RunRecord]]) -> str:
+    """The per-epoch test accuracy's label: the trainer may score a seeded subset of the test
+    split each epoch (``test_eval_size``), the tables the whole split at the end."""
+    sizes = {(p.test_eval_size_per_epoch, p.test_size) for recs in arms.values() for r in recs
+             if r.usable and (p := r.result.protocol) is not None}  # fmt: skip
+    if len(sizes) == 1 and 0 < (size := sizes.pop())[0] < size[1]:
+        return f"test accuracy (per epoch: {size[0]} of the {size[1]} test images)"
+    return "test accuracy"
 
 
 def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
@@ -418,20 +435,21 @@ def _figures(
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
     cap = "fraction of SRN layers whose cap binds"
-    for kind, attr, label in (
-        (KIND_SHATTER, "train_acc", "train accuracy on random labels"),
-        (KIND_CLASSIFY, "test_acc", "test accuracy"),
-        (KIND_GAN, "fid", "FID"),
+    for kind, attr, label, fraction in (
+        (KIND_SHATTER, "train_acc", "train accuracy on random labels", True),
+        (KIND_CLASSIFY, "test_acc", "test accuracy", True),
+        (KIND_GAN, "fid", "FID", False),
     ):
         xlabel = "generator step" if kind == KIND_GAN else "epoch"
         for setting, arms in by_setting(records, kind).items():
             name = f"{kind} {setting}"
             stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
             path = Path(f"{stem}_{attr}.png")
-            figs.append((f"{name}: {label}", _curve_plot(arms, attr, label, name, path, xlabel)))
-            srn = {a: r for a, r in arms.items() if a.startswith("srn")}
-            path = Path(f"{stem}_active.png")
-            plot = _curve_plot(srn, "srn_active_fraction", cap, f"{name}: cap binding", path,
+            ylabel = _test_curve_label(arms) if attr == "test_acc" else label
+            plot = _curve_plot(arms, attr, ylabel, name, path, xlabel, fraction=fraction)
+            figs.append((f"{name}: {ylabel}", plot))
+            path = Path(f"{stem}_active.png")  # vanilla and SN record no binding: not drawn
+            plot = _curve_plot(arms, "srn_active_fraction", cap, f"{name}: cap binding", path,
                                xlabel, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
             figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]

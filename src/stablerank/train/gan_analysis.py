@@ -156,8 +156,9 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         },
         protocol=protocol,
     )
+    c = f" (c={cfg.rank_ratio:g})" if cfg.d_norm == "srn" else ""
     lipschitz.plot_histogram(
-        ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}"
+        ratios, run_dir / "d_el_hist.png", title=f"discriminator eL, d_norm={cfg.d_norm}{c}"
     )
     path = result.to_json(run_dir)
     print(f"gan analysis: {result.summary()}; wrote {path}", file=sys.stderr, flush=True)
