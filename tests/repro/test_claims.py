@@ -587,3 +587,94 @@ def test_a_report_with_no_tested_comparison_does_not_quote_a_family_wise_level(t
     claims_text = text.read_text()
     assert "over the no tested comparisons" in claims_text and "none tested here" in claims_text
     assert "95.00% here" not in claims_text
+
+
+# ------------------------------------------------------------------ what a mutation pass found
+# Each test below fails when one line of claims.py is changed (a mutation pass of session 15
+# found these lines untested): the Welch intervals, Holm's monotone cap, the two-sided power, the
+# verdict of a claim, the gate's boundary, the Holm-adjusted decision, the relative smallest
+# effect, the seeds-needed floor and the direction of "SN above r".
+
+
+def test_welch_intervals_match_the_textbook_formulas():
+    a, b = [0.10, 0.12, 0.11, 0.16, 0.09], [0.15, 0.16, 0.18]
+    t = claims.welch(a, b, confidence=0.9)
+    va, vb = stats.tvar(a) / len(a), stats.tvar(b) / len(b)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    assert t.df == pytest.approx(df, rel=1e-12)
+    half = stats.t.ppf(0.95, df) * math.sqrt(va + vb)
+    assert (t.diff_low, t.diff_high) == pytest.approx((t.diff - half, t.diff + half), rel=1e-12)
+    d = t.diff / math.sqrt((stats.tvar(a) + stats.tvar(b)) / 2)
+    se_d = math.sqrt((5 + 3) / (5 * 3) + d * d / (2 * (5 + 3)))  # Hedges & Olkin
+    assert t.d == pytest.approx(d, rel=1e-12)
+    assert (t.d_low, t.d_high) == pytest.approx((d - 1.6449 * se_d, d + 1.6449 * se_d), rel=1e-4)
+
+
+def test_holm_is_monotone_and_capped_at_1():
+    # sorted: 0.01 x 4 = 0.04, 0.03 x 3 = 0.09, 0.04 x 2 = 0.08 -> 0.09 (monotone), 0.5 x 1
+    assert claims.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    assert claims.holm([0.6, 0.7]) == [1.0, 1.0]
+
+
+def test_power_is_two_sided():
+    # without an effect a two-sided test rejects at its level: both tails together
+    assert claims._power(5, 0.0, 0.05) == pytest.approx(0.05, rel=1e-9)
+    assert claims._power(5, -3.0, 0.05) == pytest.approx(claims._power(5, 3.0, 0.05), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "verdict"),
+    [
+        ((), "no runs"),
+        ((claims.REPRODUCED, claims.NOT_REPRODUCED, claims.CANNOT_TELL), "mixed"),
+        ((claims.REPRODUCED, claims.CANNOT_TELL, claims.NOT_A_TEST), claims.REPRODUCED),
+        ((claims.NOT_REPRODUCED, claims.NOT_A_TEST), claims.NOT_REPRODUCED),
+        ((claims.NOT_A_TEST, claims.CANNOT_TELL), claims.CANNOT_TELL),
+        ((claims.NOT_A_TEST,), claims.NOT_A_TEST),
+    ],
+)
+def test_a_claims_verdict_from_its_comparisons(outcomes, verdict):
+    comps = [dataclasses.make_dataclass("C", ["outcome"])(o) for o in outcomes]
+    assert claims.ClaimResult(claims.CLAIMS[0], comps).verdict == verdict
+
+
+def test_the_gate_tests_an_arm_that_binds_on_exactly_half_its_layers():
+    comp = _comparison(claims.evaluate_claims(_records([0.05, 0.052, 0.049, 0.051], 0.5)),
+                       "gap_acc", "none")  # fmt: skip
+    assert comp.outcome == claims.REPRODUCED
+
+
+def test_the_decision_uses_the_holm_adjusted_p_value():
+    recs = _records([0.085, 0.095, 0.09, 0.10], active=1.0, ref_spread=0.004)
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
+    assert comp.test.p_value < 0.05 <= comp.p_adjusted  # significant alone, not in the family
+    assert comp.outcome == claims.CANNOT_TELL
+
+
+def test_a_relative_smallest_effect_scales_with_the_reference_and_floors_the_seed_count():
+    runs = [r for r in tiny(seeds=2, gan_seeds=4) if r.kind == KIND_GAN]
+    recs = []
+    for r in runs:  # FID: SRN 30.1 ± 5, SN 30 ± 5 (a difference far below 2% of 30)
+        fid = 30.0 + (0.1 if r.norm == "srn" else 0.0) + 5.0 * (-1.5, -0.5, 0.5, 1.5)[r.seed]
+        rec = _gan_record(r, 0.5, 0.5)
+        recs.append(dataclasses.replace(rec, result=dataclasses.replace(rec.result, fid=fid)))
+    results = claims.evaluate_claims(recs)
+    comp = next(c for res in results for c in res.comparisons if c.metric == "fid")
+    assert comp.min_effect == pytest.approx(0.02 * 30.0)
+    assert comp.outcome == claims.CANNOT_TELL
+    n_tests = sum(c.test is not None for res in results for c in res.comparisons)
+    sd = stats.tstd(comp.srn_values)
+    assert comp.seeds_needed == claims.seeds_needed(sd, sd, 0.6, 0.05 / n_tests)
+
+
+def test_sn_above_target_counts_the_sn_layers_above_r_not_below():
+    def layer(name: str, norm: str, srank: float, target: float | None) -> LayerStat:
+        return LayerStat(
+            name, norm, (64, 64), 1.0, srank, srank, target, None if target is None else False
+        )
+
+    srn, sn = _records([0.05, 0.052], active=1.0)[:2], _records([0.05, 0.052], active=1.0)[:2]
+    srn = [_with_layers(r, tuple(layer(n, "srn", 9.0, 10.0) for n in "abc")) for r in srn]
+    sn = [_with_layers(r, (layer("a", "sn", 30.0, None), layer("b", "sn", 40.0, None),
+                           layer("c", "sn", 5.0, None))) for r in sn]  # fmt: skip
+    assert claims.sn_above_target(srn, sn) == pytest.approx(2 / 3)
