@@ -57,6 +57,18 @@ def test_measures_on_diagonal_weights_by_hand():
     assert full[KEY_LOG10_SPECTRAL_PRODUCT] == pytest.approx(math.log10(prod), abs=1e-12)
 
 
+def test_bartletts_21_norm_sums_the_rows_of_a_non_square_weight():
+    # ||W^T||_{2,1} is the sum of the L2 norms of W's rows (one per output unit): 5 + 0 + 1 = 6
+    # here, where the columns' norms would sum to 3 + sqrt(17). Diagonal weights cannot tell.
+    model = nn.Sequential(nn.Linear(2, 3))
+    w = torch.tensor([[3.0, 4.0], [0.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        model[0].weight.copy_(w)
+    sigma = torch.linalg.matrix_norm(w, ord=2).item()
+    expected = sigma * ((6.0 / sigma) ** (2 / 3)) ** 1.5 / 0.5
+    assert bartlett_measure(model, 0.5) == pytest.approx(math.log10(expected), abs=1e-12)
+
+
 def test_deep_product_does_not_overflow():
     # 200 layers of 10 * I: the product 10^200 squared overflows float32 and float64 is at 1e400.
     model = nn.Sequential(*[nn.Linear(3, 3, bias=False) for _ in range(200)])
@@ -105,6 +117,8 @@ def test_margins_and_quantile():
     torch.testing.assert_close(margins(logits, labels), torch.tensor([2.0, -3.0, 3.0]))
     # Linear interpolation between sorted margins (-3, 2, 3) at q = 0.5 -> 2.
     assert margin_quantile(logits, labels, q=0.5) == pytest.approx(2.0)
+    # the default: the 10th percentile (position 0.2 between -3 and 2), not the 90th
+    assert margin_quantile(logits, labels) == pytest.approx(-2.0)
     with pytest.raises(ValueError, match="labels must have shape"):
         margins(logits, labels[:2])
 

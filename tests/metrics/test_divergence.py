@@ -7,12 +7,14 @@ import functools
 import pytest
 import torch
 from sklearn.datasets import load_digits
+from torch import nn
 
 from stablerank.metrics import NonFiniteError
 from stablerank.metrics.divergence import (
     KEY_ND,
     KEY_ND_STD,
     KEY_PROTOCOL,
+    _gradient_penalty,
     build_default_critic,
     neural_divergence,
 )
@@ -112,3 +114,42 @@ def test_numeric_arguments_are_checked_before_any_work(digits, arg, value, messa
     kw = {**_KW, "critic_builder": _never_called, arg: value}
     with pytest.raises(ValueError, match=message):
         neural_divergence(_never_called, digits[:10], **kw)
+
+
+def test_the_gradient_penalty_is_the_squared_distance_of_the_gradient_norm_from_1():
+    critic = nn.Linear(4, 1, bias=False)  # gradient w everywhere, ||w|| = 3: (3 - 1)^2 = 4
+    with torch.no_grad():
+        critic.weight.copy_(torch.tensor([[2.0, 2.0, 1.0, 0.0]]))
+    penalty = _gradient_penalty(critic, torch.randn(5, 4), torch.randn(5, 4))
+    assert penalty.item() == pytest.approx(4.0)
+
+
+def test_the_value_reads_the_ema_critic_on_held_out_images_and_the_penalty_counts(digits):
+    # Unique real images (a per-image offset), so each one seen by the critic can be traced.
+    held = digits[:120] * 0.98 + torch.arange(120.0).view(-1, 1, 1, 1) * 1e-4
+    seen = []  # (gradients on?, input): training steps run with them, the evaluation without
+
+    class Spy(nn.Module):  # the evaluated EMA copy records into the same list
+        def __init__(self, shape):
+            super().__init__()
+            self.inner = build_default_critic(shape, width=8)
+
+        def forward(self, x):
+            seen.append((torch.is_grad_enabled(), x.detach().clone()))
+            return self.inner(x)
+
+    kw = {**_KW, "n_critic_steps": 4, "n_eval_batches": 2}
+    noise = lambda k: torch.rand(k, 1, 8, 8) * 2 - 1  # noqa: E731  never equal to a real image
+    base = neural_divergence(noise, held, **{**kw, "critic_builder": Spy})[KEY_ND]
+    real = {img.numpy().tobytes() for img in held}
+
+    def shown(training: bool) -> set[bytes]:
+        return {img.numpy().tobytes() for g, x in seen if g == training for img in x} & real
+
+    assert shown(False) and not shown(False) & shown(True)  # evaluated on images not trained on
+    assert neural_divergence(noise, held, **{**kw, "critic_builder": Spy, "ema_decay": 0.0})[
+        KEY_ND
+    ] != pytest.approx(base)  # the EMA critic is the one evaluated
+    assert neural_divergence(noise, held, **{**kw, "critic_builder": Spy, "gp_lambda": 0.0})[
+        KEY_ND
+    ] != pytest.approx(base)

@@ -114,7 +114,14 @@ def test_interpolate_points_lie_on_segments():
         assert on_first or on_second
 
 
+def test_interpolate_draws_t_uniformly_on_each_segment():
+    # x = 0, y = 1 (one point each): each point is its own t, which must spread over [0, 1].
+    t = interpolate(torch.zeros(1, 1), torch.ones(1, 1), n=400, seed=3).flatten()
+    assert t.min() < 0.05 and t.max() > 0.95 and abs(t.mean().item() - 0.5) < 0.05
+
+
 def test_summarize_keys_and_values():
+    assert summarize(torch.tensor([1.0, 2.0, 3.0, 10.0]))[KEY_EL_MEAN] == 4.0  # mean, not median
     out = summarize(torch.arange(101, dtype=torch.float64))
     assert out[KEY_EL_MAX] == 100.0
     assert out[KEY_EL_MEAN] == 50.0
