@@ -23,6 +23,16 @@ def test_exact_fraction_changed_when_excluding_original(labels, fraction):
     new = corrupt_labels(labels, fraction, K, seed=3, exclude_original=True)
     assert int((new != labels).sum()) == round(fraction * N)
     assert new.dtype == torch.int64 and int(new.min()) >= 0 and int(new.max()) < K
+    changed = (new != labels).nonzero().flatten()
+    if 0 < fraction < 1:  # positions drawn over the whole set, not the first ones
+        assert changed.min() < N // 4 and changed.max() > 3 * N // 4
+
+
+def test_the_count_is_rounded_not_truncated():
+    labels = torch.arange(10) % K
+    assert (
+        int((corrupt_labels(labels, 0.37, K, seed=0, exclude_original=True) != labels).sum()) == 4
+    )
 
 
 def test_default_draws_uniformly_over_all_classes(labels):
@@ -68,6 +78,7 @@ def test_corrupt_labels_errors(labels):
 def test_stratified_subset(labels):
     idx = subset_indices(labels, 2000, seed=1)
     assert idx.numel() == 2000 and idx.unique().numel() == 2000
+    assert idx.max() > N // 2  # each class's examples drawn over the class, not its first ones
     assert torch.equal(idx, idx.sort().values)
     assert labels[idx].bincount().tolist() == [200] * K
     uneven = subset_indices(labels, 1005, seed=1)
@@ -86,6 +97,8 @@ def test_a_subset_of_every_example_is_the_whole_set_even_with_uneven_classes():
 
 def test_random_subset_and_train_subset(labels):
     x = torch.arange(N).view(N, 1, 1, 1).expand(N, 1, 2, 2)
+    plain = subset_indices(labels, 300, seed=4, stratified=False)
+    assert torch.equal(plain, plain.sort().values)  # sorted ascending, as documented
     xs, ys = train_subset(x, labels, 300, seed=4, stratified=False)
     assert xs.shape == (300, 1, 2, 2) and ys.shape == (300,)
     idx = xs[:, 0, 0, 0]  # x encodes its own index
