@@ -142,3 +142,36 @@ def test_an_int_in_a_float_field_gives_the_same_dict_hash_and_run_folder():
     assert isinstance(in_python.lr, float) and isinstance(in_python.weight_decay, float)
     assert config_hash(in_python) == config_hash(from_flags)
     assert RunDir.for_config(in_python) == RunDir.for_config(from_flags)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("amp", "maybe", "'amp' expects a boolean"),
+        ("epochs", 2.5, "'epochs' expects an integer"),  # not truncated to 2
+        ("epochs", True, "'epochs' expects an integer"),  # bool is an int subclass
+        ("lr", True, "'lr' expects a number"),
+    ],
+)
+def test_plain_data_of_the_wrong_type_is_refused_naming_the_key(key, value, match):
+    with pytest.raises(TypeError, match=match):
+        config_from_dict(ClassifyConfig, {key: value})
+
+
+def test_plain_data_is_coerced_as_flags_and_yaml_give_it():
+    cfg = config_from_dict(
+        ClassifyConfig,
+        {"amp": "off", "schedule": "step", "milestones": "0.3,0.6,", "batch-size": "16"},
+    )
+    assert cfg.amp is False and cfg.milestones == (0.3, 0.6) and cfg.batch_size == 16
+
+
+def test_help_shows_open_and_closed_ends_of_a_range():
+    import argparse
+
+    from stablerank.config import add_config_arguments
+
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser, ClassifyConfig)
+    text = " ".join(parser.format_help().split())
+    assert "range (0.0, 1.0]" in text  # rank_ratio: c in (0, 1]

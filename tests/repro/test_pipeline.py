@@ -84,6 +84,26 @@ def test_every_sweep_builds_with_distinct_folders():
             assert "sn" in arms and any(a.startswith("srn") for a in arms), (name, kind)
 
 
+# Folder names of runs on disk: the quick demo's and the standard sweep's 100 runs behind
+# docs/results/standard. A change to a trainer config's fields or defaults, to the analysis
+# settings or to the hash renames every folder, and `reproduce` then trains everything again
+# beside the old runs: change these only on purpose, and say so in the CHANGELOG.
+_FOLDERS_ON_DISK = {
+    "quick": ("classify-fashion-mnist-mlp-none-s0-95a202fd5070",
+              "shatter-fashion-mnist-mlp-srn0.05-s0-e33728d05622",
+              "gan-fashion-mnist-gan-cnn16-sn-s0-f0b9dca0d62d"),
+    "standard": ("classify-fashion-mnist-small_cnn-bn-srn0.1-s0-260efc92bd95",
+                 "classify-fashion-mnist-alexnet-srn0.2-s0-3c88fe4a1f74",
+                 "shatter-fashion-mnist-mlp-none-s0-7c0bc9ae2d4f",
+                 "gan-fashion-mnist-gan-cnn32-srn0.2-s0-b7adfc846d43"),
+}  # fmt: skip
+
+
+def test_the_sweeps_keep_the_folder_names_of_the_runs_on_disk():
+    for sweep, names in _FOLDERS_ON_DISK.items():
+        assert set(names) <= {r.name for r in sweeps.SWEEPS[sweep]()}, sweep
+
+
 def _seeds_per_arm(runs: list[sweeps.Run]) -> dict[tuple[str, str, str], set[int]]:
     seeds: dict[tuple[str, str, str], set[int]] = {}
     for r in runs:
