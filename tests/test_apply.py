@@ -37,6 +37,14 @@ def test_normalize_model_covers_every_eligible_layer(norm):
     assert not parametrize.is_parametrized(net[0], "bias")
 
 
+def test_normalize_model_passes_its_settings_to_every_layer():
+    sn = sr.normalize_model(_net(), "sn", n_power_iterations=3, head="sn")
+    assert {sn[i].parametrizations.weight[0].n_power_iterations for i in (0, 3, 5, 7)} == {3}
+    srn = sr.normalize_model(_net(), "srn", n_power_iterations=2, exact=True, head="srn")
+    layers = [srn[i].parametrizations.weight[0] for i in (0, 3, 5, 7)]
+    assert all(p.exact and p.n_power_iterations == 2 for p in layers)
+
+
 def test_exclude_patterns_and_predicates():
     net = sr.normalize_model(_net(), "srn", exclude=["7"], head="srn")
     assert not parametrize.is_parametrized(net[7])
