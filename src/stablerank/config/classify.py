@@ -141,7 +141,9 @@ class ClassifyConfig:
     log_layers: bool = option(True, "log every layer's spectral norm and stable rank each epoch")
     out_dir: str = option("runs", "parent folder of run folders")
     run_name: str | None = option(
-        None, "run folder name inside out_dir (None = <dataset>-<model>-<norm>-s<seed>-<hash>)"
+        None,
+        "run folder name inside out_dir (None = <dataset>-<model>-<norm>-s<seed>-<hash>, norm "
+        "none, sn or srn<c>)",
     )
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"

@@ -139,7 +139,9 @@ class GanConfig:
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
     out_dir: str = option("runs/gan", "parent folder of run folders")
     run_name: str | None = option(
-        None, "run folder name inside out_dir; None = gan-<dataset>-<arch>-<d_norm>-s<seed>-<hash>"
+        None,
+        "run folder name inside out_dir (None = gan-<dataset>-<arch>-<d_norm>-s<seed>-<hash>, "
+        "d_norm sn, srn<c> or none)",
     )
     overwrite: bool = option(
         False, "start afresh in a run folder that holds another run's results (they are lost)"
