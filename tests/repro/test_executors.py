@@ -1,7 +1,8 @@
 """The signal logic of a submitit job, in this process: SLURM's notice of a preemption or
 time-out (submitit's USR2 handler, faked here) becomes a Ctrl-C for the run in progress, and
 submitit's handler still runs: after the run stopped, at once when no run takes Ctrl-C, and after
-the grace period when the run does not stop in time."""
+the grace period when the run does not stop in time. Then the executor chosen for this machine,
+the submitit arrays and waves (with a fake submitter) and the terminal's line per run."""
 
 from __future__ import annotations
 
@@ -88,3 +89,60 @@ def test_a_ctrl_c_while_submitit_starts_its_jobs_is_not_lost_and_they_start_bloc
             time.sleep(0.5)
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+# ----------------------------------------------------------------------------- choice and output
+
+
+def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
+    from stablerank.config.reproduce import ReproduceConfig
+    from stablerank.repro import executors
+
+    def make(**kw):
+        return executors.make_executor(ReproduceConfig(device="cpu", **kw), tmp_path)
+
+    monkeypatch.setattr(executors.os, "cpu_count", lambda: 8)
+    assert make(threads=2).workers == 4  # cores / threads per run
+    assert make(threads=16).__class__ is executors.SequentialExecutor  # at least one: a pool of 1
+    # A pool of one would only hide the run's output in output.log: this process runs it.
+    assert make(workers=1).__class__ is executors.SequentialExecutor
+
+
+def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path):
+    from stablerank.repro import executors
+    from stablerank.repro.execute import Outcome
+
+    class Job:
+        def __init__(self, run):
+            self.run, self.job_id = run, "1_0"
+
+        def result(self):
+            return Outcome(self.run, "done")
+
+    arrays = []
+
+    class Fake:
+        def map_array(self, fn, chunk):
+            arrays.append(chunk)
+            return [Job(run) for run in chunk]
+
+    runs = [f"r{i}" for i in range(5)]
+    for cluster, sizes in (("slurm", [5]), ("local", [2, 2, 1])):
+        arrays.clear()
+        ex = object.__new__(executors.SubmititExecutor)  # no cluster here to submit to
+        ex.cluster, ex.wave, ex.folder, ex.executor = cluster, 2, tmp_path, Fake()
+        assert [o.name for o in ex.map(runs, lambda *a: None)] == runs
+        assert [len(chunk) for chunk in arrays] == sizes, cluster
+
+
+def test_the_line_of_each_run_lines_up_and_gives_its_time_only_when_it_ran(capsys):
+    from types import SimpleNamespace
+
+    from stablerank.repro.execute import Outcome
+    from stablerank.repro.executors import print_outcome
+
+    run = SimpleNamespace(name="c1")
+    print_outcome(3, 12, run, Outcome("c1", "failed", 61.2, "in train: boom"))
+    print_outcome(12, 12, run, Outcome("c1", "skipped"))
+    assert capsys.readouterr().err.splitlines() == [
+        "[ 3/12] failed   c1 (61 s): in train: boom", "[12/12] skipped  c1"]  # fmt: skip

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -235,6 +236,57 @@ def test_a_run_reads_running_while_its_analysis_runs(tmp_path, monkeypatch):
     assert execute(run).state == "done"
     assert seen[0]["status"] == "running" and seen[0]["stage"] == "analysis"
     assert RunDir(run.run_dir).read_status()["status"] == "done"
+
+
+def _classify_run_with_analysis(tmp_path):
+    runs = sweeps.build_sweep(_cfg(tmp_path))
+    return next(r for r in runs if r.kind == sweeps.KIND_CLASSIFY and r.analysis is not None)
+
+
+def test_a_run_whose_analysis_settings_changed_is_not_finished(tmp_path):
+    run = _classify_run_with_analysis(tmp_path)
+    folder = RunDir(run.run_dir)
+    folder.write_status(status="done", analysis_key="the digest of other analysis settings")
+    assert execute_module.run_state(run) == "partial"  # its analysis runs again
+    folder.write_status(analysis_key=run.digest)
+    assert execute_module.run_state(run) == "done"
+
+
+def test_each_attempt_is_counted_and_the_wall_time_adds_up(tmp_path, monkeypatch):
+    import time
+
+    run = _classify_run_with_analysis(tmp_path)
+
+    def slow_failure(run):
+        time.sleep(0.2)
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(execute_module, "_train", slow_failure)
+    assert [execute(run).state for _ in range(2)] == ["failed", "failed"]
+    status = RunDir(run.run_dir).read_status()
+    assert status["attempts"] == 2 and status["wall_time_s"] >= 0.4  # both attempts' time
+
+
+def test_a_diverged_run_is_not_analysed_and_is_read_as_diverged(tmp_path, monkeypatch):
+    from stablerank.repro.records import collect
+
+    run = _classify_run_with_analysis(tmp_path)
+
+    def diverge(run):
+        ClassifierResult(train_acc=0.1, test_acc=0.1, train_loss=math.nan, test_loss=math.nan,
+                         gap_acc=0.0, gap_loss=math.nan, epochs=1, diverged=True,
+                         divergence="non-finite loss at epoch 1").to_json(run.run_dir)  # fmt: skip
+        return True
+
+    def analyse(self, settings, run_dir):
+        raise AssertionError("a diverged run was analysed")
+
+    monkeypatch.setattr(execute_module, "_train", diverge)
+    monkeypatch.setattr(sweeps.Trainer, "analyse", analyse)
+    assert execute(run).state == "diverged"
+    (record,) = collect([run])
+    assert (record.state, record.analysis, record.problem) == ("diverged", None, "")
+    assert record.result.diverged and not record.usable
 
 
 def test_report_only_on_an_empty_folder_is_an_error(tmp_path):

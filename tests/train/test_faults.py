@@ -89,6 +89,13 @@ def test_a_crafted_checkpoint_does_not_run_code(tmp_path):
     assert not marker.exists()
 
 
+def test_a_checkpoint_that_is_not_a_dict_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save([1, 2], path)
+    with pytest.raises(CorruptCheckpointError, match="does not hold a dict"):
+        load_checkpoint(path)
+
+
 def test_gan_resume_falls_back_to_the_older_intact_checkpoint(tmp_path, capsys):
     straight = gan_train.run(_gan(tmp_path / "a"))
     cfg = _gan(tmp_path / "b")
@@ -157,8 +164,26 @@ def test_stale_temporary_files_of_a_killed_write_are_removed_on_start(tmp_path):
     classify.run(cfg, stop_at=2)  # unfinished: a rerun resumes it
     stale = tmp_path / "run" / "checkpoints" / ".step_0000002.pt.abc123.tmp"
     stale.write_bytes(b"x" * 1000)  # what a kill inside a checkpoint write leaves
+    status_tmp = tmp_path / "run" / ".status.json.def456.tmp"  # ... or inside a status write
+    status_tmp.write_text("{")
     classify.run(dataclasses.replace(cfg, resume=True))
-    assert not stale.exists()
+    assert not stale.exists() and not status_tmp.exists()
+
+
+def test_a_write_that_fails_leaves_the_old_file_and_no_temporary_file(tmp_path, monkeypatch):
+    from stablerank.train import checkpoint
+
+    folder = RunDir(tmp_path)
+    folder.write_status(status="running")
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        folder.write_status(status="done")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["status.json"]
+    assert folder.read_status() == {"status": "running"}
 
 
 _KILL_WORKER = """

@@ -1,5 +1,6 @@
 """MetricLog: the CSV always mirrors the JSONL (every column, every row), rows are appended
-without rewriting the file unless a new column appears, and a resume truncates both."""
+without rewriting the file unless a new column appears, and a resume truncates both; only a cut
+last line is dropped when the JSONL is read back."""
 
 from __future__ import annotations
 
@@ -73,3 +74,29 @@ def test_resume_hides_the_repeated_steps_in_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert [(s.step, s.value) for s in events.Scalars("acc")] == [(1, 1.0), (2, 20.0)]
+
+
+def test_only_a_cut_last_line_is_dropped_a_bad_line_before_it_is_an_error(tmp_path):
+    from stablerank.train.records import read_jsonl
+
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"epoch": 1}\n{"epoch": 2, "ac\n{"epoch": 3}\n')
+    with pytest.raises(ValueError, match=r"log.jsonl line 2 is not JSON"):
+        read_jsonl(path)  # silently dropping it would lose epoch 3 too
+
+
+def test_list_and_dict_values_are_json_in_the_csv(tmp_path):
+    log = MetricLog(tmp_path, tensorboard=False, key="step")
+    log.append({"step": 1, "sigma": [1.5, 2.0], "acc": {"train": 0.5}})
+    (row,) = _csv_rows(log.csv)
+    assert json.loads(row["sigma"]) == [1.5, 2.0] and json.loads(row["acc"]) == {"train": 0.5}
+
+
+def test_tensorboard_gets_the_numbers_at_the_records_step_and_not_the_step_itself(tmp_path):
+    calls = []
+    writer = type("Writer", (), {"add_scalar": lambda self, *a: calls.append(a),
+                                 "flush": lambda self: None})  # fmt: skip
+    log = MetricLog(tmp_path, tensorboard=False, key="step")
+    log._writer = writer()
+    log.append({"step": 7, "loss": 0.5, "diverged": False, "note": "x", "n": 3})
+    assert calls == [("loss", 0.5, 7), ("n", 3, 7)]

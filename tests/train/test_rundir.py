@@ -186,6 +186,37 @@ def test_gan_status_follows_the_same_rule(tmp_path):
     assert folder.is_done()
 
 
+def test_a_cut_or_foreign_status_file_reads_as_none_and_is_rewritten(tmp_path):
+    folder = RunDir(tmp_path)
+    for text in ('{"status": "runn', '["done"]'):  # cut by a full disk; not ours
+        (tmp_path / "status.json").write_text(text)
+        assert folder.read_status() == {} and not folder.is_done()
+        assert folder.write_status(attempts=1) == {"attempts": 1}
+
+
+def test_only_the_newest_checkpoints_are_kept_with_their_checksums(tmp_path):
+    folder = RunDir(tmp_path)
+    for step in (1, 2, 3):
+        folder.save_checkpoint(step, {"step": step}, keep=2)
+    assert [p.name for p in folder.checkpoints()] == ["step_0000002.pt", "step_0000003.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("*.sha256")) == [
+        "step_0000002.pt.sha256", "step_0000003.pt.sha256"]  # fmt: skip
+
+
+def test_run_files_get_the_permissions_of_a_plain_open(tmp_path):
+    # A temporary file is 0600; results must stay readable by whoever the umask lets read them.
+    from stablerank.train import checkpoint
+
+    old = os.umask(0o022)
+    checkpoint._umask.cache_clear()  # read once per process: read this test's
+    try:
+        RunDir(tmp_path).write_status(status="done")
+    finally:
+        os.umask(old)
+        checkpoint._umask.cache_clear()
+    assert (tmp_path / "status.json").stat().st_mode & 0o777 == 0o644
+
+
 # ----------------------------------------------------------------------------- take-over
 
 
@@ -220,6 +251,16 @@ def test_resume_without_a_checkpoint_does_not_take_over_another_run(tmp_path, ca
     folder.metrics_file.unlink()
     classify.run(dataclasses.replace(cfg, resume=True))
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_resume_with_overwrite_continues_a_checkpoint_and_replaces_only_another_run(
+    tmp_path, capsys
+):
+    cfg = _tiny(tmp_path, epochs=2)
+    classify.run(cfg, stop_at=1)
+    capsys.readouterr()
+    classify.run(dataclasses.replace(cfg, resume=True, overwrite=True))
+    assert "resume: continuing from" in capsys.readouterr().err  # not deleted and retrained
 
 
 def test_gan_resume_before_any_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):
