@@ -257,7 +257,7 @@ def test_a_finished_run_is_not_trained_again_and_resume_without_checkpoint_start
     # refused, as it would overwrite its checkpoints.
     unfinished = tiny(tmp_path / "unfinished", epochs=2)
     classify.run(unfinished, stop_at=1)
-    with pytest.raises(FileExistsError, match="pass resume=True"):
+    with pytest.raises(FileExistsError, match="holds checkpoints; pass --resume to continue it"):
         classify.run(unfinished)
     fresh = classify.run(tiny(tmp_path / "other", epochs=1, resume=True))
     assert "starting from scratch" in capsys.readouterr().err
