@@ -147,6 +147,50 @@ def test_layer_report_values_and_no_side_effects(tmp_path):
     assert (tmp_path / "r.csv").read_text().count("\n") == 5
 
 
+def test_layer_report_of_plain_and_sn_layers_against_the_svd():
+    """Plain and SN layers: every column against torch.linalg on the matrix the layer acts with
+    (a ConvTranspose2d's weight (C_in, C_out, kh, kw) is reshaped along dim 1 by default, as
+    torch's spectral_norm does); the target is min(m, n) where no clamp acts; the frobenius
+    column is of the weight as used, not the raw one."""
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Linear(6, 9),
+        nn.ConvTranspose2d(4, 3, 2),
+        torch.nn.utils.parametrizations.spectral_norm(nn.Linear(9, 5)),
+    )
+    with torch.no_grad():
+        net[2].parametrizations.weight.original.mul_(3.0)  # raw sigma far from 1
+    net.eval()
+    report = sr.layer_report(net)
+    for rec, weight, dim in zip(
+        report, (net[0].weight, net[1].weight, net[2].weight), (0, 1, 0), strict=True
+    ):
+        mat = weight.detach().double().movedim(dim, 0).flatten(1)
+        s = torch.linalg.svdvals(mat)
+        assert rec.matrix_shape == tuple(mat.shape), rec.name
+        # float64 Gram eigenvalue vs float64 SVD of float32 weights: 1e-6 relative is ample
+        assert rec.sigma_max == pytest.approx(s[0].item(), rel=1e-6), rec.name
+        assert rec.frobenius == pytest.approx(torch.linalg.norm(mat).item(), rel=1e-6)
+        assert rec.srank == pytest.approx((s.square().sum() / s[0] ** 2).item(), rel=1e-6)
+        assert rec.target_srank == min(mat.shape) and not rec.active
+    assert report[1].matrix_shape == (3, 4 * 2 * 2)
+    assert report[2].frobenius < report[2].raw_sigma_max  # the used weight, W / sigma
+
+
+def test_layer_report_runs_no_power_iteration_on_unconverged_vectors():
+    # Fresh vectors (15 warm-up iterations) still move under another training-mode iteration;
+    # the report must read the weights without one.
+    net = sr.normalize_model(_net(), "srn", rank_ratio=0.3, exclude=["7"])
+    torch.nn.utils.parametrizations.spectral_norm(net[7])
+    net.train()
+    before = copy.deepcopy(net.state_dict())
+    sr.layer_report(net)
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    _ = net[0].weight  # a training-mode read does move them (the check above can fail)
+    key = "0.parametrizations.weight.0._u"
+    assert not torch.equal(net.state_dict()[key], before[key])
+
+
 def test_layer_report_of_a_meta_model_says_to_materialize_it():
     with torch.device("meta"):
         net = sr.normalize_model(_net(), "srn", rank_ratio=0.3)

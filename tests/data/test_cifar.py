@@ -61,6 +61,26 @@ def test_reads_tiny_archive(tmp_path):
     np.testing.assert_allclose(splits.mean, all_train.mean(axis=(0, 2)) / 255, rtol=1e-12)
 
 
+def test_cifar100_reads_the_fine_labels_and_their_names(tmp_path):
+    """CIFAR-100's files hold 100 fine and 20 coarse labels; the 100-class task reads the fine
+    ones (the coarse ones are in range too, so only their values tell them apart)."""
+    layout = dataclasses.replace(
+        CIFAR_LAYOUTS["cifar100"], md5=None, train_size=4, test_size=2, file_md5=()
+    )
+    folder = tmp_path / layout.folder
+    folder.mkdir()
+    for name, n in (("train", 4), ("test", 2)):
+        fine, coarse = [99 - 7 * i for i in range(n)], [19 - i for i in range(n)]
+        _write_pickle(folder / name, {b"data": _rows(n, n), b"fine_labels": fine,
+                                      b"coarse_labels": coarse})  # fmt: skip
+    names = {b"fine_label_names": [b"f%d" % i for i in range(100)],
+             b"coarse_label_names": [b"c%d" % i for i in range(20)]}  # fmt: skip
+    _write_pickle(folder / layout.meta_file, names)
+    splits = load_cifar(tmp_path, layout, download=False)
+    assert splits.train_y.tolist() == [99, 92, 85, 78] and splits.test_y.tolist() == [99, 92]
+    assert splits.num_classes == 100 and len(splits.classes) == 100 and splits.classes[7] == "f7"
+
+
 def test_source_is_the_absolute_folder_read(tmp_path, monkeypatch):
     """A relative data_dir is recorded absolute, as Fashion-MNIST's: the run's records name the
     folder wherever they are read from."""

@@ -191,6 +191,10 @@ def test_mnist1d_is_generated_locally_and_leaves_global_rng_alone():
     assert set(splits.train_y.unique().tolist()) == set(range(10))
     # make_dataset standardizes the whole set; the train split's stats are close to (0, 1).
     assert abs(splits.mean[0]) < 0.05 and abs(splits.std[0] - 1) < 0.05
+    # ... and they are exactly the training split's (not the test split's, also near (0, 1)):
+    x = splits.train_x.double()
+    assert splits.mean[0] == pytest.approx(x.mean().item(), abs=1e-12)
+    assert splits.std[0] == pytest.approx(x.std(unbiased=False).item(), rel=1e-12)
 
 
 # ---- data_dir handling: a given folder is the only place looked in (no silent fallback)

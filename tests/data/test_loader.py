@@ -226,5 +226,8 @@ def test_batch_larger_than_the_split_with_drop_last_is_an_error():
         DeviceLoader(x, y, batch_size=16, drop_last=True, **kw)
     with pytest.raises(ValueError, match=r"world_size=3\) is larger than the dataset's 10"):
         DeviceLoader(x, y, batch_size=4, world_size=3, drop_last=True, **kw)
+    # A global batch of exactly the split is one full batch, not an error.
+    assert len(DeviceLoader(x, y, batch_size=10, drop_last=True, **kw)) == 1
+    assert len(DeviceLoader(x, y, batch_size=5, world_size=2, drop_last=True, **kw)) == 1
     # Without drop_last the one short batch is kept (evaluation loaders).
     assert len(DeviceLoader(x, y, batch_size=16, drop_last=False, **kw)) == 1

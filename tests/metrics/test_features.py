@@ -81,6 +81,8 @@ def test_extractor_validates_input():
         ext.extract(torch.zeros(2, 3, 28, 28))
     with pytest.raises(ValueError, match=r"got values in \[0, 255\]"):
         ext.extract(torch.tensor([0.0, 255.0]).repeat(392).reshape(1, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"got values in \[-2, -2\]"):  # the lower end too
+        ext.extract(torch.full((1, 1, 28, 28), -2.0))
     with pytest.raises(TypeError, match="uint8 or floating point"):
         ext.extract(torch.zeros(1, 1, 28, 28, dtype=torch.int64))
     u8 = torch.tensor([0, 255], dtype=torch.uint8)

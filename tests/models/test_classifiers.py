@@ -168,6 +168,99 @@ def test_alexnet_lrn_must_be_a_bool():
         build_classifier("alexnet", **CIFAR10, lrn="no")
 
 
+# ---- architecture details that parameter counts and output shapes cannot see (parameter-free
+# strides, shortcuts, pooling, activations) and the initialization
+
+
+def _block_outputs(model: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+    model(x)
+    return shapes
+
+
+@torch.no_grad()
+def test_resnet_blocks_are_relu_of_branch_plus_option_a_shortcut():
+    """He et al.'s CIFAR ResNet: stages at 32, 16, 8 px (stride 2 in the first block of stages 2
+    and 3 only); a block is relu(branch + shortcut); option A subsamples x[:, :, ::2, ::2] and
+    zero-pads c_out / 4 channels on each side (the reference code's F.pad(..., planes // 4,
+    planes // 4)). With the branch's last BN scaled to 0 a block is exactly relu(shortcut(x))."""
+    torch.manual_seed(0)
+    model = build_classifier("resnet", **CIFAR10, depth=8).eval()
+    assert _block_outputs(model, torch.randn(2, 3, 32, 32)) == [
+        (16, 32, 32), (32, 16, 16), (64, 8, 8)
+    ]  # fmt: skip
+    for block in model.blocks[:2]:
+        nn.init.zeros_(block.bn2.weight)
+        nn.init.zeros_(block.bn2.bias)
+    x = torch.randn(2, 16, 32, 32)
+    assert torch.equal(model.blocks[0](x), F.relu(x))  # identity shortcut
+    zeros = torch.zeros(2, 8, 16, 16)
+    padded = torch.cat([zeros, x[:, :, ::2, ::2], zeros], dim=1)
+    assert torch.equal(model.blocks[1](x), F.relu(padded))
+
+
+@torch.no_grad()
+def test_wide_resnet_block_adds_the_projection_of_the_preactivated_input():
+    """Zagoruyko & Komodakis' pre-activation block: x + conv2(...) where the shape stays, else
+    shortcut(relu(bn1(x))) + conv2(...), the 1x1 projection reading the pre-activated input (the
+    authors' code). With conv2 zeroed the block is exactly its shortcut term."""
+    torch.manual_seed(0)
+    model = build_classifier("wrn", **CIFAR10, depth=16, widen_factor=1).eval()
+    assert _block_outputs(model, torch.randn(2, 3, 32, 32)) == [
+        (16, 32, 32), (16, 32, 32), (32, 16, 16), (32, 16, 16), (64, 8, 8), (64, 8, 8)
+    ]  # fmt: skip
+    identity, projection = model.blocks[0], model.blocks[2]
+    for block in (identity, projection):
+        block.bn1.bias.normal_()  # relu(bn1(x)) differs from x
+        nn.init.zeros_(block.conv2.weight)
+    x = torch.randn(2, 16, 32, 32)
+    assert torch.equal(identity(x), x)
+    assert torch.equal(projection(x), projection.shortcut(F.relu(projection.bn1(x))))
+
+
+def test_densenet_transitions_average_pool():
+    """Huang et al.: a transition is BN-ReLU-1x1 conv-2x2 *average* pool, twice."""
+    model = build_classifier("densenet_bc", **CIFAR10, depth=10, growth_rate=4)
+    pools = [m for m in model.features if isinstance(m, (nn.AvgPool2d, nn.MaxPool2d))]
+    assert [(type(m), m.kernel_size) for m in pools] == [(nn.AvgPool2d, 2)] * 2
+
+
+def test_alexnet_local_response_norm_is_tensorflows():
+    """tf.nn.lrn(depth_radius=4, bias=1, alpha=0.001 / 9, beta=0.75) of the TensorFlow CIFAR-10
+    tutorial: b_c = a_c / (1 + alpha * sum_{|j - c| <= 4} a_j^2)^beta, written out in float64."""
+    model = build_classifier("alexnet", **CIFAR10, width=0.25, hidden=(16, 8))
+    lrns = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+    assert len(lrns) == 2
+    a = torch.rand(2, 16, 3, 3, dtype=torch.float64) * 10  # large enough for alpha to matter
+    window = F.pad(a.square(), (0, 0, 0, 0, 4, 4)).unfold(1, 9, 1).sum(-1)  # (2, 16, 3, 3)
+    expected = a / (1 + 0.001 / 9 * window) ** 0.75
+    for lrn in lrns:  # float64 throughout: 1e-12 relative
+        torch.testing.assert_close(lrn(a), expected, rtol=1e-12, atol=0)
+
+
+def test_hidden_fully_connected_layers_are_followed_by_relu():
+    mlp = build_classifier("mlp", **CIFAR10, hidden=(16, 8))
+    assert [type(m) for m in mlp.features] == [nn.Flatten, nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]
+    alexnet = build_classifier("alexnet", **CIFAR10, width=0.25, hidden=(16, 8))
+    assert [type(m) for m in alexnet.features[-4:]] == [nn.Linear, nn.ReLU, nn.Linear, nn.ReLU]
+
+
+def test_init_is_he_normal_fan_out_with_zero_biases():
+    """Convs ~ N(0, 2 / fan_out), fan_out = C_out * kh * kw (the ResNet/WRN/DenseNet references),
+    biases 0. AlexNet's first conv (3 -> 16 channels, 5x5) tells fan_out (400) from fan_in (75)."""
+    torch.manual_seed(0)
+    model = build_classifier("alexnet", **CIFAR10, width=0.25, hidden=(16, 8))
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    for conv in convs:
+        w = conv.weight.detach()
+        fan_out = w.shape[0] * w.shape[2] * w.shape[3]
+        # The sample std of n normal draws has relative sd 1 / sqrt(2n): allow 5 of those.
+        assert abs(w.std().item() / math.sqrt(2 / fan_out) - 1) < 5 / math.sqrt(2 * w.numel())
+        assert not conv.bias.any()
+
+
 FULL_SIZE = ["resnet20", "resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"]
 
 

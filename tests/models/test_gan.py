@@ -9,6 +9,8 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 import stablerank as sr
 from stablerank.models.gan import (
@@ -149,6 +151,93 @@ def test_conditional_batchnorm_uses_the_label(arch):
     assert not torch.allclose(x[0], x[1])
     with pytest.raises(ValueError, match="labels"):
         G(z)
+
+
+# ---- reference forwards written from Miyato et al. 2018 (Tables 3 and 4, and the authors'
+# chainer code sngan_projection for the ResNet blocks), reading the modules' parameters only
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:  # nearest-neighbour 2x up-sampling
+    return x.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
+
+
+def _cbn(bn, x, y):
+    """(Conditional) BatchNorm in eval mode: running statistics, then BN's own affine
+    (unconditional) or the class's gain and bias (conditional, no other affine)."""
+    inner = bn.bn
+    if y is None:
+        return F.batch_norm(x, inner.running_mean, inner.running_var, inner.weight, inner.bias,
+                            eps=inner.eps)  # fmt: skip
+    h = F.batch_norm(x, inner.running_mean, inner.running_var, eps=inner.eps)
+    return bn.gain.weight[y][:, :, None, None] * h + bn.bias.weight[y][:, :, None, None]
+
+
+def _conv(conv, x, stride=1, padding=0):
+    return F.conv2d(x, conv.weight, conv.bias, stride=stride, padding=padding)
+
+
+def _reference_g(G, z, y):
+    h = F.linear(z, G.linear.weight, G.linear.bias).view(z.shape[0], -1, 4, 4)  # 32 px: 4x4
+    if G.arch == "cnn":  # dense-BN-ReLU, 3 x (deconv 4x4/2-BN-ReLU), conv 3x3, tanh
+        h = F.relu(_cbn(G.bn0, h, y))
+        for up, bn in zip(G.ups, G.bns, strict=True):
+            h = F.conv_transpose2d(h, up.weight, up.bias, stride=2, padding=1)
+            h = F.relu(_cbn(bn, h, y))
+    else:  # 3 up-blocks: BN-ReLU-up-conv3-BN-ReLU-conv3 + conv1(up(x)); BN-ReLU-conv3-tanh
+        for b in G.blocks:
+            r = _conv(b.conv1, _up(F.relu(_cbn(b.bn1, h, y))), padding=1)
+            r = _conv(b.conv2, F.relu(_cbn(b.bn2, r, y)), padding=1)
+            h = r + _conv(b.shortcut, _up(h))
+        bn = G.bn_out
+        h = F.relu(F.batch_norm(h, bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                                eps=bn.eps))  # fmt: skip
+    return torch.tanh(_conv(G.to_image, h, padding=1))
+
+
+def _reference_d(D, x, y):
+    if D.arch == "cnn":  # (conv3x3/1, conv4x4/2) x 3, conv3x3/1, leaky ReLU 0.1 after each
+        h = x
+        for j, conv in enumerate(D.convs):
+            h = F.leaky_relu(_conv(conv, h, stride=2 if j % 2 else 1, padding=1), 0.1)
+        h = h.flatten(1)
+    else:  # 32 px: optimized down-block, down-block, 2 plain blocks; ReLU, global sum pool
+        h = x
+        for i, b in enumerate(D.blocks):
+            r = h if i == 0 else F.relu(h)
+            r = _conv(b.conv2, F.relu(_conv(b.conv1, r, padding=1)), padding=1)
+            if i == 0:
+                h = F.avg_pool2d(r, 2) + _conv(b.shortcut, F.avg_pool2d(h, 2))
+            elif i == 1:
+                h = F.avg_pool2d(r, 2) + F.avg_pool2d(_conv(b.shortcut, h), 2)
+            else:
+                h = r + h
+        h = F.relu(h).sum(dim=(2, 3))
+    out = F.linear(h, D.linear.weight, D.linear.bias).squeeze(1)
+    return out if y is None else out + (D.embed.weight[y] * h).sum(dim=1)
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+@pytest.mark.parametrize("arch", ARCHS)
+@torch.no_grad()
+def test_forward_matches_the_papers_architecture(arch, conditional):
+    torch.manual_seed(0)
+    G, D = _models(arch, 32, 3, conditional)
+    for m in G.modules():  # statistics and affine parts away from their neutral start
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            if m.affine:
+                m.weight.normal_(1.0, 0.5)
+                m.bias.normal_(0.0, 0.5)
+        elif isinstance(m, nn.Embedding):
+            m.weight.normal_(0.5, 0.5)
+    G.eval()
+    y = _labels(conditional)
+    z = G.sample_z(BATCH)
+    x = G(z, y)
+    # Same float32 operations, possibly in another order: 1e-5 covers the round-off.
+    torch.testing.assert_close(x, _reference_g(G, z, y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(D(x, y), _reference_d(D, x, y), rtol=1e-5, atol=1e-5)
 
 
 def test_builders_reject_bad_arguments():
