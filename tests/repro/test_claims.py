@@ -678,3 +678,68 @@ def test_sn_above_target_counts_the_sn_layers_above_r_not_below():
     sn = [_with_layers(r, (layer("a", "sn", 30.0, None), layer("b", "sn", 40.0, None),
                            layer("c", "sn", 5.0, None))) for r in sn]  # fmt: skip
     assert claims.sn_above_target(srn, sn) == pytest.approx(2 / 3)
+
+
+def test_the_arm_table_counts_finished_runs_only_and_averages_the_binding_over_seeds():
+    from stablerank.repro import report
+    from stablerank.repro.records import by_setting
+
+    def layer(raw: float) -> LayerStat:  # SRN holds the normalized weight at its target of 4
+        return LayerStat("features.1", "srn", (8, 16), 1.0, 4.0, raw, 4.0, raw > 4.0)
+
+    recs = []
+    for rec in _records([0.05, 0.052, 0.049], active=None):
+        if rec.run.norm == "srn":  # seed 2 diverged: none of its numbers may count
+            seed = rec.run.seed
+            result = dataclasses.replace(
+                rec.result, srn_active_fraction=(0.2, 0.4, 1.0)[seed],
+                srn_active_fraction_mean=(0.1, 0.2, 1.0)[seed],
+                layers=(layer((3.9, 4.3, 99.0)[seed]),),
+                diverged=seed == 2, divergence="loss nan at epoch 1" if seed == 2 else "",
+            )  # fmt: skip
+            rec = dataclasses.replace(rec, result=result)
+        recs.append(rec)
+    ((setting, arms),) = by_setting(recs, KIND_CLASSIFY).items()
+    text = report._setting_section(KIND_CLASSIFY, setting, arms)
+    srn_arm = next(arm for arm in arms if arm.startswith("srn"))
+    row = next(line for line in text.splitlines() if line.startswith(f"| {srn_arm} |"))
+    cells = row.strip("| ").split(" | ")
+    # 2 of 3 finished; the cap binds on 30% at the end and 15% over training (means of seeds 0, 1)
+    assert cells[:3] == [srn_arm, "2/3", "30.0% (over training 15.0%)"]
+    gap = report._cell([0.05, 0.052], percent=True)
+    assert gap in cells and report._cell([0.05, 0.052, 0.9], percent=True) not in cells
+    # The layer table: the raw weight's stable rank (not the capped one), finished seeds only.
+    assert "| features.1 | n/a | n/a | 4.1 / 4 |" in text
+    # The diverged run is listed with its reason.
+    problems = report._problems(recs)
+    assert f"| {arms[srn_arm][2].run.name} | done | loss nan at epoch 1 |" in problems
+
+
+def test_a_cell_is_the_mean_and_the_sample_standard_deviation():
+    from stablerank.repro import report
+
+    assert report._cell([1.0, 2.0, 3.0], percent=False) == "2 ± 1"  # stdev, not pstdev (0.8165)
+    assert report._cell([0.5], percent=True) == "50.00" and report._cell([], False) == "n/a"
+
+
+def test_a_claim_row_shows_the_counts_and_the_raw_then_the_holm_p(tmp_path):
+    from stablerank.repro.report import write_report
+
+    recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    recs = [
+        dataclasses.replace(r, state="failed", result=None)
+        if r.run.norm == "none" and r.run.seed == 3 else r
+        for r in recs
+    ]  # fmt: skip
+    path, results = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    text = path.read_text()
+    comp = _comparison(results, "gap_acc", "none")
+    n_tests = sum(c.test is not None for r in results for c in r.comparisons)
+    assert n_tests > 1 and comp.p_adjusted > comp.test.p_value
+    label = "| vs none | generalization gap"
+    row = next(line for line in text.splitlines()
+               if line.startswith(f"| {comp.setting} |") and label in line)  # fmt: skip
+    cells = row.strip("| ").split(" | ")
+    assert cells[4] == "4 / 3"
+    assert cells[8] == f"{comp.test.p_value:.3g} / {comp.p_adjusted:.3g}"
+    assert f"(1 - alpha / tests = {1 - 0.05 / n_tests:.2%} here" in text

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stablerank.config.classify import AnalyzeConfig, classify_preset
+from stablerank.metrics import complexity
 from stablerank.train import analyze, classify
 from stablerank.train.results import ClassifierAnalysis, ClassifierResult, to_dict
 from stablerank.train.rundir import RunDir
@@ -124,6 +125,21 @@ def test_accuracy_matches_the_trainer_evaluation(srn_run):
     assert result.train_acc == pytest.approx(trained.train_acc, abs=1e-12)
     test_loss = result.protocol.loss["test"]
     assert test_loss == pytest.approx(trained.test_loss, rel=1e-5)  # float32 sums
+    assert result.protocol.loss["train"] == pytest.approx(trained.train_loss, rel=1e-5)
+
+
+def test_the_margin_and_the_measures_over_it_are_the_training_sets(srn_run):
+    # The 10th-percentile margin of the training set trained on (not the test split), and the
+    # Neyshabur/Bartlett measures divided by that margin.
+    run_dir, result = srn_run
+    _, data, model = analyze.load_run(run_dir)
+    with torch.no_grad():
+        logits = model(data.splits.normalize(data.splits.train_x))
+    margin = complexity.margin_quantile(logits, data.splits.train_y, SMALL.margin_quantile)
+    assert result.margin == pytest.approx(margin, rel=1e-5)
+    measures = complexity.spectral_complexity(model, margin)
+    assert result.log10_neyshabur == pytest.approx(measures[complexity.KEY_LOG10_NEYSHABUR])
+    assert result.log10_bartlett == pytest.approx(measures[complexity.KEY_LOG10_BARTLETT])
 
 
 def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
@@ -138,13 +154,24 @@ def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
     assert result.el_train.q50 > 0
 
 
-def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path):
+def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path, monkeypatch):
     # The points were the first n_jacobian of the pair pool (2 * n_pairs images): fewer pairs than
     # half the points silently measured fewer points.
     run_dir = tmp_path / "run"
     shutil.copytree(srn_run[0], run_dir)
     cfg = dataclasses.replace(SMALL, n_pairs=5, n_jacobian=30, n_interpolated=4, plots=False)
+    segments = []
+    real_interpolate = analyze.lipschitz.interpolate
+
+    def interpolate(x, y, n, seed=0):
+        segments.append((x, y))
+        return real_interpolate(x, y, n, seed=seed)
+
+    monkeypatch.setattr(analyze.lipschitz, "interpolate", interpolate)
     result = analyze.run(cfg, run_dir)
+    # The interpolated points lie on segments between pairs of the train pool.
+    ((start, end),) = segments
+    assert start is end and len(start) == 2 * cfg.n_pairs
     measured = {k: v.n for k, v in result.jacobian.items()}
     assert measured == {"train": 30, "test": 30, "interpolated": 4}
     few = analyze.run(dataclasses.replace(cfg, n_jacobian=2), run_dir)
@@ -173,6 +200,9 @@ def test_random_label_runs_get_a_shattering_curve(tmp_path):
     result = analyze.run(AnalyzeConfig(n_pairs=50, n_jacobian=4, n_interpolated=0,
                                        jacobian_iterations=2), dirs[0])  # fmt: skip
     assert (dirs[0] / "shattering.png").read_bytes()[:8] == PNG_MAGIC
+    # Scored with the random labels it trained on, as the trainer scored it.
+    trained = ClassifierResult.from_json(dirs[0])
+    assert result.train_acc == pytest.approx(trained.train_acc, abs=1e-12)
     assert "interpolated" not in result.jacobian
     out = analyze.plot_shattering(dirs, tmp_path / "cmp" / "shattering.png")
     assert out.read_bytes()[:8] == PNG_MAGIC

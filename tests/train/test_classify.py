@@ -81,6 +81,13 @@ def test_sn_head_on_request_and_srn_caps_stable_rank(tmp_path):
     norms = {layer.name: layer.norm for layer in result.layers}
     assert norms.pop("classifier") == "sn" and set(norms.values()) == {"srn"}
     assert result.protocol.head == "sn"
+    # The last epoch's logged layer columns are the final layers: the raw weight's stable rank
+    # and the normalized one's, which differ where the cap binds.
+    last = records(RunDir.for_config(cfg).path)[-1]
+    for layer in result.layers:
+        assert last[f"raw_srank/{layer.name}"] == pytest.approx(layer.raw_srank, rel=1e-6)
+        assert last[f"srank/{layer.name}"] == pytest.approx(layer.srank, rel=1e-6)
+    assert any(layer.raw_srank > 1.1 * layer.srank for layer in result.layers)
     for layer in result.layers:
         if layer.norm == "srn":
             # SRN's forward output has stable rank min(srank, r) once u, v have converged; after
@@ -295,6 +302,54 @@ def test_the_train_accuracy_subset_is_not_biased_towards_noisy_labels(tmp_path):
     eval_changed = torch.stack([changed[row.nonzero()[0, 0]] for row in same])
     # 200 examples: sd of the share ~0.035 around 0.45; the biased draw gave above 0.9.
     assert abs(eval_changed.float().mean() - changed.float().mean()) < 0.15
+    # label_noise 0.5 replaces half the labels by uniform ones, 1/10 of which are the true one:
+    # 1,000 labels, sd of the share ~0.016.
+    assert abs(changed.float().mean() - 0.45) < 0.05
+
+
+def test_train_accuracy_is_scored_on_the_train_eval_subset(tmp_path):
+    # train_eval_size images of the 1,347: an accuracy over all of them is never a multiple of
+    # 1/100 (1,347 has no factor in common with 100) unless it is 0 or 1.
+    run_dir, result = train(tiny(tmp_path, epochs=1, train_eval_size=100))
+    (logged,) = records(run_dir)
+    assert 0 < logged["train_acc"] < 1 and round(logged["train_acc"] * 100, 6).is_integer()
+    assert result.train_acc == logged["train_acc"] and result.protocol.train_eval_size == 100
+
+
+def test_an_epoch_record_scores_each_loader_and_divides_the_running_sums():
+    # The running sums are (loss sum, correct, count); eval-mode numbers come from the loaders.
+    scores = {"test": (0.9, 0.6), "train-eval": (0.2, 0.95)}
+    sums = torch.tensor([30.0, 40.0, 50.0], dtype=torch.float64)
+    record = classify._epoch_record(1, 0.01, sums, 0.0, "test", "train-eval", scores.__getitem__)
+    assert record["epoch"] == 2 and record["lr"] == 0.01
+    assert (record["test_loss"], record["test_acc"]) == (0.9, 0.6)
+    assert (record["train_loss"], record["train_acc"]) == (0.2, 0.95)
+    assert record["gap_acc"] == pytest.approx(0.95 - 0.6)  # positive when overfitting
+    assert record["gap_loss"] == pytest.approx(0.9 - 0.2)
+    assert record["train_loss_running"] == pytest.approx(30 / 50)
+    assert record["train_acc_running"] == pytest.approx(40 / 50)
+
+
+def test_the_result_takes_the_whole_test_split_and_averages_the_binding_over_epochs(tmp_path):
+    cfg = tiny(tmp_path, norm="srn", test_eval_size=100)
+    splits = classify.prepare_data(cfg).splits
+    model = classify.build_model(cfg, splits)
+    logged = [
+        {"epoch": e, "train_acc": (0.81, 0.82, 0.83)[e - 1], "train_loss": 0.5, "test_acc": 0.7,
+         "test_loss": 0.6, "srn_active_fraction": active}
+        for e, active in ((1, 0.0), (2, 0.5), (3, 1.0))
+    ]  # fmt: skip
+    result = classify._result_of(cfg, logged, logged[-1], (0.9, 0.65), model, "", splits,
+                                 1347, 100, 1)  # fmt: skip
+    # The whole test split's numbers replace the last epoch's subset ones, the gap with them.
+    assert (result.test_loss, result.test_acc, result.train_acc) == (0.9, 0.65, 0.83)
+    assert result.gap_acc == pytest.approx(0.83 - 0.65)
+    assert result.gap_loss == pytest.approx(0.9 - 0.5)
+    assert (result.protocol.test_size, result.protocol.test_eval_size_per_epoch) == (450, 100)
+    assert result.srn_active_fraction_mean == pytest.approx(0.5)  # over the epochs, not the end
+    assert [p.srn_active_fraction for p in result.curve] == [0.0, 0.5, 1.0]
+    subset = classify._result_of(cfg, logged, logged[-1], None, model, "", splits, 1347, 100, 1)
+    assert (subset.test_acc, subset.protocol.test_size) == (0.7, 100)
 
 
 def test_lr_schedule_values():

@@ -25,6 +25,7 @@ import stablerank.train.gan as gan_train
 from stablerank.config import config_from_dict, load_config
 from stablerank.config.gan import _DATASETS, GAN_PRESETS, GanConfig
 from stablerank.data import DATASETS
+from stablerank.data import load_dataset as DATASETS_LOADED
 from stablerank.metrics.features import (
     FeatureExtractor,
     available_feature_extractors,
@@ -113,10 +114,18 @@ def test_run_writes_its_folder(uninterrupted):
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["d_loss"]) and np.isfinite(r["g_loss"]) for r in records)
     assert records[-1]["lr_g"] == 0.0  # linear decay reaches 0 at g_steps
+    # lr_g logged is the next step's: step s (0-based) trains at lr * (1 - s / g_steps) ...
+    lr_g, lr_d = (json.loads((run_dir / "config.json").read_text())[k] for k in ("lr_g", "lr_d"))
+    assert [r["lr_g"] for r in records] == pytest.approx([lr_g * (1 - s / 6) for s in range(1, 7)])
+    # ... and both optimizers took the last step (s = 5) at the decayed rate.
+    state = _final_state(run_dir, 6)
+    assert state["opt_g"]["param_groups"][0]["lr"] == pytest.approx(lr_g / 6)
+    assert state["opt_d"]["param_groups"][0]["lr"] == pytest.approx(lr_d / 6)
     written = json.loads((run_dir / "metrics.json").read_text())["protocol"]
     assert written["scores"] is None and written["baselines"] == {}  # the typed layout
     result = GanResult.from_json(run_dir)
     assert result.steps == 6 and not result.diverged
+    assert (result.d_loss, result.g_loss) == (records[-1]["d_loss"], records[-1]["g_loss"])
     assert result.protocol.d_norm == "srn" and result.protocol.scores is None  # not scored
     # D's SRN activity is logged with the losses and summarised in the result.
     assert all(r["srn_active_fraction"] is not None for r in records)
@@ -263,6 +272,8 @@ def test_evaluation_hook_and_baselines(tmp_path):
     assert protocol.scores.reference_split == "test"
     assert protocol.scores.n_fake == n
     assert protocol.baselines["real_train"].sample_source == "train"
+    # The samples are compared with the whole test split (the real baseline draws train images).
+    assert protocol.scores.n_real == len(DATASETS_LOADED("digits").test_x)
     for key in ("fid", "kid_mean", "is_mean", "untrained_fid", "real_train_fid"):
         assert np.isfinite(metrics[key]), key
     # real training digits are far closer to the test digits than an untrained G's blur
@@ -278,6 +289,21 @@ def test_evaluation_hook_and_baselines(tmp_path):
     (tmp_path / "older" / "metrics.json").write_text(json.dumps(older))
     assert "feature_net" in older["protocol"] and "scores" not in older["protocol"]
     assert GanResult.from_json(tmp_path / "older") == GanResult.from_json(run_dir)
+
+
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
+def test_a_resume_under_the_same_protocol_keeps_the_untrained_generators_scores(tmp_path):
+    # They cannot be redone after step 0: a resumed run must carry them, not drop them.
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    cfg = _cfg(tmp_path, "keep", g_steps=1, n_final_samples=20, feature_net="test-pixels")
+    splits = DATASETS_LOADED("digits")
+    G, _ = gan_train.build_gan_models(cfg, 1, 8, None)
+    evaluator = gan_train.Evaluator(cfg, splits.test_x, G, None, torch.device("cpu"))
+    fresh = gan_train.score_baselines(evaluator, splits.train_x, 20, cfg.seed)
+    resumed = gan_train.score_baselines(evaluator, splits.train_x, 20, cfg.seed, fresh)
+    assert resumed["untrained_"] is fresh["untrained_"]
+    assert resumed["real_train_"] == fresh["real_train_"]  # seeded: the same images again
 
 
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
@@ -362,6 +388,86 @@ def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):
         cell = cell[..., :channels] if cell.ndim == 3 else cell[..., None]  # drop alpha
         got = torch.from_numpy((cell * 255).round().astype(np.uint8)).permute(2, 0, 1)
         assert torch.equal(got, expected[2])
+
+
+def test_a_g_step_takes_n_dis_d_updates_on_fresh_batches_then_g_and_its_ema(tmp_path, monkeypatch):
+    """n_dis = 2: real batches 0..5 over 3 G steps, D's loss with its real outputs first, the
+    EMA generator the average of G's steps, and the last step's losses logged and reported even
+    when log_every does not divide g_steps."""
+    seen: dict = {"b": [], "d_args": []}
+    real_batches, real_build = gan_train.real_batches, gan_train.build_gan_models
+    real_d_loss = gan_train.compute_d_loss
+
+    def batches(*args, **kwargs):
+        inner = real_batches(*args, **kwargs)
+
+        def batch(b):
+            seen["b"].append(b)
+            x, y = inner(b)
+            seen.setdefault("x0", x)
+            return x, y
+
+        return batch
+
+    def build(*args, **kwargs):
+        seen["G"], seen["D"] = real_build(*args, **kwargs)
+        return seen["G"], seen["D"]
+
+    def d_loss(d_real, d_fake, loss):
+        if not seen["d_args"]:  # D's first update: its outputs on the real batch come first
+            with torch.no_grad():
+                seen["D"].eval()  # u, v as the training forward just left them
+                seen["d_args"] = [seen["D"](seen["x0"], None), d_real, d_fake]
+                seen["D"].train()
+        return real_d_loss(d_real, d_fake, loss)
+
+    monkeypatch.setattr(gan_train, "real_batches", batches)
+    monkeypatch.setattr(gan_train, "build_gan_models", build)
+    monkeypatch.setattr(gan_train, "compute_d_loss", d_loss)
+    cfg = _cfg(tmp_path, "steps", n_dis=2, g_steps=3, log_every=2, ema=0.9, checkpoint_every=1)
+    result = gan_train.run(cfg)
+    assert seen["b"] == [0, 1, 2, 3, 4, 5]
+    on_real, d_real, d_fake = seen["d_args"]
+    torch.testing.assert_close(d_real, on_real.float(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(d_fake, on_real.float())
+    run_dir = RunDir.for_config(cfg).path
+    records = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 3]
+    assert (result.d_loss, result.g_loss) == (records[-1]["d_loss"], records[-1]["g_loss"])
+    # G_ema after step 3 = 0.9 G_ema after step 2 + 0.1 G after step 3 (parameters; buffers are
+    # copied, then replaced by standing statistics for the grids).
+    two, three = _final_state(run_dir, 2), _final_state(run_dir, 3)
+    names = [name for name, _ in seen["G"].named_parameters()]
+    assert names and not torch.equal(two["G_ema"][names[0]], three["G_ema"][names[0]])
+    for name in names:
+        expected = 0.9 * two["G_ema"][name] + 0.1 * three["G"][name]
+        torch.testing.assert_close(three["G_ema"][name], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_standing_statistics_are_the_exact_mean_over_their_own_stream():
+    from stablerank.train import gan_sampling
+    from stablerank.train.runtime import stream_seed
+
+    class G(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear, self.bn = torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3)
+
+        def forward(self, z, y=None):
+            return self.bn(self.linear(z))
+
+    g = G().eval()
+    g.bn.momentum = 0.3
+    gan_sampling.refresh_bn_stats(g, z_dim=4, num_classes=None, device=torch.device("cpu"), seed=5)
+    assert not g.training and g.bn.momentum == 0.3  # mode and momentum restored
+    gen = torch.Generator().manual_seed(stream_seed(5, 0, 0, gan_sampling._STREAM_BN))
+    with torch.no_grad():
+        h = torch.stack([g.linear(torch.randn(64, 4, generator=gen)) for _ in range(16)])
+    # BatchNorm's running statistics with momentum None: the plain average of the 16 batches'
+    # means and unbiased variances, over 1,024 fresh samples.
+    torch.testing.assert_close(g.bn.running_mean, h.mean(dim=(0, 1)))
+    torch.testing.assert_close(g.bn.running_var, h.var(dim=1).mean(dim=0))
+    assert gan_sampling.BN_STAT_SAMPLES == 16 * 64
 
 
 # ----------------------------------------------------------------------------------------------
@@ -573,6 +679,15 @@ def test_divergence_rule():
     assert "non-finite loss at G step 6" in gan_train.divergence_of(nan)
     collapse = [*ok, *({"step": i, "d_loss": 0.0, "g_loss": 1e5} for i in range(6, 9))]
     assert "discriminator collapse" in gan_train.divergence_of(collapse)
+    # Both halves of the rule at each of the last 3 points: D near 0 alone, or G large alone, or
+    # 2 logged points only, is no collapse.
+    d_only = [*ok, *({"step": i, "d_loss": 0.0, "g_loss": 1.0} for i in range(6, 9))]
+    g_only = [*ok, *({"step": i, "d_loss": 1.0, "g_loss": 1e5} for i in range(6, 9))]
+    short = [{"step": i, "d_loss": 0.0, "g_loss": 1e5} for i in (1, 2)]
+    assert [gan_train.divergence_of(r) for r in (d_only, g_only, short)] == ["", "", ""]
+    # A non-finite G loss is as much a divergence as a non-finite D loss.
+    g_inf = [*ok, {"step": 6, "d_loss": 1.0, "g_loss": float("inf")}]
+    assert "non-finite loss at G step 6" in gan_train.divergence_of(g_inf)
     # One collapsed point among healthy ones is not a collapse.
     assert gan_train.divergence_of([*ok, {"step": 6, "d_loss": 0.0, "g_loss": 1e5}, *ok]) == ""
 
@@ -598,6 +713,7 @@ def test_a_non_finite_loss_ends_the_gan_as_diverged(tmp_path, monkeypatch, ctrl_
     result = GanResult.from_json(run_dir)
     assert result.diverged and "non-finite" in result.divergence
     assert result.steps == 3  # stopped at the first logged NaN, not trained on
+    assert result.d_layers == () and result.srn_active_fraction is None  # no NaN spectra
     assert RunDir(run_dir).read_status()["status"] == "diverged"
 
 

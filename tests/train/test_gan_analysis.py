@@ -4,8 +4,10 @@ conditional (projection) D with the class held fixed per pair, checked by hand."
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,7 @@ from stablerank.config import config_from_dict
 from stablerank.config.gan import GanAnalysisConfig, GanConfig
 from stablerank.data import load_dataset
 from stablerank.metrics.features import to_signed_unit
-from stablerank.metrics.lipschitz import pairwise_lipschitz
+from stablerank.metrics.lipschitz import jacobian_spectral_norm, pairwise_lipschitz
 from stablerank.train import gan_analysis
 from stablerank.train.checkpoint import CorruptCheckpointError
 from stablerank.train.gan_models import load_gan_run
@@ -57,6 +59,34 @@ def test_conditional_d_el_is_measured_and_finite(conditional_run):
     labels = result.protocol.d_el.labels
     assert "first point's label" in labels and "generated with" in labels
     assert (run_dir / "d_el_hist.png").is_file()
+    # The critic compares samples with the test split: its two parts are the whole split.
+    nd = result.protocol.neural_divergence
+    assert nd.reference_split == "test"
+    assert nd.n_real_train + nd.n_real_eval == len(load_dataset("digits").test_x)
+
+
+def test_each_pair_type_and_point_set_is_measured_on_its_own_images(conditional_run):
+    # Real pool: seeded test images with their labels; fake pool: the generator's next samples
+    # with the labels they were generated with. Jacobians: the first points of each pool.
+    D = load_gan_run(conditional_run[0]).D
+    splits = load_dataset("digits")
+    gen = torch.Generator().manual_seed(3)
+    fake, y_fake = torch.rand(20, 1, 8, 8, generator=gen) * 2 - 1, torch.randint(10, (20,))
+    ratios, jac, protocol = gan_analysis._discriminator_el(
+        D, splits, lambda k: (fake[:k], y_fake[:k]), n_pairs=10, seed=4,
+        device=torch.device("cpu"), conditional=True,
+    )  # fmt: skip
+    idx = gan_analysis._subset_indices(len(splits.test_x), 20, 4)
+    real, y_real = to_signed_unit(splits.test_x[idx]), splits.test_y[idx]
+    el = functools.partial(pairwise_lipschitz, D, n_pairs=10, seed=4)
+    expected = {"real-real": el(real, y=y_real), "fake-fake": el(fake, y=y_fake),
+                "real-fake": el(real, y=y_real, x_other=fake)}  # fmt: skip
+    for kind in gan_analysis.PAIR_TYPES:
+        torch.testing.assert_close(ratios[kind], expected[kind], msg=kind)
+    for name, x, y in (("real", real, y_real), ("fake", fake, y_fake)):
+        norms = jacobian_spectral_norm(D, x, n_iters=10, seed=4, y=y)
+        torch.testing.assert_close(jac[name], norms, msg=name)
+    assert protocol.jacobian_points == 20  # fewer than 64: the pool of 2 x 10
 
 
 def test_conditional_pair_ratio_equals_the_hand_computed_one(conditional_run):
@@ -81,6 +111,30 @@ def test_conditional_pair_ratio_equals_the_hand_computed_one(conditional_run):
     again = pairwise_lipschitz(D, real, y=y_real, n_pairs=SETTINGS.d_el_pairs, seed=seed)
     stored = torch.tensor(result.d_el_values["real-real"], dtype=torch.float64)
     torch.testing.assert_close(stored, again, rtol=1e-5, atol=0)  # stored with 6 digits
+
+
+def test_the_real_vs_real_baseline_draws_fresh_training_images(
+    conditional_run, tmp_path, monkeypatch
+):
+    # Each call of its sampler continues through the training split: the critic would otherwise
+    # see the same few images at every step.
+    run_dir = tmp_path / "copy"
+    shutil.copytree(conditional_run[0], run_dir)
+    samplers = []
+    real_nd = gan_analysis.neural_divergence
+
+    def spy(generate, real_images, **kwargs):
+        samplers.append(generate)
+        return real_nd(generate, real_images, **kwargs)
+
+    monkeypatch.setattr(gan_analysis, "neural_divergence", spy)
+    gan_analysis.run(SETTINGS, run_dir)
+    real_train = samplers[1]
+    first, second = real_train(5), real_train(5)
+    assert not torch.equal(first, second)
+    train = to_signed_unit(load_dataset("digits").train_x).flatten(1)
+    for image in torch.cat([first, second]).flatten(1):
+        assert (train == image).all(1).any()
 
 
 def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
