@@ -227,3 +227,12 @@ def test_docstring_citations_of_docs_math_exist():
     assert cited, "no docstring cites docs/math.md"
     missing = {s: sorted(f) for s, f in cited.items() if s not in headings}
     assert not missing, f"docs/math.md has no section for {missing}"
+
+
+def test_the_readmes_library_example_runs(capsys):
+    """The README's Python example is code a newcomer pastes: it must run as written."""
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.DOTALL)
+    assert blocks, "the README has no Python example"
+    exec(compile(blocks[0], "README.md", "exec"), {})
+    assert "srank" in capsys.readouterr().out  # the layer report was printed
