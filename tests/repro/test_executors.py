@@ -146,3 +146,23 @@ def test_the_line_of_each_run_lines_up_and_gives_its_time_only_when_it_ran(capsy
     print_outcome(12, 12, run, Outcome("c1", "skipped"))
     assert capsys.readouterr().err.splitlines() == [
         "[ 3/12] failed   c1 (61 s): in train: boom", "[12/12] skipped  c1"]  # fmt: skip
+
+
+def test_each_worker_takes_its_own_gpu_round_robin(monkeypatch):
+    # Five workers over GPUs 3 and 7: 3, 7, 3, 7, 3; each worker's CUDA_VISIBLE_DEVICES is the one
+    # it takes from the queue at start.
+    import multiprocessing as mp
+
+    from stablerank.repro import executors
+
+    ctx = mp.get_context("spawn")
+    assert executors._gpu_queue(ctx, 5, []) is None
+    queue = executors._gpu_queue(ctx, 5, [3, 7])
+    monkeypatch.setattr(executors, "die_with_parent", lambda: None)  # not this test process
+    monkeypatch.setattr(executors, "_stop", executors._stop)  # _init_worker sets it
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
+    seen = []
+    for _ in range(5):
+        executors._init_worker(queue, 0, None)
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+    assert seen == ["3", "7", "3", "7", "3"]

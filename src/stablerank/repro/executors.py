@@ -91,6 +91,17 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
         torch.set_num_threads(threads)
 
 
+def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[int]) -> Any:
+    """The GPUs of ``workers`` workers, round-robin (several may share one), in a queue from
+    which each worker takes its own as it starts (:func:`_init_worker`); None without GPUs."""
+    if not gpus:
+        return None
+    queue = ctx.Queue()
+    for worker in range(workers):
+        queue.put(gpus[worker % len(gpus)])
+    return queue
+
+
 @contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Ctrl-C blocked in this (main) thread while the pool or submitit starts its workers: the
@@ -172,11 +183,7 @@ class LocalExecutor:
         """Run ``runs[i]`` for each ``i`` in ``todo`` in one pool, adding to ``outcomes``; return
         the runs whose outcome a broken pool lost, with its error, once its workers have ended."""
         ctx = mp.get_context("spawn")
-        queue = None
-        if self.gpus:
-            queue = ctx.Queue()
-            for worker in range(self.workers):  # several workers may share a GPU
-                queue.put(self.gpus[worker % len(self.gpus)])
+        queue = _gpu_queue(ctx, self.workers, self.gpus)
         stop = ctx.Event()
         others = {p.pid for p in mp.active_children()}
         pool = cf.ProcessPoolExecutor(
