@@ -258,11 +258,14 @@ def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def diff_configs(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """Readable differences ``key: saved -> current`` between two config dicts."""
+def diff_configs(
+    saved: Mapping[str, Any], current: Mapping[str, Any], *, ignore: Sequence[str] = ()
+) -> list[str]:
+    """Readable differences ``key: saved -> current`` between two config dicts, leaving out the
+    keys in ``ignore`` (e.g. a trainer's runtime keys)."""
     pairs = {
         k: (saved.get(k, "<missing>"), current.get(k, "<missing>"))
-        for k in saved.keys() | current.keys()
+        for k in (saved.keys() | current.keys()) - set(ignore)
     }
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(pairs.items()) if a != b]
 

@@ -133,10 +133,7 @@ def check_resume_config(
         current: the config dict of the run being resumed.
         allowed: keys that may differ (e.g. a device or a log interval).
     """
-    diffs = diff_configs(
-        {k: v for k, v in saved.items() if k not in allowed},
-        {k: v for k, v in current.items() if k not in allowed},
-    )
+    diffs = diff_configs(saved, current, ignore=allowed)
     if diffs:
         raise ValueError(
             "refusing to resume: the config differs from the checkpoint's:\n  " + "\n  ".join(diffs)

@@ -243,11 +243,8 @@ class RunDir:
             saved = json.loads(self.config_file.read_text())
         except ValueError as err:
             return f"unreadable {self.config_file.name}: {err}"
-        saved, current = (
-            {k: v for k, v in d.items() if k not in cfg.RUNTIME_KEYS}
-            for d in (saved, config_to_dict(cfg))
-        )
-        return "; ".join(diff_configs(saved, current)) or None
+        diffs = diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS)
+        return "; ".join(diffs) or None
 
     def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
         """The stored result when this folder holds the finished training of ``cfg``, else None.
