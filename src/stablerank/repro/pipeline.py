@@ -17,7 +17,7 @@ from pathlib import Path
 from stablerank._optional import import_optional
 from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.execute import run_state
+from stablerank.repro.execute import BUSY, SKIPPED, run_state
 from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
 from stablerank.repro.report import CLAIMS_FILE, claims_summary, write_report
@@ -87,7 +87,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
             outcomes = executor.map(runs, print_outcome)
-        ran = [o for o in outcomes if o.state not in ("skipped", "busy")]
+        ran = [o for o in outcomes if o.state not in (SKIPPED, BUSY)]
         # How they ended: a failure's own line may have scrolled away among the others'.
         ended = "".join(f"{n} {s}, " for s, n in Counter(o.state for o in ran).items())
         print(
