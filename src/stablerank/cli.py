@@ -183,13 +183,13 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
 
 
 def _as_json(result: Any) -> str:
+    """``--json``'s output: strict JSON (NaN, e.g. an SN-free layer's power-iteration sigma, as
+    null), which jq and JavaScript's parser read."""
+    from stablerank.train.results import to_dict
+
     if isinstance(result, Path):
         result = {"path": str(result)}
-    elif dataclasses.is_dataclass(result) and not isinstance(result, type):
-        from stablerank.train.results import to_dict
-
-        result = to_dict(result)
-    return json.dumps(result, indent=2, default=str)
+    return json.dumps(to_dict(result), indent=2, default=str, allow_nan=False)
 
 
 def _trainer_of(run_dir: str) -> str | None:

@@ -83,7 +83,13 @@ class LayerReport(list):
         return [asdict(r) for r in self]
 
     def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_rows(), indent=2))
+        """Strict JSON: a NaN (``sigma_power`` of a layer without SN/SRN) is written as null."""
+
+        def strict(v: object) -> object:
+            return None if isinstance(v, float) and not math.isfinite(v) else v
+
+        rows = [{k: strict(v) for k, v in row.items()} for row in self.to_rows()]
+        Path(path).write_text(json.dumps(rows, indent=2, allow_nan=False))
 
     def to_csv(self, path: str | Path) -> None:
         rows = self.to_rows()
