@@ -129,6 +129,20 @@ def test_one_default_rank_ratio_for_the_library_and_both_trainers():
     assert ClassifyConfig().rank_ratio == GanConfig().rank_ratio == DEFAULT_RANK_RATIO
 
 
+def test_the_options_both_trainers_share_accept_the_same_values():
+    # Except where the GAN's differ on purpose: batch_size (>= 2 real and fake samples) and
+    # dataset (no 1-D signals for the image GANs).
+    from stablerank.config.gan import GanConfig
+
+    def ranges(cfg: type) -> dict[str, dict[str, object]]:
+        return {f.name: dict(f.metadata) for f in dataclasses.fields(cfg)}
+
+    classify, gan = ranges(ClassifyConfig), ranges(GanConfig)
+    for name in set(classify) & set(gan) - {"batch_size", "dataset"}:
+        keys = ("choices", "min", "max", "min_exclusive", "max_exclusive")
+        assert [classify[name][k] for k in keys] == [gan[name][k] for k in keys], name
+
+
 def test_an_int_in_a_float_field_gives_the_same_dict_hash_and_run_folder():
     from stablerank.config import config_hash
     from stablerank.train.rundir import RunDir

@@ -75,9 +75,7 @@ class GanConfig:
         max=1.0,
         min_exclusive=True,
     )
-    n_power_iterations: int = option(
-        1, "power iterations per training forward (sn and srn)", min=1, max=100
-    )
+    n_power_iterations: int = option(1, "power iterations per training forward (sn and srn)", min=1)
     d_norm_embedding: bool = option(
         False, "also normalize the projection embedding (Miyato & Koyama 2018 do); conditional only"
     )
