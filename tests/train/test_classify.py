@@ -392,3 +392,23 @@ def test_run_dir_name_spells_out_the_protocol():
     same = ClassifyConfig(**{**config_to_dict(cfg), "milestones": (0.5, 0.75), "num_threads": 1,
                              "device": "cpu", "resume": True})  # fmt: skip
     assert RunDir.for_config(same).path.name == name
+
+
+@pytest.mark.slow
+def test_a_compiled_run_trains_as_the_eager_one_and_saves_the_plain_model(tmp_path):
+    # torch.compile over SRN's parametrization: the same training to float32 rounding, and the
+    # checkpoint holds the uncompiled model's keys, so analyze and layers read it as any run.
+    from stablerank.train.analyze import load_run_model
+
+    eager_dir, eager = train(tiny(tmp_path / "eager", norm="srn", rank_ratio=0.3, epochs=1))
+    compiled_dir, compiled = train(
+        tiny(tmp_path / "compiled", norm="srn", rank_ratio=0.3, epochs=1, compile=True)
+    )
+    a = load_checkpoint(RunDir(eager_dir).checkpoints()[-1])["model"]
+    b = load_checkpoint(RunDir(compiled_dir).checkpoints()[-1])["model"]
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(b[name], a[name], rtol=1e-4, atol=1e-5, msg=name)
+    assert compiled.test_acc == pytest.approx(eager.test_acc, abs=0.01)
+    assert compiled.srn_active_fraction == eager.srn_active_fraction
+    load_run_model(compiled_dir)  # strict load into a fresh, uncompiled model

@@ -778,3 +778,26 @@ def test_non_finite_samples_mark_the_run_diverged_instead_of_failing(tmp_path, m
     run_dir = _train(cfg)
     result = GanResult.from_json(run_dir)
     assert result.diverged and "not finite" in result.divergence and result.fid is None
+
+
+@pytest.mark.slow
+def test_a_compiled_gan_trains_as_the_eager_one_and_saves_the_plain_networks(tmp_path):
+    # G and D compiled (D's SRN parametrization inside the graph): the same training to float32
+    # rounding, and checkpoints with the uncompiled networks' keys, which load_gan_run reads.
+    over = {"d_norm": "srn", "rank_ratio": 0.5, "g_steps": 3}
+    cfg = _cfg(tmp_path, "eager", **over)
+    eager = _train(cfg)
+    compiled = _train(_cfg(tmp_path, "compiled", compile=True, **over))
+    a, b = _final_state(eager, 3), _final_state(compiled, 3)
+    for key in ("G", "D"):
+        assert a[key].keys() == b[key].keys()
+        # G's conv biases feed BatchNorm, so their gradient is zero up to rounding, which Adam
+        # turns into steps of about lr either way: up to 2 * lr * g_steps apart.
+        atol = 2 * cfg.lr_g * cfg.g_steps if key == "G" else 1e-5
+        for name in a[key]:
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-4, atol=atol, msg=name)
+    logged = [[json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()]
+              for d in (eager, compiled)]  # fmt: skip
+    for key in ("d_loss", "g_loss", "d_real", "d_fake"):
+        assert [r[key] for r in logged[1]] == pytest.approx([r[key] for r in logged[0]], rel=1e-4)
+    load_gan_run(compiled, ema=False)
