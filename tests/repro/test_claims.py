@@ -200,7 +200,7 @@ def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
 
 
 def _gan_record(run, jacobian_real: float, jacobian_fake: float) -> RunRecord:
-    el = Summary(max=0.2, mean=0.05, n=10, q50=0.04)
+    el = Summary(max=0.2, mean=0.05, n=10, quantiles={"q50": 0.04})
     analysis = GanAnalysis(
         neural_divergence=1.0, neural_divergence_std=0.1, neural_divergence_real_train=0.1,
         d_el={"real-real": el},

@@ -53,6 +53,24 @@ def test_analysis_file_and_plots_are_written(srn_run):
     assert result.protocol.plots == ("el_hist.png", "accuracy.png", "srank.png")
 
 
+def test_the_quantiles_asked_for_are_the_ones_reported_and_older_files_still_read(
+    srn_run, tmp_path
+):
+    # The result held three fixed quantile fields: other levels were computed, then dropped.
+    run_dir = shutil.copytree(srn_run[0], tmp_path / "run")
+    cfg = dataclasses.replace(SMALL, quantiles=(0.25, 0.75), plots=False)
+    result = analyze.run(cfg, run_dir)
+    for summary in (result.el_train, result.el_test, *result.jacobian.values()):
+        assert list(summary.quantiles) == ["q25", "q75"]
+        assert summary.quantiles["q25"] <= summary.quantiles["q75"] <= summary.max
+    # analysis.json written before the quantiles were a dict held q50, q90 and q99 as fields.
+    older = to_dict(srn_run[1])
+    for summary in (older["el_train"], older["el_test"], *older["jacobian"].values()):
+        summary.update(summary.pop("quantiles"))
+    (run_dir / ClassifierAnalysis.FILE).write_text(json.dumps(older))
+    assert ClassifierAnalysis.from_json(run_dir) == srn_run[1]
+
+
 def test_the_summary_line_names_each_measure_and_says_when_the_margin_ones_are_undefined(
     srn_run,
 ):
@@ -151,7 +169,7 @@ def test_lipschitz_estimates_stay_below_the_spectral_bound(srn_run):
     for split in ("train", "test", "interpolated"):
         assert result.jacobian[split].max <= bound * (1 + 1e-5)
     # ... and the local form bounds the pairwise one on segments only loosely; both positive.
-    assert result.el_train.q50 > 0
+    assert result.el_train.quantiles["q50"] > 0
 
 
 def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path, monkeypatch):

@@ -154,20 +154,27 @@ class Result:
 
 @dataclass(frozen=True)
 class Summary:
-    """Max, mean, count and quantiles of a set of values (e.g. eL ratios)."""
+    """Max, mean, count and the quantiles asked for of a set of values (e.g. eL ratios), the
+    quantiles keyed as :func:`stablerank.metrics.lipschitz.quantile_key` names them (``"q50"``)."""
 
     max: float
     mean: float
     n: int
-    q50: float = math.nan
-    q90: float = math.nan
-    q99: float = math.nan
+    quantiles: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def of(cls, summary: Mapping[str, Any]) -> Summary:
         """From the dict of :func:`stablerank.metrics.lipschitz.summarize`."""
-        keep = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in summary.items() if k in keep})
+        rest = {k: v for k, v in summary.items() if k not in ("max", "mean", "n")}
+        return cls(max=summary["max"], mean=summary["mean"], n=summary["n"], quantiles=rest)
+
+    @classmethod
+    def from_older_layout(cls, data: dict[str, Any]) -> dict[str, Any]:
+        """Files written before the quantiles were a dict hold q50, q90 and q99 as fields."""
+        older = [k for k in ("q50", "q90", "q99") if k in data]
+        if older:
+            data["quantiles"] = {k: data.pop(k) for k in older}
+        return data
 
 
 @dataclass(frozen=True)
