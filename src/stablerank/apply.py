@@ -233,6 +233,8 @@ def normalize_model(
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``). A call
     that normalizes no layer at all warns too (UserWarning): no eligible layer outside
     ``exclude`` but the head, which ``head="none"`` leaves plain, or none at all (an LSTM).
+    ``rank_ratio``, ``srank`` and ``exact`` act on SRN layers only (they are still checked), so
+    one call serves a loop over ``norm`` in ``("none", "sn", "srn")``, as the trainers make.
 
     Args:
         model: the model, modified in place.
