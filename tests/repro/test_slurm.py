@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import signal
+import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +27,7 @@ pytest.importorskip("submitit")
 import stablerank
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro import pipeline, sweeps
+from stablerank.train.rundir import RunDir
 
 pytestmark = pytest.mark.slow
 
@@ -46,18 +52,15 @@ class FakeSlurm:
                  if line.startswith("#SBATCH --"))  # fmt: skip
         return {pair[0]: pair[-1] for pair in pairs}
 
-    def states(self, job_id: int) -> list[str]:
-        """What ``sacct`` says of each task of the job."""
-        files = sorted(self.state.glob(f"{job_id}*.state"))
-        return [p.read_text() for p in files if p.stem in (str(job_id),) or "_" in p.stem]
-
     def calls(self) -> list[str]:
         """The commands called (but ``srun``), in order."""
         return (self.state / "calls").read_text().splitlines()
 
 
 @pytest.fixture
-def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlurm]:
+    """The fake SLURM's commands first on PATH, its state in ``tmp_path/slurm``; its jobs are
+    ended at teardown."""
     from submitit.slurm import slurm
 
     bin_dir, state = tmp_path / "bin", tmp_path / "slurm"
@@ -148,3 +151,56 @@ def test_a_sweep_is_one_job_array_with_the_sequential_results_and_a_rerun_submit
     again = pipeline.run(_slurm(out))
     assert set(again.runs.values()) == {"done"}
     assert fake_slurm.submitted() == [1000]
+
+
+def test_a_job_whose_node_fails_fails_its_run_alone_and_a_rerun_submits_that_run_alone(
+    tmp_path, fake_slurm, one_run_per_kind, monkeypatch, capsys
+):
+    monkeypatch.setenv("FAKE_SLURM_FAIL", "1000_1")  # the array's second task: no result
+    first = pipeline.run(_slurm(tmp_path))
+    assert list(first.runs.values()).count("done") == len(first.runs) - 1
+    err = capsys.readouterr().err
+    # Its line says which job failed, in which state, and what the job's error stream holds.
+    assert len([line for line in err.splitlines() if " failed " in line]) == 1
+    assert "job 1000_1 failed" in err and "(state: FAILED)" in err, err
+    assert "the node failed" in err
+
+    monkeypatch.delenv("FAKE_SLURM_FAIL")
+    again = pipeline.run(_slurm(tmp_path))
+    assert set(again.runs.values()) == {"done"}
+    assert fake_slurm.submitted() == [1000, 1001]
+    assert "array" not in fake_slurm.sbatch_options(1001)  # the failed run alone: a lone job
+
+
+def test_a_preempted_job_is_requeued_and_its_run_resumes_from_its_checkpoint(tmp_path, fake_slurm):
+    """SLURM's notice ahead of a preemption (``scancel --signal``, as submitit's own
+    ``job._interrupt()`` sends it) stops the run at a checkpoint; submitit requeues the job with
+    ``scontrol requeue``, and the job's second start resumes the run from that checkpoint."""
+    from submitit import JobEnvironment
+
+    from stablerank.config.classify import classify_preset
+    from stablerank.repro.executors import make_executor
+
+    cfg = _slurm(tmp_path)
+    config = classify_preset("tiny", epochs=40)  # 21 steps per epoch on digits: seconds of work
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(cfg)
+    outcomes = []
+    mapping = threading.Thread(
+        target=lambda: outcomes.extend(make_executor(cfg, tmp_path).map([run], print)),
+        daemon=True,  # should the job never end, the test fails rather than hangs
+    )
+    mapping.start()
+    log, deadline = run.run_dir / "log.jsonl", time.monotonic() + 120
+    while (not log.is_file() or log.read_text().count("\n") < 3) and time.monotonic() < deadline:
+        time.sleep(0.02)  # three epochs trained: the job is inside its training loop
+    subprocess.run(["scancel", "--signal", JobEnvironment.USR_SIG, "1000"], check=True)
+    mapping.join(timeout=120)
+    assert [o.state for o in outcomes] == ["done"]
+    assert RunDir(run.run_dir).read_status()["attempts"] == 2
+    assert "scontrol requeue 1000" in fake_slurm.calls()
+
+    # The first start stopped with a checkpoint at the step it reached, the second resumed there.
+    errors = (tmp_path / "submitit" / "1000" / "1000_0_log.err").read_text()
+    step = int(re.search(r"preempted \(interrupted; the checkpoint of step (\d+) kept", errors)[1])
+    checkpoint = run.run_dir / "checkpoints" / f"step_{step:07d}.pt"
+    assert f"resume: continuing from {checkpoint}" in (run.run_dir / "output.log").read_text()
