@@ -109,6 +109,8 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
 
 
 def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path):
+    from types import SimpleNamespace
+
     from stablerank.repro import executors
     from stablerank.repro.execute import Outcome
 
@@ -117,7 +119,7 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
             self.run, self.job_id = run, "1_0"
 
         def result(self):
-            return Outcome(self.run, "done")
+            return Outcome(self.run.name, "done")
 
     arrays = []
 
@@ -126,12 +128,13 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
             arrays.append(chunk)
             return [Job(run) for run in chunk]
 
-    runs = [f"r{i}" for i in range(5)]
+    # Runs never started (no folder): each one is submitted.
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}") for i in range(5)]
     for cluster, sizes in (("slurm", [5]), ("local", [2, 2, 1])):
         arrays.clear()
         ex = object.__new__(executors.SubmititExecutor)  # no cluster here to submit to
         ex.cluster, ex.wave, ex.folder, ex.executor = cluster, 2, tmp_path, Fake()
-        assert [o.name for o in ex.map(runs, lambda *a: None)] == runs
+        assert [o.name for o in ex.map(runs, lambda *a: None)] == [r.name for r in runs]
         assert [len(chunk) for chunk in arrays] == sizes, cluster
 
 

@@ -24,35 +24,10 @@ from stablerank.train.rundir import HELD_LOCKS_ENV, RunDir
 
 pytestmark = pytest.mark.slow
 
-# Written by the trainers but not part of what a run computes.
-_TIMING_KEYS = {"train_seconds", "epoch_time_s", "train_time_s", "seconds", "wall_time_s"}
-
 
 def _cfg(out: Path, **kw) -> ReproduceConfig:
     return ReproduceConfig(sweep="tiny", out_dir=str(out), seeds=1, progress=False, device="cpu",
                            **kw)  # fmt: skip
-
-
-def _strip(value):
-    if isinstance(value, dict):
-        return {k: _strip(v) for k, v in value.items() if k not in _TIMING_KEYS}
-    if isinstance(value, list):
-        return [_strip(v) for v in value]
-    return value
-
-
-def _results(out: Path) -> dict[str, dict]:
-    """Every run's metrics and analysis files (timings removed), by run name."""
-    found = {}
-    for run_dir in sorted((out / sweeps.RUNS_DIR).iterdir()):
-        files = {}
-        for name in ("metrics.json", "analysis.json", "gan_analysis.json"):
-            if (run_dir / name).is_file():
-                data = json.loads((run_dir / name).read_text())
-                data.pop("protocol", None)  # holds the run folder's path
-                files[name] = _strip(data)
-        found[run_dir.name] = files
-    return found
 
 
 def test_sweep_names_match_the_config_choices():
@@ -123,7 +98,7 @@ def test_seeds_option_sets_every_arm_gans_included(tmp_path):
     assert {len(s) for s in _seeds_per_arm(sweeps.build_sweep(cfg)).values()} == {3}
 
 
-def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
+def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path, sweep_results):
     outs = {}
     for executor, extra in (("sequential", {}), ("local", {"workers": 2}),
                             ("submitit-local", {"workers": 2})):  # fmt: skip
@@ -131,7 +106,7 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path):
         done = pipeline.run(_cfg(out, executor=executor, **extra))
         assert done.report == out / "report.md" and done.report.is_file()
         assert set(done.runs.values()) == {"done"} and set(done.verdicts) == {1, 2, 3, 4, 5}
-        outs[executor] = _results(out)
+        outs[executor] = sweep_results(out)
     assert outs["sequential"] and outs["sequential"] == outs["local"] == outs["submitit-local"]
     claims = json.loads((tmp_path / "sequential" / "claims.json").read_text())
     assert [c["number"] for c in claims["claims"]] == [1, 2, 3, 4, 5]
@@ -447,7 +422,7 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
 def test_a_preempted_job_checkpoints_its_step_and_the_requeued_run_ends_as_if_never_stopped(
-    tmp_path,
+    tmp_path, without_timings
 ):
     """The signal SLURM sends before it preempts a job (here sent to a submitit-local job, which
     handles it the same way) acts as a Ctrl-C: the trainer checkpoints the step it reached,
@@ -489,7 +464,10 @@ def test_a_preempted_job_checkpoints_its_step_and_the_requeued_run_ends_as_if_ne
 
     reference = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", config).placed(_cfg(tmp_path / "r"))
     assert execute(reference).state == "done"
-    a, b = (_strip(json.loads((r.run_dir / "metrics.json").read_text())) for r in (run, reference))
+    a, b = (
+        without_timings(json.loads((r.run_dir / "metrics.json").read_text()))
+        for r in (run, reference)
+    )
     a.pop("protocol"), b.pop("protocol")  # they name their folders
     assert a == b
 

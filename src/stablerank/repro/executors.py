@@ -1,7 +1,8 @@
 """Executors: where the runs of a sweep execute. One small interface, four implementations.
 
-Each calls :func:`~stablerank.repro.execute.execute` once per run and returns the outcomes in
-the order of the runs:
+Each calls :func:`~stablerank.repro.execute.execute` once per run (the submitit ones leave out the
+finished runs: a job would only find its run done) and returns the outcomes in the order of the
+runs:
 
 * ``sequential``: one after another in this process (the reference; debuggers work);
 * ``local``: a pool of worker processes, one per GPU (each sees one through
@@ -31,7 +32,16 @@ from typing import Any, Protocol
 
 from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.execute import BUSY, FAILED, SKIPPED, Outcome, execute
+from stablerank.repro.execute import (
+    BUSY,
+    DIVERGED,
+    DONE,
+    FAILED,
+    SKIPPED,
+    Outcome,
+    execute,
+    run_state,
+)
 from stablerank.repro.sweeps import Run
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import die_with_parent
@@ -228,7 +238,8 @@ def _attempts(run: Run) -> int:
 
 
 class SubmititExecutor:
-    """Runs as submitit jobs: ``cluster="slurm"`` or ``"local"`` (this machine, in waves).
+    """Runs as submitit jobs: ``cluster="slurm"`` or ``"local"`` (this machine, in waves); a run
+    finished before is skipped here, not submitted.
 
     On Ctrl-C the local jobs stop as the pool's workers do (a file plays the stop event) and the
     command waits for them; SLURM jobs run on, and the command says how to cancel them.
@@ -246,7 +257,8 @@ class SubmititExecutor:
             params.update(
                 slurm_signal_delay_s=_SIGNAL_DELAY_S["slurm"],
                 slurm_partition=cfg.slurm_partition or None,
-                gpus_per_node=cfg.slurm_gpus_per_run,
+                # 0 GPUs: no --gpus-per-node line, which clusters without GPU GRES may refuse
+                gpus_per_node=cfg.slurm_gpus_per_run or None,
                 cpus_per_task=cfg.slurm_cpus_per_run,
                 slurm_array_parallelism=cfg.slurm_array_parallelism,
                 name="stablerank",
@@ -259,25 +271,35 @@ class SubmititExecutor:
         if self.cluster == "local":
             stop_file = self.folder / f"STOP.{os.getpid()}.{time.time_ns()}"
         job_fn = _requeueable_job(stop_file, _SIGNAL_DELAY_S[self.cluster] // 2)
-        outcomes: list[Outcome] = []
-        step = len(runs) if self.cluster == "slurm" else self.wave
-        for start in range(0, len(runs), step):
-            chunk = list(runs[start : start + step])
+        outcomes: dict[int, Outcome] = {}
+        # A finished run is not submitted: its job would only say so, after waiting in the queue
+        # for its GPUs (the rerun that collects a SLURM sweep's results queued all of it again).
+        todo = []
+        for i, run in enumerate(runs):
+            if run_state(run) in (DONE, DIVERGED):
+                outcomes[i] = Outcome(run.name, SKIPPED)
+                report(len(outcomes), len(runs), run, outcomes[i])
+            else:
+                todo.append(i)
+        step = (len(todo) or 1) if self.cluster == "slurm" else self.wave
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
             jobs: list[Any] = []
             try:
                 with _sigint_blocked():  # local controllers and jobs inherit it
-                    jobs = self.executor.map_array(job_fn, chunk)
-                for offset, (run, job) in enumerate(zip(chunk, jobs, strict=True)):
+                    jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk])
+                for i, job in zip(chunk, jobs, strict=True):
                     try:
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
-                        outcome = Outcome(run.name, FAILED, error=f"job {job.job_id} failed: {err}")
-                    outcomes.append(outcome)
-                    report(start + offset + 1, len(runs), run, outcome)
+                        error = f"job {job.job_id} failed: {err}"
+                        outcome = Outcome(runs[i].name, FAILED, error=error)
+                    outcomes[i] = outcome
+                    report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
                 _stop_jobs(jobs, stop_file)
                 raise
-        return outcomes
+        return [outcomes[i] for i in range(len(runs))]
 
 
 def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
