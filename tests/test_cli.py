@@ -231,6 +231,12 @@ def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys,
         (("--slurm-partition", "gpu"), "slurm_partition"),
         (("--executor", "submitit-local", "--slurm-gpus-per-run", "2"), "slurm_gpus_per_run"),
         (("--executor", "sequential", "--slurm-time", "30"), "slurm_time"),
+        # a torchrun run's processes take a GPU each: fewer GPUs than processes would fail
+        # every job on the cluster, at its first CUDA call
+        (
+            ("--executor", "slurm", "--nproc-per-node", "4", "--slurm-gpus-per-run", "2"),
+            "slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= 4, got 2",
+        ),
     ],
 )
 def test_reproduce_refuses_an_option_its_executor_ignores(capsys, argv, match):
@@ -243,6 +249,7 @@ def test_reproduce_takes_each_executors_own_options(capsys):
         ("--executor", "local", "--workers", "3"),
         ("--executor", "submitit-local", "--workers", "2", "--slurm-time", "30"),
         ("--executor", "slurm", "--slurm-partition", "gpu", "--slurm-gpus-per-run", "2"),
+        ("--executor", "slurm", "--nproc-per-node", "2", "--slurm-gpus-per-run", "0"),
     ):
         assert _run(capsys, "reproduce", *argv, "--print-config")[0] == 0, argv
 

@@ -103,9 +103,20 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
 
     monkeypatch.setattr(executors.os, "cpu_count", lambda: 8)
     assert make(threads=2).workers == 4  # cores / threads per run
+    assert make(threads=2, nproc_per_node=2).workers == 2  # ... and per process of a DDP run
     assert make(threads=16).__class__ is executors.SequentialExecutor  # at least one: a pool of 1
     # A pool of one would only hide the run's output in output.log: this process runs it.
     assert make(workers=1).__class__ is executors.SequentialExecutor
+
+    def on_gpus(gpus, **kw):
+        monkeypatch.setattr(executors, "visible_gpus", lambda: gpus)
+        return executors.make_executor(ReproduceConfig(device="cuda", **kw), tmp_path)
+
+    pool = on_gpus(["0", "1", "2", "3"], nproc_per_node=2)
+    assert (pool.workers, pool.gpus) == (2, ["0,1", "2,3"])  # each torchrun run on two GPUs
+    assert on_gpus(["0", "1", "2", "3"]).gpus == ["0", "1", "2", "3"]
+    with pytest.raises(RuntimeError, match="--nproc-per-node 2 trains each run on 2 GPUs"):
+        on_gpus(["0"], nproc_per_node=2)
 
 
 def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path):
@@ -124,18 +135,59 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
     arrays = []
 
     class Fake:
-        def map_array(self, fn, chunk):
-            arrays.append(chunk)
+        def map_array(self, fn, chunk, devices):
+            arrays.append(list(zip(chunk, devices, strict=True)))
             return [Job(run) for run in chunk]
 
     # Runs never started (no folder): each one is submitted.
     runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}") for i in range(5)]
-    for cluster, sizes in (("slurm", [5]), ("local", [2, 2, 1])):
+    # SLURM gives each job its GPUs; a local wave's jobs take the GPU groups in turn.
+    for cluster, gpus, devices in (
+        ("slurm", [], [[None] * 5]),
+        ("local", [], [[None, None], [None, None], [None]]),
+        ("local", ["0,1", "2,3"], [["0,1", "2,3"], ["0,1", "2,3"], ["0,1"]]),
+    ):
         arrays.clear()
         ex = object.__new__(executors.SubmititExecutor)  # no cluster here to submit to
         ex.cluster, ex.wave, ex.folder, ex.executor = cluster, 2, tmp_path, Fake()
+        ex.gpus = gpus
         assert [o.name for o in ex.map(runs, lambda *a: None)] == [r.name for r in runs]
-        assert [len(chunk) for chunk in arrays] == sizes, cluster
+        assert [[d for _, d in chunk] for chunk in arrays] == devices, cluster
+
+
+def test_a_submitit_job_sees_the_gpus_it_was_given(monkeypatch):
+    # submitit's local jobs start with CUDA_VISIBLE_DEVICES="" (its gpus_per_node defaults to
+    # 0): without their own devices they trained on the CPU, on a machine full of GPUs.
+    from stablerank.repro import executors
+
+    seen = []
+
+    def execute(run, stopped):
+        seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
+
+    monkeypatch.setattr(executors, "_execute_unless_stopped", execute)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test
+    job = executors._requeueable_job(None, 1)
+    job("run", "2,3")
+    job("run", None)  # SLURM's jobs: as SLURM set it
+    assert seen == ["2,3", "2,3"]
+
+
+def test_gpus_are_named_as_a_child_process_reads_them(monkeypatch):
+    # A child reads CUDA_VISIBLE_DEVICES against the whole machine: the first GPU of a command
+    # that sees "3,7" is "3" to its workers, not "0" (another user's GPU on a shared node).
+    import torch
+
+    from stablerank.repro import executors
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    assert executors.visible_gpus() == ["3", "7"]
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert executors.visible_gpus() == ["0", "1"]
+    assert executors.gpu_groups(["0", "1", "2", "3", "4"], 2) == ["0,1", "2,3"]  # 4 idles
+    assert executors.gpu_groups(["0"], 2) == []
 
 
 def test_the_line_of_each_run_lines_up_and_gives_its_time_only_when_it_ran(capsys):
@@ -160,7 +212,7 @@ def test_each_worker_takes_its_own_gpu_round_robin(monkeypatch):
 
     ctx = mp.get_context("spawn")
     assert executors._gpu_queue(ctx, 5, []) is None
-    queue = executors._gpu_queue(ctx, 5, [3, 7])
+    queue = executors._gpu_queue(ctx, 5, ["3", "7"])
     monkeypatch.setattr(executors, "die_with_parent", lambda: None)  # not this test process
     monkeypatch.setattr(executors, "_stop", executors._stop)  # _init_worker sets it
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored after the test

@@ -90,6 +90,12 @@ class ReproduceConfig:
         check_config(self)
         if self.dry_run and self.report_only:
             raise ValueError("dry_run and report_only exclude each other; pick one")
+        n, gpus = self.nproc_per_node, self.slurm_gpus_per_run
+        if self.executor == "slurm" and 0 < gpus < n:
+            raise ValueError(
+                f"nproc_per_node={n} trains each run as {n} processes, one GPU each: "
+                f"slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= {n}, got {gpus}"
+            )
         # An option the executor never reads would be dropped without a word: refuse it. The
         # executors read workers (local: pool size; submitit-local: wave size), slurm_time
         # (submitit's timeout, local cluster too) and the other slurm_* options (slurm only).

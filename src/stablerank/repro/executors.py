@@ -5,9 +5,11 @@ finished runs: a job would only find its run done) and returns the outcomes in t
 runs:
 
 * ``sequential``: one after another in this process (the reference; debuggers work);
-* ``local``: a pool of worker processes, one per GPU (each sees one through
-  ``CUDA_VISIBLE_DEVICES``), else cores // threads per run;
-* ``submitit-local``: the code path of ``slurm`` on this machine, in waves of ``workers`` jobs;
+* ``local``: a pool of worker processes, one per GPU (each sees its own through
+  ``CUDA_VISIBLE_DEVICES``; ``nproc_per_node`` of them for a torchrun run), else cores //
+  (threads x processes) per run;
+* ``submitit-local``: the code path of ``slurm`` on this machine, in waves of ``workers`` jobs,
+  each on its own GPUs as the pool's workers;
 * ``slurm``: a SLURM job array through submitit; a preempted or timed-out job is requeued and
   resumes from its checkpoint.
 
@@ -61,14 +63,26 @@ class Executor(Protocol):
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]: ...
 
 
-def visible_gpus() -> list[int]:
-    """Indices of the CUDA devices this process may use (none without CUDA)."""
+def visible_gpus() -> list[str]:
+    """The CUDA devices this process may use, named as a child's ``CUDA_VISIBLE_DEVICES`` must
+    name them: the entries of this process's own ``CUDA_VISIBLE_DEVICES`` when it is set (a child
+    reads its value against the whole machine, so GPU 0 of a process that sees "2,3" is "2"),
+    else 0, 1, ...; none without CUDA."""
     try:
         import torch
 
-        return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except Exception:  # a broken CUDA install counts as none
         return []
+    if "CUDA_VISIBLE_DEVICES" in os.environ:
+        return [d.strip() for d in os.environ["CUDA_VISIBLE_DEVICES"].split(",")][:count]
+    return [str(i) for i in range(count)]
+
+
+def gpu_groups(gpus: Sequence[str], per_run: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each concurrent run: ``per_run`` devices apiece (the
+    processes of a torchrun run take one each, rank r the r-th); devices left over stay idle."""
+    return [",".join(gpus[i : i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
 
 
 class SequentialExecutor:
@@ -93,7 +107,7 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
     # locks, and then waiting forever for work (they hold their queue's pipe open themselves).
     die_with_parent()
     if gpu_queue is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu_queue.get())
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
     if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         import torch
@@ -101,9 +115,10 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
         torch.set_num_threads(threads)
 
 
-def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[int]) -> Any:
-    """The GPUs of ``workers`` workers, round-robin (several may share one), in a queue from
-    which each worker takes its own as it starts (:func:`_init_worker`); None without GPUs."""
+def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[str]) -> Any:
+    """The GPUs (:func:`gpu_groups`) of ``workers`` workers, round-robin (several may share
+    some), in a queue from which each worker takes its own as it starts (:func:`_init_worker`);
+    None without GPUs."""
     if not gpus:
         return None
     queue = ctx.Queue()
@@ -166,7 +181,7 @@ class LocalExecutor:
     them) and the runs not started go on in a new pool; when none had started, they all fail.
     """
 
-    def __init__(self, workers: int, threads: int, gpus: Sequence[int]) -> None:
+    def __init__(self, workers: int, threads: int, gpus: Sequence[str]) -> None:
         self.workers = workers
         self.threads = threads
         self.gpus = list(gpus)
@@ -245,11 +260,15 @@ class SubmititExecutor:
     command waits for them; SLURM jobs run on, and the command says how to cancel them.
     """
 
-    def __init__(self, folder: Path, cluster: str, cfg: ReproduceConfig, wave: int) -> None:
+    def __init__(
+        self, folder: Path, cluster: str, cfg: ReproduceConfig, wave: int, gpus: Sequence[str] = ()
+    ) -> None:
         import submitit
 
         self.cluster = cluster
         self.wave = wave
+        # The local jobs' GPUs (gpu_groups), round-robin; SLURM gives each job its own.
+        self.gpus = list(gpus)
         self.folder = folder
         self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         params: dict[str, object] = {"timeout_min": cfg.slurm_time}
@@ -286,8 +305,10 @@ class SubmititExecutor:
             chunk = todo[start : start + step]
             jobs: list[Any] = []
             try:
+                devices = [self.gpus[k % len(self.gpus)] if self.gpus else None
+                           for k in range(len(chunk))]  # fmt: skip
                 with _sigint_blocked():  # local controllers and jobs inherit it
-                    jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk])
+                    jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
                 for i, job in zip(chunk, jobs, strict=True):
                     try:
                         outcome = job.result()
@@ -370,16 +391,21 @@ def _preemption_as_ctrl_c(grace_s: int) -> Iterator[Callable[[KeyboardInterrupt]
         signal.signal(sig, submitit_handler)
 
 
-def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run], Outcome]:
+def _requeueable_job(stop_file: Path | None, grace_s: int) -> Callable[[Run, str | None], Outcome]:
     """The job function: requeued on preemption or time-out (:func:`_preemption_as_ctrl_c`); it
-    does not start its run once ``stop_file`` exists (a local Ctrl-C)."""
+    does not start its run once ``stop_file`` exists (a local Ctrl-C). ``devices`` (None: as the
+    job was given them) become its ``CUDA_VISIBLE_DEVICES`` before anything touches CUDA:
+    submitit's local jobs otherwise see no GPU (its ``gpus_per_node`` defaults to 0), or all of
+    them the same ones."""
     import submitit
 
     def stopped() -> bool:
         return stop_file is not None and stop_file.exists()
 
     class _Job(submitit.helpers.Checkpointable):
-        def __call__(self, run: Run) -> Outcome:
+        def __call__(self, run: Run, devices: str | None = None) -> Outcome:
+            if devices is not None:
+                os.environ["CUDA_VISIBLE_DEVICES"] = devices
             with _preemption_as_ctrl_c(grace_s) as requeue:
                 try:
                     return _execute_unless_stopped(run, stopped)
@@ -394,23 +420,33 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
     """The executor ``cfg.executor`` names, sized for this machine.
 
     Raises:
-        RuntimeError: ``cfg.device`` is ``cuda`` and this machine shows no CUDA device, outside
-            SLURM (a login node may have none): one error, not every run failing alike.
+        RuntimeError: outside SLURM (a login node's GPUs are not the jobs'), ``cfg.device`` is
+            ``cuda`` and this machine shows no CUDA device, or it shows fewer than the
+            ``nproc_per_node`` GPUs a run takes: one error, not every run failing alike.
     """
-    gpus = visible_gpus() if cfg.device != "cpu" else []
+    per_run = cfg.nproc_per_node
+    gpus = visible_gpus() if cfg.device != "cpu" and cfg.executor != "slurm" else []
     if cfg.device == "cuda" and cfg.executor != "slurm" and not gpus:
         raise RuntimeError(
             f"--device cuda, but no CUDA device is visible to this {cfg.executor!r} executor; "
             "use --device auto or cpu here, or --executor slurm for a cluster's GPUs"
         )
-    workers = cfg.workers or len(gpus) or max(1, (os.cpu_count() or 1) // max(cfg.threads, 1))
+    if 0 < len(gpus) < per_run:
+        raise RuntimeError(
+            f"--nproc-per-node {per_run} trains each run on {per_run} GPUs (one per process), "
+            f"but this machine shows {len(gpus)}; use --nproc-per-node {len(gpus)} or fewer, or "
+            "--device cpu for DDP over gloo"
+        )
+    groups = gpu_groups(gpus, per_run)
+    cpus = max(1, (os.cpu_count() or 1) // (max(cfg.threads, 1) * per_run))
+    workers = cfg.workers or len(groups) or cpus
     if cfg.executor == "sequential" or (cfg.executor == "local" and workers == 1):
         return SequentialExecutor()
     if cfg.executor == "local":
-        return LocalExecutor(workers, cfg.threads, gpus)
+        return LocalExecutor(workers, cfg.threads, groups)
     import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
-    return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers)
+    return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers, gpus=groups)
 
 
 def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
