@@ -32,6 +32,7 @@ from typing import Any, ClassVar, TypeVar
 
 from stablerank.metrics.divergence import NeuralDivergenceProtocol
 from stablerank.metrics.gan import Protocol as ScoreProtocol
+from stablerank.metrics.lipschitz import KEY_EL_MAX, KEY_EL_MEAN, KEY_EL_N
 from stablerank.train import rundir
 from stablerank.train.checkpoint import atomic_write_json
 
@@ -165,8 +166,10 @@ class Summary:
     @classmethod
     def of(cls, summary: Mapping[str, Any]) -> Summary:
         """From the dict of :func:`stablerank.metrics.lipschitz.summarize`."""
-        rest = {k: v for k, v in summary.items() if k not in ("max", "mean", "n")}
-        return cls(max=summary["max"], mean=summary["mean"], n=summary["n"], quantiles=rest)
+        rest = {k: v for k, v in summary.items() if k not in (KEY_EL_MAX, KEY_EL_MEAN, KEY_EL_N)}
+        return cls(
+            max=summary[KEY_EL_MAX], mean=summary[KEY_EL_MEAN], n=summary[KEY_EL_N], quantiles=rest
+        )
 
     @classmethod
     def from_older_layout(cls, data: dict[str, Any]) -> dict[str, Any]:
