@@ -313,6 +313,28 @@ def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatc
     assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-0.03, 1.03)
 
 
+def test_the_effects_figure_names_each_row_by_its_metrics_label_and_fits_the_labels(
+    tmp_path, monkeypatch
+):
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    fig = drawn["effects.png"]
+    labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
+    assert any(claims.METRICS["gap_acc"].label in text for text in labels)
+    assert not any(" gap_acc " in text for text in labels)  # not the claims.json key
+    # The figure widens with its longest label, leaving the axes their width.
+    assert fig.get_figwidth() >= 4.5 + 0.05 * max(map(len, labels))
+
+
 def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, monkeypatch):
     from stablerank.repro import report
 
