@@ -96,8 +96,27 @@ def test_inception_without_torch_fidelity_says_how_to_install():
         with pytest.raises(ModuleNotFoundError, match=r'pip install "stablerank\[fidelity\]"'):
             build_feature_extractor("inception-v3", weights_path="/nonexistent.pth")
     else:
-        with pytest.raises(ValueError, match="weights_path is required"):
-            build_feature_extractor("inception-v3")
+        with pytest.raises(FileNotFoundError, match="inception weights not found"):
+            build_feature_extractor("inception-v3", weights_path="/nonexistent.pth")
+
+
+def test_inception_weights_are_the_given_file_or_the_one_in_torch_hubs_cache(tmp_path, monkeypatch):
+    from stablerank.metrics.features import INCEPTION_FILES, inception_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() reads it
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    with pytest.raises(FileNotFoundError, match=str(cache / INCEPTION_FILES[0])):
+        inception_weights()  # nothing downloaded: the error says where to put the file
+    with pytest.raises(FileNotFoundError, match="inception weights not found"):
+        inception_weights(tmp_path / "missing.pth")
+    cache.mkdir(parents=True)
+    (cache / INCEPTION_FILES[1]).write_bytes(b"torch-fidelity's download")
+    assert inception_weights() == cache / INCEPTION_FILES[1]
+    (cache / INCEPTION_FILES[0]).write_bytes(b"pytorch-fid's download")
+    assert inception_weights() == cache / INCEPTION_FILES[0]
+    given = tmp_path / "mine.pth"
+    given.write_bytes(b"x")
+    assert inception_weights(str(given)) == given
 
 
 @pytest.mark.skipif(not FMNIST_CNN_WEIGHTS.is_file(), reason="fmnist-cnn weights not built yet")

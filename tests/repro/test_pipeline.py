@@ -118,6 +118,9 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path, sweep_re
     (runs[0].run_dir / "metrics.json").write_text("{")
     report = pipeline.run(_cfg(tmp_path / "sequential", report_only=True)).report.read_text()
     assert "remove its folder to train it again |" in report
+    # Finished runs need no data: a rerun where the data is gone still writes the report.
+    gone = _cfg(tmp_path / "sequential", data_dir=str(tmp_path / "gone"))
+    assert pipeline.run(gone).report.is_file()
 
 
 def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):
@@ -280,6 +283,30 @@ def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeyp
     monkeypatch.setattr(pipeline, "make_executor", lambda *a: executors.SequentialExecutor())
     monkeypatch.setattr(executors.SequentialExecutor, "map", lambda self, runs, report: [])
     pipeline.run(dataclasses.replace(_cfg(tmp_path), device="cuda", executor="slurm"))
+
+
+def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_any_run(
+    tmp_path, capsys, monkeypatch
+):
+    """It would fail every run alike, under SLURM each after its wait in the queue: said once."""
+    from stablerank.data import DatasetNotFoundError
+
+    missing = str(tmp_path / "no-such-folder")
+    with pytest.raises(DatasetNotFoundError, match="no-such-folder"):
+        pipeline.run(_cfg(tmp_path, data_dir=missing))
+    assert not (tmp_path / sweeps.RUNS_DIR).exists()
+    # A dry run still lists the runs, and says that they cannot start here.
+    planned = pipeline.run(_cfg(tmp_path, data_dir=missing, dry_run=True))
+    assert set(planned.runs.values()) == {"new"}
+    assert "warning: the runs to train cannot start here: " in capsys.readouterr().err
+    # The paper sweep's GAN runs score with InceptionV3: its package and weights file (none in
+    # this TORCH_HOME) are looked for before any run too.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    gan = next(r for r in sweeps.tiny() if r.kind == sweeps.KIND_GAN)
+    inception = dataclasses.replace(gan.config, feature_net="inception-v3", n_final_samples=2)
+    with pytest.raises((ModuleNotFoundError, FileNotFoundError), match="inception-v3"):
+        pipeline.check_inputs([dataclasses.replace(gan, config=inception)])
+    pipeline.check_inputs([gan])  # scores nothing: no feature network needed
 
 
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):

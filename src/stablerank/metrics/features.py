@@ -45,6 +45,12 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FMNIST_CNN_WEIGHTS = WEIGHTS_DIR / "fmnist_cnn.pt"
 FMNIST_CNN_SIDECAR = WEIGHTS_DIR / "fmnist_cnn.json"
 INCEPTION_INSTALL = 'pip install "stablerank[fidelity]"'
+# The one InceptionV3 file, under the names pytorch-fid and torch-fidelity download it as into
+# torch hub's cache (the suffix is the first hex digits of its sha256 in both).
+INCEPTION_FILES = (
+    "pt_inception-2015-12-05-6726825d.pth",
+    "weights-inception-2015-12-05-6726825d.pth",
+)
 _PIXEL_HALF = 127.5  # uint8 -> [-1, 1]: x / 127.5 - 1
 # Tolerance on the [-1, 1] range check: generators' tanh and float round-off stay well inside it.
 _RANGE_TOL = 1e-3
@@ -296,6 +302,31 @@ class _InceptionAdapter(nn.Module):
         return features, logits
 
 
+def inception_weights(weights_path: str | Path | None = None) -> Path:
+    """The InceptionV3 weights file to read: ``weights_path``, or when None the file that
+    pytorch-fid or torch-fidelity left in torch hub's cache (``torch.hub.get_dir()/checkpoints``,
+    under either name of :data:`INCEPTION_FILES`). Nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: ``weights_path`` is not a file, or none is given and the cache holds
+            neither name (the message lists the paths looked at).
+    """
+    if weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"inception weights not found at {path}")
+        return path
+    cached = [Path(torch.hub.get_dir()) / "checkpoints" / name for name in INCEPTION_FILES]
+    found = [path for path in cached if path.is_file()]
+    if not found:
+        raise FileNotFoundError(
+            "inception-v3 needs its weights file (never downloaded here): pass its path "
+            f"(weights_path, --feature-weights) or put it at {cached[0]} (looked at: "
+            f"{', '.join(map(str, cached))})"
+        )
+    return found[0]
+
+
 def _build_inception(
     weights_path: str | Path | None = None,
     *,
@@ -305,14 +336,14 @@ def _build_inception(
     """InceptionV3 ("inception-v3-compat" of torch-fidelity): 2048-d pool features, 1008 logits.
 
     Args:
-        weights_path: the local ``pt_inception-2015-12-05-6726825d.pth`` (required: no download).
+        weights_path: the local ``pt_inception-2015-12-05-6726825d.pth``; None = the file in
+            torch hub's cache (:func:`inception_weights`).
         image_size: H = W of the RGB images to score (default 32); resized inside the network.
         device: where to put the network.
 
     Raises:
         ModuleNotFoundError: torch-fidelity missing (the message gives the install command).
-        ValueError: no weights path given.
-        FileNotFoundError: the weights file does not exist.
+        FileNotFoundError: no weights file (:func:`inception_weights`).
     """
     try:
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
@@ -320,14 +351,7 @@ def _build_inception(
         raise ModuleNotFoundError(
             f"the inception-v3 feature network needs torch-fidelity: `{INCEPTION_INSTALL}`"
         ) from err
-    if weights_path is None:
-        raise ValueError(
-            "weights_path is required for inception-v3 (weights are never downloaded): pass the "
-            "local file pt_inception-2015-12-05-6726825d.pth"
-        )
-    path = Path(weights_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"inception weights not found at {path}")
+    path = inception_weights(weights_path)
     net = FeatureExtractorInceptionV3(
         "inception-v3-compat",
         ["2048", "logits_unbiased"],

@@ -19,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from stablerank.repro.sweeps import Run
-from stablerank.train.rundir import RUNNING, RunDir, RunLockedError
+from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
 __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
-DONE, FAILED, DIVERGED = "done", "failed", "diverged"
 SKIPPED, BUSY = "skipped", "busy"
 
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from stablerank._optional import import_optional
 from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.execute import BUSY, SKIPPED, run_state
+from stablerank.repro.execute import BUSY, DIVERGED, DONE, SKIPPED, run_state
 from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
 from stablerank.repro.report import CLAIMS_FILE, claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
 from stablerank.train.records import git_commit
 
-__all__ = ["SweepOutcome", "run"]
+__all__ = ["SweepOutcome", "check_inputs", "run"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,25 @@ def _describe(runs: list[Run], states: list[str]) -> str:
     return "\n".join([_header(runs, states), *lines])
 
 
+def check_inputs(runs: list[Run]) -> None:
+    """Read each dataset, and build each feature network, that ``runs`` train and score with,
+    once: a missing or corrupt file would otherwise fail every run alike, under SLURM each only
+    after its wait in the queue. (SLURM jobs read the same paths: a shared file system.)
+
+    Raises:
+        DatasetNotFoundError, CorruptDatasetError: from :func:`stablerank.data.load_dataset`.
+        FileNotFoundError, ModuleNotFoundError: a feature network's weights or package missing.
+    """
+    from stablerank.data import load_dataset
+    from stablerank.train.gan_scores import scoring_network
+
+    for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
+        load_dataset(dataset, data_dir)
+    gans = [r.config for r in runs if r.kind == KIND_GAN]
+    for cfg in {(c.scoring_net, c.feature_weights): c for c in gans}.values():
+        scoring_network(cfg)
+
+
 def run(cfg: ReproduceConfig) -> SweepOutcome:
     """Run (or resume) the sweep of ``cfg`` and write its report (a dry run lists the runs on
     stderr and runs nothing).
@@ -68,9 +87,14 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     # Longest first (GANs), so the pool's last minutes are not one long run alone; a dry run
     # lists them in that order too.
     runs = sorted(build_sweep(cfg), key=lambda r: r.kind != KIND_GAN)
+    states = [run_state(r) for r in runs]
+    to_train = [r for r, state in zip(runs, states, strict=True) if state not in (DONE, DIVERGED)]
     if cfg.dry_run:
-        states = [run_state(r) for r in runs]
         print(_describe(runs, states), file=sys.stderr, flush=True)
+        try:
+            check_inputs(to_train)
+        except (OSError, ValueError, ImportError) as err:  # a dry run lists the runs regardless
+            print(f"warning: the runs to train cannot start here: {err}", file=sys.stderr)
         return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
     # The report's packages (and the GAN runs' scores) are checked before any work: a minimal
     # install would otherwise learn it only after the whole sweep.
@@ -80,8 +104,9 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         if any(r.kind == KIND_GAN for r in runs):
             import_optional("torchmetrics", "the GAN runs' FID/KID")
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
+        check_inputs(to_train)
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(_header(runs, [run_state(r) for r in runs]), file=sys.stderr, flush=True)
+        print(_header(runs, states), file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).

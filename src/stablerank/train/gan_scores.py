@@ -19,7 +19,7 @@ from torch import nn
 
 from stablerank.config.gan import GanConfig
 from stablerank.layers import layer_report
-from stablerank.metrics.features import build_feature_extractor
+from stablerank.metrics.features import FeatureExtractor, build_feature_extractor
 from stablerank.metrics.gan import (
     DEFAULT_IS_SPLITS,
     KEY_PROTOCOL,
@@ -55,6 +55,18 @@ PREFIX_REAL_TRAIN = "real_train_"
 _REFERENCE_SPLIT = "test"
 
 
+def scoring_network(cfg: GanConfig, device: torch.device | str = "cpu") -> FeatureExtractor | None:
+    """The feature network of ``cfg``'s FID/KID/IS (None when the run scores nothing), with its
+    weights read: the trainer's, and ``reproduce``'s check before any run starts."""
+    if not (cfg.eval_every or cfg.n_final_samples):
+        return None
+    assert cfg.scoring_net is not None  # Precondition: GanConfig refuses scoring without one.
+    kwargs: dict[str, Any] = {"device": device}
+    if cfg.feature_weights is not None:
+        kwargs["weights_path"] = cfg.feature_weights
+    return build_feature_extractor(cfg.scoring_net, **kwargs)
+
+
 class Evaluator:
     """FID/KID/IS of the sampling generator against the whole test split (rank 0 only).
 
@@ -66,11 +78,9 @@ class Evaluator:
         self, cfg: GanConfig, test_x: torch.Tensor, G: nn.Module, num_classes: int | None,
         device: torch.device,
     ) -> None:  # fmt: skip
-        kwargs: dict[str, Any] = {"device": device}
-        if cfg.feature_weights is not None:
-            kwargs["weights_path"] = cfg.feature_weights
-        assert cfg.scoring_net is not None  # Precondition: GanConfig refuses scoring without one.
-        self.extractor = build_feature_extractor(cfg.scoring_net, **kwargs)
+        extractor = scoring_network(cfg, device)
+        assert extractor is not None  # Precondition: built only for a run that scores.
+        self.extractor = extractor
         self.real = extract_features(test_x, self.extractor, split=_REFERENCE_SPLIT)
         self.cfg, self.G, self.num_classes, self.device = cfg, G, num_classes, device
 
