@@ -87,6 +87,54 @@ def _seeds_per_arm(runs: list[sweeps.Run]) -> dict[tuple[str, str, str], set[int
     return seeds
 
 
+def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monkeypatch):
+    """Each model, shattering run and GAN of the ``paper`` sweep (SRN, its smallest c) runs its
+    real config, shrunk to a step or two, through ``execute`` on CIFAR-10-shaped data (none is
+    here): a config that cannot train or be analysed would otherwise surface on a cluster, hours
+    in. Not checked here: CUDA, and Inception scoring (no torch-fidelity; scores are off)."""
+    import torch
+
+    from stablerank.data import DatasetSplits
+    from stablerank.data.splits import channel_stats
+    from stablerank.train import classify, gan, gan_analysis, gan_models
+
+    gen = torch.Generator().manual_seed(0)
+
+    def cifar_shaped(name, data_dir=None):
+        x, tx = (torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+                 for n in (32, 16))  # fmt: skip
+        y, ty = (torch.randint(0, 10, (n,), generator=gen) for n in (32, 16))
+        return DatasetSplits(name, x, y, tx, ty, 10, 3, 32, *channel_stats(x, 255.0))
+
+    for module in (classify, gan, gan_analysis, gan_models):
+        monkeypatch.setattr(module, "load_dataset", cifar_shaped)
+    runs = sweeps.build_sweep(
+        dataclasses.replace(_cfg(tmp_path), sweep="paper", threads=1, progress=False)
+    )
+    first_srn = {}
+    for run in runs:
+        if run.norm == "srn":
+            first_srn.setdefault((run.kind, run.setting), run)
+    assert len(first_srn) == 7  # five classifiers, shattering, the GAN
+    for run in first_srn.values():
+        if run.kind == sweeps.KIND_GAN:
+            config = dataclasses.replace(
+                run.config, g_steps=2, batch_size=16, log_every=1, eval_every=0,
+                n_final_samples=0, sample_every=0,
+            )  # fmt: skip
+            analysis = dataclasses.replace(run.analysis, nd_critic_steps=2, nd_eval_batches=1,
+                                           d_el_pairs=4, nd_batch_size=16)  # fmt: skip
+        else:
+            config = dataclasses.replace(run.config, epochs=1, batch_size=16, train_subset=0,
+                                         train_eval_size=0, test_eval_size=0)  # fmt: skip
+            analysis = run.analysis and dataclasses.replace(
+                run.analysis, n_pairs=4, n_jacobian=1, n_interpolated=1, jacobian_iterations=1,
+                n_margin=16, batch_size=16,
+            )  # fmt: skip
+        outcome = execute(dataclasses.replace(run, config=config, analysis=analysis))
+        assert outcome.state == "done", (run.name, outcome.error)
+
+
 def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
     for make, n in ((sweeps.quick, 3), (sweeps.standard, 5)):
         for (kind, *_), seeds in _seeds_per_arm(make()).items():
