@@ -326,6 +326,27 @@ def test_a_gan_run_is_analysed_and_its_layers_listed_from_the_command_line(capsy
     )
 
 
+def test_layers_lists_a_runs_layers_where_its_data_is_not(capsys, tmp_path):
+    """Run folders copied off the machine that trained them: the networks are rebuilt from the
+    datasets' known shapes, not from their files."""
+    data = tmp_path / "data"
+    data.mkdir()
+    common = ["--dataset", "digits", "--data-dir", str(data), "--device", "cpu", "--out-dir",
+              str(tmp_path), "--progress", "false"]  # fmt: skip
+    classifier = ["--model", "mlp", "--width", "0.125", "--epochs", "1", "--train-subset", "64",
+                  "--batch-size", "32", "--norm", "srn", "--rank-ratio", "0.5"]  # fmt: skip
+    gan = ["--ngf", "8", "--ndf", "8", "--z-dim", "16", "--batch-size", "16", "--g-steps", "2",
+           "--n-final-samples", "0", "--d-norm", "srn", "--rank-ratio", "0.5"]  # fmt: skip
+    assert _run(capsys, "train", *common, *classifier, "--run-name", "c")[0] == 0
+    assert _run(capsys, "gan", *common, *gan, "--run-name", "g")[0] == 0
+    data.rmdir()  # gone: loading the data would now fail
+    for name, first in (("c", "features."), ("g", "D.")):
+        code, out, err = _run(capsys, "layers", str(tmp_path / name), "--json")
+        assert code == 0, err
+        rows = json.loads(out)
+        assert rows[0]["name"].startswith(first) and "srn" in {row["norm"] for row in rows}
+
+
 def test_runner_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
     def broken(cfg):
         raise FileNotFoundError("no Fashion-MNIST files in /x: pass --data-dir")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stablerank.data import load_dataset
+from stablerank.data import dataset_shape, load_dataset
 from stablerank.data.cifar import CIFAR_LAYOUTS, load_cifar
 from stablerank.data.splits import CorruptDatasetError, DatasetNotFoundError
 
@@ -50,6 +50,7 @@ def test_reads_tiny_archive(tmp_path):
     splits = load_cifar(tmp_path, TINY10, download=False)
     assert splits.train_x.shape == (10, 3, 32, 32) and splits.test_x.shape == (3, 3, 32, 32)
     assert (splits.num_classes, splits.in_channels, splits.image_size) == (10, 3, 32)
+    assert splits.dataset_shape == dataset_shape("cifar10")  # what is known without the files
     # Layout from the CIFAR page: each row is 1024 red, 1024 green, 1024 blue values, row-major.
     rows, labels = written["data_batch_2"]
     for c, h, w in [(0, 0, 0), (1, 5, 7), (2, 31, 30)]:
@@ -79,6 +80,7 @@ def test_cifar100_reads_the_fine_labels_and_their_names(tmp_path):
     splits = load_cifar(tmp_path, layout, download=False)
     assert splits.train_y.tolist() == [99, 92, 85, 78] and splits.test_y.tolist() == [99, 92]
     assert splits.num_classes == 100 and len(splits.classes) == 100 and splits.classes[7] == "f7"
+    assert splits.dataset_shape == dataset_shape("cifar100")
 
 
 def test_source_is_the_absolute_folder_read(tmp_path, monkeypatch):

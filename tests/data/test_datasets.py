@@ -17,6 +17,7 @@ from stablerank.data.datasets import (
     CorruptDatasetError,
     DatasetNotFoundError,
     _read_idx,
+    dataset_shape,
     load_dataset,
 )
 
@@ -129,6 +130,17 @@ def test_unknown_name_and_alias():
     with pytest.raises(ValueError, match="name must be one of"):
         load_dataset("imagenet")
     assert DATASETS == ("fashion-mnist", "cifar10", "cifar100", "digits", "mnist1d")
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist1d", "fashion-mnist"])
+def test_a_datasets_shape_is_known_without_its_files_and_is_the_loaded_ones(name):
+    """(CIFAR's: tests/data/test_cifar.py.)"""
+    if name == "fashion-mnist" and not HAVE_FASHION:
+        pytest.skip(f"Fashion-MNIST not installed in {FASHION_DIR}")
+    assert dataset_shape(name) == load_dataset(name).dataset_shape
+    assert set(datasets._SHAPES) == set(DATASETS)
+    with pytest.raises(ValueError, match="name must be one of"):
+        dataset_shape("imagenet")
 
 
 @pytest.mark.skipif(not HAVE_FASHION, reason=f"Fashion-MNIST not installed in {FASHION_DIR}")

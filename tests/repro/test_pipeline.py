@@ -96,7 +96,7 @@ def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monke
 
     from stablerank.data import DatasetSplits
     from stablerank.data.splits import channel_stats
-    from stablerank.train import classify, gan, gan_analysis, gan_models
+    from stablerank.train import classify, gan, gan_analysis
 
     gen = torch.Generator().manual_seed(0)
 
@@ -106,7 +106,7 @@ def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monke
         y, ty = (torch.randint(0, 10, (n,), generator=gen) for n in (32, 16))
         return DatasetSplits(name, x, y, tx, ty, 10, 3, 32, *channel_stats(x, 255.0))
 
-    for module in (classify, gan, gan_analysis, gan_models):
+    for module in (classify, gan, gan_analysis):
         monkeypatch.setattr(module, "load_dataset", cifar_shaped)
     runs = sweeps.build_sweep(
         dataclasses.replace(_cfg(tmp_path), sweep="paper", threads=1, progress=False)

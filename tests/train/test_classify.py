@@ -333,7 +333,7 @@ def test_an_epoch_record_scores_each_loader_and_divides_the_running_sums():
 def test_the_result_takes_the_whole_test_split_and_averages_the_binding_over_epochs(tmp_path):
     cfg = tiny(tmp_path, norm="srn", test_eval_size=100)
     splits = classify.prepare_data(cfg).splits
-    model = classify.build_model(cfg, splits)
+    model = classify.build_model(cfg, splits.dataset_shape)
     logged = [
         {"epoch": e, "train_acc": (0.81, 0.82, 0.83)[e - 1], "train_loss": 0.5, "test_acc": 0.7,
          "test_loss": 0.6, "srn_active_fraction": active}

@@ -7,7 +7,9 @@ from stablerank.data.datasets import (
     DATASETS,
     CorruptDatasetError,
     DatasetNotFoundError,
+    DatasetShape,
     DatasetSplits,
+    dataset_shape,
     load_dataset,
 )
 from stablerank.data.labels import corrupt_labels, subset_indices, train_subset
@@ -18,9 +20,11 @@ __all__ = [
     "DATASETS",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "DatasetShape",
     "DatasetSplits",
     "DeviceLoader",
     "corrupt_labels",
+    "dataset_shape",
     "load_dataset",
     "subset_indices",
     "train_subset",

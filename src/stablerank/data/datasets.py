@@ -47,6 +47,7 @@ from stablerank.data.splits import (
     PIXEL_MAX,
     CorruptDatasetError,
     DatasetNotFoundError,
+    DatasetShape,
     DatasetSplits,
     channel_stats,
 )
@@ -56,17 +57,44 @@ __all__ = [
     "DEFAULT_FASHION_MNIST_DIR",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "DatasetShape",
     "DatasetSplits",
+    "dataset_shape",
     "load_dataset",
 ]
 
 DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits", "mnist1d")
+# Known without reading a file, so that a trained network can be rebuilt where its data is not
+# (a test holds each equal to what load_dataset returns).
+_SHAPES = {
+    "fashion-mnist": DatasetShape(in_channels=1, image_size=28, num_classes=10),
+    "cifar10": DatasetShape(in_channels=3, image_size=32, num_classes=10),
+    "cifar100": DatasetShape(in_channels=3, image_size=32, num_classes=100),
+    "digits": DatasetShape(in_channels=1, image_size=8, num_classes=10),
+    "mnist1d": DatasetShape(in_channels=1, image_size=None, num_classes=10, length=40),
+}
 DEFAULT_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 )  # fmt: skip
+
+
+def _canonical(name: str) -> str:
+    key = str(name).strip().lower().replace("_", "-")
+    if key not in DATASETS:
+        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    return key
+
+
+def dataset_shape(name: str) -> DatasetShape:
+    """The input geometry and class count of dataset ``name``, without reading its files.
+
+    Raises:
+        ValueError: unknown ``name``.
+    """
+    return _SHAPES[_canonical(name)]
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None, *, download: bool = False
@@ -94,9 +122,7 @@ def load_dataset(name: str, data_dir: str | Path | None = None, *, download: boo
             ValueError naming the file).
         ModuleNotFoundError: ``digits`` or ``mnist1d`` without the ``experiments`` extra.
     """
-    key = str(name).strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ValueError(f"name must be one of {DATASETS}, got {name!r}")
+    key = _canonical(name)
     root = None if data_dir is None else Path(data_dir).expanduser()
     if key == "fashion-mnist":
         return _load_fashion_mnist(root)

@@ -11,6 +11,7 @@ __all__ = [
     "PIXEL_MAX",
     "CorruptDatasetError",
     "DatasetNotFoundError",
+    "DatasetShape",
     "DatasetSplits",
     "channel_stats",
 ]
@@ -24,6 +25,16 @@ class DatasetNotFoundError(FileNotFoundError):
 
 class CorruptDatasetError(ValueError):
     """A dataset file exists but is truncated, corrupt or not what its name says."""
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What a network needs to know of a dataset: its inputs' geometry and its class count."""
+
+    in_channels: int
+    image_size: int | None  # H = W of images; None for 1-D signals
+    num_classes: int
+    length: int | None = None  # L of 1-D signals; None for images
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,10 @@ class DatasetSplits:
     def input_shape(self) -> tuple[int, ...]:
         """Shape of one example: (C, H, W) or (C, L)."""
         return tuple(self.train_x.shape[1:])
+
+    @property
+    def dataset_shape(self) -> DatasetShape:
+        return DatasetShape(self.in_channels, self.image_size, self.num_classes, self.length)
 
     @property
     def num_train(self) -> int:

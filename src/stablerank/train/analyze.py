@@ -38,6 +38,7 @@ from torch import nn
 from stablerank._optional import import_optional
 from stablerank.config import config_from_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
+from stablerank.data import dataset_shape
 from stablerank.metrics import complexity, lipschitz
 from stablerank.train.classify import (
     KEY_TEST_ACC,
@@ -86,13 +87,29 @@ def load_run(
     Raises:
         ValueError: ``final`` and the newest intact checkpoint is not the last epoch's.
     """
-    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
+    data = prepare_data(cfg)
+    return cfg, data, _trained_model(run_dir, cfg, device, final=final)
+
+
+def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+    """The network of a run with its newest intact checkpoint's weights, in eval mode; its
+    dataset's files are not read (:func:`~stablerank.data.dataset_shape`)."""
+    return _trained_model(run_dir, _run_config(run_dir), device, final=False)
+
+
+def _run_config(run_dir: str | Path) -> ClassifyConfig:
     config_path = RunDir(run_dir).config_file
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist: is {str(run_dir)!r} a run folder?")
-    cfg = config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
-    data = prepare_data(cfg)
-    model = build_model(cfg, data.splits)
+    return config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
+
+
+def _trained_model(
+    run_dir: str | Path, cfg: ClassifyConfig, device: torch.device | str, *, final: bool
+) -> nn.Module:
+    run_dir = Path(run_dir)
+    model = build_model(cfg, dataset_shape(cfg.dataset))
     loaded = RunDir(run_dir).load_latest()
     if loaded is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
@@ -104,13 +121,7 @@ def load_run(
             "--overwrite"
         )
     model.load_state_dict(loaded[1]["model"])
-    return cfg, data, model.to(device).eval()
-
-
-def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
-    """The network of a run with its last checkpoint's weights, in eval mode (see
-    :func:`load_run`)."""
-    return load_run(run_dir, device)[2]
+    return model.to(device).eval()
 
 
 def _seeded_subset(x: torch.Tensor, y: torch.Tensor, size: int, seed: int):

@@ -50,7 +50,7 @@ from tqdm import tqdm
 import stablerank as sr
 from stablerank.config import config_to_dict
 from stablerank.config.classify import ClassifyConfig
-from stablerank.data import DatasetSplits, load_dataset
+from stablerank.data import DatasetShape, DatasetSplits, load_dataset
 from stablerank.data.labels import corrupt_labels, train_subset
 from stablerank.data.loader import DeviceLoader
 from stablerank.metrics import complexity
@@ -173,16 +173,19 @@ def prepare_data(cfg: ClassifyConfig) -> RunData:
     return RunData(splits.replace(train_x=x, train_y=y), clean_y, eval_x, eval_y, test_x, test_y)
 
 
-def build_model(cfg: ClassifyConfig, splits: DatasetSplits) -> nn.Module:
-    """The classifier of ``cfg`` with its normalization applied (head excluded unless asked)."""
+def build_model(cfg: ClassifyConfig, shape: DatasetShape) -> nn.Module:
+    """The classifier of ``cfg`` for data of ``shape`` (a dataset's
+    :attr:`~stablerank.data.DatasetSplits.dataset_shape`, or
+    :func:`~stablerank.data.dataset_shape` without its files), with its normalization applied
+    (head excluded unless asked)."""
     kwargs: dict[str, Any] = {"width": cfg.width}
     if cfg.depth:
         kwargs["depth"] = cfg.depth
-    if splits.image_size is None:  # 1-D signals (MNIST-1D): the MLP takes their length
-        kwargs["input_length"] = splits.length
+    if shape.image_size is None:  # 1-D signals (MNIST-1D): the MLP takes their length
+        kwargs["input_length"] = shape.length
     model = build_classifier(
-        cfg.model, num_classes=splits.num_classes, in_channels=splits.in_channels,
-        image_size=splits.image_size, **kwargs,
+        cfg.model, num_classes=shape.num_classes, in_channels=shape.in_channels,
+        image_size=shape.image_size, **kwargs,
     )  # fmt: skip
     with warnings.catch_warnings():
         # Whether the cap binds is recorded every epoch (srn_active_fraction in the log and the
@@ -285,7 +288,7 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         if cfg.batch_size > data.splits.num_train:
             raise ValueError(f"batch_size must be <= {data.splits.num_train} (train images), "
                              f"got {cfg.batch_size}")  # fmt: skip
-        model = build_model(cfg, data.splits)
+        model = build_model(cfg, data.splits.dataset_shape)
         with folder.session(cfg, is_main=info.is_main):
             result = _train(cfg, data, model, folder, info, device, stop_at)
     else:  # the same run, finished before: nothing to train

@@ -18,7 +18,7 @@ from torch import nn
 from stablerank.apply import SrnInactiveWarning, normalize_model
 from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
-from stablerank.data import DatasetSplits, load_dataset
+from stablerank.data import DatasetSplits, dataset_shape
 from stablerank.models.gan import build_discriminator, build_generator
 from stablerank.srn import stable_rank_norm
 from stablerank.train.checkpoint import load_checkpoint
@@ -166,7 +166,8 @@ def load_gan_run(
         ema: return the EMA generator when the run has one (default True); False gives the raw
             generator with the running BatchNorm statistics of training.
         splits: the run's dataset if already loaded, to learn the image shape and classes
-            (default None: loaded from the config's ``dataset`` and ``data_dir``).
+            (default None: :func:`~stablerank.data.dataset_shape` of the config's ``dataset``;
+            its files are not read).
 
     Returns:
         The :class:`GanRun`.
@@ -182,14 +183,13 @@ def load_gan_run(
     path, ckpt = _load_checkpoint(run_dir, checkpoint)
     dev = resolve_device(device) if isinstance(device, str) else device
     cfg = config_from_dict(GanConfig, ckpt["config"])
-    if splits is None:
-        splits = load_dataset(cfg.dataset, cfg.data_dir)
-    if splits.image_size is None:
+    shape = dataset_shape(cfg.dataset) if splits is None else splits.dataset_shape
+    if shape.image_size is None:
         raise ValueError(f"dataset {cfg.dataset!r} holds no images")
-    num_classes = splits.num_classes if cfg.conditional else None
+    num_classes = shape.num_classes if cfg.conditional else None
     # The initial weights are overwritten below; fork_rng keeps the caller's RNG untouched.
     with torch.random.fork_rng(devices=[]):
-        G, D = build_gan_models(cfg, splits.in_channels, splits.image_size, num_classes)
+        G, D = build_gan_models(cfg, shape.in_channels, shape.image_size, num_classes)
     use_ema = ema and cfg.ema > 0
     G.load_state_dict(ckpt["G_ema"] if use_ema else ckpt["G"])
     D.load_state_dict(ckpt["D"])
@@ -202,7 +202,7 @@ def load_gan_run(
         G=G,
         D=D,
         num_classes=num_classes,
-        image_shape=(splits.in_channels, splits.image_size, splits.image_size),
+        image_shape=(shape.in_channels, shape.image_size, shape.image_size),
         step=int(ckpt["step"]),
         checkpoint=path,
         ema=use_ema,
