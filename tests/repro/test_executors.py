@@ -221,3 +221,52 @@ def test_each_worker_takes_its_own_gpu_round_robin(monkeypatch):
         executors._init_worker(queue, 0, None)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["3", "7", "3", "7", "3"]
+
+
+def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_report(tmp_path):
+    import fcntl
+
+    # A job that never began its run (a node failure) left no trace in the run's folder: the
+    # report listed the run as `new`, with no reason, and the job's id and log were only on the
+    # terminal. A run that another process holds, or that is finished, is left alone.
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+    from stablerank.repro.execute import run_state
+    from stablerank.repro.records import collect
+    from stablerank.train.rundir import LOCK_FILE, RunDir
+
+    class Job:
+        def __init__(self, i):
+            self.job_id, self.state = f"7_{i}", "FAILED"
+            self.paths = SimpleNamespace(stderr=tmp_path / f"7_{i}" / f"7_{i}_0_log.err")
+
+        def result(self):
+            raise RuntimeError("has not produced any output (state: FAILED)\nthe node failed")
+
+    class Fake:
+        def map_array(self, fn, chunk, devices):
+            return [Job(i) for i in range(len(chunk))]
+
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}", analysis=None, kind="k")
+            for i in range(3)]  # fmt: skip
+    RunDir(runs[1].run_dir).write_status(status="running", stage="train")  # killed mid-run
+    ex = object.__new__(executors.SubmititExecutor)
+    ex.cluster, ex.wave, ex.folder, ex.executor, ex.gpus = "slurm", 2, tmp_path, Fake(), []
+    # Another process runs r2 (its lock taken as another process takes it): not this job's run.
+    runs[2].run_dir.mkdir()
+    held = os.open(runs[2].run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        outcomes = ex.map(runs, lambda *a: None)
+    finally:
+        os.close(held)
+    assert [o.state for o in outcomes] == ["failed"] * 3
+    assert f"job 7_0 failed (log: {tmp_path}/7_0/7_0_0_log.err)" in outcomes[0].error
+    assert [run_state(r) for r in runs] == ["failed", "failed", "new"]
+    problems = [rec.problem for rec in collect(runs)]
+    assert problems[:2] == [
+        f"job 7_0 ended FAILED without a result; its log: {Job(0).paths.stderr}",
+        f"in train: job 7_1 ended FAILED without a result; its log: {Job(1).paths.stderr}",
+    ]
+    assert "the node failed" in (runs[0].run_dir / "error.txt").read_text()

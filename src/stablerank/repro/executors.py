@@ -45,7 +45,8 @@ from stablerank.repro.execute import (
     run_state,
 )
 from stablerank.repro.sweeps import Run
-from stablerank.train.rundir import RunDir
+from stablerank.train.checkpoint import atomic_write_text
+from stablerank.train.rundir import RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
 __all__ = ["Executor", "make_executor", "visible_gpus"]
@@ -313,14 +314,29 @@ class SubmititExecutor:
                     try:
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
-                        error = f"job {job.job_id} failed: {err}"
-                        outcome = Outcome(runs[i].name, FAILED, error=error)
+                        outcome = _job_failed(runs[i], job, err)
                     outcomes[i] = outcome
                     report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
                 _stop_jobs(jobs, stop_file)
                 raise
         return [outcomes[i] for i in range(len(runs))]
+
+
+def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
+    """The outcome of a job that ended without its run's (a node failure, a kill, a job that died
+    before its run began), also recorded in the run's status as ``failed``, with the job, its
+    state and its log, so that the report names it: a run whose job never started it would be
+    ``new`` there, with no reason given. A run that another process holds, or that is finished,
+    is left as it is."""
+    log = job.paths.stderr
+    run_dir = RunDir(run.run_dir)
+    with contextlib.suppress(RunLockedError), run_dir.lock():
+        if run_state(run) not in (DONE, DIVERGED):
+            atomic_write_text(run_dir.error_file, f"{err}\n")
+            error = f"job {job.job_id} ended {job.state} without a result; its log: {log}"
+            run_dir.write_status(status=FAILED, error=error)
+    return Outcome(run.name, FAILED, error=f"job {job.job_id} failed (log: {log}): {err}")
 
 
 def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
