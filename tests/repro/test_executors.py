@@ -129,6 +129,9 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
         def __init__(self, run):
             self.run, self.job_id = run, "1_0"
 
+        def done(self):
+            return True
+
         def result(self):
             return Outcome(self.run.name, "done")
 
@@ -241,6 +244,9 @@ def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_rep
             self.job_id, self.state = f"7_{i}", "FAILED"
             self.paths = SimpleNamespace(stderr=tmp_path / f"7_{i}" / f"7_{i}_0_log.err")
 
+        def done(self):
+            return True
+
         def result(self):
             raise RuntimeError("has not produced any output (state: FAILED)\nthe node failed")
 
@@ -270,3 +276,45 @@ def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_rep
         f"in train: job 7_1 ended FAILED without a result; its log: {Job(1).paths.stderr}",
     ]
     assert "the node failed" in (runs[0].run_dir / "error.txt").read_text()
+
+
+def test_each_job_is_reported_as_it_ends_after_a_line_that_says_where_the_jobs_are(
+    tmp_path, monkeypatch, capsys
+):
+    # The lines came in the array's order: the GANs, submitted first as the longest runs, held
+    # back the line of every job that ended before them. And nothing said which SLURM job the
+    # runs were, or where its logs went, while the queue held them.
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+    from stablerank.repro.execute import Outcome
+
+    polls = []
+
+    class Job:
+        def __init__(self, i, ends_at):
+            self.job_id, self.name, self.ends_at = f"7_{i}", f"r{i}", ends_at
+
+        def done(self):
+            polls.append(self.job_id)
+            return polls.count(self.job_id) > self.ends_at
+
+        def result(self):
+            return Outcome(self.name, "done")
+
+    class Fake:
+        def map_array(self, fn, chunk, devices):
+            return [Job(i, ends_at) for i, ends_at in enumerate([2, 0, 1])]
+
+    monkeypatch.setattr(executors, "_POLL_S", 0, raising=False)
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}") for i in range(3)]
+    ex = object.__new__(executors.SubmititExecutor)
+    ex.cluster, ex.wave, ex.folder, ex.executor, ex.gpus = "slurm", 2, tmp_path, Fake(), []
+    reported = []
+    outcomes = ex.map(runs, lambda i, n, run, outcome: reported.append((i, run.name)))
+    assert reported == [(1, "r1"), (2, "r2"), (3, "r0")]
+    assert [o.name for o in outcomes] == ["r0", "r1", "r2"]  # in the runs' order all the same
+    assert capsys.readouterr().err.splitlines() == [
+        f"submitted 3 runs as SLURM job 7 (squeue -j 7 shows them); job logs in {tmp_path}/7_*/, "
+        "each run's output in its folder's output.log"
+    ]

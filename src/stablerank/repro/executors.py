@@ -56,6 +56,7 @@ Report = Callable[[int, int, Run, Outcome], None]
 # on the local cluster. A trainer has half of it to reach a checkpoint before the job is requeued
 # to resume from its last periodic one.
 _SIGNAL_DELAY_S = {"slurm": 90, "local": 30}
+_POLL_S = 1.0  # how often the submitit jobs are asked whether they have ended (as job.wait())
 
 
 class Executor(Protocol):
@@ -310,7 +311,13 @@ class SubmititExecutor:
                            for k in range(len(chunk))]  # fmt: skip
                 with _sigint_blocked():  # local controllers and jobs inherit it
                     jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
-                for i, job in zip(chunk, jobs, strict=True):
+                if self.cluster == "slurm":
+                    self._say_submitted(jobs)
+                index = {id(job): i for i, job in zip(chunk, jobs, strict=True)}
+                # Each job's line as it ends: in the array's order, the GANs (first) held back
+                # the lines of every job that ended before them.
+                for job in _as_completed(jobs):
+                    i = index[id(job)]
                     try:
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
@@ -321,6 +328,30 @@ class SubmititExecutor:
                 _stop_jobs(jobs, stop_file)
                 raise
         return [outcomes[i] for i in range(len(runs))]
+
+    def _say_submitted(self, jobs: Sequence[Any]) -> None:
+        """The line that says where the SLURM jobs of the runs are: the queue may hold them for
+        hours before the first run ends."""
+        array = str(jobs[0].job_id).split("_")[0]
+        logs = self.folder / (f"{array}_*" if len(jobs) > 1 else array)
+        runs = f"{len(jobs)} run{'s' * (len(jobs) > 1)}"
+        print(
+            f"submitted {runs} as SLURM job {array} (squeue -j {array} shows them); job logs "
+            f"in {logs}/, each run's output in its folder's output.log",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
+    """The submitit ``jobs`` in the order they end (finished, failed or cancelled)."""
+    pending = list(jobs)
+    while pending:
+        for job in [job for job in pending if job.done()]:
+            pending.remove(job)
+            yield job
+        if pending:
+            time.sleep(_POLL_S)
 
 
 def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
