@@ -237,6 +237,12 @@ def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys,
             ("--executor", "slurm", "--nproc-per-node", "4", "--slurm-gpus-per-run", "2"),
             "slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= 4, got 2",
         ),
+        # jobs without a GPU on --device cuda: every one would fail after its wait in the queue
+        (
+            ("--executor", "slurm", "--device", "cuda", "--slurm-gpus-per-run", "0"),
+            "device='cuda' under executor slurm needs a GPU in each job: slurm_gpus_per_run "
+            "must be >= 1, got 0",
+        ),
     ],
 )
 def test_reproduce_refuses_an_option_its_executor_ignores(capsys, argv, match):
