@@ -105,7 +105,13 @@ def test_bare_boolean_flag_means_true(capsys):
         # Before the loop there may be no checkpoint: the hint must not promise one.
         ("train", "stablerank.train.classify.run", "or starts from scratch when there is none"),
         ("gan", "stablerank.train.gan.run", "or starts from scratch when there is none"),
-        ("reproduce", "stablerank.repro.pipeline.run", "the same command continues"),
+        # A rerun while a SLURM sweep's jobs run submits their runs again.
+        (
+            "reproduce",
+            "stablerank.repro.pipeline.run",
+            "the same command continues (under --executor slurm: once the jobs it submitted have "
+            "ended)",
+        ),
     ],
 )
 def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command, runner, hint):

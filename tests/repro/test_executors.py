@@ -318,3 +318,18 @@ def test_each_job_is_reported_as_it_ends_after_a_line_that_says_where_the_jobs_a
         f"submitted 3 runs as SLURM job 7 (squeue -j 7 shows them); job logs in {tmp_path}/7_*/, "
         "each run's output in its folder's output.log"
     ]
+
+
+def test_after_ctrl_c_the_slurm_jobs_run_on_and_the_command_says_how_to_follow_them(capsys):
+    # It said to run the same command once the jobs had ended, but not how to see when they
+    # had, nor that a rerun before submits their runs a second time.
+    from types import SimpleNamespace
+
+    from stablerank.repro.executors import _stop_jobs
+
+    _stop_jobs([SimpleNamespace(job_id="1002_0"), SimpleNamespace(job_id="1002_1")], None)
+    assert capsys.readouterr().err.strip() == (
+        "the SLURM jobs run on: squeue -j 1002 shows those not ended, scancel 1002 stops them; "
+        "once they have ended, the same command collects their results (run before, it submits "
+        "their runs again)"
+    )

@@ -377,8 +377,10 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
         if not jobs:
             return
         array = str(jobs[0].job_id).split("_")[0]
-        print(f"\nthe SLURM jobs run on (scancel {array} stops them); once they have ended, the "
-              "same command collects their results", file=sys.stderr)  # fmt: skip
+        # Run again before they end, the command would submit their runs a second time.
+        print(f"\nthe SLURM jobs run on: squeue -j {array} shows those not ended, scancel {array} "
+              "stops them; once they have ended, the same command collects their results (run "
+              "before, it submits their runs again)", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
     for job in jobs:
