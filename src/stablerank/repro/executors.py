@@ -334,9 +334,9 @@ class SubmititExecutor:
         hours before the first run ends."""
         array = str(jobs[0].job_id).split("_")[0]
         logs = self.folder / (f"{array}_*" if len(jobs) > 1 else array)
-        runs = f"{len(jobs)} run{'s' * (len(jobs) > 1)}"
+        runs, them = (f"{len(jobs)} runs", "them") if len(jobs) > 1 else ("1 run", "it")
         print(
-            f"submitted {runs} as SLURM job {array} (squeue -j {array} shows them); job logs "
+            f"submitted {runs} as SLURM job {array} (squeue -j {array} shows {them}); job logs "
             f"in {logs}/, each run's output in its folder's output.log",
             file=sys.stderr,
             flush=True,
