@@ -272,8 +272,8 @@ def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_rep
     assert [run_state(r) for r in runs] == ["failed", "failed", "new"]
     problems = [rec.problem for rec in collect(runs)]
     assert problems[:2] == [
-        f"job 7_0 ended FAILED without a result; its log: {Job(0).paths.stderr}",
-        f"in train: job 7_1 ended FAILED without a result; its log: {Job(1).paths.stderr}",
+        f"job 7_0 failed (state FAILED); its log: {Job(0).paths.stderr}",
+        f"in train: job 7_1 failed (state FAILED); its log: {Job(1).paths.stderr}",
     ]
     assert "the node failed" in (runs[0].run_dir / "error.txt").read_text()
 

@@ -170,7 +170,7 @@ def test_a_job_whose_node_fails_fails_its_run_alone_and_a_rerun_submits_that_run
     log = tmp_path / "submitit" / "1000_1" / "1000_1_0_log.err"
     assert f"job 1000_1 failed (log: {log})" in err
     report = (tmp_path / "report.md").read_text()
-    assert f"job 1000_1 ended FAILED without a result; its log: {log}" in report
+    assert f"job 1000_1 failed (state FAILED); its log: {log}" in report
 
     monkeypatch.delenv("FAKE_SLURM_FAIL")
     again = pipeline.run(_slurm(tmp_path, gpus=0))

@@ -365,7 +365,7 @@ def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
     with contextlib.suppress(RunLockedError), run_dir.lock():
         if run_state(run) not in (DONE, DIVERGED):
             atomic_write_text(run_dir.error_file, f"{err}\n")
-            error = f"job {job.job_id} ended {job.state} without a result; its log: {log}"
+            error = f"job {job.job_id} failed (state {job.state}); its log: {log}"
             run_dir.write_status(status=FAILED, error=error)
     return Outcome(run.name, FAILED, error=f"job {job.job_id} failed (log: {log}): {err}")
 
