@@ -105,7 +105,13 @@ def test_bare_boolean_flag_means_true(capsys):
         # Before the loop there may be no checkpoint: the hint must not promise one.
         ("train", "stablerank.train.classify.run", "or starts from scratch when there is none"),
         ("gan", "stablerank.train.gan.run", "or starts from scratch when there is none"),
-        ("reproduce", "stablerank.repro.pipeline.run", "the same command continues"),
+        # A rerun while a SLURM sweep's jobs run submits their runs again.
+        (
+            "reproduce",
+            "stablerank.repro.pipeline.run",
+            "the same command continues (under --executor slurm: once the jobs it submitted have "
+            "ended)",
+        ),
     ],
 )
 def test_ctrl_c_exits_130_and_says_how_to_continue(capsys, monkeypatch, command, runner, hint):
@@ -236,6 +242,12 @@ def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys,
         (
             ("--executor", "slurm", "--nproc-per-node", "4", "--slurm-gpus-per-run", "2"),
             "slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= 4, got 2",
+        ),
+        # jobs without a GPU on --device cuda: every one would fail after its wait in the queue
+        (
+            ("--executor", "slurm", "--device", "cuda", "--slurm-gpus-per-run", "0"),
+            "device='cuda' under executor slurm needs a GPU in each job: slurm_gpus_per_run "
+            "must be >= 1, got 0",
         ),
     ],
 )

@@ -90,7 +90,8 @@ _COMMANDS = {
         "stablerank.config.reproduce:ReproduceConfig",
         "stablerank.config.reproduce:REPRODUCE_PRESETS",
         "stablerank.repro.pipeline:run",
-        "finished runs are kept and interrupted ones resume: the same command continues",
+        "finished runs are kept and interrupted ones resume: the same command continues (under "
+        "--executor slurm: once the jobs it submitted have ended)",
     ),
 }
 

@@ -93,12 +93,14 @@ def _task_env(job_id: str, task: str) -> dict[str, str]:
 
 def schedule(job_id: str, parallelism: int, tasks: list[str]) -> None:
     """Run the job's tasks, ``parallelism`` at a time, each its script under bash (a requeued one
-    again, at the end of the queue), and record their states."""
+    again, at the end of the queue; a cancelled one not at all), and record their states."""
     script = STATE / f"{job_id}.sh"
     waiting, running = list(tasks), {}
     while waiting or running:
         while waiting and len(running) < parallelism:
             task = waiting.pop(0)
+            if (STATE / f"{task}.state").read_text() == "CANCELLED":
+                continue
             _write(STATE / f"{task}.state", "RUNNING")
             running[task] = subprocess.Popen(["bash", str(script)], env=_task_env(job_id, task))
         time.sleep(_POLL_S)

@@ -129,6 +129,9 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
         def __init__(self, run):
             self.run, self.job_id = run, "1_0"
 
+        def done(self):
+            return True
+
         def result(self):
             return Outcome(self.run.name, "done")
 
@@ -221,3 +224,112 @@ def test_each_worker_takes_its_own_gpu_round_robin(monkeypatch):
         executors._init_worker(queue, 0, None)
         seen.append(os.environ["CUDA_VISIBLE_DEVICES"])
     assert seen == ["3", "7", "3", "7", "3"]
+
+
+def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_report(tmp_path):
+    import fcntl
+
+    # A job that never began its run (a node failure) left no trace in the run's folder: the
+    # report listed the run as `new`, with no reason, and the job's id and log were only on the
+    # terminal. A run that another process holds, or that is finished, is left alone.
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+    from stablerank.repro.execute import run_state
+    from stablerank.repro.records import collect
+    from stablerank.train.rundir import LOCK_FILE, RunDir
+
+    class Job:
+        def __init__(self, i):
+            self.job_id, self.state = f"7_{i}", "FAILED"
+            self.paths = SimpleNamespace(stderr=tmp_path / f"7_{i}" / f"7_{i}_0_log.err")
+
+        def done(self):
+            return True
+
+        def result(self):
+            raise RuntimeError("has not produced any output (state: FAILED)\nthe node failed")
+
+    class Fake:
+        def map_array(self, fn, chunk, devices):
+            return [Job(i) for i in range(len(chunk))]
+
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}", analysis=None, kind="k")
+            for i in range(3)]  # fmt: skip
+    RunDir(runs[1].run_dir).write_status(status="running", stage="train")  # killed mid-run
+    ex = object.__new__(executors.SubmititExecutor)
+    ex.cluster, ex.wave, ex.folder, ex.executor, ex.gpus = "slurm", 2, tmp_path, Fake(), []
+    # Another process runs r2 (its lock taken as another process takes it): not this job's run.
+    runs[2].run_dir.mkdir()
+    held = os.open(runs[2].run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        outcomes = ex.map(runs, lambda *a: None)
+    finally:
+        os.close(held)
+    assert [o.state for o in outcomes] == ["failed"] * 3
+    assert f"job 7_0 failed (log: {tmp_path}/7_0/7_0_0_log.err)" in outcomes[0].error
+    assert [run_state(r) for r in runs] == ["failed", "failed", "new"]
+    problems = [rec.problem for rec in collect(runs)]
+    assert problems[:2] == [
+        f"job 7_0 failed (state FAILED); its log: {Job(0).paths.stderr}",
+        f"in train: job 7_1 failed (state FAILED); its log: {Job(1).paths.stderr}",
+    ]
+    assert "the node failed" in (runs[0].run_dir / "error.txt").read_text()
+
+
+def test_each_job_is_reported_as_it_ends_after_a_line_that_says_where_the_jobs_are(
+    tmp_path, monkeypatch, capsys
+):
+    # The lines came in the array's order: the GANs, submitted first as the longest runs, held
+    # back the line of every job that ended before them. And nothing said which SLURM job the
+    # runs were, or where its logs went, while the queue held them.
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+    from stablerank.repro.execute import Outcome
+
+    polls = []
+
+    class Job:
+        def __init__(self, i, ends_at):
+            self.job_id, self.name, self.ends_at = f"7_{i}", f"r{i}", ends_at
+
+        def done(self):
+            polls.append(self.job_id)
+            return polls.count(self.job_id) > self.ends_at
+
+        def result(self):
+            return Outcome(self.name, "done")
+
+    class Fake:
+        def map_array(self, fn, chunk, devices):
+            return [Job(i, ends_at) for i, ends_at in enumerate([2, 0, 1])]
+
+    monkeypatch.setattr(executors, "_POLL_S", 0, raising=False)
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}") for i in range(3)]
+    ex = object.__new__(executors.SubmititExecutor)
+    ex.cluster, ex.wave, ex.folder, ex.executor, ex.gpus = "slurm", 2, tmp_path, Fake(), []
+    reported = []
+    outcomes = ex.map(runs, lambda i, n, run, outcome: reported.append((i, run.name)))
+    assert reported == [(1, "r1"), (2, "r2"), (3, "r0")]
+    assert [o.name for o in outcomes] == ["r0", "r1", "r2"]  # in the runs' order all the same
+    assert capsys.readouterr().err.splitlines() == [
+        f"submitted 3 runs as SLURM job 7 (squeue -j 7 shows them); job logs in {tmp_path}/7_*/, "
+        "each run's output in its folder's output.log"
+    ]
+
+
+def test_after_ctrl_c_the_slurm_jobs_run_on_and_the_command_says_how_to_follow_them(capsys):
+    # It said to run the same command once the jobs had ended, but not how to see when they
+    # had, nor that a rerun before submits their runs a second time.
+    from types import SimpleNamespace
+
+    from stablerank.repro.executors import _stop_jobs
+
+    _stop_jobs([SimpleNamespace(job_id="1002_0"), SimpleNamespace(job_id="1002_1")], None)
+    assert capsys.readouterr().err.strip() == (
+        "the SLURM jobs run on: squeue -j 1002 shows those not ended, scancel 1002 stops them; "
+        "once they have ended, the same command collects their results (run before, it submits "
+        "their runs again)"
+    )

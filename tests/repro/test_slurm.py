@@ -166,6 +166,11 @@ def test_a_job_whose_node_fails_fails_its_run_alone_and_a_rerun_submits_that_run
     assert len([line for line in err.splitlines() if " failed " in line]) == 1
     assert "job 1000_1 failed" in err and "(state: FAILED)" in err, err
     assert "the node failed" in err
+    # ... and where its log is; the report names the job too (the run had no folder: `new`).
+    log = tmp_path / "submitit" / "1000_1" / "1000_1_0_log.err"
+    assert f"job 1000_1 failed (log: {log})" in err
+    report = (tmp_path / "report.md").read_text()
+    assert f"job 1000_1 failed (state FAILED); its log: {log}" in report
 
     monkeypatch.delenv("FAKE_SLURM_FAIL")
     again = pipeline.run(_slurm(tmp_path, gpus=0))
@@ -206,3 +211,27 @@ def test_a_preempted_job_is_requeued_and_its_run_resumes_from_its_checkpoint(tmp
     step = int(re.search(r"preempted \(interrupted; the checkpoint of step (\d+) kept", errors)[1])
     checkpoint = run.run_dir / "checkpoints" / f"step_{step:07d}.pt"
     assert f"resume: continuing from {checkpoint}" in (run.run_dir / "output.log").read_text()
+
+
+def test_the_fakes_scancel_cancels_the_tasks_not_started_too(tmp_path, fake_slurm):
+    """``scancel ID`` (the line a Ctrl-C'd SLURM sweep prints) ends the running task and cancels
+    the pending ones, which never start, as SLURM does; the fake's scheduler started them."""
+    out = tmp_path / "out"
+    script = tmp_path / "job.sh"
+    script.write_text(f"#!/bin/bash\n#SBATCH --array=0-2%1\n"
+                      f"srun --output {out}_%a.out --error {out}_%a.err sleep 60\n")  # fmt: skip
+    subprocess.run(["sbatch", str(script)], check=True, capture_output=True)
+    deadline = time.monotonic() + 30
+    while not (fake_slurm.state / "1000_0.pid").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    subprocess.run(["scancel", "1000"], check=True)
+    scheduler = int((fake_slurm.state / "schedulers").read_text())
+    while time.monotonic() < deadline:  # the scheduler ends once no task is left
+        try:
+            os.kill(scheduler, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    states = [(fake_slurm.state / f"1000_{i}.state").read_text() for i in range(3)]
+    assert states == ["CANCELLED"] * 3
+    assert not (fake_slurm.state / "1000_1.pid").exists()

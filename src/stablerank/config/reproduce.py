@@ -96,6 +96,12 @@ class ReproduceConfig:
                 f"nproc_per_node={n} trains each run as {n} processes, one GPU each: "
                 f"slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= {n}, got {gpus}"
             )
+        if self.executor == "slurm" and self.device == "cuda" and gpus == 0:
+            # every job would wait in the queue only to fail at its first CUDA call
+            raise ValueError(
+                "device='cuda' under executor slurm needs a GPU in each job: slurm_gpus_per_run "
+                "must be >= 1, got 0 (device 'auto' or 'cpu' trains on the job's CPUs)"
+            )
         # An option the executor never reads would be dropped without a word: refuse it. The
         # executors read workers (local: pool size; submitit-local: wave size), slurm_time
         # (submitit's timeout, local cluster too) and the other slurm_* options (slurm only).

@@ -45,7 +45,8 @@ from stablerank.repro.execute import (
     run_state,
 )
 from stablerank.repro.sweeps import Run
-from stablerank.train.rundir import RunDir
+from stablerank.train.checkpoint import atomic_write_text
+from stablerank.train.rundir import RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
 __all__ = ["Executor", "make_executor", "visible_gpus"]
@@ -55,6 +56,7 @@ Report = Callable[[int, int, Run, Outcome], None]
 # on the local cluster. A trainer has half of it to reach a checkpoint before the job is requeued
 # to resume from its last periodic one.
 _SIGNAL_DELAY_S = {"slurm": 90, "local": 30}
+_POLL_S = 1.0  # how often the submitit jobs are asked whether they have ended (as job.wait())
 
 
 class Executor(Protocol):
@@ -309,18 +311,63 @@ class SubmititExecutor:
                            for k in range(len(chunk))]  # fmt: skip
                 with _sigint_blocked():  # local controllers and jobs inherit it
                     jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
-                for i, job in zip(chunk, jobs, strict=True):
+                if self.cluster == "slurm":
+                    self._say_submitted(jobs)
+                index = {id(job): i for i, job in zip(chunk, jobs, strict=True)}
+                # Each job's line as it ends: in the array's order, the GANs (first) held back
+                # the lines of every job that ended before them.
+                for job in _as_completed(jobs):
+                    i = index[id(job)]
                     try:
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
-                        error = f"job {job.job_id} failed: {err}"
-                        outcome = Outcome(runs[i].name, FAILED, error=error)
+                        outcome = _job_failed(runs[i], job, err)
                     outcomes[i] = outcome
                     report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
                 _stop_jobs(jobs, stop_file)
                 raise
         return [outcomes[i] for i in range(len(runs))]
+
+    def _say_submitted(self, jobs: Sequence[Any]) -> None:
+        """The line that says where the SLURM jobs of the runs are: the queue may hold them for
+        hours before the first run ends."""
+        array = str(jobs[0].job_id).split("_")[0]
+        logs = self.folder / (f"{array}_*" if len(jobs) > 1 else array)
+        runs, them = (f"{len(jobs)} runs", "them") if len(jobs) > 1 else ("1 run", "it")
+        print(
+            f"submitted {runs} as SLURM job {array} (squeue -j {array} shows {them}); job logs "
+            f"in {logs}/, each run's output in its folder's output.log",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
+    """The submitit ``jobs`` in the order they end (finished, failed or cancelled)."""
+    pending = list(jobs)
+    while pending:
+        for job in [job for job in pending if job.done()]:
+            pending.remove(job)
+            yield job
+        if pending:
+            time.sleep(_POLL_S)
+
+
+def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
+    """The outcome of a job that ended without its run's (a node failure, a kill, a job that died
+    before its run began), also recorded in the run's status as ``failed``, with the job, its
+    state and its log, so that the report names it: a run whose job never started it would be
+    ``new`` there, with no reason given. A run that another process holds, or that is finished,
+    is left as it is."""
+    log = job.paths.stderr
+    run_dir = RunDir(run.run_dir)
+    with contextlib.suppress(RunLockedError), run_dir.lock():
+        if run_state(run) not in (DONE, DIVERGED):
+            atomic_write_text(run_dir.error_file, f"{err}\n")
+            error = f"job {job.job_id} failed (state {job.state}); its log: {log}"
+            run_dir.write_status(status=FAILED, error=error)
+    return Outcome(run.name, FAILED, error=f"job {job.job_id} failed (log: {log}): {err}")
 
 
 def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
@@ -330,8 +377,10 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
         if not jobs:
             return
         array = str(jobs[0].job_id).split("_")[0]
-        print(f"\nthe SLURM jobs run on (scancel {array} stops them); once they have ended, the "
-              "same command collects their results", file=sys.stderr)  # fmt: skip
+        # Run again before they end, the command would submit their runs a second time.
+        print(f"\nthe SLURM jobs run on: squeue -j {array} shows those not ended, scancel {array} "
+              "stops them; once they have ended, the same command collects their results (run "
+              "before, it submits their runs again)", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
     for job in jobs:
