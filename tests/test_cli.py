@@ -243,6 +243,8 @@ def test_an_abbreviated_flag_is_unknown_not_read_as_the_option_it_starts(capsys,
             ("--executor", "slurm", "--nproc-per-node", "4", "--slurm-gpus-per-run", "2"),
             "slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= 4, got 2",
         ),
+        # SLURM's stop signal comes 90 s before the limit: a job told to stop as it starts
+        (("--executor", "slurm", "--slurm-time", "2"), "slurm_time must be >= 3"),
         # jobs without a GPU on --device cuda: every one would fail after its wait in the queue
         (
             ("--executor", "slurm", "--device", "cuda", "--slurm-gpus-per-run", "0"),

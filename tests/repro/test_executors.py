@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 
 import pytest
 
@@ -117,6 +118,29 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
     assert on_gpus(["0", "1", "2", "3"]).gpus == ["0", "1", "2", "3"]
     with pytest.raises(RuntimeError, match="--nproc-per-node 2 trains each run on 2 GPUs"):
         on_gpus(["0"], nproc_per_node=2)
+
+
+def test_a_cpu_slurm_job_whose_threads_do_not_fill_its_cores_is_warned_about(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from stablerank.config.reproduce import ReproduceConfig
+    from stablerank.repro import executors
+
+    monkeypatch.setattr(executors, "SubmititExecutor", lambda *a, **kw: None)  # no srun here
+
+    def make(**kw):
+        kw = {"slurm_gpus_per_run": 0, **kw}
+        return executors.make_executor(ReproduceConfig(executor="slurm", device="cpu", **kw),
+                                       tmp_path)  # fmt: skip
+
+    with pytest.warns(UserWarning, match=r"reserves 4 CPU cores .* 1 thread.*--threads 4 fits"):
+        make()  # the defaults: 4 cores reserved, 1 thread used
+    with pytest.warns(UserWarning, match="more threads than cores; --threads 1 fits"):
+        make(threads=2, nproc_per_node=2, slurm_cpus_per_run=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make(threads=4)
+        make(threads=0)  # torch's default: the cores SLURM binds the job to
+        make(slurm_gpus_per_run=1)  # a GPU job's cores serve its GPU
 
 
 def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path):

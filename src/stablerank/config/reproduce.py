@@ -96,6 +96,11 @@ class ReproduceConfig:
                 f"nproc_per_node={n} trains each run as {n} processes, one GPU each: "
                 f"slurm_gpus_per_run must be 0 (DDP over gloo on CPUs) or >= {n}, got {gpus}"
             )
+        if self.executor == "slurm" and self.slurm_time < 3:
+            # SLURM's stop signal comes 90 s before the limit (stablerank.repro.executors): a
+            # shorter job would be told to stop as it starts, and requeued as timed out.
+            raise ValueError(f"slurm_time must be >= 3 (minutes) under executor slurm, got "
+                             f"{self.slurm_time}")  # fmt: skip
         if self.executor == "slurm" and self.device == "cuda" and gpus == 0:
             # every job would wait in the queue only to fail at its first CUDA call
             raise ValueError(

@@ -27,6 +27,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -495,6 +496,17 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
         return LocalExecutor(workers, cfg.threads, groups)
     import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
+    # A CPU job's torch threads (0: torch's default, the cores SLURM binds the job to) should
+    # fill the cores it reserves, without more.
+    threads, cores = cfg.threads * per_run, cfg.slurm_cpus_per_run
+    if cluster == "slurm" and not cfg.slurm_gpus_per_run and threads and threads != cores:
+        warnings.warn(
+            f"each SLURM job reserves {cores} CPU cores (--slurm-cpus-per-run) and trains on "
+            f"{threads} thread(s) (--threads x --nproc-per-node): "
+            + ("cores left idle" if threads < cores else "more threads than cores")
+            + f"; --threads {max(cores // per_run, 1)} fits them",
+            stacklevel=2,
+        )
     return SubmititExecutor(out_dir / "submitit", cluster, cfg, wave=workers, gpus=groups)
 
 

@@ -115,8 +115,9 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         ran = [o for o in outcomes if o.state not in (SKIPPED, BUSY)]
         # How they ended: a failure's own line may have scrolled away among the others'.
         ended = "".join(f"{n} {s}, " for s, n in Counter(o.state for o in ran).items())
+        runs_ran = f"{len(ran)} run{'' if len(ran) == 1 else 's'}"
         print(
-            f"ran {len(ran)} runs ({ended}{len(outcomes) - len(ran)} finished before or running "
+            f"ran {runs_ran} ({ended}{len(outcomes) - len(ran)} finished before or running "
             f"elsewhere) in {(time.perf_counter() - t0) / 60:.1f} min",
             file=sys.stderr,
         )
