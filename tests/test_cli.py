@@ -105,12 +105,12 @@ def test_bare_boolean_flag_means_true(capsys):
         # Before the loop there may be no checkpoint: the hint must not promise one.
         ("train", "stablerank.train.classify.run", "or starts from scratch when there is none"),
         ("gan", "stablerank.train.gan.run", "or starts from scratch when there is none"),
-        # A rerun while a SLURM sweep's jobs run submits their runs again.
+        # A rerun while a SLURM sweep's jobs run follows them (test_slurm.py).
         (
             "reproduce",
             "stablerank.repro.pipeline.run",
-            "the same command continues (under --executor slurm: once the jobs it submitted have "
-            "ended)",
+            "the same command continues (under --executor slurm it follows the jobs still queued "
+            "or running)",
         ),
     ],
 )

@@ -91,7 +91,7 @@ _COMMANDS = {
         "stablerank.config.reproduce:REPRODUCE_PRESETS",
         "stablerank.repro.pipeline:run",
         "finished runs are kept and interrupted ones resume: the same command continues (under "
-        "--executor slurm: once the jobs it submitted have ended)",
+        "--executor slurm it follows the jobs still queued or running)",
     ),
 }
 

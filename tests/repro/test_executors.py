@@ -346,14 +346,14 @@ def test_each_job_is_reported_as_it_ends_after_a_line_that_says_where_the_jobs_a
 
 def test_after_ctrl_c_the_slurm_jobs_run_on_and_the_command_says_how_to_follow_them(capsys):
     # It said to run the same command once the jobs had ended, but not how to see when they
-    # had, nor that a rerun before submits their runs a second time.
+    # had; a rerun before then follows the jobs (test_slurm.py).
     from types import SimpleNamespace
 
     from stablerank.repro.executors import _stop_jobs
 
-    _stop_jobs([SimpleNamespace(job_id="1002_0"), SimpleNamespace(job_id="1002_1")], None)
+    jobs = [SimpleNamespace(job_id=job) for job in ("1002_0", "1002_1", "998_4")]
+    _stop_jobs(jobs, None)  # 998_4: a job of an earlier command that this one followed
     assert capsys.readouterr().err.strip() == (
-        "the SLURM jobs run on: squeue -j 1002 shows those not ended, scancel 1002 stops them; "
-        "once they have ended, the same command collects their results (run before, it submits "
-        "their runs again)"
+        "the SLURM jobs run on: squeue -j 1002,998 shows those not ended, scancel 1002 998 stops "
+        "them; the same command follows them again and collects their results"
     )

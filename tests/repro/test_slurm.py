@@ -8,6 +8,7 @@ requeued and resumes its run from its checkpoint."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shlex
@@ -211,6 +212,38 @@ def test_a_preempted_job_is_requeued_and_its_run_resumes_from_its_checkpoint(tmp
     step = int(re.search(r"preempted \(interrupted; the checkpoint of step (\d+) kept", errors)[1])
     checkpoint = run.run_dir / "checkpoints" / f"step_{step:07d}.pt"
     assert f"resume: continuing from {checkpoint}" in (run.run_dir / "output.log").read_text()
+
+
+def test_a_rerun_while_the_jobs_have_not_ended_follows_them_and_submits_nothing(
+    tmp_path, fake_slurm, capsys
+):
+    """The same command run again while its SLURM jobs wait or run (after a Ctrl-C, or from
+    another shell) follows those jobs: submitting their runs again would queue a second job for
+    each, to find its run locked or done."""
+    from stablerank.config.classify import classify_preset
+    from stablerank.repro.executors import make_executor
+
+    cfg = dataclasses.replace(_slurm(tmp_path), slurm_array_parallelism=1)  # one job at a time
+    config = classify_preset("tiny", epochs=40)  # seconds of work each
+    runs = [sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", dataclasses.replace(config, seed=seed))
+            .placed(cfg) for seed in (0, 1)]  # fmt: skip
+    first: list = []
+    command = threading.Thread(
+        target=lambda: first.extend(make_executor(cfg, tmp_path).map(runs, print)), daemon=True
+    )
+    command.start()
+    recorded = [tmp_path / "submitit" / "jobs" / run.name for run in runs]
+    deadline = time.monotonic() + 60
+    while not all(path.is_file() for path in recorded) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = make_executor(cfg, tmp_path).map(runs, print)
+    command.join(timeout=120)
+    assert [o.state for o in again] == ["done", "done"] == [o.state for o in first]
+    assert fake_slurm.submitted() == [1000]  # one array, followed by both commands
+    assert ("following 2 runs already in SLURM job 1000, not ended: not submitted again "
+            "(squeue -j 1000 shows them)") in capsys.readouterr().err  # fmt: skip
+    # Once the jobs have ended, their runs are finished: a rerun skips them without a job.
+    assert [o.state for o in make_executor(cfg, tmp_path).map(runs, print)] == ["skipped"] * 2
 
 
 def test_the_fakes_scancel_cancels_the_tasks_not_started_too(tmp_path, fake_slurm):

@@ -58,6 +58,10 @@ Report = Callable[[int, int, Run, Outcome], None]
 # to resume from its last periodic one.
 _SIGNAL_DELAY_S = {"slurm": 90, "local": 30}
 _POLL_S = 1.0  # how often the submitit jobs are asked whether they have ended (as job.wait())
+# sacct's states of a SLURM job that has not ended: its run is still to come, or under way.
+_SLURM_LIVE_STATES = frozenset(
+    ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
+)
 
 
 class Executor(Protocol):
@@ -303,18 +307,31 @@ class SubmititExecutor:
                 report(len(outcomes), len(runs), run, outcomes[i])
             else:
                 todo.append(i)
+        # A run whose SLURM job (submitted by an earlier or another command) has not ended is
+        # not submitted again: this command follows that job.
+        queued = self._queued_jobs([runs[i] for i in todo]) if self.cluster == "slurm" else {}
+        following = {i: queued[runs[i].name] for i in todo if runs[i].name in queued}
+        todo = [i for i in todo if i not in following]
+        if following:
+            self._say_submitted(list(following.values()), before=True)
         step = (len(todo) or 1) if self.cluster == "slurm" else self.wave
-        for start in range(0, len(todo), step):
-            chunk = todo[start : start + step]
+        chunks = [todo[start : start + step] for start in range(0, len(todo), step)]
+        for chunk in chunks or ([[]] if following else []):  # (SLURM: one chunk)
             jobs: list[Any] = []
             try:
                 devices = [self.gpus[k % len(self.gpus)] if self.gpus else None
                            for k in range(len(chunk))]  # fmt: skip
-                with _sigint_blocked():  # local controllers and jobs inherit it
-                    jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
-                if self.cluster == "slurm":
+                if chunk:
+                    with _sigint_blocked():  # local controllers and jobs inherit it
+                        jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
+                if self.cluster == "slurm" and jobs:
                     self._say_submitted(jobs)
+                    for i, job in zip(chunk, jobs, strict=True):
+                        atomic_write_text(self._job_file(runs[i]), str(job.job_id))
                 index = {id(job): i for i, job in zip(chunk, jobs, strict=True)}
+                index.update({id(job): i for i, job in following.items()})
+                jobs += following.values()
+                following = {}
                 # Each job's line as it ends: in the array's order, the GANs (first) held back
                 # the lines of every job that ended before them.
                 for job in _as_completed(jobs):
@@ -330,18 +347,44 @@ class SubmititExecutor:
                 raise
         return [outcomes[i] for i in range(len(runs))]
 
-    def _say_submitted(self, jobs: Sequence[Any]) -> None:
-        """The line that says where the SLURM jobs of the runs are: the queue may hold them for
-        hours before the first run ends."""
-        array = str(jobs[0].job_id).split("_")[0]
-        logs = self.folder / (f"{array}_*" if len(jobs) > 1 else array)
+    def _job_file(self, run: Run) -> Path:
+        """Where the id of the SLURM job last submitted for ``run`` is kept."""
+        return self.folder / "jobs" / run.name
+
+    def _queued_jobs(self, runs: Sequence[Run]) -> dict[str, Any]:
+        """The SLURM jobs, by run name, that were submitted for ``runs`` and have not ended (one
+        ``sacct`` call for all of them)."""
+        from submitit.slurm.slurm import SlurmJob
+
+        recorded = {run.name: self._job_file(run) for run in runs}
+        jobs = {name: SlurmJob(self.folder / "%j", path.read_text().strip())
+                for name, path in recorded.items() if path.is_file()}  # fmt: skip
+        if jobs:
+            next(iter(jobs.values())).get_info(mode="force")  # every registered job's state
+        return {name: job for name, job in jobs.items() if job.state in _SLURM_LIVE_STATES}
+
+    def _say_submitted(self, jobs: Sequence[Any], *, before: bool = False) -> None:
+        """The line that says where the SLURM jobs of the runs are (submitted now, or ``before``
+        by an earlier command and not ended): the queue may hold them for hours before the
+        first run ends."""
+        arrays = ",".join(dict.fromkeys(_array_of(job) for job in jobs))
+        logs = self.folder / (f"{arrays}_*" if len(jobs) > 1 else arrays)
+        if "," in arrays:
+            logs = self.folder / "<job>"
         runs, them = (f"{len(jobs)} runs", "them") if len(jobs) > 1 else ("1 run", "it")
+        what = (f"following {runs} already in SLURM job {arrays}, not ended: not submitted again"
+                if before else f"submitted {runs} as SLURM job {arrays}")  # fmt: skip
         print(
-            f"submitted {runs} as SLURM job {array} (squeue -j {array} shows {them}); job logs "
-            f"in {logs}/, each run's output in its folder's output.log",
+            f"{what} (squeue -j {arrays} shows {them}); job logs in {logs}/, each run's output in "
+            "its folder's output.log",
             file=sys.stderr,
             flush=True,
         )
+
+
+def _array_of(job: Any) -> str:
+    """The SLURM job (array) id of a submitit job: ``1000`` of ``1000_3``."""
+    return str(job.job_id).split("_")[0]
 
 
 def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
@@ -377,11 +420,10 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     if stop_file is None:
         if not jobs:
             return
-        array = str(jobs[0].job_id).split("_")[0]
-        # Run again before they end, the command would submit their runs a second time.
-        print(f"\nthe SLURM jobs run on: squeue -j {array} shows those not ended, scancel {array} "
-              "stops them; once they have ended, the same command collects their results (run "
-              "before, it submits their runs again)", file=sys.stderr)  # fmt: skip
+        arrays = ",".join(dict.fromkeys(_array_of(job) for job in jobs))
+        print(f"\nthe SLURM jobs run on: squeue -j {arrays} shows those not ended, scancel "
+              f"{arrays.replace(',', ' ')} stops them; the same command follows them again and "
+              "collects their results", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
     for job in jobs:
