@@ -135,6 +135,43 @@ def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monke
         assert outcome.state == "done", (run.name, outcome.error)
 
 
+def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_any_run(
+    tmp_path,
+):
+    sweep_file = tmp_path / "my_sweeps.py"
+    sweep_file.write_text(
+        "from stablerank.config.classify import classify_preset\n"
+        "from stablerank.repro import sweeps\n\n"
+        "def mine(seeds=1, gan_seeds=1):\n"
+        "    base = classify_preset('tiny', epochs=1, train_subset=128, test_eval_size=0)\n"
+        "    return sweeps.comparison('classify', 'digits/mlp-mine', base, (0.1,), seeds)\n\n"
+        "def empty(seeds=1, gan_seeds=1):\n"
+        "    return []\n\n"
+        "def twice(seeds=1, gan_seeds=1):\n"
+        "    return mine() + mine()\n"
+    )
+
+    def own(out, spec):
+        return dataclasses.replace(_cfg(out), sweep=spec)
+
+    done = pipeline.run(own(tmp_path / "out", f"{sweep_file}:mine"))
+    assert list(done.runs.values()) == ["done"] * 3  # vanilla, SN, SRN at c = 0.1; one seed
+    assert "digits/mlp-mine" in done.report.read_text()
+    for spec, error in (
+        (f"{sweep_file}:empty", TypeError),
+        (f"{sweep_file}:twice", ValueError),
+        (f"{sweep_file}:nope", ValueError),
+        (f"{tmp_path / 'missing.py'}:mine", FileNotFoundError),
+        ("no_such_module:mine", ModuleNotFoundError),
+    ):
+        with pytest.raises(error):
+            pipeline.run(own(tmp_path / "bad", spec))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(ValueError, match=r"MODULE:FUNCTION or FILE\.py:FUNCTION"):
+        ReproduceConfig(sweep="mine")
+    assert ReproduceConfig(sweep=f"{sweep_file}:mine").resolved_out_dir == "runs/reproduce-mine"
+
+
 def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
     for make, n in ((sweeps.quick, 3), (sweeps.standard, 5)):
         for (kind, *_), seeds in _seeds_per_arm(make()).items():

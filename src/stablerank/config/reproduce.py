@@ -8,6 +8,7 @@ folder, device, threads, executor, workers, SLURM settings) and how claims are d
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
@@ -18,6 +19,7 @@ __all__ = ["EXECUTORS", "REPRODUCE_PRESETS", "SWEEP_NAMES", "ReproduceConfig"]
 
 # Kept equal to stablerank.repro.sweeps.SWEEPS by a test (config modules import only _base).
 SWEEP_NAMES = ("quick", "standard", "paper", "tiny")
+_CUSTOM_SWEEP = re.compile(r"[^:\s]+:[A-Za-z_]\w*")  # MODULE:FUNCTION or FILE.py:FUNCTION
 EXECUTORS = ("local", "sequential", "submitit-local", "slurm")
 
 
@@ -25,9 +27,16 @@ EXECUTORS = ("local", "sequential", "submitit-local", "slurm")
 class ReproduceConfig:
     """Where and how ``stablerank reproduce`` runs a sweep (see the module docstring)."""
 
-    sweep: str = option("quick", "the sweep to run (stablerank.repro.sweeps)", choices=SWEEP_NAMES)
+    sweep: str = option(
+        "quick",
+        f"the sweep to run: {', '.join(SWEEP_NAMES)} (stablerank.repro.sweeps), or your own as "
+        "MODULE:FUNCTION or FILE.py:FUNCTION, a function (seeds, gan_seeds) returning a list of "
+        "stablerank.repro.sweeps.Run (docs/reproduction.md, 'Your own sweep')",
+    )
     out_dir: str = option(
-        "", "folder of the report; run folders go to out_dir/runs/ ('' = runs/reproduce-<sweep>)"
+        "",
+        "folder of the report; run folders go to out_dir/runs/ ('' = runs/reproduce-<sweep>, "
+        "<sweep> being a custom sweep's FUNCTION)",
     )
     data_dir: str | None = option(
         None, "folder holding the datasets (None = each dataset's standard location)"
@@ -88,6 +97,11 @@ class ReproduceConfig:
 
     def __post_init__(self) -> None:
         check_config(self)
+        if self.sweep not in SWEEP_NAMES and not _CUSTOM_SWEEP.fullmatch(self.sweep):
+            raise ValueError(
+                f"sweep must be one of {SWEEP_NAMES}, or MODULE:FUNCTION or FILE.py:FUNCTION for "
+                f"a sweep of your own, got {self.sweep!r}"
+            )
         if self.dry_run and self.report_only:
             raise ValueError("dry_run and report_only exclude each other; pick one")
         n, gpus = self.nproc_per_node, self.slurm_gpus_per_run
@@ -121,7 +135,7 @@ class ReproduceConfig:
 
     @property
     def resolved_out_dir(self) -> str:
-        return self.out_dir or f"runs/reproduce-{self.sweep}"
+        return self.out_dir or f"runs/reproduce-{self.sweep.rsplit(':', 1)[-1]}"
 
 
 # ``--preset NAME`` picks the sweep of that name (kept for the README's commands).

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib
+import importlib.util
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "Run",
     "Trainer",
     "build_sweep",
+    "comparison",
     "paper",
     "quick",
     "standard",
@@ -166,7 +168,7 @@ class Run:
 # ----------------------------------------------------------------------------- building blocks
 
 
-def _runs(
+def comparison(
     kind: str,
     setting: str,
     base: ClassifyConfig | GanConfig,
@@ -174,7 +176,20 @@ def _runs(
     seeds: int,
     analysis: AnalyzeConfig | GanAnalysisConfig | None = None,
 ) -> list[Run]:
-    """Every seed of vanilla (classifiers only), SN, and SRN at each c, in that order."""
+    """The runs of one setting that claims compare: seeds 0 .. ``seeds`` - 1 of vanilla
+    (classifiers only), SN, and SRN at each c of ``rank_ratios``, each ``base`` with its
+    normalization and seed replaced, in that order. The building block of every sweep, your
+    own included.
+
+    Args:
+        kind: ``classify`` (claims 1, 3), ``shatter`` (random labels; claim 2) or ``gan``
+            (claims 4, 5).
+        setting: the name that groups them in the report, e.g. ``cifar100/resnet110``.
+        base: the trainer config every run starts from.
+        rank_ratios: SRN's c, one arm each.
+        seeds: seeds per arm.
+        analysis: the analysis each run gets after training (None: none).
+    """
     field = TRAINERS[type(base)].norm_field
     arms = [{field: "sn"}, *({field: "srn", "rank_ratio": c} for c in rank_ratios)]
     if kind != KIND_GAN:
@@ -262,9 +277,11 @@ def quick(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
     )
     gan = _gan(16, 300, 500)
     return [
-        *_runs(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(4000, 30), MLP_RANK_RATIOS, seeds, analysis),
-        *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
-        *_runs(
+        *comparison(
+            KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(4000, 30), MLP_RANK_RATIOS, seeds, analysis
+        ),
+        *comparison(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(1500, 30), MLP_RANK_RATIOS, seeds),
+        *comparison(
             KIND_GAN, "fashion-mnist/gan-cnn16", gan, QUICK_GAN_RANK_RATIOS, gan_seeds, gan_analysis
         ),
     ]
@@ -293,11 +310,13 @@ def standard(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
     mlp_ratios = (*MLP_RANK_RATIOS, 0.1)
     gan = _gan(32, 2000, 5000)
     return [
-        *_runs(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(10000, 40), mlp_ratios, seeds, analysis),
-        *_runs(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.1, 0.3), seeds, analysis),
-        *_runs(KIND_CLASSIFY, "fashion-mnist/alexnet", alexnet, (0.2, 0.3), seeds, analysis),
-        *_runs(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(2000, 40), mlp_ratios, seeds),
-        *_runs(KIND_GAN, "fashion-mnist/gan-cnn32", gan, GAN_RANK_RATIOS, gan_seeds, gan_analysis),
+        *comparison(KIND_CLASSIFY, _FMNIST_MLP, _mlp_clean(10000, 40), mlp_ratios, seeds, analysis),
+        *comparison(KIND_CLASSIFY, "fashion-mnist/small_cnn-bn", cnn, (0.1, 0.3), seeds, analysis),
+        *comparison(KIND_CLASSIFY, "fashion-mnist/alexnet", alexnet, (0.2, 0.3), seeds, analysis),
+        *comparison(KIND_SHATTER, _FMNIST_MLP, _mlp_shatter(2000, 40), mlp_ratios, seeds),
+        *comparison(
+            KIND_GAN, "fashion-mnist/gan-cnn32", gan, GAN_RANK_RATIOS, gan_seeds, gan_analysis
+        ),
     ]
 
 
@@ -311,7 +330,7 @@ def paper(seeds: int = 3, gan_seeds: int = 3) -> list[Run]:
     for model in ("resnet110", "wrn28_10", "densenet_bc100", "vgg19", "alexnet"):
         base = classify_preset(f"cifar10-{model}")
         ratios = (0.2, 0.3) if model == "alexnet" else (0.1, 0.3)  # BN-free AlexNet: c >= 0.2
-        runs += _runs(KIND_CLASSIFY, f"cifar10/{model}", base, ratios, seeds, analysis)
+        runs += comparison(KIND_CLASSIFY, f"cifar10/{model}", base, ratios, seeds, analysis)
     shatter = classify_preset(
         "shatter",
         dataset="cifar10",
@@ -320,7 +339,7 @@ def paper(seeds: int = 3, gan_seeds: int = 3) -> list[Run]:
         epochs=200,
         test_eval_size=2000,
     )
-    runs += _runs(KIND_SHATTER, "cifar10/alexnet", shatter, (0.2, 0.3), seeds)
+    runs += comparison(KIND_SHATTER, "cifar10/alexnet", shatter, (0.2, 0.3), seeds)
     gan = dataclasses.replace(
         GanConfig(**GAN_PRESETS["sngan-resnet"]),
         dataset="cifar10",
@@ -328,7 +347,9 @@ def paper(seeds: int = 3, gan_seeds: int = 3) -> list[Run]:
         feature_net="inception-v3",
     )
     gan_analysis = GanAnalysisConfig(nd_critic_steps=10000, nd_eval_batches=50, d_el_pairs=2000)
-    runs += _runs(KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), gan_seeds, gan_analysis)
+    runs += comparison(
+        KIND_GAN, "cifar10/sngan-resnet", gan, (0.1, 0.3, 0.7), gan_seeds, gan_analysis
+    )
     return runs
 
 
@@ -343,9 +364,9 @@ def tiny(seeds: int = 2, gan_seeds: int = 2) -> list[Run]:
         nd_critic_steps=2, nd_eval_batches=1, d_el_pairs=10, nd_critic_width=8, nd_batch_size=16
     )
     return [
-        *_runs(KIND_CLASSIFY, "digits/mlp", base, (0.1,), seeds, analysis),
-        *_runs(KIND_SHATTER, "digits/mlp", shatter, (0.1,), seeds),
-        *_runs(KIND_GAN, "digits/gan", gan, (0.5,), gan_seeds, gan_analysis),
+        *comparison(KIND_CLASSIFY, "digits/mlp", base, (0.1,), seeds, analysis),
+        *comparison(KIND_SHATTER, "digits/mlp", shatter, (0.1,), seeds),
+        *comparison(KIND_GAN, "digits/gan", gan, (0.5,), gan_seeds, gan_analysis),
     ]
 
 
@@ -356,7 +377,41 @@ SWEEPS: dict[str, Callable[..., list[Run]]] = {
 
 def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in;
-    ``cfg.seeds`` (when not 0) is the number of seeds of every arm, GANs included."""
-    make = SWEEPS[cfg.sweep]
+    ``cfg.seeds`` (when not 0) is the number of seeds of every arm, GANs included.
+
+    Raises:
+        FileNotFoundError, ImportError, ValueError, TypeError: a sweep of your own
+            (``MODULE:FUNCTION``, ``FILE.py:FUNCTION``) that cannot be read or called, or whose
+            list is empty, holds something not a :class:`Run` or of another kind than
+            :data:`KINDS`, or two runs of one folder.
+    """
+    make = SWEEPS.get(cfg.sweep) or _own_sweep(cfg.sweep)
     runs = make(cfg.seeds, cfg.seeds) if cfg.seeds else make()
-    return [run.placed(cfg) for run in runs]
+    if not isinstance(runs, list) or not runs or not all(isinstance(r, Run) for r in runs):
+        raise TypeError(f"sweep {cfg.sweep!r} must return a non-empty list of "
+                        f"stablerank.repro.sweeps.Run, got {type(runs).__name__}")  # fmt: skip
+    if odd := sorted({r.kind for r in runs} - set(KINDS)):
+        raise ValueError(f"sweep {cfg.sweep!r}: kind must be one of {KINDS}, got {odd}")
+    placed = [run.placed(cfg) for run in runs]
+    if twice := sorted({r.name for r in placed if [p.name for p in placed].count(r.name) > 1}):
+        raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (same config): {twice}")
+    return placed
+
+
+def _own_sweep(spec: str) -> Callable[..., list[Run]]:
+    """The function that ``MODULE:FUNCTION`` or ``FILE.py:FUNCTION`` names."""
+    where, name = spec.rsplit(":", 1)
+    if where.endswith(".py"):
+        path = Path(where).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"sweep {spec!r}: {path} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"stablerank_sweep_{path.stem}", path)
+        assert module_spec is not None and module_spec.loader is not None  # a .py file
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    make = getattr(module, name, None)
+    if not callable(make):
+        raise ValueError(f"sweep {spec!r}: {where} has no function {name!r}")
+    return make
