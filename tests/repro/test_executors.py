@@ -150,6 +150,8 @@ def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path
     from stablerank.repro.execute import Outcome
 
     class Job:
+        state = "COMPLETED"
+
         def __init__(self, run):
             self.run, self.job_id = run, "1_0"
 
@@ -316,6 +318,8 @@ def test_each_job_is_reported_as_it_ends_after_a_line_that_says_where_the_jobs_a
     polls = []
 
     class Job:
+        state = "COMPLETED"
+
         def __init__(self, i, ends_at):
             self.job_id, self.name, self.ends_at = f"7_{i}", f"r{i}", ends_at
 

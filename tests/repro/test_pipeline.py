@@ -138,8 +138,11 @@ def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monke
 def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_any_run(
     tmp_path,
 ):
-    sweep_file = tmp_path / "my_sweeps.py"
+    sweep_file = tmp_path / "my sweeps" / "my_sweeps.py"  # a folder with a space in its name
+    sweep_file.parent.mkdir()
     sweep_file.write_text(
+        "from __future__ import annotations\n"
+        "import dataclasses\n"
         "from stablerank.config.classify import classify_preset\n"
         "from stablerank.repro import sweeps\n\n"
         "def mine(seeds=1, gan_seeds=1):\n"
@@ -148,7 +151,10 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "def empty(seeds=1, gan_seeds=1):\n"
         "    return []\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
-        "    return mine() + mine()\n"
+        "    return mine() + mine()\n\n"
+        "@dataclasses.dataclass\n"  # needs its module in sys.modules as the file is read
+        "class Grid:\n"
+        "    c: float = 0.1\n"
     )
 
     def own(out, spec):
@@ -169,7 +175,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
     assert not (tmp_path / "bad").exists()
     with pytest.raises(ValueError, match=r"MODULE:FUNCTION or FILE\.py:FUNCTION"):
         ReproduceConfig(sweep="mine")
-    assert ReproduceConfig(sweep=f"{sweep_file}:mine").resolved_out_dir == "runs/reproduce-mine"
+    out = ReproduceConfig(sweep=f"{sweep_file}:mine").resolved_out_dir
+    assert out == "runs/reproduce-my_sweeps-mine"  # not the built-in sweep of the same name
 
 
 def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
@@ -389,8 +396,9 @@ def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_a
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     gan = next(r for r in sweeps.tiny() if r.kind == sweeps.KIND_GAN)
     inception = dataclasses.replace(gan.config, feature_net="inception-v3", n_final_samples=2)
+    silent = dataclasses.replace(inception, n_final_samples=0, eval_every=0)  # scores nothing
     with pytest.raises((ModuleNotFoundError, FileNotFoundError), match="inception-v3"):
-        pipeline.check_inputs([dataclasses.replace(gan, config=inception)])
+        pipeline.check_inputs([dataclasses.replace(gan, config=c) for c in (inception, silent)])
     pipeline.check_inputs([gan])  # scores nothing: no feature network needed
 
 

@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,10 +241,52 @@ def test_a_rerun_while_the_jobs_have_not_ended_follows_them_and_submits_nothing(
     command.join(timeout=120)
     assert [o.state for o in again] == ["done", "done"] == [o.state for o in first]
     assert fake_slurm.submitted() == [1000]  # one array, followed by both commands
-    assert ("following 2 runs already in SLURM job 1000, not ended: not submitted again "
-            "(squeue -j 1000 shows them)") in capsys.readouterr().err  # fmt: skip
+    assert ("following 2 runs already in SLURM job 1000, not ended: not submitted again, with "
+            "the options of the command that submitted them (scancel them to submit with this "
+            "one's) (squeue -j 1000 shows them)") in capsys.readouterr().err  # fmt: skip
     # Once the jobs have ended, their runs are finished: a rerun skips them without a job.
     assert [o.state for o in make_executor(cfg, tmp_path).map(runs, print)] == ["skipped"] * 2
+
+
+def test_a_rerun_does_not_guess_when_sacct_fails_and_follows_a_suspended_job_until_it_ends(
+    tmp_path, fake_slurm, monkeypatch
+):
+    from stablerank.config.classify import classify_preset
+    from stablerank.repro import executors
+    from stablerank.repro.executors import make_executor
+
+    monkeypatch.setattr(executors, "_SACCT_EVERY_S", 0.5)
+
+    cfg = _slurm(tmp_path)
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", classify_preset("tiny", epochs=1))
+    run = run.placed(cfg)
+    # A job this out dir submitted before (its id kept, its pickle in its folder), in sacct.
+    (tmp_path / "submitit" / "jobs").mkdir(parents=True)
+    (tmp_path / "submitit" / "jobs" / run.name).write_text("999_0")
+    (tmp_path / "submitit" / "999_0").mkdir()
+    (tmp_path / "submitit" / "999_0" / "999_0_submitted.pkl").touch()
+    (fake_slurm.state / "next_job_id").write_text("1000")
+    (fake_slurm.state / "999_0.state").write_text("SUSPENDED")
+    sacct = Path(shutil.which("sacct"))
+    working = sacct.read_text()
+    sacct.write_text("#!/bin/sh\necho 'sacct: error: slurmdbd: connection refused' >&2\nexit 1\n")
+    with pytest.raises(RuntimeError, match=r"sacct failed .* submitting them again would queue"):
+        make_executor(cfg, tmp_path).map([run], print)
+    sacct.write_text(working)
+    assert fake_slurm.submitted() == []  # nothing submitted on a guess
+
+    # Suspended (preemption by suspension): followed, and not taken for ended.
+    outcomes: list = []
+    command = threading.Thread(
+        target=lambda: outcomes.extend(make_executor(cfg, tmp_path).map([run], print)), daemon=True
+    )
+    command.start()
+    command.join(timeout=4)
+    assert command.is_alive() and not outcomes  # still following
+    (fake_slurm.state / "999_0.state").write_text("CANCELLED")
+    command.join(timeout=60)
+    assert [o.state for o in outcomes] == ["failed"] and "job 999_0 failed" in outcomes[0].error
+    assert fake_slurm.submitted() == []
 
 
 def test_the_fakes_scancel_cancels_the_tasks_not_started_too(tmp_path, fake_slurm):

@@ -8,6 +8,7 @@ folder, device, threads, executor, workers, SLURM settings) and how claims are d
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 from collections.abc import Mapping
 from types import MappingProxyType
@@ -19,7 +20,7 @@ __all__ = ["EXECUTORS", "REPRODUCE_PRESETS", "SWEEP_NAMES", "ReproduceConfig"]
 
 # Kept equal to stablerank.repro.sweeps.SWEEPS by a test (config modules import only _base).
 SWEEP_NAMES = ("quick", "standard", "paper", "tiny")
-_CUSTOM_SWEEP = re.compile(r"[^:\s]+:[A-Za-z_]\w*")  # MODULE:FUNCTION or FILE.py:FUNCTION
+_CUSTOM_SWEEP = re.compile(r".+:[A-Za-z_]\w*")  # MODULE:FUNCTION or FILE.py:FUNCTION
 EXECUTORS = ("local", "sequential", "submitit-local", "slurm")
 
 
@@ -35,8 +36,8 @@ class ReproduceConfig:
     )
     out_dir: str = option(
         "",
-        "folder of the report; run folders go to out_dir/runs/ ('' = runs/reproduce-<sweep>, "
-        "<sweep> being a custom sweep's FUNCTION)",
+        "folder of the report; run folders go to out_dir/runs/ ('' = runs/reproduce-<sweep>; "
+        "for FILE.py:FUNCTION, runs/reproduce-FILE-FUNCTION)",
     )
     data_dir: str | None = option(
         None, "folder holding the datasets (None = each dataset's standard location)"
@@ -135,7 +136,12 @@ class ReproduceConfig:
 
     @property
     def resolved_out_dir(self) -> str:
-        return self.out_dir or f"runs/reproduce-{self.sweep.rsplit(':', 1)[-1]}"
+        if self.out_dir:
+            return self.out_dir
+        if self.sweep in SWEEP_NAMES:
+            return f"runs/reproduce-{self.sweep}"
+        where, function = self.sweep.rsplit(":", 1)  # a sweep of your own: its file and function
+        return f"runs/reproduce-{os.path.basename(where).removesuffix('.py')}-{function}"
 
 
 # ``--preset NAME`` picks the sweep of that name (kept for the README's commands).

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import math
 import multiprocessing as mp
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +60,7 @@ Report = Callable[[int, int, Run, Outcome], None]
 # to resume from its last periodic one.
 _SIGNAL_DELAY_S = {"slurm": 90, "local": 30}
 _POLL_S = 1.0  # how often the submitit jobs are asked whether they have ended (as job.wait())
+_SACCT_EVERY_S = 30.0  # how often sacct is asked about a job that submitit takes for ended
 # sacct's states of a SLURM job that has not ended: its run is still to come, or under way.
 _SLURM_LIVE_STATES = frozenset(
     ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED")
@@ -307,31 +310,19 @@ class SubmititExecutor:
                 report(len(outcomes), len(runs), run, outcomes[i])
             else:
                 todo.append(i)
-        # A run whose SLURM job (submitted by an earlier or another command) has not ended is
-        # not submitted again: this command follows that job.
-        queued = self._queued_jobs([runs[i] for i in todo]) if self.cluster == "slurm" else {}
-        following = {i: queued[runs[i].name] for i in todo if runs[i].name in queued}
-        todo = [i for i in todo if i not in following]
-        if following:
-            self._say_submitted(list(following.values()), before=True)
         step = (len(todo) or 1) if self.cluster == "slurm" else self.wave
-        chunks = [todo[start : start + step] for start in range(0, len(todo), step)]
-        for chunk in chunks or ([[]] if following else []):  # (SLURM: one chunk)
+        for start in range(0, len(todo), step):
+            chunk = todo[start : start + step]
             jobs: list[Any] = []
             try:
-                devices = [self.gpus[k % len(self.gpus)] if self.gpus else None
-                           for k in range(len(chunk))]  # fmt: skip
-                if chunk:
-                    with _sigint_blocked():  # local controllers and jobs inherit it
+                with _sigint_blocked():  # local controllers and jobs inherit it
+                    if self.cluster == "slurm":
+                        jobs = self._submit_or_follow(job_fn, [runs[i] for i in chunk])
+                    else:
+                        devices = [self.gpus[k % len(self.gpus)] if self.gpus else None
+                                   for k in range(len(chunk))]  # fmt: skip
                         jobs = self.executor.map_array(job_fn, [runs[i] for i in chunk], devices)
-                if self.cluster == "slurm" and jobs:
-                    self._say_submitted(jobs)
-                    for i, job in zip(chunk, jobs, strict=True):
-                        atomic_write_text(self._job_file(runs[i]), str(job.job_id))
                 index = {id(job): i for i, job in zip(chunk, jobs, strict=True)}
-                index.update({id(job): i for i, job in following.items()})
-                jobs += following.values()
-                following = {}
                 # Each job's line as it ends: in the array's order, the GANs (first) held back
                 # the lines of every job that ended before them.
                 for job in _as_completed(jobs):
@@ -351,29 +342,69 @@ class SubmititExecutor:
         """Where the id of the SLURM job last submitted for ``run`` is kept."""
         return self.folder / "jobs" / run.name
 
+    def _submit_or_follow(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
+        """One SLURM job per run of ``runs``, in their order: the job an earlier or another
+        command submitted for it when that job has not ended, else a new one (one array for
+        them). Under a lock on the job files, so that two commands on
+        one out dir do not both submit a run."""
+        import fcntl
+
+        self._job_file(runs[0]).parent.mkdir(parents=True, exist_ok=True)
+        with open(self._job_file(runs[0]).parent / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            following = self._queued_jobs(runs)
+            new = [run for run in runs if run.name not in following]
+            if following:
+                self._say_submitted(list(following.values()), before=True)
+            submitted = self.executor.map_array(job_fn, new, [None] * len(new)) if new else []
+            for run, job in zip(new, submitted, strict=True):
+                atomic_write_text(self._job_file(run), str(job.job_id))
+        if submitted:
+            self._say_submitted(submitted)
+        by_name = {**following, **{run.name: job for run, job in zip(new, submitted, strict=True)}}
+        return [by_name[run.name] for run in runs]
+
     def _queued_jobs(self, runs: Sequence[Run]) -> dict[str, Any]:
-        """The SLURM jobs, by run name, that were submitted for ``runs`` and have not ended (one
-        ``sacct`` call for all of them)."""
+        """The SLURM jobs, by run name, that this out dir submitted for ``runs`` and that have not
+        ended, from one ``sacct`` call.
+
+        Raises:
+            RuntimeError: sacct fails: which jobs still wait or run cannot be told, and
+                submitting their runs again would queue them twice.
+        """
         from submitit.slurm.slurm import SlurmJob
 
-        recorded = {run.name: self._job_file(run) for run in runs}
-        jobs = {name: SlurmJob(self.folder / "%j", path.read_text().strip())
-                for name, path in recorded.items() if path.is_file()}  # fmt: skip
-        if jobs:
-            next(iter(jobs.values())).get_info(mode="force")  # every registered job's state
-        return {name: job for name, job in jobs.items() if job.state in _SLURM_LIVE_STATES}
+        recorded = {run.name: path.read_text().strip() for run in runs
+                    if (path := self._job_file(run)).is_file()}  # fmt: skip
+        if not recorded:
+            return {}
+        try:
+            states = _sacct_states(recorded.values())
+        except RuntimeError as err:
+            raise RuntimeError(
+                f"{err}: this command cannot tell which of the SLURM jobs it submitted before "
+                f"still wait or run (for {len(recorded)} of its runs), and submitting them again "
+                f"would queue them twice; run it again once sacct answers, or remove "
+                f"{self._job_file(runs[0]).parent} to submit them all again"
+            ) from err
+        jobs = {name: SlurmJob(self.folder / "%j", job) for name, job in recorded.items()
+                if states.get(job) in _SLURM_LIVE_STATES}  # fmt: skip
+        # A job of this out dir (SLURM reuses ids; an out dir may be copied) holds its pickle here.
+        return {name: job for name, job in jobs.items() if job.paths.submitted_pickle.exists()}
 
     def _say_submitted(self, jobs: Sequence[Any], *, before: bool = False) -> None:
         """The line that says where the SLURM jobs of the runs are (submitted now, or ``before``
         by an earlier command and not ended): the queue may hold them for hours before the
         first run ends."""
         arrays = ",".join(dict.fromkeys(_array_of(job) for job in jobs))
-        logs = self.folder / (f"{arrays}_*" if len(jobs) > 1 else arrays)
+        logs = self.folder / (f"{arrays}_*" if len(jobs) > 1 else str(jobs[0].job_id))
         if "," in arrays:
             logs = self.folder / "<job>"
         runs, them = (f"{len(jobs)} runs", "them") if len(jobs) > 1 else ("1 run", "it")
-        what = (f"following {runs} already in SLURM job {arrays}, not ended: not submitted again"
-                if before else f"submitted {runs} as SLURM job {arrays}")  # fmt: skip
+        what = (f"following {runs} already in SLURM job {arrays}, not ended: not submitted "
+                f"again, with the options of the command that submitted {them} (scancel {them} "
+                "to submit with this one's)" if before else
+                f"submitted {runs} as SLURM job {arrays}")  # fmt: skip
         print(
             f"{what} (squeue -j {arrays} shows {them}); job logs in {logs}/, each run's output in "
             "its folder's output.log",
@@ -387,11 +418,49 @@ def _array_of(job: Any) -> str:
     return str(job.job_id).split("_")[0]
 
 
+def _sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
+    """The state sacct gives each SLURM job (``1000`` or an array's ``1000_3``) of ``job_ids``;
+    a job it does not list is missing.
+
+    Raises:
+        RuntimeError: sacct fails (its error in the message).
+    """
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    command = ["sacct", "-o", "JobID,State", "--parsable2"]
+    for array in sorted({str(job).split("_")[0] for job in job_ids}):
+        command += ["-j", array]
+    try:
+        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as err:
+        raise RuntimeError(
+            f"sacct failed ({(getattr(err, 'stderr', '') or str(err)).strip()})"
+        ) from err
+    # read_info expands a pending array's "1000_[4-9]"; "CANCELLED by 0" is CANCELLED.
+    return {job: info.get("State", "").split(" ")[0]
+            for job, info in SlurmInfoWatcher().read_info(output).items()}  # fmt: skip
+
+
 def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
-    """The submitit ``jobs`` in the order they end (finished, failed or cancelled)."""
+    """The submitit ``jobs`` in the order they end (finished, failed or cancelled). A SLURM job
+    ends when a rerun would not follow it (:data:`_SLURM_LIVE_STATES`): submitit takes a
+    suspended job for ended and stops asking sacct about it, so such a job is asked about here,
+    every :data:`_SACCT_EVERY_S` (a failed sacct call: still live)."""
     pending = list(jobs)
+    live: dict[str, bool] = {}  # by job id, as the last sacct call here said
+    asked = -math.inf
     while pending:
-        for job in [job for job in pending if job.done()]:
+        done = [job for job in pending if job.done()]
+        held = [job for job in done if job.state in _SLURM_LIVE_STATES
+                and not job.paths.result_pickle.exists()]  # fmt: skip
+        if held and time.monotonic() - asked >= _SACCT_EVERY_S:
+            asked = time.monotonic()
+            with contextlib.suppress(RuntimeError):
+                states = _sacct_states(str(job.job_id) for job in held)
+                live = {str(job.job_id): states.get(str(job.job_id)) in _SLURM_LIVE_STATES
+                        for job in held}  # fmt: skip
+        ended = [job for job in done if job not in held or not live.get(str(job.job_id), True)]
+        for job in ended:
             pending.remove(job)
             yield job
         if pending:

@@ -23,6 +23,7 @@ from stablerank.repro.records import collect
 from stablerank.repro.report import CLAIMS_FILE, claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
 from stablerank.train.records import git_commit
+from stablerank.train.rundir import RunDir
 
 __all__ = ["SweepOutcome", "check_inputs", "run"]
 
@@ -66,8 +67,13 @@ def check_inputs(runs: list[Run]) -> None:
 
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
         load_dataset(dataset, data_dir)
-    gans = [r.config for r in runs if r.kind == KIND_GAN]
-    for cfg in {(c.scoring_net, c.feature_weights): c for c in gans}.values():
+    # The GANs still to train that score (a trained one awaiting its analysis scores no more).
+    trained = {
+        r.name for r in runs if RunDir(r.run_dir).read_status().get("status") in (DONE, DIVERGED)
+    }
+    scoring = [r.config for r in runs if r.kind == KIND_GAN and r.name not in trained
+               and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip
+    for cfg in {(c.scoring_net, c.feature_weights): c for c in scoring}.values():
         scoring_network(cfg)
 
 
@@ -93,7 +99,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         print(_describe(runs, states), file=sys.stderr, flush=True)
         try:
             check_inputs(to_train)
-        except (OSError, ValueError, ImportError) as err:  # a dry run lists the runs regardless
+        except Exception as err:  # a dry run lists the runs regardless (a corrupt file too)
             print(f"warning: the runs to train cannot start here: {err}", file=sys.stderr)
         return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
     # The report's packages (and the GAN runs' scores) are checked before any work: a minimal

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -408,9 +409,17 @@ def _own_sweep(spec: str) -> Callable[..., list[Run]]:
         module_spec = importlib.util.spec_from_file_location(f"stablerank_sweep_{path.stem}", path)
         assert module_spec is not None and module_spec.loader is not None  # a .py file
         module = importlib.util.module_from_spec(module_spec)
+        # Registered before it runs, as an import would: dataclasses look their module up there.
+        sys.modules[module_spec.name] = module
         module_spec.loader.exec_module(module)
     else:
-        module = importlib.import_module(where)
+        try:
+            module = importlib.import_module(where)
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                f"sweep {spec!r}: {err} (a module must be importable, e.g. on PYTHONPATH; a file "
+                "is named FILE.py:FUNCTION)"
+            ) from err
     make = getattr(module, name, None)
     if not callable(make):
         raise ValueError(f"sweep {spec!r}: {where} has no function {name!r}")

@@ -98,7 +98,6 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
           file=sys.stderr, flush=True)  # fmt: skip
     cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
-    # load_gan_run read the dataset too, for the shapes only.
     splits = load_dataset(cfg.dataset, cfg.data_dir)
     seed = cfg.seed + settings.seed
     generate_labelled = make_generate(
