@@ -143,6 +143,41 @@ def test_a_cpu_slurm_job_whose_threads_do_not_fill_its_cores_is_warned_about(tmp
         make(slurm_gpus_per_run=1)  # a GPU job's cores serve its GPU
 
 
+def test_a_ctrl_c_while_slurm_jobs_are_submitted_keeps_their_ids_and_names_every_job(
+    tmp_path, capsys
+):
+    """Cut between sbatch and the job files, a rerun would submit the runs a second time."""
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+
+    class Job:
+        state = "PENDING"
+
+        def __init__(self, job_id):
+            self.job_id = job_id
+
+        def done(self):
+            return False
+
+    class Cluster:
+        def map_array(self, fn, chunk, devices):
+            os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C while sbatch runs
+            return [Job(f"1002_{i}") for i in range(len(chunk))]
+
+    runs = [SimpleNamespace(name=f"r{i}", run_dir=tmp_path / f"r{i}") for i in range(3)]
+    ex = object.__new__(executors.SubmititExecutor)  # no cluster here to submit to
+    ex.cluster, ex.wave, ex.folder, ex.executor, ex.gpus = "slurm", 2, tmp_path, Cluster(), []
+    ex._queued_jobs = lambda runs: {"r0": Job("998_4")}  # r0's job, submitted before, pending
+    with pytest.raises(KeyboardInterrupt):
+        ex.map(runs, lambda *a: None)
+    assert {p.name: p.read_text() for p in (tmp_path / "jobs").glob("r*")} == {
+        "r1": "1002_0",
+        "r2": "1002_1",
+    }
+    assert "squeue -j 998,1002 shows those not ended" in capsys.readouterr().err
+
+
 def test_slurm_submits_one_array_and_the_local_cluster_waves_of_workers(tmp_path):
     from types import SimpleNamespace
 

@@ -138,6 +138,24 @@ def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[str]) -> Any:
 
 
 @contextlib.contextmanager
+def _ctrl_c_held() -> Iterator[None]:
+    """Ctrl-C in this (main) thread held until the block ends, then raised: a SLURM submission
+    and the job ids kept for it are never cut halfway. (:func:`_sigint_blocked` alone does not
+    hold it: a process-directed signal goes to any thread that does not block it, e.g. torch's.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
 def _sigint_blocked() -> Iterator[None]:
     """Ctrl-C blocked in this (main) thread while the pool or submitit starts its workers: the
     processes started (pool workers, submitit controllers and jobs) inherit the blocked signal,
@@ -317,7 +335,8 @@ class SubmititExecutor:
             try:
                 with _sigint_blocked():  # local controllers and jobs inherit it
                     if self.cluster == "slurm":
-                        jobs = self._submit_or_follow(job_fn, [runs[i] for i in chunk])
+                        with _ctrl_c_held():
+                            jobs = self._submit_or_follow(job_fn, [runs[i] for i in chunk])
                     else:
                         devices = [self.gpus[k % len(self.gpus)] if self.gpus else None
                                    for k in range(len(chunk))]  # fmt: skip
