@@ -391,6 +391,9 @@ def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_a
     planned = pipeline.run(_cfg(tmp_path, data_dir=missing, dry_run=True))
     assert set(planned.runs.values()) == {"new"}
     assert "warning: the runs to train cannot start here: " in capsys.readouterr().err
+    # Left to the runs (e.g. data only the SLURM nodes see): each run fails on its own.
+    unchecked = pipeline.run(_cfg(tmp_path, data_dir=missing, check_inputs=False))
+    assert set(unchecked.runs.values()) == {"failed"}
     # The paper sweep's GAN runs score with InceptionV3: its package and weights file (none in
     # this TORCH_HOME) are looked for before any run too.
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

@@ -79,6 +79,11 @@ class ReproduceConfig:
         "auto", "device of every run ('auto' = cuda when present)", choices=("auto", "cpu", "cuda")
     )
     progress: bool = option(True, "progress bars / lines on stderr")
+    check_inputs: bool = option(
+        True,
+        "read each dataset and feature network the runs still need here, before any run (false: "
+        "when only the SLURM jobs' nodes see them)",
+    )
     slurm_partition: str = option("", "slurm: partition ('' = the cluster's default)")
     slurm_gpus_per_run: int = option(1, "slurm: GPUs of each run's job", min=0)
     slurm_cpus_per_run: int = option(4, "slurm: CPU cores of each run's job", min=1)

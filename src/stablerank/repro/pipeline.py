@@ -98,7 +98,8 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     if cfg.dry_run:
         print(_describe(runs, states), file=sys.stderr, flush=True)
         try:
-            check_inputs(to_train)
+            if cfg.check_inputs:
+                check_inputs(to_train)
         except Exception as err:  # a dry run lists the runs regardless (a corrupt file too)
             print(f"warning: the runs to train cannot start here: {err}", file=sys.stderr)
         return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
@@ -110,7 +111,8 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         if any(r.kind == KIND_GAN for r in runs):
             import_optional("torchmetrics", "the GAN runs' FID/KID")
         executor = make_executor(cfg, out_dir)  # before any work: it checks the device
-        check_inputs(to_train)
+        if cfg.check_inputs:
+            check_inputs(to_train)
         out_dir.mkdir(parents=True, exist_ok=True)
         print(_header(runs, states), file=sys.stderr, flush=True)
         t0 = time.perf_counter()
