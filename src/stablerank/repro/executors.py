@@ -364,8 +364,8 @@ class SubmititExecutor:
     def _submit_or_follow(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
         """One SLURM job per run of ``runs``, in their order: the job an earlier or another
         command submitted for it when that job has not ended, else a new one (one array for
-        them). Under a lock on the job files, so that two commands on
-        one out dir do not both submit a run."""
+        them). Under a lock on the job files, so that two commands on one out dir do not both
+        submit a run."""
         import fcntl
 
         self._job_file(runs[0]).parent.mkdir(parents=True, exist_ok=True)
