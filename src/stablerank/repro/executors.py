@@ -357,9 +357,14 @@ class SubmititExecutor:
                 raise
         return [outcomes[i] for i in range(len(runs))]
 
+    @property
+    def _jobs_dir(self) -> Path:
+        """Where the id of the SLURM job last submitted for each run is kept (:meth:`_job_file`),
+        with the lock of the submissions."""
+        return self.folder / "jobs"
+
     def _job_file(self, run: Run) -> Path:
-        """Where the id of the SLURM job last submitted for ``run`` is kept."""
-        return self.folder / "jobs" / run.name
+        return self._jobs_dir / run.name
 
     def _submit_or_follow(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
         """One SLURM job per run of ``runs``, in their order: the job an earlier or another
@@ -368,8 +373,8 @@ class SubmititExecutor:
         submit a run."""
         import fcntl
 
-        self._job_file(runs[0]).parent.mkdir(parents=True, exist_ok=True)
-        with open(self._job_file(runs[0]).parent / ".lock", "w") as lock:
+        self._jobs_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._jobs_dir / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             following = self._queued_jobs(runs)
             new = [run for run in runs if run.name not in following]
@@ -404,7 +409,7 @@ class SubmititExecutor:
                 f"{err}: this command cannot tell which of the SLURM jobs it submitted before "
                 f"still wait or run (for {len(recorded)} of its runs), and submitting them again "
                 f"would queue them twice; run it again once sacct answers, or remove "
-                f"{self._job_file(runs[0]).parent} to submit them all again"
+                f"{self._jobs_dir} to submit them all again"
             ) from err
         jobs = {name: SlurmJob(self.folder / "%j", job) for name, job in recorded.items()
                 if states.get(job) in _SLURM_LIVE_STATES}  # fmt: skip
@@ -415,7 +420,7 @@ class SubmititExecutor:
         """The line that says where the SLURM jobs of the runs are (submitted now, or ``before``
         by an earlier command and not ended): the queue may hold them for hours before the
         first run ends."""
-        arrays = ",".join(dict.fromkeys(_array_of(job) for job in jobs))
+        arrays = ",".join(dict.fromkeys(_array_of(job.job_id) for job in jobs))
         logs = self.folder / (f"{arrays}_*" if len(jobs) > 1 else str(jobs[0].job_id))
         if "," in arrays:
             logs = self.folder / "<job>"
@@ -432,9 +437,9 @@ class SubmititExecutor:
         )
 
 
-def _array_of(job: Any) -> str:
-    """The SLURM job (array) id of a submitit job: ``1000`` of ``1000_3``."""
-    return str(job.job_id).split("_")[0]
+def _array_of(job_id: str) -> str:
+    """The SLURM job (array) id of a job id: ``1000`` of ``1000_3``."""
+    return str(job_id).split("_")[0]
 
 
 def _sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -447,7 +452,7 @@ def _sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
     from submitit.slurm.slurm import SlurmInfoWatcher
 
     command = ["sacct", "-o", "JobID,State", "--parsable2"]
-    for array in sorted({str(job).split("_")[0] for job in job_ids}):
+    for array in sorted({_array_of(job) for job in job_ids}):
         command += ["-j", array]
     try:
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
@@ -508,7 +513,7 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     if stop_file is None:
         if not jobs:
             return
-        arrays = ",".join(dict.fromkeys(_array_of(job) for job in jobs))
+        arrays = ",".join(dict.fromkeys(_array_of(job.job_id) for job in jobs))
         print(f"\nthe SLURM jobs run on: squeue -j {arrays} shows those not ended, scancel "
               f"{arrays.replace(',', ' ')} stops them; the same command follows them again and "
               "collects their results", file=sys.stderr)  # fmt: skip

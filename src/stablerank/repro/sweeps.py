@@ -18,6 +18,7 @@ import hashlib
 import importlib
 import importlib.util
 import sys
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -394,7 +395,7 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     if odd := sorted({r.kind for r in runs} - set(KINDS)):
         raise ValueError(f"sweep {cfg.sweep!r}: kind must be one of {KINDS}, got {odd}")
     placed = [run.placed(cfg) for run in runs]
-    if twice := sorted({r.name for r in placed if [p.name for p in placed].count(r.name) > 1}):
+    if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
         raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (same config): {twice}")
     return placed
 
