@@ -17,7 +17,8 @@ on ``PATH``. The cluster's state is files in ``$FAKE_SLURM_DIR``:
 * ``calls``: every command called (but ``srun``), one a line, for the test to read.
 
 ``$FAKE_SLURM_FAIL`` lists tasks (``1000_1,1001``) whose step fails before its command starts, as
-on a node failure: the job ends ``FAILED`` with no result.
+on a node failure: the job ends ``FAILED`` with no result. ``$FAKE_SLURM_REFUSE`` set: ``sbatch``
+refuses every submission with that message, as for an unknown partition.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def _tasks(job: str) -> list[str]:
 
 
 def sbatch(args: list[str]) -> None:
+    if "FAKE_SLURM_REFUSE" in os.environ:
+        sys.exit(f"sbatch: error: {os.environ['FAKE_SLURM_REFUSE']}")
     script = Path(args[-1]).read_text()
     options = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S*)$", script, re.MULTILINE))
     id_file = STATE / "next_job_id"

@@ -311,3 +311,27 @@ def test_the_fakes_scancel_cancels_the_tasks_not_started_too(tmp_path, fake_slur
     states = [(fake_slurm.state / f"1000_{i}.state").read_text() for i in range(3)]
     assert states == ["CANCELLED"] * 3
     assert not (fake_slurm.state / "1000_1.pid").exists()
+
+
+def test_a_refused_submission_says_so_once_and_leaves_no_files_to_pile_up(
+    tmp_path, fake_slurm, monkeypatch, capfd
+):
+    """sbatch refusing the array (an unknown partition): one error that names what to check,
+    sbatch's own message printed once, and none of the pickles and scripts submitit wrote for
+    it left behind; a fixed rerun submits every run."""
+    from stablerank.config.classify import classify_preset
+    from stablerank.repro.executors import make_executor
+
+    cfg = _slurm(tmp_path)
+    runs = [sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", classify_preset("tiny", epochs=1,
+                                                                            seed=s)).placed(cfg)
+            for s in (0, 1)]  # fmt: skip
+    monkeypatch.setenv("FAKE_SLURM_REFUSE", "invalid partition specified: p")
+    with pytest.raises(RuntimeError, match=r"sbatch refused the job array of 2 runs \(its messa"):
+        make_executor(cfg, tmp_path).map(runs, print)
+    assert capfd.readouterr().err.count("invalid partition specified") == 1
+    left = [p.name for p in (tmp_path / "submitit").rglob("*") if p.is_file()]
+    assert left == [".lock"]
+    monkeypatch.delenv("FAKE_SLURM_REFUSE")
+    outcomes = make_executor(cfg, tmp_path).map(runs, print)
+    assert [o.state for o in outcomes] == ["done", "done"] and len(fake_slurm.submitted()) == 1

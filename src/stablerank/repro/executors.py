@@ -380,13 +380,38 @@ class SubmititExecutor:
             new = [run for run in runs if run.name not in following]
             if following:
                 self._say_submitted(list(following.values()), before=True)
-            submitted = self.executor.map_array(job_fn, new, [None] * len(new)) if new else []
+            submitted = self._submit(job_fn, new) if new else []
             for run, job in zip(new, submitted, strict=True):
                 atomic_write_text(self._job_file(run), str(job.job_id))
         if submitted:
             self._say_submitted(submitted)
         by_name = {**following, **{run.name: job for run, job in zip(new, submitted, strict=True)}}
         return [by_name[run.name] for run in runs]
+
+    def _submit(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
+        """One SLURM job array for ``runs``.
+
+        Raises:
+            RuntimeError: sbatch refused it (an unknown partition, a time over the partition's
+                limit, ...): nothing was submitted, and the files submitit wrote for it (the
+                runs' pickles and the sbatch script) are removed.
+        """
+        from submitit.core.utils import FailedJobError
+
+        before = set(self.folder.iterdir())
+        try:
+            return self.executor.map_array(job_fn, runs, [None] * len(runs))
+        except FailedJobError as err:
+            for path in set(self.folder.iterdir()) - before:
+                if path.is_file():
+                    path.unlink()
+            # submitit printed sbatch's message already: not twice.
+            message = "its message is above" if str(err) else "with no message"
+            raise RuntimeError(
+                f"sbatch refused the job array of {len(runs)} runs ({message}); nothing was "
+                "submitted: check --slurm-partition, --slurm-time, --slurm-gpus-per-run and "
+                "--slurm-cpus-per-run against the cluster's limits (sinfo)"
+            ) from err
 
     def _queued_jobs(self, runs: Sequence[Run]) -> dict[str, Any]:
         """The SLURM jobs, by run name, that this out dir submitted for ``runs`` and that have not
