@@ -118,6 +118,23 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
     assert on_gpus(["0", "1", "2", "3"]).gpus == ["0", "1", "2", "3"]
     with pytest.raises(RuntimeError, match="--nproc-per-node 2 trains each run on 2 GPUs"):
         on_gpus(["0"], nproc_per_node=2)
+    # What a dry run says of each (a cluster's allocation is checked before it is spent).
+    assert pool.describe() == (
+        "2 worker processes at once, each on its own GPUs (CUDA_VISIBLE_DEVICES 0,1 | 2,3)"
+    )
+    assert make(threads=2).describe() == "4 worker processes at once, 2 torch thread(s) each"
+    assert make(workers=1).describe() == "one run after another in this process"
+    srun = tmp_path / "bin" / "srun"  # submitit's test that it runs on a SLURM cluster
+    srun.parent.mkdir()
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
+    slurm = make(executor="slurm", slurm_partition="gpu", slurm_gpus_per_run=2, slurm_time=90,
+                 slurm_array_parallelism=8).describe()  # fmt: skip
+    assert slurm.startswith("one SLURM job array through submitit on partition gpu: per run 2 "
+                            "GPU(s), 4 CPU core(s) and 90 min") and "at most 8 at once" in slurm
+    local = make(executor="submitit-local", threads=4).describe()
+    assert local.startswith("submitit's local cluster, 2 jobs at a time, 4 torch thread(s) each")
 
 
 def test_a_cpu_slurm_job_whose_threads_do_not_fill_its_cores_is_warned_about(tmp_path, monkeypatch):

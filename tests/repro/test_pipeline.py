@@ -410,6 +410,7 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     captured = capsys.readouterr()
     # The list is for people (stderr); stdout stays free for --json.
     assert "runs (" in captured.err and "new" in captured.err and captured.out == ""
+    assert "\nexecutor local: " in captured.err  # how they would run
     assert set(planned.runs.values()) == {"new"} and planned.report is None
     # In the order they will run: GANs (the longest) first.
     runs = sweeps.build_sweep(_cfg(tmp_path))

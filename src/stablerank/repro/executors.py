@@ -72,6 +72,10 @@ class Executor(Protocol):
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]: ...
 
+    def describe(self) -> str:
+        """Where and how the runs would execute, in a few words (the dry run's check)."""
+        ...
+
 
 def visible_gpus() -> list[str]:
     """The CUDA devices this process may use, named as a child's ``CUDA_VISIBLE_DEVICES`` must
@@ -98,6 +102,9 @@ def gpu_groups(gpus: Sequence[str], per_run: int) -> list[str]:
 class SequentialExecutor:
     """One run after another, in this process."""
 
+    def describe(self) -> str:
+        return "one run after another in this process"
+
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         outcomes = []
         for i, run in enumerate(runs, 1):
@@ -108,6 +115,13 @@ class SequentialExecutor:
 
 
 _stop: Any = None  # in a pool worker: the pool's stop event (set by the parent on Ctrl-C)
+
+
+def _resources(threads: int, gpus: Sequence[str]) -> str:
+    """Each concurrent run's devices, as the executors' ``describe`` says them."""
+    if gpus:
+        return "each on its own GPUs (CUDA_VISIBLE_DEVICES " + " | ".join(gpus) + ")"
+    return f"{threads or 'torch default'} torch thread(s) each"
 
 
 def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  # type: ignore[type-arg]
@@ -214,6 +228,9 @@ class LocalExecutor:
         self.threads = threads
         self.gpus = list(gpus)
 
+    def describe(self) -> str:
+        return f"{self.workers} worker processes at once, " + _resources(self.threads, self.gpus)
+
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
         todo = list(range(len(runs)))
@@ -298,6 +315,7 @@ class SubmititExecutor:
         # The local jobs' GPUs (gpu_groups), round-robin; SLURM gives each job its own.
         self.gpus = list(gpus)
         self.folder = folder
+        self.cfg = cfg
         self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
         params: dict[str, object] = {"timeout_min": cfg.slurm_time}
         if cluster == "slurm":
@@ -311,6 +329,19 @@ class SubmititExecutor:
                 name="stablerank",
             )
         self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+
+    def describe(self) -> str:
+        cfg = self.cfg
+        if self.cluster == "local":
+            return (f"submitit's local cluster, {self.wave} jobs at a time, "
+                    f"{_resources(cfg.threads, self.gpus)}; job logs in {self.folder}")  # fmt: skip
+        gpus = f"{cfg.slurm_gpus_per_run} GPU(s), " if cfg.slurm_gpus_per_run else ""
+        return (
+            f"one SLURM job array through submitit on partition "
+            f"{cfg.slurm_partition or '(the default)'}: per run {gpus}{cfg.slurm_cpus_per_run} "
+            f"CPU core(s) and {cfg.slurm_time} min, requeued when preempted or out of time; "
+            f"at most {cfg.slurm_array_parallelism} at once; job logs in {self.folder}"
+        )
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         # This command's own stop file: another command on the out dir keeps its jobs.

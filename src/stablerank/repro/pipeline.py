@@ -98,6 +98,8 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     if cfg.dry_run:
         print(_describe(runs, states), file=sys.stderr, flush=True)
         try:
+            executor = make_executor(cfg, out_dir)
+            print(f"executor {cfg.executor}: {executor.describe()}", file=sys.stderr)
             if cfg.check_inputs:
                 check_inputs(to_train)
         except Exception as err:  # a dry run lists the runs regardless (a corrupt file too)
@@ -114,7 +116,8 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         if cfg.check_inputs:
             check_inputs(to_train)
         out_dir.mkdir(parents=True, exist_ok=True)
-        print(_header(runs, states), file=sys.stderr, flush=True)
+        print(_header(runs, states), file=sys.stderr)
+        print(f"executor {cfg.executor}: {executor.describe()}", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         with warnings.catch_warnings():
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
