@@ -131,8 +131,8 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
     slurm = make(executor="slurm", slurm_partition="gpu", slurm_gpus_per_run=2, slurm_time=90,
                  slurm_array_parallelism=8).describe()  # fmt: skip
-    assert slurm.startswith("one SLURM job array through submitit on partition gpu: per run 2 "
-                            "GPU(s), 4 CPU core(s) and 90 min") and "at most 8 at once" in slurm
+    head = "one SLURM job array through submitit on partition gpu: per run 2 GPU(s), 4 CPU core(s)"
+    assert slurm.startswith(f"{head} and 90 min") and "at most 8 at once" in slurm
     local = make(executor="submitit-local", threads=4).describe()
     assert local.startswith("submitit's local cluster, 2 jobs at a time, 4 torch thread(s) each")
 
