@@ -346,7 +346,7 @@ def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_rep
     finally:
         os.close(held)
     assert [o.state for o in outcomes] == ["failed"] * 3
-    assert f"job 7_0 failed (log: {tmp_path}/7_0/7_0_0_log.err)" in outcomes[0].error
+    assert f"job 7_0 failed (FAILED; log: {tmp_path}/7_0/7_0_0_log.err)" in outcomes[0].error
     assert [run_state(r) for r in runs] == ["failed", "failed", "new"]
     problems = [rec.problem for rec in collect(runs)]
     assert problems[:2] == [

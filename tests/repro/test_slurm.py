@@ -170,7 +170,7 @@ def test_a_job_whose_node_fails_fails_its_run_alone_and_a_rerun_submits_that_run
     assert "the node failed" in err
     # ... and where its log is; the report names the job too (the run had no folder: `new`).
     log = tmp_path / "submitit" / "1000_1" / "1000_1_0_log.err"
-    assert f"job 1000_1 failed (log: {log})" in err
+    assert f"job 1000_1 failed (FAILED; log: {log})" in err
     report = (tmp_path / "report.md").read_text()
     assert f"job 1000_1 failed (state FAILED); its log: {log}" in report
 
@@ -286,6 +286,8 @@ def test_a_rerun_does_not_guess_when_sacct_fails_and_follows_a_suspended_job_unt
     (fake_slurm.state / "999_0.state").write_text("CANCELLED")
     command.join(timeout=60)
     assert [o.state for o in outcomes] == ["failed"] and "job 999_0 failed" in outcomes[0].error
+    # The report names the state it ended in, not the SUSPENDED that submitit last saw.
+    assert "(state CANCELLED)" in RunDir(run.run_dir).read_status()["error"]
     assert fake_slurm.submitted() == []
 
 

@@ -375,12 +375,12 @@ class SubmititExecutor:
                 index = {id(job): i for i, job in zip(chunk, jobs, strict=True)}
                 # Each job's line as it ends: in the array's order, the GANs (first) held back
                 # the lines of every job that ended before them.
-                for job in _as_completed(jobs):
+                for job, state in _as_completed(jobs):
                     i = index[id(job)]
                     try:
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
-                        outcome = _job_failed(runs[i], job, err)
+                        outcome = _job_failed(runs[i], job, state, err)
                     outcomes[i] = outcome
                     report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
@@ -521,13 +521,14 @@ def _sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
             for job, info in SlurmInfoWatcher().read_info(output).items()}  # fmt: skip
 
 
-def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
-    """The submitit ``jobs`` in the order they end (finished, failed or cancelled). A SLURM job
-    ends when a rerun would not follow it (:data:`_SLURM_LIVE_STATES`): submitit takes a
-    suspended job for ended and stops asking sacct about it, so such a job is asked about here,
-    every :data:`_SACCT_EVERY_S` (a failed sacct call: still live)."""
+def _as_completed(jobs: Sequence[Any]) -> Iterator[tuple[Any, str]]:
+    """The submitit ``jobs`` in the order they end (finished, failed or cancelled), each with the
+    state it ended in. A SLURM job ends when a rerun would not follow it
+    (:data:`_SLURM_LIVE_STATES`): submitit takes a suspended job for ended and stops asking sacct
+    about it (its ``state`` stays the cached SUSPENDED), so such a job is asked about here, every
+    :data:`_SACCT_EVERY_S` (a failed sacct call: still live)."""
     pending = list(jobs)
-    live: dict[str, bool] = {}  # by job id, as the last sacct call here said
+    states: dict[str, str] = {}  # by job id, as the last sacct call here said
     asked = -math.inf
     while pending:
         done = [job for job in pending if job.done()]
@@ -536,18 +537,18 @@ def _as_completed(jobs: Sequence[Any]) -> Iterator[Any]:
         if held and time.monotonic() - asked >= _SACCT_EVERY_S:
             asked = time.monotonic()
             with contextlib.suppress(RuntimeError):
-                states = _sacct_states(str(job.job_id) for job in held)
-                live = {str(job.job_id): states.get(str(job.job_id)) in _SLURM_LIVE_STATES
-                        for job in held}  # fmt: skip
-        ended = [job for job in done if job not in held or not live.get(str(job.job_id), True)]
+                said = _sacct_states(str(job.job_id) for job in held)
+                states = {str(job.job_id): said.get(str(job.job_id), "") for job in held}
+        ended = [job for job in done if job not in held
+                 or states.get(str(job.job_id), "PENDING") not in _SLURM_LIVE_STATES]  # fmt: skip
         for job in ended:
             pending.remove(job)
-            yield job
+            yield job, states.get(str(job.job_id)) or job.state
         if pending:
             time.sleep(_POLL_S)
 
 
-def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
+def _job_failed(run: Run, job: Any, state: str, err: Exception) -> Outcome:
     """The outcome of a job that ended without its run's (a node failure, a kill, a job that died
     before its run began), also recorded in the run's status as ``failed``, with the job, its
     state and its log, so that the report names it: a run whose job never started it would be
@@ -558,9 +559,9 @@ def _job_failed(run: Run, job: Any, err: Exception) -> Outcome:
     with contextlib.suppress(RunLockedError), run_dir.lock():
         if run_state(run) not in (DONE, DIVERGED):
             atomic_write_text(run_dir.error_file, f"{err}\n")
-            error = f"job {job.job_id} failed (state {job.state}); its log: {log}"
+            error = f"job {job.job_id} failed (state {state}); its log: {log}"
             run_dir.write_status(status=FAILED, error=error)
-    return Outcome(run.name, FAILED, error=f"job {job.job_id} failed (log: {log}): {err}")
+    return Outcome(run.name, FAILED, error=f"job {job.job_id} failed ({state}; log: {log}): {err}")
 
 
 def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
