@@ -150,6 +150,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    return sweeps.comparison('classify', 'digits/mlp-mine', base, (0.1,), seeds)\n\n"
         "def empty(seeds=1, gan_seeds=1):\n"
         "    return []\n\n"
+        "def configs(seeds=1, gan_seeds=1):\n"
+        "    return [run.config for run in mine()]\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
         "    return mine() + mine()\n\n"
         "@dataclasses.dataclass\n"  # needs its module in sys.modules as the file is read
@@ -164,7 +166,12 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
     assert list(done.runs.values()) == ["done"] * 3  # vanilla, SN, SRN at c = 0.1; one seed
     assert "digits/mlp-mine" in done.report.read_text()
     for spec, error in (
-        (f"{sweep_file}:empty", TypeError),
+        (f"{sweep_file}:empty", r"got an empty list"),
+        (f"{sweep_file}:configs", r"got a list holding ClassifyConfig"),  # not wrapped in Runs
+    ):
+        with pytest.raises(TypeError, match=error):
+            pipeline.run(own(tmp_path / "bad", spec))
+    for spec, error in (
         (f"{sweep_file}:twice", ValueError),
         (f"{sweep_file}:nope", ValueError),
         (f"{tmp_path / 'missing.py'}:mine", FileNotFoundError),

@@ -390,8 +390,12 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     make = SWEEPS.get(cfg.sweep) or _own_sweep(cfg.sweep)
     runs = make(cfg.seeds, cfg.seeds) if cfg.seeds else make()
     if not isinstance(runs, list) or not runs or not all(isinstance(r, Run) for r in runs):
+        got = type(runs).__name__
+        if isinstance(runs, list):
+            odd = [f"a list holding {type(r).__name__}" for r in runs if not isinstance(r, Run)]
+            got = odd[0] if odd else "an empty list"
         raise TypeError(f"sweep {cfg.sweep!r} must return a non-empty list of "
-                        f"stablerank.repro.sweeps.Run, got {type(runs).__name__}")  # fmt: skip
+                        f"stablerank.repro.sweeps.Run, got {got}")  # fmt: skip
     if odd := sorted({r.kind for r in runs} - set(KINDS)):
         raise ValueError(f"sweep {cfg.sweep!r}: kind must be one of {KINDS}, got {odd}")
     placed = [run.placed(cfg) for run in runs]
