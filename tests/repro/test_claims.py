@@ -601,13 +601,15 @@ def test_a_share_just_under_the_gate_never_prints_as_the_gate():
 
 
 def test_a_report_with_no_tested_comparison_does_not_quote_a_family_wise_level(tmp_path):
-    # It said "Holm-corrected over the 0 tested comparisons" and a family-wise level of 95.00%.
+    # It said "Holm-corrected over the 0 tested comparisons" and a family-wise level of 95.00%,
+    # then "over the no tested comparisons".
     from stablerank.repro.report import write_report
 
     recs = _records([0.05, 0.05], active=0.0)  # every comparison "not a test"
     text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
     claims_text = text.read_text()
-    assert "over the no tested comparisons" in claims_text and "none tested here" in claims_text
+    assert "over the tested comparisons of a report (none in this one)" in claims_text
+    assert "none tested here" in claims_text
     assert "95.00% here" not in claims_text
 
 

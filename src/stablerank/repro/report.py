@@ -204,11 +204,12 @@ def _family_ci(c: Comparison) -> str:
 def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
     n_tests = sum(c.test is not None for r in results for c in r.comparisons)
     family = f"{1 - alpha / n_tests:.2%} here" if n_tests else "none tested here"
+    tested = (f"the {n_tests} tested comparison{'' if n_tests == 1 else 's'} of this report"
+              if n_tests else "the tested comparisons of a report (none in this one)")  # fmt: skip
     out = [
         "## Claims\n",
-        f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over the "
-        f"{n_tests or 'no'} tested comparisons "
-        f"of this report (family-wise alpha = {alpha:g}); the difference SRN - reference with "
+        f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over {tested} "
+        f"(family-wise alpha = {alpha:g}); the difference SRN - reference with "
         "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
         f"{MIN_ACTIVE_FRACTION:.0%} of the SRN layers (averaged over training), so that arm is "
