@@ -152,6 +152,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    return []\n\n"
         "def configs(seeds=1, gan_seeds=1):\n"
         "    return [run.config for run in mine()]\n\n"
+        "def no_gan_seeds(seeds=1):\n"
+        "    return mine(seeds)\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
         "    return mine() + mine()\n\n"
         "@dataclasses.dataclass\n"  # needs its module in sys.modules as the file is read
@@ -168,6 +170,7 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
     for spec, error in (
         (f"{sweep_file}:empty", r"got an empty list"),
         (f"{sweep_file}:configs", r"got a list holding ClassifyConfig"),  # not wrapped in Runs
+        (f"{sweep_file}:no_gan_seeds", r"cannot be called with {'seeds': 1, 'gan_seeds': 1}"),
     ):
         with pytest.raises(TypeError, match=error):
             pipeline.run(own(tmp_path / "bad", spec))
@@ -192,9 +195,17 @@ def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
             assert len(seeds) >= (10 if kind == sweeps.KIND_GAN else n)
 
 
-def test_seeds_option_sets_every_arm_gans_included(tmp_path):
-    cfg = ReproduceConfig(sweep="quick", seeds=3, out_dir=str(tmp_path))
-    assert {len(s) for s in _seeds_per_arm(sweeps.build_sweep(cfg)).values()} == {3}
+def test_seeds_option_sets_every_arm_gans_included_and_gan_seeds_the_gans_alone(tmp_path):
+    def seeds_per_kind(**kw):
+        runs = sweeps.build_sweep(ReproduceConfig(sweep="quick", out_dir=str(tmp_path), **kw))
+        return {(kind, len(s)) for (kind, *_), s in _seeds_per_arm(runs).items()}
+
+    gan, classify, shatter = sweeps.KIND_GAN, sweeps.KIND_CLASSIFY, sweeps.KIND_SHATTER
+    assert seeds_per_kind() == {(classify, 5), (gan, 10), (shatter, 5)}  # the sweep's own
+    assert seeds_per_kind(seeds=3) == {(classify, 3), (gan, 3), (shatter, 3)}
+    # The seeds a report says would decide claim 4, without as many of every classifier arm.
+    assert seeds_per_kind(gan_seeds=41) == {(classify, 5), (gan, 41), (shatter, 5)}
+    assert seeds_per_kind(seeds=2, gan_seeds=12) == {(classify, 2), (gan, 12), (shatter, 2)}
 
 
 def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path, sweep_results):

@@ -100,8 +100,8 @@ def one_run_per_kind(monkeypatch: pytest.MonkeyPatch) -> None:
     third of the time (each run is a job that starts python and torch)."""
     tiny = sweeps.SWEEPS["tiny"]
 
-    def first_of_each_kind(*seeds: int) -> list[sweeps.Run]:
-        runs = tiny(*seeds)
+    def first_of_each_kind(**seeds: int) -> list[sweeps.Run]:
+        runs = tiny(**seeds)
         return [
             next(r for r in runs if r.kind == kind) for kind in dict.fromkeys(r.kind for r in runs)
         ]

@@ -48,6 +48,12 @@ class ReproduceConfig:
         "arm and 10 per GAN arm)",
         min=0,
     )
+    gan_seeds: int = option(
+        0,
+        "seeds of every GAN arm, e.g. the number a report says would decide claim 4 (0 = "
+        "--seeds when given, else the sweep's own)",
+        min=0,
+    )
     dry_run: bool = option(
         False, "print the runs of the sweep and what is already done; run nothing"
     )

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -379,7 +380,9 @@ SWEEPS: dict[str, Callable[..., list[Run]]] = {
 
 def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     """The runs of ``cfg.sweep`` with their folders under ``cfg.out_dir`` and runtime filled in;
-    ``cfg.seeds`` (when not 0) is the number of seeds of every arm, GANs included.
+    ``cfg.seeds`` (when not 0) is the number of seeds of every arm, GANs included, and
+    ``cfg.gan_seeds`` (when not 0) that of the GAN arms; each is passed by keyword (``seeds``,
+    ``gan_seeds``) when given, else the sweep's default holds.
 
     Raises:
         FileNotFoundError, ImportError, ValueError, TypeError: a sweep of your own
@@ -388,7 +391,18 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
             :data:`KINDS`, or two runs of one folder.
     """
     make = SWEEPS.get(cfg.sweep) or _own_sweep(cfg.sweep)
-    runs = make(cfg.seeds, cfg.seeds) if cfg.seeds else make()
+    seeds = {"seeds": cfg.seeds} if cfg.seeds else {}
+    if cfg.gan_seeds or cfg.seeds:
+        seeds["gan_seeds"] = cfg.gan_seeds or cfg.seeds
+    try:
+        inspect.signature(make).bind(**seeds)
+    except TypeError as err:  # before the call: a TypeError inside the sweep is its own
+        raise TypeError(
+            f"sweep {cfg.sweep!r} cannot be called with {seeds or 'no arguments'} ({err}): a "
+            "sweep is a function (seeds, gan_seeds) -> list[Run] whose two arguments have "
+            "defaults"
+        ) from None
+    runs = make(**seeds)
     if not isinstance(runs, list) or not runs or not all(isinstance(r, Run) for r in runs):
         got = type(runs).__name__
         if isinstance(runs, list):
