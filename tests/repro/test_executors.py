@@ -119,10 +119,12 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="--nproc-per-node 2 trains each run on 2 GPUs"):
         on_gpus(["0"], nproc_per_node=2)
     # What a dry run says of each (a cluster's allocation is checked before it is spent).
-    assert pool.describe() == (
-        "2 worker processes at once, each on its own GPUs (CUDA_VISIBLE_DEVICES 0,1 | 2,3)"
-    )
+    assert pool.describe() == ("2 worker processes at once, 2 torchrun processes per run, each run "
+                               "on its own GPUs (CUDA_VISIBLE_DEVICES 0,1 | 2,3)")  # fmt: skip
     assert make(threads=2).describe() == "4 worker processes at once, 2 torch thread(s) each"
+    assert make(threads=2, nproc_per_node=2).describe() == (
+        "2 worker processes at once, 2 torchrun processes per run, 2 torch thread(s) each"
+    )
     assert make(workers=1).describe() == "one run after another in this process"
     srun = tmp_path / "bin" / "srun"  # submitit's test that it runs on a SLURM cluster
     srun.parent.mkdir()

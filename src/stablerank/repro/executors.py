@@ -117,11 +117,12 @@ class SequentialExecutor:
 _stop: Any = None  # in a pool worker: the pool's stop event (set by the parent on Ctrl-C)
 
 
-def _resources(threads: int, gpus: Sequence[str]) -> str:
+def _resources(threads: int, gpus: Sequence[str], processes: int) -> str:
     """Each concurrent run's devices, as the executors' ``describe`` says them."""
+    ddp = f"{processes} torchrun processes per run, " if processes > 1 else ""
     if gpus:
-        return "each on its own GPUs (CUDA_VISIBLE_DEVICES " + " | ".join(gpus) + ")"
-    return f"{threads or 'torch default'} torch thread(s) each"
+        return f"{ddp}each run on its own GPUs (CUDA_VISIBLE_DEVICES " + " | ".join(gpus) + ")"
+    return f"{ddp}{threads or 'torch default'} torch thread(s) each"
 
 
 def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  # type: ignore[type-arg]
@@ -223,13 +224,15 @@ class LocalExecutor:
     them) and the runs not started go on in a new pool; when none had started, they all fail.
     """
 
-    def __init__(self, workers: int, threads: int, gpus: Sequence[str]) -> None:
+    def __init__(self, workers: int, threads: int, gpus: Sequence[str], processes: int = 1) -> None:
         self.workers = workers
         self.threads = threads
         self.gpus = list(gpus)
+        self.processes = processes  # of each run (torchrun), for describe()
 
     def describe(self) -> str:
-        return f"{self.workers} worker processes at once, " + _resources(self.threads, self.gpus)
+        resources = _resources(self.threads, self.gpus, self.processes)
+        return f"{self.workers} worker processes at once, {resources}"
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         outcomes: dict[int, Outcome] = {}
@@ -334,7 +337,8 @@ class SubmititExecutor:
         cfg = self.cfg
         if self.cluster == "local":
             return (f"submitit's local cluster, {self.wave} jobs at a time, "
-                    f"{_resources(cfg.threads, self.gpus)}; job logs in {self.folder}")  # fmt: skip
+                    f"{_resources(cfg.threads, self.gpus, cfg.nproc_per_node)}; job logs in "
+                    f"{self.folder}")  # fmt: skip
         gpus = f"{cfg.slurm_gpus_per_run} GPU(s), " if cfg.slurm_gpus_per_run else ""
         return (
             f"one SLURM job array through submitit on partition "
@@ -685,7 +689,7 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
     if cfg.executor == "sequential" or (cfg.executor == "local" and workers == 1):
         return SequentialExecutor()
     if cfg.executor == "local":
-        return LocalExecutor(workers, cfg.threads, groups)
+        return LocalExecutor(workers, cfg.threads, groups, per_run)
     import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
     # A CPU job's torch threads (0: torch's default, the cores SLURM binds the job to) should
