@@ -119,24 +119,39 @@ def test_the_executor_is_sized_for_this_machine(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="--nproc-per-node 2 trains each run on 2 GPUs"):
         on_gpus(["0"], nproc_per_node=2)
     # What a dry run says of each (a cluster's allocation is checked before it is spent).
-    assert pool.describe() == ("2 worker processes at once, 2 torchrun processes per run, each run "
-                               "on its own GPUs (CUDA_VISIBLE_DEVICES 0,1 | 2,3)")  # fmt: skip
-    assert make(threads=2).describe() == "4 worker processes at once, 2 torch thread(s) each"
+    assert pool.describe() == (
+        "2 worker processes at once, each run 2 torchrun processes of 1 torch thread(s) on its own "
+        "GPUs (CUDA_VISIBLE_DEVICES 0,1 | 2,3)"
+    )
+    # More workers than GPUs share them (as _gpu_queue hands them out); fewer leave some idle.
+    shared = on_gpus(["0", "1"], workers=4).describe()
+    assert shared.endswith("(CUDA_VISIBLE_DEVICES 0 | 1, runs sharing them round-robin)")
+    assert on_gpus(["0", "1", "2"], workers=2).describe().endswith("(CUDA_VISIBLE_DEVICES 0 | 1)")
+    assert make(threads=2).describe() == "4 worker processes at once, each run 2 torch thread(s)"
     assert make(threads=2, nproc_per_node=2).describe() == (
-        "2 worker processes at once, 2 torchrun processes per run, 2 torch thread(s) each"
+        "2 worker processes at once, each run 2 torchrun processes of 2 torch thread(s)"
     )
     assert make(workers=1).describe() == "one run after another in this process"
+    assert make(workers=1, nproc_per_node=2).describe() == (
+        "one run after another, each as 2 torchrun processes"
+    )
+    with pytest.raises(RuntimeError, match=r"SLURM's commands .* none on PATH"):
+        make(executor="slurm")  # this machine is no SLURM login node
     srun = tmp_path / "bin" / "srun"  # submitit's test that it runs on a SLURM cluster
     srun.parent.mkdir()
     srun.write_text("#!/bin/sh\n")
     srun.chmod(0o755)
     monkeypatch.setenv("PATH", f"{srun.parent}{os.pathsep}{os.environ['PATH']}")
     slurm = make(executor="slurm", slurm_partition="gpu", slurm_gpus_per_run=2, slurm_time=90,
-                 slurm_array_parallelism=8).describe()  # fmt: skip
-    head = "one SLURM job array through submitit on partition gpu: per run 2 GPU(s), 4 CPU core(s)"
-    assert slurm.startswith(f"{head} and 90 min") and "at most 8 at once" in slurm
+                 slurm_array_parallelism=8, nproc_per_node=2).describe()  # fmt: skip
+    assert slurm.startswith(
+        "one SLURM job array through submitit on partition gpu: per run 2 GPU(s), 4 CPU core(s) "
+        "and 90 min, each run 2 torchrun processes of 1 torch thread(s); requeued when "
+        "preempted, and up to 3 times when out of time; at most 8 at once"
+    )
     local = make(executor="submitit-local", threads=4).describe()
-    assert local.startswith("submitit's local cluster, 2 jobs at a time, 4 torch thread(s) each")
+    assert local.startswith("submitit's local cluster, 2 jobs at a time, each run 4 torch thread")
+    assert not (tmp_path / "submitit").exists()  # describing makes no folder: a dry run's
 
 
 def test_a_cpu_slurm_job_whose_threads_do_not_fill_its_cores_is_warned_about(tmp_path, monkeypatch):
@@ -144,7 +159,7 @@ def test_a_cpu_slurm_job_whose_threads_do_not_fill_its_cores_is_warned_about(tmp
     from stablerank.config.reproduce import ReproduceConfig
     from stablerank.repro import executors
 
-    monkeypatch.setattr(executors, "SubmititExecutor", lambda *a, **kw: None)  # no srun here
+    monkeypatch.setattr(executors.shutil, "which", lambda command: f"/bin/{command}")  # SLURM's
 
     def make(**kw):
         kw = {"slurm_gpus_per_run": 0, **kw}
@@ -415,3 +430,37 @@ def test_after_ctrl_c_the_slurm_jobs_run_on_and_the_command_says_how_to_follow_t
         "the SLURM jobs run on: squeue -j 1002,998 shows those not ended, scancel 1002 998 stops "
         "them; the same command follows them again and collects their results"
     )
+
+
+def test_a_held_job_is_reported_in_the_state_it_ended_in(tmp_path, monkeypatch):
+    """A job submitit took for ended while suspended is followed through sacct: when sacct says
+    it ended, that state is its state; when it resumed and ended with its result pickle, sacct's
+    last word (RUNNING) is not, and submitit's own state is."""
+    from types import SimpleNamespace
+
+    from stablerank.repro import executors
+
+    monkeypatch.setattr(executors, "_POLL_S", 0)
+    monkeypatch.setattr(executors, "_SACCT_EVERY_S", 0)
+
+    class Job:  # submitit's cached SUSPENDED: done() says ended
+        def __init__(self, job_id):
+            self.job_id, self.state = job_id, "SUSPENDED"
+            self.paths = SimpleNamespace(result_pickle=tmp_path / f"{job_id}.pkl")
+
+        def done(self):
+            return True
+
+    cancelled, resumed = Job("5_0"), Job("5_1")
+    said = iter([{"5_0": "SUSPENDED", "5_1": "SUSPENDED"}, {"5_0": "CANCELLED", "5_1": "RUNNING"}])
+
+    def sacct(job_ids):
+        states = next(said)
+        if states["5_1"] == "RUNNING":
+            resumed.paths.result_pickle.touch()  # it ran on and wrote its result
+            resumed.state = "FAILED"  # as submitit reads it once asked again
+        return {job: states[job] for job in job_ids}
+
+    monkeypatch.setattr(executors, "_sacct_states", sacct)
+    ended = {job.job_id: state for job, state in executors._as_completed([cancelled, resumed])}
+    assert ended == {"5_0": "CANCELLED", "5_1": "FAILED"}

@@ -17,7 +17,7 @@ import pytest
 
 from stablerank.config.reproduce import SWEEP_NAMES, ReproduceConfig
 from stablerank.repro import execute as execute_module
-from stablerank.repro import pipeline, sweeps
+from stablerank.repro import executors, pipeline, sweeps
 from stablerank.repro.execute import execute
 from stablerank.train.results import ClassifierResult
 from stablerank.train.rundir import HELD_LOCKS_ENV, RunDir
@@ -383,8 +383,6 @@ def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
 
 
 def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeypatch):
-    from stablerank.repro import executors
-
     monkeypatch.setattr(executors, "visible_gpus", lambda: [])  # as on a CPU-only machine
     with pytest.raises(RuntimeError, match="--device cuda, but no CUDA device is visible"):
         pipeline.run(dataclasses.replace(_cfg(tmp_path), device="cuda", executor="local"))
@@ -405,10 +403,14 @@ def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_a
     with pytest.raises(DatasetNotFoundError, match="no-such-folder"):
         pipeline.run(_cfg(tmp_path, data_dir=missing))
     assert not (tmp_path / sweeps.RUNS_DIR).exists()
-    # A dry run still lists the runs, and says that they cannot start here.
-    planned = pipeline.run(_cfg(tmp_path, data_dir=missing, dry_run=True))
+    # A dry run still lists the runs, and says each reason they cannot start here.
+    monkeypatch.setattr(executors, "visible_gpus", lambda: [])
+    cuda = dataclasses.replace(_cfg(tmp_path, data_dir=missing, dry_run=True), device="cuda")
+    planned = pipeline.run(cuda)
     assert set(planned.runs.values()) == {"new"}
-    assert "warning: the runs to train cannot start here: " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "warning: the runs to train cannot start here: " in err and "no-such-folder" in err
+    assert "warning: the runs cannot start here: --device cuda, but no CUDA device" in err
     # Left to the runs (e.g. data only the SLURM nodes see): each run fails on its own.
     unchecked = pipeline.run(_cfg(tmp_path, data_dir=missing, check_inputs=False))
     assert set(unchecked.runs.values()) == {"failed"}
@@ -435,6 +437,29 @@ def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):
     gans_first = [r.name for r in runs if r.kind == sweeps.KIND_GAN]
     assert list(planned.runs) == gans_first + [r.name for r in runs if r.kind != sweeps.KIND_GAN]
     assert not (tmp_path / sweeps.RUNS_DIR).exists()
+    # The submitit executors make their folder only once they submit.
+    pipeline.run(_cfg(tmp_path, dry_run=True, executor="submitit-local"))
+    assert "executor submitit-local: submitit's local cluster" in capsys.readouterr().err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+def test_finished_runs_the_sweep_does_not_list_are_named_before_its_report_leaves_them_out(
+    tmp_path, capsys
+):
+    """A rerun without the --seeds or --gan-seeds that trained some runs would report without
+    them, silently: it says so."""
+    listed = sweeps.build_sweep(_cfg(tmp_path))
+    other = RunDir(Path(listed[0].run_dir).with_name("gan-digits-gan-sn-s7-0123456789ab"))
+    other.write_status(status="done")
+    RunDir(Path(listed[0].run_dir).with_name("gan-digits-gan-sn-s8-0123456789ab")).write_status(
+        status="failed"  # not finished: nothing left out
+    )
+    pipeline.run(_cfg(tmp_path, dry_run=True))
+    err = capsys.readouterr().err
+    assert f"warning: 1 finished run folder(s) in {other.path.parent} are not in this sweep" in err
+    other.write_status(status="failed")
+    pipeline.run(_cfg(tmp_path, dry_run=True))
+    assert "are not in this sweep" not in capsys.readouterr().err
 
 
 def test_a_run_can_train_with_torchrun_ddp(tmp_path):

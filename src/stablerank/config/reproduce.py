@@ -44,8 +44,8 @@ class ReproduceConfig:
     )
     seeds: int = option(
         0,
-        "seeds of every arm (0 = the sweep's own numbers: quick and standard 5 per classifier "
-        "arm and 10 per GAN arm)",
+        "seeds of every arm, GANs too unless --gan-seeds is given (0 = the sweep's own numbers: "
+        "quick and standard 5 per classifier arm and 10 per GAN arm)",
         min=0,
     )
     gan_seeds: int = option(

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import functools
 import math
 import multiprocessing as mp
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,7 +105,12 @@ def gpu_groups(gpus: Sequence[str], per_run: int) -> list[str]:
 class SequentialExecutor:
     """One run after another, in this process."""
 
+    def __init__(self, processes: int = 1) -> None:
+        self.processes = processes  # of each run (torchrun), for describe()
+
     def describe(self) -> str:
+        if self.processes > 1:
+            return f"one run after another, each as {self.processes} torchrun processes"
         return "one run after another in this process"
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
@@ -117,12 +125,17 @@ class SequentialExecutor:
 _stop: Any = None  # in a pool worker: the pool's stop event (set by the parent on Ctrl-C)
 
 
-def _resources(threads: int, gpus: Sequence[str], processes: int) -> str:
-    """Each concurrent run's devices, as the executors' ``describe`` says them."""
-    ddp = f"{processes} torchrun processes per run, " if processes > 1 else ""
-    if gpus:
-        return f"{ddp}each run on its own GPUs (CUDA_VISIBLE_DEVICES " + " | ".join(gpus) + ")"
-    return f"{ddp}{threads or 'torch default'} torch thread(s) each"
+def _resources(threads: int, gpus: Sequence[str], processes: int, concurrent: int) -> str:
+    """What each of ``concurrent`` runs at once uses, as the executors' ``describe`` says it:
+    its processes, threads and GPUs (handed out round-robin, as :func:`_gpu_queue` does)."""
+    each = f"{threads or 'the default'} torch thread(s)"
+    if processes > 1:
+        each = f"{processes} torchrun processes of {each}"
+    if not gpus:
+        return f"each run {each}"
+    used = " | ".join(gpus[:concurrent])
+    shared = ", runs sharing them round-robin" if concurrent > len(gpus) else ""
+    return f"each run {each} on its own GPUs (CUDA_VISIBLE_DEVICES {used}{shared})"
 
 
 def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  # type: ignore[type-arg]
@@ -231,7 +244,7 @@ class LocalExecutor:
         self.processes = processes  # of each run (torchrun), for describe()
 
     def describe(self) -> str:
-        resources = _resources(self.threads, self.gpus, self.processes)
+        resources = _resources(self.threads, self.gpus, self.processes, self.workers)
         return f"{self.workers} worker processes at once, {resources}"
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
@@ -311,15 +324,20 @@ class SubmititExecutor:
     def __init__(
         self, folder: Path, cluster: str, cfg: ReproduceConfig, wave: int, gpus: Sequence[str] = ()
     ) -> None:
-        import submitit
-
         self.cluster = cluster
         self.wave = wave
         # The local jobs' GPUs (gpu_groups), round-robin; SLURM gives each job its own.
         self.gpus = list(gpus)
         self.folder = folder
         self.cfg = cfg
-        self.executor = submitit.AutoExecutor(folder=folder / "%j", cluster=cluster)
+
+    @functools.cached_property
+    def executor(self) -> Any:
+        """submitit's executor, made when first used (it creates its folder: a dry run must not)."""
+        import submitit
+
+        cfg, cluster = self.cfg, self.cluster
+        executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
         params: dict[str, object] = {"timeout_min": cfg.slurm_time}
         if cluster == "slurm":
             params.update(
@@ -331,20 +349,23 @@ class SubmititExecutor:
                 slurm_array_parallelism=cfg.slurm_array_parallelism,
                 name="stablerank",
             )
-        self.executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+        return executor
 
     def describe(self) -> str:
         cfg = self.cfg
         if self.cluster == "local":
-            return (f"submitit's local cluster, {self.wave} jobs at a time, "
-                    f"{_resources(cfg.threads, self.gpus, cfg.nproc_per_node)}; job logs in "
-                    f"{self.folder}")  # fmt: skip
+            resources = _resources(cfg.threads, self.gpus, cfg.nproc_per_node, self.wave)
+            return (f"submitit's local cluster, {self.wave} jobs at a time, {resources}; job "
+                    f"logs in {self.folder}")  # fmt: skip
         gpus = f"{cfg.slurm_gpus_per_run} GPU(s), " if cfg.slurm_gpus_per_run else ""
         return (
             f"one SLURM job array through submitit on partition "
             f"{cfg.slurm_partition or '(the default)'}: per run {gpus}{cfg.slurm_cpus_per_run} "
-            f"CPU core(s) and {cfg.slurm_time} min, requeued when preempted or out of time; "
-            f"at most {cfg.slurm_array_parallelism} at once; job logs in {self.folder}"
+            f"CPU core(s) and {cfg.slurm_time} min, "
+            f"{_resources(cfg.threads, [], cfg.nproc_per_node, 1)}; requeued when preempted, "
+            "and up to 3 times when out of time; at most "
+            f"{cfg.slurm_array_parallelism} at once; job logs in {self.folder}"
         )
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
@@ -433,15 +454,20 @@ class SubmititExecutor:
         """
         from submitit.core.utils import FailedJobError
 
-        before = set(self.folder.iterdir())
+        def temporary() -> set[Path]:  # submitit's names for a submission not yet accepted
+            names = re.compile(r"(\.submission_file_)?[0-9a-f]{32}\.(pkl|sh)")
+            return {path for path in self.folder.iterdir() if names.fullmatch(path.name)}
+
+        before = temporary()
         try:
             return self.executor.map_array(job_fn, runs, [None] * len(runs))
         except FailedJobError as err:
-            for path in set(self.folder.iterdir()) - before:
-                if path.is_file():
-                    path.unlink()
-            # submitit printed sbatch's message already: not twice.
-            message = "its message is above" if str(err) else "with no message"
+            for path in temporary() - before:
+                path.unlink(missing_ok=True)
+            # submitit printed sbatch's error output already: not twice.
+            cause = err.__cause__
+            printed = isinstance(cause, subprocess.CalledProcessError) and cause.stderr
+            message = "its message is above" if printed else str(err) or "with no message"
             raise RuntimeError(
                 f"sbatch refused the job array of {len(runs)} runs ({message}); nothing was "
                 "submitted: check --slurm-partition, --slurm-time, --slurm-gpus-per-run and "
@@ -547,7 +573,7 @@ def _as_completed(jobs: Sequence[Any]) -> Iterator[tuple[Any, str]]:
                  or states.get(str(job.job_id), "PENDING") not in _SLURM_LIVE_STATES]  # fmt: skip
         for job in ended:
             pending.remove(job)
-            yield job, states.get(str(job.job_id)) or job.state
+            yield job, states[str(job.job_id)] if job in held else job.state
         if pending:
             time.sleep(_POLL_S)
 
@@ -687,11 +713,16 @@ def make_executor(cfg: ReproduceConfig, out_dir: Path) -> Executor:
     cpus = max(1, (os.cpu_count() or 1) // (max(cfg.threads, 1) * per_run))
     workers = cfg.workers or len(groups) or cpus
     if cfg.executor == "sequential" or (cfg.executor == "local" and workers == 1):
-        return SequentialExecutor()
+        return SequentialExecutor(per_run)
     if cfg.executor == "local":
         return LocalExecutor(workers, cfg.threads, groups, per_run)
     import_optional("submitit", f"--executor {cfg.executor}")
     cluster = "slurm" if cfg.executor == "slurm" else "local"
+    if cluster == "slurm" and shutil.which("srun") is None:  # submitit's own test, said sooner
+        raise RuntimeError(
+            "--executor slurm submits with SLURM's commands (sbatch, sacct, srun), and this "
+            "machine has none on PATH: run it on a login node of the cluster"
+        )
     # A CPU job's torch threads (0: torch's default, the cores SLURM binds the job to) should
     # fill the cores it reserves, without more.
     threads, cores = cfg.threads * per_run, cfg.slurm_cpus_per_run

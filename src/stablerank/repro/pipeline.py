@@ -53,6 +53,26 @@ def _describe(runs: list[Run], states: list[str]) -> str:
     return "\n".join([_header(runs, states), *lines])
 
 
+def _finished_elsewhere(runs: list[Run]) -> str:
+    """A warning when the folders that hold ``runs`` also hold finished runs the sweep does not
+    list (other seeds or settings), which the report then leaves out; '' when none."""
+    names = {Path(r.run_dir).name for r in runs}
+    left_out = [
+        folder
+        for parent in {Path(r.run_dir).parent for r in runs if Path(r.run_dir).parent.is_dir()}
+        for folder in parent.iterdir()
+        if folder.name not in names
+        and RunDir(folder).read_status().get("status") in (DONE, DIVERGED)
+    ]
+    if not left_out:
+        return ""
+    return (
+        f"warning: {len(left_out)} finished run folder(s) in {left_out[0].parent} are not in this "
+        "sweep, and its report leaves them out (e.g. trained with other --seeds or --gan-seeds: "
+        "give the same ones to count them)"
+    )
+
+
 def check_inputs(runs: list[Run]) -> None:
     """Read each dataset, and build each feature network, that ``runs`` train and score with,
     once: a missing or corrupt file would otherwise fail every run alike, under SLURM each only
@@ -95,14 +115,21 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     runs = sorted(build_sweep(cfg), key=lambda r: r.kind != KIND_GAN)
     states = [run_state(r) for r in runs]
     to_train = [r for r, state in zip(runs, states, strict=True) if state not in (DONE, DIVERGED)]
+    left_out = _finished_elsewhere(runs)  # said first, or after a dry run's list
+    if left_out and not cfg.dry_run:
+        print(left_out, file=sys.stderr)
     if cfg.dry_run:
-        print(_describe(runs, states), file=sys.stderr, flush=True)
+        print("\n".join(filter(None, [_describe(runs, states), left_out])), file=sys.stderr)
+        # A dry run lists the runs regardless, and says each reason they could not start here.
         try:
             executor = make_executor(cfg, out_dir)
             print(f"executor {cfg.executor}: {executor.describe()}", file=sys.stderr)
+        except Exception as err:
+            print(f"warning: the runs cannot start here: {err}", file=sys.stderr)
+        try:
             if cfg.check_inputs:
                 check_inputs(to_train)
-        except Exception as err:  # a dry run lists the runs regardless (a corrupt file too)
+        except Exception as err:  # a corrupt file too
             print(f"warning: the runs to train cannot start here: {err}", file=sys.stderr)
         return SweepOutcome(out_dir, {r.name: s for r, s in zip(runs, states, strict=True)})
     # The report's packages (and the GAN runs' scores) are checked before any work: a minimal

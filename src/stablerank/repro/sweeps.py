@@ -396,11 +396,11 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
         seeds["gan_seeds"] = cfg.gan_seeds or cfg.seeds
     try:
         inspect.signature(make).bind(**seeds)
-    except TypeError as err:  # before the call: a TypeError inside the sweep is its own
+    except (TypeError, ValueError) as err:  # before the call: a TypeError inside is the sweep's
         raise TypeError(
             f"sweep {cfg.sweep!r} cannot be called with {seeds or 'no arguments'} ({err}): a "
-            "sweep is a function (seeds, gan_seeds) -> list[Run] whose two arguments have "
-            "defaults"
+            "sweep is a function taking seeds= and gan_seeds= by keyword, both with defaults, "
+            "and returning a list of Run"
         ) from None
     runs = make(**seeds)
     if not isinstance(runs, list) or not runs or not all(isinstance(r, Run) for r in runs):
