@@ -195,6 +195,20 @@ def test_sweeps_have_the_seeds_per_arm_the_issue_asks_and_gans_ten():
             assert len(seeds) >= (10 if kind == sweeps.KIND_GAN else n)
 
 
+def test_the_gan_c_sweep_reuses_quicks_gan_runs(tmp_path):
+    """scripts/sweep_gan_c.py (docs/results/gan-c/) read quick's SN and c = 0.1 runs from their
+    folders: its runs must stay quick's GAN runs with c and seed replaced."""
+    script = Path(__file__).parents[2] / "scripts" / "sweep_gan_c.py"
+
+    def names(sweep, **kw):
+        cfg = ReproduceConfig(sweep=sweep, out_dir=str(tmp_path), **kw)
+        return {r.name for r in sweeps.build_sweep(cfg) if r.kind == sweeps.KIND_GAN}
+
+    gan_c = names(f"{script}:gan_c", gan_seeds=3)
+    assert len(gan_c) == 3 * 5  # SN and four c, three seeds each
+    assert names("quick", gan_seeds=3) < gan_c  # quick's SN and c = 0.1 runs among them
+
+
 def test_seeds_option_sets_every_arm_gans_included_and_gan_seeds_the_gans_alone(tmp_path):
     def seeds_per_kind(**kw):
         runs = sweeps.build_sweep(ReproduceConfig(sweep="quick", out_dir=str(tmp_path), **kw))
