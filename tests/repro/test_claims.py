@@ -767,3 +767,19 @@ def test_a_claim_row_shows_the_counts_and_the_raw_then_the_holm_p(tmp_path):
     assert cells[4] == "4 / 3"
     assert cells[8] == f"{comp.test.p_value:.3g} / {comp.p_adjusted:.3g}"
     assert f"(1 - alpha / tests = {1 - 0.05 / n_tests:.2%} here" in text
+
+
+def test_a_gan_row_that_cannot_tell_names_the_flag_that_adds_its_seeds():
+    # --gan-seeds adds GAN seeds alone; --seeds would change every arm's, so no flag is named for
+    # a classifier row.
+    from stablerank.repro.report import _comparison_row
+
+    comp = claims.Comparison(
+        claim=4, metric="fid", setting="s", rank_ratio=0.1, reference="sn", srn_values=[2.0, 3.0],
+        ref_values=[1.0, 2.0], srn_seeds=[0, 1], ref_seeds=[0, 1], srn_active_fraction=1.0,
+        srn_active_fraction_end=1.0, seeds_needed=41,
+    )  # fmt: skip
+    assert _comparison_row(comp, KIND_GAN)[-1].endswith(
+        "(~41 seeds/arm would decide: --gan-seeds 41)"
+    )
+    assert _comparison_row(comp, KIND_CLASSIFY)[-1].endswith("(~41 seeds/arm would decide)")

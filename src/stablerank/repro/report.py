@@ -146,7 +146,7 @@ def _describe(run: Run) -> str:
     )
 
 
-def _comparison_row(c: Comparison) -> list[str]:
+def _comparison_row(c: Comparison, kind: str) -> list[str]:
     m, t = METRICS[c.metric], c.test
     diff = effect = p = "n/a"
     if t is not None:
@@ -158,7 +158,9 @@ def _comparison_row(c: Comparison) -> list[str]:
                         for x in (c.srn_active_fraction, c.sn_above_target))  # fmt: skip
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
-        outcome += f" (~{c.seeds_needed} seeds/arm would decide)"
+        # GAN seeds alone can be added (--gan-seeds); --seeds would set every arm's, GANs too.
+        flag = f": --gan-seeds {c.seeds_needed}" if kind == KIND_GAN else ""
+        outcome += f" (~{c.seeds_needed} seeds/arm would decide{flag})"
     elif c.outcome == CANNOT_TELL and t is not None:
         outcome += " (more than 10,000 seeds/arm at this spread)"
     return [
@@ -243,7 +245,8 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             "cap binds / SN above r",
             "outcome",
         ]
-        out.append(_table(headers, [_comparison_row(c) for c in r.comparisons]) + "\n")
+        rows = [_comparison_row(c, r.claim.kind) for c in r.comparisons]
+        out.append(_table(headers, rows) + "\n")
         not_a_test = {
             f"- {c.setting}, c = {c.rank_ratio:g}: {c.reason}"
             for c in r.comparisons
