@@ -61,8 +61,7 @@ def _finished_elsewhere(runs: list[Run]) -> str:
         folder
         for parent in {Path(r.run_dir).parent for r in runs if Path(r.run_dir).parent.is_dir()}
         for folder in parent.iterdir()
-        if folder.name not in names
-        and RunDir(folder).read_status().get("status") in (DONE, DIVERGED)
+        if folder.name not in names and RunDir(folder).is_done()
     ]
     if not left_out:
         return ""
@@ -88,9 +87,7 @@ def check_inputs(runs: list[Run]) -> None:
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
         load_dataset(dataset, data_dir)
     # The GANs still to train that score (a trained one awaiting its analysis scores no more).
-    trained = {
-        r.name for r in runs if RunDir(r.run_dir).read_status().get("status") in (DONE, DIVERGED)
-    }
+    trained = {r.name for r in runs if RunDir(r.run_dir).is_done()}
     scoring = [r.config for r in runs if r.kind == KIND_GAN and r.name not in trained
                and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip
     for cfg in {(c.scoring_net, c.feature_weights): c for c in scoring}.values():
