@@ -506,7 +506,7 @@ class SubmititExecutor:
         """The line that says where the SLURM jobs of the runs are (submitted now, or ``before``
         by an earlier command and not ended): the queue may hold them for hours before the
         first run ends."""
-        arrays = ",".join(dict.fromkeys(_array_of(job.job_id) for job in jobs))
+        arrays = _arrays_of(jobs)
         logs = self.folder / (f"{arrays}_*" if len(jobs) > 1 else str(jobs[0].job_id))
         if "," in arrays:
             logs = self.folder / "<job>"
@@ -526,6 +526,12 @@ class SubmititExecutor:
 def _array_of(job_id: str) -> str:
     """The SLURM job (array) id of a job id: ``1000`` of ``1000_3``."""
     return str(job_id).split("_")[0]
+
+
+def _arrays_of(jobs: Sequence[Any]) -> str:
+    """The SLURM job (array) ids of submitit ``jobs``, once each, comma-separated (as squeue's
+    ``-j`` takes them)."""
+    return ",".join(dict.fromkeys(_array_of(job.job_id) for job in jobs))
 
 
 def _sacct_states(job_ids: Iterable[str]) -> dict[str, str]:
@@ -600,7 +606,7 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     if stop_file is None:
         if not jobs:
             return
-        arrays = ",".join(dict.fromkeys(_array_of(job.job_id) for job in jobs))
+        arrays = _arrays_of(jobs)
         print(f"\nthe SLURM jobs run on: squeue -j {arrays} shows those not ended, scancel "
               f"{arrays.replace(',', ' ')} stops them; the same command follows them again and "
               "collects their results", file=sys.stderr)  # fmt: skip
