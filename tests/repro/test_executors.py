@@ -464,3 +464,71 @@ def test_a_held_job_is_reported_in_the_state_it_ended_in(tmp_path, monkeypatch):
     monkeypatch.setattr(executors, "_sacct_states", sacct)
     ended = {job.job_id: state for job, state in executors._as_completed([cancelled, resumed])}
     assert ended == {"5_0": "CANCELLED", "5_1": "FAILED"}
+
+
+def test_a_preempted_job_ends_only_when_sacct_says_preempted_twice_in_a_row(
+    tmp_path, monkeypatch
+):
+    """submitit takes a PREEMPTED job for live forever (job.done() stays False, job.result()
+    waits): a job the cluster requeues (PREEMPTED, then PENDING) is followed on, one it does not
+    requeue (PREEMPTED at two sacct calls in a row) ends as PREEMPTED, and its run is failed with
+    the reason, not waited for."""
+    from types import SimpleNamespace
+
+    from stablerank.config.classify import classify_preset
+    from stablerank.config.reproduce import ReproduceConfig
+    from stablerank.repro import executors, sweeps
+    from stablerank.train.rundir import RunDir
+
+    monkeypatch.setattr(executors, "_POLL_S", 0)
+    monkeypatch.setattr(executors, "_SACCT_EVERY_S", 0)
+
+    class Job:  # submitit's view: preempted, never done
+        def __init__(self, job_id):
+            self.job_id, self.state = job_id, "PREEMPTED"
+            self.paths = SimpleNamespace(
+                result_pickle=tmp_path / f"{job_id}.pkl", stderr=tmp_path / f"{job_id}.err"
+            )
+
+        def done(self):
+            return False
+
+        def result(self):
+            raise AssertionError("job.result() of a preempted job waits forever")
+
+    requeued, cancelled = Job("7_0"), Job("7_1")
+    said = iter(
+        [
+            {"7_0": "PREEMPTED", "7_1": "PREEMPTED"},
+            {"7_0": "PENDING", "7_1": "PREEMPTED"},  # 7_1: not requeued
+            {"7_0": "PREEMPTED"},  # preempted again, once: still live
+            {"7_0": "RUNNING"},
+            {"7_0": "PREEMPTED"},
+            {"7_0": "PREEMPTED"},
+        ]
+    )
+    asked: list[list[str]] = []
+
+    def sacct(job_ids):
+        asked.append(sorted(job_ids))
+        return next(said)
+
+    monkeypatch.setattr(executors, "_sacct_states", sacct)
+    ended = list(executors._as_completed([requeued, cancelled]))
+    assert [(job.job_id, state) for job, state in ended] == [
+        ("7_1", "PREEMPTED"),
+        ("7_0", "PREEMPTED"),
+    ]
+    assert len(asked) == 6
+
+    # The map: the preempted job's run fails with the reason, and result() is not waited on.
+    cfg = ReproduceConfig(sweep="tiny", out_dir=str(tmp_path), executor="slurm")
+    run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", classify_preset("tiny", epochs=1))
+    run = run.placed(cfg)
+    executor = executors.SubmititExecutor(tmp_path / "submitit", "slurm", cfg, wave=1)
+    monkeypatch.setattr(executor, "_submit_or_follow", lambda job_fn, runs: [Job("8_0")])
+    monkeypatch.setattr(executors, "_requeueable_job", lambda stop_file, grace_s: None)
+    said = iter([{"8_0": "PREEMPTED"}] * 2)
+    (outcome,) = executor.map([run], lambda *_: None)
+    assert outcome.state == "failed" and "the cluster did not requeue it" in outcome.error
+    assert "(state PREEMPTED)" in RunDir(run.run_dir).read_status()["error"]

@@ -403,6 +403,12 @@ class SubmititExecutor:
                 for job, state in _as_completed(jobs):
                     i = index[id(job)]
                     try:
+                        if state == "PREEMPTED" and not job.paths.result_pickle.exists():
+                            # job.result() would wait for it forever
+                            raise RuntimeError(
+                                "preempted, and the cluster did not requeue it; the same command "
+                                "submits its run again, to resume from its last checkpoint"
+                            )
                         outcome = job.result()
                     except Exception as err:  # the job failed (not the run: execute records that)
                         outcome = _job_failed(runs[i], job, state, err)
@@ -562,21 +568,29 @@ def _as_completed(jobs: Sequence[Any]) -> Iterator[tuple[Any, str]]:
     state it ended in. A SLURM job ends when a rerun would not follow it
     (:data:`_SLURM_LIVE_STATES`): submitit takes a suspended job for ended and stops asking sacct
     about it (its ``state`` stays the cached SUSPENDED), so such a job is asked about here, every
-    :data:`_SACCT_EVERY_S` (a failed sacct call: still live)."""
+    :data:`_SACCT_EVERY_S` (a failed sacct call: still live). submitit takes a PREEMPTED job for
+    live forever (a requeue follows it where the cluster requeues preempted jobs); here it has
+    ended when sacct says PREEMPTED twice in a row: not requeued, its result never comes."""
     pending = list(jobs)
     states: dict[str, str] = {}  # by job id, as the last sacct call here said
+    preempted_before: set[str] = set()  # the jobs that sacct's call before that said PREEMPTED
     asked = -math.inf
+    live = _SLURM_LIVE_STATES | {"PREEMPTED"}  # to submitit
     while pending:
-        done = [job for job in pending if job.done()]
-        held = [job for job in done if job.state in _SLURM_LIVE_STATES
+        done = [job for job in pending if job.done() or job.state == "PREEMPTED"]
+        held = [job for job in done if job.state in live
                 and not job.paths.result_pickle.exists()]  # fmt: skip
         if held and time.monotonic() - asked >= _SACCT_EVERY_S:
             asked = time.monotonic()
             with contextlib.suppress(RuntimeError):
                 said = _sacct_states(str(job.job_id) for job in held)
+                preempted_before = {job for job, state in states.items() if state == "PREEMPTED"}
                 states = {str(job.job_id): said.get(str(job.job_id), "") for job in held}
-        ended = [job for job in done if job not in held
-                 or states.get(str(job.job_id), "PENDING") not in _SLURM_LIVE_STATES]  # fmt: skip
+        # PREEMPTED at two sacct calls in a row: not requeued.
+        unrequeued = {job for job, state in states.items() if state == "PREEMPTED"}
+        unrequeued &= preempted_before
+        ended = [job for job in done if job not in held or str(job.job_id) in unrequeued
+                 or states.get(str(job.job_id), "PENDING") not in live]  # fmt: skip
         for job in ended:
             pending.remove(job)
             yield job, states[str(job.job_id)] if job in held else job.state
