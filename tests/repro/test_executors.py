@@ -466,9 +466,7 @@ def test_a_held_job_is_reported_in_the_state_it_ended_in(tmp_path, monkeypatch):
     assert ended == {"5_0": "CANCELLED", "5_1": "FAILED"}
 
 
-def test_a_preempted_job_ends_only_when_sacct_says_preempted_twice_in_a_row(
-    tmp_path, monkeypatch
-):
+def test_a_preempted_job_ends_only_when_sacct_says_preempted_twice_in_a_row(tmp_path, monkeypatch):
     """submitit takes a PREEMPTED job for live forever (job.done() stays False, job.result()
     waits): a job the cluster requeues (PREEMPTED, then PENDING) is followed on, one it does not
     requeue (PREEMPTED at two sacct calls in a row) ends as PREEMPTED, and its run is failed with

@@ -590,6 +590,12 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     assert _live_processes(proc.pid) == []
     after = states()
     assert "running" not in after and "interrupted" in after
+    # The runs stopped partway, which get no line of their own, are named, each once.
+    said = stderr.partition("at Ctrl-C: ")[2].splitlines()
+    assert f"{after.count('interrupted')} partial" in said[0], stderr
+    stopped = [r.name for r, state in zip(runs, after, strict=True) if state == "interrupted"]
+    named = [line.split()[1] for line in said[1:] if line.startswith("  partial ")]
+    assert sorted(named) == sorted(stopped)
     # The runs the pool had queued but not started stay unstarted (one that started in the
     # instant between the two readings is interrupted): none runs to the end after Ctrl-C.
     queued = [a for b, a in zip(before, after, strict=True) if b == "new"]

@@ -47,9 +47,10 @@ def _header(runs: list[Run], states: list[str]) -> str:
     return f"{len(runs)} runs ({kinds}); state: {counts}"
 
 
-def _describe(runs: list[Run], states: list[str]) -> str:
-    """The header line, then each run's state and name."""
-    lines = [f"  {state:<8} {r.name}" for state, r in zip(states, runs, strict=True)]
+def _describe(runs: list[Run], states: list[str], only: str | None = None) -> str:
+    """The header line, then each run's state and name (those in state ``only``, if given)."""
+    lines = [f"  {state:<8} {r.name}" for state, r in zip(states, runs, strict=True)
+             if only in (None, state)]  # fmt: skip
     return "\n".join([_header(runs, states), *lines])
 
 
@@ -146,7 +147,12 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         with warnings.catch_warnings():
             # torchmetrics' KID warns on every evaluation that it keeps the features (by design).
             warnings.filterwarnings("ignore", message=".*will save all extracted features")
-            outcomes = executor.map(runs, print_outcome)
+            try:
+                outcomes = executor.map(runs, print_outcome)
+            except KeyboardInterrupt:  # the runs stopped partway get no line of their own
+                states = [run_state(r) for r in runs]
+                print(f"at Ctrl-C: {_describe(runs, states, only='partial')}", file=sys.stderr)
+                raise
         ran = [o for o in outcomes if o.state not in (SKIPPED, BUSY)]
         # How they ended: a failure's own line may have scrolled away among the others'.
         ended = "".join(f"{n} {s}, " for s, n in Counter(o.state for o in ran).items())
