@@ -16,34 +16,6 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-# public name -> the core module that defines it
-_EXPORTS = {
-    "HEADS": "apply",
-    "NORMS": "apply",
-    "SrnActivity": "apply",
-    "SrnInactiveWarning": "apply",
-    "apply_stable_rank_norm": "apply",
-    "bake_stable_rank_norm": "apply",
-    "convert_spectral_norm_state_dict": "apply",
-    "convert_to_spectral_norm_state_dict": "apply",
-    "eligible_layers": "apply",
-    "head_layers": "apply",
-    "normalize_model": "apply",
-    "srn_active_fraction": "apply",
-    "srn_activity": "apply",
-    "matrix_to_weight": "linalg",
-    "spectral_norm_exact": "linalg",
-    "srn_optimal": "linalg",
-    "stable_rank": "linalg",
-    "weight_to_matrix": "linalg",
-    "LayerRecord": "layers",
-    "LayerReport": "layers",
-    "layer_report": "layers",
-    "DEFAULT_RANK_RATIO": "srn",
-    "remove_stable_rank_norm": "srn",
-    "stable_rank_norm": "srn",
-}
-
 __all__ = [
     "DEFAULT_RANK_RATIO",
     "HEADS",
@@ -100,13 +72,14 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ resolves the
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'stablerank' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stablerank.{module}"), name)
-    globals()[name] = value  # later accesses skip this function
-    return value
+    if name in __all__:
+        for module in ("linalg", "srn", "apply", "layers"):  # the modules imported above
+            found = importlib.import_module(f"stablerank.{module}")
+            if hasattr(found, name):
+                globals()[name] = getattr(found, name)  # later accesses skip this function
+                return globals()[name]
+    raise AttributeError(f"module 'stablerank' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+    return sorted({*globals(), *__all__})

@@ -92,8 +92,7 @@ class ClassifyConfig:
     )
     # --- normalization ---
     norm: str = option("none", "weight normalization of every conv/linear layer", choices=NORMS)
-    # The library's default c (stablerank.srn.DEFAULT_RANK_RATIO; a test keeps them equal): at
-    # 0.3-0.7 the cap rarely binds on trained weights (docs/c_sweep.md).
+    # The library's default c (stablerank.srn.DEFAULT_RANK_RATIO; a test keeps them equal).
     rank_ratio: float = option(
         0.1, "SRN target stable rank as a fraction c of min(m, n) of each reshaped weight",
         min=0.0, max=1.0, min_exclusive=True,
@@ -239,10 +238,8 @@ CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
         "dataset": "fashion-mnist", "model": "resnet20", "epochs": 15, "batch_size": 128,
         "optimizer": "sgd", "lr": 0.1, "weight_decay": 5e-4, "schedule": "cosine",
     }),
-    # Shattering (Zhang et al. 2017; docs/math.md §2.3): 100% fixed random labels on a
-    # 2,000-image subset, no augmentation, no weight decay, constant lr; train accuracy vs epoch
-    # is the curve. 30 epochs leave room for seeds slower than seed 0 (100% at epoch 18 with the
-    # vanilla CNN).
+    # Shattering (Zhang et al. 2017; docs/math.md §2.3): train accuracy vs epoch on fixed random
+    # labels; 30 epochs leave room for seeds slower than seed 0 (docs/reproduction.md).
     "shatter": MappingProxyType({
         "dataset": "fashion-mnist", "model": "small_cnn", "label_noise": 1.0,
         "train_subset": 2000, "train_eval_size": 0, "test_eval_size": 2000, "augment": "none",

@@ -244,8 +244,7 @@ GAN_PRESETS: dict[str, dict] = {
         "g_steps": 50_000,
         "lr_decay": "linear",
     },
-    # CPU demo (~20 CPU-minutes): the standard CNN at half width, 2000 steps; constant lr, as a
-    # linear decay over so few steps scored a worse FID.
+    # CPU demo: the standard CNN at half width, 2000 steps, constant lr.
     "quick": {
         "ngf": 32,
         "ndf": 32,

@@ -363,8 +363,7 @@ def _mean(values: Sequence[float | None]) -> float | None:
 
 def share_text(share: float) -> str:
     """A share of layers as a percentage: whole at 0 and 1, else with one decimal, so that a share
-    such as 0.495, just under the gate, prints 49.5% and not 50% (rounding to a whole percent
-    made it look like the gate itself)."""
+    such as 0.495, just under the gate, prints 49.5% and not 50%."""
     return f"{share:.0%}" if share in (0.0, 1.0) else f"{share:.1%}"
 
 

@@ -375,8 +375,7 @@ class SubmititExecutor:
             stop_file = self.folder / f"STOP.{os.getpid()}.{time.time_ns()}"
         job_fn = _requeueable_job(stop_file, _SIGNAL_DELAY_S[self.cluster] // 2)
         outcomes: dict[int, Outcome] = {}
-        # A finished run is not submitted: its job would only say so, after waiting in the queue
-        # for its GPUs (the rerun that collects a SLURM sweep's results queued all of it again).
+        # A finished run is not submitted: its job would only say so, after queueing for GPUs.
         todo = []
         for i, run in enumerate(runs):
             if run_state(run) in (DONE, DIVERGED):

@@ -343,7 +343,7 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
     fig = new_figure()
     ax = fig.add_subplot()
     for run_dir in run_dirs:
-        cfg = config_from_dict(ClassifyConfig, json.loads(RunDir(run_dir).config_file.read_text()))
+        cfg = _run_config(run_dir)
         records = read_log(run_dir)
         ax.plot(
             [r["epoch"] for r in records], [r[KEY_TRAIN_ACC] for r in records],
@@ -352,7 +352,4 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
     ax.set(xlabel="epoch", ylabel="train accuracy (eval mode)", ylim=(0, 1.02),
            title="shattering: fitting random labels")  # fmt: skip
     ax.legend()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    save_figure(fig, out_png)
-    return out_png
+    return save_figure(fig, Path(out_png))

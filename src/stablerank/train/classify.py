@@ -80,8 +80,6 @@ from stablerank.train.runtime import (
 
 __all__ = [
     "HEAD_NAME",
-    "KEY_GAP_ACC",
-    "KEY_GAP_LOSS",
     "KEY_TEST_ACC",
     "KEY_TEST_LOSS",
     "KEY_TRAIN_ACC",
@@ -102,8 +100,6 @@ KEY_TRAIN_ACC = "train_acc"
 KEY_TRAIN_LOSS = "train_loss"
 KEY_TEST_ACC = "test_acc"
 KEY_TEST_LOSS = "test_loss"
-KEY_GAP_ACC = complexity.KEY_GAP_ACC  # train_acc - test_acc
-KEY_GAP_LOSS = complexity.KEY_GAP_LOSS  # test_loss - train_loss
 KEY_TRAIN_ACC_RUNNING = "train_acc_running"
 KEY_TRAIN_LOSS_RUNNING = "train_loss_running"
 KEY_SRN_ACTIVE = "srn_active_fraction"
@@ -377,7 +373,6 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
     total = cfg.epochs * steps_per_epoch
     end = total if stop_at is None else min(stop_at, total)
     done = start_epoch * steps_per_epoch + start_batch  # optimizer steps taken
-    # Without a terminal the bar is off: a plain line every few seconds instead.
     plain = ProgressLine("train step", total, done) if info.is_main and not bar else None
 
     # A non-finite loss is caught before its update: every step on the CPU (free), every few on
@@ -589,8 +584,8 @@ def _result_of(
     )  # fmt: skip
     return ClassifierResult(
         train_acc=final[KEY_TRAIN_ACC], test_acc=final[KEY_TEST_ACC],
-        train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS],
-        gap_acc=gap[KEY_GAP_ACC], gap_loss=gap[KEY_GAP_LOSS], epochs=cfg.epochs,
+        train_loss=final[KEY_TRAIN_LOSS], test_loss=final[KEY_TEST_LOSS], epochs=cfg.epochs,
+        gap_acc=gap[complexity.KEY_GAP_ACC], gap_loss=gap[complexity.KEY_GAP_LOSS],
         curve=curve, layers=layers, srn_active_fraction=active_fraction(layers),
         srn_active_fraction_mean=mean_active_fraction(curve), diverged=bool(divergence),
         divergence=divergence, data_dir=splits.source, protocol=protocol,

@@ -258,8 +258,6 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         if cfg.eval_every or cfg.n_final_samples:
             import_optional("torchmetrics", "FID/KID (eval_every, n_final_samples)")
         splits = load_dataset(cfg.dataset, cfg.data_dir)
-        if splits.image_size is None:
-            raise ValueError(f"dataset {cfg.dataset!r} holds no images")
         with folder.session(cfg, is_main=info.is_main):
             result = _train(cfg, splits, folder, info, device, stop_at)
     else:  # the same run, finished before: nothing to train
@@ -361,7 +359,6 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     divergence = ""
     t0, step = time.perf_counter(), start
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
-    # Without a terminal the bar is off: a plain line every few seconds instead.
     plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
     with deferred_sigint(enabled=not info.distributed, run_dir=run_dir) as interrupt:
         while step < end and not interrupt["stop"]:

@@ -128,9 +128,7 @@ def _load_checkpoint(
             )
         return loaded
     path = folder.checkpoint_path(checkpoint) if isinstance(checkpoint, int) else Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    return path, load_checkpoint(path, map_location="cpu")
+    return path, load_checkpoint(path, map_location="cpu")  # FileNotFoundError if missing
 
 
 def load_gan_run(

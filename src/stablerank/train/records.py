@@ -104,9 +104,7 @@ class MetricLog:
             self._writer = self._tensorboard(purge_step=value + 1)
 
     def _write_csv(self, records: list[dict[str, Any]]) -> None:
-        columns: list[str] = []
-        for r in records:
-            columns += [k for k in r if k not in columns]
+        columns = list(dict.fromkeys(k for r in records for k in r))
         text = io.StringIO(newline="")
         writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
