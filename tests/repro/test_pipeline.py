@@ -354,6 +354,39 @@ def test_a_run_whose_analysis_settings_changed_is_not_finished(tmp_path):
     assert execute_module.run_state(run) == "done"
 
 
+def test_a_run_analysed_by_hand_with_other_settings_is_analysed_again_not_counted(
+    tmp_path, capsys
+):
+    """``analyze`` / ``gan-analyze`` run by hand in a sweep's run folder replace its analysis file
+    with numbers of other settings (status.json still says done): the report must not compare
+    them with the other runs', and a rerun analyses the run again with the sweep's settings."""
+    from stablerank.config.classify import AnalyzeConfig
+    from stablerank.config.gan import GanAnalysisConfig
+
+    cfg = dataclasses.replace(_cfg(tmp_path), executor="sequential")
+    pipeline.run(cfg)
+    runs = [r for r in sweeps.build_sweep(cfg) if r.analysis is not None]
+    by_kind = {r.kind: r for r in runs}  # a classifier, a shatter and a GAN run
+    before = {k: r.trainer.analysis.from_json(r.run_dir) for k, r in by_kind.items()}
+    assert all(a.settings for a in before.values())  # each file says what it was made with
+    # By hand, with the commands' defaults (more pairs and critic steps than the tiny sweep's).
+    hand = {AnalyzeConfig: AnalyzeConfig(plots=False), GanAnalysisConfig: GanAnalysisConfig()}
+    for run in by_kind.values():
+        run.trainer.analyse(hand[type(run.analysis)], run.run_dir)
+        assert execute_module.run_state(run) == "partial"
+
+    capsys.readouterr()
+    outcome = pipeline.run(dataclasses.replace(cfg, report_only=True))
+    assert {outcome.runs[r.name] for r in by_kind.values()} == {"partial"}
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("the analysis settings changed: its analysis runs again") == len(by_kind)
+
+    outcome = pipeline.run(cfg)  # analysed again, with the sweep's settings
+    assert {outcome.runs[r.name] for r in by_kind.values()} == {"done"}
+    for kind, run in by_kind.items():
+        assert run.trainer.analysis.from_json(run.run_dir) == before[kind], kind
+
+
 def test_each_attempt_is_counted_and_the_wall_time_adds_up(tmp_path, monkeypatch):
     import time
 

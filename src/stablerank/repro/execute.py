@@ -18,7 +18,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stablerank.repro.sweeps import Run
+from stablerank.config import config_to_dict, diff_configs
+from stablerank.repro.sweeps import RUNTIME_KEYS, Run
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
@@ -45,13 +46,29 @@ def _analysis_key(run: Run) -> str | None:
     return None if run.analysis is None else run.digest
 
 
+def _analysed_otherwise(run: Run) -> bool:
+    """Whether the run's analysis file holds the numbers of other settings than the run's (an
+    ``analyze`` or ``gan-analyze`` run by hand in its folder): the sweep's analysis is then to
+    run again, not its file to be counted. An unreadable file is left to the report to name."""
+    if run.analysis is None:
+        return False
+    try:
+        saved = run.trainer.analysis.from_json(run.run_dir).settings
+    except (OSError, ValueError, TypeError):
+        return False
+    return bool(saved and diff_configs(saved, config_to_dict(run.analysis), ignore=RUNTIME_KEYS))
+
+
 def run_state(run: Run) -> str:
-    """``done``, ``diverged``, ``failed``, ``partial`` (started) or ``new``, from its folder."""
+    """``done``, ``diverged``, ``failed``, ``partial`` (started, or analysed under other settings)
+    or ``new``, from its folder."""
     status = RunDir(run.run_dir).read_status()
     if not status:
         return "new"
     state = status.get("status")
-    if state in (DONE, DIVERGED) and status.get("analysis_key") == _analysis_key(run):
+    if status.get("analysis_key") == _analysis_key(run) and (
+        state == DIVERGED or (state == DONE and not _analysed_otherwise(run))
+    ):
         return state
     return FAILED if state == FAILED else "partial"
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stablerank._optional import import_optional
-from stablerank.config import config_from_dict
+from stablerank.config import config_from_dict, config_to_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.data import dataset_shape
 from stablerank.metrics import complexity, lipschitz
@@ -263,7 +263,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         log10_neyshabur=measures.get(complexity.KEY_LOG10_NEYSHABUR),
         log10_bartlett=measures.get(complexity.KEY_LOG10_BARTLETT),
         complexity={k: v for k, v in measures.items() if isinstance(v, (int, float)) or v is None},
-        protocol=protocol,
+        protocol=protocol, settings=config_to_dict(cfg),
     )  # fmt: skip
     path = result.to_json(run_dir)
     print(f"analyze: {result.summary()}; wrote {path}", file=sys.stderr, flush=True)

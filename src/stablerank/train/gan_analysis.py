@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from stablerank._optional import import_optional
+from stablerank.config import config_to_dict
 from stablerank.config.gan import GanAnalysisConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.metrics import lipschitz
@@ -154,6 +155,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
             k: tuple(float(f"{x:.{_SIG_DIGITS}g}") for x in v.tolist()) for k, v in ratios.items()
         },
         protocol=protocol,
+        settings=config_to_dict(settings),
     )
     c = f" (c={cfg.rank_ratio:g})" if cfg.d_norm == "srn" else ""
     lipschitz.plot_histogram(

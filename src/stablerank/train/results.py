@@ -429,6 +429,8 @@ class ClassifierAnalysis(Result):
     log10_bartlett: float | None = None
     complexity: dict[str, float | None] = field(default_factory=dict)
     protocol: AnalysisProtocol | None = None
+    # The AnalyzeConfig it ran with ({}: a file written before they were recorded).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def el_test_max(self) -> float:
@@ -512,6 +514,8 @@ class GanAnalysis(Result):
     d_jacobian: dict[str, Summary]
     d_el_values: dict[str, tuple[float, ...]] = field(default_factory=dict)
     protocol: GanAnalysisProtocol | None = None
+    # The GanAnalysisConfig it ran with ({}: a file written before they were recorded).
+    settings: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for a terminal: the neural divergence beside its real-data end, D's eL."""
