@@ -54,6 +54,7 @@ def test_every_sweep_builds_with_distinct_folders():
     for name, make in sweeps.SWEEPS.items():
         runs = make()
         assert len({r.name for r in runs}) == len(runs), name
+        assert sweeps._compared_unlike(runs) == "", name  # arms differ in norm, c, seed alone
         # seeds and arms: each setting has vanilla (classifiers), SN and SRN on every seed
         for kind in {r.kind for r in runs}:
             arms = {r.arm for r in runs if r.kind == kind}
@@ -156,6 +157,9 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    return mine(seeds)\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
         "    return mine() + mine()\n\n"
+        "def unlike(seeds=1, gan_seeds=1):\n"  # SRN trained longer: not the claims' comparison
+        "    return [dataclasses.replace(r, config=dataclasses.replace(r.config, epochs=3))\n"
+        "            if r.norm == 'srn' else r for r in mine()]\n\n"
         "@dataclasses.dataclass\n"  # needs its module in sys.modules as the file is read
         "class Grid:\n"
         "    c: float = 0.1\n"
@@ -174,6 +178,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
     ):
         with pytest.raises(TypeError, match=error):
             pipeline.run(own(tmp_path / "bad", spec))
+    with pytest.raises(ValueError, match=r"differ in epochs: 1 -> 3; the claims compare"):
+        pipeline.run(own(tmp_path / "bad", f"{sweep_file}:unlike"))
     for spec, error in (
         (f"{sweep_file}:twice", ValueError),
         (f"{sweep_file}:nope", ValueError),

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stablerank.config import config_hash
+from stablerank.config import config_hash, config_to_dict, diff_configs
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_preset
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
@@ -388,7 +388,8 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
         FileNotFoundError, ImportError, ValueError, TypeError: a sweep of your own
             (``MODULE:FUNCTION``, ``FILE.py:FUNCTION``) that cannot be read or called, or whose
             list is empty, holds something not a :class:`Run` or of another kind than
-            :data:`KINDS`, or two runs of one folder.
+            :data:`KINDS`, two runs of one folder, or two runs of one setting that differ in more
+            than normalization, c and seed.
     """
     make = SWEEPS.get(cfg.sweep) or _own_sweep(cfg.sweep)
     seeds = {"seeds": cfg.seeds} if cfg.seeds else {}
@@ -415,7 +416,29 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     placed = [run.placed(cfg) for run in runs]
     if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
         raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (same config): {twice}")
+    if unfair := _compared_unlike(placed):
+        raise ValueError(
+            f"sweep {cfg.sweep!r}: {unfair}; the claims compare the runs of a setting as differing "
+            "only in normalization, c and seed: give runs trained otherwise a setting of their own"
+        )
     return placed
+
+
+def _compared_unlike(runs: Sequence[Run]) -> str:
+    """'' when the runs of each setting (of a kind) differ only in normalization, c and seed, and
+    not in their analysis; else the first two that differ otherwise, and how."""
+    first: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        ref = first.setdefault((run.kind, run.setting), run)
+        ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed")
+        diffs = diff_configs(config_to_dict(ref.config), config_to_dict(run.config), ignore=ignore)
+        analyses = [config_to_dict(r.analysis) if r.analysis else {} for r in (ref, run)]
+        diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
+        if diffs:
+            return (
+                f"{ref.name} and {run.name} of setting {run.setting!r} differ in {'; '.join(diffs)}"
+            )
+    return ""
 
 
 def _own_sweep(spec: str) -> Callable[..., list[Run]]:
