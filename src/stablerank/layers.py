@@ -44,7 +44,7 @@ class LayerRecord:
         raw_sigma_max: exact spectral norm of the raw (unnormalized) weight.
         frobenius: Frobenius norm of the weight as used.
         srank: exact stable rank of the weight as used; ``raw_srank`` of the raw weight.
-        target_srank: SRN's r (``min(m, n)`` for SN and none, where no clamp acts).
+        target_srank: SRN's r (NaN for SN and none: no cap acts on them).
         active: SRN's cap binds (``raw_srank > target_srank``); False for SN and none.
     """
 
@@ -83,7 +83,8 @@ class LayerReport(list):
         return [asdict(r) for r in self]
 
     def to_json(self, path: str | Path) -> None:
-        """Strict JSON: a NaN (``sigma_power`` of a layer without SN/SRN) is written as null."""
+        """Strict JSON: a NaN (``sigma_power`` of a layer without SN/SRN, ``target_srank``
+        without SRN) is written as null."""
 
         def strict(v: object) -> object:
             return None if isinstance(v, float) and not math.isfinite(v) else v
@@ -187,7 +188,7 @@ def layer_report(model: nn.Module) -> LayerReport:
                     u, torch.mv(weight_to_matrix(raw, dim).to(u.dtype), v)
                 ).item()
             raw_srank = _srank(raw_sigma, raw_fro)
-            target = p.srank if kind == "srn" else float(min(matrix_shape))
+            target = p.srank if kind == "srn" else float("nan")
             records.append(
                 LayerRecord(
                     name=name,

@@ -360,9 +360,7 @@ def test_a_run_whose_analysis_settings_changed_is_not_finished(tmp_path):
     assert execute_module.run_state(run) == "done"
 
 
-def test_a_run_analysed_by_hand_with_other_settings_is_analysed_again_not_counted(
-    tmp_path, capsys
-):
+def test_a_run_analysed_by_hand_with_other_settings_is_analysed_again_not_counted(tmp_path, capsys):
     """``analyze`` / ``gan-analyze`` run by hand in a sweep's run folder replace its analysis file
     with numbers of other settings (status.json still says done): the report must not compare
     them with the other runs', and a rerun analyses the run again with the sweep's settings."""
