@@ -138,6 +138,10 @@ class Run:
         parts = config_hash(self.config, exclude=RUNTIME_KEYS)
         if self.analysis is not None:
             parts += config_hash(self.analysis, exclude=RUNTIME_KEYS)
+        if self.kind == KIND_GAN and self.nproc_per_node > 1:
+            # G's BatchNorm normalizes each rank's batch: a DDP GAN computes another run (a DDP
+            # classifier computes the same, bitwise).
+            parts += f"-ddp{self.nproc_per_node}"
         return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
     @property
@@ -147,21 +151,16 @@ class Run:
 
     def placed(self, cfg: ReproduceConfig) -> Run:
         """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
+        run = dataclasses.replace(self, threads=cfg.threads, nproc_per_node=cfg.nproc_per_node)
         runtime = {"device": cfg.device, "progress": cfg.progress, "num_threads": cfg.threads}
         if cfg.data_dir is not None:
             runtime["data_dir"] = cfg.data_dir
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(
-            self.config, out_dir=out_dir, run_name=self.name, resume=True, **runtime
+            run.config, out_dir=out_dir, run_name=run.name, resume=True, **runtime
         )
-        analysis = self.analysis and dataclasses.replace(self.analysis, device=cfg.device)
-        return dataclasses.replace(
-            self,
-            config=config,
-            analysis=analysis,
-            threads=cfg.threads,
-            nproc_per_node=cfg.nproc_per_node,
-        )
+        analysis = run.analysis and dataclasses.replace(run.analysis, device=cfg.device)
+        return dataclasses.replace(run, config=config, analysis=analysis)
 
     @property
     def run_dir(self) -> Path:
