@@ -324,8 +324,9 @@ def test_a_gan_run_is_analysed_and_its_layers_listed_from_the_command_line(capsy
             "16", "--g-steps", "2", "--n-final-samples", "0", "--device", "cpu", "--d-norm",
             "srn", "--rank-ratio", "0.5", "--out-dir", str(tmp_path),
             "--run-name", "g"]  # fmt: skip
-    assert _run(capsys, "gan", *tiny, "--progress", "false")[0] == 0
+    code, out, _ = _run(capsys, "gan", *tiny, "--progress", "false", "--json")
     run_dir = tmp_path / "g"
+    assert code == 0 and json.loads(out)["run_dir"] == str(run_dir)  # for scripts: where it is
     code, out, _ = _run(capsys, "layers", str(run_dir), "--json")
     rows = json.loads(out, parse_constant=_no_bare_nan)  # strict JSON, which jq reads
     names = [row["name"] for row in rows]
@@ -338,6 +339,7 @@ def test_a_gan_run_is_analysed_and_its_layers_listed_from_the_command_line(capsy
     assert code == 0 and json.loads(out)["neural_divergence"] == pytest.approx(
         GanAnalysis.from_json(run_dir).neural_divergence
     )
+    assert json.loads(out)["run_dir"] == str(run_dir)
 
 
 def test_layers_lists_a_runs_layers_where_its_data_is_not(capsys, tmp_path):
@@ -355,10 +357,13 @@ def test_layers_lists_a_runs_layers_where_its_data_is_not(capsys, tmp_path):
     assert _run(capsys, "gan", *common, *gan, "--run-name", "g")[0] == 0
     data.rmdir()  # gone: loading the data would now fail
     for name, first in (("c", "features."), ("g", "D.")):
-        code, out, err = _run(capsys, "layers", str(tmp_path / name), "--json")
+        csv_file = tmp_path / "tables" / f"{name}.csv"  # a folder not made yet
+        code, out, err = _run(capsys, "layers", str(tmp_path / name), "--json", "--csv",
+                              str(csv_file))  # fmt: skip
         assert code == 0, err
         rows = json.loads(out)
         assert rows[0]["name"].startswith(first) and "srn" in {row["norm"] for row in rows}
+        assert len(csv_file.read_text().splitlines()) == len(rows) + 1  # the header, each layer
 
 
 def test_runner_errors_are_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):

@@ -183,14 +183,15 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
 
 
-def _as_json(result: Any) -> str:
+def _as_json(result: Any, run_dir: str | Path | None = None) -> str:
     """``--json``'s output: strict JSON (NaN, e.g. an SN-free layer's power-iteration sigma, as
-    null), which jq and JavaScript's parser read."""
+    null), which jq and JavaScript's parser read; a run's result first names its ``run_dir``."""
     from stablerank.train.results import to_dict
 
-    if isinstance(result, Path):
-        result = {"path": str(result)}
-    return json.dumps(to_dict(result), indent=2, default=str, allow_nan=False)
+    data = to_dict(result)
+    if run_dir is not None and isinstance(data, dict):
+        data = {"run_dir": str(run_dir), **data}
+    return json.dumps(data, indent=2, default=str, allow_nan=False)
 
 
 def _trainer_of(run_dir: str) -> str | None:
@@ -234,6 +235,7 @@ def _layers(args: argparse.Namespace) -> Any:
         model = load_run_model(args.run_dir)
     report = layer_report(model)
     if args.csv:
+        Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         report.to_csv(args.csv)
     if not args.json:
         print(report)
@@ -241,6 +243,7 @@ def _layers(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
+    run_dir = None
     if args.command == "layers":
         result = _layers(args)
     else:
@@ -255,6 +258,12 @@ def _run(args: argparse.Namespace) -> int:
             print(json.dumps(config_to_dict(cfg), indent=2))
             return 0
         runner = _load(cmd.runner)
+        if cmd.reads_runs_of:
+            run_dir = args.run_dir
+        elif cmd.says_what_was_kept:  # a trainer: its folder, which --json names (a hash in it)
+            from stablerank.train.rundir import RunDir
+
+            run_dir = RunDir.for_config(cfg).path
         try:
             result = runner(cfg, args.run_dir) if cmd.reads_runs_of else runner(cfg)
         except KeyboardInterrupt as stop:
@@ -262,7 +271,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\n{said or 'interrupted: ' + cmd.on_interrupt}", file=sys.stderr)
             return EXIT_INTERRUPTED
     if args.json:
-        print(_as_json(result))
+        print(_as_json(result, run_dir))
     return 0
 
 

@@ -173,6 +173,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    return mine(seeds)\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
         "    return mine() + mine()\n\n"
+        "def broken(seeds=1, gan_seeds=1):\n"
+        "    return {}['boom']\n\n"
         "def unlike(seeds=1, gan_seeds=1):\n"  # SRN trained longer: not the claims' comparison
         "    return [dataclasses.replace(r, config=dataclasses.replace(r.config, epochs=3))\n"
         "            if r.norm == 'srn' else r for r in mine()]\n\n"
@@ -194,6 +196,8 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
     ):
         with pytest.raises(TypeError, match=error):
             pipeline.run(own(tmp_path / "bad", spec))
+    with pytest.raises(RuntimeError, match=r"sweep '.*my_sweeps.py:broken' raised KeyError"):
+        pipeline.run(own(tmp_path / "bad", f"{sweep_file}:broken"))
     with pytest.raises(ValueError, match=r"differ in epochs: 1 -> 3; the claims compare"):
         pipeline.run(own(tmp_path / "bad", f"{sweep_file}:unlike"))
     for spec, error in (

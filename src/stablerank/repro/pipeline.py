@@ -157,9 +157,10 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         # How they ended: a failure's own line may have scrolled away among the others'.
         ended = "".join(f"{n} {s}, " for s, n in Counter(o.state for o in ran).items())
         runs_ran = f"{len(ran)} run{'' if len(ran) == 1 else 's'}"
+        took = time.perf_counter() - t0
         print(
             f"ran {runs_ran} ({ended}{len(outcomes) - len(ran)} finished before or running "
-            f"elsewhere) in {(time.perf_counter() - t0) / 60:.1f} min",
+            f"elsewhere) in " + (f"{took:.0f} s" if took < 60 else f"{took / 60:.1f} min"),
             file=sys.stderr,
         )
     records = collect(runs)

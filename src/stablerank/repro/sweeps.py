@@ -384,6 +384,7 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     ``gan_seeds``) when given, else the sweep's default holds.
 
     Raises:
+        RuntimeError: a sweep of your own raised (its error in the message).
         FileNotFoundError, ImportError, ValueError, TypeError: a sweep of your own
             (``MODULE:FUNCTION``, ``FILE.py:FUNCTION``) that cannot be read or called, or whose
             list is empty, holds something not a :class:`Run` or of another kind than
@@ -402,7 +403,12 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
             "sweep is a function taking seeds= and gan_seeds= by keyword, both with defaults, "
             "and returning a list of Run"
         ) from None
-    runs = make(**seeds)
+    try:
+        runs = make(**seeds)
+    except Exception as err:  # a sweep of your own: say whose error it is
+        if cfg.sweep in SWEEPS:
+            raise
+        raise RuntimeError(f"sweep {cfg.sweep!r} raised {type(err).__name__}: {err}") from err
     if not isinstance(runs, list) or not runs or not all(isinstance(r, Run) for r in runs):
         got = type(runs).__name__
         if isinstance(runs, list):
