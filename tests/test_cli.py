@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pytest
 
@@ -432,3 +433,14 @@ def test_an_unknown_flag_shows_the_subcommands_usage(argv, unknown, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"usage: stablerank {argv[0]} ")
     assert f"stablerank {argv[0]}: error: unrecognized arguments: {unknown}" in err
+
+
+def test_the_tiny_gan_preset_trains_offline_in_seconds(capsys, tmp_path):
+    """The README's first look at the GAN trainer: 8x8 digits, no feature network to fetch."""
+    argv = ["gan", "--preset", "tiny", "--g-steps", "4", "--out-dir", str(tmp_path), "--device",
+            "cpu", "--progress", "false", "--json"]  # fmt: skip
+    code, out, err = _run(capsys, *argv)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["steps"] == 4 and result["fid"] is None  # digits: no FID
+    assert Path(result["run_dir"], "metrics.json").is_file()

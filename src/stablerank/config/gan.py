@@ -256,4 +256,18 @@ GAN_PRESETS: dict[str, dict] = {
         "n_final_samples": 2000,
         "checkpoint_every": 250,
     },
+    # Seconds, for a first look at the trainer and its run folder: 8x8 digits, no feature
+    # network for them, so no FID/IS (gan-analyze measures D's eL and the neural divergence).
+    "tiny": {
+        "dataset": "digits",
+        "ngf": 8,
+        "ndf": 8,
+        "z_dim": 16,
+        "batch_size": 16,
+        "g_steps": 100,
+        "n_final_samples": 0,
+        "sample_every": 100,
+        "checkpoint_every": 50,
+        "log_every": 10,
+    },
 }
