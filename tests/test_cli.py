@@ -444,3 +444,41 @@ def test_the_tiny_gan_preset_trains_offline_in_seconds(capsys, tmp_path):
     result = json.loads(out)
     assert result["steps"] == 4 and result["fid"] is None  # digits: no FID
     assert Path(result["run_dir"], "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_trainer_as_ctrl_c_does_with_a_checkpoint_of_its_step(tmp_path):
+    """``kill`` / ``timeout`` (SIGTERM) end a run as Ctrl-C does: the step reached is checkpointed
+    and the run resumes from it, here where Ctrl-C is ignored (a background job)."""
+    import signal
+    import time
+
+    from stablerank.train.rundir import RunDir
+
+    argv = [sys.executable, "-m", "stablerank", "gan", "--preset", "tiny", "--g-steps", "1000000",
+            "--out-dir", str(tmp_path), "--run-name", "g", "--device", "cpu", "--progress",
+            "false"]  # fmt: skip
+    ignore_ctrl_c = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, preexec_fn=ignore_ctrl_c)
+    try:
+        deadline = time.monotonic() + 60
+        log = tmp_path / "g" / "log.jsonl"
+        while not (log.is_file() and log.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "SIGTERM: stopping as on Ctrl-C" in stderr and "interrupted; the checkpoint" in stderr
+    assert RunDir(tmp_path / "g").read_status()["status"] == "interrupted"
+    assert RunDir(tmp_path / "g").checkpoints()  # the step reached
+
+
+def test_the_command_leaves_sigterm_as_it_found_it(capsys):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    assert _run(capsys, "train", "--print-config")[0] == 0
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -14,12 +14,15 @@ runs, so ``--help``, ``--version`` and ``--print-config`` answer at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
+import os
+import signal
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -280,13 +283,47 @@ def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> 
     print(f"warning: {message} ({category.__name__})", file=sys.stderr)
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (``kill``, ``timeout``, ``docker stop``) taken as Ctrl-C while the command runs: a
+    trainer ends its step with a checkpoint, ``reproduce`` stops its workers so. Where Ctrl-C is
+    held (blocked), so is SIGTERM; where it is ignored (a background job), SIGTERM still stops the
+    command. Not under torchrun: a rank blocked in a collective must die at once when its agent
+    ends it, and a Python handler runs only once that call returns."""
+
+    def stop(signum: int, frame: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.write(2, b"\nSIGTERM: stopping as on Ctrl-C\n")
+        if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if not callable(handler):
+            raise KeyboardInterrupt
+        handler(signal.SIGINT, frame)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread (an embedding program): leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's usage, which lists its options, not the top-level one
         args.usage_error(f"unrecognized arguments: {' '.join(unknown)}")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            contextlib.nullcontext() if distributed else _sigterm_as_ctrl_c(),
+        ):
             if not args.debug:
                 warnings.showwarning = _show_warning
             return _run(args)

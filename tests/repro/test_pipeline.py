@@ -600,12 +600,15 @@ def test_a_ctrl_c_while_the_pool_starts_its_workers_is_not_lost(tmp_path, monkey
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
-@pytest.mark.parametrize("executor", ["local", "submitit-local"])
-def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, executor):
+@pytest.mark.parametrize(
+    ("executor", "stop"), [("local", "ctrl-c"), ("submitit-local", "ctrl-c"), ("local", "sigterm")]
+)
+def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, executor, stop):
     """Ctrl-C in a terminal signals the whole process group: the workers (the pool's, or
     submitit's local jobs and their controllers) record ``interrupted`` in the runs they hold and
     stop, the command exits 130 saying how to continue, and the same command then finishes every
-    run."""
+    run. SIGTERM to the command alone (``kill``, ``timeout``) does the same, even where Ctrl-C is
+    ignored (a background job)."""
     import signal
     import time
 
@@ -620,7 +623,7 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     # A terminal's command takes Ctrl-C even when this test runs where it is ignored (a background
     # job of a non-interactive shell inherits SIGINT ignored).
     def takes_ctrl_c() -> None:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.SIG_DFL if stop == "ctrl-c" else signal.SIG_IGN)
 
     proc = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             preexec_fn=takes_ctrl_c)  # fmt: skip
@@ -630,7 +633,10 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
             time.sleep(0.05)
         assert proc.poll() is None, "the sweep ended before a run could be interrupted"
         before = states()
-        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        if stop == "ctrl-c":
+            os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
+        else:
+            os.kill(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -648,7 +654,7 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     after = states()
     assert "running" not in after and "interrupted" in after
     # The runs stopped partway, which get no line of their own, are named, each once.
-    said = stderr.partition("at Ctrl-C: ")[2].splitlines()
+    said = stderr.partition("stopped: ")[2].splitlines()
     assert f"{after.count('interrupted')} partial" in said[0], stderr
     stopped = [r.name for r, state in zip(runs, after, strict=True) if state == "interrupted"]
     named = [line.split()[1] for line in said[1:] if line.startswith("  partial ")]
