@@ -482,3 +482,25 @@ def test_the_command_leaves_sigterm_as_it_found_it(capsys):
     before = signal.getsignal(signal.SIGTERM)
     assert _run(capsys, "train", "--print-config")[0] == 0
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_an_option_that_has_no_effect_is_named_with_why(capsys, tmp_path):
+    """``--norm none --rank-ratio 0.3`` trains what ``--norm none`` trains, in a folder of its
+    own: the user is told, for a flag or a config file's key, never for the defaults or a
+    preset's values."""
+    code, _, err = _run(capsys, "train", "--norm", "none", "--rank-ratio", "0.3", "--print-config")
+    assert code == 0 and "--rank-ratio has no effect here (norm='none': only SRN reads it)" in err
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer: adam\nmomentum: 0.5\n")
+    code, _, err = _run(capsys, "train", "--config", str(path), "--print-config")
+    assert code == 0 and f"momentum in {path} has no effect here (optimizer='adam')" in err
+    for argv in (
+        ("train", "--norm", "srn", "--rank-ratio", "0.3"),
+        ("train", "--preset", "tiny"),
+        ("gan", "--d-norm", "srn", "--rank-ratio", "0.3"),
+        ("gan", "--preset", "tiny"),
+    ):
+        code, _, err = _run(capsys, *argv, "--print-config")
+        assert code == 0 and "no effect" not in err, argv
+    code, _, err = _run(capsys, "gan", "--rank-ratio", "0.3", "--print-config")
+    assert "--rank-ratio has no effect here (d_norm='sn': only SRN reads it)" in err

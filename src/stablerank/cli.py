@@ -183,7 +183,16 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
         raise ValueError(f"--config may be given once, got {len(args.config)} files")
     from_file = read_yaml(args.config[0]) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in _META}
-    return config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
+    cfg = config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
+    unused = cfg.unused() if hasattr(cfg, "unused") else {}
+    for key in sorted(unused.keys() & {*from_file, *flags}):
+        given = f"--{key.replace('_', '-')}" if key in flags else f"{key} in {args.config[0]}"
+        warnings.warn(
+            f"{given} has no effect here ({unused[key]}), but a changed value still names a run "
+            "folder of its own",
+            stacklevel=2,
+        )
+    return cfg
 
 
 def _as_json(result: Any, run_dir: str | Path | None = None) -> str:

@@ -179,6 +179,20 @@ class ClassifyConfig:
                 f"warmup_epochs must be < epochs={self.epochs}, got {self.warmup_epochs}"
             )
 
+    def unused(self) -> dict[str, str]:
+        """The fields that the other values leave unread, each with why: still part of the run
+        folder's hash, so that a CLI user who set one is told (the device-dependent ``amp`` and
+        ``channels_last`` are left out)."""
+        rules = {
+            "rank_ratio": (self.norm != "srn", f"norm={self.norm!r}: only SRN reads it"),
+            "n_power_iterations": (self.norm == "none", "norm='none': no SN or SRN"),
+            "momentum": (self.optimizer == "adam", "optimizer='adam'"),
+            "nesterov": (self.optimizer == "adam", "optimizer='adam'"),
+            "milestones": (self.schedule != "step", f"schedule={self.schedule!r}"),
+            "lr_gamma": (self.schedule != "step", f"schedule={self.schedule!r}"),
+        }
+        return {key: why for key, (unread, why) in rules.items() if unread}
+
     @property
     def run_label(self) -> str:
         """The readable start of the run folder's default name."""

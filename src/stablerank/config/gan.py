@@ -184,6 +184,16 @@ class GanConfig:
             return self.feature_net
         return _DEFAULT_FEATURE_NETS.get(self.dataset)
 
+    def unused(self) -> dict[str, str]:
+        """The fields that the other values leave unread, each with why (as
+        :meth:`ClassifyConfig.unused`)."""
+        no_norm = self.d_norm == "none" and self.g_norm == "none"
+        rules = {
+            "rank_ratio": (self.d_norm != "srn", f"d_norm={self.d_norm!r}: only SRN reads it"),
+            "n_power_iterations": (no_norm, "d_norm and g_norm 'none': no SN or SRN"),
+        }
+        return {key: why for key, (unread, why) in rules.items() if unread}
+
     @property
     def run_label(self) -> str:
         """The readable start of the run folder's default name."""
