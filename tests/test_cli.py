@@ -504,3 +504,11 @@ def test_an_option_that_has_no_effect_is_named_with_why(capsys, tmp_path):
         assert code == 0 and "no effect" not in err, argv
     code, _, err = _run(capsys, "gan", "--rank-ratio", "0.3", "--print-config")
     assert "--rank-ratio has no effect here (d_norm='sn': only SRN reads it)" in err
+
+
+def test_a_preset_whose_every_key_a_flag_replaces_is_refused(capsys):
+    # `reproduce --preset tiny --sweep quick` ran the quick sweep (9 minutes) without a word.
+    code, _, err = _run(capsys, "reproduce", "--preset", "tiny", "--sweep", "quick", "--dry-run")
+    assert code == 2 and "--preset tiny sets only --sweep, which the flags replace" in err
+    assert _run(capsys, "reproduce", "--preset", "tiny", "--sweep", "tiny", "--print-config")[0] == 0
+    assert _run(capsys, "train", "--preset", "tiny", "--epochs", "3", "--print-config")[0] == 0

@@ -183,6 +183,11 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
         raise ValueError(f"--config may be given once, got {len(args.config)} files")
     from_file = read_yaml(args.config[0]) if args.config else {}
     flags = {k: v for k, v in vars(args).items() if k not in _META}
+    if preset and all(k in flags and str(flags[k]) != str(v) for k, v in preset.items()):
+        # `reproduce --preset tiny --sweep quick`: the flags replace all that the preset sets.
+        keys = ", ".join(f"--{k.replace('_', '-')}" for k in preset)
+        raise ValueError(f"--preset {args.preset} sets only {keys}, which the flags replace: "
+                         "give one or the other")  # fmt: skip
     cfg = config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
     unused = cfg.unused() if hasattr(cfg, "unused") else {}
     for key in sorted(unused.keys() & {*from_file, *flags}):
