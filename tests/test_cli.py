@@ -510,5 +510,6 @@ def test_a_preset_whose_every_key_a_flag_replaces_is_refused(capsys):
     # `reproduce --preset tiny --sweep quick` ran the quick sweep (9 minutes) without a word.
     code, _, err = _run(capsys, "reproduce", "--preset", "tiny", "--sweep", "quick", "--dry-run")
     assert code == 2 and "--preset tiny sets only --sweep, which the flags replace" in err
-    assert _run(capsys, "reproduce", "--preset", "tiny", "--sweep", "tiny", "--print-config")[0] == 0
+    same = ("--preset", "tiny", "--sweep", "tiny", "--print-config")
+    assert _run(capsys, "reproduce", *same)[0] == 0
     assert _run(capsys, "train", "--preset", "tiny", "--epochs", "3", "--print-config")[0] == 0
