@@ -519,6 +519,20 @@ def test_a_preempted_job_ends_only_when_sacct_says_preempted_twice_in_a_row(tmp_
     ]
     assert len(asked) == 6
 
+    class RequeuedThenPreemptedAgain(Job):  # submitit's view changes between the polls
+        polls = 0
+
+        def done(self):
+            self.polls += 1
+            self.state = "PENDING" if self.polls == 2 else "PREEMPTED"  # requeued, then again
+            return False
+
+    said = iter([{"9_0": "PREEMPTED"}] * 3)
+    asked.clear()
+    ended = list(executors._as_completed([RequeuedThenPreemptedAgain("9_0")]))
+    # The reading of the first preemption does not count towards the second's two in a row.
+    assert [state for _, state in ended] == ["PREEMPTED"] and len(asked) == 3
+
     # The map: the preempted job's run fails with the reason, and result() is not waited on.
     cfg = ReproduceConfig(sweep="tiny", out_dir=str(tmp_path), executor="slurm")
     run = sweeps.Run(sweeps.KIND_CLASSIFY, "digits/mlp", classify_preset("tiny", epochs=1))

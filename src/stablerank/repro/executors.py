@@ -33,6 +33,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -569,26 +570,27 @@ def _as_completed(jobs: Sequence[Any]) -> Iterator[tuple[Any, str]]:
     about it (its ``state`` stays the cached SUSPENDED), so such a job is asked about here, every
     :data:`_SACCT_EVERY_S` (a failed sacct call: still live). submitit takes a PREEMPTED job for
     live forever (a requeue follows it where the cluster requeues preempted jobs); here it has
-    ended when sacct says PREEMPTED twice in a row: not requeued, its result never comes."""
+    ended when sacct says PREEMPTED at two calls in a row: not requeued, its result never comes."""
     pending = list(jobs)
     states: dict[str, str] = {}  # by job id, as the last sacct call here said
-    preempted_before: set[str] = set()  # the jobs that sacct's call before that said PREEMPTED
+    preempted: Counter[str] = Counter()  # sacct calls in a row that said PREEMPTED, by job id
     asked = -math.inf
     live = _SLURM_LIVE_STATES | {"PREEMPTED"}  # to submitit
     while pending:
         done = [job for job in pending if job.done() or job.state == "PREEMPTED"]
         held = [job for job in done if job.state in live
                 and not job.paths.result_pickle.exists()]  # fmt: skip
+        # A job that submitit sees requeued (PENDING) is no longer held: its count starts again.
+        ids = [str(job.job_id) for job in held]
+        preempted = Counter({job: preempted[job] for job in ids})
         if held and time.monotonic() - asked >= _SACCT_EVERY_S:
             asked = time.monotonic()
             with contextlib.suppress(RuntimeError):
-                said = _sacct_states(str(job.job_id) for job in held)
-                preempted_before = {job for job, state in states.items() if state == "PREEMPTED"}
-                states = {str(job.job_id): said.get(str(job.job_id), "") for job in held}
-        # PREEMPTED at two sacct calls in a row: not requeued.
-        unrequeued = {job for job, state in states.items() if state == "PREEMPTED"}
-        unrequeued &= preempted_before
-        ended = [job for job in done if job not in held or str(job.job_id) in unrequeued
+                said = _sacct_states(ids)
+                states = {job: said.get(job, "") for job in ids}
+                for job in ids:
+                    preempted[job] = preempted[job] + 1 if states[job] == "PREEMPTED" else 0
+        ended = [job for job in done if job not in held or preempted[str(job.job_id)] >= 2
                  or states.get(str(job.job_id), "PENDING") not in live]  # fmt: skip
         for job in ended:
             pending.remove(job)
