@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import warnings
@@ -504,6 +505,13 @@ def test_an_option_that_has_no_effect_is_named_with_why(capsys, tmp_path):
         assert code == 0 and "no effect" not in err, argv
     code, _, err = _run(capsys, "gan", "--rank-ratio", "0.3", "--print-config")
     assert "--rank-ratio has no effect here (d_norm='sn': only SRN reads it)" in err
+    # A complete config file (a run's config.json, torchrun's launch file) holds every key: only
+    # a value other than the default or the preset's is said.
+    full = tmp_path / "config.json"
+    full.write_text(_run(capsys, "train", "--preset", "tiny", "--print-config")[1])
+    code, _, err = _run(capsys, "train", "--preset", "tiny", "--config", str(full),
+                        "--print-config")  # fmt: skip
+    assert code == 0 and "no effect" not in err
 
 
 def test_a_preset_whose_every_key_a_flag_replaces_is_refused(capsys):
@@ -513,3 +521,23 @@ def test_a_preset_whose_every_key_a_flag_replaces_is_refused(capsys):
     same = ("--preset", "tiny", "--sweep", "tiny", "--print-config")
     assert _run(capsys, "reproduce", *same)[0] == 0
     assert _run(capsys, "train", "--preset", "tiny", "--epochs", "3", "--print-config")[0] == 0
+
+
+def test_sigterm_while_ctrl_c_is_ignored_and_held_still_stops_the_command():
+    """A background job ignores Ctrl-C; the pool holds it (blocked) while it starts its workers:
+    a SIGTERM then must stop the command once the block ends, not be dropped."""
+    import signal
+    import time
+
+    from stablerank import cli
+    from stablerank.repro.executors import _sigint_blocked
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt), cli._sigterm_as_ctrl_c():
+            with _sigint_blocked():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)
+            time.sleep(2)  # the command would go on here
+    finally:
+        signal.signal(signal.SIGINT, previous)

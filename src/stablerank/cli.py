@@ -189,8 +189,14 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
         raise ValueError(f"--preset {args.preset} sets only {keys}, which the flags replace: "
                          "give one or the other")  # fmt: skip
     cfg = config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
-    unused = cfg.unused() if hasattr(cfg, "unused") else {}
-    for key in sorted(unused.keys() & {*from_file, *flags}):
+    # Said of a value given that differs from the preset's or the default (a complete config
+    # file, such as a run's config.json, gives every key); not under torchrun, whose config is
+    # reproduce's launch file of a sweep's run, said by every rank.
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    unused = cfg.unused() if hasattr(cfg, "unused") and not distributed else {}
+    baseline = config_from_dict(type(cfg), preset)
+    changed = {k for k in {*from_file, *flags} if getattr(cfg, k) != getattr(baseline, k)}
+    for key in sorted(unused.keys() & changed):
         given = f"--{key.replace('_', '-')}" if key in flags else f"{key} in {args.config[0]}"
         warnings.warn(
             f"{given} has no effect here ({unused[key]}), but a changed value still names a run "
@@ -308,13 +314,15 @@ def _sigterm_as_ctrl_c() -> Iterator[None]:
     def stop(signum: int, frame: Any) -> None:
         with contextlib.suppress(OSError):
             os.write(2, b"\nSIGTERM: stopping as on Ctrl-C\n")
-        if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
-            os.kill(os.getpid(), signal.SIGINT)
-            return
         handler = signal.getsignal(signal.SIGINT)
-        if not callable(handler):
+        if signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []):
+            if not callable(handler):  # an ignored Ctrl-C would be dropped, not held
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+            os.kill(os.getpid(), signal.SIGINT)
+        elif callable(handler):
+            handler(signal.SIGINT, frame)
+        else:
             raise KeyboardInterrupt
-        handler(signal.SIGINT, frame)
 
     try:
         previous = signal.signal(signal.SIGTERM, stop)

@@ -601,8 +601,10 @@ def test_a_ctrl_c_while_the_pool_starts_its_workers_is_not_lost(tmp_path, monkey
 
 @pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="reads /proc (Linux)")
 @pytest.mark.parametrize(
-    ("executor", "stop"), [("local", "ctrl-c"), ("submitit-local", "ctrl-c"), ("local", "sigterm")]
-)
+    ("executor", "stop"),
+    [("local", "ctrl-c"), ("submitit-local", "ctrl-c"), ("local", "sigterm"),
+     ("submitit-local", "sigterm")],
+)  # fmt: skip
 def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, executor, stop):
     """Ctrl-C in a terminal signals the whole process group: the workers (the pool's, or
     submitit's local jobs and their controllers) record ``interrupted`` in the runs they hold and
@@ -654,7 +656,7 @@ def test_ctrl_c_stops_the_workers_and_the_same_command_finishes(tmp_path, execut
     after = states()
     assert "running" not in after and "interrupted" in after
     # The runs stopped partway, which get no line of their own, are named, each once.
-    said = stderr.partition("stopped: ")[2].splitlines()
+    said = stderr.partition("now: ")[2].splitlines()
     assert f"{after.count('interrupted')} partial" in said[0], stderr
     stopped = [r.name for r, state in zip(runs, after, strict=True) if state == "interrupted"]
     named = [line.split()[1] for line in said[1:] if line.startswith("  partial ")]

@@ -615,9 +615,26 @@ def _job_failed(run: Run, job: Any, state: str, err: Exception) -> Outcome:
     return Outcome(run.name, FAILED, error=f"job {job.job_id} failed ({state}; log: {log}): {err}")
 
 
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (its children, theirs, ...), read from /proc (none without)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):  # one that ended meanwhile
+            parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
 def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
     """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
-    ones running (which took the Ctrl-C) are waited for; SLURM jobs are left running."""
+    ones running are sent Ctrl-C, as the pool's workers are (a terminal's reached them already:
+    twice the same is one Ctrl-C; a SIGTERM or ``kill -INT`` of this command alone did not), and
+    waited for; SLURM jobs are left running. (submitit's controllers keep Ctrl-C blocked.)"""
     if stop_file is None:
         if not jobs:
             return
@@ -627,6 +644,9 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
               "collects their results", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGINT)
     for job in jobs:
         job.wait()
     if jobs:  # every job has ended; else (a Ctrl-C while they were submitted) some may not have

@@ -151,7 +151,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
                 outcomes = executor.map(runs, print_outcome)
             except KeyboardInterrupt:  # the runs stopped partway get no line of their own
                 states = [run_state(r) for r in runs]
-                print(f"stopped: {_describe(runs, states, only='partial')}", file=sys.stderr)
+                print(f"now: {_describe(runs, states, only='partial')}", file=sys.stderr)
                 raise
         ran = [o for o in outcomes if o.state not in (SKIPPED, BUSY)]
         # How they ended: a failure's own line may have scrolled away among the others'.
