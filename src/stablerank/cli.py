@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import warnings
@@ -188,7 +189,20 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
         keys = ", ".join(f"--{k.replace('_', '-')}" for k in preset)
         raise ValueError(f"--preset {args.preset} sets only {keys}, which the flags replace: "
                          "give one or the other")  # fmt: skip
-    cfg = config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
+
+    def given(key: str, index: str = "") -> str:
+        """``key`` as the user gave it: its flag, or its key in the config file."""
+        if key in flags:
+            return f"--{key.replace('_', '-')}{index}"
+        return f"{key}{index} in {args.config[0]}" if key in from_file else f"{key}{index}"
+
+    try:
+        cfg = config_from_dict(_load(cmd.config), {**preset, **from_file, **flags})
+    except (ValueError, TypeError) as err:  # "config key 'lr' must be > 0.0": "--lr must be ..."
+        named = re.sub(r"config key '(\w+)((?:\[\d+\])?)'",
+                       lambda m: given(m[1], m[2]) if m[1] in {*flags, *from_file} else m[0],
+                       str(err))  # fmt: skip
+        raise type(err)(named) from None
     # Said of a value given that differs from the preset's or the default (a complete config
     # file, such as a run's config.json, gives every key); not under torchrun, whose config is
     # reproduce's launch file of a sweep's run, said by every rank.
@@ -197,10 +211,9 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     baseline = config_from_dict(type(cfg), preset)
     changed = {k for k in {*from_file, *flags} if getattr(cfg, k) != getattr(baseline, k)}
     for key in sorted(unused.keys() & changed):
-        given = f"--{key.replace('_', '-')}" if key in flags else f"{key} in {args.config[0]}"
         warnings.warn(
-            f"{given} has no effect here ({unused[key]}), but a changed value still names a run "
-            "folder of its own",
+            f"{given(key)} has no effect here ({unused[key]}), but a changed value still names a "
+            "run folder of its own",
             stacklevel=2,
         )
     return cfg
