@@ -70,8 +70,8 @@ class ReproduceConfig:
     )
     workers: int = option(
         0,
-        "local: concurrent runs; submitit-local: jobs per wave (0 = one per GPU, else cores / "
-        "threads)",
+        "local: concurrent runs; submitit-local: jobs per wave (0 = one per nproc-per-node GPUs, "
+        "else cores / (threads x nproc-per-node))",
         min=0,
     )
     threads: int = option(1, "torch CPU threads of each run (0 = torch's default)", min=0)
