@@ -494,6 +494,12 @@ def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_a
     with pytest.raises((ModuleNotFoundError, FileNotFoundError), match="inception-v3"):
         pipeline.check_inputs([dataclasses.replace(gan, config=c) for c in (inception, silent)])
     pipeline.check_inputs([gan])  # scores nothing: no feature network needed
+    # Several missing: each is named, so that one command says all there is to fix.
+    unreadable = sweeps.build_sweep(_cfg(tmp_path, data_dir=missing))[0]
+    both = [unreadable, dataclasses.replace(gan, config=inception)]
+    named = r"^2 inputs .*\(1\) .*no-such-folder.*\(2\) .*inception"
+    with pytest.raises(RuntimeError, match=named):
+        pipeline.check_inputs(both)
 
 
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):

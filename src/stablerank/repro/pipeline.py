@@ -11,6 +11,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,23 +77,38 @@ def _finished_elsewhere(runs: list[Run]) -> str:
 def check_inputs(runs: list[Run]) -> None:
     """Read each dataset, and build each feature network, that ``runs`` train and score with,
     once: a missing or corrupt file would otherwise fail every run alike, under SLURM each only
-    after its wait in the queue. (SLURM jobs read the same paths: a shared file system.)
+    after its wait in the queue. (SLURM jobs read the same paths: a shared file system.) Every
+    input is tried, so that one command names all that is missing.
 
     Raises:
         DatasetNotFoundError, CorruptDatasetError: from :func:`stablerank.data.load_dataset`.
         FileNotFoundError, ModuleNotFoundError: a feature network's weights or package missing.
+        RuntimeError: several of these (each named).
     """
     from stablerank.data import load_dataset
     from stablerank.train.gan_scores import scoring_network
 
+    errors: list[Exception] = []
+
+    def attempt(read: Callable[..., object], *args: object) -> None:
+        try:
+            read(*args)
+        except (OSError, ImportError, ValueError) as err:
+            errors.append(err)
+
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
-        load_dataset(dataset, data_dir)
+        attempt(load_dataset, dataset, data_dir)
     # The GANs still to train that score (a trained one awaiting its analysis scores no more).
     trained = {r.name for r in runs if RunDir(r.run_dir).is_done()}
     scoring = [r.config for r in runs if r.kind == KIND_GAN and r.name not in trained
                and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip
     for cfg in {(c.scoring_net, c.feature_weights): c for c in scoring}.values():
-        scoring_network(cfg)
+        attempt(scoring_network, cfg)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        listed = "; ".join(f"({i}) {err}" for i, err in enumerate(errors, 1))
+        raise RuntimeError(f"{len(errors)} inputs of the runs cannot be read: {listed}")
 
 
 def run(cfg: ReproduceConfig) -> SweepOutcome:
