@@ -23,7 +23,7 @@ import re
 import signal
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -203,20 +203,26 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
                        lambda m: given(m[1], m[2]) if m[1] in {*flags, *from_file} else m[0],
                        str(err))  # fmt: skip
         raise type(err)(named) from None
-    # Said of a value given that differs from the preset's or the default (a complete config
-    # file, such as a run's config.json, gives every key); not under torchrun, whose config is
-    # reproduce's launch file of a sweep's run, said by every rank.
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    unused = cfg.unused() if hasattr(cfg, "unused") and not distributed else {}
-    baseline = config_from_dict(type(cfg), preset)
-    changed = {k for k in {*from_file, *flags} if getattr(cfg, k) != getattr(baseline, k)}
-    for key in sorted(unused.keys() & changed):
+    if not _under_torchrun():  # whose config is a sweep run's launch file, said by every rank
+        _warn_unused(cfg, config_from_dict(type(cfg), preset), {*from_file, *flags}, given)
+    return cfg
+
+
+def _warn_unused(cfg: Any, baseline: Any, keys: set[str], given: Callable[[str], str]) -> None:
+    """Warn of each of ``keys`` (the user's flags and config file keys) that the other values of
+    ``cfg`` leave unread (its ``unused()``), when its value differs from ``baseline`` (the preset
+    or the defaults: a complete config file, such as a run's config.json, gives every key)."""
+    unused = cfg.unused() if hasattr(cfg, "unused") else {}
+    for key in sorted(k for k in unused.keys() & keys if getattr(cfg, k) != getattr(baseline, k)):
         warnings.warn(
             f"{given(key)} has no effect here ({unused[key]}), but a changed value still names a "
             "run folder of its own",
-            stacklevel=2,
+            stacklevel=3,
         )
-    return cfg
+
+
+def _under_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _as_json(result: Any, run_dir: str | Path | None = None) -> str:
@@ -353,11 +359,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # the subcommand's usage, which lists its options, not the top-level one
         args.usage_error(f"unrecognized arguments: {' '.join(unknown)}")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     try:
         with (
             warnings.catch_warnings(),
-            contextlib.nullcontext() if distributed else _sigterm_as_ctrl_c(),
+            contextlib.nullcontext() if _under_torchrun() else _sigterm_as_ctrl_c(),
         ):
             if not args.debug:
                 warnings.showwarning = _show_warning
