@@ -506,6 +506,10 @@ def test_an_option_that_has_no_effect_is_named_with_why(capsys, tmp_path):
         assert code == 0 and "no effect" not in err, argv
     code, _, err = _run(capsys, "gan", "--rank-ratio", "0.3", "--print-config")
     assert "--rank-ratio has no effect here (d_norm='sn': only SRN reads it)" in err
+    code, _, err = _run(capsys, "train", "--head", "sn", "--momentum", "0", "--nesterov", "false",
+                        "--print-config")  # fmt: skip
+    assert "--head has no effect here (norm='none'" in err
+    assert "--nesterov has no effect here (no SGD momentum)" in err
     # A complete config file (a run's config.json, torchrun's launch file) holds every key: only
     # a value other than the default or the preset's is said.
     full = tmp_path / "config.json"

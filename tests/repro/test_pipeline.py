@@ -500,6 +500,12 @@ def test_data_or_a_feature_network_the_runs_cannot_read_stops_the_sweep_before_a
     named = r"^2 inputs .*\(1\) .*no-such-folder.*\(2\) .*inception"
     with pytest.raises(RuntimeError, match=named):
         pipeline.check_inputs(both)
+    # Whatever a later input raises (a corrupt weights file: torch's own error), the earlier
+    # ones are still named.
+    monkeypatch.setattr("stablerank.train.gan_scores.scoring_network",
+                        lambda cfg: {}["sha256"])  # fmt: skip
+    with pytest.raises(RuntimeError, match=r"^2 inputs .*no-such-folder.*'sha256'"):
+        pipeline.check_inputs(both)
 
 
 def test_dry_run_lists_runs_and_trains_nothing(tmp_path, capsys):

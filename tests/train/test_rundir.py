@@ -298,3 +298,27 @@ def test_the_data_folder_stays_out_of_a_standalone_runs_folder_name(tmp_path):
         assert (
             RunDir.for_config(dataclasses.replace(cfg, seed=1)).path != RunDir.for_config(cfg).path
         )
+
+
+def test_the_same_ctrl_c_relayed_after_the_loop_stopped_is_still_one(monkeypatch):
+    """The terminal's Ctrl-C stops the training loop; the executor's relay of it may arrive once
+    the loop has ended, while the stop is being recorded: it is ignored there too, and a later
+    Ctrl-C goes to the handler that was there before."""
+    import signal
+
+    import stablerank.train.runtime as runtime
+
+    monkeypatch.setattr(runtime, "_FORCE_AFTER_S", 3600.0)
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with runtime.deferred_sigint(True, "run") as flag:
+            signal.raise_signal(signal.SIGINT)  # taken by the loop: a flag
+        assert flag["stop"] and seen == []
+        signal.raise_signal(signal.SIGINT)  # the relay, after the loop
+        assert seen == []
+        monkeypatch.setattr(runtime, "_FORCE_AFTER_S", 0.0)
+        signal.raise_signal(signal.SIGINT)  # a second Ctrl-C
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -187,7 +187,8 @@ class ClassifyConfig:
             "rank_ratio": (self.norm != "srn", f"norm={self.norm!r}: only SRN reads it"),
             "n_power_iterations": (self.norm == "none", "norm='none': no SN or SRN"),
             "momentum": (self.optimizer == "adam", "optimizer='adam'"),
-            "nesterov": (self.optimizer == "adam", "optimizer='adam'"),
+            "nesterov": (self.optimizer == "adam" or not self.momentum, "no SGD momentum"),
+            "head": (self.norm == "none", "norm='none': no layer is normalized"),
             "milestones": (self.schedule != "step", f"schedule={self.schedule!r}"),
             "lr_gamma": (self.schedule != "step", f"schedule={self.schedule!r}"),
         }

@@ -371,9 +371,10 @@ class SubmititExecutor:
 
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         # This command's own stop file: another command on the out dir keeps its jobs.
-        stop_file = None
+        stop_file, others = None, set[int]()
         if self.cluster == "local":
             stop_file = self.folder / f"STOP.{os.getpid()}.{time.time_ns()}"
+            others = set(_descendants(os.getpid()))  # not this executor's: never signalled
         job_fn = _requeueable_job(stop_file, _SIGNAL_DELAY_S[self.cluster] // 2)
         outcomes: dict[int, Outcome] = {}
         # A finished run is not submitted: its job would only say so, after queueing for GPUs.
@@ -415,7 +416,7 @@ class SubmititExecutor:
                     outcomes[i] = outcome
                     report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
-                _stop_jobs(jobs, stop_file)
+                _stop_jobs(jobs, stop_file, others)
                 raise
         return [outcomes[i] for i in range(len(runs))]
 
@@ -630,11 +631,12 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
+def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None, others: Iterable[int] = ()) -> None:
     """After Ctrl-C: local jobs that have not begun their run skip it (``stop_file``) and the
     ones running are sent Ctrl-C, as the pool's workers are (a terminal's reached them already:
     twice the same is one Ctrl-C; a SIGTERM or ``kill -INT`` of this command alone did not), and
-    waited for; SLURM jobs are left running. (submitit's controllers keep Ctrl-C blocked.)"""
+    waited for; SLURM jobs are left running. The processes below this one that are ``others``
+    (there before the jobs) are left alone; submitit's controllers keep Ctrl-C blocked."""
     if stop_file is None:
         if not jobs:
             return
@@ -644,8 +646,8 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None) -> None:
               "collects their results", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
-    for pid in _descendants(os.getpid()):
-        with contextlib.suppress(ProcessLookupError):
+    for pid in set(_descendants(os.getpid())).difference(others):
+        with contextlib.suppress(OSError):  # ended meanwhile, or not ours to signal
             os.kill(pid, signal.SIGINT)
     for job in jobs:
         job.wait()

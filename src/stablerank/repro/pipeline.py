@@ -93,7 +93,7 @@ def check_inputs(runs: list[Run]) -> None:
     def attempt(read: Callable[..., object], *args: object) -> None:
         try:
             read(*args)
-        except (OSError, ImportError, ValueError) as err:
+        except Exception as err:  # each named, whatever it is (a corrupt weights file too)
             errors.append(err)
 
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):

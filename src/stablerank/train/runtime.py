@@ -195,7 +195,24 @@ def deferred_sigint(enabled: bool, run_dir: Any) -> Iterator[dict[str, bool]]:
     try:
         yield flag
     finally:
+        signal.signal(signal.SIGINT, _after(first[0], previous) if first else previous)
+
+
+def _after(first: float, previous: Any) -> Any:
+    """The Ctrl-C handler once the training loop has taken one at ``first``: the same Ctrl-C
+    relayed by an executor a moment later must not cut short the recording of the stop (as the
+    loop's own handler ignores it); a later one goes to ``previous``."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if time.monotonic() - first < _FORCE_AFTER_S:
+            return
         signal.signal(signal.SIGINT, previous)
+        if callable(previous):
+            previous(signum, frame)
+        elif previous != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    return handler
 
 
 def interrupted(run_dir: Any, kept: str) -> KeyboardInterrupt:
