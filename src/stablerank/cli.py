@@ -100,6 +100,10 @@ _COMMANDS = {
 }
 
 
+# The commands that train, each into a run folder of its own (the others read those folders).
+_TRAINERS = ("train", "gan")
+
+
 def _load(path: str) -> Any:
     module, _, attr = path.partition(":")
     return getattr(importlib.import_module(module), attr)
@@ -243,7 +247,7 @@ def _trainer_of(run_dir: str) -> str | None:
 
     path = RunDir(run_dir).config_file
     saved = json.loads(path.read_text()) if path.is_file() else None
-    for name in ("train", "gan"):
+    for name in _TRAINERS:
         fields = {f.name for f in dataclasses.fields(_load(_COMMANDS[name].config))}
         if isinstance(saved, dict) and set(saved) <= fields:
             return name
@@ -302,7 +306,7 @@ def _run(args: argparse.Namespace) -> int:
         runner = _load(cmd.runner)
         if cmd.reads_runs_of:
             run_dir = args.run_dir
-        elif cmd.says_what_was_kept:  # a trainer: its folder, which --json names (a hash in it)
+        elif args.command in _TRAINERS:  # its folder, which --json names (a hash in it)
             from stablerank.train.rundir import RunDir
 
             run_dir = RunDir.for_config(cfg).path
