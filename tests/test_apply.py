@@ -238,3 +238,14 @@ def test_refusals_and_eligible_layers_leave_the_vectors_as_they_were():
         sr.stable_rank_norm(net[7], rank_ratio=0.5)
     assert [name for name, _ in sr.eligible_layers(net)] == ["0", "3", "5", "7"]
     assert all(torch.equal(v, net.state_dict()[k]) for k, v in state.items())
+
+
+def test_layer_report_says_no_cap_binds_where_r_is_at_least_min_m_n():
+    """A 1 x n SRN layer has srank 1 = r: the cap cannot act. Its raw stable rank, computed in
+    floating point, can land a hair above 1, which must not read as "binds"."""
+    torch.manual_seed(3)  # a seed whose float64 raw stable rank comes out above 1
+    net = sr.normalize_model(nn.Sequential(nn.Linear(3136, 1)), "srn", rank_ratio=0.1,
+                             head="srn")  # fmt: skip
+    rows = sr.layer_report(net)
+    assert rows[0].raw_srank > 1.0 == rows[0].target_srank and not rows[0].active
+    assert sr.srn_active_fraction(net) != sr.srn_active_fraction(net)  # NaN: no layer can bind

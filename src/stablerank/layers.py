@@ -45,7 +45,8 @@ class LayerRecord:
         frobenius: Frobenius norm of the weight as used.
         srank: exact stable rank of the weight as used; ``raw_srank`` of the raw weight.
         target_srank: SRN's r (NaN for SN and none: no cap acts on them).
-        active: SRN's cap binds (``raw_srank > target_srank``); False for SN and none.
+        active: SRN's cap binds (``raw_srank > target_srank``); False for SN and none, and for
+            SRN where r >= min(m, n), since the cap cannot act there.
     """
 
     name: str
@@ -202,7 +203,9 @@ def layer_report(model: nn.Module) -> LayerReport:
                     srank=_srank(sigma, fro),
                     raw_srank=raw_srank,
                     target_srank=target,
-                    active=kind == "srn" and raw_srank > target,
+                    # r >= min(m, n) (a 1 x n layer): the cap can never act, whatever rounding
+                    # puts raw_srank at (1 + 1e-15 > 1 for a 1 x n layer).
+                    active=kind == "srn" and p.clamps_srank and raw_srank > target,
                 )
             )
     finally:
