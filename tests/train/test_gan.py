@@ -21,8 +21,9 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+import stablerank as sr
 import stablerank.train.gan as gan_train
-from stablerank.config import config_from_dict, load_config
+from stablerank.config import config_from_dict, config_hash, config_to_dict, load_config
 from stablerank.config.gan import _DATASETS, GAN_PRESETS, GanConfig
 from stablerank.data import DATASETS
 from stablerank.data import load_dataset as DATASETS_LOADED
@@ -372,6 +373,22 @@ def test_d_norm_embedding_normalizes_the_projection(tmp_path, d_norm):
     _, D = gan_train.build_gan_models(plain, channels=1, image_size=8, num_classes=10)
     assert not parametrize.is_parametrized(D.embed)  # excluded by default
     assert parametrize.is_parametrized(D.linear, "weight")
+
+
+def test_d_first_norm_sn_puts_the_first_layer_under_sn_and_the_rest_under_srn(tmp_path):
+    cfg = _cfg(tmp_path, "first", d_norm="srn", d_first_norm="sn")
+    _, D = gan_train.build_gan_models(cfg, channels=1, image_size=8, num_classes=None)
+    norms = [row.norm for row in sr.layer_report(D)]
+    assert norms[0] == "sn" and set(norms[1:]) == {"srn"}, norms
+    assert cfg.run_label.endswith("srn0.1-first-sn")
+    # At its default the field is left out of the config dict, so the runs made before it
+    # existed keep their hash and folder; set, it is recorded and changes the hash.
+    plain = _cfg(tmp_path, "first", d_norm="srn")
+    assert "d_first_norm" not in config_to_dict(plain)
+    assert config_to_dict(cfg)["d_first_norm"] == "sn"
+    assert config_hash(cfg) != config_hash(plain)
+    with pytest.raises(ValueError, match="d_first_norm='sn' needs d_norm='srn'"):
+        _cfg(tmp_path, "first", d_norm="sn", d_first_norm="sn")
 
 
 def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):

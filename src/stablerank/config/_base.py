@@ -36,8 +36,12 @@ def option(
     max: float | None = None,
     min_exclusive: bool = False,
     max_exclusive: bool = False,
+    omit_default: bool = False,
 ) -> Any:
-    """Declare a config field with its help text and accepted range (:func:`check_config`)."""
+    """Declare a config field with its help text and accepted range (:func:`check_config`).
+    ``omit_default=True`` leaves the field out of :func:`config_to_dict` while it holds its
+    default, for a field added after runs were made: their hash, folder name and saved config
+    stay what they were, so a sweep still finds them and a resume still accepts them."""
     meta = {
         "help": help,
         "choices": tuple(choices) if choices else None,
@@ -45,6 +49,7 @@ def option(
         "max": max,
         "min_exclusive": min_exclusive,
         "max_exclusive": max_exclusive,
+        "omit_default": omit_default,
     }
     if isinstance(default, (list, dict)):
         raise TypeError("option defaults must be immutable; use a tuple")
@@ -193,8 +198,13 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
-    """Plain, JSON-ready dict of a config (tuples become lists)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+    """Plain, JSON-ready dict of a config (tuples become lists), without the ``omit_default``
+    fields that hold their default (see :func:`option`)."""
+    data = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("omit_default") and getattr(cfg, f.name) == f.default:
+            del data[f.name]
+    return data
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

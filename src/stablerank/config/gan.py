@@ -76,6 +76,13 @@ class GanConfig:
         min_exclusive=True,
     )
     n_power_iterations: int = option(1, "power iterations per training forward (sn and srn)", min=1)
+    d_first_norm: str = option(
+        "same",
+        "D's first conv/linear layer: 'same' normalization as the others, or 'sn' (with "
+        "d_norm=srn: at a small rank_ratio its target may be 1, a rank-one layer)",
+        choices=("same", "sn"),
+        omit_default=True,
+    )
     d_norm_embedding: bool = option(
         False, "also normalize the projection embedding (Miyato & Koyama 2018 do); conditional only"
     )
@@ -162,6 +169,11 @@ class GanConfig:
             )
         if self.d_norm_embedding and self.d_norm == "none":
             raise ValueError("d_norm_embedding=True needs d_norm sn or srn, got d_norm='none'")
+        if self.d_first_norm == "sn" and self.d_norm != "srn":
+            raise ValueError(
+                f"d_first_norm='sn' needs d_norm='srn' (it keeps SRN off the first layer), got "
+                f"d_norm={self.d_norm!r}"
+            )
         if self.amp and self.device == "cpu":
             raise ValueError("amp=True needs a CUDA device, got device='cpu'")
         if (self.eval_every or self.n_final_samples) and self.scoring_net is None:
@@ -198,7 +210,8 @@ class GanConfig:
     def run_label(self) -> str:
         """The readable start of the run folder's default name."""
         norm = f"srn{self.rank_ratio:g}" if self.d_norm == "srn" else self.d_norm
-        return f"gan-{self.dataset}-{self.arch}-{norm}"
+        first = "-first-sn" if self.d_first_norm == "sn" else ""
+        return f"gan-{self.dataset}-{self.arch}-{norm}{first}"
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,7 @@ def write_result(
         else "running statistics of training",
         d_norm=cfg.d_norm,
         rank_ratio=cfg.rank_ratio if cfg.d_norm == "srn" else None,
+        d_first_norm=cfg.d_first_norm,
         divergence_rule=DIVERGENCE_RULE,
         data_dir_read=data_dir,
         scores=ScoreProtocol(**scores[KEY_PROTOCOL]) if scores is not None else None,

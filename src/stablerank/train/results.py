@@ -313,6 +313,7 @@ class GanProtocol:
     data_dir_read: str | None
     scores: ScoreProtocol | None = None  # None: the run was not scored
     baselines: dict[str, ScoreProtocol] = field(default_factory=dict)
+    d_first_norm: str = "same"  # GanConfig.d_first_norm
 
     @classmethod
     def from_older_layout(cls, data: dict[str, Any]) -> dict[str, Any]:
