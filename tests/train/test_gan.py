@@ -387,8 +387,13 @@ def test_d_first_norm_sn_puts_the_first_layer_under_sn_and_the_rest_under_srn(tm
     assert "d_first_norm" not in config_to_dict(plain)
     assert config_to_dict(cfg)["d_first_norm"] == "sn"
     assert config_hash(cfg) != config_hash(plain)
-    with pytest.raises(ValueError, match="d_first_norm='sn' needs d_norm='srn'"):
-        _cfg(tmp_path, "first", d_norm="sn", d_first_norm="sn")
+    # With d_norm="sn" every layer has SN anyway: the same network (a control arm of a sweep).
+    same = _cfg(tmp_path, "first", d_norm="sn", d_first_norm="sn")
+    assert set(same.unused()) == {"rank_ratio", "d_first_norm"}
+    _, D_sn = gan_train.build_gan_models(same, channels=1, image_size=8, num_classes=None)
+    assert {row.norm for row in sr.layer_report(D_sn)} == {"sn"}
+    with pytest.raises(ValueError, match="d_first_norm='sn' needs d_norm sn or srn"):
+        _cfg(tmp_path, "first", d_norm="none", d_first_norm="sn")
 
 
 def test_save_image_grid_round_trips_through_a_png_reader(tmp_path):

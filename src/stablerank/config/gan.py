@@ -78,8 +78,9 @@ class GanConfig:
     n_power_iterations: int = option(1, "power iterations per training forward (sn and srn)", min=1)
     d_first_norm: str = option(
         "same",
-        "D's first conv/linear layer: 'same' normalization as the others, or 'sn' (with "
-        "d_norm=srn: at a small rank_ratio its target may be 1, a rank-one layer)",
+        "D's first conv/linear layer: 'same' normalization as the others, or 'sn' (differs "
+        "with d_norm=srn only: SRN on the others; at a small rank_ratio the first layer's target "
+        "may be 1, a rank-one layer)",
         choices=("same", "sn"),
         omit_default=True,
     )
@@ -169,11 +170,8 @@ class GanConfig:
             )
         if self.d_norm_embedding and self.d_norm == "none":
             raise ValueError("d_norm_embedding=True needs d_norm sn or srn, got d_norm='none'")
-        if self.d_first_norm == "sn" and self.d_norm != "srn":
-            raise ValueError(
-                f"d_first_norm='sn' needs d_norm='srn' (it keeps SRN off the first layer), got "
-                f"d_norm={self.d_norm!r}"
-            )
+        if self.d_first_norm == "sn" and self.d_norm == "none":
+            raise ValueError("d_first_norm='sn' needs d_norm sn or srn, got d_norm='none'")
         if self.amp and self.device == "cpu":
             raise ValueError("amp=True needs a CUDA device, got device='cpu'")
         if (self.eval_every or self.n_final_samples) and self.scoring_net is None:
@@ -203,6 +201,7 @@ class GanConfig:
         rules = {
             "rank_ratio": (self.d_norm != "srn", f"d_norm={self.d_norm!r}: only SRN reads it"),
             "n_power_iterations": (no_norm, "d_norm and g_norm 'none': no SN or SRN"),
+            "d_first_norm": (self.d_norm == "sn", "d_norm='sn': every layer has SN already"),
         }
         return {key: why for key, (unread, why) in rules.items() if unread}
 
@@ -210,7 +209,7 @@ class GanConfig:
     def run_label(self) -> str:
         """The readable start of the run folder's default name."""
         norm = f"srn{self.rank_ratio:g}" if self.d_norm == "srn" else self.d_norm
-        first = "-first-sn" if self.d_first_norm == "sn" else ""
+        first = "-first-sn" if self.d_first_norm == "sn" and self.d_norm == "srn" else ""
         return f"gan-{self.dataset}-{self.arch}-{norm}{first}"
 
 

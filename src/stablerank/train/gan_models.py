@@ -65,7 +65,7 @@ def build_gan_models(
     # SN-/SRN-GAN normalize every layer of D, its last Linear included (head=norm). Whether
     # SRN's cap binds is logged during training, so the registration warning is not needed.
     # d_first_norm="sn": the first layer (in module order) gets SN and the others SRN.
-    first = eligible_layers(D)[0][0] if cfg.d_first_norm == "sn" else None
+    first = eligible_layers(D)[0][0] if (cfg.d_first_norm, cfg.d_norm) == ("sn", "srn") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SrnInactiveWarning)
         normalize_model(
