@@ -24,6 +24,10 @@ from stablerank.repro.claims import CLAIMS, METRICS, holm, welch
 from stablerank.repro.records import by_setting, collect
 
 
+def _mean_sd(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.3g} (n {len(values)})"
+
+
 def main(argv: list[str]) -> None:
     sweep, out_dir, kind, setting_a, arm_a, setting_b, arm_b = argv
     runs = sweeps.build_sweep(ReproduceConfig(sweep=sweep, out_dir=out_dir))
@@ -35,17 +39,15 @@ def main(argv: list[str]) -> None:
     for name in names:
         metric = METRICS[name]
         (va, sa), (vb, sb) = metric.values(a), metric.values(b)
-        same = sorted(s for s, v in zip(sa, va, strict=True) if dict(zip(sb, vb)).get(s) == v)
+        b_by_seed = dict(zip(sb, vb, strict=True))
+        same = [seed for seed, v in zip(sa, va, strict=True) if b_by_seed.get(seed) == v]
         rows.append((metric.label, va, vb, welch(va, vb), same))
     adjusted = holm([test.p_value for *_, test, _ in rows])
     print(f"A = {setting_a} {arm_a} ({len(a)} runs), B = {setting_b} {arm_b} ({len(b)} runs)\n")
     print("| metric | A | B | A - B [95% CI] | d [95% CI] | p / Holm p | seeds equal |")
     print("|---|---|---|---|---|---|---|")
     for (label, va, vb, t, same), p_holm in zip(rows, adjusted, strict=True):
-        def mean_sd(v: list[float]) -> str:
-            return f"{statistics.fmean(v):.4g} ± {statistics.stdev(v):.3g} (n {len(v)})"
-
-        print(f"| {label} | {mean_sd(va)} | {mean_sd(vb)} | {t.diff:.4g} [{t.diff_low:.4g}, "
+        print(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {t.diff:.4g} [{t.diff_low:.4g}, "
               f"{t.diff_high:.4g}] | {t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}] | "
               f"{t.p_value:.3g} / {p_holm:.3g} | {len(same)} |")  # fmt: skip
 

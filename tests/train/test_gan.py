@@ -710,6 +710,9 @@ def test_divergence_rule():
     # A non-finite G loss is as much a divergence as a non-finite D loss.
     g_inf = [*ok, {"step": 6, "d_loss": 1.0, "g_loss": float("inf")}]
     assert "non-finite loss at G step 6" in gan_train.divergence_of(g_inf)
+    # log.jsonl stores a non-finite loss as null, read back as None.
+    g_null = [*ok, {"step": 6, "d_loss": 1.0, "g_loss": None}]
+    assert "non-finite loss at G step 6" in gan_train.divergence_of(g_null)
     # One collapsed point among healthy ones is not a collapse.
     assert gan_train.divergence_of([*ok, {"step": 6, "d_loss": 0.0, "g_loss": 1e5}, *ok]) == ""
 

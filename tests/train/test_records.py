@@ -8,6 +8,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from stablerank.train.records import MetricLog
 
@@ -100,3 +101,24 @@ def test_tensorboard_gets_the_numbers_at_the_records_step_and_not_the_step_itsel
     log._writer = writer()
     log.append({"step": 7, "loss": 0.5, "diverged": False, "note": "x", "n": 3})
     assert calls == [("loss", 0.5, 7), ("n", 3, 7)]
+
+
+def test_non_finite_values_are_written_as_strict_json_null(tmp_path):
+    """Python's json writes a bare NaN, which is not JSON (jq and JSON.parse refuse it)."""
+    log = MetricLog(tmp_path, tensorboard=False, key="step")
+    log.append({"step": 1, "loss": float("nan"), "g": torch.tensor(float("inf")),
+                "v": torch.tensor([1.0, float("-inf")])})  # fmt: skip
+    log.append({"step": 2, "loss": float("nan")})
+
+    def read():
+        def refuse(token):
+            raise AssertionError(f"{token} is not strict JSON")
+
+        return [
+            json.loads(line, parse_constant=refuse) for line in log.jsonl.read_text().splitlines()
+        ]
+
+    first = {"step": 1, "loss": None, "g": None, "v": [1.0, None]}
+    assert read() == [first, {"step": 2, "loss": None}]
+    log.truncate_after(1)  # a resume rewrites the file: strict there too
+    assert read() == [first]

@@ -552,7 +552,8 @@ def _result_of(
     """The typed end of a run: the final metrics (the whole test split when the curves used a
     subset), the curve, the layers at the end and the protocol."""
     keys = (KEY_TRAIN_LOSS, KEY_TRAIN_ACC, KEY_TEST_LOSS, KEY_TEST_ACC)
-    final = {k: record.get(k, math.nan) for k in keys}
+    # A record read back from log.jsonl holds None where the value was not finite.
+    final = {k: math.nan if record.get(k) is None else record[k] for k in keys}
     if full_test is not None:
         final[KEY_TEST_LOSS], final[KEY_TEST_ACC] = full_test
     gap = complexity.generalization_gap(

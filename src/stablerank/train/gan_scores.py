@@ -138,7 +138,8 @@ def divergence_of(records: list[dict[str, Any]]) -> str:
     not)."""
     losses = [r for r in records if KEY_D_LOSS in r]
     for r in losses:
-        if not (math.isfinite(r[KEY_D_LOSS]) and math.isfinite(r[KEY_G_LOSS])):
+        # None: a non-finite loss, as log.jsonl stores it (strict JSON)
+        if not all(r[k] is not None and math.isfinite(r[k]) for k in (KEY_D_LOSS, KEY_G_LOSS)):
             return f"non-finite loss at G step {r['step']}"
     tail = losses[-COLLAPSE_POINTS:]
     if len(tail) == COLLAPSE_POINTS and all(

@@ -1,7 +1,7 @@
 """What a run records as it goes: the environment (``env.json``) and the per-epoch / per-step log
-(``log.jsonl`` and the same records as ``log.csv``, whose columns grow as new keys appear;
-TensorBoard scalars when installed). The file names belong to
-:class:`~stablerank.train.rundir.RunDir`.
+(``log.jsonl``, strict JSON with null for a non-finite number, and the same records as
+``log.csv``, whose columns grow as new keys appear; TensorBoard scalars when installed). The file
+names belong to :class:`~stablerank.train.rundir.RunDir`.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from stablerank.train.checkpoint import atomic_write_text
+from stablerank.train.results import to_dict
 from stablerank.train.rundir import LOG_CSV, LOG_JSONL, TENSORBOARD_DIR
 
 
@@ -97,7 +98,7 @@ class MetricLog:
         """Drop records whose ``key`` is greater than ``value`` (resume after a crash)."""
         records = self.records()
         kept = [r for r in records if r.get(self.key, -1) <= value]
-        atomic_write_text(self.jsonl, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.jsonl, "".join(_json_line(r) for r in kept))
         self._write_csv(kept)
         if self._writer is not None and len(kept) < len(records):
             self._writer.close()
@@ -116,7 +117,7 @@ class MetricLog:
     def append(self, record: Mapping[str, Any]) -> None:
         record = dict(record)
         with self.jsonl.open("a") as fh:
-            fh.write(json.dumps(record, default=_scalar) + "\n")
+            fh.write(_json_line(record))
         columns = self._csv_columns
         if columns is None or any(k not in columns for k in record) or not self.csv.exists():
             # A new column: rewrite the CSV so its header covers every column (atomic).
@@ -155,6 +156,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
                 break
             raise ValueError(f"{path} line {i + 1} is not JSON: {err}") from None
     return out
+
+
+def _json_line(record: Mapping[str, Any]) -> str:
+    """One strict-JSON line: tensors as numbers or lists, NaN and infinities as null (a diverged
+    run's losses), which :func:`json.loads` reads back as None."""
+    plain = {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in record.items()}
+    return json.dumps(to_dict(plain), allow_nan=False) + "\n"
 
 
 def _scalar(v: Any) -> Any:
