@@ -268,6 +268,19 @@ def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
     assert "no arm is tuned on its own" in inception
 
 
+def test_the_report_says_when_ds_first_layer_has_sn_in_every_arm(tmp_path):
+    from stablerank.repro.report import write_report
+
+    def first_sn(rec: RunRecord) -> RunRecord:
+        config = dataclasses.replace(rec.run.config, d_first_norm="sn")
+        return dataclasses.replace(rec, run=dataclasses.replace(rec.run, config=config))
+
+    gans = [_gan_record(r, 0.5, 0.5) for r in tiny(seeds=2) if r.kind == KIND_GAN]
+    for recs, said in ((gans, False), ([first_sn(r) for r in gans], True)):
+        text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
+        assert ("D's first layer has SN in every arm." in text.read_text()) is said
+
+
 def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
     # It named only the commit that built the report, which may be later than the training's.
     from stablerank.config.reproduce import ReproduceConfig
