@@ -375,16 +375,57 @@ def test_d_norm_embedding_normalizes_the_projection(tmp_path, d_norm):
     assert parametrize.is_parametrized(D.linear, "weight")
 
 
-def test_d_first_norm_sn_puts_the_first_layer_under_sn_and_the_rest_under_srn(tmp_path):
+@pytest.mark.parametrize(
+    ("arch", "conditional"), [("cnn", False), ("cnn", True), ("resnet", False)]
+)
+def test_d_first_norm_sn_puts_the_layers_reading_the_image_under_sn_the_rest_under_srn(
+    tmp_path, arch, conditional
+):
+    over = {"arch": arch, "conditional": conditional, "ndf": 8, "d_norm": "srn"}
+    plain, cfg = _cfg(tmp_path, "p", **over), _cfg(tmp_path, "f", **over, d_first_norm="sn")
+    classes = 10 if conditional else None
+    torch.manual_seed(0)
+    _, D_plain = gan_train.build_gan_models(plain, channels=3, image_size=32, num_classes=classes)
+    torch.manual_seed(0)
+    _, D = gan_train.build_gan_models(cfg, channels=3, image_size=32, num_classes=classes)
+    # The layers that see the image, found by a hook on a forward: the first conv of the cnn, the
+    # first ResNet block's conv1 and its shortcut, which reads the image average-pooled (a
+    # 3-column matrix: r = 1 at c = 0.1).
+    x = torch.randn(2, 3, 32, 32)
+    pooled = torch.nn.functional.avg_pool2d(x, 2)
+    reads_x = []
+
+    def hook(name, inputs):
+        if inputs[0] is x or torch.equal(inputs[0], pooled):
+            reads_x.append(name)
+
+    for name, layer in D.named_modules():
+        if isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)):
+            layer.register_forward_pre_hook(lambda m, a, name=name: hook(name, a))
+    D.eval()(x, torch.zeros(2, dtype=torch.long) if conditional else None)
+    norms = {row.name: row.norm for row in sr.layer_report(D)}
+    assert sorted(reads_x) == sorted(D.input_layers)
+    assert {n: k for n, k in norms.items() if k == "sn"} == dict.fromkeys(reads_x, "sn"), norms
+    assert set(norms.values()) == {"sn", "srn"}
+    # Registered in module order: every layer starts from the same power-iteration vectors as
+    # with SRN on every layer, so the two differ in those layers' normalization only.
+    for name, layer in D.named_modules():
+        if parametrize.is_parametrized(layer, "weight"):
+            ours = layer.parametrizations.weight[0]
+            theirs = D_plain.get_submodule(name).parametrizations.weight[0]
+            init = getattr(ours, "_u", None)
+            if name not in reads_x and init is not None:
+                assert torch.equal(ours._u, theirs._u) and torch.equal(ours._v, theirs._v), name
+
+
+def test_d_first_norm_is_recorded_and_refused_without_normalization(tmp_path):
     cfg = _cfg(tmp_path, "first", d_norm="srn", d_first_norm="sn")
-    _, D = gan_train.build_gan_models(cfg, channels=1, image_size=8, num_classes=None)
-    norms = [row.norm for row in sr.layer_report(D)]
-    assert norms[0] == "sn" and set(norms[1:]) == {"srn"}, norms
     assert cfg.run_label.endswith("srn0.1-first-sn")
     # At its default the field is left out of the config dict, so the runs made before it
     # existed keep their hash and folder; set, it is recorded and changes the hash.
     plain = _cfg(tmp_path, "first", d_norm="srn")
     assert "d_first_norm" not in config_to_dict(plain)
+    assert config_to_dict(plain, complete=True)["d_first_norm"] == "same"  # --print-config's
     assert config_to_dict(cfg)["d_first_norm"] == "sn"
     assert config_hash(cfg) != config_hash(plain)
     # With d_norm="sn" every layer has SN anyway: the same network (a control arm of a sweep).

@@ -78,9 +78,10 @@ class GanConfig:
     n_power_iterations: int = option(1, "power iterations per training forward (sn and srn)", min=1)
     d_first_norm: str = option(
         "same",
-        "D's first conv/linear layer: 'same' normalization as the others, or 'sn' (differs "
-        "with d_norm=srn only: SRN on the others; at a small rank_ratio the first layer's target "
-        "may be 1, a rank-one layer)",
+        "D's first layers, those that read the image (cnn: the first conv; resnet: the first "
+        "block's conv1 and shortcut): 'same' normalization as the others, or 'sn' (differs with "
+        "d_norm=srn only: SRN on the others; at a small rank_ratio their target may be 1, a "
+        "rank-one layer)",
         choices=("same", "sn"),
         omit_default=True,
     )

@@ -332,6 +332,12 @@ class Discriminator(nn.Module):
             self.embed = nn.Embedding(num_classes, self.feature_dim)
             nn.init.xavier_uniform_(self.embed.weight)
 
+    @property
+    def input_layers(self) -> list[str]:
+        """The names of the layers that read the image itself: the cnn's first conv, the first
+        ResNet block's conv1 and shortcut."""
+        return ["convs.0"] if self.arch == "cnn" else ["blocks.0.conv1", "blocks.0.shortcut"]
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The penultimate features h(x), (B, feature_dim)."""
         if self.arch == "cnn":

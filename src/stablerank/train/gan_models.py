@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from stablerank.apply import SrnInactiveWarning, eligible_layers, normalize_model
+from stablerank.apply import SrnInactiveWarning, normalize_model
 from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, dataset_shape
@@ -64,8 +64,10 @@ def build_gan_models(
     # d_norm_embedding asks for it (Miyato & Koyama 2018 spectrally normalize it).
     # SN-/SRN-GAN normalize every layer of D, its last Linear included (head=norm). Whether
     # SRN's cap binds is logged during training, so the registration warning is not needed.
-    # d_first_norm="sn": the first layer (in module order) gets SN and the others SRN.
-    first = eligible_layers(D)[0][0] if (cfg.d_first_norm, cfg.d_norm) == ("sn", "srn") else None
+    # d_first_norm="sn" with SRN: the layers that read the image get SN as "heads", the others
+    # (the last Linear too) SRN. Registered in module order as ever, so every layer draws the
+    # same power-iteration start vectors as with SRN on every layer.
+    first = (cfg.d_first_norm, cfg.d_norm) == ("sn", "srn")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", SrnInactiveWarning)
         normalize_model(
@@ -73,12 +75,8 @@ def build_gan_models(
             cfg.d_norm,
             rank_ratio=cfg.rank_ratio,
             n_power_iterations=cfg.n_power_iterations,
-            head=cfg.d_norm,
-            exclude=first and [first],
-        )
-    if first is not None:
-        torch.nn.utils.parametrizations.spectral_norm(
-            D.get_submodule(first), n_power_iterations=cfg.n_power_iterations
+            head="sn" if first else cfg.d_norm,
+            head_names=D.input_layers if first else None,
         )
     if cfg.d_norm_embedding:
         if cfg.d_norm == "sn":
