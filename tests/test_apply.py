@@ -243,9 +243,14 @@ def test_refusals_and_eligible_layers_leave_the_vectors_as_they_were():
 def test_layer_report_says_no_cap_binds_where_r_is_at_least_min_m_n():
     """A 1 x n SRN layer has srank 1 = r: the cap cannot act. Its raw stable rank, computed in
     floating point, can land a hair above 1, which must not read as "binds"."""
-    torch.manual_seed(3)  # a seed whose float64 raw stable rank comes out above 1
-    net = sr.normalize_model(nn.Sequential(nn.Linear(3136, 1)), "srn", rank_ratio=0.1,
-                             head="srn")  # fmt: skip
-    rows = sr.layer_report(net)
-    assert rows[0].raw_srank > 1.0 == rows[0].target_srank and not rows[0].active
-    assert sr.srn_active_fraction(net) != sr.srn_active_fraction(net)  # NaN: no layer can bind
+    above = 0
+    for seed in range(10):
+        torch.manual_seed(seed)
+        net = sr.normalize_model(nn.Sequential(nn.Linear(3136, 1)), "srn", rank_ratio=0.1,
+                                 head="srn")  # fmt: skip
+        (row,) = sr.layer_report(net)
+        assert row.target_srank == 1.0 and not row.active, seed
+        above += row.raw_srank > 1.0
+        assert sr.srn_active_fraction(net) != sr.srn_active_fraction(net)  # NaN: none can bind
+    if not above:  # here every raw stable rank rounds to exactly 1: the case is not exercised
+        pytest.skip("no seed's float64 raw stable rank rounds above 1 on this platform")

@@ -301,7 +301,7 @@ def _run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, FileNotFoundError) as err:
             args.usage_error(str(err))  # exits 2 with the command's usage line
         if args.print_config:
-            print(json.dumps(config_to_dict(cfg), indent=2))
+            print(json.dumps(config_to_dict(cfg, complete=True), indent=2))
             return 0
         runner = _load(cmd.runner)
         if cmd.reads_runs_of:

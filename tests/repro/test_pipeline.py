@@ -61,6 +61,16 @@ def test_every_sweep_builds_with_distinct_folders():
             assert "sn" in arms and any(a.startswith("srn") for a in arms), (name, kind)
 
 
+def test_the_first_layer_sweep_keeps_quicks_folders_and_a_setting_mixing_first_layers_is_refused():
+    script = Path(__file__).parents[2] / "scripts" / "sweep_gan_first_sn.py"
+    runs = sweeps._own_sweep(f"{script}:gan_first_sn")(gan_seeds=1)
+    assert sweeps._compared_unlike(runs) == ""
+    quick_gan = {r.name for r in sweeps.quick(seeds=1, gan_seeds=1) if r.kind == sweeps.KIND_GAN}
+    assert quick_gan < {r.name for r in runs}  # the same folders as quick's: copied, not redone
+    mixed = [dataclasses.replace(r, setting="one") for r in runs if r.norm == "srn"]
+    assert "differ in d_first_norm: 'same' -> 'sn'" in sweeps._compared_unlike(mixed)
+
+
 # Folder names of runs on disk: the quick demo's and the standard sweep's 100 runs behind
 # docs/results/standard. A change to a trainer config's fields or defaults, to the analysis
 # settings or to the hash renames every folder, and `reproduce` then trains everything again

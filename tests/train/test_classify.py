@@ -412,3 +412,19 @@ def test_a_compiled_run_trains_as_the_eager_one_and_saves_the_plain_model(tmp_pa
     assert compiled.test_acc == pytest.approx(eager.test_acc, abs=0.01)
     assert compiled.srn_active_fraction == eager.srn_active_fraction
     load_run_model(compiled_dir)  # strict load into a fresh, uncompiled model
+
+
+def test_a_run_killed_after_its_last_epoch_ends_from_its_log_whose_nulls_read_as_nan(tmp_path):
+    """Trained to the end but killed before ``metrics.json``: the rerun trains nothing and takes
+    the final numbers from the last record of ``log.jsonl``, which holds null for a non-finite
+    value (strict JSON)."""
+    cfg = tiny(tmp_path, epochs=1)
+    run_dir, first = train(cfg)
+    (run_dir / "metrics.json").unlink()
+    last = records(run_dir)[-1]
+    assert last["test_loss"] == pytest.approx(first.test_loss)
+    lines = (run_dir / "log.jsonl").read_text().splitlines()
+    lines[-1] = json.dumps({**last, "test_loss": None})
+    (run_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
+    again = classify.run(tiny(tmp_path, epochs=1, resume=True))
+    assert math.isnan(again.test_loss) and again.test_acc == first.test_acc

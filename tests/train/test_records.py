@@ -107,7 +107,8 @@ def test_non_finite_values_are_written_as_strict_json_null(tmp_path):
     """Python's json writes a bare NaN, which is not JSON (jq and JSON.parse refuse it)."""
     log = MetricLog(tmp_path, tensorboard=False, key="step")
     log.append({"step": 1, "loss": float("nan"), "g": torch.tensor(float("inf")),
-                "v": torch.tensor([1.0, float("-inf")])})  # fmt: skip
+                "v": torch.tensor([1.0, float("-inf")]),
+                "nested": {"w": [torch.tensor(2.0), float("nan")]}})  # fmt: skip
     log.append({"step": 2, "loss": float("nan")})
 
     def read():
@@ -118,7 +119,7 @@ def test_non_finite_values_are_written_as_strict_json_null(tmp_path):
             json.loads(line, parse_constant=refuse) for line in log.jsonl.read_text().splitlines()
         ]
 
-    first = {"step": 1, "loss": None, "g": None, "v": [1.0, None]}
+    first = {"step": 1, "loss": None, "g": None, "v": [1.0, None], "nested": {"w": [2.0, None]}}
     assert read() == [first, {"step": 2, "loss": None}]
     log.truncate_after(1)  # a resume rewrites the file: strict there too
     assert read() == [first]

@@ -197,12 +197,13 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     return cls(**kwargs)
 
 
-def config_to_dict(cfg: Any) -> dict[str, Any]:
+def config_to_dict(cfg: Any, *, complete: bool = False) -> dict[str, Any]:
     """Plain, JSON-ready dict of a config (tuples become lists), without the ``omit_default``
-    fields that hold their default (see :func:`option`)."""
+    fields that hold their default (see :func:`option`) unless ``complete``: the dict that is
+    hashed and saved, or with ``complete`` every field (to show or compare two configs)."""
     data = json.loads(json.dumps(dataclasses.asdict(cfg)))
     for f in dataclasses.fields(cfg):
-        if f.metadata.get("omit_default") and getattr(cfg, f.name) == f.default:
+        if not complete and f.metadata.get("omit_default") and getattr(cfg, f.name) == f.default:
             del data[f.name]
     return data
 

@@ -436,7 +436,8 @@ def _compared_unlike(runs: Sequence[Run]) -> str:
     for run in runs:
         ref = first.setdefault((run.kind, run.setting), run)
         ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed")
-        diffs = diff_configs(config_to_dict(ref.config), config_to_dict(run.config), ignore=ignore)
+        configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
+        diffs = diff_configs(*configs, ignore=ignore)
         analyses = [config_to_dict(r.analysis) if r.analysis else {} for r in (ref, run)]
         diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
         if diffs:
