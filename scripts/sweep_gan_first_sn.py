@@ -30,3 +30,23 @@ def gan_first_sn(seeds: int = 20, gan_seeds: int = 20) -> list[sweeps.Run]:
         *sweeps.comparison(sweeps.KIND_GAN, f"{sn.setting}-first-sn", first_sn, (RANK_RATIO,),
                            gan_seeds, sn.analysis),
     ]  # fmt: skip
+
+
+FRESH_SEEDS_FROM = 20  # gan_first_sn used seeds 0-19
+
+
+def gan_first_sn_fresh(seeds: int = 40, gan_seeds: int = 40) -> list[sweeps.Run]:
+    """SRN at c = 0.1 with and without SN on D's first layer, on ``gan_seeds`` seeds from 20
+    on, which :func:`gan_first_sn` did not use: the runs of the declared follow-up test
+    (docs/reproduction.md). No SN arm (``seeds`` is unused)."""
+    sn = next(r for r in sweeps.quick(seeds=1, gan_seeds=1) if r.kind == sweeps.KIND_GAN)
+    srn = dataclasses.replace(sn.config, d_norm="srn", rank_ratio=RANK_RATIO)
+    arms = (
+        (sn.setting, srn),
+        (f"{sn.setting}-first-sn", dataclasses.replace(srn, d_first_norm="sn")),
+    )
+    return [
+        sweeps.Run(sweeps.KIND_GAN, setting, dataclasses.replace(cfg, seed=seed), sn.analysis)
+        for seed in range(FRESH_SEEDS_FROM, FRESH_SEEDS_FROM + gan_seeds)
+        for setting, cfg in arms
+    ]
