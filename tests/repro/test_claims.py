@@ -288,7 +288,7 @@ def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
 
     where = ReproduceConfig(sweep="tiny", out_dir=str(tmp_path))
     recs = [dataclasses.replace(r, run=r.run.placed(where)) for r in _records([0.05], active=1.0)]
-    for rec, commit in zip(recs, ["a" * 40, "a" * 40, "b" * 40], strict=True):
+    for rec, commit in zip(recs, ["a" * 40, "a" * 40, "b" * 40 + "+dirty"], strict=True):
         rec.run.run_dir.mkdir(parents=True)
         (rec.run.run_dir / "env.json").write_text(json.dumps({"git_commit": commit}))
     report = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit="c" * 40)[0]
@@ -296,7 +296,8 @@ def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
     assert header.startswith(
         "3 of 3 runs finished and counted; trained at commits aaaaaaa (2 runs)"
     )
-    assert "bbbbbbb (1 runs); this report built at code commit " + "c" * 40 in header
+    built = "; this report built at code commit " + "c" * 40
+    assert "bbbbbbb with uncommitted changes (1 runs)" + built in header
 
 
 def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 
 import pytest
 import torch
@@ -123,3 +124,24 @@ def test_non_finite_values_are_written_as_strict_json_null(tmp_path):
     assert read() == [first, {"step": 2, "loss": None}]
     log.truncate_after(1)  # a resume rewrites the file: strict there too
     assert read() == [first]
+
+
+def test_the_commit_says_when_tracked_files_were_edited(tmp_path):
+    """A result made by edited code must not pass for the commit's: ``+dirty`` then."""
+    from stablerank.train.records import DIRTY, git_commit
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                       check=True, capture_output=True)  # fmt: skip
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "c")
+    head = git_commit(tmp_path)
+    assert head is not None and len(head) == 40
+    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_commit(tmp_path) == head + DIRTY
+    assert git_commit(tmp_path.parent / "not-a-folder") is None

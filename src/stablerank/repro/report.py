@@ -33,6 +33,7 @@ from stablerank.repro.records import RunRecord, by_setting
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.figures import new_figure, save_figure
+from stablerank.train.records import DIRTY
 from stablerank.train.results import GanResult, LayerStat, to_dict
 from stablerank.train.rundir import RunDir
 
@@ -477,7 +478,9 @@ def _trained_at(records: Sequence[RunRecord]) -> str:
                 env = json.loads(RunDir(rec.run.run_dir).env_file.read_text())
             except (OSError, ValueError):
                 env = {}
-            commits[(env.get("git_commit") or "unknown")[:7]] += 1
+            commit = env.get("git_commit") or "unknown"
+            edited = " with uncommitted changes" if commit.endswith(DIRTY) else ""
+            commits[commit[:7] + edited] += 1
     listed = ", ".join(f"{c} ({n} runs)" for c, n in commits.most_common())
     if not listed:
         return "no run trained"

@@ -22,21 +22,26 @@ from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.results import to_dict
 from stablerank.train.rundir import LOG_CSV, LOG_JSONL, TENSORBOARD_DIR
 
+DIRTY = "+dirty"
 
-def git_commit() -> str | None:
-    """The commit of the source tree this package runs from, or None outside git."""
+
+def git_commit(where: Path | None = None) -> str | None:
+    """The commit of the source tree this package runs from (``where``: another folder of a git
+    tree), with :data:`DIRTY` appended when tracked files below that folder differ from it, so
+    a result made by edited code does not pass for the commit's; None outside git."""
+    cwd = where or Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        run = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
+                             check=True)  # fmt: skip
+        return run.stdout.strip()
+
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        )
-        return out.stdout.strip() or None
+        head = git("rev-parse", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
         return None
+    return head + DIRTY if head and changed else head or None
 
 
 def environment_info(device: torch.device | str, seed: int | None = None) -> dict[str, Any]:
