@@ -5,18 +5,22 @@ setting only.
 Usage::
 
     python scripts/compare_arms.py SWEEP OUT_DIR KIND SETTING_A ARM_A SETTING_B ARM_B
+        [--collapsed-below IS]
 
 e.g. ``python scripts/compare_arms.py scripts/sweep_gan_first_sn.py:gan_first_sn /tmp/firstsn gan
 fashion-mnist/gan-cnn16-first-sn "srn(c=0.1)" fashion-mnist/gan-cnn16 "srn(c=0.1)"``. It reads
 the run folders only (nothing is trained) and prints a Markdown table: A vs B per metric of the
 claims of KIND, mean ± standard deviation over the runs counted, the difference A - B with its 95%
 CI, Cohen's d, the raw p and Holm's p, and the seeds whose values the two arms share exactly.
+``--collapsed-below IS`` (GAN runs) also counts the runs whose Inception-style score is below IS
+(a collapsed generator) in each arm, with Fisher's exact test (two-sided) of the two rates and
+the seeds of those runs.
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
-import sys
 
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro import sweeps
@@ -28,13 +32,18 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.3g} (n {len(values)})"
 
 
-def main(argv: list[str]) -> None:
-    sweep, out_dir, kind, setting_a, arm_a, setting_b, arm_b = argv
-    runs = sweeps.build_sweep(ReproduceConfig(sweep=sweep, out_dir=out_dir))
-    arms = by_setting(collect(runs), kind)
-    a = [r for r in arms[setting_a][arm_a] if r.usable]
-    b = [r for r in arms[setting_b][arm_b] if r.usable]
-    names = [m for claim in CLAIMS if claim.kind == kind for m in claim.metrics]
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    for name in ("sweep", "out_dir", "kind", "setting_a", "arm_a", "setting_b", "arm_b"):
+        parser.add_argument(name)
+    parser.add_argument("--collapsed-below", type=float, metavar="IS", help="count GAN runs "
+                        "whose Inception-style score is below IS, Fisher's exact test")  # fmt: skip
+    args = parser.parse_args(argv)
+    runs = sweeps.build_sweep(ReproduceConfig(sweep=args.sweep, out_dir=args.out_dir))
+    arms = by_setting(collect(runs), args.kind)
+    a = [r for r in arms[args.setting_a][args.arm_a] if r.usable]
+    b = [r for r in arms[args.setting_b][args.arm_b] if r.usable]
+    names = [m for claim in CLAIMS if claim.kind == args.kind for m in claim.metrics]
     rows = []
     for name in names:
         metric = METRICS[name]
@@ -43,14 +52,26 @@ def main(argv: list[str]) -> None:
         same = [seed for seed, v in zip(sa, va, strict=True) if b_by_seed.get(seed) == v]
         rows.append((metric.label, va, vb, welch(va, vb), same))
     adjusted = holm([test.p_value for *_, test, _ in rows])
-    print(f"A = {setting_a} {arm_a} ({len(a)} runs), B = {setting_b} {arm_b} ({len(b)} runs)\n")
+    print(f"A = {args.setting_a} {args.arm_a} ({len(a)} runs), "
+          f"B = {args.setting_b} {args.arm_b} ({len(b)} runs)\n")  # fmt: skip
     print("| metric | A | B | A - B [95% CI] | d [95% CI] | p / Holm p | seeds equal |")
     print("|---|---|---|---|---|---|---|")
     for (label, va, vb, t, same), p_holm in zip(rows, adjusted, strict=True):
         print(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {t.diff:.4g} [{t.diff_low:.4g}, "
               f"{t.diff_high:.4g}] | {t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}] | "
               f"{t.p_value:.3g} / {p_holm:.3g} | {len(same)} |")  # fmt: skip
+    if args.collapsed_below is not None:
+        from scipy.stats import fisher_exact
+
+        low = [
+            [r.run.seed for r in arm if r.result.is_mean < args.collapsed_below] for arm in (a, b)
+        ]
+        table = [[len(low[0]), len(a) - len(low[0])], [len(low[1]), len(b) - len(low[1])]]
+        p = fisher_exact(table).pvalue
+        print(f"\nCollapsed (IS < {args.collapsed_below:g}): A {len(low[0])} of {len(a)} "
+              f"(seeds {sorted(low[0])}), B {len(low[1])} of {len(b)} (seeds {sorted(low[1])}); "
+              f"Fisher's exact test, two-sided: p = {p:.3g}")  # fmt: skip
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

@@ -278,7 +278,7 @@ def test_the_report_says_when_ds_first_layer_has_sn_in_every_arm(tmp_path):
     gans = [_gan_record(r, 0.5, 0.5) for r in tiny(seeds=2) if r.kind == KIND_GAN]
     for recs, said in ((gans, False), ([first_sn(r) for r in gans], True)):
         text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
-        assert ("D's first layer has SN in every arm." in text.read_text()) is said
+        assert ("D's layers that read the image have SN in every arm." in text.read_text()) is said
 
 
 def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -135,13 +136,37 @@ def test_the_commit_says_when_tracked_files_were_edited(tmp_path):
                        check=True, capture_output=True)  # fmt: skip
 
     git("init", "-q")
-    (tmp_path / "code.py").write_text("x = 1\n")
-    git("add", "code.py")
+    package, other = tmp_path / "pkg", tmp_path / "elsewhere"
+    for folder in (package / "sub", other):
+        folder.mkdir(parents=True)
+        (folder / "code.py").write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text("ignored/\n")
+    git("add", ".")
     git("commit", "-qm", "c")
-    head = git_commit(tmp_path)
+    head = git_commit(package)
     assert head is not None and len(head) == 40
-    (tmp_path / "notes.txt").write_text("untracked files do not count\n")
-    assert git_commit(tmp_path) == head
-    (tmp_path / "code.py").write_text("x = 2\n")
-    assert git_commit(tmp_path) == head + DIRTY
+    (package / "notes.txt").write_text("untracked files do not count\n")
+    (other / "code.py").write_text("x = 2  # outside the package: does not count\n")
+    assert git_commit(package) == head
+    (package / "sub" / "code.py").write_text("x = 2\n")  # any depth below the package
+    assert git_commit(package) == head + DIRTY
+    # A copy git does not track (installed into an ignored folder) has no commit of its own.
+    (tmp_path / "ignored" / "pkg").mkdir(parents=True)
+    assert git_commit(tmp_path / "ignored" / "pkg") is None
     assert git_commit(tmp_path.parent / "not-a-folder") is None
+
+
+def test_the_commit_watches_the_whole_package_by_default(monkeypatch):
+    """Not only ``train/``, where the function lives: an edit to ``srn.py`` counts too."""
+    import stablerank
+    from stablerank.train import records
+
+    folders = set()
+
+    def fake_run(args, cwd, **kw):
+        folders.add(Path(cwd))
+        return subprocess.CompletedProcess(args, 0, stdout="x\n", stderr="")
+
+    monkeypatch.setattr(records.subprocess, "run", fake_run)
+    records.git_commit()
+    assert folders == {Path(stablerank.__file__).resolve().parent}

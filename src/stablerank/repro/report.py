@@ -137,7 +137,11 @@ def _describe(run: Run) -> str:
             f"{cfg.arch} GAN on {cfg.dataset}, ngf {cfg.ngf}, ndf {cfg.ndf}, {cfg.g_steps} "
             f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
             f"{cfg.n_final_samples} samples for FID/IS."
-            + (" D's first layer has SN in every arm." if cfg.d_first_norm == "sn" else "")
+            + (
+                " D's layers that read the image have SN in every arm."
+                if cfg.d_first_norm == "sn"
+                else ""
+            )
         )
     subset = cfg.train_subset or "all"
     return (

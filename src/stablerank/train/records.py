@@ -26,17 +26,22 @@ DIRTY = "+dirty"
 
 
 def git_commit(where: Path | None = None) -> str | None:
-    """The commit of the source tree this package runs from (``where``: another folder of a git
-    tree), with :data:`DIRTY` appended when tracked files below that folder differ from it, so
-    a result made by edited code does not pass for the commit's; None outside git."""
-    cwd = where or Path(__file__).resolve().parent
+    """The commit of the git tree this package's source is tracked in (``where``: another
+    folder), with :data:`DIRTY` appended when tracked files of the package (of ``where``) differ
+    from it, so a result made by edited code does not pass for the commit's. None outside git,
+    and for a copy that git does not track (an install inside some repository's ignored
+    folder, whose HEAD says nothing of it)."""
+    cwd = where or Path(__file__).resolve().parents[1]  # src/stablerank
 
     def git(*args: str) -> str:
-        run = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=5,
-                             check=True)  # fmt: skip
+        # --no-optional-locks: a status here must not hold the index lock a user's commit needs
+        run = subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True,
+                             text=True, timeout=5, check=True)  # fmt: skip
         return run.stdout.strip()
 
     try:
+        if not git("ls-files", "--", "."):
+            return None
         head = git("rev-parse", "HEAD")
         changed = git("status", "--porcelain", "--untracked-files=no", "--", ".")
     except (OSError, subprocess.SubprocessError):
