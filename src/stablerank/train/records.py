@@ -171,15 +171,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def _json_line(record: Mapping[str, Any]) -> str:
     """One strict-JSON line: tensors (at any depth) as numbers or lists, NaN and infinities as
     null (a diverged run's losses), which :func:`json.loads` reads back as None."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, torch.Tensor):
-            return v.tolist()
-        if isinstance(v, Mapping):
-            return {k: plain(x) for k, x in v.items()}
-        return [plain(x) for x in v] if isinstance(v, (list, tuple)) else v
-
-    return json.dumps(to_dict(plain(record)), allow_nan=False) + "\n"
+    return json.dumps(to_dict(record), allow_nan=False) + "\n"
 
 
 def _scalar(v: Any) -> Any:

@@ -66,7 +66,10 @@ R = TypeVar("R", bound="Result")
 
 def to_dict(obj: Any) -> Any:
     """A result dataclass (or a value inside one) as strict-JSON-ready data: dataclasses and
-    mappings become dicts, tuples lists, non-finite floats None."""
+    mappings become dicts, tuples lists, tensors and arrays (anything with ``tolist``) numbers or
+    lists, non-finite floats None."""
+    if hasattr(obj, "tolist"):  # torch.Tensor, numpy arrays and scalars
+        return to_dict(obj.tolist())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
