@@ -21,15 +21,49 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from collections.abc import Sequence
 
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro import sweeps
 from stablerank.repro.claims import CLAIMS, METRICS, holm, welch
-from stablerank.repro.records import by_setting, collect
+from stablerank.repro.records import RunRecord, by_setting, collect
 
 
 def _mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.3g} (n {len(values)})"
+
+
+def compare(
+    a: Sequence[RunRecord], b: Sequence[RunRecord], kind: str, collapsed_below: float | None = None
+) -> list[str]:
+    """The lines of the Markdown table of arm ``a`` against arm ``b`` (their usable runs) on the
+    metrics of the claims of ``kind``, and with ``collapsed_below`` the collapse line."""
+    a, b = [r for r in a if r.usable], [r for r in b if r.usable]
+    rows = []
+    for name in [m for claim in CLAIMS if claim.kind == kind for m in claim.metrics]:
+        metric = METRICS[name]
+        (va, sa), (vb, sb) = metric.values(a), metric.values(b)
+        b_by_seed = dict(zip(sb, vb, strict=True))
+        same = [seed for seed, v in zip(sa, va, strict=True) if b_by_seed.get(seed) == v]
+        rows.append((metric.label, va, vb, welch(va, vb), same))
+    adjusted = holm([test.p_value for *_, test, _ in rows])
+    lines = ["| metric | A | B | A - B [95% CI] | d [95% CI] | p / Holm p | seeds equal |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (label, va, vb, t, same), p_holm in zip(rows, adjusted, strict=True):
+        diff = f"{t.diff:.4g} [{t.diff_low:.4g}, {t.diff_high:.4g}]"
+        d = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
+        lines.append(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {diff} | {d} | "
+                     f"{t.p_value:.3g} / {p_holm:.3g} | {len(same)} |")  # fmt: skip
+    if collapsed_below is not None:
+        from scipy.stats import fisher_exact
+
+        low = [[r.run.seed for r in arm if r.result.is_mean < collapsed_below] for arm in (a, b)]
+        table = [[len(low[0]), len(a) - len(low[0])], [len(low[1]), len(b) - len(low[1])]]
+        p = fisher_exact(table).pvalue
+        lines += ["", f"Collapsed (IS < {collapsed_below:g}): A {len(low[0])} of {len(a)} (seeds "
+                  f"{sorted(low[0])}), B {len(low[1])} of {len(b)} (seeds {sorted(low[1])}); "
+                  f"Fisher's exact test, two-sided: p = {p:.3g}"]  # fmt: skip
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,36 +75,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     runs = sweeps.build_sweep(ReproduceConfig(sweep=args.sweep, out_dir=args.out_dir))
     arms = by_setting(collect(runs), args.kind)
-    a = [r for r in arms[args.setting_a][args.arm_a] if r.usable]
-    b = [r for r in arms[args.setting_b][args.arm_b] if r.usable]
-    names = [m for claim in CLAIMS if claim.kind == args.kind for m in claim.metrics]
-    rows = []
-    for name in names:
-        metric = METRICS[name]
-        (va, sa), (vb, sb) = metric.values(a), metric.values(b)
-        b_by_seed = dict(zip(sb, vb, strict=True))
-        same = [seed for seed, v in zip(sa, va, strict=True) if b_by_seed.get(seed) == v]
-        rows.append((metric.label, va, vb, welch(va, vb), same))
-    adjusted = holm([test.p_value for *_, test, _ in rows])
-    print(f"A = {args.setting_a} {args.arm_a} ({len(a)} runs), "
-          f"B = {args.setting_b} {args.arm_b} ({len(b)} runs)\n")  # fmt: skip
-    print("| metric | A | B | A - B [95% CI] | d [95% CI] | p / Holm p | seeds equal |")
-    print("|---|---|---|---|---|---|---|")
-    for (label, va, vb, t, same), p_holm in zip(rows, adjusted, strict=True):
-        print(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {t.diff:.4g} [{t.diff_low:.4g}, "
-              f"{t.diff_high:.4g}] | {t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}] | "
-              f"{t.p_value:.3g} / {p_holm:.3g} | {len(same)} |")  # fmt: skip
-    if args.collapsed_below is not None:
-        from scipy.stats import fisher_exact
-
-        low = [
-            [r.run.seed for r in arm if r.result.is_mean < args.collapsed_below] for arm in (a, b)
-        ]
-        table = [[len(low[0]), len(a) - len(low[0])], [len(low[1]), len(b) - len(low[1])]]
-        p = fisher_exact(table).pvalue
-        print(f"\nCollapsed (IS < {args.collapsed_below:g}): A {len(low[0])} of {len(a)} "
-              f"(seeds {sorted(low[0])}), B {len(low[1])} of {len(b)} (seeds {sorted(low[1])}); "
-              f"Fisher's exact test, two-sided: p = {p:.3g}")  # fmt: skip
+    a, b = arms[args.setting_a][args.arm_a], arms[args.setting_b][args.arm_b]
+    print(f"A = {args.setting_a} {args.arm_a} ({sum(r.usable for r in a)} runs), "
+          f"B = {args.setting_b} {args.arm_b} ({sum(r.usable for r in b)} runs)\n")  # fmt: skip
+    print("\n".join(compare(a, b, args.kind, args.collapsed_below)))
 
 
 if __name__ == "__main__":
