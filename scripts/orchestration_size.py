@@ -111,6 +111,8 @@ def def_lines(path: Path) -> dict[str, int]:
 
 
 def main(root: Path) -> None:
+    if not (root / "srn.py").is_file():
+        sys.exit(f"{root} is not the package's source folder (it has no srn.py); see --help")
     by_job = {job: sorted({p for g in globs for p in root.glob(g)}) for job, globs in JOBS.items()}
     files = [p for paths in by_job.values() for p in paths]
     total = dict.fromkeys(("raw", "blank", "doc", "comment", "imports", "__all__", "code"), 0)
@@ -136,4 +138,6 @@ def main(root: Path) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(__doc__)
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "src/stablerank"))

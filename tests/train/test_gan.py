@@ -23,7 +23,13 @@ from torch.nn.utils import parametrize
 
 import stablerank as sr
 import stablerank.train.gan as gan_train
-from stablerank.config import config_from_dict, config_hash, config_to_dict, load_config
+from stablerank.config import (
+    config_from_dict,
+    config_hash,
+    config_to_dict,
+    diff_configs,
+    load_config,
+)
 from stablerank.config.gan import _DATASETS, GAN_PRESETS, GanConfig
 from stablerank.data import DATASETS
 from stablerank.data import load_dataset as DATASETS_LOADED
@@ -32,7 +38,11 @@ from stablerank.metrics.features import (
     available_feature_extractors,
     register_feature_extractor,
 )
-from stablerank.train.checkpoint import CorruptCheckpointError, load_checkpoint
+from stablerank.train.checkpoint import (
+    CorruptCheckpointError,
+    check_resume_config,
+    load_checkpoint,
+)
 from stablerank.train.figures import GRID_PAD
 from stablerank.train.gan_models import load_gan_run
 from stablerank.train.results import GanResult
@@ -428,6 +438,12 @@ def test_d_first_norm_is_recorded_and_refused_without_normalization(tmp_path):
     assert config_to_dict(plain, complete=True)["d_first_norm"] == "same"  # --print-config's
     assert config_to_dict(cfg)["d_first_norm"] == "sn"
     assert config_hash(cfg) != config_hash(plain)
+    # A resume refused for it names the saved run's value, the default it was saved without.
+    with pytest.raises(ValueError, match=r"refusing to resume(.|\n)*d_first_norm: 'same' -> 'sn'$"):
+        check_resume_config(config_to_dict(plain), config_to_dict(cfg), cls=GanConfig)
+    assert diff_configs(config_to_dict(cfg), config_to_dict(plain)) == [
+        "d_first_norm: 'sn' -> '<missing>'"  # without the class, only what the dicts hold
+    ]
     # With d_norm="sn" every layer has SN anyway: the same network (a control arm of a sweep).
     same = _cfg(tmp_path, "first", d_norm="sn", d_first_norm="sn")
     assert set(same.unused()) == {"rank_ratio", "d_first_norm"}

@@ -270,12 +270,22 @@ def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:
 
 
 def diff_configs(
-    saved: Mapping[str, Any], current: Mapping[str, Any], *, ignore: Sequence[str] = ()
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    ignore: Sequence[str] = (),
+    cls: type | None = None,
 ) -> list[str]:
     """Readable differences ``key: saved -> current`` between two config dicts, leaving out the
-    keys in ``ignore`` (e.g. a trainer's runtime keys)."""
+    keys in ``ignore`` (e.g. a trainer's runtime keys). With the config class ``cls``, a dict
+    without one of its ``omit_default`` fields holds that field's default (as it was saved)."""
+    fields = dataclasses.fields(cls) if cls is not None else ()
+    # JSON-ready like the saved dict (a tuple default is a list there).
+    omitted = {
+        f.name: json.loads(json.dumps(f.default)) for f in fields if f.metadata.get("omit_default")
+    }
     pairs = {
-        k: (saved.get(k, "<missing>"), current.get(k, "<missing>"))
+        k: (saved.get(k, omitted.get(k, "<missing>")), current.get(k, omitted.get(k, "<missing>")))
         for k in (saved.keys() | current.keys()) - set(ignore)
     }
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in sorted(pairs.items()) if a != b]

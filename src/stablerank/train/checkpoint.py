@@ -124,7 +124,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def check_resume_config(
-    saved: Mapping[str, Any], current: Mapping[str, Any], *, allowed: Sequence[str] = ()
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    *,
+    allowed: Sequence[str] = (),
+    cls: type | None = None,
 ) -> None:
     """Refuse to resume when the config differs, listing every difference.
 
@@ -132,8 +136,10 @@ def check_resume_config(
         saved: the config dict stored in the checkpoint.
         current: the config dict of the run being resumed.
         allowed: keys that may differ (e.g. a device or a log interval).
+        cls: the config class, whose ``omit_default`` fields a dict may leave out (see
+            :func:`~stablerank.config.diff_configs`).
     """
-    diffs = diff_configs(saved, current, ignore=allowed)
+    diffs = diff_configs(saved, current, ignore=allowed, cls=cls)
     if diffs:
         raise ValueError(
             "refusing to resume: the config differs from the checkpoint's:\n  " + "\n  ".join(diffs)

@@ -243,7 +243,7 @@ class RunDir:
             saved = json.loads(self.config_file.read_text())
         except ValueError as err:
             return f"unreadable {self.config_file.name}: {err}"
-        diffs = diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS)
+        diffs = diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS, cls=type(cfg))
         return "; ".join(diffs) or None
 
     def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
@@ -262,7 +262,7 @@ class RunDir:
         try:
             saved = json.loads(self.config_file.read_text())
             same = [k for k in cfg.RUNTIME_KEYS if k not in cfg.SCORING_KEYS]
-            check_resume_config(saved, config_to_dict(cfg), allowed=same)
+            check_resume_config(saved, config_to_dict(cfg), allowed=same, cls=type(cfg))
         except ValueError:
             return None  # another run (begin() refuses it), or another final scoring
         if is_main:
@@ -286,7 +286,9 @@ class RunDir:
         if loaded is None:
             log(f"resume: no checkpoint in {self.path} yet; starting from scratch")
             return None
-        check_resume_config(loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS)
+        check_resume_config(
+            loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS, cls=type(cfg)
+        )
         log(f"resume: continuing from {loaded[0]}")
         return loaded[1]
 
