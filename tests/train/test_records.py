@@ -123,6 +123,11 @@ def test_non_finite_values_are_written_as_strict_json_null(tmp_path):
 
     first = {"step": 1, "loss": None, "g": None, "v": [1.0, None], "nested": {"w": [2.0, None]}}
     assert read() == [first, {"step": 2, "loss": None}]
+    # The CSV row appended (step 2) reads as the JSONL's, as a rewritten one does: an empty cell.
+    appended = _csv_rows(log.csv)
+    assert appended[1] == {"step": "2", "loss": "", "g": "", "v": "", "nested": ""}
+    log.append({"step": 3, "new_column": 1.0})  # rewrites the CSV from the JSONL
+    assert _csv_rows(log.csv)[:2] == [{**row, "new_column": ""} for row in appended]
     log.truncate_after(1)  # a resume rewrites the file: strict there too
     assert read() == [first]
 

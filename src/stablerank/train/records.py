@@ -120,14 +120,15 @@ class MetricLog:
         writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
         for r in records:
-            writer.writerow({k: _scalar(v) for k, v in r.items()})
+            writer.writerow({k: _cell(v) for k, v in r.items()})
         atomic_write_text(self.csv, text.getvalue())
         self._csv_columns = columns
 
     def append(self, record: Mapping[str, Any]) -> None:
         record = dict(record)
+        line = _json_line(record)
         with self.jsonl.open("a") as fh:
-            fh.write(_json_line(record))
+            fh.write(line)
         columns = self._csv_columns
         if columns is None or any(k not in columns for k in record) or not self.csv.exists():
             # A new column: rewrite the CSV so its header covers every column (atomic).
@@ -135,7 +136,8 @@ class MetricLog:
         else:  # the usual case: one more row, O(1) instead of rewriting the whole log
             with self.csv.open("a", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=columns)
-                writer.writerow({k: _scalar(v) for k, v in record.items()})
+                # The row as the JSONL holds it, as a rewrite reads it back (NaN: an empty cell).
+                writer.writerow({k: _cell(v) for k, v in json.loads(line).items()})
         if self._writer is not None:
             step = int(record.get(self.key, 0))
             for k, v in record.items():
@@ -174,9 +176,6 @@ def _json_line(record: Mapping[str, Any]) -> str:
     return json.dumps(to_dict(record), allow_nan=False) + "\n"
 
 
-def _scalar(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, (list, dict)):
-        return json.dumps(v)
-    return v
+def _cell(v: Any) -> Any:
+    """A CSV cell of a value read from JSON: lists and dicts as JSON text."""
+    return json.dumps(v) if isinstance(v, (list, dict)) else v
