@@ -10,6 +10,7 @@ docs/reproduction.md, "How claims are decided".
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -109,10 +110,6 @@ class Claim:
     metrics: tuple[str, ...]
     references: tuple[str, ...] = ("none", "sn")
     note: str = ""  # what the report says under the claim's heading (e.g. what is not measured)
-
-    @property
-    def subclaims(self) -> list[tuple[str, str]]:
-        return [(m, ref) for m in self.metrics for ref in self.references]
 
 
 CLAIMS = (
@@ -402,7 +399,7 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                 continue
             c = all_arms[arm][0].run.rank_ratio
             counterfactual = sn_above_target(srn, arms.get("sn", ())) if srn else None
-            for metric_name, ref in claim.subclaims:
+            for metric_name, ref in itertools.product(claim.metrics, claim.references):
                 if ref not in arms:  # the sweep has no such arm (a GAN has no vanilla arm)
                     continue
                 metric = METRICS[metric_name]

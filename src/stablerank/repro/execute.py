@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from stablerank.config import config_to_dict, diff_configs
 from stablerank.repro.sweeps import RUNTIME_KEYS, Run
+from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
@@ -95,8 +98,6 @@ def _output_to(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _threads(n: int) -> Iterator[None]:
     """torch's CPU threads set to ``n`` for the duration of one run."""
-    import torch
-
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
@@ -110,9 +111,6 @@ def _train(run: Run) -> bool:
     if run.nproc_per_node == 1:
         return run.trainer.train(run.config).diverged
     # DDP on this node or in this SLURM job: torchrun starts the CLI on the run's saved config.
-    from stablerank.config import config_to_dict
-    from stablerank.train.checkpoint import atomic_write_json
-
     launch = run.run_dir / LAUNCH_FILE
     atomic_write_json(launch, config_to_dict(run.config))
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone",

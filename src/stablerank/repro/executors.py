@@ -253,10 +253,7 @@ class LocalExecutor:
         todo = list(range(len(runs)))
         while todo:
             before = {i: _attempts(runs[i]) for i in todo}
-            lost = self._map_pool(runs, todo, report, outcomes)
-            # A killed worker (kill -9, out of memory) breaks the pool, which ends the others
-            # too: the runs they held fail here (a rerun resumes them); the runs not started go
-            # on in a new pool. When none had started, they all fail (no endless restarts).
+            lost = self._map_pool(runs, todo, report, outcomes)  # a broken pool: see the class
             started = [i for i in lost if _attempts(runs[i]) > before[i]]
             for i in started or lost:
                 outcomes[i] = Outcome(runs[i].name, FAILED, error=f"worker died: {lost[i]}")
