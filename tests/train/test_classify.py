@@ -234,10 +234,20 @@ def test_ctrl_c_in_the_step_that_diverges_ends_the_run_as_diverged(tmp_path, mon
         classify.run(tiny(tmp_path / "c"), stop_at=0)
 
 
-def test_resume_refuses_a_different_config(tmp_path):
-    classify.run(tiny(tmp_path, epochs=1))
-    with pytest.raises(ValueError, match=r"refusing to resume(.|\n)*lr: 0.05 -> 0.1"):
-        classify.run(tiny(tmp_path, epochs=1, lr=0.1, resume=True))
+def test_resume_refuses_a_different_config_and_leaves_the_run_as_it_was(tmp_path):
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    classify.run(tiny(finished, epochs=1))
+    classify.run(tiny(stopped, epochs=2), stop_at=1)
+    for folder, status in ((finished, "done"), (stopped, "interrupted")):
+        with pytest.raises(ValueError, match=r"refusing to resume(.|\n)*lr: 0.05 -> 0.1"):
+            classify.run(tiny(folder, epochs=1 if folder == finished else 2, lr=0.1, resume=True))
+        # Not marked failed: it still resumes under its own config (a sweep still counts it).
+        assert RunDir(folder / "run").read_status()["status"] == status, folder
+        assert not RunDir(folder / "run").error_file.exists()
+    # Without config.json, the checkpoint's own config still refuses it.
+    (stopped / "run" / "config.json").unlink()
+    with pytest.raises(ValueError, match=r"from the checkpoint's(.|\n)*lr: 0.05 -> 0.1"):
+        classify.run(tiny(stopped, epochs=2, lr=0.1, resume=True))
 
 
 def test_resume_allows_runtime_only_differences(tmp_path):

@@ -199,15 +199,18 @@ class RunDir:
 
         * without ``cfg.resume``, a folder with checkpoints or results (a log, metrics, an
           analysis) is refused unless ``cfg.overwrite``, which deletes them;
-        * with ``cfg.resume`` and no checkpoint, a folder whose ``config.json`` differs from
-          ``cfg`` (outside ``cfg.RUNTIME_KEYS``) holds another run: refused unless
-          ``cfg.overwrite``.
+        * with ``cfg.resume``, a folder whose ``config.json`` differs from ``cfg`` (outside
+          ``cfg.RUNTIME_KEYS``) is refused unless ``cfg.overwrite``: without a checkpoint it holds
+          another run; with checkpoints the run cannot continue under ``cfg`` (its status is
+          left as it was, not marked ``failed``).
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
         of a DDP run may call it (the checks only read); only ``is_main`` changes the folder.
 
         Raises:
             FileExistsError: the folder holds another run (the message names the flags).
+            ValueError: ``cfg.resume`` with checkpoints made under another config (the
+                differences are listed).
         """
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
@@ -227,6 +230,11 @@ class RunDir:
             raise FileExistsError(
                 f"{self.path} holds another run without a checkpoint to resume ({other}); pass "
                 "overwrite=True (--overwrite) to replace it, or choose another folder"
+            )
+        if resume and other:  # refused here, before the status records work: the run stays as is
+            raise ValueError(
+                f"refusing to resume: the config differs from the run's {self.config_file.name}: "
+                f"{other} (pass overwrite=True / --overwrite to train it again from scratch)"
             )
         if not is_main:
             return
@@ -382,6 +390,8 @@ class RunDir:
         Raises:
             RunLockedError: another process holds the run.
             FileExistsError: the folder holds another run (:meth:`begin`); nothing is written.
+            ValueError: resuming checkpoints made under another config (:meth:`begin`); nothing
+                is written.
         """
         if not is_main:
             self.begin(cfg, is_main=False)
