@@ -179,7 +179,7 @@ def test_layer_report_of_plain_and_sn_layers_against_the_svd():
         assert rec.sigma_max == pytest.approx(s[0].item(), rel=1e-6), rec.name
         assert rec.frobenius == pytest.approx(torch.linalg.norm(mat).item(), rel=1e-6)
         assert rec.srank == pytest.approx((s.square().sum() / s[0] ** 2).item(), rel=1e-6)
-        assert math.isnan(rec.target_srank) and not rec.active  # no cap: no target
+        assert math.isnan(rec.target_srank) and rec.active is None  # no cap: no target
     assert report[1].matrix_shape == (3, 4 * 2 * 2)
     assert report[2].frobenius < report[2].raw_sigma_max  # the used weight, W / sigma
 
@@ -249,7 +249,7 @@ def test_layer_report_says_no_cap_binds_where_r_is_at_least_min_m_n():
         net = sr.normalize_model(nn.Sequential(nn.Linear(3136, 1)), "srn", rank_ratio=0.1,
                                  head="srn")  # fmt: skip
         (row,) = sr.layer_report(net)
-        assert row.target_srank == 1.0 and not row.active, seed
+        assert row.target_srank == 1.0 and row.active is None, seed  # none, not False
         above += row.raw_srank > 1.0
         assert sr.srn_active_fraction(net) != sr.srn_active_fraction(net)  # NaN: none can bind
     if not above:  # here every raw stable rank rounds to exactly 1: the case is not exercised

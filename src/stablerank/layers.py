@@ -45,8 +45,8 @@ class LayerRecord:
         frobenius: Frobenius norm of the weight as used.
         srank: exact stable rank of the weight as used; ``raw_srank`` of the raw weight.
         target_srank: SRN's r (NaN for SN and none: no cap acts on them).
-        active: SRN's cap binds (``raw_srank > target_srank``); False for SN and none, and for
-            SRN where r >= min(m, n), since the cap cannot act there.
+        active: whether SRN's cap binds (``raw_srank > target_srank``); None where no cap can
+            act: SN, none, and SRN with r >= min(m, n) (exactly SN there).
     """
 
     name: str
@@ -60,7 +60,7 @@ class LayerRecord:
     srank: float
     raw_srank: float
     target_srank: float
-    active: bool = False
+    active: bool | None = None
 
 
 class LayerReport(list):
@@ -102,6 +102,8 @@ class LayerReport(list):
 
     def __str__(self) -> str:
         def fmt(v: object) -> str:
+            if v is None:  # active where no cap can act
+                return "-"
             if isinstance(v, float):
                 return "nan" if math.isnan(v) else f"{v:.4g}"
             if isinstance(v, tuple):
@@ -205,7 +207,7 @@ def layer_report(model: nn.Module) -> LayerReport:
                     target_srank=target,
                     # r >= min(m, n) (a 1 x n layer): the cap can never act, whatever rounding
                     # puts raw_srank at (1 + 1e-15 > 1 for a 1 x n layer).
-                    active=kind == "srn" and p.clamps_srank and raw_srank > target,
+                    active=raw_srank > target if kind == "srn" and p.clamps_srank else None,
                 )
             )
     finally:

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from types import SimpleNamespace
 
 import pytest
+import torch
+from torch import nn
 
+import stablerank as sr
 from stablerank.train.results import (
     ClassifierResult,
     EpochRecord,
@@ -76,17 +78,24 @@ def test_a_gan_result_whose_scores_protocol_was_written_flat_reads_back_typed(tm
 # ----------------------------------------------------------------------------- derived numbers
 
 
-def _row(norm: str, shape: tuple[int, int], raw: float, r: float):
-    return SimpleNamespace(name="w", norm=norm, matrix_shape=shape, sigma_max=1.0, srank=1.0,
-                           raw_srank=raw, target_srank=r)  # fmt: skip
-
-
-def test_srns_cap_binds_where_the_raw_stable_rank_is_above_r_and_only_where_it_can_act():
-    # r = min(m, n) = 4: the stable rank never exceeds 4, so the cap cannot act (None, not False);
-    # at raw == r the cap does not bind (it binds above r); SN reports no cap at all.
-    rows = [_row("srn", (4, 8), raw=3.0, r=2.0), _row("srn", (4, 8), raw=2.0, r=2.0),
-            _row("srn", (4, 8), raw=3.0, r=4.0), _row("sn", (4, 8), raw=3.0, r=4.0)]  # fmt: skip
-    stats = layer_stats(rows)
+def test_srns_cap_binds_where_the_raw_stable_rank_is_above_r_and_only_where_it_can_act(tmp_path):
+    # Four 4 x 8 layers: SRN at r = 2 with a full-rank raw weight (binds) and with a rank-one raw
+    # weight (stable rank 1 <= 2: does not bind); SRN at r = 4 = min(m, n), whose cap never acts,
+    # and SN: no cap (None, not False), so they do not count in the fraction.
+    torch.manual_seed(0)
+    net = nn.Sequential(*(nn.Linear(8, 4) for _ in range(4)))
+    for layer, ratio in zip(net[:3], (0.5, 0.5, 1.0), strict=True):
+        sr.stable_rank_norm(layer, rank_ratio=ratio)
+    torch.nn.utils.parametrizations.spectral_norm(net[3])
+    with torch.no_grad():
+        net[1].parametrizations.weight.original.copy_(torch.outer(torch.rand(4), torch.rand(8)))
+    report = sr.layer_report(net)
+    report.to_json(tmp_path / "layers.json")  # as d_layers.json holds it: null where no cap acts
+    assert [row["active"] for row in json.loads((tmp_path / "layers.json").read_text())] == [
+        True, False, None, None
+    ]  # fmt: skip
+    assert [line.split()[9] for line in str(report).splitlines()[2:]] == ["True", "False", "-", "-"]
+    stats = layer_stats(report)
     assert [s.active for s in stats] == [True, False, None, None]
     assert [s.target_srank for s in stats] == [2.0, 2.0, 4.0, None]
     assert active_fraction(stats) == 0.5  # the layers whose cap can act: 1 of 2

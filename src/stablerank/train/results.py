@@ -218,18 +218,16 @@ class EpochRecord:
 def layer_stats(rows: typing.Iterable[Any]) -> tuple[LayerStat, ...]:
     """:class:`LayerStat` of each :class:`~stablerank.layers.LayerRecord` of a layer report.
 
-    ``active`` is None where SRN's cap can never act (no SRN, or r >= min(m, n): then SRN is
-    exactly SN), so such layers do not count in :func:`active_fraction`.
+    ``active`` is the record's: None where SRN's cap can never act (no SRN, or r >= min(m, n):
+    then SRN is exactly SN), so such layers do not count in :func:`active_fraction`.
     """
-    out = []
-    for row in rows:
-        can_bind = row.norm == "srn" and row.target_srank < min(row.matrix_shape)
-        out.append(LayerStat(
+    return tuple(
+        LayerStat(
             row.name, row.norm, tuple(row.matrix_shape), float(row.sigma_max), float(row.srank),
             float(row.raw_srank), float(row.target_srank) if row.norm == "srn" else None,
-            bool(row.raw_srank > row.target_srank) if can_bind else None,
-        ))  # fmt: skip
-    return tuple(out)
+            row.active,
+        ) for row in rows
+    )  # fmt: skip
 
 
 def active_fraction(layers: typing.Iterable[LayerStat]) -> float | None:
