@@ -213,7 +213,13 @@ def test_a_flag_overrides_a_dashed_file_key_that_a_preset_also_sets(capsys, tmp_
     [
         ("lr: 0.1\nlr: 0.2\n", "'lr' given twice"),  # PyYAML kept the last one silently
         ("batch_size: 8\nbatch-size: 16\n", "'batch-size' given twice"),
-        ("1: 2\n", "unknown config key"),  # was an AttributeError, exit 1
+        ("1: 2\n", "c.yaml: unknown key(s) '1'"),  # was an AttributeError, exit 1
+        # The file is named, and a near miss suggested (it named neither).
+        (
+            "batchsize: 8\nfoo: 1\n",
+            "c.yaml: unknown key(s) 'batchsize' (did you mean "
+            "'batch_size'?), 'foo'; `stablerank train --print-config` lists every key",
+        ),
     ],
 )
 def test_a_key_given_twice_or_not_a_name_is_a_usage_error(capsys, tmp_path, content, match):
@@ -546,3 +552,18 @@ def test_sigterm_while_ctrl_c_is_ignored_and_held_still_stops_the_command():
             time.sleep(2)  # the command would go on here
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly():
+    """``stablerank layers RUN --json | head``: no "error: [Errno 32] Broken pipe" line, no
+    traceback at exit; the exit status says the output was cut (1)."""
+    code = (
+        "import sys; from stablerank import cli; "
+        "cli._run = lambda args: print('x' * 10**6) or 0; sys.exit(cli.main(['layers', 'r']))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.read(1)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1 and err == ""

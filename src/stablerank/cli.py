@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import difflib
 import importlib
 import json
 import os
@@ -187,6 +188,16 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     if args.config and len(args.config) > 1:
         raise ValueError(f"--config may be given once, got {len(args.config)} files")
     from_file = read_yaml(args.config[0]) if args.config else {}
+    keys = [f.name for f in dataclasses.fields(_load(cmd.config))]
+    if unknown := sorted(set(from_file) - set(keys)):
+        near = {k: difflib.get_close_matches(k, keys, n=1) for k in unknown}
+        raise ValueError(
+            f"{args.config[0]}: unknown key(s) "
+            + ", ".join(
+                f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for k, m in near.items()
+            )
+            + f"; `stablerank {args.command} --print-config` lists every key"
+        )
     flags = {k: v for k, v in vars(args).items() if k not in _META}
     if preset and all(k in flags and str(flags[k]) != str(v) for k, v in preset.items()):
         # `reproduce --preset tiny --sweep quick`: the flags replace all that the preset sets.
@@ -374,6 +385,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `stablerank layers RUN --json | head`: the reader has had enough
+        # Python's docs' recipe: stdout to /dev/null, so the flush at exit fails no more.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
     except Exception as err:  # SystemExit (argparse's usage errors) is no Exception: it passes
         if args.debug:
             raise
