@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import time
 
 import pytest
 import torch
@@ -186,6 +187,8 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_
     real_lr_at = classify.lr_at
 
     def lr_at_then_sigint(cfg, step, steps_per_epoch):  # Ctrl-C arrives during step `stop`
+        if step >= 6:  # epoch 2's steps before the Ctrl-C: slow, for its time to be seen
+            time.sleep(0.1)
         if step == stop - 1:
             signal.raise_signal(signal.SIGINT)
         return real_lr_at(cfg, step, steps_per_epoch)
@@ -202,6 +205,9 @@ def test_ctrl_c_inside_an_epoch_checkpoints_that_step_and_resume_is_bitwise(tmp_
     assert [r["epoch"] for r in records(cut.path)] == [1]
     resumed, _ = train(tiny(tmp_path / "b", resume=True, **kw))
     _assert_same_run(straight, resumed)
+    # Epoch 2's time counts its steps before the Ctrl-C (0.3 s of sleep), not only those after.
+    assert state["epoch_seconds"] >= 0.3
+    assert records(cut.path)[1]["train_time_s"] >= state["epoch_seconds"]
 
     # stop_at (the tests' Ctrl-C) at an epoch boundary and inside an epoch, then resume twice.
     assert classify.run(tiny(tmp_path / "c", **kw), stop_at=6) is None

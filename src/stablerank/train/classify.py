@@ -340,14 +340,16 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
     optimizer = _build_optimizer(cfg, model)
 
     # ---- resume: refuse on any config difference that changes what is computed
-    start_epoch, start_batch, start_sums = 0, 0, [0.0, 0.0, 0.0]
+    start_epoch, start_batch, start_sums, start_seconds = 0, 0, [0.0, 0.0, 0.0], 0.0
     ckpt = folder.resume_point(cfg, map_location=device, is_main=info.is_main)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         start_epoch = ckpt["epoch"]
-        # A Ctrl-C checkpoint inside an epoch: the batches of it already trained, and their sums.
+        # A Ctrl-C checkpoint inside an epoch: the batches of it already trained, their sums and
+        # the seconds they took (so the epoch's time counts them).
         start_batch, start_sums = ckpt.get("batch", 0), ckpt.get("epoch_sums", start_sums)
+        start_seconds = ckpt.get("epoch_seconds", 0.0)
     del ckpt
 
     # ---- compile and DDP wrap (raw_model is what we save and measure; eval_model evaluates)
@@ -380,11 +382,13 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
     # alone would leave the others waiting in the all-reduce).
     check_every = 0 if info.distributed else 1 if device.type == "cpu" else _PROGRESS_EVERY
 
-    def checkpoint(epoch: int, batch: int, sums: list[float]) -> None:
-        """``epoch`` finished epochs and ``batch`` batches of the next, with their ``sums``."""
+    def checkpoint(epoch: int, batch: int, sums: list[float], seconds: float = 0.0) -> None:
+        """``epoch`` finished epochs and ``batch`` batches of the next, with their ``sums`` and
+        the ``seconds`` they took."""
         folder.save_checkpoint(epoch * steps_per_epoch + batch, keep=_KEEP_CHECKPOINTS, state={
             "model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-            "epoch": epoch, "batch": batch, "epoch_sums": sums, "config": config_to_dict(cfg),
+            "epoch": epoch, "batch": batch, "epoch_sums": sums, "epoch_seconds": seconds,
+            "config": config_to_dict(cfg),
             "schedule": "lr is a pure function of the step (lr_at); nothing to restore",
         })  # fmt: skip
 
@@ -396,9 +400,9 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
             for epoch in range(start_epoch, cfg.epochs):
                 if done >= end or interrupt["stop"]:
                     break
-                t0 = time.perf_counter()
-                train_loader.set_epoch(epoch)  # order and augmentation: (seed, epoch)
                 first = start_batch if epoch == start_epoch else 0
+                t0 = time.perf_counter() - (start_seconds if first else 0.0)
+                train_loader.set_epoch(epoch)  # order and augmentation: (seed, epoch)
                 # A resumed epoch's sums were reduced over the ranks: rank 0 alone carries them.
                 carried = start_sums if first and info.is_main else [0.0, 0.0, 0.0]
                 sums, lr, divergence, done = _train_epoch(
@@ -411,7 +415,8 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
                     dist.all_reduce(sums)
                 if not divergence and done < (epoch + 1) * steps_per_epoch:  # stopped inside
                     if info.is_main:
-                        checkpoint(epoch, done - epoch * steps_per_epoch, sums.tolist())
+                        checkpoint(epoch, done - epoch * steps_per_epoch, sums.tolist(),
+                                   time.perf_counter() - t0)  # fmt: skip
                     break
                 run_loss = sums[0].item()
                 if not divergence and not math.isfinite(run_loss):
