@@ -196,7 +196,7 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
             + ", ".join(
                 f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for k, m in near.items()
             )
-            + f"; `stablerank {args.command} --print-config` lists every key"
+            + f"; valid keys: {sorted(keys)}"
         )
     flags = {k: v for k, v in vars(args).items() if k not in _META}
     if preset and all(k in flags and str(flags[k]) != str(v) for k, v in preset.items()):
