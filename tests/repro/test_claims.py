@@ -797,3 +797,31 @@ def test_a_gan_row_that_cannot_tell_names_the_flag_that_adds_its_seeds():
         "(~41 seeds/arm would decide: --gan-seeds 41)"
     )
     assert _comparison_row(comp, KIND_CLASSIFY)[-1].endswith("(~41 seeds/arm would decide)")
+
+
+def test_the_headline_says_what_the_verdict_rests_on():
+    """A verdict read from the decided comparisons alone can hide a strong signal the other way
+    (SRN's test accuracy far lower, p 0.007 before Holm and 0.07 after): the summary says how
+    many were decided and how the undecided ones lean before the correction."""
+
+    def comparison(metric, reference, srn, ref, outcome):
+        comp = claims.Comparison(1, metric, "s", 0.1, reference, srn, ref, [0, 1, 2], [0, 1, 2],
+                                 1.0, 1.0, finished=(3, 3), outcome=outcome)  # fmt: skip
+        comp.test = claims.welch(srn, ref)
+        return comp
+
+    lower, higher = [0.30, 0.33, 0.35], [0.70, 0.71, 0.72]
+    result = claims.ClaimResult(claims.CLAIMS[0], [
+        comparison("gap_acc", "none", [0.01, 0.02, 0.015], [0.1, 0.11, 0.12], claims.REPRODUCED),
+        comparison("test_acc", "none", lower, higher, claims.CANNOT_TELL),  # worse, p < 0.05
+        comparison("test_acc", "sn", lower, [0.31, 0.36, 0.32], claims.CANNOT_TELL),  # p > 0.05
+    ])  # fmt: skip
+    assert result.comparisons[1].test.p_value < 0.05 < result.comparisons[2].test.p_value
+    assert result.verdict == claims.REPRODUCED
+    assert result.basis() == (
+        " (1 of 3 comparisons decided; undecided, but p < 0.05 before Holm's correction: "
+        "1 SRN worse)"
+    )
+    assert result.basis(alpha=1e-6) == " (1 of 3 comparisons decided)"
+    undecided = claims.ClaimResult(claims.CLAIMS[0], result.comparisons[1:])
+    assert undecided.verdict == claims.CANNOT_TELL and undecided.basis() == ""

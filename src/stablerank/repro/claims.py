@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -351,6 +352,26 @@ class ClaimResult:
         if decided:
             return decided.pop()
         return CANNOT_TELL if CANNOT_TELL in outcomes else NOT_A_TEST
+
+    def basis(self, alpha: float = 0.05) -> str:
+        """What the verdict rests on, said after it: `` (2 of 6 comparisons decided; ...)`` with
+        how many undecided ones show SRN better or worse at ``alpha`` before Holm's correction (a
+        verdict from the decided rows alone can hide a strong signal the other way); "" when
+        none was decided."""
+        decided = [c for c in self.comparisons if c.outcome in (REPRODUCED, NOT_REPRODUCED)]
+        if not decided:
+            return ""
+        leaning = Counter(
+            "better" if (-1.0 if METRICS[c.metric].lower_is_better else 1.0) * c.test.diff > 0
+            else "worse"
+            for c in self.comparisons
+            if c.outcome == CANNOT_TELL and c.test is not None and c.test.p_value < alpha
+        )  # fmt: skip
+        text = f"{len(decided)} of {len(self.comparisons)} comparisons decided"
+        if leaning:
+            shown = " and ".join(f"{n} SRN {way}" for way, n in sorted(leaning.items()))
+            text += f"; undecided, but p < {alpha:g} before Holm's correction: {shown}"
+        return f" ({text})"
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

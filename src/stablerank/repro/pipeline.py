@@ -193,7 +193,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
         config=config_to_dict(cfg),
         commit=git_commit(),
     )
-    print(claims_summary(results), file=sys.stderr)
+    print(claims_summary(results, cfg.alpha), file=sys.stderr)
     print(f"report: {path}", file=sys.stderr, flush=True)
     verdicts = {r.claim.number: r.verdict for r in results}
     states = {rec.run.name: rec.state for rec in records}

@@ -347,7 +347,10 @@ def _scope(records: Sequence[RunRecord]) -> str:
 def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep: str,
              alpha: float) -> str:  # fmt: skip
     lines = [f"## Summary ({sweep})\n"]
-    lines += [f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**" for r in results]
+    lines += [
+        f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**{r.basis(alpha)}"
+        for r in results
+    ]
     lines += [_what_seeds_decide(results, alpha), _scope(records)]
     return "\n".join(lines) + "\n"
 
@@ -551,6 +554,6 @@ def write_report(
     return path, results
 
 
-def claims_summary(results: Sequence[ClaimResult]) -> str:
+def claims_summary(results: Sequence[ClaimResult], alpha: float = 0.05) -> str:
     """One line per claim for the terminal."""
-    return "\n".join(f"claim {r.claim.number}: {r.verdict}" for r in results)
+    return "\n".join(f"claim {r.claim.number}: {r.verdict}{r.basis(alpha)}" for r in results)
