@@ -139,7 +139,16 @@ def test_the_real_vs_real_baseline_draws_fresh_training_images(
 
 def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
     run_dir = _train(tmp_path, "uncond")
+    threads = torch.get_num_threads()
+    try:  # --num-threads, as analyze's
+        result = gan_analysis.run(dataclasses.replace(SETTINGS, num_threads=1), run_dir)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert result.settings["num_threads"] == 1
+    capsys.readouterr()
     result = gan_analysis.run(SETTINGS, run_dir)
+    assert "num_threads" not in result.settings  # at 0: the settings saved as before it existed
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"gan analysis: {result.summary()}; wrote {run_dir / 'gan_analysis.json'}"
     assert result.summary().startswith(f"neural divergence {result.neural_divergence:.4g} ± ")

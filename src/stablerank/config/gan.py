@@ -229,6 +229,10 @@ class GanAnalysisConfig:
     # The run's seed is at most 2**31 - 1 too: their sum stays in torch's seed range.
     seed: int = option(0, "offset of the analysis seed from the run's seed", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
+    # As the classifier analysis's; added later, so left out of the saved settings at 0.
+    num_threads: int = option(
+        0, "torch CPU threads (0 = torch's default)", min=0, omit_default=True
+    )
     progress: bool = option(False, "progress bar for the critic")
 
     def __post_init__(self) -> None:

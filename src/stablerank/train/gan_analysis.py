@@ -87,6 +87,8 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         CorruptCheckpointError: the final checkpoint is corrupt (an older one is not read).
         ValueError: its training has not finished, or diverged.
     """
+    if settings.num_threads:
+        torch.set_num_threads(settings.num_threads)
     # Its plots need matplotlib (the experiments extra): say so before the measurements.
     import_optional("matplotlib.figure", "the analysis")
     run_dir = Path(run_dir)
