@@ -261,6 +261,21 @@ def test_resume_with_overwrite_continues_a_checkpoint_and_replaces_only_another_
     capsys.readouterr()
     classify.run(dataclasses.replace(cfg, resume=True, overwrite=True))
     assert "resume: continuing from" in capsys.readouterr().err  # not deleted and retrained
+    # The checkpoints of another run (another lr): replaced, trained from scratch under cfg.
+    other = _tiny(tmp_path / "b", epochs=2, lr=0.1)
+    classify.run(other, stop_at=1)
+    capsys.readouterr()
+    replaced = classify.run(dataclasses.replace(other, lr=0.05, resume=True, overwrite=True))
+    err = capsys.readouterr().err
+    assert "continuing from" not in err and "no checkpoint in" in err
+    assert replaced == classify.run(_tiny(tmp_path / "c", epochs=2))
+    # An unreadable config.json: the checkpoint's own config decides, and it is the same run.
+    cut = _tiny(tmp_path / "d", epochs=2)
+    classify.run(cut, stop_at=1)
+    RunDir.for_config(cut).config_file.write_text("{not json")
+    capsys.readouterr()
+    classify.run(dataclasses.replace(cut, resume=True))
+    assert "resume: continuing from" in capsys.readouterr().err
 
 
 def test_gan_resume_before_any_checkpoint_starts_fresh_and_says_so(tmp_path, capsys):

@@ -200,9 +200,9 @@ class RunDir:
         * without ``cfg.resume``, a folder with checkpoints or results (a log, metrics, an
           analysis) is refused unless ``cfg.overwrite``, which deletes them;
         * with ``cfg.resume``, a folder whose ``config.json`` differs from ``cfg`` (outside
-          ``cfg.RUNTIME_KEYS``) is refused unless ``cfg.overwrite``: without a checkpoint it holds
-          another run; with checkpoints the run cannot continue under ``cfg`` (its status is
-          left as it was, not marked ``failed``).
+          ``cfg.RUNTIME_KEYS``) holds another run: refused unless ``cfg.overwrite``, which
+          deletes it. Refused with checkpoints, the run is left as it was (not marked
+          ``failed``): it still resumes under its own config.
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
         of a DDP run may call it (the checks only read); only ``is_main`` changes the folder.
@@ -215,7 +215,8 @@ class RunDir:
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
-        other = None if overwrite else self._other_run(cfg)
+        diffs, unreadable = self._compare_config(cfg)
+        other = None if overwrite else "; ".join(diffs) or unreadable or None
         if not resume and not overwrite and (has_checkpoints or found):
             held = "checkpoints" if has_checkpoints else f"a run's results ({', '.join(found)})"
             # --resume continues the same config only: offered when config.json matches
@@ -231,28 +232,27 @@ class RunDir:
                 f"{self.path} holds another run without a checkpoint to resume ({other}); pass "
                 "overwrite=True (--overwrite) to replace it, or choose another folder"
             )
-        if resume and other:  # refused here, before the status records work: the run stays as is
+        if resume and diffs and not overwrite:  # before the status records work: the run stays
             raise ValueError(
                 f"refusing to resume: the config differs from the run's {self.config_file.name}: "
-                f"{other} (pass overwrite=True / --overwrite to train it again from scratch)"
-            )
+                f"{other} (overwrite=True / --overwrite replaces the run)"
+            )  # an unreadable config.json: the checkpoint's own config decides (resume_point)
         if not is_main:
             return
-        if overwrite and not (resume and has_checkpoints):
+        if overwrite and not (resume and has_checkpoints and not diffs):
             self.clear()
         self.remove_stale_temp_files()
 
-    def _other_run(self, cfg: Any) -> str | None:
+    def _compare_config(self, cfg: Any) -> tuple[list[str], str]:
         """How ``config.json`` differs from ``cfg`` outside ``cfg.RUNTIME_KEYS`` (``key: saved ->
-        current``, or that it is unreadable); None when it matches or is absent."""
+        current``), and why it cannot be read; both empty when it matches or is absent."""
         if not self.config_file.is_file():
-            return None
+            return [], ""
         try:
             saved = json.loads(self.config_file.read_text())
         except ValueError as err:
-            return f"unreadable {self.config_file.name}: {err}"
-        diffs = diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS, cls=type(cfg))
-        return "; ".join(diffs) or None
+            return [], f"unreadable {self.config_file.name}: {err}"
+        return diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS, cls=type(cfg)), ""
 
     def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
         """The stored result when this folder holds the finished training of ``cfg``, else None.
