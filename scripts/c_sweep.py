@@ -76,7 +76,7 @@ def layer_rows(layers) -> list[dict]:
             "shape": list(x.shape),
             "raw_srank": x.raw_srank,
             "target": x.target_srank,
-            "binds": x.raw_srank > x.target_srank,
+            "binds": x.active,  # None where the cap can never act (r >= min(m, n))
         }
         for x in layers
         if x.norm == "srn"
@@ -108,7 +108,7 @@ def run_classifier(name: str, settings: dict, norm: str, c: float | None, runs: 
         "test_acc": result.test_acc,
         "gap_acc": result.gap_acc,
         "layers": layers,
-        "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None,
+        "binding_fraction": binding_fraction(layers),
     }
 
 
@@ -142,15 +142,22 @@ def run_gan(norm: str, c: float | None, runs: Path) -> dict:
         "norm": norm,
         "c": c,
         "layers": layers,
-        "binding_fraction": (sum(x["binds"] for x in layers) / len(layers)) if layers else None,
+        "binding_fraction": binding_fraction(layers),
     }
 
 
 def _binds(layer: dict) -> bool | None:
-    """Whether the cap binds; None where it never can (r >= min(m, n): SRN is SN there)."""
+    """Whether the cap binds; None where it never can (r >= min(m, n): SRN is SN there). Read
+    off the numbers, for the rows written before "binds" was None there."""
     if layer["target"] >= min(layer["shape"]):
         return None
     return layer["raw_srank"] > layer["target"]
+
+
+def binding_fraction(layers: list[dict]) -> float | None:
+    """The fraction of the layers whose cap can act that it binds on (None: no such layer)."""
+    flags = [b for b in map(_binds, layers) if b is not None]
+    return sum(flags) / len(flags) if flags else None
 
 
 def write_table(rows: list[dict], path: Path) -> None:

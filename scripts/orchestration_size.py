@@ -139,5 +139,6 @@ def main(root: Path) -> None:
 
 if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
-        sys.exit(__doc__)
+        print(__doc__)
+        sys.exit(0)
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "src/stablerank"))

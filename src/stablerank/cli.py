@@ -188,15 +188,15 @@ def _resolve(cmd: _Command, args: argparse.Namespace) -> Any:
     if args.config and len(args.config) > 1:
         raise ValueError(f"--config may be given once, got {len(args.config)} files")
     from_file = read_yaml(args.config[0]) if args.config else {}
-    keys = [f.name for f in dataclasses.fields(_load(cmd.config))]
-    if unknown := sorted(set(from_file) - set(keys)):
-        near = {k: difflib.get_close_matches(k, keys, n=1) for k in unknown}
+    valid = [f.name for f in dataclasses.fields(_load(cmd.config))]
+    if unknown := sorted(set(from_file) - set(valid)):
+        near = {k: difflib.get_close_matches(k, valid, n=1) for k in unknown}
         raise ValueError(
             f"{args.config[0]}: unknown key(s) "
             + ", ".join(
                 f"{k!r}" + (f" (did you mean {m[0]!r}?)" if m else "") for k, m in near.items()
             )
-            + f"; valid keys: {sorted(keys)}"
+            + f"; valid keys: {sorted(valid)}"
         )
     flags = {k: v for k, v in vars(args).items() if k not in _META}
     if preset and all(k in flags and str(flags[k]) != str(v) for k, v in preset.items()):
@@ -295,7 +295,7 @@ def _layers(args: argparse.Namespace) -> Any:
         Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
         report.to_csv(args.csv)
     if not args.json:
-        print(report)
+        _print(report)
     return report.to_rows()
 
 
@@ -312,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, FileNotFoundError) as err:
             args.usage_error(str(err))  # exits 2 with the command's usage line
         if args.print_config:
-            print(json.dumps(config_to_dict(cfg, complete=True), indent=2))
+            _print(json.dumps(config_to_dict(cfg, complete=True), indent=2))
             return 0
         runner = _load(cmd.runner)
         if cmd.reads_runs_of:
@@ -328,8 +328,18 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\n{said or 'interrupted: ' + cmd.on_interrupt}", file=sys.stderr)
             return EXIT_INTERRUPTED
     if args.json:
-        print(_as_json(result, run_dir))
+        _print(_as_json(result, run_dir))
     return 0
+
+
+def _print(text: object) -> None:
+    """``text`` on stdout; a reader that stops early (``stablerank layers RUN --json | head``)
+    has had what it wanted: no error then, and stdout goes to /dev/null (Python's recipe) so
+    that the flush at exit does not fail either."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _show_warning(message: Any, category: type[Warning], *_: Any, **__: Any) -> None:
@@ -385,10 +395,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `stablerank layers RUN --json | head`: the reader has had enough
-        # Python's docs' recipe: stdout to /dev/null, so the flush at exit fails no more.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_ERROR
     except Exception as err:  # SystemExit (argparse's usage errors) is no Exception: it passes
         if args.debug:
             raise

@@ -824,4 +824,8 @@ def test_the_headline_says_what_the_verdict_rests_on():
     )
     assert result.basis(alpha=1e-6) == " (1 of 3 comparisons decided)"
     undecided = claims.ClaimResult(claims.CLAIMS[0], result.comparisons[1:])
-    assert undecided.verdict == claims.CANNOT_TELL and undecided.basis() == ""
+    assert undecided.verdict == claims.CANNOT_TELL and undecided.basis() == (
+        " (0 of 2 comparisons decided; undecided, but p < 0.05 before Holm's correction: "
+        "1 SRN worse)"
+    )
+    assert undecided.basis(alpha=1e-6) == ""  # nothing decided, nothing leaning: the verdict

@@ -253,22 +253,21 @@ def test_resume_without_a_checkpoint_does_not_take_over_another_run(tmp_path, ca
     assert "no checkpoint" in capsys.readouterr().err
 
 
-def test_resume_with_overwrite_continues_a_checkpoint_and_replaces_only_another_run(
-    tmp_path, capsys
-):
+def test_resume_with_overwrite_continues_its_checkpoints_and_refuses_another_runs(tmp_path, capsys):
     cfg = _tiny(tmp_path, epochs=2)
     classify.run(cfg, stop_at=1)
     capsys.readouterr()
     classify.run(dataclasses.replace(cfg, resume=True, overwrite=True))
     assert "resume: continuing from" in capsys.readouterr().err  # not deleted and retrained
-    # The checkpoints of another run (another lr): replaced, trained from scratch under cfg.
+    # The checkpoints of another run (another lr): refused with --resume, before any rank reads
+    # them; --overwrite alone replaces them.
     other = _tiny(tmp_path / "b", epochs=2, lr=0.1)
     classify.run(other, stop_at=1)
-    capsys.readouterr()
-    replaced = classify.run(dataclasses.replace(other, lr=0.05, resume=True, overwrite=True))
-    err = capsys.readouterr().err
-    assert "continuing from" not in err and "no checkpoint in" in err
-    assert replaced == classify.run(_tiny(tmp_path / "c", epochs=2))
+    same = dataclasses.replace(other, lr=0.05, overwrite=True)
+    with pytest.raises(ValueError, match=r"lr: 0.1 -> 0.05 \(--overwrite without --resume"):
+        classify.run(dataclasses.replace(same, resume=True))
+    assert RunDir.for_config(other).read_status()["status"] == "interrupted"
+    assert classify.run(same) == classify.run(_tiny(tmp_path / "c", epochs=2))
     # An unreadable config.json: the checkpoint's own config decides, and it is the same run.
     cut = _tiny(tmp_path / "d", epochs=2)
     classify.run(cut, stop_at=1)

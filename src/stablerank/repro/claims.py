@@ -356,17 +356,17 @@ class ClaimResult:
     def basis(self, alpha: float = 0.05) -> str:
         """What the verdict rests on, said after it: `` (2 of 6 comparisons decided; ...)`` with
         how many undecided ones show SRN better or worse at ``alpha`` before Holm's correction (a
-        verdict from the decided rows alone can hide a strong signal the other way); "" when
-        none was decided."""
+        verdict from the decided rows alone can hide a strong signal the other way, and "cannot
+        tell" a strong lean); "" when there is neither a decided nor a leaning comparison."""
         decided = [c for c in self.comparisons if c.outcome in (REPRODUCED, NOT_REPRODUCED)]
-        if not decided:
-            return ""
         leaning = Counter(
             "better" if (-1.0 if METRICS[c.metric].lower_is_better else 1.0) * c.test.diff > 0
             else "worse"
             for c in self.comparisons
             if c.outcome == CANNOT_TELL and c.test is not None and c.test.p_value < alpha
         )  # fmt: skip
+        if not decided and not leaning:
+            return ""
         text = f"{len(decided)} of {len(self.comparisons)} comparisons decided"
         if leaning:
             shown = " and ".join(f"{n} SRN {way}" for way, n in sorted(leaning.items()))

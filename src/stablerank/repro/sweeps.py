@@ -438,7 +438,9 @@ def _compared_unlike(runs: Sequence[Run]) -> str:
         ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed")
         configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
         diffs = diff_configs(*configs, ignore=ignore)
-        analyses = [config_to_dict(r.analysis) if r.analysis else {} for r in (ref, run)]
+        analyses = [
+            config_to_dict(r.analysis, complete=True) if r.analysis else {} for r in (ref, run)
+        ]
         diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
         if diffs:
             return (

@@ -267,8 +267,9 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         FileExistsError: the run folder holds another run and neither ``resume`` nor
             ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
         RunLockedError: another process trains this run.
-        ValueError: the checkpoint's config differs (the differences are listed), or the global
-            batch does not split evenly across ranks.
+        ValueError: resuming under a config that differs from the run's (its ``config.json``,
+            else its checkpoint's; the differences are listed), or a global batch that does not
+            split evenly across ranks.
         KeyboardInterrupt: on Ctrl-C, after saving a checkpoint at the step reached (single
             process; under DDP the newest checkpoint is the resume point); resume=True continues.
     """

@@ -242,8 +242,9 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
             ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
         RunLockedError: another process trains this run.
-        ValueError: resuming with a config that differs from the checkpoint's (diffs listed), or a
-            ``batch_size`` that does not split evenly over the ranks.
+        ValueError: resuming under a config that differs from the run's (its ``config.json``,
+            else its checkpoint's; the differences are listed), or a ``batch_size`` that does not
+            split evenly over the ranks.
         KeyboardInterrupt: after saving a checkpoint, on Ctrl-C (single process).
     """
     info, device = start_trainer(cfg, stop_at, "G steps")

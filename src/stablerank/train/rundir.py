@@ -200,8 +200,9 @@ class RunDir:
         * without ``cfg.resume``, a folder with checkpoints or results (a log, metrics, an
           analysis) is refused unless ``cfg.overwrite``, which deletes them;
         * with ``cfg.resume``, a folder whose ``config.json`` differs from ``cfg`` (outside
-          ``cfg.RUNTIME_KEYS``) holds another run: refused unless ``cfg.overwrite``, which
-          deletes it. Refused with checkpoints, the run is left as it was (not marked
+          ``cfg.RUNTIME_KEYS``) holds another run: refused, unless it has no checkpoint and
+          ``cfg.overwrite`` deletes it (checkpoints are replaced only without ``cfg.resume``,
+          which every DDP rank then leaves unread). A refused run is left as it was (not marked
           ``failed``): it still resumes under its own config.
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
@@ -232,14 +233,14 @@ class RunDir:
                 f"{self.path} holds another run without a checkpoint to resume ({other}); pass "
                 "overwrite=True (--overwrite) to replace it, or choose another folder"
             )
-        if resume and diffs and not overwrite:  # before the status records work: the run stays
-            raise ValueError(
+        if resume and diffs and (has_checkpoints or not overwrite):  # before the status records
+            raise ValueError(  # work, so the run stays as it was
                 f"refusing to resume: the config differs from the run's {self.config_file.name}: "
-                f"{other} (overwrite=True / --overwrite replaces the run)"
+                f"{'; '.join(diffs)} (--overwrite without --resume replaces the run)"
             )  # an unreadable config.json: the checkpoint's own config decides (resume_point)
         if not is_main:
             return
-        if overwrite and not (resume and has_checkpoints and not diffs):
+        if overwrite and not (resume and has_checkpoints):
             self.clear()
         self.remove_stale_temp_files()
 
