@@ -283,8 +283,8 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
         seed_everything(cfg.seed)  # same on every rank: identical init, subset and random labels
         data = prepare_data(cfg)
         if cfg.batch_size > data.splits.num_train:
-            raise ValueError(f"batch_size must be <= {data.splits.num_train} (train images), "
-                             f"got {cfg.batch_size}")  # fmt: skip
+            raise ValueError(f"batch_size (--batch-size) must be <= {data.splits.num_train}, the "
+                             f"training images of {cfg.dataset}; got {cfg.batch_size}")  # fmt: skip
         model = build_model(cfg, data.splits.dataset_shape)
         with folder.session(cfg, is_main=info.is_main):
             result = _train(cfg, data, model, folder, info, device, stop_at)
