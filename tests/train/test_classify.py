@@ -386,8 +386,10 @@ def test_global_batch_must_fit_the_data(tmp_path):
     with pytest.raises(ValueError, match=r"batch_size \(256\) must be <= train_subset \(200\)"):
         tiny(tmp_path, train_subset=200, batch_size=256)
     # ... and a batch larger than the whole dataset (1,347 digits) when the data is read.
-    with pytest.raises(ValueError, match=r"batch_size \(--batch-size\) must be <= 1347, the training "
-                       "images of digits; got 2048"):  # fmt: skip
+    refused = (
+        r"batch_size \(--batch-size\) must be <= 1347, the training images of digits; got 2048"
+    )
+    with pytest.raises(ValueError, match=refused):
         classify.run(tiny(tmp_path, batch_size=2048))
 
 
