@@ -56,6 +56,36 @@ def test_exclude_patterns_and_predicates():
     assert sr.normalize_model(_net(), "none") is not None
 
 
+def _vgg() -> nn.Module:
+    """torchvision's VGG/AlexNet layout: the head is the last layer of a container."""
+    torch.manual_seed(0)
+    net = nn.Module()
+    net.features = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU())
+    net.classifier = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(),
+                                   nn.Linear(32, 10))  # fmt: skip
+    return net
+
+
+def test_a_pattern_naming_a_container_covers_its_layers():
+    # It matched the container alone, which has no weight: exclude spared nothing, and
+    # head_names made no layer the head, so the output layer was normalized as the body.
+    def normalized(**kw) -> list[str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # rank-one warnings of the small layers
+            net = sr.normalize_model(_vgg(), "srn", rank_ratio=0.5, **kw)
+        return [n for n, m in net.named_modules() if parametrize.is_parametrized(m, "weight")]
+
+    assert normalized(exclude="classifier") == ["features.0"]
+    assert normalized(head_names="classifier") == ["features.0"]
+    assert normalized(head_names="classifier.4") == ["features.0", "classifier.0", "classifier.2"]
+    assert normalized(head_names="classifier", head="sn")[1:] == ["classifier.0", "classifier.2",
+                                                                  "classifier.4"]  # fmt: skip
+    assert sr.head_layers(_vgg(), "classifier")[:2] == ["classifier", "classifier.0"]
+    # A pattern that reaches no layer to normalize would let the body's norm reach the head.
+    with pytest.raises(ValueError, match=r"head_names 'classifier.1' covers no Linear"):
+        normalized(head_names="classifier.1")
+
+
 def test_normalize_model_rejects_bad_norm_before_any_change():
     net = _net()
     with pytest.raises(ValueError, match=r"norm must be one of \('none', 'sn', 'srn'\), got 'bn'"):
@@ -254,3 +284,58 @@ def test_layer_report_says_no_cap_binds_where_r_is_at_least_min_m_n():
         assert sr.srn_active_fraction(net) != sr.srn_active_fraction(net)  # NaN: none can bind
     if not above:  # here every raw stable rank rounds to exactly 1: the case is not exercised
         pytest.skip("no seed's float64 raw stable rank rounds above 1 on this platform")
+
+
+def test_the_raw_weight_measured_is_what_srn_receives_after_a_parametrization_before_it():
+    """A mask registered before SRN: the cap acts on the masked weight (stable rank 1.25 < r = 4,
+    so it does not bind), which the activity and the layer table must measure, not
+    ``original`` (4.15: "binds")."""
+
+    class KeepTwoRows(nn.Module):
+        def forward(self, w):
+            return w * (torch.arange(w.shape[0]) < 2).to(w.dtype)[:, None]
+
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 16)
+    parametrize.register_parametrization(layer, "weight", KeepTwoRows())
+    sr.stable_rank_norm(layer, rank_ratio=0.25)
+    received = KeepTwoRows()(layer.parametrizations.weight.original.detach())
+    assert sr.stable_rank(layer.parametrizations.weight.original).item() > 4.0
+    (activity,) = sr.srn_activity(layer)
+    assert activity.raw_srank == pytest.approx(sr.stable_rank(received).item(), rel=1e-6)
+    assert activity.raw_srank < 4.0 and not activity.active
+    (row,) = sr.layer_report(layer)
+    assert row.raw_srank == pytest.approx(activity.raw_srank, rel=1e-6) and row.active is False
+    assert row.raw_sigma_max == pytest.approx(row.sigma_power, rel=1e-4)  # u^T W v of the same W
+
+
+def test_a_weight_tied_to_another_module_is_normalized_with_a_warning():
+    # The language-model pattern: the output layer shares the embedding's weight. Only the
+    # Linear is normalized; the Embedding reads the raw weight, which the user must hear of.
+    net = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(8, 10))
+    net[2].weight = net[0].weight
+    with pytest.warns(UserWarning, match=r"the weight of \['2'\] is shared with another module"):
+        sr.normalize_model(net, "srn", rank_ratio=0.5, head="srn")
+    assert (
+        parametrize.is_parametrized(net[2], "weight")
+        and net[0].weight is net[2].parametrizations.weight.original
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an untied model: no such warning
+        sr.normalize_model(nn.Sequential(nn.Linear(8, 8)), "sn", head="sn")
+
+
+def test_baking_a_deep_copy_leaves_the_original_working():
+    """``copy.deepcopy`` shares the parametrized class, from which torch's removal deletes the
+    property: the original then had no ``weight`` (AttributeError on its next forward)."""
+    torch.manual_seed(0)
+    original = sr.normalize_model(nn.Sequential(nn.Linear(4, 5)), "srn", rank_ratio=0.5,
+                                  head="srn").eval()  # fmt: skip
+    x = torch.randn(2, 4)
+    expected = original(x)
+    baked = sr.bake_stable_rank_norm(copy.deepcopy(original))
+    assert type(baked[0]) is nn.Linear and torch.equal(baked(x), expected)
+    assert parametrize.is_parametrized(original[0], "weight") and torch.equal(original(x), expected)
+    removed = sr.remove_stable_rank_norm(copy.deepcopy(original)[0])  # the same for one layer
+    assert type(removed) is nn.Linear and torch.equal(removed(x), expected)
+    assert torch.equal(original(x), expected)

@@ -26,7 +26,9 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
 from stablerank.linalg import stable_rank
 from stablerank.srn import (
+    _input_of,
     _old_style_spectral_norm,
+    _own_parametrized_class,
     _StableRankNorm,
     check_srn_arguments,
     stable_rank_norm,
@@ -98,7 +100,7 @@ def srn_activity(model: nn.Module) -> list[SrnActivity]:
                     and p.clamps_srank
                     and plist.original.device.type != "meta"
                 ):
-                    raw = stable_rank(plist.original, p.dim).item()
+                    raw = stable_rank(_input_of(plist, p), p.dim).item()
                     qualified = f"{name}.{tensor_name}" if name else tensor_name
                     out.append(SrnActivity(qualified, raw, p.srank, raw > p.srank))
     return out
@@ -117,7 +119,9 @@ def srn_active_fraction(model: nn.Module) -> float:
 
 def _excluder(exclude: Exclude, model: nn.Module, what: str) -> Callable[[str, nn.Module], bool]:
     """``exclude`` (None, a predicate, or module-name patterns, each of which must match a module
-    of ``model``) as a predicate ``(name, module) -> bool``; ``what`` names the argument."""
+    of ``model``) as a predicate ``(name, module) -> bool``; ``what`` names the argument. A
+    pattern that matches a container covers the modules inside it (``"classifier"`` covers
+    ``classifier.0``, ...), as a container itself has no weight to act on."""
     if exclude is None:
         return lambda name, module: False
     if callable(exclude):
@@ -136,7 +140,13 @@ def _excluder(exclude: Exclude, model: nn.Module, what: str) -> Callable[[str, n
             f"model.named_modules(), e.g. {names[:3]}); pass a predicate (name, module) -> bool "
             "for a rule that may match nothing"
         )
-    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def matches(name: str, module: nn.Module) -> bool:
+        parts = name.split(".")
+        within = [".".join(parts[:i]) for i in range(1, len(parts) + 1)]  # itself and above
+        return any(fnmatch.fnmatchcase(n, p) for n in within for p in patterns)
+
+    return matches
 
 
 def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str, nn.Module]]:
@@ -147,7 +157,8 @@ def eligible_layers(model: nn.Module, exclude: Exclude = None) -> list[tuple[str
     Args:
         model: any module.
         exclude: module-name patterns (``fnmatch``, e.g. ``"classifier"`` or ``"*.shortcut.*"``)
-            or a predicate ``(name, module) -> bool``; matching layers are skipped.
+            or a predicate ``(name, module) -> bool``; matching layers are skipped, and so are
+            the layers inside a matching container.
 
     Raises:
         ValueError: a pattern of ``exclude`` matches no module name of ``model`` (a typo would
@@ -173,8 +184,9 @@ def head_layers(model: nn.Module, head_names: str | Iterable[str] | None = None)
 
     Args:
         model: any module.
-        head_names: module-name patterns (``fnmatch``) of the head; default None: the model's
-            last ``nn.Linear`` in ``named_modules()`` order (none if it has no Linear).
+        head_names: module-name patterns (``fnmatch``) of the head, a container's covering the
+            layers inside it; default None: the model's last ``nn.Linear`` in
+            ``named_modules()`` order (none if it has no Linear).
 
     Raises:
         ValueError: a pattern of ``head_names`` matches no module name of ``model``.
@@ -232,7 +244,9 @@ def normalize_model(
     already <= r, so SRN acts as SN), a :class:`SrnInactiveWarning` is issued (silence it with
     ``warnings.filterwarnings("ignore", category=stablerank.SrnInactiveWarning)``). A call
     that normalizes no layer at all warns too (UserWarning): no eligible layer outside
-    ``exclude`` but the head, which ``head="none"`` leaves plain, or none at all (an LSTM).
+    ``exclude`` but the head, which ``head="none"`` leaves plain, or none at all (an LSTM). So
+    does one that normalizes a weight tied to another module's: each module then has its own
+    SN/SRN, and a module left plain reads the raw weight.
     ``rank_ratio``, ``srank`` and ``exact`` act on SRN layers only (they are still checked), so
     one call serves a loop over ``norm`` in ``("none", "sn", "srn")``, as the trainers make.
 
@@ -258,7 +272,8 @@ def normalize_model(
 
     Raises:
         ValueError: ``norm`` or ``head`` not one of ``"none"``, ``"sn"``, ``"srn"``, an invalid SRN
-            argument, a pattern of ``exclude`` or ``head_names`` that matches no module, a layer
+            argument, a pattern of ``exclude`` or ``head_names`` that matches no module,
+            ``head_names`` that covers no layer to normalize, a layer
             to normalize whose weight is already parametrized (all raised before any layer is
             modified), or any error of a layer's registration (after restoring the model).
     """
@@ -280,6 +295,12 @@ def normalize_model(
         (name, layer, head if name in heads else norm)
         for name, layer in eligible_layers(model, exclude)
     ]
+    if head_names is not None and not any(name in heads for name, _, _ in plan):
+        raise ValueError(
+            f"head_names {head_names!r} covers no Linear/ConvNd/ConvTransposeNd layer outside "
+            f"exclude (it matches {sorted(heads)[:5]}): the body's normalization would reach the "
+            "head; name the output layer itself"
+        )
     taken = {
         name or type(layer).__name__: found
         for name, layer, kind in plan
@@ -290,6 +311,17 @@ def normalize_model(
             f"normalize_model normalizes plain weights; these layers' weights already have "
             f"{taken}: remove SN/SRN with normalize_model(model, 'none') first, leave the layers "
             "out with exclude=..., or call stable_rank_norm on a parametrized weight yourself"
+        )
+    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    tied = [name for name, layer, kind in plan if kind != "none" and uses[id(layer.weight)] > 1]
+    if tied:
+        warnings.warn(
+            f"the weight of {tied} is shared with another module of the model (tied weights): "
+            "each normalized module gets its own SN/SRN with its own u, v, and a module left "
+            "plain (not eligible, excluded or the head) uses the raw weight; to share one "
+            "normalized weight, normalize one module and reuse that module",
+            UserWarning,
+            stacklevel=2,
         )
     done: list[nn.Module] = []
     try:
@@ -390,6 +422,7 @@ def bake_stable_rank_norm(model: nn.Module) -> nn.Module:
             if isinstance(hook, _HookSpectralNorm):
                 torch.nn.utils.remove_spectral_norm(module, hook.name)
     for module, tensor_name in todo:
+        _own_parametrized_class(module)
         plist = module.parametrizations[tensor_name]
         modes = [p.training for p in plist]
         plist.eval()  # no power iteration: the baked weight is the eval weight

@@ -25,7 +25,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
 from stablerank.linalg import _sigma_max_and_frobenius, weight_to_matrix
-from stablerank.srn import _find_srn, _old_style_spectral_norm
+from stablerank.srn import _find_srn, _input_of, _old_style_spectral_norm
 
 __all__ = ["LayerRecord", "LayerReport", "layer_report"]
 
@@ -138,7 +138,7 @@ def _weights(module: nn.Module, kind: str, p: Any) -> tuple[torch.Tensor, torch.
     if kind == "sn-hook":  # torch.nn.utils.spectral_norm: weight_orig, weight_u, weight_v
         return p.compute_weight(module, do_power_iteration=False), module.weight_orig
     if kind in ("srn", "sn"):
-        return module.weight, module.parametrizations["weight"].original
+        return module.weight, _input_of(module.parametrizations["weight"], p)
     return module.weight, module.weight
 
 

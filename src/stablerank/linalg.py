@@ -120,10 +120,14 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
 
     Args:
         weight: a weight of 2 or more dimensions, reshaped with :func:`weight_to_matrix`.
-        dim: the row axis of the reshape (default 0).
+        dim: the row axis of the reshape (default 0; a ConvTranspose layer's is 1, as in
+            :func:`stablerank.stable_rank_norm` and :func:`stablerank.layer_report`).
 
     Returns:
-        A 0-d tensor (float32 for half-precision input). An all-zero weight has stable rank 0 by
+        A 0-d tensor without gradient: a measurement, not a differentiable penalty (a
+        regularizer needs ``torch.linalg.matrix_norm(W, "fro") ** 2 /
+        torch.linalg.matrix_norm(W, 2) ** 2``, whose gradient goes through an SVD).
+        Float32 for half-precision input. An all-zero weight has stable rank 0 by
         convention; a weight with an inf or NaN entry has stable rank NaN. The weight is scaled
         by its largest entry first, so tiny (1e-200) and huge float64 weights are exact.
 

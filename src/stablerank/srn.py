@@ -534,6 +534,27 @@ def _default_dim(module: nn.Module) -> int:
     return 1 if isinstance(module, transposed) else 0
 
 
+def _input_of(plist: Any, p: nn.Module) -> Tensor:
+    """What the parametrization ``p`` of ``plist`` (a ParametrizationList) receives: its
+    ``original`` through the parametrizations registered before ``p`` (usually none). The raw
+    weight SRN's cap and SN's sigma act on, which a mask or another transform before them
+    changes."""
+    x = plist.original
+    for q in plist:
+        if q is p:
+            return x
+        x = q(x)
+    raise ValueError(f"{type(p).__name__} is not among the parametrizations of this tensor")
+
+
+def _own_parametrized_class(module: nn.Module) -> None:
+    """Give a parametrized ``module`` a class of its own before a removal: a ``copy.deepcopy``
+    shares its original's class, from which torch's removal deletes the tensor's property (its
+    SN too), which would leave the original without that tensor."""
+    cls = type(module)
+    module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+
+
 def _find_srn(module: nn.Module, name: str) -> _StableRankNorm | None:
     if not parametrize.is_parametrized(module, name):
         return None
@@ -772,6 +793,7 @@ def remove_stable_rank_norm(module: nn.Module, name: str = "weight") -> nn.Modul
     modes = [p.training for p in plist]
     plist.eval()
     try:
+        _own_parametrized_class(module)
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
     finally:
         for p, mode in zip(plist, modes, strict=True):
