@@ -81,9 +81,15 @@ def test_a_pattern_naming_a_container_covers_its_layers():
     assert normalized(head_names="classifier", head="sn")[1:] == ["classifier.0", "classifier.2",
                                                                   "classifier.4"]  # fmt: skip
     assert sr.head_layers(_vgg(), "classifier")[:2] == ["classifier", "classifier.0"]
-    # A pattern that reaches no layer to normalize would let the body's norm reach the head.
+    # A pattern that reaches no layer would let the body's norm reach the head: refused. No
+    # pattern (no head), a predicate, or a head that exclude also spares are fine.
     with pytest.raises(ValueError, match=r"head_names 'classifier.1' covers no Linear"):
         normalized(head_names="classifier.1")
+    assert len(normalized(head_names=[])) == 4
+    assert len(normalized(head_names=lambda name, module: False)) == 4
+    assert normalized(head_names="classifier.4", exclude="classifier.4") == normalized(
+        head_names="classifier.4"
+    )
 
 
 def test_normalize_model_rejects_bad_norm_before_any_change():
@@ -291,22 +297,27 @@ def test_the_raw_weight_measured_is_what_srn_receives_after_a_parametrization_be
     so it does not bind), which the activity and the layer table must measure, not
     ``original`` (4.15: "binds")."""
 
-    class KeepTwoRows(nn.Module):
+    class KeepTwoRows(nn.Module):  # in training, a random half of the rows (DropConnect-like)
         def forward(self, w):
-            return w * (torch.arange(w.shape[0]) < 2).to(w.dtype)[:, None]
+            keep = torch.rand(w.shape[0]) < 0.5 if self.training else torch.arange(w.shape[0]) < 2
+            return w * keep.to(w.dtype)[:, None]
 
     torch.manual_seed(0)
     layer = nn.Linear(16, 16)
     parametrize.register_parametrization(layer, "weight", KeepTwoRows())
     sr.stable_rank_norm(layer, rank_ratio=0.25)
-    received = KeepTwoRows()(layer.parametrizations.weight.original.detach())
+    received = KeepTwoRows().eval()(layer.parametrizations.weight.original.detach())
+    rng = torch.get_rng_state()  # in training mode: measured in eval mode, without random draws
     assert sr.stable_rank(layer.parametrizations.weight.original).item() > 4.0
     (activity,) = sr.srn_activity(layer)
     assert activity.raw_srank == pytest.approx(sr.stable_rank(received).item(), rel=1e-6)
     assert activity.raw_srank < 4.0 and not activity.active
+    assert torch.equal(torch.get_rng_state(), rng) and layer.parametrizations.weight[0].training
     (row,) = sr.layer_report(layer)
     assert row.raw_srank == pytest.approx(activity.raw_srank, rel=1e-6) and row.active is False
-    assert row.raw_sigma_max == pytest.approx(row.sigma_power, rel=1e-4)  # u^T W v of the same W
+    assert row.raw_sigma_max == pytest.approx(
+        torch.linalg.matrix_norm(received, 2).item(), rel=1e-5
+    )
 
 
 def test_a_weight_tied_to_another_module_is_normalized_with_a_warning():
@@ -314,23 +325,30 @@ def test_a_weight_tied_to_another_module_is_normalized_with_a_warning():
     # Linear is normalized; the Embedding reads the raw weight, which the user must hear of.
     net = nn.Sequential(nn.Embedding(10, 8), nn.Flatten(), nn.Linear(8, 10))
     net[2].weight = net[0].weight
-    with pytest.warns(UserWarning, match=r"the weight of \['2'\] is shared with another module"):
+    with warnings.catch_warnings(), pytest.warns(UserWarning, match=r"the weight of \['2'\] is sh"):
+        warnings.simplefilter("ignore", sr.SrnInactiveWarning)
         sr.normalize_model(net, "srn", rank_ratio=0.5, head="srn")
     assert (
         parametrize.is_parametrized(net[2], "weight")
         and net[0].weight is net[2].parametrizations.weight.original
     )
+    shared = nn.Linear(8, 8)  # one module used twice: one weight, one normalization, not tied
+    reused = nn.Sequential(nn.Linear(4, 8), shared, nn.ReLU(), shared, nn.Linear(8, 2))
     with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)  # an untied model: no such warning
+        warnings.simplefilter("error", UserWarning)  # no such warning (nor any other)
         sr.normalize_model(nn.Sequential(nn.Linear(8, 8)), "sn", head="sn")
+        sr.normalize_model(reused, "sn")
+    assert type(sr.bake_stable_rank_norm(reused)[1]) is nn.Linear  # was refused as "tied"
 
 
 def test_baking_a_deep_copy_leaves_the_original_working():
     """``copy.deepcopy`` shares the parametrized class, from which torch's removal deletes the
     property: the original then had no ``weight`` (AttributeError on its next forward)."""
     torch.manual_seed(0)
-    original = sr.normalize_model(nn.Sequential(nn.Linear(4, 5)), "srn", rank_ratio=0.5,
-                                  head="srn").eval()  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sr.SrnInactiveWarning)
+        original = sr.normalize_model(nn.Sequential(nn.Linear(4, 5)), "srn", rank_ratio=0.5,
+                                      head="srn").eval()  # fmt: skip
     x = torch.randn(2, 4)
     expected = original(x)
     baked = sr.bake_stable_rank_norm(copy.deepcopy(original))
@@ -339,3 +357,15 @@ def test_baking_a_deep_copy_leaves_the_original_working():
     removed = sr.remove_stable_rank_norm(copy.deepcopy(original)[0])  # the same for one layer
     assert type(removed) is nn.Linear and torch.equal(removed(x), expected)
     assert torch.equal(original(x), expected)
+    # Registering on a deep copy of a parametrized module adds no property to the original's
+    # class (its next forward raised KeyError: 'weight' had become a property there).
+
+    class Double(nn.Module):
+        def forward(self, bias):
+            return 2 * bias
+
+    layer = nn.Linear(4, 5)
+    parametrize.register_parametrization(layer, "bias", Double())
+    before = layer(x)
+    sr.stable_rank_norm(copy.deepcopy(layer), rank_ratio=0.5)
+    assert torch.equal(layer(x), before)

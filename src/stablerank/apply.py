@@ -209,8 +209,17 @@ def _weight_parametrizations(layer: nn.Module) -> list[str]:
     return found
 
 
+def _parameter_uses(model: nn.Module) -> Counter[int]:
+    """How many parameter slots of distinct modules hold each parameter (by ``id``): above 1 for
+    a weight tied across modules, 1 for a module reused in several places (one module, one
+    weight: nothing is tied)."""
+    return Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
+
+
 def _register(layer: nn.Module, kind: str, kwargs: dict[str, Any]) -> None:
     if kind == "sn":
+        if parametrize.is_parametrized(layer):  # another tensor of it: see the helper
+            _own_parametrized_class(layer)
         spectral_norm(layer, n_power_iterations=kwargs["n_power_iterations"])
     else:
         stable_rank_norm(layer, **kwargs)
@@ -273,7 +282,7 @@ def normalize_model(
     Raises:
         ValueError: ``norm`` or ``head`` not one of ``"none"``, ``"sn"``, ``"srn"``, an invalid SRN
             argument, a pattern of ``exclude`` or ``head_names`` that matches no module,
-            ``head_names`` that covers no layer to normalize, a layer
+            ``head_names`` patterns that cover no Linear/ConvNd/ConvTransposeNd layer, a layer
             to normalize whose weight is already parametrized (all raised before any layer is
             modified), or any error of a layer's registration (after restoring the model).
     """
@@ -295,11 +304,13 @@ def normalize_model(
         (name, layer, head if name in heads else norm)
         for name, layer in eligible_layers(model, exclude)
     ]
-    if head_names is not None and not any(name in heads for name, _, _ in plan):
+    # Patterns only: a predicate may match nothing on purpose, and an empty list means no head.
+    named = head_names is not None and not callable(head_names) and len(list(head_names)) > 0
+    if named and not any(name in heads for name, _ in eligible_layers(model)):
         raise ValueError(
-            f"head_names {head_names!r} covers no Linear/ConvNd/ConvTransposeNd layer outside "
-            f"exclude (it matches {sorted(heads)[:5]}): the body's normalization would reach the "
-            "head; name the output layer itself"
+            f"head_names {head_names!r} covers no Linear/ConvNd/ConvTransposeNd layer (it "
+            f"matches {sorted(heads)[:5]}): the body's normalization would reach the head; name "
+            "the output layer itself"
         )
     taken = {
         name or type(layer).__name__: found
@@ -312,7 +323,7 @@ def normalize_model(
             f"{taken}: remove SN/SRN with normalize_model(model, 'none') first, leave the layers "
             "out with exclude=..., or call stable_rank_norm on a parametrized weight yourself"
         )
-    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    uses = _parameter_uses(model)
     tied = [name for name, layer, kind in plan if kind != "none" and uses[id(layer.weight)] > 1]
     if tied:
         warnings.warn(
@@ -398,7 +409,7 @@ def bake_stable_rank_norm(model: nn.Module) -> nn.Module:
             is tied to another parameter (nothing is changed).
     """
     todo: list[tuple[nn.Module, str]] = []
-    uses = Counter(id(p) for _, p in model.named_parameters(remove_duplicate=False))
+    uses = _parameter_uses(model)
     for name, module in model.named_modules():
         if parametrize.is_parametrized(module):
             for tensor_name, plist in module.parametrizations.items():

@@ -125,8 +125,8 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
 
     Returns:
         A 0-d tensor without gradient: a measurement, not a differentiable penalty (a
-        regularizer needs ``torch.linalg.matrix_norm(W, "fro") ** 2 /
-        torch.linalg.matrix_norm(W, 2) ** 2``, whose gradient goes through an SVD).
+        regularizer needs ``matrix_norm(M, "fro") ** 2 / matrix_norm(M, 2) ** 2`` of
+        ``M = weight_to_matrix(weight, dim)``, whose gradient goes through an SVD).
         Float32 for half-precision input. An all-zero weight has stable rank 0 by
         convention; a weight with an inf or NaN entry has stable rank NaN. The weight is scaled
         by its largest entry first, so tiny (1e-200) and huge float64 weights are exact.

@@ -535,22 +535,28 @@ def _default_dim(module: nn.Module) -> int:
 
 
 def _input_of(plist: Any, p: nn.Module) -> Tensor:
-    """What the parametrization ``p`` of ``plist`` (a ParametrizationList) receives: its
-    ``original`` through the parametrizations registered before ``p`` (usually none). The raw
-    weight SRN's cap and SN's sigma act on, which a mask or another transform before them
-    changes."""
+    """What the parametrization ``p`` of ``plist`` (a ParametrizationList) receives in eval
+    mode: its ``original`` through the parametrizations registered before ``p`` (usually none),
+    each run in eval mode (no random mask drawn, no state moved). The raw weight SRN's cap and
+    SN's sigma act on, which a mask or another transform before them changes."""
     x = plist.original
     for q in plist:
         if q is p:
             return x
-        x = q(x)
+        mode = q.training
+        q.train(False)
+        try:
+            x = q(x)
+        finally:
+            q.train(mode)
     raise ValueError(f"{type(p).__name__} is not among the parametrizations of this tensor")
 
 
 def _own_parametrized_class(module: nn.Module) -> None:
-    """Give a parametrized ``module`` a class of its own before a removal: a ``copy.deepcopy``
-    shares its original's class, from which torch's removal deletes the tensor's property (its
-    SN too), which would leave the original without that tensor."""
+    """Give a parametrized ``module`` a class of its own before a removal or another
+    registration: a ``copy.deepcopy`` shares its original's class, from which torch deletes the
+    tensor's property on removal (its SN too), leaving the original without that tensor, and to
+    which it adds the property of a new one."""
     cls = type(module)
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
@@ -764,6 +770,8 @@ def stable_rank_norm(
         eps=eps,
         exact=exact,
     )
+    if parametrize.is_parametrized(module):  # its class may be a deep copy's original's too
+        _own_parametrized_class(module)
     parametrize.register_parametrization(module, name, norm)
     return module
 
