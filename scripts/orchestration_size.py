@@ -52,7 +52,7 @@ FEATURES = {
         ("train/figures.py", ["new_figure", "save_figure"]),
     ],
     "logs beyond JSONL, environment record": [
-        ("train/records.py", ["MetricLog", "git_commit", "environment_info", "_scalar"]),
+        ("train/records.py", ["MetricLog", "git_commit", "environment_info", "_cell"]),
     ],
     "claims statistics beyond one Welch test": [
         (

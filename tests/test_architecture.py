@@ -89,3 +89,19 @@ def test_no_import_cycles_in_core():
     for i, name in enumerate(order):
         imported = _package_imports(SRC / f"{name}.py") & CORE
         assert imported <= set(order[:i]), f"{name} imports {imported}"
+
+
+def test_the_orchestration_count_runs_and_its_parts_add_up():
+    """``scripts/orchestration_size.py`` (docs/reproduction.md's size table) names functions of
+    the package: a rename broke it without a test noticing."""
+    import re
+    import subprocess
+    import sys
+
+    script = SRC.parents[1] / "scripts" / "orchestration_size.py"
+    proc = subprocess.run([sys.executable, str(script), str(SRC)], capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    counts = dict(re.findall(r"(\S+) ([\d,]+)", proc.stdout.splitlines()[0].split(": ", 1)[1]))
+    parts = {k: int(v.replace(",", "")) for k, v in counts.items()}
+    assert parts.pop("raw") == sum(parts.values()) and "optional: figures" in proc.stdout
