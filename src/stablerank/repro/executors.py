@@ -295,12 +295,15 @@ class LocalExecutor:
             # The pool has already handed the workers more runs than they hold, which
             # cancel_futures cannot take back: the event stops those before they start, and the
             # relayed signal interrupts a run begun after the terminal's Ctrl-C went by (or one
-            # whose worker never got it: the parent alone was signalled).
-            stop.set()
-            for worker in workers:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(worker.pid, signal.SIGINT)
-            pool.shutdown(wait=True, cancel_futures=True)
+            # whose worker never got it: the parent alone was signalled). Another SIGINT meanwhile
+            # (`timeout` signals the command and then its group) is held: raised inside
+            # shutdown(), it left the idle workers waiting for work and the command for them.
+            with _ctrl_c_held():
+                stop.set()
+                for worker in workers:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGINT)
+                pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown(wait=True)  # a broken pool's workers have ended: their runs' status holds
         return lost
@@ -413,7 +416,8 @@ class SubmititExecutor:
                     outcomes[i] = outcome
                     report(len(outcomes), len(runs), runs[i], outcome)
             except KeyboardInterrupt:
-                _stop_jobs(jobs, stop_file, others)
+                with _ctrl_c_held():  # as the pool's: the jobs waited for, the STOP file removed
+                    _stop_jobs(jobs, stop_file, others)
                 raise
         return [outcomes[i] for i in range(len(runs))]
 
