@@ -218,8 +218,7 @@ def _parameter_uses(model: nn.Module) -> Counter[int]:
 
 def _register(layer: nn.Module, kind: str, kwargs: dict[str, Any]) -> None:
     if kind == "sn":
-        if parametrize.is_parametrized(layer):  # another tensor of it: see the helper
-            _own_parametrized_class(layer)
+        _own_parametrized_class(layer)  # its class may be a deep copy's original's too
         spectral_norm(layer, n_power_iterations=kwargs["n_power_iterations"])
     else:
         stable_rank_norm(layer, **kwargs)

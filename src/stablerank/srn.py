@@ -554,9 +554,12 @@ def _input_of(plist: Any, p: nn.Module) -> Tensor:
 
 def _own_parametrized_class(module: nn.Module) -> None:
     """Give a parametrized ``module`` a class of its own before a removal or another
-    registration: a ``copy.deepcopy`` shares its original's class, from which torch deletes the
-    tensor's property on removal (its SN too), leaving the original without that tensor, and to
-    which it adds the property of a new one."""
+    registration (a plain one is left as it is: torch gives it a new class): a ``copy.deepcopy``
+    shares its original's class, from which torch deletes the tensor's property on removal (its
+    SN too), leaving the original without that tensor, and to which it adds the property of a
+    new one."""
+    if not parametrize.is_parametrized(module):
+        return
     cls = type(module)
     module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
 
@@ -770,8 +773,7 @@ def stable_rank_norm(
         eps=eps,
         exact=exact,
     )
-    if parametrize.is_parametrized(module):  # its class may be a deep copy's original's too
-        _own_parametrized_class(module)
+    _own_parametrized_class(module)  # its class may be a deep copy's original's too
     parametrize.register_parametrization(module, name, norm)
     return module
 

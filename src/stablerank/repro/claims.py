@@ -56,6 +56,11 @@ class Metric:
     # where the sweep measures it at all (no value in any run: not measured, e.g. FID on digits).
     undefined_when: str = ""
 
+    @property
+    def sign(self) -> float:
+        """+1 where higher is better, -1 where lower is: an improvement is sign * (srn - ref)."""
+        return -1.0 if self.lower_is_better else 1.0
+
     def value(self, rec: RunRecord) -> float | None:
         attr = self.attr or self.name
         source = rec.result if hasattr(rec.result, attr) else rec.analysis
@@ -360,8 +365,7 @@ class ClaimResult:
         tell" a strong lean); "" when there is neither a decided nor a leaning comparison."""
         decided = [c for c in self.comparisons if c.outcome in (REPRODUCED, NOT_REPRODUCED)]
         leaning = Counter(
-            "better" if (-1.0 if METRICS[c.metric].lower_is_better else 1.0) * c.test.diff > 0
-            else "worse"
+            "better" if METRICS[c.metric].sign * c.test.diff > 0 else "worse"
             for c in self.comparisons
             if c.outcome == CANNOT_TELL and c.test is not None and c.test.p_value < alpha
         )  # fmt: skip
@@ -507,7 +511,7 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
     rate alpha on its own (the two together are not guaranteed to)."""
     metric, t = METRICS[comp.metric], comp.test
     assert t is not None and comp.p_adjusted is not None  # Precondition: tested
-    sign = -1.0 if metric.lower_is_better else 1.0  # improvement = sign * (srn - ref)
+    sign = metric.sign
     wide = welch(comp.srn_values, comp.ref_values, confidence=1 - alpha / n_tests)
     improvement_high = max(sign * wide.diff_low, sign * wide.diff_high)
     ref_mean, s_ref = _mean_std(comp.ref_values)

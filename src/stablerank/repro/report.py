@@ -426,7 +426,7 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     fig = new_figure((4.5 + 0.05 * max(map(len, labels)), 0.35 * len(comps) + 1.4))
     ax = fig.add_subplot()
     for i, c in enumerate(comps):
-        sign = -1.0 if METRICS[c.metric].lower_is_better else 1.0  # right = SRN better
+        sign = METRICS[c.metric].sign  # right = SRN better
         lo, hi = sorted((sign * c.test.d_low, sign * c.test.d_high))
         color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(c.outcome, "gray")
         ax.plot([lo, hi], [i, i], color=color)
