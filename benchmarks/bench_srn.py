@@ -18,7 +18,11 @@ Times, in one process and interleaved round by round (so machine noise hits ever
 
 Usage: python benchmarks/bench_srn.py [--rounds 7] [--steps 3] [--models small_cnn resnet20]
                                      [--device cuda] [--threads N] [--work-only] [--eval-only]
-                                     [--kernels] [--activity]
+                                     [--kernels] [--activity] [--cifar] [--amp]
+                                     [--variants none sn srn]
+``--cifar`` times CIFAR-size steps (3x32x32 inputs, the paper's models: resnet110, wrn28_10,
+densenet_bc100, vgg19, alexnet); ``--amp`` runs the training step and the eval forward under
+bfloat16 autocast, as the classifier trainer does on CUDA.
 Results are medians over rounds; the spread (min-max ratio over rounds) is printed beside them.
 """
 
@@ -199,6 +203,16 @@ def main() -> None:
     parser.add_argument(
         "--activity", action="store_true", help="fraction of binding caps at init per c"
     )
+    parser.add_argument(
+        "--cifar", action="store_true", help="3x32x32 inputs (default: 1x28x28, Fashion-MNIST)"
+    )
+    parser.add_argument(
+        "--amp", action="store_true", help="bfloat16 autocast in the train and eval steps"
+    )
+    parser.add_argument(
+        "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+        help=f"variants to time (default: all of {', '.join(VARIANTS)}); none is always timed",
+    )  # fmt: skip
     args = parser.parse_args()
     for name in ("rounds", "steps"):  # a median of nothing would print NaN tables
         if getattr(args, name) < 1:
@@ -216,14 +230,22 @@ def main() -> None:
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"torch {torch.__version__}, {where}, {torch.get_num_threads()} threads, batch {BATCH}, "
-        f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)\n"
+        f"rank_ratio {RANK_RATIO}, {args.rounds} rounds x {args.steps} steps (medians)"
+        f"{', bf16 autocast' if args.amp else ''}{', 3x32x32 inputs' if args.cifar else ''}\n"
     )
-    x = torch.randn(BATCH, 1, 28, 28, device=device)
+    channels, size = (3, 32) if args.cifar else (1, 28)
+    x = torch.randn(BATCH, channels, size, size, device=device)
     y = torch.randint(0, 10, (BATCH,), device=device)
+    # The reference variants of the ratios are always timed.
+    variants = [v for v in VARIANTS if v in args.variants or v == "none"]
+    if "sn" not in variants and not args.eval_only:
+        variants.insert(1, "sn")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp)
     for model_name in args.models:
-        base = build_classifier(model_name, num_classes=10, in_channels=1, image_size=28)
-        base = base.to(device)
-        models = {v: build(model_name, v, base) for v in VARIANTS}
+        base = build_classifier(
+            model_name, num_classes=10, in_channels=channels, image_size=size
+        ).to(device)
+        models = {v: build(model_name, v, base) for v in variants}
         opts = {
             v: torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for v, m in models.items()
         }
@@ -231,7 +253,8 @@ def main() -> None:
         def train_step(v: str, models=models, opts=opts) -> None:
             m, opt = models[v], opts[v]
             m.train()
-            loss = nn.functional.cross_entropy(m(x), y)
+            with autocast:
+                loss = nn.functional.cross_entropy(m(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -240,7 +263,7 @@ def main() -> None:
             m = models[v]
             if m.training:  # only in the untimed warm-up call
                 m.eval()
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 m(x)
 
         def norm_work(v: str, models=models, backward: bool = False) -> None:
@@ -254,18 +277,18 @@ def main() -> None:
         kinds = ("norm", "norm+bwd") if args.work_only else ("train", "eval", "norm", "norm+bwd")
         if args.eval_only:
             kinds = ("eval",)
-        results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in VARIANTS} for k in kinds}
+        results: dict[str, dict[str, list[float]]] = {k: {v: [] for v in variants} for k in kinds}
         timed = {
             "train": (lambda v: train_step(v), args.steps, "none"),
             "eval": (lambda v: eval_step(v), args.steps * 3, "none"),
             "norm": (lambda v: norm_work(v), args.steps * 20, "sn"),
             "norm+bwd": (lambda v: norm_work(v, backward=True), args.steps * 20, "sn"),
         }
-        variants = [
-            v for v in VARIANTS if not ((args.work_only or args.eval_only) and v == "srn-exact")
+        timed_variants = [
+            v for v in variants if not ((args.work_only or args.eval_only) and v == "srn-exact")
         ]
         for _ in range(args.rounds):
-            for v in variants:
+            for v in timed_variants:
                 for kind in kinds:
                     fn, steps, ref = timed[kind]
                     if v == "srn-composite":
@@ -281,7 +304,7 @@ def main() -> None:
             header += [f"{kind} (ms)", f"{kind} ratio to {timed[kind][2]}"]
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
-        for v in variants:
+        for v in timed_variants:
             row = [v]
             for kind in kinds:
                 ref = timed[kind][2]

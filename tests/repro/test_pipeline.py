@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from stablerank.config.reproduce import SWEEP_NAMES, ReproduceConfig
 from stablerank.repro import execute as execute_module
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.slow
 
 
 def _cfg(out: Path, **kw) -> ReproduceConfig:
-    return ReproduceConfig(sweep="tiny", out_dir=str(out), seeds=1, progress=False, device="cpu",
-                           **kw)  # fmt: skip
+    return ReproduceConfig(**{"sweep": "tiny", "out_dir": str(out), "seeds": 1, "progress": False,
+                              "device": "cpu", **kw})  # fmt: skip
 
 
 def test_sweep_names_match_the_config_choices():
@@ -107,6 +108,14 @@ def test_the_sweeps_keep_the_folder_names_of_the_runs_on_disk():
         assert set(names) <= {r.name for r in sweeps.SWEEPS[sweep]()}, sweep
 
 
+def test_runtime_settings_reach_every_run_and_leave_its_folder_name():
+    plain = sweeps.build_sweep(_cfg(Path("out"), seeds=0))
+    placed = sweeps.build_sweep(_cfg(Path("out"), seeds=0, threads=2, deterministic=True))
+    assert [r.name for r in placed] == [r.name for r in plain]
+    assert all(r.config.deterministic and r.config.num_threads == 2 for r in placed)
+    assert not any(r.config.deterministic for r in plain)
+
+
 def _seeds_per_arm(runs: list[sweeps.Run]) -> dict[tuple[str, str, str], set[int]]:
     seeds: dict[tuple[str, str, str], set[int]] = {}
     for r in runs:
@@ -119,8 +128,6 @@ def test_every_setting_of_the_paper_sweep_trains_and_is_analysed(tmp_path, monke
     real config, shrunk to a step or two, through ``execute`` on CIFAR-10-shaped data (none is
     here): a config that cannot train or be analysed would otherwise surface on a cluster, hours
     in. Not checked here: CUDA, and Inception scoring (no torch-fidelity; scores are off)."""
-    import torch
-
     from stablerank.data import DatasetSplits
     from stablerank.data.splits import channel_stats
     from stablerank.train import classify, gan, gan_analysis
@@ -281,6 +288,47 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path, sweep_re
     # Finished runs need no data: a rerun where the data is gone still writes the report.
     gone = _cfg(tmp_path / "sequential", data_dir=str(tmp_path / "gone"))
     assert pipeline.run(gone).report.is_file()
+
+
+def _differences(a, b, path: str = "") -> list[str]:
+    """The leaves where two JSON values differ, named by their path."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in sorted(set(a) | set(b))
+                for d in _differences(a.get(k), b.get(k), f"{path}/{k}")]  # fmt: skip
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for k, (x, y) in pairs for d in _differences(x, y, f"{path}/{k}")]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_executors_on_a_gpu_train_each_run_there_with_equal_results(tmp_path, sweep_results):
+    """The test above on a GPU: the pool's default (one worker per GPU, which it sees through
+    CUDA_VISIBLE_DEVICES), two workers sharing one GPU, and submitit's local jobs, with
+    deterministic kernels (without them cuDNN's kernels make GAN runs differ by rounding, whatever
+    the executor: docs/reproduction.md)."""
+    import importlib.util
+
+    setups = [("sequential", {}), ("local", {}), ("local", {"workers": 2})]
+    if importlib.util.find_spec("submitit"):
+        setups.append(("submitit-local", {}))
+    outs = {}
+    for executor, extra in setups:
+        out = tmp_path / f"{executor}{extra.get('workers', '')}"
+        done = pipeline.run(
+            _cfg(out, executor=executor, device="cuda", deterministic=True, **extra)
+        )
+        assert set(done.runs.values()) == {"done"}, (out.name, done.runs)
+        for run_dir in (out / sweeps.RUNS_DIR).iterdir():
+            env = json.loads((run_dir / "env.json").read_text())
+            assert env["device"].startswith("cuda") and env["cuda_device"], (run_dir, env)
+        outs[out.name] = sweep_results(out)
+    reference = outs.pop("sequential")
+    for name, found in outs.items():
+        differences = _differences(reference, found)
+        files = sorted({"/".join(d.split("/")[1:3]) for d in differences})  # run/file
+        assert not differences, f"{name}: {len(differences)} in {files}: {differences[:5]}"
 
 
 def test_a_failed_run_is_recorded_and_the_others_go_on(tmp_path, monkeypatch, capsys):

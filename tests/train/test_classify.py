@@ -260,8 +260,11 @@ def test_resume_allows_runtime_only_differences(tmp_path):
     classify.run(tiny(tmp_path, epochs=1))
     # data_dir too: a sweep resumed with another (or no) --data-dir finds its folder (the sweep's
     # hash leaves it out), so resuming must accept it.
-    classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu",
-                      data_dir=str(tmp_path)))  # fmt: skip
+    try:
+        classify.run(tiny(tmp_path, epochs=1, resume=True, num_threads=1, device="cpu",
+                          data_dir=str(tmp_path), deterministic=True))  # fmt: skip
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_a_finished_run_is_not_trained_again_and_resume_without_checkpoint_starts_fresh(

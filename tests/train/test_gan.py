@@ -835,6 +835,23 @@ def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_pa
         torch.set_num_threads(before)
 
 
+def test_deterministic_is_set_by_every_run_and_stays_out_of_the_folder_name(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    default_name = RunDir.for_config(_cfg(tmp_path, None, g_steps=1)).path
+    cfg = _cfg(tmp_path, None, deterministic=True, g_steps=1)
+    assert RunDir.for_config(cfg).path == default_name  # how it runs, not what it computes
+    try:
+        gan_train.run(cfg)
+        assert torch.are_deterministic_algorithms_enabled()
+        assert torch.is_deterministic_algorithms_warn_only_enabled()  # a missing kernel warns
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # before cuBLAS starts
+        # The next run in this process (the same one, finished, here) sets its own choice.
+        gan_train.run(dataclasses.replace(cfg, deterministic=False))
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def test_stop_at_must_be_a_step(tmp_path):
     with pytest.raises(ValueError, match="stop_at must be >= 1"):
         gan_train.run(_cfg(tmp_path, "s"), stop_at=0)

@@ -132,6 +132,11 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# The help of every config's ``deterministic`` (train/runtime.py: use_deterministic_kernels).
+DETERMINISTIC_HELP = (
+    "deterministic CUDA kernels (torch.use_deterministic_algorithms; can be slower): runs repeat "
+    "bitwise on one GPU model, as they do on the CPU either way"
+)
 
 
 def check_device(device: str) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from stablerank.config._base import check_config, config_from_dict, option
+from stablerank.config._base import DETERMINISTIC_HELP, check_config, config_from_dict, option
 
 __all__ = [
     "AUGMENTS",
@@ -55,7 +55,7 @@ class ClassifyConfig:
     # in another order, so the weights differ by rounding); so is where the data is read from.
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
         "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
-        "data_dir",
+        "data_dir", "deterministic",
     )  # fmt: skip
     SCORING_KEYS: ClassVar[tuple[str, ...]] = ()  # as GanConfig's: none here
 
@@ -136,6 +136,7 @@ class ClassifyConfig:
     )  # fmt: skip
     compile: bool = option(False, "torch.compile the model")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     # --- output ---
     log_layers: bool = option(True, "log every layer's spectral norm and stable rank each epoch")
     out_dir: str = option("runs", "parent folder of run folders")

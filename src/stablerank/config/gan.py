@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stablerank.config._base import check_config, option
+from stablerank.config._base import DETERMINISTIC_HELP, check_config, option
 
 __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
@@ -36,7 +36,7 @@ class GanConfig:
         "resume", "overwrite", "progress", "device", "num_threads", "out_dir", "run_name",
         "data_dir", "log_every", "sample_every", "eval_every", "n_eval_samples",
         "n_final_samples", "feature_net", "feature_weights", "checkpoint_every",
-        "keep_checkpoints",
+        "keep_checkpoints", "deterministic",
     )  # fmt: skip
     # Runtime keys of the final scoring: a finished run resumed with other values is scored again
     # (its result holds them), not returned as it is.
@@ -144,6 +144,7 @@ class GanConfig:
     )
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     out_dir: str = option("runs/gan", "parent folder of run folders")
     run_name: str | None = option(
         None,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from stablerank.config._base import check_config, option
+from stablerank.config._base import DETERMINISTIC_HELP, check_config, option
 
 __all__ = ["EXECUTORS", "REPRODUCE_PRESETS", "SWEEP_NAMES", "ReproduceConfig"]
 
@@ -84,6 +84,7 @@ class ReproduceConfig:
     device: str = option(
         "auto", "device of every run ('auto' = cuda when present)", choices=("auto", "cpu", "cuda")
     )
+    deterministic: bool = option(False, DETERMINISTIC_HELP)
     progress: bool = option(True, "progress bars / lines on stderr")
     check_inputs: bool = option(
         True,

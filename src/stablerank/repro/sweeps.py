@@ -61,6 +61,7 @@ RUNTIME_KEYS = (
     "num_threads",
     "data_dir",
     "overwrite",
+    "deterministic",
 )
 
 
@@ -152,7 +153,8 @@ class Run:
     def placed(self, cfg: ReproduceConfig) -> Run:
         """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
         run = dataclasses.replace(self, threads=cfg.threads, nproc_per_node=cfg.nproc_per_node)
-        runtime = {"device": cfg.device, "progress": cfg.progress, "num_threads": cfg.threads}
+        runtime = {"device": cfg.device, "progress": cfg.progress, "num_threads": cfg.threads,
+                   "deterministic": cfg.deterministic}  # fmt: skip
         if cfg.data_dir is not None:
             runtime["data_dir"] = cfg.data_dir
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)

@@ -130,14 +130,33 @@ def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     return info, dev
 
 
+def use_deterministic_kernels(enabled: bool) -> None:
+    """Turn torch's deterministic algorithms on or off for this process.
+
+    On the CPU the trainers are bitwise repeatable either way. On CUDA, cuDNN and cuBLAS may
+    pick kernels that sum in a varying order (atomics, split reductions), so two runs of one
+    config differ by rounding, which training then amplifies. With ``enabled``, cuDNN and torch
+    use their deterministic kernels and cuBLAS a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``,
+    read when cuBLAS starts: set here before the first CUDA work of the process); an op that has
+    no deterministic kernel warns instead of failing (``warn_only``). Set on every call, so one
+    run's choice never carries over to the next run in the same process; a call that changes
+    nothing skips torch's setter, which imports torch's compiler stack (seconds).
+    """
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if enabled != torch.are_deterministic_algorithms_enabled():
+        torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
 def start_trainer(cfg: Any, stop_at: int | None, unit: str) -> tuple[DistInfo, torch.device]:
     """What both trainers do before their run folder: check ``stop_at`` (counted in ``unit``),
-    set torch's CPU threads, join the process group and pick the device, and check that the
-    global batch splits evenly over the ranks."""
+    set torch's CPU threads and deterministic kernels, join the process group and pick the
+    device, and check that the global batch splits evenly over the ranks."""
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"stop_at must be >= 1 ({unit}), got {stop_at}")
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    use_deterministic_kernels(cfg.deterministic)
     info, device = init_distributed(cfg.device)
     if cfg.batch_size % info.world_size:
         raise ValueError(
