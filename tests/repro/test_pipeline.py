@@ -113,6 +113,7 @@ def test_runtime_settings_reach_every_run_and_leave_its_folder_name():
     placed = sweeps.build_sweep(_cfg(Path("out"), seeds=0, threads=2, deterministic=True))
     assert [r.name for r in placed] == [r.name for r in plain]
     assert all(r.config.deterministic and r.config.num_threads == 2 for r in placed)
+    assert all(r.analysis.deterministic for r in placed if r.analysis)
     assert not any(r.config.deterministic for r in plain)
 
 

@@ -53,6 +53,20 @@ def test_analysis_file_and_plots_are_written(srn_run):
     assert result.protocol.plots == ("el_hist.png", "accuracy.png", "srank.png")
 
 
+def test_deterministic_kernels_change_no_number_on_the_cpu(srn_run, tmp_path):
+    run_dir, result = srn_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    try:
+        again = analyze.run(dataclasses.replace(SMALL, deterministic=True), copy)
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert again.settings["deterministic"] and "deterministic" not in result.settings
+    same = {"settings": result.settings, "protocol": dataclasses.replace(again.protocol,
+            run_dir=result.protocol.run_dir)}  # fmt: skip
+    assert dataclasses.replace(again, **same) == result
+
+
 def test_the_quantiles_asked_for_are_the_ones_reported_and_older_files_still_read(
     srn_run, tmp_path
 ):

@@ -140,15 +140,19 @@ def test_the_real_vs_real_baseline_draws_fresh_training_images(
 def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
     run_dir = _train(tmp_path, "uncond")
     threads = torch.get_num_threads()
-    try:  # --num-threads, as analyze's
-        result = gan_analysis.run(dataclasses.replace(SETTINGS, num_threads=1), run_dir)
-        assert torch.get_num_threads() == 1
+    try:  # --num-threads, as analyze's; --deterministic, as the trainers'
+        settings = dataclasses.replace(SETTINGS, num_threads=1, deterministic=True)
+        result = gan_analysis.run(settings, run_dir)
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+        assert result.settings["num_threads"] == 1 and result.settings["deterministic"]
+        capsys.readouterr()
+        result = gan_analysis.run(SETTINGS, run_dir)
+        assert not torch.are_deterministic_algorithms_enabled()  # each analysis sets its own
     finally:
         torch.set_num_threads(threads)
-    assert result.settings["num_threads"] == 1
-    capsys.readouterr()
-    result = gan_analysis.run(SETTINGS, run_dir)
-    assert "num_threads" not in result.settings  # at 0: the settings saved as before it existed
+        torch.use_deterministic_algorithms(False)
+    # At their defaults: the settings saved as before they existed.
+    assert "num_threads" not in result.settings and "deterministic" not in result.settings
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"gan analysis: {result.summary()}; wrote {run_dir / 'gan_analysis.json'}"
     assert result.summary().startswith(f"neural divergence {result.neural_divergence:.4g} ± ")

@@ -236,6 +236,8 @@ class AnalyzeConfig:
     seed: int = option(0, "seed of the sampled pairs and points", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
+    # Added later: left out of the saved settings at its default, so earlier analyses match.
+    deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     plots: bool = option(True, "write PNG plots next to analysis.json")
 
     def __post_init__(self) -> None:

@@ -234,6 +234,7 @@ class GanAnalysisConfig:
     num_threads: int = option(
         0, "torch CPU threads (0 = torch's default)", min=0, omit_default=True
     )
+    deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     progress: bool = option(False, "progress bar for the critic")
 
     def __post_init__(self) -> None:

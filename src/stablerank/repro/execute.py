@@ -24,7 +24,7 @@ from stablerank.config import config_to_dict, diff_configs
 from stablerank.repro.sweeps import RUNTIME_KEYS, Run
 from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
-from stablerank.train.runtime import die_with_parent, use_deterministic_kernels
+from stablerank.train.runtime import die_with_parent
 
 __all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
 
@@ -152,8 +152,6 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
         return {"stage": stage, "attempts": attempts, "kind": run.kind, "setting": run.setting,
                 "arm": run.arm, "wall_time_s": prior + time.perf_counter() - t0}  # fmt: skip
 
-    # The analysis too (a torchrun-launched training set it in its own processes only).
-    use_deterministic_kernels(run.config.deterministic)
     try:
         with (
             run_dir.recording(fields),

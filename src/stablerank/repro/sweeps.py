@@ -161,7 +161,9 @@ class Run:
         config = dataclasses.replace(
             run.config, out_dir=out_dir, run_name=run.name, resume=True, **runtime
         )
-        analysis = run.analysis and dataclasses.replace(run.analysis, device=cfg.device)
+        analysis = run.analysis and dataclasses.replace(
+            run.analysis, device=cfg.device, deterministic=cfg.deterministic
+        )
         return dataclasses.replace(run, config=config, analysis=analysis)
 
     @property

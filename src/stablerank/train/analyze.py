@@ -58,7 +58,7 @@ from stablerank.train.results import (
     Summary,
 )
 from stablerank.train.rundir import RunDir
-from stablerank.train.runtime import resolve_device, seed_everything
+from stablerank.train.runtime import resolve_device, seed_everything, use_deterministic_kernels
 
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
@@ -157,6 +157,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     """
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
+    use_deterministic_kernels(cfg.deterministic)
     if cfg.plots:  # they need matplotlib (the experiments extra): say so before measuring
         import_optional("matplotlib.figure", "the analysis's plots (--plots false skips them)")
     run_dir = Path(run_dir)

@@ -53,7 +53,7 @@ from stablerank.train.results import (
     Summary,
 )
 from stablerank.train.rundir import RunDir
-from stablerank.train.runtime import resolve_device
+from stablerank.train.runtime import resolve_device, use_deterministic_kernels
 
 PAIR_TYPES = ("real-real", "fake-fake", "real-fake")
 _JACOBIAN_POINTS = 64  # real and fake points each for the Jacobian norm
@@ -89,6 +89,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
     """
     if settings.num_threads:
         torch.set_num_threads(settings.num_threads)
+    use_deterministic_kernels(settings.deterministic)
     # Its plots need matplotlib (the experiments extra): say so before the measurements.
     import_optional("matplotlib.figure", "the analysis")
     run_dir = Path(run_dir)
