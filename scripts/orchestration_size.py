@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import io
+import signal
 import sys
 import tokenize
 from pathlib import Path
@@ -141,4 +142,5 @@ if __name__ == "__main__":
     if {"-h", "--help"} & set(sys.argv[1:]):
         print(__doc__)
         sys.exit(0)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends it quietly, as it does `cat`
     main(Path(sys.argv[1] if len(sys.argv) > 1 else "src/stablerank"))
