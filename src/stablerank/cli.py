@@ -319,8 +319,9 @@ def _run(args: argparse.Namespace) -> int:
             run_dir = args.run_dir
         elif args.command in _TRAINERS:  # its folder, which --json names (a hash in it)
             from stablerank.train.rundir import RunDir
+            from stablerank.train.runtime import launched_world_size
 
-            run_dir = RunDir.for_config(cfg).path
+            run_dir = RunDir.for_config(cfg, launched_world_size()).path
         try:
             result = runner(cfg, args.run_dir) if cmd.reads_runs_of else runner(cfg)
         except KeyboardInterrupt as stop:

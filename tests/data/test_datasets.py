@@ -251,6 +251,10 @@ def test_given_data_dir_that_does_not_exist_is_an_error(tmp_path, fake_system_di
     assert f"the data folder {missing} does not exist" in message
     assert "train-images-idx3-ubyte[.gz]" in message
     assert "dataset-fashion-mnist" in message and "--data-dir" in message
+    a_file = tmp_path / "train-images-idx3-ubyte.gz"  # one of the files given for its folder
+    a_file.write_bytes(b"")
+    with pytest.raises(DatasetNotFoundError, match=f"folder {a_file} is a file, not a folder"):
+        load_dataset("fashion-mnist", a_file)
 
 
 @pytest.mark.parametrize("name", ["digits", "mnist1d"])

@@ -3,6 +3,7 @@ on both ranks, and the same result as one process with the same global batch."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -73,6 +74,13 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     ddp = ClassifierResult.from_json(ddp_dir)
     assert ddp.protocol.world_size == 2
+    assert json.loads((ddp_dir / "env.json").read_text())["world_size"] == 2
+    # Not the single-process run (each rank's BatchNorm would normalize half the batch), so one
+    # process neither takes its result nor continues it, and says why.
+    alone = classify_preset("tiny", out_dir=str(tmp_path), run_name=ddp_dir.name, **SETTINGS)
+    for cfg in (alone, dataclasses.replace(alone, resume=True)):
+        with pytest.raises(FileExistsError, match="trained by 2 process"):
+            classify.run(cfg)
 
     single_dir = tmp_path / "one"
     one = classify.run(

@@ -101,6 +101,24 @@ def test_both_trainers_name_their_folder_by_one_rule():
         assert RunDir.for_config(dataclasses.replace(cfg, **runtime)) == RunDir.for_config(cfg)
         assert RunDir.for_config(dataclasses.replace(cfg, seed=4)) != RunDir.for_config(cfg)
     assert RunDir.for_config(dataclasses.replace(c, run_name="x")).path.as_posix() == "runs/x"
+    # A run of N processes (torchrun) computes another run: its default name says so.
+    ddp = RunDir.for_config(c, world_size=2)
+    assert ddp.path.name == RunDir.for_config(c).path.name + "-ddp2" and ddp.world_size == 2
+    assert RunDir.for_config(dataclasses.replace(c, run_name="x"), 2).path.name == "x"
+
+
+def test_a_run_of_another_number_of_processes_is_not_taken_or_continued(tmp_path):
+    cfg = _tiny(tmp_path, epochs=1)
+    done = classify.run(cfg)
+    path = RunDir.for_config(cfg).path
+    as_ddp = RunDir(path, world_size=2)
+    assert as_ddp.finished_result(cfg, ClassifierResult) is None
+    for take in (cfg, dataclasses.replace(cfg, resume=True)):
+        with pytest.raises(FileExistsError, match=r"trained by 1 process\(es\), and this one is 2"):
+            as_ddp.begin(take)
+    assert ClassifierResult.from_json(path) == done  # left as it was
+    as_ddp.begin(dataclasses.replace(cfg, overwrite=True))  # replaces it
+    assert not as_ddp.checkpoints()
 
 
 @pytest.mark.parametrize("cls", [ClassifyConfig, GanConfig])

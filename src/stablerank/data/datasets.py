@@ -221,8 +221,9 @@ def _fashion_mnist_not_found(root: Path | None, searched: list[Path]) -> Dataset
         "--data-dir DIR (data_dir=DIR)."
     )
     if root is not None and not root.is_dir():
+        what = "is a file, not a folder" if root.exists() else "does not exist"
         return DatasetNotFoundError(
-            f"Fashion-MNIST: the data folder {root} does not exist (expected it to hold the four "
+            f"Fashion-MNIST: the data folder {root} {what} (expected it to hold the four "
             f"idx files {expected}). {how}"
         )
     lines = []

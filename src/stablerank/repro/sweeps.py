@@ -139,9 +139,7 @@ class Run:
         parts = config_hash(self.config, exclude=RUNTIME_KEYS)
         if self.analysis is not None:
             parts += config_hash(self.analysis, exclude=RUNTIME_KEYS)
-        if self.kind == KIND_GAN and self.nproc_per_node > 1:
-            # G's BatchNorm normalizes each rank's batch: a DDP GAN computes another run (a DDP
-            # classifier computes the same, bitwise).
+        if self.nproc_per_node > 1:  # another run (RunDir.world_size says why)
             parts += f"-ddp{self.nproc_per_node}"
         return hashlib.sha256(parts.encode()).hexdigest()[:12]
 

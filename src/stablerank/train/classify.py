@@ -253,10 +253,12 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
             interrupted; ``cfg.resume=True`` later continues exactly (default None: train all
             ``cfg.epochs``).
 
-    The run folder is :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`;
-    the process holds its lock and keeps its ``status.json`` while it trains. A loss that
-    becomes non-finite ends the run as diverged (``diverged=True`` and the reason in the result;
-    the numbers are those of the last finite epoch), never training on NaN. A folder that holds
+    The run folder is :meth:`RunDir.for_config(cfg, world_size)
+    <stablerank.train.rundir.RunDir.for_config>` (``-ddpN`` ends its default name under torchrun
+    with N processes); the process holds its lock and keeps its ``status.json`` while it
+    trains. A loss that becomes non-finite ends the run as diverged (``diverged=True`` and the
+    reason in the result; the numbers are those of the last finite epoch), never training on
+    NaN. A folder that holds
     this run finished returns its stored result without training (``overwrite`` retrains it).
 
     Returns:
@@ -274,7 +276,7 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
             process; under DDP the newest checkpoint is the resume point); resume=True continues.
     """
     info, device = start_trainer(cfg, stop_at, "optimizer steps")
-    folder = RunDir.for_config(cfg)
+    folder = RunDir.for_config(cfg, info.world_size)
     finished = folder.finished_result(cfg, ClassifierResult, is_main=info.is_main)
     if finished is None:
         # The data and the model before the folder: a missing data folder, a batch larger than
@@ -368,7 +370,8 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
     # ---- logging (rank 0 only)
     log = None
     if info.is_main:
-        folder.write_run_files(config_to_dict(cfg), environment_info(device, cfg.seed))
+        env = environment_info(device, cfg.seed, info.world_size)
+        folder.write_run_files(config_to_dict(cfg), env)
         log = MetricLog(folder.path)
         log.truncate_after(start_epoch)  # a killed run may have logged past its checkpoint
     bar = cfg.progress and info.is_main and sys.stderr.isatty()

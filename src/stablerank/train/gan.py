@@ -231,7 +231,8 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     Returns:
         The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
         than 0, and when ``stop_at`` ended it early). The run folder is
-        :meth:`RunDir.for_config(cfg) <stablerank.train.rundir.RunDir.for_config>`; the process
+        :meth:`RunDir.for_config(cfg, world_size) <stablerank.train.rundir.RunDir.for_config>`
+        (``-ddpN`` ends its default name under torchrun with N processes); the process
         holds its lock and keeps its ``status.json`` while it trains. A non-finite loss, or
         non-finite samples at an evaluation, stop the run as diverged (no FID on NaN samples);
         a discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
@@ -250,7 +251,7 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
     info, device = start_trainer(cfg, stop_at, "G steps")
     if cfg.amp and device.type != "cuda":  # the config refuses device="cpu"; "auto" may get here
         raise ValueError(f"amp=True needs a CUDA device; device={cfg.device!r} gave {device}")
-    folder = RunDir.for_config(cfg)
+    folder = RunDir.for_config(cfg, info.world_size)
     finished = folder.finished_result(cfg, GanResult, is_main=info.is_main)
     if finished is None:
         # The data before the folder: a missing data folder is refused before a run folder is
@@ -310,7 +311,7 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     # --- run files (rank 0) ---
     log = None
     if info.is_main:
-        env = {**environment_info(device, cfg.seed), "world_size": info.world_size}
+        env = environment_info(device, cfg.seed, info.world_size)
         folder.write_run_files(cfg_dict, env)
         log = MetricLog(run_dir, key="step")
         log.truncate_after(start)

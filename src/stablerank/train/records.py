@@ -49,8 +49,10 @@ def git_commit(where: Path | None = None) -> str | None:
     return head + DIRTY if head and changed else head or None
 
 
-def environment_info(device: torch.device | str, seed: int | None = None) -> dict[str, Any]:
-    """What produced a result: versions, hardware, commit, seed."""
+def environment_info(
+    device: torch.device | str, seed: int | None = None, world_size: int = 1
+) -> dict[str, Any]:
+    """What produced a result: versions, hardware, commit, seed, processes (``world_size``)."""
     from stablerank import __version__
 
     dev = torch.device(device)
@@ -64,6 +66,7 @@ def environment_info(device: torch.device | str, seed: int | None = None) -> dic
         "torch_threads": torch.get_num_threads(),
         "device": str(dev),
         "seed": seed,
+        "world_size": world_size,
     }
     if dev.type == "cuda":
         info["cuda_device"] = torch.cuda.get_device_name(dev)

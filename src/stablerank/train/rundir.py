@@ -105,21 +105,28 @@ class RunDir:
     """A run folder (it need not exist yet); ``path`` may be given as a string."""
 
     path: Path
+    # The processes that train the run (torchrun's world size): part of what the run computes,
+    # as each rank's BatchNorm normalizes its own share of the batch and DDP sums the gradients
+    # of the shares in another order than one batch's.
+    world_size: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
 
     @classmethod
-    def for_config(cls, cfg: Any) -> RunDir:
-        """The run folder of a trainer config: ``cfg.out_dir / cfg.run_name``, or, without a
-        run name, ``cfg.out_dir / <cfg.run_label>-s<seed>-<hash>`` where the hash covers every
-        field except ``cfg.RUNTIME_KEYS`` (where and how it runs), so a resumed run finds its
-        folder on any device. Works for :class:`~stablerank.config.classify.ClassifyConfig` and
+    def for_config(cls, cfg: Any, world_size: int = 1) -> RunDir:
+        """The run folder of a trainer config trained by ``world_size`` processes:
+        ``cfg.out_dir / cfg.run_name``, or, without a run name,
+        ``cfg.out_dir / <cfg.run_label>-s<seed>-<hash>[-ddp<world_size>]`` where the hash covers
+        every field except ``cfg.RUNTIME_KEYS`` (where and how it runs), so a resumed run finds
+        its folder on any device, and the suffix names a run of more than one process. Works for
+        :class:`~stablerank.config.classify.ClassifyConfig` and
         :class:`~stablerank.config.gan.GanConfig` alike."""
+        ddp = f"-ddp{world_size}" if world_size > 1 else ""
         name = cfg.run_name or (
-            f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}"
+            f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}{ddp}"
         )
-        return cls(Path(cfg.out_dir) / name)
+        return cls(Path(cfg.out_dir) / name, world_size)
 
     # ------------------------------------------------------------------ file names
 
@@ -216,6 +223,15 @@ class RunDir:
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
+        trained_by = self._saved_world_size()
+        if trained_by != self.world_size and (has_checkpoints or found) and not overwrite:
+            raise FileExistsError(
+                f"{self.path} holds a run trained by {trained_by} process(es), and this one is "
+                f"{self.world_size}: another number of processes computes another run (each "
+                "rank's BatchNorm normalizes its share of the batch, and the gradients sum in "
+                f"another order); run it with torchrun --nproc_per_node {trained_by} to continue "
+                "it, pass --overwrite to replace it, or choose another folder"
+            )
         diffs, unreadable = self._compare_config(cfg)
         other = None if overwrite else "; ".join(diffs) or unreadable or None
         if not resume and not overwrite and (has_checkpoints or found):
@@ -244,6 +260,14 @@ class RunDir:
             self.clear()
         self.remove_stale_temp_files()
 
+    def _saved_world_size(self) -> int:
+        """The processes that trained the run so far (its ``env.json``; 1 where it does not say:
+        written before the record, or unreadable)."""
+        try:
+            return int(json.loads(self.env_file.read_text()).get("world_size", 1))
+        except (OSError, ValueError, TypeError, AttributeError):
+            return 1
+
     def _compare_config(self, cfg: Any) -> tuple[list[str], str]:
         """How ``config.json`` differs from ``cfg`` outside ``cfg.RUNTIME_KEYS`` (``key: saved ->
         current``), and why it cannot be read; both empty when it matches or is absent."""
@@ -260,7 +284,8 @@ class RunDir:
 
         Finished: its trainer wrote ``metrics.json`` (done or diverged) under a ``config.json``
         equal to ``cfg`` outside the runtime keys that do not change the result
-        (``cfg.RUNTIME_KEYS`` but ``cfg.SCORING_KEYS``). Running such a run again, with or
+        (``cfg.RUNTIME_KEYS`` but ``cfg.SCORING_KEYS``), with this folder's number of processes.
+        Running such a run again, with or
         without ``cfg.resume``, has nothing to do: the folder's name is the config's hash, as in
         ``reproduce``'s cache. ``cfg.overwrite`` trains it again (None here); another final
         scoring protocol with ``cfg.resume`` scores it again (None). Says so on stderr.
@@ -268,6 +293,8 @@ class RunDir:
         """
         if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
             return None
+        if self._saved_world_size() != self.world_size:
+            return None  # another run (begin() refuses it)
         try:
             saved = json.loads(self.config_file.read_text())
             same = [k for k in cfg.RUNTIME_KEYS if k not in cfg.SCORING_KEYS]

@@ -108,12 +108,17 @@ def die_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+def launched_world_size() -> int:
+    """The number of processes ``torchrun`` started this one among (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) if "RANK" in os.environ else 1
+
+
 def init_distributed(device: str = "auto") -> tuple[DistInfo, torch.device]:
     """Initialise the process group when launched by ``torchrun``; return (info, device).
 
     Uses NCCL on CUDA and gloo on CPU. Each rank takes the GPU ``LOCAL_RANK``.
     """
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if launched_world_size() == 1:
         return DistInfo(), resolve_device(device)
     info = DistInfo(
         rank=int(os.environ["RANK"]),
