@@ -21,6 +21,7 @@ from stablerank.metrics.gan import (
     FeatureSet,
     compute_gan_metrics,
     extract_features,
+    is_splits_for,
     real_vs_real_baseline,
 )
 
@@ -182,8 +183,10 @@ def test_errors():
         compute_gan_metrics(x, cached, feature_net=other)
     with pytest.raises(ValueError, match="reference_split is required"):
         compute_gan_metrics(x, x, feature_net=_toy())
-    with pytest.raises(ValueError, match="metrics must be a subset"):
+    with pytest.raises(ValueError, match="metrics must name some of"):
         compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics=["fd"])
+    with pytest.raises(ValueError, match=r"metrics must name some of .*, got \[\]"):
+        compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics=())
     with pytest.raises(ValueError, match=r"expects images of shape \(N, 1, 1, 6\), got \(10, 6\)"):
         compute_gan_metrics(x.reshape(10, D), x, feature_net=_toy(), reference_split="t")
     with pytest.raises(ValueError, match=r"in \[-1, 1\]"):
@@ -268,13 +271,14 @@ def test_inception_score_uses_exactly_is_splits_when_they_do_not_divide_n():
     logits = extract_features(x, _toy(logit_scale=5.0), split="t").logits  # float32 precision
     scores = _is_oracle(logits.numpy(), 10, seed=3)
     assert out[KEY_IS_MEAN] == pytest.approx(np.mean(scores), rel=1e-12)
-    assert out[KEY_IS_STD] == pytest.approx(np.std(scores, ddof=1), rel=1e-12)
+    # The population std over splits, as torch-fidelity and Salimans et al.'s code report it.
+    assert out[KEY_IS_STD] == pytest.approx(np.std(scores), rel=1e-12)
     assert out[KEY_PROTOCOL]["is_splits"] == 10
 
 
 @pytest.mark.filterwarnings("ignore:Metric `InceptionScore` will save all extracted features")
 @pytest.mark.parametrize(("n", "splits"), [(40, 10), (2000, 10), (90, 3)])
-def test_inception_score_equals_torchmetrics_bitwise_when_splits_divide_n(n, splits):
+def test_inception_score_mean_equals_torchmetrics_bitwise_when_splits_divide_n(n, splits):
     inception = pytest.importorskip("torchmetrics.image.inception")
     x = _images(n, 11, scale=1.0)
     out = compute_gan_metrics(
@@ -286,7 +290,48 @@ def test_inception_score_equals_torchmetrics_bitwise_when_splits_divide_n(n, spl
     metric.update(logits)
     torch.manual_seed(4)
     mean, std = metric.compute()
-    assert (out[KEY_IS_MEAN], out[KEY_IS_STD]) == (float(mean), float(std))
+    assert out[KEY_IS_MEAN] == float(mean)
+    # torchmetrics reports the std with Bessel's correction, we the population one.
+    assert out[KEY_IS_STD] == pytest.approx(float(std) * ((splits - 1) / splits) ** 0.5, rel=1e-12)
+
+
+def test_a_class_no_sample_gives_probability_adds_nothing_instead_of_nan():
+    # A logit gap of 2000 underflows the softmax to exactly 0 in float64: 0 * log 0 is 0 there.
+    x = torch.zeros(20, 1, 1, D, dtype=torch.float64)
+    x[:, 0, 0, 0] = 1.0  # every sample: class 0 at logit 2000, the others at 0
+    out = compute_gan_metrics(
+        x, x, feature_net=_toy(logit_scale=2000.0), reference_split="t", metrics=["is"],
+        is_splits=2,
+    )  # fmt: skip
+    assert out[KEY_IS_MEAN] == 1.0 and out[KEY_IS_STD] == 0.0  # one class for all: IS 1
+
+
+def test_the_splits_of_a_few_samples_hold_enough_of_them_or_it_is_said():
+    assert [is_splits_for(n, 10) for n in (5, 10, 20, 99, 100, 500)] == [1, 1, 2, 9, 10, 10]
+    # An ImageNet-size classifier (1008 logits): splits of 100 at least.
+    assert [is_splits_for(n, 1008) for n in (500, 5000, 50000)] == [5, 10, 10]
+    x = _images(12, 1, scale=1.0)
+    with pytest.warns(UserWarning, match="a split of 2 samples scores at most that"):
+        compute_gan_metrics(x, x, feature_net=_toy(5.0), reference_split="t", metrics=["is"],
+                            is_splits=6)  # fmt: skip
+
+
+def test_float_images_none_darker_than_mid_grey_are_warned_of():
+    x = (_images(50, 2, scale=1.0) + 1) / 2  # images in [0, 1]
+    with pytest.warns(UserWarning, match=r"float values all in \[0, .*x \* 2 - 1"):
+        extract_features(x, _toy(), split="t")
+
+
+def test_a_generate_returning_images_and_labels_is_refused_by_name():
+    with pytest.raises(TypeError, match=r"generate\(4\) must return a tensor of images, got tuple"):
+        extract_features(lambda k: (_images(k, 0), None), _toy(), split="g", n=4)
+
+
+def test_counts_may_be_numpy_integers():
+    x = _images(30, 3)
+    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fid",
+                              n_fake=np.int64(20), batch_size=np.int64(7))  # fmt: skip
+    assert out[KEY_PROTOCOL]["n_fake"] == 20
 
 
 # ---- arguments are checked before any feature is extracted
@@ -355,7 +400,7 @@ def test_a_single_metric_name_is_one_metric():
     x = _images(20, 0)
     out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fid")
     assert set(out) == {KEY_FID, KEY_PROTOCOL}
-    with pytest.raises(ValueError, match=r"metrics must be a subset of .*, got \['fd'\]"):
+    with pytest.raises(ValueError, match=r"metrics must name some of .*, got \['fd'\]"):
         compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fd")
 
 

@@ -292,6 +292,9 @@ def test_evaluation_hook_and_baselines(tmp_path):
     evals = [r for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines())
              if "eval_fid" in r]  # fmt: skip
     assert [r["step"] for r in evals] == [1, 2]
+    # One curve point per step, its FID and SRN activity merged from the step's two records.
+    curve = GanResult.from_json(run_dir).curve
+    assert [(p.step, p.fid) for p in curve] == [(r["step"], r["eval_fid"]) for r in evals]
     # Files written before the protocols were typed hold the scores' protocol flat beside the
     # run's own entries: they read back as the same typed result.
     scores = metrics["protocol"].pop("scores")

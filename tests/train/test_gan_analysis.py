@@ -155,7 +155,9 @@ def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
     assert "num_threads" not in result.settings and "deterministic" not in result.settings
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"gan analysis: {result.summary()}; wrote {run_dir / 'gan_analysis.json'}"
-    assert result.summary().startswith(f"neural divergence {result.neural_divergence:.4g} ± ")
+    assert result.summary().startswith(
+        f"neural divergence {result.neural_divergence:.4g} (std over evaluation batches "
+    )
     assert result.protocol.d_el.labels is None
     assert result.protocol.generator.startswith("raw")
     for kind in gan_analysis.PAIR_TYPES:

@@ -3,6 +3,7 @@ an eval-mode scope."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -11,8 +12,8 @@ from torch import Tensor, nn
 
 
 def check_positive_int(name: str, value: int) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an integer >= 1."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+    """Raise ValueError naming ``name`` unless ``value`` is an integer >= 1 (numpy's too)."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 

@@ -38,6 +38,7 @@ from tqdm import tqdm
 
 from stablerank.metrics._checks import check_finite, check_positive_int, seeded
 from stablerank.metrics.ema import ema_update
+from stablerank.metrics.features import check_signed_unit
 
 __all__ = [
     "KEY_ND",
@@ -64,7 +65,6 @@ _LEAKY_SLOPE = 0.2
 # EMA warm-up: decay_t = min(decay, (1 + t) / (EMA_WARMUP + t)), so the average is not dominated
 # by the random initialisation when only a few hundred steps are run (CPU settings).
 _EMA_WARMUP = 10.0
-_RANGE_TOL = 1e-3
 
 
 def build_default_critic(
@@ -122,13 +122,12 @@ class NeuralDivergenceProtocol:
 def _as_images(x: Tensor, shape: tuple[int, ...], what: str, device: torch.device) -> Tensor:
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"{what} must have per-image shape {shape}, got {tuple(x.shape)}")
+    was_float = x.is_floating_point()
     if x.dtype == torch.uint8:
         x = x.float() / 127.5 - 1.0
     x = x.to(device=device, dtype=torch.float32)
     check_finite(x, what)  # NaN fails no range comparison: it would pass the check below
-    lo, hi = x.min().item(), x.max().item()
-    if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
-        raise ValueError(f"{what} must be float in [-1, 1], got values in [{lo:.4g}, {hi:.4g}]")
+    check_signed_unit(x, what, was_float=was_float)
     return x
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,26 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(_HASH_CHUNK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_signed_unit(x: Tensor, what: str, *, was_float: bool) -> None:
+    """Refuse float images outside [-1, 1] (``what`` names them), and warn of float images
+    (``was_float``) none of which is darker than mid-grey: most likely images in [0, 1], which
+    would be scored as washed-out [-1, 1] ones. One device sync."""
+    if not x.numel():
+        return
+    lo, hi = x.min().item(), x.max().item()
+    if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
+        raise ValueError(
+            f"{what} must be float in [-1, 1] (or uint8 in [0, 255]), got values in "
+            f"[{lo:.4g}, {hi:.4g}]"
+        )
+    if was_float and lo >= 0:
+        warnings.warn(
+            f"{what}: float values all in [0, {hi:.3g}] are read as images in [-1, 1] (none "
+            "darker than mid-grey); for images in [0, 1] pass x * 2 - 1, or uint8 in [0, 255]",
+            stacklevel=3,
+        )
 
 
 def to_signed_unit(images: Tensor) -> Tensor:
@@ -207,13 +228,7 @@ class FeatureExtractor(nn.Module):
             )
         check_finite(images, f"images given to {self.name}")
         x = to_signed_unit(images)
-        if x.numel():
-            lo, hi = x.min().item(), x.max().item()  # one device sync per batch: fine for metrics
-            if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
-                raise ValueError(
-                    f"{self.name} expects float images in [-1, 1] (or uint8 in [0, 255]), "
-                    f"got values in [{lo:.4g}, {hi:.4g}]"
-                )
+        check_signed_unit(x, f"images given to {self.name}", was_float=images.is_floating_point())
         return x
 
     @torch.no_grad()

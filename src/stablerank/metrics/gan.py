@@ -61,10 +61,12 @@ __all__ = [
     "KEY_KID_MEAN",
     "KEY_KID_STD",
     "KEY_PROTOCOL",
+    "MIN_IS_SPLIT_SIZE",
     "FeatureSet",
     "Protocol",
     "compute_gan_metrics",
     "extract_features",
+    "is_splits_for",
     "real_vs_real_baseline",
 ]
 
@@ -78,6 +80,9 @@ METRIC_FID, METRIC_KID, METRIC_IS = "fid", "kid", "is"
 ALL_GAN_METRICS = (METRIC_FID, METRIC_KID, METRIC_IS)
 # Protocol defaults of torch-fidelity / SN-GAN reporting (IS on 10 splits), one table.
 DEFAULT_IS_SPLITS = 10
+# A split of k samples scores an IS of at most k: below this many (or the network's classes, if
+# fewer) per split, the score says more about k than about the images.
+MIN_IS_SPLIT_SIZE = 100
 DEFAULT_KID_SUBSETS = 100
 DEFAULT_KID_SUBSET_SIZE = 1000
 DEFAULT_BATCH_SIZE = 250
@@ -199,7 +204,10 @@ def extract_features(
         feature_net: registry name or :class:`FeatureExtractor` (default "fmnist-cnn").
         split: label stored with the features ("train", "test", "generator", ...).
         n: number of images (required for a callable; default all of a tensor).
-        batch_size: images per forward pass (default 250); does not change the result.
+        batch_size: images per forward pass (default 250); does not change the features of
+            given images, but it is the ``k`` of each ``generate(k)`` call, and a generator that
+            draws its latents per call (:func:`~stablerank.train.gan_sampling.make_generate`)
+            draws other (equally random) samples for another ``k``.
         seed: torch seed while ``generate`` runs (the caller's RNG state is restored).
         progress: show a tqdm bar on stderr (default False).
 
@@ -226,6 +234,11 @@ def extract_features(
             else:
                 with torch.no_grad():
                     batch = images(k)
+                if not isinstance(batch, Tensor):
+                    raise TypeError(
+                        f"generate({k}) must return a tensor of images, got "
+                        f"{type(batch).__name__} (make_generate's with_labels=False does)"
+                    )
                 if batch.shape[0] != k:
                     raise ValueError(f"generate({k}) returned {batch.shape[0]} images")
             check_finite(batch, f"images of split {split!r} (batch at index {start})")
@@ -286,21 +299,34 @@ def _inception_score(logits: Tensor, splits: int, seed: int) -> tuple[float, flo
     torchmetrics' ``InceptionScore`` computation, except that it splits with ``torch.chunk``,
     which makes fewer splits than asked when they do not divide N (25 into 10 gives 9), so the
     protocol's ``is_splits`` would not be what was used. ``tensor_split`` makes ``splits`` splits
-    (sizes differ by at most one) and equals ``chunk`` when they divide N: the scores are then
-    torchmetrics' bit for bit.
+    (sizes differ by at most one) and equals ``chunk`` when they divide N: the mean is then
+    torchmetrics' bit for bit. The std is the population one over splits (torch-fidelity's and
+    Salimans et al.'s; torchmetrics applies Bessel's correction).
     """
     check_finite(logits, "fake logits")
     with seeded(seed):  # the shuffle torchmetrics draws
         logits = logits[torch.randperm(logits.shape[0])]
     prob, log_prob = logits.softmax(dim=1), logits.log_softmax(dim=1)
+
+    def split_score(p: Tensor, lp: Tensor) -> Tensor:
+        # A class no sample of the split gives any probability adds 0 * (lp - log 0): 0, not NaN.
+        kl = torch.where(p > 0, p * (lp - p.mean(dim=0, keepdim=True).log()), 0.0)
+        return kl.sum(dim=1).mean().exp()
+
     scores = torch.stack(
-        [
-            (p * (lp - p.mean(dim=0, keepdim=True).log())).sum(dim=1).mean().exp()
-            for p, lp in zip(prob.tensor_split(splits), log_prob.tensor_split(splits), strict=True)
-        ]
-    )
-    # One split has no spread (torch's unbiased std of one value is nan).
-    return float(scores.mean()), 0.0 if splits == 1 else float(scores.std())
+        [split_score(p, lp) for p, lp in zip(prob.tensor_split(splits),
+                                             log_prob.tensor_split(splits), strict=True)]
+    )  # fmt: skip
+    # The population std over splits, as torch-fidelity and Salimans et al.'s code report it.
+    return float(scores.mean()), float(scores.std(unbiased=False))
+
+
+def is_splits_for(n: int, num_classes: int | None) -> int:
+    """The IS splits of ``n`` samples: the usual :data:`DEFAULT_IS_SPLITS`, fewer where a split
+    would hold fewer than :data:`MIN_IS_SPLIT_SIZE` samples, or than ``num_classes`` (the
+    feature network's) when those are fewer; at least 1."""
+    per_split = min(num_classes or MIN_IS_SPLIT_SIZE, MIN_IS_SPLIT_SIZE)
+    return max(1, min(DEFAULT_IS_SPLITS, n // per_split))
 
 
 def compute_gan_metrics(
@@ -336,7 +362,9 @@ def compute_gan_metrics(
         real_images: reference images (N, C, H, W), or their cached :class:`FeatureSet`.
         feature_net: registry name or :class:`FeatureExtractor` (default "fmnist-cnn").
         n_fake: number of samples (required for a callable; default all of a tensor).
-        batch_size: images per forward pass (default 250); does not change the scores.
+        batch_size: images per forward pass (default 250); does not change the scores of
+            given samples, but may change the samples ``generate`` draws (see
+            :func:`extract_features`).
         reference_split: name of the real split (required for a tensor; a FeatureSet has it).
         is_splits: IS splits (default 10; at most ``n_fake``).
         kid_subsets: KID subsets (default 100).
@@ -360,8 +388,8 @@ def compute_gan_metrics(
     if isinstance(metrics, str):
         metrics = (metrics,)
     unknown = set(metrics) - set(ALL_GAN_METRICS)
-    if unknown:
-        raise ValueError(f"metrics must be a subset of {ALL_GAN_METRICS}, got {sorted(unknown)}")
+    if unknown or not metrics:
+        raise ValueError(f"metrics must name some of {ALL_GAN_METRICS}, got {sorted(metrics)}")
     check_positive_int("is_splits", is_splits)
     check_positive_int("kid_subsets", kid_subsets)
     check_positive_int("kid_subset_size", kid_subset_size)
@@ -377,6 +405,14 @@ def compute_gan_metrics(
             raise ValueError(f"{extractor.name} has no classifier: IS is unavailable")
         if is_splits > n_fake:
             raise ValueError(f"is_splits must be <= n_fake ({n_fake}), got {is_splits}")
+        if is_splits > is_splits_for(n_fake, extractor.num_classes):
+            warnings.warn(
+                f"IS over {is_splits} splits of {n_fake} samples: a split of "
+                f"{n_fake // is_splits} samples scores at most that, whatever the images; use "
+                f"at most {is_splits_for(n_fake, extractor.num_classes)} splits (is_splits_for) "
+                "or more samples",
+                stacklevel=2,
+            )
     if isinstance(real_images, FeatureSet):
         real = real_images
         if (real.feature_net, real.weights_sha256) != (extractor.name, extractor.weights_sha256):

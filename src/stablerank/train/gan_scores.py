@@ -21,10 +21,10 @@ from stablerank.config.gan import GanConfig
 from stablerank.layers import layer_report
 from stablerank.metrics.features import FeatureExtractor, build_feature_extractor
 from stablerank.metrics.gan import (
-    DEFAULT_IS_SPLITS,
     KEY_PROTOCOL,
     compute_gan_metrics,
     extract_features,
+    is_splits_for,
 )
 from stablerank.train.gan_sampling import (
     BN_STAT_SAMPLES,
@@ -89,7 +89,7 @@ class Evaluator:
                                  device=self.device, seed=self.cfg.seed)  # fmt: skip
         return compute_gan_metrics(
             generate, self.real, feature_net=self.extractor, n_fake=n_fake,
-            is_splits=min(DEFAULT_IS_SPLITS, n_fake), seed=self.cfg.seed,
+            is_splits=is_splits_for(n_fake, self.extractor.num_classes), seed=self.cfg.seed,
         )  # fmt: skip
 
 
@@ -109,8 +109,8 @@ def score_baselines(
     gen = torch.Generator().manual_seed(stream_seed(seed, 0, 0, STREAM_EVAL))
     real = compute_gan_metrics(
         train_x[torch.randperm(len(train_x), generator=gen)[:n]], evaluator.real,
-        feature_net=evaluator.extractor, is_splits=min(DEFAULT_IS_SPLITS, n), seed=seed,
-        sample_source="train",
+        feature_net=evaluator.extractor, seed=seed, sample_source="train",
+        is_splits=is_splits_for(n, evaluator.extractor.num_classes),
     )  # fmt: skip
     if saved is None:
         return {PREFIX_UNTRAINED: evaluator(n), PREFIX_REAL_TRAIN: real}
@@ -186,13 +186,14 @@ def write_result(
         scores=ScoreProtocol(**scores[KEY_PROTOCOL]) if scores is not None else None,
         baselines=protocols,
     )
-    curve = tuple(
-        EpochRecord(
-            step=r["step"], fid=r.get("eval_fid"), srn_active_fraction=r.get(KEY_SRN_ACTIVE)
-        )
-        for r in records
-        if "eval_fid" in r or KEY_SRN_ACTIVE in r
-    )
+    # One point per step that has an evaluation FID or an SRN activity (a step's loss record
+    # and its evaluation record merge).
+    points: dict[int, dict[str, Any]] = {}
+    for r in records:
+        for key, name in (("eval_fid", "fid"), (KEY_SRN_ACTIVE, "srn_active_fraction")):
+            if r.get(key) is not None:
+                points.setdefault(r["step"], {})[name] = r[key]
+    curve = tuple(EpochRecord(step=step, **p) for step, p in sorted(points.items()))
     report = layer_report(D)
     layers = layer_stats(report) if not divergence else ()
     fields = {f.name for f in dataclasses.fields(GanResult)}

@@ -510,6 +510,8 @@ class GanAnalysis(Result):
     FILE: ClassVar[str] = rundir.GAN_ANALYSIS_FILE
 
     neural_divergence: float
+    # The std over the evaluation batches of one trained critic: not a standard error, nor the
+    # spread over retrained critics (which can be as large).
     neural_divergence_std: float
     neural_divergence_real_train: float
     d_el: dict[str, Summary]
@@ -522,9 +524,10 @@ class GanAnalysis(Result):
     def summary(self) -> str:
         """One line for a terminal: the neural divergence beside its real-data end, D's eL."""
         return (
-            f"neural divergence {self.neural_divergence:.4g} ± {self.neural_divergence_std:.2g} "
-            f"(real training images {self.neural_divergence_real_train:.4g}), D's eL max "
-            f"{self.d_el_max:.4g}, median {self.d_el_median:.4g}, Jacobian norm mean "
+            f"neural divergence {self.neural_divergence:.4g} (std over evaluation batches "
+            f"{self.neural_divergence_std:.2g}; real training images "
+            f"{self.neural_divergence_real_train:.4g}), D's eL max {self.d_el_max:.4g}, median "
+            f"{self.d_el_median:.4g}, Jacobian norm mean "
             f"{self.d_jacobian_mean:.4g}"
         )
 
