@@ -285,7 +285,10 @@ def test_evaluation_hook_and_baselines(tmp_path):
     assert protocol.baselines["real_train"].sample_source == "train"
     # The samples are compared with the whole test split (the real baseline draws train images).
     assert protocol.scores.n_real == len(DATASETS_LOADED("digits").test_x)
-    for key in ("fid", "kid_mean", "is_mean", "untrained_fid", "real_train_fid"):
+    # Every score of both baselines, as of the generator.
+    baselines = [f"{b}_{k}" for b in ("untrained", "real_train")
+                 for k in ("fid", "kid_mean", "kid_std", "is_mean", "is_std")]  # fmt: skip
+    for key in ("fid", "kid_mean", "kid_std", "is_mean", "is_std", *baselines):
         assert np.isfinite(metrics[key]), key
     # real training digits are far closer to the test digits than an untrained G's blur
     assert metrics["real_train_fid"] < 0.5 * metrics["untrained_fid"]

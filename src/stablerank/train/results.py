@@ -468,10 +468,15 @@ class GanResult(Result):
     is_mean: float | None = None
     is_std: float | None = None
     untrained_fid: float | None = None
+    untrained_kid_mean: float | None = None
+    untrained_kid_std: float | None = None
     untrained_is_mean: float | None = None
+    untrained_is_std: float | None = None
     real_train_fid: float | None = None
     real_train_kid_mean: float | None = None
+    real_train_kid_std: float | None = None
     real_train_is_mean: float | None = None
+    real_train_is_std: float | None = None
     curve: tuple[EpochRecord, ...] = ()
     d_layers: tuple[LayerStat, ...] = ()
     srn_active_fraction: float | None = None
