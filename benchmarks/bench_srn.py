@@ -211,7 +211,8 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
-        help=f"variants to time (default: all of {', '.join(VARIANTS)}); none is always timed",
+        help=f"variants to time (default: all of {', '.join(VARIANTS)}); none and sn, the ratios' "
+        "references, are always timed",
     )  # fmt: skip
     args = parser.parse_args()
     for name in ("rounds", "steps"):  # a median of nothing would print NaN tables
@@ -297,7 +298,7 @@ def main() -> None:
                         results[kind][v].append(time_it(lambda v=v, fn=fn: fn(v), steps, device))
         print(
             f"## {model_name} ({sum(p.numel() for p in base.parameters()) / 1e3:.0f}k params, "
-            f"{len(normalized_weights(models['srn']))} normalized weights)"
+            f"{len(normalized_weights(models[variants[-1]]))} normalized weights)"
         )
         header = ["variant"]
         for kind in kinds:

@@ -27,7 +27,7 @@ from torch.nn.utils.parametrizations import _SpectralNorm
 from stablerank.linalg import _sigma_max_and_frobenius, weight_to_matrix
 from stablerank.srn import _find_srn, _input_of, _old_style_spectral_norm
 
-__all__ = ["LayerRecord", "LayerReport", "layer_report"]
+__all__ = ["LayerRecord", "LayerReport", "layer_report", "weight_as_used"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,14 @@ def _norm_kind(module: nn.Module) -> tuple[str, Any]:
     if hook is not None:
         return "sn-hook", hook
     return "none", None
+
+
+def weight_as_used(module: nn.Module) -> torch.Tensor:
+    """The ``weight`` that ``module``'s forward uses, in the module's current mode: through an
+    SN/SRN parametrization, or, under torch's older hook-based ``spectral_norm``, computed from
+    ``weight_orig`` and its u, v without a power-iteration step (its ``module.weight`` holds the
+    raw weight's storage until the next forward)."""
+    return _weights(module, *_norm_kind(module))[0]
 
 
 def _weights(module: nn.Module, kind: str, p: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,21 @@ def test_conv_kernels_are_reshaped_and_parametrizations_are_read():
     assert not torch.allclose(layers["2"], raw)
 
 
+def test_torchs_hook_based_spectral_norm_is_read_as_its_forward_uses_it():
+    """torch.nn.utils.spectral_norm (the older hooks) leaves ``module.weight`` holding the raw
+    weight until a forward: a model loaded from a checkpoint and measured at once must not be
+    measured on it."""
+    torch.manual_seed(0)
+    lin = torch.nn.utils.spectral_norm(nn.Linear(6, 4))
+    lin.weight_orig.data.mul_(5.0)  # as a loaded checkpoint: raw weight changed, no forward since
+    lin.eval()
+    measured = dict(complexity_layers(nn.Sequential(lin)))["0"]
+    with torch.no_grad():
+        lin(torch.zeros(1, 6))  # the eval forward computes the weight it uses
+    torch.testing.assert_close(measured, lin.weight.detach().double(), rtol=0, atol=0)
+    assert not torch.allclose(measured, lin.weight_orig.detach().double())  # not the raw one
+
+
 def test_measures_of_a_training_mode_model_are_repeatable_and_leave_it_untouched():
     # Reading an SN weight in training mode runs a power-iteration step: the measures used to
     # update u, v and give another number at each call.

@@ -76,6 +76,9 @@ def test_errors(digits):
         neural_divergence(lambda k: torch.zeros(k, 1, 4, 4), digits[:10], **_KW)
     with pytest.raises(ValueError, match=r"real_images must be float in \[-1, 1\]"):
         neural_divergence(_sampler(digits), digits[:10] * 8, **_KW)
+    labelled = _sampler(digits)
+    with pytest.raises(TypeError, match=r"must return a tensor of images, got tuple"):
+        neural_divergence(lambda k: (labelled(k), None), digits[:10], **_KW)
 
 
 def _never_called(*args):

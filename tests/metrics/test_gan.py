@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -320,6 +322,13 @@ def test_float_images_none_darker_than_mid_grey_are_warned_of():
     x = (_images(50, 2, scale=1.0) + 1) / 2  # images in [0, 1]
     with pytest.warns(UserWarning, match=r"float values all in \[0, .*x \* 2 - 1"):
         extract_features(x, _toy(), split="t")
+    # Judged on the whole set, and not on a generator's batches (a generator may draw bright ones).
+    mixed = _images(50, 2, scale=1.0)
+    mixed[-1] = 0.9  # alone in the last batch of 7
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        extract_features(mixed, _toy(), split="t", batch_size=7)
+        extract_features(lambda k: x[:k], _toy(), split="g", n=20)
 
 
 def test_a_generate_returning_images_and_labels_is_refused_by_name():
@@ -329,9 +338,11 @@ def test_a_generate_returning_images_and_labels_is_refused_by_name():
 
 def test_counts_may_be_numpy_integers():
     x = _images(30, 3)
-    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fid",
-                              n_fake=np.int64(20), batch_size=np.int64(7))  # fmt: skip
-    assert out[KEY_PROTOCOL]["n_fake"] == 20
+    out = compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t",
+                              n_fake=np.int64(20), batch_size=np.int64(7), is_splits=np.int64(2),
+                              kid_subsets=np.int64(3), kid_subset_size=np.int64(10))  # fmt: skip
+    protocol = json.loads(json.dumps(out[KEY_PROTOCOL]))  # plain ints: it can be written
+    assert (protocol["n_fake"], protocol["is_splits"], protocol["kid_subsets"]) == (20, 2, 3)
 
 
 # ---- arguments are checked before any feature is extracted

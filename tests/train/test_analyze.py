@@ -53,7 +53,8 @@ def test_analysis_file_and_plots_are_written(srn_run):
     assert result.protocol.plots == ("el_hist.png", "accuracy.png", "srank.png")
 
 
-def test_deterministic_kernels_change_no_number_on_the_cpu(srn_run, tmp_path):
+def test_deterministic_kernels_change_no_number_on_the_cpu(srn_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic=True sets it
     run_dir, result = srn_run
     copy = shutil.copytree(run_dir, tmp_path / "run")
     try:

@@ -270,11 +270,12 @@ def _pixel_extractor(**_: object) -> FeatureExtractor:
 
 # torchmetrics' KID warns that it buffers all features; ours are 50 x 64 numbers.
 @pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
-def test_evaluation_hook_and_baselines(tmp_path):
+@pytest.mark.parametrize("d_norm", ["sn", "srn"])
+def test_evaluation_hook_and_baselines(tmp_path, d_norm):
     if "test-pixels" not in available_feature_extractors():
         register_feature_extractor("test-pixels", _pixel_extractor)
     n = 50
-    cfg = _cfg(tmp_path, "eval", g_steps=2, eval_every=1, n_eval_samples=n,
+    cfg = _cfg(tmp_path, "eval", g_steps=2, eval_every=1, n_eval_samples=n, d_norm=d_norm,
                n_final_samples=n, feature_net="test-pixels")  # fmt: skip
     run_dir = _train(cfg)
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -282,6 +283,7 @@ def test_evaluation_hook_and_baselines(tmp_path):
     assert protocol.scores.feature_net == "test-pixels"
     assert protocol.scores.reference_split == "test"
     assert protocol.scores.n_fake == n
+    assert protocol.scores.is_splits == 5  # splits of 10 samples at least (10 classes)
     assert protocol.baselines["real_train"].sample_source == "train"
     # The samples are compared with the whole test split (the real baseline draws train images).
     assert protocol.scores.n_real == len(DATASETS_LOADED("digits").test_x)
@@ -298,6 +300,7 @@ def test_evaluation_hook_and_baselines(tmp_path):
     # One curve point per step, its FID and SRN activity merged from the step's two records.
     curve = GanResult.from_json(run_dir).curve
     assert [(p.step, p.fid) for p in curve] == [(r["step"], r["eval_fid"]) for r in evals]
+    assert all((p.srn_active_fraction is not None) == (d_norm == "srn") for p in curve)
     # Files written before the protocols were typed hold the scores' protocol flat beside the
     # run's own entries: they read back as the same typed result.
     scores = metrics["protocol"].pop("scores")
@@ -842,7 +845,8 @@ def test_num_threads_sets_torchs_threads_and_stays_out_of_the_folder_name(tmp_pa
 
 
 def test_deterministic_is_set_by_every_run_and_stays_out_of_the_folder_name(tmp_path, monkeypatch):
-    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # records the variable's state for the
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")  # teardown, which the run's setting changes
     default_name = RunDir.for_config(_cfg(tmp_path, None, g_steps=1)).path
     cfg = _cfg(tmp_path, None, deterministic=True, g_steps=1)
     assert RunDir.for_config(cfg).path == default_name  # how it runs, not what it computes
@@ -854,6 +858,19 @@ def test_deterministic_is_set_by_every_run_and_stays_out_of_the_folder_name(tmp_
         # The next run in this process (the same one, finished, here) sets its own choice.
         gan_train.run(dataclasses.replace(cfg, deterministic=False))
         assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+def test_deterministic_kernels_asked_for_after_cuda_started_warn_of_cublas(monkeypatch):
+    from stablerank.train.runtime import use_deterministic_kernels
+
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    try:
+        with pytest.warns(UserWarning, match="after CUDA started in this process"):
+            use_deterministic_kernels(True)
     finally:
         torch.use_deterministic_algorithms(False)
 

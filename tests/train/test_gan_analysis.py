@@ -137,7 +137,8 @@ def test_the_real_vs_real_baseline_draws_fresh_training_images(
         assert (train == image).all(1).any()
 
 
-def test_unconditional_run_is_measured_without_labels(tmp_path, capsys):
+def test_unconditional_run_is_measured_without_labels(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic=True sets it
     run_dir = _train(tmp_path, "uncond")
     threads = torch.get_num_threads()
     try:  # --num-threads, as analyze's; --deterministic, as the trainers'

@@ -4,6 +4,7 @@ the status, the take-over rule and resume; and the behaviour of the trainers tha
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -112,11 +113,24 @@ def test_a_run_of_another_number_of_processes_is_not_taken_or_continued(tmp_path
     done = classify.run(cfg)
     path = RunDir.for_config(cfg).path
     as_ddp = RunDir(path, world_size=2)
+    assert as_ddp.trained_world_size() == 1
     assert as_ddp.finished_result(cfg, ClassifierResult) is None
-    for take in (cfg, dataclasses.replace(cfg, resume=True)):
-        with pytest.raises(FileExistsError, match=r"trained by 1 process\(es\), and this one is 2"):
+    resume = dataclasses.replace(cfg, resume=True)
+    for take in (cfg, resume, dataclasses.replace(resume, overwrite=True)):
+        with pytest.raises(FileExistsError, match=r"trained as one process, and this one runs by "
+                           r"2 processes \(torchrun\).*continue it as one process"):  # fmt: skip
             as_ddp.begin(take)
     assert ClassifierResult.from_json(path) == done  # left as it was
+    # A folder from before env.json said: its result's protocol does (a DDP classifier's).
+    env = json.loads((path / "env.json").read_text())
+    (path / "env.json").write_text(json.dumps({k: v for k, v in env.items() if k != "world_size"}))
+    metrics = json.loads((path / "metrics.json").read_text())
+    metrics["protocol"]["world_size"] = 2
+    (path / "metrics.json").write_text(json.dumps(metrics))
+    assert RunDir(path).trained_world_size() == 2
+    assert RunDir(path).finished_result(cfg, ClassifierResult) is None
+    with pytest.raises(FileExistsError, match=r"torchrun --nproc_per_node 2, pass --overwrite"):
+        RunDir(path).begin(resume)
     as_ddp.begin(dataclasses.replace(cfg, overwrite=True))  # replaces it
     assert not as_ddp.checkpoints()
 

@@ -135,7 +135,8 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 # The help of every config's ``deterministic`` (train/runtime.py: use_deterministic_kernels).
 DETERMINISTIC_HELP = (
     "deterministic CUDA kernels (torch.use_deterministic_algorithms; can be slower): runs repeat "
-    "bitwise on one GPU model, as they do on the CPU either way"
+    "bitwise on one GPU model where every op has such a kernel (torch warns of one that has "
+    "not), as they do on the CPU either way"
 )
 
 

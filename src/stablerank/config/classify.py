@@ -223,7 +223,10 @@ class AnalyzeConfig:
     jacobian_iterations: int = option(
         20, "power iterations (JVP/VJP pairs) per Jacobian spectral norm", min=1
     )
-    n_margin: int = option(0, "training images for the margins (0 = all the run trained on)", min=0)
+    n_margin: int = option(
+        0, "training images scored for the margins, and for the train accuracy, loss and gaps of "
+        "analysis.json (0 = all the run trained on)", min=0,
+    )  # fmt: skip
     margin_quantile: float = option(
         0.1, "margin quantile used by the Neyshabur/Bartlett measures (paper: 10th percentile)",
         min=0.0, max=1.0, min_exclusive=True,

@@ -11,10 +11,24 @@ import torch
 from torch import Tensor, nn
 
 
-def check_positive_int(name: str, value: int) -> None:
-    """Raise ValueError naming ``name`` unless ``value`` is an integer >= 1 (numpy's too)."""
+def check_positive_int(name: str, value: int) -> int:
+    """``value`` as a Python int; ValueError naming ``name`` unless it is an integer >= 1 (a
+    numpy integer too, returned as an int so that it can be written to JSON)."""
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def check_generated(batch: object, k: int) -> Tensor:
+    """What ``generate(k)`` returned, refused unless it is a tensor of ``k`` images."""
+    if not isinstance(batch, Tensor):
+        raise TypeError(
+            f"generate({k}) must return a tensor of images, got {type(batch).__name__} "
+            "(make_generate's with_labels=False does)"
+        )
+    if batch.shape[0] != k:
+        raise ValueError(f"generate({k}) returned {batch.shape[0]} images")
+    return batch
 
 
 class NonFiniteError(ValueError):

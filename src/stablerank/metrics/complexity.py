@@ -27,7 +27,10 @@ Note [complexity layers]: the layers are every ``nn.Linear``, ``nn.ConvNd`` and
 ``module.weight`` **as the forward pass uses it**: when a parametrization (SN, SRN) is registered,
 that is the normalized weight. Conv kernels are reshaped to matrices (C_out, C_in*k*k) (dim 1
 to the front for transposed convs, docs/math.md §1.4): the terms are those of the reshaped kernel,
-not of the convolution operator. Spectral norms are exact
+not of the convolution operator; BatchNorm scales are left out, and every layer counts as one
+link of a chain (a residual shortcut's convolution too): the product is the paper's layer-wise
+measure, not an upper bound of such networks' Lipschitz constant (docs/math.md §2.2). Spectral
+norms are exact
 (:func:`stablerank.linalg.spectral_norm_exact`, float64). The products overflow for deep nets,
 so everything is computed in float64 in log space and reported as log10.
 """
@@ -39,6 +42,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from stablerank.layers import weight_as_used
 from stablerank.linalg import spectral_norm_exact, weight_to_matrix
 from stablerank.metrics._checks import check_finite, eval_mode
 
@@ -134,9 +138,9 @@ def complexity_layers(model: nn.Module) -> list[tuple[str, Tensor]]:
 
     Returns:
         list of (module name, float64 matrix (C_out, C_in*k*...)) in ``model.modules()`` order,
-        detached; the weight is read through ``module.weight`` so parametrizations apply, in
-        eval mode: SN/SRN weights with frozen u, v, so the measures neither update them nor
-        change from one call to the next.
+        detached; the weight the forward uses (:func:`~stablerank.layers.weight_as_used`: SN
+        and SRN apply, torch's hook-based spectral_norm too), in eval mode: with frozen u, v, so
+        the measures neither update them nor change from one call to the next.
     """
     layers = []
     with torch.no_grad(), eval_mode(model):
@@ -147,7 +151,7 @@ def complexity_layers(model: nn.Module) -> list[tuple[str, Tensor]]:
                 dim = 1  # ConvTranspose weights are (C_in, C_out, k...): outputs are dim 1.
             else:
                 continue
-            layers.append((name, weight_to_matrix(module.weight.detach(), dim).double()))
+            layers.append((name, weight_to_matrix(weight_as_used(module).detach(), dim).double()))
     return layers
 
 

@@ -36,9 +36,9 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from stablerank.metrics._checks import check_finite, check_positive_int, seeded
+from stablerank.metrics._checks import check_finite, check_generated, check_positive_int, seeded
 from stablerank.metrics.ema import ema_update
-from stablerank.metrics.features import check_signed_unit
+from stablerank.metrics.features import check_signed_unit, to_signed_unit, warn_if_unsigned
 
 __all__ = [
     "KEY_ND",
@@ -122,12 +122,9 @@ class NeuralDivergenceProtocol:
 def _as_images(x: Tensor, shape: tuple[int, ...], what: str, device: torch.device) -> Tensor:
     if tuple(x.shape[1:]) != shape:
         raise ValueError(f"{what} must have per-image shape {shape}, got {tuple(x.shape)}")
-    was_float = x.is_floating_point()
-    if x.dtype == torch.uint8:
-        x = x.float() / 127.5 - 1.0
-    x = x.to(device=device, dtype=torch.float32)
+    x = to_signed_unit(x).to(device=device, dtype=torch.float32)
     check_finite(x, what)  # NaN fails no range comparison: it would pass the check below
-    check_signed_unit(x, what, was_float=was_float)
+    check_signed_unit(x, what)
     return x
 
 
@@ -196,9 +193,9 @@ def neural_divergence(
             all checked before the critic is trained.
         NonFiniteError: real images or a generated batch hold NaN or inf.
     """
-    check_positive_int("n_critic_steps", n_critic_steps)
-    check_positive_int("batch_size", batch_size)
-    check_positive_int("n_eval_batches", n_eval_batches)
+    n_critic_steps = check_positive_int("n_critic_steps", n_critic_steps)
+    batch_size = check_positive_int("batch_size", batch_size)
+    n_eval_batches = check_positive_int("n_eval_batches", n_eval_batches)
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction!r}")
     if not 0.0 <= ema_decay <= 1.0:
@@ -213,6 +210,7 @@ def neural_divergence(
         raise ValueError(f"real_images must be (N >= 2, C, H, W), got {tuple(real_images.shape)}")
     dev = torch.device(device) if device is not None else real_images.device
     shape = tuple(real_images.shape[1:])
+    warn_if_unsigned(real_images, "real_images")
     real_all = _as_images(real_images, shape, "real_images", dev)
     builder = critic_builder or build_default_critic
 
@@ -227,7 +225,7 @@ def neural_divergence(
 
         def fresh(k: int) -> Tensor:
             with torch.no_grad():
-                return _as_images(generate(k), shape, "generated samples", dev)
+                return _as_images(check_generated(generate(k), k), shape, "generated samples", dev)
 
         def real_batch(pool: Tensor) -> Tensor:
             return pool[torch.randint(pool.shape[0], (batch_size,), device=dev)]

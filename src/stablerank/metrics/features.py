@@ -68,22 +68,28 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def check_signed_unit(x: Tensor, what: str, *, was_float: bool) -> None:
-    """Refuse float images outside [-1, 1] (``what`` names them), and warn of float images
-    (``was_float``) none of which is darker than mid-grey: most likely images in [0, 1], which
-    would be scored as washed-out [-1, 1] ones. One device sync."""
+def check_signed_unit(x: Tensor, what: str) -> None:
+    """Refuse float images outside [-1, 1] (``what`` names them). One device sync."""
     if not x.numel():
         return
-    lo, hi = x.min().item(), x.max().item()
+    lo, hi = (v.item() for v in torch.aminmax(x))
     if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(
             f"{what} must be float in [-1, 1] (or uint8 in [0, 255]), got values in "
             f"[{lo:.4g}, {hi:.4g}]"
         )
-    if was_float and lo >= 0:
+
+
+def warn_if_unsigned(images: Tensor, what: str) -> None:
+    """Warn of a set of float images (``what`` names them) none of which has a pixel darker than
+    mid-grey: most likely images in [0, 1], which the metrics would read as washed-out [-1, 1]
+    images. For sets the caller gives (real images, saved samples), not a generator's batches,
+    which may be bright."""
+    if images.is_floating_point() and images.numel() and bool(images.min() >= 0):
         warnings.warn(
-            f"{what}: float values all in [0, {hi:.3g}] are read as images in [-1, 1] (none "
-            "darker than mid-grey); for images in [0, 1] pass x * 2 - 1, or uint8 in [0, 255]",
+            f"{what}: float values all in [0, {images.max().item():.3g}] are read as images in "
+            "[-1, 1] (none darker than mid-grey); for images in [0, 1] pass x * 2 - 1, or uint8 "
+            "in [0, 255]",
             stacklevel=3,
         )
 
@@ -228,7 +234,7 @@ class FeatureExtractor(nn.Module):
             )
         check_finite(images, f"images given to {self.name}")
         x = to_signed_unit(images)
-        check_signed_unit(x, f"images given to {self.name}", was_float=images.is_floating_point())
+        check_signed_unit(x, f"images given to {self.name}")
         return x
 
     @torch.no_grad()

@@ -42,11 +42,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from stablerank._optional import import_optional
-from stablerank.metrics._checks import check_finite, check_positive_int, seeded
+from stablerank.metrics._checks import check_finite, check_generated, check_positive_int, seeded
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FeatureExtractor,
     build_feature_extractor,
+    warn_if_unsigned,
 )
 
 __all__ = [
@@ -181,7 +182,7 @@ def _count(images: Tensor | Callable[[int], Tensor], n: int | None, name: str) -
         total = images.shape[0] if n is None else n
         if total > images.shape[0]:
             raise ValueError(f"{name} must be <= the {images.shape[0]} images given, got {n}")
-    check_positive_int(name, total)
+    total = check_positive_int(name, total)
     return total
 
 
@@ -219,13 +220,15 @@ def extract_features(
             non-finite (NaN/inf) images or features.
     """
     extractor = _resolve_extractor(feature_net)
-    check_positive_int("batch_size", batch_size)
+    batch_size = check_positive_int("batch_size", batch_size)
     total = _count(images, n, "n")
     feats, logits = [], []
     bar = tqdm(
         total=total, desc=f"features[{split}]", file=sys.stderr, unit="img",
         disable=not (progress and sys.stderr.isatty()),
     )  # fmt: skip
+    if isinstance(images, Tensor):
+        warn_if_unsigned(images[:total], f"images of split {split!r}")
     with seeded(seed):
         for start in range(0, total, batch_size):
             k = min(batch_size, total - start)
@@ -233,14 +236,7 @@ def extract_features(
                 batch = images[start : start + k]
             else:
                 with torch.no_grad():
-                    batch = images(k)
-                if not isinstance(batch, Tensor):
-                    raise TypeError(
-                        f"generate({k}) must return a tensor of images, got "
-                        f"{type(batch).__name__} (make_generate's with_labels=False does)"
-                    )
-                if batch.shape[0] != k:
-                    raise ValueError(f"generate({k}) returned {batch.shape[0]} images")
+                    batch = check_generated(images(k), k)
             check_finite(batch, f"images of split {split!r} (batch at index {start})")
             f, lg = extractor.extract(batch)
             feats.append(f.double().cpu())
@@ -390,9 +386,9 @@ def compute_gan_metrics(
     unknown = set(metrics) - set(ALL_GAN_METRICS)
     if unknown or not metrics:
         raise ValueError(f"metrics must name some of {ALL_GAN_METRICS}, got {sorted(metrics)}")
-    check_positive_int("is_splits", is_splits)
-    check_positive_int("kid_subsets", kid_subsets)
-    check_positive_int("kid_subset_size", kid_subset_size)
+    is_splits = check_positive_int("is_splits", is_splits)
+    kid_subsets = check_positive_int("kid_subsets", kid_subsets)
+    kid_subset_size = check_positive_int("kid_subset_size", kid_subset_size)
     if kid_subset_size < 2:  # the unbiased MMD averages over pairs of distinct samples
         raise ValueError(f"kid_subset_size must be an integer >= 2, got {kid_subset_size}")
     extractor = _resolve_extractor(feature_net)

@@ -9,7 +9,8 @@
   at data points and at points on segments between them (:func:`interpolate`), by power iteration
   on :math:`J^T J` with ``torch.func`` JVP/VJP products (the Jacobian is never materialized).
 
-Both are data dependent, unlike the upper bound :math:`\\prod_l \\lVert W_l \\rVert_2`.
+Both are data dependent, unlike the layer-wise product :math:`\\prod_l \\lVert W_l \\rVert_2`
+(an upper bound for a chain of linear layers only: docs/math.md §2.2).
 
 ``model`` is an ``nn.Module`` or any callable ``f(x) -> Tensor`` (put a callable's modules in eval
 mode yourself). A **conditional** model ``f(x, y)`` (e.g. a projection discriminator) is measured
@@ -140,8 +141,8 @@ def pairwise_lipschitz(
         NonFiniteError: ``x`` or ``x_other`` holds NaN or inf (a NaN distance fails the
             duplicate test, so its pair would be dropped without a word).
     """
-    check_positive_int("n_pairs", n_pairs)
-    check_positive_int("batch_size", batch_size)
+    n_pairs = check_positive_int("n_pairs", n_pairs)
+    batch_size = check_positive_int("batch_size", batch_size)
     if x_other is None and x.shape[0] < 2:
         raise ValueError(
             f"x must hold at least 2 samples to form pairs, got shape {tuple(x.shape)}"
@@ -223,8 +224,8 @@ def jacobian_spectral_norm(
         ValueError: on non-positive ``n_iters`` or ``batch_size``, or ``y`` not of shape (N,).
         NonFiniteError: ``x`` holds NaN or inf.
     """
-    check_positive_int("n_iters", n_iters)
-    check_positive_int("batch_size", batch_size)
+    n_iters = check_positive_int("n_iters", n_iters)
+    batch_size = check_positive_int("batch_size", batch_size)
     check_finite(x, "x")
     y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
@@ -287,7 +288,7 @@ def interpolate(x: Tensor, y: Tensor, n: int, seed: int = 0) -> Tensor:
     Raises:
         ValueError: on mismatched shapes, empty sets or non-positive ``n``.
     """
-    check_positive_int("n", n)
+    n = check_positive_int("n", n)
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(
             f"x and y must share the per-sample shape, got {tuple(x.shape)} and {tuple(y.shape)}"
@@ -359,7 +360,7 @@ def plot_histogram(
     backend_agg = import_optional("matplotlib.backends.backend_agg", "plot_histogram")
     figure = import_optional("matplotlib.figure", "plot_histogram")
 
-    check_positive_int("bins", bins)
+    bins = check_positive_int("bins", bins)
     series = {"": values} if isinstance(values, Tensor) else dict(values)
     tensors = {k: torch.as_tensor(v, dtype=torch.float64).flatten() for k, v in series.items()}
     for k, t in tensors.items():  # a NaN would make every bin edge NaN: an empty figure

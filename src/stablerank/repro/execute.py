@@ -63,14 +63,18 @@ def _analysed_otherwise(run: Run) -> bool:
 
 
 def run_state(run: Run) -> str:
-    """``done``, ``diverged``, ``failed``, ``partial`` (started, or analysed under other settings)
+    """``done``, ``diverged``, ``failed``, ``partial`` (started, or analysed under other settings,
+    or trained by another number of processes: a folder from before classifier folders said so)
     or ``new``, from its folder."""
-    status = RunDir(run.run_dir).read_status()
+    folder = RunDir(run.run_dir)
+    status = folder.read_status()
     if not status:
         return "new"
     state = status.get("status")
-    if status.get("analysis_key") == _analysis_key(run) and (
-        state == DIVERGED or (state == DONE and not _analysed_otherwise(run))
+    if (
+        status.get("analysis_key") == _analysis_key(run)
+        and (state == DIVERGED or (state == DONE and not _analysed_otherwise(run)))
+        and folder.trained_world_size() == run.nproc_per_node
     ):
         return state
     return FAILED if state == FAILED else "partial"

@@ -30,7 +30,7 @@ from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_p
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.train.results import ClassifierAnalysis, ClassifierResult, GanAnalysis, GanResult
-from stablerank.train.rundir import RunDir
+from stablerank.train.rundir import RunDir, ddp_suffix
 
 __all__ = [
     "KINDS",
@@ -139,8 +139,7 @@ class Run:
         parts = config_hash(self.config, exclude=RUNTIME_KEYS)
         if self.analysis is not None:
             parts += config_hash(self.analysis, exclude=RUNTIME_KEYS)
-        if self.nproc_per_node > 1:  # another run (RunDir.world_size says why)
-            parts += f"-ddp{self.nproc_per_node}"
+        parts += ddp_suffix(self.nproc_per_node)  # another run (RunDir.world_size says why)
         return hashlib.sha256(parts.encode()).hexdigest()[:12]
 
     @property

@@ -58,7 +58,7 @@ from stablerank.train.results import (
     Summary,
 )
 from stablerank.train.rundir import RunDir
-from stablerank.train.runtime import resolve_device, seed_everything, use_deterministic_kernels
+from stablerank.train.runtime import apply_runtime, resolve_device, seed_everything
 
 SPLIT_TRAIN, SPLIT_TEST, SPLIT_INTERPOLATED = "train", "test", "interpolated"
 _POOL_PER_PAIR = 2  # pairs are drawn from a seeded pool of 2 * n_pairs images per split
@@ -155,9 +155,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         ValueError: its training has not finished, or diverged, or its last checkpoint is
             damaged.
     """
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    use_deterministic_kernels(cfg.deterministic)
+    apply_runtime(cfg)
     if cfg.plots:  # they need matplotlib (the experiments extra): say so before measuring
         import_optional("matplotlib.figure", "the analysis's plots (--plots false skips them)")
     run_dir = Path(run_dir)
@@ -352,5 +350,6 @@ def plot_shattering(run_dirs: Sequence[str | Path], out_png: str | Path) -> Path
         )  # fmt: skip
     ax.set(xlabel="epoch", ylabel="train accuracy (eval mode)", ylim=(0, 1.02),
            title="shattering: fitting random labels")  # fmt: skip
+    ax.xaxis.get_major_locator().set_params(integer=True)  # epochs, not 2.5
     ax.legend()
     return save_figure(fig, Path(out_png))

@@ -53,7 +53,7 @@ from stablerank.train.results import (
     Summary,
 )
 from stablerank.train.rundir import RunDir
-from stablerank.train.runtime import resolve_device, use_deterministic_kernels
+from stablerank.train.runtime import apply_runtime, resolve_device
 
 PAIR_TYPES = ("real-real", "fake-fake", "real-fake")
 _JACOBIAN_POINTS = 64  # real and fake points each for the Jacobian norm
@@ -87,9 +87,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         CorruptCheckpointError: the final checkpoint is corrupt (an older one is not read).
         ValueError: its training has not finished, or diverged.
     """
-    if settings.num_threads:
-        torch.set_num_threads(settings.num_threads)
-    use_deterministic_kernels(settings.deterministic)
+    apply_runtime(settings)
     # Its plots need matplotlib (the experiments extra): say so before the measurements.
     import_optional("matplotlib.figure", "the analysis")
     run_dir = Path(run_dir)

@@ -136,8 +136,9 @@ def make_generate(
         seed: the run's seed (the evaluation stream is derived from it).
         batch_size: samples per G forward (default 256). The latents and labels of each
             forward are drawn in turn from one stream, so another ``batch_size``, or other
-            ``n`` per call, draws other (equally random) samples: the trainer's scores are
-            reproduced with its chunks (``generate(250)`` calls, this default).
+            ``n`` per call, draws other (equally random) samples. The trainer scores with this
+            default and :func:`~stablerank.metrics.gan.compute_gan_metrics`'s default
+            ``batch_size`` (250 per call): the same calls reproduce its scores.
         with_labels: return ``(images, labels)`` instead of images, labels on the CPU (None when
             unconditional), for measures of a conditional D that need each sample's class
             (default False). The stream is the same either way.

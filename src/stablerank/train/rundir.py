@@ -62,6 +62,7 @@ __all__ = [
     "RUNNING",
     "RunDir",
     "RunLockedError",
+    "ddp_suffix",
 ]
 
 CONFIG_FILE = "config.json"
@@ -90,6 +91,16 @@ RUNNING, DONE, DIVERGED = "running", "done", "diverged"
 FAILED, INTERRUPTED = "failed", "interrupted"
 # os.pathsep-separated resolved run folders whose lock this process or an ancestor holds.
 HELD_LOCKS_ENV = "STABLERANK_HELD_RUN_LOCKS"
+
+
+def ddp_suffix(world_size: int) -> str:
+    """What ends the name of a run trained by ``world_size`` processes: ``-ddpN``, or nothing
+    for one process."""
+    return f"-ddp{world_size}" if world_size > 1 else ""
+
+
+def _by_processes(n: int) -> str:
+    return "as one process" if n == 1 else f"by {n} processes (torchrun)"
 
 
 def _stderr(message: str) -> None:
@@ -122,9 +133,9 @@ class RunDir:
         its folder on any device, and the suffix names a run of more than one process. Works for
         :class:`~stablerank.config.classify.ClassifyConfig` and
         :class:`~stablerank.config.gan.GanConfig` alike."""
-        ddp = f"-ddp{world_size}" if world_size > 1 else ""
         name = cfg.run_name or (
-            f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}{ddp}"
+            f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}"
+            f"{ddp_suffix(world_size)}"
         )
         return cls(Path(cfg.out_dir) / name, world_size)
 
@@ -210,7 +221,10 @@ class RunDir:
           ``cfg.RUNTIME_KEYS``) holds another run: refused, unless it has no checkpoint and
           ``cfg.overwrite`` deletes it (checkpoints are replaced only without ``cfg.resume``,
           which every DDP rank then leaves unread). A refused run is left as it was (not marked
-          ``failed``): it still resumes under its own config.
+          ``failed``): it still resumes under its own config;
+        * a folder whose run was trained by another number of processes (:attr:`world_size`,
+          :meth:`trained_world_size`) is another run: refused unless ``cfg.overwrite`` without
+          a checkpoint to resume deletes it.
 
         The main process then removes stale temporary files of killed atomic writes. Every rank
         of a DDP run may call it (the checks only read); only ``is_main`` changes the folder.
@@ -223,17 +237,21 @@ class RunDir:
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
-        trained_by = self._saved_world_size()
-        if trained_by != self.world_size and (has_checkpoints or found) and not overwrite:
-            raise FileExistsError(
-                f"{self.path} holds a run trained by {trained_by} process(es), and this one is "
-                f"{self.world_size}: another number of processes computes another run (each "
-                "rank's BatchNorm normalizes its share of the batch, and the gradients sum in "
-                f"another order); run it with torchrun --nproc_per_node {trained_by} to continue "
-                "it, pass --overwrite to replace it, or choose another folder"
-            )
         diffs, unreadable = self._compare_config(cfg)
         other = None if overwrite else "; ".join(diffs) or unreadable or None
+        # The same config trained by another number of processes: another run all the same.
+        trained_by = self.trained_world_size()
+        kept = not overwrite or (resume and has_checkpoints)
+        if not diffs and trained_by != self.world_size and (has_checkpoints or found) and kept:
+            raise FileExistsError(
+                f"{self.path} holds a run trained {_by_processes(trained_by)}, and this one runs "
+                f"{_by_processes(self.world_size)}: another number of processes computes another "
+                "run (each rank's BatchNorm normalizes its share of the batch, and the gradients "
+                "sum in another order); continue it "
+                + ("as one process" if trained_by == 1 else f"under torchrun --nproc_per_node "
+                   f"{trained_by}") + ", pass --overwrite without --resume to replace it, or "
+                "choose another folder"
+            )  # fmt: skip
         if not resume and not overwrite and (has_checkpoints or found):
             held = "checkpoints" if has_checkpoints else f"a run's results ({', '.join(found)})"
             # --resume continues the same config only: offered when config.json matches
@@ -260,13 +278,19 @@ class RunDir:
             self.clear()
         self.remove_stale_temp_files()
 
-    def _saved_world_size(self) -> int:
-        """The processes that trained the run so far (its ``env.json``; 1 where it does not say:
-        written before the record, or unreadable)."""
-        try:
-            return int(json.loads(self.env_file.read_text()).get("world_size", 1))
-        except (OSError, ValueError, TypeError, AttributeError):
-            return 1
+    def trained_world_size(self) -> int:
+        """The processes that trained the run so far: its ``env.json``'s ``world_size``, else
+        (a classifier's folder from before env.json recorded it) its result's protocol's, else 1
+        (none says, or neither is readable)."""
+        for file, keys in ((self.env_file, ()), (self.metrics_file, ("protocol",))):
+            try:
+                record = json.loads(file.read_text())
+                for key in keys:
+                    record = record[key]
+                return int(record["world_size"])
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+        return 1
 
     def _compare_config(self, cfg: Any) -> tuple[list[str], str]:
         """How ``config.json`` differs from ``cfg`` outside ``cfg.RUNTIME_KEYS`` (``key: saved ->
@@ -293,7 +317,7 @@ class RunDir:
         """
         if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
             return None
-        if self._saved_world_size() != self.world_size:
+        if self.trained_world_size() != self.world_size:
             return None  # another run (begin() refuses it)
         try:
             saved = json.loads(self.config_file.read_text())

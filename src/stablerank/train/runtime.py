@@ -17,6 +17,7 @@ import random
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -142,15 +143,32 @@ def use_deterministic_kernels(enabled: bool) -> None:
     pick kernels that sum in a varying order (atomics, split reductions), so two runs of one
     config differ by rounding, which training then amplifies. With ``enabled``, cuDNN and torch
     use their deterministic kernels and cuBLAS a fixed workspace (``CUBLAS_WORKSPACE_CONFIG``,
-    read when cuBLAS starts: set here before the first CUDA work of the process); an op that has
-    no deterministic kernel warns instead of failing (``warn_only``). Set on every call, so one
+    which cuBLAS reads when it starts: set here unless set already, and a warning says when CUDA
+    started before, as in a process whose earlier run was not deterministic); an op that has no
+    deterministic kernel warns instead of failing (``warn_only``). Set on every call, so one
     run's choice never carries over to the next run in the same process; a call that changes
-    nothing skips torch's setter, which imports torch's compiler stack (seconds).
+    nothing skips torch's setter (which imports torch's compiler stack, seconds) and so keeps a
+    caller's own ``warn_only=False``.
     """
-    if enabled:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if enabled and "CUBLAS_WORKSPACE_CONFIG" not in os.environ:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = ":4096:8"
+        if torch.cuda.is_initialized():
+            warnings.warn(
+                "deterministic kernels asked for after CUDA started in this process: cuBLAS "
+                "keeps its workspace and may not repeat bitwise; set "
+                "CUBLAS_WORKSPACE_CONFIG=:4096:8 in the environment before starting",
+                stacklevel=2,
+            )
     if enabled != torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(enabled, warn_only=True)
+
+
+def apply_runtime(cfg: Any) -> None:
+    """What a run or an analysis sets for itself first: torch's CPU threads
+    (``cfg.num_threads``; 0 leaves torch's) and deterministic kernels (``cfg.deterministic``)."""
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    use_deterministic_kernels(cfg.deterministic)
 
 
 def start_trainer(cfg: Any, stop_at: int | None, unit: str) -> tuple[DistInfo, torch.device]:
@@ -159,9 +177,7 @@ def start_trainer(cfg: Any, stop_at: int | None, unit: str) -> tuple[DistInfo, t
     device, and check that the global batch splits evenly over the ranks."""
     if stop_at is not None and stop_at < 1:
         raise ValueError(f"stop_at must be >= 1 ({unit}), got {stop_at}")
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    use_deterministic_kernels(cfg.deterministic)
+    apply_runtime(cfg)
     info, device = init_distributed(cfg.device)
     if cfg.batch_size % info.world_size:
         raise ValueError(
