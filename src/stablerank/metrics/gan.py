@@ -401,12 +401,12 @@ def compute_gan_metrics(
             raise ValueError(f"{extractor.name} has no classifier: IS is unavailable")
         if is_splits > n_fake:
             raise ValueError(f"is_splits must be <= n_fake ({n_fake}), got {is_splits}")
-        if is_splits > is_splits_for(n_fake, extractor.num_classes):
+        most = is_splits_for(n_fake, extractor.num_classes)
+        if is_splits > most:
             warnings.warn(
                 f"IS over {is_splits} splits of {n_fake} samples: a split of "
                 f"{n_fake // is_splits} samples scores at most that, whatever the images; use "
-                f"at most {is_splits_for(n_fake, extractor.num_classes)} splits (is_splits_for) "
-                "or more samples",
+                f"at most {most} splits (is_splits_for) or more samples",
                 stacklevel=2,
             )
     if isinstance(real_images, FeatureSet):
