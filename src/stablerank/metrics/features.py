@@ -72,7 +72,7 @@ def check_signed_unit(x: Tensor, what: str) -> None:
     """Refuse float images outside [-1, 1] (``what`` names them). One device sync."""
     if not x.numel():
         return
-    lo, hi = (v.item() for v in torch.aminmax(x))
+    lo, hi = torch.stack(torch.aminmax(x)).tolist()
     if lo < -1 - _RANGE_TOL or hi > 1 + _RANGE_TOL:
         raise ValueError(
             f"{what} must be float in [-1, 1] (or uint8 in [0, 255]), got values in "

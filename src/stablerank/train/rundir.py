@@ -308,11 +308,11 @@ class RunDir:
 
         Finished: its trainer wrote ``metrics.json`` (done or diverged) under a ``config.json``
         equal to ``cfg`` outside the runtime keys that do not change the result
-        (``cfg.RUNTIME_KEYS`` but ``cfg.SCORING_KEYS``), with this folder's number of processes.
-        Running such a run again, with or
-        without ``cfg.resume``, has nothing to do: the folder's name is the config's hash, as in
-        ``reproduce``'s cache. ``cfg.overwrite`` trains it again (None here); another final
-        scoring protocol with ``cfg.resume`` scores it again (None). Says so on stderr.
+        (``cfg.RUNTIME_KEYS`` but ``cfg.SCORING_KEYS``), by this folder's number of processes.
+        Running such a run again, with or without ``cfg.resume``, has nothing to do: the
+        folder's name is the config's hash, as in ``reproduce``'s cache. ``cfg.overwrite``
+        trains it again (None here); another final scoring protocol with ``cfg.resume`` scores
+        it again (None). Says so on stderr.
         ``result_cls`` is the trainer's result class (its ``from_json`` reads the folder).
         """
         if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
