@@ -15,8 +15,9 @@ Parameter counts at CIFAR-10 size (32 px, 3 channels, 10 classes, width 1; publi
 brackets): ResNet-20 269,722 [0.27M], ResNet-56 853,018 [0.85M], ResNet-110 1,727,962 [1.7M]
 (He et al. 2016, option-A shortcuts); WRN-28-10 36,479,194 [36.5M] (Zagoruyko & Komodakis 2016);
 DenseNet-BC-100 (k=12) 769,162 [0.8M] (Huang et al. 2017); VGG-19-BN 20,035,018 (no conv biases:
-BatchNorm follows each conv); AlexNet (the small CIFAR AlexNet of Zhang et al. 2017) at 28 px
-1,387,786 [1.38M].
+BatchNorm follows each conv); AlexNet (the small CIFAR AlexNet of Zhang et al. 2017) 1,756,426
+at 32 px, as the ``cifar10-alexnet`` preset trains it (no crop), and 1,387,786 [1.38M] at the
+28 px crops of Zhang et al.
 """
 
 from __future__ import annotations

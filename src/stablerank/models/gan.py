@@ -25,8 +25,11 @@ Where these differ from the authors' code, which Tables 3 and 4 of Miyato et al.
 as they are: the GAN runs on record, ``"cnn"``, used them): the ``"cnn"`` layers keep torch's
 default initialization (chainer-gan-lib's SN-DCGAN draws every weight from N(0, 0.02)); the
 ``"cnn"`` generator batch-normalizes its dense output per channel after the reshape
-(chainer-gan-lib: per unit, before it); the ResNet discriminator's final Linear has a bias
-(sngan_projection's has none).
+(chainer-gan-lib: per unit, before it); the ``"cnn"`` discriminator follows Table 3's widths
+(64, 64, 128, 128, 256, 256, 512) and leaky-ReLU slope 0.1 (chainer-gan-lib's SNDCGANDiscriminator
+doubles the width at each stride-2 convolution and uses slope 0.2: about twice the parameters); the
+ResNet discriminator's final Linear has a bias (sngan_projection's has none); D's fakes and G's
+update both use the batch size (sngan_projection's CIFAR config updates G on 128 samples).
 
 The models own their losses: :func:`compute_d_loss` and :func:`compute_g_loss` (``"hinge"`` or
 ``"ns"``, the non-saturating loss of Goodfellow et al. 2014). Only torch is imported here.
