@@ -287,6 +287,17 @@ def test_zero_weight_gives_finite_zero():
     assert torch.isfinite(layer.parametrizations.weight.original.grad).all()
 
 
+def test_the_rank_one_warning_names_the_users_line_through_the_model_helpers_too():
+    from stablerank import apply_stable_rank_norm
+
+    model = nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 3))  # the head stays plain
+    for call in (lambda: stable_rank_norm(nn.Linear(10, 8), rank_ratio=0.05),
+                 lambda: apply_stable_rank_norm(model, 0.05)):  # fmt: skip
+        with pytest.warns(UserWarning, match="rank one") as caught:
+            call()
+        assert [w.filename for w in caught] == [__file__]
+
+
 def test_target_one_warns_rank_one():
     with pytest.warns(UserWarning, match="rank one"):
         stable_rank_norm(nn.Linear(10, 10), rank_ratio=0.05)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 import warnings
 from typing import Any, NamedTuple
 
@@ -630,6 +632,19 @@ def check_srn_arguments(
     return rank_ratio, srank
 
 
+def _caller_outside_package() -> int:
+    """The ``stacklevel`` that names the first caller outside this package, for a warning raised
+    by a function that ``apply_stable_rank_norm`` or a trainer may call on a user's behalf (the
+    line to fix is the user's, not ours)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(
+        package + os.sep
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def stable_rank_norm(
     module: nn.Module,
     name: str = "weight",
@@ -763,7 +778,7 @@ def stable_rank_norm(
             "the target stable rank is "
             f"1, so the normalized weight has rank one (rank_ratio={rank_ratio}, srank={srank})",
             UserWarning,
-            stacklevel=2,
+            stacklevel=_caller_outside_package(),
         )
     norm = _StableRankNorm(
         weight,
