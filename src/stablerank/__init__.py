@@ -6,7 +6,12 @@ has no side effects and does not import torch, so ``stablerank --help`` stays fa
 Example:
     >>> import torch, stablerank as sr
     >>> _ = torch.manual_seed(0)
-    >>> net = sr.apply_stable_rank_norm(torch.nn.Sequential(torch.nn.Linear(8, 16)), rank_ratio=0.5)
+    >>> net = torch.nn.Sequential(
+    ...     torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)  # the last: the head
+    ... )
+    >>> net = sr.apply_stable_rank_norm(net, rank_ratio=0.2)  # SRN on every layer but the head
+    >>> round(sr.srn_active_fraction(net), 2)  # the share of SRN layers whose cap binds
+    1.0
 """
 
 from __future__ import annotations
