@@ -296,6 +296,10 @@ def test_the_rank_one_warning_names_the_users_line_through_the_model_helpers_too
         with pytest.warns(UserWarning, match="rank one") as caught:
             call()
         assert [w.filename for w in caught] == [__file__]
+    # So do normalize_model's own warnings when apply_stable_rank_norm raises them.
+    with pytest.warns(UserWarning, match="normalized no layer") as caught:
+        apply_stable_rank_norm(nn.Sequential(nn.Linear(10, 8)), 0.5)  # a lone Linear: the head
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_target_one_warns_rank_one():

@@ -26,6 +26,7 @@ from torch.nn.utils.spectral_norm import SpectralNorm as _HookSpectralNorm
 
 from stablerank.linalg import stable_rank
 from stablerank.srn import (
+    _caller_outside_package,
     _input_of,
     _old_style_spectral_norm,
     _own_parametrized_class,
@@ -331,7 +332,7 @@ def normalize_model(
             "plain (not eligible, excluded or the head) uses the raw weight; to share one "
             "normalized weight, normalize one module and reuse that module",
             UserWarning,
-            stacklevel=2,
+            stacklevel=_caller_outside_package(),
         )
     done: list[nn.Module] = []
     try:
@@ -351,7 +352,9 @@ def normalize_model(
             else "the model has no Linear/ConvNd/ConvTransposeNd weight outside exclude"
         )
         warnings.warn(
-            f"normalize_model(norm={norm!r}) normalized no layer: {why}", UserWarning, stacklevel=2
+            f"normalize_model(norm={norm!r}) normalized no layer: {why}",
+            UserWarning,
+            stacklevel=_caller_outside_package(),
         )
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
@@ -362,7 +365,7 @@ def normalize_model(
             "normalization here. Lower rank_ratio to test SRN (stablerank.srn_activity lists the "
             "layers).",
             SrnInactiveWarning,
-            stacklevel=2,
+            stacklevel=_caller_outside_package(),
         )
     return model
 

@@ -634,8 +634,8 @@ def check_srn_arguments(
 
 def _caller_outside_package() -> int:
     """The ``stacklevel`` that names the first caller outside this package, for a warning raised
-    by a function that ``apply_stable_rank_norm`` or a trainer may call on a user's behalf (the
-    line to fix is the user's, not ours)."""
+    by a function that another of ours (``apply_stable_rank_norm``, a trainer) may call on a
+    user's behalf: the line to fix is the user's, not ours."""
     package = os.path.dirname(os.path.abspath(__file__))
     frame, level = sys._getframe(1), 1
     while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(

@@ -320,8 +320,12 @@ def test_the_splits_of_a_few_samples_hold_enough_of_them_or_it_is_said():
 
 def test_float_images_none_darker_than_mid_grey_are_warned_of():
     x = (_images(50, 2, scale=1.0) + 1) / 2  # images in [0, 1]
-    with pytest.warns(UserWarning, match=r"float values all in \[0, .*x \* 2 - 1"):
+    with pytest.warns(UserWarning, match=r"float values all in \[0, .*x \* 2 - 1") as caught:
         extract_features(x, _toy(), split="t")
+    assert [w.filename for w in caught] == [__file__]  # the caller's line, through our calls too
+    with pytest.warns(UserWarning, match="float values all in") as caught:
+        compute_gan_metrics(x, x, feature_net=_toy(), reference_split="t", metrics="fid")
+    assert {w.filename for w in caught} == {__file__}
     # Judged on the whole set, and not on a generator's batches (a generator may draw bright ones).
     mixed = _images(50, 2, scale=1.0)
     mixed[-1] = 0.9  # alone in the last batch of 7

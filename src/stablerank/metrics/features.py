@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from stablerank.metrics._checks import check_finite
+from stablerank.srn import _caller_outside_package
 
 __all__ = [
     "DEFAULT_FEATURE_NET",
@@ -90,7 +91,7 @@ def warn_if_unsigned(images: Tensor, what: str) -> None:
             f"{what}: float values all in [0, {images.max().item():.3g}] are read as images in "
             "[-1, 1] (none darker than mid-grey); for images in [0, 1] pass x * 2 - 1, or uint8 "
             "in [0, 255]",
-            stacklevel=3,
+            stacklevel=_caller_outside_package(),
         )
 
 

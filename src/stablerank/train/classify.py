@@ -258,8 +258,8 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     with N processes); the process holds its lock and keeps its ``status.json`` while it
     trains. A loss that becomes non-finite ends the run as diverged (``diverged=True`` and the
     reason in the result; the numbers are those of the last finite epoch), never training on
-    NaN. A folder that holds
-    this run finished returns its stored result without training (``overwrite`` retrains it).
+    NaN. A folder that holds this run finished returns its stored result without training
+    (``overwrite`` retrains it).
 
     Returns:
         The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0,
