@@ -2,6 +2,7 @@
 dataclass in its own module here (``classify``, ``gan``, ``reproduce``)."""
 
 from stablerank.config._base import (
+    RUNTIME_KEYS,
     add_config_arguments,
     check_config,
     check_device,
@@ -15,6 +16,6 @@ from stablerank.config._base import (
 )
 
 __all__ = [
-    "add_config_arguments", "check_config", "check_device", "config_from_dict", "config_hash",
-    "config_to_dict", "diff_configs", "load_config", "option", "read_yaml",
+    "RUNTIME_KEYS", "add_config_arguments", "check_config", "check_device", "config_from_dict",
+    "config_hash", "config_to_dict", "diff_configs", "load_config", "option", "read_yaml",
 ]  # fmt: skip

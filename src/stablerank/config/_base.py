@@ -132,6 +132,14 @@ def _check_range(key: str, value: Any, meta: Mapping[str, Any]) -> None:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# Where and how a run executes and what it prints, never what it computes, nor where its data is
+# read from: left out of the folder hashes (so a run resumed on another device, with other threads
+# or into another out_dir finds its folder), and free to change on resume. On the CPU a resumed run
+# is bitwise one never stopped at the same num_threads; another thread count sums in another order.
+RUNTIME_KEYS = (
+    "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name", "data_dir",
+    "deterministic",
+)  # fmt: skip
 # The help of every config's ``deterministic`` (train/runtime.py: use_deterministic_kernels).
 DETERMINISTIC_HELP = (
     "deterministic CUDA kernels (torch.use_deterministic_algorithms; can be slower): runs repeat "

@@ -14,7 +14,13 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from stablerank.config._base import DETERMINISTIC_HELP, check_config, config_from_dict, option
+from stablerank.config._base import (
+    DETERMINISTIC_HELP,
+    RUNTIME_KEYS,
+    check_config,
+    config_from_dict,
+    option,
+)
 
 __all__ = [
     "AUGMENTS",
@@ -49,14 +55,7 @@ AUTO_AUGMENT = MappingProxyType(
 class ClassifyConfig:
     """One classification run: vanilla vs SN vs SRN on one dataset/model/seed."""
 
-    # Where and how the run executes and what it prints, never what it computes: left out of the
-    # run folder's hash, and free to change on resume (on the CPU the resumed weights are bitwise
-    # those of a run that was never stopped at the same num_threads; another thread count sums
-    # in another order, so the weights differ by rounding); so is where the data is read from.
-    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
-        "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name",
-        "data_dir", "deterministic",
-    )  # fmt: skip
+    RUNTIME_KEYS: ClassVar[tuple[str, ...]] = RUNTIME_KEYS  # config._base's
     SCORING_KEYS: ClassVar[tuple[str, ...]] = ()  # as GanConfig's: none here
 
     # --- data ---

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stablerank.config._base import DETERMINISTIC_HELP, check_config, option
+from stablerank.config._base import DETERMINISTIC_HELP, RUNTIME_KEYS, check_config, option
 
 __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
@@ -28,15 +28,11 @@ _DEFAULT_FEATURE_NETS = {"fashion-mnist": "fmnist-cnn"}
 class GanConfig:
     """Everything one GAN run depends on (the run folder's ``config.json``)."""
 
-    # Fields that may change between a run and its resume, left out of the run folder's hash:
-    # where and how it is watched and where its files are read from, not what it computes
-    # (evaluation and sampling use their own RNG streams, so they never alter training). A resume
-    # is bitwise only at the same num_threads: another thread count sums in another order.
+    # config._base's, and how the run is watched and scored (evaluation and sampling draw from
+    # their own RNG streams, so they never alter training).
     RUNTIME_KEYS: ClassVar[tuple[str, ...]] = (
-        "resume", "overwrite", "progress", "device", "num_threads", "out_dir", "run_name",
-        "data_dir", "log_every", "sample_every", "eval_every", "n_eval_samples",
-        "n_final_samples", "feature_net", "feature_weights", "checkpoint_every",
-        "keep_checkpoints", "deterministic",
+        *RUNTIME_KEYS, "log_every", "sample_every", "eval_every", "n_eval_samples",
+        "n_final_samples", "feature_net", "feature_weights", "checkpoint_every", "keep_checkpoints",
     )  # fmt: skip
     # Runtime keys of the final scoring: a finished run resumed with other values is scored again
     # (its result holds them), not returned as it is.

@@ -6,7 +6,7 @@ Depends only on the SRN core and torch: it takes modules, tensors and callables.
 only by the functions that need them. The mathematics is in docs/math.md §1 and §2.
 """
 
-from stablerank.metrics._checks import NonFiniteError
+from stablerank.metrics._checks import NonFiniteError, eval_mode
 from stablerank.metrics.complexity import (
     KEY_GAP_ACC,
     KEY_GAP_LOSS,
@@ -106,6 +106,7 @@ __all__ = [
     "complexity_layers",
     "compute_gan_metrics",
     "ema_update",
+    "eval_mode",
     "extract_features",
     "generalization_gap",
     "interpolate",

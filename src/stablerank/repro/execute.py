@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from stablerank.config import config_to_dict, diff_configs
-from stablerank.repro.sweeps import RUNTIME_KEYS, Run
+from stablerank.config import RUNTIME_KEYS, config_to_dict, diff_configs
+from stablerank.repro.sweeps import Run
 from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stablerank.config import config_hash, config_to_dict, diff_configs
+from stablerank.config import RUNTIME_KEYS, config_hash, config_to_dict, diff_configs
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig, classify_preset
 from stablerank.config.gan import GAN_PRESETS, GanAnalysisConfig, GanConfig
 from stablerank.config.reproduce import ReproduceConfig
@@ -50,19 +50,6 @@ __all__ = [
 KIND_CLASSIFY, KIND_SHATTER, KIND_GAN = "classify", "shatter", "gan"
 KINDS = (KIND_CLASSIFY, KIND_SHATTER, KIND_GAN)
 RUNS_DIR = "runs"  # run folders live in out_dir/runs/
-# Where and how a run executes, never what it computes: left out of the folder hash so that a
-# run resumed on another device, with other threads or into another out_dir finds its folder.
-RUNTIME_KEYS = (
-    "out_dir",
-    "run_name",
-    "resume",
-    "progress",
-    "device",
-    "num_threads",
-    "data_dir",
-    "overwrite",
-    "deterministic",
-)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from stablerank.config import config_to_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, load_dataset
 from stablerank.layers import layer_report
-from stablerank.metrics import NonFiniteError
+from stablerank.metrics import NonFiniteError, eval_mode
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.gan import KEY_FID
 from stablerank.models.gan import compute_d_loss, compute_g_loss
@@ -64,7 +64,6 @@ from stablerank.train.gan_sampling import (
     STREAM_FIXED,
     STREAM_G_NOISE,
     Sampler,
-    eval_mode,
     latents,
     real_batches,
 )

@@ -16,17 +16,17 @@ EMA generator.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import torch
 from torch import nn
 
 from stablerank.data import DatasetSplits, DeviceLoader
+from stablerank.metrics import eval_mode
 from stablerank.train.runtime import stream_seed
 
 __all__ = [
     "BN_STAT_SAMPLES", "STREAM_D_NOISE", "STREAM_EVAL", "STREAM_FIXED", "STREAM_G_NOISE", "Sampler",
-    "eval_mode", "latents", "make_generate", "real_batches", "refresh_bn_stats",
+    "latents", "make_generate", "real_batches", "refresh_bn_stats",
 ]  # fmt: skip
 
 # RNG streams of stream_seed (one per kind of draw).
@@ -99,17 +99,6 @@ def latents(
     z = torch.randn(n, z_dim, generator=gen).to(device)
     y = torch.randint(num_classes, (n,), generator=gen).to(device) if num_classes else None
     return z, y
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode (BatchNorm running statistics, SN/SRN vectors frozen), restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def make_generate(
