@@ -111,6 +111,16 @@ class RunLockedError(RuntimeError):
     """Another process holds the run folder's lock."""
 
 
+class _File:
+    """A file of a run folder: ``RunDir(...).<attribute>`` is ``path / name``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, run_dir: RunDir | None, owner: type | None = None) -> Any:
+        return self if run_dir is None else run_dir.path / self.name
+
+
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """A run folder (it need not exist yet); ``path`` may be given as a string."""
@@ -141,33 +151,13 @@ class RunDir:
 
     # ------------------------------------------------------------------ file names
 
-    @property
-    def config_file(self) -> Path:
-        return self.path / CONFIG_FILE
-
-    @property
-    def env_file(self) -> Path:
-        return self.path / ENV_FILE
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def log_jsonl(self) -> Path:
-        return self.path / LOG_JSONL
-
-    @property
-    def samples_dir(self) -> Path:
-        return self.path / SAMPLES_DIR
-
-    @property
-    def d_layers_file(self) -> Path:
-        return self.path / D_LAYERS_FILE
-
-    @property
-    def error_file(self) -> Path:
-        return self.path / ERROR_FILE
+    config_file = _File(CONFIG_FILE)
+    env_file = _File(ENV_FILE)
+    metrics_file = _File(METRICS_FILE)
+    log_jsonl = _File(LOG_JSONL)
+    samples_dir = _File(SAMPLES_DIR)
+    d_layers_file = _File(D_LAYERS_FILE)
+    error_file = _File(ERROR_FILE)
 
     def write_run_files(self, config: Mapping[str, Any], env: Mapping[str, Any]) -> None:
         """Write ``config.json`` and ``env.json``."""
