@@ -187,6 +187,17 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    return mine(seeds)\n\n"
         "def twice(seeds=1, gan_seeds=1):\n"
         "    return mine() + mine()\n\n"
+        "def per_c(seeds=1, gan_seeds=1):\n"  # one comparison per c: vanilla, SN twice
+        "    base = classify_preset('tiny', epochs=1, train_subset=128, test_eval_size=0)\n"
+        "    return [r for c in (0.1, 0.3) for r in sweeps.comparison('classify',\n"
+        "        'digits/mlp-mine', dataclasses.replace(base, rank_ratio=c), (c,), seeds)]\n\n"
+        "def gan_of_classifiers(seeds=1, gan_seeds=1):\n"
+        "    return [dataclasses.replace(r, kind='gan') for r in mine()]\n\n"
+        "def clean_shatter(seeds=1, gan_seeds=1):\n"  # claim 2 without random labels
+        "    return [dataclasses.replace(r, kind='shatter') for r in mine()]\n\n"
+        "def vanilla_head(seeds=1, gan_seeds=1):\n"  # a field vanilla never reads may differ
+        "    return [dataclasses.replace(r, config=dataclasses.replace(r.config, head='sn'))\n"
+        "            if r.norm == 'none' else r for r in mine()]\n\n"
         "def broken(seeds=1, gan_seeds=1):\n"
         "    return {}['boom']\n\n"
         "def unlike(seeds=1, gan_seeds=1):\n"  # SRN trained longer: not the claims' comparison
@@ -214,6 +225,15 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         pipeline.run(own(tmp_path / "bad", f"{sweep_file}:broken"))
     with pytest.raises(ValueError, match=r"differ in epochs: 1 -> 3; the claims compare"):
         pipeline.run(own(tmp_path / "bad", f"{sweep_file}:unlike"))
+    for spec, error in (
+        ("per_c", r"two runs of one arm and seed .*'classify/digits/mlp-mine/none/0'"),
+        ("gan_of_classifiers", r"a run of kind 'gan' needs a GanConfig, got a ClassifyConfig"),
+        ("clean_shatter", r"kind 'shatter' \(claim 2: fitting random labels\) needs label_noise"),
+    ):
+        with pytest.raises(ValueError, match=error):
+            pipeline.run(own(tmp_path / "bad", f"{sweep_file}:{spec}"))
+    cfg = own(tmp_path / "out", f"{sweep_file}:vanilla_head")
+    assert len(sweeps.build_sweep(cfg)) == 3
     for spec, error in (
         (f"{sweep_file}:twice", ValueError),
         (f"{sweep_file}:nope", ValueError),

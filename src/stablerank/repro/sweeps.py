@@ -375,9 +375,9 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
         RuntimeError: a sweep of your own raised (its error in the message).
         FileNotFoundError, ImportError, ValueError, TypeError: a sweep of your own
             (``MODULE:FUNCTION``, ``FILE.py:FUNCTION``) that cannot be read or called, or whose
-            list is empty, holds something not a :class:`Run` or of another kind than
-            :data:`KINDS`, two runs of one folder, or two runs of one setting that differ in more
-            than normalization, c and seed.
+            list is empty, holds something not a :class:`Run`, of another kind than
+            :data:`KINDS` or whose config is not of its kind, two runs of one arm and seed, or
+            two runs of one setting that differ in more than normalization, c and seed.
     """
     make = SWEEPS.get(cfg.sweep) or _own_sweep(cfg.sweep)
     seeds = {"seeds": cfg.seeds} if cfg.seeds else {}
@@ -406,9 +406,16 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
                         f"stablerank.repro.sweeps.Run, got {got}")  # fmt: skip
     if odd := sorted({r.kind for r in runs} - set(KINDS)):
         raise ValueError(f"sweep {cfg.sweep!r}: kind must be one of {KINDS}, got {odd}")
+    if mismatch := _kind_mismatch(runs):
+        raise ValueError(f"sweep {cfg.sweep!r}: {mismatch}")
     placed = [run.placed(cfg) for run in runs]
-    if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
-        raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (same config): {twice}")
+    arms = Counter((r.kind, r.setting, r.arm, r.seed) for r in placed)
+    if twice := sorted("/".join(map(str, key)) for key, n in arms.items() if n > 1):
+        raise ValueError(
+            f"sweep {cfg.sweep!r} holds two runs of one arm and seed (kind/setting/arm/seed): "
+            f"{twice}; the claims would count that seed twice (one comparison() with every c "
+            "gives each arm once)"
+        )
     if unfair := _compared_unlike(placed):
         raise ValueError(
             f"sweep {cfg.sweep!r}: {unfair}; the claims compare the runs of a setting as differing "
@@ -417,13 +424,31 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     return placed
 
 
+def _kind_mismatch(runs: Sequence[Run]) -> str:
+    """'' when each run's config is of its kind (``gan``: a GanConfig; ``classify`` and
+    ``shatter``: a ClassifyConfig, with random labels for ``shatter``); else the first that is
+    not, and why."""
+    for run in runs:
+        wanted = GanConfig if run.kind == KIND_GAN else ClassifyConfig
+        if not isinstance(run.config, wanted):
+            got = type(run.config).__name__
+            return f"a run of kind {run.kind!r} needs a {wanted.__name__}, got a {got}"
+        noise = getattr(run.config, "label_noise", 0.0)
+        if run.kind == KIND_SHATTER and not noise > 0:
+            return (f"a run of kind 'shatter' (claim 2: fitting random labels) needs "
+                    f"label_noise > 0, got {noise} in setting {run.setting!r}")  # fmt: skip
+    return ""
+
+
 def _compared_unlike(runs: Sequence[Run]) -> str:
     """'' when the runs of each setting (of a kind) differ only in normalization, c and seed, and
-    not in their analysis; else the first two that differ otherwise, and how."""
+    not in their analysis (a field that either run leaves unread, as vanilla's ``head``, may
+    differ too); else the first two that differ otherwise, and how."""
     first: dict[tuple[str, str], Run] = {}
     for run in runs:
         ref = first.setdefault((run.kind, run.setting), run)
-        ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed")
+        unread = [*ref.config.unused(), *run.config.unused()]
+        ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed", *unread)
         configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
         diffs = diff_configs(*configs, ignore=ignore)
         analyses = [
