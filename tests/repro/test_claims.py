@@ -11,7 +11,7 @@ import math
 import pytest
 from scipy import stats
 
-from stablerank.repro import claims
+from stablerank.repro import claims, report
 from stablerank.repro.records import RunRecord
 from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, tiny
 from stablerank.train.results import (
@@ -674,6 +674,22 @@ def test_power_is_two_sided():
 def test_a_claims_verdict_from_its_comparisons(outcomes, verdict):
     comps = [dataclasses.make_dataclass("C", ["outcome"])(o) for o in outcomes]
     assert claims.ClaimResult(claims.CLAIMS[0], comps).verdict == verdict
+
+
+def test_a_claim_without_a_comparison_says_which_arm_is_missing():
+    # SRN arms alone (no vanilla, no SN), then vanilla and SN alone: runs, but nothing to compare.
+    srn_only = [r for r in _records([0.05, 0.052], 1.0) if r.run.arm.startswith("srn")]
+    refs_only = [r for r in _records([0.05, 0.052], 1.0) if not r.run.arm.startswith("srn")]
+    for recs, verdict, said in (
+        (srn_only, "no reference arm", "have no none or sn arm to compare SRN with"),
+        (refs_only, "no SRN arm", "have no SRN arm to test"),
+    ):
+        assert recs
+        results = claims.evaluate_claims(recs)
+        assert results[0].verdict == verdict
+        assert results[3].verdict == "no runs"  # no GAN runs at all
+        text = report._claims_section(results, 0.05)
+        assert said in text and "This sweep has no runs of this kind" in text
 
 
 def test_the_gate_tests_an_arm_that_binds_on_exactly_half_its_layers():

@@ -344,13 +344,18 @@ class Comparison:
 class ClaimResult:
     claim: Claim
     comparisons: list[Comparison]
+    arms: frozenset[str] = frozenset()  # of the sweep's runs of the claim's kind
 
     @property
     def verdict(self) -> str:
-        """reproduced / not reproduced / mixed / cannot tell / not a test / no runs."""
+        """reproduced / not reproduced / mixed / cannot tell / not a test, or why there is no
+        comparison: no runs / no SRN arm / no reference arm."""
         outcomes = {c.outcome for c in self.comparisons}
         if not outcomes:
-            return "no runs"
+            if not self.arms:
+                return "no runs"
+            srn = any(arm.startswith("srn") for arm in self.arms)
+            return "no reference arm" if srn else "no SRN arm"
         decided = outcomes & {REPRODUCED, NOT_REPRODUCED}
         if decided == {REPRODUCED, NOT_REPRODUCED}:
             return "mixed"
@@ -540,7 +545,11 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
 
 def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[ClaimResult]:
     """Every claim with its comparisons decided (Holm over all tested comparisons)."""
-    results = [ClaimResult(claim, _comparisons(claim, records)) for claim in CLAIMS]
+    results = [
+        ClaimResult(claim, _comparisons(claim, records),
+                    frozenset(r.run.arm for r in records if r.run.kind == claim.kind))
+        for claim in CLAIMS
+    ]  # fmt: skip
     comps = [c for r in results for c in r.comparisons]
     for comp in comps:
         _decide(comp)

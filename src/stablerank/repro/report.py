@@ -236,7 +236,12 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         if r.claim.note:
             out.append(r.claim.note + "\n")
         if not r.comparisons:
-            out.append("This sweep has no runs of this kind.\n")
+            missing = {"no SRN arm": "no SRN arm to test",
+                       "no reference arm": f"no {' or '.join(r.claim.references)} arm to compare "
+                                           "SRN with"}.get(r.verdict)  # fmt: skip
+            arms = ", ".join(sorted(r.arms))
+            out.append(f"This sweep's runs of this kind ({arms}) have {missing}.\n" if missing
+                       else "This sweep has no runs of this kind.\n")  # fmt: skip
             continue
         headers = [
             "setting",
