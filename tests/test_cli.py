@@ -303,7 +303,10 @@ def test_config_file_that_is_a_folder(capsys, tmp_path):
 def test_missing_run_folder_is_one_line(capsys, tmp_path, command):
     code, _, err = _run(capsys, command, str(tmp_path / "nope"))
     assert code == 1 and "Traceback" not in err and err.count("\n") == 1
-    assert "nope" in err
+    assert "nope does not exist" in err and "reads a run folder" in err
+    (tmp_path / "step_0000001.pt").write_bytes(b"")  # a checkpoint, not its run folder
+    code, _, err = _run(capsys, command, str(tmp_path / "step_0000001.pt"))
+    assert code == 1 and "step_0000001.pt is not a folder" in err
 
 
 def test_a_run_of_the_other_trainer_is_a_usage_error_naming_the_command_that_reads_it(

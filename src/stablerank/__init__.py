@@ -27,6 +27,7 @@ __all__ = [
     "NORMS",
     "LayerRecord",
     "LayerReport",
+    "RankOneWarning",
     "SrnActivity",
     "SrnInactiveWarning",
     "__version__",
@@ -73,7 +74,12 @@ if TYPE_CHECKING:  # what static tools see; at run time __getattr__ resolves the
         stable_rank,
         weight_to_matrix,
     )
-    from stablerank.srn import DEFAULT_RANK_RATIO, remove_stable_rank_norm, stable_rank_norm
+    from stablerank.srn import (
+        DEFAULT_RANK_RATIO,
+        RankOneWarning,
+        remove_stable_rank_norm,
+        stable_rank_norm,
+    )
 
 
 def __getattr__(name: str) -> Any:

@@ -281,6 +281,7 @@ def _layers(args: argparse.Namespace) -> Any:
 
     from stablerank.layers import layer_report
 
+    _check_run_dir(args)
     if _trainer_of(args.run_dir) == "gan":
         from stablerank.train.gan_models import load_gan_run
 
@@ -297,6 +298,16 @@ def _layers(args: argparse.Namespace) -> Any:
     if not args.json:
         _print(report)
     return report.to_rows()
+
+
+def _check_run_dir(args: argparse.Namespace) -> None:
+    """RUN_DIR must be a folder (a checkpoint file is not)."""
+    if not Path(args.run_dir).is_dir():
+        what = "is not a folder" if Path(args.run_dir).exists() else "does not exist"
+        raise FileNotFoundError(
+            f"{args.run_dir} {what}: `stablerank {args.command}` reads a run folder (config.json, "
+            "checkpoints/) of `stablerank train` or `stablerank gan`"
+        )
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -316,6 +327,7 @@ def _run(args: argparse.Namespace) -> int:
             return 0
         runner = _load(cmd.runner)
         if cmd.reads_runs_of:
+            _check_run_dir(args)
             run_dir = args.run_dir
         elif args.command in _TRAINERS:  # its folder, which --json names (a hash in it)
             from stablerank.train.rundir import RunDir

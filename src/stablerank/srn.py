@@ -28,7 +28,7 @@ from stablerank.linalg import (
     weight_to_matrix,
 )
 
-__all__ = ["DEFAULT_RANK_RATIO", "remove_stable_rank_norm", "stable_rank_norm"]
+__all__ = ["DEFAULT_RANK_RATIO", "RankOneWarning", "remove_stable_rank_norm", "stable_rank_norm"]
 
 # Power iterations run at registration so the first training step starts from converged u, v
 # (torch's spectral_norm uses the same number).
@@ -39,6 +39,14 @@ _WARMUP_POWER_ITERS = 15
 # lower stable ranks, so the default keeps a margin below where the cap stops binding.
 DEFAULT_RANK_RATIO = 0.1
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class RankOneWarning(UserWarning):
+    """SRN's target stable rank is 1 on a weight of more than one row and column: the normalized
+    weight is the rank-one u v^T (a small ``rank_ratio`` on a small layer).
+
+    Silence it with ``warnings.filterwarnings("ignore", category=RankOneWarning)``.
+    """
 
 
 class _StableRankNorm(nn.Module):
@@ -777,7 +785,7 @@ def stable_rank_norm(
             f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: "
             "the target stable rank is "
             f"1, so the normalized weight has rank one (rank_ratio={rank_ratio}, srank={srank})",
-            UserWarning,
+            RankOneWarning,
             stacklevel=_caller_outside_package(),
         )
     norm = _StableRankNorm(

@@ -220,6 +220,9 @@ def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(sr
     newest.write_bytes(newest.read_bytes()[:-1])
     with pytest.raises(ValueError, match=r"epoch 5 of 6 .*--overwrite"):
         analyze.run(dataclasses.replace(SMALL, plots=False), run_dir)
+    # Loaded for a look (stablerank layers), the earlier weights come with a warning naming them.
+    with pytest.warns(UserWarning, match=r"\(step_\d+\.pt\) holds epoch 5 of 6: not the run's"):
+        analyze.load_run_model(run_dir)
 
 
 def test_random_label_runs_get_a_shattering_curve(tmp_path):

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from stablerank.config import config_from_dict, config_to_dict
 from stablerank.config.classify import AnalyzeConfig, ClassifyConfig
 from stablerank.data import dataset_shape
 from stablerank.metrics import complexity, lipschitz
+from stablerank.srn import RankOneWarning
 from stablerank.train.classify import (
     KEY_TEST_ACC,
     KEY_TEST_LOSS,
@@ -109,17 +111,20 @@ def _trained_model(
     run_dir: str | Path, cfg: ClassifyConfig, device: torch.device | str, *, final: bool
 ) -> nn.Module:
     run_dir = Path(run_dir)
-    model = build_model(cfg, dataset_shape(cfg.dataset))
+    with warnings.catch_warnings():  # the trainer said so when it built the model
+        warnings.simplefilter("ignore", RankOneWarning)
+        model = build_model(cfg, dataset_shape(cfg.dataset))
     loaded = RunDir(run_dir).load_latest()
     if loaded is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
-    epoch = loaded[1]["epoch"]
-    if final and (epoch, loaded[1].get("batch", 0)) != (cfg.epochs, 0):
-        raise ValueError(
-            f"{run_dir}'s newest intact checkpoint holds epoch {epoch} of {cfg.epochs} (the last "
-            "is damaged): its weights are not those of the run's results; retrain it with "
-            "--overwrite"
-        )
+    epoch, batch = loaded[1]["epoch"], loaded[1].get("batch", 0)
+    if (epoch, batch) != (cfg.epochs, 0):
+        held = f"{run_dir}'s newest intact checkpoint ({loaded[0].name}) holds epoch {epoch}" + (
+            f" and {batch} batches of the next" if batch else "") + f" of {cfg.epochs}"  # fmt: skip
+        if final:
+            raise ValueError(f"{held} (the last is damaged): its weights are not those of the "
+                             "run's results; retrain it with --overwrite")  # fmt: skip
+        warnings.warn(f"{held}: not the run's final weights", stacklevel=3)
     model.load_state_dict(loaded[1]["model"])
     return model.to(device).eval()
 

@@ -20,7 +20,7 @@ from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
 from stablerank.data import DatasetSplits, dataset_shape
 from stablerank.models.gan import build_discriminator, build_generator
-from stablerank.srn import stable_rank_norm
+from stablerank.srn import RankOneWarning, stable_rank_norm
 from stablerank.train.checkpoint import load_checkpoint
 from stablerank.train.gan_sampling import refresh_bn_stats
 from stablerank.train.rundir import RunDir
@@ -191,8 +191,13 @@ def load_gan_run(
         raise ValueError(f"dataset {cfg.dataset!r} holds no images")
     num_classes = shape.num_classes if cfg.conditional else None
     # The initial weights are overwritten below; fork_rng keeps the caller's RNG untouched.
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RankOneWarning)  # the trainer said so when it built them
         G, D = build_gan_models(cfg, shape.in_channels, shape.image_size, num_classes)
+    step = int(ckpt["step"])
+    if checkpoint is None and step != cfg.g_steps:
+        warnings.warn(f"{run_dir}'s newest intact checkpoint ({path.name}) holds step {step} of "
+                      f"{cfg.g_steps}: not the run's final weights", stacklevel=2)  # fmt: skip
     use_ema = ema and cfg.ema > 0
     G.load_state_dict(ckpt["G_ema"] if use_ema else ckpt["G"])
     D.load_state_dict(ckpt["D"])
@@ -206,7 +211,7 @@ def load_gan_run(
         D=D,
         num_classes=num_classes,
         image_shape=(shape.in_channels, shape.image_size, shape.image_size),
-        step=int(ckpt["step"]),
+        step=step,
         checkpoint=path,
         ema=use_ema,
     )
