@@ -475,7 +475,7 @@ def test_runs_not_counted_say_why_in_one_table_row_each(tmp_path):
     assert problem(**failed)[1] == "in train: RuntimeError: boom"
     assert problem(status="interrupted", stage="analysis")[1] == "in analysis: interrupted"
     assert "analysis settings changed" in problem(status="done", stage="finished")[1]
-    assert problem()[1] == ""
+    assert problem()[1] == "not trained yet"
     # "running" with nobody holding the lock: its process was killed; the report says it stopped.
     folder, why = problem(status="running", stage="train")
     assert why == "in train: stopped while running (no process holds its lock); a rerun resumes it"

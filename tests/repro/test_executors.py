@@ -360,15 +360,17 @@ def test_a_job_that_ends_without_its_run_fails_the_run_in_its_folder_for_the_rep
     fcntl.flock(held, fcntl.LOCK_EX)
     try:
         outcomes = ex.map(runs, lambda *a: None)
+        assert collect(runs)[2].problem == "starting in another process"
     finally:
         os.close(held)
     assert [o.state for o in outcomes] == ["failed"] * 3
     assert f"job 7_0 failed (FAILED; log: {tmp_path}/7_0/7_0_0_log.err)" in outcomes[0].error
     assert [run_state(r) for r in runs] == ["failed", "failed", "new"]
     problems = [rec.problem for rec in collect(runs)]
-    assert problems[:2] == [
+    assert problems == [
         f"job 7_0 failed (state FAILED); its log: {Job(0).paths.stderr}",
         f"in train: job 7_1 failed (state FAILED); its log: {Job(1).paths.stderr}",
+        "not trained yet",  # the report's "why" of a run never started
     ]
     assert "the node failed" in (runs[0].run_dir / "error.txt").read_text()
 

@@ -45,7 +45,9 @@ def _problem(run_dir: RunDir) -> str:
         return "the analysis settings changed: its analysis runs again"
     if run_dir.was_killed():
         return f"{where}stopped while running (no process holds its lock); a rerun resumes it"
-    return f"{where}{status['status']}" if status.get("status") else ""
+    if status.get("status"):
+        return f"{where}{status['status']}"
+    return "starting in another process" if run_dir.is_locked() else "not trained yet"
 
 
 def _read(run: Run) -> RunRecord:

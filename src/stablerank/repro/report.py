@@ -253,7 +253,7 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
             "difference [95% CI]",
             "d [95% CI]",
             "p / Holm p",
-            "cap binds / SN above r",
+            "cap binds (training mean) / SN above r (end)",
             "outcome",
         ]
         rows = [_comparison_row(c, r.claim.kind) for c in r.comparisons]
