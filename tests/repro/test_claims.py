@@ -176,6 +176,13 @@ def test_shattering_comparisons_carry_the_clean_accuracy_at_the_same_c():
     context = claim2.comparisons[0].context
     assert any(k.startswith("clean_test_acc_srn") for k in context)
     assert all(math.isclose(v, 0.80) for v in context.values())
+    # Clean runs of another network (a wider MLP) under the same setting name are no context.
+    wider = [dataclasses.replace(r, run=dataclasses.replace(
+        r.run, config=dataclasses.replace(r.run.config, width=2.0))) for r in recs
+        if r.run.kind == KIND_CLASSIFY]  # fmt: skip
+    shatter = [r for r in recs if r.run.kind == KIND_SHATTER]
+    claim2 = next(r for r in claims.evaluate_claims(wider + shatter) if r.claim.number == 2)
+    assert claim2.comparisons and not any(c.context for c in claim2.comparisons)
 
 
 def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):

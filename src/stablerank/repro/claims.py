@@ -427,7 +427,8 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
         for arm, srn in arms.items():
             if not arm.startswith("srn"):
                 continue
-            c = all_arms[arm][0].run.rank_ratio
+            srn_all = all_arms[arm]
+            c = srn_all[0].run.rank_ratio
             counterfactual = sn_above_target(srn, arms.get("sn", ())) if srn else None
             for metric_name, ref in itertools.product(claim.metrics, claim.references):
                 if ref not in arms:  # the sweep has no such arm (a GAN has no vanilla arm)
@@ -452,9 +453,9 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                     counterfactual,
                     (len(srn), len(arms[ref])),
                 )
-                if claim.kind == KIND_SHATTER and setting in clean:
-                    # Memorization is read beside the clean accuracy at the same c: a tiny c
-                    # "reduces memorization" by underfitting.
+                # Memorization is read beside the clean accuracy at the same c: a tiny c
+                # "reduces memorization" by underfitting.
+                if claim.kind == KIND_SHATTER and _same_network(srn_all[0], clean.get(setting)):
                     acc = METRICS["test_acc"]
                     comp.context = {
                         f"clean_test_acc_{a}": _mean(acc.values(clean[setting][a])[0])
@@ -463,6 +464,16 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
                     }
                 out.append(comp)
     return out
+
+
+def _same_network(record: RunRecord, clean: dict[str, list[RunRecord]] | None) -> bool:
+    """Whether the clean runs of the setting (by arm; None: none) train the network of
+    ``record``'s random-label run: only then is their accuracy its context."""
+    if not clean:
+        return False
+    other = next(iter(clean.values()))[0].run.config
+    fields = ("dataset", "model", "depth", "width")
+    return all(getattr(record.run.config, f) == getattr(other, f) for f in fields)
 
 
 def _decide(comp: Comparison) -> None:
