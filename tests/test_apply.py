@@ -187,7 +187,9 @@ def test_layer_report_values_and_no_side_effects(tmp_path):
     report.to_json(tmp_path / "r.json")
     rows = json.loads((tmp_path / "r.json").read_text(), parse_constant=_no_bare_nan)
     assert len(rows) == 4 and rows[-1]["sigma_power"] is None  # the plain head's: NaN as null
-    assert (tmp_path / "r.csv").read_text().count("\n") == 5
+    lines = (tmp_path / "r.csv").read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("name,norm,shape,matrix_shape,sigma_max,")
+    assert ",4x72," in lines[1 + list(by_name).index("3")]  # the ConvTranspose2d's matrix
 
 
 def test_layer_report_of_plain_and_sn_layers_against_the_svd():

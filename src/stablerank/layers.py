@@ -94,11 +94,14 @@ class LayerReport(list):
         Path(path).write_text(json.dumps(rows, indent=2, allow_nan=False))
 
     def to_csv(self, path: str | Path) -> None:
-        rows = self.to_rows()
+        """One row per layer in the table's column order (``shape`` before ``matrix_shape``),
+        shapes written as the table writes them (``10x128``)."""
         with Path(path).open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else list(self.COLUMNS))
+            writer = csv.DictWriter(fh, fieldnames=["name", "norm", "shape", *self.COLUMNS[2:]])
             writer.writeheader()
-            writer.writerows(rows)
+            for row in self.to_rows():
+                writer.writerow({k: "x".join(map(str, v)) if isinstance(v, tuple) else v
+                                 for k, v in row.items()})  # fmt: skip
 
     def __str__(self) -> str:
         def fmt(v: object) -> str:
