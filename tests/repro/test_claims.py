@@ -231,6 +231,13 @@ def test_claim_5_tests_the_mean_jacobian_norm_over_real_and_fake_points():
     assert comp.srn_values == pytest.approx([0.5 + 0.005 * s for s in range(4)])
     assert comp.ref_values == pytest.approx([1.0 + 0.005 * s for s in range(4)])
     assert comp.outcome == claims.REPRODUCED
+    # The per-arm table leaves out what no run measured (FID and IS: no feature network here).
+    from stablerank.repro.records import by_setting
+    from stablerank.repro.report import _setting_section
+
+    ((setting, arms),) = by_setting(recs, KIND_GAN).items()
+    header = _setting_section(KIND_GAN, setting, arms).split("| arm |")[1].splitlines()[0]
+    assert "FID" not in header and "IS" not in header and "divergence" in header
 
 
 def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_path):

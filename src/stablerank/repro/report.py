@@ -88,7 +88,13 @@ def _active(recs: Sequence[RunRecord]) -> str:
 
 
 def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
-    metrics = [METRICS[m] for m in _TABLE_METRICS[kind]]
+    # A metric no finished run has a value for is not measured here (FID without a feature
+    # network): no column of n/a; while none has finished, every column shows.
+    done = [r for recs in arms.values() for r in recs if r.result is not None]
+    metrics = [
+        METRICS[m] for m in _TABLE_METRICS[kind]
+        if not done or any(METRICS[m].value(r) is not None for r in done)
+    ]  # fmt: skip
     rows = []
     for arm, recs in arms.items():
         usable = [r for r in recs if r.usable]
