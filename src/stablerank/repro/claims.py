@@ -94,6 +94,8 @@ METRICS = {
                undefined_when=_NO_MARGIN),
         Metric("log10_spectral_product", "log10 product of spectral norms (margin-free)", True,
                0.05),
+        # Shown beside the measures, which divide by it; no claim tests it.
+        Metric("margin", "training margin (the measures divide by it)", False, 0.05),
         Metric("el_test_max", "eL max, test pairs", True, 0.05, relative=True),
         Metric("fid", "FID", True, 0.02, relative=True),
         Metric("is_mean", "Inception-style score", False, 0.02, relative=True),
@@ -124,6 +126,8 @@ CLAIMS = (
         "SRN improves generalization (test accuracy and generalization gap) over vanilla and SN",
         KIND_CLASSIFY,
         ("gap_acc", "test_acc"),
+        note="A smaller gap without a higher test accuracy comes from fitting the training set "
+        "less: read the gap beside the train and test accuracy of the settings' tables.",
     ),
     Claim(
         2,
@@ -136,7 +140,10 @@ CLAIMS = (
         "SRN lowers the sample-complexity measures",
         KIND_CLASSIFY,
         ("log10_neyshabur", "log10_bartlett"),
-        note="The measures read each Linear/Conv weight as the forward uses it and leave "
+        note="Both measures divide by the training margin (a low quantile of the training set's "
+        "margins, the settings' tables show it): a network that fits its training set less has "
+        "a smaller margin and so larger measures, whatever its weights. "
+        "The measures read each Linear/Conv weight as the forward uses it and leave "
         "BatchNorm's scales out. Where BatchNorm follows a layer, that layer's scale does not "
         "change the network's function, yet SN and SRN set its spectral norm to 1 by "
         "construction while vanilla's is free: against vanilla on a BatchNorm network, lower "
@@ -328,8 +335,8 @@ class Comparison:
             "d_ci": [t.d_low, t.d_high] if t else None,
             "p_value": t.p_value if t else None,
             "p_adjusted": self.p_adjusted,
-            "srn_active_fraction": self.srn_active_fraction,
-            "srn_active_fraction_end": self.srn_active_fraction_end,
+            "srn_active_fraction_mean": self.srn_active_fraction,  # metrics.json's names
+            "srn_active_fraction": self.srn_active_fraction_end,
             "sn_above_target": self.sn_above_target,
             "outcome": self.outcome,
             "reason": self.reason,

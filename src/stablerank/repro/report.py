@@ -50,6 +50,7 @@ _TABLE_METRICS = {
         "log10_neyshabur",
         "log10_bartlett",
         "log10_spectral_product",
+        "margin",
         "el_test_max",
     ),
     KIND_SHATTER: ("final_train_acc", "mean_train_acc"),
@@ -153,7 +154,7 @@ def _describe(run: Run) -> str:
     return (
         f"{cfg.model} (width {cfg.width:g}) on {subset} {cfg.dataset} images, "
         f"label noise {cfg.label_noise:g}, {cfg.epochs} epochs, {cfg.optimizer} lr "
-        f"{cfg.lr:g} ({cfg.schedule}), weight decay {cfg.weight_decay:g}, augmentation "
+        f"{cfg.lr:g} ({cfg.schedule} schedule), weight decay {cfg.weight_decay:g}, augmentation "
         f"{cfg.resolved_augment}, head {cfg.head}."
     )
 
@@ -223,7 +224,8 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
     out = [
         "## Claims\n",
         f"Each comparison: Welch t-test over seeds, p-values Holm-corrected over {tested} "
-        f"(family-wise alpha = {alpha:g}); the difference SRN - reference with "
+        f"(family-wise alpha = {alpha:g}); 'srn vs ref': each arm's mean ± standard deviation "
+        "over its seeds; the difference SRN - reference with "
         "its 95% CI; d = difference / RMS of the two standard deviations, with an approximate "
         "95% CI. **not a test**: the stable-rank cap binds on fewer than "
         f"{MIN_ACTIVE_FRACTION:.0%} of the SRN layers (averaged over training), so that arm is "
@@ -286,7 +288,8 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         if clean:
             out.append(
                 "- Read beside the clean-label test accuracy at the same c (a small c can reduce "
-                "memorization by underfitting): " + "; ".join(sorted(clean))
+                "memorization by underfitting), from the classify runs of the same setting name "
+                "and network (their data and schedule may differ): " + "; ".join(sorted(clean))
             )
         out.append("")
     return "\n".join(out)
@@ -436,12 +439,16 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     # a character at 7 pt), so the axes keep about 4.5 inches whatever the metrics' names.
     fig = new_figure((4.5 + 0.05 * max(map(len, labels)), 0.35 * len(comps) + 1.4))
     ax = fig.add_subplot()
+    shown: set[str] = set()  # outcomes in the legend
     for i, c in enumerate(comps):
         sign = METRICS[c.metric].sign  # right = SRN better
         lo, hi = sorted((sign * c.test.d_low, sign * c.test.d_high))
         color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(c.outcome, "gray")
         ax.plot([lo, hi], [i, i], color=color)
-        ax.plot([sign * c.test.d], [i], "o", color=color)
+        label = None if c.outcome in shown else c.outcome
+        shown.add(c.outcome)
+        ax.plot([sign * c.test.d], [i], "o", color=color, label=label)
+    ax.legend(fontsize=7, loc="best")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(comps)))
     ax.set_yticklabels(labels, fontsize=7)
