@@ -20,6 +20,7 @@ import yaml
 
 from stablerank.repro.claims import (
     CANNOT_TELL,
+    CLAIMS,
     METRICS,
     MIN_ACTIVE_FRACTION,
     NOT_A_TEST,
@@ -192,9 +193,10 @@ def _comparison_row(c: Comparison, kind: str) -> list[str]:
 
 
 def _min_effects() -> str:
-    """Each metric's smallest effect of interest, as the rule applies it, grouped by value."""
+    """Each tested metric's smallest effect of interest, as the rule applies it, grouped by value
+    (the metrics only the tables show have none)."""
     groups: dict[str, list[str]] = {}
-    for m in METRICS.values():
+    for m in dict.fromkeys(METRICS[name] for claim in CLAIMS for name in claim.metrics):
         if m.relative:
             size = f"{m.min_effect:.0%} of the reference"
         else:
