@@ -252,7 +252,7 @@ def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_pat
     assert f"4 seeds per arm detect d >= {d:.1f}" in text
     assert "Wei & Ma 2019) is not computed" in text
     # The smallest effects of interest are stated as the rule applies them (METRICS).
-    assert "smallest effect of interest (0.5 pp: gap_acc, test_acc, train_acc; 1 pp:" in text
+    assert "smallest effect of interest (0.5 pp: gap_acc, test_acc; 1 pp:" in text
     assert "2% of the reference: fid, is_mean, neural_divergence)" in text
 
 
