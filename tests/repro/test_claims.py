@@ -253,7 +253,8 @@ def test_report_says_what_the_seeds_can_decide_and_why_wei_ma_is_missing(tmp_pat
     assert "Wei & Ma 2019) is not computed" in text
     # The smallest effects of interest are stated as the rule applies them (METRICS).
     assert "smallest effect of interest (0.5 pp: gap_acc, test_acc; 1 pp:" in text
-    assert "2% of the reference: fid, is_mean, neural_divergence)" in text
+    assert "2% of the reference: fid, is_mean, neural_divergence; 5% of the reference: " in text
+    assert "margin" not in text.split("smallest effect of interest")[1].split(")")[0]  # untested
 
 
 def test_the_report_says_its_scope_from_the_runs_it_read(tmp_path):
