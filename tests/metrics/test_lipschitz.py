@@ -99,6 +99,25 @@ def test_jacobian_norm_matches_autograd_jacobian_for_relu_bn_net():
     # The estimate's relative error decays like (s2/s1)^(2k); these Jacobians have
     # s2/s1 <= 0.82 (seeded), so 60 iterations leave < 0.82^120 ~ 4e-11: rtol 1e-8 is safe.
     torch.testing.assert_close(est, torch.stack(oracle), rtol=1e-8, atol=0)
+    # The exact mode builds each Jacobian itself (one VJP per output): equal up to round-off, in
+    # any batching, with the model's mode restored.
+    net.train()
+    exact = jacobian_spectral_norm(net, x, exact=True, batch_size=2)
+    assert net.training
+    torch.testing.assert_close(exact, torch.stack(oracle), rtol=1e-12, atol=0)
+
+
+def test_exact_jacobian_norm_where_power_iteration_falls_short():
+    # Two nearly equal top singular values (1.0 and 0.99): 3 power iterations stay below the
+    # norm, the exact mode does not; the D-style labelled call takes the same path.
+    layer = _linear_with_spectrum([1.0, 0.99, 0.5], n_in=5)
+    x = torch.randn(4, 5, dtype=torch.float64)
+    short = jacobian_spectral_norm(layer, x, n_iters=3, seed=0)
+    exact = jacobian_spectral_norm(layer, x, exact=True)
+    assert (short < 1.0 - 1e-4).all()
+    torch.testing.assert_close(exact, torch.ones(4, dtype=torch.float64), rtol=1e-12, atol=0)
+    labelled = jacobian_spectral_norm(lambda t, y: layer(t), x, y=torch.zeros(4), exact=True)
+    torch.testing.assert_close(labelled, exact, rtol=0, atol=0)
 
 
 def test_interpolate_points_lie_on_segments():

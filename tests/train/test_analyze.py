@@ -211,6 +211,18 @@ def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path, monkeypat
     assert (result.el_train, result.el_test) == (few.el_train, few.el_test)  # the same pairs
 
 
+def test_jacobian_iterations_0_measures_the_exact_norm_at_the_same_points(srn_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    exact = analyze.run(dataclasses.replace(SMALL, jacobian_iterations=0, plots=False), run_dir)
+    assert exact.protocol.jacobian_iterations == 0
+    power = srn_run[1]  # 10 power iterations from below: never above the exact norm
+    for split, summary in exact.jacobian.items():
+        assert summary.n == power.jacobian[split].n
+        assert power.jacobian[split].max <= summary.max * (1 + 1e-5)
+        assert summary.mean == pytest.approx(power.jacobian[split].mean, rel=0.05)
+
+
 def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(srn_run, tmp_path):
     # The newest intact checkpoint of a finished run is an earlier epoch's model when the last is
     # damaged: its measures would not be those of the run's metrics.json.

@@ -220,8 +220,10 @@ class AnalyzeConfig:
         100, "points on segments between random data pairs for the Jacobian norm", min=0
     )
     jacobian_iterations: int = option(
-        20, "power iterations (JVP/VJP pairs) per Jacobian spectral norm", min=1
-    )
+        20, "power iterations (JVP/VJP pairs) per Jacobian spectral norm, which approach it from "
+        "below; 0 = exact: the whole Jacobian's largest singular value (one VJP per class; "
+        "cheaper than power iteration for few classes)", min=0,
+    )  # fmt: skip
     n_margin: int = option(
         0, "training images scored for the margins, and for the train accuracy, loss and gaps of "
         "analysis.json (0 = all the run trained on)", min=0,

@@ -225,9 +225,10 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
             x_tr_pool, x_tr_pool, cfg.n_interpolated, seed=cfg.seed
         )
     jac_bs = min(cfg.batch_size, _MAX_JACOBIAN_BATCH)
+    iterations, exact = max(cfg.jacobian_iterations, 1), cfg.jacobian_iterations == 0
     jacobian = {
         split: lipschitz.jacobian_spectral_norm(
-            model, x, n_iters=cfg.jacobian_iterations, seed=cfg.seed, batch_size=jac_bs
+            model, x, n_iters=iterations, seed=cfg.seed, batch_size=jac_bs, exact=exact
         )
         for split, x in points.items()
     }

@@ -292,7 +292,7 @@ class AnalysisProtocol:
     n_jacobian: int
     n_interpolated: int
     interpolated: str
-    jacobian_iterations: int
+    jacobian_iterations: int  # power iterations; 0 = the exact norm
     margin_quantile: float
     complexity_layers: str  # which weights the complexity measures take, and how
     seed: int
