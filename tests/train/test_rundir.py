@@ -327,10 +327,18 @@ def test_a_nan_loss_stops_the_classifier_before_its_update(tmp_path):
     assert ClassifierResult.from_json(tmp_path / "run").diverged
 
 
-def test_the_classifier_prints_a_plain_progress_line_without_a_terminal(tmp_path, capsys):
-    classify.run(_tiny(tmp_path, epochs=1))
+def test_the_trainers_print_a_plain_progress_line_without_a_terminal_unless_told_not_to(
+    tmp_path, capsys
+):
+    classify.run(dataclasses.replace(_tiny(tmp_path, epochs=1), progress=True))
     err = capsys.readouterr().err
     assert "train step 21/21 epoch 1 loss" in err and "ETA" in err  # 1347 digits / 64 = 21
+    gan_train.run(_gan(tmp_path, progress=True, run_name="gan"))
+    assert "gan step 2/2" in capsys.readouterr().err
+    classify.run(dataclasses.replace(_tiny(tmp_path, epochs=1), run_name="quiet"))  # no progress
+    gan_train.run(_gan(tmp_path, run_name="quiet-gan"))
+    err = capsys.readouterr().err
+    assert "train step" not in err and "gan step" not in err
 
 
 def test_the_data_folder_stays_out_of_a_standalone_runs_folder_name(tmp_path):

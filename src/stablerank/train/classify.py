@@ -379,7 +379,8 @@ def _train(cfg: ClassifyConfig, data: RunData, model: nn.Module, folder: RunDir,
     total = cfg.epochs * steps_per_epoch
     end = total if stop_at is None else min(stop_at, total)
     done = start_epoch * steps_per_epoch + start_batch  # optimizer steps taken
-    plain = ProgressLine("train step", total, done) if info.is_main and not bar else None
+    shown = cfg.progress and info.is_main and not bar  # progress=False: neither bar nor line
+    plain = ProgressLine("train step", total, done) if shown else None
 
     # A non-finite loss is caught before its update: every step on the CPU (free), every few on
     # a GPU (a device sync). DDP ranks decide together at the end of the epoch (a rank stopping

@@ -360,7 +360,8 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     divergence = ""
     t0, step = time.perf_counter(), start
     end = cfg.g_steps if stop_at is None else min(stop_at, cfg.g_steps)
-    plain = ProgressLine("gan step", end, start) if info.is_main and not show else None
+    lines = cfg.progress and info.is_main and not show  # progress=False: neither bar nor line
+    plain = ProgressLine("gan step", end, start) if lines else None
     with deferred_sigint(enabled=not info.distributed, run_dir=run_dir) as interrupt:
         while step < end and not interrupt["stop"]:
             losses = _g_step(cfg, nets, real, step, decay(step), info, local_batch, num_classes,
