@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Sequence
+from pathlib import Path
 
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro import sweeps
@@ -30,6 +31,8 @@ from stablerank.repro.records import RunRecord, by_setting, collect
 
 
 def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.4g} (n 1)" if values else "n/a (n 0)"
     return f"{statistics.fmean(values):.4g} ± {statistics.stdev(values):.3g} (n {len(values)})"
 
 
@@ -45,18 +48,27 @@ def compare(
         (va, sa), (vb, sb) = metric.values(a), metric.values(b)
         b_by_seed = dict(zip(sb, vb, strict=True))
         same = [seed for seed, v in zip(sa, va, strict=True) if b_by_seed.get(seed) == v]
-        rows.append((metric.label, va, vb, welch(va, vb), same))
-    adjusted = holm([test.p_value for *_, test, _ in rows])
+        # Fewer than 2 values in an arm (a measure undefined where the margin is not positive,
+        # FID without a feature network): no test, and no place in Holm's family.
+        test = welch(va, vb) if min(len(va), len(vb)) >= 2 else None
+        rows.append((metric.label, va, vb, test, same))
+    adjusted = iter(holm([t.p_value for *_, t, _ in rows if t is not None]))
     lines = ["| metric | A | B | A - B [95% CI] | d [95% CI] | p / Holm p | seeds equal |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (label, va, vb, t, same), p_holm in zip(rows, adjusted, strict=True):
-        diff = f"{t.diff:.4g} [{t.diff_low:.4g}, {t.diff_high:.4g}]"
-        d = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
-        lines.append(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {diff} | {d} | "
-                     f"{t.p_value:.3g} / {p_holm:.3g} | {len(same)} |")  # fmt: skip
+    for label, va, vb, t, same in rows:
+        diff = d = p = "n/a (fewer than 2 values in an arm)"
+        if t is not None:
+            diff = f"{t.diff:.4g} [{t.diff_low:.4g}, {t.diff_high:.4g}]"
+            d = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
+            p = f"{t.p_value:.3g} / {next(adjusted):.3g}"
+        lines.append(f"| {label} | {_mean_sd(va)} | {_mean_sd(vb)} | {diff} | {d} | {p} | "
+                     f"{len(same)} |")  # fmt: skip
     if collapsed_below is not None:
         from scipy.stats import fisher_exact
 
+        if any(r.result.is_mean is None for r in (*a, *b)):
+            raise ValueError("--collapsed-below reads each run's Inception-style score, which "
+                             "runs scored without a feature network do not have")  # fmt: skip
         low = [[r.run.seed for r in arm if r.result.is_mean < collapsed_below] for arm in (a, b)]
         table = [[len(low[0]), len(a) - len(low[0])], [len(low[1]), len(b) - len(low[1])]]
         p = fisher_exact(table).pvalue
@@ -68,14 +80,36 @@ def compare(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for name in ("sweep", "out_dir", "kind", "setting_a", "arm_a", "setting_b", "arm_b"):
-        parser.add_argument(name)
+    for name, text in (
+        ("sweep", "the sweep, as reproduce --sweep takes it (quick, FILE.py:FUNCTION, ...)"),
+        ("out_dir", "the sweep's out dir (holding runs/)"),
+        ("kind", f"the runs' kind: {', '.join(sweeps.KINDS)}"),
+        ("setting_a", "arm A's setting, e.g. fashion-mnist/mlp"),
+        ("arm_a", "arm A: none, sn or srn(c=C)"),
+        ("setting_b", "arm B's setting"),
+        ("arm_b", "arm B"),
+    ):
+        parser.add_argument(name, help=text)
     parser.add_argument("--collapsed-below", type=float, metavar="IS", help="count GAN runs "
                         "whose Inception-style score is below IS, Fisher's exact test")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.kind not in sweeps.KINDS:
+        parser.error(f"kind must be one of {', '.join(sweeps.KINDS)}, got {args.kind!r}")
+    if not (Path(args.out_dir) / sweeps.RUNS_DIR).is_dir():
+        parser.error(f"out_dir {args.out_dir} holds no {sweeps.RUNS_DIR}/ folder of a sweep")
     runs = sweeps.build_sweep(ReproduceConfig(sweep=args.sweep, out_dir=args.out_dir))
     arms = by_setting(collect(runs), args.kind)
-    a, b = arms[args.setting_a][args.arm_a], arms[args.setting_b][args.arm_b]
+    picked = []
+    chosen = (("A", args.setting_a, args.arm_a), ("B", args.setting_b, args.arm_b))
+    for which, setting, arm in chosen:
+        if setting not in arms:
+            parser.error(f"setting {which} {setting!r} is not one of the sweep's {args.kind} "
+                         f"settings: {', '.join(arms) or 'none'}")  # fmt: skip
+        if arm not in arms[setting]:
+            parser.error(f"arm {which} {arm!r} is not one of {setting}'s arms: "
+                         f"{', '.join(arms[setting])}")  # fmt: skip
+        picked.append(arms[setting][arm])
+    a, b = picked
     print(f"A = {args.setting_a} {args.arm_a} ({sum(r.usable for r in a)} runs), "
           f"B = {args.setting_b} {args.arm_b} ({sum(r.usable for r in b)} runs)\n")  # fmt: skip
     print("\n".join(compare(a, b, args.kind, args.collapsed_below)))

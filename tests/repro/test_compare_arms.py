@@ -68,3 +68,46 @@ def test_the_table_and_the_collapse_line_agree_with_scipy():
     assert lines[-1] == (f"Collapsed (IS < 1.2): A 2 of 5 (seeds [1, 2]), B 1 of 5 (seeds [3]); "
                          f"Fisher's exact test, two-sided: p = {fisher:.3g}")  # fmt: skip
     assert len([line for line in lines if line.startswith("| ")]) == 1 + 6  # header, 6 metrics
+
+
+def test_a_metric_without_values_is_a_row_of_n_a_out_of_holms_family():
+    # Runs scored without a feature network have no FID or IS: the other metrics are still tested,
+    # Holm over those four alone; --collapsed-below, which reads IS, is refused.
+    compare = _script().compare
+
+    def unscored(values):
+        return [dataclasses.replace(r, result=dataclasses.replace(r.result, fid=None, is_mean=None))
+                for r in _arm(values)]  # fmt: skip
+
+    a = unscored([(20.0, 2.0), (22.0, 1.0), (25.0, 1.1)])
+    b = unscored([(15.0, 2.2), (16.0, 2.1), (14.0, 1.05)])
+    lines = compare(a, b, KIND_GAN)
+    fid_row = next(line for line in lines if line.startswith("| FID |"))
+    assert "n/a (n 0)" in fid_row and "fewer than 2 values" in fid_row
+    nd_row = next(line for line in lines if line.startswith("| neural divergence |")).split(" | ")
+    p_raw, p_holm = (float(x) for x in nd_row[5].split(" / "))
+    assert p_holm == pytest.approx(min(1.0, 4 * p_raw), rel=1e-2)  # 4 tests, all the same p
+    with pytest.raises(ValueError, match="--collapsed-below reads each run's Inception-style"):
+        compare(a, b, KIND_GAN, collapsed_below=1.2)
+
+
+def test_bad_arguments_are_named(tmp_path, capsys):
+    main = _script().main
+    for argv, said in (
+        (["tiny", str(tmp_path), "nope", "s", "a", "s", "b"], "kind must be one of"),
+        (["tiny", str(tmp_path / "missing"), "gan", "s", "a", "s", "b"], "holds no runs/ folder"),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert said in capsys.readouterr().err
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(SystemExit):
+        main(["tiny", str(tmp_path), "classify", "digits/nope", "sn", "digits/mlp", "sn"])
+    assert "setting A 'digits/nope' is not one of the sweep's classify settings: digits/" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main(["tiny", str(tmp_path), "classify", "digits/mlp", "srn(c=0.9)", "digits/mlp", "sn"])
+    assert "arm A 'srn(c=0.9)' is not one of digits/mlp's arms: none, sn, srn(c=" in (
+        capsys.readouterr().err
+    )
