@@ -7,9 +7,10 @@ random horizontal flip and, when ``--shift`` > 0, random translation by up to th
 (padding with the background value -1), per sample, on tensors. The shipped weights use no
 translation (``--shift 0``; with 1 pixel the 7-epoch schedule underfits: 92.8% test accuracy).
 
-Reproduce the shipped weights (about 12 CPU-minutes on one thread)::
+Reproduce the shipped weights (about 12 CPU-minutes on one thread; ``--out-dir`` is required, so
+that a trial run never replaces them; their sidecar's command predates that)::
 
-    python scripts/train_feature_net.py
+    python scripts/train_feature_net.py --out-dir src/stablerank/metrics/weights
 
 Writes ``<out-dir>/fmnist_cnn.pt`` (state dict) and ``<out-dir>/fmnist_cnn.json`` (architecture,
 test accuracy, sha256, command, versions, timing).
@@ -47,19 +48,34 @@ _PAD_VALUE = -1.0  # background of Fashion-MNIST in [-1, 1]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=7)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=7, help="training epochs (>= 1)")
+    p.add_argument("--batch-size", type=int, default=128, help="(>= 1)")
     p.add_argument("--lr", type=float, default=0.1, help="peak lr of the one-cycle schedule")
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--shift", type=int, default=0, help="max random translation in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: system one)")
-    p.add_argument("--out-dir", type=Path, default=FMNIST_CNN_WEIGHTS.parent)
+    p.add_argument("--out-dir", type=Path, required=True, help="where fmnist_cnn.pt and .json "
+                   f"go (the shipped ones: {FMNIST_CNN_WEIGHTS.parent})")  # fmt: skip
     p.add_argument("--max-train", type=int, default=None, help="use the first N train images")
     p.add_argument("--max-test", type=int, default=None, help="score the first N test images")
-    p.add_argument("--device", default="cpu")
-    return p.parse_args(argv)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    args = p.parse_args(argv)
+    for flag in ("epochs", "batch_size", "threads", "max_train", "max_test"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            p.error(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.shift < 0:
+        p.error(f"--shift must be >= 0, got {args.shift}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: CUDA is not available here")
+    # One-cycle's warm-up must hold at least two steps (OneCycleLR divides by its length - 1).
+    steps = args.epochs * math.ceil((args.max_train or 60_000) / args.batch_size)
+    if steps * _PCT_WARMUP < 2:
+        p.error(f"{steps} optimizer steps (--epochs x images / --batch-size) are too few for the "
+                f"one-cycle schedule: at least {math.ceil(2 / _PCT_WARMUP)}")  # fmt: skip
+    return args
 
 
 def to_unit(x_u8: torch.Tensor) -> torch.Tensor:
@@ -97,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    data = load_dataset("fashion-mnist", args.data_dir)
+    try:
+        data = load_dataset("fashion-mnist", args.data_dir)
+    except FileNotFoundError as err:  # the message says where it looked and what to do
+        raise SystemExit(f"train_feature_net.py: error: {err}") from None
     train_x, train_y = data.train_x, data.train_y
     if args.max_train is not None:
         train_x, train_y = train_x[: args.max_train], train_y[: args.max_train]

@@ -67,3 +67,16 @@ def test_shipped_features_separate_real_from_noise(fashion):
     # classes, so their IS is far above that of any single-mode set (>= 5 of at most 10).
     assert noise[KEY_FID] > 10 * real[KEY_FID]
     assert real[KEY_IS_MEAN] > 5.0
+
+
+def test_bad_arguments_are_refused_before_any_work(capsys):
+    script = _script()
+    for argv, said in (
+        (["--epochs", "1"], "the following arguments are required: --out-dir"),  # no default
+        (["--epochs", "0", "--out-dir", "x"], "--epochs must be >= 1, got 0"),
+        (["--shift", "-1", "--out-dir", "x"], "--shift must be >= 0, got -1"),
+        (["--epochs", "1", "--max-train", "512", "--out-dir", "x"], "too few for the one-cycle"),
+    ):
+        with pytest.raises(SystemExit):
+            script.parse_args(argv)
+        assert said in capsys.readouterr().err

@@ -281,7 +281,7 @@ def load_fmnist_cnn(
     if not path.is_file() or not sidecar.is_file():
         raise FileNotFoundError(
             f"fmnist-cnn weights {path} or sidecar {sidecar} missing; regenerate them with "
-            "`python scripts/train_feature_net.py` (about 12 CPU-minutes)"
+            f"`python scripts/train_feature_net.py --out-dir {path.parent}` (about 12 CPU-minutes)"
         )
     meta = json.loads(sidecar.read_text())
     digest = sha256_file(path)
