@@ -14,7 +14,14 @@ DOCS_DIR := build/docs
 # submodules that a package does not re-export must be named here to get a page).
 DOC_MODULES := stablerank stablerank.linalg stablerank.srn stablerank.apply stablerank.layers \
 	stablerank.data stablerank.metrics stablerank.models stablerank.train stablerank.repro \
-	stablerank.config stablerank.cli
+	stablerank.config stablerank.cli \
+	stablerank.config.classify stablerank.config.gan stablerank.config.reproduce \
+	stablerank.data.cifar stablerank.data.datasets stablerank.data.labels stablerank.data.loader \
+	stablerank.data.splits stablerank.metrics.complexity stablerank.metrics.divergence \
+	stablerank.metrics.ema stablerank.metrics.features stablerank.metrics.gan \
+	stablerank.metrics.lipschitz stablerank.models.alexnet stablerank.models.classifiers \
+	stablerank.models.densenet stablerank.models.gan stablerank.models.resnet \
+	stablerank.models.small stablerank.models.vgg
 
 .PHONY: test demo setup data docs lint bench clean
 

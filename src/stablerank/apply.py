@@ -266,9 +266,9 @@ def normalize_model(
             (``torch.nn.utils.parametrizations.spectral_norm``) or ``"srn"``
             (:func:`stablerank.stable_rank_norm`) on the body.
         rank_ratio: SRN's c in (0, 1] (default None:
-            :data:`~stablerank.srn.DEFAULT_RANK_RATIO` unless ``srank`` is given).
+            :data:`stablerank.srn.DEFAULT_RANK_RATIO` unless ``srank`` is given).
         srank: SRN's absolute target instead of ``rank_ratio`` (default None; giving both is
-            an error, as in :func:`~stablerank.stable_rank_norm`).
+            an error, as in :func:`stablerank.stable_rank_norm`).
         n_power_iterations: power-iteration steps per training forward (default 1).
         exclude: module-name patterns or a predicate, see :func:`eligible_layers` (default None);
             excluded layers are never normalized, head or not.

@@ -138,7 +138,7 @@ def complexity_layers(model: nn.Module) -> list[tuple[str, Tensor]]:
 
     Returns:
         list of (module name, float64 matrix (C_out, C_in*k*...)) in ``model.modules()`` order,
-        detached; the weight the forward uses (:func:`~stablerank.layers.weight_as_used`: SN
+        detached; the weight the forward uses (:func:`stablerank.layers.weight_as_used`: SN
         and SRN apply, torch's hook-based spectral_norm too), in eval mode: with frozen u, v, so
         the measures neither update them nor change from one call to the next.
     """

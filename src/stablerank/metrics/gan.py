@@ -207,7 +207,7 @@ def extract_features(
         n: number of images (required for a callable; default all of a tensor).
         batch_size: images per forward pass (default 250); does not change the features of
             given images, but it is the ``k`` of each ``generate(k)`` call, and a generator that
-            draws its latents per call (:func:`~stablerank.train.gan_sampling.make_generate`)
+            draws its latents per call (:func:`stablerank.train.gan_sampling.make_generate`)
             draws other (equally random) samples for another ``k``.
         seed: torch seed while ``generate`` runs (the caller's RNG state is restored).
         progress: show a tqdm bar on stderr (default False).

@@ -1,9 +1,9 @@
-"""Run one :class:`~stablerank.repro.sweeps.Run`: its training, then its analysis.
+"""Run one :class:`stablerank.repro.sweeps.Run`: its training, then its analysis.
 
 :func:`execute` is what every executor runs (in this process, in a worker process, in a SLURM
 job): it takes the run's lock, skips what is finished, resumes what was interrupted, records a
 failure instead of raising it, and keeps ``status.json`` (through
-:class:`~stablerank.train.rundir.RunDir`). Its output (the trainers' logs) goes to the run's
+:class:`stablerank.train.rundir.RunDir`). Its output (the trainers' logs) goes to the run's
 ``output.log`` when ``capture`` is set, so concurrent runs do not interleave on the terminal.
 """
 

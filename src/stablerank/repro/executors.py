@@ -1,6 +1,6 @@
 """Executors: where the runs of a sweep execute. One small interface, four implementations.
 
-Each calls :func:`~stablerank.repro.execute.execute` once per run (the submitit ones leave out the
+Each calls :func:`stablerank.repro.execute.execute` once per run (the submitit ones leave out the
 finished runs: a job would only find its run done) and returns the outcomes in the order of the
 runs:
 
@@ -310,7 +310,7 @@ class LocalExecutor:
 
 
 def _attempts(run: Run) -> int:
-    """How many times :func:`~stablerank.repro.execute.execute` has started ``run``."""
+    """How many times :func:`stablerank.repro.execute.execute` has started ``run``."""
     return int(RunDir(run.run_dir).read_status().get("attempts") or 0)
 
 

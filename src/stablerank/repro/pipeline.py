@@ -118,7 +118,7 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
     Raises:
         RuntimeError: launched under ``torchrun`` (each run is one process; use the executors),
             or ``device="cuda"`` where no CUDA device is visible (outside SLURM;
-            :func:`~stablerank.repro.executors.make_executor`).
+            :func:`stablerank.repro.executors.make_executor`).
         FileNotFoundError: ``report_only`` on a folder with no finished run.
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -16,7 +16,7 @@ statistics, SN/SRN with frozen u, v):
 Inputs of the Lipschitz measures are the images as the network sees them (scaled to [0, 1], then
 standardized with the dataset mean/std), so the ratios are in the network's input units.
 
-Writes ``analysis.json`` (a :class:`~stablerank.train.results.ClassifierAnalysis`) and PNG plots
+Writes ``analysis.json`` (a :class:`stablerank.train.results.ClassifierAnalysis`) and PNG plots
 beside it: the eL histogram, the train/test accuracy curves, every layer's stable rank over epochs
 and, for random-label runs, the shattering curve. :func:`plot_shattering` overlays several runs'
 shattering curves.
@@ -96,7 +96,7 @@ def load_run(
 
 def load_run_model(run_dir: str | Path, device: torch.device | str = "cpu") -> nn.Module:
     """The network of a run with its newest intact checkpoint's weights, in eval mode; its
-    dataset's files are not read (:func:`~stablerank.data.dataset_shape`)."""
+    dataset's files are not read (:func:`stablerank.data.dataset_shape`)."""
     return _trained_model(run_dir, _run_config(run_dir), device, final=False)
 
 
@@ -152,7 +152,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         run_dir: a folder written by :func:`stablerank.train.classify.run`.
 
     Returns:
-        The :class:`~stablerank.train.results.ClassifierAnalysis` (also written to
+        The :class:`stablerank.train.results.ClassifierAnalysis` (also written to
         ``run_dir/analysis.json``).
 
     Raises:

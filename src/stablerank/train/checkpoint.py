@@ -137,7 +137,7 @@ def check_resume_config(
         current: the config dict of the run being resumed.
         allowed: keys that may differ (e.g. a device or a log interval).
         cls: the config class, whose ``omit_default`` fields a dict may leave out (see
-            :func:`~stablerank.config.diff_configs`).
+            :func:`stablerank.config.diff_configs`).
     """
     diffs = diff_configs(saved, current, ignore=allowed, cls=cls)
     if diffs:

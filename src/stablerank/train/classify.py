@@ -20,7 +20,7 @@ Seed rule: model initialisation, the train subset and the random labels use ``se
 rank; the data order and the augmentation are drawn by the loader from (seed, epoch) only (one
 global permutation per epoch, each rank takes its shard of every global batch); in-model draws
 (dropout) are reseeded at every step from (seed, rank, step)
-(:func:`~stablerank.train.runtime.seed_model_draws`), as in the GAN trainer.
+(:func:`stablerank.train.runtime.seed_model_draws`), as in the GAN trainer.
 
 Checkpoints and resume: a checkpoint after every epoch, and on Ctrl-C one at the step reached
 (single process, as the GAN trainer; under ``torchrun`` the last epoch's is the resume point). It
@@ -171,8 +171,8 @@ def prepare_data(cfg: ClassifyConfig) -> RunData:
 
 def build_model(cfg: ClassifyConfig, shape: DatasetShape) -> nn.Module:
     """The classifier of ``cfg`` for data of ``shape`` (a dataset's
-    :attr:`~stablerank.data.DatasetSplits.dataset_shape`, or
-    :func:`~stablerank.data.dataset_shape` without its files), with its normalization applied
+    :attr:`stablerank.data.DatasetSplits.dataset_shape`, or
+    :func:`stablerank.data.dataset_shape` without its files), with its normalization applied
     (head excluded unless asked)."""
     kwargs: dict[str, Any] = {"width": cfg.width}
     if cfg.depth:
@@ -262,12 +262,12 @@ def run(cfg: ClassifyConfig, *, stop_at: int | None = None) -> ClassifierResult 
     (``overwrite`` retrains it).
 
     Returns:
-        The :class:`~stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0,
+        The :class:`stablerank.train.results.ClassifierResult` (None on DDP ranks other than 0,
         and when ``stop_at`` ended it early).
 
     Raises:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
-            ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
+            ``overwrite`` is set (:meth:`stablerank.train.rundir.RunDir.begin`).
         RunLockedError: another process trains this run.
         ValueError: resuming under a config that differs from the run's (its ``config.json``,
             else its checkpoint's; the differences are listed), or a global batch that does not

@@ -3,10 +3,10 @@
 ``run(cfg)`` builds the data, G and D (:mod:`stablerank.train.gan_models`), then sequences
 ``n_dis`` discriminator updates and one generator update per step; the models own the losses
 (:mod:`stablerank.models.gan`). Around that: linear learning-rate decay, an optional EMA
-generator, sample grids (:mod:`~stablerank.train.figures`), periodic FID/KID/IS and the final
-``metrics.json`` (:mod:`~stablerank.train.gan_scores`), atomic checkpoints (the newest
+generator, sample grids (:mod:`stablerank.train.figures`), periodic FID/KID/IS and the final
+``metrics.json`` (:mod:`stablerank.train.gan_scores`), atomic checkpoints (the newest
 ``keep_checkpoints`` kept) and exact resume, JSONL/CSV logs, all in the run folder of
-:mod:`~stablerank.train.rundir`. :func:`stablerank.train.gan_models.load_gan_run` restores a
+:mod:`stablerank.train.rundir`. :func:`stablerank.train.gan_models.load_gan_run` restores a
 run's G and D.
 
 .. note:: **Randomness is counter-based**: see :mod:`stablerank.train.gan_sampling`.
@@ -228,19 +228,19 @@ def run(cfg: GanConfig, *, stop_at: int | None = None) -> GanResult | None:
             ``cfg.resume=True`` later continues exactly (default None: train to ``cfg.g_steps``).
 
     Returns:
-        The :class:`~stablerank.train.results.GanResult` of the finished run (None on ranks other
+        The :class:`stablerank.train.results.GanResult` of the finished run (None on ranks other
         than 0, and when ``stop_at`` ended it early). The run folder is
         :meth:`RunDir.for_config(cfg, world_size) <stablerank.train.rundir.RunDir.for_config>`
         (``-ddpN`` ends its default name under torchrun with N processes); the process
         holds its lock and keeps its ``status.json`` while it trains. A non-finite loss, or
         non-finite samples at an evaluation, stop the run as diverged (no FID on NaN samples);
-        a discriminator collapse (:func:`~stablerank.train.gan_scores.divergence_of`) marks it
+        a discriminator collapse (:func:`stablerank.train.gan_scores.divergence_of`) marks it
         diverged at the end. A folder that holds this run finished returns its stored result
         without training (``overwrite`` retrains it).
 
     Raises:
         FileExistsError: the run folder holds another run and neither ``resume`` nor
-            ``overwrite`` is set (:meth:`~stablerank.train.rundir.RunDir.begin`).
+            ``overwrite`` is set (:meth:`stablerank.train.rundir.RunDir.begin`).
         RunLockedError: another process trains this run.
         ValueError: resuming under a config that differs from the run's (its ``config.json``,
             else its checkpoint's; the differences are listed), or a ``batch_size`` that does not

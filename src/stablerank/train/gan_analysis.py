@@ -15,7 +15,7 @@ trainer samples and scores with them), then measures with :mod:`stablerank.metri
   was generated with), and the Jacobian at a point uses that point's label (recorded in the
   protocol).
 
-Writes ``gan_analysis.json`` (a :class:`~stablerank.train.results.GanAnalysis`: summaries, the raw
+Writes ``gan_analysis.json`` (a :class:`stablerank.train.results.GanAnalysis`: summaries, the raw
 ratios for the report's histograms, and the protocol) and ``d_el_hist.png`` beside the trainer's
 files.
 """
@@ -80,7 +80,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
         run_dir: a folder written by :func:`stablerank.train.gan.run` (finished).
 
     Returns:
-        The :class:`~stablerank.train.results.GanAnalysis` written to ``gan_analysis.json``.
+        The :class:`stablerank.train.results.GanAnalysis` written to ``gan_analysis.json``.
 
     Raises:
         FileNotFoundError: ``run_dir`` or its final checkpoint does not exist.

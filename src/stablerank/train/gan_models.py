@@ -152,7 +152,7 @@ def load_gan_run(
     ``ema`` and an EMA run, G is the EMA generator with the standing BatchNorm statistics the
     trainer samples and scores with: taken from the checkpoint when the trainer had already
     refreshed them at that step, else recomputed from the same latent stream
-    (:func:`~stablerank.train.gan_sampling.refresh_bn_stats`). On the device the run trained on,
+    (:func:`stablerank.train.gan_sampling.refresh_bn_stats`). On the device the run trained on,
     ``G`` then makes bitwise the trainer's samples for the same latents, and ``D`` gives its
     outputs.
 
@@ -169,7 +169,7 @@ def load_gan_run(
         ema: return the EMA generator when the run has one (default True); False gives the raw
             generator with the running BatchNorm statistics of training.
         splits: the run's dataset if already loaded, to learn the image shape and classes
-            (default None: :func:`~stablerank.data.dataset_shape` of the config's ``dataset``;
+            (default None: :func:`stablerank.data.dataset_shape` of the config's ``dataset``;
             its files are not read).
 
     Returns:

@@ -4,10 +4,10 @@ EMA generator.
 
 .. note:: **Randomness is counter-based.** The latents and fake labels of D update ``b`` (and of
     G update ``step``) on rank ``r`` come from a generator seeded by ``(seed, r, b)``
-    (:func:`~stablerank.train.runtime.stream_seed`); real batch ``b`` is a pure function of
-    ``(seed, epoch)`` in the :class:`~stablerank.data.DeviceLoader` (disjoint shards per rank,
+    (:func:`stablerank.train.runtime.stream_seed`); real batch ``b`` is a pure function of
+    ``(seed, epoch)`` in the :class:`stablerank.data.DeviceLoader` (disjoint shards per rank,
     :class:`_RealBatches`); in-model draws are reseeded at every G step
-    (:func:`~stablerank.train.runtime.seed_model_draws`). Nothing draws from a running RNG, so a
+    (:func:`stablerank.train.runtime.seed_model_draws`). Nothing draws from a running RNG, so a
     resumed run continues bit for bit, DDP ranks need no RNG state exchange, sampling or
     evaluation never perturb training, and a reloaded run
     (:func:`stablerank.train.gan_models.load_gan_run`) redraws exactly the same latents.
@@ -126,7 +126,7 @@ def make_generate(
         batch_size: samples per G forward (default 256). The latents and labels of each
             forward are drawn in turn from one stream, so another ``batch_size``, or other
             ``n`` per call, draws other (equally random) samples. The trainer scores with this
-            default and :func:`~stablerank.metrics.gan.compute_gan_metrics`'s default
+            default and :func:`stablerank.metrics.gan.compute_gan_metrics`'s default
             ``batch_size`` (250 per call): the same calls reproduce its scores.
         with_labels: return ``(images, labels)`` instead of images, labels on the CPU (None when
             unconditional), for measures of a conditional D that need each sample's class

@@ -1,7 +1,7 @@
 """FID/KID/IS of the GAN trainer: periodic evaluation, the untrained and real-data baselines, and
 the final ``metrics.json`` (named keys plus ``protocol``) with ``d_layers.json``.
 
-Samples come from :func:`~stablerank.train.gan_sampling.make_generate` (their own RNG stream, eval
+Samples come from :func:`stablerank.train.gan_sampling.make_generate` (their own RNG stream, eval
 mode), so scoring never changes training. Post-training measures that need a trained critic or the
 discriminator's eL live in :mod:`stablerank.train.gan_analysis`.
 """
@@ -163,7 +163,7 @@ def write_result(
     divergence: str,
     data_dir: str | None,
 ) -> GanResult:
-    """The run's :class:`~stablerank.train.results.GanResult` (``metrics.json``) and
+    """The run's :class:`stablerank.train.results.GanResult` (``metrics.json``) and
     ``d_layers.json`` (D's spectra)."""
     last = next((r for r in reversed(records) if KEY_D_LOSS in r), {})
     flat: dict[str, Any] = {}

@@ -1,7 +1,7 @@
 """What a run records as it goes: the environment (``env.json``) and the per-epoch / per-step log
 (``log.jsonl``, strict JSON with null for a non-finite number, and the same records as
 ``log.csv``, whose columns grow as new keys appear; TensorBoard scalars when installed). The file
-names belong to :class:`~stablerank.train.rundir.RunDir`.
+names belong to :class:`stablerank.train.rundir.RunDir`.
 """
 
 from __future__ import annotations

@@ -216,7 +216,7 @@ class EpochRecord:
 
 
 def layer_stats(rows: typing.Iterable[Any]) -> tuple[LayerStat, ...]:
-    """:class:`LayerStat` of each :class:`~stablerank.layers.LayerRecord` of a layer report.
+    """:class:`LayerStat` of each :class:`stablerank.layers.LayerRecord` of a layer report.
 
     ``active`` is the record's: None where SRN's cap can never act (no SRN, or r >= min(m, n):
     then SRN is exactly SN), so such layers do not count in :func:`active_fraction`.

@@ -141,8 +141,8 @@ class RunDir:
         ``cfg.out_dir / <cfg.run_label>-s<seed>-<hash>[-ddp<world_size>]`` where the hash covers
         every field except ``cfg.RUNTIME_KEYS`` (where and how it runs), so a resumed run finds
         its folder on any device, and the suffix names a run of more than one process. Works for
-        :class:`~stablerank.config.classify.ClassifyConfig` and
-        :class:`~stablerank.config.gan.GanConfig` alike."""
+        :class:`stablerank.config.classify.ClassifyConfig` and
+        :class:`stablerank.config.gan.GanConfig` alike."""
         name = cfg.run_name or (
             f"{cfg.run_label}-s{cfg.seed}-{config_hash(cfg, exclude=cfg.RUNTIME_KEYS)}"
             f"{ddp_suffix(world_size)}"
