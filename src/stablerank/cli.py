@@ -304,10 +304,10 @@ def _check_run_dir(args: argparse.Namespace) -> None:
     """RUN_DIR must be a folder (a checkpoint file is not)."""
     if not Path(args.run_dir).is_dir():
         what = "is not a folder" if Path(args.run_dir).exists() else "does not exist"
-        raise FileNotFoundError(
-            f"{args.run_dir} {what}: `stablerank {args.command}` reads a run folder (config.json, "
-            "checkpoints/) of `stablerank train` or `stablerank gan`"
-        )
+        trainer = getattr(_COMMANDS.get(args.command), "reads_runs_of", None)
+        of = f"`stablerank {trainer}`" if trainer else "`stablerank train` or `stablerank gan`"
+        raise FileNotFoundError(f"{args.run_dir} {what}: `stablerank {args.command}` reads a run "
+                                f"folder (config.json, checkpoints/) of {of}")  # fmt: skip
 
 
 def _run(args: argparse.Namespace) -> int:
