@@ -40,7 +40,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 import stablerank as sr
 import stablerank.srn as srn_module
-from stablerank.models.classifiers import build_classifier
+from stablerank.models.classifiers import CLASSIFIERS, build_classifier
 
 VARIANTS = ("none", "sn", "srn", "srn-composite", "srn-exact")
 ACTIVITY_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -188,7 +188,9 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round (default 3)")
-    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet20"])
+    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet20"],
+                        choices=sorted(CLASSIFIERS), help="classifiers to time (default: "
+                        "small_cnn resnet20)")  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's)"
     )
@@ -218,10 +220,21 @@ def main() -> None:
     for name in ("rounds", "steps"):  # a median of nothing would print NaN tables
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.work_only and args.eval_only:
+        parser.error("--work-only and --eval-only time different things: pass one")
+    if (args.work_only or args.eval_only) and args.variants == ["srn-exact"]:
+        parser.error("srn-exact is timed in training steps only, not with --work-only/--eval-only")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as err:
+        parser.error(f"--device {args.device!r}: {err}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: CUDA is not available here")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    device = torch.device(args.device)
     if args.kernels or args.activity:
         if args.kernels:
             kernels_table(device)
