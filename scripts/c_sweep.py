@@ -191,16 +191,22 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("out")
-    p.add_argument("--only", default="mlp,mlp_shatter,gan,small_cnn,alexnet")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("out", help="folder of c_sweep.jsonl, c_sweep.md and the runs")
+    p.add_argument("--only", default="mlp,mlp_shatter,gan,small_cnn,alexnet",
+                   help="comma-separated settings to train (default: all of them)")  # fmt: skip
     p.add_argument("--table", action="store_true", help="only write OUT/c_sweep.md")
     args = p.parse_args()
     out = Path(args.out)
     if args.table:
+        if not (out / "c_sweep.jsonl").is_file():
+            p.error(f"--table reads {out / 'c_sweep.jsonl'}, which does not exist")
         rows = [json.loads(x) for x in (out / "c_sweep.jsonl").read_text().splitlines()]
         write_table(rows, out / "c_sweep.md")
         return
+    known = ["gan", *classifier_settings()]
+    if unknown := [name for name in args.only.split(",") if name not in known]:
+        p.error(f"--only: unknown setting(s) {unknown}; known: {','.join(known)}")
     out.mkdir(parents=True, exist_ok=True)
     jsonl = out / "c_sweep.jsonl"
     done = set()
