@@ -72,6 +72,23 @@ def test_the_first_layer_sweep_keeps_quicks_folders_and_a_setting_mixing_first_l
     assert "differ in d_first_norm: 'same' -> 'sn'" in sweeps._compared_unlike(mixed)
 
 
+def test_fields_one_arm_leaves_unread_may_differ_but_not_between_arms_that_read_them(monkeypatch):
+    base = sweeps.tiny(seeds=1)[0].config  # vanilla: head and n_power_iterations unread
+    runs = sweeps.comparison("classify", "digits/mlp", base, (0.3,), 2)
+    assert sweeps._compared_unlike(runs) == ""
+    head = [dataclasses.replace(r, config=dataclasses.replace(r.config, head="sn"))
+            if r.norm != "none" else r for r in runs]  # fmt: skip
+    assert sweeps._compared_unlike(head) == ""  # vanilla never reads head
+    srn_only = [dataclasses.replace(r, config=dataclasses.replace(r.config, head="sn"))
+                if r.norm == "srn" else r for r in runs]  # fmt: skip
+    assert "differ in head: " in sweeps._compared_unlike(srn_only)  # SN reads it too
+    # Two settings whose names differ only in "/" vs "-" would share run folders: refused.
+    slashed = sweeps.comparison("classify", "digits-mlp", base, (0.3,), 1)
+    monkeypatch.setitem(sweeps.SWEEPS, "tiny", lambda seeds=1, gan_seeds=1: runs[:3] + slashed)
+    with pytest.raises(ValueError, match=r"holds runs twice \(one folder\)"):
+        sweeps.build_sweep(ReproduceConfig(sweep="tiny", out_dir="/tmp/unused"))
+
+
 # Folder names of runs on disk: the quick demo's and the standard sweep's 100 runs behind
 # docs/results/standard. A change to a trainer config's fields or defaults, to the analysis
 # settings or to the hash renames every folder, and `reproduce` then trains everything again

@@ -409,6 +409,8 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     if mismatch := _kind_mismatch(runs):
         raise ValueError(f"sweep {cfg.sweep!r}: {mismatch}")
     placed = [run.placed(cfg) for run in runs]
+    if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
+        raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (one folder): {twice}")
     arms = Counter((r.kind, r.setting, r.arm, r.seed) for r in placed)
     if twice := sorted("/".join(map(str, key)) for key, n in arms.items() if n > 1):
         raise ValueError(
@@ -442,23 +444,26 @@ def _kind_mismatch(runs: Sequence[Run]) -> str:
 
 def _compared_unlike(runs: Sequence[Run]) -> str:
     """'' when the runs of each setting (of a kind) differ only in normalization, c and seed, and
-    not in their analysis (a field that either run leaves unread, as vanilla's ``head``, may
-    differ too); else the first two that differ otherwise, and how."""
-    first: dict[tuple[str, str], Run] = {}
+    not in their analysis; else the first two that differ otherwise, and how. Each run is checked
+    against the first run of every arm of its setting before it, so a field that one of the two
+    leaves unread (vanilla's ``head``) may differ between them, not between arms reading it."""
+    firsts: dict[tuple[str, str, str], Run] = {}  # of the arms met so far
     for run in runs:
-        ref = first.setdefault((run.kind, run.setting), run)
-        unread = [*ref.config.unused(), *run.config.unused()]
-        ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed", *unread)
-        configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
-        diffs = diff_configs(*configs, ignore=ignore)
-        analyses = [
-            config_to_dict(r.analysis, complete=True) if r.analysis else {} for r in (ref, run)
-        ]
-        diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
-        if diffs:
-            return (
-                f"{ref.name} and {run.name} of setting {run.setting!r} differ in {'; '.join(diffs)}"
-            )
+        for (kind, setting, _), ref in list(firsts.items()):
+            if (kind, setting) != (run.kind, run.setting):
+                continue
+            unread = [*ref.config.unused(), *run.config.unused()]
+            ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed", *unread)
+            configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
+            diffs = diff_configs(*configs, ignore=ignore)
+            analyses = [
+                config_to_dict(r.analysis, complete=True) if r.analysis else {} for r in (ref, run)
+            ]
+            diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
+            if diffs:
+                pair = f"{ref.name} and {run.name} of setting {setting!r}"
+                return f"{pair} differ in {'; '.join(diffs)}"
+        firsts.setdefault((run.kind, run.setting, run.arm), run)
     return ""
 
 
