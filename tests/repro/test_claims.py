@@ -691,20 +691,34 @@ def test_a_claims_verdict_from_its_comparisons(outcomes, verdict):
     assert claims.ClaimResult(claims.CLAIMS[0], comps).verdict == verdict
 
 
-def test_a_claim_without_a_comparison_says_which_arm_is_missing():
-    # SRN arms alone (no vanilla, no SN), then vanilla and SN alone: runs, but nothing to compare.
-    srn_only = [r for r in _records([0.05, 0.052], 1.0) if r.run.arm.startswith("srn")]
-    refs_only = [r for r in _records([0.05, 0.052], 1.0) if not r.run.arm.startswith("srn")]
-    for recs, verdict, said in (
-        (srn_only, "no reference arm", "have no none or sn arm to compare SRN with"),
+def test_a_claim_without_a_comparison_says_why():
+    # SRN arms alone, vanilla and SN alone, SRN and SN in two settings of their own, and both in
+    # one setting with nothing measured: runs, but nothing to compare.
+    recs = _records([0.05, 0.052], 1.0)
+    srn_only = [r for r in recs if r.run.arm.startswith("srn")]
+    refs_only = [r for r in recs if not r.run.arm.startswith("srn")]
+    apart = srn_only + [dataclasses.replace(r, run=dataclasses.replace(r.run, setting="other"))
+                        for r in refs_only]  # fmt: skip
+    unmeasured = [dataclasses.replace(r, result=None, state="new") for r in recs]
+    for records, verdict, said in (
+        (srn_only, "no reference arm", "have no none or sn arm beside an SRN arm to compare it"),
+        (apart, "no reference arm", "(digits/mlp: srn(c="),
         (refs_only, "no SRN arm", "have no SRN arm to test"),
     ):
-        assert recs
-        results = claims.evaluate_claims(recs)
+        results = claims.evaluate_claims(records)
         assert results[0].verdict == verdict
         assert results[3].verdict == "no runs"  # no GAN runs at all
         text = report._claims_section(results, 0.05)
         assert said in text and "This sweep has no runs of this kind" in text
+    # Every metric unmeasured needs runs that have results without any claim-1 value; runs not
+    # trained yet still give "cannot tell" comparisons, never a silent skip.
+    assert claims.evaluate_claims(unmeasured)[0].verdict == claims.CANNOT_TELL
+    # GAN runs without an analysis or a feature network: SN and SRN side by side, nothing measured.
+    gans = [RunRecord(r, "done", GanResult(steps=2, d_loss=0.5, g_loss=1.0))
+            for r in tiny(seeds=1, gan_seeds=2) if r.kind == KIND_GAN]  # fmt: skip
+    results = claims.evaluate_claims(gans)
+    assert results[3].verdict == results[4].verdict == "not measured"
+    assert "measure none of this claim's metrics" in report._claims_section(results, 0.05)
 
 
 def test_the_gate_tests_an_arm_that_binds_on_exactly_half_its_layers():

@@ -351,18 +351,23 @@ class Comparison:
 class ClaimResult:
     claim: Claim
     comparisons: list[Comparison]
-    arms: frozenset[str] = frozenset()  # of the sweep's runs of the claim's kind
+    arms: dict[str, frozenset[str]] = field(default_factory=dict)  # per setting of the kind
 
     @property
     def verdict(self) -> str:
         """reproduced / not reproduced / mixed / cannot tell / not a test, or why there is no
-        comparison: no runs / no SRN arm / no reference arm."""
+        comparison: no runs / no SRN arm / no reference arm (in no setting beside an SRN arm) /
+        not measured (the runs measure none of the claim's metrics)."""
         outcomes = {c.outcome for c in self.comparisons}
         if not outcomes:
+            with_srn = [a for a in self.arms.values() if any(x.startswith("srn") for x in a)]
             if not self.arms:
                 return "no runs"
-            srn = any(arm.startswith("srn") for arm in self.arms)
-            return "no reference arm" if srn else "no SRN arm"
+            if not with_srn:
+                return "no SRN arm"
+            if not any(a & set(self.claim.references) for a in with_srn):
+                return "no reference arm"
+            return "not measured"
         decided = outcomes & {REPRODUCED, NOT_REPRODUCED}
         if decided == {REPRODUCED, NOT_REPRODUCED}:
             return "mixed"
@@ -565,7 +570,8 @@ def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[C
     """Every claim with its comparisons decided (Holm over all tested comparisons)."""
     results = [
         ClaimResult(claim, _comparisons(claim, records),
-                    frozenset(r.run.arm for r in records if r.run.kind == claim.kind))
+                    {setting: frozenset(arms) for setting, arms
+                     in by_setting(records, claim.kind).items()})
         for claim in CLAIMS
     ]  # fmt: skip
     comps = [c for r in results for c in r.comparisons]

@@ -246,11 +246,14 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         if r.claim.note:
             out.append(r.claim.note + "\n")
         if not r.comparisons:
-            missing = {"no SRN arm": "no SRN arm to test",
-                       "no reference arm": f"no {' or '.join(r.claim.references)} arm to compare "
-                                           "SRN with"}.get(r.verdict)  # fmt: skip
-            arms = ", ".join(sorted(r.arms))
-            out.append(f"This sweep's runs of this kind ({arms}) have {missing}.\n" if missing
+            refs = " or ".join(r.claim.references)
+            missing = {"no SRN arm": "have no SRN arm to test",
+                       "no reference arm": f"have no {refs} arm beside an SRN arm to compare it "
+                                           "with",
+                       "not measured": "measure none of this claim's metrics (no analysis, or "
+                                       "no feature network)"}.get(r.verdict)  # fmt: skip
+            arms = "; ".join(f"{s}: {', '.join(sorted(a))}" for s, a in r.arms.items())
+            out.append(f"This sweep's runs of this kind ({arms}) {missing}.\n" if missing
                        else "This sweep has no runs of this kind.\n")  # fmt: skip
             continue
         headers = [
