@@ -13,7 +13,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm
 
-from stablerank import remove_stable_rank_norm, srn_optimal, stable_rank, stable_rank_norm
+from stablerank import (
+    RankOneWarning,
+    remove_stable_rank_norm,
+    srn_optimal,
+    stable_rank,
+    stable_rank_norm,
+)
 from stablerank.linalg import target_srank, weight_to_matrix
 
 # Relative tolerance of the converged invariants (the 1e-3): float32 SVD and power
@@ -303,7 +309,7 @@ def test_the_rank_one_warning_names_the_users_line_through_the_model_helpers_too
 
 
 def test_target_one_warns_rank_one():
-    with pytest.warns(UserWarning, match="rank one"):
+    with pytest.warns(RankOneWarning, match="rank one"):  # its own category, to filter
         stable_rank_norm(nn.Linear(10, 10), rank_ratio=0.05)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

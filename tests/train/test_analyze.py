@@ -230,10 +230,10 @@ def test_a_damaged_final_checkpoint_is_refused_not_replaced_by_the_one_before(sr
     shutil.copytree(srn_run[0], run_dir)
     newest = RunDir(run_dir).checkpoints()[-1]
     newest.write_bytes(newest.read_bytes()[:-1])
-    with pytest.raises(ValueError, match=r"epoch 5 of 6 .*--overwrite"):
+    with pytest.raises(ValueError, match=r"5 of 6 epochs .*--overwrite"):
         analyze.run(dataclasses.replace(SMALL, plots=False), run_dir)
     # Loaded for a look (stablerank layers), the earlier weights come with a warning naming them.
-    with pytest.warns(UserWarning, match=r"\(step_\d+\.pt\) holds epoch 5 of 6: not the run's"):
+    with pytest.warns(UserWarning, match=r"\(step_\d+\.pt\) holds 5 of 6 epochs: not the run's"):
         analyze.load_run_model(run_dir)
 
 

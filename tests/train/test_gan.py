@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import matplotlib.image
@@ -630,12 +631,28 @@ def test_load_gan_run_picks_a_checkpoint_and_the_raw_generator(tmp_path):
     assert load_gan_run(run_dir).step == 4  # default: the newest
 
 
+def test_load_gan_run_rebuilds_quietly_and_names_a_diverged_runs_last_weights(tmp_path):
+    # c = 0.1 gives D's first convolution (8 x 9) the target r = 1: the trainer warns, the
+    # loader does not repeat it.
+    cfg = _cfg(tmp_path, "rank-one", d_norm="srn", rank_ratio=0.1, g_steps=4, checkpoint_every=2)
+    with pytest.warns(sr.RankOneWarning):
+        run_dir = _train(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_gan_run(run_dir)
+    # A run that diverged before its end: its last checkpoint is what there is, said so.
+    (run_dir / "checkpoints" / "step_0000004.pt").unlink()
+    RunDir(run_dir).write_status(status="diverged")
+    with pytest.warns(UserWarning, match=r"holds 2 of 4 steps: the run diverged before its end"):
+        load_gan_run(run_dir)
+
+
 def test_load_gan_run_skips_a_corrupt_newest_checkpoint_as_resuming_does(tmp_path, capsys):
     cfg = _cfg(tmp_path, "torn", ema=0.9, g_steps=4, checkpoint_every=2)
     run_dir = _train(cfg)
     newest = run_dir / "checkpoints" / "step_0000004.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # cut by a kill mid-write
-    with pytest.warns(UserWarning, match=r"\(step_0000002.pt\) holds step 2 of 4: not the run"):
+    with pytest.warns(UserWarning, match=r"\(step_0000002.pt\) holds 2 of 4 steps: not the run"):
         assert load_gan_run(run_dir).step == 2
     assert "step_0000004.pt" in capsys.readouterr().err
     with pytest.raises(CorruptCheckpointError):  # asked for by name: no fallback

@@ -119,12 +119,12 @@ def _trained_model(
         raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
     epoch, batch = loaded[1]["epoch"], loaded[1].get("batch", 0)
     if (epoch, batch) != (cfg.epochs, 0):
-        held = f"{run_dir}'s newest intact checkpoint ({loaded[0].name}) holds epoch {epoch}" + (
-            f" and {batch} batches of the next" if batch else "") + f" of {cfg.epochs}"  # fmt: skip
+        holds = f"{epoch} of {cfg.epochs} epochs" + (f" and {batch} batches" if batch else "")
         if final:
-            raise ValueError(f"{held} (the last is damaged): its weights are not those of the "
+            raise ValueError(f"{run_dir}'s newest intact checkpoint ({loaded[0].name}) holds "
+                             f"{holds} (the last is damaged): its weights are not those of the "
                              "run's results; retrain it with --overwrite")  # fmt: skip
-        warnings.warn(f"{held}: not the run's final weights", stacklevel=3)
+        RunDir(run_dir).warn_not_final(loaded[0], holds, stacklevel=3)
     model.load_state_dict(loaded[1]["model"])
     return model.to(device).eval()
 

@@ -196,8 +196,7 @@ def load_gan_run(
         G, D = build_gan_models(cfg, shape.in_channels, shape.image_size, num_classes)
     step = int(ckpt["step"])
     if checkpoint is None and step != cfg.g_steps:
-        warnings.warn(f"{run_dir}'s newest intact checkpoint ({path.name}) holds step {step} of "
-                      f"{cfg.g_steps}: not the run's final weights", stacklevel=2)  # fmt: skip
+        RunDir(run_dir).warn_not_final(path, f"{step} of {cfg.g_steps} steps", stacklevel=2)
     use_ema = ema and cfg.ema > 0
     G.load_state_dict(ckpt["G_ema"] if use_ema else ckpt["G"])
     D.load_state_dict(ckpt["D"])

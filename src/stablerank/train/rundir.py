@@ -38,6 +38,7 @@ import os
 import shutil
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,15 @@ class RunDir:
         return stale
 
     # ------------------------------------------------------------------ status and lock
+
+    def warn_not_final(self, checkpoint: Path, holds: str, *, stacklevel: int = 1) -> None:
+        """Warn that ``checkpoint``, the newest intact one that a loader read, holds ``holds``
+        (e.g. "step 2 of 4"): the last weights of a run that diverged, else not its final ones
+        (unfinished, or its last checkpoint damaged). ``stacklevel`` counts from the caller."""
+        diverged = self.read_status().get("status") == DIVERGED
+        why = "the run diverged before its end" if diverged else "not the run's final weights"
+        warnings.warn(f"{self.path}'s newest intact checkpoint ({checkpoint.name}) holds {holds}: "
+                      f"{why}", stacklevel=stacklevel + 1)  # fmt: skip
 
     def read_status(self) -> dict[str, Any]:
         """The status fields, or ``{}`` when there is none (or it was cut by a kill)."""
