@@ -123,6 +123,9 @@ def test_cap_that_does_not_bind_is_not_a_test_whatever_the_numbers():
     comp = _comparison(results, "gap_acc", "none")
     assert comp.outcome == claims.NOT_A_TEST and "binds on 25.0% of" in comp.reason
     assert next(r for r in results if r.claim.number == 1).verdict == claims.NOT_A_TEST
+    # claims.json names the gate's number as a run's metrics.json does: over training, _mean.
+    saved = comp.to_dict()
+    assert saved["srn_active_fraction_mean"] == 0.25 and "srn_active_fraction" in saved
 
 
 def test_equal_arms_with_tight_spread_are_not_reproduced():
@@ -835,8 +838,8 @@ def test_a_gan_row_that_cannot_tell_names_the_flag_that_adds_its_seeds():
 
     comp = claims.Comparison(
         claim=4, metric="fid", setting="s", rank_ratio=0.1, reference="sn", srn_values=[2.0, 3.0],
-        ref_values=[1.0, 2.0], srn_seeds=[0, 1], ref_seeds=[0, 1], srn_active_fraction=1.0,
-        srn_active_fraction_end=1.0, seeds_needed=41,
+        ref_values=[1.0, 2.0], srn_seeds=[0, 1], ref_seeds=[0, 1], srn_active_fraction_mean=1.0,
+        srn_active_fraction=1.0, seeds_needed=41,
     )  # fmt: skip
     assert _comparison_row(comp, KIND_GAN)[-1].endswith(
         "(~41 seeds/arm would decide: --gan-seeds 41)"

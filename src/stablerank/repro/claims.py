@@ -294,8 +294,10 @@ class Comparison:
     ref_values: list[float]
     srn_seeds: list[int]
     ref_seeds: list[int]
+    # The SRN arm's binding fraction, mean over seeds: averaged over training, and at its end
+    # (as a run's metrics.json names them).
+    srn_active_fraction_mean: float | None
     srn_active_fraction: float | None
-    srn_active_fraction_end: float | None
     sn_above_target: float | None = None
     finished: tuple[int, int] = (0, 0)  # usable runs of the SRN and the reference arm
     test: WelchTest | None = None
@@ -335,8 +337,8 @@ class Comparison:
             "d_ci": [t.d_low, t.d_high] if t else None,
             "p_value": t.p_value if t else None,
             "p_adjusted": self.p_adjusted,
-            "srn_active_fraction_mean": self.srn_active_fraction,  # metrics.json's names
-            "srn_active_fraction": self.srn_active_fraction_end,
+            "srn_active_fraction_mean": self.srn_active_fraction_mean,
+            "srn_active_fraction": self.srn_active_fraction,
             "sn_above_target": self.sn_above_target,
             "outcome": self.outcome,
             "reason": self.reason,
@@ -495,9 +497,9 @@ def _decide(comp: Comparison) -> None:
         empty = " and ".join(name for name, n in arms if not n)
         comp.reason = f"no finished run in the {empty} arm"
         return
-    active, when = comp.srn_active_fraction, "averaged over training"
+    active, when = comp.srn_active_fraction_mean, "averaged over training"
     if active is None:  # runs that logged no activity along training: their end
-        active, when = comp.srn_active_fraction_end, "at the end of training"
+        active, when = comp.srn_active_fraction, "at the end of training"
     if active is None or active < MIN_ACTIVE_FRACTION:
         comp.outcome = NOT_A_TEST
         comp.reason = (

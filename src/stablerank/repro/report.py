@@ -24,6 +24,8 @@ from stablerank.repro.claims import (
     METRICS,
     MIN_ACTIVE_FRACTION,
     NOT_A_TEST,
+    NOT_REPRODUCED,
+    REPRODUCED,
     ClaimResult,
     Comparison,
     detectable_effect,
@@ -90,9 +92,9 @@ def _active(recs: Sequence[RunRecord]) -> str:
 
 
 def _setting_section(kind: str, setting: str, arms: dict[str, list[RunRecord]]) -> str:
-    # A metric no finished run has a value for is not measured here (FID without a feature
-    # network): no column of n/a; while none has finished, every column shows.
-    done = [r for recs in arms.values() for r in recs if r.result is not None]
+    # A metric no usable run has a value for is not measured here (FID without a feature
+    # network): no column of n/a; while none is usable (unfinished, diverged), every column shows.
+    done = [r for recs in arms.values() for r in recs if r.usable]
     metrics = [
         METRICS[m] for m in _TABLE_METRICS[kind]
         if not done or any(METRICS[m].value(r) is not None for r in done)
@@ -169,7 +171,7 @@ def _comparison_row(c: Comparison, kind: str) -> list[str]:
         effect = f"{t.d:.2f} [{t.d_low:.2f}, {t.d_high:.2f}]"
         p = f"{t.p_value:.3g} / {c.p_adjusted:.3g}"
     active = " / ".join("n/a" if x is None else share_text(x)
-                        for x in (c.srn_active_fraction, c.sn_above_target))  # fmt: skip
+                        for x in (c.srn_active_fraction_mean, c.sn_above_target))  # fmt: skip
     outcome = f"**{c.outcome}**"
     if c.seeds_needed:
         # GAN seeds alone can be added (--gan-seeds); --seeds would set every arm's, GANs too.
@@ -448,7 +450,8 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     for i, c in enumerate(comps):
         sign = METRICS[c.metric].sign  # right = SRN better
         lo, hi = sorted((sign * c.test.d_low, sign * c.test.d_high))
-        color = {"reproduced": "tab:green", "not reproduced": "tab:red"}.get(c.outcome, "gray")
+        color = {REPRODUCED: "tab:green", NOT_REPRODUCED: "tab:red",
+                 NOT_A_TEST: "tab:orange"}.get(c.outcome, "gray")  # fmt: skip
         ax.plot([lo, hi], [i, i], color=color)
         label = None if c.outcome in shown else c.outcome
         shown.add(c.outcome)
