@@ -43,7 +43,8 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 class RankOneWarning(UserWarning):
     """SRN's target stable rank is 1 on a weight of more than one row and column: the normalized
-    weight is the rank-one u v^T (a small ``rank_ratio`` on a small layer).
+    weight is the rank-one u v^T, whose gradient with respect to the raw weight is zero, so the
+    layer does not train (a small ``rank_ratio`` on a small layer).
 
     Silence it with ``warnings.filterwarnings("ignore", category=RankOneWarning)``.
     """
@@ -184,8 +185,10 @@ class _StableRankNorm(nn.Module):
         call, sigma read as a float (Note [srn cpu path])."""
         u, v = self._buffers["_u"], self._buffers["_v"]
         # weight_to_matrix without its checks for the usual dim 0 (the rows' axis first)
+        # A 2-D weight is its own matrix: no view, whose backward would refuse the sparse gradient
+        # of an nn.Embedding(sparse=True).
         matrix = (
-            weight.flatten(1)
+            (weight if weight.ndim == 2 else weight.flatten(1))
             if self.dim == 0 and weight.ndim > 1
             else weight_to_matrix(weight, self.dim)
         )
@@ -204,7 +207,7 @@ class _StableRankNorm(nn.Module):
         else:
             normalized = _cpu_normalize(matrix, u, v, scalars)
         if self.dim == 0:
-            return normalized.view(weight.shape)
+            return normalized if normalized.shape == weight.shape else normalized.view(weight.shape)
         return matrix_to_weight(normalized, weight.shape, self.dim)
 
     def right_inverse(self, value: Tensor) -> Tensor:
@@ -343,6 +346,7 @@ class _StableRankNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         nones = (None,) * 6
         matrix, u, v, sigma, wn, *rest = ctx.saved_tensors
+        grad = _dense(grad)
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, *ctx.composite_args), *nones)
         flat = grad.reshape(-1)
@@ -462,6 +466,7 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         matrix, u, v = ctx.saved_tensors
         c = ctx.c
         nones = (None,) * 3
+        grad = _dense(grad)
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
         if not _is_batched(grad):  # the usual backward: its scalars as floats too
@@ -489,6 +494,13 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         else:
             k_uv = a_dot * (-c.s / c.sigma**2)
         return (torch.addr(out, u * k_uv, v), *nones)
+
+
+def _dense(grad: Tensor) -> Tensor:
+    """The output gradient as a dense tensor: a sparse ``nn.Embedding`` (``sparse=True``) gives a
+    sparse one, which the formulas' reshapes refuse; the raw weight then gets a dense gradient, as
+    under torch's spectral_norm (the normalized weight is dense anyway)."""
+    return grad if grad.layout == torch.strided else grad.to_dense()
 
 
 def _differentiable_backward(
@@ -784,7 +796,8 @@ def stable_rank_norm(
         warnings.warn(
             f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: "
             "the target stable rank is "
-            f"1, so the normalized weight has rank one (rank_ratio={rank_ratio}, srank={srank})",
+            f"1, so the normalized weight has rank one (u v^T) and its raw weight gets no "
+            f"gradient: the layer does not train (rank_ratio={rank_ratio}, srank={srank})",
             RankOneWarning,
             stacklevel=_caller_outside_package(),
         )
