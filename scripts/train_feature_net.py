@@ -44,6 +44,7 @@ _PIXEL_HALF = 127.5
 _EVAL_BATCH = 1000
 _PCT_WARMUP = 0.25  # fraction of the one-cycle schedule spent increasing the lr
 _PAD_VALUE = -1.0  # background of Fashion-MNIST in [-1, 1]
+_FMNIST_TRAIN = 60_000  # training images of Fashion-MNIST
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,7 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available here")
     # One-cycle's warm-up must hold at least two steps (OneCycleLR divides by its length - 1).
-    steps = args.epochs * math.ceil((args.max_train or 60_000) / args.batch_size)
+    images = min(args.max_train or _FMNIST_TRAIN, _FMNIST_TRAIN)
+    steps = args.epochs * math.ceil(images / args.batch_size)
     if steps * _PCT_WARMUP < 2:
         p.error(f"{steps} optimizer steps (--epochs x images / --batch-size) are too few for the "
                 f"one-cycle schedule: at least {math.ceil(2 / _PCT_WARMUP)}")  # fmt: skip

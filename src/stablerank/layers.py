@@ -94,8 +94,9 @@ class LayerReport(list):
         Path(path).write_text(json.dumps(rows, indent=2, allow_nan=False))
 
     def to_csv(self, path: str | Path) -> None:
-        """One row per layer in the table's column order (``shape`` before ``matrix_shape``),
-        shapes written as the table writes them (``10x128``)."""
+        """One row per layer: the table's columns in its order, with the weight's ``shape``
+        (not in the table) before ``matrix_shape``; shapes written as the table writes them
+        (``10x128``)."""
         with Path(path).open("w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=["name", "norm", "shape", *self.COLUMNS[2:]])
             writer.writeheader()

@@ -179,13 +179,15 @@ def test_shattering_comparisons_carry_the_clean_accuracy_at_the_same_c():
     context = claim2.comparisons[0].context
     assert any(k.startswith("clean_test_acc_srn") for k in context)
     assert all(math.isclose(v, 0.80) for v in context.values())
-    # Clean runs of another network (a wider MLP) under the same setting name are no context.
-    wider = [dataclasses.replace(r, run=dataclasses.replace(
-        r.run, config=dataclasses.replace(r.run.config, width=2.0))) for r in recs
-        if r.run.kind == KIND_CLASSIFY]  # fmt: skip
+    # Clean runs of another network (a wider MLP, another model) under the same setting name are
+    # no context.
     shatter = [r for r in recs if r.run.kind == KIND_SHATTER]
-    claim2 = next(r for r in claims.evaluate_claims(wider + shatter) if r.claim.number == 2)
-    assert claim2.comparisons and not any(c.context for c in claim2.comparisons)
+    for other in ({"width": 2.0}, {"model": "small_cnn"}):
+        clean = [dataclasses.replace(r, run=dataclasses.replace(
+            r.run, config=dataclasses.replace(r.run.config, **other))) for r in recs
+            if r.run.kind == KIND_CLASSIFY]  # fmt: skip
+        claim2 = next(r for r in claims.evaluate_claims(clean + shatter) if r.claim.number == 2)
+        assert claim2.comparisons and not any(c.context for c in claim2.comparisons), other
 
 
 def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
@@ -542,6 +544,9 @@ def test_a_measure_undefined_in_runs_is_undecided_and_says_why_never_left_out(tm
     assert comp.to_dict()["finished_srn"] == 4 and comp.to_dict()["n_srn"] == 3
     text = write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)[0]
     assert "no value in 1 of 4 SRN runs" in text.read_text()
+    # The setting's table shows the margin the measures divide by (0.1 here, -0.2 where undefined).
+    header = next(line for line in text.read_text().splitlines() if line.startswith("| arm |"))
+    assert "training margin (the measures divide by it)" in header
     # Defined everywhere: tested as before.
     assert _claim3([_classifier_with_analysis(r, 3.0 + 0.01 * r.run.seed) for r in base]).test
 

@@ -135,9 +135,7 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     return (
         "\nRaw stable rank of each layer at the end of training (mean over seeds; SRN arms: raw "
         "/ target r; a target of 1 makes SRN hold that layer at rank one, where its weight gets "
-        "no gradient and does not train):\n\n"
-        + _table(["layer", *arms], rows)
-        + "\n"
+        "no gradient and does not train):\n\n" + _table(["layer", *arms], rows) + "\n"
     )
 
 

@@ -41,7 +41,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from stablerank.config import config_hash, config_to_dict, diff_configs
 from stablerank.train.checkpoint import (
@@ -118,7 +118,11 @@ class _File:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def __get__(self, run_dir: RunDir | None, owner: type | None = None) -> Any:
+    @overload
+    def __get__(self, run_dir: None, owner: type | None = None) -> _File: ...
+    @overload
+    def __get__(self, run_dir: RunDir, owner: type | None = None) -> Path: ...
+    def __get__(self, run_dir: RunDir | None, owner: type | None = None) -> Path | _File:
         return self if run_dir is None else run_dir.path / self.name
 
 
