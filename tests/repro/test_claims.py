@@ -209,6 +209,12 @@ def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
     text = path.read_text()
     assert "| features.1 | 22 | 22 | 4 / 4 |" in text
     assert "mostly spectral normalization, not a test by the rule" in text
+    assert "Not learning" not in text
+    # A target of 1 on a layer of more than one row and column: named as not learning.
+    ones = [dataclasses.replace(r, result=dataclasses.replace(r.result, layers=(
+        layer(3.0, 1.0 if r.run.norm == "srn" else None),))) for r in recs]  # fmt: skip
+    path, _ = write_report(tmp_path, ones, sweep="tiny", alpha=0.05, config={}, commit=None)
+    assert "**Not learning** in srn(c=0.1): features.1 (target 1:" in path.read_text()
 
 
 def _gan_record(run, jacobian_real: float, jacobian_fake: float) -> RunRecord:

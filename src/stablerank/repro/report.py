@@ -117,10 +117,15 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     ``raw / target``. It shows what the binary 'cap binds' hides: a raw weight held just below its
     target (the cap shaped training) against the SN arm's stable rank, which the cap would cut."""
     stats: dict[str, dict[str, list[LayerStat]]] = {}  # layer name -> arm -> one stat per seed
+    # Layers whose target is 1 below min(m, n): the output u v^T does not depend on the raw
+    # weight, which gets no gradient from the loss (docs/library.md, "A target of 1").
+    frozen: dict[str, set[str]] = {}
     for arm, recs in arms.items():
         for rec in (r for r in recs if r.usable):
             for layer in rec.result.layers:
                 stats.setdefault(layer.name, {}).setdefault(arm, []).append(layer)
+                if layer.target_srank == 1 and min(layer.shape) > 1:
+                    frozen.setdefault(arm, set()).add(layer.name)
     if all(s.target_srank is None for by_arm in stats.values() for v in by_arm.values() for s in v):
         return ""  # no SRN arm here
     rows = []
@@ -132,10 +137,15 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
             target = seeds[0].target_srank if seeds else None
             row.append(f"{raw} / {target:.3g}" if target else raw)
         rows.append(row)
+    frozen_text = "".join(
+        f"\n**Not learning** in {arm}: {', '.join(sorted(names))} (target 1: the output is the "
+        "rank-one u v^T of the initial weight's top singular pair, and no gradient of the loss "
+        "reaches the raw weight).\n"
+        for arm, names in frozen.items()
+    )  # fmt: skip
     return (
         "\nRaw stable rank of each layer at the end of training (mean over seeds; SRN arms: raw "
-        "/ target r; a target of 1 makes SRN hold that layer at rank one, where its weight gets "
-        "no gradient and does not train):\n\n" + _table(["layer", *arms], rows) + "\n"
+        "/ target r):\n\n" + _table(["layer", *arms], rows) + "\n" + frozen_text
     )
 
 
