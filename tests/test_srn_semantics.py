@@ -399,19 +399,24 @@ def test_a_refused_target_in_a_state_dict_leaves_the_layer_as_it_was():
 
 @pytest.mark.parametrize("rank_ratio", [1.0, 0.3])  # plain SN, and a cap that binds
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_a_sparse_embedding_trains_with_the_dense_gradient(rank_ratio, mode):
+@pytest.mark.parametrize(("exact", "dtype"), [(False, torch.float32), (True, torch.float32),
+                                              (False, torch.float16)])  # fmt: skip
+def test_a_sparse_embedding_trains_with_the_dense_gradient(rank_ratio, mode, exact, dtype):
     # nn.Embedding(sparse=True) back-propagates a sparse gradient into the normalized weight; the
-    # raw weight gets the dense one, as under torch's spectral_norm (it raised in a reshape).
+    # raw weight gets the dense one, as under torch's spectral_norm (it raised in a reshape). The
+    # CPU fast path, and the general one (exact, and half weights cast back from float32).
     torch.manual_seed(0)
     sparse = nn.Embedding(20, 8, sparse=True)
-    stable_rank_norm(sparse, rank_ratio=rank_ratio)
+    stable_rank_norm(sparse, rank_ratio=rank_ratio, exact=exact)
     dense = nn.Embedding(20, 8)
-    stable_rank_norm(dense, rank_ratio=rank_ratio)
+    stable_rank_norm(dense, rank_ratio=rank_ratio, exact=exact)
+    sparse.to(dtype)
+    dense.to(dtype)
     dense.load_state_dict(sparse.state_dict())
     idx = torch.tensor([1, 2, 2, 7])
     for emb in (sparse, dense):
         getattr(emb, mode)()
-        emb(idx).square().sum().backward()
+        emb(idx).float().square().sum().backward()
     grads = [e.parametrizations.weight.original.grad for e in (sparse, dense)]
     assert grads[0].layout == torch.strided
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-6, atol=1e-7)

@@ -97,6 +97,8 @@ class _StableRankNorm(nn.Module):
         if weight.device.type != "meta":  # deferred init: nothing to iterate on (as torch's SN)
             self._update_vectors(matrix, _WARMUP_POWER_ITERS)
 
+    sparse_grad = False  # set by stable_rank_norm for nn.Embedding(sparse=True)
+
     def _set_srank(self, srank: float) -> None:
         """Set the target r: the Python floats the forward uses and the ``_srank`` buffer."""
         self.srank = float(srank)
@@ -177,7 +179,8 @@ class _StableRankNorm(nn.Module):
                 # no graph to record: the same forward without autograd.Function's overhead
                 normalized = _StableRankNormFunction.apply(*args) if graph else _normalize(*args)[0]
         out = matrix_to_weight(normalized, weight.shape, self.dim)
-        return out if out.dtype == weight.dtype else out.to(weight.dtype)
+        out = out if out.dtype == weight.dtype else out.to(weight.dtype)
+        return _DenseGrad.apply(out) if self.sparse_grad and graph else out
 
     def _cpu_forward(self, weight: Tensor) -> Tensor:
         """:meth:`forward` in eager mode on the CPU for a weight in the vectors' dtype (float32 or
@@ -185,10 +188,8 @@ class _StableRankNorm(nn.Module):
         call, sigma read as a float (Note [srn cpu path])."""
         u, v = self._buffers["_u"], self._buffers["_v"]
         # weight_to_matrix without its checks for the usual dim 0 (the rows' axis first)
-        # A 2-D weight is its own matrix: no view, whose backward would refuse the sparse gradient
-        # of an nn.Embedding(sparse=True).
         matrix = (
-            (weight if weight.ndim == 2 else weight.flatten(1))
+            weight.flatten(1)
             if self.dim == 0 and weight.ndim > 1
             else weight_to_matrix(weight, self.dim)
         )
@@ -207,6 +208,8 @@ class _StableRankNorm(nn.Module):
         else:
             normalized = _cpu_normalize(matrix, u, v, scalars)
         if self.dim == 0:
+            # A 2-D weight's matrix is the weight: no view, whose backward would refuse the sparse
+            # gradient of an nn.Embedding(sparse=True).
             return normalized if normalized.shape == weight.shape else normalized.view(weight.shape)
         return matrix_to_weight(normalized, weight.shape, self.dim)
 
@@ -494,6 +497,19 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         else:
             k_uv = a_dot * (-c.s / c.sigma**2)
         return (torch.addr(out, u * k_uv, v), *nones)
+
+
+class _DenseGrad(torch.autograd.Function):
+    """The identity, whose backward makes a sparse gradient dense: the general forward's last
+    node for an ``nn.Embedding(sparse=True)``, so that its reshape and cast get a dense one."""
+
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor) -> Tensor:
+        return weight.view_as(weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        return _dense(grad)
 
 
 def _dense(grad: Tensor) -> Tensor:
@@ -809,6 +825,9 @@ def stable_rank_norm(
         eps=eps,
         exact=exact,
     )
+    # nn.Embedding(sparse=True) sends a sparse gradient into the normalized weight, which the
+    # reshapes and casts of the general forward refuse: densified first (see _DenseGrad).
+    norm.sparse_grad = bool(getattr(module, "sparse", False))
     _own_parametrized_class(module)  # its class may be a deep copy's original's too
     parametrize.register_parametrization(module, name, norm)
     return module
