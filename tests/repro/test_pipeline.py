@@ -85,7 +85,7 @@ def test_fields_one_arm_leaves_unread_may_differ_but_not_between_arms_that_read_
     # Two settings whose names differ only in "/" vs "-" would share run folders: refused.
     slashed = sweeps.comparison("classify", "digits-mlp", base, (0.3,), 1)
     monkeypatch.setitem(sweeps.SWEEPS, "tiny", lambda seeds=1, gan_seeds=1: runs[:3] + slashed)
-    with pytest.raises(ValueError, match=r"holds runs twice \(one folder\)"):
+    with pytest.raises(ValueError, match=r"holds runs of one folder: .*differ only in '/'"):
         sweeps.build_sweep(ReproduceConfig(sweep="tiny", out_dir="/tmp/unused"))
 
 
@@ -208,6 +208,10 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         "    base = classify_preset('tiny', epochs=1, train_subset=128, test_eval_size=0)\n"
         "    return [r for c in (0.1, 0.3) for r in sweeps.comparison('classify',\n"
         "        'digits/mlp-mine', dataclasses.replace(base, rank_ratio=c), (c,), seeds)]\n\n"
+        "def per_c_one_base(seeds=1, gan_seeds=1):\n"  # the same vanilla and SN runs twice
+        "    base = classify_preset('tiny', epochs=1, train_subset=128, test_eval_size=0)\n"
+        "    return [r for c in (0.1, 0.3) for r in sweeps.comparison('classify',\n"
+        "        'digits/mlp-mine', base, (c,), seeds)]\n\n"
         "def gan_of_classifiers(seeds=1, gan_seeds=1):\n"
         "    return [dataclasses.replace(r, kind='gan') for r in mine()]\n\n"
         "def clean_shatter(seeds=1, gan_seeds=1):\n"  # claim 2 without random labels
@@ -244,6 +248,7 @@ def test_a_sweep_of_your_own_runs_from_its_file_and_a_bad_one_is_refused_before_
         pipeline.run(own(tmp_path / "bad", f"{sweep_file}:unlike"))
     for spec, error in (
         ("per_c", r"two runs of one arm and seed .*'classify/digits/mlp-mine/none/0'"),
+        ("per_c_one_base", r"two runs of one arm and seed .*one comparison\(\) with every c"),
         ("gan_of_classifiers", r"a run of kind 'gan' needs a GanConfig, got a ClassifyConfig"),
         ("clean_shatter", r"kind 'shatter' \(claim 2: fitting random labels\) needs label_noise"),
     ):

@@ -409,14 +409,18 @@ def build_sweep(cfg: ReproduceConfig) -> list[Run]:
     if mismatch := _kind_mismatch(runs):
         raise ValueError(f"sweep {cfg.sweep!r}: {mismatch}")
     placed = [run.placed(cfg) for run in runs]
-    if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
-        raise ValueError(f"sweep {cfg.sweep!r} holds runs twice (one folder): {twice}")
     arms = Counter((r.kind, r.setting, r.arm, r.seed) for r in placed)
     if twice := sorted("/".join(map(str, key)) for key, n in arms.items() if n > 1):
         raise ValueError(
             f"sweep {cfg.sweep!r} holds two runs of one arm and seed (kind/setting/arm/seed): "
             f"{twice}; the claims would count that seed twice (one comparison() with every c "
             "gives each arm once)"
+        )
+    # Distinct arms in one folder: setting names that differ only in '/' against '-'.
+    if twice := sorted(name for name, n in Counter(r.name for r in placed).items() if n > 1):
+        raise ValueError(
+            f"sweep {cfg.sweep!r} holds runs of one folder: {twice} (settings whose names "
+            "differ only in '/' against '-' name folders alike)"
         )
     if unfair := _compared_unlike(placed):
         raise ValueError(
