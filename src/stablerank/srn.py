@@ -44,7 +44,8 @@ _HALF_DTYPES = (torch.float16, torch.bfloat16)
 class RankOneWarning(UserWarning):
     """SRN's target stable rank is 1 on a weight of more than one row and column: the normalized
     weight is the rank-one u v^T, whose gradient with respect to the raw weight is zero, so the
-    layer does not train (a small ``rank_ratio`` on a small layer).
+    weight does not train (the layer's bias still does; a small ``rank_ratio`` on a small
+    layer).
 
     Silence it with ``warnings.filterwarnings("ignore", category=RankOneWarning)``.
     """
@@ -813,7 +814,8 @@ def stable_rank_norm(
             f"stable_rank_norm on {name!r} of shape {tuple(weight.shape)}: "
             "the target stable rank is "
             f"1, so the normalized weight has rank one (u v^T) and its raw weight gets no "
-            f"gradient: the layer does not train (rank_ratio={rank_ratio}, srank={srank})",
+            f"gradient: the weight does not train, a bias still does (rank_ratio={rank_ratio}, "
+            f"srank={srank})",
             RankOneWarning,
             stacklevel=_caller_outside_package(),
         )

@@ -126,6 +126,13 @@ def test_cap_that_does_not_bind_is_not_a_test_whatever_the_numbers():
     # claims.json names the gate's number as a run's metrics.json does: over training, _mean.
     saved = comp.to_dict()
     assert saved["srn_active_fraction_mean"] == 0.25 and "srn_active_fraction" in saved
+    # The gate reads the mean over training, not the end: binding over training, not at the end.
+    recs = _records([0.05, 0.052, 0.049, 0.051], 0.6)
+    recs = [dataclasses.replace(r, result=dataclasses.replace(r.result, srn_active_fraction=0.1))
+            if r.run.norm == "srn" else r for r in recs]  # fmt: skip
+    comp = _comparison(claims.evaluate_claims(recs), "gap_acc", "none")
+    assert comp.outcome == claims.REPRODUCED
+    assert comp.to_dict()["srn_active_fraction"] == pytest.approx(0.1)  # the end, as metrics.json
 
 
 def test_equal_arms_with_tight_spread_are_not_reproduced():

@@ -119,7 +119,8 @@ def _trained_model(
         raise FileNotFoundError(f"{run_dir} holds no checkpoint: did its training start?")
     epoch, batch = loaded[1]["epoch"], loaded[1].get("batch", 0)
     if (epoch, batch) != (cfg.epochs, 0):
-        holds = f"{epoch} of {cfg.epochs} epochs" + (f" and {batch} batches" if batch else "")
+        holds = f"{epoch} of {cfg.epochs} epochs" + (f" and {batch} batches of the next"
+                                                      if batch else "")  # fmt: skip
         if final:
             raise ValueError(f"{run_dir}'s newest intact checkpoint ({loaded[0].name}) holds "
                              f"{holds} (the last is damaged): its weights are not those of the "

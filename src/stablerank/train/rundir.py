@@ -370,7 +370,7 @@ class RunDir:
 
     def warn_not_final(self, checkpoint: Path, holds: str, *, stacklevel: int = 1) -> None:
         """Warn that ``checkpoint``, the newest intact one that a loader read, holds ``holds``
-        (e.g. "step 2 of 4"): the last weights of a run that diverged, else not its final ones
+        (e.g. "2 of 4 steps"): the last weights of a run that diverged, else not its final ones
         (unfinished, or its last checkpoint damaged). ``stacklevel`` counts from the caller."""
         diverged = self.read_status().get("status") == DIVERGED
         why = "the run diverged before its end" if diverged else "not the run's final weights"
