@@ -220,8 +220,15 @@ def test_report_shows_each_layers_raw_stable_rank_against_its_target(tmp_path):
     # A target of 1 on a layer of more than one row and column: named as not learning.
     ones = [dataclasses.replace(r, result=dataclasses.replace(r.result, layers=(
         layer(3.0, 1.0 if r.run.norm == "srn" else None),))) for r in recs]  # fmt: skip
-    path, _ = write_report(tmp_path, ones, sweep="tiny", alpha=0.05, config={}, commit=None)
-    assert "**Not learning** in srn(c=0.1): features.1 (target 1:" in path.read_text()
+    path, results = write_report(tmp_path, ones, sweep="tiny", alpha=0.05, config={}, commit=None)
+    text = path.read_text()
+    assert "**Not learning** in srn(c=0.1): the weight of features.1 (target 1:" in text
+    # ... and said where the claims of that kind are read: the summary, the claim, claims.json.
+    assert results[0].caveats == results[2].caveats and results[1].caveats == []
+    assert "see its caveat: a frozen rank-one layer" in text.split("## Claims")[0]
+    assert "**Caveat**: digits/mlp, srn(c=0.1): SRN's target is r = 1 on features.1" in text
+    saved = json.loads((tmp_path / "claims.json").read_text())["claims"]
+    assert saved[0]["caveats"] == results[0].caveats and saved[3]["caveats"] == []
 
 
 def _gan_record(run, jacobian_real: float, jacobian_fake: float) -> RunRecord:

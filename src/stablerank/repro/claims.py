@@ -14,7 +14,7 @@ import itertools
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from stablerank._optional import import_optional
@@ -354,6 +354,7 @@ class ClaimResult:
     claim: Claim
     comparisons: list[Comparison]
     arms: dict[str, frozenset[str]] = field(default_factory=dict)  # per setting of the kind
+    caveats: list[str] = field(default_factory=list)  # what the reader must know (frozen layers)
 
     @property
     def verdict(self) -> str:
@@ -406,6 +407,18 @@ def share_text(share: float) -> str:
     """A share of layers as a percentage: whole at 0 and 1, else with one decimal, so that a share
     such as 0.495, just under the gate, prints 49.5% and not 50%."""
     return f"{share:.0%}" if share in (0.0, 1.0) else f"{share:.1%}"
+
+
+def frozen_layers(records: Iterable[RunRecord]) -> dict[str, list[str]]:
+    """Per arm, the SRN layers of the usable ``records`` whose target is 1 below min(m, n): their
+    output u v^T does not depend on the raw weight, which gets no gradient from the loss and so
+    does not learn (docs/library.md, "A target of 1")."""
+    out: dict[str, set[str]] = {}
+    for rec in records:
+        for layer in rec.result.layers if rec.usable else ():
+            if layer.target_srank == 1 and min(layer.shape) > 1:
+                out.setdefault(rec.run.arm, set()).add(layer.name)
+    return {arm: sorted(names) for arm, names in out.items()}
 
 
 def sn_above_target(srn: Sequence[RunRecord], sn: Sequence[RunRecord]) -> float | None:
@@ -570,12 +583,18 @@ def _finish(comp: Comparison, alpha: float, n_tests: int) -> None:
 
 def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[ClaimResult]:
     """Every claim with its comparisons decided (Holm over all tested comparisons)."""
-    results = [
-        ClaimResult(claim, _comparisons(claim, records),
-                    {setting: frozenset(arms) for setting, arms
-                     in by_setting(records, claim.kind).items()})
-        for claim in CLAIMS
-    ]  # fmt: skip
+    results = []
+    for claim in CLAIMS:
+        settings = by_setting(records, claim.kind)
+        caveats = [
+            f"{setting}, {arm}: SRN's target is r = 1 on {', '.join(names)}, so that weight is "
+            "rank one and gets no gradient (its bias does): it keeps its initial top singular "
+            "pair, and the arm's network is partly frozen, not only capped (docs/library.md)"
+            for setting, arms in settings.items()
+            for arm, names in frozen_layers(r for recs in arms.values() for r in recs).items()
+        ]
+        arms = {setting: frozenset(arms) for setting, arms in settings.items()}
+        results.append(ClaimResult(claim, _comparisons(claim, records), arms, caveats))
     comps = [c for r in results for c in r.comparisons]
     for comp in comps:
         _decide(comp)

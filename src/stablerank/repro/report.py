@@ -30,6 +30,7 @@ from stablerank.repro.claims import (
     Comparison,
     detectable_effect,
     evaluate_claims,
+    frozen_layers,
     share_text,
 )
 from stablerank.repro.records import RunRecord, by_setting
@@ -117,15 +118,10 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     ``raw / target``. It shows what the binary 'cap binds' hides: a raw weight held just below its
     target (the cap shaped training) against the SN arm's stable rank, which the cap would cut."""
     stats: dict[str, dict[str, list[LayerStat]]] = {}  # layer name -> arm -> one stat per seed
-    # Layers whose target is 1 below min(m, n): the output u v^T does not depend on the raw
-    # weight, which gets no gradient from the loss (docs/library.md, "A target of 1").
-    frozen: dict[str, set[str]] = {}
     for arm, recs in arms.items():
         for rec in (r for r in recs if r.usable):
             for layer in rec.result.layers:
                 stats.setdefault(layer.name, {}).setdefault(arm, []).append(layer)
-                if layer.target_srank == 1 and min(layer.shape) > 1:
-                    frozen.setdefault(arm, set()).add(layer.name)
     if all(s.target_srank is None for by_arm in stats.values() for v in by_arm.values() for s in v):
         return ""  # no SRN arm here
     rows = []
@@ -137,10 +133,11 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
             target = seeds[0].target_srank if seeds else None
             row.append(f"{raw} / {target:.3g}" if target else raw)
         rows.append(row)
+    frozen = frozen_layers(r for recs in arms.values() for r in recs)
     frozen_text = "".join(
-        f"\n**Not learning** in {arm}: {', '.join(sorted(names))} (target 1: the output is the "
-        "rank-one u v^T of the initial weight's top singular pair, and no gradient of the loss "
-        "reaches the raw weight).\n"
+        f"\n**Not learning** in {arm}: the weight of {', '.join(names)} (target 1: the output is "
+        "the rank-one u v^T of the initial weight's top singular pair, and no gradient of the "
+        "loss reaches the raw weight; the bias still trains).\n"
         for arm, names in frozen.items()
     )  # fmt: skip
     return (
@@ -256,6 +253,7 @@ def _claims_section(results: Sequence[ClaimResult], alpha: float) -> str:
         out.append(f"### Claim {r.claim.number}: {r.claim.text} - **{r.verdict}**\n")
         if r.claim.note:
             out.append(r.claim.note + "\n")
+        out += [f"**Caveat**: {caveat}.\n" for caveat in r.caveats]
         if not r.comparisons:
             refs = " or ".join(r.claim.references)
             missing = {"no SRN arm": "have no SRN arm to test",
@@ -379,6 +377,7 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
     lines = [f"## Summary ({sweep})\n"]
     lines += [
         f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**{r.basis(alpha)}"
+        + ("; see its caveat: a frozen rank-one layer in an SRN arm" if r.caveats else "")
         for r in results
     ]
     lines += [_what_seeds_decide(results, alpha), _scope(records)]
@@ -472,7 +471,8 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     # symlog: effects of d ~ 50 (shattering) and of d ~ 1 (GANs) stay readable on one axis
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel(
-        "effect size d (symlog), right = SRN better\nbars: 95% CI, uncorrected (the verdicts use "
+        "effect size d, signed so that right = SRN better (symlog; the tables' d is SRN - "
+        "reference)\nbars: 95% CI, uncorrected (the verdicts use "
         "Holm-corrected p and family-wise CIs)",
         fontsize=8,
     )
@@ -555,6 +555,7 @@ def write_report(
                 "number": r.claim.number,
                 "text": r.claim.text,
                 "verdict": r.verdict,
+                "caveats": r.caveats,
                 "comparisons": [c.to_dict() for c in r.comparisons],
             }
             for r in results
