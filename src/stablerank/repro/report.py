@@ -398,7 +398,11 @@ def _curve_plot(
     low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
     fig = new_figure()
     ax = fig.add_subplot()
-    for i, (arm, recs) in enumerate(arms.items()):  # colour by place: the same in every figure
+    srn_arms = [arm for arm in arms if arm.startswith("srn")]
+    for arm, recs in arms.items():
+        # One colour per arm in every figure, whichever arms a figure draws: vanilla C0, SN C1,
+        # the SRN arms from C2 in sweep order.
+        color = {"none": "C0", "sn": "C1"}.get(arm) or f"C{2 + srn_arms.index(arm)}"
         curves = [
             {p.step: getattr(p, attr) for p in r.result.curve if getattr(p, attr) is not None}
             for r in recs
@@ -414,9 +418,9 @@ def _curve_plot(
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         note = f"; {left} steps not logged by every seed left out" if left else ""
-        ax.plot(steps, mean, color=f"C{i}", label=f"{arm} (n={len(curves)}{note})")
+        ax.plot(steps, mean, color=color, label=f"{arm} (n={len(curves)}{note})")
         band = np.clip(mean - spread, low, high), np.clip(mean + spread, low, high)
-        ax.fill_between(steps, *band, color=f"C{i}", alpha=0.2)
+        ax.fill_between(steps, *band, color=color, alpha=0.2)
     if not ax.lines:
         return None
     if gate is not None:
