@@ -23,7 +23,18 @@ DOC_MODULES := stablerank stablerank.linalg stablerank.srn stablerank.apply stab
 	stablerank.models.densenet stablerank.models.gan stablerank.models.resnet \
 	stablerank.models.small stablerank.models.vgg
 
-.PHONY: test demo setup data docs lint bench clean
+.PHONY: help test demo setup data docs lint bench clean
+
+# The first target, so that a bare `make` says what there is instead of installing.
+help:
+	@echo "make demo    set up, then run the main job (stablerank reproduce --preset quick)"
+	@echo "make test    set up, then run every test"
+	@echo "make setup   the virtual environment .venv (torch, the package, its extras)"
+	@echo "make data    Fashion-MNIST from Debian's package when missing (root and apt)"
+	@echo "make docs    the API reference in $(DOCS_DIR)"
+	@echo "make lint    ruff check and format check"
+	@echo "make bench   SRN against SN, timed (benchmarks/bench_srn.py)"
+	@echo "make clean   remove .venv, caches, build outputs"
 
 setup: $(STAMP)
 
@@ -63,4 +74,5 @@ bench: setup
 	@$(PY) benchmarks/bench_srn.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build src/*.egg-info
+	find src tests benchmarks scripts -name __pycache__ -type d -prune -exec rm -rf {} +
