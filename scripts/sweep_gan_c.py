@@ -18,3 +18,7 @@ def gan_c(seeds: int = 20, gan_seeds: int = 20) -> list[sweeps.Run]:
     return sweeps.comparison(
         sweeps.KIND_GAN, sn.setting, sn.config, RANK_RATIOS, gan_seeds, sn.analysis
     )
+
+
+if __name__ == "__main__":  # a sweep module, not a script: say how it is run
+    print(__doc__)

@@ -50,3 +50,7 @@ def gan_first_sn_fresh(seeds: int = 40, gan_seeds: int = 40) -> list[sweeps.Run]
         for seed in range(FRESH_SEEDS_FROM, FRESH_SEEDS_FROM + gan_seeds)
         for setting, cfg in arms
     ]
+
+
+if __name__ == "__main__":  # a sweep module, not a script: say how it is run
+    print(__doc__)
