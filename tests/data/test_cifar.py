@@ -102,6 +102,13 @@ def test_extracts_tar_gz_once_complete(tmp_path):
     assert splits.num_train == 10
     assert (tmp_path / TINY10.folder / "data_batch_5").is_file()
     assert not list(tmp_path.glob(".extract-*"))  # the temporary folder is gone
+    # A second process that found no folder before the first renamed its own into place (two
+    # torchrun ranks): it uses the first's, complete, instead of failing in the rename.
+    from stablerank.data import cifar
+
+    cifar._extract(TINY10, archive)
+    assert load_cifar(tmp_path, TINY10, download=False).num_train == 10
+    assert not list(tmp_path.glob(".extract-*"))
 
 
 def test_archive_with_wrong_md5_is_rejected(tmp_path):

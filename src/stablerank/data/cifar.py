@@ -246,13 +246,20 @@ def _extract(layout: _CifarLayout, archive: Path) -> None:
         extracted = Path(tmp) / layout.folder
         if not extracted.is_dir():
             raise CorruptDatasetError(f"{archive}: does not contain the folder {layout.folder}/")
-        extracted.rename(archive.parent / layout.folder)
+        try:
+            extracted.rename(archive.parent / layout.folder)
+        except OSError:
+            # Another process (a torchrun rank, a parallel run) extracted it first: theirs is the
+            # same archive's, complete (it too appeared only once complete).
+            if not (archive.parent / layout.folder).is_dir():
+                raise
 
 
 def _read_cifar_pickle(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetNotFoundError(
-            f"{layout.name}: {path} is missing; the folder is incomplete. "
+            f"{layout.name}: {path} is missing; the folder is incomplete (delete it, and the "
+            "archive beside it, if any, is extracted again). "
             + _how_to_get_cifar(layout, path.parent.parent)
         )
     _check_file_md5(path, layout)
