@@ -189,3 +189,10 @@ def test_help_shows_open_and_closed_ends_of_a_range():
     add_config_arguments(parser, ClassifyConfig)
     text = " ".join(parser.format_help().split())
     assert "range (0.0, 1.0]" in text  # rank_ratio: c in (0, 1]
+
+
+def test_a_relative_data_dir_is_stored_absolute(tmp_path, monkeypatch):
+    # config.json is read again from other folders (analyze, resume, a sweep's workers).
+    monkeypatch.chdir(tmp_path)
+    assert ClassifyConfig(data_dir="data/c10").data_dir == str(tmp_path / "data" / "c10")
+    assert ClassifyConfig().data_dir is None

@@ -211,6 +211,27 @@ def test_every_jacobian_point_asked_for_is_measured(srn_run, tmp_path, monkeypat
     assert (result.el_train, result.el_test) == (few.el_train, few.el_test)  # the same pairs
 
 
+def test_the_analysis_reads_the_data_where_it_is_told(srn_run, tmp_path, monkeypatch):
+    # A run whose data moved: --data-dir points the analysis there (a relative one made absolute),
+    # and the saved settings leave the default out, so earlier analyses still match.
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    seen = []
+    real = analyze.prepare_data
+
+    def prepare(cfg):
+        seen.append(cfg.data_dir)
+        return real(cfg)
+
+    monkeypatch.setattr(analyze, "prepare_data", prepare)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "moved").mkdir()
+    result = analyze.run(dataclasses.replace(SMALL, plots=False, data_dir="moved"), run_dir)
+    assert seen == [str(tmp_path / "moved")]
+    assert result.settings["data_dir"] == str(tmp_path / "moved")
+    assert "data_dir" not in analyze.config_to_dict(SMALL)
+
+
 def test_jacobian_iterations_0_measures_the_exact_norm_at_the_same_points(srn_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(srn_run[0], run_dir)

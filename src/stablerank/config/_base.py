@@ -186,6 +186,10 @@ def check_config(cfg: Any) -> None:
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
     if hasattr(cfg, "device"):
         check_device(cfg.device)
+    if getattr(cfg, "data_dir", None):
+        # As an absolute path: a run's config.json is read again from other folders (analyze,
+        # resume, a sweep's workers), where a relative one would name another folder.
+        object.__setattr__(cfg, "data_dir", str(Path(cfg.data_dir).expanduser().absolute()))
     # A plain folder name (no "..", no separator, not absolute): the folder stays inside out_dir.
     name = getattr(cfg, "run_name", None)
     if name is not None and (not name or name in (".", "..") or any(c in name for c in "/\\")):

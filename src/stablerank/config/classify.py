@@ -243,6 +243,13 @@ class AnalyzeConfig:
     # Added later: left out of the saved settings at its default, so earlier analyses match.
     deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     plots: bool = option(True, "write PNG plots next to analysis.json")
+    # Where the run's dataset is read from now (None: where the run read it): a runtime key, so
+    # left out of the saved settings at its default.
+    data_dir: str | None = option(
+        None,
+        "folder holding the run's dataset, if it moved (None = the run's own data_dir)",
+        omit_default=True,
+    )
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -232,6 +232,13 @@ class GanAnalysisConfig:
     )
     deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     progress: bool = option(False, "progress bar for the critic")
+    # Where the run's dataset is read from now (None: where the run read it): a runtime key, so
+    # left out of the saved settings at its default.
+    data_dir: str | None = option(
+        None,
+        "folder holding the run's dataset, if it moved (None = the run's own data_dir)",
+        omit_default=True,
+    )
 
     def __post_init__(self) -> None:
         check_config(self)

@@ -24,6 +24,7 @@ shattering curves.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -76,13 +77,15 @@ def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def load_run(
-    run_dir: str | Path, device: torch.device | str = "cpu", *, final: bool = False
-) -> tuple[ClassifyConfig, RunData, nn.Module]:
+    run_dir: str | Path, device: torch.device | str = "cpu", *, final: bool = False,
+    data_dir: str | None = None,
+) -> tuple[ClassifyConfig, RunData, nn.Module]:  # fmt: skip
     """A run's config, its data (prepared exactly as for training) and its network with the last
     checkpoint's weights, on ``device`` in eval mode.
 
     Args:
         final: require the checkpoint of the last epoch (default False: the newest intact one).
+        data_dir: read the dataset from this folder (default None: the run's ``data_dir``).
             A damaged last checkpoint makes the newest intact one an earlier epoch's, whose
             measures would not be those of the run's ``metrics.json``.
 
@@ -90,6 +93,7 @@ def load_run(
         ValueError: ``final`` and the newest intact checkpoint is not the last epoch's.
     """
     cfg = _run_config(run_dir)
+    cfg = cfg if data_dir is None else dataclasses.replace(cfg, data_dir=data_dir)
     data = prepare_data(cfg)
     return cfg, data, _trained_model(run_dir, cfg, device, final=final)
 
@@ -168,7 +172,7 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     trained = RunDir(run_dir).trained_result(ClassifierResult)
-    train_cfg, data, model = load_run(run_dir, device, final=True)
+    train_cfg, data, model = load_run(run_dir, device, final=True, data_dir=cfg.data_dir)
     print(f"analyze {run_dir}: accuracy and margins, pairwise eL ({cfg.n_pairs} pairs per split), "
           f"Jacobian norms ({cfg.n_jacobian} points), complexity measures", file=sys.stderr,
           flush=True)  # fmt: skip

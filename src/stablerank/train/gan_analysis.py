@@ -100,7 +100,7 @@ def run(settings: GanAnalysisConfig, run_dir: str | Path) -> GanAnalysis:
           f"steps, twice), discriminator eL ({settings.d_el_pairs} pairs per pair type)",
           file=sys.stderr, flush=True)  # fmt: skip
     cfg, G, D, num_classes = run.config, run.G, run.D, run.num_classes
-    splits = load_dataset(cfg.dataset, cfg.data_dir)
+    splits = load_dataset(cfg.dataset, settings.data_dir or cfg.data_dir)
     seed = cfg.seed + settings.seed
     generate_labelled = make_generate(
         G, z_dim=cfg.z_dim, num_classes=num_classes, device=dev, seed=seed, with_labels=True
