@@ -64,11 +64,13 @@ class ClassifyConfig:
         None, "folder holding the dataset files (None = the dataset's standard location)"
     )
     augment: str = option(
-        "auto", "training augmentation, batched on the device ('auto' = dataset default)",
+        "auto", "training augmentation, batched on the device ('auto' = the dataset's default, "
+        "and none with label noise; an explicit one is refused with label noise)",
         choices=AUGMENTS,
     )  # fmt: skip
     label_noise: float = option(
-        0.0, "fraction of training labels replaced by fixed random labels (shattering)",
+        0.0, "fraction of training labels replaced by fixed random labels (shattering); above "
+        "0, augment 'auto' means none",
         min=0.0, max=1.0,
     )  # fmt: skip
     train_subset: int = option(0, "train on this many images, a seeded subset (0 = all)", min=0)
