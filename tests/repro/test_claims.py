@@ -902,3 +902,19 @@ def test_the_headline_says_what_the_verdict_rests_on():
         "1 SRN worse)"
     )
     assert undecided.basis(alpha=1e-6) == ""  # nothing decided, nothing leaning: the verdict
+
+
+def test_each_arm_keeps_one_colour_in_every_figure():
+    # The SRN arms by c, whichever setting draws which: c = 0.1 is not C3 in one setting and C2
+    # in the next.
+    from stablerank.repro.report import _arm_colors
+
+    recs = []
+    for c in (0.3, 0.1, 0.05):
+        recs += _records([0.05, 0.052], 1.0)[-1:]  # an SRN record, then its c replaced
+        run = recs[-1].run
+        recs[-1] = dataclasses.replace(recs[-1], run=dataclasses.replace(
+            run, config=dataclasses.replace(run.config, rank_ratio=c)))  # fmt: skip
+    colors = _arm_colors(recs)
+    assert colors["none"] == "C0" and colors["sn"] == "C1"
+    assert [colors[f"srn(c={c:g})"] for c in (0.05, 0.1, 0.3)] == ["C2", "C3", "C4"]

@@ -978,3 +978,15 @@ def test_killing_the_command_ends_a_runs_torchrun(tmp_path):
         for line in _processes_naming(launch):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split()[0]), signal.SIGKILL)
+
+
+def test_a_sweeps_data_dir_reaches_the_analyses_too(tmp_path):
+    # A run trained before reads its config.json's folder; a later --data-dir must reach its
+    # analysis (a runtime key: the folder names stay).
+    base = ReproduceConfig(sweep="tiny", out_dir=str(tmp_path))
+    moved = dataclasses.replace(base, data_dir=str(tmp_path / "moved"))
+    runs, again = sweeps.build_sweep(base), sweeps.build_sweep(moved)
+    assert [r.name for r in runs] == [r.name for r in again]
+    analysed = [r for r in again if r.analysis is not None]
+    assert analysed and all(r.analysis.data_dir == str(tmp_path / "moved") for r in analysed)
+    assert all(r.analysis.data_dir is None for r in runs if r.analysis is not None)

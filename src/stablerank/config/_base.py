@@ -186,10 +186,16 @@ def check_config(cfg: Any) -> None:
         _check_range(f.name, getattr(cfg, f.name), f.metadata)
     if hasattr(cfg, "device"):
         check_device(cfg.device)
-    if getattr(cfg, "data_dir", None):
+    if getattr(cfg, "data_dir", None) is not None:
         # As an absolute path: a run's config.json is read again from other folders (analyze,
         # resume, a sweep's workers), where a relative one would name another folder.
-        object.__setattr__(cfg, "data_dir", str(Path(cfg.data_dir).expanduser().absolute()))
+        if not cfg.data_dir:
+            raise ValueError("data_dir must name a folder, got ''")
+        try:
+            folder = Path(cfg.data_dir).expanduser().absolute()
+        except RuntimeError as err:  # ~user of no such user
+            raise ValueError(f"data_dir {cfg.data_dir!r}: {err}") from None
+        object.__setattr__(cfg, "data_dir", str(folder))
     # A plain folder name (no "..", no separator, not absolute): the folder stays inside out_dir.
     name = getattr(cfg, "run_name", None)
     if name is not None and (not name or name in (".", "..") or any(c in name for c in "/\\")):

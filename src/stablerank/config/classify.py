@@ -65,7 +65,7 @@ class ClassifyConfig:
     )
     augment: str = option(
         "auto", "training augmentation, batched on the device ('auto' = the dataset's default, "
-        "and none with label noise; an explicit one is refused with label noise)",
+        "and none with label noise, which refuses crop and crop_flip)",
         choices=AUGMENTS,
     )  # fmt: skip
     label_noise: float = option(

@@ -258,9 +258,8 @@ def _extract(layout: _CifarLayout, archive: Path) -> None:
 def _read_cifar_pickle(path: Path, layout: _CifarLayout) -> tuple[np.ndarray, np.ndarray]:
     if not path.is_file():
         raise DatasetNotFoundError(
-            f"{layout.name}: {path} is missing; the folder is incomplete (delete it, and the "
-            "archive beside it, if any, is extracted again). "
-            + _how_to_get_cifar(layout, path.parent.parent)
+            f"{layout.name}: {path} is missing; the folder is incomplete (delete it; an archive "
+            "beside it is then extracted again). " + _how_to_get_cifar(layout, path.parent.parent)
         )
     _check_file_md5(path, layout)
     try:

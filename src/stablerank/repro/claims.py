@@ -588,8 +588,9 @@ def evaluate_claims(records: Sequence[RunRecord], alpha: float = 0.05) -> list[C
         settings = by_setting(records, claim.kind)
         caveats = [
             f"{setting}, {arm}: SRN's target is r = 1 on {', '.join(names)}, so that weight is "
-            "rank one and gets no gradient (its bias does): it keeps its initial top singular "
-            "pair, and the arm's network is partly frozen, not only capped (docs/library.md)"
+            "rank one and gets no gradient (any bias it has does): it keeps its initial top "
+            "singular pair, and the arm's network is partly frozen, not only capped "
+            "(docs/library.md)"
             for setting, arms in settings.items()
             for arm, names in frozen_layers(r for recs in arms.values() for r in recs).items()
         ]

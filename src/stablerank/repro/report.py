@@ -137,7 +137,7 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
     frozen_text = "".join(
         f"\n**Not learning** in {arm}: the weight of {', '.join(names)} (target 1: the output is "
         "the rank-one u v^T of the initial weight's top singular pair, and no gradient of the "
-        "loss reaches the raw weight; the bias still trains).\n"
+        "loss reaches the raw weight; any bias it has still trains).\n"
         for arm, names in frozen.items()
     )  # fmt: skip
     return (
@@ -387,9 +387,17 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
 # ----------------------------------------------------------------------------- figures
 
 
+def _arm_colors(records: Sequence[RunRecord]) -> dict[str, str]:
+    """One colour per arm for every figure of a report: vanilla C0, SN C1, the SRN arms from C2
+    in the order of their c (an arm keeps its colour whichever arms a figure draws)."""
+    srn = sorted({r.run.arm: r.run.rank_ratio for r in records if r.run.norm == "srn"}.items(),
+                 key=lambda arm_c: arm_c[1])  # fmt: skip
+    return {"none": "C0", "sn": "C1", **{arm: f"C{2 + i}" for i, (arm, _) in enumerate(srn)}}
+
+
 def _curve_plot(
     arms: dict[str, list[RunRecord]], attr: str, ylabel: str, title: str, path: Path, xlabel: str,
-    *, fraction: bool = False, gate: float | None = None,
+    colors: dict[str, str], *, fraction: bool = False, gate: float | None = None,
 ) -> Path | None:  # fmt: skip
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn).
     A ``fraction`` (accuracy, share of layers) has its band clipped to [0, 1], where a std band
@@ -398,11 +406,8 @@ def _curve_plot(
     low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
     fig = new_figure()
     ax = fig.add_subplot()
-    srn_arms = [arm for arm in arms if arm.startswith("srn")]
     for arm, recs in arms.items():
-        # One colour per arm in every figure, whichever arms a figure draws: vanilla C0, SN C1,
-        # the SRN arms from C2 in sweep order.
-        color = {"none": "C0", "sn": "C1"}.get(arm) or f"C{2 + srn_arms.index(arm)}"
+        color = colors[arm]
         curves = [
             {p.step: getattr(p, attr) for p in r.result.curve if getattr(p, attr) is not None}
             for r in recs
@@ -491,6 +496,7 @@ def _figures(
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
     cap = "fraction of SRN layers whose cap binds"
+    colors = _arm_colors(records)
     for kind, attr, label, fraction in (
         (KIND_SHATTER, "train_acc", "train accuracy on random labels", True),
         (KIND_CLASSIFY, "test_acc", "test accuracy", True),
@@ -502,11 +508,11 @@ def _figures(
             stem = out_dir / FIGURES / f"{kind}_{setting.replace('/', '_')}"
             path = Path(f"{stem}_{attr}.png")
             ylabel = _test_curve_label(arms) if attr == "test_acc" else label
-            plot = _curve_plot(arms, attr, ylabel, name, path, xlabel, fraction=fraction)
+            plot = _curve_plot(arms, attr, ylabel, name, path, xlabel, colors, fraction=fraction)
             figs.append((f"{name}: {ylabel}", plot))
             path = Path(f"{stem}_active.png")  # vanilla and SN record no binding: not drawn
             plot = _curve_plot(arms, "srn_active_fraction", cap, f"{name}: cap binding", path,
-                               xlabel, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
+                               xlabel, colors, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
             figs.append((f"{name}: {cap}", plot))
     return [(t, p) for t, p in figs if p is not None]
 
@@ -596,4 +602,8 @@ def write_report(
 
 def claims_summary(results: Sequence[ClaimResult], alpha: float = 0.05) -> str:
     """One line per claim for the terminal."""
-    return "\n".join(f"claim {r.claim.number}: {r.verdict}{r.basis(alpha)}" for r in results)
+    return "\n".join(
+        f"claim {r.claim.number}: {r.verdict}{r.basis(alpha)}"
+        + ("; caveat: a frozen rank-one layer in an SRN arm (report.md)" if r.caveats else "")
+        for r in results
+    )

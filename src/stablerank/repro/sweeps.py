@@ -145,9 +145,12 @@ class Run:
         config = dataclasses.replace(
             run.config, out_dir=out_dir, run_name=run.name, resume=True, **runtime
         )
+        # A given --data-dir reaches the analysis too: a run trained before reads its config.json,
+        # which names the folder it was trained from.
         analysis = run.analysis and dataclasses.replace(
-            run.analysis, device=cfg.device, deterministic=cfg.deterministic
-        )
+            run.analysis, device=cfg.device, deterministic=cfg.deterministic,
+            **({"data_dir": cfg.data_dir} if cfg.data_dir is not None else {}),
+        )  # fmt: skip
         return dataclasses.replace(run, config=config, analysis=analysis)
 
     @property

@@ -85,9 +85,9 @@ def load_run(
 
     Args:
         final: require the checkpoint of the last epoch (default False: the newest intact one).
-        data_dir: read the dataset from this folder (default None: the run's ``data_dir``).
             A damaged last checkpoint makes the newest intact one an earlier epoch's, whose
             measures would not be those of the run's ``metrics.json``.
+        data_dir: read the dataset from this folder (default None: the run's ``data_dir``).
 
     Raises:
         ValueError: ``final`` and the newest intact checkpoint is not the last epoch's.
