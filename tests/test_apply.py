@@ -371,3 +371,19 @@ def test_baking_a_deep_copy_leaves_the_original_working():
     before = layer(x)
     sr.stable_rank_norm(copy.deepcopy(layer), rank_ratio=0.5)
     assert torch.equal(layer(x), before)
+
+
+def test_layer_report_lists_a_normalized_embedding_and_skips_a_plain_one():
+    # A conditional discriminator's projection embedding under SRN is a normalized weight like the
+    # others (its binding counts, and at r = 1 it is frozen): the report must show it.
+    torch.manual_seed(0)
+    net = nn.ModuleDict({"embed": nn.Embedding(10, 6), "plain": nn.Embedding(10, 6),
+                         "fc": nn.Linear(6, 3)})  # fmt: skip
+    sr.stable_rank_norm(net["embed"], rank_ratio=0.5)
+    report = sr.layer_report(net)
+    assert [r.name for r in report] == ["embed", "fc"]
+    embed = report[0]
+    assert embed.norm == "srn" and embed.target_srank == 3.0 and embed.matrix_shape == (10, 6)
+    net.eval()  # read the weight as the report does: no power-iteration step
+    s = torch.linalg.svdvals(net["embed"].weight.detach().double())
+    assert embed.srank == pytest.approx(float((s**2).sum() / s[0] ** 2), rel=1e-6)

@@ -163,7 +163,9 @@ def _parametrizations(model: nn.Module) -> Iterator[nn.Module]:
 
 @torch.no_grad()
 def layer_report(model: nn.Module) -> LayerReport:
-    """One :class:`LayerRecord` per Linear / ConvNd / ConvTransposeNd weight of ``model``.
+    """One :class:`LayerRecord` per Linear / ConvNd / ConvTransposeNd weight of ``model``, and per
+    weight of any other module that has SN or SRN (a normalized ``nn.Embedding``, as a conditional
+    discriminator's projection).
 
     Exact values come from the float64 Gram matrix of each reshaped weight (its top eigenvalue is
     sigma_max^2). The model's state (u, v, training flags) is unchanged.
@@ -185,7 +187,7 @@ def layer_report(model: nn.Module) -> LayerReport:
         layers = [
             (n, m)
             for n, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))
+            if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)) or _norm_kind(m)[0] != "none"
         ]
         for name, module in layers:
             kind, p = _norm_kind(module)
