@@ -201,7 +201,8 @@ class _StableRankNorm(nn.Module):
             sigma = float(torch.dot(u, torch.mv(matrix.detach(), v)))
         r_minus_1 = self._r_minus_1 if self.clamps_srank else None
         scalars = _cpu_scalars(matrix, sigma, r_minus_1, self.eps)
-        if matrix.requires_grad and torch.is_grad_enabled():
+        graph = matrix.requires_grad and torch.is_grad_enabled()
+        if graph:
             # Clones, as in forward: a later forward updates u, v in place.
             u = u.clone(memory_format=torch.contiguous_format)
             v = v.clone(memory_format=torch.contiguous_format)
@@ -209,10 +210,10 @@ class _StableRankNorm(nn.Module):
         else:
             normalized = _cpu_normalize(matrix, u, v, scalars)
         if self.dim == 0:
-            # A 2-D weight's matrix is the weight: no view, whose backward would refuse the sparse
-            # gradient of an nn.Embedding(sparse=True).
-            return normalized if normalized.shape == weight.shape else normalized.view(weight.shape)
-        return matrix_to_weight(normalized, weight.shape, self.dim)
+            out = normalized.view(weight.shape)
+        else:
+            out = matrix_to_weight(normalized, weight.shape, self.dim)
+        return _DenseGrad.apply(out) if self.sparse_grad and graph else out
 
     def right_inverse(self, value: Tensor) -> Tensor:
         # Assigning ``module.weight = W`` stores W itself as the raw weight (as torch's SN does):
@@ -350,7 +351,6 @@ class _StableRankNormFunction(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         nones = (None,) * 6
         matrix, u, v, sigma, wn, *rest = ctx.saved_tensors
-        grad = _dense(grad)
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, *ctx.composite_args), *nones)
         flat = grad.reshape(-1)
@@ -470,7 +470,6 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
         matrix, u, v = ctx.saved_tensors
         c = ctx.c
         nones = (None,) * 3
-        grad = _dense(grad)
         if torch.is_grad_enabled():
             return (_differentiable_backward(grad, matrix, u, v, c.r_minus_1, c.eps), *nones)
         if not _is_batched(grad):  # the usual backward: its scalars as floats too
@@ -501,8 +500,10 @@ class _CpuStableRankNormFunction(torch.autograd.Function):
 
 
 class _DenseGrad(torch.autograd.Function):
-    """The identity, whose backward makes a sparse gradient dense: the general forward's last
-    node for an ``nn.Embedding(sparse=True)``, so that its reshape and cast get a dense one."""
+    """The identity, whose backward makes a sparse gradient dense: both forwards' last node for
+    an ``nn.Embedding(sparse=True)``, whose sparse gradient the reshapes, casts and formulas
+    before it refuse; the raw weight then gets a dense gradient, as under torch's spectral_norm
+    (the normalized weight is dense anyway)."""
 
     @staticmethod
     def forward(ctx: Any, weight: Tensor) -> Tensor:
@@ -510,14 +511,7 @@ class _DenseGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return _dense(grad)
-
-
-def _dense(grad: Tensor) -> Tensor:
-    """The output gradient as a dense tensor: a sparse ``nn.Embedding`` (``sparse=True``) gives a
-    sparse one, which the formulas' reshapes refuse; the raw weight then gets a dense gradient, as
-    under torch's spectral_norm (the normalized weight is dense anyway)."""
-    return grad if grad.layout == torch.strided else grad.to_dense()
+        return grad if grad.layout == torch.strided else grad.to_dense()
 
 
 def _differentiable_backward(
@@ -827,8 +821,8 @@ def stable_rank_norm(
         eps=eps,
         exact=exact,
     )
-    # nn.Embedding(sparse=True) sends a sparse gradient into the normalized weight, which the
-    # reshapes and casts of the general forward refuse: densified first (see _DenseGrad).
+    # nn.Embedding(sparse=True) sends a sparse gradient into the normalized weight: densified
+    # first (see _DenseGrad).
     norm.sparse_grad = bool(getattr(module, "sparse", False))
     _own_parametrized_class(module)  # its class may be a deep copy's original's too
     parametrize.register_parametrization(module, name, norm)
