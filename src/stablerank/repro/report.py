@@ -46,6 +46,7 @@ __all__ = ["CLAIMS_FILE", "REPORT_FILE", "claims_summary", "write_report"]
 REPORT_FILE = "report.md"
 CLAIMS_FILE = "claims.json"
 FIGURES = "figures"
+_FROZEN = "a frozen rank-one layer in an SRN arm"  # what a claim's caveats are about, in short
 _TABLE_METRICS = {
     KIND_CLASSIFY: (
         "test_acc",
@@ -377,7 +378,7 @@ def _decides(results: Sequence[ClaimResult], records: Sequence[RunRecord], sweep
     lines = [f"## Summary ({sweep})\n"]
     lines += [
         f"- Claim {r.claim.number} ({r.claim.text}): **{r.verdict}**{r.basis(alpha)}"
-        + ("; see its caveat: a frozen rank-one layer in an SRN arm" if r.caveats else "")
+        + (f"; see its caveat: {_FROZEN}" if r.caveats else "")
         for r in results
     ]
     lines += [_what_seeds_decide(results, alpha), _scope(records)]
@@ -604,6 +605,6 @@ def claims_summary(results: Sequence[ClaimResult], alpha: float = 0.05) -> str:
     """One line per claim for the terminal."""
     return "\n".join(
         f"claim {r.claim.number}: {r.verdict}{r.basis(alpha)}"
-        + ("; caveat: a frozen rank-one layer in an SRN arm (report.md)" if r.caveats else "")
+        + (f"; caveat: {_FROZEN} (report.md)" if r.caveats else "")
         for r in results
     )
