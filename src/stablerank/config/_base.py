@@ -140,6 +140,11 @@ RUNTIME_KEYS = (
     "resume", "overwrite", "progress", "num_threads", "device", "out_dir", "run_name", "data_dir",
     "deterministic",
 )  # fmt: skip
+# The help of both analyses' ``data_dir``: where the run's dataset is read from now (a runtime
+# key, left out of the saved settings at its default None: where the run read it).
+ANALYSIS_DATA_DIR_HELP = (
+    "folder holding the run's dataset, if it moved (None = the run's own data_dir)"
+)
 # The help of every config's ``deterministic`` (train/runtime.py: use_deterministic_kernels).
 DETERMINISTIC_HELP = (
     "deterministic CUDA kernels (torch.use_deterministic_algorithms; can be slower): runs repeat "

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 from stablerank.config._base import (
+    ANALYSIS_DATA_DIR_HELP,
     DETERMINISTIC_HELP,
     RUNTIME_KEYS,
     check_config,
@@ -245,13 +246,7 @@ class AnalyzeConfig:
     # Added later: left out of the saved settings at its default, so earlier analyses match.
     deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     plots: bool = option(True, "write PNG plots next to analysis.json")
-    # Where the run's dataset is read from now (None: where the run read it): a runtime key, so
-    # left out of the saved settings at its default.
-    data_dir: str | None = option(
-        None,
-        "folder holding the run's dataset, if it moved (None = the run's own data_dir)",
-        omit_default=True,
-    )
+    data_dir: str | None = option(None, ANALYSIS_DATA_DIR_HELP, omit_default=True)
 
     def __post_init__(self) -> None:
         check_config(self)

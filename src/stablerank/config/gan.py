@@ -11,7 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from stablerank.config._base import DETERMINISTIC_HELP, RUNTIME_KEYS, check_config, option
+from stablerank.config._base import (
+    ANALYSIS_DATA_DIR_HELP,
+    DETERMINISTIC_HELP,
+    RUNTIME_KEYS,
+    check_config,
+    option,
+)
 
 __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 
@@ -232,13 +238,7 @@ class GanAnalysisConfig:
     )
     deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     progress: bool = option(False, "progress bar for the critic")
-    # Where the run's dataset is read from now (None: where the run read it): a runtime key, so
-    # left out of the saved settings at its default.
-    data_dir: str | None = option(
-        None,
-        "folder holding the run's dataset, if it moved (None = the run's own data_dir)",
-        omit_default=True,
-    )
+    data_dir: str | None = option(None, ANALYSIS_DATA_DIR_HELP, omit_default=True)
 
     def __post_init__(self) -> None:
         check_config(self)
