@@ -340,7 +340,7 @@ def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
     assert "bbbbbbb with uncommitted changes (1 runs)" + built in header
 
 
-def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatch):
+def test_the_binding_figure_spans_0_to_100_percent_and_marks_the_gate(tmp_path, monkeypatch):
     from stablerank.repro import report
 
     drawn = {}
@@ -361,10 +361,11 @@ def test_the_binding_figure_spans_0_to_1_and_marks_the_gate(tmp_path, monkeypatc
     recs = [binding(r) for r in _records([0.05, 0.05], active=0.95)]
     report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
     ax = drawn["classify_digits_mlp_active.png"]
-    assert ax.get_ylim() == (-0.03, 1.03)  # not autoscaled around 0.9
+    assert ax.get_ylim() == (-3, 103)  # not autoscaled around 90%
     gates = [line for line in ax.lines if line.get_linestyle() == "--"]
-    assert [tuple(line.get_ydata()) for line in gates] == [(claims.MIN_ACTIVE_FRACTION,) * 2]
-    assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-0.03, 1.03)
+    gate = 100 * claims.MIN_ACTIVE_FRACTION
+    assert [tuple(line.get_ydata()) for line in gates] == [pytest.approx((gate, gate))]
+    assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-3, 103)
 
 
 def test_the_effects_figure_names_each_row_by_its_metrics_label_and_fits_the_labels(
@@ -389,7 +390,7 @@ def test_the_effects_figure_names_each_row_by_its_metrics_label_and_fits_the_lab
     assert fig.get_figwidth() >= 4.5 + 0.05 * max(map(len, labels))
 
 
-def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, monkeypatch):
+def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path, monkeypatch):
     from stablerank.repro import report
 
     drawn = {}
@@ -411,10 +412,13 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_1(tmp_path, 
     for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png"):
         ax = drawn[name]
         (line, *_), (band, *_) = ax.lines, ax.collections
-        assert line.get_ydata() == pytest.approx([0.75, 0.75])  # the mean of 1.0 and 0.5
+        # In percent, as the tables give accuracies: the mean of 1.0 and 0.5 is 75%.
+        assert line.get_ydata() == pytest.approx([75.0, 75.0])
         band_y = band.get_paths()[0].vertices[:, 1]
-        assert band_y.max() == 1.0 and band_y.min() == pytest.approx(0.75 - math.sqrt(0.125))
-        assert "mean ± std over seeds, clipped to [0, 1]" in ax.get_title()
+        assert band_y.max() == 100.0
+        assert band_y.min() == pytest.approx(100 * (0.75 - math.sqrt(0.125)))
+        assert "mean ± std over seeds, clipped to [0, 100]" in ax.get_title()
+        assert ax.get_ylabel().endswith(", %")
     # An arm keeps its colour across the setting's figures (the binding one drew SRN in the
     # colour the accuracy one gives vanilla).
     colours = [
@@ -471,7 +475,7 @@ def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path,
         result = dataclasses.replace(rec.result, curve=curve, protocol=protocol)
         recs.append(dataclasses.replace(rec, result=result))
     text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
-    label = "test accuracy (per epoch: 2000 of the 10000 test images)"
+    label = "test accuracy, % (per epoch: 2000 of the 10000 test images)"
     assert drawn["classify_digits_mlp_test_acc.png"].axes[0].get_ylabel() == label
     assert f"classify digits/mlp: {label}" in text[0].read_text()
 

@@ -401,10 +401,12 @@ def _curve_plot(
     colors: dict[str, str], *, fraction: bool = False, gate: float | None = None,
 ) -> Path | None:  # fmt: skip
     """Mean ± std over seeds of ``attr`` along training, one line per arm (None: nothing drawn).
-    A ``fraction`` (accuracy, share of layers) has its band clipped to [0, 1], where a std band
-    would claim values above 1. With ``gate``, ``attr`` is a fraction: the axis spans [0, 1] (an
-    autoscaled 0.8-1.0 would look like a swing) and a dashed line marks the gate."""
-    low, high = (0.0, 1.0) if fraction or gate is not None else (-np.inf, np.inf)
+    A ``fraction`` (accuracy, share of layers) is drawn in percent, as the tables give it, with
+    its band clipped to [0, 100], where a std band would claim values above 100%. With ``gate``,
+    ``attr`` is a fraction: the axis spans [0, 100] (an autoscaled 80-100 would look like a
+    swing) and a dashed line marks the gate."""
+    fraction = fraction or gate is not None
+    scale, (low, high) = (100.0, (0.0, 100.0)) if fraction else (1.0, (-np.inf, np.inf))
     fig = new_figure()
     ax = fig.add_subplot()
     for arm, recs in arms.items():
@@ -421,6 +423,7 @@ def _curve_plot(
         steps = sorted(set.intersection(*map(set, curves)))
         left = len(set().union(*curves)) - len(steps)
         ys = np.array([[c[s] for c in curves] for s in steps]).reshape(len(steps), len(curves))
+        ys = scale * ys
         mean = ys.mean(axis=1)
         spread = ys.std(axis=1, ddof=1) if len(curves) > 1 else np.zeros_like(mean)
         note = f"; {left} steps not logged by every seed left out" if left else ""
@@ -431,11 +434,11 @@ def _curve_plot(
         return None
     if gate is not None:
         label = "gate: an arm averaging below it is not a test"
-        ax.axhline(gate, color="black", ls="--", lw=0.8, label=label)
-        ax.set_ylim(-0.03, 1.03)
+        ax.axhline(scale * gate, color="black", ls="--", lw=0.8, label=label)
+        ax.set_ylim(-3, 103)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    clipped = ", clipped to [0, 1]" if np.isfinite(high) else ""
+    clipped = ", clipped to [0, 100]" if fraction else ""
     ax.set_title(f"{title} (mean ± std over seeds{clipped})", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
@@ -448,8 +451,8 @@ def _test_curve_label(arms: dict[str, list[RunRecord]]) -> str:
     sizes = {(p.test_eval_size_per_epoch, p.test_size) for recs in arms.values() for r in recs
              if r.usable and (p := r.result.protocol) is not None}  # fmt: skip
     if len(sizes) == 1 and 0 < (size := sizes.pop())[0] < size[1]:
-        return f"test accuracy (per epoch: {size[0]} of the {size[1]} test images)"
-    return "test accuracy"
+        return f"test accuracy, % (per epoch: {size[0]} of the {size[1]} test images)"
+    return "test accuracy, %"
 
 
 def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
@@ -496,11 +499,11 @@ def _figures(
     """(title, path) of every figure drawn."""
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
-    cap = "fraction of SRN layers whose cap binds"
+    cap = "SRN layers whose cap binds, %"
     colors = _arm_colors(records)
     for kind, attr, label, fraction in (
-        (KIND_SHATTER, "train_acc", "train accuracy on random labels", True),
-        (KIND_CLASSIFY, "test_acc", "test accuracy", True),
+        (KIND_SHATTER, "train_acc", "train accuracy on random labels, %", True),
+        (KIND_CLASSIFY, "test_acc", "test accuracy, %", True),
         (KIND_GAN, "fid", "FID", False),
     ):
         xlabel = "generator step" if kind == KIND_GAN else "epoch"
