@@ -314,3 +314,13 @@ def test_srn_discriminator_has_unit_spectral_norm_after_training_steps(arch):
         # for other BLAS orders while still catching a missing normalization (sigma >> 1).
         assert rec.sigma_max == pytest.approx(1.0, abs=5e-3), rec.name
         assert rec.srank <= rec.target_srank * 1.005, rec.name
+
+
+def test_sample_z_leaves_a_normalized_generators_power_iteration_alone():
+    # Reading the device off a parametrized weight in training mode would run a power iteration.
+    G = build_generator("cnn", image_size=32, channels=3, ngf=WIDTH).train()
+    sr.normalize_model(G, "sn", head="sn")
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    z = G.sample_z(3)
+    assert z.shape == (3, G.z_dim)
+    assert all(torch.equal(before[k], v) for k, v in G.state_dict().items())

@@ -559,6 +559,22 @@ def test_standing_statistics_are_the_exact_mean_over_their_own_stream():
     assert gan_sampling.BN_STAT_SAMPLES == 16 * 64
 
 
+@pytest.mark.parametrize(
+    ("num_classes", "rows"),
+    [
+        (2, [0, 1] * 4),
+        (10, list(range(10))),
+        (16, list(range(16))),
+        (100, [k * 100 // 16 for k in range(16)]),
+    ],
+)
+def test_a_conditional_grid_shows_one_class_a_row_and_every_class_up_to_16(num_classes, rows):
+    from stablerank.train.gan_sampling import grid_labels
+
+    # 8 images a row; a 10-class grid used to show 8 rows cycling over 8 of the 10 classes.
+    assert grid_labels(num_classes, 8).tolist() == [k for k in rows for _ in range(8)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Restoring a run: load_gan_run
 # ----------------------------------------------------------------------------------------------

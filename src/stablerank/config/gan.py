@@ -88,7 +88,10 @@ class GanConfig:
         omit_default=True,
     )
     d_norm_embedding: bool = option(
-        False, "also normalize the projection embedding (Miyato & Koyama 2018 do); conditional only"
+        False,
+        "also normalize the projection embedding (Miyato & Koyama 2018 do), with d_norm; "
+        "conditional only (with d_norm=srn and few classes the target may be 1: a rank-one "
+        "embedding whose weight no longer learns)",
     )
     # --- objective and optimisation ---
     loss: str = option("hinge", "GAN loss: hinge or non-saturating (ns)", choices=("hinge", "ns"))
@@ -109,7 +112,8 @@ class GanConfig:
     )
     ema: float = option(
         0.0,
-        "EMA decay of a generator copy used for samples and metrics; 0 = off",
+        "EMA decay of a generator copy used for samples and metrics, started from G's initial "
+        "weights (after T steps they still weigh decay**T); 0 = off",
         min=0.0,
         max=1.0,
         max_exclusive=True,

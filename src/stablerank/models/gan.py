@@ -244,7 +244,8 @@ class Generator(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``n`` latent vectors from N(0, I), drawn from ``generator`` when given."""
-        dev = device if device is not None else self.linear.weight.device
+        # Not self.linear.weight: on a normalized G in training mode that runs a power iteration.
+        dev = device if device is not None else next(self.parameters()).device
         return torch.randn(n, self.z_dim, device=dev, generator=generator)
 
 

@@ -64,6 +64,7 @@ from stablerank.train.gan_sampling import (
     STREAM_FIXED,
     STREAM_G_NOISE,
     Sampler,
+    grid_labels,
     latents,
     real_batches,
 )
@@ -315,9 +316,9 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
         log = MetricLog(run_dir, key="step")
         log.truncate_after(start)
     sample_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, 0, STREAM_FIXED))
-    fixed_z, fixed_y = latents(GRID_SIDE**2, cfg.z_dim, num_classes, sample_gen, device)
-    if num_classes:  # one class per row
-        fixed_y = (torch.arange(GRID_SIDE**2, device=device) // GRID_SIDE) % num_classes
+    fixed_y = grid_labels(num_classes, GRID_SIDE).to(device) if num_classes else None
+    n_grid = GRID_SIDE**2 if fixed_y is None else len(fixed_y)
+    fixed_z, _ = latents(n_grid, cfg.z_dim, num_classes, sample_gen, device)
 
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)

@@ -26,7 +26,7 @@ from stablerank.train.runtime import stream_seed
 
 __all__ = [
     "BN_STAT_SAMPLES", "STREAM_D_NOISE", "STREAM_EVAL", "STREAM_FIXED", "STREAM_G_NOISE", "Sampler",
-    "latents", "make_generate", "real_batches", "refresh_bn_stats",
+    "grid_labels", "latents", "make_generate", "real_batches", "refresh_bn_stats",
 ]  # fmt: skip
 
 # RNG streams of stream_seed (one per kind of draw).
@@ -99,6 +99,16 @@ def latents(
     z = torch.randn(n, z_dim, generator=gen).to(device)
     y = torch.randint(num_classes, (n,), generator=gen).to(device) if num_classes else None
     return z, y
+
+
+def grid_labels(num_classes: int, side: int) -> torch.Tensor:
+    """The labels of a conditional sample grid, ``side`` images a row and one class a row: each
+    class in a row of its own when there are at most ``2 * side``, else ``2 * side`` classes
+    spread evenly over the labels; fewer than ``side`` classes repeat over ``side`` rows."""
+    rows = max(side, min(num_classes, 2 * side))
+    row = torch.arange(rows)
+    classes = row % num_classes if num_classes <= rows else row * num_classes // rows
+    return classes.repeat_interleave(side)
 
 
 def make_generate(

@@ -11,7 +11,7 @@ holds::
     gan_analysis.json             GanAnalysis (stablerank.train.gan_analysis)
     status.json error.txt .lock   running/done/diverged/failed/interrupted; the last traceback
     checkpoints/step_<N>.pt       N = optimizer steps (classifier) or G steps (GAN); SHA-256 beside
-    d_layers.json samples/ tb/    the GAN's D spectra and 8x8 sample grids; TensorBoard scalars
+    d_layers.json samples/ tb/    the GAN's D spectra and sample grids; TensorBoard scalars
 
 :class:`RunDir` owns these names (nobody else spells them) and the rules both trainers follow:
 
