@@ -319,6 +319,8 @@ def main() -> None:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))
         for v in timed_variants:
+            if not any(results[kind][v] for kind in kinds):
+                continue  # none with --work-only: a model without normalization has no such work
             row = [v]
             for kind in kinds:
                 ref = timed[kind][2]

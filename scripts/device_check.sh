@@ -15,6 +15,13 @@
 # CPU smoke test of the script (the GPU tests skip): PY=.venv/bin/python DEVICE=cpu \
 #   BENCH_SECONDS=20 scripts/device_check.sh /tmp/out
 set -u
+usage() { sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+case "$#:${1:-}" in
+    1:-h | 1:--help) usage; exit 0 ;;
+    1:-*) echo "device_check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+    1:*) ;;
+    *) echo "device_check.sh: expected one argument, OUT_DIR (got $#)" >&2; usage >&2; exit 2 ;;
+esac
 out=$1
 device=${DEVICE:-cuda}
 py=${PY:-python3}
