@@ -12,8 +12,13 @@ version adds a third, Wei & Ma's, which is not implemented: docs/math.md §2.4 s
     \\big(\\sum_l (\\lVert W_l^T \\rVert_{2,1} / \\lVert W_l \\rVert_2)^{2/3}\\big)^{3/2}}{\\gamma}
 
 with :math:`\\gamma` the margin (the paper uses the 10th-percentile margin of the training set,
-:func:`margin_quantile`). Constant factors of the bounds (depth, width, log terms, the
-activations' Lipschitz constants, reference matrices) are omitted, as in the paper's plots.
+:func:`margin_quantile`). The bounds' factors that do not depend on the weights are omitted:
+constants, depth, width and log terms, the activations' Lipschitz constants, the reference
+matrices (taken as 0), the input norm (:math:`B^2` in Neyshabur's, :math:`\\lVert X
+\\rVert_F / n` in Bartlett's) and the sample size (Neyshabur's measure is the term under
+:math:`\\sqrt{\\cdot / m}`). So a value compares networks on one dataset with one
+preprocessing, not across datasets or input scalings; and Bartlett's scales like the square root
+of Neyshabur's (docs/math.md §2.4): compare each across arms, not one with the other.
 
 The numerators do not depend on the margin and are reported on their own
 (:func:`margin_free_complexity`): the product of spectral norms, the sum of stable ranks,

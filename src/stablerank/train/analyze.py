@@ -7,9 +7,11 @@ statistics, SN/SRN with frozen u, v):
 
 * the generalization gap (train minus test accuracy; test minus train loss) on the training set
   the run trained on (its labels, random ones included) and the test split;
-* the pairwise empirical Lipschitz ratios (eLhist) over sampled train pairs and test pairs;
-* the Jacobian spectral norm ||J_f(x)||_2 (power iteration with torch.func JVP/VJP) at train and
-  test points and at points on segments between random train pairs;
+* the pairwise empirical Lipschitz ratios (eLhist) of the logits over sampled train pairs and
+  test pairs;
+* the Jacobian spectral norm ||J_f(x)||_2 of the logits (power iteration with torch.func JVP/VJP,
+  or exact with ``jacobian_iterations=0``) at train and test points and at points on segments
+  between random train pairs;
 * the Neyshabur and Bartlett measures over the q-quantile (default 10th percentile) training
   margin, the conv terms on kernels reshaped to (C_out, C_in*k*k) (not the conv operator).
 
@@ -215,8 +217,9 @@ def run(cfg: AnalyzeConfig, run_dir: str | Path) -> ClassifierAnalysis:
         )
         for split, x in pools.items()
     }
-    # The Jacobian points are the pool's first n_jacobian; more than the pool holds are drawn
-    # anew with its seed, so asking for more points never moves the pairs.
+    # The Jacobian points are the pool's first n_jacobian (a seeded draw, or the split in its own
+    # order when the pool holds all of it); more than the pool holds are drawn anew with its
+    # seed, so asking for more points never moves the pairs.
     points = {}
     for split, x in pools.items():
         if cfg.n_jacobian <= len(x):
