@@ -48,7 +48,7 @@ FEATURES = {
         ("repro/execute.py", ["_output_to", "_threads"]),
     ],
     "figures": [
-        ("repro/report.py", ["_curve_plot", "_effects_plot", "_figures"]),
+        ("repro/report.py", ["_curve_plot", "_effects_plot", "_seeds_plot", "_figures"]),
         ("train/analyze.py", ["_write_plots", "plot_shattering", "_run_label"]),
         ("train/figures.py", ["new_figure", "save_figure"]),
     ],

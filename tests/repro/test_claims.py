@@ -429,6 +429,36 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path
     assert colours[0][srn] == colours[1][srn] != colours[1]["none (n=2)"]
 
 
+def test_the_seeds_figure_shows_every_tested_comparisons_values_seed_by_seed(tmp_path, monkeypatch):
+    from stablerank.repro import report
+
+    drawn = {}
+
+    def keep(fig, path):
+        drawn[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
+    text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    results = claims.evaluate_claims(recs)
+    tested = [c for r in results for c in r.comparisons if c.test is not None]
+    fig = drawn["seeds.png"]
+    assert len(fig.axes) == len(tested) >= 2  # one panel per tested comparison
+    assert "seeds.png" in text[0].read_text()
+    for ax, c in zip(fig.axes, tested, strict=True):
+        dots = [line for line in ax.lines if line.get_marker() == "o"]
+        scale = 100 if claims.METRICS[c.metric].percent else 1
+        # The reference's seeds at x near 0, SRN's near 1, each value as claims.json has it.
+        assert [list(d.get_ydata()) for d in dots] == [
+            pytest.approx([scale * v for v in c.ref_values]),
+            pytest.approx([scale * v for v in c.srn_values]),
+        ]
+        assert all(abs(x) < 0.5 for x in dots[0].get_xdata())
+        assert all(abs(x - 1) < 0.5 for x in dots[1].get_xdata())
+        assert claims.METRICS[c.metric].label in ax.get_title()
+
+
 @pytest.mark.parametrize("shift", [1, 2])  # seed 1 logged at steps 2, 3 or 3, 4; seed 0 at 1, 2
 def test_a_curve_says_which_steps_not_every_seed_logged_it_left_out(tmp_path, monkeypatch, shift):
     # log_every is a runtime key: seeds of an arm may log different steps. The curve draws the

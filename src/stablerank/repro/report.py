@@ -493,14 +493,46 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
+def _seeds_plot(results: Sequence[ClaimResult], path: Path, colors: dict[str, str]) -> Path | None:
+    """One panel per tested comparison: the reference arm's and the SRN arm's value of each
+    seed, side by side. A mean ± std hides a seed that failed (a collapsed GAN) or one that
+    carries the whole difference; the dots show it."""
+    comps = [c for r in results for c in r.comparisons if c.test is not None]
+    if not comps:
+        return None
+    cols = min(4, len(comps))
+    rows = math.ceil(len(comps) / cols)
+    fig = new_figure((3.0 * cols, 2.5 * rows))
+    for i, c in enumerate(comps):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        metric = METRICS[c.metric]
+        scale = 100.0 if metric.percent else 1.0
+        srn = f"srn(c={c.rank_ratio:g})"
+        for x, (arm, values) in enumerate(((c.reference, c.ref_values), (srn, c.srn_values))):
+            ys = scale * np.asarray(values, dtype=float)
+            xs = x + np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else np.full(1, float(x))
+            ax.plot(xs, ys, "o", ms=3.5, alpha=0.75, color=colors.get(arm, "gray"))
+            ax.plot([x - 0.25, x + 0.25], [ys.mean()] * 2, color="black", lw=1)
+        ax.set_xticks([0, 1], [c.reference, srn], fontsize=7)
+        ax.set_xlim(-0.6, 1.6)
+        unit = " (%)" if metric.percent else ""
+        ax.set_title(f"C{c.claim} {metric.label}{unit}\n{c.setting}", fontsize=7)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def _figures(
     records: Sequence[RunRecord], results: Sequence[ClaimResult], out_dir: Path
 ) -> list[tuple[str, Path]]:
     """(title, path) of every figure drawn."""
+    colors = _arm_colors(records)
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
+    title = "Every tested comparison seed by seed (the bar: the arm's mean)"
+    figs.append((title, _seeds_plot(results, out_dir / FIGURES / "seeds.png", colors)))
     cap = "SRN layers whose cap binds, %"
-    colors = _arm_colors(records)
     for kind, attr, label, fraction in (
         (KIND_SHATTER, "train_acc", "train accuracy on random labels, %", True),
         (KIND_CLASSIFY, "test_acc", "test accuracy, %", True),
