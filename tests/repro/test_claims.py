@@ -126,6 +126,10 @@ def test_cap_that_does_not_bind_is_not_a_test_whatever_the_numbers():
     # claims.json names the gate's number as a run's metrics.json does: over training, _mean.
     saved = comp.to_dict()
     assert saved["srn_active_fraction_mean"] == 0.25 and "srn_active_fraction" in saved
+    # Each seed's value, in the order of its seeds, so a reader can check the means.
+    assert saved["seeds_srn"] == [0, 1, 2, 3]
+    assert saved["values_srn"] == pytest.approx([0.05, 0.052, 0.049, 0.051])
+    assert saved["values_ref"] == pytest.approx([0.10, 0.102, 0.104, 0.106])
     # The gate reads the mean over training, not the end: binding over training, not at the end.
     recs = _records([0.05, 0.052, 0.049, 0.051], 0.6)
     recs = [dataclasses.replace(r, result=dataclasses.replace(r.result, srn_active_fraction=0.1))

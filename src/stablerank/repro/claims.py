@@ -327,6 +327,8 @@ class Comparison:
             "finished_ref": self.finished[1],
             "seeds_srn": self.srn_seeds,
             "seeds_ref": self.ref_seeds,
+            "values_srn": self.srn_values,  # seed by seed, in the order of seeds_srn
+            "values_ref": self.ref_values,
             "mean_srn": srn[0],
             "std_srn": srn[1],
             "mean_ref": ref[0],
