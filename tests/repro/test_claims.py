@@ -543,22 +543,30 @@ def test_runs_not_counted_say_why_in_one_table_row_each(tmp_path):
     from stablerank.repro import records, report
     from stablerank.train.rundir import RunDir
 
+    base = tiny(seeds=1)[0]
+
     def problem(**status):
-        folder = RunDir(tmp_path / str(len(list(tmp_path.iterdir()))))
+        out = str(tmp_path / str(len(list(tmp_path.iterdir()))))
+        run = dataclasses.replace(base, config=dataclasses.replace(base.config, out_dir=out))
+        folder = RunDir(run.run_dir)
         if status:
             folder.write_status(**status)
-        return folder, records._problem(folder)
+        return run, records._problem(run)
 
     failed = {"status": "failed", "stage": "train", "error": "RuntimeError: boom"}
     assert problem(**failed)[1] == "in train: RuntimeError: boom"
     assert problem(status="interrupted", stage="analysis")[1] == "in analysis: interrupted"
-    assert "analysis settings changed" in problem(status="done", stage="finished")[1]
+    # Finished, but its result file is gone: not counted, and a rerun scores it again.
+    run, why = problem(status="done", stage="finished")
+    assert why == f"[Errno 2] No such file or directory: '{run.run_dir / 'metrics.json'}': a " \
+        "rerun scores its final checkpoint again"  # fmt: skip
     assert problem()[1] == "not trained yet"
     # "running" with nobody holding the lock: its process was killed; the report says it stopped.
-    folder, why = problem(status="running", stage="train")
+    run, why = problem(status="running", stage="train")
     assert why == "in train: stopped while running (no process holds its lock); a rerun resumes it"
+    folder = RunDir(run.run_dir)
     with folder.lock():
-        assert folder.is_locked() and records._problem(folder) == "in train: running"
+        assert folder.is_locked() and records._problem(run) == "in train: running"
     assert not folder.is_locked()
     run = tiny(seeds=1)[0]
     error = "refusing to resume:\n  seed: 0 -> 1 | x"  # multi-line, with a pipe

@@ -19,7 +19,7 @@ import torch
 from stablerank.config.reproduce import SWEEP_NAMES, ReproduceConfig
 from stablerank.repro import execute as execute_module
 from stablerank.repro import executors, pipeline, sweeps
-from stablerank.repro.execute import execute
+from stablerank.repro.execute import execute, run_state
 from stablerank.train.results import ClassifierResult
 from stablerank.train.rundir import HELD_LOCKS_ENV, RunDir
 
@@ -319,11 +319,20 @@ def test_executors_give_bitwise_equal_results_and_rerun_skips(tmp_path, sweep_re
     # A rerun finds everything finished.
     runs = sweeps.build_sweep(_cfg(tmp_path / "sequential"))
     assert all(execute(r).state == "skipped" for r in runs)
-    # A finished run whose result was damaged by hand is skipped by reruns too: the report says
-    # how to train it again, instead of promising a retry.
+    # A finished run whose result or analysis file was damaged or deleted is not counted (the
+    # report says why), and a rerun makes the file again: the same numbers, scored again from
+    # the final checkpoint, or analysed again. (Reruns used to skip such a run: the claims
+    # silently lost a seed.)
+    analysed = next(r for r in runs if r.analysis is not None and r.kind != runs[0].kind)
     (runs[0].run_dir / "metrics.json").write_text("{")
+    (analysed.run_dir / analysed.trainer.analysis.FILE).unlink()
+    assert run_state(runs[0]) == run_state(analysed) == "partial"
     report = pipeline.run(_cfg(tmp_path / "sequential", report_only=True)).report.read_text()
-    assert "remove its folder to train it again |" in report
+    assert report.count("a rerun scores its final checkpoint again") == 1
+    assert report.count("a rerun analyses it again") == 1
+    done = pipeline.run(_cfg(tmp_path / "sequential"))
+    assert {done.runs[r.name] for r in (runs[0], analysed)} == {"done"}
+    assert sweep_results(tmp_path / "sequential") == outs["sequential"]
     # Finished runs need no data: a rerun where the data is gone still writes the report.
     gone = _cfg(tmp_path / "sequential", data_dir=str(tmp_path / "gone"))
     assert pipeline.run(gone).report.is_file()

@@ -278,8 +278,19 @@ def test_a_finished_run_is_not_trained_again_and_resume_without_checkpoint_start
     assert classify.run(tiny(tmp_path, epochs=1)) == first
     assert classify.run(tiny(tmp_path, epochs=1, resume=True)) == first
     err = capsys.readouterr().err
-    assert err.count("holds this run, finished; pass --overwrite") == 2 and "epoch" not in err
-    assert rundir_module.RunDir.for_config(tiny(tmp_path, epochs=1)).log_jsonl.read_bytes() == log
+    assert err.count("holds this run, finished: nothing to train (the trainers' --overwrite") == 2
+    assert "epoch" not in err
+    folder = rundir_module.RunDir.for_config(tiny(tmp_path, epochs=1))
+    assert folder.log_jsonl.read_bytes() == log
+    # Its metrics.json damaged: with resume, the final checkpoint is scored again, to the same
+    # result; without, the folder's checkpoints are not overwritten.
+    folder.metrics_file.write_text("{")
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        classify.run(tiny(tmp_path, epochs=1))
+    again = classify.run(tiny(tmp_path, epochs=1, resume=True))
+    assert "metrics.json does not read" in capsys.readouterr().err
+    assert again == first
+    assert folder.log_jsonl.read_bytes() == log
     # An unfinished run (interrupted at a step) is not "finished": a rerun without resume is
     # refused, as it would overwrite its checkpoints.
     unfinished = tiny(tmp_path / "unfinished", epochs=2)

@@ -26,7 +26,7 @@ from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
-__all__ = ["OUTPUT_LOG", "Outcome", "execute", "run_state"]
+__all__ = ["OUTPUT_LOG", "Outcome", "execute", "redo_reason", "run_state"]
 
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
@@ -49,23 +49,31 @@ def _analysis_key(run: Run) -> str | None:
     return None if run.analysis is None else run.digest
 
 
-def _analysed_otherwise(run: Run) -> bool:
-    """Whether the run's analysis file holds the numbers of other settings than the run's (an
-    ``analyze`` or ``gan-analyze`` run by hand in its folder): the sweep's analysis is then to
-    run again, not its file to be counted. An unreadable file is left to the report to name."""
-    if run.analysis is None:
-        return False
+def redo_reason(run: Run, state: str) -> str:
+    """Why a finished (``state``) run's files are to be made again, "" when they are not: its
+    result file is missing or does not read (the trainer scores the final checkpoint again), or
+    (``done``: a diverged run is not analysed) its analysis file is, or holds the numbers of
+    other settings than the run's (an ``analyze`` or ``gan-analyze`` run by hand in its
+    folder). The run is then run again, not counted as it is."""
+    try:
+        run.trainer.result.from_json(run.run_dir)
+    except (OSError, ValueError, TypeError) as err:
+        return f"{err}: a rerun scores its final checkpoint again"
+    if run.analysis is None or state != DONE:
+        return ""
     try:
         saved = run.trainer.analysis.from_json(run.run_dir).settings
-    except (OSError, ValueError, TypeError):
-        return False
-    return bool(saved and diff_configs(saved, config_to_dict(run.analysis), ignore=RUNTIME_KEYS))
+    except (OSError, ValueError, TypeError) as err:
+        return f"{err}: a rerun analyses it again"
+    if saved and diff_configs(saved, config_to_dict(run.analysis), ignore=RUNTIME_KEYS):
+        return "analysed (by hand) under other settings than the sweep's: a rerun analyses it again"
+    return ""
 
 
 def run_state(run: Run) -> str:
     """``done``, ``diverged``, ``failed``, ``partial`` (started, or analysed under other settings,
-    or trained by another number of processes: a folder from before classifier folders said so)
-    or ``new``, from its folder."""
+    or with a result or analysis file missing or damaged, or trained by another number of
+    processes: a folder from before classifier folders said so) or ``new``, from its folder."""
     folder = RunDir(run.run_dir)
     status = folder.read_status()
     if not status:
@@ -73,7 +81,8 @@ def run_state(run: Run) -> str:
     state = status.get("status")
     if (
         status.get("analysis_key") == _analysis_key(run)
-        and (state == DIVERGED or (state == DONE and not _analysed_otherwise(run)))
+        and state in (DONE, DIVERGED)
+        and not redo_reason(run, state)
         and folder.trained_world_size() == run.nproc_per_node
     ):
         return state

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stablerank.repro.execute import DIVERGED, DONE, FAILED, run_state
+from stablerank.repro.execute import DIVERGED, DONE, redo_reason, run_state
 from stablerank.repro.sweeps import Run
 from stablerank.train.results import (
     ClassifierAnalysis,
@@ -34,15 +34,17 @@ class RunRecord:
         return self.state == DONE and self.result is not None and not self.result.diverged
 
 
-def _problem(run_dir: RunDir) -> str:
+def _problem(run: Run) -> str:
     """Why a run is not counted, from the status ``execute`` keeps: the error and the stage it
     happened in, or the state and stage where the run stopped."""
+    run_dir = RunDir(run.run_dir)
     status = run_dir.read_status()
     where = f"in {status['stage']}: " if status.get("stage") else ""
     if status.get("error"):
         return f"{where}{status['error']}"
-    if status.get("status") in (DONE, DIVERGED):  # trained, under other analysis settings
-        return "the analysis settings changed: its analysis runs again"
+    if status.get("status") in (DONE, DIVERGED):  # trained; files to make again, or settings
+        reason = redo_reason(run, status["status"])
+        return reason or "the analysis settings changed: its analysis runs again"
     if run_dir.was_killed():
         return f"{where}stopped while running (no process holds its lock); a rerun resumes it"
     if status.get("status"):
@@ -53,15 +55,12 @@ def _problem(run_dir: RunDir) -> str:
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
     if state not in (DONE, DIVERGED):
-        return RunRecord(run, state, problem=_problem(RunDir(run.run_dir)))
-    try:
-        result = run.trainer.result.from_json(run.run_dir)
-        analysis = None
-        if run.analysis is not None and not result.diverged:
-            analysis = run.trainer.analysis.from_json(run.run_dir)
-    except (OSError, ValueError) as err:
-        # Finished, so a rerun skips it: only a new training (its folder removed) replaces it.
-        return RunRecord(run, FAILED, problem=f"{err}; remove its folder to train it again")
+        return RunRecord(run, state, problem=_problem(run))
+    # run_state read both files: they are there and whole.
+    result = run.trainer.result.from_json(run.run_dir)
+    analysis = None
+    if run.analysis is not None and not result.diverged:
+        analysis = run.trainer.analysis.from_json(run.run_dir)
     return RunRecord(run, state, result, analysis)
 
 

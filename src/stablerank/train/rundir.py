@@ -307,7 +307,8 @@ class RunDir:
         Running such a run again, with or without ``cfg.resume``, has nothing to do: the
         folder's name is the config's hash, as in ``reproduce``'s cache. ``cfg.overwrite``
         trains it again (None here); another final scoring protocol with ``cfg.resume`` scores
-        it again (None). Says so on stderr.
+        it again (None), as does a ``metrics.json`` that does not read (None: with
+        ``cfg.resume`` the trainer scores its final checkpoint again). Says so on stderr.
         ``result_cls`` is the trainer's result class (its ``from_json`` reads the folder).
         """
         if cfg.overwrite or not self.metrics_file.is_file() or not self.config_file.is_file():
@@ -320,9 +321,16 @@ class RunDir:
             check_resume_config(saved, config_to_dict(cfg), allowed=same, cls=type(cfg))
         except ValueError:
             return None  # another run (begin() refuses it), or another final scoring
+        try:
+            result = result_cls.from_json(self.path)
+        except (ValueError, TypeError) as err:  # damaged: scored again from the final checkpoint
+            if is_main:
+                _stderr(f"{self.metrics_file} does not read ({err}); scoring the run again")
+            return None
         if is_main:
-            _stderr(f"{self.path} holds this run, finished; pass --overwrite to train it again")
-        return result_cls.from_json(self.path)
+            _stderr(f"{self.path} holds this run, finished: nothing to train (the trainers' "
+                    "--overwrite trains it again)")  # fmt: skip
+        return result
 
     def resume_point(
         self, cfg: Any, map_location: str | Any = "cpu", *, is_main: bool = True
