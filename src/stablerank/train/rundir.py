@@ -202,7 +202,10 @@ class RunDir:
             except CorruptCheckpointError as err:
                 (log or _stderr)(f"{err}; trying the previous checkpoint")
         if found:
-            raise CorruptCheckpointError(f"no intact checkpoint in {self.path / CHECKPOINTS_DIR}")
+            raise CorruptCheckpointError(
+                f"no intact checkpoint in {self.path / CHECKPOINTS_DIR}: nothing to continue "
+                "or read; remove the run folder (or train it with --overwrite) to start afresh"
+            )
         return None
 
     # ------------------------------------------------------------------ starting and resuming
