@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -557,6 +558,36 @@ def test_a_diverged_run_is_not_analysed_and_is_read_as_diverged(tmp_path, monkey
 def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no finished run"):
         pipeline.run(_cfg(tmp_path, report_only=True))
+
+
+def test_reports_on_one_out_dir_are_read_and_written_one_after_the_other(tmp_path):
+    # Another reproduce process holds the report lock (writing its report): this one reads the
+    # run folders only once it is released, so the report written last is the newest.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+         str(tmp_path / pipeline.REPORT_LOCK)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    errors = []
+
+    def report() -> None:
+        try:
+            pipeline.run(_cfg(tmp_path, report_only=True))
+        except FileNotFoundError as err:  # the folder holds no run: read under the lock
+            errors.append(err)
+
+    reader = threading.Thread(target=report)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        reader.start()
+        reader.join(timeout=1.0)
+        assert reader.is_alive() and not errors  # waiting for the lock
+    finally:
+        holder.kill()
+        holder.wait()
+    reader.join(timeout=30)
+    assert not reader.is_alive() and "no finished run" in str(errors[0])
 
 
 def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeypatch):

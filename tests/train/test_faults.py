@@ -68,7 +68,7 @@ def test_a_flipped_bit_in_a_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(CorruptCheckpointError, match=r"step_0000021\.pt.*SHA-256"):
         load_checkpoint(path)
     # with no intact checkpoint left, loading the run is one clear error
-    with pytest.raises(CorruptCheckpointError, match="no intact checkpoint .*remove the run folder"):
+    with pytest.raises(CorruptCheckpointError, match=r"no intact checkpoint .*remove the run"):
         analyze.load_run_model(tmp_path / "run")
 
 

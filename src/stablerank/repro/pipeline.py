@@ -6,12 +6,14 @@ the workers; the same command finishes what remains.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,8 @@ from stablerank.train.rundir import RunDir
 
 __all__ = ["SweepOutcome", "check_inputs", "run"]
 
+REPORT_LOCK = ".report.lock"
+
 
 @dataclass(frozen=True)
 class SweepOutcome:
@@ -39,6 +43,18 @@ class SweepOutcome:
     report: Path | None = None
     claims: Path | None = None
     verdicts: dict[int, str] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _report_lock(out_dir: Path) -> Iterator[None]:
+    """Held while a report is read from the run folders and written: two ``reproduce`` processes
+    on one out dir write theirs one after the other, each from the folders as they are then, so
+    the last report written is never older than the other (one read before a run finished could
+    otherwise land last)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / REPORT_LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        yield
 
 
 def _header(runs: list[Run], states: list[str]) -> str:
@@ -179,20 +195,21 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
             f"elsewhere) in " + (f"{took:.0f} s" if took < 60 else f"{took / 60:.1f} min"),
             file=sys.stderr,
         )
-    records = collect(runs)
-    if cfg.report_only and not any(r.usable for r in records):
-        raise FileNotFoundError(
-            f"{out_dir} holds no finished run of the {cfg.sweep!r} sweep: nothing to report "
-            "(run without --report-only first)"
+    with _report_lock(out_dir):
+        records = collect(runs)
+        if cfg.report_only and not any(r.usable for r in records):
+            raise FileNotFoundError(
+                f"{out_dir} holds no finished run of the {cfg.sweep!r} sweep: nothing to report "
+                "(run without --report-only first)"
+            )
+        path, results = write_report(
+            out_dir,
+            records,
+            sweep=cfg.sweep,
+            alpha=cfg.alpha,
+            config=config_to_dict(cfg),
+            commit=git_commit(),
         )
-    path, results = write_report(
-        out_dir,
-        records,
-        sweep=cfg.sweep,
-        alpha=cfg.alpha,
-        config=config_to_dict(cfg),
-        commit=git_commit(),
-    )
     print(claims_summary(results, cfg.alpha), file=sys.stderr)
     print(f"report: {path}", file=sys.stderr, flush=True)
     verdicts = {r.claim.number: r.verdict for r in results}
