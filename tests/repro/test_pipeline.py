@@ -434,7 +434,7 @@ def test_a_run_another_process_finished_before_the_lock_was_taken_is_skipped(tmp
     """Another ``reproduce`` may finish a run between this one's look at its status and its
     taking the lock: the status is read again under the lock, and the run is not redone."""
     run = sweeps.build_sweep(_cfg(tmp_path))[0]
-    RunDir(run.run_dir).write_status(status="done", analysis_key=run.digest)  # by the other
+    assert execute(run).state == "done"  # by the other
     first_look = iter(["partial"])  # what this process saw before the other one finished
     real_state = execute_module.run_state
     monkeypatch.setattr(execute_module, "run_state", lambda r: next(first_look, real_state(r)))
@@ -480,8 +480,9 @@ def _classify_run_with_analysis(tmp_path):
 
 def test_a_run_whose_analysis_settings_changed_is_not_finished(tmp_path):
     run = _classify_run_with_analysis(tmp_path)
+    assert execute(run).state == "done"
     folder = RunDir(run.run_dir)
-    folder.write_status(status="done", analysis_key="the digest of other analysis settings")
+    folder.write_status(analysis_key="the digest of other analysis settings")
     assert execute_module.run_state(run) == "partial"  # its analysis runs again
     folder.write_status(analysis_key=run.digest)
     assert execute_module.run_state(run) == "done"
@@ -510,12 +511,24 @@ def test_a_run_analysed_by_hand_with_other_settings_is_analysed_again_not_counte
     outcome = pipeline.run(dataclasses.replace(cfg, report_only=True))
     assert {outcome.runs[r.name] for r in by_kind.values()} == {"partial"}
     report = (tmp_path / "report.md").read_text()
-    assert report.count("the analysis settings changed: its analysis runs again") == len(by_kind)
+    assert report.count("analysed under other settings than the sweep's: a rerun analyses it "
+                        "again") == len(by_kind)  # fmt: skip
 
     outcome = pipeline.run(cfg)  # analysed again, with the sweep's settings
     assert {outcome.runs[r.name] for r in by_kind.values()} == {"done"}
     for kind, run in by_kind.items():
         assert run.trainer.analysis.from_json(run.run_dir) == before[kind], kind
+
+
+def test_a_run_whose_files_do_not_read_back_is_failed_not_finished(tmp_path, monkeypatch):
+    # Recorded as done, such a run would be made again by every rerun and reported finished
+    # each time.
+    run = _classify_run_with_analysis(tmp_path)
+    why = "metrics.json is not a valid ClassifierResult file: a rerun scores its final checkpoint"
+    monkeypatch.setattr(execute_module, "read_finished", lambda *a, **k: (None, None, why))
+    outcome = execute(run)
+    assert outcome.state == "failed" and f"its files do not read back: {why}" in outcome.error
+    assert RunDir(run.run_dir).read_status()["status"] == "failed"
 
 
 def test_each_attempt_is_counted_and_the_wall_time_adds_up(tmp_path, monkeypatch):
@@ -560,34 +573,49 @@ def test_report_only_on_an_empty_folder_is_an_error(tmp_path):
         pipeline.run(_cfg(tmp_path, report_only=True))
 
 
-def test_reports_on_one_out_dir_are_read_and_written_one_after_the_other(tmp_path):
+def test_reports_on_one_out_dir_are_read_and_written_one_after_the_other(
+    tmp_path, monkeypatch, capsys
+):
     # Another reproduce process holds the report lock (writing its report): this one reads the
-    # run folders only once it is released, so the report written last is the newest.
+    # run folders only once it is released, so the report written last was read last.
     holder = subprocess.Popen(
         [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
          "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
          str(tmp_path / pipeline.REPORT_LOCK)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    read = threading.Event()
+    real_collect = pipeline.collect
+
+    def collect(runs):
+        read.set()
+        return real_collect(runs)
+
+    monkeypatch.setattr(pipeline, "collect", collect)
     errors = []
 
     def report() -> None:
         try:
             pipeline.run(_cfg(tmp_path, report_only=True))
-        except FileNotFoundError as err:  # the folder holds no run: read under the lock
+        except FileNotFoundError as err:  # the folder holds no run
             errors.append(err)
 
     reader = threading.Thread(target=report)
     try:
         assert holder.stdout.readline().strip() == "held"
         reader.start()
-        reader.join(timeout=1.0)
-        assert reader.is_alive() and not errors  # waiting for the lock
+        assert not read.wait(timeout=3.0)  # the folders are not read while the lock is held
     finally:
         holder.kill()
         holder.wait()
+    assert read.wait(timeout=30)
     reader.join(timeout=30)
-    assert not reader.is_alive() and "no finished run" in str(errors[0])
+    assert "no finished run" in str(errors[0])
+    assert "waiting for another reproduce writing its report" in capsys.readouterr().err
+    # A report-only on an out dir that does not exist creates nothing (not even the lock file).
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        pipeline.run(_cfg(tmp_path / "typo", report_only=True))
+    assert not (tmp_path / "typo").exists()
 
 
 def test_cuda_without_a_visible_gpu_is_an_error_before_any_run(tmp_path, monkeypatch):

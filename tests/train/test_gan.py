@@ -241,6 +241,12 @@ def test_resume_refuses_a_changed_config_and_reuse_needs_resume(tmp_path):
     cfg = _cfg(tmp_path, "r", g_steps=2, checkpoint_every=1)
     first = gan_train.run(cfg)
     assert gan_train.run(cfg) == first  # finished: the stored result, nothing retrained
+    # Its metrics.json damaged: resumed, the final checkpoint is scored again, to the same result.
+    RunDir.for_config(cfg).metrics_file.write_text("{")
+    again = gan_train.run(dataclasses.replace(cfg, resume=True))
+    assert dataclasses.replace(again, train_seconds=0.0) == dataclasses.replace(
+        first, train_seconds=0.0
+    )
     unfinished = _cfg(tmp_path, "u", g_steps=2, checkpoint_every=1)
     gan_train.run(unfinished, stop_at=1)
     with pytest.raises(FileExistsError, match="resume=True"):

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -26,7 +27,7 @@ from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
-__all__ = ["OUTPUT_LOG", "Outcome", "execute", "redo_reason", "run_state"]
+__all__ = ["OUTPUT_LOG", "Outcome", "execute", "read_finished", "run_state"]
 
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
@@ -49,25 +50,36 @@ def _analysis_key(run: Run) -> str | None:
     return None if run.analysis is None else run.digest
 
 
-def redo_reason(run: Run, state: str) -> str:
-    """Why a finished (``state``) run's files are to be made again, "" when they are not: its
-    result file is missing or does not read (the trainer scores the final checkpoint again), or
-    (``done``: a diverged run is not analysed) its analysis file is, or holds the numbers of
-    other settings than the run's (an ``analyze`` or ``gan-analyze`` run by hand in its
-    folder). The run is then run again, not counted as it is."""
+def read_finished(run: Run, state: str, *, with_analysis: bool = True) -> tuple[Any, Any, str]:
+    """``(result, analysis, "")`` of a run whose status says it finished (``state``: ``done`` or
+    ``diverged``), or ``(None, None, why)`` when its files are to be made again: its result file
+    is missing or does not read, or (``done``: a diverged run is not analysed) its analysis file
+    is, or holds the numbers of other settings than the run's (an ``analyze`` or ``gan-analyze``
+    run by hand in its folder). Such a run is run again, not counted as it is. The analysis is
+    None for a run without one, or when not ``with_analysis`` (then not read)."""
     try:
-        run.trainer.result.from_json(run.run_dir)
+        result = run.trainer.result.from_json(run.run_dir)
     except (OSError, ValueError, TypeError) as err:
-        return f"{err}: a rerun scores its final checkpoint again"
-    if run.analysis is None or state != DONE:
-        return ""
+        # A diverged run has no checkpoint at the step it diverged: it trains again from the
+        # last one before (and may not diverge where kernels are not deterministic).
+        again = ("trains it again from its last checkpoint" if state == DIVERGED
+                 else "scores its final checkpoint again")  # fmt: skip
+        return None, None, f"{err}: a rerun {again}"
+    if run.analysis is None or state != DONE or not with_analysis:
+        return result, None, ""
     try:
-        saved = run.trainer.analysis.from_json(run.run_dir).settings
+        analysis = run.trainer.analysis.from_json(run.run_dir)
     except (OSError, ValueError, TypeError) as err:
-        return f"{err}: a rerun analyses it again"
-    if saved and diff_configs(saved, config_to_dict(run.analysis), ignore=RUNTIME_KEYS):
-        return "analysed (by hand) under other settings than the sweep's: a rerun analyses it again"
-    return ""
+        return None, None, f"{err}: a rerun analyses it again"
+    if analysis.settings and diff_configs(
+        analysis.settings, config_to_dict(run.analysis), ignore=RUNTIME_KEYS
+    ):
+        return (
+            None,
+            None,
+            "analysed under other settings than the sweep's: a rerun analyses it again",
+        )
+    return result, analysis, ""
 
 
 def run_state(run: Run) -> str:
@@ -82,7 +94,7 @@ def run_state(run: Run) -> str:
     if (
         status.get("analysis_key") == _analysis_key(run)
         and state in (DONE, DIVERGED)
-        and not redo_reason(run, state)
+        and not read_finished(run, state)[2]
         and folder.trained_world_size() == run.nproc_per_node
     ):
         return state
@@ -176,6 +188,11 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
                 stage = "analysis"
                 run_dir.write_status(status=RUNNING, **fields())  # the trainer wrote `done`
                 run.trainer.analyse(run.analysis, run.run_dir)
+            # Read back as the report and every rerun will: a file that does not read would be
+            # made again by each rerun, and reported finished each time.
+            unreadable = read_finished(run, DIVERGED if diverged else DONE)[2]
+            if unreadable:
+                raise RuntimeError(f"its files do not read back: {unreadable}")
     except Exception as err:  # recorded by recording(), and the sweep goes on
         message = f"in {stage}: {type(err).__name__}: {err}"
         return Outcome(run.name, FAILED, time.perf_counter() - t0, message)

@@ -53,7 +53,7 @@ from stablerank.repro.execute import (
 )
 from stablerank.repro.sweeps import Run
 from stablerank.train.checkpoint import atomic_write_text
-from stablerank.train.rundir import RunDir, RunLockedError
+from stablerank.train.rundir import RunDir, RunLockedError, waiting_lock
 from stablerank.train.runtime import die_with_parent
 
 __all__ = ["Executor", "make_executor", "visible_gpus"]
@@ -435,11 +435,7 @@ class SubmititExecutor:
         command submitted for it when that job has not ended, else a new one (one array for
         them). Under a lock on the job files, so that two commands on one out dir do not both
         submit a run."""
-        import fcntl
-
-        self._jobs_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._jobs_dir / ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with waiting_lock(self._jobs_dir / ".lock", "waiting for another reproduce submitting"):
             following = self._queued_jobs(runs)
             new = [run for run in runs if run.name not in following]
             if following:

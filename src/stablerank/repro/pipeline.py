@@ -6,27 +6,25 @@ the workers; the same command finishes what remains.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from stablerank._optional import import_optional
 from stablerank.config import config_to_dict
 from stablerank.config.reproduce import ReproduceConfig
-from stablerank.repro.execute import BUSY, DIVERGED, DONE, SKIPPED, run_state
+from stablerank.repro.execute import BUSY, DIVERGED, DONE, SKIPPED, read_finished, run_state
 from stablerank.repro.executors import make_executor, print_outcome
 from stablerank.repro.records import collect
 from stablerank.repro.report import CLAIMS_FILE, claims_summary, write_report
 from stablerank.repro.sweeps import KIND_GAN, Run, build_sweep
 from stablerank.train.records import git_commit
-from stablerank.train.rundir import RunDir
+from stablerank.train.rundir import RunDir, waiting_lock
 
 __all__ = ["SweepOutcome", "check_inputs", "run"]
 
@@ -43,18 +41,6 @@ class SweepOutcome:
     report: Path | None = None
     claims: Path | None = None
     verdicts: dict[int, str] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def _report_lock(out_dir: Path) -> Iterator[None]:
-    """Held while a report is read from the run folders and written: two ``reproduce`` processes
-    on one out dir write theirs one after the other, each from the folders as they are then, so
-    the last report written is never older than the other (one read before a run finished could
-    otherwise land last)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / REPORT_LOCK, "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or the process dies
-        yield
 
 
 def _header(runs: list[Run], states: list[str]) -> str:
@@ -114,9 +100,15 @@ def check_inputs(runs: list[Run]) -> None:
 
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
         attempt(load_dataset, dataset, data_dir)
-    # The GANs still to train that score (a trained one awaiting its analysis scores no more).
-    trained = {r.name for r in runs if RunDir(r.run_dir).is_done()}
-    scoring = [r.config for r in runs if r.kind == KIND_GAN and r.name not in trained
+
+    def scored(run: Run) -> bool:
+        """Trained and scored: awaiting its analysis at most, which scores no more (a run whose
+        metrics.json does not read is scored again)."""
+        state = RunDir(run.run_dir).read_status().get("status")
+        finished = state in (DONE, DIVERGED)
+        return finished and read_finished(run, state, with_analysis=False)[0] is not None
+
+    scoring = [r.config for r in runs if r.kind == KIND_GAN and not scored(r)
                and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip
     for cfg in {(c.scoring_net, c.feature_weights): c for c in scoring}.values():
         attempt(scoring_network, cfg)
@@ -195,13 +187,17 @@ def run(cfg: ReproduceConfig) -> SweepOutcome:
             f"elsewhere) in " + (f"{took:.0f} s" if took < 60 else f"{took / 60:.1f} min"),
             file=sys.stderr,
         )
-    with _report_lock(out_dir):
+    nothing = (f"{out_dir} holds no finished run of the {cfg.sweep!r} sweep: nothing to report "
+               "(run without --report-only first)")  # fmt: skip
+    if cfg.report_only and not out_dir.is_dir():  # not created by the lock below
+        raise FileNotFoundError(nothing)
+    # Two reproduce processes on one out dir write their reports one after the other, each read
+    # from the folders as they are then: the last written is never the older (a report read
+    # before the other process's last run finished could otherwise land last).
+    with waiting_lock(out_dir / REPORT_LOCK, "waiting for another reproduce writing its report"):
         records = collect(runs)
         if cfg.report_only and not any(r.usable for r in records):
-            raise FileNotFoundError(
-                f"{out_dir} holds no finished run of the {cfg.sweep!r} sweep: nothing to report "
-                "(run without --report-only first)"
-            )
+            raise FileNotFoundError(nothing)
         path, results = write_report(
             out_dir,
             records,

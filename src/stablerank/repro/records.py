@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stablerank.repro.execute import DIVERGED, DONE, redo_reason, run_state
+from stablerank.repro.execute import DIVERGED, DONE, read_finished, run_state
 from stablerank.repro.sweeps import Run
 from stablerank.train.results import (
     ClassifierAnalysis,
@@ -43,8 +43,14 @@ def _problem(run: Run) -> str:
     if status.get("error"):
         return f"{where}{status['error']}"
     if status.get("status") in (DONE, DIVERGED):  # trained; files to make again, or settings
-        reason = redo_reason(run, status["status"])
-        return reason or "the analysis settings changed: its analysis runs again"
+        why = read_finished(run, status["status"])[2]
+        if why:
+            return why
+        trained_by = run_dir.trained_world_size()
+        if trained_by != run.nproc_per_node:  # a folder from before its name said so
+            return (f"trained by {trained_by} processes, the sweep runs it by "
+                    f"{run.nproc_per_node}: another run; remove its folder")  # fmt: skip
+        return "the analysis settings changed: its analysis runs again"
     if run_dir.was_killed():
         return f"{where}stopped while running (no process holds its lock); a rerun resumes it"
     if status.get("status"):
@@ -54,14 +60,12 @@ def _problem(run: Run) -> str:
 
 def _read(run: Run) -> RunRecord:
     state = run_state(run)
-    if state not in (DONE, DIVERGED):
-        return RunRecord(run, state, problem=_problem(run))
-    # run_state read both files: they are there and whole.
-    result = run.trainer.result.from_json(run.run_dir)
-    analysis = None
-    if run.analysis is not None and not result.diverged:
-        analysis = run.trainer.analysis.from_json(run.run_dir)
-    return RunRecord(run, state, result, analysis)
+    if state in (DONE, DIVERGED):
+        result, analysis, why = read_finished(run, state)
+        if not why:
+            return RunRecord(run, state, result, analysis)
+        state = "partial"  # a file changed since run_state read it
+    return RunRecord(run, state, problem=_problem(run))
 
 
 def collect(runs: Sequence[Run]) -> list[RunRecord]:

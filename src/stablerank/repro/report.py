@@ -34,7 +34,7 @@ from stablerank.repro.claims import (
     share_text,
 )
 from stablerank.repro.records import RunRecord, by_setting
-from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run
+from stablerank.repro.sweeps import KIND_CLASSIFY, KIND_GAN, KIND_SHATTER, KINDS, Run, arm_label
 from stablerank.train.checkpoint import atomic_write_text
 from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.records import DIRTY
@@ -507,7 +507,7 @@ def _seeds_plot(results: Sequence[ClaimResult], path: Path, colors: dict[str, st
         ax = fig.add_subplot(rows, cols, i + 1)
         metric = METRICS[c.metric]
         scale = 100.0 if metric.percent else 1.0
-        srn = f"srn(c={c.rank_ratio:g})"
+        srn = arm_label("srn", c.rank_ratio)
         for x, (arm, values) in enumerate(((c.reference, c.ref_values), (srn, c.srn_values))):
             ys = scale * np.asarray(values, dtype=float)
             xs = x + np.linspace(-0.15, 0.15, len(ys)) if len(ys) > 1 else np.full(1, float(x))
@@ -519,7 +519,6 @@ def _seeds_plot(results: Sequence[ClaimResult], path: Path, colors: dict[str, st
         ax.set_title(f"C{c.claim} {metric.label}{unit}\n{c.setting}", fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "TRAINERS",
     "Run",
     "Trainer",
+    "arm_label",
     "build_sweep",
     "comparison",
     "paper",
@@ -80,6 +81,11 @@ TRAINERS: dict[type, Trainer] = {
 }  # fmt: skip
 
 
+def arm_label(norm: str, rank_ratio: float | None) -> str:
+    """The name of an arm: ``none``, ``sn`` or ``srn(c=0.05)`` (the rank ratio read for SRN)."""
+    return f"srn(c={rank_ratio:g})" if norm == "srn" else norm
+
+
 @dataclass(frozen=True)
 class Run:
     """One run of a sweep: a trainer config, its analysis (None: none) and its comparison group.
@@ -117,7 +123,7 @@ class Run:
     @property
     def arm(self) -> str:
         """``none``, ``sn`` or ``srn(c=0.05)``: the normalization compared."""
-        return f"srn(c={self.rank_ratio:g})" if self.norm == "srn" else self.norm
+        return arm_label(self.norm, self.rank_ratio)
 
     @property
     def digest(self) -> str:

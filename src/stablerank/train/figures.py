@@ -13,7 +13,7 @@ from stablerank._optional import import_optional
 
 __all__ = ["GRID_SIDE", "new_figure", "save_figure", "save_image_grid"]
 
-GRID_SIDE = 8  # sample grids are 8 images wide (8 rows; a conditional one, a row per class)
+GRID_SIDE = 8  # sample grids are 8 images wide and 8 rows high (conditional: grid_labels)
 GRID_PAD = 2  # pixels between grid cells
 
 

@@ -318,7 +318,7 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
     sample_gen = torch.Generator().manual_seed(stream_seed(cfg.seed, 0, 0, STREAM_FIXED))
     fixed_y = grid_labels(num_classes, GRID_SIDE).to(device) if num_classes else None
     n_grid = GRID_SIDE**2 if fixed_y is None else len(fixed_y)
-    fixed_z, _ = latents(n_grid, cfg.z_dim, num_classes, sample_gen, device)
+    fixed_z, _ = latents(n_grid, cfg.z_dim, None, sample_gen, device)  # labels: fixed_y
 
     def save_samples(step: int) -> None:
         G_s = sampler.ready(step)

@@ -64,6 +64,7 @@ __all__ = [
     "RunDir",
     "RunLockedError",
     "ddp_suffix",
+    "waiting_lock",
 ]
 
 CONFIG_FILE = "config.json"
@@ -106,6 +107,21 @@ def _by_processes(n: int) -> str:
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created), waiting for it, and saying
+    ``waiting`` on stderr first when another process holds it. Released on exit, and by the OS
+    if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as held:
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _stderr(waiting)
+            fcntl.flock(held, fcntl.LOCK_EX)
+        yield
 
 
 class RunLockedError(RuntimeError):
