@@ -447,9 +447,9 @@ def test_the_seeds_figure_shows_every_tested_comparisons_values_seed_by_seed(tmp
     text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
     results = claims.evaluate_claims(recs)
     tested = [c for r in results for c in r.comparisons if c.test is not None]
-    fig = drawn["seeds.png"]
+    fig = drawn["classify_digits_mlp_seeds.png"]  # one figure per setting
     assert len(fig.axes) == len(tested) >= 2  # one panel per tested comparison
-    assert "seeds.png" in text[0].read_text()
+    assert "figures/classify_digits_mlp_seeds.png" in text[0].read_text()
     for ax, c in zip(fig.axes, tested, strict=True):
         dots = [line for line in ax.lines if line.get_marker() == "o"]
         scale = 100 if claims.METRICS[c.metric].percent else 1

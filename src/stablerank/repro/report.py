@@ -493,11 +493,11 @@ def _effects_plot(results: Sequence[ClaimResult], path: Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def _seeds_plot(results: Sequence[ClaimResult], path: Path, colors: dict[str, str]) -> Path | None:
-    """One panel per tested comparison: the reference arm's and the SRN arm's value of each
-    seed, side by side. A mean ± std hides a seed that failed (a collapsed GAN) or one that
-    carries the whole difference; the dots show it."""
-    comps = [c for r in results for c in r.comparisons if c.test is not None]
+def _seeds_plot(comps: Sequence[Comparison], path: Path, colors: dict[str, str]) -> Path | None:
+    """One panel per tested comparison of ``comps`` (one setting's): the reference arm's and
+    the SRN arm's value of each seed, side by side. A mean ± std hides a seed that failed (a
+    collapsed GAN) or one that carries the whole difference; the dots show it."""
+    comps = [c for c in comps if c.test is not None]
     if not comps:
         return None
     cols = min(4, len(comps))
@@ -529,8 +529,6 @@ def _figures(
     colors = _arm_colors(records)
     title = "Effect sizes of every tested comparison"
     figs = [(title, _effects_plot(results, out_dir / FIGURES / "effects.png"))]
-    title = "Every tested comparison seed by seed (the bar: the arm's mean)"
-    figs.append((title, _seeds_plot(results, out_dir / FIGURES / "seeds.png", colors)))
     cap = "SRN layers whose cap binds, %"
     for kind, attr, label, fraction in (
         (KIND_SHATTER, "train_acc", "train accuracy on random labels, %", True),
@@ -549,6 +547,10 @@ def _figures(
             plot = _curve_plot(arms, "srn_active_fraction", cap, f"{name}: cap binding", path,
                                xlabel, colors, gate=MIN_ACTIVE_FRACTION)  # fmt: skip
             figs.append((f"{name}: {cap}", plot))
+            comps = [c for r in results if r.claim.kind == kind for c in r.comparisons
+                     if c.setting == setting]  # fmt: skip
+            plot = _seeds_plot(comps, Path(f"{stem}_seeds.png"), colors)
+            figs.append((f"{name}: every tested comparison seed by seed (bar: mean)", plot))
     return [(t, p) for t, p in figs if p is not None]
 
 
