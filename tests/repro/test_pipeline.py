@@ -528,7 +528,9 @@ def test_a_run_whose_files_do_not_read_back_is_failed_not_finished(tmp_path, mon
     monkeypatch.setattr(execute_module, "read_finished", lambda *a, **k: (None, None, why))
     outcome = execute(run)
     assert outcome.state == "failed" and f"its files do not read back: {why}" in outcome.error
-    assert RunDir(run.run_dir).read_status()["status"] == "failed"
+    status = RunDir(run.run_dir).read_status()
+    assert status["status"] == "failed" and status["stage"] == "analysis"  # the last stage run
+    assert "its files do not read back" in RunDir(run.run_dir).error_file.read_text()
 
 
 def test_each_attempt_is_counted_and_the_wall_time_adds_up(tmp_path, monkeypatch):

@@ -376,3 +376,26 @@ def test_the_same_ctrl_c_relayed_after_the_loop_stopped_is_still_one(monkeypatch
         assert seen == [signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_a_waiting_lock_says_it_waits_and_goes_on_where_the_filesystem_has_no_locks(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+    import fcntl
+
+    from stablerank.train import rundir
+
+    path = tmp_path / "out" / ".report.lock"
+    with rundir.waiting_lock(path, "waiting"):
+        assert path.is_file()  # created, with its folder
+    assert "waiting" not in capsys.readouterr().err  # nobody else held it
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    entered = []
+    with rundir.waiting_lock(path, "waiting"):
+        entered.append(True)
+    assert entered and "cannot lock" in capsys.readouterr().err

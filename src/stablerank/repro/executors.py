@@ -390,7 +390,12 @@ class SubmititExecutor:
             chunk = todo[start : start + step]
             jobs: list[Any] = []
             try:
-                with _sigint_blocked():  # local controllers and jobs inherit it
+                # Another command's submission is waited for before Ctrl-C is held, so that
+                # Ctrl-C still stops this one while it waits.
+                submitting = (waiting_lock(self._jobs_dir / ".lock", "waiting for another "
+                              "reproduce submitting") if self.cluster == "slurm"
+                              else contextlib.nullcontext())  # fmt: skip
+                with submitting, _sigint_blocked():  # local controllers and jobs inherit it
                     if self.cluster == "slurm":
                         with _ctrl_c_held():
                             jobs = self._submit_or_follow(job_fn, [runs[i] for i in chunk])
@@ -433,16 +438,15 @@ class SubmititExecutor:
     def _submit_or_follow(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
         """One SLURM job per run of ``runs``, in their order: the job an earlier or another
         command submitted for it when that job has not ended, else a new one (one array for
-        them). Under a lock on the job files, so that two commands on one out dir do not both
-        submit a run."""
-        with waiting_lock(self._jobs_dir / ".lock", "waiting for another reproduce submitting"):
-            following = self._queued_jobs(runs)
-            new = [run for run in runs if run.name not in following]
-            if following:
-                self._say_submitted(list(following.values()), before=True)
-            submitted = self._submit(job_fn, new) if new else []
-            for run, job in zip(new, submitted, strict=True):
-                atomic_write_text(self._job_file(run), str(job.job_id))
+        them). Called under the lock on the job files (``jobs/.lock``), so that two commands on
+        one out dir do not both submit a run."""
+        following = self._queued_jobs(runs)
+        new = [run for run in runs if run.name not in following]
+        if following:
+            self._say_submitted(list(following.values()), before=True)
+        submitted = self._submit(job_fn, new) if new else []
+        for run, job in zip(new, submitted, strict=True):
+            atomic_write_text(self._job_file(run), str(job.job_id))
         if submitted:
             self._say_submitted(submitted)
         by_name = {**following, **{run.name: job for run, job in zip(new, submitted, strict=True)}}

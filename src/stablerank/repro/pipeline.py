@@ -102,11 +102,9 @@ def check_inputs(runs: list[Run]) -> None:
         attempt(load_dataset, dataset, data_dir)
 
     def scored(run: Run) -> bool:
-        """Trained and scored: awaiting its analysis at most, which scores no more (a run whose
-        metrics.json does not read is scored again)."""
-        state = RunDir(run.run_dir).read_status().get("status")
-        finished = state in (DONE, DIVERGED)
-        return finished and read_finished(run, state, with_analysis=False)[0] is not None
+        """Trained and scored (its metrics.json reads): what is left of it, its analysis at most,
+        scores no more, whatever its status (one that failed in its analysis, say)."""
+        return read_finished(run, DONE, with_analysis=False)[0] is not None
 
     scoring = [r.config for r in runs if r.kind == KIND_GAN and not scored(r)
                and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip

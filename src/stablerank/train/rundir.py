@@ -113,15 +113,21 @@ def _stderr(message: str) -> None:
 def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created), waiting for it, and saying
     ``waiting`` on stderr first when another process holds it. Released on exit, and by the OS
-    if the process dies."""
+    if the process dies. Where the filesystem has no locks, says so and goes on without."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as held:
+    # Read-only: another user's lock file on a shared out dir can still be locked.
+    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    try:
         try:
-            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             _stderr(waiting)
-            fcntl.flock(held, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as err:  # ENOLCK, EOPNOTSUPP: a filesystem without flock
+            _stderr(f"warning: cannot lock {path} ({err}); going on without the lock")
         yield
+    finally:
+        os.close(fd)
 
 
 class RunLockedError(RuntimeError):
