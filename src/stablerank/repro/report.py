@@ -516,7 +516,7 @@ def _seeds_plot(comps: Sequence[Comparison], path: Path, colors: dict[str, str])
         ax.set_xticks([0, 1], [c.reference, srn], fontsize=7)
         ax.set_xlim(-0.6, 1.6)
         unit = " (%)" if metric.percent else ""
-        ax.set_title(f"C{c.claim} {metric.label}{unit}\n{c.setting}", fontsize=7)
+        ax.set_title(f"C{c.claim} {metric.label}{unit}", fontsize=7)  # the figure is the setting's
         ax.tick_params(axis="y", labelsize=7)
         ax.grid(axis="y", alpha=0.3)
     return save_figure(fig, path)
