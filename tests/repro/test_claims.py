@@ -106,6 +106,21 @@ def _records(srn_gap: list[float], active: float, kind: str = KIND_CLASSIFY,
     return recs
 
 
+@pytest.fixture
+def drawn(monkeypatch) -> dict:
+    """The report's figures by file name, kept instead of saved."""
+    from stablerank.repro import report
+
+    figures = {}
+
+    def keep(fig, path):
+        figures[path.name] = fig
+        return path
+
+    monkeypatch.setattr(report, "save_figure", keep)
+    return figures
+
+
 def _comparison(results, metric: str, reference: str) -> claims.Comparison:
     claim = next(r for r in results if r.claim.number == 1)
     return next(c for c in claim.comparisons if c.metric == metric and c.reference == reference)
@@ -344,14 +359,8 @@ def test_the_report_names_the_commits_its_runs_were_trained_at(tmp_path):
     assert "bbbbbbb with uncommitted changes (1 runs)" + built in header
 
 
-def test_the_binding_figure_spans_0_to_100_percent_and_marks_the_gate(tmp_path, monkeypatch):
+def test_the_binding_figure_spans_0_to_100_percent_and_marks_the_gate(tmp_path, drawn):
     from stablerank.repro import report
-
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig.axes[0]
-        return path
 
     def binding(rec: RunRecord) -> RunRecord:  # SRN at 0.9 and 1.0 along training
         active = None if rec.run.norm != "srn" else (0.9, 1.0)
@@ -361,29 +370,22 @@ def test_the_binding_figure_spans_0_to_100_percent_and_marks_the_gate(tmp_path, 
         )
         return dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve))
 
-    monkeypatch.setattr(report, "save_figure", keep)
     recs = [binding(r) for r in _records([0.05, 0.05], active=0.95)]
     report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
-    ax = drawn["classify_digits_mlp_active.png"]
+    axes = {name: fig.axes[0] for name, fig in drawn.items()}
+    ax = axes["classify_digits_mlp_active.png"]
     assert ax.get_ylim() == (-3, 103)  # not autoscaled around 90%
     gates = [line for line in ax.lines if line.get_linestyle() == "--"]
     gate = 100 * claims.MIN_ACTIVE_FRACTION
     assert [tuple(line.get_ydata()) for line in gates] == [pytest.approx((gate, gate))]
-    assert drawn["classify_digits_mlp_test_acc.png"].get_ylim() != (-3, 103)
+    assert axes["classify_digits_mlp_test_acc.png"].get_ylim() != (-3, 103)
 
 
 def test_the_effects_figure_names_each_row_by_its_metrics_label_and_fits_the_labels(
-    tmp_path, monkeypatch
+    tmp_path, drawn
 ):
     from stablerank.repro import report
 
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig
-        return path
-
-    monkeypatch.setattr(report, "save_figure", keep)
     recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
     report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
     fig = drawn["effects.png"]
@@ -394,14 +396,8 @@ def test_the_effects_figure_names_each_row_by_its_metrics_label_and_fits_the_lab
     assert fig.get_figwidth() >= 4.5 + 0.05 * max(map(len, labels))
 
 
-def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path, monkeypatch):
+def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path, drawn):
     from stablerank.repro import report
-
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig.axes[0]
-        return path
 
     def spread(rec: RunRecord) -> RunRecord:  # seeds 0 and 1 at 1.0 and 0.5: mean ± std 0.75 ± 0.35
         value = (1.0, 0.5)[rec.run.seed]
@@ -410,11 +406,11 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path
                       for p in rec.result.curve)  # fmt: skip
         return dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve))
 
-    monkeypatch.setattr(report, "save_figure", keep)
     recs = [spread(r) for r in _records([0.05, 0.05], active=0.95)]
     report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
+    axes = {name: fig.axes[0] for name, fig in drawn.items()}
     for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png"):
-        ax = drawn[name]
+        ax = axes[name]
         (line, *_), (band, *_) = ax.lines, ax.collections
         # In percent, as the tables give accuracies: the mean of 1.0 and 0.5 is 75%.
         assert line.get_ydata() == pytest.approx([75.0, 75.0])
@@ -426,23 +422,16 @@ def test_the_curves_bands_say_what_they_are_and_keep_fractions_in_0_100(tmp_path
     # An arm keeps its colour across the setting's figures (the binding one drew SRN in the
     # colour the accuracy one gives vanilla).
     colours = [
-        {line.get_label(): line.get_color() for line in drawn[name].lines}
+        {line.get_label(): line.get_color() for line in axes[name].lines}
         for name in ("classify_digits_mlp_active.png", "classify_digits_mlp_test_acc.png")
     ]
     srn = next(label for label in colours[0] if label.startswith("srn"))
     assert colours[0][srn] == colours[1][srn] != colours[1]["none (n=2)"]
 
 
-def test_the_seeds_figure_shows_every_tested_comparisons_values_seed_by_seed(tmp_path, monkeypatch):
+def test_the_seeds_figure_shows_every_tested_comparisons_values_seed_by_seed(tmp_path, drawn):
     from stablerank.repro import report
 
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig
-        return path
-
-    monkeypatch.setattr(report, "save_figure", keep)
     recs = _records([0.05, 0.052, 0.049, 0.051], active=1.0)
     text = report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
     results = claims.evaluate_claims(recs)
@@ -464,43 +453,30 @@ def test_the_seeds_figure_shows_every_tested_comparisons_values_seed_by_seed(tmp
 
 
 @pytest.mark.parametrize("shift", [1, 2])  # seed 1 logged at steps 2, 3 or 3, 4; seed 0 at 1, 2
-def test_a_curve_says_which_steps_not_every_seed_logged_it_left_out(tmp_path, monkeypatch, shift):
+def test_a_curve_says_which_steps_not_every_seed_logged_it_left_out(tmp_path, shift, drawn):
     # log_every is a runtime key: seeds of an arm may log different steps. The curve draws the
     # common ones; it dropped the others silently, and with none in common the report failed
     # (numpy's AxisError).
     from stablerank.repro import report
 
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig.axes[0]
-        return path
-
-    monkeypatch.setattr(report, "save_figure", keep)
     recs = []
     for rec in _records([0.05, 0.05], active=0.95):
         curve = tuple(dataclasses.replace(p, step=p.step + shift * rec.run.seed, test_acc=0.8)
                       for p in rec.result.curve)  # fmt: skip
         recs.append(dataclasses.replace(rec, result=dataclasses.replace(rec.result, curve=curve)))
     report.write_report(tmp_path, recs, sweep="tiny", alpha=0.05, config={}, commit=None)
-    (none, *_) = drawn["classify_digits_mlp_test_acc.png"].lines
+    axes = {name: fig.axes[0] for name, fig in drawn.items()}
+    (none, *_) = axes["classify_digits_mlp_test_acc.png"].lines
     assert list(none.get_xdata()) == ([2] if shift == 1 else [])
     left = 2 if shift == 1 else 4
     assert none.get_label() == f"none (n=2; {left} steps not logged by every seed left out)"
 
 
-def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, monkeypatch):
+def test_the_test_accuracy_curve_names_the_subset_it_scores_each_epoch(tmp_path, drawn):
     # The trainer scores a seeded subset of the test split each epoch (test_eval_size) and the
     # whole split once at the end: the curve's last point is not the tables' test accuracy.
     from stablerank.repro import report
 
-    drawn = {}
-
-    def keep(fig, path):
-        drawn[path.name] = fig
-        return path
-
-    monkeypatch.setattr(report, "save_figure", keep)
     fields = {f.name: 0 for f in dataclasses.fields(ClassifierProtocol)}
     protocol = ClassifierProtocol(**fields | {"test_size": 10000, "test_eval_size_per_epoch": 2000})
     recs = []
