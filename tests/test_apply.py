@@ -387,3 +387,20 @@ def test_layer_report_lists_a_normalized_embedding_and_skips_a_plain_one():
     net.eval()  # read the weight as the report does: no power-iteration step
     s = torch.linalg.svdvals(net["embed"].weight.detach().double())
     assert embed.srank == pytest.approx(float((s**2).sum() / s[0] ** 2), rel=1e-6)
+
+
+def test_normalizing_a_model_on_the_meta_device_does_not_warn_that_the_cap_never_binds():
+    # srn_active_fraction skips meta tensors (NaN): the warning told the user to lower c.
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sr.SrnInactiveWarning)
+        sr.normalize_model(model, "srn", rank_ratio=0.5)
+
+
+@pytest.mark.parametrize("exact", ["yes", None, 1])
+def test_exact_must_be_a_bool(exact):
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        sr.stable_rank_norm(nn.Linear(4, 3), exact=exact)
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        sr.normalize_model(nn.Sequential(nn.Linear(4, 3)), "srn", exact=exact)

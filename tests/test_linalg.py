@@ -12,6 +12,7 @@ from scipy.optimize import minimize
 
 from stablerank.linalg import (
     matrix_to_weight,
+    power_iteration,
     spectral_norm_exact,
     srn_optimal,
     stable_rank,
@@ -120,11 +121,43 @@ def test_srn_optimal_infeasible_keep_top_raises():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"srank": 0.5}, "srank must be >= 1"), ({"srank": 2.0, "keep_top": -1}, "keep_top must be")],
+    [
+        ({"srank": 0.5}, "srank must be a finite number >= 1"),
+        ({"srank": math.inf}, "srank must be a finite number >= 1"),  # stable_rank_norm refuses it
+        ({"srank": True}, "srank must be a finite number >= 1"),
+        ({"srank": 2.0, "keep_top": -1}, "keep_top must be"),
+    ],
 )
 def test_srn_optimal_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         srn_optimal(torch.randn(3, 3), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "weight",
+    [
+        torch.tensor([[2, 0], [0, 1]]),  # srank 1.25; an integer tensor gave 1
+        torch.ones(3, 3, dtype=torch.bool),  # gave True
+        torch.tensor([[1j, 0], [0, 1]]),  # srank 2; the imaginary part was dropped: 1
+        torch.tensor(3.0),  # a 0-d tensor: an IndexError
+        [[1.0, 0.0], [0.0, 1.0]],  # a list: an AttributeError
+    ],
+)
+def test_the_measurements_refuse_what_is_not_a_floating_point_weight(weight):
+    for measure in (stable_rank, spectral_norm_exact):
+        with pytest.raises(TypeError, match="weight must be a floating-point tensor"):
+            measure(weight)
+
+
+def test_the_helpers_refuse_out_of_range_arguments():
+    for c in (0, -1, math.nan, 2, True):  # target_srank(0) was 1.0, target_srank(2) was 12
+        with pytest.raises(ValueError, match=r"rank_ratio must be a number in \(0, 1\]"):
+            target_srank(c, (6, 8))
+    with pytest.raises(TypeError, match="dim must be an int"):
+        weight_to_matrix(torch.randn(3, 4, 5), dim=True)
+    u, v = torch.nn.functional.normalize(torch.randn(2), dim=0), torch.randn(3)
+    with pytest.raises(ValueError, match="n_iterations must be >= 1"):  # an UnboundLocalError
+        power_iteration(torch.randn(2, 3), u, v, 0, 1e-12)
 
 
 def _slsqp_projection(w: np.ndarray, r: float, keep_top: int, seed: int) -> float:

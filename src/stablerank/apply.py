@@ -292,7 +292,7 @@ def normalize_model(
         raise ValueError(f"head must be one of {HEADS}, got {head!r}")
     if norm == "none":
         return bake_stable_rank_norm(model)
-    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, 1e-12)
+    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, 1e-12, exact)
     heads = set(head_layers(model, head_names))
     kwargs = {
         "rank_ratio": rank_ratio,
@@ -358,7 +358,13 @@ def normalize_model(
         )
     # No SRN layer that binds: either every raw stable rank is <= its target, or no target is
     # below min(m, n) (rank_ratio=1, 1 x n layers): NaN or 0 both mean SRN == SN here.
-    if any(kind == "srn" for _, _, kind in plan) and not srn_active_fraction(model) > 0.0:
+    # A model on the meta device has no values to measure: nothing to warn of.
+    on_meta = any(p.is_meta for p in model.parameters())
+    if (
+        any(kind == "srn" for _, _, kind in plan)
+        and not on_meta
+        and not srn_active_fraction(model) > 0.0
+    ):
         warnings.warn(
             "SRN's cap binds on no layer of this model at registration (every raw stable rank is "
             f"<= its target; rank_ratio={rank_ratio}, srank={srank}): SRN acts as spectral "

@@ -36,6 +36,8 @@ __all__ = [
 
 
 def _check_dim(weight: Tensor, dim: int) -> int:
+    if not isinstance(dim, int) or isinstance(dim, bool):
+        raise TypeError(f"dim must be an int, got {dim!r}")
     if not -weight.ndim <= dim < weight.ndim:
         raise IndexError(
             f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for a weight of shape "
@@ -83,6 +85,14 @@ def _sigma_max_and_frobenius(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     SVD of a 640x5760 conv matrix, and exact to float64 rounding (the absolute error of the
     eigenvalue is ~1e-16 ||W||_F^2, i.e. relative ~1e-16 srank(W) <= 1e-16 min(m, n)).
     """
+    # Measurements only (not the layer's forward): the checks cost nothing there. An integer,
+    # bool or complex weight would give a wrong number, not an error.
+    if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.ndim == 0:
+        kind = f"a 0-d {weight.dtype}" if isinstance(weight, Tensor) and weight.ndim == 0 else (
+            weight.dtype if isinstance(weight, Tensor) else type(weight).__name__)  # fmt: skip
+        raise TypeError(
+            f"weight must be a floating-point tensor of 1 or more dimensions, got {kind}"
+        )
     matrix = weight_to_matrix(weight.detach(), dim).double()
     if matrix.numel() == 0:
         zero = matrix.new_zeros(())
@@ -141,8 +151,14 @@ def stable_rank(weight: Tensor, dim: int = 0) -> Tensor:
 
 
 def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:
-    """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c``
+    """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c`` in (0, 1]
     (docs/math.md §1.4)."""
+    if (
+        not isinstance(rank_ratio, (int, float))
+        or isinstance(rank_ratio, bool)
+        or not (0.0 < rank_ratio <= 1.0)
+    ):
+        raise ValueError(f"rank_ratio must be a number in (0, 1], got {rank_ratio!r}")
     return max(1.0, rank_ratio * min(shape))
 
 
@@ -184,8 +200,10 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
             f"weight must be a 2-D floating tensor, got shape {tuple(weight.shape)} "
             f"and dtype {weight.dtype}"
         )
-    if not srank >= 1:
-        raise ValueError(f"srank must be >= 1, got {srank}")
+    if not (isinstance(srank, (int, float)) and not isinstance(srank, bool)) or not (
+        1 <= srank < math.inf
+    ):
+        raise ValueError(f"srank must be a finite number >= 1, got {srank!r}")
     if not isinstance(keep_top, int) or keep_top < 0:
         raise ValueError(f"keep_top must be an integer >= 0, got {keep_top!r}")
     work = weight.double() if weight.dtype != torch.float64 else weight
@@ -242,6 +260,8 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         weights").
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
+    if n_iterations < 1:  # the estimate is that of the last step
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations!r}")
     norm, scale = power_iteration_steps(matrix, u, v, n_iterations)
     return norm if scale == 1.0 else norm * scale
 

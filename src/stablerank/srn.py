@@ -628,7 +628,11 @@ def _check_real(value: Any, what: str) -> float:
 
 
 def check_srn_arguments(
-    rank_ratio: float | None, srank: float | None, n_power_iterations: int, eps: float
+    rank_ratio: float | None,
+    srank: float | None,
+    n_power_iterations: int,
+    eps: float,
+    exact: bool = False,
 ) -> tuple[float | None, float | None]:
     """Validate SRN's arguments (shared by :func:`stable_rank_norm` and ``normalize_model``).
 
@@ -660,6 +664,8 @@ def check_srn_arguments(
         raise TypeError(f"eps must be a real number, got {eps!r}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
+    if not isinstance(exact, bool):  # a string "no" would be truthy
+        raise TypeError(f"exact must be True or False, got {exact!r}")
     return rank_ratio, srank
 
 
@@ -788,7 +794,7 @@ def stable_rank_norm(
         raise ValueError(
             f"parameter {name!r} must have 2 or more dimensions, got shape {tuple(weight.shape)}"
         )
-    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, eps)
+    rank_ratio, srank = check_srn_arguments(rank_ratio, srank, n_power_iterations, eps, exact)
     if dim is None:
         dim = _default_dim(module)
     if isinstance(dim, bool) or not isinstance(dim, numbers.Integral):

@@ -231,3 +231,13 @@ def test_batch_larger_than_the_split_with_drop_last_is_an_error():
     assert len(DeviceLoader(x, y, batch_size=5, world_size=2, drop_last=True, **kw)) == 1
     # Without drop_last the one short batch is kept (evaluation loaders).
     assert len(DeviceLoader(x, y, batch_size=16, drop_last=False, **kw)) == 1
+
+
+def test_the_loader_refuses_float_labels_and_a_pixel_scale_that_is_not_a_finite_positive_number():
+    x = torch.zeros(4, 1, 8, 8, dtype=torch.uint8)
+    y = torch.tensor([2, 0, 1, 1])
+    with pytest.raises(ValueError, match="y must have an integer dtype"):  # truncated before
+        DeviceLoader(x, y.float() + 0.7, batch_size=2, mean=(0.5,), std=(0.25,))
+    for scale in (float("nan"), float("inf"), 0.0, "255"):  # every batch NaN or constant before
+        with pytest.raises(ValueError, match="pixel_scale must be a finite number > 0"):
+            DeviceLoader(x, y, batch_size=2, mean=(0.5,), std=(0.25,), pixel_scale=scale)

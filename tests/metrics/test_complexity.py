@@ -222,3 +222,21 @@ def test_margin_free_terms_by_hand_and_for_any_margin():
     )
     with pytest.raises(ValueError, match="margin must be a finite number"):
         spectral_complexity(model, float("nan"))
+
+
+def test_a_diverged_network_has_no_complexity_measure():
+    # NaN passed the all-zero check (NaN <= 0 is False): the measures returned NaN.
+    net = nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 3))
+    with torch.no_grad():
+        net[0].weight[0, 0] = float("nan")
+    for measure in (lambda: neyshabur_measure(net, 1.0), lambda: margin_free_complexity(net)):
+        with pytest.raises(NonFiniteError, match="layer '0'"):
+            measure()
+
+
+def test_margins_refuse_logits_that_are_not_floating_point_and_q_that_is_not_a_number():
+    labels = torch.tensor([0, 1])
+    with pytest.raises(TypeError, match="logits must be a floating-point tensor"):
+        margins(torch.tensor([[1, 2], [3, 4]]), labels)  # torch's overflow message before
+    with pytest.raises(ValueError, match=r"q must be a number in \[0, 1\]"):
+        margin_quantile(torch.randn(2, 3), labels, q=True)

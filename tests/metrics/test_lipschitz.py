@@ -267,3 +267,25 @@ def test_non_finite_inputs_are_refused_before_the_model_runs(bad, name, call):
     x[1, 0] = bad
     with pytest.raises(NonFiniteError, match=rf"^{name} contain 1 non-finite values"):
         call(x)
+
+
+def test_the_lipschitz_estimates_refuse_a_diverged_model_and_bad_arguments():
+    def diverged(x):  # a network whose weights hold NaN
+        return x[:, :3] * float("nan")  # NaN ratios and norms were returned
+
+    x = torch.randn(6, 4)
+    with pytest.raises(NonFiniteError, match="the model's outputs"):
+        pairwise_lipschitz(diverged, x, n_pairs=5)
+    for exact in (False, True):  # the exact path checks before its SVD sees NaN
+        with pytest.raises(NonFiniteError):
+            jacobian_spectral_norm(diverged, x, exact=exact)
+    with pytest.raises(TypeError, match="exact must be True or False"):
+        jacobian_spectral_norm(nn.Linear(4, 3), x, exact="yes")
+    with pytest.raises(ValueError, match="x must be a floating-point tensor"):
+        jacobian_spectral_norm(nn.Linear(4, 3), x[:0])  # an empty result before
+    for call in (lambda: pairwise_lipschitz(nn.Linear(4, 3), x, n_pairs=5, seed="1"),
+                 lambda: interpolate(x, x, 3, seed=0.5)):  # fmt: skip
+        with pytest.raises(TypeError, match="seed must be an integer"):
+            call()
+    with pytest.raises(TypeError, match="floating-point tensors"):
+        interpolate(torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long), 2)

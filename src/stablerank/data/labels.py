@@ -16,7 +16,7 @@ import numbers
 
 import torch
 
-__all__ = ["corrupt_labels", "subset_indices", "train_subset"]
+__all__ = ["check_labels", "corrupt_labels", "subset_indices", "train_subset"]
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -25,7 +25,8 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
 
 
-def _check_labels(labels: torch.Tensor, name: str = "labels") -> None:
+def check_labels(labels: torch.Tensor, name: str = "labels") -> None:
+    """Refuse (ValueError naming ``name``) anything but a 1-D integer tensor of class indices."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
         shape = tuple(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
         raise ValueError(f"{name} must be a 1-D tensor of class indices, got {shape}")
@@ -66,7 +67,7 @@ def corrupt_labels(
     Raises:
         ValueError: naming the argument that is out of range.
     """
-    _check_labels(labels)
+    check_labels(labels)
     if not isinstance(fraction, numbers.Real) or not 0.0 <= float(fraction) <= 1.0:
         raise ValueError(f"fraction must be in [0, 1], got {fraction!r}")
     if not isinstance(num_classes, numbers.Integral) or num_classes < 2:
@@ -111,7 +112,7 @@ def subset_indices(labels: torch.Tensor, size: int, seed: int, *, stratified: bo
         ValueError: ``size`` or ``seed`` out of range, or a class too small for its stratified
             share.
     """
-    _check_labels(labels)
+    check_labels(labels)
     n = labels.numel()
     if not isinstance(size, numbers.Integral) or isinstance(size, bool) or not 1 <= size <= n:
         raise ValueError(f"size must be an int in [1, {n}] (the number of examples), got {size!r}")
@@ -158,7 +159,7 @@ def train_subset(
     Raises:
         ValueError: mismatched lengths, or as :func:`subset_indices`.
     """
-    _check_labels(y, "y")
+    check_labels(y, "y")
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
     idx = subset_indices(y, size, seed, stratified=stratified)

@@ -27,12 +27,15 @@ Determinism and sharding (Note [loader plan]):
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from stablerank.data.labels import check_labels
 
 if TYPE_CHECKING:
     from stablerank.data.splits import DatasetSplits
@@ -120,7 +123,8 @@ class DeviceLoader:
     ) -> None:
         if x.dim() not in (3, 4):
             raise ValueError(f"x must be (N, C, H, W) or (N, C, L), got shape {tuple(x.shape)}")
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        check_labels(y, "y")  # float labels would be truncated when used as class indices
+        if y.shape[0] != x.shape[0]:
             raise ValueError(
                 f"y must be 1-D with len(x)={x.shape[0]} entries, got shape {tuple(y.shape)}"
             )
@@ -146,8 +150,12 @@ class DeviceLoader:
             raise ValueError(f"mean must be finite and std finite and > 0, got {mean=}, {std=}")
         if pixel_scale is None:
             pixel_scale = 255.0 if x.dtype == torch.uint8 else 1.0
-        if pixel_scale <= 0:
-            raise ValueError(f"pixel_scale must be > 0, got {pixel_scale!r}")
+        if (
+            not isinstance(pixel_scale, numbers.Real)
+            or not math.isfinite(pixel_scale)
+            or (pixel_scale <= 0)
+        ):
+            raise ValueError(f"pixel_scale must be a finite number > 0, got {pixel_scale!r}")
         if drop_last and self.batch_size * self.world_size > x.shape[0]:
             # Every epoch would be empty: training would silently do nothing.
             raise ValueError(

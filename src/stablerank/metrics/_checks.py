@@ -31,6 +31,18 @@ def check_generated(batch: object, k: int) -> Tensor:
     return batch
 
 
+def described(value: object) -> str:
+    """How an error names a value of the wrong kind: a tensor by its dtype, else by its type."""
+    return f"a {value.dtype} tensor" if isinstance(value, Tensor) else type(value).__name__
+
+
+def check_seed(seed: object) -> int:
+    """``seed`` as a Python int; TypeError unless it is an integer (a bool is not)."""
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an integer, got {seed!r}")
+    return int(seed)
+
+
 class NonFiniteError(ValueError):
     """Samples, features or logits that hold NaN or inf: a diverged network gives no score."""
 

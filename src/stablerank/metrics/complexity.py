@@ -43,13 +43,14 @@ so everything is computed in float64 in log space and reported as log10.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor, nn
 
 from stablerank.layers import weight_as_used
 from stablerank.linalg import spectral_norm_exact, weight_to_matrix
-from stablerank.metrics._checks import check_finite, eval_mode
+from stablerank.metrics._checks import check_finite, described, eval_mode
 
 __all__ = [
     "KEY_GAP_ACC",
@@ -101,9 +102,14 @@ def margins(logits: Tensor, labels: Tensor) -> Tensor:
 
     Raises:
         ValueError: on shapes that do not match, no samples, or labels outside [0, K).
-        TypeError: labels that are not integers (float labels would be truncated).
+        TypeError: logits that are not a floating-point tensor, or labels that are not
+            integers (float labels would be truncated).
         NonFiniteError: logits that hold NaN or inf.
     """
+    if not isinstance(logits, Tensor) or not logits.is_floating_point():
+        raise TypeError(f"logits must be a floating-point tensor, got {described(logits)}")
+    if not isinstance(labels, Tensor):
+        raise TypeError(f"labels must be a tensor of class indices, got {described(labels)}")
     if logits.dim() != 2 or logits.shape[1] < 2:
         raise ValueError(f"logits must have shape (N, K) with K >= 2, got {tuple(logits.shape)}")
     if labels.shape != (logits.shape[0],):
@@ -133,8 +139,8 @@ def margin_quantile(logits: Tensor, labels: Tensor, q: float = DEFAULT_MARGIN_QU
         ValueError: when ``q`` is outside [0, 1], or as :func:`margins`.
         TypeError, NonFiniteError: as :func:`margins`.
     """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError(f"q must lie in [0, 1], got {q!r}")
+    if not isinstance(q, numbers.Real) or isinstance(q, bool) or not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must be a number in [0, 1], got {q!r}")
     return torch.quantile(margins(logits, labels).double().cpu(), q).item()
 
 
@@ -165,6 +171,8 @@ def _log_terms(model: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     layers = complexity_layers(model)
     if not layers:
         raise ValueError("model has no Linear/Conv/ConvTranspose layer to measure")
+    for name, w in layers:  # a diverged network has no measure (NaN would pass sigma <= 0)
+        check_finite(w, f"the weights of layer {name!r}")
     sigma = torch.stack([spectral_norm_exact(w) for _, w in layers])
     fro2 = torch.stack([w.square().sum() for _, w in layers])
     # ||W^T||_{2,1}: the sum over the columns of W^T (the rows of W, one per output unit) of
@@ -200,6 +208,7 @@ def neyshabur_measure(model: nn.Module, margin: float) -> float:
 
     Raises:
         ValueError: for a non-positive margin or a model without weighted layers.
+        NonFiniteError: a layer's weight holds NaN or inf (a diverged network).
     """
     value = spectral_complexity(model, _check_margin(margin))[KEY_LOG10_NEYSHABUR]
     assert value is not None  # Precondition: the margin was checked positive.
@@ -226,6 +235,7 @@ def bartlett_measure(model: nn.Module, margin: float) -> float:
 
     Raises:
         ValueError: for a non-positive margin or a model without weighted layers.
+        NonFiniteError: a layer's weight holds NaN or inf (a diverged network).
     """
     value = spectral_complexity(model, _check_margin(margin))[KEY_LOG10_BARTLETT]
     assert value is not None  # Precondition: the margin was checked positive.
@@ -251,6 +261,7 @@ def margin_free_complexity(model: nn.Module) -> dict[str, float | int]:
 
     Raises:
         ValueError: for a model without weighted layers or with an all-zero weight.
+        NonFiniteError: a layer's weight holds NaN or inf (a diverged network).
     """
     log_sigma, fro2, log_l21, sigma = _log_terms(model)
     log_prod = log_sigma.sum().item()
@@ -283,6 +294,7 @@ def spectral_complexity(model: nn.Module, margin: float | None) -> dict[str, flo
 
     Raises:
         ValueError: for a NaN or infinite margin, or a model without weighted layers.
+        NonFiniteError: a layer's weight holds NaN or inf (a diverged network).
     """
     if margin is not None and not math.isfinite(margin):
         raise ValueError(f"margin must be a finite number (or None), got {margin!r}")

@@ -36,7 +36,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from stablerank.metrics._checks import check_finite, check_generated, check_positive_int, seeded
+from stablerank.metrics._checks import (
+    check_finite,
+    check_generated,
+    check_positive_int,
+    check_seed,
+    seeded,
+)
 from stablerank.metrics.ema import ema_update
 from stablerank.metrics.features import check_signed_unit, to_signed_unit, warn_if_unsigned
 
@@ -196,6 +202,7 @@ def neural_divergence(
     n_critic_steps = check_positive_int("n_critic_steps", n_critic_steps)
     batch_size = check_positive_int("batch_size", batch_size)
     n_eval_batches = check_positive_int("n_eval_batches", n_eval_batches)
+    seed = check_seed(seed)
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must lie in (0, 1), got {eval_fraction!r}")
     if not 0.0 <= ema_decay <= 1.0:

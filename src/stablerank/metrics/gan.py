@@ -42,7 +42,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from stablerank._optional import import_optional
-from stablerank.metrics._checks import check_finite, check_generated, check_positive_int, seeded
+from stablerank.metrics._checks import (
+    check_finite,
+    check_generated,
+    check_positive_int,
+    check_seed,
+    seeded,
+)
 from stablerank.metrics.features import (
     DEFAULT_FEATURE_NET,
     FeatureExtractor,
@@ -389,6 +395,7 @@ def compute_gan_metrics(
     is_splits = check_positive_int("is_splits", is_splits)
     kid_subsets = check_positive_int("kid_subsets", kid_subsets)
     kid_subset_size = check_positive_int("kid_subset_size", kid_subset_size)
+    seed = check_seed(seed)
     if kid_subset_size < 2:  # the unbiased MMD averages over pairs of distinct samples
         raise ValueError(f"kid_subset_size must be an integer >= 2, got {kid_subset_size}")
     extractor = _resolve_extractor(feature_net)

@@ -34,7 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from stablerank._optional import import_optional
-from stablerank.metrics._checks import check_finite, check_positive_int, eval_mode
+from stablerank.metrics._checks import (
+    check_finite,
+    check_positive_int,
+    check_seed,
+    described,
+    eval_mode,
+)
 
 __all__ = [
     "KEY_EL_MAX",
@@ -138,11 +144,14 @@ def pairwise_lipschitz(
     Raises:
         ValueError: on too few samples, mismatched shapes (``y`` included) or non-positive
             counts.
+        TypeError: a ``seed`` that is not an integer.
         NonFiniteError: ``x`` or ``x_other`` holds NaN or inf (a NaN distance fails the
-            duplicate test, so its pair would be dropped without a word).
+            duplicate test, so its pair would be dropped without a word), or the model's
+            outputs do.
     """
     n_pairs = check_positive_int("n_pairs", n_pairs)
     batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
     if x_other is None and x.shape[0] < 2:
         raise ValueError(
             f"x must hold at least 2 samples to form pairs, got shape {tuple(x.shape)}"
@@ -180,6 +189,8 @@ def pairwise_lipschitz(
             # The second point takes the first point's label, so f(x_j, .) is evaluated once per
             # pair rather than once per distinct j.
             fj = _outputs(model, second[j.to(x.device)], batch_size, y[i.to(x.device)])
+    check_finite(fi, "the model's outputs")  # a diverged network has no Lipschitz estimate
+    check_finite(fj, "the model's outputs")
     xi = x[i.to(x.device)].reshape(n_pairs, -1).double()
     xj = second[j.to(x.device)].reshape(n_pairs, -1).double()
     dx = torch.linalg.vector_norm(xi - xj, dim=1)
@@ -228,11 +239,21 @@ def jacobian_spectral_norm(
         float tensor (N,) on the CPU, in the dtype of ``x``.
 
     Raises:
-        ValueError: on non-positive ``n_iters`` or ``batch_size``, or ``y`` not of shape (N,).
-        NonFiniteError: ``x`` holds NaN or inf.
+        ValueError: on non-positive ``n_iters`` or ``batch_size``, ``y`` not of shape (N,), or
+            ``x`` not a non-empty floating-point tensor.
+        TypeError: a ``seed`` that is not an integer, an ``exact`` that is not a bool.
+        NonFiniteError: ``x`` holds NaN or inf, or the norms do (the model's outputs did).
     """
     n_iters = check_positive_int("n_iters", n_iters)
     batch_size = check_positive_int("batch_size", batch_size)
+    seed = check_seed(seed)
+    if not isinstance(exact, bool):
+        raise TypeError(f"exact must be True or False, got {exact!r}")
+    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() < 1 or x.shape[0] < 1:
+        raise ValueError(
+            f"x must be a floating-point tensor (N, ...) with N >= 1, got "
+            f"{described(x)}{'' if not isinstance(x, Tensor) else tuple(x.shape)}"
+        )
     check_finite(x, "x")
     y = _check_labels(y, x)
     gen = torch.Generator().manual_seed(seed)
@@ -251,7 +272,9 @@ def jacobian_spectral_norm(
                 out.append(_jacobian_norm_exact(f, xb.detach()).cpu())
             else:
                 out.append(_jacobian_norm_batch(f, xb.detach(), vb.to(xb.device), n_iters).cpu())
-    return torch.cat(out) if out else torch.empty(0, dtype=x.dtype)
+    norms = torch.cat(out)
+    check_finite(norms, "the Jacobian norms (the model's outputs diverged)")
+    return norms
 
 
 def _with_labels(model: Model, y: Tensor, x: Tensor) -> Tensor:
@@ -290,6 +313,7 @@ def _jacobian_norm_exact(model: Model, x: Tensor) -> Tensor:
     rows = [vjp_fn(torch.zeros_like(out).index_fill_(1, torch.tensor([k], device=out.device), 1))[0]
             for k in range(out.shape[1])]  # fmt: skip
     jac = torch.stack([r.detach().reshape(x.shape[0], -1) for r in rows], dim=1)  # (B, K, D_in)
+    check_finite(jac, "the Jacobians (the model's outputs diverged)")  # before the SVD sees NaN
     return torch.linalg.matrix_norm(jac, ord=2)
 
 
@@ -312,6 +336,13 @@ def interpolate(x: Tensor, y: Tensor, n: int, seed: int = 0) -> Tensor:
         ValueError: on mismatched shapes, empty sets or non-positive ``n``.
     """
     n = check_positive_int("n", n)
+    seed = check_seed(seed)
+    if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or not x.is_floating_point():
+        raise TypeError(f"x and y must be floating-point tensors, got {described(x)} and "
+                        f"{described(y)}")  # fmt: skip
+    if x.dim() < 1 or y.dim() < 1:
+        raise ValueError(f"x and y must be (N, ...) tensors, got shapes {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")  # fmt: skip
     if x.shape[1:] != y.shape[1:]:
         raise ValueError(
             f"x and y must share the per-sample shape, got {tuple(x.shape)} and {tuple(y.shape)}"
