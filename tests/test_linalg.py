@@ -155,6 +155,9 @@ def test_the_helpers_refuse_out_of_range_arguments():
             target_srank(c, (6, 8))
     with pytest.raises(TypeError, match="dim must be an int"):
         weight_to_matrix(torch.randn(3, 4, 5), dim=True)
+    # numpy numbers are numbers, as torch takes them
+    assert weight_to_matrix(torch.randn(3, 4, 5), dim=np.int64(1)).shape == (4, 15)
+    assert target_srank(np.float32(0.5), (6, 8)) == 3.0
     u, v = torch.nn.functional.normalize(torch.randn(2), dim=0), torch.randn(3)
     with pytest.raises(ValueError, match="n_iterations must be >= 1"):  # an UnboundLocalError
         power_iteration(torch.randn(2, 3), u, v, 0, 1e-12)

@@ -19,6 +19,7 @@ Note [srn reshape]
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -36,14 +37,14 @@ __all__ = [
 
 
 def _check_dim(weight: Tensor, dim: int) -> int:
-    if not isinstance(dim, int) or isinstance(dim, bool):
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):  # numpy ints, as torch
         raise TypeError(f"dim must be an int, got {dim!r}")
     if not -weight.ndim <= dim < weight.ndim:
         raise IndexError(
             f"dim must be in [-{weight.ndim}, {weight.ndim - 1}] for a weight of shape "
             f"{tuple(weight.shape)}, got {dim}"
         )
-    return dim % weight.ndim
+    return int(dim) % weight.ndim
 
 
 def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
@@ -154,7 +155,7 @@ def target_srank(rank_ratio: float, shape: tuple[int, int]) -> float:
     """The absolute target ``r = max(1, c * min(m, n))`` of a rank ratio ``c`` in (0, 1]
     (docs/math.md §1.4)."""
     if (
-        not isinstance(rank_ratio, (int, float))
+        not isinstance(rank_ratio, numbers.Real)
         or isinstance(rank_ratio, bool)
         or not (0.0 < rank_ratio <= 1.0)
     ):
@@ -200,7 +201,7 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
             f"weight must be a 2-D floating tensor, got shape {tuple(weight.shape)} "
             f"and dtype {weight.dtype}"
         )
-    if not (isinstance(srank, (int, float)) and not isinstance(srank, bool)) or not (
+    if not (isinstance(srank, numbers.Real) and not isinstance(srank, bool)) or not (
         1 <= srank < math.inf
     ):
         raise ValueError(f"srank must be a finite number >= 1, got {srank!r}")
