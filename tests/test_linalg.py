@@ -13,6 +13,7 @@ from scipy.optimize import minimize
 from stablerank.linalg import (
     matrix_to_weight,
     power_iteration,
+    power_iteration_steps,
     spectral_norm_exact,
     srn_optimal,
     stable_rank,
@@ -159,8 +160,19 @@ def test_the_helpers_refuse_out_of_range_arguments():
     assert weight_to_matrix(torch.randn(3, 4, 5), dim=np.int64(1)).shape == (4, 15)
     assert target_srank(np.float32(0.5), (6, 8)) == 3.0
     u, v = torch.nn.functional.normalize(torch.randn(2), dim=0), torch.randn(3)
-    with pytest.raises(ValueError, match="n_iterations must be >= 1"):  # an UnboundLocalError
-        power_iteration(torch.randn(2, 3), u, v, 0, 1e-12)
+    for run in (lambda: power_iteration(torch.randn(2, 3), u, v, 0, 1e-12),
+                lambda: power_iteration_steps(torch.randn(2, 3), u, v, 0)):  # fmt: skip
+        with pytest.raises(ValueError, match="n_iterations must be >= 1"):  # UnboundLocalError
+            run()
+    assert srn_optimal(torch.randn(4, 4), np.int64(2)).shape == (4, 4)
+
+
+def test_the_layer_table_reads_a_numpy_dim_that_torch_took():
+    from stablerank.layers import layer_report
+
+    ct = torch.nn.ConvTranspose2d(3, 4, 2)
+    torch.nn.utils.spectral_norm(ct, dim=np.int64(1))  # torch keeps the numpy integer
+    assert len(layer_report(torch.nn.Sequential(ct))) == 1
 
 
 def _slsqp_projection(w: np.ndarray, r: float, keep_top: int, seed: int) -> float:

@@ -261,8 +261,6 @@ def power_iteration(matrix: Tensor, u: Tensor, v: Tensor, n_iterations: int, eps
         weights").
     """
     del eps  # no clamp needed: ||alpha W^T u + delta v|| >= delta > 0 unless they cancel exactly
-    if n_iterations < 1:  # the estimate is that of the last step
-        raise ValueError(f"n_iterations must be >= 1, got {n_iterations!r}")
     norm, scale = power_iteration_steps(matrix, u, v, n_iterations)
     return norm if scale == 1.0 else norm * scale
 
@@ -273,6 +271,8 @@ def power_iteration_steps(
     """The steps of :func:`power_iteration`; returns ``||alpha W v||`` (a 0-d tensor) and the
     Python float ``1 / alpha`` that scales it to the estimate of sigma. The CPU path of the layer
     reads the norm as a float and scales it in Python, one kernel fewer."""
+    if n_iterations < 1:  # the estimate is that of the last step
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations!r}")
     # Detached, so no op here records a graph: no no_grad context needed (its entry costs more
     # than an op on the CPU), and a torch.jit.trace, which records ops but not contexts, works.
     matrix = matrix.detach()

@@ -664,7 +664,7 @@ def check_srn_arguments(
         raise TypeError(f"eps must be a real number, got {eps!r}")
     if not (math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps must be finite and > 0, got {eps}")
-    if not isinstance(exact, bool):  # a string "no" would be truthy
+    if not isinstance(exact, bool):  # a Python bool: a string "no" would be truthy
         raise TypeError(f"exact must be True or False, got {exact!r}")
     return rank_ratio, srank
 

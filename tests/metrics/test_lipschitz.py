@@ -287,5 +287,5 @@ def test_the_lipschitz_estimates_refuse_a_diverged_model_and_bad_arguments():
                  lambda: interpolate(x, x, 3, seed=0.5)):  # fmt: skip
         with pytest.raises(TypeError, match="seed must be an integer"):
             call()
-    with pytest.raises(TypeError, match="floating-point tensors"):
+    with pytest.raises(TypeError, match="x must be a floating-point tensor"):
         interpolate(torch.ones(3, 2, dtype=torch.long), torch.ones(3, 2, dtype=torch.long), 2)

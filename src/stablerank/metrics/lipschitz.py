@@ -338,8 +338,8 @@ def interpolate(x: Tensor, y: Tensor, n: int, seed: int = 0) -> Tensor:
     n = check_positive_int("n", n)
     seed = check_seed(seed)
     if not (isinstance(x, Tensor) and isinstance(y, Tensor)) or not x.is_floating_point():
-        raise TypeError(f"x and y must be floating-point tensors, got {described(x)} and "
-                        f"{described(y)}")  # fmt: skip
+        raise TypeError(f"x must be a floating-point tensor and y a tensor, got {described(x)} "
+                        f"and {described(y)}")  # fmt: skip
     if x.dim() < 1 or y.dim() < 1:
         raise ValueError(f"x and y must be (N, ...) tensors, got shapes {tuple(x.shape)} and "
                          f"{tuple(y.shape)}")  # fmt: skip
