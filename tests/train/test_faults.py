@@ -216,17 +216,22 @@ def test_killed_at_random_points_the_rerun_ends_as_an_uninterrupted_run(tmp_path
             argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
 
+    t0 = time.perf_counter()
     reference = launch(tmp_path / "straight")
     assert reference.wait(timeout=300) == 0, reference.stderr.read()
+    whole = time.perf_counter() - t0  # start-up s (import, data: ~2-3 s) and training W (~8 s)
     rng = random.Random(0)
     killed = tmp_path / "killed"
     kills = 0
-    # Import and data take ~2-3 s, the 200 epochs ~8 s (0.04 s each, a checkpoint and a log line
-    # after each): kills land in every phase. A rerun of the finished run returns at once, so
-    # the loop stops once it is done.
+    # Kills after 20-35% of the whole run's time land in every phase (start-up, epochs, their
+    # checkpoint and log writes) and, scaled to this machine's speed, are at least three: two
+    # killed launches train at most 2 (0.35 (s + W) - s), so the third needs at least
+    # s + 0.3 W + 1.3 s, more than its 0.35 (s + W) unless training takes about 40 times the
+    # start-up. (Fixed sleeps of 1-5 s let a fast machine finish after two kills.) A rerun of
+    # the finished run returns at once, so the loop stops once it is done.
     for _ in range(10):
         proc = launch(killed)
-        time.sleep(rng.uniform(1.0, 5.0))
+        time.sleep(rng.uniform(0.2, 0.35) * whole)
         if proc.poll() is None:
             proc.kill()
             kills += 1
