@@ -27,7 +27,7 @@ from stablerank.train.checkpoint import atomic_write_json
 from stablerank.train.rundir import DIVERGED, DONE, FAILED, RUNNING, RunDir, RunLockedError
 from stablerank.train.runtime import die_with_parent
 
-__all__ = ["OUTPUT_LOG", "Outcome", "execute", "read_finished", "run_state"]
+__all__ = ["OUTPUT_LOG", "Outcome", "execute", "read_finished", "run_state", "state_and_files"]
 
 OUTPUT_LOG = "output.log"
 LAUNCH_FILE = "launch.json"  # the config a torchrun-launched training reads
@@ -86,19 +86,26 @@ def run_state(run: Run) -> str:
     """``done``, ``diverged``, ``failed``, ``partial`` (started, or analysed under other settings,
     or with a result or analysis file missing or damaged, or trained by another number of
     processes: a folder from before classifier folders said so) or ``new``, from its folder."""
+    return state_and_files(run)[0]
+
+
+def state_and_files(run: Run) -> tuple[str, Any, Any]:
+    """:func:`run_state`, with the result and analysis it read to decide it (both None unless
+    the state is ``done`` or ``diverged``; the analysis None for a run without one)."""
     folder = RunDir(run.run_dir)
     status = folder.read_status()
     if not status:
-        return "new"
+        return "new", None, None
     state = status.get("status")
     if (
         status.get("analysis_key") == _analysis_key(run)
         and state in (DONE, DIVERGED)
-        and not read_finished(run, state)[2]
         and folder.trained_world_size() == run.nproc_per_node
     ):
-        return state
-    return FAILED if state == FAILED else "partial"
+        result, analysis, why = read_finished(run, state)
+        if not why:
+            return state, result, analysis
+    return (FAILED if state == FAILED else "partial"), None, None
 
 
 @contextlib.contextmanager

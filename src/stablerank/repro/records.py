@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stablerank.repro.execute import DIVERGED, DONE, read_finished, run_state
+from stablerank.repro.execute import DIVERGED, DONE, read_finished, state_and_files
 from stablerank.repro.sweeps import Run
 from stablerank.train.results import (
     ClassifierAnalysis,
@@ -59,12 +59,9 @@ def _problem(run: Run) -> str:
 
 
 def _read(run: Run) -> RunRecord:
-    state = run_state(run)
+    state, result, analysis = state_and_files(run)
     if state in (DONE, DIVERGED):
-        result, analysis, why = read_finished(run, state)
-        if not why:
-            return RunRecord(run, state, result, analysis)
-        state = "partial"  # a file changed since run_state read it
+        return RunRecord(run, state, result, analysis)
     return RunRecord(run, state, problem=_problem(run))
 
 
