@@ -88,11 +88,12 @@ def _sigma_max_and_frobenius(weight: Tensor, dim: int) -> tuple[Tensor, Tensor]:
     """
     # Measurements only (not the layer's forward): the checks cost nothing there. An integer,
     # bool or complex weight would give a wrong number, not an error.
-    if not isinstance(weight, Tensor) or not weight.is_floating_point() or weight.ndim == 0:
-        kind = f"a 0-d {weight.dtype}" if isinstance(weight, Tensor) and weight.ndim == 0 else (
-            weight.dtype if isinstance(weight, Tensor) else type(weight).__name__)  # fmt: skip
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight must be a floating-point tensor, got {type(weight).__name__}")
+    if not weight.is_floating_point() or weight.ndim == 0:
         raise TypeError(
-            f"weight must be a floating-point tensor of 1 or more dimensions, got {kind}"
+            "weight must be a floating-point tensor of 1 or more dimensions, got a "
+            f"{weight.ndim}-d {weight.dtype} tensor"
         )
     matrix = weight_to_matrix(weight.detach(), dim).double()
     if matrix.numel() == 0:
