@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -378,6 +379,23 @@ def test_rescoring_an_sn_ema_run_scores_the_generator_it_would_score_from_the_st
     gan_train.run(cfg)
     rescored = gan_train.run(dataclasses.replace(cfg, resume=True, n_final_samples=30))
     assert rescored.fid == direct.fid and rescored.is_mean == direct.is_mean
+
+
+@pytest.mark.filterwarnings("ignore:Metric `Kernel Inception Distance`")
+def test_a_damaged_metrics_file_is_scored_again_to_the_same_scores(tmp_path):
+    # The finished run's metrics.json lost: resuming scores the final checkpoint again, and the
+    # FID, KID, IS and both baselines come out as the first time (same samples, same features).
+    if "test-pixels" not in available_feature_extractors():
+        register_feature_extractor("test-pixels", _pixel_extractor)
+    cfg = _cfg(tmp_path, "scored", g_steps=2, d_norm="srn", rank_ratio=0.5, n_final_samples=30,
+               feature_net="test-pixels")  # fmt: skip
+    first = gan_train.run(cfg)
+    assert math.isfinite(first.fid) and first.fid > 0
+    RunDir.for_config(cfg).metrics_file.unlink()
+    again = gan_train.run(dataclasses.replace(cfg, resume=True))
+    assert dataclasses.replace(again, train_seconds=0.0) == dataclasses.replace(
+        first, train_seconds=0.0
+    )
 
 
 def test_amp_needs_cuda_even_when_the_device_is_auto(tmp_path, monkeypatch):
