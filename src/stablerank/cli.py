@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from stablerank import __version__
 from stablerank.config import add_config_arguments, config_from_dict, config_to_dict, read_yaml
 
 __all__ = ["build_parser", "main"]
@@ -110,15 +111,6 @@ def _load(path: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("stablerank")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
-
-
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     p.add_argument("--debug", action="store_true", help="show an error's full traceback")
@@ -130,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Stable Rank Normalization (Sanyal, Torr & Dokania, ICLR 2020): train, "
         "analyse and reproduce vanilla vs spectral vs stable-rank normalization.",
     )
-    parser.add_argument("--version", action="version", version=f"stablerank {_version()}")
+    parser.add_argument("--version", action="version", version=f"stablerank {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, cmd in _COMMANDS.items():
         # No prefixes: `reproduce --seed 3` must not be read as --seeds 3 (three seeds per arm).
@@ -257,7 +249,10 @@ def _trainer_of(run_dir: str) -> str | None:
     from stablerank.train.rundir import RunDir
 
     path = RunDir(run_dir).config_file
-    saved = json.loads(path.read_text()) if path.is_file() else None
+    try:
+        saved = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # damaged: the command's own reading of it names the file
+        return None
     for name in _TRAINERS:
         fields = {f.name for f in dataclasses.fields(_load(_COMMANDS[name].config))}
         if isinstance(saved, dict) and set(saved) <= fields:

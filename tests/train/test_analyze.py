@@ -282,6 +282,20 @@ def test_missing_run_is_reported(tmp_path):
         analyze.run(SMALL, tmp_path)
 
 
+def test_a_damaged_config_file_is_named(srn_run, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(srn_run[0], run_dir)
+    (run_dir / "config.json").write_text("{")
+    with pytest.raises(ValueError, match=r"run/config\.json is damaged \(not JSON"):
+        analyze.load_run_model(run_dir)
+    # The commands that read a run folder name it too (they first ask whose run it is).
+    from stablerank.cli import main
+
+    for command in ("analyze", "layers"):
+        assert main([command, str(run_dir)]) != 0
+        assert "config.json is damaged" in capsys.readouterr().err
+
+
 def test_load_run_model_restores_the_final_weights(srn_run):
     import torch
 

@@ -446,11 +446,11 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
     # A metric is measured when some run of the claim's kind has a value for it (NaN included:
     # a value that is not finite is "cannot tell", never left out); decided over the whole sweep,
     # so a metric does not vanish with a failed arm or appear because one did. While no run of
-    # the kind has a result (all unfinished or failed) every metric counts: "cannot tell".
+    # the kind has a result (all unfinished or failed) every metric counts: "cannot tell". A
+    # metric undefined by design in some runs (undefined_when) counts always.
     read = [r for r in records if r.run.kind == claim.kind and r.result is not None]
-    measured = {
-        m for m in claim.metrics if not read or any(METRICS[m].value(r) is not None for r in read)
-    }
+    measured = [m for m in claim.metrics if METRICS[m].undefined_when or not read
+                or any(METRICS[m].value(r) is not None for r in read)]  # fmt: skip
     for setting, all_arms in by_setting(records, claim.kind).items():
         arms = {arm: [r for r in recs if r.usable] for arm, recs in all_arms.items()}
         for arm, srn in arms.items():
@@ -459,14 +459,12 @@ def _comparisons(claim: Claim, records: Sequence[RunRecord]) -> list[Comparison]
             srn_all = all_arms[arm]
             c = srn_all[0].run.rank_ratio
             counterfactual = sn_above_target(srn, arms.get("sn", ())) if srn else None
-            for metric_name, ref in itertools.product(claim.metrics, claim.references):
+            for metric_name, ref in itertools.product(measured, claim.references):
                 if ref not in arms:  # the sweep has no such arm (a GAN has no vanilla arm)
                     continue
                 metric = METRICS[metric_name]
                 sv, ss = metric.values(srn)
                 rv, rs = metric.values(arms[ref])
-                if metric_name not in measured and not metric.undefined_when:
-                    continue  # the sweep does not measure it (e.g. FID on digits)
                 comp = Comparison(
                     claim.number,
                     metric_name,

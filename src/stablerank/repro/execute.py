@@ -74,11 +74,8 @@ def read_finished(run: Run, state: str, *, with_analysis: bool = True) -> tuple[
     if analysis.settings and diff_configs(
         analysis.settings, config_to_dict(run.analysis), ignore=RUNTIME_KEYS
     ):
-        return (
-            None,
-            None,
-            "analysed under other settings than the sweep's: a rerun analyses it again",
-        )
+        why = "analysed under other settings than the sweep's: a rerun analyses it again"
+        return None, None, why
     return result, analysis, ""
 
 
@@ -162,7 +159,6 @@ def execute(run: Run, *, capture: bool = False) -> Outcome:
     run_dir = RunDir(run.run_dir)
     if run_state(run) in (DONE, DIVERGED):
         return Outcome(run.name, SKIPPED)
-    run_dir.path.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(run_dir.lock())
@@ -197,8 +193,7 @@ def _execute_locked(run: Run, run_dir: RunDir, capture: bool, t0: float) -> Outc
                 run.trainer.analyse(run.analysis, run.run_dir)
             # Read back as the report and every rerun will: a file that does not read would be
             # made again by each rerun, and reported finished each time.
-            unreadable = read_finished(run, DIVERGED if diverged else DONE)[2]
-            if unreadable:
+            if unreadable := read_finished(run, DIVERGED if diverged else DONE)[2]:
                 raise RuntimeError(f"its files do not read back: {unreadable}")
     except Exception as err:  # recorded by recording(), and the sweep goes on
         message = f"in {stage}: {type(err).__name__}: {err}"

@@ -42,7 +42,6 @@ from typing import Any, Protocol
 from stablerank._optional import import_optional
 from stablerank.config.reproduce import ReproduceConfig
 from stablerank.repro.execute import (
-    BUSY,
     DIVERGED,
     DONE,
     FAILED,
@@ -117,9 +116,8 @@ class SequentialExecutor:
     def map(self, runs: Sequence[Run], report: Report) -> list[Outcome]:
         outcomes = []
         for i, run in enumerate(runs, 1):
-            outcome = execute(run)
-            report(i, len(runs), run, outcome)
-            outcomes.append(outcome)
+            outcomes.append(execute(run))
+            report(i, len(runs), run, outcomes[-1])
         return outcomes
 
 
@@ -147,11 +145,8 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
     die_with_parent()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
-    if threads:
+    if threads:  # torch's threads: execute() sets them for each run
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        import torch
-
-        torch.set_num_threads(threads)
 
 
 def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[str]) -> Any:
@@ -274,7 +269,6 @@ class LocalExecutor:
             self.workers, mp_context=ctx, initializer=_init_worker,
             initargs=(queue, self.threads, stop),
         )  # fmt: skip
-        futures: dict[cf.Future[Outcome], int] = {}
         workers: list[Any] = []
         lost: dict[int, BaseException] = {}
         try:
@@ -378,13 +372,11 @@ class SubmititExecutor:
         job_fn = _requeueable_job(stop_file, _SIGNAL_DELAY_S[self.cluster] // 2)
         outcomes: dict[int, Outcome] = {}
         # A finished run is not submitted: its job would only say so, after queueing for GPUs.
-        todo = []
         for i, run in enumerate(runs):
             if run_state(run) in (DONE, DIVERGED):
                 outcomes[i] = Outcome(run.name, SKIPPED)
                 report(len(outcomes), len(runs), run, outcomes[i])
-            else:
-                todo.append(i)
+        todo = [i for i in range(len(runs)) if i not in outcomes]
         step = (len(todo) or 1) if self.cluster == "slurm" else self.wave
         for start in range(0, len(todo), step):
             chunk = todo[start : start + step]
@@ -428,12 +420,9 @@ class SubmititExecutor:
 
     @property
     def _jobs_dir(self) -> Path:
-        """Where the id of the SLURM job last submitted for each run is kept (:meth:`_job_file`),
-        with the lock of the submissions."""
+        """Where the id of the SLURM job last submitted for each run is kept (a file named after
+        the run), with the lock of the submissions."""
         return self.folder / "jobs"
-
-    def _job_file(self, run: Run) -> Path:
-        return self._jobs_dir / run.name
 
     def _submit_or_follow(self, job_fn: Callable[..., Any], runs: Sequence[Run]) -> list[Any]:
         """One SLURM job per run of ``runs``, in their order: the job an earlier or another
@@ -446,7 +435,7 @@ class SubmititExecutor:
             self._say_submitted(list(following.values()), before=True)
         submitted = self._submit(job_fn, new) if new else []
         for run, job in zip(new, submitted, strict=True):
-            atomic_write_text(self._job_file(run), str(job.job_id))
+            atomic_write_text(self._jobs_dir / run.name, str(job.job_id))
         if submitted:
             self._say_submitted(submitted)
         by_name = {**following, **{run.name: job for run, job in zip(new, submitted, strict=True)}}
@@ -493,7 +482,7 @@ class SubmititExecutor:
         from submitit.slurm.slurm import SlurmJob
 
         recorded = {run.name: path.read_text().strip() for run in runs
-                    if (path := self._job_file(run)).is_file()}  # fmt: skip
+                    if (path := self._jobs_dir / run.name).is_file()}  # fmt: skip
         if not recorded:
             return {}
         try:
@@ -639,12 +628,11 @@ def _stop_jobs(jobs: Sequence[Any], stop_file: Path | None, others: Iterable[int
     waited for; SLURM jobs are left running. The processes below this one that are ``others``
     (there before the jobs) are left alone; submitit's controllers keep Ctrl-C blocked."""
     if stop_file is None:
-        if not jobs:
-            return
-        arrays = _arrays_of(jobs)
-        print(f"\nthe SLURM jobs run on: squeue -j {arrays} shows those not ended, scancel "
-              f"{arrays.replace(',', ' ')} stops them; the same command follows them again and "
-              "collects their results", file=sys.stderr)  # fmt: skip
+        if jobs:
+            arrays = _arrays_of(jobs)
+            print(f"\nthe SLURM jobs run on: squeue -j {arrays} shows those not ended, scancel "
+                  f"{arrays.replace(',', ' ')} stops them; the same command follows them again "
+                  "and collects their results", file=sys.stderr)  # fmt: skip
         return
     stop_file.touch()
     for pid in set(_descendants(os.getpid())).difference(others):
@@ -785,9 +773,6 @@ def print_outcome(i: int, n: int, run: Run, outcome: Outcome) -> None:
     """The terminal's one line per finished run."""
     detail = f": {outcome.error}" if outcome.error else ""
     count = f"[{i:>{len(str(n))}}/{n}]"  # one width for the whole sweep: the names line up
-    took = f" ({outcome.seconds:.0f} s)" if outcome.state not in (SKIPPED, BUSY) else ""
-    print(
-        f"{count} {outcome.state:<8} {run.name}{took}{detail}",
-        file=sys.stderr,
-        flush=True,
-    )
+    # A failure the executor records (a worker died) has no time of its own: none is printed.
+    took = f" ({outcome.seconds:.0f} s)" if outcome.seconds else ""
+    print(f"{count} {outcome.state:<8} {run.name}{took}{detail}", file=sys.stderr, flush=True)

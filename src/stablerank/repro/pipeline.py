@@ -101,13 +101,11 @@ def check_inputs(runs: list[Run]) -> None:
     for dataset, data_dir in dict.fromkeys((r.config.dataset, r.config.data_dir) for r in runs):
         attempt(load_dataset, dataset, data_dir)
 
-    def scored(run: Run) -> bool:
-        """Trained and scored (its metrics.json reads): what is left of it, its analysis at most,
-        scores no more, whatever its status (one that failed in its analysis, say)."""
-        return read_finished(run, DONE, with_analysis=False)[0] is not None
-
-    scoring = [r.config for r in runs if r.kind == KIND_GAN and not scored(r)
-               and (r.config.eval_every or r.config.n_final_samples)]  # fmt: skip
+    # A run whose metrics.json reads is trained and scored: what is left of it (its analysis at
+    # most, whatever its status) scores no more.
+    scoring = [r.config for r in runs if r.kind == KIND_GAN
+               and (r.config.eval_every or r.config.n_final_samples)
+               and read_finished(r, DONE, with_analysis=False)[0] is None]  # fmt: skip
     for cfg in {(c.scoring_net, c.feature_weights): c for c in scoring}.values():
         attempt(scoring_network, cfg)
     if len(errors) == 1:

@@ -7,12 +7,7 @@ from dataclasses import dataclass
 
 from stablerank.repro.execute import DIVERGED, DONE, read_finished, state_and_files
 from stablerank.repro.sweeps import Run
-from stablerank.train.results import (
-    ClassifierAnalysis,
-    ClassifierResult,
-    GanAnalysis,
-    GanResult,
-)
+from stablerank.train.results import ClassifierAnalysis, ClassifierResult, GanAnalysis, GanResult
 from stablerank.train.rundir import RunDir
 
 __all__ = ["RunRecord", "by_setting", "collect"]
@@ -43,8 +38,7 @@ def _problem(run: Run) -> str:
     if status.get("error"):
         return f"{where}{status['error']}"
     if status.get("status") in (DONE, DIVERGED):  # trained; files to make again, or settings
-        why = read_finished(run, status["status"])[2]
-        if why:
+        if why := read_finished(run, status["status"])[2]:
             return why
         trained_by = run_dir.trained_world_size()
         if trained_by != run.nproc_per_node:  # a folder from before its name said so
@@ -58,16 +52,14 @@ def _problem(run: Run) -> str:
     return "starting in another process" if run_dir.is_locked() else "not trained yet"
 
 
-def _read(run: Run) -> RunRecord:
-    state, result, analysis = state_and_files(run)
-    if state in (DONE, DIVERGED):
-        return RunRecord(run, state, result, analysis)
-    return RunRecord(run, state, problem=_problem(run))
-
-
 def collect(runs: Sequence[Run]) -> list[RunRecord]:
     """The record of every run of the sweep, in sweep order."""
-    return [_read(run) for run in runs]
+    records = []
+    for run in runs:
+        state, result, analysis = state_and_files(run)
+        problem = "" if state in (DONE, DIVERGED) else _problem(run)
+        records.append(RunRecord(run, state, result, analysis, problem))
+    return records
 
 
 def by_setting(records: Sequence[RunRecord], kind: str) -> dict[str, dict[str, list[RunRecord]]]:

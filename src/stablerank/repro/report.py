@@ -150,15 +150,12 @@ def _srank_table(arms: dict[str, list[RunRecord]]) -> str:
 def _describe(run: Run) -> str:
     cfg = run.config
     if run.kind == KIND_GAN:
+        first = " D's layers that read the image have SN in every arm."
         return (
             f"{cfg.arch} GAN on {cfg.dataset}, ngf {cfg.ngf}, ndf {cfg.ndf}, {cfg.g_steps} "
             f"generator steps, n_dis {cfg.n_dis}, batch {cfg.batch_size}; "
             f"{cfg.n_final_samples} samples for FID/IS."
-            + (
-                " D's layers that read the image have SN in every arm."
-                if cfg.d_first_norm == "sn"
-                else ""
-            )
+            + (first if cfg.d_first_norm == "sn" else "")
         )
     subset = cfg.train_subset or "all"
     return (

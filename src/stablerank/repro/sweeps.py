@@ -143,20 +143,17 @@ class Run:
     def placed(self, cfg: ReproduceConfig) -> Run:
         """The run in its folder ``out_dir/runs/<name>``, with the runtime settings of ``cfg``."""
         run = dataclasses.replace(self, threads=cfg.threads, nproc_per_node=cfg.nproc_per_node)
-        runtime = {"device": cfg.device, "progress": cfg.progress, "num_threads": cfg.threads,
-                   "deterministic": cfg.deterministic}  # fmt: skip
+        # Shared with the analysis, a given --data-dir too: a run trained before reads its
+        # config.json, which names the folder it was trained from.
+        shared = {"device": cfg.device, "deterministic": cfg.deterministic}
         if cfg.data_dir is not None:
-            runtime["data_dir"] = cfg.data_dir
+            shared["data_dir"] = cfg.data_dir
+        runtime = {**shared, "progress": cfg.progress, "num_threads": cfg.threads}
         out_dir = str(Path(cfg.resolved_out_dir) / RUNS_DIR)
         config = dataclasses.replace(
             run.config, out_dir=out_dir, run_name=run.name, resume=True, **runtime
         )
-        # A given --data-dir reaches the analysis too: a run trained before reads its config.json,
-        # which names the folder it was trained from.
-        analysis = run.analysis and dataclasses.replace(
-            run.analysis, device=cfg.device, deterministic=cfg.deterministic,
-            **({"data_dir": cfg.data_dir} if cfg.data_dir is not None else {}),
-        )  # fmt: skip
+        analysis = run.analysis and dataclasses.replace(run.analysis, **shared)
         return dataclasses.replace(run, config=config, analysis=analysis)
 
     @property
@@ -260,8 +257,7 @@ def _gan(ndf: int, g_steps: int, n_final_samples: int) -> GanConfig:
 
 MLP_RANK_RATIOS = (0.05,)
 GAN_RANK_RATIOS = (0.2,)
-# quick's 300-step GAN: at c = 0.2 its SRN seeds spread more than SRN moves them, so claim 5
-# cannot be decided there; at c = 0.1 it can (docs/reproduction.md, "Claim 5 in quick").
+# At c = 0.1, not 0.2, quick's GAN decides claim 5 (docs/reproduction.md, "Claim 5 in quick").
 QUICK_GAN_RANK_RATIOS = (0.1,)
 _FMNIST_MLP = "fashion-mnist/mlp"
 
@@ -287,10 +283,9 @@ def quick(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
 
 
 def standard(seeds: int = 5, gan_seeds: int = 10) -> list[Run]:
-    """About 3 hours on a 2-core CPU (local executor): the MLP and the small AlexNet (BN-free)
-    and the small CNN (BatchNorm) on 10,000 clean images, shattering of 2,000 random labels with
-    the MLP (``seeds`` seeds per arm), a 2,000-step GAN scored with 5,000 samples (``gan_seeds``
-    per arm)."""
+    """Hours on a CPU: the MLP and the small AlexNet (BN-free) and the small CNN (BatchNorm) on
+    10,000 clean images, shattering of 2,000 random labels with the MLP (``seeds`` seeds per
+    arm), a 2,000-step GAN scored with 5,000 samples (``gan_seeds`` per arm)."""
     analysis = _analysis(n_pairs=1000, n_jacobian=50, n_margin=0)
     cnn = classify_preset(
         "fmnist-cnn",
@@ -460,11 +455,10 @@ def _compared_unlike(runs: Sequence[Run]) -> str:
     not in their analysis; else the first two that differ otherwise, and how. Each run is checked
     against the first run of every arm of its setting before it, so a field that one of the two
     leaves unread (vanilla's ``head``) may differ between them, not between arms reading it."""
-    firsts: dict[tuple[str, str, str], Run] = {}  # of the arms met so far
+    firsts: dict[tuple[str, str], dict[str, Run]] = {}  # by kind and setting: arm -> first run
     for run in runs:
-        for (kind, setting, _), ref in list(firsts.items()):
-            if (kind, setting) != (run.kind, run.setting):
-                continue
+        arms = firsts.setdefault((run.kind, run.setting), {})
+        for ref in arms.values():
             unread = [*ref.config.unused(), *run.config.unused()]
             ignore = (*RUNTIME_KEYS, run.trainer.norm_field, "rank_ratio", "seed", *unread)
             configs = [config_to_dict(r.config, complete=True) for r in (ref, run)]
@@ -474,9 +468,9 @@ def _compared_unlike(runs: Sequence[Run]) -> str:
             ]
             diffs += [f"analysis {d}" for d in diff_configs(*analyses, ignore=RUNTIME_KEYS)]
             if diffs:
-                pair = f"{ref.name} and {run.name} of setting {setting!r}"
+                pair = f"{ref.name} and {run.name} of setting {run.setting!r}"
                 return f"{pair} differ in {'; '.join(diffs)}"
-        firsts.setdefault((run.kind, run.setting, run.arm), run)
+        arms.setdefault(run.arm, run)
     return ""
 
 

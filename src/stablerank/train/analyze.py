@@ -110,7 +110,11 @@ def _run_config(run_dir: str | Path) -> ClassifyConfig:
     config_path = RunDir(run_dir).config_file
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} does not exist: is {str(run_dir)!r} a run folder?")
-    return config_from_dict(ClassifyConfig, json.loads(config_path.read_text()))
+    try:
+        saved = json.loads(config_path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{config_path} is damaged (not JSON: {err})") from err
+    return config_from_dict(ClassifyConfig, saved)
 
 
 def _trained_model(
