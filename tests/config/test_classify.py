@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from stablerank.config import check_config, config_from_dict, config_to_dict, load_config, option
+from stablerank.config import check_config, config_from_dict, config_to_dict, option, read_yaml
 from stablerank.config.classify import (
     AUGMENTS,
     CLASSIFY_PRESETS,
@@ -113,7 +113,7 @@ def test_warmup_shorter_than_the_run():
 def test_yaml_then_flags(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("model: resnet20\nepochs: 3\nmilestones: [0.5, 0.8]\n")
-    cfg = load_config(ClassifyConfig, path, {"epochs": "4", "norm": "sn"})
+    cfg = config_from_dict(ClassifyConfig, {**read_yaml(path), "epochs": "4", "norm": "sn"})
     assert (cfg.model, cfg.epochs, cfg.norm, cfg.milestones) == ("resnet20", 4, "sn", (0.5, 0.8))
 
 

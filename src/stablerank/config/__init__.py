@@ -10,12 +10,11 @@ from stablerank.config._base import (
     config_hash,
     config_to_dict,
     diff_configs,
-    load_config,
     option,
     read_yaml,
 )
 
 __all__ = [
     "RUNTIME_KEYS", "add_config_arguments", "check_config", "check_device", "config_from_dict",
-    "config_hash", "config_to_dict", "diff_configs", "load_config", "option", "read_yaml",
+    "config_hash", "config_to_dict", "diff_configs", "option", "read_yaml",
 ]  # fmt: skip

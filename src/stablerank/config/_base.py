@@ -2,7 +2,7 @@
 
 Every config is a frozen dataclass whose fields are declared with :func:`option` (help text and
 accepted range). From that one declaration come :func:`config_from_dict` (plain data, every error
-naming its key), :func:`load_config` (YAML, then overrides), :func:`add_config_arguments` (one
+naming its key; :func:`read_yaml` reads a file of it), :func:`add_config_arguments` (one
 documented ``--flag`` per field), and :func:`config_hash` / :func:`diff_configs` (a run's cache
 key and the differences shown when a resume is refused).
 """
@@ -51,8 +51,6 @@ def option(
         "max_exclusive": max_exclusive,
         "omit_default": omit_default,
     }
-    if isinstance(default, (list, dict)):
-        raise TypeError("option defaults must be immutable; use a tuple")
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -208,10 +206,9 @@ def check_config(cfg: Any) -> None:
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-    """Build ``cls`` from plain data; unknown keys, bad types and out-of-range values raise."""
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls!r} is not a dataclass")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    """Build ``cls`` from plain data; unknown keys and bad types raise, out-of-range values too
+    (``cls.__post_init__`` calls :func:`check_config`)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -219,11 +216,7 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
             f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(key, value, hints[key])
-        _check_range(key, kwargs[key], fields[key].metadata)
-    return cls(**kwargs)
+    return cls(**{key: _coerce(key, value, hints[key]) for key, value in data.items()})
 
 
 def config_to_dict(cfg: Any, *, complete: bool = False) -> dict[str, Any]:
@@ -282,14 +275,6 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping of keys to values")
     return {str(k).replace("-", "_"): v for k, v in loaded.items()}
-
-
-def load_config(
-    cls: type[C], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
-) -> C:
-    """Defaults, then the YAML file at ``path`` (if any), then ``overrides``; validated."""
-    data = read_yaml(path) if path is not None else {}
-    return config_from_dict(cls, {**data, **(overrides or {})})
 
 
 def config_hash(cfg: Any, *, exclude: Sequence[str] = ()) -> str:

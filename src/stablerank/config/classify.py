@@ -243,7 +243,6 @@ class AnalyzeConfig:
     seed: int = option(0, "seed of the sampled pairs and points", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
     num_threads: int = option(0, "torch CPU threads (0 = torch's default)", min=0)
-    # Added later: left out of the saved settings at its default, so earlier analyses match.
     deterministic: bool = option(False, DETERMINISTIC_HELP, omit_default=True)
     plots: bool = option(True, "write PNG plots next to analysis.json")
     data_dir: str | None = option(None, ANALYSIS_DATA_DIR_HELP, omit_default=True)
@@ -252,7 +251,7 @@ class AnalyzeConfig:
         check_config(self)
 
 
-# Each preset lists only what it changes from ClassifyConfig's defaults.
+# Each preset: values that replace ClassifyConfig's defaults (some restate one, to read whole).
 CLASSIFY_PRESETS: Mapping[str, Mapping[str, Any]] = MappingProxyType({
     # Small CNN (with BatchNorm), 10 epochs: its accuracy is in docs/acceptance.md.
     "fmnist-cnn": MappingProxyType({

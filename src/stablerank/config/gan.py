@@ -25,7 +25,6 @@ __all__ = ["GAN_PRESETS", "GanAnalysisConfig", "GanConfig"]
 # a test). "digits" (8x8) is there for fast smoke runs.
 _DATASETS = ("fashion-mnist", "cifar10", "cifar100", "digits")
 
-
 # The offline feature network of FID/KID/IS per dataset (feature_net="auto").
 _DEFAULT_FEATURE_NETS = {"fashion-mnist": "fmnist-cnn"}
 
@@ -236,7 +235,6 @@ class GanAnalysisConfig:
     # The run's seed is at most 2**31 - 1 too: their sum stays in torch's seed range.
     seed: int = option(0, "offset of the analysis seed from the run's seed", min=0, max=2**31 - 1)
     device: str = option("auto", "device: auto (cuda when present), cpu, mps, cuda or cuda:N")
-    # As the classifier analysis's; added later, so left out of the saved settings at 0.
     num_threads: int = option(
         0, "torch CPU threads (0 = torch's default)", min=0, omit_default=True
     )
@@ -248,62 +246,29 @@ class GanAnalysisConfig:
         check_config(self)
 
 
-# Named settings (overrides of the defaults above). The two SN-GAN ones follow Miyato et al. 2018.
+# Named settings (overrides of the defaults above).
 GAN_PRESETS: dict[str, dict] = {
     # Miyato et al. 2018, standard CNN: Adam lr 1e-4, betas (0.5, 0.999), n_dis 1, batch 64.
     "sngan-cnn": {
-        "arch": "cnn",
-        "ngf": 64,
-        "ndf": 64,
-        "lr_g": 1e-4,
-        "lr_d": 1e-4,
-        "beta1": 0.5,
-        "beta2": 0.999,
-        "n_dis": 1,
-        "batch_size": 64,
-        "loss": "hinge",
-        "g_steps": 100_000,
+        "arch": "cnn", "ngf": 64, "ndf": 64, "lr_g": 1e-4, "lr_d": 1e-4, "beta1": 0.5,
+        "beta2": 0.999, "n_dis": 1, "batch_size": 64, "loss": "hinge", "g_steps": 100_000,
         "lr_decay": "none",
     },
     # Miyato et al. 2018, ResNet: lr 2e-4, betas (0, 0.9), n_dis 5, batch 64, linear decay.
     "sngan-resnet": {
-        "arch": "resnet",
-        "ngf": 256,
-        "ndf": 128,
-        "lr_g": 2e-4,
-        "lr_d": 2e-4,
-        "beta1": 0.0,
-        "beta2": 0.9,
-        "n_dis": 5,
-        "batch_size": 64,
-        "loss": "hinge",
-        "g_steps": 50_000,
+        "arch": "resnet", "ngf": 256, "ndf": 128, "lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.0,
+        "beta2": 0.9, "n_dis": 5, "batch_size": 64, "loss": "hinge", "g_steps": 50_000,
         "lr_decay": "linear",
     },
     # CPU demo: the standard CNN at half width, 2000 steps, constant lr.
     "quick": {
-        "ngf": 32,
-        "ndf": 32,
-        "lr_g": 2e-4,
-        "lr_d": 2e-4,
-        "g_steps": 2000,
-        "sample_every": 250,
-        "n_eval_samples": 2000,
-        "n_final_samples": 2000,
-        "checkpoint_every": 250,
+        "ngf": 32, "ndf": 32, "lr_g": 2e-4, "lr_d": 2e-4, "g_steps": 2000, "sample_every": 250,
+        "n_eval_samples": 2000, "n_final_samples": 2000, "checkpoint_every": 250,
     },
     # Seconds, for a first look at the trainer and its run folder: 8x8 digits, no feature
     # network for them, so no FID/IS (gan-analyze measures D's eL and the neural divergence).
     "tiny": {
-        "dataset": "digits",
-        "ngf": 8,
-        "ndf": 8,
-        "z_dim": 16,
-        "batch_size": 16,
-        "g_steps": 100,
-        "n_final_samples": 0,
-        "sample_every": 100,
-        "checkpoint_every": 50,
-        "log_every": 10,
+        "dataset": "digits", "ngf": 8, "ndf": 8, "z_dim": 16, "batch_size": 16, "g_steps": 100,
+        "n_final_samples": 0, "sample_every": 100, "checkpoint_every": 50, "log_every": 10,
     },
-}
+}  # fmt: skip

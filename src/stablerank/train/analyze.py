@@ -56,12 +56,7 @@ from stablerank.train.classify import (
 )
 from stablerank.train.figures import new_figure, save_figure
 from stablerank.train.records import read_jsonl
-from stablerank.train.results import (
-    AnalysisProtocol,
-    ClassifierAnalysis,
-    ClassifierResult,
-    Summary,
-)
+from stablerank.train.results import AnalysisProtocol, ClassifierAnalysis, ClassifierResult, Summary
 from stablerank.train.rundir import RunDir
 from stablerank.train.runtime import apply_runtime, resolve_device, seed_everything
 

@@ -16,13 +16,11 @@ import io
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from stablerank.config import diff_configs
 
 
 @functools.cache
@@ -121,26 +119,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CorruptCheckpointError(f"checkpoint {str(path)!r} does not hold a dict")
     return state
-
-
-def check_resume_config(
-    saved: Mapping[str, Any],
-    current: Mapping[str, Any],
-    *,
-    allowed: Sequence[str] = (),
-    cls: type | None = None,
-) -> None:
-    """Refuse to resume when the config differs, listing every difference.
-
-    Args:
-        saved: the config dict stored in the checkpoint.
-        current: the config dict of the run being resumed.
-        allowed: keys that may differ (e.g. a device or a log interval).
-        cls: the config class, whose ``omit_default`` fields a dict may leave out (see
-            :func:`stablerank.config.diff_configs`).
-    """
-    diffs = diff_configs(saved, current, ignore=allowed, cls=cls)
-    if diffs:
-        raise ValueError(
-            "refusing to resume: the config differs from the checkpoint's:\n  " + "\n  ".join(diffs)
-        )

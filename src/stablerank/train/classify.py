@@ -71,6 +71,7 @@ from stablerank.train.runtime import (
     deferred_sigint,
     end_worker,
     interrupted,
+    mixed_precision,
     say_finished,
     seed_everything,
     seed_model_draws,
@@ -216,7 +217,7 @@ def evaluate(
     model.eval()
     sums = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     for x, y in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with mixed_precision(device, amp):
             logits = model(x)
         sums[0] += F.cross_entropy(logits.float(), y, reduction="sum")
         sums[1] += (logits.argmax(1) == y).sum()
@@ -530,7 +531,7 @@ def _train_epoch(
         for group in optimizer.param_groups:
             group["lr"] = lr
         seed_model_draws(device, cfg.seed, rank, step)  # dropout: (seed, rank, step)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with mixed_precision(device, amp):
             logits = model(x)
         loss = F.cross_entropy(logits.float(), y)
         if check_every and i % check_every == 0 and not torch.isfinite(loss):

@@ -37,9 +37,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import torch
@@ -87,6 +85,7 @@ from stablerank.train.runtime import (
     deferred_sigint,
     end_worker,
     interrupted,
+    mixed_precision,
     say_finished,
     seed_everything,
     seed_model_draws,
@@ -176,15 +175,12 @@ def _g_step(cfg: GanConfig, nets: _Nets, real: Callable[[int], tuple[torch.Tenso
         for group in opt.param_groups:
             group["lr"] = base * lr_scale
     seed_model_draws(device, cfg.seed, info.rank, step)  # dropout, were G or D to have any
-    autocast = (
-        partial(torch.autocast, device.type, dtype=torch.bfloat16) if cfg.amp else nullcontext
-    )
     for i in range(cfg.n_dis):
         b = step * cfg.n_dis + i  # this rank's update counter: the RNG stream index
         x_real, y_real = real(b)
         gen = torch.Generator().manual_seed(stream_seed(cfg.seed, info.rank, b, STREAM_D_NOISE))
         z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
-        with autocast():
+        with mixed_precision(device, cfg.amp):
             with torch.no_grad():
                 x_fake = nets.G_train(z, y_fake)
             y_both = torch.cat([y_real, y_fake]) if num_classes else None
@@ -195,7 +191,7 @@ def _g_step(cfg: GanConfig, nets: _Nets, real: Callable[[int], tuple[torch.Tenso
         nets.opt_d.step()
     gen = torch.Generator().manual_seed(stream_seed(cfg.seed, info.rank, step, STREAM_G_NOISE))
     z, y_fake = latents(local_batch, cfg.z_dim, num_classes, gen, device)
-    with autocast():
+    with mixed_precision(device, cfg.amp):
         g_loss = compute_g_loss(nets.D_local(nets.G_train(z, y_fake), y_fake).float(), cfg.loss)
     nets.opt_g.zero_grad(set_to_none=True)
     g_loss.backward(inputs=list(nets.G.parameters()))
@@ -388,7 +384,8 @@ def _train(cfg: GanConfig, splits: DatasetSplits, folder: RunDir, info: DistInfo
                         }
                     )
                 if divergence:
-                    print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
+                    if info.is_main:  # every rank stops: the losses are all-reduced
+                        print(f"diverged: {divergence}; the run stops here", file=sys.stderr)
                     break
                 shown = {**values, **last_eval}
                 bar.set_postfix({k: f"{shown[k]:.3f}" for k in _BAR_KEYS if k in shown})

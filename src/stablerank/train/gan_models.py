@@ -18,7 +18,7 @@ from torch import nn
 from stablerank.apply import SrnInactiveWarning, normalize_model
 from stablerank.config import config_from_dict
 from stablerank.config.gan import GanConfig
-from stablerank.data import DatasetSplits, dataset_shape
+from stablerank.data import dataset_shape
 from stablerank.models.gan import build_discriminator, build_generator
 from stablerank.srn import RankOneWarning, stable_rank_norm
 from stablerank.train.checkpoint import load_checkpoint
@@ -142,7 +142,6 @@ def load_gan_run(
     device: str | torch.device = "cpu",
     checkpoint: int | str | Path | None = None,
     ema: bool = True,
-    splits: DatasetSplits | None = None,
 ) -> GanRun:
     """Rebuild G and D of a run folder of :func:`stablerank.train.gan.run` exactly as trained.
 
@@ -168,9 +167,6 @@ def load_gan_run(
             intact one (default None; a corrupt newest is skipped, saying so on stderr).
         ema: return the EMA generator when the run has one (default True); False gives the raw
             generator with the running BatchNorm statistics of training.
-        splits: the run's dataset if already loaded, to learn the image shape and classes
-            (default None: :func:`stablerank.data.dataset_shape` of the config's ``dataset``;
-            its files are not read).
 
     Returns:
         The :class:`GanRun`.
@@ -186,7 +182,7 @@ def load_gan_run(
     path, ckpt = _load_checkpoint(run_dir, checkpoint)
     dev = resolve_device(device) if isinstance(device, str) else device
     cfg = config_from_dict(GanConfig, ckpt["config"])
-    shape = dataset_shape(cfg.dataset) if splits is None else splits.dataset_shape
+    shape = dataset_shape(cfg.dataset)  # the dataset's files are not read
     if shape.image_size is None:
         raise ValueError(f"dataset {cfg.dataset!r} holds no images")
     num_classes = shape.num_classes if cfg.conditional else None

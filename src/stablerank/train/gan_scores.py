@@ -26,11 +26,7 @@ from stablerank.metrics.gan import (
     extract_features,
     is_splits_for,
 )
-from stablerank.train.gan_sampling import (
-    BN_STAT_SAMPLES,
-    STREAM_EVAL,
-    make_generate,
-)
+from stablerank.train.gan_sampling import BN_STAT_SAMPLES, STREAM_EVAL, make_generate
 from stablerank.train.results import (
     EpochRecord,
     GanProtocol,

@@ -49,13 +49,10 @@ def git_commit(where: Path | None = None) -> str | None:
     return head + DIRTY if head and changed else head or None
 
 
-def environment_info(
-    device: torch.device | str, seed: int | None = None, world_size: int = 1
-) -> dict[str, Any]:
+def environment_info(device: torch.device, seed: int, world_size: int) -> dict[str, Any]:
     """What produced a result: versions, hardware, commit, seed, processes (``world_size``)."""
     from stablerank import __version__
 
-    dev = torch.device(device)
     info: dict[str, Any] = {
         "stablerank": __version__,
         "git_commit": git_commit(),
@@ -64,12 +61,12 @@ def environment_info(
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device": str(dev),
+        "device": str(device),
         "seed": seed,
         "world_size": world_size,
     }
-    if dev.type == "cuda":
-        info["cuda_device"] = torch.cuda.get_device_name(dev)
+    if device.type == "cuda":
+        info["cuda_device"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
 
@@ -87,7 +84,6 @@ class MetricLog:
         self, run_dir: str | Path, *, tensorboard: bool = True, key: str = "epoch"
     ) -> None:
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.run_dir / LOG_JSONL
         self.csv = self.run_dir / LOG_CSV
         self.key = key
@@ -128,7 +124,6 @@ class MetricLog:
         self._csv_columns = columns
 
     def append(self, record: Mapping[str, Any]) -> None:
-        record = dict(record)
         line = _json_line(record)
         with self.jsonl.open("a") as fh:
             fh.write(line)

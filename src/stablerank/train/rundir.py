@@ -39,7 +39,7 @@ import shutil
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, overload
 
@@ -48,7 +48,6 @@ from stablerank.train.checkpoint import (
     CorruptCheckpointError,
     atomic_write_json,
     atomic_write_text,
-    check_resume_config,
     delete_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -200,14 +199,12 @@ class RunDir:
         """The checkpoint files, oldest first."""
         return sorted((self.path / CHECKPOINTS_DIR).glob("step_*.pt"))
 
-    def save_checkpoint(self, step: int, state: Mapping[str, Any], keep: int) -> Path:
+    def save_checkpoint(self, step: int, state: Mapping[str, Any], keep: int) -> None:
         """Write the checkpoint of ``step`` (atomic, checksummed); delete all but the newest
         ``keep``."""
-        path = self.checkpoint_path(step)
-        save_checkpoint(path, state)
+        save_checkpoint(self.checkpoint_path(step), state)
         for old in self.checkpoints()[:-keep]:
             delete_checkpoint(old)
-        return path
 
     def load_latest(
         self, map_location: str | Any = "cpu", *, log: Callable[[str], None] | None = None
@@ -257,7 +254,7 @@ class RunDir:
         resume, overwrite = cfg.resume, cfg.overwrite
         has_checkpoints = bool(self.checkpoints())
         found = [name for name in _RESULT_FILES if (self.path / name).exists()]
-        diffs, unreadable = self._compare_config(cfg)
+        diffs, unreadable = self._compare_config(cfg, cfg.RUNTIME_KEYS)
         other = None if overwrite else "; ".join(diffs) or unreadable or None
         # The same config trained by another number of processes: another run all the same.
         trained_by = self.trained_world_size()
@@ -296,7 +293,8 @@ class RunDir:
             return
         if overwrite and not (resume and has_checkpoints):
             self.clear()
-        self.remove_stale_temp_files()
+        for stale in [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINTS_DIR}/.*.tmp")]:
+            stale.unlink(missing_ok=True)
 
     def trained_world_size(self) -> int:
         """The processes that trained the run so far: its ``env.json``'s ``world_size``, else
@@ -312,16 +310,16 @@ class RunDir:
                 continue
         return 1
 
-    def _compare_config(self, cfg: Any) -> tuple[list[str], str]:
-        """How ``config.json`` differs from ``cfg`` outside ``cfg.RUNTIME_KEYS`` (``key: saved ->
-        current``), and why it cannot be read; both empty when it matches or is absent."""
+    def _compare_config(self, cfg: Any, ignore: Sequence[str]) -> tuple[list[str], str]:
+        """How ``config.json`` differs from ``cfg`` outside ``ignore`` (``key: saved -> current``),
+        and why it cannot be read; both empty when it matches or is absent."""
         if not self.config_file.is_file():
             return [], ""
         try:
             saved = json.loads(self.config_file.read_text())
         except ValueError as err:
             return [], f"unreadable {self.config_file.name}: {err}"
-        return diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS, cls=type(cfg)), ""
+        return diff_configs(saved, config_to_dict(cfg), ignore=ignore, cls=type(cfg)), ""
 
     def finished_result(self, cfg: Any, result_cls: Any, *, is_main: bool = True) -> Any | None:
         """The stored result when this folder holds the finished training of ``cfg``, else None.
@@ -340,11 +338,9 @@ class RunDir:
             return None
         if self.trained_world_size() != self.world_size:
             return None  # another run (begin() refuses it)
-        try:
-            saved = json.loads(self.config_file.read_text())
-            same = [k for k in cfg.RUNTIME_KEYS if k not in cfg.SCORING_KEYS]
-            check_resume_config(saved, config_to_dict(cfg), allowed=same, cls=type(cfg))
-        except ValueError:
+        same = [k for k in cfg.RUNTIME_KEYS if k not in cfg.SCORING_KEYS]
+        diffs, unreadable = self._compare_config(cfg, same)
+        if diffs or unreadable:
             return None  # another run (begin() refuses it), or another final scoring
         try:
             result = result_cls.from_json(self.path)
@@ -374,9 +370,11 @@ class RunDir:
         if loaded is None:
             log(f"resume: no checkpoint in {self.path} yet; starting from scratch")
             return None
-        check_resume_config(
-            loaded[1]["config"], config_to_dict(cfg), allowed=cfg.RUNTIME_KEYS, cls=type(cfg)
-        )
+        saved = loaded[1]["config"]
+        diffs = diff_configs(saved, config_to_dict(cfg), ignore=cfg.RUNTIME_KEYS, cls=type(cfg))
+        if diffs:
+            raise ValueError("refusing to resume: the config differs from the checkpoint's:\n  "
+                             + "\n  ".join(diffs))  # fmt: skip
         log(f"resume: continuing from {loaded[0]}")
         return loaded[1]
 
@@ -390,14 +388,6 @@ class RunDir:
                 path.unlink(missing_ok=True)
         for png in self.path.glob("*.png"):
             png.unlink()
-
-    def remove_stale_temp_files(self) -> list[Path]:
-        """Delete the ``.<name>.*.tmp`` files a kill inside an atomic write left here (and in
-        ``checkpoints/``); return them. Only for a process that holds the run (no other writer)."""
-        stale = [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINTS_DIR}/.*.tmp")]
-        for path in stale:
-            path.unlink(missing_ok=True)
-        return stale
 
     # ------------------------------------------------------------------ status and lock
 
@@ -418,22 +408,13 @@ class RunDir:
             return {}
         return data if isinstance(data, dict) else {}
 
-    def write_status(self, **fields: Any) -> dict[str, Any]:
-        """Merge ``fields`` into the status and write it atomically; return the new status."""
-        status = {**self.read_status(), **fields}
-        atomic_write_json(self.path / STATUS_FILE, status)
-        return status
+    def write_status(self, **fields: Any) -> None:
+        """Merge ``fields`` into the status and write it atomically."""
+        atomic_write_json(self.path / STATUS_FILE, {**self.read_status(), **fields})
 
     def is_done(self) -> bool:
         """True when training ended (``done`` or ``diverged``): nothing left to resume."""
         return self.read_status().get("status") in (DONE, DIVERGED)
-
-    def is_diverged(self) -> bool:
-        return self.read_status().get("status") == DIVERGED
-
-    def is_resumable(self) -> bool:
-        """True when training started, did not end, and left a checkpoint to continue from."""
-        return not self.is_done() and bool(self.checkpoints())
 
     def trained_result(self, result_cls: Any) -> Any:
         """The result of a run to analyse (``result_cls.from_json``), once its training finished
@@ -515,10 +496,12 @@ class RunDir:
 
     def is_locked(self) -> bool:
         """True when a process holds the run's lock (this one included): it is being worked on."""
-        try:
-            fd = os.open(self.path / LOCK_FILE, os.O_RDWR)
-        except OSError:  # no lock file: never locked
+        try:  # read-only, as waiting_lock: another user's lock file can be tested too
+            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
+        except FileNotFoundError:  # never locked
             return False
+        except OSError:  # unreadable: never claim it is free
+            return True
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:  # held (BlockingIOError), or no flock here: never claim it is free
@@ -543,7 +526,7 @@ class RunDir:
         if key in held:
             yield
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)  # see is_locked
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -19,7 +19,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +41,12 @@ def resolve_device(device: str) -> torch.device:
     if device == "mps" and not torch.backends.mps.is_available():
         raise RuntimeError("device 'mps' requested but no MPS device is available")
     return torch.device(device)
+
+
+def mixed_precision(device: torch.device, amp: bool) -> AbstractContextManager[Any]:
+    """bfloat16 autocast on ``device`` when ``amp``, else nothing: before torch 2.5,
+    ``torch.autocast("mps", enabled=False)`` still refuses the device type."""
+    return torch.autocast(device.type, dtype=torch.bfloat16) if amp else nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -103,8 +109,7 @@ def die_with_parent() -> None:
     writing into a run folder, holding its lock, or waiting forever for work. No-op elsewhere."""
     if _LIBC is None:
         return
-    pr_set_pdeathsig = 1
-    _LIBC.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the parent died before the call: do it now
         os.kill(os.getpid(), signal.SIGTERM)
 
