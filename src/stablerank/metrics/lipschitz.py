@@ -70,7 +70,8 @@ def quantile_key(q: float) -> str:
     return f"q{100 * q:g}"
 
 
-Model = nn.Module | Callable[[Tensor], Tensor]
+# f(x), or f(x, y) for a conditional model (the functions pass y when they are given one).
+Model = nn.Module | Callable[..., Tensor]
 
 
 def _outputs(model: Model, x: Tensor, batch_size: int, y: Tensor | None = None) -> Tensor:
