@@ -164,6 +164,12 @@ def test_the_helpers_refuse_out_of_range_arguments():
                 lambda: power_iteration_steps(torch.randn(2, 3), u, v, 0)):  # fmt: skip
         with pytest.raises(ValueError, match="n_iterations must be >= 1"):  # UnboundLocalError
             run()
+    with pytest.raises(TypeError, match="u and v must be float32 or float64"):  # was a KeyError
+        power_iteration(torch.randn(2, 3).half(), u.half(), v.half(), 1, 1e-12)
+    with pytest.raises(TypeError, match="1 or more dimensions"):  # was an IndexError
+        weight_to_matrix(torch.tensor(1.0))
+    with pytest.raises(ValueError, match="non-empty 2-D"):  # was an IndexError
+        srn_optimal(torch.randn(0, 5), 2)
     assert srn_optimal(torch.randn(4, 4), np.int64(2)).shape == (4, 4)
 
 

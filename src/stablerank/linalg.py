@@ -59,7 +59,9 @@ def weight_to_matrix(weight: Tensor, dim: int = 0) -> Tensor:
 
     See Note [srn reshape].
     """
-    if weight.ndim == 1:
+    if weight.ndim <= 1:
+        if weight.ndim == 0:
+            raise TypeError("weight must be a tensor of 1 or more dimensions, got a 0-d tensor")
         return weight.unsqueeze(0)
     if dim != 0:
         dim = _check_dim(weight, dim)
@@ -193,13 +195,13 @@ def srn_optimal(weight: Tensor, srank: float, keep_top: int = 1) -> Tensor:
         input, cast back).
 
     Raises:
-        ValueError: ``weight`` not 2-D or not floating, ``srank < 1``, ``keep_top < 0``, or
+        ValueError: ``weight`` not 2-D, empty or not floating, ``srank < 1``, ``keep_top < 0``, or
             ``keep_top >= 1`` with ``r * sigma_1^2 < ||S_1||_F^2`` (no feasible X keeps the top
             ``keep_top`` singular values at stable rank ``r``).
     """
-    if weight.ndim != 2 or not weight.is_floating_point():
+    if weight.ndim != 2 or not weight.is_floating_point() or weight.numel() == 0:
         raise ValueError(
-            f"weight must be a 2-D floating tensor, got shape {tuple(weight.shape)} "
+            f"weight must be a non-empty 2-D floating tensor, got shape {tuple(weight.shape)} "
             f"and dtype {weight.dtype}"
         )
     if not (isinstance(srank, numbers.Real) and not isinstance(srank, bool)) or not (
@@ -279,7 +281,13 @@ def power_iteration_steps(
     matrix = matrix.detach()
     if matrix.dtype != u.dtype:
         matrix = matrix.to(u.dtype)
-    alpha, delta = _POWER_SCALES[u.dtype]
+    try:
+        alpha, delta = _POWER_SCALES[u.dtype]
+    except KeyError:
+        raise TypeError(
+            f"u and v must be float32 or float64 (the layer keeps them in float32 for half "
+            f"weights), got {u.dtype}"
+        ) from None
     for _ in range(n_iterations):
         x = torch.addmv(v, matrix.t(), u, beta=delta, alpha=alpha)  # (n,)
         torch.div(x, torch.linalg.vector_norm(x), out=v)
