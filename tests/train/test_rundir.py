@@ -74,12 +74,15 @@ def test_another_users_lock_file_is_tested_and_taken_without_write_access(
     tmp_path, held, monkeypatch
 ):
     # On a shared out dir another user's lock file is read-only to us (root would not see it):
-    # an open that asks to write would fail, and a held run would read as killed.
-    real_open = os.open
+    # an open that asks to write would fail, and a held run would read as killed. Where writing
+    # is allowed the lock file is opened for it: an NFS client's flock needs that.
+    real_open, writable = os.open, []
 
     def read_only(path, flags, *args):
         if str(path).endswith(".lock") and flags & (os.O_WRONLY | os.O_RDWR):
-            raise PermissionError(13, "Permission denied", str(path))
+            writable.append(path)
+            if "free" not in str(path):
+                raise PermissionError(13, "Permission denied", str(path))
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", read_only)
@@ -90,6 +93,7 @@ def test_another_users_lock_file_is_tested_and_taken_without_write_access(
     with free.lock():
         pass
     assert not free.is_locked()
+    assert len(writable) == 4 and sum("free" in str(p) for p in writable) == 2  # tried first
 
 
 def test_processes_started_by_the_holder_pass_through(tmp_path):

@@ -51,6 +51,8 @@ def option(
         "max_exclusive": max_exclusive,
         "omit_default": omit_default,
     }
+    if isinstance(default, (list, dict)):
+        raise TypeError("option defaults must be immutable; use a tuple")
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -206,9 +208,11 @@ def check_config(cfg: Any) -> None:
 
 
 def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-    """Build ``cls`` from plain data; unknown keys and bad types raise, out-of-range values too
-    (``cls.__post_init__`` calls :func:`check_config`)."""
-    fields = {f.name for f in dataclasses.fields(cls)}
+    """Build ``cls`` from plain data; unknown keys, bad types and out-of-range values raise, each
+    key checked in turn (so that a class without a ``__post_init__`` check is checked too)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     data = {k.replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -216,7 +220,11 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
             f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {sorted(fields)}"
         )
     hints = typing.get_type_hints(cls)
-    return cls(**{key: _coerce(key, value, hints[key]) for key, value in data.items()})
+    kwargs = {}
+    for key, value in data.items():
+        kwargs[key] = _coerce(key, value, hints[key])
+        _check_range(key, kwargs[key], fields[key].metadata)
+    return cls(**kwargs)
 
 
 def config_to_dict(cfg: Any, *, complete: bool = False) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Configs of the classification experiments: :class:`ClassifyConfig` (``stablerank train``) and
 :class:`AnalyzeConfig` (``stablerank analyze``, the post-hoc measures of docs/math.md §2).
 
-Named presets (:data:`CLASSIFY_PRESETS`) hold only the keys they change from the defaults; apply
-one with :func:`classify_preset`. Cross-field rules are checked in ``__post_init__``; fields that
+Named presets (:data:`CLASSIFY_PRESETS`) hold values that replace the defaults; apply one with
+:func:`classify_preset`. Cross-field rules are checked in ``__post_init__``; fields that
 do not apply are ignored, not errors: ``rank_ratio`` unless ``norm="srn"``, ``n_power_iterations``
 with ``norm="none"``, ``momentum`` with Adam, ``amp`` on the CPU, ``channels_last`` for 1-D data.
 """

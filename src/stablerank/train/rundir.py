@@ -108,14 +108,24 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _open_lock_file(path: Path, *, create: bool) -> int:
+    """A descriptor to flock ``path`` with: read-write, as an NFS client's flock needs (it
+    emulates it with fcntl locks, which need a descriptor open for writing); read-only where
+    that is refused, as for another user's lock file on a shared out dir (a local flock works)."""
+    flags = os.O_CREAT if create else 0
+    try:
+        return os.open(path, os.O_RDWR | flags, 0o666)
+    except PermissionError:
+        return os.open(path, os.O_RDONLY | flags, 0o666)
+
+
 @contextlib.contextmanager
 def waiting_lock(path: Path, waiting: str) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created), waiting for it, and saying
     ``waiting`` on stderr first when another process holds it. Released on exit, and by the OS
     if the process dies. Where the filesystem has no locks, says so and goes on without."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Read-only: another user's lock file on a shared out dir can still be locked.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    fd = _open_lock_file(path, create=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -496,9 +506,9 @@ class RunDir:
 
     def is_locked(self) -> bool:
         """True when a process holds the run's lock (this one included): it is being worked on."""
-        try:  # read-only, as waiting_lock: another user's lock file can be tested too
-            fd = os.open(self.path / LOCK_FILE, os.O_RDONLY)
-        except FileNotFoundError:  # never locked
+        try:
+            fd = _open_lock_file(self.path / LOCK_FILE, create=False)
+        except (FileNotFoundError, NotADirectoryError):  # never locked
             return False
         except OSError:  # unreadable: never claim it is free
             return True
@@ -526,7 +536,7 @@ class RunDir:
         if key in held:
             yield
             return
-        fd = os.open(self.path / LOCK_FILE, os.O_RDONLY | os.O_CREAT, 0o666)  # see is_locked
+        fd = _open_lock_file(self.path / LOCK_FILE, create=True)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
