@@ -116,7 +116,7 @@ def test_eval_divides_by_a_negative_sigma_as_torch_does(monkeypatch, composite, 
     # by that sigma. Flooring it at eps gave W / 1e-12 at rank_ratio 1, with no error.
     import stablerank.srn as srn_module
 
-    monkeypatch.setattr(srn_module, "_needs_composite", lambda: composite)
+    monkeypatch.setattr(srn_module, "_needs_composite", lambda _weight: composite)
     torch.manual_seed(17)
     ours, theirs = nn.Linear(9, 6).double(), None
     theirs = spectral_norm(copy.deepcopy(ours))
@@ -450,7 +450,7 @@ def test_every_normalization_path_gives_the_same_values_and_gradients(monkeypatc
         other.zero_grad()
         fused(x).sin().sum().backward()
         with monkeypatch.context() as m:
-            m.setattr(srn_module, "_needs_composite", lambda: True)
+            m.setattr(srn_module, "_needs_composite", lambda _weight: True)
             other(x).sin().sum().backward()
         g_f = fused.parametrizations.weight.original.grad
         g_o = other.parametrizations.weight.original.grad
@@ -506,7 +506,7 @@ def test_tensor_path_gradcheck_and_gradgradcheck(rank_ratio):
 def test_all_zero_weight_is_finite_on_every_path(monkeypatch, composite):
     import stablerank.srn as srn_module
 
-    monkeypatch.setattr(srn_module, "_needs_composite", lambda: composite)
+    monkeypatch.setattr(srn_module, "_needs_composite", lambda _weight: composite)
     layer = stable_rank_norm(nn.Linear(6, 4), rank_ratio=0.5)
     with torch.no_grad():
         layer.parametrizations.weight.original.zero_()

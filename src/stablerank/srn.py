@@ -18,6 +18,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn.utils import parametrize
 
 from stablerank.linalg import (
@@ -137,11 +138,11 @@ class _StableRankNorm(nn.Module):
             weight.is_cpu
             and not self.exact
             and weight.dtype == self._buffers["_u"].dtype
-            and not torch.is_autocast_enabled("cpu")
-            and not _needs_composite()
+            and not _autocast_enabled("cpu")
+            and not _needs_composite(weight)
         ):
             return self._cpu_forward(weight)
-        if weight.device.type != "meta" and torch.is_autocast_enabled(weight.device.type):
+        if weight.device.type != "meta" and _autocast_enabled(weight.device.type):
             # Norms and the rank-one update in the weight's precision (float32 for half weights),
             # never in autocast's lower one.
             with torch.autocast(device_type=weight.device.type, enabled=False):
@@ -161,7 +162,7 @@ class _StableRankNorm(nn.Module):
             u = u.clone(memory_format=torch.contiguous_format)
             v = v.clone(memory_format=torch.contiguous_format)
         r_minus_1 = self._r_minus_1 if self.clamps_srank else None
-        if _needs_composite():
+        if _needs_composite(weight):
             normalized = _composite_normalize(matrix, u, v, r_minus_1, self.eps)
         else:
             if sigma is None:  # eval: frozen u, v (Note [srn sigma sign])
@@ -262,7 +263,21 @@ class _StableRankNorm(nn.Module):
         return f"srank={self.srank:.4g}, dim={self.dim}, {mode}"
 
 
-def _needs_composite() -> bool:
+def _autocast_enabled_before_2_4(device_type: str) -> bool:
+    # torch < 2.4: is_autocast_enabled() is CUDA's, without an argument; CPU's has its own name.
+    if device_type == "cpu":
+        return torch.is_autocast_cpu_enabled()
+    return device_type == "cuda" and torch.is_autocast_enabled()
+
+
+try:
+    torch.is_autocast_enabled("cpu")
+    _autocast_enabled = torch.is_autocast_enabled
+except TypeError:  # torch < 2.4
+    _autocast_enabled = _autocast_enabled_before_2_4
+
+
+def _needs_composite(weight: Tensor) -> bool:
     # Note [srn normalization paths]
     # One hand-written autograd Function (:class:`_StableRankNormFunction`) on every device in
     # eager mode: the scalars of SRN (sigma, ||W||_F, the clamp) stay 0-d tensors (no host sync,
@@ -274,6 +289,10 @@ def _needs_composite() -> bool:
     # does inside ``forward_ad.dual_level()``: the eager paths' float scalars and detached sigma
     # would drop the weight's tangent everywhere but in the W term (a wrong jvp, no error).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
+        return True
+    # torch.export before 2.5 (at least) runs a parametrized module outside dynamo's trace, on
+    # fake tensors, where is_compiling() is False: their values cannot be read as floats.
+    if isinstance(weight, FakeTensor):
         return True
     if getattr(forward_ad, "_current_level", -1) >= 0:  # eager forward-mode AD is active
         return True
