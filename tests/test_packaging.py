@@ -54,6 +54,14 @@ def test_experiments_extra_holds_the_suite_packages(project):
     assert {"pytest", "hypothesis", "ruff", "pdoc"} <= {_name(r) for r in extras["dev"]}
 
 
+def test_make_test_oldest_installs_the_torch_floor_of_pyproject(project):
+    # `make test-oldest` checks the floor by hand; it must install the release the floor names.
+    (torch,) = [r for r in project["project"]["dependencies"] if _name(r) == "torch"]
+    floor = re.fullmatch(r"torch>=(\d+\.\d+)", torch.replace(" ", "")).group(1)
+    oldest = re.search(r"^OLDEST_TORCH := torch==(\S+)$", (ROOT / "Makefile").read_text(), re.M)
+    assert oldest and oldest.group(1).startswith(floor + "."), (torch, oldest)
+
+
 def test_license_is_an_spdx_expression_with_its_file(project):
     meta = project["project"]
     assert meta["license"] == "MIT"  # SPDX string, not the deprecated table
