@@ -18,7 +18,6 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch._subclasses.fake_tensor import FakeTensor
 from torch.nn.utils import parametrize
 
 from stablerank.linalg import (
@@ -277,6 +276,9 @@ except TypeError:  # torch < 2.4
     _autocast_enabled = _autocast_enabled_before_2_4
 
 
+_PLAIN_TENSORS = (Tensor, nn.Parameter)
+
+
 def _needs_composite(weight: Tensor) -> bool:
     # Note [srn normalization paths]
     # One hand-written autograd Function (:class:`_StableRankNormFunction`) on every device in
@@ -290,9 +292,10 @@ def _needs_composite(weight: Tensor) -> bool:
     # would drop the weight's tangent everywhere but in the W term (a wrong jvp, no error).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
         return True
-    # torch.export before 2.5 (at least) runs a parametrized module outside dynamo's trace, on
-    # fake tensors, where is_compiling() is False: their values cannot be read as floats.
-    if isinstance(weight, FakeTensor):
+    # A tensor subclass takes it too: torch.compile and torch.export before 2.5 (at least) run a
+    # parametrized module outside dynamo's trace, where is_compiling() is False, on fake and
+    # functional tensors whose values cannot be read as floats; a DTensor is safest in aten ops.
+    if type(weight) not in _PLAIN_TENSORS:
         return True
     if getattr(forward_ad, "_current_level", -1) >= 0:  # eager forward-mode AD is active
         return True
