@@ -70,6 +70,9 @@ test: setup data
 OLDEST_VENV := .venv-oldest
 OLDEST_TORCH := torch==2.3.1
 test-oldest: data
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] > (3, 12))' || { echo \
+	 "$(OLDEST_TORCH) has wheels for Python 3.8-3.12 only: make PYTHON=python3.12 test-oldest" >&2; \
+	 exit 2; }
 	@test -x $(OLDEST_VENV)/bin/python || $(PYTHON) -m venv $(OLDEST_VENV)
 	@$(OLDEST_VENV)/bin/python -m pip install -q --disable-pip-version-check "$(OLDEST_TORCH)" \
 	 "numpy<2" -e ".[experiments,dev]"

@@ -259,6 +259,41 @@ def test_torch_export_in_eval_mode():
     torch.testing.assert_close(exported.module()(x), net(x))
 
 
+def test_only_tensors_that_dispatch_themselves_take_the_composite_formula():
+    # Fake and functional tensors (torch.compile and export before torch 2.5 run the layer on
+    # them outside dynamo's trace) cannot be read as floats; a Parameter subclass that only
+    # marks a weight keeps the faster eager path.
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from stablerank import srn
+
+    class Tagged(nn.Parameter):
+        pass
+
+    w = torch.randn(4, 3)
+    assert not any(srn._needs_composite(t) for t in (w, nn.Parameter(w), Tagged(w)))
+    with FakeTensorMode() as mode:
+        assert srn._needs_composite(mode.from_tensor(w))
+
+
+def test_autocast_is_read_on_every_torch_the_package_admits(monkeypatch):
+    from stablerank import srn
+
+    def unknown(device_type):  # torch 2.4 on "mps"
+        raise RuntimeError(f"unknown device type for autocast: {device_type}")
+
+    monkeypatch.setattr(torch, "is_autocast_enabled", unknown)
+    assert srn._autocast_enabled_from_2_4("mps") is False
+    # Before 2.4: CUDA's query takes no argument, the others have their own names.
+    monkeypatch.setattr(torch, "is_autocast_enabled", lambda: True)
+    monkeypatch.setattr(torch, "is_autocast_cpu_enabled", lambda: False)
+    monkeypatch.setattr(torch, "is_autocast_xla_enabled", lambda: True, raising=False)
+    assert srn._autocast_enabled_before_2_4("cuda") is True
+    assert srn._autocast_enabled_before_2_4("cpu") is False
+    assert srn._autocast_enabled_before_2_4("xla") is True
+    assert srn._autocast_enabled_before_2_4("mps") is False  # no autocast there before 2.5
+
+
 # --- robustness ---------------------------------------------------------------------------
 
 

@@ -263,20 +263,30 @@ class _StableRankNorm(nn.Module):
 
 
 def _autocast_enabled_before_2_4(device_type: str) -> bool:
-    # torch < 2.4: is_autocast_enabled() is CUDA's, without an argument; CPU's has its own name.
-    if device_type == "cpu":
-        return torch.is_autocast_cpu_enabled()
-    return device_type == "cuda" and torch.is_autocast_enabled()
+    # torch < 2.4: is_autocast_enabled() is CUDA's, without an argument; the other device types
+    # have their own query, on torch (cpu, xla, ipu) or on the device's module (xpu, hpu).
+    if device_type == "cuda":
+        return torch.is_autocast_enabled()
+    name = f"is_autocast_{device_type}_enabled"
+    query = getattr(torch, name, None) or getattr(getattr(torch, device_type, None), name, None)
+    return bool(query()) if query is not None else False
+
+
+def _autocast_enabled_from_2_4(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know ("mps" on torch 2.4)
+        return False
 
 
 try:
     torch.is_autocast_enabled("cpu")
-    _autocast_enabled = torch.is_autocast_enabled
+    _autocast_enabled = _autocast_enabled_from_2_4
 except TypeError:  # torch < 2.4
     _autocast_enabled = _autocast_enabled_before_2_4
 
 
-_PLAIN_TENSORS = (Tensor, nn.Parameter)
+_PLAIN_DISPATCH = torch._C._disabled_torch_dispatch_impl  # Tensor's and Parameter's
 
 
 def _needs_composite(weight: Tensor) -> bool:
@@ -292,10 +302,11 @@ def _needs_composite(weight: Tensor) -> bool:
     # would drop the weight's tangent everywhere but in the W term (a wrong jvp, no error).
     if torch.compiler.is_compiling() or torch.jit.is_tracing():  # a trace records aten ops only
         return True
-    # A tensor subclass takes it too: torch.compile and torch.export before 2.5 (at least) run a
-    # parametrized module outside dynamo's trace, where is_compiling() is False, on fake and
-    # functional tensors whose values cannot be read as floats; a DTensor is safest in aten ops.
-    if type(weight) not in _PLAIN_TENSORS:
+    # So does a tensor subclass that dispatches aten ops itself: torch.compile and torch.export
+    # before 2.5 (at least) run a parametrized module outside dynamo's trace, where
+    # is_compiling() is False, on fake and functional tensors whose values cannot be read as
+    # floats. (A subclass of Parameter that only marks a weight dispatches as a plain tensor.)
+    if type(weight).__torch_dispatch__ is not _PLAIN_DISPATCH:
         return True
     if getattr(forward_ad, "_current_level", -1) >= 0:  # eager forward-mode AD is active
         return True

@@ -4,6 +4,7 @@ the status, the take-over rule and resume; and the behaviour of the trainers tha
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import subprocess
@@ -70,19 +71,21 @@ def test_a_second_process_gets_a_clear_error_and_the_holder_may_reenter(tmp_path
         pass
 
 
+@pytest.mark.parametrize("refusal", [errno.EACCES, errno.EROFS])
 def test_another_users_lock_file_is_tested_and_taken_without_write_access(
-    tmp_path, held, monkeypatch
+    tmp_path, held, monkeypatch, refusal
 ):
-    # On a shared out dir another user's lock file is read-only to us (root would not see it):
-    # an open that asks to write would fail, and a held run would read as killed. Where writing
-    # is allowed the lock file is opened for it: an NFS client's flock needs that.
+    # On a shared out dir another user's lock file is read-only to us (root would not see it),
+    # as is every file of a read-only mount: an open that asks to write fails, and a held run
+    # would read as killed. Where writing is allowed the lock file is opened for it: an NFS
+    # client's flock needs that.
     real_open, writable = os.open, []
 
     def read_only(path, flags, *args):
         if str(path).endswith(".lock") and flags & (os.O_WRONLY | os.O_RDWR):
             writable.append(path)
             if "free" not in str(path):
-                raise PermissionError(13, "Permission denied", str(path))
+                raise OSError(refusal, os.strerror(refusal), str(path))
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", read_only)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -111,11 +112,14 @@ def _stderr(message: str) -> None:
 def _open_lock_file(path: Path, *, create: bool) -> int:
     """A descriptor to flock ``path`` with: read-write, as an NFS client's flock needs (it
     emulates it with fcntl locks, which need a descriptor open for writing); read-only where
-    that is refused, as for another user's lock file on a shared out dir (a local flock works)."""
+    writing is refused, as for another user's lock file on a shared out dir or a read-only
+    mount (a local flock works on it)."""
     flags = os.O_CREAT if create else 0
     try:
         return os.open(path, os.O_RDWR | flags, 0o666)
-    except PermissionError:
+    except OSError as err:
+        if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
         return os.open(path, os.O_RDONLY | flags, 0o666)
 
 
