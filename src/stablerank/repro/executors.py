@@ -145,8 +145,11 @@ def _init_worker(gpu_queue: mp.Queue | None, threads: int, stop: Any) -> None:  
     die_with_parent()
     if gpu_queue is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu_queue.get()
-    if threads:  # torch's threads: execute() sets them for each run
+    if threads:
         os.environ["OMP_NUM_THREADS"] = str(threads)
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _gpu_queue(ctx: Any, workers: int, gpus: Sequence[str]) -> Any:
