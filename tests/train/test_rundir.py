@@ -198,7 +198,7 @@ def test_status_says_done_diverged_interrupted_and_failed(tmp_path, monkeypatch)
 
     diverged = RunDir(tmp_path / "d" / "run")
     result = classify.run(_tiny(tmp_path / "d", epochs=2, lr=1e6, norm="srn"))
-    assert result.diverged and diverged.read_status()["status"] == "diverged"
+    assert result.diverged and diverged.read_status()["status"] == "diverged" and diverged.is_done()
     assert diverged.read_status()["divergence"] == result.divergence
 
     real_evaluate = classify.evaluate
